@@ -1,0 +1,189 @@
+//! Codecs: how a value becomes the payload of an envelope and back.
+//!
+//! [`Json`] is the default; [`MessagePack`] is smaller and faster to decode;
+//! [`PassThrough`] stores [`RawJson`] bytes as they are, so the service can
+//! send a cached row's bytes to the socket with no parse and no re-encode.
+
+use crate::error::{Error, Message, Result};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+/// Turns values into payload bytes and back.
+pub trait Codec<V>: Debug + Send + Sync + 'static {
+    /// Encodes a value. `entity` names it in errors.
+    fn encode(&self, entity: &str, value: &V) -> Result<Vec<u8>>;
+    /// Decodes a payload. `entity` and `id` name it in errors.
+    fn decode(&self, entity: &str, id: &str, payload: Bytes) -> Result<V>;
+}
+
+/// JSON through serde_json. The default codec.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Json;
+
+impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
+    fn encode(&self, entity: &str, value: &V) -> Result<Vec<u8>> {
+        serde_json::to_vec(value).map_err(|e| Error::Encode {
+            entity: entity.to_owned(),
+            cause: Error::cause(e),
+        })
+    }
+
+    fn decode(&self, entity: &str, id: &str, payload: Bytes) -> Result<V> {
+        serde_json::from_slice(&payload).map_err(|e| decode_error(entity, id, Error::cause(e)))
+    }
+}
+
+/// MessagePack through rmp-serde (struct fields by name, so schemas can evolve).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MessagePack;
+
+impl<V: Serialize + DeserializeOwned> Codec<V> for MessagePack {
+    fn encode(&self, entity: &str, value: &V) -> Result<Vec<u8>> {
+        rmp_serde::to_vec_named(value).map_err(|e| Error::Encode {
+            entity: entity.to_owned(),
+            cause: Error::cause(e),
+        })
+    }
+
+    fn decode(&self, entity: &str, id: &str, payload: Bytes) -> Result<V> {
+        rmp_serde::from_slice(&payload).map_err(|e| decode_error(entity, id, Error::cause(e)))
+    }
+}
+
+/// Stores [`RawJson`] bytes unchanged.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough;
+
+impl Codec<RawJson> for PassThrough {
+    fn encode(&self, _entity: &str, value: &RawJson) -> Result<Vec<u8>> {
+        Ok(value.0.to_vec())
+    }
+
+    fn decode(&self, _entity: &str, _id: &str, payload: Bytes) -> Result<RawJson> {
+        Ok(RawJson(payload))
+    }
+}
+
+fn decode_error(entity: &str, id: &str, cause: crate::error::Cause) -> Error {
+    Error::Decode {
+        entity: entity.to_owned(),
+        id: id.to_owned(),
+        cause,
+    }
+}
+
+/// A JSON document kept as its bytes (one JSON value, already validated).
+///
+/// Serializes as the JSON it holds and deserializes from any JSON value, so
+/// it works with sources that produce JSON; with [`PassThrough`] a cache hit
+/// is the stored bytes themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawJson(Bytes);
+
+impl RawJson {
+    /// Validates `bytes` as one JSON value.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Result<Self> {
+        let bytes = bytes.into();
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| Error::Decode {
+            entity: String::new(),
+            id: String::new(),
+            cause: Arc::new(Message(format!("not JSON: {e}"))),
+        })?;
+        Ok(RawJson(bytes))
+    }
+
+    /// The JSON bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The JSON bytes, owned.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Parses the JSON into a `serde_json::Value`.
+    pub fn to_value(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.0).map_err(|e| Error::Decode {
+            entity: String::new(),
+            id: String::new(),
+            cause: Error::cause(e),
+        })
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = std::str::from_utf8(&self.0).map_err(serde::ser::Error::custom)?;
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        Ok(RawJson(Bytes::from(raw.get().to_owned())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct User {
+        id: i64,
+        name: String,
+        tags: Vec<String>,
+    }
+
+    proptest! {
+        #[test]
+        fn json_and_msgpack_round_trip(id in any::<i64>(), name in ".*", tags in proptest::collection::vec(".*", 0..4)) {
+            let user = User { id, name, tags };
+            let j = Json.encode("e", &user).expect("encode");
+            prop_assert_eq!(Codec::<User>::decode(&Json, "e", "1", Bytes::from(j)).expect("decode"), User { ..user_clone(&user) });
+            let m = MessagePack.encode("e", &user).expect("encode");
+            prop_assert_eq!(Codec::<User>::decode(&MessagePack, "e", "1", Bytes::from(m)).expect("decode"), user);
+        }
+
+        #[test]
+        fn arbitrary_payloads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Codec::<User>::decode(&Json, "e", "1", Bytes::from(bytes.clone()));
+            let _ = Codec::<User>::decode(&MessagePack, "e", "1", Bytes::from(bytes));
+        }
+    }
+
+    fn user_clone(u: &User) -> User {
+        User {
+            id: u.id,
+            name: u.name.clone(),
+            tags: u.tags.clone(),
+        }
+    }
+
+    #[test]
+    fn raw_json_passes_through_and_serializes_as_json() {
+        let raw = RawJson::from_bytes(&b"{\"a\":[1,2]}"[..]).expect("json");
+        assert_eq!(
+            PassThrough.encode("e", &raw).expect("encode"),
+            b"{\"a\":[1,2]}"
+        );
+        assert_eq!(
+            serde_json::to_string(&vec![raw.clone()]).expect("ser"),
+            "[{\"a\":[1,2]}]"
+        );
+        let back: RawJson = serde_json::from_str(" {\"a\": [1, 2]} ").expect("de");
+        assert_eq!(
+            back.to_value().expect("value"),
+            serde_json::json!({"a": [1, 2]})
+        );
+        assert!(RawJson::from_bytes(&b"{nope"[..]).is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! One error type for the whole library.
+//!
+//! Every failure says what failed and, where it helps, what to do about it.
+//! The classifiers (`is_store_unavailable`, `is_timeout`, `is_source_error`,
+//! `is_bad_input`) are what the fail-open logic and the service's HTTP
+//! mapping use, so callers never match on message text.
+//!
+//! `Error` is `Clone`: the error of a load shared by many waiters
+//! (single-flight) is delivered to every one of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed, shareable underlying cause.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// `Result` with larder's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in larder.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A prefix or entity name is outside `[a-z0-9_-]` or empty.
+    #[error("invalid {what} name {name:?}: use 1-64 characters from [a-z0-9_-]")]
+    InvalidName {
+        /// Which name was invalid (`prefix` or `entity`).
+        what: &'static str,
+        /// The name as given.
+        name: String,
+    },
+
+    /// An id is empty, too long, or does not fit the key column's type.
+    #[error("invalid id {id:?}: {reason}")]
+    InvalidId {
+        /// The id as given (cut to 80 characters).
+        id: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// Configuration that cannot work (a bad URL, a bad option, a bad combination).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A value could not be serialized by the cache's codec.
+    #[error("cannot encode a value of entity `{entity}`: {cause}")]
+    Encode {
+        /// The entity whose value failed.
+        entity: String,
+        /// The codec's error.
+        cause: Cause,
+    },
+
+    /// Bytes could not be turned into a value: a source row that does not
+    /// deserialize into `V`, or a cached payload the codec does not accept.
+    #[error("cannot decode a value of entity `{entity}` (id {id:?}): {cause}")]
+    Decode {
+        /// The entity whose value failed.
+        entity: String,
+        /// The id whose value failed.
+        id: String,
+        /// The codec's error.
+        cause: Cause,
+    },
+
+    /// A cached entry is not a valid larder envelope.
+    #[error("corrupt cache entry: {0}")]
+    Envelope(#[from] crate::envelope::EnvelopeError),
+
+    /// The cache store (Redis) cannot be reached or timed out.
+    #[error(
+        "cache store `{store}` is unavailable: {cause}; check that it runs and the URL is right"
+    )]
+    StoreUnavailable {
+        /// The store (URL without credentials).
+        store: String,
+        /// The client error.
+        cause: Cause,
+    },
+
+    /// The store answered, but with an error (OOM, a script error, wrong type).
+    #[error("cache store `{store}` refused the command: {cause}")]
+    Store {
+        /// The store (URL without credentials).
+        store: String,
+        /// The server's error.
+        cause: Cause,
+    },
+
+    /// The shard layout recorded in the store differs from the configured one.
+    #[error("entity `{entity}` was first used with {recorded}, now configured with {configured}: changing the shard layout would orphan keys; keep the old one or use a new prefix")]
+    LayoutMismatch {
+        /// The entity.
+        entity: String,
+        /// The layout found in the store.
+        recorded: String,
+        /// The layout of this cache.
+        configured: String,
+    },
+
+    /// The source (database) cannot be reached: connection refused, pool timeout, I/O.
+    #[error("source of entity `{entity}` is unavailable: {cause}")]
+    SourceUnavailable {
+        /// The entity.
+        entity: String,
+        /// The driver error.
+        cause: Cause,
+    },
+
+    /// The source answered with an error (a bad query, a constraint violation).
+    #[error("source of entity `{entity}` failed: {cause}")]
+    Source {
+        /// The entity.
+        entity: String,
+        /// SQLSTATE, when the database gave one.
+        code: Option<String>,
+        /// The driver error.
+        cause: Cause,
+    },
+
+    /// A load did not finish within its timeout.
+    #[error("loading entity `{entity}` id {id:?} took longer than {after:?}")]
+    LoadTimeout {
+        /// The entity.
+        entity: String,
+        /// The id.
+        id: String,
+        /// The timeout that ran out.
+        after: Duration,
+    },
+
+    /// The entity does not accept writes (a view, a query, or a read-only policy).
+    #[error("entity `{entity}` is read-only: {reason}")]
+    ReadOnly {
+        /// The entity.
+        entity: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A cache-aside loader returned an error.
+    #[error("loader for entity `{entity}` failed: {cause}")]
+    Loader {
+        /// The entity.
+        entity: String,
+        /// The loader's error.
+        cause: Cause,
+    },
+}
+
+impl Error {
+    /// The cache store could not be reached (connection refused or dropped, timeout).
+    pub fn is_store_unavailable(&self) -> bool {
+        matches!(self, Error::StoreUnavailable { .. })
+    }
+
+    /// Something took longer than allowed (a load, or the store).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::LoadTimeout { .. } => true,
+            Error::StoreUnavailable { cause, .. } => cause
+                .downcast_ref::<redis::RedisError>()
+                .is_some_and(redis::RedisError::is_timeout),
+            _ => false,
+        }
+    }
+
+    /// The source (or a cache-aside loader) failed, or timed out.
+    pub fn is_source_error(&self) -> bool {
+        matches!(
+            self,
+            Error::SourceUnavailable { .. }
+                | Error::Source { .. }
+                | Error::LoadTimeout { .. }
+                | Error::Loader { .. }
+        )
+    }
+
+    /// The caller's input was refused: retrying the same call cannot succeed.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidName { .. }
+                | Error::InvalidId { .. }
+                | Error::Encode { .. }
+                | Error::ReadOnly { .. }
+        )
+    }
+
+    pub(crate) fn invalid_id(id: &str, reason: impl Into<String>) -> Self {
+        Error::InvalidId {
+            id: id.chars().take(80).collect(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn cause<E: std::error::Error + Send + Sync + 'static>(e: E) -> Cause {
+        Arc::new(e)
+    }
+}
+
+/// A plain message as an error cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Message(pub(crate) String);
+
+impl Message {
+    pub(crate) fn cause(text: impl Into<String>) -> Cause {
+        Arc::new(Message(text.into()))
+    }
+}

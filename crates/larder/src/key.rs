@@ -1,0 +1,237 @@
+//! Key layout: how an id becomes a Redis key.
+//!
+//! ```text
+//! <prefix>:{<entity>:<shard>}:v:<id>   the value (envelope)
+//! <prefix>:{<entity>:<shard>}:l:<id>   the read lease
+//! <prefix>:{<entity>}:meta             the recorded shard layout
+//! ```
+//!
+//! The `{entity:shard}` hash tag keeps every key of one id (value, lease,
+//! and later the write-back dirty record) in one Redis Cluster slot, so one
+//! Lua script can touch them all. Prefix and entity names cannot contain
+//! `:`, `{` or `}`, so the segment after the hash tag always says what a
+//! key is, and no id — `42:l`, `x:v:y`, `}` — can reach a bookkeeping key.
+//!
+//! `shard = xxh3_64(canonical id) mod shards`: a named, stable hash, so every
+//! process, in any language, agrees where an id lives.
+
+use crate::error::{Error, Result};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// The longest id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 512;
+
+/// The longest prefix or entity name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The default number of shards per entity.
+pub const DEFAULT_SHARDS: u16 = 64;
+
+/// The name of the shard hash, recorded in the store beside the shard count.
+pub(crate) const SHARD_HASH: &str = "xxh3_64";
+
+/// Checks a prefix or entity name: 1–64 characters from `[a-z0-9_-]`.
+pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            what,
+            name: name.chars().take(80).collect(),
+        })
+    }
+}
+
+/// Checks an already canonical id: not empty, at most [`MAX_ID_LEN`] bytes.
+pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::invalid_id(id, "an id cannot be empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::invalid_id(
+            id,
+            format!(
+                "an id can be at most {MAX_ID_LEN} bytes, this one has {}",
+                id.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A type usable as a cache key: it renders itself as an id string.
+///
+/// Integers render in decimal, strings as they are. The cache then passes the
+/// id through its source's canonicalisation (an integer key column turns
+/// `"007"` into `"7"`) and [`validate_id`].
+pub trait CacheKey: Send + Sync {
+    /// The id of this key, before canonicalisation.
+    fn to_id(&self) -> String;
+}
+
+macro_rules! display_keys {
+    ($($t:ty),*) => {$(
+        impl CacheKey for $t {
+            fn to_id(&self) -> String { self.to_string() }
+        }
+    )*};
+}
+display_keys!(i16, i32, i64, u16, u32, u64, usize, String, str);
+
+impl<T: CacheKey + ?Sized> CacheKey for &T {
+    fn to_id(&self) -> String {
+        (**self).to_id()
+    }
+}
+
+/// Where the keys of one entity live.
+#[derive(Debug, Clone)]
+pub(crate) struct KeySpace {
+    prefix: String,
+    entity: String,
+    shards: u16,
+}
+
+/// Which kind of key, the one-letter segment after the hash tag.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KeyKind {
+    Value,
+    Lease,
+}
+
+impl KeyKind {
+    fn letter(self) -> char {
+        match self {
+            KeyKind::Value => 'v',
+            KeyKind::Lease => 'l',
+        }
+    }
+}
+
+impl KeySpace {
+    pub(crate) fn new(prefix: &str, entity: &str, shards: u16) -> Result<Self> {
+        validate_name("prefix", prefix)?;
+        validate_name("entity", entity)?;
+        if shards == 0 {
+            return Err(Error::Config("shards must be at least 1".into()));
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            entity: entity.to_owned(),
+            shards,
+        })
+    }
+
+    pub(crate) fn entity(&self) -> &str {
+        &self.entity
+    }
+
+    pub(crate) fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    /// The shard of a canonical id.
+    pub(crate) fn shard(&self, id: &str) -> u16 {
+        // The remainder is below `shards`, a u16, so the cast cannot truncate.
+        (xxh3_64(id.as_bytes()) % u64::from(self.shards)) as u16
+    }
+
+    pub(crate) fn key(&self, kind: KeyKind, id: &str) -> String {
+        let shard = self.shard(id);
+        format!(
+            "{}:{{{}:{}}}:{}:{}",
+            self.prefix,
+            self.entity,
+            shard,
+            kind.letter(),
+            id
+        )
+    }
+
+    pub(crate) fn value_key(&self, id: &str) -> String {
+        self.key(KeyKind::Value, id)
+    }
+
+    pub(crate) fn lease_key(&self, id: &str) -> String {
+        self.key(KeyKind::Lease, id)
+    }
+
+    /// The key holding this entity's recorded layout.
+    pub(crate) fn meta_key(&self) -> String {
+        format!("{}:{{{}}}:meta", self.prefix, self.entity)
+    }
+
+    /// The layout as recorded in the store: `shards=<n>;hash=xxh3_64`.
+    pub(crate) fn layout(&self) -> String {
+        format!("shards={};hash={SHARD_HASH}", self.shards)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_restricted() {
+        assert!(validate_name("prefix", "app_1-x").is_ok());
+        for bad in ["", "App", "a:b", "a{b", "a}b", "a b", &"x".repeat(65)] {
+            assert!(validate_name("prefix", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ids_are_bounded() {
+        assert!(validate_id("1").is_ok());
+        assert!(validate_id("").is_err());
+        assert!(validate_id(&"x".repeat(MAX_ID_LEN)).is_ok());
+        assert!(validate_id(&"x".repeat(MAX_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn layout_matches_the_design() {
+        let ks = KeySpace::new("app", "users", 64).expect("valid");
+        let shard = xxh3_64(b"42") % 64;
+        assert_eq!(ks.value_key("42"), format!("app:{{users:{shard}}}:v:42"));
+        assert_eq!(ks.lease_key("42"), format!("app:{{users:{shard}}}:l:42"));
+        assert_eq!(ks.meta_key(), "app:{users}:meta");
+    }
+
+    #[test]
+    fn no_id_reaches_a_bookkeeping_key() {
+        let ks = KeySpace::new("app", "users", 8).expect("valid");
+        let ids = [
+            "42", "42:l", "l:42", "x:v:y", "}", "{", "}:l:42", ":meta", "v:1",
+        ];
+        let mut value_keys = std::collections::HashSet::new();
+        for id in ids {
+            let v = ks.value_key(id);
+            assert!(value_keys.insert(v.clone()), "two ids share {v}");
+            for other in ids {
+                assert_ne!(
+                    v,
+                    ks.lease_key(other),
+                    "value of {id:?} is lease of {other:?}"
+                );
+            }
+            assert_ne!(v, ks.meta_key());
+            // What follows the hash tag always starts with the kind letter.
+            let tag_end = v.find('}').expect("hash tag");
+            assert!(v[tag_end..].starts_with("}:v:"), "{v}");
+        }
+    }
+
+    #[test]
+    fn shard_is_stable_and_in_range() {
+        let ks = KeySpace::new("p", "e", 7).expect("valid");
+        for i in 0..1000 {
+            let id = i.to_string();
+            assert!(ks.shard(&id) < 7);
+            assert_eq!(ks.shard(&id), ks.shard(&id));
+        }
+    }
+}

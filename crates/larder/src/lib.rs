@@ -1,0 +1,20 @@
+//! # larder
+//!
+//! placeholder
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod clock;
+mod codec;
+mod envelope;
+mod error;
+mod key;
+mod outcome;
+pub mod source;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use codec::{Codec, Json, MessagePack, PassThrough, RawJson};
+pub use envelope::{Envelope, EnvelopeError};
+pub use error::{Cause, Error, Result};
+pub use key::{validate_id, validate_name, CacheKey, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN};
+pub use outcome::{Lookup, Outcome};

@@ -1,0 +1,84 @@
+//! The outcome of a read: one word, the same everywhere.
+//!
+//! The library's [`Lookup`], the service's `X-Cache` header, metric labels
+//! and stats all use these words. Hit ratio = (l1 + hit + stale + negative)
+//! / all reads.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Where a read's answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The near cache (in process) answered.
+    L1,
+    /// The store (Redis) answered with a fresh entry.
+    Hit,
+    /// Served past freshness, inside the stale window (stale-while-revalidate
+    /// or fail-safe).
+    Stale,
+    /// A remembered "not found".
+    Negative,
+    /// Loaded from the source (and filled into the cache).
+    Miss,
+    /// The store was unavailable and the source answered directly.
+    Bypass,
+}
+
+impl Outcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::L1,
+        Outcome::Hit,
+        Outcome::Stale,
+        Outcome::Negative,
+        Outcome::Miss,
+        Outcome::Bypass,
+    ];
+
+    /// The outcome's word: `l1`, `hit`, `stale`, `negative`, `miss`, `bypass`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::L1 => "l1",
+            Outcome::Hit => "hit",
+            Outcome::Stale => "stale",
+            Outcome::Negative => "negative",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+        }
+    }
+
+    /// Whether this outcome counts as a hit in the hit ratio.
+    pub fn is_hit(self) -> bool {
+        matches!(
+            self,
+            Outcome::L1 | Outcome::Hit | Outcome::Stale | Outcome::Negative
+        )
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A read's answer: the value (or `None`: not found) and where it came from.
+#[derive(Debug, Clone)]
+pub struct Lookup<V> {
+    /// The value; `None` when the source has no row for the key.
+    pub value: Option<Arc<V>>,
+    /// Where the answer came from.
+    pub outcome: Outcome,
+}
+
+impl<V> Lookup<V> {
+    /// The value, dropping the outcome.
+    pub fn into_value(self) -> Option<Arc<V>> {
+        self.value
+    }
+}

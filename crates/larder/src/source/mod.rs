@@ -1,0 +1,89 @@
+//! Sources: the primary data store, the truth behind the cache.
+//!
+//! A [`Source`] loads rows by id (one, or many in one query) and, when it is
+//! writable, stores and removes them. [`SqlSource`] maps an entity to a
+//! PostgreSQL or SQLite table; [`FnSource`] wraps a closure for cache-aside
+//! users whose data comes from anywhere.
+
+mod func;
+mod sql;
+
+pub use self::func::FnSource;
+pub use self::sql::{SqlPool, SqlSource, SqlSourceBuilder};
+
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use std::collections::HashMap;
+
+/// Where values come from on a miss, and where writes go.
+///
+/// Ids are canonical (see [`Source::canonical_id`]). Only `load` is required;
+/// the defaults of the others load one by one and refuse writes.
+#[async_trait]
+pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
+    /// The canonical form of an id: an integer key turns `"007"` into `"7"`
+    /// and refuses `"abc"` with [`Error::InvalidId`]. Default: unchanged.
+    fn canonical_id(&self, id: &str) -> Result<String> {
+        Ok(id.to_owned())
+    }
+
+    /// Loads one row; `None` when there is none.
+    async fn load(&self, id: &str) -> Result<Option<V>>;
+
+    /// Loads many rows; ids without a row are absent from the map.
+    /// Default: one `load` after another.
+    async fn load_many(&self, ids: &[String]) -> Result<HashMap<String, V>> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(v) = self.load(id).await? {
+                found.insert(id.clone(), v);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A page of rows in key order after `after` (exclusive), at most
+    /// `limit`, for warming the whole entity. Default: unsupported.
+    async fn load_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, V)>> {
+        let _ = (after, limit);
+        Err(Error::Config(
+            "this source cannot list its rows; warm it with explicit keys".into(),
+        ))
+    }
+
+    /// Whether this source accepts writes.
+    fn is_writable(&self) -> bool {
+        false
+    }
+
+    /// Inserts or replaces one row and returns it as stored (defaults,
+    /// triggers, normalised types included). Default: refused.
+    async fn store(&self, id: &str, value: &V) -> Result<V> {
+        let _ = (id, value);
+        Err(self.read_only())
+    }
+
+    /// Inserts or replaces many rows in one statement (the last write of an
+    /// id wins) and returns them as stored. Default: one `store` after another.
+    async fn store_many(&self, rows: &[(String, V)]) -> Result<Vec<(String, V)>> {
+        let mut stored = Vec::with_capacity(rows.len());
+        for (id, value) in rows {
+            stored.push((id.clone(), self.store(id, value).await?));
+        }
+        Ok(stored)
+    }
+
+    /// Deletes a row; whether there was one. Default: refused.
+    async fn remove(&self, id: &str) -> Result<bool> {
+        let _ = id;
+        Err(self.read_only())
+    }
+
+    /// The error a read-only source answers writes with.
+    fn read_only(&self) -> Error {
+        Error::ReadOnly {
+            entity: String::new(),
+            reason: "its source does not accept writes".into(),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The embedded store: an in-process map with TTLs and a bounded size.
+//!
+//! For a single instance, for tests, and as the zero-setup default. Every
+//! operation runs under one lock, which gives the same atomicity as the
+//! Redis scripts. It is never durable and is not shared between processes.
+//!
+//! # Behavior
+//! - Capacity is a number of keys (`memory://?capacity=N`, default 100,000).
+//!   When full, expired keys go first, then the least recently used of a
+//!   sample (like Redis' approximated LRU).
+//! - TTLs use the monotonic clock; they only collect garbage; freshness is
+//!   decided by the cache from the envelope.
+
+use super::{Acquired, Fill, LeaseRequest, Store};
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The default capacity of a memory store, in keys.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
+/// How many keys an eviction looks at to pick the least recently used.
+const EVICTION_SAMPLE: usize = 16;
+
+/// An embedded store; a cheap clone over one shared map.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    capacity: usize,
+    map: Mutex<Map>,
+}
+
+#[derive(Debug, Default)]
+struct Map {
+    slots: HashMap<String, Slot>,
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    value: Bytes,
+    expires: Option<Instant>,
+    used: u64,
+}
+
+impl Map {
+    fn live(&mut self, key: &str, now: Instant) -> Option<&mut Slot> {
+        let expired = self.slots.get(key)?.expires.is_some_and(|e| e <= now);
+        if expired {
+            self.slots.remove(key);
+            return None;
+        }
+        self.tick += 1;
+        let tick = self.tick;
+        let slot = self.slots.get_mut(key)?;
+        slot.used = tick;
+        Some(slot)
+    }
+
+    fn get(&mut self, key: &str, now: Instant) -> Option<Bytes> {
+        self.live(key, now).map(|s| s.value.clone())
+    }
+
+    fn set(
+        &mut self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        now: Instant,
+        capacity: usize,
+    ) {
+        if !self.slots.contains_key(key) && self.slots.len() >= capacity {
+            self.make_room(now, capacity);
+        }
+        self.tick += 1;
+        self.slots.insert(
+            key.to_owned(),
+            Slot {
+                value,
+                expires: ttl.map(|t| now + t),
+                used: self.tick,
+            },
+        );
+    }
+
+    fn make_room(&mut self, now: Instant, capacity: usize) {
+        self.slots.retain(|_, s| s.expires.is_none_or(|e| e > now));
+        while self.slots.len() >= capacity {
+            let victim = self
+                .slots
+                .iter()
+                .take(EVICTION_SAMPLE)
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(k) => self.slots.remove(&k),
+                None => break,
+            };
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A store holding at most `capacity` keys.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                name: format!("memory://?capacity={capacity}"),
+                capacity: capacity.max(1),
+                map: Mutex::new(Map::default()),
+            }),
+        }
+    }
+
+    /// Parses `memory://` or `memory://?capacity=N`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::Config(format!("store URL {url:?}: {e}")))?;
+        let mut capacity = DEFAULT_CAPACITY;
+        for (key, value) in parsed.query_pairs() {
+            match key.as_ref() {
+                "capacity" => {
+                    capacity = value.parse().ok().filter(|&c| c > 0).ok_or_else(|| {
+                        Error::Config(format!(
+                            "memory store capacity {value:?} is not a positive number of keys"
+                        ))
+                    })?
+                }
+                other => {
+                    return Err(Error::Config(format!(
+                        "unknown memory store option {other:?}: the only option is capacity"
+                    )))
+                }
+            }
+        }
+        Ok(Self::new(capacity))
+    }
+
+    /// How many keys the store holds now (expired ones not yet collected included).
+    pub fn len(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// Whether the store holds no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Map> {
+        // A panic while holding the lock cannot leave the map half-updated
+        // (every operation is a few HashMap calls), so a poisoned lock is safe to use.
+        self.inner.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn acquire_locked(map: &mut Map, r: &LeaseRequest, now: Instant, capacity: usize) -> Acquired {
+        if r.if_absent {
+            if let Some(v) = map.get(&r.value_key, now) {
+                return Acquired::Value(v);
+            }
+        }
+        if map.live(&r.lease_key, now).is_some() {
+            return Acquired::Held;
+        }
+        map.set(
+            &r.lease_key,
+            Bytes::from(r.token.clone()),
+            Some(r.ttl),
+            now,
+            capacity,
+        );
+        Acquired::Lease
+    }
+
+    fn fill_locked(map: &mut Map, f: &Fill, now: Instant, capacity: usize) -> bool {
+        let holds = map
+            .live(&f.lease_key, now)
+            .is_some_and(|s| s.value.as_ref() == f.token.as_bytes());
+        if holds {
+            map.set(
+                &f.value_key,
+                Bytes::from(f.value.clone()),
+                Some(f.ttl),
+                now,
+                capacity,
+            );
+            map.slots.remove(&f.lease_key);
+        }
+        holds
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.lock().get(key, Instant::now()))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        Ok(keys.iter().map(|k| map.get(k, now)).collect())
+    }
+
+    async fn set(
+        &self,
+        value_key: &str,
+        lease_key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<()> {
+        let mut map = self.lock();
+        map.set(
+            value_key,
+            Bytes::copy_from_slice(value),
+            Some(ttl),
+            Instant::now(),
+            self.inner.capacity,
+        );
+        map.slots.remove(lease_key);
+        Ok(())
+    }
+
+    async fn delete(&self, value_key: &str, lease_key: &str) -> Result<()> {
+        let mut map = self.lock();
+        map.slots.remove(value_key);
+        map.slots.remove(lease_key);
+        Ok(())
+    }
+
+    async fn acquire(&self, request: &LeaseRequest) -> Result<Acquired> {
+        Ok(Self::acquire_locked(
+            &mut self.lock(),
+            request,
+            Instant::now(),
+            self.inner.capacity,
+        ))
+    }
+
+    async fn acquire_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Acquired>> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        Ok(requests
+            .iter()
+            .map(|r| Self::acquire_locked(&mut map, r, now, self.inner.capacity))
+            .collect())
+    }
+
+    async fn fill(&self, fill: &Fill) -> Result<bool> {
+        Ok(Self::fill_locked(
+            &mut self.lock(),
+            fill,
+            Instant::now(),
+            self.inner.capacity,
+        ))
+    }
+
+    async fn fill_many(&self, fills: &[Fill]) -> Result<Vec<bool>> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        Ok(fills
+            .iter()
+            .map(|f| Self::fill_locked(&mut map, f, now, self.inner.capacity))
+            .collect())
+    }
+
+    async fn release(&self, lease_key: &str, token: &str) -> Result<()> {
+        let mut map = self.lock();
+        let holds = map
+            .live(lease_key, Instant::now())
+            .is_some_and(|s| s.value.as_ref() == token.as_bytes());
+        if holds {
+            map.slots.remove(lease_key);
+        }
+        Ok(())
+    }
+
+    async fn record_layout(&self, meta_key: &str, layout: &str) -> Result<String> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if let Some(v) = map.get(meta_key, now) {
+            return Ok(String::from_utf8_lossy(&v).into_owned());
+        }
+        map.set(
+            meta_key,
+            Bytes::from(layout.to_owned()),
+            None,
+            now,
+            usize::MAX,
+        );
+        Ok(layout.to_owned())
+    }
+}

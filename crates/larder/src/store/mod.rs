@@ -1,0 +1,158 @@
+//! Stores: the shared cache tier (L2).
+//!
+//! A store offers what the patterns need and nothing more: plain reads (a
+//! hit is one `GET`, many keys one `MGET`), and the few atomic operations the
+//! read path is built from — take a lease, fill only while holding it, set
+//! and void a lease, delete value and lease together. On Redis each atomic
+//! operation is one Lua script over keys of one hash slot (see [`crate::key`]),
+//! so it stays atomic on Cluster; the embedded [`MemoryStore`] does the same
+//! under one lock.
+//!
+//! Pick a store by URL with [`connect`]: `redis://`, `rediss://` (TLS) or
+//! `memory://`.
+
+mod memory;
+mod redis;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::{RedisOptions, RedisStore};
+
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A lease request: take the lease of one key, unless (`if_absent`) the
+/// value is already there.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    /// The value key.
+    pub value_key: String,
+    /// The lease key (same hash slot as the value key).
+    pub lease_key: String,
+    /// The random token that identifies this holder.
+    pub token: String,
+    /// How long the lease holds without a fill.
+    pub ttl: Duration,
+    /// `true`: a present value is returned instead of taking the lease (a
+    /// miss). `false`: take the lease even though a value is there (a refresh).
+    pub if_absent: bool,
+}
+
+/// What [`Store::acquire`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// The value is present (only with `if_absent`); no lease was taken.
+    Value(Bytes),
+    /// The lease is ours.
+    Lease,
+    /// Another holder has the lease.
+    Held,
+}
+
+/// A conditional fill: write the value only while `token` holds the lease.
+#[derive(Debug, Clone)]
+pub struct Fill {
+    /// The value key.
+    pub value_key: String,
+    /// The lease key.
+    pub lease_key: String,
+    /// The token the lease must still hold.
+    pub token: String,
+    /// The envelope bytes.
+    pub value: Vec<u8>,
+    /// How long Redis keeps the key.
+    pub ttl: Duration,
+}
+
+/// The shared cache tier. Implemented for Redis and for the embedded memory
+/// store; the cache's correctness rests on the atomicity each method states.
+#[async_trait]
+pub trait Store: Debug + Send + Sync + 'static {
+    /// What this store is, for messages (a URL without credentials).
+    fn name(&self) -> &str;
+
+    /// Reads one key.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+
+    /// Reads many keys in one round trip; the answer is in `keys` order.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>>;
+
+    /// Atomically: sets the value with a TTL and deletes the lease, so that a
+    /// load that started before this write cannot overwrite it.
+    async fn set(
+        &self,
+        value_key: &str,
+        lease_key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<()>;
+
+    /// Atomically deletes the value and its lease (an invalidation).
+    async fn delete(&self, value_key: &str, lease_key: &str) -> Result<()>;
+
+    /// Atomically: (with `if_absent`) returns the value if present, else takes
+    /// the lease if it is free.
+    async fn acquire(&self, request: &LeaseRequest) -> Result<Acquired>;
+
+    /// [`Store::acquire`] for many keys, pipelined; answers in request order.
+    async fn acquire_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Acquired>>;
+
+    /// Atomically: writes the value and releases the lease if the lease still
+    /// holds the fill's token; otherwise changes nothing. Returns whether it
+    /// wrote.
+    async fn fill(&self, fill: &Fill) -> Result<bool>;
+
+    /// [`Store::fill`] for many keys, pipelined; answers in order.
+    async fn fill_many(&self, fills: &[Fill]) -> Result<Vec<bool>>;
+
+    /// Atomically releases the lease if it still holds `token`.
+    async fn release(&self, lease_key: &str, token: &str) -> Result<()>;
+
+    /// Records `layout` under `meta_key` if nothing is recorded yet, and
+    /// returns what is recorded (the given layout, or an older one).
+    async fn record_layout(&self, meta_key: &str, layout: &str) -> Result<String>;
+}
+
+/// Connects to a store by URL: `redis://`, `rediss://` or `memory://`.
+///
+/// For Redis, the connection is made lazily and re-made by itself: a
+/// Redis that is down at start gives a store whose calls fail with
+/// [`Error::StoreUnavailable`] until it answers (use [`connect_checked`]
+/// to insist that it answers now).
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    let scheme = url.split("://").next().unwrap_or_default();
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryStore::from_url(url)?)),
+        "redis" | "rediss" => Ok(Arc::new(RedisStore::connect(
+            url,
+            RedisOptions::from_url(url)?,
+        )?)),
+        _ => Err(Error::Config(format!(
+            "unknown store URL {:?}: use redis://, rediss:// or memory://",
+            redact(url)
+        ))),
+    }
+}
+
+/// [`connect`], then one round trip that proves the store answers.
+pub async fn connect_checked(url: &str) -> Result<Arc<dyn Store>> {
+    let store = connect(url).await?;
+    store.get("larder:ping").await?;
+    Ok(store)
+}
+
+/// A URL with any password replaced by `***`, for messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Setting a password only fails for URLs without a host, which
+            // cannot carry one in the first place.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,403 @@
+//! The Redis store: one multiplexed connection that reconnects by itself.
+//!
+//! # Behavior
+//! - The connection (a redis-rs `ConnectionManager`) is made on first use
+//!   and re-made after a failure; while Redis is unreachable every call
+//!   returns [`Error::StoreUnavailable`] within the connect/response timeout.
+//! - A hit is one `GET`, a multi-read one `MGET`; leases, fills and
+//!   invalidations are Lua scripts (EVALSHA, loaded on demand), each over
+//!   keys of a single hash slot.
+//! - `rediss://` uses rustls with the `ring` provider and the system's roots.
+
+use super::{Acquired, Fill, LeaseRequest, Store};
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use redis::{Pipeline, RedisError, Script, Value};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+/// Connection settings of a [`RedisStore`].
+///
+/// Set them in the URL's query: `redis://host:6379/0?connect_timeout=2s&response_timeout=1s`.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// How long one connection attempt may take. Default: 2 s.
+    pub connect_timeout: Duration,
+    /// How long one command may wait for its answer. Default: 1 s.
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+const OPTION_KEYS: [&str; 2] = ["connect_timeout", "response_timeout"];
+
+impl RedisOptions {
+    /// Reads the options from a URL's query; unknown larder options are an error.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let parsed = parse_url(url)?;
+        let mut options = Self::default();
+        for (key, value) in parsed.query_pairs() {
+            let slot = match key.as_ref() {
+                "connect_timeout" => &mut options.connect_timeout,
+                "response_timeout" => &mut options.response_timeout,
+                _ => continue,
+            };
+            *slot = humantime::parse_duration(&value).map_err(|e| {
+                Error::Config(format!(
+                    "store URL option {key}={value:?}: {e} (use e.g. 500ms or 2s)"
+                ))
+            })?;
+        }
+        Ok(options)
+    }
+}
+
+fn parse_url(url: &str) -> Result<url::Url> {
+    url::Url::parse(url)
+        .map_err(|e| Error::Config(format!("store URL {:?}: {e}", super::redact(url))))
+}
+
+/// A Redis store; a cheap clone over one shared connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: value, lease. ARGV: token, lease ms, if_absent (1/0)
+if ARGV[3] == '1' then
+  local v = redis.call('GET', KEYS[1])
+  if v then return {1, v} end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {3}
+",
+    )
+});
+
+static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: value, lease. ARGV: token, envelope, ttl ms
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
+static SET_VOIDING_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: value, lease. ARGV: envelope, ttl ms
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+",
+    )
+});
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: lease. ARGV: token
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+",
+    )
+});
+
+static RECORD_LAYOUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta. ARGV: layout
+local cur = redis.call('GET', KEYS[1])
+if cur then return cur end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+",
+    )
+});
+
+impl RedisStore {
+    /// Creates the store; the connection is made on first use.
+    pub fn connect(url: &str, options: RedisOptions) -> Result<Self> {
+        // rustls needs a process-wide crypto provider; installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut parsed = parse_url(url)?;
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, _)| !OPTION_KEYS.contains(&k.as_ref()))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        let name = super::redact(url);
+        let client = redis::Client::open(parsed.as_str())
+            .map_err(|e| Error::Config(format!("store URL {name:?}: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| Error::Config(format!("store URL {name:?}: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner { name, conn }),
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    fn error(&self, e: RedisError) -> Error {
+        map_error(&self.inner.name, e)
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Runs a pipeline of EVALSHA calls, loading the script once if Redis
+    /// does not know it (after a restart or `SCRIPT FLUSH`).
+    async fn pipeline_script(
+        &self,
+        script: &Script,
+        calls: Vec<(Vec<&str>, Vec<&[u8]>)>,
+    ) -> Result<Vec<Value>> {
+        let build = || {
+            let mut pipe = Pipeline::with_capacity(calls.len());
+            for (keys, args) in &calls {
+                pipe.cmd("EVALSHA")
+                    .arg(script.get_hash())
+                    .arg(keys.len())
+                    .arg(keys)
+                    .arg(args);
+            }
+            pipe
+        };
+        let mut conn = self.conn();
+        match build().query_async::<Vec<Value>>(&mut conn).await {
+            Ok(values) => Ok(values),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                build()
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.error(e))
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+}
+
+/// Classifies a redis-rs error: unreachable (connection, I/O, timeout) or refused.
+fn map_error(store: &str, e: RedisError) -> Error {
+    let unreachable = e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error();
+    if unreachable {
+        Error::StoreUnavailable {
+            store: store.to_owned(),
+            cause: Error::cause(e),
+        }
+    } else {
+        Error::Store {
+            store: store.to_owned(),
+            cause: Error::cause(e),
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    crate::clock::duration_ms(d).max(1)
+}
+
+fn parse_acquired(store: &str, value: Value) -> Result<Acquired> {
+    let bad = || Error::Store {
+        store: store.to_owned(),
+        cause: crate::error::Message::cause("unexpected answer from the acquire script"),
+    };
+    let Value::Array(items) = value else {
+        return Err(bad());
+    };
+    match items.as_slice() {
+        [Value::Int(1), Value::BulkString(v)] => Ok(Acquired::Value(Bytes::from(v.clone()))),
+        [Value::Int(2)] => Ok(Acquired::Lease),
+        [Value::Int(3)] => Ok(Acquired::Held),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_flag(store: &str, value: Value) -> Result<bool> {
+    match value {
+        Value::Int(n) => Ok(n == 1),
+        Value::ServerError(e) => Err(map_error(store, RedisError::from(e))),
+        _ => Err(Error::Store {
+            store: store.to_owned(),
+            cause: crate::error::Message::cause("unexpected answer from a script"),
+        }),
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn set(
+        &self,
+        value_key: &str,
+        lease_key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<()> {
+        let mut inv = SET_VOIDING_LEASE.prepare_invoke();
+        inv.key(value_key).key(lease_key).arg(value).arg(ms(ttl));
+        self.run::<i64>(inv).await.map(drop)
+    }
+
+    async fn delete(&self, value_key: &str, lease_key: &str) -> Result<()> {
+        redis::cmd("DEL")
+            .arg(value_key)
+            .arg(lease_key)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
+    async fn acquire(&self, r: &LeaseRequest) -> Result<Acquired> {
+        let mut inv = ACQUIRE.prepare_invoke();
+        inv.key(&r.value_key)
+            .key(&r.lease_key)
+            .arg(&r.token)
+            .arg(ms(r.ttl))
+            .arg(if r.if_absent { "1" } else { "0" });
+        let value: Value = self.run(inv).await?;
+        parse_acquired(&self.inner.name, value)
+    }
+
+    async fn acquire_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Acquired>> {
+        let ttls: Vec<String> = requests.iter().map(|r| ms(r.ttl).to_string()).collect();
+        let calls = requests
+            .iter()
+            .zip(&ttls)
+            .map(|(r, ttl)| {
+                let flag: &[u8] = if r.if_absent { b"1" } else { b"0" };
+                (
+                    vec![r.value_key.as_str(), r.lease_key.as_str()],
+                    vec![r.token.as_bytes(), ttl.as_bytes(), flag],
+                )
+            })
+            .collect();
+        self.pipeline_script(&ACQUIRE, calls)
+            .await?
+            .into_iter()
+            .map(|v| parse_acquired(&self.inner.name, v))
+            .collect()
+    }
+
+    async fn fill(&self, f: &Fill) -> Result<bool> {
+        let mut inv = FILL.prepare_invoke();
+        inv.key(&f.value_key)
+            .key(&f.lease_key)
+            .arg(&f.token)
+            .arg(&f.value)
+            .arg(ms(f.ttl));
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn fill_many(&self, fills: &[Fill]) -> Result<Vec<bool>> {
+        let ttls: Vec<String> = fills.iter().map(|f| ms(f.ttl).to_string()).collect();
+        let calls = fills
+            .iter()
+            .zip(&ttls)
+            .map(|(f, ttl)| {
+                (
+                    vec![f.value_key.as_str(), f.lease_key.as_str()],
+                    vec![f.token.as_bytes(), f.value.as_slice(), ttl.as_bytes()],
+                )
+            })
+            .collect();
+        self.pipeline_script(&FILL, calls)
+            .await?
+            .into_iter()
+            .map(|v| parse_flag(&self.inner.name, v))
+            .collect()
+    }
+
+    async fn release(&self, lease_key: &str, token: &str) -> Result<()> {
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(lease_key).arg(token);
+        self.run::<i64>(inv).await.map(drop)
+    }
+
+    async fn record_layout(&self, meta_key: &str, layout: &str) -> Result<String> {
+        let mut inv = RECORD_LAYOUT.prepare_invoke();
+        inv.key(meta_key).arg(layout);
+        self.run(inv).await
+    }
+}
