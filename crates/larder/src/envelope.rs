@@ -115,11 +115,14 @@ impl Envelope {
             payload: (!negative).then(|| bytes.slice(HEADER_LEN..)),
         })
     }
+}
 
-    pub(crate) fn freshness(&self, now_ms: u64) -> Freshness {
-        if now_ms < self.fresh_until {
+impl Freshness {
+    /// Where `now_ms` falls relative to an entry's two times.
+    pub(crate) fn at(now_ms: u64, fresh_until: u64, stale_until: u64) -> Self {
+        if now_ms < fresh_until {
             Freshness::Fresh
-        } else if now_ms < self.stale_until {
+        } else if now_ms < stale_until {
             Freshness::Stale
         } else {
             Freshness::Expired
@@ -181,8 +184,9 @@ mod tests {
             load_us: 0,
             payload: None,
         };
-        assert_eq!(env.freshness(99), Freshness::Fresh);
-        assert_eq!(env.freshness(100), Freshness::Stale);
-        assert_eq!(env.freshness(200), Freshness::Expired);
+        let at = |now| Freshness::at(now, env.fresh_until, env.stale_until);
+        assert_eq!(at(99), Freshness::Fresh);
+        assert_eq!(at(100), Freshness::Stale);
+        assert_eq!(at(200), Freshness::Expired);
     }
 }

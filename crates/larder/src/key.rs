@@ -131,10 +131,6 @@ impl KeySpace {
         &self.entity
     }
 
-    pub(crate) fn shards(&self) -> u16 {
-        self.shards
-    }
-
     /// The shard of a canonical id.
     pub(crate) fn shard(&self, id: &str) -> u16 {
         // The remainder is below `shards`, a u16, so the cast cannot truncate.

@@ -68,12 +68,21 @@ impl fmt::Display for Outcome {
 }
 
 /// A read's answer: the value (or `None`: not found) and where it came from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Lookup<V> {
     /// The value; `None` when the source has no row for the key.
     pub value: Option<Arc<V>>,
     /// Where the answer came from.
     pub outcome: Outcome,
+}
+
+impl<V> Clone for Lookup<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            outcome: self.outcome,
+        }
+    }
 }
 
 impl<V> Lookup<V> {

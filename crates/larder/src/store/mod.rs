@@ -14,7 +14,7 @@
 mod memory;
 mod redis;
 
-pub use self::memory::MemoryStore;
+pub use self::memory::{MemoryStore, DEFAULT_CAPACITY as DEFAULT_MEMORY_CAPACITY};
 pub use self::redis::{RedisOptions, RedisStore};
 
 use crate::error::{Error, Result};

@@ -1,0 +1,215 @@
+//! [`CacheBuilder`]: every setting of a [`Cache`], each with its default.
+
+use crate::breaker::Breaker;
+use crate::cache::{Cache, Inner};
+use crate::clock::{Clock, SystemClock};
+use crate::codec::{Codec, Json};
+use crate::error::{Error, Result};
+use crate::flight::Flights;
+use crate::key::{CacheKey, KeySpace, DEFAULT_SHARDS};
+use crate::policy::{Policy, Random};
+use crate::source::Source;
+use crate::stats::Counters;
+use crate::store::{MemoryStore, Store, DEFAULT_MEMORY_CAPACITY};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Builds a [`Cache`]. Consuming: chain the setters, then `build().await`.
+#[must_use = "a builder does nothing until build() is called"]
+pub struct CacheBuilder<K: ?Sized, V> {
+    prefix: String,
+    entity: Option<String>,
+    shards: u16,
+    store: Option<Arc<dyn Store>>,
+    source: Option<Arc<dyn Source<V>>>,
+    codec: Arc<dyn Codec<V>>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    wait_timeout_set: bool,
+    seed: Option<u64>,
+    _key: PhantomData<fn(&K)>,
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// A builder with every default; only `entity` must be set.
+    pub fn builder() -> CacheBuilder<K, V> {
+        CacheBuilder {
+            prefix: "larder".into(),
+            entity: None,
+            shards: DEFAULT_SHARDS,
+            store: None,
+            source: None,
+            codec: Arc::new(Json),
+            clock: Arc::new(SystemClock),
+            policy: Policy::default(),
+            wait_timeout_set: false,
+            seed: None,
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K, V> CacheBuilder<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// The first segment of every key, `[a-z0-9_-]`. Default: `larder`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The entity's name, `[a-z0-9_-]`: the second segment of every key. Required.
+    pub fn entity(mut self, entity: impl Into<String>) -> Self {
+        self.entity = Some(entity.into());
+        self
+    }
+
+    /// How many shards the entity's keys spread over (recorded in the store
+    /// on first use; a later start with another count is refused). Default: 64.
+    pub fn shards(mut self, shards: u16) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// The shared store (see [`crate::store::connect`]). Default: a private
+    /// `memory://` store of 100,000 keys.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The source that read-through loads from. Default: none (cache-aside
+    /// with [`Cache::get_or_load`] only).
+    pub fn source(mut self, source: impl Source<V>) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// How values are encoded in the store. Default: [`Json`].
+    pub fn codec(mut self, codec: impl Codec<V>) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// The clock freshness is judged by. Default: the system clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How long an entry is fresh. Default: 60 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.policy.ttl = ttl;
+        self
+    }
+
+    /// Scales each write's freshness by a random factor in `1 ± jitter`, so
+    /// entries written together do not expire together; in `[0, 1)`. Default: 0.1.
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.policy.jitter = jitter;
+        self
+    }
+
+    /// The window after freshness in which an entry may still be served
+    /// (stale-while-revalidate, and fail-safe when the source fails);
+    /// zero turns both off. Default: 5 min.
+    pub fn stale(mut self, stale: Duration) -> Self {
+        self.policy.stale = stale;
+        self
+    }
+
+    /// How long "not found" is remembered; zero: not at all. Default: 10 s.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.policy.negative_ttl = ttl;
+        self
+    }
+
+    /// How long a loader owns a key before another may take over; longer
+    /// than `load_timeout` and `wait_timeout`. Default: 5 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.policy.lease_ttl = ttl;
+        self
+    }
+
+    /// The hard limit of one load: past it the load is abandoned and the
+    /// read fails (or serves stale). Default: 2 s.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.load_timeout = timeout;
+        self
+    }
+
+    /// With a stale value present, how long a read waits for the refresh
+    /// before answering with the stale value (the refresh goes on in the
+    /// background). Default: off (stale is served at once).
+    pub fn soft_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.policy.soft_timeout = timeout.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// How long a reader waits for another process's load of the same key
+    /// before loading by itself (without filling). Default: `load_timeout`.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.wait_timeout = timeout;
+        self.wait_timeout_set = true;
+        self
+    }
+
+    /// XFetch's β: how eagerly reads refresh entries before they expire;
+    /// 0 turns early refresh off. Default: 1.0.
+    pub fn early_refresh(mut self, beta: f64) -> Self {
+        self.policy.early_refresh = beta;
+        self
+    }
+
+    /// Seeds the randomness of jitter and early refresh, for reproducible
+    /// tests. Default: unseeded.
+    pub fn random_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks the settings, records (or checks) the shard layout in the
+    /// store, and returns the cache.
+    ///
+    /// A store that does not answer now is not an error: the layout is then
+    /// checked on first use, and reads bypass the store until it answers.
+    pub async fn build(mut self) -> Result<Cache<K, V>> {
+        let entity = self.entity.take().ok_or_else(|| {
+            Error::Config("a cache needs an entity name: call .entity(\"...\")".into())
+        })?;
+        let keys = KeySpace::new(&self.prefix, &entity, self.shards)?;
+        if !self.wait_timeout_set {
+            self.policy.wait_timeout = self.policy.load_timeout;
+        }
+        self.policy.validate()?;
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new(DEFAULT_MEMORY_CAPACITY)));
+        let cache = Cache::from_inner(Inner {
+            breaker: Breaker::new(store.name()),
+            keys,
+            store,
+            source: self.source,
+            codec: self.codec,
+            clock: self.clock,
+            policy: self.policy,
+            random: self.seed.map_or(Random::Thread, Random::seeded),
+            flights: Flights::new(),
+            counters: Counters::default(),
+            layout_checked: tokio::sync::OnceCell::new(),
+        });
+        match cache.inner.check_layout().await {
+            Err(e) if !e.is_store_unavailable() => Err(e),
+            _ => Ok(cache),
+        }
+    }
+}

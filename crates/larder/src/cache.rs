@@ -1,0 +1,884 @@
+//! The cache: one engine for cache-aside and read-through, with stampede
+//! protection on every read path.
+//!
+//! # The read path
+//! 1. **Hit**: one `GET` (or one `MGET` for many keys). A fresh entry is the
+//!    answer (`hit`, or `negative` for a remembered "not found"); with XFetch
+//!    on, a few reads near expiry also start a background refresh.
+//! 2. **Stale**: an entry past freshness but inside its stale window is
+//!    served at once (`stale`) while one background task, holding the lease,
+//!    refreshes it. With `soft_timeout` the read first waits that long for
+//!    the refresh.
+//! 3. **Miss**: callers in this process share one flight ([`crate::flight`]);
+//!    the flight takes the key's lease (`SET NX PX` with a random token, in a
+//!    script that also re-checks the value), loads, and fills with a script
+//!    that writes only while the lease still holds its token. A caller that
+//!    finds the lease held waits for the fill (polling with a short backoff),
+//!    up to `wait_timeout`; then it loads by itself and returns its result
+//!    without filling.
+//! 4. **Bypass**: when the store does not answer, reads go to the source and
+//!    a breaker skips the store for a second.
+//!
+//! # No stale set
+//! `put` and `invalidate` delete the lease in the same atomic step that
+//! writes or deletes the value, so a load that started before them can never
+//! fill afterwards: its token no longer holds.
+
+use crate::breaker::Breaker;
+use crate::clock::{duration_ms, Clock};
+use crate::codec::Codec;
+use crate::envelope::{Envelope, Freshness};
+use crate::error::{Error, Message, Result};
+use crate::flight::Flights;
+use crate::key::{validate_id, CacheKey, KeySpace};
+use crate::outcome::{Lookup, Outcome};
+use crate::policy::{xfetch, Policy, Random};
+use crate::source::Source;
+use crate::stats::{CacheStats, Counters, Event};
+use crate::store::{Acquired, Fill, LeaseRequest, Store};
+use bytes::Bytes;
+use futures_util::future::{join_all, BoxFuture, FutureExt};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A load: given a canonical id, the value (or `None`: not found).
+pub(crate) type Loader<V> = Box<dyn FnOnce(String) -> BoxFuture<'static, Result<Option<V>>> + Send>;
+
+/// The longest pause between two polls of a lease held by another process.
+const MAX_POLL: Duration = Duration::from_millis(4);
+
+/// A typed cache of `V` by `K` over a store and, optionally, a source.
+///
+/// A cheap clone over shared state: clone it into every task that needs it.
+/// Build one with [`Cache::builder`].
+///
+/// # Behavior
+/// - Every read returns a [`Lookup`]: the value and its [`Outcome`].
+/// - The store unavailable: reads are answered by the source (outcome
+///   `bypass`); writes (`put`, `invalidate`) return
+///   [`Error::StoreUnavailable`].
+/// - The source failing: a stale value inside the stale window is served
+///   (fail-safe); otherwise the source's typed error is returned.
+pub struct Cache<K: ?Sized, V> {
+    pub(crate) inner: Arc<Inner<V>>,
+    _key: PhantomData<fn(&K)>,
+}
+
+impl<K: ?Sized, V> Clone for Cache<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            _key: PhantomData,
+        }
+    }
+}
+
+impl<K: ?Sized, V> fmt::Debug for Cache<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("entity", &self.inner.keys.entity())
+            .field("store", &self.inner.store.name())
+            .finish()
+    }
+}
+
+pub(crate) struct Inner<V> {
+    pub(crate) keys: KeySpace,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) source: Option<Arc<dyn Source<V>>>,
+    pub(crate) codec: Arc<dyn Codec<V>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) policy: Policy,
+    pub(crate) random: Random,
+    pub(crate) flights: Flights<Result<Option<Lookup<V>>>>,
+    pub(crate) counters: Counters,
+    pub(crate) layout_checked: tokio::sync::OnceCell<()>,
+    pub(crate) breaker: Breaker,
+}
+
+/// What a flight is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No usable entry: the callers need the loaded value.
+    Miss,
+    /// A stale or nearly expired entry is being served: refresh it if no
+    /// one else is.
+    Refresh,
+}
+
+/// A decoded store entry.
+pub(crate) struct Entry<V> {
+    value: Option<Arc<V>>,
+    envelope_times: (u64, u64),
+    load_us: u32,
+}
+
+impl<V> Entry<V> {
+    fn freshness(&self, now: u64) -> Freshness {
+        let (fresh_until, stale_until) = self.envelope_times;
+        Freshness::at(now, fresh_until, stale_until)
+    }
+
+    fn answer(&self, fresh: Outcome) -> Lookup<V> {
+        let outcome = match (&self.value, fresh) {
+            (None, Outcome::Hit) => Outcome::Negative,
+            (_, o) => o,
+        };
+        Lookup {
+            value: self.value.clone(),
+            outcome,
+        }
+    }
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    pub(crate) fn from_inner(inner: Inner<V>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            _key: PhantomData,
+        }
+    }
+
+    /// The entity this cache serves.
+    pub fn entity(&self) -> &str {
+        self.inner.keys.entity()
+    }
+
+    /// A snapshot of this cache's counters.
+    pub fn stats(&self) -> CacheStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The canonical id of a key: rendered, canonicalised by the source (an
+    /// integer key column turns `007` into `7`) and checked.
+    pub fn id_of(&self, key: &K) -> Result<String> {
+        self.inner.canonical_id(&key.to_id())
+    }
+
+    /// Read-through: the value of `key`, loaded from the cache's source on a miss.
+    ///
+    /// Returns [`Error::Config`] when the cache has no source; use
+    /// [`Cache::get_or_load`] then.
+    pub async fn get(&self, key: &K) -> Result<Lookup<V>> {
+        let id = self.id_of(key)?;
+        let loader = self.inner.source_loader()?;
+        self.inner.clone().read(id, loader).await
+    }
+
+    /// Cache-aside: the value of `key`, computed by `load` on a miss.
+    ///
+    /// `load` runs at most once per miss across every caller sharing the
+    /// store (the callers that find a load in progress wait for it); it
+    /// returns `Ok(None)` for "not found", which is remembered for
+    /// `negative_ttl`. Its error becomes [`Error::Loader`].
+    pub async fn get_or_load<F, Fut, E>(&self, key: &K, load: F) -> Result<Lookup<V>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let id = self.id_of(key)?;
+        let entity = self.entity().to_owned();
+        let loader: Loader<V> = Box::new(move |_id| {
+            async move {
+                load().await.map_err(|e| Error::Loader {
+                    entity,
+                    cause: Error::cause(e),
+                })
+            }
+            .boxed()
+        });
+        self.inner.clone().read(id, loader).await
+    }
+
+    /// Read-through for many keys: one `MGET` for all of them, one
+    /// `load_many` on the source for the misses. Answers in `keys` order
+    /// (a key given twice is read once).
+    pub async fn get_many(&self, keys: &[&K]) -> Result<Vec<Lookup<V>>> {
+        let ids = keys
+            .iter()
+            .map(|k| self.id_of(k))
+            .collect::<Result<Vec<_>>>()?;
+        let mut unique = Vec::with_capacity(ids.len());
+        let mut seen = HashSet::with_capacity(ids.len());
+        for id in &ids {
+            if seen.insert(id.as_str()) {
+                unique.push(id.clone());
+            }
+        }
+        let answers = self.inner.clone().read_many(unique).await?;
+        ids.iter()
+            .map(|id| {
+                answers
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| Error::Config(format!("get_many lost the answer for id {id:?}")))
+            })
+            .collect()
+    }
+
+    /// Writes `value` into the cache (not into the source) with a fresh TTL,
+    /// voiding any load in progress for the key.
+    pub async fn put(&self, key: &K, value: &V) -> Result<()> {
+        let id = self.id_of(key)?;
+        self.inner.check_layout().await?;
+        let payload = self.inner.codec.encode(self.entity(), value)?;
+        let (bytes, ttl) = self.inner.envelope(Some(Bytes::from(payload)), 0);
+        let keys = &self.inner.keys;
+        self.inner
+            .store
+            .set(&keys.value_key(&id), &keys.lease_key(&id), &bytes, ttl)
+            .await
+    }
+
+    /// Removes the cached entry of `key` and voids any load in progress for
+    /// it; the next read is a miss.
+    pub async fn invalidate(&self, key: &K) -> Result<()> {
+        let id = self.id_of(key)?;
+        self.inner.check_layout().await?;
+        let keys = &self.inner.keys;
+        self.inner
+            .store
+            .delete(&keys.value_key(&id), &keys.lease_key(&id))
+            .await
+    }
+}
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    pub(crate) fn canonical_id(&self, raw: &str) -> Result<String> {
+        let id = match &self.source {
+            Some(source) => source.canonical_id(raw)?,
+            None => raw.to_owned(),
+        };
+        validate_id(&id)?;
+        Ok(id)
+    }
+
+    pub(crate) fn source_loader(&self) -> Result<Loader<V>> {
+        let source = self.source.clone().ok_or_else(|| {
+            Error::Config(format!(
+                "entity `{}` has no source: give the builder one, or read with get_or_load",
+                self.keys.entity()
+            ))
+        })?;
+        Ok(Box::new(move |id: String| {
+            async move { source.load(&id).await }.boxed()
+        }))
+    }
+
+    /// Records the shard layout on first use and refuses a different one.
+    pub(crate) async fn check_layout(&self) -> Result<()> {
+        if self.layout_checked.initialized() {
+            return Ok(());
+        }
+        self.layout_checked
+            .get_or_try_init(|| async {
+                let wanted = self.keys.layout();
+                let recorded = self
+                    .store
+                    .record_layout(&self.keys.meta_key(), &wanted)
+                    .await?;
+                if recorded == wanted {
+                    Ok(())
+                } else {
+                    Err(Error::LayoutMismatch {
+                        entity: self.keys.entity().to_owned(),
+                        recorded,
+                        configured: wanted,
+                    })
+                }
+            })
+            .await
+            .map(drop)
+    }
+
+    fn decode_entry(&self, id: &str, bytes: Bytes) -> Result<Entry<V>> {
+        let env = Envelope::decode(bytes)?;
+        let value = match env.payload {
+            Some(payload) => Some(Arc::new(self.codec.decode(
+                self.keys.entity(),
+                id,
+                payload,
+            )?)),
+            None => None,
+        };
+        Ok(Entry {
+            value,
+            envelope_times: (env.fresh_until, env.stale_until),
+            load_us: env.load_us,
+        })
+    }
+
+    /// Decodes a store entry; a corrupt one is logged, counted and treated as absent.
+    fn entry_or_none(&self, id: &str, bytes: Option<Bytes>) -> Option<Entry<V>> {
+        match self.decode_entry(id, bytes?) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                self.counters.bump(Event::CorruptEntry);
+                tracing::warn!(entity = self.keys.entity(), id, error = %e, "unreadable cache entry, treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// The envelope bytes and store TTL for a value (`None`: a negative entry).
+    fn envelope(&self, payload: Option<Bytes>, load_us: u32) -> (Vec<u8>, Duration) {
+        let now = self.clock.now_ms();
+        let (fresh_for, stale) = match payload {
+            Some(_) => (self.policy.fresh_for(self.random.unit()), self.policy.stale),
+            None => (self.policy.negative_ttl, Duration::ZERO),
+        };
+        let fresh_until = now.saturating_add(duration_ms(fresh_for));
+        let env = Envelope {
+            fresh_until,
+            stale_until: fresh_until.saturating_add(duration_ms(stale)),
+            load_us,
+            payload,
+        };
+        (env.encode(), fresh_for + stale)
+    }
+
+    /// The envelope of a loaded value, or `None` when it should not be
+    /// cached (a "not found" with `negative_ttl` 0).
+    fn encode_loaded(
+        &self,
+        value: Option<&Arc<V>>,
+        took: Duration,
+    ) -> Result<Option<(Vec<u8>, Duration)>> {
+        let load_us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
+        match value {
+            Some(v) => {
+                let payload = self.codec.encode(self.keys.entity(), v)?;
+                Ok(Some(self.envelope(Some(Bytes::from(payload)), load_us)))
+            }
+            None if self.policy.negative_ttl.is_zero() => Ok(None),
+            None => Ok(Some(self.envelope(None, load_us))),
+        }
+    }
+
+    fn store_failed(&self, e: &Error) {
+        if e.is_store_unavailable() {
+            self.breaker.trip(e);
+        }
+    }
+
+    async fn read(self: Arc<Self>, id: String, loader: Loader<V>) -> Result<Lookup<V>> {
+        let answer = self.read_uncounted(id, loader).await;
+        if let Ok(lookup) = &answer {
+            self.counters.read(lookup.outcome);
+        }
+        answer
+    }
+
+    async fn read_uncounted(self: &Arc<Self>, id: String, loader: Loader<V>) -> Result<Lookup<V>> {
+        if self.breaker.is_open() {
+            return self.clone().load_shared(id, loader).await;
+        }
+        let found = match self.check_layout().await {
+            Ok(()) => self.store.get(&self.keys.value_key(&id)).await,
+            Err(e) => Err(e),
+        };
+        let found = match found {
+            Ok(found) => {
+                self.breaker.reset();
+                found
+            }
+            Err(e) if e.is_store_unavailable() => {
+                self.store_failed(&e);
+                return self.clone().load_shared(id, loader).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let now = self.clock.now_ms();
+        let Some(entry) = self.entry_or_none(&id, found) else {
+            return self.clone().load_shared(id, loader).await;
+        };
+        match entry.freshness(now) {
+            Freshness::Fresh => {
+                if self.should_refresh_early(&entry, now) {
+                    self.counters.bump(Event::EarlyRefresh);
+                    self.refresh_in_background(id, loader);
+                }
+                Ok(entry.answer(Outcome::Hit))
+            }
+            Freshness::Stale => {
+                self.serve_stale(id, loader, entry.answer(Outcome::Stale))
+                    .await
+            }
+            Freshness::Expired => self.clone().load_shared(id, loader).await,
+        }
+    }
+
+    fn should_refresh_early(&self, entry: &Entry<V>, now: u64) -> bool {
+        let beta = self.policy.early_refresh;
+        if beta <= 0.0 || entry.load_us == 0 {
+            return false;
+        }
+        // r in (0, 1]: 1 − [0, 1).
+        let r = 1.0 - self.random.unit();
+        xfetch(
+            now,
+            entry.envelope_times.0,
+            f64::from(entry.load_us) / 1000.0,
+            beta,
+            r,
+        )
+    }
+
+    /// Starts a refresh that holds the lease, unless one runs; does not wait.
+    fn refresh_in_background(self: &Arc<Self>, id: String, loader: Loader<V>) {
+        if self.flights.contains(&id) {
+            return;
+        }
+        // The flight is a spawned task: it runs to completion on its own.
+        drop(self.clone().flight(id, loader, Mode::Refresh));
+    }
+
+    /// Serves a stale entry at once (or after `soft_timeout`, if the refresh
+    /// is not done by then) while one refresh runs in the background.
+    async fn serve_stale(
+        self: &Arc<Self>,
+        id: String,
+        loader: Loader<V>,
+        stale: Lookup<V>,
+    ) -> Result<Lookup<V>> {
+        self.counters.bump(Event::Refresh);
+        let refresh = self.clone().flight(id, loader, Mode::Refresh);
+        match self.policy.soft_timeout {
+            Some(soft) => match tokio::time::timeout(soft, refresh).await {
+                Ok(Ok(Some(fresh))) => Ok(fresh),
+                _ => Ok(stale),
+            },
+            None => Ok(stale),
+        }
+    }
+
+    /// A miss: joins or starts the flight of `id` and waits for its answer.
+    ///
+    /// A flight it joins may be a refresh, which has no answer for a miss
+    /// when another process holds the lease; then the read starts over
+    /// with a flight of its own.
+    async fn load_shared(self: Arc<Self>, id: String, loader: Loader<V>) -> Result<Lookup<V>> {
+        let mut loader = Some(loader);
+        for _ in 0..3 {
+            let next = loader.take().map_or_else(|| self.source_loader(), Ok)?;
+            if let Some(answer) = self.clone().flight(id.clone(), next, Mode::Miss).await? {
+                return Ok(answer);
+            }
+        }
+        let next = loader.map_or_else(|| self.source_loader(), Ok)?;
+        self.load_unfilled(&id, next, Outcome::Miss).await
+    }
+
+    /// Joins the flight of `id`, or starts one in `mode`.
+    fn flight(
+        self: Arc<Self>,
+        id: String,
+        loader: Loader<V>,
+        mode: Mode,
+    ) -> impl Future<Output = Result<Option<Lookup<V>>>> + Send + 'static {
+        let entity = self.keys.entity().to_owned();
+        let key = id.clone();
+        let leader = self.clone();
+        let (flight, _) = self.flights.join_or_start(
+            &key,
+            move || leader.lead(id, loader, mode),
+            |panic| {
+                Err(Error::Loader {
+                    entity: String::new(),
+                    cause: Message::cause(format!("a load panicked: {panic}")),
+                })
+            },
+        );
+        async move {
+            flight.await.map_err(|e| match e {
+                Error::Loader {
+                    entity: e_entity,
+                    cause,
+                } if e_entity.is_empty() => Error::Loader { entity, cause },
+                other => other,
+            })
+        }
+    }
+
+    /// The flight: take the lease (or wait for its holder), load, fill.
+    ///
+    /// Answers `None` only for a refresh that found another holder of the
+    /// lease: the stale value its callers already have stays the answer.
+    /// A refresh whose load fails returns the error; its callers serve stale.
+    async fn lead(
+        self: Arc<Self>,
+        id: String,
+        loader: Loader<V>,
+        mode: Mode,
+    ) -> Result<Option<Lookup<V>>> {
+        if self.breaker.is_open() {
+            return self
+                .load_unfilled(&id, loader, Outcome::Bypass)
+                .await
+                .map(Some);
+        }
+        let mut request = LeaseRequest {
+            value_key: self.keys.value_key(&id),
+            lease_key: self.keys.lease_key(&id),
+            token: self.random.token(),
+            ttl: self.policy.lease_ttl,
+            if_absent: mode == Mode::Miss,
+        };
+        let deadline = Instant::now() + self.policy.wait_timeout;
+        let mut pause = Duration::from_millis(1);
+        let mut waited = false;
+        loop {
+            match self.store.acquire(&request).await {
+                Ok(Acquired::Lease) => break,
+                Ok(Acquired::Value(bytes)) => {
+                    let now = self.clock.now_ms();
+                    // (A corrupt entry was already counted by the read that led here.)
+                    match self.decode_entry(&id, bytes) {
+                        Ok(entry) if entry.freshness(now) == Freshness::Fresh => {
+                            return Ok(Some(entry.answer(Outcome::Hit)));
+                        }
+                        // Present but not fresh: take the lease over it.
+                        _ => request.if_absent = false,
+                    }
+                }
+                Ok(Acquired::Held) if mode == Mode::Refresh => return Ok(None),
+                Ok(Acquired::Held) => {
+                    if !waited {
+                        waited = true;
+                        self.counters.bump(Event::LeaseWait);
+                    }
+                    if Instant::now() >= deadline {
+                        self.counters.bump(Event::WaitTimeout);
+                        return self
+                            .load_unfilled(&id, loader, Outcome::Miss)
+                            .await
+                            .map(Some);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_POLL);
+                }
+                Err(e) if e.is_store_unavailable() => {
+                    self.store_failed(&e);
+                    return self
+                        .load_unfilled(&id, loader, Outcome::Bypass)
+                        .await
+                        .map(Some);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let filled = self.load_and_fill(id, loader, request).await;
+        if filled.is_err() && mode == Mode::Refresh {
+            self.counters.bump(Event::StaleOnError);
+        }
+        filled.map(Some)
+    }
+
+    /// Loads under `timeout`, counting the load and its duration.
+    async fn timed_load<T>(
+        &self,
+        id: &str,
+        load: BoxFuture<'static, Result<T>>,
+    ) -> (Result<T>, Duration) {
+        self.counters.bump(Event::Load);
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.policy.load_timeout, load).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::LoadTimeout {
+                entity: self.keys.entity().to_owned(),
+                id: id.to_owned(),
+                after: self.policy.load_timeout,
+            }),
+        };
+        let took = started.elapsed();
+        self.counters
+            .load_took(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        if result.is_err() {
+            self.counters.bump(Event::LoadError);
+        }
+        (result, took)
+    }
+
+    /// A load whose result is returned but never written to the store
+    /// (no lease: the store is down, or the wait for another holder ran out).
+    async fn load_unfilled(
+        &self,
+        id: &str,
+        loader: Loader<V>,
+        outcome: Outcome,
+    ) -> Result<Lookup<V>> {
+        let (result, _) = self.timed_load(id, loader(id.to_owned())).await;
+        Ok(Lookup {
+            value: result?.map(Arc::new),
+            outcome,
+        })
+    }
+
+    async fn load_and_fill(
+        &self,
+        id: String,
+        loader: Loader<V>,
+        lease: LeaseRequest,
+    ) -> Result<Lookup<V>> {
+        let (result, took) = self.timed_load(&id, loader(id.clone())).await;
+        let value = match result {
+            Ok(value) => value.map(Arc::new),
+            Err(e) => {
+                self.release(&lease).await;
+                tracing::warn!(entity = self.keys.entity(), id, error = %e, "load failed");
+                return Err(e);
+            }
+        };
+        match self.encode_loaded(value.as_ref(), took) {
+            Ok(Some((bytes, ttl))) => {
+                let fill = Fill {
+                    value_key: lease.value_key,
+                    lease_key: lease.lease_key,
+                    token: lease.token,
+                    value: bytes,
+                    ttl,
+                };
+                self.count_fill(self.store.fill(&fill).await);
+            }
+            Ok(None) => self.release(&lease).await,
+            Err(e) => {
+                self.release(&lease).await;
+                return Err(e);
+            }
+        }
+        Ok(Lookup {
+            value,
+            outcome: Outcome::Miss,
+        })
+    }
+
+    fn count_fill(&self, filled: Result<bool>) {
+        match filled {
+            Ok(true) => self.counters.bump(Event::Fill),
+            Ok(false) => self.counters.bump(Event::FillRefused),
+            Err(e) => {
+                self.store_failed(&e);
+                tracing::warn!(entity = self.keys.entity(), error = %e, "could not fill the cache");
+            }
+        }
+    }
+
+    async fn release(&self, lease: &LeaseRequest) {
+        if let Err(e) = self.store.release(&lease.lease_key, &lease.token).await {
+            // The lease expires by itself after lease_ttl.
+            tracing::debug!(entity = self.keys.entity(), error = %e, "could not release a lease");
+        }
+    }
+
+    /// The batch read path of `get_many`; counts each answer once.
+    async fn read_many(self: Arc<Self>, ids: Vec<String>) -> Result<HashMap<String, Lookup<V>>> {
+        let answers = self.clone().read_many_uncounted(ids).await?;
+        for answer in answers.values() {
+            self.counters.read(answer.outcome);
+        }
+        Ok(answers)
+    }
+
+    async fn read_many_uncounted(
+        self: Arc<Self>,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, Lookup<V>>> {
+        let mut answers = HashMap::with_capacity(ids.len());
+        let found = if self.breaker.is_open() {
+            Err(None)
+        } else {
+            match self.check_layout().await {
+                Ok(()) => {
+                    let keys: Vec<String> = ids.iter().map(|id| self.keys.value_key(id)).collect();
+                    self.store.get_many(&keys).await.map_err(Some)
+                }
+                Err(e) => Err(Some(e)),
+            }
+        };
+        let found = match found {
+            Ok(found) => {
+                self.breaker.reset();
+                found
+            }
+            Err(Some(e)) if !e.is_store_unavailable() => return Err(e),
+            Err(e) => {
+                if let Some(e) = e {
+                    self.store_failed(&e);
+                }
+                return self.bypass_many(ids).await;
+            }
+        };
+        let now = self.clock.now_ms();
+        let mut misses = Vec::new();
+        for (id, bytes) in ids.into_iter().zip(found) {
+            match self.entry_or_none(&id, bytes) {
+                Some(entry) => match entry.freshness(now) {
+                    Freshness::Fresh => {
+                        answers.insert(id, entry.answer(Outcome::Hit));
+                    }
+                    Freshness::Stale => {
+                        let stale = entry.answer(Outcome::Stale);
+                        self.counters.bump(Event::Refresh);
+                        self.refresh_in_background(id.clone(), self.source_loader()?);
+                        answers.insert(id, stale);
+                    }
+                    Freshness::Expired => misses.push(id),
+                },
+                None => misses.push(id),
+            }
+        }
+        if !misses.is_empty() {
+            self.load_misses(misses, &mut answers).await?;
+        }
+        Ok(answers)
+    }
+
+    /// Misses of a batch: lease them all in one pipeline, load the leased
+    /// ones with one `load_many`, fill them in one pipeline; keys loading
+    /// elsewhere go through the single-key path (which waits for them).
+    async fn load_misses(
+        self: &Arc<Self>,
+        misses: Vec<String>,
+        answers: &mut HashMap<String, Lookup<V>>,
+    ) -> Result<()> {
+        let (mut single, batch): (Vec<String>, Vec<String>) =
+            misses.into_iter().partition(|id| self.flights.contains(id));
+        let requests: Vec<LeaseRequest> = batch
+            .iter()
+            .map(|id| LeaseRequest {
+                value_key: self.keys.value_key(id),
+                lease_key: self.keys.lease_key(id),
+                token: self.random.token(),
+                ttl: self.policy.lease_ttl,
+                if_absent: true,
+            })
+            .collect();
+        let acquired = match self.store.acquire_many(&requests).await {
+            Ok(acquired) => acquired,
+            Err(e) if e.is_store_unavailable() => {
+                self.store_failed(&e);
+                answers.extend(
+                    self.bypass_many(batch.into_iter().chain(single).collect())
+                        .await?,
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let now = self.clock.now_ms();
+        let mut leased = Vec::new();
+        for ((id, request), got) in batch.into_iter().zip(requests).zip(acquired) {
+            match got {
+                Acquired::Lease => leased.push((id, request)),
+                Acquired::Value(bytes) => match self.entry_or_none(&id, Some(bytes)) {
+                    Some(entry) if entry.freshness(now) == Freshness::Fresh => {
+                        answers.insert(id, entry.answer(Outcome::Hit));
+                    }
+                    _ => single.push(id),
+                },
+                Acquired::Held => single.push(id),
+            }
+        }
+        if !leased.is_empty() {
+            self.load_leased(leased, answers).await?;
+        }
+        let waits = single.into_iter().map(|id| {
+            let this = self.clone();
+            async move {
+                let loader = this.source_loader()?;
+                let answer = this.clone().load_shared(id.clone(), loader).await?;
+                Ok::<_, Error>((id, answer))
+            }
+        });
+        for pair in join_all(waits).await {
+            let (id, answer) = pair?;
+            answers.insert(id, answer);
+        }
+        Ok(())
+    }
+
+    async fn load_leased(
+        &self,
+        leased: Vec<(String, LeaseRequest)>,
+        answers: &mut HashMap<String, Lookup<V>>,
+    ) -> Result<()> {
+        let source = self
+            .source
+            .clone()
+            .ok_or_else(|| Error::Config("no source".into()))?;
+        let ids: Vec<String> = leased.iter().map(|(id, _)| id.clone()).collect();
+        let load = async move { source.load_many(&ids).await }.boxed();
+        let (loaded, took) = self.timed_load("(many)", load).await;
+        let mut loaded = match loaded {
+            Ok(map) => map,
+            Err(e) => {
+                join_all(leased.iter().map(|(_, lease)| self.release(lease))).await;
+                return Err(e);
+            }
+        };
+        let mut fills = Vec::with_capacity(leased.len());
+        let mut unfilled = Vec::new();
+        for (id, lease) in leased {
+            let value = loaded.remove(&id).map(Arc::new);
+            match self.encode_loaded(value.as_ref(), took)? {
+                Some((bytes, ttl)) => fills.push(Fill {
+                    value_key: lease.value_key,
+                    lease_key: lease.lease_key,
+                    token: lease.token,
+                    value: bytes,
+                    ttl,
+                }),
+                None => unfilled.push(lease),
+            }
+            answers.insert(
+                id,
+                Lookup {
+                    value,
+                    outcome: Outcome::Miss,
+                },
+            );
+        }
+        join_all(unfilled.iter().map(|lease| self.release(lease))).await;
+        match self.store.fill_many(&fills).await {
+            Ok(results) => results.into_iter().for_each(|r| self.count_fill(Ok(r))),
+            Err(e) => self.count_fill(Err(e)),
+        }
+        Ok(())
+    }
+
+    /// Many keys straight from the source, the store being unavailable.
+    async fn bypass_many(&self, ids: Vec<String>) -> Result<HashMap<String, Lookup<V>>> {
+        let source = self
+            .source
+            .clone()
+            .ok_or_else(|| Error::Config("no source".into()))?;
+        let load = {
+            let ids = ids.clone();
+            async move { source.load_many(&ids).await }.boxed()
+        };
+        let (loaded, _) = self.timed_load("(many)", load).await;
+        let mut loaded = loaded?;
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let value = loaded.remove(&id).map(Arc::new);
+                (
+                    id,
+                    Lookup {
+                        value,
+                        outcome: Outcome::Bypass,
+                    },
+                )
+            })
+            .collect())
+    }
+}

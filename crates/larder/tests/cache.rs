@@ -1,0 +1,514 @@
+//! The cache's behaviour, written once and run against every store:
+//! the embedded `memory://` store and the real Redis on 127.0.0.1:6379.
+
+mod support;
+
+use async_trait::async_trait;
+use larder::store::{self, Store};
+use larder::{Cache, Error, ManualClock, MessagePack, Outcome, Source};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+}
+
+fn user(id: u64, name: &str) -> User {
+    User {
+        id,
+        name: name.into(),
+    }
+}
+
+/// An in-process table behind the cache: counts its calls, can fail, and
+/// can hold loads at a gate so tests can act while a load is in flight.
+#[derive(Default)]
+struct Table {
+    rows: Mutex<HashMap<String, User>>,
+    loads: AtomicUsize,
+    batch_loads: AtomicUsize,
+    failing: AtomicBool,
+    gate: Mutex<Option<Arc<Semaphore>>>,
+    entered: tokio::sync::Notify,
+}
+
+impl Table {
+    fn with(rows: &[User]) -> Arc<Self> {
+        let table = Arc::new(Table::default());
+        for u in rows {
+            table.set(u.clone());
+        }
+        table
+    }
+
+    fn set(&self, u: User) {
+        self.rows.lock().expect("rows").insert(u.id.to_string(), u);
+    }
+
+    fn loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next loads wait until `open` is called on the returned gate.
+    fn hold(&self) -> Arc<Semaphore> {
+        let gate = Arc::new(Semaphore::new(0));
+        *self.gate.lock().expect("gate") = Some(gate.clone());
+        gate
+    }
+
+    async fn pass_gate(&self) {
+        let gate = self.gate.lock().expect("gate").clone();
+        if let Some(gate) = gate {
+            self.entered.notify_one();
+            let _permit = gate.acquire().await;
+        }
+    }
+
+    fn fail(&self) -> Result<(), Error> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(Error::SourceUnavailable {
+                entity: "users".into(),
+                cause: Arc::new(std::io::Error::other("the table is failing on purpose")),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+struct TableSource(Arc<Table>);
+
+#[async_trait]
+impl Source<User> for TableSource {
+    fn canonical_id(&self, id: &str) -> larder::Result<String> {
+        id.parse::<u64>()
+            .map(|n| n.to_string())
+            .map_err(|_| Error::InvalidId {
+                id: id.into(),
+                reason: "not an integer".into(),
+            })
+    }
+
+    async fn load(&self, id: &str) -> larder::Result<Option<User>> {
+        self.0.loads.fetch_add(1, Ordering::SeqCst);
+        self.0.pass_gate().await;
+        self.0.fail()?;
+        Ok(self.0.rows.lock().expect("rows").get(id).cloned())
+    }
+
+    async fn load_many(&self, ids: &[String]) -> larder::Result<HashMap<String, User>> {
+        self.0.batch_loads.fetch_add(1, Ordering::SeqCst);
+        self.0.fail()?;
+        let rows = self.0.rows.lock().expect("rows");
+        Ok(ids
+            .iter()
+            .filter_map(|id| rows.get(id).map(|u| (id.clone(), u.clone())))
+            .collect())
+    }
+}
+
+/// One store kind under test.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Redis,
+}
+
+async fn store(kind: Kind) -> Arc<dyn Store> {
+    match kind {
+        Kind::Memory => store::connect("memory://").await.expect("memory store"),
+        Kind::Redis => store::connect_checked(&support::redis_url())
+            .await
+            .expect("redis on 127.0.0.1:6379"),
+    }
+}
+
+struct Fixture {
+    cache: Cache<u64, User>,
+    table: Arc<Table>,
+    clock: ManualClock,
+    store: Arc<dyn Store>,
+    prefix: String,
+}
+
+async fn fixture(kind: Kind, rows: &[User]) -> Fixture {
+    fixture_with(kind, rows, |b| b).await
+}
+
+async fn fixture_with(
+    kind: Kind,
+    rows: &[User],
+    tune: impl FnOnce(larder::CacheBuilder<u64, User>) -> larder::CacheBuilder<u64, User>,
+) -> Fixture {
+    let table = Table::with(rows);
+    let clock = ManualClock::new();
+    let store = store(kind).await;
+    let prefix = support::unique("t");
+    let builder = Cache::<u64, User>::builder()
+        .prefix(&prefix)
+        .entity("users")
+        .store(store.clone())
+        .source(TableSource(table.clone()))
+        .clock(clock.clone())
+        .ttl(Duration::from_secs(60))
+        .jitter(0.0)
+        .stale(Duration::from_secs(30))
+        .negative_ttl(Duration::from_secs(10))
+        .early_refresh(0.0);
+    let cache = tune(builder).build().await.expect("build");
+    Fixture {
+        cache,
+        table,
+        clock,
+        store,
+        prefix,
+    }
+}
+
+/// Polls `check` until it holds, failing after a generous deadline.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn read_through_miss_then_hit(kind: Kind) {
+    let f = fixture(kind, &[user(1, "ada")]).await;
+    let first = f.cache.get(&1).await.expect("get");
+    assert_eq!(first.outcome, Outcome::Miss);
+    assert_eq!(first.value.as_deref(), Some(&user(1, "ada")));
+    let second = f.cache.get(&1).await.expect("get");
+    assert_eq!(second.outcome, Outcome::Hit);
+    assert_eq!(second.value.as_deref(), Some(&user(1, "ada")));
+    assert_eq!(f.table.loads(), 1);
+    let stats = f.cache.stats();
+    assert_eq!(
+        (
+            stats.reads(Outcome::Miss),
+            stats.reads(Outcome::Hit),
+            stats.loads
+        ),
+        (1, 1, 1)
+    );
+    assert!((stats.hit_ratio() - 0.5).abs() < 1e-9);
+}
+
+async fn cache_aside_loads_once(kind: Kind) {
+    let f = fixture(kind, &[]).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    for round in 0..3 {
+        let calls = calls.clone();
+        let got = f
+            .cache
+            .get_or_load(&7, move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(Some(user(7, "grace")))
+            })
+            .await
+            .expect("get_or_load");
+        assert_eq!(
+            got.outcome,
+            if round == 0 {
+                Outcome::Miss
+            } else {
+                Outcome::Hit
+            }
+        );
+        assert_eq!(got.value.as_deref(), Some(&user(7, "grace")));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let failed = f
+        .cache
+        .get_or_load(&8, || async {
+            Err::<Option<User>, _>(std::io::Error::other("backend down"))
+        })
+        .await
+        .expect_err("loader error");
+    assert!(
+        matches!(failed, Error::Loader { .. }) && failed.is_source_error(),
+        "{failed}"
+    );
+}
+
+async fn not_found_is_remembered(kind: Kind) {
+    let f = fixture(kind, &[]).await;
+    assert_eq!(f.cache.get(&404).await.expect("get").outcome, Outcome::Miss);
+    let again = f.cache.get(&404).await.expect("get");
+    assert_eq!((again.outcome, again.value), (Outcome::Negative, None));
+    assert_eq!(f.table.loads(), 1);
+    // After negative_ttl the row is looked up again and now found.
+    f.table.set(user(404, "found"));
+    f.clock.advance(Duration::from_secs(11));
+    let later = f.cache.get(&404).await.expect("get");
+    assert_eq!(
+        (later.outcome, later.value.as_deref()),
+        (Outcome::Miss, Some(&user(404, "found")))
+    );
+}
+
+async fn get_many_loads_misses_in_one_call(kind: Kind) {
+    let f = fixture(kind, &[user(1, "a"), user(2, "b"), user(3, "c")]).await;
+    f.cache.get(&1).await.expect("warm one");
+    let got = f
+        .cache
+        .get_many(&[&1, &2, &3, &4, &2])
+        .await
+        .expect("get_many");
+    let outcomes: Vec<Outcome> = got.iter().map(|l| l.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Hit,
+            Outcome::Miss,
+            Outcome::Miss,
+            Outcome::Miss,
+            Outcome::Miss
+        ]
+    );
+    assert_eq!(got[1].value.as_deref(), Some(&user(2, "b")));
+    assert_eq!(got[3].value, None);
+    assert_eq!(
+        f.table.batch_loads.load(Ordering::SeqCst),
+        1,
+        "misses load in one load_many"
+    );
+    let again = f.cache.get_many(&[&1, &2, &3, &4]).await.expect("get_many");
+    let outcomes: Vec<Outcome> = again.iter().map(|l| l.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [Outcome::Hit, Outcome::Hit, Outcome::Hit, Outcome::Negative]
+    );
+    assert_eq!(f.table.batch_loads.load(Ordering::SeqCst), 1);
+}
+
+async fn put_and_invalidate(kind: Kind) {
+    let f = fixture(kind, &[user(5, "old")]).await;
+    f.cache.put(&5, &user(5, "put")).await.expect("put");
+    let got = f.cache.get(&5).await.expect("get");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Hit, Some(&user(5, "put")))
+    );
+    f.cache.invalidate(&5).await.expect("invalidate");
+    let got = f.cache.get(&5).await.expect("get");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Miss, Some(&user(5, "old")))
+    );
+}
+
+async fn stale_is_served_while_one_refresh_runs(kind: Kind) {
+    let f = fixture(kind, &[user(1, "v1")]).await;
+    f.cache.get(&1).await.expect("fill");
+    f.table.set(user(1, "v2"));
+    f.clock.advance(Duration::from_secs(61)); // past ttl, inside the 30 s stale window
+    for _ in 0..20 {
+        let got = f.cache.get(&1).await.expect("stale read");
+        if got.value.as_deref() == Some(&user(1, "v2")) {
+            break; // the background refresh already landed
+        }
+        assert_eq!(
+            (got.outcome, got.value.as_deref()),
+            (Outcome::Stale, Some(&user(1, "v1")))
+        );
+    }
+    let table = f.table.clone();
+    eventually("the refresh lands", || f.cache.stats().fills == 2).await;
+    let got = f.cache.get(&1).await.expect("fresh read");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Hit, Some(&user(1, "v2")))
+    );
+    assert_eq!(table.loads(), 2, "exactly one refresh load");
+}
+
+async fn past_the_stale_window_is_a_miss(kind: Kind) {
+    let f = fixture(kind, &[user(1, "v1")]).await;
+    f.cache.get(&1).await.expect("fill");
+    f.table.set(user(1, "v2"));
+    f.clock.advance(Duration::from_secs(91));
+    let got = f.cache.get(&1).await.expect("get");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Miss, Some(&user(1, "v2")))
+    );
+}
+
+async fn fail_safe_serves_stale_then_errors(kind: Kind) {
+    let f = fixture(kind, &[user(1, "v1")]).await;
+    f.cache.get(&1).await.expect("fill");
+    f.table.failing.store(true, Ordering::SeqCst);
+    f.clock.advance(Duration::from_secs(70));
+    for _ in 0..5 {
+        let got = f.cache.get(&1).await.expect("stale while the source fails");
+        assert_eq!(
+            (got.outcome, got.value.as_deref()),
+            (Outcome::Stale, Some(&user(1, "v1")))
+        );
+    }
+    eventually("a failed refresh", || f.cache.stats().load_errors >= 1).await;
+    f.clock.advance(Duration::from_secs(30)); // past the stale window
+    let err = f.cache.get(&1).await.expect_err("no stale value left");
+    assert!(err.is_source_error(), "{err}");
+}
+
+async fn concurrent_misses_share_one_load(kind: Kind) {
+    let f = fixture(kind, &[user(9, "hot")]).await;
+    let gate = f.table.hold();
+    let mut readers = Vec::new();
+    for _ in 0..50 {
+        let cache = f.cache.clone();
+        readers.push(tokio::spawn(async move { cache.get(&9).await }));
+    }
+    f.table.entered.notified().await;
+    gate.add_permits(1000);
+    for r in readers {
+        let got = r.await.expect("join").expect("get");
+        assert_eq!(got.value.as_deref(), Some(&user(9, "hot")));
+    }
+    assert_eq!(f.table.loads(), 1);
+}
+
+async fn invalidation_during_a_load_voids_its_fill(kind: Kind) {
+    for round in 0..20 {
+        let f = fixture(kind, &[user(1, "old")]).await;
+        let gate = f.table.hold();
+        let reader = {
+            let cache = f.cache.clone();
+            tokio::spawn(async move { cache.get(&1).await })
+        };
+        f.table.entered.notified().await; // the load is in flight (and read "old")
+        f.table.set(user(1, "new"));
+        f.cache.invalidate(&1).await.expect("invalidate");
+        gate.add_permits(1000);
+        let got = reader.await.expect("join").expect("get");
+        assert_eq!(got.outcome, Outcome::Miss);
+        assert_eq!(
+            f.cache.stats().fills_refused,
+            1,
+            "round {round}: the outdated fill must be refused"
+        );
+        *f.table.gate.lock().expect("gate") = None;
+        let after = f.cache.get(&1).await.expect("get");
+        assert_eq!(
+            after.value.as_deref(),
+            Some(&user(1, "new")),
+            "round {round}"
+        );
+        assert_eq!(
+            after.outcome,
+            Outcome::Miss,
+            "round {round}: nothing outdated was cached"
+        );
+    }
+}
+
+async fn bad_input_is_refused(kind: Kind) {
+    let store = store(kind).await;
+    for (prefix, entity) in [
+        ("Bad", "users"),
+        ("ok", "us:ers"),
+        ("", "users"),
+        ("ok", ""),
+    ] {
+        let err = Cache::<u64, User>::builder()
+            .prefix(prefix)
+            .entity(entity)
+            .store(store.clone())
+            .build()
+            .await
+            .expect_err("bad name");
+        assert!(matches!(err, Error::InvalidName { .. }), "{err}");
+    }
+    let long = Cache::<str, User>::builder()
+        .prefix(support::unique("t"))
+        .entity("users")
+        .store(store.clone())
+        .build()
+        .await
+        .expect("build");
+    let too_long = "x".repeat(larder::MAX_ID_LEN + 1);
+    for id in ["", too_long.as_str()] {
+        let err = long.put(id, &user(1, "x")).await.expect_err("bad id");
+        assert!(
+            matches!(err, Error::InvalidId { .. }) && err.is_bad_input(),
+            "{err}"
+        );
+    }
+    let f = fixture(kind, &[]).await;
+    let typed = Cache::<str, User>::builder()
+        .prefix(&f.prefix)
+        .entity("users")
+        .store(f.store.clone())
+        .source(TableSource(f.table.clone()))
+        .build()
+        .await
+        .expect("build");
+    let err = typed.get("abc").await.expect_err("not an integer");
+    assert!(matches!(err, Error::InvalidId { .. }), "{err}");
+    assert_eq!(typed.id_of("007").expect("canonical"), "7");
+    let err = Cache::<u64, User>::builder()
+        .entity("users")
+        .load_timeout(Duration::from_secs(9))
+        .build()
+        .await
+        .expect_err("load_timeout past lease_ttl");
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+async fn changing_the_shard_count_is_refused(kind: Kind) {
+    let f = fixture(kind, &[]).await;
+    let err = Cache::<u64, User>::builder()
+        .prefix(&f.prefix)
+        .entity("users")
+        .shards(32)
+        .store(f.store.clone())
+        .build()
+        .await
+        .expect_err("layout mismatch");
+    assert!(matches!(err, Error::LayoutMismatch { .. }), "{err}");
+}
+
+async fn message_pack_round_trips(kind: Kind) {
+    let f = fixture_with(kind, &[user(3, "mp")], |b| b.codec(MessagePack)).await;
+    assert_eq!(f.cache.get(&3).await.expect("get").outcome, Outcome::Miss);
+    let hit = f.cache.get(&3).await.expect("get");
+    assert_eq!(
+        (hit.outcome, hit.value.as_deref()),
+        (Outcome::Hit, Some(&user(3, "mp")))
+    );
+}
+
+macro_rules! every_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory { $( #[tokio::test] async fn $name() { super::$name(super::Kind::Memory).await } )* }
+        mod redis { $( #[tokio::test] async fn $name() { super::$name(super::Kind::Redis).await } )* }
+    };
+}
+
+every_store!(
+    read_through_miss_then_hit,
+    cache_aside_loads_once,
+    not_found_is_remembered,
+    get_many_loads_misses_in_one_call,
+    put_and_invalidate,
+    stale_is_served_while_one_refresh_runs,
+    past_the_stale_window_is_a_miss,
+    fail_safe_serves_stale_then_errors,
+    concurrent_misses_share_one_load,
+    invalidation_during_a_load_voids_its_fill,
+    bad_input_is_refused,
+    changing_the_shard_count_is_refused,
+    message_pack_round_trips,
+);
