@@ -1,1 +1,157 @@
-fn main() {}
+//! The hit path: what a cache hit costs next to a raw Redis GET.
+//!
+//! In the same run: raw redis-rs `GET` of an encoded value (the floor),
+//! `Cache::get` on a Redis hit (GET + envelope + JSON decode), and
+//! `Cache::get` on a `memory://` hit; each sequentially and from 64
+//! concurrent tasks. Needs Redis on 127.0.0.1:6379 (`LARDER_BENCH_REDIS_URL`).
+//!
+//! Run: `cargo bench -p larder --bench hit_path`; the figure to report is
+//! the ratio of `larder_redis_hit/64` to `raw_get/64` throughput.
+
+#![allow(missing_docs)]
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use larder::{store, Cache, FnSource};
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+    email: String,
+    team: u32,
+}
+
+const KEYS: u64 = 1000;
+
+fn redis_url() -> String {
+    std::env::var("LARDER_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+async fn cache(store_url: &str) -> Cache<u64, User> {
+    let store = store::connect_checked(store_url).await.expect("store");
+    let cache = Cache::<u64, User>::builder()
+        .prefix("bench")
+        .entity("users")
+        .store(store)
+        .ttl(Duration::from_secs(3600))
+        .early_refresh(0.0)
+        .source(FnSource::new("users", |id: String| async move {
+            let id: u64 = id.parse().unwrap_or_default();
+            Ok::<_, Infallible>(Some(User {
+                id,
+                name: format!("user {id}"),
+                email: format!("user{id}@example.com"),
+                team: (id % 17) as u32,
+            }))
+        }))
+        .build()
+        .await
+        .expect("cache");
+    for id in 0..KEYS {
+        cache.get(&id).await.expect("warm");
+    }
+    cache
+}
+
+/// Runs `iters` operations split over `tasks` concurrent tasks; returns the wall time.
+async fn run<F, Fut>(iters: u64, tasks: u64, op: F) -> Duration
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut i = t;
+                while i < iters {
+                    op(i % KEYS).await;
+                    i += tasks;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.expect("task");
+    }
+    start.elapsed()
+}
+
+fn hit_path(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let redis_cache = rt.block_on(cache(&redis_url()));
+    let memory_cache = rt.block_on(cache("memory://"));
+    let conn = rt.block_on(async {
+        redis::Client::open(redis_url())
+            .expect("url")
+            .get_connection_manager()
+            .await
+            .expect("redis")
+    });
+    // The raw baseline reads the very keys the cache wrote: same value sizes.
+    let shards = 64;
+    let raw_keys: Arc<Vec<String>> = Arc::new(
+        (0..KEYS)
+            .map(|id| {
+                let shard = xxhash_rust::xxh3::xxh3_64(id.to_string().as_bytes()) % shards;
+                format!("bench:{{users:{shard}}}:v:{id}")
+            })
+            .collect(),
+    );
+
+    let mut group = c.benchmark_group("hit_path");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(5));
+    for tasks in [1u64, 64] {
+        let (conn, keys) = (conn.clone(), raw_keys.clone());
+        group.bench_with_input(BenchmarkId::new("raw_get", tasks), &tasks, |b, &tasks| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (conn, keys) = (conn.clone(), keys.clone());
+                run(iters, tasks, move |i| {
+                    let mut conn = conn.clone();
+                    let key = keys[i as usize].clone();
+                    async move {
+                        let v: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(key)
+                            .query_async(&mut conn)
+                            .await
+                            .expect("get");
+                        assert!(v.is_some());
+                    }
+                })
+            })
+        });
+        for (name, cache) in [
+            ("larder_redis_hit", &redis_cache),
+            ("larder_memory_hit", &memory_cache),
+        ] {
+            let cache = cache.clone();
+            group.bench_with_input(BenchmarkId::new(name, tasks), &tasks, |b, &tasks| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let cache = cache.clone();
+                    run(iters, tasks, move |i| {
+                        let cache = cache.clone();
+                        async move {
+                            let got = cache.get(&i).await.expect("get");
+                            assert!(got.outcome.is_hit());
+                        }
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hit_path);
+criterion_main!(benches);

@@ -1,7 +1,74 @@
 //! # larder
 //!
-//! placeholder
-#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+//! The caching layer between an application and its database, on Redis:
+//! the caching patterns done right once — no stampede when a hot key
+//! expires, no outdated value written over a newer one, numbers that show
+//! whether the cache helps.
+//!
+//! ## The tiers
+//!
+//! ```text
+//!  application ──► Cache<K, V>
+//!                    │ one GET (or one MGET)
+//!                    ▼
+//!                  store: Redis (redis://, rediss://) or memory://
+//!                    │ miss: lease, load, token-checked fill
+//!                    ▼
+//!                  source: PostgreSQL / SQLite table (SqlSource), or any loader
+//! ```
+//!
+//! ## Patterns
+//!
+//! - **cache-aside**: [`Cache::get_or_load`] — the application supplies the
+//!   loader; after writing the database it calls [`Cache::invalidate`].
+//! - **read-through**: [`Cache::get`] / [`Cache::get_many`] — the cache
+//!   loads from its [`Source`] on a miss (`get_many`: one `MGET`, one
+//!   `load_many` for all misses).
+//!
+//! ## Freshness (one set of words)
+//!
+//! `ttl` (fresh, scaled by `jitter`), `stale` (served past freshness while
+//! one refresh runs, and when the source fails), `negative_ttl` ("not found"
+//! remembered), `lease_ttl` (how long a loader owns a key). Decisions read
+//! the envelope's times against larder's [`Clock`]; Redis' expiry only
+//! collects garbage.
+//!
+//! ## Guarantees
+//!
+//! 1. **One load per key per expiry** across every process sharing the
+//!    store: a single flight per process, a lease (`SET NX PX` + token)
+//!    across processes; waiters poll for the fill and, past `wait_timeout`,
+//!    load by themselves without filling.
+//! 2. **No stale set**: the fill writes only while its lease holds its
+//!    token; `put` and `invalidate` void the lease in the same atomic step.
+//! 3. **A hit is one round trip**: leases and refresh decisions live on the
+//!    miss path.
+//! 4. **Redis down, reads go on**: from the source, outcome `bypass`.
+//!
+//! Every read reports its [`Outcome`]: `l1`, `hit`, `stale`, `negative`,
+//! `miss` or `bypass`.
+//!
+//! ## Example
+//!
+//! ```
+//! use larder::{Cache, Outcome};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct User { id: u64, name: String }
+//!
+//! # #[tokio::main] async fn main() -> larder::Result<()> {
+//! let store = larder::store::connect("memory://").await?;
+//! let users: Cache<u64, User> = Cache::builder().entity("users").store(store).build().await?;
+//! let first = users
+//!     .get_or_load(&42, || async { Ok::<_, std::io::Error>(Some(User { id: 42, name: "Ada".into() })) })
+//!     .await?;
+//! assert_eq!(first.outcome, Outcome::Miss);
+//! let again = users.get_or_load(&42, || async { Ok::<_, std::io::Error>(None) }).await?;
+//! assert_eq!(again.outcome, Outcome::Hit);
+//! assert_eq!(again.value.map(|u| u.name.clone()).as_deref(), Some("Ada"));
+//! # Ok(()) }
+//! ```
 
 mod breaker;
 mod builder;
@@ -28,3 +95,8 @@ pub use key::{validate_id, validate_name, CacheKey, DEFAULT_SHARDS, MAX_ID_LEN, 
 pub use outcome::{Lookup, Outcome};
 pub use source::{FnSource, Source, SqlPool, SqlSource};
 pub use stats::CacheStats;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}

@@ -18,10 +18,9 @@ async fn raw() -> redis::aio::MultiplexedConnection {
         .expect("redis on 127.0.0.1:6379")
 }
 
-fn echo_source(
-) -> FnSource<impl Fn(String) -> std::future::Ready<Result<Option<String>, Infallible>>, String> {
+fn echo_source() -> impl larder::Source<String> {
     FnSource::new("items", |id: String| {
-        std::future::ready(Ok(Some(format!("value of {id}"))))
+        std::future::ready(Ok::<_, Infallible>(Some(format!("value of {id}"))))
     })
 }
 

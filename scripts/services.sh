@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Make sure the services the tests need are running on loopback:
+#
+#   Redis       127.0.0.1:6379, no persistence (plus the `redis-server` binary,
+#               which tests use to start their own instances on free ports)
+#   PostgreSQL  127.0.0.1:5432, trust auth for loopback TCP, superuser roles
+#               `postgres` and `root`, database `test`
+#
+# Idempotent: on a machine where all of that is already true it only checks
+# and prints one line per step. Installs packages with apt-get when missing
+# (CI runs as root on a fresh Debian; elsewhere sudo is used if available).
+# SQLite needs nothing: sqlx builds it in.
+set -euo pipefail
+
+# The defaults are what DESIGN.md promises; the overrides exist to exercise
+# this script against a throwaway instance without touching the shared ones.
+REDIS_HOST=127.0.0.1
+REDIS_PORT=${LARDER_SERVICES_REDIS_PORT:-6379}
+REDIS_LOG=${LARDER_SERVICES_REDIS_LOG:-/var/log/redis/ci.log}
+PG_HOST=127.0.0.1
+PG_PORT=${LARDER_SERVICES_PG_PORT:-5432}
+PG_CLUSTER=${LARDER_SERVICES_PG_CLUSTER:-main}
+WAIT_SECS=30
+
+say() { echo "services: $*"; }
+die() {
+    echo "services: ERROR: $*" >&2
+    exit 1
+}
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    fi
+fi
+as_root() { "${SUDO[@]}" "$@"; }
+
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        say "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    say "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# ---------------------------------------------------------------- Redis ----
+
+if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+    say "redis-server present ($(redis-server --version | awk '{print $3}' | sed 's/^v=//'))"
+else
+    apt_install redis-server
+fi
+
+redis_ping() {
+    [ "$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]
+}
+
+if redis_ping; then
+    say "redis answering on $REDIS_HOST:$REDIS_PORT"
+else
+    say "starting redis on $REDIS_HOST:$REDIS_PORT"
+    as_root mkdir -p /var/lib/redis "$(dirname "$REDIS_LOG")"
+    as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" \
+        --save "" --appendonly no --dir /var/lib/redis --logfile "$REDIS_LOG"
+    for _ in $(seq $((WAIT_SECS * 5))); do
+        redis_ping && break
+        sleep 0.2
+    done
+    if ! redis_ping; then
+        as_root tail -n 30 "$REDIS_LOG" >&2 || true
+        die "redis did not answer PING within ${WAIT_SECS}s"
+    fi
+    say "redis up"
+fi
+
+# ----------------------------------------------------------- PostgreSQL ----
+
+if command -v pg_ctlcluster >/dev/null 2>&1 && command -v psql >/dev/null 2>&1 &&
+    command -v pg_isready >/dev/null 2>&1; then
+    say "postgresql present"
+else
+    apt_install postgresql
+fi
+
+pg_ready() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" >/dev/null 2>&1; }
+
+pg_version() {
+    local v
+    v=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+    [ -n "$v" ] || v=$(ls /usr/lib/postgresql 2>/dev/null | sort -V | tail -1)
+    [ -n "$v" ] || die "no PostgreSQL version found under /etc/postgresql or /usr/lib/postgresql"
+    echo "$v"
+}
+
+PG_VER=$(pg_version)
+PG_CONF_DIR=/etc/postgresql/$PG_VER/$PG_CLUSTER
+
+pg_ctl_main() { as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VER" "$PG_CLUSTER" "$@"; }
+
+wait_pg_ready() {
+    for _ in $(seq $((WAIT_SECS * 5))); do
+        pg_ready && return 0
+        sleep 0.2
+    done
+    as_root tail -n 30 "/var/log/postgresql/postgresql-$PG_VER-$PG_CLUSTER.log" >&2 || true
+    die "postgresql not ready on $PG_HOST:$PG_PORT within ${WAIT_SECS}s"
+}
+
+if pg_ready; then
+    say "postgresql accepting connections on $PG_HOST:$PG_PORT"
+else
+    if [ ! -f "$PG_CONF_DIR/postgresql.conf" ]; then
+        say "creating cluster $PG_VER/$PG_CLUSTER on port $PG_PORT"
+        as_root pg_createcluster "$PG_VER" "$PG_CLUSTER" --port "$PG_PORT" >/dev/null
+    fi
+    say "starting postgresql $PG_VER/$PG_CLUSTER"
+    pg_ctl_main start
+    wait_pg_ready
+    say "postgresql up"
+fi
+
+# Runs SQL as the superuser `postgres`: over loopback TCP when trust auth is
+# there, otherwise over the Unix socket as the postgres OS user (peer auth).
+pg_tcp() { psql -X -w -q -At -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres "$@"; }
+pg_admin() {
+    if pg_tcp -c 'select 1' >/dev/null 2>&1; then
+        pg_tcp "$@"
+    elif [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- psql -X -q -At -p "$PG_PORT" -d postgres "$@"
+    else
+        sudo -u postgres psql -X -q -At -p "$PG_PORT" -d postgres "$@"
+    fi
+}
+
+if pg_tcp -c 'select 1' >/dev/null 2>&1; then
+    say "postgresql trust auth on $PG_HOST works"
+else
+    hba=$(pg_admin -c 'show hba_file')
+    [ -n "$hba" ] || die "could not find pg_hba.conf"
+    say "adding loopback trust lines at the top of $hba"
+    tmp=$(mktemp)
+    {
+        echo "# added by larder scripts/services.sh: trust loopback TCP (tests only)"
+        echo "host all all 127.0.0.1/32 trust"
+        echo "host all all ::1/128 trust"
+        as_root cat "$hba"
+    } >"$tmp"
+    as_root cp "$tmp" "$hba"
+    rm -f "$tmp"
+    pg_ctl_main reload
+    for _ in $(seq $((WAIT_SECS * 5))); do
+        pg_tcp -c 'select 1' >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    pg_tcp -c 'select 1' >/dev/null 2>&1 ||
+        die "psql -h $PG_HOST -U postgres still fails after adding trust lines"
+    say "postgresql trust auth on $PG_HOST works"
+fi
+
+for role in postgres root; do
+    super=$(pg_admin -c "select rolsuper and rolcanlogin from pg_roles where rolname = '$role'")
+    case "$super" in
+    t) say "role $role exists (superuser)" ;;
+    f)
+        pg_admin -c "alter role \"$role\" with superuser login"
+        say "role $role made superuser"
+        ;;
+    *)
+        pg_admin -c "create role \"$role\" with superuser login"
+        say "role $role created"
+        ;;
+    esac
+done
+
+if [ "$(pg_admin -c "select 1 from pg_database where datname = 'test'")" = "1" ]; then
+    say "database test exists"
+else
+    pg_admin -c 'create database test owner postgres'
+    say "database test created"
+fi

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command (README, and the last step of .ci/run): make sure Redis and
+# PostgreSQL are up (scripts/services.sh), then run every test in the
+# workspace: unit tests of the library and binaries, integration tests, and
+# doctests. Criterion benches are not run (`--benches`/`--all-targets` would
+# run each bench once in test mode; clippy still compiles them).
+#
+#   scripts/test.sh                  # everything, as CI does
+#   scripts/test.sh -p larder --test support_selftest   # any `cargo test` args instead
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/services.sh
+
+if [ "$#" -gt 0 ]; then
+    exec cargo test "$@"
+fi
+
+cargo test --workspace --lib --bins --tests
+cargo test --workspace --doc
