@@ -301,7 +301,6 @@ impl Queries {
 
     fn upsert_sql(&self, s: &Schema, cols: &[String]) -> String {
         let (table, key) = (&self.table, &self.key);
-        let list = cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
         let mut set: Vec<String> = cols
             .iter()
             .filter(|c| **c != s.key.name)
@@ -311,14 +310,28 @@ impl Queries {
             // Only the key: a no-op update, so RETURNING still yields the row.
             set.push(format!("{key} = EXCLUDED.{key}"));
         }
+        // Required columns the rows leave out come from the existing row
+        // (a new row gets NULL and fails NOT NULL, as it should).
+        let fill = s.missing_required(cols);
+        let mut insert_cols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+        let mut values: Vec<String> = cols.iter().map(|c| format!("__i.{}", quote(c))).collect();
+        let mut from = format!("json_populate_recordset(NULL::{table}, $1::json) AS __i");
+        if !fill.is_empty() {
+            insert_cols.extend(fill.iter().map(|c| quote(c)));
+            values.extend(fill.iter().map(|c| format!("__old.{}", quote(c))));
+            from.push_str(&format!(
+                " LEFT JOIN {table} AS __old ON __old.{key} = __i.{key}"
+            ));
+        }
         format!(
             "WITH __w AS (\
-               INSERT INTO {table} ({list}) \
-               SELECT {list} FROM json_populate_recordset(NULL::{table}, $1::json) \
+               INSERT INTO {table} ({}) SELECT {} FROM {from} \
                ON CONFLICT ({key}) DO UPDATE SET {} \
                RETURNING *) \
              SELECT __w.{key}::text, row_to_json(__r)::text FROM __w \
              CROSS JOIN LATERAL (SELECT {}) AS __r",
+            insert_cols.join(", "),
+            values.join(", "),
             set.join(", "),
             self.returning_cols
         )

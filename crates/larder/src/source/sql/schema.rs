@@ -197,6 +197,11 @@ pub(crate) struct Schema {
     pub(crate) key: RawColumn,
     pub(crate) key_type: KeyType,
     pub(crate) read_only: Option<String>,
+    /// Every `NOT NULL` column without a default except the key, chosen or
+    /// not: an upsert that leaves one out copies it from the existing row,
+    /// since the database checks `NOT NULL` on the proposed row before it
+    /// resolves the conflict.
+    pub(crate) required: Vec<String>,
 }
 
 impl Schema {
@@ -243,8 +248,15 @@ impl Schema {
                 chosen
             }
         };
+        let required = raw
+            .columns
+            .iter()
+            .filter(|c| c.not_null && !c.has_default && c.name != key_col.name)
+            .map(|c| c.name.clone())
+            .collect();
         Ok(Schema {
             entity,
+            required,
             table: raw.table,
             kinds: chosen.iter().map(|c| c.kind).collect(),
             columns: chosen
@@ -353,6 +365,15 @@ impl Schema {
             }
         }
         Ok(key)
+    }
+
+    /// The required columns a row with `present` columns leaves out.
+    pub(crate) fn missing_required<'a>(&'a self, present: &[String]) -> Vec<&'a str> {
+        self.required
+            .iter()
+            .filter(|c| !present.contains(c))
+            .map(String::as_str)
+            .collect()
     }
 
     /// A refused row: `Error::Source` with SQLSTATE 22023.

@@ -321,8 +321,24 @@ impl Queries {
             // Only the key: a no-op update, so RETURNING still yields the row.
             set.push(format!("{key} = excluded.{key}"));
         }
+        // Required columns the rows leave out come from the existing row
+        // (a new row gets NULL and fails NOT NULL, as it should).
+        let fill = s.missing_required(cols);
+        let mut list = list;
+        let mut values = values;
+        let mut from = "json_each(?1) AS j".to_owned();
+        if !fill.is_empty() {
+            for c in &fill {
+                list.push_str(&format!(", {}", quote(c)));
+                values.push_str(&format!(", __old.{}", quote(c)));
+            }
+            from.push_str(&format!(
+                " LEFT JOIN {table} AS __old ON __old.{key} = {}",
+                extract(&s.key.name, s.key.kind)
+            ));
+        }
         format!(
-            "INSERT INTO {table} ({list}) SELECT {values} FROM json_each(?1) AS j WHERE true \
+            "INSERT INTO {table} ({list}) SELECT {values} FROM {from} WHERE true \
              ON CONFLICT ({key}) DO UPDATE SET {} RETURNING {}",
             set.join(", "),
             self.projection
