@@ -1,0 +1,666 @@
+//! SQL sources: an entity is a PostgreSQL or SQLite table (or view).
+//!
+//! The database builds the JSON of a row (PostgreSQL `row_to_json`, SQLite
+//! `json_object`), so every column type works and a value `V` is whatever
+//! serde makes of that JSON. The table's schema is read once, at
+//! [`SqlSourceBuilder::build`]:
+//!
+//! - ids are canonicalised by the key column's type (`"007"` → `"7"` for an
+//!   integer key, lowercase hyphenated uuids, text unchanged);
+//! - rows to write are checked against the column definitions before any SQL
+//!   runs (unknown columns, wrong JSON types, `null` into `NOT NULL`);
+//! - views, and tables without a unique index on exactly the key column, are
+//!   read-only.
+//!
+//! # Behavior
+//!
+//! - `load_many` is one query; `store_many` is one upsert statement per
+//!   distinct set of columns in the batch (in one transaction), with the rows
+//!   bound as one JSON parameter. The batch is first de-duplicated to the
+//!   last write per id.
+//! - An upsert names only the columns present in the row: on insert, absent
+//!   columns take their default; on update, they keep their value.
+//! - Database errors are classified by SQLSTATE (SQLite: result code):
+//!   connection, resource, lock, serialization and deadlock errors, and
+//!   driver errors without a code (I/O, pool timeout), are
+//!   [`Error::SourceUnavailable`]; everything else is [`Error::Source`] with
+//!   its code.
+//! - A row refused by validation is [`Error::Source`] with code `22023`
+//!   (`invalid_parameter_value`) and a message naming the column; a row whose
+//!   key column differs from the id is [`Error::InvalidId`].
+
+mod postgres;
+mod schema;
+mod sqlite;
+
+// `source/mod.rs` should re-export this beside `SqlSource`; until it does,
+// the type is reachable only through `SqlSource::columns`.
+#[allow(unreachable_pub)]
+pub use self::schema::ColumnInfo;
+
+use self::schema::{KeyValue, Schema, TableName};
+use super::Source;
+use crate::codec::RawJson;
+use crate::error::{Error, Message, Result};
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a pool waits for a connection (including connecting) before
+/// the source counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long SQLite waits on a locked database before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection pool to PostgreSQL or SQLite.
+#[derive(Debug, Clone)]
+pub enum SqlPool {
+    /// PostgreSQL.
+    Postgres(sqlx::PgPool),
+    /// SQLite.
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl SqlPool {
+    /// Connects to `postgres://…`, `postgresql://…` or `sqlite://…` (also
+    /// `sqlite:path` and `sqlite::memory:`).
+    ///
+    /// SQLite files are created if missing and opened in WAL mode with a
+    /// 5 s busy timeout; an in-memory database uses one connection that is
+    /// never closed (every connection would otherwise see its own database).
+    /// Waiting for a connection times out after 5 s.
+    ///
+    /// An unreachable database is [`Error::SourceUnavailable`]; a URL of
+    /// another scheme is [`Error::Config`].
+    pub async fn connect(url: &str, max_connections: u32) -> Result<SqlPool> {
+        let label = redact(url);
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect(url)
+                .await
+                .map_err(|e| classify(&label, e))?;
+            Ok(SqlPool::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let memory = url.contains(":memory:") || url.contains("mode=memory");
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                .map_err(|e| Error::Config(format!("invalid SQLite URL {label:?}: {e}")))?
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            let mut pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(if memory { 1 } else { max_connections.max(1) })
+                .acquire_timeout(ACQUIRE_TIMEOUT);
+            if memory {
+                pool = pool
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .min_connections(1);
+            }
+            let pool = pool
+                .connect_with(options)
+                .await
+                .map_err(|e| classify(&label, e))?;
+            Ok(SqlPool::Sqlite(pool))
+        } else {
+            Err(Error::Config(format!(
+                "unsupported database URL {label:?}: use postgres://, postgresql:// or sqlite://"
+            )))
+        }
+    }
+}
+
+/// A URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A table or view of a SQL database as a [`Source`].
+///
+/// A cheap clone: clones share the pool and the schema read at build time.
+/// See the [module docs](self) for its behavior.
+#[derive(Debug, Clone)]
+pub struct SqlSource {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    schema: Schema,
+    backend: Backend,
+}
+
+/// The pool with the SQL precomputed for it.
+#[derive(Debug)]
+enum Backend {
+    Postgres(sqlx::PgPool, postgres::Queries),
+    Sqlite(sqlx::SqlitePool, sqlite::Queries),
+}
+
+/// Builds a [`SqlSource`]; consuming, finish with [`build`](Self::build).
+#[derive(Debug)]
+#[must_use]
+pub struct SqlSourceBuilder {
+    pool: SqlPool,
+    table: String,
+    key: String,
+    columns: Option<Vec<String>>,
+    entity: Option<String>,
+}
+
+impl SqlSource {
+    /// Starts a source over `table` (`table`, or `schema.table` on
+    /// PostgreSQL, where the default schema is `current_schema()`).
+    pub fn builder(pool: SqlPool, table: &str) -> SqlSourceBuilder {
+        SqlSourceBuilder {
+            pool,
+            table: table.to_owned(),
+            key: "id".to_owned(),
+            columns: None,
+            entity: None,
+        }
+    }
+}
+
+impl SqlSourceBuilder {
+    /// The key column: ids are its values. Default: `"id"`.
+    pub fn key(mut self, column: &str) -> Self {
+        column.clone_into(&mut self.key);
+        self
+    }
+
+    /// The columns that make up a value, in the order of the JSON object.
+    /// Rows to write may only carry these (and the key). Default: all
+    /// columns, in table order.
+    pub fn columns(mut self, cols: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.columns = Some(cols.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The entity name used in errors. Default: the table name.
+    pub fn entity(mut self, name: &str) -> Self {
+        self.entity = Some(name.to_owned());
+        self
+    }
+
+    /// Reads the table's schema and builds the source.
+    ///
+    /// Invalid identifiers, an unknown table, key column or listed column are
+    /// [`Error::Config`]; a database that cannot be reached is
+    /// [`Error::SourceUnavailable`].
+    pub async fn build(self) -> Result<SqlSource> {
+        let table = TableName::parse(&self.table)?;
+        schema::ident("key column", &self.key)?;
+        if let Some(cols) = &self.columns {
+            for c in cols {
+                schema::ident("column", c)?;
+            }
+        }
+        let entity = self.entity.unwrap_or_else(|| table.name.clone());
+        let (raw, pool) = match self.pool {
+            SqlPool::Postgres(pool) => (
+                postgres::describe(&pool, &entity, &table, &self.key).await?,
+                SqlPool::Postgres(pool),
+            ),
+            SqlPool::Sqlite(pool) => {
+                if table.schema.is_some() {
+                    return Err(Error::Config(format!(
+                        "table `{}`: SQLite sources take a table name without a schema",
+                        self.table
+                    )));
+                }
+                (
+                    sqlite::describe(&pool, &entity, &table, &self.key).await?,
+                    SqlPool::Sqlite(pool),
+                )
+            }
+        };
+        let schema = Schema::new(entity, raw, &self.key, self.columns)?;
+        let backend = match pool {
+            SqlPool::Postgres(pool) => {
+                let q = postgres::Queries::new(&schema);
+                Backend::Postgres(pool, q)
+            }
+            SqlPool::Sqlite(pool) => {
+                let q = sqlite::Queries::new(&schema);
+                Backend::Sqlite(pool, q)
+            }
+        };
+        Ok(SqlSource {
+            inner: Arc::new(Inner { schema, backend }),
+        })
+    }
+}
+
+impl SqlSource {
+    fn entity(&self) -> &str {
+        &self.inner.schema.entity
+    }
+
+    /// Whether writes are accepted: false for views and for tables without
+    /// a unique index (or primary key) on exactly the key column.
+    pub fn is_writable(&self) -> bool {
+        self.inner.schema.read_only.is_none()
+    }
+
+    /// The key column's name.
+    pub fn key_column(&self) -> &str {
+        &self.inner.schema.key.name
+    }
+
+    /// The configured columns, in JSON order.
+    pub fn columns(&self) -> &[ColumnInfo] {
+        &self.inner.schema.columns
+    }
+
+    /// The canonical form of an id for the key column's type: integers in
+    /// decimal without sign or leading zeros (`"+007"` → `"7"`), uuids
+    /// lowercase hyphenated, text unchanged. Ids that do not fit the type,
+    /// and empty ids, are [`Error::InvalidId`].
+    pub fn canonical_id(&self, raw: &str) -> Result<String> {
+        Ok(self.inner.schema.canonical(raw)?.text)
+    }
+
+    /// Loads one row as JSON; `None` when there is none.
+    pub async fn load_json(&self, id: &str) -> Result<Option<RawJson>> {
+        let key = self.inner.schema.canonical(id)?;
+        let json = match &self.inner.backend {
+            Backend::Postgres(pool, q) => q.load_one(pool, &key).await,
+            Backend::Sqlite(pool, q) => q.load_one(pool, &key).await,
+        }
+        .map_err(|e| classify(self.entity(), e))?;
+        json.map(|j| self.raw_json(&key.text, j)).transpose()
+    }
+
+    /// Loads many rows as JSON in one query, keyed by canonical id; ids
+    /// without a row are absent.
+    pub async fn load_many_json(&self, ids: &[String]) -> Result<HashMap<String, RawJson>> {
+        let mut keys: Vec<KeyValue> = Vec::with_capacity(ids.len());
+        for id in ids {
+            let key = self.inner.schema.canonical(id)?;
+            if !keys.iter().any(|k| k.text == key.text) {
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = match &self.inner.backend {
+            Backend::Postgres(pool, q) => q.load_many(pool, &keys).await,
+            Backend::Sqlite(pool, q) => q.load_many(pool, &keys).await,
+        }
+        .map_err(|e| classify(self.entity(), e))?;
+        rows.into_iter()
+            .map(|(id, json)| {
+                let raw = self.raw_json(&id, json)?;
+                Ok((id, raw))
+            })
+            .collect()
+    }
+
+    /// At most `limit` rows in key order after the id `after` (exclusive),
+    /// or from the start: keyset pagination over the whole entity.
+    pub async fn load_page_json(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, RawJson)>> {
+        let after = after.map(|a| self.inner.schema.canonical(a)).transpose()?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match &self.inner.backend {
+            Backend::Postgres(pool, q) => q.load_page(pool, after.as_ref(), limit).await,
+            Backend::Sqlite(pool, q) => q.load_page(pool, after.as_ref(), limit).await,
+        }
+        .map_err(|e| classify(self.entity(), e))?;
+        rows.into_iter()
+            .map(|(id, json)| {
+                let raw = self.raw_json(&id, json)?;
+                Ok((id, raw))
+            })
+            .collect()
+    }
+
+    /// Inserts or updates rows (JSON objects) and returns them as stored,
+    /// one per distinct id, as the database's `RETURNING` gave them.
+    ///
+    /// Every row is validated first ([`validate_row`](Self::validate_row));
+    /// one refused row means nothing is written.
+    pub async fn store_many_json(
+        &self,
+        rows: &[(String, RawJson)],
+    ) -> Result<Vec<(String, RawJson)>> {
+        let mut parsed = Vec::with_capacity(rows.len());
+        for (id, json) in rows {
+            match serde_json::from_slice::<Value>(json.bytes()) {
+                Ok(Value::Object(map)) => parsed.push((id.clone(), map)),
+                _ => {
+                    return Err(Error::Source {
+                        entity: self.entity().to_owned(),
+                        code: Some(schema::INVALID_ROW_CODE.to_owned()),
+                        cause: Message::cause(format!(
+                            "row {id:?} refused before writing: a row must be a JSON object"
+                        )),
+                    })
+                }
+            }
+        }
+        self.store_maps(parsed).await
+    }
+
+    /// Deletes the row of `id`; whether there was one.
+    pub async fn remove_id(&self, id: &str) -> Result<bool> {
+        if let Some(e) = self.inner.schema.read_only_error() {
+            return Err(e);
+        }
+        let key = self.inner.schema.canonical(id)?;
+        match &self.inner.backend {
+            Backend::Postgres(pool, q) => q.remove(pool, &key).await,
+            Backend::Sqlite(pool, q) => q.remove(pool, &key).await,
+        }
+        .map_err(|e| classify(self.entity(), e))
+    }
+
+    /// Checks a row before it is written, against the column definitions:
+    ///
+    /// - a column outside the configured columns is refused;
+    /// - a value of the wrong JSON type is refused (numbers for integer and
+    ///   numeric columns, strings for text, date, time, uuid and the like,
+    ///   booleans for boolean columns, arrays for arrays, anything for
+    ///   json/jsonb);
+    /// - `null` into a `NOT NULL` column is refused.
+    ///
+    /// These are [`Error::Source`] with code `22023` and a message naming
+    /// the column. The key column may be present but must equal the id
+    /// (else [`Error::InvalidId`]). A missing `NOT NULL` column without a
+    /// default is left to the database (it may be an update).
+    pub fn validate_row(&self, id: &str, row: &Map<String, Value>) -> Result<()> {
+        self.inner.schema.validate(id, row).map(|_| ())
+    }
+
+    /// Validates, de-duplicates, groups by column set and upserts.
+    async fn store_maps(
+        &self,
+        rows: Vec<(String, Map<String, Value>)>,
+    ) -> Result<Vec<(String, RawJson)>> {
+        let schema = &self.inner.schema;
+        if let Some(e) = schema.read_only_error() {
+            return Err(e);
+        }
+        // Validate everything first, then keep the last write per id in the
+        // order ids first appeared.
+        let mut order: Vec<String> = Vec::new();
+        let mut latest: HashMap<String, Map<String, Value>> = HashMap::new();
+        for (id, mut row) in rows {
+            let key = schema.validate(&id, &row)?;
+            row.insert(schema.key.name.clone(), schema.key_json(&key));
+            if latest.insert(key.text.clone(), row).is_none() {
+                order.push(key.text);
+            }
+        }
+        if order.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Group by column set: the key, then the present columns in
+        // configured order.
+        let mut groups: Vec<(Vec<String>, Vec<Value>)> = Vec::new();
+        for id in &order {
+            let Some(row) = latest.remove(id) else {
+                continue;
+            };
+            let cols: Vec<String> = std::iter::once(schema.key.name.clone())
+                .chain(
+                    schema
+                        .columns
+                        .iter()
+                        .filter(|c| !c.is_key && row.contains_key(&c.name))
+                        .map(|c| c.name.clone()),
+                )
+                .collect();
+            match groups.iter_mut().find(|(c, _)| *c == cols) {
+                Some((_, batch)) => batch.push(Value::Object(row)),
+                None => groups.push((cols, vec![Value::Object(row)])),
+            }
+        }
+        let stored = match &self.inner.backend {
+            Backend::Postgres(pool, q) => q.upsert(pool, schema, &groups).await,
+            Backend::Sqlite(pool, q) => q.upsert(pool, schema, &groups).await,
+        }
+        .map_err(|e| classify(self.entity(), e))?;
+        let mut by_id: HashMap<String, String> = stored.into_iter().collect();
+        let mut out = Vec::with_capacity(order.len());
+        for id in order {
+            let Some(json) = by_id.remove(&id) else {
+                return Err(Error::Source {
+                    entity: self.entity().to_owned(),
+                    code: None,
+                    cause: Message::cause(format!(
+                        "the upsert of id {id:?} returned no row (a trigger may have skipped it)"
+                    )),
+                });
+            };
+            let raw = self.raw_json(&id, json)?;
+            out.push((id, raw));
+        }
+        Ok(out)
+    }
+
+    fn raw_json(&self, id: &str, json: String) -> Result<RawJson> {
+        RawJson::from_bytes(json).map_err(|e| match e {
+            Error::Decode { cause, .. } => Error::Decode {
+                entity: self.entity().to_owned(),
+                id: id.to_owned(),
+                cause,
+            },
+            other => other,
+        })
+    }
+
+    fn decode<V: DeserializeOwned>(&self, id: &str, json: &RawJson) -> Result<V> {
+        serde_json::from_slice(json.bytes()).map_err(|e| Error::Decode {
+            entity: self.entity().to_owned(),
+            id: id.to_owned(),
+            cause: Error::cause(e),
+        })
+    }
+
+    fn encode<V: Serialize>(&self, value: &V) -> Result<Map<String, Value>> {
+        match serde_json::to_value(value) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(other) => Err(Error::Encode {
+                entity: self.entity().to_owned(),
+                cause: Message::cause(format!(
+                    "a SQL row must serialize to a JSON object, not {}",
+                    match other {
+                        Value::Array(_) => "an array",
+                        Value::String(_) => "a string",
+                        Value::Number(_) => "a number",
+                        Value::Bool(_) => "a boolean",
+                        _ => "null",
+                    }
+                )),
+            }),
+            Err(e) => Err(Error::Encode {
+                entity: self.entity().to_owned(),
+                cause: Error::cause(e),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl<V> Source<V> for SqlSource
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn canonical_id(&self, id: &str) -> Result<String> {
+        SqlSource::canonical_id(self, id)
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<V>> {
+        match self.load_json(id).await? {
+            Some(json) => Ok(Some(self.decode(id, &json)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn load_many(&self, ids: &[String]) -> Result<HashMap<String, V>> {
+        self.load_many_json(ids)
+            .await?
+            .into_iter()
+            .map(|(id, json)| {
+                let v = self.decode(&id, &json)?;
+                Ok((id, v))
+            })
+            .collect()
+    }
+
+    async fn load_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, V)>> {
+        self.load_page_json(after, limit)
+            .await?
+            .into_iter()
+            .map(|(id, json)| {
+                let v = self.decode(&id, &json)?;
+                Ok((id, v))
+            })
+            .collect()
+    }
+
+    fn is_writable(&self) -> bool {
+        SqlSource::is_writable(self)
+    }
+
+    async fn store(&self, id: &str, value: &V) -> Result<V> {
+        let row = self.encode(value)?;
+        let stored = self.store_maps(vec![(id.to_owned(), row)]).await?;
+        match stored.into_iter().next() {
+            Some((id, json)) => self.decode(&id, &json),
+            None => Err(Error::Source {
+                entity: self.entity().to_owned(),
+                code: None,
+                cause: Message::cause("the upsert returned no row"),
+            }),
+        }
+    }
+
+    async fn store_many(&self, rows: &[(String, V)]) -> Result<Vec<(String, V)>> {
+        let mut maps = Vec::with_capacity(rows.len());
+        for (id, value) in rows {
+            maps.push((id.clone(), self.encode(value)?));
+        }
+        self.store_maps(maps)
+            .await?
+            .into_iter()
+            .map(|(id, json)| {
+                let v = self.decode(&id, &json)?;
+                Ok((id, v))
+            })
+            .collect()
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool> {
+        self.remove_id(id).await
+    }
+
+    fn read_only(&self) -> Error {
+        self.inner
+            .schema
+            .read_only_error()
+            .unwrap_or_else(|| Error::ReadOnly {
+                entity: self.entity().to_owned(),
+                reason: "its source does not accept writes".into(),
+            })
+    }
+}
+
+/// Turns a driver error into larder's: unavailable (worth retrying later)
+/// or a database error with its code.
+pub(crate) fn classify(entity: &str, e: sqlx::Error) -> Error {
+    let code = match &e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    let unavailable = match &e {
+        sqlx::Error::Database(_) => code.as_deref().is_some_and(is_retryable_code),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    };
+    if unavailable {
+        Error::SourceUnavailable {
+            entity: entity.to_owned(),
+            cause: Error::cause(e),
+        }
+    } else {
+        Error::Source {
+            entity: entity.to_owned(),
+            code,
+            cause: Error::cause(e),
+        }
+    }
+}
+
+/// Whether a database error code means "try again later" rather than "this
+/// statement is wrong".
+///
+/// PostgreSQL SQLSTATEs (five characters): connection exceptions (`08*`),
+/// insufficient resources (`53*`), operator intervention (`57P*`,
+/// `57014` query_canceled), `55P03` lock_not_available, `40001`
+/// serialization_failure and `40P01` deadlock_detected. SQLite result codes
+/// (decimal, at most four digits): BUSY, LOCKED, NOMEM, IOERR, FULL,
+/// CANTOPEN and PROTOCOL, with their extended codes.
+pub(crate) fn is_retryable_code(code: &str) -> bool {
+    if code.len() < 5 {
+        // SQLite: the primary result code is the low byte.
+        return code
+            .parse::<u32>()
+            .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 10 | 13 | 14 | 15));
+    }
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || matches!(code, "57014" | "55P03" | "40001" | "40P01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_codes() {
+        for c in [
+            "08006", "08001", "53300", "57P01", "57014", "55P03", "40001", "40P01", "5", "517",
+            "6", "10",
+        ] {
+            assert!(is_retryable_code(c), "{c}");
+        }
+        for c in ["23505", "22P02", "42P01", "2067", "19", "1"] {
+            assert!(!is_retryable_code(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+    }
+}

@@ -1,0 +1,351 @@
+//! SQLite: reading the schema with `PRAGMA table_info` / `index_list`, and
+//! the SQL of a source.
+//!
+//! Rows become JSON with `json_object('col', "col", ...)`; boolean columns
+//! are rendered as `true`/`false` and JSON columns as nested JSON. Writes
+//! read each value out of one JSON array parameter with `json_extract` (JSON
+//! columns with `->`, so they are stored as JSON text).
+
+use super::classify;
+use super::schema::{quote, KeyType, KeyValue, Kind, RawColumn, RawRelation, Schema, TableName};
+use crate::error::{Error, Result};
+use serde_json::Value;
+use sqlx::{Row, SqlitePool};
+
+/// `json_object` takes at most 127 arguments: build it in chunks of 60 pairs.
+const PAIRS_PER_OBJECT: usize = 60;
+
+/// Reads a table's or view's columns, key type and writability.
+pub(super) async fn describe(
+    pool: &SqlitePool,
+    entity: &str,
+    table: &TableName,
+    key: &str,
+) -> Result<RawRelation> {
+    let err = |e| classify(entity, e);
+    let found: Option<(String, String)> = sqlx::query_as(
+        "SELECT type, name FROM sqlite_master
+          WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view')",
+    )
+    .bind(&table.name)
+    .fetch_optional(pool)
+    .await
+    .map_err(err)?;
+    let Some((kind_of_relation, name)) = found else {
+        return Err(Error::Config(format!(
+            "table or view `{}` not found",
+            table.name
+        )));
+    };
+    let rows = sqlx::query(
+        "SELECT name, type, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1)",
+    )
+    .bind(&name)
+    .fetch_all(pool)
+    .await
+    .map_err(err)?;
+    let pk_count = rows
+        .iter()
+        .filter(|r| r.try_get::<i64, _>(4).is_ok_and(|pk| pk > 0))
+        .count();
+    let mut columns = Vec::with_capacity(rows.len());
+    let mut key_type = KeyType::Text;
+    let mut key_is_sole_pk = false;
+    for row in rows {
+        let col: String = row.try_get(0).map_err(err)?;
+        let sql_type: String = row.try_get(1).map_err(err)?;
+        let not_null: bool = row.try_get(2).map_err(err)?;
+        let has_default: bool = row.try_get(3).map_err(err)?;
+        let pk: i64 = row.try_get(4).map_err(err)?;
+        let upper = sql_type.to_ascii_uppercase();
+        // An INTEGER PRIMARY KEY is the rowid: SQLite assigns it.
+        let rowid = pk > 0 && pk_count == 1 && upper == "INTEGER";
+        if col == key {
+            key_is_sole_pk = pk > 0 && pk_count == 1;
+            if upper.contains("INT") {
+                key_type = KeyType::Integer;
+            }
+        }
+        columns.push(RawColumn {
+            kind: kind(&upper),
+            name: col,
+            sql_type,
+            not_null,
+            has_default: has_default || rowid,
+        });
+    }
+    let read_only = if kind_of_relation == "view" {
+        Some("it is a view; write to its underlying table".to_owned())
+    } else if key_is_sole_pk {
+        None
+    } else {
+        let unique: bool = sqlx::query_scalar(
+            "SELECT EXISTS (
+               SELECT 1 FROM pragma_index_list(?1) AS il
+                WHERE il.\"unique\" = 1 AND il.partial = 0
+                  AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1
+                  AND (SELECT ii.name FROM pragma_index_info(il.name) AS ii) = ?2)",
+        )
+        .bind(&name)
+        .bind(key)
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+        (!unique).then(|| {
+            format!("upserts need a unique index on the key column; add a unique index on {key}")
+        })
+    };
+    Ok(RawRelation {
+        table: TableName { schema: None, name },
+        columns,
+        read_only,
+        key_type,
+    })
+}
+
+/// Which JSON values a declared type accepts, by SQLite's affinity rules
+/// (with dates, times, booleans and JSON recognised by name).
+fn kind(upper: &str) -> Kind {
+    let has = |s: &str| upper.contains(s);
+    if has("INT") {
+        Kind::LooseInteger
+    } else if has("BOOL") {
+        Kind::LooseBool
+    } else if has("JSON") {
+        Kind::Json
+    } else if has("CHAR") || has("CLOB") || has("TEXT") || has("DATE") || has("TIME") || has("UUID")
+    {
+        Kind::Text
+    } else if upper.is_empty() || has("BLOB") {
+        Kind::Any
+    } else if has("REAL") || has("FLOA") || has("DOUB") || has("NUMERIC") || has("DECIMAL") {
+        Kind::Number
+    } else {
+        Kind::Any
+    }
+}
+
+/// How a column is rendered into the row's JSON.
+fn render(name: &str, kind: Kind) -> String {
+    let c = quote(name);
+    match kind {
+        Kind::LooseBool | Kind::Bool => {
+            format!("json(CASE WHEN {c} IS NULL THEN NULL WHEN {c} THEN 'true' ELSE 'false' END)")
+        }
+        Kind::Json => format!("json(CASE WHEN json_valid({c}) THEN {c} ELSE json_quote({c}) END)"),
+        // JSON cannot hold blobs: hex them.
+        Kind::Any => format!("CASE WHEN typeof({c}) = 'blob' THEN hex({c}) ELSE {c} END"),
+        _ => c,
+    }
+}
+
+/// How a column's value is read out of the JSON row `j.value`.
+fn extract(name: &str, kind: Kind) -> String {
+    let path = format!("'$.{name}'");
+    match kind {
+        Kind::Json => format!(
+            "CASE WHEN json_type(j.value, {path}) = 'null' THEN NULL ELSE j.value -> {path} END"
+        ),
+        _ => format!("json_extract(j.value, {path})"),
+    }
+}
+
+/// The SQL of one source, built once.
+#[derive(Debug)]
+pub(super) struct Queries {
+    load_one: String,
+    load_many: String,
+    page_start: String,
+    page_after: String,
+    remove: String,
+    table: String,
+    key: String,
+    /// `CAST("key" AS TEXT), json_object(...)`: the id and the row.
+    projection: String,
+}
+
+impl Queries {
+    pub(super) fn new(s: &Schema) -> Self {
+        let table = quote(&s.table.name);
+        let key = quote(&s.key.name);
+        let objects: Vec<String> = s
+            .columns
+            .chunks(PAIRS_PER_OBJECT)
+            .zip(s.kinds.chunks(PAIRS_PER_OBJECT))
+            .map(|(cols, kinds)| {
+                let pairs = cols
+                    .iter()
+                    .zip(kinds)
+                    .map(|(c, k)| format!("'{}', {}", c.name, render(&c.name, *k)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("json_object({pairs})")
+            })
+            .collect();
+        let object = if objects.len() == 1 {
+            objects.concat()
+        } else {
+            // Splice the objects' members together as text.
+            let inner = objects
+                .iter()
+                .map(|o| format!("substr({o}, 2, length({o}) - 2)"))
+                .collect::<Vec<_>>()
+                .join(" || ',' || ");
+            format!("json('{{' || {inner} || '}}')")
+        };
+        let projection = format!("CAST({key} AS TEXT), {object}");
+        let select = format!("SELECT {projection} FROM {table}");
+        Queries {
+            load_one: format!("{select} WHERE {key} = ?1"),
+            load_many: format!("{select} WHERE {key} IN (SELECT j.value FROM json_each(?1) AS j)"),
+            page_start: format!("{select} ORDER BY {key} LIMIT ?1"),
+            page_after: format!("{select} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2"),
+            remove: format!("DELETE FROM {table} WHERE {key} = ?1"),
+            table,
+            key,
+            projection,
+        }
+    }
+
+    pub(super) async fn load_one(
+        &self,
+        pool: &SqlitePool,
+        id: &KeyValue,
+    ) -> sqlx::Result<Option<String>> {
+        let q = sqlx::query(&self.load_one);
+        let q = match id.int {
+            Some(n) => q.bind(n),
+            None => q.bind(id.text.clone()),
+        };
+        q.fetch_optional(pool)
+            .await?
+            .map(|row| row.try_get(1))
+            .transpose()
+    }
+
+    pub(super) async fn load_many(
+        &self,
+        pool: &SqlitePool,
+        ids: &[KeyValue],
+    ) -> sqlx::Result<Vec<(String, String)>> {
+        let array: Vec<Value> = ids
+            .iter()
+            .map(|k| match k.int {
+                Some(n) => Value::from(n),
+                None => Value::from(k.text.clone()),
+            })
+            .collect();
+        sqlx::query(&self.load_many)
+            .bind(Value::Array(array).to_string())
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(pair)
+            .collect()
+    }
+
+    pub(super) async fn load_page(
+        &self,
+        pool: &SqlitePool,
+        after: Option<&KeyValue>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<(String, String)>> {
+        let q = match after {
+            None => sqlx::query(&self.page_start),
+            Some(k) => {
+                let q = sqlx::query(&self.page_after);
+                match k.int {
+                    Some(n) => q.bind(n),
+                    None => q.bind(k.text.clone()),
+                }
+            }
+        };
+        q.bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(pair)
+            .collect()
+    }
+
+    pub(super) async fn remove(&self, pool: &SqlitePool, id: &KeyValue) -> sqlx::Result<bool> {
+        let q = sqlx::query(&self.remove);
+        let q = match id.int {
+            Some(n) => q.bind(n),
+            None => q.bind(id.text.clone()),
+        };
+        Ok(q.execute(pool).await?.rows_affected() > 0)
+    }
+
+    /// One upsert per column set, in one transaction.
+    pub(super) async fn upsert(
+        &self,
+        pool: &SqlitePool,
+        s: &Schema,
+        groups: &[(Vec<String>, Vec<Value>)],
+    ) -> sqlx::Result<Vec<(String, String)>> {
+        let mut tx = pool.begin().await?;
+        let mut out = Vec::new();
+        for (cols, rows) in groups {
+            let sql = self.upsert_sql(s, cols);
+            let json = Value::Array(rows.clone()).to_string();
+            let returned = sqlx::query(&sql).bind(json).fetch_all(&mut *tx).await?;
+            for row in &returned {
+                out.push(pair(row)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    fn upsert_sql(&self, s: &Schema, cols: &[String]) -> String {
+        let (table, key) = (&self.table, &self.key);
+        let kind_of = |name: &str| {
+            s.columns
+                .iter()
+                .position(|c| c.name == name)
+                .map_or(s.key.kind, |i| s.kinds[i])
+        };
+        let list = cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+        let values = cols
+            .iter()
+            .map(|c| extract(c, kind_of(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut set: Vec<String> = cols
+            .iter()
+            .filter(|c| **c != s.key.name)
+            .map(|c| format!("{0} = excluded.{0}", quote(c)))
+            .collect();
+        if set.is_empty() {
+            // Only the key: a no-op update, so RETURNING still yields the row.
+            set.push(format!("{key} = excluded.{key}"));
+        }
+        // Required columns the rows leave out come from the existing row
+        // (a new row gets NULL and fails NOT NULL, as it should).
+        let fill = s.missing_required(cols);
+        let mut list = list;
+        let mut values = values;
+        let mut from = "json_each(?1) AS j".to_owned();
+        if !fill.is_empty() {
+            for c in &fill {
+                list.push_str(&format!(", {}", quote(c)));
+                values.push_str(&format!(", __old.{}", quote(c)));
+            }
+            from.push_str(&format!(
+                " LEFT JOIN {table} AS __old ON __old.{key} = {}",
+                extract(&s.key.name, s.key.kind)
+            ));
+        }
+        format!(
+            "INSERT INTO {table} ({list}) SELECT {values} FROM {from} WHERE true \
+             ON CONFLICT ({key}) DO UPDATE SET {} RETURNING {}",
+            set.join(", "),
+            self.projection
+        )
+    }
+}
+
+fn pair(row: &sqlx::sqlite::SqliteRow) -> sqlx::Result<(String, String)> {
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
