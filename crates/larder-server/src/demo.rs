@@ -160,7 +160,8 @@ async fn pick_store(explicit: Option<&str>) -> Result<(Arc<dyn Store>, String)> 
         let store = store::connect_checked(url).await.with_context(|| {
             format!("the Redis given by --redis / LARDER_REDIS_URL ({url}) does not answer")
         })?;
-        return Ok((store, format!("{} (as configured)", store.name())));
+        let note = format!("{} (as configured)", store.name());
+        return Ok((store, note));
     }
     let probe = format!("{DEFAULT_REDIS}?connect_timeout=300ms&response_timeout=300ms");
     match store::connect_checked(&probe).await {

@@ -39,6 +39,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A row refused before anything was written: an unknown column, a
+    /// value of the wrong JSON type, `null` into a NOT NULL column.
+    #[error("row {id:?} of entity `{entity}` refused, nothing was written: {reason}")]
+    InvalidRow {
+        /// The entity.
+        entity: String,
+        /// The row's id.
+        id: String,
+        /// What is wrong with it, naming the column.
+        reason: String,
+    },
+
     /// Configuration that cannot work (a bad URL, a bad option, a bad combination).
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -183,6 +195,7 @@ impl Error {
             self,
             Error::InvalidName { .. }
                 | Error::InvalidId { .. }
+                | Error::InvalidRow { .. }
                 | Error::Encode { .. }
                 | Error::ReadOnly { .. }
         )

@@ -25,17 +25,13 @@
 //!   driver errors without a code (I/O, pool timeout), are
 //!   [`Error::SourceUnavailable`]; everything else is [`Error::Source`] with
 //!   its code.
-//! - A row refused by validation is [`Error::Source`] with code `22023`
-//!   (`invalid_parameter_value`) and a message naming the column; a row whose
-//!   key column differs from the id is [`Error::InvalidId`].
+//! - A row refused by validation is [`Error::InvalidRow`], naming the
+//!   column; a row whose key column differs from the id is [`Error::InvalidId`].
 
 mod postgres;
 mod schema;
 mod sqlite;
 
-// `source/mod.rs` should re-export this beside `SqlSource`; until it does,
-// the type is reachable only through `SqlSource::columns`.
-#[allow(unreachable_pub)]
 pub use self::schema::ColumnInfo;
 
 use self::schema::{KeyValue, Schema, TableName};
@@ -350,12 +346,10 @@ impl SqlSource {
             match serde_json::from_slice::<Value>(json.bytes()) {
                 Ok(Value::Object(map)) => parsed.push((id.clone(), map)),
                 _ => {
-                    return Err(Error::Source {
+                    return Err(Error::InvalidRow {
                         entity: self.entity().to_owned(),
-                        code: Some(schema::INVALID_ROW_CODE.to_owned()),
-                        cause: Message::cause(format!(
-                            "row {id:?} refused before writing: a row must be a JSON object"
-                        )),
+                        id: id.clone(),
+                        reason: "a row must be a JSON object".into(),
                     })
                 }
             }
@@ -385,7 +379,7 @@ impl SqlSource {
     ///   json/jsonb);
     /// - `null` into a `NOT NULL` column is refused.
     ///
-    /// These are [`Error::Source`] with code `22023` and a message naming
+    /// These are [`Error::InvalidRow`], with a message naming
     /// the column. The key column may be present but must equal the id
     /// (else [`Error::InvalidId`]). A missing `NOT NULL` column without a
     /// default is left to the database (it may be an update).

@@ -3,14 +3,11 @@
 //! are possible. Also the checks that run before any SQL: id
 //! canonicalisation and row validation.
 
-use crate::error::{Error, Message, Result};
+use crate::error::{Error, Result};
 use serde_json::{Map, Value};
 
 /// The longest identifier accepted (PostgreSQL's limit).
 const MAX_IDENT_LEN: usize = 63;
-
-/// The SQLSTATE a refused row is reported with (`invalid_parameter_value`).
-pub(crate) const INVALID_ROW_CODE: &str = "22023";
 
 /// One column of a SQL source, as read from the database at build time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,12 +373,12 @@ impl Schema {
             .collect()
     }
 
-    /// A refused row: `Error::Source` with SQLSTATE 22023.
+    /// A refused row.
     fn invalid_row(&self, id: &str, why: String) -> Error {
-        Error::Source {
+        Error::InvalidRow {
             entity: self.entity.clone(),
-            code: Some(INVALID_ROW_CODE.to_owned()),
-            cause: Message::cause(format!("row {id:?} refused before writing: {why}")),
+            id: id.to_owned(),
+            reason: why,
         }
     }
 
