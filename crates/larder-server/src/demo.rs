@@ -36,6 +36,14 @@ struct User {
     team: i64,
 }
 
+/// Prints a line; a closed stdout (`larder demo | head`) ends the output quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 
 pub(crate) async fn run(args: DemoArgs) -> Result<()> {
@@ -43,13 +51,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         bail!("--users must be at least 1");
     }
     let (store, store_note) = pick_store(args.redis.as_deref()).await?;
-    println!("larder demo");
-    println!("  store:    {store_note}");
+    say!("larder demo");
+    say!("  store:    {store_note}");
     let pool = SqlPool::connect(&format!("sqlite://{}", args.db), 4)
         .await
         .with_context(|| format!("opening the SQLite database {}", args.db))?;
     let created = seed(&pool, args.users).await?;
-    println!(
+    say!(
         "  database: {} ({} users{})",
         args.db,
         args.users,
@@ -59,15 +67,19 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         .key("id")
         .build()
         .await?;
-    let prefix = format!("demo-{}", std::process::id());
+    // A fixed prefix keeps the store tidy across runs; the demo forgets the
+    // ids it shows first, so every run starts cold.
+    let prefix = "larder-demo";
+    let missing = i64::from(args.users) + 1000;
 
     section("cache-aside: the application loads, the cache remembers");
     let aside: Cache<i64, User> = Cache::builder()
-        .prefix(&prefix)
+        .prefix(prefix)
         .entity("users_aside")
         .store(store.clone())
         .build()
         .await?;
+    aside.invalidate(&42).await?;
     for _ in 0..3 {
         let loader_pool = pool.clone();
         let (lookup, took) =
@@ -82,13 +94,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
 
     section("read-through: the cache loads from its SQL source");
     let users: Cache<i64, User> = Cache::builder()
-        .prefix(&prefix)
+        .prefix(prefix)
         .entity("users")
         .store(store.clone())
         .source(source)
         .ttl(Duration::from_secs(60))
         .build()
         .await?;
+    for id in (1..=10).chain([missing]) {
+        users.invalidate(&id).await?;
+    }
     for _ in 0..3 {
         let (lookup, took) = timed(users.get(&7)).await?;
         report("get(7)", lookup.outcome, took, lookup.value.as_deref());
@@ -99,21 +114,20 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let refs: Vec<&i64> = ids.iter().collect();
     let (many, took) = timed(users.get_many(&refs)).await?;
     let words: Vec<&str> = many.iter().map(|l| l.outcome.as_str()).collect();
-    println!(
+    say!(
         "  get_many(1..=10)  {:>9}  outcomes: {}",
         fmt_time(took),
         words.join(" ")
     );
     let (many, took) = timed(users.get_many(&refs)).await?;
     let words: Vec<&str> = many.iter().map(|l| l.outcome.as_str()).collect();
-    println!(
+    say!(
         "  get_many(1..=10)  {:>9}  outcomes: {}",
         fmt_time(took),
         words.join(" ")
     );
 
     section("negative caching: a missing row is remembered");
-    let missing = i64::from(args.users) + 1000;
     for _ in 0..2 {
         let (lookup, took) = timed(users.get(&missing)).await?;
         report(
@@ -126,9 +140,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
 
     section("invalidation: the database changes, the cache forgets");
     sqlx_update(&pool, 7).await?;
-    println!("  UPDATE users SET name = 'Renamed' WHERE id = 7");
+    say!("  UPDATE users SET name = 'Renamed' WHERE id = 7");
     users.invalidate(&7).await?;
-    println!("  invalidate(7)");
+    say!("  invalidate(7)");
     let (lookup, took) = timed(users.get(&7)).await?;
     report("get(7)", lookup.outcome, took, lookup.value.as_deref());
     let (lookup, took) = timed(users.get(&7)).await?;
@@ -142,7 +156,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
             .filter(|&&o| stats.reads(o) > 0)
             .map(|&o| format!("{o} {}", stats.reads(o)))
             .collect();
-        println!(
+        say!(
             "  {:<12} {:>5.1}%  ({} reads: {}; {} loads)",
             cache.entity(),
             stats.hit_ratio() * 100.0,
@@ -194,6 +208,10 @@ async fn seed(pool: &SqlPool, users: u32) -> Result<bool> {
     .execute(db)
     .await
     .context("creating the users table")?;
+    // Undo the rename of the previous run's invalidation step.
+    sqlx::query("UPDATE users SET name = 'User ' || id WHERE id = 7")
+        .execute(db)
+        .await?;
     let have: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(db)
         .await?;
@@ -252,7 +270,7 @@ async fn timed<T>(
 }
 
 fn section(title: &str) {
-    println!("\n{title}");
+    say!("\n{title}");
 }
 
 fn report(call: &str, outcome: Outcome, took: Duration, value: Option<&User>) {
@@ -268,7 +286,7 @@ fn report(call: &str, outcome: Outcome, took: Duration, value: Option<&User>) {
         Outcome::L1 => "from the near cache",
         Outcome::Bypass => "store down, from the database",
     };
-    println!(
+    say!(
         "  {call:<16} {:>9}  {:<8} {shown}  ({source})",
         fmt_time(took),
         outcome.as_str()
