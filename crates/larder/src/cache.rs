@@ -105,9 +105,12 @@ pub(crate) struct Inner<V> {
 enum Mode {
     /// No usable entry: the callers need the loaded value.
     Miss,
-    /// A stale or nearly expired entry is being served: refresh it if no
-    /// one else is.
+    /// A stale entry is being served: refresh it unless someone else is,
+    /// or already did.
     Refresh,
+    /// A fresh entry near its expiry (XFetch): refresh it unless someone
+    /// else is.
+    Early,
 }
 
 /// A decoded store entry.
@@ -262,13 +265,18 @@ impl<V: Send + Sync + 'static> Inner<V> {
         Ok(id)
     }
 
-    pub(crate) fn source_loader(&self) -> Result<Loader<V>> {
-        let source = self.source.clone().ok_or_else(|| {
+    /// The source, or an error saying the cache has none.
+    pub(crate) fn require_source(&self) -> Result<Arc<dyn Source<V>>> {
+        self.source.clone().ok_or_else(|| {
             Error::Config(format!(
                 "entity `{}` has no source: give the builder one, or read with get_or_load",
                 self.keys.entity()
             ))
-        })?;
+        })
+    }
+
+    pub(crate) fn source_loader(&self) -> Result<Loader<V>> {
+        let source = self.require_source()?;
         Ok(Box::new(move |id: String| {
             async move { source.load(&id).await }.boxed()
         }))
@@ -348,7 +356,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     /// The envelope of a loaded value, or `None` when it should not be
     /// cached (a "not found" with `negative_ttl` 0).
-    fn encode_loaded(
+    pub(crate) fn encode_loaded(
         &self,
         value: Option<&Arc<V>>,
         took: Duration,
@@ -405,7 +413,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             Freshness::Fresh => {
                 if self.should_refresh_early(&entry, now) {
                     self.counters.bump(Event::EarlyRefresh);
-                    self.refresh_in_background(id, loader);
+                    self.refresh_in_background(id, loader, Mode::Early);
                 }
                 Ok(entry.answer(Outcome::Hit))
             }
@@ -434,12 +442,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// Starts a refresh that holds the lease, unless one runs; does not wait.
-    fn refresh_in_background(self: &Arc<Self>, id: String, loader: Loader<V>) {
+    fn refresh_in_background(self: &Arc<Self>, id: String, loader: Loader<V>, mode: Mode) {
         if self.flights.contains(&id) {
             return;
         }
         // The flight is a spawned task: it runs to completion on its own.
-        drop(self.clone().flight(id, loader, Mode::Refresh));
+        drop(self.clone().flight(id, loader, mode));
     }
 
     /// Serves a stale entry at once (or after `soft_timeout`, if the refresh
@@ -538,7 +546,20 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let mut waited = false;
         loop {
             match self.store.acquire(&request).await {
-                Ok(Acquired::Lease) => break,
+                Ok(Acquired::Lease { current }) => {
+                    // A stale refresh that finds the entry fresh again (another
+                    // process refreshed it since it was read) has nothing to do.
+                    let now = self.clock.now_ms();
+                    let refreshed = current
+                        .filter(|_| mode == Mode::Refresh)
+                        .and_then(|bytes| self.decode_entry(&id, bytes).ok())
+                        .filter(|entry| entry.freshness(now) == Freshness::Fresh);
+                    if let Some(entry) = refreshed {
+                        self.release(&request).await;
+                        return Ok(Some(entry.answer(Outcome::Hit)));
+                    }
+                    break;
+                }
                 Ok(Acquired::Value(bytes)) => {
                     let now = self.clock.now_ms();
                     // (A corrupt entry was already counted by the read that led here.)
@@ -550,7 +571,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         _ => request.if_absent = false,
                     }
                 }
-                Ok(Acquired::Held) if mode == Mode::Refresh => return Ok(None),
+                Ok(Acquired::Held) if mode != Mode::Miss => return Ok(None),
                 Ok(Acquired::Held) => {
                     if !waited {
                         waited = true;
@@ -577,14 +598,14 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         }
         let filled = self.load_and_fill(id, loader, request).await;
-        if filled.is_err() && mode == Mode::Refresh {
+        if filled.is_err() && mode != Mode::Miss {
             self.counters.bump(Event::StaleOnError);
         }
         filled.map(Some)
     }
 
     /// Loads under `timeout`, counting the load and its duration.
-    async fn timed_load<T>(
+    pub(crate) async fn timed_load<T>(
         &self,
         id: &str,
         load: BoxFuture<'static, Result<T>>,
@@ -661,7 +682,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         })
     }
 
-    fn count_fill(&self, filled: Result<bool>) {
+    pub(crate) fn count_fill(&self, filled: Result<bool>) {
         match filled {
             Ok(true) => self.counters.bump(Event::Fill),
             Ok(false) => self.counters.bump(Event::FillRefused),
@@ -672,7 +693,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
-    async fn release(&self, lease: &LeaseRequest) {
+    pub(crate) async fn release(&self, lease: &LeaseRequest) {
         if let Err(e) = self.store.release(&lease.lease_key, &lease.token).await {
             // The lease expires by itself after lease_ttl.
             tracing::debug!(entity = self.keys.entity(), error = %e, "could not release a lease");
@@ -728,7 +749,11 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     Freshness::Stale => {
                         let stale = entry.answer(Outcome::Stale);
                         self.counters.bump(Event::Refresh);
-                        self.refresh_in_background(id.clone(), self.source_loader()?);
+                        self.refresh_in_background(
+                            id.clone(),
+                            self.source_loader()?,
+                            Mode::Refresh,
+                        );
                         answers.insert(id, stale);
                     }
                     Freshness::Expired => misses.push(id),
@@ -778,7 +803,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let mut leased = Vec::new();
         for ((id, request), got) in batch.into_iter().zip(requests).zip(acquired) {
             match got {
-                Acquired::Lease => leased.push((id, request)),
+                Acquired::Lease { .. } => leased.push((id, request)),
                 Acquired::Value(bytes) => match self.entry_or_none(&id, Some(bytes)) {
                     Some(entry) if entry.freshness(now) == Freshness::Fresh => {
                         answers.insert(id, entry.answer(Outcome::Hit));

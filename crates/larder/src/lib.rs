@@ -84,6 +84,7 @@ mod policy;
 pub mod source;
 mod stats;
 pub mod store;
+mod warm;
 
 pub use builder::CacheBuilder;
 pub use cache::Cache;
@@ -95,6 +96,7 @@ pub use key::{validate_id, validate_name, CacheKey, DEFAULT_SHARDS, MAX_ID_LEN, 
 pub use outcome::{Lookup, Outcome};
 pub use source::{FnSource, Source, SqlPool, SqlSource};
 pub use stats::CacheStats;
+pub use warm::{WarmProgress, WARM_BATCH};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -35,6 +35,7 @@ struct Table {
     batch_loads: AtomicUsize,
     failing: AtomicBool,
     gate: Mutex<Option<Arc<Semaphore>>>,
+    slow: Mutex<Option<Duration>>,
     entered: tokio::sync::Notify,
 }
 
@@ -84,6 +85,12 @@ impl Table {
 
 struct TableSource(Arc<Table>);
 
+impl Table {
+    fn slow(&self) -> Option<Duration> {
+        *self.slow.lock().expect("slow")
+    }
+}
+
 #[async_trait]
 impl Source<User> for TableSource {
     fn canonical_id(&self, id: &str) -> larder::Result<String> {
@@ -98,17 +105,44 @@ impl Source<User> for TableSource {
     async fn load(&self, id: &str) -> larder::Result<Option<User>> {
         self.0.loads.fetch_add(1, Ordering::SeqCst);
         self.0.pass_gate().await;
+        if let Some(pause) = self.0.slow() {
+            tokio::time::sleep(pause).await;
+        }
         self.0.fail()?;
         Ok(self.0.rows.lock().expect("rows").get(id).cloned())
     }
 
     async fn load_many(&self, ids: &[String]) -> larder::Result<HashMap<String, User>> {
         self.0.batch_loads.fetch_add(1, Ordering::SeqCst);
+        self.0.pass_gate().await;
         self.0.fail()?;
         let rows = self.0.rows.lock().expect("rows");
         Ok(ids
             .iter()
             .filter_map(|id| rows.get(id).map(|u| (id.clone(), u.clone())))
+            .collect())
+    }
+
+    async fn load_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> larder::Result<Vec<(String, User)>> {
+        let after: Option<u64> = after.map(|a| a.parse().expect("canonical id"));
+        let mut rows: Vec<User> = self
+            .0
+            .rows
+            .lock()
+            .expect("rows")
+            .values()
+            .cloned()
+            .collect();
+        rows.sort_by_key(|u| u.id);
+        Ok(rows
+            .into_iter()
+            .filter(|u| after.is_none_or(|a| u.id > a))
+            .take(limit)
+            .map(|u| (u.id.to_string(), u))
             .collect())
     }
 }
@@ -490,6 +524,143 @@ async fn message_pack_round_trips(kind: Kind) {
     );
 }
 
+async fn warm_fills_in_batches(kind: Kind) {
+    let f = fixture(kind, &[user(1, "a"), user(2, "b"), user(3, "c")]).await;
+    let mut reports = Vec::new();
+    let done = f
+        .cache
+        .warm(&[&1, &2, &3, &404], |p| reports.push(p))
+        .await
+        .expect("warm");
+    assert_eq!(
+        (done.done, done.total, done.written, done.skipped),
+        (4, Some(4), 4, 0)
+    );
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        f.table.batch_loads.load(Ordering::SeqCst),
+        1,
+        "one load_many per batch"
+    );
+    let got = f
+        .cache
+        .get_many(&[&1, &2, &3, &404])
+        .await
+        .expect("get_many");
+    let outcomes: Vec<Outcome> = got.iter().map(|l| l.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [Outcome::Hit, Outcome::Hit, Outcome::Hit, Outcome::Negative]
+    );
+    assert_eq!(f.table.loads(), 0);
+}
+
+async fn warm_all_streams_every_row(kind: Kind) {
+    let rows: Vec<User> = (1..=5).map(|i| user(i, "w")).collect();
+    let f = fixture(kind, &rows).await;
+    let mut reports = Vec::new();
+    let done = f
+        .cache
+        .warm_all(2, |p| reports.push(p.done))
+        .await
+        .expect("warm_all");
+    assert_eq!((done.done, done.written), (5, 5));
+    assert_eq!(reports, [2, 4, 5]);
+    for id in 1..=5 {
+        assert_eq!(f.cache.get(&id).await.expect("get").outcome, Outcome::Hit);
+    }
+    let err = fixture_with(kind, &[], |b| b)
+        .await
+        .cache
+        .warm_all(0, |_| {})
+        .await
+        .expect_err("batch 0");
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+async fn warming_never_overwrites_a_newer_write(kind: Kind) {
+    for round in 0..20 {
+        let f = fixture(kind, &[user(1, "old")]).await;
+        let gate = f.table.hold();
+        let warming = {
+            let cache = f.cache.clone();
+            tokio::spawn(async move { cache.warm(&[&1], |_| {}).await })
+        };
+        f.table.entered.notified().await; // the warm-up's load is in flight
+        f.cache.put(&1, &user(1, "newer")).await.expect("put");
+        gate.add_permits(1000);
+        let done = warming.await.expect("join").expect("warm");
+        assert_eq!((done.written, done.skipped), (0, 1), "round {round}");
+        let got = f.cache.get(&1).await.expect("get");
+        assert_eq!(
+            (got.outcome, got.value.as_deref()),
+            (Outcome::Hit, Some(&user(1, "newer"))),
+            "round {round}"
+        );
+    }
+}
+
+async fn a_load_past_load_timeout_fails_with_a_timeout(kind: Kind) {
+    let f = fixture_with(kind, &[user(1, "slow")], |b| {
+        b.load_timeout(Duration::from_millis(50))
+    })
+    .await;
+    *f.table.slow.lock().expect("slow") = Some(Duration::from_secs(3));
+    let err = f.cache.get(&1).await.expect_err("timeout");
+    assert!(
+        matches!(err, Error::LoadTimeout { .. }) && err.is_timeout() && err.is_source_error(),
+        "{err}"
+    );
+    assert_eq!(f.cache.stats().load_errors, 1);
+}
+
+async fn soft_timeout_serves_stale_then_the_refresh_lands(kind: Kind) {
+    let f = fixture_with(kind, &[user(1, "v1")], |b| {
+        b.soft_timeout(Some(Duration::from_millis(20)))
+            .load_timeout(Duration::from_secs(2))
+    })
+    .await;
+    f.cache.get(&1).await.expect("fill");
+    f.table.set(user(1, "v2"));
+    *f.table.slow.lock().expect("slow") = Some(Duration::from_millis(300));
+    f.clock.advance(Duration::from_secs(61));
+    let got = f.cache.get(&1).await.expect("stale after the soft timeout");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Stale, Some(&user(1, "v1")))
+    );
+    eventually("the slow refresh lands", || f.cache.stats().fills == 2).await;
+    // A fast source answers within the soft timeout: the read gets fresh data.
+    *f.table.slow.lock().expect("slow") = None;
+    f.table.set(user(1, "v3"));
+    f.clock.advance(Duration::from_secs(61));
+    let got = f
+        .cache
+        .get(&1)
+        .await
+        .expect("fresh within the soft timeout");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Miss, Some(&user(1, "v3")))
+    );
+}
+
+async fn early_refresh_reloads_before_expiry(kind: Kind) {
+    // A huge β makes every read of a fresh entry refresh it early.
+    let f = fixture_with(kind, &[user(1, "v1")], |b| b.early_refresh(1e12)).await;
+    f.cache.get(&1).await.expect("fill");
+    f.table.set(user(1, "v2"));
+    let got = f.cache.get(&1).await.expect("hit");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Hit, Some(&user(1, "v1")))
+    );
+    eventually("the early refresh lands", || f.cache.stats().fills == 2).await;
+    assert!(f.cache.stats().early_refreshes >= 1);
+    let got = f.cache.get(&1).await.expect("hit");
+    assert_eq!(got.value.as_deref(), Some(&user(1, "v2")));
+}
+
 macro_rules! every_store {
     ($($name:ident),* $(,)?) => {
         mod memory { $( #[tokio::test] async fn $name() { super::$name(super::Kind::Memory).await } )* }
@@ -511,4 +682,10 @@ every_store!(
     bad_input_is_refused,
     changing_the_shard_count_is_refused,
     message_pack_round_trips,
+    warm_fills_in_batches,
+    warm_all_streams_every_row,
+    warming_never_overwrites_a_newer_write,
+    a_load_past_load_timeout_fails_with_a_timeout,
+    soft_timeout_serves_stale_then_the_refresh_lands,
+    early_refresh_reloads_before_expiry,
 );

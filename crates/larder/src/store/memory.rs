@@ -161,8 +161,9 @@ impl MemoryStore {
     }
 
     fn acquire_locked(map: &mut Map, r: &LeaseRequest, now: Instant, capacity: usize) -> Acquired {
+        let current = map.get(&r.value_key, now);
         if r.if_absent {
-            if let Some(v) = map.get(&r.value_key, now) {
+            if let Some(v) = current {
                 return Acquired::Value(v);
             }
         }
@@ -176,7 +177,7 @@ impl MemoryStore {
             now,
             capacity,
         );
-        Acquired::Lease
+        Acquired::Lease { current }
     }
 
     fn fill_locked(map: &mut Map, f: &Fill, now: Instant, capacity: usize) -> bool {

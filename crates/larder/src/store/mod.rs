@@ -46,8 +46,13 @@ pub struct LeaseRequest {
 pub enum Acquired {
     /// The value is present (only with `if_absent`); no lease was taken.
     Value(Bytes),
-    /// The lease is ours.
-    Lease,
+    /// The lease is ours. Without `if_absent` (a refresh), `current` is the
+    /// value present when the lease was taken, so the caller can see that
+    /// someone else refreshed it in the meantime.
+    Lease {
+        /// The value at the moment the lease was taken (refreshes only).
+        current: Option<Bytes>,
+    },
     /// Another holder has the lease.
     Held,
 }
@@ -94,7 +99,8 @@ pub trait Store: Debug + Send + Sync + 'static {
     async fn delete(&self, value_key: &str, lease_key: &str) -> Result<()>;
 
     /// Atomically: (with `if_absent`) returns the value if present, else takes
-    /// the lease if it is free.
+    /// the lease if it is free (without `if_absent`, also returning the value
+    /// present then).
     async fn acquire(&self, request: &LeaseRequest) -> Result<Acquired>;
 
     /// [`Store::acquire`] for many keys, pipelined; answers in request order.

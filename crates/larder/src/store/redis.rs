@@ -93,7 +93,12 @@ if ARGV[3] == '1' then
   local v = redis.call('GET', KEYS[1])
   if v then return {1, v} end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if ARGV[3] == '1' then return {2} end
+  local v = redis.call('GET', KEYS[1])
+  if v then return {2, v} end
+  return {2}
+end
 return {3}
 ",
     )
@@ -265,7 +270,10 @@ fn parse_acquired(store: &str, value: Value) -> Result<Acquired> {
     };
     match items.as_slice() {
         [Value::Int(1), Value::BulkString(v)] => Ok(Acquired::Value(Bytes::from(v.clone()))),
-        [Value::Int(2)] => Ok(Acquired::Lease),
+        [Value::Int(2)] => Ok(Acquired::Lease { current: None }),
+        [Value::Int(2), Value::BulkString(v)] => Ok(Acquired::Lease {
+            current: Some(Bytes::from(v.clone())),
+        }),
         [Value::Int(3)] => Ok(Acquired::Held),
         _ => Err(bad()),
     }

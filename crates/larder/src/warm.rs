@@ -1,0 +1,164 @@
+//! Pre-warming: fill a cold cache before traffic arrives.
+//!
+//! Keys are warmed in batches: one pipeline takes every key's lease, one
+//! `load_many` reads the rows, one pipeline fills them. Warming follows the
+//! fill rule of every other load — it writes only while its lease holds —
+//! so it never overwrites a value written (or invalidated) after its load
+//! began, and it skips keys another process is loading right now.
+
+use crate::cache::{Cache, Inner};
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+use crate::store::{Acquired, Fill, LeaseRequest};
+use futures_util::future::{join_all, FutureExt};
+use std::sync::Arc;
+
+/// Keys per batch of [`Cache::warm`]. Default of [`Cache::warm_all`] too.
+pub const WARM_BATCH: usize = 500;
+
+/// How far a warm-up got; reported after every batch and returned at the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmProgress {
+    /// Keys handled so far.
+    pub done: u64,
+    /// Keys to handle in all, when known in advance.
+    pub total: Option<u64>,
+    /// Entries written to the store.
+    pub written: u64,
+    /// Keys left alone: another process was loading them, or a newer write
+    /// or invalidation voided the warm-up's lease.
+    pub skipped: u64,
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// Loads `keys` from the source and writes them into the cache in
+    /// batches of [`WARM_BATCH`], calling `progress` after each batch.
+    /// Rows that do not exist are cached as "not found".
+    pub async fn warm(
+        &self,
+        keys: &[&K],
+        mut progress: impl FnMut(WarmProgress),
+    ) -> Result<WarmProgress> {
+        let ids = keys
+            .iter()
+            .map(|k| self.id_of(k))
+            .collect::<Result<Vec<_>>>()?;
+        let mut state = WarmProgress {
+            total: Some(ids.len() as u64),
+            ..WarmProgress::default()
+        };
+        for batch in ids.chunks(WARM_BATCH) {
+            self.inner.warm_batch(batch.to_vec(), &mut state).await?;
+            progress(state);
+        }
+        Ok(state)
+    }
+
+    /// Streams every row of the source in key order, `batch` at a time, and
+    /// warms each batch; `progress` is called after each one. Needs a source
+    /// that can list its rows (a [`SqlSource`](crate::SqlSource) can).
+    pub async fn warm_all(
+        &self,
+        batch: usize,
+        mut progress: impl FnMut(WarmProgress),
+    ) -> Result<WarmProgress> {
+        let source = self.inner.require_source()?;
+        if batch == 0 {
+            return Err(Error::Config(
+                "the warm-up batch size must be at least 1".into(),
+            ));
+        }
+        let mut state = WarmProgress::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = source.load_page(after.as_deref(), batch).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            let ids: Vec<String> = page.into_iter().map(|(id, _)| id).collect();
+            let full = ids.len() == batch;
+            self.inner.warm_batch(ids, &mut state).await?;
+            progress(state);
+            if !full {
+                break;
+            }
+        }
+        Ok(state)
+    }
+}
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    /// Leases, loads and fills one batch of canonical ids.
+    async fn warm_batch(
+        self: &Arc<Self>,
+        ids: Vec<String>,
+        state: &mut WarmProgress,
+    ) -> Result<()> {
+        let source = self.require_source()?;
+        self.check_layout().await?;
+        let batch_len = ids.len();
+        state.done += batch_len as u64;
+        let requests: Vec<LeaseRequest> = ids
+            .iter()
+            .map(|id| LeaseRequest {
+                value_key: self.keys.value_key(id),
+                lease_key: self.keys.lease_key(id),
+                token: self.random.token(),
+                ttl: self.policy.lease_ttl,
+                if_absent: false,
+            })
+            .collect();
+        let acquired = self.store.acquire_many(&requests).await?;
+        let leased: Vec<(String, LeaseRequest)> = ids
+            .into_iter()
+            .zip(requests)
+            .zip(acquired)
+            .filter_map(|(pair, got)| matches!(got, Acquired::Lease { .. }).then_some(pair))
+            .collect();
+        // Keys whose lease another process holds: it is loading them now.
+        state.skipped += (batch_len - leased.len()) as u64;
+        if leased.is_empty() {
+            return Ok(());
+        }
+        let wanted: Vec<String> = leased.iter().map(|(id, _)| id.clone()).collect();
+        let load = async move { source.load_many(&wanted).await }.boxed();
+        let (loaded, took) = self.timed_load("(warm)", load).await;
+        let mut loaded = match loaded {
+            Ok(rows) => rows,
+            Err(e) => {
+                join_all(leased.iter().map(|(_, lease)| self.release(lease))).await;
+                return Err(e);
+            }
+        };
+        let mut fills = Vec::with_capacity(leased.len());
+        for (id, lease) in &leased {
+            let value = loaded.remove(id).map(Arc::new);
+            match self.encode_loaded(value.as_ref(), took)? {
+                Some((bytes, ttl)) => fills.push(Fill {
+                    value_key: lease.value_key.clone(),
+                    lease_key: lease.lease_key.clone(),
+                    token: lease.token.clone(),
+                    value: bytes,
+                    ttl,
+                }),
+                None => {
+                    self.release(lease).await;
+                    state.skipped += 1;
+                }
+            }
+        }
+        for filled in self.store.fill_many(&fills).await? {
+            self.count_fill(Ok(filled));
+            if filled {
+                state.written += 1;
+            } else {
+                state.skipped += 1;
+            }
+        }
+        Ok(())
+    }
+}
