@@ -73,6 +73,19 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
         Ok(stored)
     }
 
+    /// Updates only the given columns of an existing row (`null` sets NULL)
+    /// and returns the row as stored; `None` when there is no such row, and
+    /// nothing is written. Two writers patching different columns both land.
+    /// Default: refused.
+    async fn patch(
+        &self,
+        id: &str,
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<V>> {
+        let _ = (id, fields);
+        Err(self.read_only())
+    }
+
     /// Deletes a row; whether there was one. Default: refused.
     async fn remove(&self, id: &str) -> Result<bool> {
         let _ = id;
