@@ -11,6 +11,7 @@ use crate::policy::{Policy, Random};
 use crate::source::Source;
 use crate::stats::Counters;
 use crate::store::{MemoryStore, Store, DEFAULT_MEMORY_CAPACITY};
+use crate::write::WritePolicy;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -30,6 +31,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     policy: Policy,
     wait_timeout_set: bool,
     seed: Option<u64>,
+    write_policy: Option<WritePolicy>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -51,6 +53,7 @@ where
             policy: Policy::default(),
             wait_timeout_set: false,
             seed: None,
+            write_policy: None,
             _key: PhantomData,
         }
     }
@@ -170,6 +173,14 @@ where
         self
     }
 
+    /// How `put`, `put_many`, `patch` and `delete` reach the source and the
+    /// cache. Default: `Through` for a writable source, `ReadOnly` for a
+    /// read-only one (a view, a closure).
+    pub fn write_policy(mut self, policy: WritePolicy) -> Self {
+        self.write_policy = Some(policy);
+        self
+    }
+
     /// Seeds the randomness of jitter and early refresh, for reproducible
     /// tests. Default: unseeded.
     pub fn random_seed(mut self, seed: u64) -> Self {
@@ -191,6 +202,19 @@ where
             self.policy.wait_timeout = self.policy.load_timeout;
         }
         self.policy.validate()?;
+        let writable = self.source.as_ref().is_none_or(|s| s.is_writable());
+        let write_policy = match self.write_policy {
+            None if writable => WritePolicy::Through,
+            None => WritePolicy::ReadOnly,
+            Some(WritePolicy::ReadOnly) => WritePolicy::ReadOnly,
+            Some(policy) if writable => policy,
+            Some(policy) => {
+                return Err(Error::Config(format!(
+                    "entity `{entity}` cannot be written `{}`: its source is read-only (a view, a query or a closure); use WritePolicy::ReadOnly",
+                    policy.as_str()
+                )))
+            }
+        };
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::new(DEFAULT_MEMORY_CAPACITY)));
@@ -206,6 +230,7 @@ where
             flights: Flights::new(),
             counters: Counters::default(),
             layout_checked: tokio::sync::OnceCell::new(),
+            write_policy,
         });
         match cache.inner.check_layout().await {
             Err(e) if !e.is_store_unavailable() => Err(e),

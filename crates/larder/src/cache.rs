@@ -97,6 +97,7 @@ pub(crate) struct Inner<V> {
     pub(crate) flights: Flights<Result<Option<Lookup<V>>>>,
     pub(crate) counters: Counters,
     pub(crate) layout_checked: tokio::sync::OnceCell<()>,
+    pub(crate) write_policy: crate::write::WritePolicy,
     pub(crate) breaker: Breaker,
 }
 
@@ -228,20 +229,6 @@ where
             .collect()
     }
 
-    /// Writes `value` into the cache (not into the source) with a fresh TTL,
-    /// voiding any load in progress for the key.
-    pub async fn put(&self, key: &K, value: &V) -> Result<()> {
-        let id = self.id_of(key)?;
-        self.inner.check_layout().await?;
-        let payload = self.inner.codec.encode(self.entity(), value)?;
-        let (bytes, ttl) = self.inner.envelope(Some(Bytes::from(payload)), 0);
-        let keys = &self.inner.keys;
-        self.inner
-            .store
-            .set(&keys.value_key(&id), &keys.lease_key(&id), &bytes, ttl)
-            .await
-    }
-
     /// Removes the cached entry of `key` and voids any load in progress for
     /// it; the next read is a miss.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
@@ -338,7 +325,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// The envelope bytes and store TTL for a value (`None`: a negative entry).
-    fn envelope(&self, payload: Option<Bytes>, load_us: u32) -> (Vec<u8>, Duration) {
+    pub(crate) fn envelope(&self, payload: Option<Bytes>, load_us: u32) -> (Vec<u8>, Duration) {
         let now = self.clock.now_ms();
         let (fresh_for, stale) = match payload {
             Some(_) => (self.policy.fresh_for(self.random.unit()), self.policy.stale),
@@ -372,7 +359,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
-    fn store_failed(&self, e: &Error) {
+    pub(crate) fn store_failed(&self, e: &Error) {
         if e.is_store_unavailable() {
             self.breaker.trip(e);
         }

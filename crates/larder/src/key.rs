@@ -3,6 +3,7 @@
 //! ```text
 //! <prefix>:{<entity>:<shard>}:v:<id>   the value (envelope)
 //! <prefix>:{<entity>:<shard>}:l:<id>   the read lease
+//! <prefix>:{<entity>:<shard>}:w:<id>   write bookkeeping (sequence, writes in flight)
 //! <prefix>:{<entity>}:meta             the recorded shard layout
 //! ```
 //!
@@ -102,6 +103,7 @@ pub(crate) struct KeySpace {
 pub(crate) enum KeyKind {
     Value,
     Lease,
+    Write,
 }
 
 impl KeyKind {
@@ -109,6 +111,7 @@ impl KeyKind {
         match self {
             KeyKind::Value => 'v',
             KeyKind::Lease => 'l',
+            KeyKind::Write => 'w',
         }
     }
 }
@@ -155,6 +158,11 @@ impl KeySpace {
 
     pub(crate) fn lease_key(&self, id: &str) -> String {
         self.key(KeyKind::Lease, id)
+    }
+
+    /// The key of an id's write bookkeeping (sequence and writes in flight).
+    pub(crate) fn write_key(&self, id: &str) -> String {
+        self.key(KeyKind::Write, id)
     }
 
     /// The key holding this entity's recorded layout.

@@ -85,6 +85,7 @@ pub mod source;
 mod stats;
 pub mod store;
 mod warm;
+mod write;
 
 pub use builder::CacheBuilder;
 pub use cache::Cache;
@@ -97,6 +98,7 @@ pub use outcome::{Lookup, Outcome};
 pub use source::{FnSource, Source, SqlPool, SqlSource};
 pub use stats::CacheStats;
 pub use warm::{WarmProgress, WARM_BATCH};
+pub use write::{CacheWrite, WritePolicy, Written};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -5,7 +5,7 @@ mod support;
 
 use async_trait::async_trait;
 use larder::store::{self, Store};
-use larder::{Cache, Error, ManualClock, MessagePack, Outcome, Source};
+use larder::{Cache, CacheWrite, Error, ManualClock, MessagePack, Outcome, Source, WritePolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,6 +34,7 @@ struct Table {
     loads: AtomicUsize,
     batch_loads: AtomicUsize,
     failing: AtomicBool,
+    rejecting: AtomicBool,
     gate: Mutex<Option<Arc<Semaphore>>>,
     slow: Mutex<Option<Duration>>,
     entered: tokio::sync::Notify,
@@ -121,6 +122,34 @@ impl Source<User> for TableSource {
             .iter()
             .filter_map(|id| rows.get(id).map(|u| (id.clone(), u.clone())))
             .collect())
+    }
+
+    fn is_writable(&self) -> bool {
+        true
+    }
+
+    async fn store(&self, id: &str, value: &User) -> larder::Result<User> {
+        self.0.fail()?;
+        if self.0.rejecting.load(Ordering::SeqCst) {
+            return Err(Error::Source {
+                entity: "users".into(),
+                code: Some("23514".into()),
+                cause: Arc::new(std::io::Error::other("check constraint violated")),
+            });
+        }
+        let mut stored = value.clone();
+        stored.name = stored.name.trim().to_owned(); // the source normalises
+        self.0
+            .rows
+            .lock()
+            .expect("rows")
+            .insert(id.to_owned(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn remove(&self, id: &str) -> larder::Result<bool> {
+        self.0.fail()?;
+        Ok(self.0.rows.lock().expect("rows").remove(id).is_some())
     }
 
     async fn load_page(
@@ -334,12 +363,128 @@ async fn put_and_invalidate(kind: Kind) {
         (got.outcome, got.value.as_deref()),
         (Outcome::Hit, Some(&user(5, "put")))
     );
+    f.table.set(user(5, "changed behind the cache"));
     f.cache.invalidate(&5).await.expect("invalidate");
     let got = f.cache.get(&5).await.expect("get");
+    let expected = user(5, "changed behind the cache");
     assert_eq!(
         (got.outcome, got.value.as_deref()),
-        (Outcome::Miss, Some(&user(5, "old")))
+        (Outcome::Miss, Some(&expected))
     );
+}
+
+async fn write_through_caches_the_stored_row(kind: Kind) {
+    let f = fixture(kind, &[]).await;
+    assert_eq!(f.cache.write_policy(), WritePolicy::Through);
+    let written = f.cache.put(&1, &user(1, "  padded  ")).await.expect("put");
+    assert_eq!(
+        (written.value.as_ref(), written.cache),
+        (&user(1, "padded"), CacheWrite::Updated)
+    );
+    let got = f.cache.get(&1).await.expect("get");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Hit, Some(&user(1, "padded"))),
+        "the stored row is cached"
+    );
+    assert_eq!(f.table.loads(), 0);
+    assert!(f.cache.delete(&1).await.expect("delete"));
+    assert!(!f.cache.delete(&1).await.expect("delete again"));
+    let got = f.cache.get(&1).await.expect("get");
+    assert_eq!((got.outcome, got.value), (Outcome::Miss, None));
+}
+
+async fn write_around_invalidates(kind: Kind) {
+    let f = fixture_with(kind, &[user(1, "old")], |b| {
+        b.write_policy(WritePolicy::Around)
+    })
+    .await;
+    f.cache.get(&1).await.expect("fill");
+    let written = f.cache.put(&1, &user(1, "new")).await.expect("put");
+    assert_eq!(written.cache, CacheWrite::Invalidated);
+    let got = f.cache.get(&1).await.expect("get");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Miss, Some(&user(1, "new")))
+    );
+}
+
+async fn read_only_refuses_writes(kind: Kind) {
+    let f = fixture_with(kind, &[user(1, "x")], |b| {
+        b.write_policy(WritePolicy::ReadOnly)
+    })
+    .await;
+    for err in [
+        f.cache.put(&1, &user(1, "y")).await.expect_err("put"),
+        f.cache.delete(&1).await.expect_err("delete"),
+    ] {
+        assert!(
+            matches!(err, Error::ReadOnly { .. }) && err.is_bad_input(),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        f.table.rows.lock().expect("rows")["1"],
+        user(1, "x"),
+        "nothing written"
+    );
+    let closure = larder::FnSource::new("users", |_id: String| async {
+        Ok::<_, std::io::Error>(None::<User>)
+    });
+    let err = Cache::<u64, User>::builder()
+        .entity("users")
+        .store(store(kind).await)
+        .source(closure)
+        .write_policy(WritePolicy::Through)
+        .build()
+        .await
+        .expect_err("a closure source cannot be written through");
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+async fn a_refused_write_leaves_the_cache_alone(kind: Kind) {
+    let f = fixture(kind, &[user(1, "kept")]).await;
+    f.cache.get(&1).await.expect("fill");
+    f.table.rejecting.store(true, Ordering::SeqCst);
+    let err = f.cache.put(&1, &user(1, "bad")).await.expect_err("refused");
+    assert!(err.is_source_error(), "{err}");
+    let got = f.cache.get(&1).await.expect("get");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Hit, Some(&user(1, "kept")))
+    );
+    // A write that may or may not have committed (source unreachable) drops the entry.
+    f.table.rejecting.store(false, Ordering::SeqCst);
+    f.table.failing.store(true, Ordering::SeqCst);
+    f.cache
+        .put(&1, &user(1, "maybe"))
+        .await
+        .expect_err("unreachable");
+    f.table.failing.store(false, Ordering::SeqCst);
+    assert_eq!(f.cache.get(&1).await.expect("get").outcome, Outcome::Miss);
+}
+
+async fn a_write_voids_a_load_in_flight(kind: Kind) {
+    for round in 0..20 {
+        let f = fixture(kind, &[user(1, "old")]).await;
+        let gate = f.table.hold();
+        let reader = {
+            let cache = f.cache.clone();
+            tokio::spawn(async move { cache.get(&1).await })
+        };
+        f.table.entered.notified().await;
+        *f.table.gate.lock().expect("gate") = None;
+        f.cache.put(&1, &user(1, "new")).await.expect("put");
+        gate.add_permits(1000);
+        reader.await.expect("join").expect("get");
+        let got = f.cache.get(&1).await.expect("get");
+        assert_eq!(
+            (got.outcome, got.value.as_deref()),
+            (Outcome::Hit, Some(&user(1, "new"))),
+            "round {round}"
+        );
+        assert_eq!(f.cache.stats().fills_refused, 1, "round {round}");
+    }
 }
 
 async fn stale_is_served_while_one_refresh_runs(kind: Kind) {
@@ -688,4 +833,9 @@ every_store!(
     a_load_past_load_timeout_fails_with_a_timeout,
     soft_timeout_serves_stale_then_the_refresh_lands,
     early_refresh_reloads_before_expiry,
+    write_through_caches_the_stored_row,
+    write_around_invalidates,
+    read_only_refuses_writes,
+    a_refused_write_leaves_the_cache_alone,
+    a_write_voids_a_load_in_flight,
 );

@@ -11,7 +11,7 @@
 //! - TTLs use the monotonic clock; they only collect garbage; freshness is
 //!   decided by the cache from the envelope.
 
-use super::{Acquired, Fill, LeaseRequest, Store};
+use super::{Acquired, Fill, LeaseRequest, Store, WriteEnd, WriteKeys};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,6 +41,8 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Map {
     slots: HashMap<String, Slot>,
+    /// Write bookkeeping by write key: (sequence, in flight, expires).
+    writes: HashMap<String, (u64, u64, Instant)>,
     tick: u64,
 }
 
@@ -285,6 +287,46 @@ impl Store for MemoryStore {
             map.slots.remove(lease_key);
         }
         Ok(())
+    }
+
+    async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<u64> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        map.slots.remove(&keys.lease_key);
+        map.writes.retain(|_, (_, _, expires)| *expires > now);
+        let entry = map
+            .writes
+            .entry(keys.write_key.clone())
+            .or_insert((0, 0, now));
+        entry.0 += 1;
+        entry.1 += 1;
+        entry.2 = now + ttl;
+        Ok(entry.0)
+    }
+
+    async fn write_end(&self, keys: &WriteKeys, ticket: u64, end: &WriteEnd) -> Result<bool> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let (seq, in_flight) = match map.writes.get_mut(&keys.write_key) {
+            Some(entry) if entry.2 > now => {
+                entry.1 = entry.1.saturating_sub(1);
+                (entry.0, entry.1)
+            }
+            _ => (0, 0),
+        };
+        if matches!(end, WriteEnd::Abort) {
+            return Ok(false);
+        }
+        map.slots.remove(&keys.lease_key);
+        if let WriteEnd::Set { value, ttl } = end {
+            if seq == ticket && in_flight == 0 {
+                let value = Bytes::copy_from_slice(value);
+                map.set(&keys.value_key, value, Some(*ttl), now, self.inner.capacity);
+                return Ok(true);
+            }
+        }
+        map.slots.remove(&keys.value_key);
+        Ok(false)
     }
 
     async fn record_layout(&self, meta_key: &str, layout: &str) -> Result<String> {

@@ -72,6 +72,34 @@ pub struct Fill {
     pub ttl: Duration,
 }
 
+/// The keys of one id that a write touches (all in one hash slot).
+#[derive(Debug, Clone)]
+pub struct WriteKeys {
+    /// The value key.
+    pub value_key: String,
+    /// The read lease key.
+    pub lease_key: String,
+    /// The write bookkeeping key: a sequence and a count of writes in flight.
+    pub write_key: String,
+}
+
+/// How a write through the cache ends.
+#[derive(Debug, Clone)]
+pub enum WriteEnd {
+    /// The source stored the row: cache it, if no other write to the key
+    /// began since this one and none is still in flight; else delete it.
+    Set {
+        /// The envelope bytes.
+        value: Vec<u8>,
+        /// How long the store keeps the key.
+        ttl: Duration,
+    },
+    /// Delete the cached value (write-around, deletes, ambiguous failures).
+    Delete,
+    /// The source refused the write: leave the cached value as it is.
+    Abort,
+}
+
 /// The shared cache tier. Implemented for Redis and for the embedded memory
 /// store; the cache's correctness rests on the atomicity each method states.
 #[async_trait]
@@ -116,6 +144,17 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// Atomically releases the lease if it still holds `token`.
     async fn release(&self, lease_key: &str, token: &str) -> Result<()>;
+
+    /// Atomically: voids the read lease, bumps the key's write sequence and
+    /// its count of writes in flight (both expire after `ttl` without writes),
+    /// and returns this write's ticket.
+    async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<u64>;
+
+    /// Atomically ends the write of `ticket`: one write fewer in flight, the
+    /// read lease voided again, then `end` applied. A `Set` lands only if
+    /// `ticket` is still the newest and no other write is in flight;
+    /// otherwise the value is deleted. Returns whether a `Set` landed.
+    async fn write_end(&self, keys: &WriteKeys, ticket: u64, end: &WriteEnd) -> Result<bool>;
 
     /// Records `layout` under `meta_key` if nothing is recorded yet, and
     /// returns what is recorded (the given layout, or an older one).

@@ -9,7 +9,7 @@
 //!   keys of a single hash slot.
 //! - `rediss://` uses rustls with the `ring` provider and the system's roots.
 
-use super::{Acquired, Fill, LeaseRequest, Store};
+use super::{Acquired, Fill, LeaseRequest, Store, WriteEnd, WriteKeys};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -135,6 +135,41 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
 -- KEYS: lease. ARGV: token
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
+",
+    )
+});
+
+static WRITE_BEGIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: lease, write. ARGV: ttl ms
+redis.call('DEL', KEYS[1])
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+redis.call('HINCRBY', KEYS[2], 'inflight', 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return seq
+",
+    )
+});
+
+static WRITE_END: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: value, lease, write. ARGV: ticket, action (set|del|abort), envelope, ttl ms
+local inflight = redis.call('HINCRBY', KEYS[3], 'inflight', -1)
+if inflight < 0 then
+  redis.call('HSET', KEYS[3], 'inflight', 0)
+  inflight = 0
+end
+if ARGV[2] == 'abort' then return 0 end
+redis.call('DEL', KEYS[2])
+local seq = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
+if ARGV[2] == 'set' and seq == tonumber(ARGV[1]) and inflight == 0 then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  return 1
+end
+redis.call('DEL', KEYS[1])
+return 0
 ",
     )
 });
@@ -401,6 +436,26 @@ impl Store for RedisStore {
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lease_key).arg(token);
         self.run::<i64>(inv).await.map(drop)
+    }
+
+    async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<u64> {
+        let mut inv = WRITE_BEGIN.prepare_invoke();
+        inv.key(&keys.lease_key).key(&keys.write_key).arg(ms(ttl));
+        self.run(inv).await
+    }
+
+    async fn write_end(&self, keys: &WriteKeys, ticket: u64, end: &WriteEnd) -> Result<bool> {
+        let mut inv = WRITE_END.prepare_invoke();
+        inv.key(&keys.value_key)
+            .key(&keys.lease_key)
+            .key(&keys.write_key)
+            .arg(ticket);
+        match end {
+            WriteEnd::Set { value, ttl } => inv.arg("set").arg(value.as_slice()).arg(ms(*ttl)),
+            WriteEnd::Delete => inv.arg("del").arg("").arg(0),
+            WriteEnd::Abort => inv.arg("abort").arg("").arg(0),
+        };
+        Ok(self.run::<i64>(inv).await? == 1)
     }
 
     async fn record_layout(&self, meta_key: &str, layout: &str) -> Result<String> {

@@ -1,0 +1,349 @@
+//! Write policies: how `put`, `put_many`, `patch` and `delete` reach the
+//! source and the cache.
+//!
+//! | policy | write |
+//! |---|---|
+//! | [`WritePolicy::Through`] | the source first; the row it stored (`RETURNING`: defaults, triggers, normalised types) is cached and returned |
+//! | [`WritePolicy::Around`] | the source, then the cached entry is deleted |
+//! | [`WritePolicy::ReadOnly`] | refused with [`Error::ReadOnly`] |
+//!
+//! # Concurrent writers converge
+//! Every write takes a ticket before it touches the source (one script:
+//! void the read lease, bump the key's write sequence and its count of
+//! writes in flight) and ends with a second script that caches the stored
+//! row only if its ticket is still the newest *and* no other write is in
+//! flight — otherwise it deletes the entry. Whatever order the source
+//! commits concurrent writes in, the cache ends up holding the last
+//! committed row or nothing (the next read loads it): never an older row.
+//! Both scripts void the read lease, so a read that loaded before or
+//! during a write cannot fill afterwards.
+//!
+//! # Failures
+//! - The source refuses the write (a constraint, bad data): the cache is
+//!   left as it was and the error returned.
+//! - The source is unreachable or times out (the write may or may not have
+//!   committed): the cached entry is deleted and the error returned.
+//! - The cache fails after the source succeeded: the entry is deleted if
+//!   the store still answers, and [`Written::cache`] says what happened.
+
+use crate::cache::{Cache, Inner};
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+use crate::store::{WriteEnd, WriteKeys};
+use bytes::Bytes;
+use futures_util::future::join_all;
+use std::future::Future;
+use std::sync::Arc;
+
+/// How writes reach the source and the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WritePolicy {
+    /// Source first; the stored row is cached and returned.
+    Through,
+    /// Source, then the cached entry is deleted.
+    Around,
+    /// Writes are refused.
+    ReadOnly,
+}
+
+impl WritePolicy {
+    /// The policy's name in configuration: `through`, `around`, `read-only`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WritePolicy::Through => "through",
+            WritePolicy::Around => "around",
+            WritePolicy::ReadOnly => "read-only",
+        }
+    }
+}
+
+/// What a write did to the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheWrite {
+    /// The stored row is cached.
+    Updated,
+    /// The cached entry was deleted: write-around, a delete, or a
+    /// concurrent write to the same key (the next read loads the winner).
+    Invalidated,
+    /// The store could not be reached; the entry may be outdated there
+    /// until it expires.
+    Unreachable,
+}
+
+/// A write's result: the row as the source stored it, and what happened
+/// in the cache.
+#[derive(Debug, Clone)]
+pub struct Written<V> {
+    /// The row as stored (for a cache without a source: the value given).
+    pub value: Arc<V>,
+    /// What happened to the cached entry.
+    pub cache: CacheWrite,
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// The write policy of this cache.
+    pub fn write_policy(&self) -> WritePolicy {
+        self.inner.write_policy
+    }
+
+    /// Writes `value` for `key` under the cache's write policy and returns
+    /// the row as stored. A cache without a source only caches the value
+    /// (cache-aside: the application wrote its database itself).
+    pub async fn put(&self, key: &K, value: &V) -> Result<Written<V>> {
+        let id = self.id_of(key)?;
+        self.inner.refuse_read_only()?;
+        match self.inner.source.clone() {
+            Some(source) => {
+                let id2 = id.clone();
+                let stored = self
+                    .inner
+                    .write(
+                        &id,
+                        async move { source.store(&id2, value).await.map(Some) },
+                    )
+                    .await?;
+                stored.ok_or_else(|| Error::Config("the source stored no row".into()))
+            }
+            None => {
+                let payload = Bytes::from(self.inner.codec.encode(self.entity(), value)?);
+                // The cache hands out values it owns: decode the payload
+                // rather than require `V: Clone`.
+                let owned = self
+                    .inner
+                    .codec
+                    .decode(self.entity(), &id, payload.clone())?;
+                let (bytes, ttl) = self.inner.envelope(Some(payload), 0);
+                let ticket = self.inner.begin(&id).await?;
+                let cache = self
+                    .inner
+                    .end(&id, ticket, WriteEnd::Set { value: bytes, ttl })
+                    .await;
+                Ok(Written {
+                    value: Arc::new(owned),
+                    cache,
+                })
+            }
+        }
+    }
+
+    /// Writes many rows with one source statement (the last write of a key
+    /// wins); answers per key, in order. Not atomic across keys in the cache.
+    pub async fn put_many(&self, entries: &[(&K, &V)]) -> Result<Vec<Result<Written<V>>>>
+    where
+        V: Clone,
+    {
+        self.inner.refuse_read_only()?;
+        let source = self.inner.require_source()?;
+        let ids = entries
+            .iter()
+            .map(|(k, _)| self.id_of(k))
+            .collect::<Result<Vec<_>>>()?;
+        let tickets = join_all(ids.iter().map(|id| self.inner.begin(id)))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let rows: Vec<(String, V)> = ids
+            .iter()
+            .zip(entries)
+            .map(|(id, (_, v))| (id.clone(), (*v).clone()))
+            .collect();
+        let stored = source.store_many(&rows).await;
+        let by_id: std::collections::HashMap<String, Arc<V>> = match &stored {
+            Ok(stored) => stored
+                .iter()
+                .map(|(id, v)| (id.clone(), Arc::new(v.clone())))
+                .collect(),
+            Err(_) => Default::default(),
+        };
+        // A key given twice is cached once, by its last write.
+        let mut last = std::collections::HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            last.insert(id.as_str(), i);
+        }
+        let ends = ids
+            .iter()
+            .zip(tickets)
+            .enumerate()
+            .map(|(i, (id, ticket))| {
+                let row = by_id.get(id).cloned();
+                let end = match (&stored, row) {
+                    (Err(e), _) => self.inner.end_for_error(e),
+                    (Ok(_), Some(row)) if last.get(id.as_str()) == Some(&i) => {
+                        self.inner.end_for_row(Some(&row))
+                    }
+                    (Ok(_), _) => WriteEnd::Delete,
+                };
+                self.inner.end(id, ticket, end)
+            });
+        let caches = join_all(ends).await;
+        Ok(ids
+            .iter()
+            .zip(caches)
+            .map(|(id, cache)| match &stored {
+                Err(e) => Err(e.clone()),
+                Ok(_) => by_id
+                    .get(id)
+                    .cloned()
+                    .map(|value| Written { value, cache })
+                    .ok_or_else(|| {
+                        Error::Config(format!("the source stored no row for id {id:?}"))
+                    }),
+            })
+            .collect())
+    }
+
+    /// Updates only the given columns of `key`'s row (`null` sets NULL)
+    /// under the write policy; `None` when the row does not exist (nothing
+    /// is written). Two writers patching different columns both land.
+    pub async fn patch(
+        &self,
+        key: &K,
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<Written<V>>> {
+        let id = self.id_of(key)?;
+        self.inner.refuse_read_only()?;
+        let source = self.inner.require_source()?;
+        let id2 = id.clone();
+        self.inner
+            .write(&id, async move { source.patch(&id2, fields).await })
+            .await
+    }
+
+    /// Deletes `key`'s row from the source and its cached entry; whether a
+    /// row existed.
+    pub async fn delete(&self, key: &K) -> Result<bool> {
+        let id = self.id_of(key)?;
+        self.inner.refuse_read_only()?;
+        let source = self.inner.require_source()?;
+        let ticket = self.inner.begin(&id).await?;
+        match source.remove(&id).await {
+            Ok(existed) => {
+                self.inner.end(&id, ticket, WriteEnd::Delete).await;
+                Ok(existed)
+            }
+            Err(e) => {
+                self.inner
+                    .end(&id, ticket, self.inner.end_for_error(&e))
+                    .await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    fn refuse_read_only(&self) -> Result<()> {
+        if self.write_policy == WritePolicy::ReadOnly {
+            return Err(Error::ReadOnly {
+                entity: self.keys.entity().to_owned(),
+                reason: "its write policy is read-only".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn write_keys(&self, id: &str) -> WriteKeys {
+        WriteKeys {
+            value_key: self.keys.value_key(id),
+            lease_key: self.keys.lease_key(id),
+            write_key: self.keys.write_key(id),
+        }
+    }
+
+    /// Takes a write ticket. `None`: the store is unreachable (the write
+    /// goes on; the cache is reported `Unreachable`).
+    async fn begin(&self, id: &str) -> Result<Option<u64>> {
+        let began = match self.check_layout().await {
+            Ok(()) => {
+                self.store
+                    .write_begin(&self.write_keys(id), self.policy.lease_ttl)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match began {
+            Ok(ticket) => Ok(Some(ticket)),
+            Err(e) if e.is_store_unavailable() => {
+                self.store_failed(&e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ends a write; never fails: a cache that cannot be updated is reported.
+    async fn end(&self, id: &str, ticket: Option<u64>, end: WriteEnd) -> CacheWrite {
+        let Some(ticket) = ticket else {
+            return CacheWrite::Unreachable;
+        };
+        let keys = self.write_keys(id);
+        match self.store.write_end(&keys, ticket, &end).await {
+            Ok(true) => CacheWrite::Updated,
+            Ok(false) => CacheWrite::Invalidated,
+            Err(e) => {
+                self.store_failed(&e);
+                tracing::warn!(entity = self.keys.entity(), id, error = %e, "could not update the cache after a write; deleting the entry");
+                match self.store.delete(&keys.value_key, &keys.lease_key).await {
+                    Ok(()) => CacheWrite::Invalidated,
+                    Err(_) => CacheWrite::Unreachable,
+                }
+            }
+        }
+    }
+
+    /// How a write ends after the source failed: a refused write leaves
+    /// the cache alone; a write that may have committed deletes the entry.
+    fn end_for_error(&self, e: &Error) -> WriteEnd {
+        if matches!(
+            e,
+            Error::SourceUnavailable { .. } | Error::LoadTimeout { .. }
+        ) {
+            WriteEnd::Delete
+        } else {
+            WriteEnd::Abort
+        }
+    }
+
+    /// How a write ends after the source stored `row` (`None`: no row).
+    fn end_for_row(&self, row: Option<&Arc<V>>) -> WriteEnd {
+        match (self.write_policy, row) {
+            (WritePolicy::Through, Some(row)) => match self.codec.encode(self.keys.entity(), row) {
+                Ok(payload) => {
+                    let (value, ttl) = self.envelope(Some(Bytes::from(payload)), 0);
+                    WriteEnd::Set { value, ttl }
+                }
+                Err(e) => {
+                    tracing::warn!(entity = self.keys.entity(), error = %e, "cannot encode a stored row; deleting the entry");
+                    WriteEnd::Delete
+                }
+            },
+            _ => WriteEnd::Delete,
+        }
+    }
+
+    /// One write: ticket, source, end.
+    async fn write(
+        self: &Arc<Self>,
+        id: &str,
+        source_write: impl Future<Output = Result<Option<V>>>,
+    ) -> Result<Option<Written<V>>> {
+        let ticket = self.begin(id).await?;
+        match source_write.await {
+            Ok(row) => {
+                let row = row.map(Arc::new);
+                let cache = self.end(id, ticket, self.end_for_row(row.as_ref())).await;
+                Ok(row.map(|value| Written { value, cache }))
+            }
+            Err(e) => {
+                self.end(id, ticket, self.end_for_error(&e)).await;
+                Err(e)
+            }
+        }
+    }
+}
