@@ -1,0 +1,203 @@
+//! Write policies over a real PostgreSQL table and the real Redis: the
+//! cached row is the `RETURNING` row, and concurrent writers on separate
+//! connections converge on the database's last committed row.
+
+mod support;
+
+use larder::{Cache, CacheWrite, Outcome, SqlPool, SqlSource, WritePolicy};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Account {
+    id: i64,
+    owner: String,
+    balance: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner_upper: Option<String>,
+}
+
+struct Db {
+    admin: PgPool,
+    schema: String,
+}
+
+impl Db {
+    async fn new() -> Db {
+        let schema = support::unique("wt");
+        let admin = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&support::pg_url())
+            .await
+            .expect("postgres");
+        for sql in [
+            format!("CREATE SCHEMA {schema}"),
+            format!(
+                "CREATE TABLE {schema}.accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL,
+                 status text NOT NULL DEFAULT 'new', owner_upper text)"
+            ),
+            format!(
+                "CREATE FUNCTION {schema}.upper_owner() RETURNS trigger AS $$
+                 BEGIN NEW.owner_upper := upper(NEW.owner); RETURN NEW; END $$ LANGUAGE plpgsql"
+            ),
+            format!(
+                "CREATE TRIGGER upper_owner BEFORE INSERT OR UPDATE ON {schema}.accounts
+                 FOR EACH ROW EXECUTE FUNCTION {schema}.upper_owner()"
+            ),
+        ] {
+            sqlx::query(&sql).execute(&admin).await.expect(&sql);
+        }
+        Db { admin, schema }
+    }
+
+    async fn cache(&self, prefix: &str, policy: WritePolicy) -> Cache<i64, Account> {
+        let pool = SqlPool::connect(&support::pg_url(), 3).await.expect("pool");
+        let source = SqlSource::builder(pool, &format!("{}.accounts", self.schema))
+            .entity("accounts")
+            .build()
+            .await
+            .expect("source");
+        Cache::builder()
+            .prefix(prefix)
+            .entity("accounts")
+            .store(
+                larder::store::connect_checked(&support::redis_url())
+                    .await
+                    .expect("redis"),
+            )
+            .source(source)
+            .write_policy(policy)
+            .early_refresh(0.0)
+            .build()
+            .await
+            .expect("cache")
+    }
+
+    async fn balance(&self, id: i64) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT balance FROM {}.accounts WHERE id = $1",
+            self.schema
+        ))
+        .bind(id)
+        .fetch_one(&self.admin)
+        .await
+        .expect("row")
+    }
+
+    async fn drop(self) {
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .execute(&self.admin)
+            .await
+            .expect("drop");
+    }
+}
+
+fn account(id: i64, owner: &str, balance: i64) -> Account {
+    Account {
+        id,
+        owner: owner.into(),
+        balance,
+        status: None,
+        owner_upper: None,
+    }
+}
+
+#[tokio::test]
+async fn the_cached_row_is_the_returning_row() {
+    let db = Db::new().await;
+    let cache = db.cache(&support::unique("wt"), WritePolicy::Through).await;
+    let written = cache.put(&1, &account(1, "ada", 10)).await.expect("put");
+    assert_eq!(written.cache, CacheWrite::Updated);
+    let expected = Account {
+        status: Some("new".into()),
+        owner_upper: Some("ADA".into()),
+        ..account(1, "ada", 10)
+    };
+    assert_eq!(
+        *written.value, expected,
+        "default and trigger-set columns come back"
+    );
+    let got = cache.get(&1).await.expect("get");
+    assert_eq!(
+        (got.outcome, got.value.as_deref()),
+        (Outcome::Hit, Some(&expected))
+    );
+    let err = cache
+        .put(
+            &2,
+            &Account {
+                owner: "x".into(),
+                ..account(3, "x", 1)
+            },
+        )
+        .await
+        .expect_err("key differs from id");
+    assert!(err.is_bad_input(), "{err}");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_converge() {
+    let db = Db::new().await;
+    let prefix = support::unique("wt");
+    // Two instances with their own Redis and PostgreSQL connections.
+    let caches = [
+        db.cache(&prefix, WritePolicy::Through).await,
+        db.cache(&prefix, WritePolicy::Through).await,
+    ];
+    for round in 0..5 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(8));
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let cache = caches[w % 2].clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    for i in 0..500i64 {
+                        let key = (i * 7 + w as i64) % 10;
+                        let value = (round * 1_000_000) + (w as i64) * 10_000 + i;
+                        cache
+                            .put(&key, &account(key, "w", value))
+                            .await
+                            .expect("put");
+                        if i % 3 == 0 {
+                            cache.get(&key).await.expect("get");
+                        }
+                    }
+                    // Synchronised bursts on single keys.
+                    for burst in 0..20i64 {
+                        tokio::time::timeout(Duration::from_secs(30), barrier.wait())
+                            .await
+                            .expect("a writer stopped before the burst");
+                        let key = burst % 10;
+                        let value = round * 1_000_000 + 900_000 + burst * 10 + w as i64;
+                        cache
+                            .put(&key, &account(key, "w", value))
+                            .await
+                            .expect("put");
+                        cache.get(&key).await.expect("get");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.expect("writer");
+        }
+        for key in 0..10 {
+            let in_db = db.balance(key).await;
+            for cache in &caches {
+                let got = cache.get(&key).await.expect("get");
+                assert_eq!(
+                    got.value.map(|a| a.balance),
+                    Some(in_db),
+                    "round {round} key {key}: cache == database"
+                );
+            }
+        }
+    }
+    db.drop().await;
+}
