@@ -203,6 +203,10 @@ both!(
     pagination_visits_every_row_once,
     chosen_columns_only,
     data_errors_carry_their_code,
+    patch_updates_only_the_given_columns,
+    patch_of_a_missing_id_writes_nothing,
+    patch_validation_leaves_the_row_unchanged,
+    patches_of_different_columns_both_land,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -537,6 +541,21 @@ async fn views_are_read_only(db: &Db) {
         Source::<User>::store(&view, "3", &typed).await,
         Err(Error::ReadOnly { .. })
     ));
+    match view.patch_json("2", &fields(json!({"name": "x"}))).await {
+        Err(Error::ReadOnly { entity, reason }) => {
+            assert_eq!(entity, "adults");
+            assert!(reason.contains("view"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        Source::<User>::patch(&view, "2", &fields(json!({"name": "x"}))).await,
+        Err(Error::ReadOnly { .. })
+    ));
+    assert_eq!(
+        value(&view.load_json("2").await.expect("load").expect("row")),
+        json!({"id": 2, "name": "user2"})
+    );
     assert_eq!(db.count("users").await, 2);
 }
 
@@ -564,6 +583,14 @@ async fn writes_need_a_unique_index_on_the_key(db: &Db) {
         }
         other => panic!("{other:?}"),
     }
+    assert!(matches!(
+        logs.patch_json("1", &fields(json!({"msg": "x"}))).await,
+        Err(Error::ReadOnly { .. })
+    ));
+    assert_eq!(
+        value(&logs.load_json("1").await.expect("load").expect("row"))["msg"],
+        "hello"
+    );
     // A composite primary key does not cover exactly the key column.
     let pairs = SqlSource::builder(db.pool.clone(), &db.t("pairs"))
         .key("a")
@@ -717,6 +744,264 @@ async fn data_errors_carry_their_code(db: &Db) {
         }
     }
     assert_eq!(db.count("users").await, 0);
+}
+
+fn fields(v: Value) -> serde_json::Map<String, Value> {
+    match v {
+        Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+async fn load_value(src: &SqlSource, id: &str) -> Value {
+    value(&src.load_json(id).await.expect("load").expect("row"))
+}
+
+async fn patch_updates_only_the_given_columns(db: &Db) {
+    let src = db.users().await;
+    seed(db, [1, 2]).await;
+    db.exec("UPDATE @users SET note = 'keep', meta = '{\"k\": 1}' WHERE id IN (1, 2)")
+        .await;
+    let before = load_value(&src, "1").await;
+    let other = load_value(&src, "2").await;
+
+    // One column: the returned row is the old one with that column changed.
+    let patched = src
+        .patch_json("001", &fields(json!({"age": 41})))
+        .await
+        .expect("patch")
+        .expect("row 1");
+    let mut expected = before.clone();
+    expected["age"] = json!(41);
+    assert_eq!(value(&patched), expected);
+    assert_eq!(load_value(&src, "1").await, expected, "the database agrees");
+    assert_eq!(load_value(&src, "2").await, other, "other rows untouched");
+
+    // null sets NULL on a nullable column.
+    let patched = src
+        .patch_json("1", &fields(json!({"note": null})))
+        .await
+        .expect("patch")
+        .expect("row 1");
+    expected["note"] = Value::Null;
+    assert_eq!(value(&patched), expected);
+    assert_eq!(load_value(&src, "1").await, expected);
+
+    // JSON, boolean and timestamp columns convert as in a store; the key may
+    // be present with the id's value.
+    let patched = src
+        .patch_json(
+            "1",
+            &fields(
+                json!({"id": "01", "meta": {"x": [1, null, "y"]}, "active": false,
+                           "created": "2021-03-04T05:06:07Z"}),
+            ),
+        )
+        .await
+        .expect("patch")
+        .expect("row 1");
+    let row = value(&patched);
+    assert_eq!(row["meta"], json!({"x": [1, null, "y"]}));
+    assert_eq!(row["active"], false);
+    assert!(
+        row["created"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("2021-03-04")),
+        "{row}"
+    );
+    assert_eq!(row["name"], "user1");
+    assert_eq!(row["age"], 41);
+    assert_eq!(load_value(&src, "1").await, row);
+
+    // A trigger-set column comes back as the trigger left it.
+    let patched = value(
+        &src.patch_json("1", &fields(json!({"name": "renamed"})))
+            .await
+            .expect("patch")
+            .expect("row 1"),
+    );
+    assert_eq!(patched["name"], "renamed");
+    if db.kind == Kind::Pg {
+        assert_eq!(before["touched"], "trigger:user1");
+        assert_eq!(patched["touched"], "trigger:renamed");
+    }
+    assert_eq!(load_value(&src, "1").await, patched);
+
+    // Typed: the stored row as V.
+    let typed = Source::<User>::patch(&src, "2", &fields(json!({"age": null})))
+        .await
+        .expect("typed patch");
+    assert_eq!(
+        typed,
+        Some(User {
+            id: 2,
+            name: "user2".into(),
+            age: None
+        })
+    );
+    assert_eq!(load_value(&src, "2").await["note"], "keep");
+
+    // A row that does not fit V is a decode error (the patch is written).
+    #[derive(Debug, Deserialize, Serialize)]
+    struct Strict {
+        id: i64,
+        age: i64,
+    }
+    let r = Source::<Strict>::patch(&src, "2", &fields(json!({"note": "n"}))).await;
+    assert!(matches!(r, Err(Error::Decode { .. })), "{r:?}");
+    assert_eq!(db.count("users").await, 2);
+}
+
+async fn patch_of_a_missing_id_writes_nothing(db: &Db) {
+    let src = db.users().await;
+    seed(db, [1]).await;
+    let r = src
+        .patch_json("99", &fields(json!({"name": "ghost", "age": 1})))
+        .await
+        .expect("patch");
+    assert!(r.is_none());
+    let typed = Source::<User>::patch(&src, "98", &fields(json!({"age": 1})))
+        .await
+        .expect("typed patch");
+    assert_eq!(typed, None);
+    assert!(src.load_json("99").await.expect("load").is_none());
+    assert_eq!(db.count("users").await, 1, "no row created");
+    // An invalid id is refused before any SQL.
+    assert!(matches!(
+        src.patch_json("abc", &fields(json!({"age": 1}))).await,
+        Err(Error::InvalidId { .. })
+    ));
+}
+
+async fn patch_validation_leaves_the_row_unchanged(db: &Db) {
+    let src = db.users().await;
+    seed(db, [1]).await;
+    let before = load_value(&src, "1").await;
+    let refused = |r: Result<Option<RawJson>, Error>, column: &str| match r {
+        Err(e @ Error::InvalidRow { .. }) => {
+            assert!(e.is_bad_input(), "{e}");
+            assert!(e.to_string().contains(column), "{column}: {e}");
+        }
+        other => panic!("expected a refused patch naming {column}, got {other:?}"),
+    };
+    let cases = [
+        (json!({}), "nothing to patch"),
+        (json!({"id": 1}), "id"),
+        (json!({"age": 2, "nope": 1}), "nope"),
+        (json!({"age": "12"}), "age"),
+        (json!({"age": 1.5}), "age"),
+        (json!({"name": 5}), "name"),
+        (json!({"name": {"a": 1}}), "name"),
+        (json!({"age": 2, "name": null}), "name"),
+        (json!({"active": null}), "active"),
+        (json!({"score": "fast"}), "score"),
+    ];
+    for (patch, column) in cases {
+        refused(src.patch_json("1", &fields(patch.clone())).await, column);
+        let typed = Source::<User>::patch(&src, "1", &fields(patch)).await;
+        assert!(matches!(typed, Err(Error::InvalidRow { .. })), "{typed:?}");
+        assert_eq!(load_value(&src, "1").await, before);
+    }
+    // A key value other than the id.
+    for patch in [json!({"id": 2, "age": 3}), json!({"id": "x", "age": 3})] {
+        match src.patch_json("1", &fields(patch)).await {
+            Err(Error::InvalidId { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(load_value(&src, "1").await, before);
+    assert!(src.load_json("2").await.expect("load").is_none());
+
+    // A column outside the configured ones.
+    let narrow = SqlSource::builder(db.pool.clone(), &db.t("users"))
+        .columns(["id", "name"])
+        .build()
+        .await
+        .expect("narrow");
+    refused(
+        narrow.patch_json("1", &fields(json!({"age": 3}))).await,
+        "age",
+    );
+    assert_eq!(load_value(&src, "1").await, before);
+    let renamed = narrow
+        .patch_json("1", &fields(json!({"name": "n"})))
+        .await
+        .expect("patch")
+        .expect("row");
+    assert_eq!(value(&renamed), json!({"id": 1, "name": "n"}));
+
+    // A generated column (SQLite does not list them: an unknown column).
+    db.exec(
+        "CREATE TABLE @gen (id int PRIMARY KEY, a int,
+                            twice int GENERATED ALWAYS AS (a * 2) STORED);
+         INSERT INTO @gen (id, a) VALUES (1, 5);",
+    )
+    .await;
+    let gen = SqlSource::builder(db.pool.clone(), &db.t("gen"))
+        .build()
+        .await
+        .expect("gen");
+    let gen_before = load_value(&gen, "1").await;
+    // A store refuses it too, even as null.
+    assert_refused(
+        gen.store_many_json(&[("1".into(), obj(json!({"a": 1, "twice": null})))])
+            .await,
+        "twice",
+    );
+    for patch in [
+        json!({"twice": 4}),
+        json!({"twice": null}),
+        json!({"a": 1, "twice": 2}),
+    ] {
+        refused(gen.patch_json("1", &fields(patch)).await, "twice");
+        assert_eq!(load_value(&gen, "1").await, gen_before);
+    }
+    let patched = value(
+        &gen.patch_json("1", &fields(json!({"a": 7})))
+            .await
+            .expect("patch")
+            .expect("row"),
+    );
+    assert_eq!(patched["a"], 7);
+    if db.kind == Kind::Pg {
+        assert_eq!(gen_before["twice"], 10);
+        assert_eq!(patched["twice"], 14, "RETURNING sees the generated value");
+    }
+}
+
+async fn patches_of_different_columns_both_land(db: &Db) {
+    let src = db.users().await;
+    seed(db, [1]).await;
+    src.patch_json("1", &fields(json!({"age": 50})))
+        .await
+        .expect("patch age")
+        .expect("row");
+    src.patch_json("1", &fields(json!({"note": "n"})))
+        .await
+        .expect("patch note")
+        .expect("row");
+    let row = load_value(&src, "1").await;
+    assert_eq!(
+        (row["age"].clone(), row["note"].clone()),
+        (json!(50), json!("n"))
+    );
+
+    for round in 0..10 {
+        let (age, note) = (
+            fields(json!({"age": round})),
+            fields(json!({"note": format!("r{round}")})),
+        );
+        let (a, b) = tokio::join!(
+            src.patch_json("1", &age),
+            Source::<User>::patch(&src, "1", &note),
+        );
+        assert_eq!(value(&a.expect("patch age").expect("row"))["age"], round);
+        assert!(b.expect("patch note").is_some());
+        let row = load_value(&src, "1").await;
+        assert_eq!(row["age"], round, "{row}");
+        assert_eq!(row["note"], format!("r{round}"), "{row}");
+        assert_eq!(row["name"], "user1");
+    }
 }
 
 #[tokio::test]

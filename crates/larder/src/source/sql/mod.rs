@@ -25,6 +25,9 @@
 //!   driver errors without a code (I/O, pool timeout), are
 //!   [`Error::SourceUnavailable`]; everything else is [`Error::Source`] with
 //!   its code.
+//! - `patch` is one `UPDATE` of only the given columns (bound as one JSON
+//!   parameter) `RETURNING` the row; no row with the id means nothing is
+//!   written and `None`.
 //! - A row refused by validation is [`Error::InvalidRow`], naming the
 //!   column; a row whose key column differs from the id is [`Error::InvalidId`].
 
@@ -357,6 +360,45 @@ impl SqlSource {
         self.store_maps(parsed).await
     }
 
+    /// Updates only the given columns of the row of `id` (`null` sets NULL)
+    /// and returns the row as stored (triggers included), in the shape of a
+    /// load; `None` when there is no such row, and nothing is written.
+    ///
+    /// One `UPDATE` naming only these columns, so writers patching different
+    /// columns of a row do not undo each other. The fields are checked first
+    /// like a row ([`validate_row`](Self::validate_row)); a generated column
+    /// is refused too, and so is a patch that sets nothing (no fields, or
+    /// only the key column, which may be present if it equals the id).
+    /// Read-only sources refuse with [`Error::ReadOnly`].
+    pub async fn patch_json(
+        &self,
+        id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<Option<RawJson>> {
+        let schema = &self.inner.schema;
+        if let Some(e) = schema.read_only_error() {
+            return Err(e);
+        }
+        let (key, set) = schema.validate_patch(id, fields)?;
+        let values: Map<String, Value> = set
+            .iter()
+            .map(|&i| {
+                let name = &schema.columns[i].name;
+                (
+                    name.clone(),
+                    fields.get(name).cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect();
+        let json = Value::Object(values).to_string();
+        let row = match &self.inner.backend {
+            Backend::Postgres(pool, q) => q.patch(pool, schema, &set, &key, json).await,
+            Backend::Sqlite(pool, q) => q.patch(pool, schema, &set, &key, json).await,
+        }
+        .map_err(|e| classify(self.entity(), e))?;
+        row.map(|j| self.raw_json(&key.text, j)).transpose()
+    }
+
     /// Deletes the row of `id`; whether there was one.
     pub async fn remove_id(&self, id: &str) -> Result<bool> {
         if let Some(e) = self.inner.schema.read_only_error() {
@@ -377,7 +419,8 @@ impl SqlSource {
     ///   numeric columns, strings for text, date, time, uuid and the like,
     ///   booleans for boolean columns, arrays for arrays, anything for
     ///   json/jsonb);
-    /// - `null` into a `NOT NULL` column is refused.
+    /// - `null` into a `NOT NULL` column is refused;
+    /// - any value, `null` included, for a generated column is refused.
     ///
     /// These are [`Error::InvalidRow`], with a message naming
     /// the column. The key column may be present but must equal the id
@@ -565,6 +608,13 @@ where
                 Ok((id, v))
             })
             .collect()
+    }
+
+    async fn patch(&self, id: &str, fields: &Map<String, Value>) -> Result<Option<V>> {
+        match self.patch_json(id, fields).await? {
+            Some(json) => Ok(Some(self.decode(id, &json)?)),
+            None => Ok(None),
+        }
     }
 
     async fn remove(&self, id: &str) -> Result<bool> {

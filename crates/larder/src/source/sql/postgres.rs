@@ -299,6 +299,52 @@ impl Queries {
         Ok(out)
     }
 
+    /// Updates the columns `set` (indexes into the schema's columns) of the
+    /// row of `id` from the JSON object `json`; the row as stored, if any.
+    pub(super) async fn patch(
+        &self,
+        pool: &PgPool,
+        s: &Schema,
+        set: &[usize],
+        id: &KeyValue,
+        json: String,
+    ) -> sqlx::Result<Option<String>> {
+        let sql = self.patch_sql(s, set);
+        let q = sqlx::query(&sql);
+        let q = match id.int {
+            Some(n) => q.bind(n),
+            None => q.bind(id.text.clone()),
+        };
+        q.bind(json)
+            .fetch_optional(pool)
+            .await?
+            .map(|row| row.try_get(1))
+            .transpose()
+    }
+
+    /// `json_populate_record` converts each value to its column's type, as
+    /// the upsert's `json_populate_recordset` does; only the named columns
+    /// are read from it, so absent keys (NULL in the record) are never used.
+    fn patch_sql(&self, s: &Schema, set: &[usize]) -> String {
+        let (table, key) = (&self.table, &self.key);
+        let assignments = set
+            .iter()
+            .map(|&i| format!("{0} = __p.{0}", quote(&s.columns[i].name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "WITH __w AS (\
+               UPDATE {table} AS __t SET {assignments} \
+               FROM json_populate_record(NULL::{table}, $2::json) AS __p \
+               WHERE __t.{key} = {} \
+               RETURNING __t.*) \
+             SELECT __w.{key}::text, row_to_json(__r)::text FROM __w \
+             CROSS JOIN LATERAL (SELECT {}) AS __r",
+            param(1, &s.key_type, false),
+            self.returning_cols
+        )
+    }
+
     fn upsert_sql(&self, s: &Schema, cols: &[String]) -> String {
         let (table, key) = (&self.table, &self.key);
         let mut set: Vec<String> = cols

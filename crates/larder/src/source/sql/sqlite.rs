@@ -141,12 +141,18 @@ fn render(name: &str, kind: Kind) -> String {
 
 /// How a column's value is read out of the JSON row `j.value`.
 fn extract(name: &str, kind: Kind) -> String {
+    extract_from("j.value", name, kind)
+}
+
+/// How a column's value is read out of the JSON object `json` (an SQL
+/// expression: a column or a parameter).
+fn extract_from(json: &str, name: &str, kind: Kind) -> String {
     let path = format!("'$.{name}'");
     match kind {
         Kind::Json => format!(
-            "CASE WHEN json_type(j.value, {path}) = 'null' THEN NULL ELSE j.value -> {path} END"
+            "CASE WHEN json_type({json}, {path}) = 'null' THEN NULL ELSE {json} -> {path} END"
         ),
-        _ => format!("json_extract(j.value, {path})"),
+        _ => format!("json_extract({json}, {path})"),
     }
 }
 
@@ -296,6 +302,46 @@ impl Queries {
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// Updates the columns `set` (indexes into the schema's columns) of the
+    /// row of `id` from the JSON object `json`; the row as stored, if any.
+    pub(super) async fn patch(
+        &self,
+        pool: &SqlitePool,
+        s: &Schema,
+        set: &[usize],
+        id: &KeyValue,
+        json: String,
+    ) -> sqlx::Result<Option<String>> {
+        let sql = self.patch_sql(s, set);
+        let q = sqlx::query(&sql).bind(json);
+        let q = match id.int {
+            Some(n) => q.bind(n),
+            None => q.bind(id.text.clone()),
+        };
+        q.fetch_optional(pool)
+            .await?
+            .map(|row| row.try_get(1))
+            .transpose()
+    }
+
+    /// Each value is read out of the one JSON parameter `?1` as the upsert
+    /// reads it, so JSON, boolean and untyped columns behave the same.
+    fn patch_sql(&self, s: &Schema, set: &[usize]) -> String {
+        let (table, key) = (&self.table, &self.key);
+        let assignments = set
+            .iter()
+            .map(|&i| {
+                let name = &s.columns[i].name;
+                format!("{} = {}", quote(name), extract_from("?1", name, s.kinds[i]))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "UPDATE {table} SET {assignments} WHERE {key} = ?2 RETURNING {}",
+            self.projection
+        )
     }
 
     fn upsert_sql(&self, s: &Schema, cols: &[String]) -> String {
