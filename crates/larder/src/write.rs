@@ -11,10 +11,12 @@
 //! Every write takes a ticket before it touches the source (one script:
 //! void the read lease, bump the key's write sequence and its count of
 //! writes in flight) and ends with a second script that caches the stored
-//! row only if its ticket is still the newest *and* no other write is in
-//! flight — otherwise it deletes the entry. Whatever order the source
-//! commits concurrent writes in, the cache ends up holding the last
-//! committed row or nothing (the next read loads it): never an older row.
+//! row only if the write overlapped no other write of the key (none was in
+//! flight when it began, none began before it ended) — otherwise it deletes
+//! the entry. A write that overlapped no other is surely the last to
+//! commit; for overlapping writes the source's commit order is unknown, so
+//! the cache drops the key and the next read loads the winner. The cache
+//! ends up holding the last committed row or nothing: never an older row.
 //! Both scripts void the read lease, so a read that loaded before or
 //! during a write cannot fill afterwards.
 //!
@@ -29,7 +31,7 @@
 use crate::cache::{Cache, Inner};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
-use crate::store::{WriteEnd, WriteKeys};
+use crate::store::{WriteEnd, WriteKeys, WriteTicket};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use std::future::Future;
@@ -258,7 +260,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     /// Takes a write ticket. `None`: the store is unreachable (the write
     /// goes on; the cache is reported `Unreachable`).
-    async fn begin(&self, id: &str) -> Result<Option<u64>> {
+    async fn begin(&self, id: &str) -> Result<Option<WriteTicket>> {
         let began = match self.check_layout().await {
             Ok(()) => {
                 self.store
@@ -278,7 +280,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// Ends a write; never fails: a cache that cannot be updated is reported.
-    async fn end(&self, id: &str, ticket: Option<u64>, end: WriteEnd) -> CacheWrite {
+    async fn end(&self, id: &str, ticket: Option<WriteTicket>, end: WriteEnd) -> CacheWrite {
         let Some(ticket) = ticket else {
             return CacheWrite::Unreachable;
         };

@@ -201,3 +201,42 @@ async fn concurrent_writers_converge() {
     }
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_of_different_columns_both_land() {
+    let db = Db::new().await;
+    let prefix = support::unique("wt");
+    let a = db.cache(&prefix, WritePolicy::Through).await;
+    let b = db.cache(&prefix, WritePolicy::Through).await;
+    a.put(&1, &account(1, "ada", 10)).await.expect("put");
+    for round in 0..20i64 {
+        let owner = serde_json::json!({"owner": format!("owner {round}")});
+        let balance = serde_json::json!({"balance": round});
+        let (x, y) = tokio::join!(
+            a.patch(&1, owner.as_object().expect("object")),
+            b.patch(&1, balance.as_object().expect("object"))
+        );
+        assert!(x.expect("patch").is_some() && y.expect("patch").is_some());
+        for cache in [&a, &b] {
+            let got = cache.get(&1).await.expect("get").value.expect("row");
+            assert_eq!(
+                (got.owner.as_str(), got.balance),
+                (format!("owner {round}").as_str(), round),
+                "round {round}"
+            );
+        }
+    }
+    let missing = serde_json::json!({"balance": 1});
+    assert!(a
+        .patch(&99, missing.as_object().expect("object"))
+        .await
+        .expect("patch")
+        .is_none());
+    let bad = serde_json::json!({"balance": "lots"});
+    let err = a
+        .patch(&1, bad.as_object().expect("object"))
+        .await
+        .expect_err("wrong type");
+    assert!(err.is_bad_input(), "{err}");
+    db.drop().await;
+}

@@ -11,7 +11,7 @@
 //! - TTLs use the monotonic clock; they only collect garbage; freshness is
 //!   decided by the cache from the envelope.
 
-use super::{Acquired, Fill, LeaseRequest, Store, WriteEnd, WriteKeys};
+use super::{Acquired, Fill, LeaseRequest, Store, WriteEnd, WriteKeys, WriteTicket};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -289,7 +289,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<u64> {
+    async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<WriteTicket> {
         let now = Instant::now();
         let mut map = self.lock();
         map.slots.remove(&keys.lease_key);
@@ -301,10 +301,18 @@ impl Store for MemoryStore {
         entry.0 += 1;
         entry.1 += 1;
         entry.2 = now + ttl;
-        Ok(entry.0)
+        Ok(WriteTicket {
+            seq: entry.0,
+            clean: entry.1 == 1,
+        })
     }
 
-    async fn write_end(&self, keys: &WriteKeys, ticket: u64, end: &WriteEnd) -> Result<bool> {
+    async fn write_end(
+        &self,
+        keys: &WriteKeys,
+        ticket: WriteTicket,
+        end: &WriteEnd,
+    ) -> Result<bool> {
         let now = Instant::now();
         let mut map = self.lock();
         let (seq, in_flight) = match map.writes.get_mut(&keys.write_key) {
@@ -319,7 +327,7 @@ impl Store for MemoryStore {
         }
         map.slots.remove(&keys.lease_key);
         if let WriteEnd::Set { value, ttl } = end {
-            if seq == ticket && in_flight == 0 {
+            if ticket.clean && seq == ticket.seq && in_flight == 0 {
                 let value = Bytes::copy_from_slice(value);
                 map.set(&keys.value_key, value, Some(*ttl), now, self.inner.capacity);
                 return Ok(true);

@@ -83,6 +83,15 @@ pub struct WriteKeys {
     pub write_key: String,
 }
 
+/// A write's ticket, from [`Store::write_begin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteTicket {
+    /// The key's write sequence number taken by this write.
+    pub seq: u64,
+    /// Whether no other write of the key was in flight when this one began.
+    pub clean: bool,
+}
+
 /// How a write through the cache ends.
 #[derive(Debug, Clone)]
 pub enum WriteEnd {
@@ -148,13 +157,20 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Atomically: voids the read lease, bumps the key's write sequence and
     /// its count of writes in flight (both expire after `ttl` without writes),
     /// and returns this write's ticket.
-    async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<u64>;
+    async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<WriteTicket>;
 
     /// Atomically ends the write of `ticket`: one write fewer in flight, the
     /// read lease voided again, then `end` applied. A `Set` lands only if
-    /// `ticket` is still the newest and no other write is in flight;
-    /// otherwise the value is deleted. Returns whether a `Set` landed.
-    async fn write_end(&self, keys: &WriteKeys, ticket: u64, end: &WriteEnd) -> Result<bool>;
+    /// the write overlapped no other write of the key — none was in flight
+    /// when it began (`clean`), none began since (`seq` still the newest) —
+    /// since only then is its row surely the last one committed; otherwise
+    /// the value is deleted. Returns whether a `Set` landed.
+    async fn write_end(
+        &self,
+        keys: &WriteKeys,
+        ticket: WriteTicket,
+        end: &WriteEnd,
+    ) -> Result<bool>;
 
     /// Records `layout` under `meta_key` if nothing is recorded yet, and
     /// returns what is recorded (the given layout, or an older one).

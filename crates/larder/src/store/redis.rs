@@ -9,7 +9,7 @@
 //!   keys of a single hash slot.
 //! - `rediss://` uses rustls with the `ring` provider and the system's roots.
 
-use super::{Acquired, Fill, LeaseRequest, Store, WriteEnd, WriteKeys};
+use super::{Acquired, Fill, LeaseRequest, Store, WriteEnd, WriteKeys, WriteTicket};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -145,9 +145,9 @@ static WRITE_BEGIN: LazyLock<Script> = LazyLock::new(|| {
 -- KEYS: lease, write. ARGV: ttl ms
 redis.call('DEL', KEYS[1])
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-redis.call('HINCRBY', KEYS[2], 'inflight', 1)
+local inflight = redis.call('HINCRBY', KEYS[2], 'inflight', 1)
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return seq
+return {seq, inflight}
 ",
     )
 });
@@ -155,7 +155,7 @@ return seq
 static WRITE_END: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: value, lease, write. ARGV: ticket, action (set|del|abort), envelope, ttl ms
+-- KEYS: value, lease, write. ARGV: ticket, action (set|del|abort), envelope, ttl ms, clean (1/0)
 local inflight = redis.call('HINCRBY', KEYS[3], 'inflight', -1)
 if inflight < 0 then
   redis.call('HSET', KEYS[3], 'inflight', 0)
@@ -164,7 +164,7 @@ end
 if ARGV[2] == 'abort' then return 0 end
 redis.call('DEL', KEYS[2])
 local seq = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
-if ARGV[2] == 'set' and seq == tonumber(ARGV[1]) and inflight == 0 then
+if ARGV[2] == 'set' and ARGV[5] == '1' and seq == tonumber(ARGV[1]) and inflight == 0 then
   redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
   return 1
 end
@@ -438,23 +438,33 @@ impl Store for RedisStore {
         self.run::<i64>(inv).await.map(drop)
     }
 
-    async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<u64> {
+    async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<WriteTicket> {
         let mut inv = WRITE_BEGIN.prepare_invoke();
         inv.key(&keys.lease_key).key(&keys.write_key).arg(ms(ttl));
-        self.run(inv).await
+        let (seq, in_flight): (u64, u64) = self.run(inv).await?;
+        Ok(WriteTicket {
+            seq,
+            clean: in_flight == 1,
+        })
     }
 
-    async fn write_end(&self, keys: &WriteKeys, ticket: u64, end: &WriteEnd) -> Result<bool> {
+    async fn write_end(
+        &self,
+        keys: &WriteKeys,
+        ticket: WriteTicket,
+        end: &WriteEnd,
+    ) -> Result<bool> {
         let mut inv = WRITE_END.prepare_invoke();
         inv.key(&keys.value_key)
             .key(&keys.lease_key)
             .key(&keys.write_key)
-            .arg(ticket);
+            .arg(ticket.seq);
         match end {
             WriteEnd::Set { value, ttl } => inv.arg("set").arg(value.as_slice()).arg(ms(*ttl)),
             WriteEnd::Delete => inv.arg("del").arg("").arg(0),
             WriteEnd::Abort => inv.arg("abort").arg("").arg(0),
         };
+        inv.arg(if ticket.clean { "1" } else { "0" });
         Ok(self.run::<i64>(inv).await? == 1)
     }
 
