@@ -521,13 +521,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 .await
                 .map(Some);
         }
-        let mut request = LeaseRequest {
-            value_key: self.keys.value_key(&id),
-            lease_key: self.keys.lease_key(&id),
-            token: self.random.token(),
-            ttl: self.policy.lease_ttl,
-            if_absent: mode == Mode::Miss,
-        };
+        let mut request = self.lease_request(&id, mode == Mode::Miss);
         let deadline = Instant::now() + self.policy.wait_timeout;
         let mut pause = Duration::from_millis(1);
         let mut waited = false;
@@ -766,13 +760,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             misses.into_iter().partition(|id| self.flights.contains(id));
         let requests: Vec<LeaseRequest> = batch
             .iter()
-            .map(|id| LeaseRequest {
-                value_key: self.keys.value_key(id),
-                lease_key: self.keys.lease_key(id),
-                token: self.random.token(),
-                ttl: self.policy.lease_ttl,
-                if_absent: true,
-            })
+            .map(|id| self.lease_request(id, true))
             .collect();
         let acquired = match self.store.acquire_many(&requests).await {
             Ok(acquired) => acquired,
@@ -801,7 +789,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         }
         if !leased.is_empty() {
-            self.load_leased(leased, answers).await?;
+            for (id, value, _) in self.load_and_fill_many(leased).await? {
+                let outcome = Outcome::Miss;
+                answers.insert(id, Lookup { value, outcome });
+            }
         }
         let waits = single.into_iter().map(|id| {
             let this = self.clone();
@@ -818,15 +809,25 @@ impl<V: Send + Sync + 'static> Inner<V> {
         Ok(())
     }
 
-    async fn load_leased(
+    /// A lease request for `id` with a fresh token.
+    pub(crate) fn lease_request(&self, id: &str, if_absent: bool) -> LeaseRequest {
+        LeaseRequest {
+            value_key: self.keys.value_key(id),
+            lease_key: self.keys.lease_key(id),
+            token: self.random.token(),
+            ttl: self.policy.lease_ttl,
+            if_absent,
+        }
+    }
+
+    /// Loads leased ids with one `load_many` and fills them with one
+    /// pipeline. Answers each id's value and whether its fill landed
+    /// (`false`: not cacheable, or the lease was voided meanwhile).
+    pub(crate) async fn load_and_fill_many(
         &self,
         leased: Vec<(String, LeaseRequest)>,
-        answers: &mut HashMap<String, Lookup<V>>,
-    ) -> Result<()> {
-        let source = self
-            .source
-            .clone()
-            .ok_or_else(|| Error::Config("no source".into()))?;
+    ) -> Result<Vec<(String, Option<Arc<V>>, bool)>> {
+        let source = self.require_source()?;
         let ids: Vec<String> = leased.iter().map(|(id, _)| id.clone()).collect();
         let load = async move { source.load_many(&ids).await }.boxed();
         let (loaded, took) = self.timed_load("(many)", load).await;
@@ -838,33 +839,37 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         };
         let mut fills = Vec::with_capacity(leased.len());
+        let mut filled_ids = Vec::with_capacity(leased.len());
+        let mut answers = Vec::with_capacity(leased.len());
         let mut unfilled = Vec::new();
         for (id, lease) in leased {
             let value = loaded.remove(&id).map(Arc::new);
             match self.encode_loaded(value.as_ref(), took)? {
-                Some((bytes, ttl)) => fills.push(Fill {
-                    value_key: lease.value_key,
-                    lease_key: lease.lease_key,
-                    token: lease.token,
-                    value: bytes,
-                    ttl,
-                }),
+                Some((bytes, ttl)) => {
+                    filled_ids.push(answers.len());
+                    fills.push(Fill {
+                        value_key: lease.value_key,
+                        lease_key: lease.lease_key,
+                        token: lease.token,
+                        value: bytes,
+                        ttl,
+                    });
+                }
                 None => unfilled.push(lease),
             }
-            answers.insert(
-                id,
-                Lookup {
-                    value,
-                    outcome: Outcome::Miss,
-                },
-            );
+            answers.push((id, value, false));
         }
         join_all(unfilled.iter().map(|lease| self.release(lease))).await;
         match self.store.fill_many(&fills).await {
-            Ok(results) => results.into_iter().for_each(|r| self.count_fill(Ok(r))),
+            Ok(results) => {
+                for (at, landed) in filled_ids.into_iter().zip(results) {
+                    self.count_fill(Ok(landed));
+                    answers[at].2 = landed;
+                }
+            }
             Err(e) => self.count_fill(Err(e)),
         }
-        Ok(())
+        Ok(answers)
     }
 
     /// Many keys straight from the source, the store being unavailable.

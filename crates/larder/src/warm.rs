@@ -9,8 +9,7 @@
 use crate::cache::{Cache, Inner};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
-use crate::store::{Acquired, Fill, LeaseRequest};
-use futures_util::future::{join_all, FutureExt};
+use crate::store::{Acquired, LeaseRequest};
 use std::sync::Arc;
 
 /// Keys per batch of [`Cache::warm`]. Default of [`Cache::warm_all`] too.
@@ -98,20 +97,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
         ids: Vec<String>,
         state: &mut WarmProgress,
     ) -> Result<()> {
-        let source = self.require_source()?;
+        self.require_source()?;
         self.check_layout().await?;
         let batch_len = ids.len();
         state.done += batch_len as u64;
-        let requests: Vec<LeaseRequest> = ids
-            .iter()
-            .map(|id| LeaseRequest {
-                value_key: self.keys.value_key(id),
-                lease_key: self.keys.lease_key(id),
-                token: self.random.token(),
-                ttl: self.policy.lease_ttl,
-                if_absent: false,
-            })
-            .collect();
+        let requests: Vec<LeaseRequest> =
+            ids.iter().map(|id| self.lease_request(id, false)).collect();
         let acquired = self.store.acquire_many(&requests).await?;
         let leased: Vec<(String, LeaseRequest)> = ids
             .into_iter()
@@ -124,36 +115,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
         if leased.is_empty() {
             return Ok(());
         }
-        let wanted: Vec<String> = leased.iter().map(|(id, _)| id.clone()).collect();
-        let load = async move { source.load_many(&wanted).await }.boxed();
-        let (loaded, took) = self.timed_load("(warm)", load).await;
-        let mut loaded = match loaded {
-            Ok(rows) => rows,
-            Err(e) => {
-                join_all(leased.iter().map(|(_, lease)| self.release(lease))).await;
-                return Err(e);
-            }
-        };
-        let mut fills = Vec::with_capacity(leased.len());
-        for (id, lease) in &leased {
-            let value = loaded.remove(id).map(Arc::new);
-            match self.encode_loaded(value.as_ref(), took)? {
-                Some((bytes, ttl)) => fills.push(Fill {
-                    value_key: lease.value_key.clone(),
-                    lease_key: lease.lease_key.clone(),
-                    token: lease.token.clone(),
-                    value: bytes,
-                    ttl,
-                }),
-                None => {
-                    self.release(lease).await;
-                    state.skipped += 1;
-                }
-            }
-        }
-        for filled in self.store.fill_many(&fills).await? {
-            self.count_fill(Ok(filled));
-            if filled {
+        for (_, _, landed) in self.load_and_fill_many(leased).await? {
+            if landed {
                 state.written += 1;
             } else {
                 state.skipped += 1;
