@@ -173,8 +173,9 @@ where
     /// [`Cache::get_or_load`] then.
     pub async fn get(&self, key: &K) -> Result<Lookup<V>> {
         let id = self.id_of(key)?;
-        let loader = self.inner.source_loader()?;
-        self.inner.clone().read(id, loader).await
+        // The loader is built on the miss path only: a hit allocates nothing for it.
+        self.inner.require_source()?;
+        self.inner.clone().read(id, None).await
     }
 
     /// Cache-aside: the value of `key`, computed by `load` on a miss.
@@ -200,7 +201,7 @@ where
             }
             .boxed()
         });
-        self.inner.clone().read(id, loader).await
+        self.inner.clone().read(id, Some(loader)).await
     }
 
     /// Read-through for many keys: one `MGET` for all of them, one
@@ -365,7 +366,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
-    async fn read(self: Arc<Self>, id: String, loader: Loader<V>) -> Result<Lookup<V>> {
+    /// A single-key read; `loader: None` loads from the source.
+    async fn read(self: Arc<Self>, id: String, loader: Option<Loader<V>>) -> Result<Lookup<V>> {
         let answer = self.read_uncounted(id, loader).await;
         if let Ok(lookup) = &answer {
             self.counters.read(lookup.outcome);
@@ -373,9 +375,14 @@ impl<V: Send + Sync + 'static> Inner<V> {
         answer
     }
 
-    async fn read_uncounted(self: &Arc<Self>, id: String, loader: Loader<V>) -> Result<Lookup<V>> {
+    async fn read_uncounted(
+        self: &Arc<Self>,
+        id: String,
+        given: Option<Loader<V>>,
+    ) -> Result<Lookup<V>> {
+        let loader = |given: Option<Loader<V>>| given.map_or_else(|| self.source_loader(), Ok);
         if self.breaker.is_open() {
-            return self.clone().load_shared(id, loader).await;
+            return self.clone().load_shared(id, loader(given)?).await;
         }
         let found = match self.check_layout().await {
             Ok(()) => self.store.get(&self.keys.value_key(&id)).await,
@@ -388,27 +395,27 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
             Err(e) if e.is_store_unavailable() => {
                 self.store_failed(&e);
-                return self.clone().load_shared(id, loader).await;
+                return self.clone().load_shared(id, loader(given)?).await;
             }
             Err(e) => return Err(e),
         };
         let now = self.clock.now_ms();
         let Some(entry) = self.entry_or_none(&id, found) else {
-            return self.clone().load_shared(id, loader).await;
+            return self.clone().load_shared(id, loader(given)?).await;
         };
         match entry.freshness(now) {
             Freshness::Fresh => {
                 if self.should_refresh_early(&entry, now) {
                     self.counters.bump(Event::EarlyRefresh);
-                    self.refresh_in_background(id, loader, Mode::Early);
+                    self.refresh_in_background(id, loader(given)?, Mode::Early);
                 }
                 Ok(entry.answer(Outcome::Hit))
             }
             Freshness::Stale => {
-                self.serve_stale(id, loader, entry.answer(Outcome::Stale))
+                self.serve_stale(id, loader(given)?, entry.answer(Outcome::Stale))
                     .await
             }
-            Freshness::Expired => self.clone().load_shared(id, loader).await,
+            Freshness::Expired => self.clone().load_shared(id, loader(given)?).await,
         }
     }
 
