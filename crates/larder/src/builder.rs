@@ -12,6 +12,7 @@ use crate::source::Source;
 use crate::stats::Counters;
 use crate::store::{MemoryStore, Store, DEFAULT_MEMORY_CAPACITY};
 use crate::write::WritePolicy;
+use crate::write_back::{durability, flusher, State, WriteBack};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -218,6 +219,16 @@ where
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::new(DEFAULT_MEMORY_CAPACITY)));
+        let write_back = match write_policy {
+            WritePolicy::Back(settings) => Some(write_back_state(
+                &entity,
+                &keys,
+                store.as_ref(),
+                self.source.as_deref(),
+                settings,
+            )?),
+            _ => None,
+        };
         let cache = Cache::from_inner(Inner {
             breaker: Breaker::new(store.name()),
             keys,
@@ -231,10 +242,58 @@ where
             counters: Counters::default(),
             layout_checked: tokio::sync::OnceCell::new(),
             write_policy,
+            write_back: write_back.clone(),
         });
         match cache.inner.check_layout().await {
-            Err(e) if !e.is_store_unavailable() => Err(e),
-            _ => Ok(cache),
+            Err(e) if !e.is_store_unavailable() => return Err(e),
+            _ => {}
         }
+        if let Some(state) = write_back {
+            // A store that does not answer yet is checked on first use.
+            match cache.inner.ready_to_write(&state).await {
+                Err(e) if !e.is_store_unavailable() => return Err(e),
+                _ => {}
+            }
+            flusher::spawn(&cache.inner, state);
+        }
+        Ok(cache)
     }
+}
+
+/// Write-back's state for a new cache: a store that can hold a write-back
+/// log and a source to flush to (durability is checked by the caller).
+fn write_back_state<V: Send + Sync + 'static>(
+    entity: &str,
+    keys: &KeySpace,
+    store: &dyn Store,
+    source: Option<&dyn Source<V>>,
+    settings: WriteBack,
+) -> Result<Arc<State>> {
+    settings.validate()?;
+    let Some(source) = source else {
+        return Err(Error::Config(format!(
+            "entity `{entity}`: write-back needs a source to flush to; give the builder one"
+        )));
+    };
+    if !source.fences_flushes() {
+        tracing::warn!(entity, "the source does not fence flushes: a flusher that stalls past its lease could overwrite a newer flush");
+    }
+    let Some(log) = store.dirty_log() else {
+        return Err(durability::in_process(entity, store));
+    };
+    let shards = (0..keys.shards())
+        .map(|shard| crate::write_back::shard_keys(keys, shard))
+        .collect();
+    Ok(Arc::new(State {
+        settings,
+        log,
+        shards,
+        counters: Default::default(),
+        wake: Default::default(),
+        closed: Default::default(),
+        token: crate::policy::Random::Thread.token(),
+        durable: Default::default(),
+        fence_ready: Default::default(),
+        fk_attempts: Default::default(),
+    }))
 }

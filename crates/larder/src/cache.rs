@@ -99,6 +99,8 @@ pub(crate) struct Inner<V> {
     pub(crate) layout_checked: tokio::sync::OnceCell<()>,
     pub(crate) write_policy: crate::write::WritePolicy,
     pub(crate) breaker: Breaker,
+    /// Write-back's state (its log, counters and flusher controls).
+    pub(crate) write_back: Option<Arc<crate::write_back::State>>,
 }
 
 /// What a flight is for.
@@ -382,6 +384,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     ) -> Result<Lookup<V>> {
         let loader = |given: Option<Loader<V>>| given.map_or_else(|| self.source_loader(), Ok);
         if self.breaker.is_open() {
+            self.may_bypass(self.store_skipped())?;
             return self.clone().load_shared(id, loader(given)?).await;
         }
         let found = match self.check_layout().await {
@@ -395,6 +398,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
             Err(e) if e.is_store_unavailable() => {
                 self.store_failed(&e);
+                self.may_bypass(e)?;
                 return self.clone().load_shared(id, loader(given)?).await;
             }
             Err(e) => return Err(e),
@@ -523,6 +527,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         mode: Mode,
     ) -> Result<Option<Lookup<V>>> {
         if self.breaker.is_open() {
+            self.may_bypass(self.store_skipped())?;
             return self
                 .load_unfilled(&id, loader, Outcome::Bypass)
                 .await
@@ -559,6 +564,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         _ => request.if_absent = false,
                     }
                 }
+                Ok(Acquired::Dirty(payload)) => {
+                    return self.pending_answer(&id, payload).map(Some);
+                }
                 Ok(Acquired::Held) if mode != Mode::Miss => return Ok(None),
                 Ok(Acquired::Held) => {
                     if !waited {
@@ -577,6 +585,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 }
                 Err(e) if e.is_store_unavailable() => {
                     self.store_failed(&e);
+                    self.may_bypass(e)?;
                     return self
                         .load_unfilled(&id, loader, Outcome::Bypass)
                         .await
@@ -652,6 +661,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 let fill = Fill {
                     value_key: lease.value_key,
                     lease_key: lease.lease_key,
+                    dirty_key: lease.dirty_key,
                     token: lease.token,
                     value: bytes,
                     ttl,
@@ -668,6 +678,44 @@ impl<V: Send + Sync + 'static> Inner<V> {
             value,
             outcome: Outcome::Miss,
         })
+    }
+
+    /// The answer for a key with a pending write-back write: the written
+    /// value itself (`None`: a pending delete), as fresh as a hit.
+    fn pending_answer(&self, id: &str, payload: Option<Bytes>) -> Result<Lookup<V>> {
+        let value = match payload {
+            Some(bytes) => Some(Arc::new(self.codec.decode(
+                self.keys.entity(),
+                id,
+                bytes,
+            )?)),
+            None => None,
+        };
+        let outcome = if value.is_some() {
+            Outcome::Hit
+        } else {
+            Outcome::Negative
+        };
+        Ok(Lookup { value, outcome })
+    }
+
+    /// Whether a read may go to the source without the store. Not under
+    /// write-back: its newest data lives in the store, so the store's
+    /// error is the answer.
+    fn may_bypass(&self, e: Error) -> Result<()> {
+        if self.write_policy.is_write_back() {
+            Err(e)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The error of a write-back read while the breaker keeps the store skipped.
+    fn store_skipped(&self) -> Error {
+        Error::StoreUnavailable {
+            store: self.store.name().to_owned(),
+            cause: Message::cause("the store failed recently and is skipped for a moment"),
+        }
     }
 
     pub(crate) fn count_fill(&self, filled: Result<bool>) {
@@ -720,9 +768,14 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
             Err(Some(e)) if !e.is_store_unavailable() => return Err(e),
             Err(e) => {
-                if let Some(e) = e {
-                    self.store_failed(&e);
-                }
+                let e = match e {
+                    Some(e) => {
+                        self.store_failed(&e);
+                        e
+                    }
+                    None => self.store_skipped(),
+                };
+                self.may_bypass(e)?;
                 return self.bypass_many(ids).await;
             }
         };
@@ -773,6 +826,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             Ok(acquired) => acquired,
             Err(e) if e.is_store_unavailable() => {
                 self.store_failed(&e);
+                self.may_bypass(e)?;
                 answers.extend(
                     self.bypass_many(batch.into_iter().chain(single).collect())
                         .await?,
@@ -793,6 +847,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     _ => single.push(id),
                 },
                 Acquired::Held => single.push(id),
+                Acquired::Dirty(payload) => {
+                    let answer = self.pending_answer(&id, payload)?;
+                    answers.insert(id, answer);
+                }
             }
         }
         if !leased.is_empty() {
@@ -821,6 +879,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         LeaseRequest {
             value_key: self.keys.value_key(id),
             lease_key: self.keys.lease_key(id),
+            dirty_key: self.keys.dirty_key(id),
             token: self.random.token(),
             ttl: self.policy.lease_ttl,
             if_absent,
@@ -857,6 +916,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     fills.push(Fill {
                         value_key: lease.value_key,
                         lease_key: lease.lease_key,
+                        dirty_key: lease.dirty_key,
                         token: lease.token,
                         value: bytes,
                         ttl,

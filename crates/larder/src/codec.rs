@@ -17,6 +17,57 @@ pub trait Codec<V>: Debug + Send + Sync + 'static {
     fn encode(&self, entity: &str, value: &V) -> Result<Vec<u8>>;
     /// Decodes a payload. `entity` and `id` name it in errors.
     fn decode(&self, entity: &str, id: &str, payload: Bytes) -> Result<V>;
+
+    /// Merges `fields` into the object a payload holds (a write-back
+    /// `patch`, done in Rust rather than in a Lua script, whose JSON turns
+    /// `[]` into `{}` and rounds big integers). Default: unsupported.
+    fn merge(
+        &self,
+        entity: &str,
+        id: &str,
+        payload: &[u8],
+        fields: &JsonObject,
+    ) -> Result<Vec<u8>> {
+        let _ = (payload, fields);
+        Err(Error::Config(format!(
+            "entity `{entity}` (id {id:?}): this codec cannot merge fields; write-back patch needs the Json, MessagePack or PassThrough codec"
+        )))
+    }
+}
+
+/// A JSON object: the fields of a patch.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// Merges `fields` into `target`, which must be an object.
+fn merge_object(
+    entity: &str,
+    id: &str,
+    target: serde_json::Value,
+    fields: &JsonObject,
+) -> Result<serde_json::Value> {
+    match target {
+        serde_json::Value::Object(mut object) => {
+            for (k, v) in fields {
+                object.insert(k.clone(), v.clone());
+            }
+            Ok(serde_json::Value::Object(object))
+        }
+        _ => Err(decode_error(
+            entity,
+            id,
+            Message::cause("a patch needs the stored value to be an object"),
+        )),
+    }
+}
+
+fn merge_json(entity: &str, id: &str, payload: &[u8], fields: &JsonObject) -> Result<Vec<u8>> {
+    let target =
+        serde_json::from_slice(payload).map_err(|e| decode_error(entity, id, Error::cause(e)))?;
+    let merged = merge_object(entity, id, target, fields)?;
+    serde_json::to_vec(&merged).map_err(|e| Error::Encode {
+        entity: entity.to_owned(),
+        cause: Error::cause(e),
+    })
 }
 
 /// JSON through serde_json. The default codec.
@@ -33,6 +84,16 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
 
     fn decode(&self, entity: &str, id: &str, payload: Bytes) -> Result<V> {
         serde_json::from_slice(&payload).map_err(|e| decode_error(entity, id, Error::cause(e)))
+    }
+
+    fn merge(
+        &self,
+        entity: &str,
+        id: &str,
+        payload: &[u8],
+        fields: &JsonObject,
+    ) -> Result<Vec<u8>> {
+        merge_json(entity, id, payload, fields)
     }
 }
 
@@ -51,6 +112,22 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for MessagePack {
     fn decode(&self, entity: &str, id: &str, payload: Bytes) -> Result<V> {
         rmp_serde::from_slice(&payload).map_err(|e| decode_error(entity, id, Error::cause(e)))
     }
+
+    fn merge(
+        &self,
+        entity: &str,
+        id: &str,
+        payload: &[u8],
+        fields: &JsonObject,
+    ) -> Result<Vec<u8>> {
+        let target: serde_json::Value = rmp_serde::from_slice(payload)
+            .map_err(|e| decode_error(entity, id, Error::cause(e)))?;
+        let merged = merge_object(entity, id, target, fields)?;
+        rmp_serde::to_vec_named(&merged).map_err(|e| Error::Encode {
+            entity: entity.to_owned(),
+            cause: Error::cause(e),
+        })
+    }
 }
 
 /// Stores [`RawJson`] bytes unchanged.
@@ -64,6 +141,16 @@ impl Codec<RawJson> for PassThrough {
 
     fn decode(&self, _entity: &str, _id: &str, payload: Bytes) -> Result<RawJson> {
         Ok(RawJson(payload))
+    }
+
+    fn merge(
+        &self,
+        entity: &str,
+        id: &str,
+        payload: &[u8],
+        fields: &JsonObject,
+    ) -> Result<Vec<u8>> {
+        merge_json(entity, id, payload, fields)
     }
 }
 

@@ -159,6 +159,44 @@ pub enum Error {
         /// The loader's error.
         cause: Cause,
     },
+
+    /// Write-back cannot run on this store: it cannot prove that dirty
+    /// records survive a crash, or it may evict them.
+    #[error("write-back for entity `{entity}` refused on store `{store}`: {reason}")]
+    NotDurable {
+        /// The entity.
+        entity: String,
+        /// The store (URL without credentials).
+        store: String,
+        /// What is missing and how to fix it.
+        reason: String,
+    },
+
+    /// The write-back backlog is at its bound (`max_backlog`) and did not
+    /// drain within the wait: retry later.
+    #[error("write-back backlog of entity `{entity}` is full ({backlog} of {max} writes pending); retry later or raise max_backlog")]
+    BacklogFull {
+        /// The entity.
+        entity: String,
+        /// The backlog seen.
+        backlog: u64,
+        /// The configured bound.
+        max: u64,
+    },
+
+    /// A flush was refused by the database's fence: another flusher owns
+    /// the shard with a newer epoch, so this one's batch was rolled back.
+    #[error("flush of entity `{entity}` shard {shard} fenced: epoch {epoch} is older than the database's {current}")]
+    Fenced {
+        /// The entity.
+        entity: String,
+        /// The shard.
+        shard: u16,
+        /// This flusher's epoch.
+        epoch: u64,
+        /// The epoch recorded in the database.
+        current: u64,
+    },
 }
 
 impl Error {

@@ -104,6 +104,7 @@ pub(crate) enum KeyKind {
     Value,
     Lease,
     Write,
+    Dirty,
 }
 
 impl KeyKind {
@@ -112,6 +113,7 @@ impl KeyKind {
             KeyKind::Value => 'v',
             KeyKind::Lease => 'l',
             KeyKind::Write => 'w',
+            KeyKind::Dirty => 'd',
         }
     }
 }
@@ -163,6 +165,33 @@ impl KeySpace {
     /// The key of an id's write bookkeeping (sequence and writes in flight).
     pub(crate) fn write_key(&self, id: &str) -> String {
         self.key(KeyKind::Write, id)
+    }
+
+    /// The key of an id's write-back dirty record.
+    pub(crate) fn dirty_key(&self, id: &str) -> String {
+        self.key(KeyKind::Dirty, id)
+    }
+
+    /// The number of shards.
+    pub(crate) fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    /// A per-shard key: `<prefix>:{<entity>:<shard>}:<name>`. `name` has no
+    /// `:`, so it never equals a per-id key (`<letter>:<id>`).
+    pub(crate) fn shard_key(&self, shard: u16, name: &str) -> String {
+        format!("{}:{{{}:{}}}:{}", self.prefix, self.entity, shard, name)
+    }
+
+    /// The prefix of every per-id key of one kind in a shard (the id follows).
+    pub(crate) fn shard_prefix(&self, shard: u16, kind: KeyKind) -> String {
+        format!(
+            "{}:{{{}:{}}}:{}:",
+            self.prefix,
+            self.entity,
+            shard,
+            kind.letter()
+        )
     }
 
     /// The key holding this entity's recorded layout.

@@ -86,11 +86,12 @@ mod stats;
 pub mod store;
 mod warm;
 mod write;
+pub mod write_back;
 
 pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use codec::{Codec, Json, MessagePack, PassThrough, RawJson};
+pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{Cause, Error, Result};
 pub use key::{validate_id, validate_name, CacheKey, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN};
@@ -99,6 +100,7 @@ pub use source::{FnSource, Source, SqlPool, SqlSource};
 pub use stats::CacheStats;
 pub use warm::{WarmProgress, WARM_BATCH};
 pub use write::{CacheWrite, WritePolicy, Written};
+pub use write_back::{Closed, DeadLetter, WriteBack, WriteBackStats};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`WritePolicy::Through`] | the source first; the row it stored (`RETURNING`: defaults, triggers, normalised types) is cached and returned |
 //! | [`WritePolicy::Around`] | the source, then the cached entry is deleted |
+//! | [`WritePolicy::Back`] | acknowledged once the store holds it durably; flushed to the source later ([`crate::write_back`]) |
 //! | [`WritePolicy::ReadOnly`] | refused with [`Error::ReadOnly`] |
 //!
 //! # Concurrent writers converge
@@ -32,6 +33,7 @@ use crate::cache::{Cache, Inner};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::store::{WriteEnd, WriteKeys, WriteTicket};
+use crate::write_back::WriteBack;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use std::future::Future;
@@ -45,18 +47,27 @@ pub enum WritePolicy {
     Through,
     /// Source, then the cached entry is deleted.
     Around,
+    /// Cache and a durable dirty record first, acknowledged at once; a
+    /// background flusher coalesces and batches the writes into the source.
+    Back(WriteBack),
     /// Writes are refused.
     ReadOnly,
 }
 
 impl WritePolicy {
-    /// The policy's name in configuration: `through`, `around`, `read-only`.
+    /// The policy's name in configuration: `through`, `around`, `back`, `read-only`.
     pub fn as_str(self) -> &'static str {
         match self {
             WritePolicy::Through => "through",
             WritePolicy::Around => "around",
+            WritePolicy::Back(_) => "back",
             WritePolicy::ReadOnly => "read-only",
         }
+    }
+
+    /// Whether this is write-back.
+    pub fn is_write_back(self) -> bool {
+        matches!(self, WritePolicy::Back(_))
     }
 }
 
@@ -72,6 +83,9 @@ pub enum CacheWrite {
     /// The store could not be reached; the entry may be outdated there
     /// until it expires.
     Unreachable,
+    /// Write-back: the write is cached and durably queued; the source gets
+    /// it at the next flush.
+    Queued,
 }
 
 /// A write's result: the row as the source stored it, and what happened
@@ -100,6 +114,9 @@ where
     pub async fn put(&self, key: &K, value: &V) -> Result<Written<V>> {
         let id = self.id_of(key)?;
         self.inner.refuse_read_only()?;
+        if self.inner.write_policy.is_write_back() {
+            return self.inner.put_back(&id, value).await;
+        }
         match self.inner.source.clone() {
             Some(source) => {
                 let id2 = id.clone();
@@ -142,6 +159,13 @@ where
     {
         self.inner.refuse_read_only()?;
         let source = self.inner.require_source()?;
+        if self.inner.write_policy.is_write_back() {
+            let mut answers = Vec::with_capacity(entries.len());
+            for (key, value) in entries {
+                answers.push(self.put(key, value).await);
+            }
+            return Ok(answers);
+        }
         let ids = entries
             .iter()
             .map(|(k, _)| self.id_of(k))
@@ -211,6 +235,9 @@ where
         let id = self.id_of(key)?;
         self.inner.refuse_read_only()?;
         let source = self.inner.require_source()?;
+        if self.inner.write_policy.is_write_back() {
+            return self.inner.patch_back(&id, fields).await;
+        }
         let id2 = id.clone();
         self.inner
             .write(&id, async move { source.patch(&id2, fields).await })
@@ -223,6 +250,9 @@ where
         let id = self.id_of(key)?;
         self.inner.refuse_read_only()?;
         let source = self.inner.require_source()?;
+        if self.inner.write_policy.is_write_back() {
+            return self.inner.delete_back(&id).await;
+        }
         let ticket = self.inner.begin(&id).await?;
         match source.remove(&id).await {
             Ok(existed) => {

@@ -14,6 +14,33 @@ pub use self::sql::{ColumnInfo, SqlPool, SqlSource, SqlSourceBuilder};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use std::collections::HashMap;
+use std::time::Duration;
+
+/// A write-back flush's fence: the flusher's shard and the epoch of its
+/// flush lease. A fencing source commits the batch only if no flush with a
+/// newer epoch committed for the shard (see the `larder_fence` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The entity (its name in the cache, not the table).
+    pub entity: String,
+    /// The shard.
+    pub shard: u16,
+    /// The epoch of the flusher's lease.
+    pub epoch: u64,
+}
+
+/// One write-back flush: upserts and deletes to commit together.
+#[derive(Debug)]
+pub struct FlushBatch<'a, V> {
+    /// Rows to insert or replace (ids distinct).
+    pub upserts: &'a [(String, V)],
+    /// Ids to delete.
+    pub removes: &'a [String],
+    /// The flusher's fence.
+    pub fence: Fence,
+    /// The longest any statement may run (kept below the flush lease).
+    pub statement_timeout: Duration,
+}
 
 /// Where values come from on a miss, and where writes go.
 ///
@@ -90,6 +117,53 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
     async fn remove(&self, id: &str) -> Result<bool> {
         let _ = id;
         Err(self.read_only())
+    }
+
+    /// Checks a row before a write is acknowledged (write-back validates
+    /// before it queues). Default: every row is accepted.
+    fn check(&self, id: &str, value: &V) -> Result<()> {
+        let _ = (id, value);
+        Ok(())
+    }
+
+    /// Checks the fields of a patch before it is acknowledged. Default:
+    /// accepted.
+    fn check_patch(
+        &self,
+        id: &str,
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
+        let _ = (id, fields);
+        Ok(())
+    }
+
+    /// Whether [`Source::flush`] honours its fence (one transaction that
+    /// checks the epoch). Default: `false`, and write-back says so at start.
+    fn fences_flushes(&self) -> bool {
+        false
+    }
+
+    /// Prepares write-back for `entity` over `shards` shards (a fencing
+    /// source creates its fence rows). Default: nothing to do.
+    async fn prepare_write_back(&self, entity: &str, shards: u16) -> Result<()> {
+        let _ = (entity, shards);
+        Ok(())
+    }
+
+    /// Commits one write-back batch and returns the rows as stored. A
+    /// fencing source does it in one transaction that first checks the
+    /// fence and fails with [`Error::Fenced`] when a newer flusher
+    /// committed. Default: `store_many`, then one `remove` per id, unfenced.
+    async fn flush(&self, batch: FlushBatch<'_, V>) -> Result<Vec<(String, V)>> {
+        let stored = if batch.upserts.is_empty() {
+            Vec::new()
+        } else {
+            self.store_many(batch.upserts).await?
+        };
+        for id in batch.removes {
+            self.remove(id).await?;
+        }
+        Ok(stored)
     }
 
     /// The error a read-only source answers writes with.

@@ -11,9 +11,15 @@
 //! Pick a store by URL with [`connect`]: `redis://`, `rediss://` (TLS) or
 //! `memory://`.
 
+mod dirty;
 mod memory;
 mod redis;
+mod redis_dirty;
 
+pub use self::dirty::{
+    Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyState, DirtyWrite, Durability,
+    Recorded, ShardBacklog, ShardKeys, StoredDeadLetter,
+};
 pub use self::memory::{MemoryStore, DEFAULT_CAPACITY as DEFAULT_MEMORY_CAPACITY};
 pub use self::redis::{RedisOptions, RedisStore};
 
@@ -32,6 +38,9 @@ pub struct LeaseRequest {
     pub value_key: String,
     /// The lease key (same hash slot as the value key).
     pub lease_key: String,
+    /// The write-back dirty record (same hash slot): a pending write is
+    /// the answer, and no lease is taken over it.
+    pub dirty_key: String,
     /// The random token that identifies this holder.
     pub token: String,
     /// How long the lease holds without a fill.
@@ -55,6 +64,9 @@ pub enum Acquired {
     },
     /// Another holder has the lease.
     Held,
+    /// A write-back write of the key is pending: its payload (codec bytes;
+    /// `None` for a pending delete) is the answer. No lease was taken.
+    Dirty(Option<Bytes>),
 }
 
 /// A conditional fill: write the value only while `token` holds the lease.
@@ -64,6 +76,8 @@ pub struct Fill {
     pub value_key: String,
     /// The lease key.
     pub lease_key: String,
+    /// The write-back dirty record: a fill never overwrites a pending write.
+    pub dirty_key: String,
     /// The token the lease must still hold.
     pub token: String,
     /// The envelope bytes.
@@ -135,17 +149,19 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Atomically deletes the value and its lease (an invalidation).
     async fn delete(&self, value_key: &str, lease_key: &str) -> Result<()>;
 
-    /// Atomically: (with `if_absent`) returns the value if present, else takes
-    /// the lease if it is free (without `if_absent`, also returning the value
-    /// present then).
+    /// Atomically: a pending write-back write is the answer
+    /// ([`Acquired::Dirty`]); else (with `if_absent`) returns the value if
+    /// present, else takes the lease if it is free (without `if_absent`,
+    /// also returning the value present then).
     async fn acquire(&self, request: &LeaseRequest) -> Result<Acquired>;
 
     /// [`Store::acquire`] for many keys, pipelined; answers in request order.
     async fn acquire_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Acquired>>;
 
     /// Atomically: writes the value and releases the lease if the lease still
-    /// holds the fill's token; otherwise changes nothing. Returns whether it
-    /// wrote.
+    /// holds the fill's token and no write-back write of the key is pending;
+    /// otherwise changes nothing (but a pending write voids the lease).
+    /// Returns whether it wrote.
     async fn fill(&self, fill: &Fill) -> Result<bool>;
 
     /// [`Store::fill`] for many keys, pipelined; answers in order.
@@ -171,6 +187,11 @@ pub trait Store: Debug + Send + Sync + 'static {
         ticket: WriteTicket,
         end: &WriteEnd,
     ) -> Result<bool>;
+
+    /// The write-back log of this store, if it can hold one (Redis only).
+    fn dirty_log(&self) -> Option<Arc<dyn DirtyLog>> {
+        None
+    }
 
     /// Records `layout` under `meta_key` if nothing is recorded yet, and
     /// returns what is recorded (the given layout, or an older one).

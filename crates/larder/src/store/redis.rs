@@ -88,7 +88,12 @@ impl std::fmt::Debug for RedisStore {
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: value, lease. ARGV: token, lease ms, if_absent (1/0)
+-- KEYS: value, lease, dirty. ARGV: token, lease ms, if_absent (1/0)
+local d = redis.call('HMGET', KEYS[3], 'del', 'val')
+if d[1] then
+  if d[1] == '1' then return {4} end
+  return {4, d[2]}
+end
 if ARGV[3] == '1' then
   local v = redis.call('GET', KEYS[1])
   if v then return {1, v} end
@@ -107,8 +112,12 @@ return {3}
 static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: value, lease. ARGV: token, envelope, ttl ms
+-- KEYS: value, lease, dirty. ARGV: token, envelope, ttl ms
 if redis.call('GET', KEYS[2]) == ARGV[1] then
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('DEL', KEYS[2])
+    return 0
+  end
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[2])
   return 1
@@ -217,15 +226,19 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    pub(super) fn conn(&self) -> ConnectionManager {
         self.inner.conn.clone()
     }
 
-    fn error(&self, e: RedisError) -> Error {
+    pub(super) fn name_str(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub(super) fn error(&self, e: RedisError) -> Error {
         map_error(&self.inner.name, e)
     }
 
-    async fn run<T: redis::FromRedisValue>(
+    pub(super) async fn run<T: redis::FromRedisValue>(
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T> {
@@ -237,7 +250,7 @@ impl RedisStore {
 
     /// Runs a pipeline of EVALSHA calls, loading the script once if Redis
     /// does not know it (after a restart or `SCRIPT FLUSH`).
-    async fn pipeline_script(
+    pub(super) async fn pipeline_script(
         &self,
         script: &Script,
         calls: Vec<(Vec<&str>, Vec<&[u8]>)>,
@@ -291,7 +304,7 @@ fn map_error(store: &str, e: RedisError) -> Error {
     }
 }
 
-fn ms(d: Duration) -> u64 {
+pub(super) fn ms(d: Duration) -> u64 {
     crate::clock::duration_ms(d).max(1)
 }
 
@@ -310,6 +323,8 @@ fn parse_acquired(store: &str, value: Value) -> Result<Acquired> {
             current: Some(Bytes::from(v.clone())),
         }),
         [Value::Int(3)] => Ok(Acquired::Held),
+        [Value::Int(4)] => Ok(Acquired::Dirty(None)),
+        [Value::Int(4), Value::BulkString(v)] => Ok(Acquired::Dirty(Some(Bytes::from(v.clone())))),
         _ => Err(bad()),
     }
 }
@@ -376,6 +391,7 @@ impl Store for RedisStore {
         let mut inv = ACQUIRE.prepare_invoke();
         inv.key(&r.value_key)
             .key(&r.lease_key)
+            .key(&r.dirty_key)
             .arg(&r.token)
             .arg(ms(r.ttl))
             .arg(if r.if_absent { "1" } else { "0" });
@@ -391,7 +407,11 @@ impl Store for RedisStore {
             .map(|(r, ttl)| {
                 let flag: &[u8] = if r.if_absent { b"1" } else { b"0" };
                 (
-                    vec![r.value_key.as_str(), r.lease_key.as_str()],
+                    vec![
+                        r.value_key.as_str(),
+                        r.lease_key.as_str(),
+                        r.dirty_key.as_str(),
+                    ],
                     vec![r.token.as_bytes(), ttl.as_bytes(), flag],
                 )
             })
@@ -407,6 +427,7 @@ impl Store for RedisStore {
         let mut inv = FILL.prepare_invoke();
         inv.key(&f.value_key)
             .key(&f.lease_key)
+            .key(&f.dirty_key)
             .arg(&f.token)
             .arg(&f.value)
             .arg(ms(f.ttl));
@@ -420,7 +441,11 @@ impl Store for RedisStore {
             .zip(&ttls)
             .map(|(f, ttl)| {
                 (
-                    vec![f.value_key.as_str(), f.lease_key.as_str()],
+                    vec![
+                        f.value_key.as_str(),
+                        f.lease_key.as_str(),
+                        f.dirty_key.as_str(),
+                    ],
                     vec![f.token.as_bytes(), f.value.as_slice(), ttl.as_bytes()],
                 )
             })
@@ -466,6 +491,10 @@ impl Store for RedisStore {
         };
         inv.arg(if ticket.clean { "1" } else { "0" });
         Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    fn dirty_log(&self) -> Option<Arc<dyn super::DirtyLog>> {
+        Some(Arc::new(self.clone()))
     }
 
     async fn record_layout(&self, meta_key: &str, layout: &str) -> Result<String> {

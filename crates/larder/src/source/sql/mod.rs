@@ -31,6 +31,7 @@
 //! - A row refused by validation is [`Error::InvalidRow`], naming the
 //!   column; a row whose key column differs from the id is [`Error::InvalidId`].
 
+mod flush;
 mod postgres;
 mod schema;
 mod sqlite;
@@ -38,7 +39,7 @@ mod sqlite;
 pub use self::schema::ColumnInfo;
 
 use self::schema::{KeyValue, Schema, TableName};
-use super::Source;
+use super::{FlushBatch, Source};
 use crate::codec::RawJson;
 use crate::error::{Error, Message, Result};
 use async_trait::async_trait;
@@ -435,6 +436,27 @@ impl SqlSource {
         &self,
         rows: Vec<(String, Map<String, Value>)>,
     ) -> Result<Vec<(String, RawJson)>> {
+        let (order, groups) = self.plan_upserts(rows)?;
+        if order.is_empty() {
+            return Ok(Vec::new());
+        }
+        let schema = &self.inner.schema;
+        let stored = match &self.inner.backend {
+            Backend::Postgres(pool, q) => q.upsert(pool, schema, &groups).await,
+            Backend::Sqlite(pool, q) => q.upsert(pool, schema, &groups).await,
+        }
+        .map_err(|e| classify(self.entity(), e))?;
+        self.collect_stored(order, stored)
+    }
+
+    /// Validates rows, keeps the last write per id (in the order ids first
+    /// appeared), and groups them by column set: the ids in order and the
+    /// groups to upsert.
+    #[allow(clippy::type_complexity)]
+    fn plan_upserts(
+        &self,
+        rows: Vec<(String, Map<String, Value>)>,
+    ) -> Result<(Vec<String>, Vec<(Vec<String>, Vec<Value>)>)> {
         let schema = &self.inner.schema;
         if let Some(e) = schema.read_only_error() {
             return Err(e);
@@ -449,9 +471,6 @@ impl SqlSource {
             if latest.insert(key.text.clone(), row).is_none() {
                 order.push(key.text);
             }
-        }
-        if order.is_empty() {
-            return Ok(Vec::new());
         }
         // Group by column set: the key, then the present columns in
         // configured order.
@@ -474,11 +493,15 @@ impl SqlSource {
                 None => groups.push((cols, vec![Value::Object(row)])),
             }
         }
-        let stored = match &self.inner.backend {
-            Backend::Postgres(pool, q) => q.upsert(pool, schema, &groups).await,
-            Backend::Sqlite(pool, q) => q.upsert(pool, schema, &groups).await,
-        }
-        .map_err(|e| classify(self.entity(), e))?;
+        Ok((order, groups))
+    }
+
+    /// The stored rows of an upsert, in `order`; an id without a row is an error.
+    fn collect_stored(
+        &self,
+        order: Vec<String>,
+        stored: Vec<(String, String)>,
+    ) -> Result<Vec<(String, RawJson)>> {
         let mut by_id: HashMap<String, String> = stored.into_iter().collect();
         let mut out = Vec::with_capacity(order.len());
         for id in order {
@@ -619,6 +642,40 @@ where
 
     async fn remove(&self, id: &str) -> Result<bool> {
         self.remove_id(id).await
+    }
+
+    fn check(&self, id: &str, value: &V) -> Result<()> {
+        self.validate_row(id, &self.encode(value)?)
+    }
+
+    fn check_patch(&self, id: &str, fields: &Map<String, Value>) -> Result<()> {
+        self.inner.schema.validate_patch(id, fields).map(drop)
+    }
+
+    fn fences_flushes(&self) -> bool {
+        SqlSource::is_writable(self)
+    }
+
+    async fn prepare_write_back(&self, entity: &str, shards: u16) -> Result<()> {
+        self.prepare_fence(entity, shards).await
+    }
+
+    async fn flush(&self, batch: FlushBatch<'_, V>) -> Result<Vec<(String, V)>> {
+        if let Some(e) = self.inner.schema.read_only_error() {
+            return Err(e);
+        }
+        let mut maps = Vec::with_capacity(batch.upserts.len());
+        for (id, value) in batch.upserts {
+            maps.push((id.clone(), self.encode(value)?));
+        }
+        self.flush_json(maps, batch.removes, &batch.fence, batch.statement_timeout)
+            .await?
+            .into_iter()
+            .map(|(id, json)| {
+                let v = self.decode(&id, &json)?;
+                Ok((id, v))
+            })
+            .collect()
     }
 
     fn read_only(&self) -> Error {

@@ -275,12 +275,22 @@ impl Queries {
     }
 
     pub(super) async fn remove(&self, pool: &SqlitePool, id: &KeyValue) -> sqlx::Result<bool> {
+        let mut conn = pool.acquire().await?;
+        self.remove_in(&mut conn, id).await
+    }
+
+    /// Deletes the row of `id` on a connection (or in a transaction).
+    pub(super) async fn remove_in(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        id: &KeyValue,
+    ) -> sqlx::Result<bool> {
         let q = sqlx::query(&self.remove);
         let q = match id.int {
             Some(n) => q.bind(n),
             None => q.bind(id.text.clone()),
         };
-        Ok(q.execute(pool).await?.rows_affected() > 0)
+        Ok(q.execute(conn).await?.rows_affected() > 0)
     }
 
     /// One upsert per column set, in one transaction.
@@ -291,16 +301,28 @@ impl Queries {
         groups: &[(Vec<String>, Vec<Value>)],
     ) -> sqlx::Result<Vec<(String, String)>> {
         let mut tx = pool.begin().await?;
+        let out = self.upsert_in(&mut tx, s, groups).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The upserts of [`upsert`](Self::upsert) on a connection (or in a
+    /// transaction); the rows as stored.
+    pub(super) async fn upsert_in(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        s: &Schema,
+        groups: &[(Vec<String>, Vec<Value>)],
+    ) -> sqlx::Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         for (cols, rows) in groups {
             let sql = self.upsert_sql(s, cols);
             let json = Value::Array(rows.clone()).to_string();
-            let returned = sqlx::query(&sql).bind(json).fetch_all(&mut *tx).await?;
+            let returned = sqlx::query(&sql).bind(json).fetch_all(&mut *conn).await?;
             for row in &returned {
                 out.push(pair(row)?);
             }
         }
-        tx.commit().await?;
         Ok(out)
     }
 

@@ -1,0 +1,226 @@
+//! The write-back log: the store side of write-back.
+//!
+//! Write-back acknowledges a write once the store holds it durably, and a
+//! flusher writes it to the source later. Everything about one id lives in
+//! its shard (one hash slot), so every step below is one atomic script:
+//!
+//! | key | what |
+//! |---|---|
+//! | `…:{e:s}:d:<id>` | the dirty record: `seq`, `del` (a tombstone), `val` (the payload); no TTL |
+//! | `…:{e:s}:q` | the shard's queue: a sorted set of dirty ids, scored by when each became dirty |
+//! | `…:{e:s}:n` | the shard's record sequence (`INCR`; never reset, so a stale flusher cannot clear a newer record) |
+//! | `…:{e:s}:w:<id>` | the id's write version, compared by `patch` and `delete` (compare-and-set) |
+//! | `…:{e:s}:f`, `…:{e:s}:e` | the shard's flush lease and its epoch (`INCR` on every new holder) |
+//! | `…:{e:s}:x`, `…:{e:s}:xv` | dead letters: why (JSON) and the payload, by id |
+//!
+//! Only [`RedisStore`](super::RedisStore) implements it: the embedded memory
+//! store is lost with its process, so it cannot hold acknowledged writes.
+
+use crate::error::Result;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fmt::Debug;
+use std::time::Duration;
+
+/// The keys one write-back write touches (all in the id's shard).
+#[derive(Debug, Clone)]
+pub struct DirtyKeys {
+    /// The canonical id.
+    pub id: String,
+    /// The value key.
+    pub value_key: String,
+    /// The read lease key.
+    pub lease_key: String,
+    /// The dirty record.
+    pub dirty_key: String,
+    /// The shard's queue.
+    pub queue_key: String,
+    /// The shard's record sequence.
+    pub seq_key: String,
+    /// The id's write version.
+    pub version_key: String,
+}
+
+/// One write to record: the new value (or a tombstone) and its cache entry.
+#[derive(Debug, Clone)]
+pub struct DirtyWrite {
+    /// The payload (codec bytes); `None` records a delete (tombstone).
+    pub payload: Option<Vec<u8>>,
+    /// The envelope to cache for reads (the value, or a negative entry).
+    pub envelope: Vec<u8>,
+    /// How long the store keeps the cache entry.
+    pub ttl: Duration,
+    /// Now, in milliseconds since the epoch (the queue's score).
+    pub now_ms: u64,
+    /// Compare-and-set: record only if the id's write version is this one.
+    pub expect_version: Option<u64>,
+    /// How long the write version is kept without writes.
+    pub version_ttl: Duration,
+}
+
+/// What recording a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded under this record sequence; `coalesced` when the id was
+    /// already dirty (this write replaces one not yet flushed).
+    Queued {
+        /// The record's sequence.
+        seq: u64,
+        /// Whether an unflushed write of the id was replaced.
+        coalesced: bool,
+    },
+    /// The write version was not the expected one: someone wrote since
+    /// the caller read. Nothing was recorded.
+    Conflict,
+}
+
+/// An id's dirty record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyRecord {
+    /// The canonical id.
+    pub id: String,
+    /// The record's sequence.
+    pub seq: u64,
+    /// The payload; `None` for a tombstone.
+    pub payload: Option<Bytes>,
+}
+
+/// An id's write-back state, read atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyState {
+    /// The id's write version (0: never written, or long ago).
+    pub version: u64,
+    /// The pending write, if any.
+    pub record: Option<DirtyRecord>,
+}
+
+/// The keys of one shard's write-back state.
+#[derive(Debug, Clone)]
+pub struct ShardKeys {
+    /// The shard.
+    pub shard: u16,
+    /// The queue.
+    pub queue_key: String,
+    /// The flush lease.
+    pub lease_key: String,
+    /// The flush epoch.
+    pub epoch_key: String,
+    /// Dead letters: why, by id.
+    pub dead_key: String,
+    /// Dead letters: payload, by id.
+    pub dead_value_key: String,
+    /// The prefix of the shard's dirty records (the id follows).
+    pub dirty_prefix: String,
+}
+
+/// A shard's backlog, for scheduling flushes and for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardBacklog {
+    /// Dirty ids waiting.
+    pub pending: u64,
+    /// When the oldest of them became dirty (ms since the epoch).
+    pub oldest_ms: Option<u64>,
+    /// Dead letters held.
+    pub dead: u64,
+}
+
+/// How a flushed record is cleared.
+#[derive(Debug, Clone)]
+pub struct Clear {
+    /// The id's keys.
+    pub keys: DirtyKeys,
+    /// The sequence that was flushed: a newer record stays.
+    pub seq: u64,
+    /// The entry to cache from the stored row (`None`: delete the entry).
+    pub refresh: Option<(Vec<u8>, Duration)>,
+}
+
+/// A record the database refused, moved aside.
+#[derive(Debug, Clone)]
+pub struct DeadLetterMove {
+    /// The id's keys.
+    pub keys: DirtyKeys,
+    /// The shard's keys.
+    pub shard: ShardKeys,
+    /// The sequence that failed: a newer record stays and is tried.
+    pub seq: u64,
+    /// Why, as a JSON document.
+    pub why: String,
+}
+
+/// A dead letter as stored: why (JSON) and the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDeadLetter {
+    /// The canonical id.
+    pub id: String,
+    /// Why, as the JSON document stored with it.
+    pub why: String,
+    /// The payload; `None` for a tombstone.
+    pub payload: Option<Bytes>,
+}
+
+/// What the store says about its own durability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durability {
+    /// `appendonly` (`None`: the store would not say).
+    pub appendonly: Option<String>,
+    /// `appendfsync`.
+    pub appendfsync: Option<String>,
+    /// `maxmemory-policy`.
+    pub maxmemory_policy: Option<String>,
+}
+
+/// The store operations write-back is built from; each is atomic.
+#[async_trait]
+pub trait DirtyLog: Debug + Send + Sync + 'static {
+    /// Sets the cache entry, records the dirty record under a new sequence,
+    /// enqueues the id, voids the read lease and bumps the write version —
+    /// all or nothing (a Redis OOM refuses the whole write).
+    async fn record(&self, keys: &DirtyKeys, write: &DirtyWrite) -> Result<Recorded>;
+
+    /// Reads an id's write version and pending record.
+    async fn state(&self, keys: &DirtyKeys) -> Result<DirtyState>;
+
+    /// Takes or renews the shard's flush lease for `token`; the epoch of
+    /// this holding, or `None` when another flusher holds it.
+    async fn claim(&self, shard: &ShardKeys, token: &str, ttl: Duration) -> Result<Option<u64>>;
+
+    /// Releases the shard's flush lease if `token` holds it.
+    async fn release(&self, shard: &ShardKeys, token: &str) -> Result<()>;
+
+    /// Up to `max` records of the shard that became dirty at or before
+    /// `due_ms`, oldest first — only while `token` holds the lease
+    /// (`None`: it does not).
+    async fn batch(
+        &self,
+        shard: &ShardKeys,
+        token: &str,
+        max: usize,
+        due_ms: u64,
+    ) -> Result<Option<Vec<DirtyRecord>>>;
+
+    /// Clears flushed records whose sequence is unchanged and refreshes
+    /// their entries; per record, whether it was cleared.
+    async fn clear(&self, clears: &[Clear]) -> Result<Vec<bool>>;
+
+    /// Moves a refused record to the dead letters and deletes its cache
+    /// entry, if its sequence is unchanged; whether it moved.
+    async fn dead_letter(&self, letter: &DeadLetterMove) -> Result<bool>;
+
+    /// The backlog of each shard, in order.
+    async fn backlog(&self, shards: &[ShardKeys]) -> Result<Vec<ShardBacklog>>;
+
+    /// The dead letters of the given shards.
+    async fn dead_letters(&self, shards: &[ShardKeys]) -> Result<Vec<StoredDeadLetter>>;
+
+    /// Deletes one dead letter; whether it existed.
+    async fn drop_dead_letter(&self, shard: &ShardKeys, id: &str) -> Result<bool>;
+
+    /// Raises the shard's epoch counter to at least `floor` (after the
+    /// database showed a newer epoch than the store knows, e.g. after the
+    /// store lost its data), so the next holder fences correctly.
+    async fn raise_epoch(&self, shard: &ShardKeys, floor: u64) -> Result<()>;
+
+    /// The store's persistence and eviction settings.
+    async fn durability(&self) -> Result<Durability>;
+}

@@ -1,0 +1,488 @@
+//! The write-back log on Redis: one Lua script per atomic step, each over
+//! keys of one shard (one hash slot), so it holds on Cluster too.
+//!
+//! Dirty records carry no TTL. A record is cleared only by a script that
+//! finds the sequence it flushed, and sequences come from a per-shard
+//! counter that is never reset, so a flusher that stalled can never clear
+//! a write newer than the one it flushed.
+
+use super::dirty::{
+    Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyState, DirtyWrite, Durability,
+    Recorded, ShardBacklog, ShardKeys, StoredDeadLetter,
+};
+use super::redis::{ms, RedisStore};
+use crate::error::{Error, Message, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::{Script, Value};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+static RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: value, lease, dirty, queue, seq, version
+-- ARGV: id, payload, del (1/0), envelope, ttl ms, now ms, expected version ('' = any), version ttl ms
+local ver = tonumber(redis.call('HGET', KEYS[6], 'seq') or '0')
+if ARGV[7] ~= '' and ver ~= tonumber(ARGV[7]) then return {0, ver} end
+local was = redis.call('EXISTS', KEYS[3])
+local seq = redis.call('INCR', KEYS[5])
+redis.call('HSET', KEYS[3], 'seq', seq, 'del', ARGV[3], 'val', ARGV[2])
+redis.call('ZADD', KEYS[4], 'NX', ARGV[6], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+redis.call('DEL', KEYS[2])
+redis.call('HINCRBY', KEYS[6], 'seq', 1)
+redis.call('PEXPIRE', KEYS[6], ARGV[8])
+return {1, seq, was}
+",
+    )
+});
+
+static STATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: dirty, version
+local r = redis.call('HMGET', KEYS[1], 'seq', 'del', 'val')
+local ver = redis.call('HGET', KEYS[2], 'seq') or '0'
+if r[1] then return {ver, r[1], r[2], r[3]} end
+return {ver}
+",
+    )
+});
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: flush lease, epoch. ARGV: token, ttl ms
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('INCR', KEYS[2])
+",
+    )
+});
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: flush lease. ARGV: token
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+",
+    )
+});
+
+static BATCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: flush lease, queue. ARGV: token, max, due ms, dirty key prefix
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {1}
+for _, id in ipairs(ids) do
+  local r = redis.call('HMGET', ARGV[4] .. id, 'seq', 'del', 'val')
+  if r[1] then
+    table.insert(out, id)
+    table.insert(out, r[1])
+    table.insert(out, r[2])
+    table.insert(out, r[3])
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return out
+",
+    )
+});
+
+static CLEAR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: dirty, queue, value, lease. ARGV: id, seq, action (set|del), envelope, ttl ms
+if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[3] == 'set' then
+  redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+  redis.call('DEL', KEYS[4])
+else
+  redis.call('DEL', KEYS[3], KEYS[4])
+end
+return 1
+",
+    )
+});
+
+static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: dirty, queue, value, lease, dead, dead values. ARGV: id, seq, why
+if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
+local r = redis.call('HMGET', KEYS[1], 'del', 'val')
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
+if r[1] == '1' then
+  redis.call('HDEL', KEYS[6], ARGV[1])
+else
+  redis.call('HSET', KEYS[6], ARGV[1], r[2])
+end
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+",
+    )
+});
+
+static RAISE_EPOCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: epoch. ARGV: floor
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+",
+    )
+});
+
+fn bad_answer(store: &str, what: &str) -> Error {
+    Error::Store {
+        store: store.to_owned(),
+        cause: Message::cause(format!("unexpected answer from the {what} script")),
+    }
+}
+
+fn int_of(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn bytes_of(v: &Value) -> Option<Bytes> {
+    match v {
+        Value::BulkString(b) => Some(Bytes::from(b.clone())),
+        _ => None,
+    }
+}
+
+fn string_of(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A record from `seq`, `del`, `val` fields.
+fn record_of(id: String, seq: &Value, del: &Value, val: &Value) -> Option<DirtyRecord> {
+    let seq = int_of(seq)?;
+    let tombstone = matches!(string_of(del).as_deref(), Some("1"));
+    Some(DirtyRecord {
+        id,
+        seq,
+        payload: if tombstone { None } else { bytes_of(val) },
+    })
+}
+
+impl RedisStore {
+    fn flag(&self, value: Value, what: &str) -> Result<bool> {
+        match value {
+            Value::Int(n) => Ok(n == 1),
+            Value::ServerError(e) => Err(self.error(redis::RedisError::from(e))),
+            _ => Err(bad_answer(self.name_str(), what)),
+        }
+    }
+}
+
+#[async_trait]
+impl DirtyLog for RedisStore {
+    async fn record(&self, keys: &DirtyKeys, write: &DirtyWrite) -> Result<Recorded> {
+        let mut inv = RECORD.prepare_invoke();
+        inv.key(&keys.value_key)
+            .key(&keys.lease_key)
+            .key(&keys.dirty_key)
+            .key(&keys.queue_key)
+            .key(&keys.seq_key)
+            .key(&keys.version_key)
+            .arg(&keys.id)
+            .arg(write.payload.as_deref().unwrap_or_default())
+            .arg(if write.payload.is_some() { "0" } else { "1" })
+            .arg(write.envelope.as_slice())
+            .arg(ms(write.ttl))
+            .arg(write.now_ms)
+            .arg(
+                write
+                    .expect_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(ms(write.version_ttl));
+        let answer: Vec<Value> = self.run(inv).await?;
+        match answer.as_slice() {
+            [Value::Int(1), seq, was] => Ok(Recorded::Queued {
+                seq: int_of(seq).ok_or_else(|| bad_answer(self.name_str(), "record"))?,
+                coalesced: int_of(was) == Some(1),
+            }),
+            [Value::Int(0), _] => Ok(Recorded::Conflict),
+            _ => Err(bad_answer(self.name_str(), "record")),
+        }
+    }
+
+    async fn state(&self, keys: &DirtyKeys) -> Result<DirtyState> {
+        let mut inv = STATE.prepare_invoke();
+        inv.key(&keys.dirty_key).key(&keys.version_key);
+        let answer: Vec<Value> = self.run(inv).await?;
+        let bad = || bad_answer(self.name_str(), "state");
+        match answer.as_slice() {
+            [ver] => Ok(DirtyState {
+                version: int_of(ver).ok_or_else(bad)?,
+                record: None,
+            }),
+            [ver, seq, del, val] => Ok(DirtyState {
+                version: int_of(ver).ok_or_else(bad)?,
+                record: Some(record_of(keys.id.clone(), seq, del, val).ok_or_else(bad)?),
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    async fn claim(&self, shard: &ShardKeys, token: &str, ttl: Duration) -> Result<Option<u64>> {
+        let mut inv = CLAIM.prepare_invoke();
+        inv.key(&shard.lease_key)
+            .key(&shard.epoch_key)
+            .arg(token)
+            .arg(ms(ttl));
+        let epoch: u64 = self.run(inv).await?;
+        Ok((epoch > 0).then_some(epoch))
+    }
+
+    async fn release(&self, shard: &ShardKeys, token: &str) -> Result<()> {
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(&shard.lease_key).arg(token);
+        self.run::<i64>(inv).await.map(drop)
+    }
+
+    async fn batch(
+        &self,
+        shard: &ShardKeys,
+        token: &str,
+        max: usize,
+        due_ms: u64,
+    ) -> Result<Option<Vec<DirtyRecord>>> {
+        let mut inv = BATCH.prepare_invoke();
+        inv.key(&shard.lease_key)
+            .key(&shard.queue_key)
+            .arg(token)
+            .arg(max.max(1))
+            .arg(due_ms)
+            .arg(&shard.dirty_prefix);
+        let answer: Vec<Value> = self.run(inv).await?;
+        let bad = || bad_answer(self.name_str(), "batch");
+        let (held, rest) = answer.split_first().ok_or_else(bad)?;
+        if int_of(held) != Some(1) {
+            return Ok(None);
+        }
+        let mut records = Vec::with_capacity(rest.len() / 4);
+        for chunk in rest.chunks(4) {
+            let [id, seq, del, val] = chunk else {
+                return Err(bad());
+            };
+            let id = string_of(id).ok_or_else(bad)?;
+            records.push(record_of(id, seq, del, val).ok_or_else(bad)?);
+        }
+        Ok(Some(records))
+    }
+
+    async fn clear(&self, clears: &[Clear]) -> Result<Vec<bool>> {
+        if clears.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seqs: Vec<String> = clears.iter().map(|c| c.seq.to_string()).collect();
+        let ttls: Vec<String> = clears
+            .iter()
+            .map(|c| {
+                c.refresh
+                    .as_ref()
+                    .map_or(1, |(_, ttl)| ms(*ttl))
+                    .to_string()
+            })
+            .collect();
+        let calls = clears
+            .iter()
+            .zip(seqs.iter().zip(&ttls))
+            .map(|(c, (seq, ttl))| {
+                let (action, envelope): (&[u8], &[u8]) = match &c.refresh {
+                    Some((envelope, _)) => (b"set", envelope.as_slice()),
+                    None => (b"del", b""),
+                };
+                (
+                    vec![
+                        c.keys.dirty_key.as_str(),
+                        c.keys.queue_key.as_str(),
+                        c.keys.value_key.as_str(),
+                        c.keys.lease_key.as_str(),
+                    ],
+                    vec![
+                        c.keys.id.as_bytes(),
+                        seq.as_bytes(),
+                        action,
+                        envelope,
+                        ttl.as_bytes(),
+                    ],
+                )
+            })
+            .collect();
+        self.pipeline_script(&CLEAR, calls)
+            .await?
+            .into_iter()
+            .map(|v| self.flag(v, "clear"))
+            .collect()
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetterMove) -> Result<bool> {
+        let mut inv = DEAD_LETTER.prepare_invoke();
+        inv.key(&letter.keys.dirty_key)
+            .key(&letter.keys.queue_key)
+            .key(&letter.keys.value_key)
+            .key(&letter.keys.lease_key)
+            .key(&letter.shard.dead_key)
+            .key(&letter.shard.dead_value_key)
+            .arg(&letter.keys.id)
+            .arg(letter.seq)
+            .arg(&letter.why);
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn backlog(&self, shards: &[ShardKeys]) -> Result<Vec<ShardBacklog>> {
+        let mut pipe = redis::pipe();
+        for shard in shards {
+            pipe.cmd("ZCARD").arg(&shard.queue_key);
+            pipe.cmd("ZRANGE")
+                .arg(&shard.queue_key)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
+            pipe.cmd("HLEN").arg(&shard.dead_key);
+        }
+        let answers: Vec<Value> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        let bad = || bad_answer(self.name_str(), "backlog");
+        answers
+            .chunks(3)
+            .map(|chunk| {
+                let [pending, oldest, dead] = chunk else {
+                    return Err(bad());
+                };
+                let oldest_ms = match oldest {
+                    Value::Array(pair) => pair.get(1).and_then(|score| {
+                        string_of(score)
+                            .and_then(|s| s.parse::<f64>().ok())
+                            .or(match score {
+                                Value::Double(d) => Some(*d),
+                                _ => None,
+                            })
+                    }),
+                    _ => None,
+                };
+                Ok(ShardBacklog {
+                    pending: int_of(pending).ok_or_else(bad)?,
+                    // Scores are whole milliseconds, well inside f64's exact range.
+                    oldest_ms: oldest_ms.map(|s| s as u64),
+                    dead: int_of(dead).ok_or_else(bad)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn dead_letters(&self, shards: &[ShardKeys]) -> Result<Vec<StoredDeadLetter>> {
+        let mut pipe = redis::pipe();
+        for shard in shards {
+            pipe.cmd("HGETALL").arg(&shard.dead_key);
+            pipe.cmd("HGETALL").arg(&shard.dead_value_key);
+        }
+        let answers: Vec<std::collections::HashMap<String, Vec<u8>>> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut letters = Vec::new();
+        for pair in answers.chunks(2) {
+            let [why, values] = pair else {
+                return Err(bad_answer(self.name_str(), "dead letters"));
+            };
+            let mut ids: Vec<&String> = why.keys().collect();
+            ids.sort();
+            for id in ids {
+                letters.push(StoredDeadLetter {
+                    id: id.clone(),
+                    why: String::from_utf8_lossy(&why[id]).into_owned(),
+                    payload: values.get(id).map(|v| Bytes::from(v.clone())),
+                });
+            }
+        }
+        Ok(letters)
+    }
+
+    async fn drop_dead_letter(&self, shard: &ShardKeys, id: &str) -> Result<bool> {
+        let (existed, _): (i64, i64) = redis::pipe()
+            .atomic()
+            .cmd("HDEL")
+            .arg(&shard.dead_key)
+            .arg(id)
+            .cmd("HDEL")
+            .arg(&shard.dead_value_key)
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(existed == 1)
+    }
+
+    async fn raise_epoch(&self, shard: &ShardKeys, floor: u64) -> Result<()> {
+        let mut inv = RAISE_EPOCH.prepare_invoke();
+        inv.key(&shard.epoch_key).arg(floor);
+        self.run::<i64>(inv).await.map(drop)
+    }
+
+    async fn durability(&self) -> Result<Durability> {
+        let answer: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .arg("appendfsync")
+            .arg("maxmemory-policy")
+            .query_async(&mut self.conn())
+            .await;
+        let pairs = match answer {
+            Ok(pairs) => pairs,
+            // CONFIG denied (ACL, managed Redis): nothing is known.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+                Vec::new()
+            }
+            Err(e) => {
+                let e = self.error(e);
+                if e.is_store_unavailable() {
+                    return Err(e);
+                }
+                tracing::warn!(store = self.name_str(), error = %e, "CONFIG GET refused; the store counts as not durable");
+                Vec::new()
+            }
+        };
+        let get = |name: &str| {
+            pairs
+                .chunks(2)
+                .find(|kv| kv.first().map(String::as_str) == Some(name))
+                .and_then(|kv| kv.get(1).cloned())
+        };
+        Ok(Durability {
+            appendonly: get("appendonly"),
+            appendfsync: get("appendfsync"),
+            maxmemory_policy: get("maxmemory-policy"),
+        })
+    }
+}

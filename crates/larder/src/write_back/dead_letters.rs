@@ -1,0 +1,169 @@
+//! Dead letters, and the write-back controls on [`Cache`]: what the
+//! database refused (listed, retried, dropped), the counters, and `close`.
+//!
+//! A dead letter is a write the database refused at flush time (bad data,
+//! a constraint, a foreign key still missing after a few rounds). It is no
+//! longer served — its cache entry was invalidated, so reads load the
+//! database's row — but it is kept, with the error, until someone retries
+//! it (it is recorded again as a new write, unless a newer write of the id
+//! is pending, which wins) or drops it.
+
+use super::{flusher::Round, WriteBackStats};
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+use crate::store::StoredDeadLetter;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A write the database refused at flush time.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<V> {
+    /// The canonical id.
+    pub id: String,
+    /// The database's error, as text.
+    pub error: String,
+    /// When the flush failed (ms since the Unix epoch, larder's clock).
+    pub failed_at_ms: u64,
+    /// The refused value; `None` for a refused delete.
+    pub value: Option<Arc<V>>,
+}
+
+/// What [`Cache::close`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// Writes still pending in the store (they stay durable there and are
+    /// flushed by another instance or the next start).
+    pub pending: u64,
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// Write-back counters; `None` unless the cache uses write-back.
+    pub fn write_back_stats(&self) -> Option<WriteBackStats> {
+        self.inner.write_back.as_ref().map(|state| state.stats())
+    }
+
+    /// The dead letters of this entity (all instances), by id.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter<V>>> {
+        let state = self.inner.write_back_state()?;
+        let stored = state.log.dead_letters(&state.shards).await?;
+        stored.into_iter().map(|s| self.dead_letter_of(s)).collect()
+    }
+
+    fn dead_letter_of(&self, stored: StoredDeadLetter) -> Result<DeadLetter<V>> {
+        let why: serde_json::Value = serde_json::from_str(&stored.why).unwrap_or_default();
+        let value = match stored.payload {
+            Some(bytes) => Some(Arc::new(self.inner.codec.decode(
+                self.entity(),
+                &stored.id,
+                bytes,
+            )?)),
+            None => None,
+        };
+        Ok(DeadLetter {
+            error: why["error"].as_str().unwrap_or("unknown").to_owned(),
+            failed_at_ms: why["failed_at_ms"].as_u64().unwrap_or_default(),
+            id: stored.id,
+            value,
+        })
+    }
+
+    /// Records every dead letter again as a new write (a refused delete as
+    /// a delete), unless a newer write of its id is pending; then drops it.
+    /// Returns how many were recorded again.
+    pub async fn retry_dead_letters(&self) -> Result<usize> {
+        let state = self.inner.write_back_state()?;
+        let stored = state.log.dead_letters(&state.shards).await?;
+        let mut retried = 0;
+        for letter in stored {
+            let id = letter.id.clone();
+            let pending = state.log.state(&self.inner.dirty_keys(&id)).await?;
+            if pending.record.is_none() {
+                match &letter.payload {
+                    Some(bytes) => {
+                        let value = self.inner.codec.decode(self.entity(), &id, bytes.clone())?;
+                        self.inner.put_back(&id, &value).await?;
+                    }
+                    None => {
+                        self.inner.delete_back(&id).await?;
+                    }
+                }
+                retried += 1;
+            }
+            state
+                .log
+                .drop_dead_letter(&self.inner.shard_keys(self.inner.keys.shard(&id)), &id)
+                .await?;
+        }
+        Ok(retried)
+    }
+
+    /// Drops the dead letter of `key`; whether there was one.
+    pub async fn drop_dead_letter(&self, key: &K) -> Result<bool> {
+        let id = self.id_of(key)?;
+        let state = self.inner.write_back_state()?;
+        let shard = self.inner.shard_keys(self.inner.keys.shard(&id));
+        state.log.drop_dead_letter(&shard, &id).await
+    }
+
+    /// Flushes pending writes until none is left or `within` runs out,
+    /// then stops this cache's flusher and gives up its shards. What is
+    /// left stays durable in the store. A cache without write-back has
+    /// nothing to do.
+    pub async fn close(&self, within: Duration) -> Result<Closed> {
+        let Some(state) = self.inner.write_back.as_ref() else {
+            return Ok(Closed { pending: 0 });
+        };
+        state.closed.store(true, Ordering::Release);
+        state.wake.notify_one();
+        let deadline = Instant::now() + within;
+        let mut failures = 0;
+        let mut last_error: Option<Error> = None;
+        while Instant::now() < deadline {
+            let round =
+                tokio::time::timeout_at(deadline.into(), self.inner.flush_round(state, true)).await;
+            match round {
+                Err(_) => break,
+                Ok(Ok(Round::Busy)) => failures = 0,
+                Ok(Ok(Round::Idle)) => {
+                    failures = 0;
+                    if state.counters.backlog.load(Ordering::Relaxed) == 0 {
+                        break;
+                    }
+                    // Left: shards another instance holds, or written meanwhile.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Err(e)) => {
+                    failures += 1;
+                    let pause = self
+                        .inner
+                        .backoff(failures)
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    last_error = Some(e);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        for shard in &state.shards {
+            // The lease expires by itself if this fails.
+            let _ = state.log.release(shard, &state.token).await;
+        }
+        let pending = match state.log.backlog(&state.shards).await {
+            Ok(backlogs) => backlogs.iter().map(|b| b.pending).sum(),
+            Err(e) => return Err(last_error.unwrap_or(e)),
+        };
+        if pending > 0 {
+            tracing::warn!(
+                entity = self.entity(),
+                pending,
+                "closed with writes pending; they stay durable in the store for the next flusher"
+            );
+        }
+        Ok(Closed { pending })
+    }
+}

@@ -1,0 +1,211 @@
+//! Write-back (write-behind): a write is acknowledged once the store holds
+//! it durably, and a background flusher writes it to the source later —
+//! coalesced, batched, fenced — without ever losing an acknowledged write.
+//!
+//! # The contract
+//! - `put` is one script in the id's shard: set the cache entry, record the
+//!   dirty record (value + a sequence from the shard's counter), enqueue
+//!   the id, void the read lease. Then it acknowledges
+//!   ([`CacheWrite::Queued`](crate::CacheWrite::Queued)).
+//! - A read never returns data older than an acknowledged write: a hit is
+//!   the dirty value itself, the miss path answers a pending record, and a
+//!   fill never overwrites one.
+//! - `patch` merges the fields into the current value in Rust and commits
+//!   with a compare-and-set on the id's write version, retrying on
+//!   conflict; `delete` records a tombstone the same way.
+//! - The flusher ([`flusher`]) owns a shard through a lease with an epoch,
+//!   drains it in batches (one upsert statement per batch), clears a record
+//!   only if its sequence is unchanged, and refreshes the entry from the
+//!   stored row. The database fences stale flushers (`larder_fence`).
+//! - Failures: a database that is down is retried with backoff; a row the
+//!   database refuses (data errors, or a foreign key still missing after a
+//!   few tries) is isolated by bisecting the batch and moved to the dead
+//!   letters, and its entry is invalidated; the rest of the batch lands.
+//! - Durability is checked at build: `appendonly yes` + `appendfsync
+//!   always`, and never an `allkeys-*` eviction policy. See [`durability`].
+//! - While the store is unreachable, reads and writes fail with
+//!   [`Error::StoreUnavailable`](crate::Error::StoreUnavailable): the newest
+//!   data lives there.
+
+mod dead_letters;
+pub(crate) mod durability;
+pub(crate) mod flusher;
+mod writer;
+
+pub use self::dead_letters::{Closed, DeadLetter};
+
+use crate::key::{KeyKind, KeySpace};
+use crate::store::{DirtyLog, ShardKeys};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Settings of write-back; see [`WritePolicy::Back`](crate::WritePolicy::Back).
+///
+/// ```
+/// use larder::WriteBack;
+/// use std::time::Duration;
+/// let settings = WriteBack { max_delay: Duration::from_millis(200), ..WriteBack::default() };
+/// assert_eq!(settings.batch, 500);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteBack {
+    /// The most records one flush writes (one upsert statement). Default 500.
+    pub batch: usize,
+    /// How long a write may wait to be coalesced with later writes of the
+    /// same id before it is flushed. Default 1 s.
+    pub max_delay: Duration,
+    /// How long a flusher owns a shard without renewing; after a crash the
+    /// shard drains within `flush_lease + max_delay`. Statements time out
+    /// at half of it. Default 5 s.
+    pub flush_lease: Duration,
+    /// The most writes pending before writers wait (up to the cache's
+    /// `wait_timeout`) and then fail with
+    /// [`Error::BacklogFull`](crate::Error::BacklogFull). Default 100,000.
+    pub max_backlog: u64,
+    /// Refuse to start on a store that cannot prove its durability
+    /// (`appendonly yes` + `appendfsync always`). `false`: start anyway,
+    /// with a loud warning. Default `true`.
+    pub require_durable: bool,
+}
+
+impl Default for WriteBack {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            max_delay: Duration::from_secs(1),
+            flush_lease: Duration::from_secs(5),
+            max_backlog: 100_000,
+            require_durable: true,
+        }
+    }
+}
+
+impl WriteBack {
+    /// Checks the settings.
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let bad = |what: &str| Err(crate::Error::Config(format!("write-back {what}")));
+        if self.batch == 0 || self.batch > 10_000 {
+            return bad("batch must be between 1 and 10000");
+        }
+        if self.flush_lease < Duration::from_millis(100) {
+            return bad("flush_lease must be at least 100ms");
+        }
+        if self.max_backlog == 0 {
+            return bad("max_backlog must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// How long one flush statement may run: half the lease.
+    pub(crate) fn statement_timeout(&self) -> Duration {
+        self.flush_lease / 2
+    }
+}
+
+/// Write-back counters of one cache, from [`Cache::write_back_stats`](crate::Cache::write_back_stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteBackStats {
+    /// Writes acknowledged (put, patch, delete).
+    pub acknowledged: u64,
+    /// Acknowledged writes that replaced a write not yet flushed.
+    pub coalesced: u64,
+    /// Batches committed to the source.
+    pub batches: u64,
+    /// Rows written (upserted or deleted) by those batches.
+    pub rows_written: u64,
+    /// Flush attempts that failed and will be retried.
+    pub retries: u64,
+    /// Records moved to the dead letters by this instance.
+    pub dead_lettered: u64,
+    /// Flushes refused by the fence (a newer flusher committed).
+    pub fenced: u64,
+    /// Writes pending in the store, as last seen (all instances).
+    pub backlog: u64,
+    /// Age of the oldest pending write, as last seen (the flush lag), ms.
+    pub oldest_ms: u64,
+    /// Dead letters held in the store, as last seen.
+    pub dead_letters: u64,
+}
+
+/// Live counters behind [`WriteBackStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) acknowledged: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) rows_written: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) fenced: AtomicU64,
+    pub(crate) backlog: AtomicU64,
+    pub(crate) oldest_ms: AtomicU64,
+    pub(crate) dead_letters: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> WriteBackStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WriteBackStats {
+            acknowledged: get(&self.acknowledged),
+            coalesced: get(&self.coalesced),
+            batches: get(&self.batches),
+            rows_written: get(&self.rows_written),
+            retries: get(&self.retries),
+            dead_lettered: get(&self.dead_lettered),
+            fenced: get(&self.fenced),
+            backlog: get(&self.backlog),
+            oldest_ms: get(&self.oldest_ms),
+            dead_letters: get(&self.dead_letters),
+        }
+    }
+}
+
+/// A write-back cache's shared state: settings, the log, the counters,
+/// and the flusher's controls.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) settings: WriteBack,
+    pub(crate) log: Arc<dyn DirtyLog>,
+    pub(crate) shards: Vec<ShardKeys>,
+    pub(crate) counters: Counters,
+    /// Wakes the flusher (a full batch, or `close`).
+    pub(crate) wake: Notify,
+    /// Set by `close`: the flusher stops after its round.
+    pub(crate) closed: AtomicBool,
+    /// This instance's flush lease token.
+    pub(crate) token: String,
+    /// Set once the store proved durable enough (checked on first use
+    /// when it did not answer at build).
+    pub(crate) durable: tokio::sync::OnceCell<()>,
+    /// Set once the source prepared its fence rows.
+    pub(crate) fence_ready: tokio::sync::OnceCell<()>,
+    /// Foreign-key failures per id: retried a few times before the row
+    /// counts as refused (another entity's row may not be flushed yet).
+    pub(crate) fk_attempts: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// The keys of one shard's write-back state.
+pub(crate) fn shard_keys(keys: &KeySpace, shard: u16) -> ShardKeys {
+    ShardKeys {
+        shard,
+        queue_key: keys.shard_key(shard, "q"),
+        lease_key: keys.shard_key(shard, "f"),
+        epoch_key: keys.shard_key(shard, "e"),
+        dead_key: keys.shard_key(shard, "x"),
+        dead_value_key: keys.shard_key(shard, "xv"),
+        dirty_prefix: keys.shard_prefix(shard, KeyKind::Dirty),
+    }
+}
+
+impl State {
+    pub(crate) fn stats(&self) -> WriteBackStats {
+        self.counters.snapshot()
+    }
+}

@@ -1,0 +1,230 @@
+//! The acknowledging side of write-back: `put`, `patch` and `delete`.
+//!
+//! A write is validated by the source first (the same checks as a
+//! write-through), then recorded by one script; only then is it
+//! acknowledged. `patch` and `delete` read the pending value if there is
+//! one, else the database, and commit with a compare-and-set on the id's
+//! write version, retrying when another writer got in between — so two
+//! instances patching different fields of one row both land.
+
+use super::{durability, Counters, State};
+use crate::cache::Inner;
+use crate::codec::JsonObject;
+use crate::error::{Error, Message, Result};
+use crate::store::{DirtyKeys, DirtyWrite, Recorded, ShardKeys};
+use crate::write::{CacheWrite, Written};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long an id's write version outlives its last write. A `patch`
+/// whose read and commit are further apart than this could miss a
+/// concurrent write; nothing real is that slow.
+const VERSION_TTL: Duration = Duration::from_secs(3600);
+
+/// How often a compare-and-set is retried before giving up.
+const CAS_ATTEMPTS: u32 = 32;
+
+/// How often a writer waiting for room in the backlog looks again.
+const ROOM_POLL: Duration = Duration::from_millis(5);
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    /// The keys of `id`'s write-back state.
+    pub(crate) fn dirty_keys(&self, id: &str) -> DirtyKeys {
+        let shard = self.keys.shard(id);
+        DirtyKeys {
+            id: id.to_owned(),
+            value_key: self.keys.value_key(id),
+            lease_key: self.keys.lease_key(id),
+            dirty_key: self.keys.dirty_key(id),
+            queue_key: self.keys.shard_key(shard, "q"),
+            seq_key: self.keys.shard_key(shard, "n"),
+            version_key: self.keys.write_key(id),
+        }
+    }
+
+    /// The keys of one shard's write-back state.
+    pub(crate) fn shard_keys(&self, shard: u16) -> ShardKeys {
+        super::shard_keys(&self.keys, shard)
+    }
+
+    /// The write-back state; only called under `WritePolicy::Back`.
+    pub(crate) fn write_back_state(&self) -> Result<&Arc<State>> {
+        self.write_back.as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "entity `{}` does not use write-back",
+                self.keys.entity()
+            ))
+        })
+    }
+
+    /// The layout is recorded and the store proved durable enough.
+    pub(crate) async fn ready_to_write(&self, state: &State) -> Result<()> {
+        self.check_layout().await?;
+        state
+            .durable
+            .get_or_try_init(|| {
+                durability::check(self.keys.entity(), self.store.as_ref(), &state.settings)
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Waits while the backlog is at its bound, up to `wait_timeout`.
+    async fn wait_for_room(&self, state: &State) -> Result<()> {
+        let max = state.settings.max_backlog;
+        let deadline = Instant::now() + self.policy.wait_timeout;
+        loop {
+            let backlog = state
+                .counters
+                .backlog
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if backlog < max {
+                return Ok(());
+            }
+            state.wake.notify_one();
+            if Instant::now() >= deadline {
+                return Err(Error::BacklogFull {
+                    entity: self.keys.entity().to_owned(),
+                    backlog,
+                    max,
+                });
+            }
+            tokio::time::sleep(ROOM_POLL).await;
+        }
+    }
+
+    /// Records one write (`payload: None`: a delete), optionally only if
+    /// the id's write version is `expect`.
+    async fn record(
+        &self,
+        state: &State,
+        id: &str,
+        payload: Option<Vec<u8>>,
+        expect: Option<u64>,
+    ) -> Result<Recorded> {
+        self.ready_to_write(state).await?;
+        self.wait_for_room(state).await?;
+        let (envelope, ttl) = self.envelope(payload.clone().map(Bytes::from), 0);
+        let write = DirtyWrite {
+            payload,
+            envelope,
+            ttl,
+            now_ms: self.clock.now_ms(),
+            expect_version: expect,
+            version_ttl: VERSION_TTL,
+        };
+        let recorded = match state.log.record(&self.dirty_keys(id), &write).await {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                self.store_failed(&e);
+                return Err(e);
+            }
+        };
+        if let Recorded::Queued { coalesced, .. } = recorded {
+            let c = &state.counters;
+            Counters::add(&c.acknowledged, 1);
+            if coalesced {
+                Counters::add(&c.coalesced, 1);
+            } else {
+                let backlog = c.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if backlog.is_multiple_of(state.settings.batch as u64) {
+                    state.wake.notify_one();
+                }
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// Write-back `put`: validated, recorded, acknowledged.
+    pub(crate) async fn put_back(&self, id: &str, value: &V) -> Result<Written<V>> {
+        let state = self.write_back_state()?;
+        let source = self.require_source()?;
+        source.check(id, value)?;
+        let payload = self.codec.encode(self.keys.entity(), value)?;
+        let owned = self
+            .codec
+            .decode(self.keys.entity(), id, Bytes::from(payload.clone()))?;
+        self.record(state, id, Some(payload), None).await?;
+        Ok(Written {
+            value: Arc::new(owned),
+            cache: CacheWrite::Queued,
+        })
+    }
+
+    /// The pending payload of `id` if a write is pending, else the
+    /// database's row encoded; `None` when the row does not exist. With
+    /// the write version it was read under.
+    async fn current(&self, state: &State, id: &str) -> Result<(Option<Vec<u8>>, u64)> {
+        self.ready_to_write(state).await?;
+        let found = state.log.state(&self.dirty_keys(id)).await;
+        let found = found.inspect_err(|e| self.store_failed(e))?;
+        if let Some(record) = found.record {
+            return Ok((record.payload.map(|b| b.to_vec()), found.version));
+        }
+        let row = self.require_source()?.load(id).await?;
+        let payload = match row {
+            Some(row) => Some(self.codec.encode(self.keys.entity(), &row)?),
+            None => None,
+        };
+        Ok((payload, found.version))
+    }
+
+    /// Write-back `patch`: merge into the current value, compare-and-set.
+    pub(crate) async fn patch_back(
+        &self,
+        id: &str,
+        fields: &JsonObject,
+    ) -> Result<Option<Written<V>>> {
+        let state = self.write_back_state()?;
+        self.require_source()?.check_patch(id, fields)?;
+        for _ in 0..CAS_ATTEMPTS {
+            let (current, version) = self.current(state, id).await?;
+            let Some(current) = current else {
+                return Ok(None);
+            };
+            let merged = self.codec.merge(self.keys.entity(), id, &current, fields)?;
+            let value = self
+                .codec
+                .decode(self.keys.entity(), id, Bytes::from(merged.clone()))?;
+            self.require_source()?.check(id, &value)?;
+            match self.record(state, id, Some(merged), Some(version)).await? {
+                Recorded::Queued { .. } => {
+                    return Ok(Some(Written {
+                        value: Arc::new(value),
+                        cache: CacheWrite::Queued,
+                    }))
+                }
+                Recorded::Conflict => tokio::task::yield_now().await,
+            }
+        }
+        Err(self.busy(id))
+    }
+
+    /// Write-back `delete`: a tombstone, if the row exists (pending or in
+    /// the database); whether it did.
+    pub(crate) async fn delete_back(&self, id: &str) -> Result<bool> {
+        let state = self.write_back_state()?;
+        for _ in 0..CAS_ATTEMPTS {
+            let (current, version) = self.current(state, id).await?;
+            if current.is_none() {
+                return Ok(false);
+            }
+            match self.record(state, id, None, Some(version)).await? {
+                Recorded::Queued { .. } => return Ok(true),
+                Recorded::Conflict => tokio::task::yield_now().await,
+            }
+        }
+        Err(self.busy(id))
+    }
+
+    fn busy(&self, id: &str) -> Error {
+        Error::Store {
+            store: self.store.name().to_owned(),
+            cause: Message::cause(format!(
+                "id {id:?} of entity `{}` kept changing under {CAS_ATTEMPTS} attempts to update it; retry",
+                self.keys.entity()
+            )),
+        }
+    }
+}
