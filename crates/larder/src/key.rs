@@ -194,6 +194,12 @@ impl KeySpace {
         )
     }
 
+    /// The name of this entity in the source's fence table:
+    /// `<prefix>:<entity>`, so caches under other prefixes never fence each other.
+    pub(crate) fn fence_name(&self) -> String {
+        format!("{}:{}", self.prefix, self.entity)
+    }
+
     /// The key holding this entity's recorded layout.
     pub(crate) fn meta_key(&self) -> String {
         format!("{}:{{{}}}:meta", self.prefix, self.entity)

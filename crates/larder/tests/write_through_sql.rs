@@ -5,54 +5,23 @@
 mod support;
 
 use larder::{Cache, CacheWrite, Outcome, SqlPool, SqlSource, WritePolicy};
-use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
+use support::accounts::{account, Account};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Account {
-    id: i64,
-    owner: String,
-    balance: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    owner_upper: Option<String>,
-}
+/// The accounts fixture, with a cache builder for its table.
+struct Db(support::accounts::Db);
 
-struct Db {
-    admin: PgPool,
-    schema: String,
+impl std::ops::Deref for Db {
+    type Target = support::accounts::Db;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Db {
     async fn new() -> Db {
-        let schema = support::unique("wt");
-        let admin = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&support::pg_url())
-            .await
-            .expect("postgres");
-        for sql in [
-            format!("CREATE SCHEMA {schema}"),
-            format!(
-                "CREATE TABLE {schema}.accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance bigint NOT NULL,
-                 status text NOT NULL DEFAULT 'new', owner_upper text)"
-            ),
-            format!(
-                "CREATE FUNCTION {schema}.upper_owner() RETURNS trigger AS $$
-                 BEGIN NEW.owner_upper := upper(NEW.owner); RETURN NEW; END $$ LANGUAGE plpgsql"
-            ),
-            format!(
-                "CREATE TRIGGER upper_owner BEFORE INSERT OR UPDATE ON {schema}.accounts
-                 FOR EACH ROW EXECUTE FUNCTION {schema}.upper_owner()"
-            ),
-        ] {
-            sqlx::query(&sql).execute(&admin).await.expect(&sql);
-        }
-        Db { admin, schema }
+        Db(support::accounts::Db::new().await)
     }
 
     async fn cache(&self, prefix: &str, policy: WritePolicy) -> Cache<i64, Account> {
@@ -79,31 +48,11 @@ impl Db {
     }
 
     async fn balance(&self, id: i64) -> i64 {
-        sqlx::query_scalar(&format!(
-            "SELECT balance FROM {}.accounts WHERE id = $1",
-            self.schema
-        ))
-        .bind(id)
-        .fetch_one(&self.admin)
-        .await
-        .expect("row")
+        self.row(id).await.expect("row").1
     }
 
     async fn drop(self) {
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .execute(&self.admin)
-            .await
-            .expect("drop");
-    }
-}
-
-fn account(id: i64, owner: &str, balance: i64) -> Account {
-    Account {
-        id,
-        owner: owner.into(),
-        balance,
-        status: None,
-        owner_upper: None,
+        self.0.drop().await;
     }
 }
 

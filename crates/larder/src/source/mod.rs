@@ -21,7 +21,7 @@ use std::time::Duration;
 /// newer epoch committed for the shard (see the `larder_fence` table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
-    /// The entity (its name in the cache, not the table).
+    /// The fenced entity: `<prefix>:<entity>` of the cache (not the table).
     pub entity: String,
     /// The shard.
     pub shard: u16,

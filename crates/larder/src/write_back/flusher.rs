@@ -131,9 +131,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
     pub(crate) async fn flush_round(&self, state: &State, closing: bool) -> Result<Round> {
         self.ready_to_write(state).await?;
         let source = self.require_source()?;
+        let fence_name = self.keys.fence_name();
         state
             .fence_ready
-            .get_or_try_init(|| source.prepare_write_back(self.keys.entity(), self.keys.shards()))
+            .get_or_try_init(|| source.prepare_write_back(&fence_name, self.keys.shards()))
             .await?;
         let backlogs = state.log.backlog(&state.shards).await?;
         let now = self.clock.now_ms();
@@ -230,7 +231,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         }
         let fence = Fence {
-            entity: entity.to_owned(),
+            entity: self.keys.fence_name(),
             shard: shard.shard,
             epoch,
         };

@@ -21,6 +21,8 @@
 // private module are "unreachable" from outside the test crate by design.
 #![allow(dead_code, unreachable_pub)]
 
+#[allow(dead_code)]
+pub mod accounts;
 mod proxy;
 mod redis_server;
 pub mod resp;
@@ -107,6 +109,16 @@ fn host_span(url: &str) -> (usize, usize) {
     let authority = &rest[..authority_len];
     let host_start = authority.rfind('@').map_or(0, |i| i + 1);
     (after_scheme + host_start, after_scheme + authority_len)
+}
+
+/// A pool of `max` connections to the shared PostgreSQL ([`pg_url`]).
+#[allow(dead_code)]
+pub async fn pg_pool(max: u32) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max)
+        .connect(&pg_url())
+        .await
+        .expect("connect to the shared PostgreSQL")
 }
 
 /// A name no other test (in this process or another) is using: `prefix`

@@ -1,0 +1,77 @@
+//! `larder-writer`: a child process for the write-back crash test.
+//!
+//! Not part of the library's interface. It builds a write-back cache over a
+//! PostgreSQL table on the given Redis, prints `ready`, then writes
+//! `version = 1, 2, 3, …` to keys `0..keys` in turn, printing
+//! `ack <id> <version>` after each acknowledged write, until it is killed.
+//! Its flusher waits `--max-delay-ms` before flushing, so a kill leaves
+//! acknowledged writes dirty in Redis.
+
+use larder::{Cache, SqlPool, SqlSource, WriteBack, WritePolicy};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Item {
+    id: i64,
+    version: i64,
+}
+
+fn arg(name: &str) -> Result<String, String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(k) = args.next() {
+        if k == format!("--{name}") {
+            return args.next().ok_or(format!("--{name} needs a value"));
+        }
+    }
+    Err(format!("missing --{name}"))
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout means the test is gone; nothing to report to.
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let keys: i64 = arg("keys")?.parse().map_err(|e| format!("--keys: {e}"))?;
+    let delay: u64 = arg("max-delay-ms")?
+        .parse()
+        .map_err(|e| format!("--max-delay-ms: {e}"))?;
+    let pool = SqlPool::connect(&arg("pg")?, 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    let source = SqlSource::builder(pool, &arg("table")?)
+        .entity("items")
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let store = larder::store::connect_checked(&arg("redis")?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let cache: Cache<i64, Item> = Cache::builder()
+        .prefix(&arg("prefix")?)
+        .entity("items")
+        .shards(8)
+        .store(store)
+        .source(source)
+        .write_policy(WritePolicy::Back(WriteBack {
+            max_delay: Duration::from_millis(delay),
+            ..WriteBack::default()
+        }))
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    say("ready");
+    for version in 1_i64.. {
+        let id = version % keys;
+        cache
+            .put(&id, &Item { id, version })
+            .await
+            .map_err(|e| e.to_string())?;
+        say(&format!("ack {id} {version}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,750 @@
+//! Write-back over real Redis servers (the shared one, and the test's own
+//! with AOF that it kills) and a real PostgreSQL (and SQLite): reads see
+//! every acknowledged write at once, the flusher coalesces and fences, the
+//! database refusing a row isolates it, and nothing acknowledged is lost
+//! through an application crash, a Redis crash or a database outage.
+
+mod support;
+
+use larder::store::Store;
+use larder::{Cache, CacheWrite, Error, Outcome, SqlPool, SqlSource, WriteBack, WritePolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::accounts::{account, Account, Db};
+use support::{RedisServer, TcpProxy};
+
+/// An accounts schema, a durable Redis of the test's own, a unique prefix.
+struct Fixture {
+    db: Db,
+    server: RedisServer,
+    prefix: String,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        Fixture {
+            db: Db::new().await,
+            server: durable_redis(),
+            prefix: support::unique("wb"),
+        }
+    }
+
+    async fn source(&self, pg_url: &str) -> SqlSource {
+        let pool = SqlPool::connect(pg_url, 3).await.expect("pool");
+        SqlSource::builder(pool, &self.db.table())
+            .entity("accounts")
+            .build()
+            .await
+            .expect("source")
+    }
+
+    /// A write-back cache of accounts on the store at `url`.
+    async fn try_cache_on(
+        &self,
+        url: &str,
+        settings: WriteBack,
+    ) -> larder::Result<Cache<i64, Account>> {
+        cache_on(
+            redis(url).await,
+            self.source(&support::pg_url()).await,
+            &self.prefix,
+            settings,
+        )
+        .await
+    }
+
+    /// A write-back cache of accounts on the fixture's durable Redis.
+    async fn cache(&self, settings: WriteBack) -> Cache<i64, Account> {
+        self.try_cache_on(&self.server.url(), settings)
+            .await
+            .expect("cache")
+    }
+}
+
+fn settings(max_delay_ms: u64) -> WriteBack {
+    WriteBack {
+        max_delay: Duration::from_millis(max_delay_ms),
+        flush_lease: Duration::from_millis(1000),
+        ..WriteBack::default()
+    }
+}
+
+async fn cache_on(
+    store: Arc<dyn Store>,
+    source: SqlSource,
+    prefix: &str,
+    settings: WriteBack,
+) -> larder::Result<Cache<i64, Account>> {
+    Cache::builder()
+        .prefix(prefix)
+        .entity("accounts")
+        .shards(8)
+        .store(store)
+        .source(source)
+        .write_policy(WritePolicy::Back(settings))
+        .early_refresh(0.0)
+        .build()
+        .await
+}
+
+async fn redis(url: &str) -> Arc<dyn Store> {
+    larder::store::connect_checked(url).await.expect("redis")
+}
+
+/// A Redis of the test's own that larder calls durable.
+fn durable_redis() -> RedisServer {
+    RedisServer::builder()
+        .appendonly(true)
+        .appendfsync_always(true)
+        .start()
+}
+
+/// Polls `check` every 10 ms until it holds, up to 20 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row() {
+    let f = Fixture::new().await;
+    let db = &f.db;
+    let cache = f.cache(settings(50)).await;
+
+    let written = cache.put(&1, &account(1, "ada", 10)).await.expect("put");
+    assert_eq!(written.cache, CacheWrite::Queued);
+    let read = cache.get(&1).await.expect("get");
+    assert_eq!(read.outcome, Outcome::Hit);
+    assert_eq!(read.value.as_deref(), Some(&account(1, "ada", 10)));
+
+    eventually("the row reaches the database", || async {
+        db.row(1).await.is_some()
+    })
+    .await;
+    assert_eq!(
+        db.row(1).await,
+        Some(("ada".into(), 10, "new".into(), Some("ADA".into())))
+    );
+    // After the flush the entry is the stored row: default and trigger included.
+    eventually("the entry is refreshed from RETURNING", || async {
+        let got = cache.get(&1).await.expect("get");
+        got.value.as_ref().and_then(|v| v.owner_upper.clone()) == Some("ADA".into())
+    })
+    .await;
+    let stats = cache.write_back_stats().expect("write-back stats");
+    assert_eq!(stats.acknowledged, 1);
+    assert_eq!(stats.rows_written, 1);
+    cache.close(Duration::from_secs(5)).await.expect("close");
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn repeated_writes_of_a_key_coalesce_into_one_database_write() {
+    let f = Fixture::new().await;
+    let db = &f.db;
+    let cache = f.cache(settings(60_000)).await;
+    for balance in 0..200 {
+        cache
+            .put(&7, &account(7, "bo", balance))
+            .await
+            .expect("put");
+    }
+    let closed = cache.close(Duration::from_secs(10)).await.expect("close");
+    assert_eq!(closed.pending, 0);
+    let stats = cache.write_back_stats().expect("stats");
+    assert_eq!(stats.acknowledged, 200);
+    assert_eq!(stats.coalesced, 199);
+    assert_eq!(stats.rows_written, 1, "{stats:?}");
+    assert_eq!(db.row(7).await.map(|r| r.1), Some(199));
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn patches_of_different_fields_from_two_instances_all_land() {
+    let f = Fixture::new().await;
+    let db = &f.db;
+    let a = f.cache(settings(20)).await;
+    let b = f.cache(settings(20)).await;
+    a.put(&1, &account(1, "owner-0", 0)).await.expect("put");
+    for round in 1..=5 {
+        let (a2, b2) = (a.clone(), b.clone());
+        let owners = tokio::spawn(async move {
+            for i in 1..=40 {
+                let fields = serde_json::json!({ "owner": format!("owner-{round}-{i}") });
+                a2.patch(&1, fields.as_object().expect("object"))
+                    .await
+                    .expect("patch owner");
+            }
+        });
+        let balances = tokio::spawn(async move {
+            for i in 1..=40 {
+                let fields = serde_json::json!({ "balance": round * 1000 + i });
+                b2.patch(&1, fields.as_object().expect("object"))
+                    .await
+                    .expect("patch balance");
+            }
+        });
+        owners.await.expect("owners");
+        balances.await.expect("balances");
+        let seen = a.get(&1).await.expect("get").value.expect("row");
+        assert_eq!(
+            (seen.owner.as_str(), seen.balance),
+            (format!("owner-{round}-40").as_str(), round * 1000 + 40)
+        );
+    }
+    a.close(Duration::from_secs(10)).await.expect("close a");
+    b.close(Duration::from_secs(10)).await.expect("close b");
+    let row = db.row(1).await.expect("row");
+    assert_eq!((row.0.as_str(), row.1), ("owner-5-40", 5040));
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies() {
+    let f = Fixture::new().await;
+    let db = &f.db;
+    let cache = f.cache(settings(60_000)).await;
+    cache.put(&3, &account(3, "cy", 1)).await.expect("put");
+    cache.close(Duration::from_secs(10)).await.expect("flush");
+    assert!(db.row(3).await.is_some());
+
+    let cache = f.cache(settings(60_000)).await;
+    assert!(cache.delete(&3).await.expect("delete"));
+    let read = cache.get(&3).await.expect("get");
+    assert_eq!((read.value, read.outcome), (None, Outcome::Negative));
+    assert!(db.row(3).await.is_some(), "not flushed yet");
+    assert!(
+        !cache.delete(&3).await.expect("delete again"),
+        "already deleted (pending)"
+    );
+    assert!(cache
+        .patch(
+            &3,
+            serde_json::json!({"balance": 5})
+                .as_object()
+                .expect("object")
+        )
+        .await
+        .expect("patch")
+        .is_none());
+    cache.close(Duration::from_secs(10)).await.expect("flush");
+    assert!(db.row(3).await.is_none());
+    assert!(!cache.delete(&99).await.expect("absent"));
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone() {
+    let f = Fixture::new().await;
+    let db = &f.db;
+    let cache = f.cache(settings(60_000)).await;
+    cache.put(&4, &account(4, "di", 2)).await.expect("put");
+    // The entry is gone (evicted, expired, invalidated); the dirty record is not.
+    cache.invalidate(&4).await.expect("invalidate");
+    let read = cache.get(&4).await.expect("get");
+    assert_eq!(read.value.as_deref(), Some(&account(4, "di", 2)));
+    assert_eq!(
+        db.row(4).await,
+        None,
+        "served from the pending write, not the database"
+    );
+    let many = cache.get_many(&[&4, &5]).await.expect("get_many");
+    assert_eq!(many[0].value.as_deref(), Some(&account(4, "di", 2)));
+    assert_eq!(many[1].value, None);
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn a_fill_never_overwrites_a_pending_write() {
+    let server = durable_redis();
+    let store = redis(&server.url()).await;
+    let lease = larder::store::LeaseRequest {
+        value_key: "t:{e:0}:v:1".into(),
+        lease_key: "t:{e:0}:l:1".into(),
+        dirty_key: "t:{e:0}:d:1".into(),
+        token: "reader".into(),
+        ttl: Duration::from_secs(5),
+        if_absent: true,
+    };
+    assert!(matches!(
+        store.acquire(&lease).await.expect("acquire"),
+        larder::store::Acquired::Lease { .. }
+    ));
+    // A pending write lands while the reader loads (here without voiding
+    // its lease, to show the fill script's own check).
+    support::resp::cmd(
+        server.addr(),
+        &["HSET", "t:{e:0}:d:1", "seq", "1", "del", "0", "val", "new"],
+    )
+    .expect("HSET");
+    let fill = larder::store::Fill {
+        value_key: lease.value_key.clone(),
+        lease_key: lease.lease_key.clone(),
+        dirty_key: lease.dirty_key.clone(),
+        token: "reader".into(),
+        value: b"old".to_vec(),
+        ttl: Duration::from_secs(5),
+    };
+    assert!(
+        !store.fill(&fill).await.expect("fill"),
+        "a fill over a pending write is refused"
+    );
+    assert_eq!(store.get("t:{e:0}:v:1").await.expect("get"), None);
+    assert_eq!(
+        store.acquire(&lease).await.expect("acquire"),
+        larder::store::Acquired::Dirty(Some(bytes::Bytes::from_static(b"new")))
+    );
+}
+
+#[tokio::test]
+async fn write_back_refuses_stores_that_could_lose_acknowledged_writes() {
+    let f = Fixture::new().await;
+    let (db, prefix) = (&f.db, &f.prefix);
+    let no_aof = RedisServer::start();
+    let everysec = RedisServer::builder().appendonly(true).start();
+    let evicting = RedisServer::builder()
+        .appendonly(true)
+        .appendfsync_always(true)
+        .maxmemory_policy("allkeys-lru")
+        .start();
+    let refusal = |e: Error| match e {
+        Error::NotDurable { reason, .. } => reason,
+        other => panic!("expected NotDurable, got {other:?}"),
+    };
+
+    let e = f
+        .try_cache_on(&no_aof.url(), settings(50))
+        .await
+        .expect_err("no AOF");
+    let reason = refusal(e);
+    assert!(
+        reason.contains("appendonly no") && reason.contains("appendfsync always"),
+        "{reason}"
+    );
+
+    let e = f
+        .try_cache_on(&everysec.url(), settings(50))
+        .await
+        .expect_err("everysec");
+    assert!(refusal(e).contains("appendfsync everysec"));
+
+    let waived = WriteBack {
+        require_durable: false,
+        ..settings(50)
+    };
+    let e = f
+        .try_cache_on(&evicting.url(), waived)
+        .await
+        .expect_err("allkeys-lru");
+    let reason = refusal(e);
+    assert!(
+        reason.contains("allkeys-lru") && reason.contains("noeviction"),
+        "{reason}"
+    );
+
+    let memory = larder::store::connect("memory://").await.expect("memory");
+    let e = cache_on(memory, f.source(&support::pg_url()).await, prefix, waived)
+        .await
+        .expect_err("memory");
+    assert!(refusal(e).contains("lost with it"));
+
+    // Waived: a non-durable store is accepted (with a warning).
+    let cache = f.try_cache_on(&no_aof.url(), waived).await.expect("waived");
+    cache.put(&1, &account(1, "ed", 1)).await.expect("put");
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    assert!(db.row(1).await.is_some());
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands() {
+    let f = Fixture::new().await;
+    let db = &f.db;
+    let cache = f.cache(settings(60_000)).await;
+    for id in 1..=20 {
+        let balance = if id == 13 { -1 } else { id };
+        cache
+            .put(&id, &account(id, "fi", balance))
+            .await
+            .expect("put (validation passes: CHECK is the database's)");
+    }
+    assert_eq!(
+        cache.get(&13).await.expect("get").value.map(|v| v.balance),
+        Some(-1),
+        "served until refused"
+    );
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    assert_eq!(db.count().await, 19);
+    let letters = cache.dead_letters().await.expect("dead letters");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].id, "13");
+    assert!(
+        letters[0].error.contains("balance_not_negative"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(letters[0].value.as_ref().map(|v| v.balance), Some(-1));
+    // No longer served: the entry was invalidated, the database has no row.
+    let read = cache.get(&13).await.expect("get");
+    assert_eq!(read.value, None);
+    assert_eq!(cache.write_back_stats().expect("stats").dead_lettered, 1);
+
+    // Fixed in the database, retried: it lands.
+    sqlx::query(&format!(
+        "ALTER TABLE {} DROP CONSTRAINT balance_not_negative",
+        db.table()
+    ))
+    .execute(&db.admin)
+    .await
+    .expect("drop constraint");
+    let cache = f.cache(settings(60_000)).await;
+    assert_eq!(cache.retry_dead_letters().await.expect("retry"), 1);
+    assert!(cache.dead_letters().await.expect("dead letters").is_empty());
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    assert_eq!(db.row(13).await.map(|r| r.1), Some(-1));
+    f.db.drop().await;
+}
+
+/// Every key's database version is at least its last acknowledged one.
+async fn assert_nothing_lost(db: &Db, acked: &HashMap<i64, i64>) {
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as(&format!("SELECT id, version FROM {}.items", db.schema))
+            .fetch_all(&db.admin)
+            .await
+            .expect("items");
+    let stored: HashMap<i64, i64> = rows.into_iter().collect();
+    for (id, version) in acked {
+        let got = stored.get(id).copied();
+        assert!(
+            got >= Some(*version),
+            "key {id}: acknowledged version {version}, database has {got:?}"
+        );
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Item {
+    id: i64,
+    version: i64,
+}
+
+async fn items_cache(db: &Db, store: Arc<dyn Store>, prefix: &str) -> Cache<i64, Item> {
+    let pool = SqlPool::connect(&support::pg_url(), 3).await.expect("pool");
+    let source = SqlSource::builder(pool, &format!("{}.items", db.schema))
+        .entity("items")
+        .build()
+        .await
+        .expect("source");
+    Cache::builder()
+        .prefix(prefix)
+        .entity("items")
+        .shards(8)
+        .store(store)
+        .source(source)
+        .write_policy(WritePolicy::Back(settings(60_000)))
+        .build()
+        .await
+        .expect("cache")
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_an_application_crash() {
+    let f = Fixture::new().await;
+    let (db, server, prefix) = (&f.db, &f.server, &f.prefix);
+    for round in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_larder-writer"))
+            .args(["--redis", &server.url(), "--pg", &support::pg_url()])
+            .args([
+                "--table",
+                &format!("{}.items", db.schema),
+                "--prefix",
+                prefix,
+            ])
+            .args(["--keys", "50", "--max-delay-ms", "60000"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn larder-writer");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut acked = HashMap::new();
+        let kill_after = 300 + round * 400;
+        for line in lines.by_ref() {
+            let line = line.expect("line");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let ["ack", id, version] = words.as_slice() {
+                acked.insert(
+                    id.parse::<i64>().expect("id"),
+                    version.parse::<i64>().expect("version"),
+                );
+                if acked.values().count() > 0 && acked.values().max() >= Some(&(kill_after as i64))
+                {
+                    child.kill().expect("SIGKILL the writer");
+                    break;
+                }
+            } else {
+                assert_eq!(line, "ready", "unexpected line from the writer");
+            }
+        }
+        let _ = child.wait();
+        assert!(!acked.is_empty());
+        // A new instance flushes what the dead one acknowledged.
+        let cache = items_cache(db, redis(&server.url()).await, prefix).await;
+        let closed = cache.close(Duration::from_secs(20)).await.expect("close");
+        assert_eq!(closed.pending, 0);
+        assert_nothing_lost(db, &acked).await;
+    }
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_redis_crash() {
+    let mut f = Fixture::new().await;
+    let (db, prefix) = (&f.db, f.prefix.clone());
+    for round in 0..3_i64 {
+        let cache = items_cache(db, redis(&f.server.url()).await, &prefix).await;
+        let mut acked = HashMap::new();
+        for n in 0..500 {
+            let (id, version) = (n % 40, round * 1000 + n);
+            cache.put(&id, &Item { id, version }).await.expect("put");
+            acked.insert(id, version);
+        }
+        // Between acknowledgement and flush (max_delay is a minute).
+        assert_eq!(db.count().await, 0);
+        f.server.kill();
+        f.server.restart();
+        let cache = items_cache(db, redis(&f.server.url()).await, &prefix).await;
+        let closed = cache.close(Duration::from_secs(20)).await.expect("close");
+        assert_eq!(closed.pending, 0);
+        assert_nothing_lost(db, &acked).await;
+        for (id, version) in &acked {
+            let got = cache.get(id).await.expect("get").value.expect("row");
+            assert_eq!(got.version, *version);
+        }
+    }
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn a_database_outage_loses_nothing_and_the_backlog_drains_after_it() {
+    let f = Fixture::new().await;
+    let (db, server, prefix) = (&f.db, &f.server, &f.prefix);
+    let proxy = TcpProxy::start(support::pg_addr());
+    let pool = SqlPool::connect(&support::pg_url_via(proxy.addr()), 3)
+        .await
+        .expect("pool");
+    let source = SqlSource::builder(pool, &format!("{}.items", db.schema))
+        .entity("items")
+        .build()
+        .await
+        .expect("source");
+    let cache: Cache<i64, Item> = Cache::builder()
+        .prefix(prefix.as_str())
+        .entity("items")
+        .shards(8)
+        .store(redis(&server.url()).await)
+        .source(source)
+        .write_policy(WritePolicy::Back(settings(10)))
+        .build()
+        .await
+        .expect("cache");
+    let mut acked = HashMap::new();
+    for n in 0..300_i64 {
+        if n == 100 {
+            proxy.cut();
+        }
+        let (id, version) = (n % 30, n);
+        cache
+            .put(&id, &Item { id, version })
+            .await
+            .expect("writes go on while the database is down");
+        acked.insert(id, version);
+        if n % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eventually(
+        "the flusher fails and retries while the database is down",
+        || async { cache.write_back_stats().expect("stats").retries > 0 },
+    )
+    .await;
+    proxy.restore();
+    eventually("the backlog drains", || async {
+        let stats = cache.write_back_stats().expect("stats");
+        stats.backlog == 0
+    })
+    .await;
+    let closed = cache.close(Duration::from_secs(20)).await.expect("close");
+    assert_eq!(closed.pending, 0);
+    assert_nothing_lost(db, &acked).await;
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn a_flusher_stalled_past_its_lease_is_fenced_by_the_database() {
+    let f = Fixture::new().await;
+    let (db, server, prefix) = (&f.db, &f.server, &f.prefix);
+    let store = redis(&server.url()).await;
+    let cache = cache_on(
+        store.clone(),
+        f.source(&support::pg_url()).await,
+        prefix,
+        settings(60_000),
+    )
+    .await
+    .expect("cache");
+    cache.put(&1, &account(1, "old", 1)).await.expect("put");
+    cache
+        .close(Duration::from_secs(10))
+        .await
+        .expect("first flush");
+    // The stalled flusher: it took a lease (an older epoch) and read "old"…
+    let source = f.source(&support::pg_url()).await;
+    use larder::source::{Fence, FlushBatch, Source};
+    let fenced_entity = format!("{prefix}:accounts");
+    let stale = Fence {
+        entity: fenced_entity.clone(),
+        shard: 0,
+        epoch: 1,
+    };
+    // …meanwhile a newer flusher committed with a newer epoch.
+    let newer = Fence {
+        entity: fenced_entity,
+        shard: 0,
+        epoch: 1_000_000,
+    };
+    let rows = vec![("1".to_owned(), account(1, "newest", 3))];
+    Source::<Account>::flush(
+        &source,
+        FlushBatch {
+            upserts: &rows,
+            removes: &[],
+            fence: newer,
+            statement_timeout: Duration::from_secs(2),
+        },
+    )
+    .await
+    .expect("newer flush");
+    let old_rows = vec![("1".to_owned(), account(1, "stale", 2))];
+    let e = Source::<Account>::flush(
+        &source,
+        FlushBatch {
+            upserts: &old_rows,
+            removes: &[],
+            fence: stale,
+            statement_timeout: Duration::from_secs(2),
+        },
+    )
+    .await
+    .expect_err("the stalled flush is fenced");
+    assert!(
+        matches!(
+            e,
+            Error::Fenced {
+                epoch: 1,
+                current: 1_000_000,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(db.row(1).await.map(|r| r.0), Some("newest".into()));
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn write_back_reads_and_writes_fail_while_the_store_is_down() {
+    let mut f = Fixture::new().await;
+    let prefix = f.prefix.clone();
+    let cache = cache_on(
+        larder::store::connect_checked(&format!(
+            "{}?connect_timeout=200ms&response_timeout=200ms",
+            f.server.url()
+        ))
+        .await
+        .expect("redis"),
+        f.source(&support::pg_url()).await,
+        &prefix,
+        settings(60_000),
+    )
+    .await
+    .expect("cache");
+    cache.put(&1, &account(1, "gi", 1)).await.expect("put");
+    f.server.kill();
+    let e = cache
+        .get(&1)
+        .await
+        .expect_err("a read must not bypass to the database");
+    assert!(e.is_store_unavailable(), "{e:?}");
+    let e = cache
+        .put(&1, &account(1, "gi", 2))
+        .await
+        .expect_err("a write cannot be acknowledged");
+    assert!(e.is_store_unavailable(), "{e:?}");
+    let e = cache
+        .get_many(&[&1, &2])
+        .await
+        .expect_err("nor a multi-read");
+    assert!(e.is_store_unavailable(), "{e:?}");
+    f.db.drop().await;
+}
+
+#[tokio::test]
+async fn write_back_flushes_into_sqlite_too() {
+    let dir = std::env::temp_dir().join(support::unique("wb-sqlite"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let url = format!("sqlite://{}", dir.join("db.sqlite").display());
+    let pool = SqlPool::connect(&url, 2).await.expect("sqlite");
+    let SqlPool::Sqlite(raw) = &pool else {
+        panic!("sqlite pool")
+    };
+    sqlx::query("CREATE TABLE items (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)")
+        .execute(raw)
+        .await
+        .expect("table");
+    let source = SqlSource::builder(pool.clone(), "items")
+        .entity("items")
+        .build()
+        .await
+        .expect("source");
+    let server = durable_redis();
+    let cache: Cache<i64, Item> = Cache::builder()
+        .prefix(support::unique("wb"))
+        .entity("items")
+        .shards(4)
+        .store(redis(&server.url()).await)
+        .source(source)
+        .write_policy(WritePolicy::Back(settings(60_000)))
+        .build()
+        .await
+        .expect("cache");
+    for n in 0..100_i64 {
+        cache
+            .put(
+                &(n % 10),
+                &Item {
+                    id: n % 10,
+                    version: n,
+                },
+            )
+            .await
+            .expect("put");
+    }
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT id, version FROM items ORDER BY id")
+        .fetch_all(raw)
+        .await
+        .expect("rows");
+    assert_eq!(rows, (0..10).map(|id| (id, 90 + id)).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(dir);
+}
