@@ -1,0 +1,251 @@
+//! Write-back against write-through on PostgreSQL, in the same run:
+//! acknowledged writes per second, acknowledgement latency, and database
+//! rows written per application write.
+//!
+//! 100,000 writes over 1,000 keys drawn from a Zipf(1.0) distribution by 32
+//! tasks. Write-back runs on a `redis-server` the bench starts itself with
+//! `appendonly yes` + `appendfsync always` (the only setting larder calls
+//! durable, so every acknowledgement includes an fsync) and a 1 s
+//! `max_delay`; write-through on the same Redis. Needs `redis-server` on the
+//! PATH and PostgreSQL at `LARDER_BENCH_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`).
+//!
+//! Run: `cargo bench -p larder --bench write_policies` (`WRITES=` to change the count).
+
+#![allow(missing_docs)]
+
+use larder::{Cache, SqlPool, SqlSource, WriteBack, WritePolicy};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KEYS: usize = 1_000;
+const TASKS: usize = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Row {
+    id: i64,
+    version: i64,
+    payload: String,
+}
+
+/// Keys `0..n` with P(k) ∝ 1 / (k + 1)^s, sampled by inverse CDF.
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize, s: f64) -> Zipf {
+        let weights: Vec<f64> = (1..=n).map(|k| 1.0 / (k as f64).powf(s)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        let cdf = weights
+            .iter()
+            .map(|w| {
+                acc += w / total;
+                acc
+            })
+            .collect();
+        Zipf { cdf }
+    }
+
+    fn sample(&self, rng: &mut impl Rng) -> usize {
+        let u: f64 = rng.random();
+        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
+    }
+}
+
+struct OwnRedis {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("larder-bench-{port}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Figures {
+    name: &'static str,
+    seconds: f64,
+    latencies: Vec<Duration>,
+    rows_written: u64,
+}
+
+impl Figures {
+    fn print(&mut self, writes: usize) {
+        self.latencies.sort();
+        let pct = |p: f64| {
+            let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+            self.latencies[i].as_secs_f64() * 1e3
+        };
+        println!(
+            "{:<14} {:>9.0} acks/s   p50 {:>7.3} ms   p99 {:>7.3} ms   db rows / write {:>6.4}",
+            self.name,
+            writes as f64 / self.seconds,
+            pct(0.5),
+            pct(0.99),
+            self.rows_written as f64 / writes as f64,
+        );
+    }
+}
+
+async fn table(pool: &sqlx::PgPool, name: &str) {
+    for sql in [
+        format!("DROP TABLE IF EXISTS {name}"),
+        format!("CREATE TABLE {name} (id bigint PRIMARY KEY, version bigint NOT NULL, payload text NOT NULL)"),
+    ] {
+        sqlx::query(&sql).execute(pool).await.expect(&sql);
+    }
+}
+
+async fn run(
+    name: &'static str,
+    cache: Cache<i64, Row>,
+    writes: usize,
+    zipf: Arc<Zipf>,
+) -> Figures {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (cache, zipf) = (cache.clone(), zipf.clone());
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t as u64);
+                let mut latencies = Vec::with_capacity(writes / TASKS + 1);
+                for n in (t..writes).step_by(TASKS) {
+                    let id = zipf.sample(&mut rng) as i64;
+                    let row = Row {
+                        id,
+                        version: n as i64,
+                        payload: "x".repeat(64),
+                    };
+                    let t0 = Instant::now();
+                    cache.put(&id, &row).await.expect("put");
+                    latencies.push(t0.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(writes);
+    for task in tasks {
+        latencies.extend(task.await.expect("task"));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Figures {
+        name,
+        seconds,
+        latencies,
+        rows_written: 0,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let writes: usize = std::env::var("WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let pg = std::env::var("LARDER_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let redis = OwnRedis::start();
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pg)
+        .await
+        .expect("postgres");
+    let zipf = Arc::new(Zipf::new(KEYS, 1.0));
+    println!("{writes} writes, {KEYS} keys, Zipf(1.0), {TASKS} tasks; PostgreSQL; Redis with appendonly yes + appendfsync always");
+
+    let mut results = Vec::new();
+    for (name, policy) in [
+        ("write-through", WritePolicy::Through),
+        (
+            "write-back",
+            WritePolicy::Back(WriteBack {
+                max_delay: Duration::from_secs(1),
+                ..WriteBack::default()
+            }),
+        ),
+    ] {
+        let table_name = format!("bench_{}", name.replace('-', "_"));
+        table(&admin, &table_name).await;
+        let pool = SqlPool::connect(&pg, 16).await.expect("pool");
+        let source = SqlSource::builder(pool, &table_name)
+            .entity("rows")
+            .build()
+            .await
+            .expect("source");
+        let cache: Cache<i64, Row> = Cache::builder()
+            .prefix(format!("bench{}", std::process::id()))
+            .entity(table_name.replace('_', "-"))
+            .store(
+                larder::store::connect_checked(&redis.url())
+                    .await
+                    .expect("redis"),
+            )
+            .source(source)
+            .write_policy(policy)
+            .build()
+            .await
+            .expect("cache");
+        let mut figures = run(name, cache.clone(), writes, zipf.clone()).await;
+        if policy.is_write_back() {
+            cache.close(Duration::from_secs(60)).await.expect("close");
+            figures.rows_written = cache.write_back_stats().map_or(0, |s| s.rows_written);
+        } else {
+            figures.rows_written = writes as u64;
+        }
+        figures.print(writes);
+        results.push(figures);
+        sqlx::query(&format!("DROP TABLE {table_name}"))
+            .execute(&admin)
+            .await
+            .expect("drop");
+    }
+    let through = writes as f64 / results[0].seconds;
+    let back = writes as f64 / results[1].seconds;
+    println!("write-back / write-through acks/s: {:.1}x", back / through);
+}
