@@ -113,6 +113,14 @@ impl Events {
         }
     }
 
+    /// Takes in whatever has arrived, without waiting.
+    fn drain(&mut self) -> &[Ev] {
+        while let Ok(ev) = self.rx.try_recv() {
+            self.seen.push(ev);
+        }
+        &self.seen
+    }
+
     async fn changed(&mut self, id: &str) -> Ev {
         self.until(&format!("change of {id:?}"), |e| e.has_id(id))
             .await
@@ -417,6 +425,57 @@ async fn lost_connection_is_a_gap_then_changes_flow_again() {
     let stats = listener.stats();
     assert!(stats.gaps >= 1 && stats.gaps_delivered >= 1, "{stats:?}");
     listener.close().await;
+    db.close().await;
+}
+
+#[tokio::test]
+async fn database_outage_is_a_gap_once_listening_again() {
+    let db = Db::new("cdc_outage").await;
+    db.exec("CREATE TABLE @items (id int8 PRIMARY KEY, name text NOT NULL)")
+        .await;
+    // The source (and so the listener) reaches PostgreSQL through a proxy
+    // the test can cut; the writes go around it.
+    let proxy = support::TcpProxy::start(support::pg_addr());
+    let via = SqlPool::connect(&support::pg_url_via(proxy.addr()), 1)
+        .await
+        .expect("connect through the proxy");
+    let channel = SqlSource::builder(via.clone(), &format!("{}.items", db.schema))
+        .build()
+        .await
+        .expect("source")
+        .install_change_triggers()
+        .await
+        .expect("install");
+    let entity = channel.entity().to_owned();
+    let (listener, mut events) = db.listen(channel, 0).await;
+    db.exec("INSERT INTO @items VALUES (1, 'one')").await;
+    events.changed("1").await;
+
+    proxy.cut();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while listener.stats().gaps == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the loss went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Missed: nobody is listening.
+    db.exec("INSERT INTO @items VALUES (2, 'two')").await;
+    let seen = events.drain();
+    assert!(
+        !seen.iter().any(|e| matches!(e, Ev::Gap(_))),
+        "no gap before listening again: {seen:?}"
+    );
+    proxy.restore();
+
+    events.until("gap", |e| *e == Ev::Gap(entity.clone())).await;
+    db.exec("INSERT INTO @items VALUES (3, 'three')").await;
+    events.changed("3").await;
+    listener.close().await;
+    if let SqlPool::Postgres(p) = &via {
+        p.close().await;
+    }
     db.close().await;
 }
 
