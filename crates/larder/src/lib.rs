@@ -96,7 +96,9 @@ pub use envelope::{Envelope, EnvelopeError};
 pub use error::{Cause, Error, Result};
 pub use key::{validate_id, validate_name, CacheKey, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN};
 pub use outcome::{Lookup, Outcome};
-pub use source::{FnSource, Source, SqlPool, SqlSource};
+pub use source::{
+    ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, FnSource, Source, SqlPool, SqlSource,
+};
 pub use stats::CacheStats;
 pub use warm::{WarmProgress, WARM_BATCH};
 pub use write::{CacheWrite, WritePolicy, Written};

@@ -9,7 +9,10 @@ mod func;
 mod sql;
 
 pub use self::func::FnSource;
-pub use self::sql::{ColumnInfo, SqlPool, SqlSource, SqlSourceBuilder};
+pub use self::sql::{
+    mark_larder_origin, ChangeChannel, ChangeHandler, ChangeListener, ChangeListenerBuilder,
+    ChangeStats, ColumnInfo, SqlPool, SqlSource, SqlSourceBuilder,
+};
 
 use crate::error::{Error, Result};
 use async_trait::async_trait;

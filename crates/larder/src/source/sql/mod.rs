@@ -31,11 +31,16 @@
 //! - A row refused by validation is [`Error::InvalidRow`], naming the
 //!   column; a row whose key column differs from the id is [`Error::InvalidId`].
 
+mod cdc;
 mod flush;
 mod postgres;
 mod schema;
 mod sqlite;
 
+pub use self::cdc::{
+    mark_larder_origin, ChangeChannel, ChangeHandler, ChangeListener, ChangeListenerBuilder,
+    ChangeStats,
+};
 pub use self::schema::ColumnInfo;
 
 use self::schema::{KeyValue, Schema, TableName};
