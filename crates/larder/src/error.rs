@@ -159,6 +159,15 @@ pub enum Error {
         /// The loader's error.
         cause: Cause,
     },
+
+    /// A tag is empty or too long, or an entry has too many tags.
+    #[error("invalid tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The tag as given (cut to 80 characters).
+        tag: String,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -198,6 +207,7 @@ impl Error {
                 | Error::InvalidRow { .. }
                 | Error::Encode { .. }
                 | Error::ReadOnly { .. }
+                | Error::InvalidTag { .. }
         )
     }
 
