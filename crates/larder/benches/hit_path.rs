@@ -12,25 +12,13 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use larder::{store, Cache, FnSource};
-use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-    email: String,
-    team: u32,
-}
+mod common;
 
-const KEYS: u64 = 1000;
-
-fn redis_url() -> String {
-    std::env::var("LARDER_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
-}
+use common::{redis_url, run, user, User, KEYS};
 
 async fn cache(store_url: &str) -> Cache<u64, User> {
     let store = store::connect_checked(store_url).await.expect("store");
@@ -41,13 +29,7 @@ async fn cache(store_url: &str) -> Cache<u64, User> {
         .ttl(Duration::from_secs(3600))
         .early_refresh(0.0)
         .source(FnSource::new("users", |id: String| async move {
-            let id: u64 = id.parse().unwrap_or_default();
-            Ok::<_, Infallible>(Some(User {
-                id,
-                name: format!("user {id}"),
-                email: format!("user{id}@example.com"),
-                team: (id % 17) as u32,
-            }))
+            Ok::<_, Infallible>(Some(user(id.parse().unwrap_or_default())))
         }))
         .build()
         .await
@@ -56,32 +38,6 @@ async fn cache(store_url: &str) -> Cache<u64, User> {
         cache.get(&id).await.expect("warm");
     }
     cache
-}
-
-/// Runs `iters` operations split over `tasks` concurrent tasks; returns the wall time.
-async fn run<F, Fut>(iters: u64, tasks: u64, op: F) -> Duration
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                let mut i = t;
-                while i < iters {
-                    op(i % KEYS).await;
-                    i += tasks;
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.await.expect("task");
-    }
-    start.elapsed()
 }
 
 fn hit_path(c: &mut Criterion) {

@@ -4,9 +4,11 @@ use crate::breaker::Breaker;
 use crate::cache::{Cache, Inner};
 use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, Json};
+use crate::coherence::{Coherence, Tagger, SUBSCRIBE_WAIT};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::key::{CacheKey, KeySpace, DEFAULT_SHARDS};
+use crate::near::NearOptions;
 use crate::policy::{Policy, Random};
 use crate::source::Source;
 use crate::stats::Counters;
@@ -33,7 +35,15 @@ pub struct CacheBuilder<K: ?Sized, V> {
     wait_timeout_set: bool,
     seed: Option<u64>,
     write_policy: Option<WritePolicy>,
+    coherence: CoherenceSettings<V>,
     _key: PhantomData<fn(&K)>,
+}
+
+/// The builder's near cache, tagger and bus settings.
+struct CoherenceSettings<V> {
+    near: Option<NearOptions>,
+    tagger: Option<Tagger<V>>,
+    bus: Option<bool>,
 }
 
 impl<K, V> Cache<K, V>
@@ -55,6 +65,11 @@ where
             wait_timeout_set: false,
             seed: None,
             write_policy: None,
+            coherence: CoherenceSettings {
+                near: None,
+                tagger: None,
+                bus: None,
+            },
             _key: PhantomData,
         }
     }
@@ -182,6 +197,31 @@ where
         self
     }
 
+    /// Adds a near cache (L1): decoded values in process, answered without
+    /// a network call (outcome `l1`), kept coherent over the invalidation
+    /// bus. Default: none.
+    pub fn near(mut self, options: NearOptions) -> Self {
+        self.coherence.near = Some(options);
+        self
+    }
+
+    /// Derives each entry's tags from its value when it is filled or
+    /// written, for [`Cache::invalidate_tag`]. Default: none.
+    pub fn tagger(mut self, tagger: impl Fn(&V) -> Vec<String> + Send + Sync + 'static) -> Self {
+        self.coherence.tagger = Some(Arc::new(tagger));
+        self
+    }
+
+    /// Whether this cache subscribes to its prefix's invalidation channel
+    /// (a pub/sub connection of its own), stamps entries and checks stamps.
+    /// A near cache, tags and [`Cache::purge`] reach a cache only through
+    /// it. Default: on with a near cache or a tagger, else off (writes and
+    /// invalidations are published either way).
+    pub fn bus(mut self, on: bool) -> Self {
+        self.coherence.bus = Some(on);
+        self
+    }
+
     /// Seeds the randomness of jitter and early refresh, for reproducible
     /// tests. Default: unseeded.
     pub fn random_seed(mut self, seed: u64) -> Self {
@@ -229,8 +269,16 @@ where
             )?),
             _ => None,
         };
+        let coherence = Coherence::new(
+            store.clone(),
+            keys.clone(),
+            self.coherence.near,
+            self.coherence.tagger,
+            self.coherence.bus,
+        );
         let cache = Cache::from_inner(Inner {
             breaker: Breaker::new(store.name()),
+            coherence,
             keys,
             store,
             source: self.source,
@@ -244,6 +292,7 @@ where
             write_policy,
             write_back: write_back.clone(),
         });
+        cache.inner.coherence.bus.start(SUBSCRIBE_WAIT).await;
         match cache.inner.check_layout().await {
             Err(e) if !e.is_store_unavailable() => return Err(e),
             _ => {}

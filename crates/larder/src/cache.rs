@@ -101,6 +101,8 @@ pub(crate) struct Inner<V> {
     pub(crate) breaker: Breaker,
     /// Write-back's state (its log, counters and flusher controls).
     pub(crate) write_back: Option<Arc<crate::write_back::State>>,
+    /// Near cache, tags and invalidation bus (`coherence.rs`).
+    pub(crate) coherence: crate::coherence::Coherence<V>,
 }
 
 /// What a flight is for.
@@ -121,10 +123,16 @@ pub(crate) struct Entry<V> {
     value: Option<Arc<V>>,
     envelope_times: (u64, u64),
     load_us: u32,
+    /// Invalidated by a purge or a tag: a miss, never served, not even stale.
+    invalidated: bool,
+    stamp: Option<crate::generation::Stamp>,
 }
 
 impl<V> Entry<V> {
     fn freshness(&self, now: u64) -> Freshness {
+        if self.invalidated {
+            return Freshness::Expired;
+        }
         let (fresh_until, stale_until) = self.envelope_times;
         Freshness::at(now, fresh_until, stale_until)
     }
@@ -160,7 +168,9 @@ where
 
     /// A snapshot of this cache's counters.
     pub fn stats(&self) -> CacheStats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        stats.near = self.inner.coherence.stats();
+        stats
     }
 
     /// The canonical id of a key: rendered, canonicalised by the source (an
@@ -233,15 +243,12 @@ where
     }
 
     /// Removes the cached entry of `key` and voids any load in progress for
-    /// it; the next read is a miss.
+    /// it; the next read is a miss, on every instance (near caches hear of
+    /// it over the invalidation bus). With the store down the invalidation
+    /// is remembered, delivered when it returns, and the error returned.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
         let id = self.id_of(key)?;
-        self.inner.check_layout().await?;
-        let keys = &self.inner.keys;
-        self.inner
-            .store
-            .delete(&keys.value_key(&id), &keys.lease_key(&id))
-            .await
+        self.inner.invalidate_canonical(&[id]).await
     }
 }
 
@@ -300,6 +307,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     fn decode_entry(&self, id: &str, bytes: Bytes) -> Result<Entry<V>> {
         let env = Envelope::decode(bytes)?;
+        let judged = self.coherence.judge(env.stamp.as_deref());
         let value = match env.payload {
             Some(payload) => Some(Arc::new(self.codec.decode(
                 self.keys.entity(),
@@ -312,6 +320,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
             value,
             envelope_times: (env.fresh_until, env.stale_until),
             load_us: env.load_us,
+            invalidated: judged.invalidated,
+            stamp: judged.stamp,
         })
     }
 
@@ -328,7 +338,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// The envelope bytes and store TTL for a value (`None`: a negative entry).
-    pub(crate) fn envelope(&self, payload: Option<Bytes>, load_us: u32) -> (Vec<u8>, Duration) {
+    pub(crate) fn envelope(
+        &self,
+        payload: Option<Bytes>,
+        load_us: u32,
+        stamp: Option<Bytes>,
+    ) -> (Vec<u8>, Duration) {
         let now = self.clock.now_ms();
         let (fresh_for, stale) = match payload {
             Some(_) => (self.policy.fresh_for(self.random.unit()), self.policy.stale),
@@ -340,25 +355,33 @@ impl<V: Send + Sync + 'static> Inner<V> {
             stale_until: fresh_until.saturating_add(duration_ms(stale)),
             load_us,
             payload,
+            stamp,
         };
         (env.encode(), fresh_for + stale)
     }
 
     /// The envelope of a loaded value, or `None` when it should not be
-    /// cached (a "not found" with `negative_ttl` 0).
+    /// cached (a "not found" with `negative_ttl` 0). `seq`: the generation
+    /// known before the load began.
     pub(crate) fn encode_loaded(
         &self,
         value: Option<&Arc<V>>,
         took: Duration,
+        seq: u64,
     ) -> Result<Option<(Vec<u8>, Duration)>> {
         let load_us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
+        let stamp = self.coherence.stamp(seq, value.map(|v| &**v), &[])?;
         match value {
             Some(v) => {
                 let payload = self.codec.encode(self.keys.entity(), v)?;
-                Ok(Some(self.envelope(Some(Bytes::from(payload)), load_us)))
+                Ok(Some(self.envelope(
+                    Some(Bytes::from(payload)),
+                    load_us,
+                    stamp,
+                )))
             }
             None if self.policy.negative_ttl.is_zero() => Ok(None),
-            None => Ok(Some(self.envelope(None, load_us))),
+            None => Ok(Some(self.envelope(None, load_us, stamp))),
         }
     }
 
@@ -383,10 +406,20 @@ impl<V: Send + Sync + 'static> Inner<V> {
         given: Option<Loader<V>>,
     ) -> Result<Lookup<V>> {
         let loader = |given: Option<Loader<V>>| given.map_or_else(|| self.source_loader(), Ok);
+        // Taken before anything is read: see near.rs.
+        let ticket = self.coherence.ticket(&id);
+        if let Some(l1) = self
+            .coherence
+            .l1_get(&id, ticket, self.clock.now_ms())
+            .await
+        {
+            return Ok(l1);
+        }
         if self.breaker.is_open() {
             self.may_bypass(self.store_skipped())?;
             return self.clone().load_shared(id, loader(given)?).await;
         }
+        self.coherence.bus.ensure_generations().await;
         let found = match self.check_layout().await {
             Ok(()) => self.store.get(&self.keys.value_key(&id)).await,
             Err(e) => Err(e),
@@ -411,9 +444,14 @@ impl<V: Send + Sync + 'static> Inner<V> {
             Freshness::Fresh => {
                 if self.should_refresh_early(&entry, now) {
                     self.counters.bump(Event::EarlyRefresh);
-                    self.refresh_in_background(id, loader(given)?, Mode::Early);
+                    self.refresh_in_background(id.clone(), loader(given)?, Mode::Early);
                 }
-                Ok(entry.answer(Outcome::Hit))
+                let answer = entry.answer(Outcome::Hit);
+                let (value, fresh_until) = (entry.value, entry.envelope_times.0);
+                (self.coherence)
+                    .l1_put(&id, ticket, value, fresh_until, entry.stamp)
+                    .await;
+                Ok(answer)
             }
             Freshness::Stale => {
                 self.serve_stale(id, loader(given)?, entry.answer(Outcome::Stale))
@@ -647,6 +685,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         loader: Loader<V>,
         lease: LeaseRequest,
     ) -> Result<Lookup<V>> {
+        let (seq, ticket) = (self.coherence.seq(), self.coherence.ticket(&id));
         let (result, took) = self.timed_load(&id, loader(id.clone())).await;
         let value = match result {
             Ok(value) => value.map(Arc::new),
@@ -656,7 +695,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 return Err(e);
             }
         };
-        match self.encode_loaded(value.as_ref(), took) {
+        match self.encode_loaded(value.as_ref(), took, seq) {
             Ok(Some((bytes, ttl))) => {
                 let fill = Fill {
                     value_key: lease.value_key,
@@ -666,7 +705,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     value: bytes,
                     ttl,
                 };
-                self.count_fill(self.store.fill(&fill).await);
+                let filled = self.store.fill(&fill).await;
+                if matches!(filled, Ok(true)) {
+                    self.near_fill(&id, ticket, value.clone(), &fill.value)
+                        .await;
+                }
+                self.count_fill(filled);
             }
             Ok(None) => self.release(&lease).await,
             Err(e) => {
@@ -750,6 +794,15 @@ impl<V: Send + Sync + 'static> Inner<V> {
         ids: Vec<String>,
     ) -> Result<HashMap<String, Lookup<V>>> {
         let mut answers = HashMap::with_capacity(ids.len());
+        let (ids, tickets): (Vec<String>, Vec<_>) = (self.coherence)
+            .l1_many(ids, self.clock.now_ms(), &mut answers)
+            .await
+            .into_iter()
+            .unzip();
+        if ids.is_empty() {
+            return Ok(answers);
+        }
+        self.coherence.bus.ensure_generations().await;
         let found = if self.breaker.is_open() {
             Err(None)
         } else {
@@ -781,11 +834,15 @@ impl<V: Send + Sync + 'static> Inner<V> {
         };
         let now = self.clock.now_ms();
         let mut misses = Vec::new();
-        for (id, bytes) in ids.into_iter().zip(found) {
+        for ((id, bytes), ticket) in ids.into_iter().zip(found).zip(tickets) {
             match self.entry_or_none(&id, bytes) {
                 Some(entry) => match entry.freshness(now) {
                     Freshness::Fresh => {
-                        answers.insert(id, entry.answer(Outcome::Hit));
+                        answers.insert(id.clone(), entry.answer(Outcome::Hit));
+                        let (value, fresh_until) = (entry.value, entry.envelope_times.0);
+                        (self.coherence)
+                            .l1_put(&id, ticket, value, fresh_until, entry.stamp)
+                            .await;
                     }
                     Freshness::Stale => {
                         let stale = entry.answer(Outcome::Stale);
@@ -895,6 +952,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     ) -> Result<Vec<(String, Option<Arc<V>>, bool)>> {
         let source = self.require_source()?;
         let ids: Vec<String> = leased.iter().map(|(id, _)| id.clone()).collect();
+        let seq = self.coherence.seq();
         let load = async move { source.load_many(&ids).await }.boxed();
         let (loaded, took) = self.timed_load("(many)", load).await;
         let mut loaded = match loaded {
@@ -910,7 +968,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let mut unfilled = Vec::new();
         for (id, lease) in leased {
             let value = loaded.remove(&id).map(Arc::new);
-            match self.encode_loaded(value.as_ref(), took)? {
+            match self.encode_loaded(value.as_ref(), took, seq)? {
                 Some((bytes, ttl)) => {
                     filled_ids.push(answers.len());
                     fills.push(Fill {

@@ -4,13 +4,20 @@
 //! offset  size  field
 //!      0     1  magic  b'L'
 //!      1     1  format version (1)
-//!      2     1  flags  (bit 0: negative — "not found" is remembered)
+//!      2     1  flags  (bit 0: negative — "not found" is remembered;
+//!                       bit 7: stamped — a generation stamp follows)
 //!      3     1  reserved, 0
 //!      4     8  fresh_until, ms since the Unix epoch, big-endian
 //!     12     8  stale_until, ms since the Unix epoch, big-endian
 //!     20     4  load duration in µs (XFetch's δ), big-endian
-//!     24     …  payload, encoded by the cache's codec
+//!     24     …  stamped only: stamp length (2 bytes, big-endian), stamp
+//!      …     …  payload, encoded by the cache's codec
 //! ```
+//!
+//! The stamp (see `generation.rs`) is opaque here: the generation the entry
+//! was filled under and its tags, which purge and tag invalidation compare
+//! against. Unstamped entries are byte-for-byte what they were before
+//! stamps existed.
 //!
 //! Decoding never panics: short input, a wrong magic byte or an unknown
 //! version is an [`EnvelopeError`].
@@ -22,6 +29,8 @@ const VERSION: u8 = 1;
 /// Size of the fixed header.
 pub(crate) const HEADER_LEN: usize = 24;
 const FLAG_NEGATIVE: u8 = 0b0000_0001;
+const FLAG_STAMPED: u8 = 0b1000_0000;
+const KNOWN_FLAGS: u8 = FLAG_NEGATIVE | FLAG_STAMPED;
 
 /// Why bytes are not a valid envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +61,8 @@ pub struct Envelope {
     pub load_us: u32,
     /// `None`: the source said "not found" (a negative entry).
     pub payload: Option<Bytes>,
+    /// The generation stamp (opaque here), if the entry has one.
+    pub stamp: Option<Bytes>,
 }
 
 /// How an envelope's times compare with now.
@@ -66,18 +77,34 @@ impl Envelope {
     /// Encodes header and payload into one buffer.
     pub fn encode(&self) -> Vec<u8> {
         let payload = self.payload.as_deref().unwrap_or_default();
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        // A stamp longer than a u16 cannot be written; larder's stamps are
+        // bounded far below that (see generation.rs), so it is dropped.
+        let stamp = self
+            .stamp
+            .as_deref()
+            .filter(|s| s.len() <= usize::from(u16::MAX));
+        let stamp_len = stamp.map_or(0, |s| 2 + s.len());
+        let mut out = Vec::with_capacity(HEADER_LEN + stamp_len + payload.len());
         out.put_u8(MAGIC);
         out.put_u8(VERSION);
-        out.put_u8(if self.payload.is_none() {
+        let mut flags = if self.payload.is_none() {
             FLAG_NEGATIVE
         } else {
             0
-        });
+        };
+        if stamp.is_some() {
+            flags |= FLAG_STAMPED;
+        }
+        out.put_u8(flags);
         out.put_u8(0);
         out.put_u64(self.fresh_until);
         out.put_u64(self.stale_until);
         out.put_u32(self.load_us);
+        if let Some(stamp) = stamp {
+            // Bounded just above.
+            out.put_u16(stamp.len() as u16);
+            out.extend_from_slice(stamp);
+        }
         out.extend_from_slice(payload);
         out
     }
@@ -94,11 +121,29 @@ impl Envelope {
             return Err(EnvelopeError::UnknownVersion(bytes[1]));
         }
         let flags = bytes[2];
-        if flags & !FLAG_NEGATIVE != 0 {
+        if flags & !KNOWN_FLAGS != 0 {
             return Err(EnvelopeError::UnknownFlags(flags));
         }
         let negative = flags & FLAG_NEGATIVE != 0;
-        if negative && bytes.len() > HEADER_LEN {
+        let mut body = HEADER_LEN;
+        let stamp = if flags & FLAG_STAMPED != 0 {
+            let len_end = HEADER_LEN + 2;
+            if bytes.len() < len_end {
+                return Err(EnvelopeError::Truncated(bytes.len()));
+            }
+            let len = usize::from(u16::from_be_bytes([
+                bytes[HEADER_LEN],
+                bytes[HEADER_LEN + 1],
+            ]));
+            body = len_end + len;
+            if bytes.len() < body {
+                return Err(EnvelopeError::Truncated(bytes.len()));
+            }
+            Some(bytes.slice(len_end..body))
+        } else {
+            None
+        };
+        if negative && bytes.len() > body {
             return Err(EnvelopeError::UnknownFlags(flags));
         }
         let u64_at = |at: usize| {
@@ -112,7 +157,8 @@ impl Envelope {
             fresh_until: u64_at(4),
             stale_until: u64_at(12),
             load_us: u32::from_be_bytes(load),
-            payload: (!negative).then(|| bytes.slice(HEADER_LEN..)),
+            payload: (!negative).then(|| bytes.slice(body..)),
+            stamp,
         })
     }
 }
@@ -138,9 +184,10 @@ mod tests {
     proptest! {
         #[test]
         fn round_trips(fresh in any::<u64>(), stale in any::<u64>(), load in any::<u32>(),
-                       payload in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256))) {
+                       payload in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
+                       stamp in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64))) {
             let env = Envelope { fresh_until: fresh, stale_until: stale, load_us: load,
-                                 payload: payload.map(Bytes::from) };
+                                 payload: payload.map(Bytes::from), stamp: stamp.map(Bytes::from) };
             let decoded = Envelope::decode(Bytes::from(env.encode())).expect("round trip");
             prop_assert_eq!(decoded, env);
         }
@@ -162,6 +209,7 @@ mod tests {
             stale_until: 2,
             load_us: 3,
             payload: None,
+            stamp: None,
         }
         .encode();
         good[1] = 9;
@@ -177,12 +225,36 @@ mod tests {
     }
 
     #[test]
+    fn an_unstamped_entry_is_unchanged_and_a_short_stamp_is_refused() {
+        let plain = Envelope {
+            fresh_until: 1,
+            stale_until: 2,
+            load_us: 3,
+            payload: Some(Bytes::from_static(b"{}")),
+            stamp: None,
+        };
+        assert_eq!(plain.encode().len(), HEADER_LEN + 2);
+        let stamped = Envelope {
+            stamp: Some(Bytes::from_static(b"stamp")),
+            ..plain
+        }
+        .encode();
+        assert_eq!(stamped.len(), HEADER_LEN + 2 + 5 + 2);
+        let cut = Bytes::from(stamped[..HEADER_LEN + 4].to_vec());
+        assert_eq!(
+            Envelope::decode(cut),
+            Err(EnvelopeError::Truncated(HEADER_LEN + 4))
+        );
+    }
+
+    #[test]
     fn freshness_follows_the_times() {
         let env = Envelope {
             fresh_until: 100,
             stale_until: 200,
             load_us: 0,
             payload: None,
+            stamp: None,
         };
         let at = |now| Freshness::at(now, env.fresh_until, env.stale_until);
         assert_eq!(at(99), Freshness::Fresh);

@@ -197,6 +197,15 @@ pub enum Error {
         /// The epoch recorded in the database.
         current: u64,
     },
+
+    /// A tag is empty or too long, or an entry has too many tags.
+    #[error("invalid tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The tag as given (cut to 80 characters).
+        tag: String,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -236,6 +245,7 @@ impl Error {
                 | Error::InvalidRow { .. }
                 | Error::Encode { .. }
                 | Error::ReadOnly { .. }
+                | Error::InvalidTag { .. }
         )
     }
 

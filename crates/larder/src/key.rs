@@ -205,6 +205,17 @@ impl KeySpace {
         format!("{}:{{{}}}:meta", self.prefix, self.entity)
     }
 
+    /// The key of this entity's generations (purge and tags; see
+    /// `generation.rs`): one key, beside `meta`.
+    pub(crate) fn generations_key(&self) -> String {
+        format!("{}:{{{}}}:gen", self.prefix, self.entity)
+    }
+
+    /// The pub/sub channel of this prefix's invalidations (all entities).
+    pub(crate) fn channel(&self) -> String {
+        format!("{}:invalidations", self.prefix)
+    }
+
     /// The layout as recorded in the store: `shards=<n>;hash=xxh3_64`.
     pub(crate) fn layout(&self) -> String {
         format!("shards={};hash={SHARD_HASH}", self.shards)
@@ -238,6 +249,8 @@ mod tests {
         assert_eq!(ks.value_key("42"), format!("app:{{users:{shard}}}:v:42"));
         assert_eq!(ks.lease_key("42"), format!("app:{{users:{shard}}}:l:42"));
         assert_eq!(ks.meta_key(), "app:{users}:meta");
+        assert_eq!(ks.generations_key(), "app:{users}:gen");
+        assert_eq!(ks.channel(), "app:invalidations");
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! ## The tiers
 //!
 //! ```text
-//!  application ──► Cache<K, V>
-//!                    │ one GET (or one MGET)
+//!  application ──► Cache<K, V> ── near cache (L1, optional; moka)
+//!                    │ one GET (or one MGET)     ▲ invalidation bus:
+//!                    │                           │ <prefix>:invalidations
 //!                    ▼
 //!                  store: Redis (redis://, rediss://) or memory://
 //!                    │ miss: lease, load, token-checked fill
@@ -44,6 +45,11 @@
 //! 3. **A hit is one round trip**: leases and refresh decisions live on the
 //!    miss path.
 //! 4. **Redis down, reads go on**: from the source, outcome `bypass`.
+//! 5. **Invalidated is gone**: an invalidation (by key, tag or purge) and
+//!    every write reach every instance's near cache over the invalidation
+//!    bus; a near cache that lost its subscription clears itself; an
+//!    invalidated entry is never served, not even stale. See
+//!    [`Cache::invalidate_tag`], [`Cache::purge`], [`NearOptions`].
 //!
 //! Every read reports its [`Outcome`]: `l1`, `hit`, `stale`, `negative`,
 //! `miss` or `bypass`.
@@ -103,6 +109,16 @@ pub use stats::CacheStats;
 pub use warm::{WarmProgress, WARM_BATCH};
 pub use write::{CacheWrite, WritePolicy, Written};
 pub use write_back::{Closed, DeadLetter, WriteBack, WriteBackStats};
+
+// The near cache (L1), tags and the invalidation bus.
+mod coherence;
+mod generation;
+mod invalidation;
+mod near;
+pub use generation::{MAX_TAGS, MAX_TAG_LEN};
+pub use invalidation::MAX_PENDING;
+pub use near::NearOptions;
+pub use stats::NearStats;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

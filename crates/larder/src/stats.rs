@@ -84,6 +84,7 @@ impl Counters {
             refreshes: get(&self.refreshes),
             early_refreshes: get(&self.early_refreshes),
             corrupt_entries: get(&self.corrupt_entries),
+            near: NearStats::default(),
         }
     }
 }
@@ -116,6 +117,8 @@ pub struct CacheStats {
     pub early_refreshes: u64,
     /// Store entries that could not be decoded and were treated as misses.
     pub corrupt_entries: u64,
+    /// The near cache and the invalidation bus.
+    pub near: NearStats,
 }
 
 impl CacheStats {
@@ -141,5 +144,96 @@ impl CacheStats {
             .map(|&o| self.reads(o))
             .sum();
         hits as f64 / total as f64
+    }
+}
+
+/// Counters of the near cache (L1) and the invalidation bus.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NearStats {
+    /// Reads the near cache answered (outcome `l1`).
+    pub l1_hits: u64,
+    /// Reads that looked in a usable near cache and found nothing they
+    /// could serve (absent, invalidated, or past freshness).
+    pub l1_misses: u64,
+    /// Entries moka dropped for capacity or its TTL.
+    pub l1_evictions: u64,
+    /// Times the near cache was cleared because the bus's subscription was
+    /// lost (a gap in which messages may have been missed).
+    pub l1_clears: u64,
+    /// Entries in the near cache (exact after `Cache::sync_near`).
+    pub l1_entries: u64,
+    /// Invalidations this instance published: one per id, tag or purge.
+    pub invalidations_sent: u64,
+    /// Invalidations received from other instances: one per id, tag or purge.
+    pub invalidations_received: u64,
+    /// Invalidations delivered late, after the store came back: one per id,
+    /// or one for a generation bump.
+    pub invalidations_replayed: u64,
+    /// Invalidations waiting for the store to come back.
+    pub invalidations_pending: u64,
+    /// Times undelivered invalidations overflowed and the entity's
+    /// generation was bumped instead (every older entry a miss).
+    pub generation_bumps: u64,
+}
+
+/// The live counters behind [`NearStats`].
+#[derive(Debug, Default)]
+pub(crate) struct NearCounters {
+    l1_hits: AtomicU64,
+    l1_misses: AtomicU64,
+    l1_evictions: AtomicU64,
+    l1_clears: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    replayed: AtomicU64,
+    generation_bumps: AtomicU64,
+}
+
+/// Names a counter of [`NearCounters`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum NearEvent {
+    L1Hit,
+    L1Miss,
+    L1Clear,
+    Sent,
+    Received,
+    Replayed,
+    GenerationBump,
+}
+
+impl NearCounters {
+    pub(crate) fn add(&self, event: NearEvent, n: u64) {
+        let counter = match event {
+            NearEvent::L1Hit => &self.l1_hits,
+            NearEvent::L1Miss => &self.l1_misses,
+            NearEvent::L1Clear => &self.l1_clears,
+            NearEvent::Sent => &self.sent,
+            NearEvent::Received => &self.received,
+            NearEvent::Replayed => &self.replayed,
+            NearEvent::GenerationBump => &self.generation_bumps,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn l1_evicted(&self) {
+        self.l1_evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot; the caller fills in the gauges.
+    pub(crate) fn snapshot(&self, l1_entries: u64, pending: u64) -> NearStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NearStats {
+            l1_hits: get(&self.l1_hits),
+            l1_misses: get(&self.l1_misses),
+            l1_evictions: get(&self.l1_evictions),
+            l1_clears: get(&self.l1_clears),
+            l1_entries,
+            invalidations_sent: get(&self.sent),
+            invalidations_received: get(&self.received),
+            invalidations_replayed: get(&self.replayed),
+            invalidations_pending: pending,
+            generation_bumps: get(&self.generation_bumps),
+        }
     }
 }

@@ -112,20 +112,29 @@ where
     /// the row as stored. A cache without a source only caches the value
     /// (cache-aside: the application wrote its database itself).
     pub async fn put(&self, key: &K, value: &V) -> Result<Written<V>> {
+        self.put_with_tags(key, value, &[]).await
+    }
+
+    /// [`Cache::put`], the cached entry carrying `tags` (besides the
+    /// tagger's) for [`Cache::invalidate_tag`]. Tags need the invalidation
+    /// bus (see [`CacheBuilder::bus`](crate::CacheBuilder::bus)); bad tags
+    /// are refused before anything is written.
+    pub async fn put_with_tags(&self, key: &K, value: &V, tags: &[String]) -> Result<Written<V>> {
         let id = self.id_of(key)?;
         self.inner.refuse_read_only()?;
+        self.inner.coherence.check_tags(tags)?;
         if self.inner.write_policy.is_write_back() {
-            return self.inner.put_back(&id, value).await;
+            return self.inner.put_back(&id, value, tags).await;
         }
+        let seq = self.inner.coherence.seq();
         match self.inner.source.clone() {
             Some(source) => {
                 let id2 = id.clone();
                 let stored = self
                     .inner
-                    .write(
-                        &id,
-                        async move { source.store(&id2, value).await.map(Some) },
-                    )
+                    .write(&id, (seq, tags), async move {
+                        source.store(&id2, value).await.map(Some)
+                    })
                     .await?;
                 stored.ok_or_else(|| Error::Config("the source stored no row".into()))
             }
@@ -137,7 +146,8 @@ where
                     .inner
                     .codec
                     .decode(self.entity(), &id, payload.clone())?;
-                let (bytes, ttl) = self.inner.envelope(Some(payload), 0);
+                let stamp = self.inner.coherence.stamp(seq, Some(&owned), tags)?;
+                let (bytes, ttl) = self.inner.envelope(Some(payload), 0, stamp);
                 let ticket = self.inner.begin(&id).await?;
                 let cache = self
                     .inner
@@ -166,6 +176,7 @@ where
             }
             return Ok(answers);
         }
+        let seq = self.inner.coherence.seq();
         let ids = entries
             .iter()
             .map(|(k, _)| self.id_of(k))
@@ -201,7 +212,7 @@ where
                 let end = match (&stored, row) {
                     (Err(e), _) => self.inner.end_for_error(e),
                     (Ok(_), Some(row)) if last.get(id.as_str()) == Some(&i) => {
-                        self.inner.end_for_row(Some(&row))
+                        self.inner.end_for_row(Some(&row), (seq, &[]))
                     }
                     (Ok(_), _) => WriteEnd::Delete,
                 };
@@ -239,8 +250,13 @@ where
             return self.inner.patch_back(&id, fields).await;
         }
         let id2 = id.clone();
+        let seq = self.inner.coherence.seq();
         self.inner
-            .write(&id, async move { source.patch(&id2, fields).await })
+            .write(
+                &id,
+                (seq, &[]),
+                async move { source.patch(&id2, fields).await },
+            )
             .await
     }
 
@@ -309,8 +325,24 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
-    /// Ends a write; never fails: a cache that cannot be updated is reported.
+    /// Ends a write, then tells every near cache (see `invalidation.rs`).
     async fn end(&self, id: &str, ticket: Option<WriteTicket>, end: WriteEnd) -> CacheWrite {
+        let aborted = matches!(end, WriteEnd::Abort);
+        let cache = self.end_in_store(id, ticket, end).await;
+        if !aborted {
+            let reached = cache != CacheWrite::Unreachable;
+            self.coherence.bus.written(id, reached).await;
+        }
+        cache
+    }
+
+    /// Ends a write; never fails: a cache that cannot be updated is reported.
+    async fn end_in_store(
+        &self,
+        id: &str,
+        ticket: Option<WriteTicket>,
+        end: WriteEnd,
+    ) -> CacheWrite {
         let Some(ticket) = ticket else {
             return CacheWrite::Unreachable;
         };
@@ -342,12 +374,19 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
-    /// How a write ends after the source stored `row` (`None`: no row).
-    fn end_for_row(&self, row: Option<&Arc<V>>) -> WriteEnd {
-        match (self.write_policy, row) {
-            (WritePolicy::Through, Some(row)) => match self.codec.encode(self.keys.entity(), row) {
-                Ok(payload) => {
-                    let (value, ttl) = self.envelope(Some(Bytes::from(payload)), 0);
+    /// How a write ends after the source stored `row` (`None`: no row);
+    /// `stamp`: the generation known before the write, and its tags.
+    fn end_for_row(&self, row: Option<&Arc<V>>, stamp: (u64, &[String])) -> WriteEnd {
+        let (seq, tags) = stamp;
+        let through = self.write_policy == WritePolicy::Through;
+        let encoded = row.filter(|_| through).map(|row| {
+            let stamp = self.coherence.stamp(seq, Some(row), tags)?;
+            Ok::<_, Error>((self.codec.encode(self.keys.entity(), row)?, stamp))
+        });
+        match (self.write_policy, encoded) {
+            (WritePolicy::Through, Some(encoded)) => match encoded {
+                Ok((payload, stamp)) => {
+                    let (value, ttl) = self.envelope(Some(Bytes::from(payload)), 0, stamp);
                     WriteEnd::Set { value, ttl }
                 }
                 Err(e) => {
@@ -359,17 +398,19 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
-    /// One write: ticket, source, end.
+    /// One write: ticket, source, end. `stamp`: as for [`Inner::end_for_row`].
     async fn write(
         self: &Arc<Self>,
         id: &str,
+        stamp: (u64, &[String]),
         source_write: impl Future<Output = Result<Option<V>>>,
     ) -> Result<Option<Written<V>>> {
         let ticket = self.begin(id).await?;
         match source_write.await {
             Ok(row) => {
                 let row = row.map(Arc::new);
-                let cache = self.end(id, ticket, self.end_for_row(row.as_ref())).await;
+                let end = self.end_for_row(row.as_ref(), stamp);
+                let cache = self.end(id, ticket, end).await;
                 Ok(row.map(|value| Written { value, cache }))
             }
             Err(e) => {

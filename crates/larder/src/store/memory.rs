@@ -11,7 +11,7 @@
 //! - TTLs use the monotonic clock; they only collect garbage; freshness is
 //!   decided by the cache from the envelope.
 
-use super::{Acquired, Fill, LeaseRequest, Store, WriteEnd, WriteKeys, WriteTicket};
+use super::{Acquired, Fill, LeaseRequest, Store, Subscription, WriteEnd, WriteKeys, WriteTicket};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,6 +36,7 @@ struct Inner {
     name: String,
     capacity: usize,
     map: Mutex<Map>,
+    bus: super::pubsub::MemoryBus,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +44,8 @@ struct Map {
     slots: HashMap<String, Slot>,
     /// Write bookkeeping by write key: (sequence, in flight, expires).
     writes: HashMap<String, (u64, u64, Instant)>,
+    /// Generation hashes by key: field → value (never evicted).
+    generations: HashMap<String, HashMap<String, u64>>,
     tick: u64,
 }
 
@@ -118,6 +121,7 @@ impl MemoryStore {
                 name: format!("memory://?capacity={capacity}"),
                 capacity: capacity.max(1),
                 map: Mutex::new(Map::default()),
+                bus: Default::default(),
             }),
         }
     }
@@ -351,5 +355,31 @@ impl Store for MemoryStore {
             usize::MAX,
         );
         Ok(layout.to_owned())
+    }
+
+    async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
+        self.inner.bus.publish(channel, message);
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Option<Subscription>> {
+        Ok(Some(self.inner.bus.subscribe(channel)))
+    }
+
+    async fn generations(&self, key: &str, init: u64) -> Result<Vec<(String, u64)>> {
+        let mut map = self.lock();
+        let hash = map.generations.entry(key.to_owned()).or_default();
+        hash.entry("seq".to_owned()).or_insert(init);
+        Ok(hash.iter().map(|(f, v)| (f.clone(), *v)).collect())
+    }
+
+    async fn bump_generation(&self, key: &str, field: &str, init: u64) -> Result<u64> {
+        let mut map = self.lock();
+        let hash = map.generations.entry(key.to_owned()).or_default();
+        let seq = hash.entry("seq".to_owned()).or_insert(init);
+        *seq += 1;
+        let seq = *seq;
+        hash.insert(field.to_owned(), seq);
+        Ok(seq)
     }
 }

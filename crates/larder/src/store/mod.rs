@@ -13,6 +13,7 @@
 
 mod dirty;
 mod memory;
+mod pubsub;
 mod redis;
 mod redis_dirty;
 
@@ -196,6 +197,49 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Records `layout` under `meta_key` if nothing is recorded yet, and
     /// returns what is recorded (the given layout, or an older one).
     async fn record_layout(&self, meta_key: &str, layout: &str) -> Result<String>;
+
+    /// Publishes `message` on the pub/sub `channel` (invalidations for the
+    /// near caches of every instance). Default: nobody can listen, so it
+    /// does nothing.
+    async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
+        let _ = (channel, message);
+        Ok(())
+    }
+
+    /// Subscribes to `channel` on a connection of its own (never the data
+    /// connection). The stream yields each message's payload and ends when
+    /// the subscription is lost (messages may have been missed then).
+    /// `Ok(None)`: this store has no pub/sub. Default: `Ok(None)`.
+    async fn subscribe(&self, channel: &str) -> Result<Option<Subscription>> {
+        let _ = channel;
+        Ok(None)
+    }
+
+    /// Reads the generation hash at `key` (fields `seq`, `purge`,
+    /// `t:<tag>`), first creating its `seq` at `init` if absent; answers
+    /// every field. Default: the store keeps no generations (an error).
+    async fn generations(&self, key: &str, init: u64) -> Result<Vec<(String, u64)>> {
+        let _ = (key, init);
+        Err(no_generations(self.name()))
+    }
+
+    /// Atomically: creates the hash's `seq` at `init` if absent, increments
+    /// it, sets `field` to the new `seq` and answers it (a purge or a tag
+    /// invalidation). Default: the store keeps no generations (an error).
+    async fn bump_generation(&self, key: &str, field: &str, init: u64) -> Result<u64> {
+        let _ = (key, field, init);
+        Err(no_generations(self.name()))
+    }
+}
+
+/// The messages of a [`Store::subscribe`]; ends when the subscription is lost.
+pub type Subscription = futures_util::stream::BoxStream<'static, Bytes>;
+
+fn no_generations(store: &str) -> Error {
+    Error::Store {
+        store: store.to_owned(),
+        cause: crate::error::Message::cause("this store keeps no generations"),
+    }
 }
 
 /// Connects to a store by URL: `redis://`, `rediss://` or `memory://`.

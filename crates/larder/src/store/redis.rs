@@ -9,7 +9,7 @@
 //!   keys of a single hash slot.
 //! - `rediss://` uses rustls with the `ring` provider and the system's roots.
 
-use super::{Acquired, Fill, LeaseRequest, Store, WriteEnd, WriteKeys, WriteTicket};
+use super::{Acquired, Fill, LeaseRequest, Store, Subscription, WriteEnd, WriteKeys, WriteTicket};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -75,6 +75,9 @@ pub struct RedisStore {
 struct Inner {
     name: String,
     conn: ConnectionManager,
+    /// For the invalidation subscriber's own pub/sub connection.
+    client: redis::Client,
+    options: RedisOptions,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -219,10 +222,15 @@ impl RedisStore {
             .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| Error::Config(format!("store URL {name:?}: {e}")))?;
         Ok(Self {
-            inner: Arc::new(Inner { name, conn }),
+            inner: Arc::new(Inner {
+                name,
+                conn,
+                client,
+                options,
+            }),
         })
     }
 
@@ -502,4 +510,57 @@ impl Store for RedisStore {
         inv.key(meta_key).arg(layout);
         self.run(inv).await
     }
+
+    async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Option<Subscription>> {
+        let options = &self.inner.options;
+        super::pubsub::redis_subscribe(&self.inner.client, channel, options)
+            .await
+            .map(Some)
+            .map_err(|e| self.error(e))
+    }
+
+    async fn generations(&self, key: &str, init: u64) -> Result<Vec<(String, u64)>> {
+        let mut inv = GENERATIONS.prepare_invoke();
+        inv.key(key).arg(init);
+        let flat: Vec<String> = self.run(inv).await?;
+        Ok(super::pubsub::pairs(flat))
+    }
+
+    async fn bump_generation(&self, key: &str, field: &str, init: u64) -> Result<u64> {
+        let mut inv = BUMP_GENERATION.prepare_invoke();
+        inv.key(key).arg(field).arg(init);
+        self.run(inv).await
+    }
 }
+
+static GENERATIONS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: generations. ARGV: initial seq
+redis.call('HSETNX', KEYS[1], 'seq', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+",
+    )
+});
+
+static BUMP_GENERATION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: generations. ARGV: field, initial seq
+redis.call('HSETNX', KEYS[1], 'seq', ARGV[2])
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], ARGV[1], seq)
+return seq
+",
+    )
+});

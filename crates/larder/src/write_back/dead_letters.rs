@@ -87,7 +87,7 @@ where
                 match &letter.payload {
                     Some(bytes) => {
                         let value = self.inner.codec.decode(self.entity(), &id, bytes.clone())?;
-                        self.inner.put_back(&id, &value).await?;
+                        self.inner.put_back(&id, &value, &[]).await?;
                     }
                     None => {
                         self.inner.delete_back(&id).await?;

@@ -235,6 +235,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
             shard: shard.shard,
             epoch,
         };
+        // The generation known before the commit stamps the refreshed entries.
+        let generation = self.coherence.seq();
         let mut groups = vec![first];
         let mut clears = Vec::new();
         let mut failure = None;
@@ -246,7 +248,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 Ok(stored) => {
                     Counters::add(&state.counters.batches, 1);
                     Counters::add(&state.counters.rows_written, group.len() as u64);
-                    clears.extend(self.clears(&group, stored, &seqs));
+                    clears.extend(self.clears(&group, stored, &seqs, generation));
                 }
                 Err(e) if is_row_fault(&e) && group.len() > 1 => {
                     let (a, b) = group.split();
@@ -274,7 +276,14 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         }
         if !clears.is_empty() {
-            state.log.clear(&clears).await?;
+            let cleared = state.log.clear(&clears).await?;
+            let refreshed: Vec<String> = clears
+                .iter()
+                .zip(cleared)
+                .filter(|(_, done)| *done)
+                .map(|(clear, _)| clear.keys.id.clone())
+                .collect();
+            self.coherence.bus.written_many(&refreshed).await;
         }
         match failure {
             Some(Error::Fenced { current, .. }) => {
@@ -327,18 +336,25 @@ impl<V: Send + Sync + 'static> Inner<V> {
         group: &Group<V>,
         stored: Vec<(String, V)>,
         seqs: &HashMap<String, u64>,
+        seq: u64,
     ) -> Vec<Clear> {
         let mut stored: HashMap<String, V> = stored.into_iter().collect();
         let mut clears = Vec::with_capacity(group.len());
         for (id, _) in &group.upserts {
             let refresh = stored.remove(id).and_then(|row| {
                 let payload = self.codec.encode(self.keys.entity(), &row).ok()?;
-                Some(self.envelope(Some(bytes::Bytes::from(payload)), 0))
+                let stamp = self.coherence.stamp(seq, Some(&row), &[]).ok()?;
+                Some(self.envelope(Some(bytes::Bytes::from(payload)), 0, stamp))
             });
             clears.push(self.clear_of(id, refresh, seqs));
         }
         for id in &group.removes {
-            let refresh = (!self.policy.negative_ttl.is_zero()).then(|| self.envelope(None, 0));
+            let refresh = match self.coherence.stamp(seq, None, &[]) {
+                Ok(stamp) if !self.policy.negative_ttl.is_zero() => {
+                    Some(self.envelope(None, 0, stamp))
+                }
+                _ => None,
+            };
             clears.push(self.clear_of(id, refresh, seqs));
         }
         clears

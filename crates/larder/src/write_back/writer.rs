@@ -100,12 +100,14 @@ impl<V: Send + Sync + 'static> Inner<V> {
         &self,
         state: &State,
         id: &str,
-        payload: Option<Vec<u8>>,
+        write: (Option<Vec<u8>>, Option<&V>, &[String]),
         expect: Option<u64>,
     ) -> Result<Recorded> {
+        let (payload, value, tags) = write;
         self.ready_to_write(state).await?;
         self.wait_for_room(state).await?;
-        let (envelope, ttl) = self.envelope(payload.clone().map(Bytes::from), 0);
+        let stamp = self.coherence.stamp(self.coherence.seq(), value, tags)?;
+        let (envelope, ttl) = self.envelope(payload.clone().map(Bytes::from), 0, stamp);
         let write = DirtyWrite {
             payload,
             envelope,
@@ -122,6 +124,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         };
         if let Recorded::Queued { coalesced, .. } = recorded {
+            self.coherence.bus.written(id, true).await;
             let c = &state.counters;
             Counters::add(&c.acknowledged, 1);
             if coalesced {
@@ -137,7 +140,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// Write-back `put`: validated, recorded, acknowledged.
-    pub(crate) async fn put_back(&self, id: &str, value: &V) -> Result<Written<V>> {
+    pub(crate) async fn put_back(
+        &self,
+        id: &str,
+        value: &V,
+        tags: &[String],
+    ) -> Result<Written<V>> {
         let state = self.write_back_state()?;
         let source = self.require_source()?;
         source.check(id, value)?;
@@ -145,7 +153,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let owned = self
             .codec
             .decode(self.keys.entity(), id, Bytes::from(payload.clone()))?;
-        self.record(state, id, Some(payload), None).await?;
+        self.record(state, id, (Some(payload), Some(&owned), tags), None)
+            .await?;
         Ok(Written {
             value: Arc::new(owned),
             cache: CacheWrite::Queued,
@@ -188,7 +197,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 .codec
                 .decode(self.keys.entity(), id, Bytes::from(merged.clone()))?;
             self.require_source()?.check(id, &value)?;
-            match self.record(state, id, Some(merged), Some(version)).await? {
+            let recorded = self
+                .record(state, id, (Some(merged), Some(&value), &[]), Some(version))
+                .await?;
+            match recorded {
                 Recorded::Queued { .. } => {
                     return Ok(Some(Written {
                         value: Arc::new(value),
@@ -210,7 +222,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
             if current.is_none() {
                 return Ok(false);
             }
-            match self.record(state, id, None, Some(version)).await? {
+            match self
+                .record(state, id, (None, None, &[]), Some(version))
+                .await?
+            {
                 Recorded::Queued { .. } => return Ok(true),
                 Recorded::Conflict => tokio::task::yield_now().await,
             }

@@ -219,6 +219,36 @@ impl RedisServer {
         }
     }
 
+    /// Kills (`CLIENT KILL ID`) every client of this server subscribed to
+    /// a pub/sub channel (`sub=` above 0 in `CLIENT LIST`); answers how
+    /// many. Only ever on a test's own server: never `CLIENT KILL TYPE`.
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    pub fn kill_subscribers(&self) -> usize {
+        let mut conn = resp::Conn::connect(self.addr()).expect("connect to own redis-server");
+        let list = conn.cmd(&["CLIENT", "LIST"]).expect("CLIENT LIST");
+        let list = String::from_utf8_lossy(list.bulk().unwrap_or_default()).into_owned();
+        let mut killed = 0;
+        for line in list.lines() {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|kv| kv.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            let subscribed = field("sub=").is_some_and(|n| n != "0");
+            if let (true, Some(id)) = (subscribed, field("id=")) {
+                let reply = conn
+                    .cmd(&["CLIENT", "KILL", "ID", &id])
+                    .expect("CLIENT KILL");
+                if reply == Reply::Int(1) {
+                    killed += 1;
+                }
+            }
+        }
+        killed
+    }
+
     /// The server's log file and its stdout/stderr (where config errors go),
     /// last 200 lines of each.
     pub fn log(&self) -> String {

@@ -1,0 +1,591 @@
+//! The invalidation bus: every instance hears about every invalidation.
+//!
+//! An invalidation (by key, by tag, a purge) and every write is first
+//! applied to the store, then applied to this instance's near cache, then
+//! published on the prefix's channel, `<prefix>:invalidations`, as a small
+//! JSON message (`{"o": instance, "e": entity, "k": [ids]}`, `"t"`+`"s"` for
+//! a tag, `"p"` for a purge). Every instance subscribed to the channel
+//! evicts the keys from its near cache or learns the new generation.
+//! Publishing after the store is what makes the order safe: a reader that
+//! hears the message and reads again finds the new state.
+//!
+//! # Behavior
+//! - **The subscriber** runs on a connection of its own
+//!   ([`Store::subscribe`]), in a task that holds only a `Weak` reference
+//!   and ends when the cache is dropped. On subscribing it reads the
+//!   entity's generations, then turns the near cache on.
+//! - **A lost subscription** (dropped, killed, unanswered pings, a reader
+//!   too far behind) may have lost messages: the near cache is cleared and
+//!   bypassed until the subscriber is back, and meanwhile reads fetch the
+//!   generations from the store before trusting a stamp.
+//! - **Undelivered invalidations** (the store or the channel unreachable)
+//!   are remembered, up to [`MAX_PENDING`] ids, and replayed — delete, then
+//!   publish — as soon as the store answers again (retried every
+//!   [`REPLAY_EVERY`], and at once when the subscriber reconnects). Past
+//!   the bound they are replaced by one purge: bumping the entity's
+//!   generation makes every older entry a miss, everywhere.
+//! - A store without pub/sub (`Ok(None)` from `subscribe`) keeps its near
+//!   cache coherent in this process only.
+
+use crate::error::Result;
+use crate::generation::{initial_seq, tag_field, Generations, PURGE_FIELD};
+use crate::key::KeySpace;
+use crate::near::{Epochs, Evict};
+use crate::stats::{NearCounters, NearEvent, NearStats};
+use crate::store::Store;
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+/// The most undelivered key invalidations remembered; past it, a purge.
+pub const MAX_PENDING: usize = 10_000;
+
+/// How often undelivered invalidations are retried.
+const REPLAY_EVERY: Duration = Duration::from_millis(100);
+
+/// Resubscription backoff: from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
+
+/// How often an idle subscriber checks that its cache still exists.
+const OWNER_CHECK: Duration = Duration::from_millis(500);
+
+/// One message on the channel.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Message {
+    /// The publishing instance (it applied the message already).
+    o: String,
+    /// The entity.
+    e: String,
+    /// Invalidated ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    k: Vec<String>,
+    /// An invalidated tag, with the `seq` it was invalidated at (`s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<u64>,
+    /// A purge, at this `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<u64>,
+}
+
+/// Invalidations not yet delivered.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Id → a version, bumped when the id is remembered again, so a replay
+    /// forgets only what it delivered.
+    ids: HashMap<String, u64>,
+    /// A purge is owed (asked for while the store was down, or overflow).
+    purge: bool,
+    version: u64,
+}
+
+/// The bus of one cache: its generations, its near cache's epochs, its
+/// undelivered invalidations and its subscriber.
+pub(crate) struct Bus {
+    store: Arc<dyn Store>,
+    keys: KeySpace,
+    channel: String,
+    generations_key: String,
+    /// Tells this instance's messages from the others'.
+    instance: String,
+    /// Subscribed: stamps are written and checked, the near cache may be used.
+    subscribes: bool,
+    pub(crate) generations: Generations,
+    pub(crate) epochs: Epochs,
+    pub(crate) counters: Arc<NearCounters>,
+    l1: Option<Arc<dyn Evict>>,
+    /// Whether the in-process generations follow the channel.
+    subscribed: AtomicBool,
+    pending: Mutex<Pending>,
+    pending_len: AtomicU64,
+    replaying: AtomicBool,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("channel", &self.channel)
+            .field("subscribes", &self.subscribes)
+            .finish()
+    }
+}
+
+impl Bus {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        keys: KeySpace,
+        subscribes: bool,
+        counters: Arc<NearCounters>,
+        l1: Option<Arc<dyn Evict>>,
+        instance: String,
+    ) -> Self {
+        Self {
+            channel: keys.channel(),
+            generations_key: keys.generations_key(),
+            store,
+            keys,
+            instance,
+            subscribes,
+            generations: Generations::default(),
+            epochs: Epochs::default(),
+            counters,
+            l1,
+            subscribed: AtomicBool::new(false),
+            pending: Mutex::new(Pending::default()),
+            pending_len: AtomicU64::new(0),
+            replaying: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether entries are stamped and stamps checked.
+    pub(crate) fn stamps(&self) -> bool {
+        self.subscribes
+    }
+
+    /// Starts the subscriber (if this bus subscribes) and waits up to
+    /// `wait` for its first attempt, so a cache built while the store
+    /// answers starts with its near cache on.
+    pub(crate) async fn start(self: &Arc<Self>, wait: Duration) {
+        if !self.subscribes {
+            return;
+        }
+        let (ready, first) = tokio::sync::oneshot::channel();
+        tokio::spawn(subscriber(Arc::downgrade(self), ready));
+        let _ = tokio::time::timeout(wait, first).await;
+    }
+
+    pub(crate) fn stats(&self, l1_entries: u64) -> NearStats {
+        self.counters
+            .snapshot(l1_entries, self.pending_len.load(Ordering::Relaxed))
+    }
+
+    /// While the subscription is down, the in-process generations may be
+    /// behind: read them from the store (one round trip, only then).
+    pub(crate) async fn ensure_generations(&self) {
+        if !self.subscribes || self.subscribed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(fields) = self
+            .store
+            .generations(&self.generations_key, initial_seq())
+            .await
+        {
+            self.generations.replace(fields);
+        }
+    }
+
+    /// Applies an invalidation of `ids` to this instance's near cache.
+    pub(crate) async fn evict_local(&self, ids: &[String]) {
+        for id in ids {
+            self.epochs.bump_key(id);
+            if let Some(l1) = &self.l1 {
+                l1.evict(id).await;
+            }
+        }
+    }
+
+    /// Invalidates `ids` in the store, then everywhere else. An id the
+    /// store could not be told about is remembered and the error returned.
+    pub(crate) async fn invalidate(self: &Arc<Self>, ids: &[String]) -> Result<()> {
+        self.evict_local(ids).await;
+        let deleted = join_all(ids.iter().map(|id| {
+            let (value, lease) = (self.keys.value_key(id), self.keys.lease_key(id));
+            async move { self.store.delete(&value, &lease).await }
+        }))
+        .await;
+        let mut failed = None;
+        let mut delivered = Vec::with_capacity(ids.len());
+        for (id, done) in ids.iter().zip(deleted) {
+            match done {
+                Ok(()) => delivered.push(id.clone()),
+                Err(e) => {
+                    if e.is_store_unavailable() {
+                        self.remember(std::slice::from_ref(id));
+                    }
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        // Local evictions again: a read that started before the delete may
+        // have filled the near cache meanwhile (its ticket is void anyway).
+        self.evict_local(ids).await;
+        self.announce(&delivered).await;
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// After a write reached the store (or could not): the near caches
+    /// drop the key; an unreachable store means it is owed.
+    pub(crate) async fn written(self: &Arc<Self>, id: &str, reached_store: bool) {
+        let ids = [id.to_owned()];
+        self.evict_local(&ids).await;
+        if reached_store {
+            self.announce(&ids).await;
+        } else {
+            self.remember(&ids);
+        }
+    }
+
+    /// After writes of `ids` reached the store (a write-back flush
+    /// refreshed their entries): the near caches drop them.
+    pub(crate) async fn written_many(self: &Arc<Self>, ids: &[String]) {
+        self.evict_local(ids).await;
+        self.announce(ids).await;
+    }
+
+    /// Publishes an invalidation of `ids` the store already applied; if
+    /// the channel is unreachable they are owed.
+    async fn announce(self: &Arc<Self>, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let message = Message {
+            k: ids.to_vec(),
+            ..self.message()
+        };
+        if self.publish(&message).await.is_ok() {
+            self.counters.add(NearEvent::Sent, ids.len() as u64);
+        } else {
+            self.remember(ids);
+        }
+    }
+
+    fn message(&self) -> Message {
+        Message {
+            o: self.instance.clone(),
+            e: self.keys.entity().to_owned(),
+            ..Message::default()
+        }
+    }
+
+    async fn publish(&self, message: &Message) -> Result<()> {
+        // Serializing strings and numbers cannot fail.
+        let bytes = serde_json::to_vec(message).unwrap_or_default();
+        self.store.publish(&self.channel, &bytes).await
+    }
+
+    /// Bumps the entity's generation: every entry filled before is a miss,
+    /// on every instance. Owed (and the error returned) if the store is down.
+    pub(crate) async fn purge(self: &Arc<Self>) -> Result<()> {
+        self.bump_and_announce(PURGE_FIELD, |bus, seq| {
+            bus.purged(seq);
+            Message {
+                p: Some(seq),
+                ..bus.message()
+            }
+        })
+        .await
+    }
+
+    /// Makes every entry tagged `tag` a miss, on every instance.
+    pub(crate) async fn invalidate_tag(self: &Arc<Self>, tag: &str) -> Result<()> {
+        self.bump_and_announce(&tag_field(tag), |bus, seq| {
+            bus.generations.tag_invalidated(tag, seq);
+            Message {
+                t: Some(tag.to_owned()),
+                s: Some(seq),
+                ..bus.message()
+            }
+        })
+        .await
+    }
+
+    /// Bumps `field` of the generations in the store, applies the new
+    /// `seq` here (`apply` answers the message to publish) and announces
+    /// it. A bump or message that cannot be delivered cannot be replayed
+    /// by key: a purge is owed instead (and a store error returned).
+    async fn bump_and_announce(
+        self: &Arc<Self>,
+        field: &str,
+        apply: impl FnOnce(&Self, u64) -> Message,
+    ) -> Result<()> {
+        let seq = match self.bump(field).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                if e.is_store_unavailable() {
+                    self.owe_purge();
+                }
+                return Err(e);
+            }
+        };
+        let message = apply(self, seq);
+        if self.publish(&message).await.is_ok() {
+            self.counters.add(NearEvent::Sent, 1);
+        } else {
+            self.owe_purge();
+        }
+        Ok(())
+    }
+
+    async fn bump(&self, field: &str) -> Result<u64> {
+        self.store
+            .bump_generation(&self.generations_key, field, initial_seq())
+            .await
+    }
+
+    fn purged(&self, seq: u64) {
+        self.generations.purged(seq);
+        self.epochs.bump_all();
+        if let Some(l1) = &self.l1 {
+            l1.clear();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Every update is a few map operations: a poisoned lock is consistent.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers invalidations of `ids` that did not reach the store or
+    /// the channel, and makes sure a replay runs.
+    pub(crate) fn remember(self: &Arc<Self>, ids: &[String]) {
+        {
+            let mut pending = self.lock();
+            for id in ids {
+                pending.version += 1;
+                let version = pending.version;
+                pending.ids.insert(id.clone(), version);
+            }
+            if pending.ids.len() > MAX_PENDING {
+                pending.ids.clear();
+                pending.purge = true;
+            }
+            self.count_pending(&pending);
+        }
+        self.kick_replay();
+    }
+
+    fn owe_purge(self: &Arc<Self>) {
+        {
+            let mut pending = self.lock();
+            pending.purge = true;
+            self.count_pending(&pending);
+        }
+        self.kick_replay();
+    }
+
+    fn count_pending(&self, pending: &Pending) {
+        let n = pending.ids.len() as u64 + u64::from(pending.purge);
+        self.pending_len.store(n, Ordering::Relaxed);
+    }
+
+    /// Starts the replay task unless it runs or nothing is owed.
+    fn kick_replay(self: &Arc<Self>) {
+        if self.pending_len.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if self.replaying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let bus = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(this) = bus.upgrade() else { return };
+                if this.replay().await {
+                    this.replaying.store(false, Ordering::Release);
+                    // Something owed since the last look starts a new task.
+                    this.kick_replay();
+                    return;
+                }
+                drop(this);
+                tokio::time::sleep(REPLAY_EVERY).await;
+            }
+        });
+    }
+
+    /// Delivers what is owed; answers whether nothing is owed any more.
+    async fn replay(self: &Arc<Self>) -> bool {
+        let (owed, purge) = {
+            let pending = self.lock();
+            let owed: Vec<(String, u64)> =
+                pending.ids.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            (owed, pending.purge)
+        };
+        if purge {
+            let Ok(seq) = self.bump(PURGE_FIELD).await else {
+                return false;
+            };
+            self.purged(seq);
+            let message = Message {
+                p: Some(seq),
+                ..self.message()
+            };
+            if self.publish(&message).await.is_err() {
+                return false;
+            }
+            self.counters.add(NearEvent::Replayed, 1);
+            self.counters.add(NearEvent::GenerationBump, 1);
+            self.counters.add(NearEvent::Sent, 1);
+            // A purge covers every key owed before it.
+            let mut pending = self.lock();
+            pending.purge = false;
+            pending
+                .ids
+                .retain(|id, v| owed.iter().all(|(o, ov)| o != id || ov != v));
+            self.count_pending(&pending);
+            return pending.ids.is_empty() && !pending.purge;
+        }
+        for chunk in owed.chunks(256) {
+            let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+            let deleted = join_all(ids.iter().map(|id| {
+                let (value, lease) = (self.keys.value_key(id), self.keys.lease_key(id));
+                async move { self.store.delete(&value, &lease).await }
+            }))
+            .await;
+            if deleted.iter().any(Result::is_err) {
+                return false;
+            }
+            self.evict_local(&ids).await;
+            let message = Message {
+                k: ids.clone(),
+                ..self.message()
+            };
+            if self.publish(&message).await.is_err() {
+                return false;
+            }
+            self.counters.add(NearEvent::Sent, ids.len() as u64);
+            self.counters.add(NearEvent::Replayed, ids.len() as u64);
+            let mut pending = self.lock();
+            for (id, version) in chunk {
+                if pending.ids.get(id) == Some(version) {
+                    pending.ids.remove(id);
+                }
+            }
+            self.count_pending(&pending);
+        }
+        let pending = self.lock();
+        pending.ids.is_empty() && !pending.purge
+    }
+
+    /// Applies a message from the channel.
+    async fn apply(&self, payload: &[u8]) {
+        let Ok(message) = serde_json::from_slice::<Message>(payload) else {
+            tracing::debug!(
+                channel = self.channel,
+                "ignoring a message that is not larder's"
+            );
+            return;
+        };
+        if message.e != self.keys.entity() || message.o == self.instance {
+            return;
+        }
+        let mut received = message.k.len() as u64;
+        self.evict_local(&message.k).await;
+        if let (Some(tag), Some(seq)) = (&message.t, message.s) {
+            self.generations.tag_invalidated(tag, seq);
+            received += 1;
+        }
+        if let Some(seq) = message.p {
+            self.purged(seq);
+            received += 1;
+        }
+        self.counters.add(NearEvent::Received, received);
+    }
+
+    /// Subscribed and caught up: trust the generations, use the near cache.
+    fn went_up(&self) {
+        self.subscribed.store(true, Ordering::Release);
+        self.epochs.set_usable(true);
+    }
+
+    /// The subscription is lost: messages may be missed from now on.
+    fn went_down(&self) {
+        self.subscribed.store(false, Ordering::Release);
+        if self.epochs.set_usable(false) {
+            if let Some(l1) = &self.l1 {
+                l1.clear();
+                self.counters.add(NearEvent::L1Clear, 1);
+            }
+        }
+    }
+}
+
+/// The subscriber task: subscribe, catch up, apply messages; on a lost
+/// subscription clear the near cache and start over. Ends with its cache.
+async fn subscriber(bus: Weak<Bus>, ready: tokio::sync::oneshot::Sender<()>) {
+    let mut ready = Some(ready);
+    let mut backoff = BACKOFF.0;
+    loop {
+        let Some(this) = bus.upgrade() else { return };
+        let subscription = this.store.subscribe(&this.channel).await;
+        let caught_up = match &subscription {
+            Ok(_) => this
+                .store
+                .generations(&this.generations_key, initial_seq())
+                .await
+                .map(|fields| this.generations.replace(fields)),
+            Err(_) => Ok(()),
+        };
+        match (subscription, caught_up) {
+            (Ok(Some(mut messages)), Ok(())) => {
+                this.went_up();
+                this.kick_replay();
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                backoff = BACKOFF.0;
+                drop(this);
+                loop {
+                    tokio::select! {
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let Some(this) = bus.upgrade() else { return };
+                            this.apply(&message).await;
+                        }
+                        () = tokio::time::sleep(OWNER_CHECK) => {
+                            if bus.strong_count() == 0 {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let Some(this) = bus.upgrade() else { return };
+                tracing::warn!(
+                    channel = this.channel,
+                    "invalidation subscription lost; near cache cleared and bypassed until it is back"
+                );
+                this.went_down();
+            }
+            // No pub/sub: coherent within this process only.
+            (Ok(None), Ok(())) => {
+                this.went_up();
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                return;
+            }
+            (_, _) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_small_and_round_trip() {
+        let m = Message {
+            o: "i".into(),
+            e: "users".into(),
+            k: vec!["1".into(), "a\"b\n".into()],
+            ..Message::default()
+        };
+        let bytes = serde_json::to_vec(&m).expect("json");
+        assert_eq!(
+            std::str::from_utf8(&bytes).expect("utf-8"),
+            r#"{"o":"i","e":"users","k":["1","a\"b\n"]}"#
+        );
+        assert_eq!(serde_json::from_slice::<Message>(&bytes).expect("back"), m);
+    }
+}
