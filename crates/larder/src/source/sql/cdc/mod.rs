@@ -56,6 +56,7 @@
 //!
 //! [`Error::Config`]: crate::Error::Config
 
+mod cache_handler;
 mod listener;
 mod triggers;
 

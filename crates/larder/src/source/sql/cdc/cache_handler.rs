@@ -1,0 +1,51 @@
+//! A [`Cache`](crate::Cache) as the [`ChangeHandler`] of its own table.
+
+use super::ChangeHandler;
+use crate::error::Result;
+use async_trait::async_trait;
+
+/// A cache is its own change handler: changed ids are invalidated in the
+/// store and in every near cache (over the bus); a TRUNCATE or a gap
+/// purges the whole entity (its generation is bumped, so every entry
+/// cached before counts as a miss, in the store too).
+///
+/// A purge reaches only caches that stamp their entries: build a cache fed
+/// by change notifications with `.bus(true)` (or with a near cache or a
+/// tagger, which turn the bus on). Without stamps a gap is an error, which
+/// the listener logs and retries.
+#[async_trait]
+impl<K, V> ChangeHandler for crate::Cache<K, V>
+where
+    K: crate::CacheKey + ?Sized + 'static,
+    V: Send + Sync + 'static,
+{
+    async fn changed(&self, _entity: &str, ids: &[String]) -> Result<()> {
+        self.invalidate_ids(ids).await
+    }
+
+    async fn truncated(&self, _entity: &str) -> Result<()> {
+        self.purge_or_refuse().await
+    }
+
+    async fn gap(&self, _entity: &str) -> Result<()> {
+        self.purge_or_refuse().await
+    }
+}
+
+impl<K, V> crate::Cache<K, V>
+where
+    K: crate::CacheKey + ?Sized,
+    V: Send + Sync + 'static,
+{
+    /// A purge, or an error saying that this cache's entries carry no
+    /// stamps, so a purge cannot reach them.
+    async fn purge_or_refuse(&self) -> Result<()> {
+        if !self.inner.coherence.bus.stamps() {
+            return Err(crate::Error::Config(format!(
+                "entity `{}` cannot be purged after a change-notification gap: its entries carry no stamps; build it with .bus(true)",
+                self.entity()
+            )));
+        }
+        self.purge().await
+    }
+}
