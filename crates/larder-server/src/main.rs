@@ -1,11 +1,18 @@
 //! `larder`: the binary on top of the larder engine.
 //!
-//! `larder demo` shows the patterns on an embedded SQLite database. Errors
-//! are reported in one readable line with a non-zero exit.
+//! `larder serve` runs the HTTP service, `larder warm` fills an entity's
+//! cache, `larder stats` prints a running service's figures, `larder demo`
+//! shows the patterns on an embedded SQLite database. Errors are reported
+//! in one readable line with a non-zero exit; a bad config is
+//! `larder: <file>: <key>: <problem>`.
 
 mod demo;
+mod serve_cmd;
+mod stats_cmd;
+mod warm_cmd;
 
 use clap::{Parser, Subcommand};
+use larder_server::config::ConfigError;
 use std::process::ExitCode;
 
 /// larder: the caching layer between your application and its database, on Redis.
@@ -18,19 +25,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve entities over HTTP: read-through and write-through caching for any language.
+    Serve(serve_cmd::ServeArgs),
+    /// Fill an entity's cache from its table, with a progress bar.
+    Warm(warm_cmd::WarmArgs),
+    /// Print a running service's /v1/stats as a table.
+    Stats(stats_cmd::StatsArgs),
     /// Show cache-aside and read-through on a sample SQLite database.
     Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Serve(_) => "warn,larder=info,larder_server=info",
+        _ => "error",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -40,13 +57,19 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Serve(args) => serve_cmd::run(args).await,
+            Command::Warm(args) => warm_cmd::run(args).await,
+            Command::Stats(args) => stats_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match e.downcast_ref::<ConfigError>() {
+                Some(config) => eprintln!("{config}"),
+                None => eprintln!("error: {}", format!("{e:#}").replace(['\n', '\r'], " ")),
+            }
             ExitCode::FAILURE
         }
     }

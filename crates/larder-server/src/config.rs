@@ -1,0 +1,895 @@
+//! The service's configuration: one TOML file mapping entities to tables.
+//!
+//! Why a module of its own: a bad config must stop startup with ONE line
+//! that names the file, the key and the problem
+//! (`larder: larder.toml: entity[0].ttl: invalid duration "5x": ...`), and
+//! that needs every key, every default and every check in one place.
+//! Parsing is serde with `deny_unknown_fields` (tracked by
+//! `serde_path_to_error`, so an unknown or mistyped key is named by its
+//! path); [`Config::validate`] then checks what types cannot say (names,
+//! timeouts that must fit together, combinations). Checks that need the
+//! database (tables, columns, views) run at startup in
+//! [`crate::serve`], and report through the same [`ConfigError`].
+//!
+//! `larder.example.toml` at the repository root lists every key with its
+//! default; a test parses it so it stays true.
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Entity names the HTTP API uses for itself under `/v1/`.
+pub const RESERVED_NAMES: [&str; 3] = ["stats", "tags", "_admin"];
+
+/// A configuration that cannot work: which file, which key, what is wrong.
+///
+/// Displays as the one line the binary prints:
+/// `larder: <file>: <key>: <problem>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file (or `(defaults)` without one).
+    pub file: String,
+    /// The key, as a path: `listen`, `store.url`, `entity[0].ttl`.
+    pub key: String,
+    /// What is wrong, in one line.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// A config error; newlines in `problem` are folded so it stays one line.
+    pub fn new(file: &str, key: impl Into<String>, problem: impl fmt::Display) -> Self {
+        let problem = problem.to_string().replace(['\n', '\r'], " ");
+        Self {
+            file: file.to_owned(),
+            key: key.into(),
+            problem,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "larder: {}: {}: {}", self.file, self.key, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A duration written as in `"60s"`, `"5m"`, `"250ms"` (humantime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(Dur)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?}: {e} (write e.g. \"60s\", \"5m\", \"250ms\")"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A size in bytes, written `"1MiB"`, `"512KiB"`, `"10MB"` or as an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl ByteSize {
+    /// Parses `"1MiB"`, `"64 KiB"`, `"2MB"`, `"100"` (bytes).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: usize = num
+            .parse()
+            .map_err(|_| format!("invalid size {text:?}: write e.g. \"1MiB\", \"512KiB\""))?;
+        let mult: usize = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "invalid size unit {other:?} in {text:?}: use B, KiB, MiB, GiB, KB, MB or GB"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a size such as \"1MiB\" or a number of bytes")
+        })? {
+            Raw::Int(n) => usize::try_from(n)
+                .map(ByteSize)
+                .map_err(|_| serde::de::Error::custom("size too large")),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The file this came from, for messages (not a key). Default: `(defaults)`.
+    #[serde(skip)]
+    pub file: String,
+    /// The address to listen on. Default: `127.0.0.1:7070`.
+    pub listen: String,
+    /// The largest request body accepted (413 above). Default: `1MiB`.
+    pub body_limit: ByteSize,
+    /// The cache store. See [`StoreConfig`].
+    pub store: StoreConfig,
+    /// The database. See [`SourceConfig`].
+    pub source: SourceConfig,
+    /// The near cache (L1) for every entity; absent: none.
+    pub near: Option<NearConfig>,
+    /// Authentication. See [`AuthConfig`].
+    pub auth: AuthConfig,
+    /// The entities (`[[entity]]`).
+    pub entity: Vec<EntityConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            file: "(defaults)".into(),
+            listen: "127.0.0.1:7070".into(),
+            body_limit: ByteSize(1 << 20),
+            store: StoreConfig::default(),
+            source: SourceConfig::default(),
+            near: None,
+            auth: AuthConfig::default(),
+            entity: Vec::new(),
+        }
+    }
+}
+
+/// `[store]`: where the cache lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `redis://`, `rediss://` or `memory://`. Default: `redis://127.0.0.1:6379/0`.
+    pub url: String,
+    /// The first segment of every key, `[a-z0-9_-]`. Default: `larder`.
+    pub prefix: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: "larder".into(),
+        }
+    }
+}
+
+/// `[source]`: the database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// `sqlite://FILE`, `postgres://…` or `postgresql://…`. Default: `sqlite://larder.db`.
+    pub url: String,
+    /// Connections in the pool. Default: 8.
+    pub pool: u32,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://larder.db".into(),
+            pool: 8,
+        }
+    }
+}
+
+impl SourceConfig {
+    /// Whether the database is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
+}
+
+/// `[near]`: the in-process near cache (L1).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NearConfig {
+    /// Entries kept per entity. Default: 10000.
+    pub capacity: u64,
+    /// How long an entry is kept. Default: `2s`.
+    pub ttl: Dur,
+}
+
+impl Default for NearConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            ttl: Dur(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// `[entity.near]`: a per-entity near cache override, or `near = false`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EntityNear {
+    /// `near = false`: no near cache for this entity; `near = true`: the
+    /// global `[near]` (or its defaults).
+    Enabled(bool),
+    /// `[entity.near]` with `capacity` and/or `ttl`.
+    Override {
+        /// Entries kept; absent: the global value.
+        capacity: Option<u64>,
+        /// How long an entry is kept; absent: the global value.
+        ttl: Option<Dur>,
+    },
+}
+
+impl<'de> Deserialize<'de> for EntityNear {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            capacity: Option<u64>,
+            ttl: Option<Dur>,
+        }
+        let value = toml::Value::deserialize(d)?;
+        match value {
+            toml::Value::Boolean(b) => Ok(EntityNear::Enabled(b)),
+            toml::Value::Table(t) => {
+                let t: Table = toml::Value::Table(t)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| serde::de::Error::custom(e.message()))?;
+                Ok(EntityNear::Override {
+                    capacity: t.capacity,
+                    ttl: t.ttl,
+                })
+            }
+            _ => Err(serde::de::Error::custom(
+                "expected false, true or a table with capacity and ttl",
+            )),
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The environment variable holding the bearer token. Default: `LARDER_TOKEN`.
+    pub token_env: String,
+    /// Without a token, listen on a non-loopback address anyway. Default: false.
+    pub allow_open: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_env: "LARDER_TOKEN".into(),
+            allow_open: false,
+        }
+    }
+}
+
+/// An entity's write policy as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteMode {
+    /// Write-through: the database first, the stored row cached.
+    Through,
+    /// Write-around: the database, then the entry invalidated.
+    Around,
+    /// Write-back: cached and recorded dirty, flushed in batches.
+    Back,
+    /// Writes refused (405).
+    ReadOnly,
+}
+
+impl WriteMode {
+    /// The configured word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Through => "through",
+            WriteMode::Around => "around",
+            WriteMode::Back => "back",
+            WriteMode::ReadOnly => "read-only",
+        }
+    }
+}
+
+/// `[entity.write_back]`: only for `write = "back"`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriteBackConfig {
+    /// Rows per flush statement. Default: 500.
+    pub batch: u32,
+    /// The longest a write waits before it is flushed. Default: `1s`.
+    pub max_delay: Dur,
+    /// How long a flusher owns a shard. Default: `5s`.
+    pub flush_lease: Dur,
+    /// Pending writes accepted before writes answer 503. Default: 100000.
+    pub max_backlog: u64,
+    /// Refuse a store that is not durable (AOF `appendfsync always`). Default: true.
+    pub require_durable: bool,
+}
+
+impl Default for WriteBackConfig {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            max_delay: Dur(Duration::from_secs(1)),
+            flush_lease: Dur(Duration::from_secs(5)),
+            max_backlog: 100_000,
+            require_durable: true,
+        }
+    }
+}
+
+/// One `[[entity]]`: a table (or a read-only query) served under `/v1/{name}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntityConfig {
+    /// `[a-z0-9_-]`, not `stats`, `tags` or `_admin`. Required.
+    pub name: String,
+    /// A table or view (`table` or `schema.table`). One of `table`, `query`.
+    pub table: Option<String>,
+    /// A read-only query whose rows include the key column (PostgreSQL only).
+    pub query: Option<String>,
+    /// The key column. Default: `id`.
+    pub key: String,
+    /// The columns served and written; empty: all. Default: empty.
+    pub columns: Vec<String>,
+    /// How long an entry is fresh. Default: `60s`.
+    pub ttl: Dur,
+    /// `fresh_for = ttl × (1 ± jitter)`, in [0, 1). Default: 0.1.
+    pub jitter: f64,
+    /// Stale-while-revalidate and fail-safe window; `0s`: off. Default: `5m`.
+    pub stale: Dur,
+    /// How long "not found" is remembered. Default: `10s`.
+    pub negative_ttl: Dur,
+    /// How long a loader owns a key. Default: `5s`.
+    pub lease_ttl: Dur,
+    /// Hard limit of one load. Default: `2s`.
+    pub load_timeout: Dur,
+    /// With a stale value: wait this long for the refresh; `0s`: off. Default: `0s`.
+    pub soft_timeout: Dur,
+    /// How long a caller waits for another caller's load. Default: `2s`.
+    pub wait_timeout: Dur,
+    /// XFetch β; 0: off. Default: 1.0.
+    pub early_refresh: f64,
+    /// `through`, `around`, `back` or `read-only`. Default: `through` for a
+    /// writable table, `read-only` for views and queries.
+    pub write: Option<WriteMode>,
+    /// Tag templates from row columns, e.g. `team:{team_id}`. Default: none.
+    pub tags: Vec<String>,
+    /// PostgreSQL change notifications (installs triggers). Default: false.
+    pub cdc: bool,
+    /// Shards of the entity's keys. Default: 64.
+    pub shards: u16,
+    /// Per-entity near cache: a table overriding `[near]`, or `false`. Default: `[near]`.
+    pub near: Option<EntityNear>,
+    /// Write-back settings (only with `write = "back"`). Default: see [`WriteBackConfig`].
+    pub write_back: Option<WriteBackConfig>,
+}
+
+impl Default for EntityConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            table: None,
+            query: None,
+            key: "id".into(),
+            columns: Vec::new(),
+            ttl: Dur(Duration::from_secs(60)),
+            jitter: 0.1,
+            stale: Dur(Duration::from_secs(300)),
+            negative_ttl: Dur(Duration::from_secs(10)),
+            lease_ttl: Dur(Duration::from_secs(5)),
+            load_timeout: Dur(Duration::from_secs(2)),
+            soft_timeout: Dur(Duration::ZERO),
+            wait_timeout: Dur(Duration::from_secs(2)),
+            early_refresh: 1.0,
+            write: None,
+            tags: Vec::new(),
+            cdc: false,
+            shards: larder::DEFAULT_SHARDS,
+            near: None,
+            write_back: None,
+        }
+    }
+}
+
+impl EntityConfig {
+    /// The near cache this entity gets, if any: `[entity.near]` over `[near]`.
+    pub fn near_cache(&self, global: Option<NearConfig>) -> Option<NearConfig> {
+        match self.near {
+            Some(EntityNear::Enabled(false)) => None,
+            Some(EntityNear::Enabled(true)) => Some(global.unwrap_or_default()),
+            Some(EntityNear::Override { capacity, ttl }) => {
+                let base = global.unwrap_or_default();
+                Some(NearConfig {
+                    capacity: capacity.unwrap_or(base.capacity),
+                    ttl: ttl.unwrap_or(base.ttl),
+                })
+            }
+            None => global,
+        }
+    }
+
+    /// The column names a tag template refers to (`team:{team_id}` → `team_id`).
+    pub fn tag_columns(template: &str) -> Result<Vec<&str>, String> {
+        let mut cols = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find(['{', '}']) {
+            if rest[open..].starts_with('}') {
+                return Err(format!("tag template {template:?} has a `}}` without `{{`"));
+            }
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("tag template {template:?} has a `{{` without `}}`"))?;
+            let col = &after[..close];
+            if !is_ident(col) {
+                return Err(format!(
+                    "tag template {template:?}: `{{{col}}}` is not a column name"
+                ));
+            }
+            cols.push(col);
+            rest = &after[close + 1..];
+        }
+        if cols.is_empty() {
+            return Err(format!(
+                "tag template {template:?} names no column: write e.g. \"team:{{team_id}}\""
+            ));
+        }
+        Ok(cols)
+    }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`, at most 63 characters (SQL identifiers larder accepts).
+pub fn is_ident(s: &str) -> bool {
+    let mut b = s.bytes();
+    s.len() <= 63
+        && b.next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(&file, "(file)", format!("cannot read it: {e}")))?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if path == "." || path.is_empty() {
+                line_of(text, inner.span())
+            } else {
+                path
+            };
+            let message = inner.message().trim().to_owned();
+            ConfigError::new(file, key, message)
+        })?;
+        file.clone_into(&mut config.file);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded defaults used without a config file: a SQLite file
+    /// `larder.db` (in `db_dir`) with a sample `users` entity; `store_url`
+    /// is the Redis that answered, or `memory://`.
+    pub fn defaults(db_path: &Path, store_url: &str) -> Config {
+        Config {
+            file: "(defaults)".into(),
+            store: StoreConfig {
+                url: store_url.to_owned(),
+                ..StoreConfig::default()
+            },
+            source: SourceConfig {
+                url: format!("sqlite://{}", db_path.display()),
+                ..SourceConfig::default()
+            },
+            entity: vec![EntityConfig {
+                name: "users".into(),
+                table: Some("users".into()),
+                ..EntityConfig::default()
+            }],
+            ..Config::default()
+        }
+    }
+
+    /// The listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|e| {
+            ConfigError::new(
+                &self.file,
+                "listen",
+                format!(
+                    "invalid address {:?}: {e} (write host:port, e.g. \"127.0.0.1:7070\")",
+                    self.listen
+                ),
+            )
+        })
+    }
+
+    /// An error about `key` of this file.
+    pub fn error(&self, key: impl Into<String>, problem: impl fmt::Display) -> ConfigError {
+        ConfigError::new(&self.file, key, problem)
+    }
+
+    /// Checks everything that can be checked without a database or store.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.body_limit.0 == 0 {
+            return Err(self.error("body_limit", "must be more than 0 bytes"));
+        }
+        let scheme = self.store.url.split("://").next().unwrap_or_default();
+        if !matches!(scheme, "redis" | "rediss" | "memory") || !self.store.url.contains("://") {
+            return Err(self.error(
+                "store.url",
+                format!(
+                    "unsupported store URL {:?}: use redis://, rediss:// or memory://",
+                    redact(&self.store.url)
+                ),
+            ));
+        }
+        larder::validate_name("prefix", &self.store.prefix)
+            .map_err(|e| self.error("store.prefix", e))?;
+        let src = &self.source.url;
+        if !(self.source.is_postgres() || src.starts_with("sqlite:")) {
+            return Err(self.error(
+                "source.url",
+                format!(
+                    "unsupported database URL {:?}: use sqlite://, postgres:// or postgresql://",
+                    redact(src)
+                ),
+            ));
+        }
+        if self.source.pool == 0 {
+            return Err(self.error("source.pool", "must be at least 1"));
+        }
+        if let Some(near) = &self.near {
+            check_near(self, "near", near.capacity, near.ttl)?;
+        }
+        if self.auth.token_env.trim().is_empty() {
+            return Err(self.error(
+                "auth.token_env",
+                "must name an environment variable (default LARDER_TOKEN)",
+            ));
+        }
+        if self.entity.is_empty() {
+            return Err(self.error(
+                "entity",
+                "no [[entity]] configured: add at least one (see larder.example.toml)",
+            ));
+        }
+        for (i, e) in self.entity.iter().enumerate() {
+            self.validate_entity(i, e)?;
+        }
+        Ok(())
+    }
+
+    fn validate_entity(&self, i: usize, e: &EntityConfig) -> Result<(), ConfigError> {
+        let at = |k: &str| format!("entity[{i}].{k}");
+        if e.name.is_empty() {
+            return Err(self.error(at("name"), "every [[entity]] needs a name"));
+        }
+        larder::validate_name("entity", &e.name).map_err(|err| self.error(at("name"), err))?;
+        if RESERVED_NAMES.contains(&e.name.as_str()) {
+            return Err(self.error(
+                at("name"),
+                format!(
+                    "`{}` is reserved by the HTTP API (reserved: stats, tags, _admin)",
+                    e.name
+                ),
+            ));
+        }
+        if let Some(j) = self.entity[..i].iter().position(|o| o.name == e.name) {
+            return Err(self.error(
+                at("name"),
+                format!("entity `{}` is already defined by entity[{j}]", e.name),
+            ));
+        }
+        match (&e.table, &e.query) {
+            (None, None) => {
+                return Err(self.error(
+                    at("table"),
+                    "give a `table` (or view), or a read-only `query`",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.error(at("query"), "give either `table` or `query`, not both"))
+            }
+            (Some(t), None) => {
+                let ok = match t.split_once('.') {
+                    Some((s, n)) => is_ident(s) && is_ident(n),
+                    None => is_ident(t),
+                };
+                if !ok {
+                    return Err(self.error(
+                        at("table"),
+                        format!("invalid table name {t:?}: use [A-Za-z0-9_] (or schema.table)"),
+                    ));
+                }
+            }
+            (None, Some(q)) => {
+                if !self.source.is_postgres() {
+                    return Err(self.error(
+                        at("query"),
+                        "query entities need PostgreSQL (source.url postgres://); on SQLite use a view as `table`",
+                    ));
+                }
+                let head = q.trim_start().to_ascii_lowercase();
+                if !(head.starts_with("select") || head.starts_with("with")) {
+                    return Err(
+                        self.error(at("query"), "a query must be a SELECT (or WITH … SELECT)")
+                    );
+                }
+                if q.trim().trim_end_matches(';').contains(';') {
+                    return Err(self.error(at("query"), "a query must be one statement"));
+                }
+                if matches!(e.write, Some(w) if w != WriteMode::ReadOnly) {
+                    return Err(self.error(
+                        at("write"),
+                        "a query entity is read-only: remove `write` or set it to \"read-only\"",
+                    ));
+                }
+                if e.cdc {
+                    return Err(
+                        self.error(at("cdc"), "change notifications need a table, not a query")
+                    );
+                }
+            }
+        }
+        if !is_ident(&e.key) {
+            return Err(self.error(at("key"), format!("invalid column name {:?}", e.key)));
+        }
+        for c in &e.columns {
+            if !is_ident(c) {
+                return Err(self.error(at("columns"), format!("invalid column name {c:?}")));
+            }
+        }
+        if e.ttl.0.is_zero() {
+            return Err(self.error(at("ttl"), "must be longer than 0s"));
+        }
+        if !(0.0..1.0).contains(&e.jitter) {
+            return Err(self.error(at("jitter"), format!("{} must be in [0, 1)", e.jitter)));
+        }
+        if !(e.early_refresh.is_finite() && e.early_refresh >= 0.0) {
+            return Err(self.error(
+                at("early_refresh"),
+                format!("{} must be 0 (off) or more", e.early_refresh),
+            ));
+        }
+        for (k, d) in [
+            ("load_timeout", e.load_timeout),
+            ("wait_timeout", e.wait_timeout),
+        ] {
+            if d.0.is_zero() || d.0 >= e.lease_ttl.0 {
+                return Err(self.error(
+                    at(k),
+                    format!(
+                        "{d} must be above 0s and shorter than lease_ttl ({}), or a slow load would lose its lease",
+                        e.lease_ttl
+                    ),
+                ));
+            }
+        }
+        if !e.soft_timeout.0.is_zero() && e.soft_timeout.0 >= e.load_timeout.0 {
+            return Err(self.error(
+                at("soft_timeout"),
+                format!(
+                    "{} must be shorter than load_timeout ({})",
+                    e.soft_timeout, e.load_timeout
+                ),
+            ));
+        }
+        if e.shards == 0 {
+            return Err(self.error(at("shards"), "must be at least 1"));
+        }
+        for t in &e.tags {
+            EntityConfig::tag_columns(t).map_err(|p| self.error(at("tags"), p))?;
+        }
+        if e.cdc && !self.source.is_postgres() {
+            return Err(self.error(
+                at("cdc"),
+                "change notifications need PostgreSQL (source.url postgres://)",
+            ));
+        }
+        if let Some(EntityNear::Override { capacity, ttl }) = e.near {
+            let base = self.near.unwrap_or_default();
+            check_near(
+                self,
+                &at("near"),
+                capacity.unwrap_or(base.capacity),
+                ttl.unwrap_or(base.ttl),
+            )?;
+        }
+        match (&e.write_back, e.write) {
+            (Some(_), w) if w != Some(WriteMode::Back) => {
+                return Err(self.error(
+                    at("write_back"),
+                    "[entity.write_back] is only for write = \"back\"",
+                ))
+            }
+            (Some(wb), _) => {
+                if wb.batch == 0 {
+                    return Err(self.error(at("write_back.batch"), "must be at least 1"));
+                }
+                if wb.max_delay.0.is_zero() {
+                    return Err(self.error(at("write_back.max_delay"), "must be longer than 0s"));
+                }
+                if wb.flush_lease.0.is_zero() {
+                    return Err(self.error(at("write_back.flush_lease"), "must be longer than 0s"));
+                }
+                if wb.max_backlog == 0 {
+                    return Err(self.error(at("write_back.max_backlog"), "must be at least 1"));
+                }
+            }
+            (None, _) => {}
+        }
+        if e.write == Some(WriteMode::Back) && self.store.url.starts_with("memory://") {
+            return Err(self.error(
+                at("write"),
+                "write-back needs a durable Redis store: memory:// loses pending writes when the process ends",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_near(config: &Config, key: &str, capacity: u64, ttl: Dur) -> Result<(), ConfigError> {
+    if capacity == 0 {
+        return Err(config.error(format!("{key}.capacity"), "must be at least 1"));
+    }
+    if ttl.0.is_zero() {
+        return Err(config.error(format!("{key}.ttl"), "must be longer than 0s"));
+    }
+    Ok(())
+}
+
+/// `line N` for a parse error without a key path (TOML syntax).
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let at = span.start.min(text.len());
+            let line = text[..at].bytes().filter(|&b| b == b'\n').count() + 1;
+            format!("line {line}")
+        }
+        None => "(toml)".into(),
+    }
+}
+
+/// A URL without its password.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text, "t.toml").expect_err("should be refused")
+    }
+
+    const MIN: &str = "[[entity]]\nname = \"users\"\ntable = \"users\"\n";
+
+    #[test]
+    fn minimal_config_takes_every_default() {
+        let c = Config::parse(MIN, "t.toml").expect("parse");
+        assert_eq!(c.listen, "127.0.0.1:7070");
+        assert_eq!(c.body_limit, ByteSize(1 << 20));
+        assert_eq!(c.store.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.source.url, "sqlite://larder.db");
+        assert_eq!(c.source.pool, 8);
+        assert!(c.near.is_none());
+        let e = &c.entity[0];
+        assert_eq!(e.key, "id");
+        assert_eq!(e.ttl.0, Duration::from_secs(60));
+        assert_eq!(e.stale.0, Duration::from_secs(300));
+        assert_eq!(e.shards, 64);
+        assert_eq!(e.write, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_by_path() {
+        let e = err(&format!("{MIN}ttl_typo = \"1s\"\n"));
+        assert_eq!(e.key, "entity[0].ttl_typo", "{e}");
+        assert!(e.problem.contains("unknown field"), "{e}");
+        let e = err(&format!("colour = 1\n{MIN}"));
+        assert_eq!(e.key, "colour", "{e}");
+        let e = err(&format!("[store]\nurl = \"memory://\"\nsize = 3\n{MIN}"));
+        assert_eq!(e.key, "store.size", "{e}");
+        let e = err(&format!("{MIN}[entity.write_back]\nbatchh = 3\n"));
+        assert!(e.key.starts_with("entity[0].write_back"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = err(&format!("{MIN}ttl = \"5x\"\n"));
+        assert_eq!(e.key, "entity[0].ttl");
+        assert!(e.problem.contains("invalid duration"), "{e}");
+        let e = err(&format!("{MIN}write = \"sideways\"\n"));
+        assert_eq!(e.key, "entity[0].write");
+        assert!(e.problem.contains("unknown variant"), "{e}");
+        let e = err("[[entity]]\nname = \"stats\"\ntable = \"t\"\n");
+        assert!(e.problem.contains("reserved"), "{e}");
+        let e = err("[[entity]]\nname = \"Users\"\ntable = \"t\"\n");
+        assert_eq!(e.key, "entity[0].name");
+        let e = err(&format!("{MIN}load_timeout = \"6s\"\n"));
+        assert_eq!(e.key, "entity[0].load_timeout");
+        let e = err(&format!("{MIN}tags = [\"team:{{team id}}\"]\n"));
+        assert_eq!(e.key, "entity[0].tags");
+        let e = err(&format!("{MIN}cdc = true\n"));
+        assert_eq!(e.key, "entity[0].cdc");
+        let e = err(&format!("{MIN}[entity.write_back]\nbatch = 3\n"));
+        assert_eq!(e.key, "entity[0].write_back");
+        let e = err("listen = \"nowhere\"\n");
+        assert_eq!(e.key, "listen");
+        let e = err(&format!("body_limit = \"1 parsec\"\n{MIN}"));
+        assert_eq!(e.key, "body_limit");
+        let e = err("[[entity\n");
+        assert!(e.key.starts_with("line "), "{e}");
+        assert_eq!(e.to_string().lines().count(), 1);
+    }
+
+    #[test]
+    fn near_overrides() {
+        let c = Config::parse(
+            &format!("[near]\ncapacity = 5\nttl = \"1s\"\n{MIN}[entity.near]\nttl = \"3s\"\n"),
+            "t.toml",
+        )
+        .expect("parse");
+        let near = c.entity[0].near_cache(c.near).expect("near");
+        assert_eq!((near.capacity, near.ttl.0), (5, Duration::from_secs(3)));
+        let c = Config::parse(&format!("[near]\n{MIN}near = false\n"), "t.toml").expect("parse");
+        assert!(c.entity[0].near_cache(c.near).is_none());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("1MiB"), Ok(ByteSize(1 << 20)));
+        assert_eq!(ByteSize::parse("2 KiB"), Ok(ByteSize(2048)));
+        assert_eq!(ByteSize::parse("10"), Ok(ByteSize(10)));
+        assert!(ByteSize::parse("MiB").is_err());
+    }
+}

@@ -1,0 +1,263 @@
+//! Every HTTP error in one place: [`ApiError`] and its JSON body.
+//!
+//! Why one type: clients get the same shape on every error —
+//! `{"error": {"code": "...", "message": "..."}}` — whether a handler
+//! refused the request, the engine failed, or axum itself answered (a 405,
+//! a 413 or an unknown route: [`json_errors`] rewrites those). Messages
+//! say what the client can fix; internal details (SQL, driver errors) go to
+//! the log only.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use larder::Error;
+
+/// An error answer: status, stable code, a message for humans.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The stable code clients match on (listed in the README).
+    pub code: &'static str,
+    /// What went wrong, safe to show to the client.
+    pub message: String,
+    /// Seconds for a `Retry-After` header (503s).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404 `unknown_entity`.
+    pub fn unknown_entity(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_entity",
+            format!("no entity `{}` is configured", clip(name)),
+        )
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 405 `method_not_allowed`.
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        )
+    }
+
+    /// 503 `unavailable`, with `Retry-After`.
+    pub fn unavailable(message: impl Into<String>, retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+    }
+
+    /// 501 `not_implemented`: a route whose engine feature is not in this build.
+    pub fn not_implemented(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", message)
+    }
+
+    /// 500 `internal`: the details are logged, not sent.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the details are in the service's log",
+        )
+    }
+
+    /// The answer for an engine error of `entity`. Bad input is the
+    /// client's to fix (4xx, the library's message, which names the id or
+    /// column); an unavailable store or database is 503; database
+    /// constraint violations are 409 by SQLSTATE; anything else is logged
+    /// and answered 500 without details.
+    pub fn from_engine(entity: &str, err: &Error) -> Self {
+        match err {
+            Error::InvalidId { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "bad_id", err.to_string())
+            }
+            Error::InvalidRow { reason, .. } => {
+                // The service checks unknown, missing and null columns itself
+                // (http::validate); what the library still refuses is a value
+                // of the wrong type (or a generated column).
+                Self::new(StatusCode::BAD_REQUEST, "type_mismatch", reason.clone())
+            }
+            Error::ReadOnly { .. } => Self::method_not_allowed(format!(
+                "entity `{entity}` is read-only: writes are not allowed"
+            )),
+            Error::InvalidName { .. } | Error::Encode { .. } => Self::bad_request(err.to_string()),
+            Error::Source { code, .. } => {
+                let code = code.as_deref().unwrap_or("");
+                match constraint(code) {
+                    Some(Constraint::Unique) => {
+                        conflict("a row with the same unique value already exists")
+                    }
+                    Some(Constraint::ForeignKey) => {
+                        conflict("a referenced row does not exist (or is still referenced)")
+                    }
+                    Some(Constraint::Check) => {
+                        conflict("a check constraint of the table refused the row")
+                    }
+                    Some(Constraint::NotNull) => Self::new(
+                        StatusCode::BAD_REQUEST,
+                        "missing_column",
+                        "a NOT NULL column without a default was left out or set to null",
+                    ),
+                    None if code.starts_with("22") => {
+                        tracing::info!(entity, error = %err, "the database refused a value");
+                        Self::bad_request("the database refused a value of the row (out of range or malformed for its column type)")
+                    }
+                    None => {
+                        tracing::error!(entity, error = %err, "database error");
+                        Self::internal()
+                    }
+                }
+            }
+            Error::SourceUnavailable { .. } | Error::LoadTimeout { .. } => {
+                tracing::warn!(entity, error = %err, "database unavailable");
+                Self::unavailable(
+                    "the database is unavailable and the cache has nothing to serve",
+                    1,
+                )
+            }
+            Error::StoreUnavailable { .. } => {
+                tracing::warn!(entity, error = %err, "store unavailable");
+                Self::unavailable("the cache store is unavailable", 1)
+            }
+            // TODO(write-back): the library's "backlog full" error (max_backlog
+            // reached) maps to `ApiError::unavailable(..., retry_after)` here,
+            // and a write-back entity's store outage to 503 as above.
+            _ => {
+                tracing::error!(entity, error = %err, "engine error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+fn conflict(message: &str) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "conflict", message)
+}
+
+enum Constraint {
+    Unique,
+    ForeignKey,
+    Check,
+    NotNull,
+}
+
+/// PostgreSQL SQLSTATEs and SQLite extended result codes of constraint violations.
+fn constraint(code: &str) -> Option<Constraint> {
+    match code {
+        "23505" | "2067" | "1555" => Some(Constraint::Unique),
+        "23503" | "787" => Some(Constraint::ForeignKey),
+        "23514" | "275" => Some(Constraint::Check),
+        "23502" | "1299" => Some(Constraint::NotNull),
+        _ => None,
+    }
+}
+
+/// At most 80 characters of client input, for messages.
+pub(crate) fn clip(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": { "code": self.code, "message": self.message }
+        });
+        let mut res = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+/// Gives the JSON error shape to errors axum answers by itself (405 from
+/// the method router, 413 from the body limit, a path that does not
+/// decode): any 4xx/5xx whose body is not JSON is rewritten, keeping its
+/// headers (`Allow` on a 405).
+pub async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return res;
+    }
+    let err = match status {
+        StatusCode::NOT_FOUND => ApiError::not_found("no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ApiError::method_not_allowed("this method is not allowed on this route")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => payload_too_large(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => unsupported_media_type(),
+        StatusCode::UNAUTHORIZED => unauthorized(),
+        s if s.is_client_error() => ApiError::new(s, "bad_request", "the request is malformed"),
+        StatusCode::SERVICE_UNAVAILABLE => ApiError::unavailable("the service is unavailable", 1),
+        _ => ApiError::internal(),
+    };
+    let (mut parts, _) = res.into_parts();
+    let mut fresh = err.into_response();
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in parts.headers.iter() {
+        fresh.headers_mut().insert(name.clone(), value.clone());
+    }
+    *fresh.status_mut() = status;
+    fresh
+}
+
+/// 413 `payload_too_large`.
+pub fn payload_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than body_limit",
+    )
+}
+
+/// 415 `unsupported_media_type`.
+pub fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as application/json",
+    )
+}
+
+/// 401 `unauthorized`.
+pub fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this route needs Authorization: Bearer <token>",
+    )
+}

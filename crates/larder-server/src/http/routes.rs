@@ -1,0 +1,374 @@
+//! The entity routes: reads, writes, invalidation and the admin actions.
+//!
+//! Each handler is a thin shell over one engine call: find the entity,
+//! canonicalise the id (`007` → `7`, `abc` → 400 `bad_id`), check the body
+//! ([`super::validate`]), call the cache, turn its answer into HTTP. A hit
+//! sends the cached row's bytes as they are (pass-through codec: no parse,
+//! no re-encode).
+
+use super::error::{clip, ApiError};
+use super::validate::{check_row, fill_absent, json_object, Write};
+use crate::config::WriteMode;
+use crate::serve::{AppState, Entity};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use larder::{CacheWrite, Lookup, Outcome, RawJson, Written};
+use std::collections::HashSet;
+
+/// The most ids one multi-get may ask for.
+pub const MAX_IDS: usize = 1000;
+
+/// The `X-Cache` header: the read's outcome.
+pub const X_CACHE: &str = "x-cache";
+
+fn entity<'a>(state: &'a AppState, name: &str) -> Result<&'a Entity, ApiError> {
+    state
+        .entity(name)
+        .ok_or_else(|| ApiError::unknown_entity(name))
+}
+
+fn canonical(e: &Entity, raw: &str) -> Result<String, ApiError> {
+    e.cache
+        .id_of(raw)
+        .map_err(|err| ApiError::from_engine(e.name(), &err))
+}
+
+fn engine(e: &Entity) -> impl Fn(larder::Error) -> ApiError + '_ {
+    move |err| ApiError::from_engine(e.name(), &err)
+}
+
+fn json_bytes(status: StatusCode, bytes: Bytes) -> Response {
+    let mut res = Response::new(Body::from(bytes));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn with_outcome(mut res: Response, outcome: Outcome) -> Response {
+    res.headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
+    res
+}
+
+/// `GET /v1/{entity}/{id}`: the row (200) or 404, with `X-Cache`.
+/// `Cache-Control: no-cache` drops the cached entry first, so the row is
+/// read from the database and cached anew (outcome `miss`).
+pub async fn get_row(
+    State(state): State<AppState>,
+    Path((name, raw_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let e = entity(&state, &name)?;
+    let id = canonical(e, &raw_id)?;
+    let no_cache = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+        });
+    if no_cache {
+        // TODO(write-back): for a write-back entity with a pending write the
+        // pending value is the answer; the library's refresh must keep it.
+        match e.cache.invalidate(&id).await {
+            Ok(()) => {}
+            // The read below bypasses the store anyway.
+            Err(err) if err.is_store_unavailable() => {}
+            Err(err) => return Err(engine(e)(err)),
+        }
+    }
+    let Lookup { value, outcome } = e.cache.get(&id).await.map_err(engine(e))?;
+    let res = match value {
+        Some(row) => json_bytes(StatusCode::OK, row.bytes().clone()),
+        None => ApiError::not_found(format!("{name} {id} does not exist")).into_response(),
+    };
+    Ok(with_outcome(res, outcome))
+}
+
+/// `GET /v1/{entity}?ids=1,2,3`: `{"items": {...}, "missing": [...]}`.
+/// Ids are split on `,` and then percent-decoded (so `%2C` is part of an
+/// id), canonicalised and de-duplicated; at most [`MAX_IDS`]. One `MGET`,
+/// one database query for the misses (the library's `get_many`).
+pub async fn get_many(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let e = entity(&state, &name)?;
+    let query = query.unwrap_or_default();
+    let mut raw_ids = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "ids" if raw_ids.is_none() => raw_ids = Some(v),
+            "ids" => return Err(ApiError::bad_request("give `ids` once")),
+            "" => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{}`: use ?ids=1,2,3",
+                    clip(other)
+                )))
+            }
+        }
+    }
+    let Some(raw_ids) = raw_ids.filter(|v| !v.is_empty()) else {
+        return Err(ApiError::bad_request(
+            "list the ids to read: ?ids=1,2,3 (at most 1000)",
+        ));
+    };
+    let mut ids: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
+    for piece in raw_ids.split(',') {
+        let decoded = percent_encoding::percent_decode_str(piece)
+            .decode_utf8()
+            .map_err(|_| ApiError::bad_request("an id is not valid UTF-8 once percent-decoded"))?;
+        let id = canonical(e, &decoded)?;
+        if seen.insert(id.clone()) {
+            ids.push(id);
+        }
+        if ids.len() > MAX_IDS {
+            return Err(ApiError::bad_request(format!(
+                "too many ids: at most {MAX_IDS} per request"
+            )));
+        }
+    }
+    let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let answers = e.cache.get_many(&keys).await.map_err(engine(e))?;
+    // The rows are spliced in as the bytes the cache holds.
+    let mut body: Vec<u8> = Vec::with_capacity(64 * ids.len() + 32);
+    body.extend_from_slice(b"{\"items\":{");
+    let mut missing = Vec::new();
+    let mut first = true;
+    for (id, answer) in ids.iter().zip(&answers) {
+        match &answer.value {
+            Some(row) => {
+                if !first {
+                    body.push(b',');
+                }
+                first = false;
+                write_json_string(&mut body, id);
+                body.push(b':');
+                body.extend_from_slice(row.bytes());
+            }
+            None => missing.push(id.as_str()),
+        }
+    }
+    body.extend_from_slice(b"},\"missing\":");
+    body.extend_from_slice(
+        serde_json::to_string(&missing)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    body.push(b'}');
+    Ok(json_bytes(StatusCode::OK, Bytes::from(body)))
+}
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(serde_json::to_string(s).unwrap_or_default().as_bytes());
+}
+
+fn refuse_read_only(e: &Entity) -> Result<(), ApiError> {
+    if e.write == WriteMode::ReadOnly {
+        return Err(ApiError::method_not_allowed(format!(
+            "entity `{}` is read-only: writes are not allowed",
+            e.name()
+        )));
+    }
+    Ok(())
+}
+
+/// The answer to a successful write: the stored row (200), or 202
+/// `{"queued": true, "id": ...}` when a write-back cache queued it.
+fn write_answer(e: &Entity, id: &str, written: Written<RawJson>) -> Response {
+    let word = match written.cache {
+        CacheWrite::Updated => "updated",
+        CacheWrite::Invalidated => "invalidated",
+        CacheWrite::Unreachable => "unreachable",
+        // TODO(write-back): name `CacheWrite::Queued` here once the library
+        // adds it; until then only a write-back entity can get a new variant.
+        _ if e.write == WriteMode::Back => return queued(id),
+        _ => "updated",
+    };
+    let mut res = json_bytes(StatusCode::OK, written.value.bytes().clone());
+    res.headers_mut()
+        .insert("x-cache-write", HeaderValue::from_static(word));
+    res
+}
+
+/// 202 `{"queued": true, "id": ...}`: a write-back write durably recorded.
+fn queued(id: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "queued": true, "id": id })),
+    )
+        .into_response()
+}
+
+/// The checks of a PUT or PATCH, in order: the entity exists and accepts
+/// writes, the id fits the key column, the body is a JSON object, the row
+/// passes [`check_row`]. Nothing is written before all of them pass.
+fn write_request<'a>(
+    state: &'a AppState,
+    name: &str,
+    raw_id: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    write: Write,
+) -> Result<
+    (
+        &'a Entity,
+        String,
+        serde_json::Map<String, serde_json::Value>,
+    ),
+    ApiError,
+> {
+    let e = entity(state, name)?;
+    refuse_read_only(e)?;
+    let id = canonical(e, raw_id)?;
+    let row = json_object(headers, body)?;
+    check_row(e, &id, &row, write)?;
+    Ok((e, id, row))
+}
+
+/// `PUT /v1/{entity}/{id}`: replaces the row, creating it if absent.
+pub async fn put_row(
+    State(state): State<AppState>,
+    Path((name, raw_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (e, id, mut row) = write_request(&state, &name, &raw_id, &headers, body, Write::Replace)?;
+    fill_absent(e, &mut row);
+    let raw = RawJson::from_bytes(serde_json::Value::Object(row).to_string())
+        .map_err(|_| ApiError::internal())?;
+    let written = e.cache.put(&id, &raw).await.map_err(engine(e))?;
+    Ok(write_answer(e, &id, written))
+}
+
+/// `PATCH /v1/{entity}/{id}`: merges the given columns (404 if absent).
+pub async fn patch_row(
+    State(state): State<AppState>,
+    Path((name, raw_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (e, id, fields) = write_request(&state, &name, &raw_id, &headers, body, Write::Merge)?;
+    match e.cache.patch(&id, &fields).await.map_err(engine(e))? {
+        Some(written) => Ok(write_answer(e, &id, written)),
+        None => Err(ApiError::not_found(format!("{name} {id} does not exist"))),
+    }
+}
+
+/// `DELETE /v1/{entity}/{id}`: 204, or 404 if there was no row.
+pub async fn delete_row(
+    State(state): State<AppState>,
+    Path((name, raw_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let e = entity(&state, &name)?;
+    refuse_read_only(e)?;
+    let id = canonical(e, &raw_id)?;
+    // TODO(write-back): a write-back delete answers 202 once its tombstone
+    // is recorded (the library's delete must say it queued).
+    if e.cache.delete(&id).await.map_err(engine(e))? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(format!("{name} {id} does not exist")))
+    }
+}
+
+/// `POST /v1/{entity}/{id}/invalidate`: 204; the next read is a miss.
+pub async fn invalidate_row(
+    State(state): State<AppState>,
+    Path((name, raw_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let e = entity(&state, &name)?;
+    let id = canonical(e, &raw_id)?;
+    e.cache.invalidate(&id).await.map_err(engine(e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/tags/{tag}/invalidate`.
+///
+/// TAGS WIRING POINT: call the library's `Cache::invalidate_tag` on every
+/// entity with tags, then answer 204. Until tags are merged: 501.
+pub async fn invalidate_tag(Path(tag): Path<String>) -> Result<Response, ApiError> {
+    Err(ApiError::not_implemented(format!(
+        "invalidating by tag ({}) is not available in this build",
+        clip(&tag)
+    )))
+}
+
+/// `POST /v1/_admin/{entity}/purge`.
+///
+/// PURGE WIRING POINT: call the library's `Cache::purge` (drops every
+/// entry of the entity) and answer 204. Until it is merged: 501.
+pub async fn purge(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let e = entity(&state, &name)?;
+    Err(ApiError::not_implemented(format!(
+        "purging entity `{}` is not available in this build",
+        e.name()
+    )))
+}
+
+/// `POST /v1/_admin/{entity}/warm`: loads every row into the cache;
+/// `{"warmed": N}` with N the entries written.
+pub async fn warm(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let e = entity(&state, &name)?;
+    let done = e
+        .cache
+        .warm_all(larder::WARM_BATCH, |_| {})
+        .await
+        .map_err(engine(e))?;
+    Ok(axum::Json(serde_json::json!({
+        "warmed": done.written,
+        "skipped": done.skipped,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/_admin/{entity}/dead-letters`.
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    dead_letter_action(&state, &name, false)
+}
+
+/// `POST /v1/_admin/{entity}/dead-letters/retry`.
+pub async fn retry_dead_letters(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    dead_letter_action(&state, &name, true)
+}
+
+/// DEAD-LETTER WIRING POINT: list (`retry == false`) or retry the
+/// write-back entity's dead letters through the library once merged.
+/// Entities that are not write-back have none: 404.
+fn dead_letter_action(state: &AppState, name: &str, retry: bool) -> Result<Response, ApiError> {
+    let e = entity(state, name)?;
+    if e.write != WriteMode::Back {
+        return Err(ApiError::not_found(format!(
+            "entity `{}` is not write-back: it has no dead letters",
+            e.name()
+        )));
+    }
+    // TODO(write-back): `e.cache.dead_letters()` / `e.cache.retry_dead_letters()`.
+    let _ = retry;
+    Err(ApiError::not_implemented(
+        "dead letters are not available in this build",
+    ))
+}

@@ -1,0 +1,18 @@
+//! The `larder` service: the caching engine behind an HTTP API.
+//!
+//! A library target so that integration tests can build the real router
+//! (`http::app(state)`) and drive it with `oneshot`, without a socket; the
+//! binary (`src/main.rs`) is a thin CLI over these modules.
+//!
+//! - [`config`]: the TOML file, every key and default, one-line errors.
+//! - [`serve`]: startup (store, database, entities), the shared state, the
+//!   serve loop and graceful shutdown.
+//! - [`http`]: the routes, errors, auth, stats/metrics and the OpenAPI document.
+//! - [`client`]: a tiny HTTP/1.1 client for `larder stats` (and tests).
+//! - [`query`]: read-only entities defined by a SQL query.
+
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod query;
+pub mod serve;

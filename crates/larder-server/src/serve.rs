@@ -1,0 +1,517 @@
+//! `larder serve`: startup, the shared state, the serve loop, shutdown.
+//!
+//! Why this order: the listener is bound only after [`start`] returns, and
+//! [`start`] returns only when everything is in place (config checked,
+//! database reached, every entity's table described and its cache built),
+//! so the first `/health` answer means the service is ready. A configured
+//! store that does not answer at start is *not* an error: the service starts
+//! degraded (reads bypass Redis, `/ready` says so) and never falls back to
+//! `memory://`, which would split the cache between instances.
+//!
+//! Features the library has not merged yet are parsed and validated by
+//! [`crate::config`] and meet the engine in exactly one place each:
+//! write-back in [`write_policy_for`], the near cache, tags and change
+//! notifications in [`build_entity`], write-back flushing in
+//! [`shutdown_caches`].
+
+use crate::config::{Config, ConfigError, EntityConfig, WriteMode};
+use crate::query::QuerySource;
+use anyhow::Context as _;
+use larder::source::ColumnInfo;
+use larder::store::{self, Store};
+use larder::{Cache, PassThrough, RawJson, SqlPool, SqlSource, WritePolicy};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// How long `/ready` and startup wait for the store or the database to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// The service's shared state: a cheap clone over `Arc`.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    config: Config,
+    entities: Vec<Entity>,
+    by_name: HashMap<String, usize>,
+    store: Arc<dyn Store>,
+    pool: SqlPool,
+    token: Option<String>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.inner.store.name())
+            .field("entities", &self.inner.by_name.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Where an entity's rows come from.
+#[derive(Debug, Clone)]
+pub enum EntitySource {
+    /// A table or view.
+    Table(SqlSource),
+    /// A read-only query.
+    Query(QuerySource),
+}
+
+/// One served entity: its configuration, its cache and its columns.
+#[derive(Debug, Clone)]
+pub struct Entity {
+    /// The configuration it was built from.
+    pub config: EntityConfig,
+    /// The cache of raw JSON rows (pass-through codec: a hit is the stored bytes).
+    pub cache: Cache<str, RawJson>,
+    /// The source behind the cache.
+    pub source: EntitySource,
+    /// The effective write policy (`write` resolved against the source).
+    pub write: WriteMode,
+}
+
+impl Entity {
+    /// The entity's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The table's columns (empty for a query entity), in JSON order.
+    pub fn columns(&self) -> &[ColumnInfo] {
+        match &self.source {
+            EntitySource::Table(s) => s.columns(),
+            EntitySource::Query(_) => &[],
+        }
+    }
+
+    /// The key column's name.
+    pub fn key_column(&self) -> &str {
+        match &self.source {
+            EntitySource::Table(s) => s.key_column(),
+            EntitySource::Query(_) => &self.config.key,
+        }
+    }
+}
+
+impl AppState {
+    /// The configuration the service runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// An entity by name.
+    pub fn entity(&self, name: &str) -> Option<&Entity> {
+        self.inner
+            .by_name
+            .get(name)
+            .map(|&i| &self.inner.entities[i])
+    }
+
+    /// Every entity, in configured order.
+    pub fn entities(&self) -> &[Entity] {
+        &self.inner.entities
+    }
+
+    /// The bearer token requests must carry, if one is configured.
+    pub fn token(&self) -> Option<&str> {
+        self.inner.token.as_deref()
+    }
+
+    /// The cache store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// How long the service has run.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// How many rows an entity has (for progress bars), if the database says.
+    pub async fn count_rows(&self, entity: &Entity) -> Option<u64> {
+        let from = match (&entity.config.table, &entity.config.query) {
+            (Some(t), _) => t
+                .split('.')
+                .map(|part| format!("\"{part}\""))
+                .collect::<Vec<_>>()
+                .join("."),
+            (None, Some(q)) => format!("({}) q", q.trim().trim_end_matches(';')),
+            (None, None) => return None,
+        };
+        let sql = format!("SELECT count(*) FROM {from}");
+        let n: Result<i64, _> = match &self.inner.pool {
+            SqlPool::Postgres(p) => sqlx::query_scalar(&sql).fetch_one(p).await,
+            SqlPool::Sqlite(p) => sqlx::query_scalar(&sql).fetch_one(p).await,
+        };
+        n.ok().and_then(|n| u64::try_from(n).ok())
+    }
+
+    /// Whether the store answers now (one round trip, bounded).
+    pub async fn store_answers(&self) -> bool {
+        store_answers(&self.inner.store, &self.inner.config.store.prefix).await
+    }
+
+    /// Whether the database answers now (`SELECT 1`, bounded).
+    pub async fn database_answers(&self) -> bool {
+        let probe = async {
+            match &self.inner.pool {
+                SqlPool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+                SqlPool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+            }
+        };
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(())))
+    }
+}
+
+async fn store_answers(store: &Arc<dyn Store>, prefix: &str) -> bool {
+    let key = format!("{prefix}:ping");
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, store.get(&key)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Builds everything the service needs from a validated config: the store
+/// (degraded if it does not answer), the database pool and every entity.
+///
+/// Errors a config can fix are [`ConfigError`]s inside the `anyhow::Error`
+/// (the binary prints them as one line).
+pub async fn start(config: Config) -> anyhow::Result<AppState> {
+    let token = token_of(&config);
+    let store = store::connect(&config.store.url)
+        .await
+        .map_err(|e| config.error("store.url", e))?;
+    if !store_answers(&store, &config.store.prefix).await {
+        tracing::warn!(store = store.name(), "the store does not answer: starting degraded (reads go to the database, outcome bypass) until it does");
+        eprintln!(
+            "larder: the store {} does not answer: starting degraded (reads are served from the database)",
+            store.name()
+        );
+    }
+    let pool = SqlPool::connect(&config.source.url, config.source.pool)
+        .await
+        .map_err(|e| {
+            config.error(
+                "source.url",
+                format!("cannot open the database: {}", one_line(&e)),
+            )
+        })?;
+    let mut entities = Vec::with_capacity(config.entity.len());
+    for i in 0..config.entity.len() {
+        entities.push(build_entity(&config, i, &pool, &store).await?);
+    }
+    let by_name = entities
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name().to_owned(), i))
+        .collect();
+    Ok(AppState {
+        inner: Arc::new(StateInner {
+            config,
+            entities,
+            by_name,
+            store,
+            pool,
+            token,
+            started: Instant::now(),
+        }),
+    })
+}
+
+/// The bearer token: the value of the `auth.token_env` variable, if set and not empty.
+pub fn token_of(config: &Config) -> Option<String> {
+    std::env::var(&config.auth.token_env)
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// Refuses a non-loopback listen address without a token, unless `allow_open`.
+pub fn check_listen(config: &Config, has_token: bool) -> Result<(), ConfigError> {
+    let addr = config.listen_addr()?;
+    if !has_token && !config.auth.allow_open && !addr.ip().is_loopback() {
+        return Err(config.error(
+            "auth.token_env",
+            format!(
+                "${} is not set and {addr} is not a loopback address: set the token, listen on 127.0.0.1, or set allow_open = true",
+                config.auth.token_env
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The library's write policy for an entity: `write` resolved against
+/// whether its source accepts writes.
+///
+/// WRITE-BACK WIRING POINT: `write = "back"` is parsed and validated (with
+/// `[entity.write_back]`) but refused here until the library's write-back
+/// is merged; then map it to the library's write-back policy built from
+/// `entity.write_back` (batch, max_delay, flush_lease, max_backlog,
+/// require_durable) and drop the error.
+pub fn write_policy_for(entity: &EntityConfig, writable: bool) -> Result<WritePolicy, String> {
+    match entity.write {
+        None if writable => Ok(WritePolicy::Through),
+        None | Some(WriteMode::ReadOnly) => Ok(WritePolicy::ReadOnly),
+        Some(WriteMode::Back) => Err("write-back is not available in this build".into()),
+        Some(mode) if !writable => Err(format!(
+            "write = \"{}\" needs a writable table, and `{}` is a view, a query or a table without a unique index on `{}`: set write = \"read-only\"",
+            mode.as_str(),
+            entity.table.as_deref().unwrap_or("(query)"),
+            entity.key
+        )),
+        Some(WriteMode::Through) => Ok(WritePolicy::Through),
+        Some(WriteMode::Around) => Ok(WritePolicy::Around),
+    }
+}
+
+fn write_mode_of(policy: WritePolicy) -> WriteMode {
+    match policy {
+        WritePolicy::Through => WriteMode::Through,
+        WritePolicy::Around => WriteMode::Around,
+        // TODO(write-back): the library's write-back policy maps to WriteMode::Back.
+        _ => WriteMode::ReadOnly,
+    }
+}
+
+/// Builds entity `i`: its source (table or query), checks what needs the
+/// database, and its cache.
+///
+/// NEAR / TAGS / CDC WIRING POINT: each is parsed, validated and checked
+/// against the database here, and applied to the builder below once the
+/// library has it (see the TODOs).
+pub async fn build_entity(
+    config: &Config,
+    i: usize,
+    pool: &SqlPool,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<Entity> {
+    let e = &config.entity[i];
+    let at = |k: &str| format!("entity[{i}].{k}");
+    let unavailable = |err: &larder::Error| {
+        config.error(
+            "source.url",
+            format!("the database does not answer: {}", one_line(err)),
+        )
+    };
+    let (source, writable, column_names) = match (&e.table, &e.query) {
+        (Some(table), _) => {
+            let mut b = SqlSource::builder(pool.clone(), table)
+                .key(&e.key)
+                .entity(&e.name);
+            if !e.columns.is_empty() {
+                b = b.columns(e.columns.clone());
+            }
+            let source = b.build().await.map_err(|err| match &err {
+                larder::Error::SourceUnavailable { .. } => unavailable(&err),
+                _ => config.error(at(schema_key(&err)), one_line(&err)),
+            })?;
+            let mut names: Vec<String> = source.columns().iter().map(|c| c.name.clone()).collect();
+            names.push(source.key_column().to_owned());
+            let writable = source.is_writable();
+            (EntitySource::Table(source), writable, names)
+        }
+        (None, Some(query)) => {
+            let SqlPool::Postgres(pg) = pool else {
+                return Err(config
+                    .error(at("query"), "query entities need PostgreSQL")
+                    .into());
+            };
+            let source = QuerySource::build(pg.clone(), &e.name, query, &e.key, &e.columns)
+                .await
+                .map_err(|err| match &err {
+                    larder::Error::SourceUnavailable { .. } => unavailable(&err),
+                    _ => config.error(at("query"), one_line(&err)),
+                })?;
+            let names = source.column_names().to_vec();
+            (EntitySource::Query(source), false, names)
+        }
+        (None, None) => return Err(config.error(at("table"), "no table or query").into()),
+    };
+    for template in &e.tags {
+        let cols = EntityConfig::tag_columns(template).map_err(|p| config.error(at("tags"), p))?;
+        if let Some(c) = cols.iter().find(|c| !column_names.iter().any(|n| n == *c)) {
+            return Err(config
+                .error(
+                    at("tags"),
+                    format!(
+                        "tag template {template:?} names column `{c}`, which `{}` does not serve (columns: {})",
+                        e.name,
+                        column_names.join(", ")
+                    ),
+                )
+                .into());
+        }
+    }
+    if e.cdc {
+        check_cdc_table(config, i, pool).await?;
+    }
+    let policy = write_policy_for(e, writable).map_err(|p| config.error(at("write"), p))?;
+    let builder = Cache::<str, RawJson>::builder()
+        .prefix(&config.store.prefix)
+        .entity(&e.name)
+        .shards(e.shards)
+        .store(store.clone())
+        .codec(PassThrough)
+        .ttl(e.ttl.0)
+        .jitter(e.jitter)
+        .stale(e.stale.0)
+        .negative_ttl(e.negative_ttl.0)
+        .lease_ttl(e.lease_ttl.0)
+        .load_timeout(e.load_timeout.0)
+        .soft_timeout(Some(e.soft_timeout.0))
+        .wait_timeout(e.wait_timeout.0)
+        .early_refresh(e.early_refresh)
+        .write_policy(policy);
+    // TODO(near): apply `e.near_cache(config.near)` (capacity, ttl) to the
+    // builder once the library's near cache (L1) is merged.
+    let _near = e.near_cache(config.near);
+    // TODO(tags): register `e.tags` (templates over row columns, checked
+    // above) with the builder once the library's tags are merged; then wire
+    // `POST /v1/tags/{tag}/invalidate` (http::routes::invalidate_tag).
+    // TODO(cdc): with `e.cdc`, install the change-notification triggers and
+    // subscribe before returning, once the library's CDC is merged (the
+    // table was checked to be a PostgreSQL table above).
+    let builder = match &source {
+        EntitySource::Table(s) => builder.source(s.clone()),
+        EntitySource::Query(s) => builder.source(s.clone()),
+    };
+    let cache = builder.build().await.map_err(|err| match &err {
+        larder::Error::LayoutMismatch { .. } => config.error(at("shards"), one_line(&err)),
+        _ => config.error(at("name"), one_line(&err)),
+    })?;
+    Ok(Entity {
+        config: e.clone(),
+        cache,
+        source,
+        write: write_mode_of(policy),
+    })
+}
+
+/// Which key a schema error from `SqlSource::build` is about. The library's
+/// `Error::Config` carries only a message, so this reads it (a structured
+/// field would be better; see the report).
+fn schema_key(err: &larder::Error) -> &'static str {
+    let text = err.to_string();
+    if text.contains("key column") {
+        "key"
+    } else if text.contains("column") {
+        "columns"
+    } else {
+        "table"
+    }
+}
+
+/// `cdc = true` needs a PostgreSQL table (not a view or a query).
+async fn check_cdc_table(config: &Config, i: usize, pool: &SqlPool) -> anyhow::Result<()> {
+    let e = &config.entity[i];
+    let key = format!("entity[{i}].cdc");
+    let (SqlPool::Postgres(pg), Some(table)) = (pool, &e.table) else {
+        return Err(config
+            .error(key, "change notifications need a PostgreSQL table")
+            .into());
+    };
+    let kind: Option<String> =
+        sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)")
+            .bind(table)
+            .fetch_optional(pg)
+            .await
+            .context("reading the table's kind")?;
+    match kind.as_deref() {
+        Some("r" | "p") => Ok(()),
+        _ => Err(config
+            .error(
+                key,
+                format!("`{table}` is not a table (a view?): change notifications need a table"),
+            )
+            .into()),
+    }
+}
+
+/// Error text on one line (library messages may quote multi-line driver text).
+pub fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().replace(['\n', '\r'], " ")
+}
+
+/// Serves `app` on a bound `listener` until `shutdown` resolves, then lets
+/// requests in flight finish and calls [`shutdown_caches`].
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = crate::http::app(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
+    shutdown_caches(&state).await;
+    Ok(())
+}
+
+/// Called once after the last request finished.
+///
+/// WRITE-BACK WIRING POINT: flush every write-back entity here within a
+/// deadline (what remains stays durable in Redis), e.g. the library's
+/// `close().await` per cache.
+pub async fn shutdown_caches(state: &AppState) {
+    for e in state.entities() {
+        // TODO(write-back): `e.cache.close().await` (drains the flusher) once merged.
+        tracing::debug!(entity = e.name(), "cache closed");
+    }
+}
+
+/// The embedded defaults: Redis at 127.0.0.1:6379 if it answers, else
+/// `memory://`; a SQLite file `db_path` with a sample `users` table
+/// (created and filled if missing). Returns the config and a sentence
+/// saying what was chosen.
+pub async fn default_config(db_path: &Path) -> anyhow::Result<(Config, String)> {
+    const LOCAL_REDIS: &str = "redis://127.0.0.1:6379/0";
+    let checked = tokio::time::timeout(PROBE_TIMEOUT, store::connect_checked(LOCAL_REDIS)).await;
+    let redis_up = matches!(checked, Ok(Ok(_)));
+    let store_url = if redis_up { LOCAL_REDIS } else { "memory://" };
+    let config = Config::defaults(db_path, store_url);
+    let pool = SqlPool::connect(&config.source.url, 1)
+        .await
+        .with_context(|| format!("opening the SQLite database {}", db_path.display()))?;
+    if let SqlPool::Sqlite(db) = &pool {
+        seed_users(db).await?;
+        db.close().await;
+    }
+    let note = format!(
+        "no config file: using the embedded defaults: database {} (sample entity `users`), store {}{}; see larder.example.toml to configure",
+        config.source.url,
+        store_url,
+        if redis_up { "" } else { " (no Redis answered at 127.0.0.1:6379)" }
+    );
+    Ok((config, note))
+}
+
+async fn seed_users(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT, team INTEGER NOT NULL DEFAULT 0)",
+    )
+    .execute(db)
+    .await
+    .context("creating the sample users table")?;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(db)
+        .await
+        .context("counting sample users")?;
+    if count == 0 {
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) \
+             INSERT INTO users (id, name, email, team) SELECT i, 'user ' || i, 'user' || i || '@example.com', i % 10 FROM n",
+        )
+        .execute(db)
+        .await
+        .context("filling the sample users table")?;
+    }
+    Ok(())
+}

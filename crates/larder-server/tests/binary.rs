@@ -1,0 +1,241 @@
+//! The real binary: `larder serve` starts with a config (and without one),
+//! answers /health, exits 0 on SIGTERM; a bad config exits non-zero with
+//! one line; `larder stats` and `larder warm` against it.
+
+mod support;
+
+use larder_server::client;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::unique;
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    /// Starts `larder serve ARGS` in `cwd` and waits (with a deadline) for
+    /// its "listening on" line.
+    fn start(args: &[&str], cwd: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
+            .arg("serve")
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("LARDER_CONFIG")
+            .env("LARDER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn larder");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("larder: listening on ") {
+                        return Server {
+                            child,
+                            url: url.to_owned(),
+                        };
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("larder serve did not say it listens: {e}");
+                }
+            }
+        }
+    }
+
+    fn get(&self, path: &str) -> client::Response {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(client::request(
+            "GET",
+            &format!("{}{path}", self.url),
+            &[],
+            None,
+            Duration::from_secs(10),
+        ))
+        .expect("request")
+    }
+
+    /// SIGTERM, then the exit status within a deadline.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "larder did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A config over a SQLite file with a `users` table of 3 rows.
+fn sqlite_config(dir: &Path) -> PathBuf {
+    let db = dir.join("app.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let pool = larder::SqlPool::connect(&format!("sqlite://{}", db.display()), 1)
+            .await
+            .expect("sqlite");
+        if let larder::SqlPool::Sqlite(p) = &pool {
+            sqlx::raw_sql("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL); INSERT INTO users VALUES (1, 'ada'), (2, 'bob'), (3, 'cy')")
+                .execute(p)
+                .await
+                .expect("seed");
+            p.close().await;
+        }
+    });
+    let path = dir.join("larder.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"sqlite://{}\"\npool = 2\n[[entity]]\nname = \"users\"\ntable = \"users\"\n",
+            support::redis_url(),
+            unique("bin"),
+            db.display()
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+#[test]
+fn serves_with_a_config_and_exits_cleanly_on_sigterm() {
+    let dir = temp_dir("larder-bin");
+    let config = sqlite_config(&dir);
+    let server = Server::start(&["--config", config.to_str().expect("utf-8")], &dir);
+    let health = server.get("/health");
+    assert_eq!(
+        (health.status, health.text().as_str()),
+        (200, r#"{"status":"ok"}"#)
+    );
+    let row = server.get("/v1/users/2");
+    assert_eq!((row.status, row.header("x-cache")), (200, Some("miss")));
+    assert_eq!(row.json().expect("json")["name"], "bob");
+
+    // `larder stats` prints the service's figures as a table.
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["stats", "--url", &server.url])
+        .env_remove("LARDER_TOKEN")
+        .output()
+        .expect("larder stats");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("entity") && text.contains("users") && text.contains("hit%"),
+        "{text}"
+    );
+
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+
+    // `larder warm` fills the cache from the same config.
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["warm", "users", "--config", config.to_str().expect("utf-8")])
+        .output()
+        .expect("larder warm");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("warmed `users`: 3 rows"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_config_exits_non_zero_with_one_line() {
+    let dir = temp_dir("larder-badcfg");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[entity]]\nname = \"users\"\ntable = \"users\"\nttl = \"5x\"\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["serve", "--config", path.to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "larder: {}: entity[0].ttl: invalid duration",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["stats", "--url", "http://127.0.0.1:1"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_a_config_it_serves_the_embedded_defaults() {
+    let dir = temp_dir("larder-nocfg");
+    let server = Server::start(&["--listen", "127.0.0.1:0"], &dir);
+    assert!(
+        dir.join("larder.db").exists(),
+        "the default SQLite file is created"
+    );
+    let row = server.get("/v1/users/7");
+    assert_eq!(row.status, 200, "{}", row.text());
+    assert_eq!(row.json().expect("json")["name"], "user 7");
+    assert_eq!(server.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
