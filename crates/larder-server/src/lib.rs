@@ -16,3 +16,4 @@ pub mod config;
 pub mod http;
 pub mod query;
 pub mod serve;
+pub mod tags;

@@ -18,14 +18,20 @@ use crate::config::{Config, ConfigError, EntityConfig, WriteMode};
 use crate::query::QuerySource;
 use anyhow::Context as _;
 use larder::source::ColumnInfo;
+use larder::source::{ChangeChannel, ChangeListener};
 use larder::store::{self, Store};
-use larder::{Cache, PassThrough, RawJson, SqlPool, SqlSource, WritePolicy};
+use larder::{
+    Cache, NearOptions, PassThrough, RawJson, SqlPool, SqlSource, WriteBack, WritePolicy,
+};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+
+/// How long shutdown flushes write-back writes before leaving the rest in the store.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
 /// How long `/ready` and startup wait for the store or the database to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
@@ -44,6 +50,8 @@ struct StateInner {
     pool: SqlPool,
     token: Option<String>,
     started: Instant,
+    /// Listens for change notifications of the `cdc` entities.
+    changes: tokio::sync::Mutex<Option<ChangeListener>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -75,6 +83,8 @@ pub struct Entity {
     pub source: EntitySource,
     /// The effective write policy (`write` resolved against the source).
     pub write: WriteMode,
+    /// The change-notification channel of its table (`cdc = true`).
+    pub changes: Option<ChangeChannel>,
 }
 
 impl Entity {
@@ -212,6 +222,30 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
         .enumerate()
         .map(|(i, e)| (e.name().to_owned(), i))
         .collect();
+    let subscriptions: Vec<_> = entities
+        .iter()
+        .filter_map(|e| {
+            let channel = e.changes.clone()?;
+            let handler: Arc<dyn larder::source::ChangeHandler> = Arc::new(e.cache.clone());
+            Some((channel, handler))
+        })
+        .collect();
+    // Listening before the port is bound: a change committed once the
+    // service answers is heard.
+    let changes = if subscriptions.is_empty() {
+        None
+    } else {
+        let listener = subscriptions
+            .into_iter()
+            .fold(ChangeListener::builder(), |b, (channel, handler)| {
+                b.subscribe(channel, handler)
+            })
+            .application_name("larder-serve")
+            .start()
+            .await
+            .map_err(|e| config.error("entity.cdc", one_line(&e)))?;
+        Some(listener)
+    };
     Ok(AppState {
         inner: Arc::new(StateInner {
             config,
@@ -221,6 +255,7 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
             pool,
             token,
             started: Instant::now(),
+            changes: tokio::sync::Mutex::new(changes),
         }),
     })
 }
@@ -259,7 +294,6 @@ pub fn write_policy_for(entity: &EntityConfig, writable: bool) -> Result<WritePo
     match entity.write {
         None if writable => Ok(WritePolicy::Through),
         None | Some(WriteMode::ReadOnly) => Ok(WritePolicy::ReadOnly),
-        Some(WriteMode::Back) => Err("write-back is not available in this build".into()),
         Some(mode) if !writable => Err(format!(
             "write = \"{}\" needs a writable table, and `{}` is a view, a query or a table without a unique index on `{}`: set write = \"read-only\"",
             mode.as_str(),
@@ -268,6 +302,16 @@ pub fn write_policy_for(entity: &EntityConfig, writable: bool) -> Result<WritePo
         )),
         Some(WriteMode::Through) => Ok(WritePolicy::Through),
         Some(WriteMode::Around) => Ok(WritePolicy::Around),
+        Some(WriteMode::Back) => {
+            let wb = entity.write_back.unwrap_or_default();
+            Ok(WritePolicy::Back(WriteBack {
+                batch: wb.batch as usize,
+                max_delay: wb.max_delay.0,
+                flush_lease: wb.flush_lease.0,
+                max_backlog: wb.max_backlog,
+                require_durable: wb.require_durable,
+            }))
+        }
     }
 }
 
@@ -275,7 +319,7 @@ fn write_mode_of(policy: WritePolicy) -> WriteMode {
     match policy {
         WritePolicy::Through => WriteMode::Through,
         WritePolicy::Around => WriteMode::Around,
-        // TODO(write-back): the library's write-back policy maps to WriteMode::Back.
+        WritePolicy::Back(_) => WriteMode::Back,
         _ => WriteMode::ReadOnly,
     }
 }
@@ -369,28 +413,48 @@ pub async fn build_entity(
         .wait_timeout(e.wait_timeout.0)
         .early_refresh(e.early_refresh)
         .write_policy(policy);
-    // TODO(near): apply `e.near_cache(config.near)` (capacity, ttl) to the
-    // builder once the library's near cache (L1) is merged.
-    let _near = e.near_cache(config.near);
-    // TODO(tags): register `e.tags` (templates over row columns, checked
-    // above) with the builder once the library's tags are merged; then wire
-    // `POST /v1/tags/{tag}/invalidate` (http::routes::invalidate_tag).
-    // TODO(cdc): with `e.cdc`, install the change-notification triggers and
-    // subscribe before returning, once the library's CDC is merged (the
-    // table was checked to be a PostgreSQL table above).
+    let mut builder = builder;
+    if let Some(near) = e.near_cache(config.near) {
+        builder = builder.near(NearOptions {
+            capacity: near.capacity,
+            ttl: near.ttl.0,
+        });
+    }
+    if !e.tags.is_empty() {
+        builder = builder.tagger(crate::tags::tagger(e.tags.clone()));
+    }
+    // Every entity runs the invalidation bus: purges, tag invalidations and
+    // change-notification gaps reach every instance, and entries carry the
+    // stamps those checks need (the hit path stays one GET).
+    builder = builder.bus(true);
     let builder = match &source {
         EntitySource::Table(s) => builder.source(s.clone()),
         EntitySource::Query(s) => builder.source(s.clone()),
     };
     let cache = builder.build().await.map_err(|err| match &err {
         larder::Error::LayoutMismatch { .. } => config.error(at("shards"), one_line(&err)),
+        larder::Error::NotDurable { .. } => {
+            config.error(at("write_back.require_durable"), one_line(&err))
+        }
+        larder::Error::Config(_) if policy.is_write_back() => {
+            config.error(at("write_back"), one_line(&err))
+        }
         _ => config.error(at("name"), one_line(&err)),
     })?;
+    let changes = match (&source, e.cdc) {
+        (EntitySource::Table(s), true) => Some(
+            s.install_change_triggers()
+                .await
+                .map_err(|err| config.error(at("cdc"), one_line(&err)))?,
+        ),
+        _ => None,
+    };
     Ok(Entity {
         config: e.clone(),
         cache,
         source,
         write: write_mode_of(policy),
+        changes,
     })
 }
 
@@ -461,9 +525,21 @@ pub async fn run(
 /// deadline (what remains stays durable in Redis), e.g. the library's
 /// `close().await` per cache.
 pub async fn shutdown_caches(state: &AppState) {
+    if let Some(listener) = state.inner.changes.lock().await.take() {
+        listener.close().await;
+    }
     for e in state.entities() {
-        // TODO(write-back): `e.cache.close().await` (drains the flusher) once merged.
-        tracing::debug!(entity = e.name(), "cache closed");
+        match e.cache.close(SHUTDOWN_FLUSH).await {
+            Ok(closed) if closed.pending > 0 => tracing::warn!(
+                entity = e.name(),
+                pending = closed.pending,
+                "write-back writes left pending; they stay durable in the store"
+            ),
+            Ok(_) => tracing::debug!(entity = e.name(), "cache closed"),
+            Err(err) => {
+                tracing::warn!(entity = e.name(), error = %err, "could not flush write-back writes at shutdown; they stay durable in the store")
+            }
+        }
     }
 }
 

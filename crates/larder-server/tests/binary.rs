@@ -239,3 +239,64 @@ fn without_a_config_it_serves_the_embedded_defaults() {
     assert_eq!(server.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sigterm_with_write_back_pending_leaves_every_acknowledged_write_in_the_database() {
+    let redis = support::redis_server::RedisServer::builder()
+        .appendonly(true)
+        .appendfsync_always(true)
+        .start();
+    let dir = temp_dir("larder-wb-term");
+    let table = unique("wbterm");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let pg = rt.block_on(async {
+        let mut pg = support::Pg::connect().await;
+        pg.exec(
+            &table,
+            "CREATE TABLE {t} (id bigint PRIMARY KEY, name text NOT NULL)",
+        )
+        .await;
+        pg
+    });
+    let config = dir.join("larder.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"{}\"\npool = 2\n[[entity]]\nname = \"users\"\ntable = \"{table}\"\nwrite = \"back\"\n[entity.write_back]\nmax_delay = \"60s\"\n",
+            redis.url(),
+            unique("term"),
+            support::pg_url()
+        ),
+    )
+    .expect("write config");
+    let server = Server::start(&["--config", config.to_str().expect("utf-8")], &dir);
+    for id in 1..=20 {
+        let body = format!(r#"{{"name": "user {id}"}}"#);
+        let answer = rt
+            .block_on(client::request(
+                "PUT",
+                &format!("{}/v1/users/{id}", server.url),
+                &[("content-type", "application/json")],
+                Some(body.as_bytes()),
+                Duration::from_secs(10),
+            ))
+            .expect("put");
+        assert_eq!(answer.status, 202);
+    }
+    let count = |pg: &support::Pg| {
+        rt.block_on(pg.scalar_text(&format!("SELECT count(*)::text FROM {table}")))
+    };
+    assert_eq!(
+        count(&pg).as_deref(),
+        Some("0"),
+        "pending: max_delay is a minute"
+    );
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(count(&pg).as_deref(), Some("20"), "flushed at shutdown");
+    drop(pg);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -189,7 +189,7 @@ async fn writes_on_a_view_tags_and_cdc_checked_against_the_database() {
 }
 
 #[tokio::test]
-async fn write_back_is_refused_by_this_build() {
+async fn write_back_on_a_store_that_is_not_durable_is_refused() {
     let mut pg = Pg::connect().await;
     let t = unique("cfgb");
     pg.exec(&t, "CREATE TABLE {t} (id int PRIMARY KEY)").await;
@@ -198,8 +198,12 @@ async fn write_back_is_refused_by_this_build() {
         &format!("[[entity]]\nname = \"e\"\ntable = \"{t}\"\nwrite = \"back\"\n[entity.write_back]\nmax_backlog = 10\n"),
     ))
     .await;
-    assert_eq!(e.key, "entity[0].write");
-    assert_eq!(e.problem, "write-back is not available in this build");
+    // The shared Redis keeps nothing on disk.
+    assert_eq!(e.key, "entity[0].write_back.require_durable");
+    assert!(
+        e.problem.contains("appendonly") && e.problem.contains("require_durable = false"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::wait::eventually;
+
 use larder::store::Store;
 use larder::{Cache, CacheWrite, Error, Outcome, SqlPool, SqlSource, WriteBack, WritePolicy};
 use serde::{Deserialize, Serialize};
@@ -13,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::accounts::{account, Account, Db};
 use support::{RedisServer, TcpProxy};
 
@@ -28,7 +30,7 @@ impl Fixture {
     async fn new() -> Fixture {
         Fixture {
             db: Db::new().await,
-            server: durable_redis(),
+            server: RedisServer::durable(),
             prefix: support::unique("wb"),
         }
     }
@@ -93,27 +95,6 @@ async fn cache_on(
 
 async fn redis(url: &str) -> Arc<dyn Store> {
     larder::store::connect_checked(url).await.expect("redis")
-}
-
-/// A Redis of the test's own that larder calls durable.
-fn durable_redis() -> RedisServer {
-    RedisServer::builder()
-        .appendonly(true)
-        .appendfsync_always(true)
-        .start()
-}
-
-/// Polls `check` every 10 ms until it holds, up to 20 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -268,7 +249,7 @@ async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone() {
 
 #[tokio::test]
 async fn a_fill_never_overwrites_a_pending_write() {
-    let server = durable_redis();
+    let server = RedisServer::durable();
     let store = redis(&server.url()).await;
     let lease = larder::store::LeaseRequest {
         value_key: "t:{e:0}:v:1".into(),
@@ -717,7 +698,7 @@ async fn write_back_flushes_into_sqlite_too() {
         .build()
         .await
         .expect("source");
-    let server = durable_redis();
+    let server = RedisServer::durable();
     let cache: Cache<i64, Item> = Cache::builder()
         .prefix(support::unique("wb"))
         .entity("items")

@@ -143,9 +143,10 @@ impl ApiError {
                 tracing::warn!(entity, error = %err, "store unavailable");
                 Self::unavailable("the cache store is unavailable", 1)
             }
-            // TODO(write-back): the library's "backlog full" error (max_backlog
-            // reached) maps to `ApiError::unavailable(..., retry_after)` here,
-            // and a write-back entity's store outage to 503 as above.
+            Error::BacklogFull { .. } => {
+                tracing::warn!(entity, error = %err, "write-back backlog full");
+                Self::unavailable("the write-back backlog is full: retry after it drains", 1)
+            }
             _ => {
                 tracing::error!(entity, error = %err, "engine error");
                 Self::internal()

@@ -75,8 +75,8 @@ pub async fn get_row(
                 .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
         });
     if no_cache {
-        // TODO(write-back): for a write-back entity with a pending write the
-        // pending value is the answer; the library's refresh must keep it.
+        // Under write-back a pending write survives the invalidation: its
+        // value is the answer, as the issue asks.
         match e.cache.invalidate(&id).await {
             Ok(()) => {}
             // The read below bypasses the store anyway.
@@ -186,14 +186,13 @@ fn refuse_read_only(e: &Entity) -> Result<(), ApiError> {
 
 /// The answer to a successful write: the stored row (200), or 202
 /// `{"queued": true, "id": ...}` when a write-back cache queued it.
-fn write_answer(e: &Entity, id: &str, written: Written<RawJson>) -> Response {
+fn write_answer(id: &str, written: Written<RawJson>) -> Response {
     let word = match written.cache {
         CacheWrite::Updated => "updated",
         CacheWrite::Invalidated => "invalidated",
         CacheWrite::Unreachable => "unreachable",
-        // TODO(write-back): name `CacheWrite::Queued` here once the library
-        // adds it; until then only a write-back entity can get a new variant.
-        _ if e.write == WriteMode::Back => return queued(id),
+        CacheWrite::Queued => return queued(id),
+        // `CacheWrite` is non-exhaustive: a future word is reported as is.
         _ => "updated",
     };
     let mut res = json_bytes(StatusCode::OK, written.value.bytes().clone());
@@ -249,7 +248,7 @@ pub async fn put_row(
     let raw = RawJson::from_bytes(serde_json::Value::Object(row).to_string())
         .map_err(|_| ApiError::internal())?;
     let written = e.cache.put(&id, &raw).await.map_err(engine(e))?;
-    Ok(write_answer(e, &id, written))
+    Ok(write_answer(&id, written))
 }
 
 /// `PATCH /v1/{entity}/{id}`: merges the given columns (404 if absent).
@@ -261,7 +260,7 @@ pub async fn patch_row(
 ) -> Result<Response, ApiError> {
     let (e, id, fields) = write_request(&state, &name, &raw_id, &headers, body, Write::Merge)?;
     match e.cache.patch(&id, &fields).await.map_err(engine(e))? {
-        Some(written) => Ok(write_answer(e, &id, written)),
+        Some(written) => Ok(write_answer(&id, written)),
         None => Err(ApiError::not_found(format!("{name} {id} does not exist"))),
     }
 }
@@ -274,9 +273,11 @@ pub async fn delete_row(
     let e = entity(&state, &name)?;
     refuse_read_only(e)?;
     let id = canonical(e, &raw_id)?;
-    // TODO(write-back): a write-back delete answers 202 once its tombstone
-    // is recorded (the library's delete must say it queued).
     if e.cache.delete(&id).await.map_err(engine(e))? {
+        if e.write == WriteMode::Back {
+            // The tombstone is durably recorded; the flusher applies it.
+            return Ok(queued(&id));
+        }
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(format!("{name} {id} does not exist")))
@@ -294,30 +295,31 @@ pub async fn invalidate_row(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /v1/tags/{tag}/invalidate`.
-///
-/// TAGS WIRING POINT: call the library's `Cache::invalidate_tag` on every
-/// entity with tags, then answer 204. Until tags are merged: 501.
-pub async fn invalidate_tag(Path(tag): Path<String>) -> Result<Response, ApiError> {
-    Err(ApiError::not_implemented(format!(
-        "invalidating by tag ({}) is not available in this build",
-        clip(&tag)
-    )))
+/// `POST /v1/tags/{tag}/invalidate`: every entry carrying the tag, in
+/// every entity with tags, is a miss from now on (on every instance); 204.
+pub async fn invalidate_tag(
+    State(state): State<AppState>,
+    Path(tag): Path<String>,
+) -> Result<Response, ApiError> {
+    for e in state
+        .entities()
+        .iter()
+        .filter(|e| !e.config.tags.is_empty())
+    {
+        e.cache.invalidate_tag(&tag).await.map_err(engine(e))?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /v1/_admin/{entity}/purge`.
-///
-/// PURGE WIRING POINT: call the library's `Cache::purge` (drops every
-/// entry of the entity) and answer 204. Until it is merged: 501.
+/// `POST /v1/_admin/{entity}/purge`: every entry of the entity is a miss
+/// from now on, on every instance (its generation is bumped); 204.
 pub async fn purge(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let e = entity(&state, &name)?;
-    Err(ApiError::not_implemented(format!(
-        "purging entity `{}` is not available in this build",
-        e.name()
-    )))
+    e.cache.purge().await.map_err(engine(e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /v1/_admin/{entity}/warm`: loads every row into the cache;
@@ -339,26 +341,47 @@ pub async fn warm(
     .into_response())
 }
 
-/// `GET /v1/_admin/{entity}/dead-letters`.
+/// `GET /v1/_admin/{entity}/dead-letters`: the writes the database
+/// refused at flush time, with the error and the refused row.
 pub async fn dead_letters(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    dead_letter_action(&state, &name, false)
+    let e = write_back_entity(&state, &name)?;
+    let letters = e.cache.dead_letters().await.map_err(engine(e))?;
+    let items: Vec<serde_json::Value> = letters
+        .iter()
+        .map(|l| {
+            let row = l
+                .value
+                .as_ref()
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v.bytes()).ok());
+            serde_json::json!({
+                "id": l.id,
+                "error": l.error,
+                "failed_at_ms": l.failed_at_ms,
+                "delete": l.value.is_none(),
+                "row": row,
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "dead_letters": items })).into_response())
 }
 
-/// `POST /v1/_admin/{entity}/dead-letters/retry`.
+/// `POST /v1/_admin/{entity}/dead-letters/retry`: records every dead
+/// letter again as a new write (unless a newer write of its id is
+/// pending); `{"retried": N}`.
 pub async fn retry_dead_letters(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    dead_letter_action(&state, &name, true)
+    let e = write_back_entity(&state, &name)?;
+    let retried = e.cache.retry_dead_letters().await.map_err(engine(e))?;
+    Ok(axum::Json(serde_json::json!({ "retried": retried })).into_response())
 }
 
-/// DEAD-LETTER WIRING POINT: list (`retry == false`) or retry the
-/// write-back entity's dead letters through the library once merged.
-/// Entities that are not write-back have none: 404.
-fn dead_letter_action(state: &AppState, name: &str, retry: bool) -> Result<Response, ApiError> {
+/// A write-back entity; others have no dead letters: 404.
+fn write_back_entity<'a>(state: &'a AppState, name: &str) -> Result<&'a Entity, ApiError> {
     let e = entity(state, name)?;
     if e.write != WriteMode::Back {
         return Err(ApiError::not_found(format!(
@@ -366,9 +389,5 @@ fn dead_letter_action(state: &AppState, name: &str, retry: bool) -> Result<Respo
             e.name()
         )));
     }
-    // TODO(write-back): `e.cache.dead_letters()` / `e.cache.retry_dead_letters()`.
-    let _ = retry;
-    Err(ApiError::not_implemented(
-        "dead letters are not available in this build",
-    ))
+    Ok(e)
 }

@@ -86,7 +86,7 @@ fn mean_load_ms(s: &CacheStats) -> Option<f64> {
     (s.loads > 0).then(|| s.load_seconds_total * 1000.0 / s.loads as f64)
 }
 
-fn entity_json(s: &CacheStats) -> Value {
+fn entity_json(s: &CacheStats, write_back: Option<larder::WriteBackStats>) -> Value {
     let reads: serde_json::Map<String, Value> = Outcome::ALL
         .iter()
         .map(|o| (o.as_str().to_owned(), json!(s.reads(*o))))
@@ -103,8 +103,16 @@ fn entity_json(s: &CacheStats) -> Value {
         "fills": s.fills,
         "fills_refused": s.fills_refused,
         "stale_on_error": s.stale_on_error,
-        // TODO(write-back): backlog, lag and dead letters from the library.
-        "write_back": null,
+        "write_back": write_back.map(|w| json!({
+            "backlog": w.backlog,
+            "lag_ms": w.oldest_ms,
+            "dead_letters": w.dead_letters,
+            "acknowledged": w.acknowledged,
+            "coalesced": w.coalesced,
+            "batches": w.batches,
+            "rows_written": w.rows_written,
+            "retries": w.retries,
+        })),
     })
 }
 
@@ -121,7 +129,12 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
     let entities: serde_json::Map<String, Value> = state
         .entities()
         .iter()
-        .map(|e| (e.name().to_owned(), entity_json(&e.cache.stats())))
+        .map(|e| {
+            (
+                e.name().to_owned(),
+                entity_json(&e.cache.stats(), e.cache.write_back_stats()),
+            )
+        })
         .collect();
     let redis = redis_info(&state.config().store.url).await;
     Json(json!({

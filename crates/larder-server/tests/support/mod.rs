@@ -18,6 +18,17 @@ use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tower::ServiceExt as _;
 
+// The library's shared test helper: a redis-server of the test's own.
+#[allow(dead_code)]
+#[path = "../../../larder/tests/support/redis_server.rs"]
+pub mod redis_server;
+#[allow(dead_code)]
+#[path = "../../../larder/tests/support/resp.rs"]
+pub mod resp;
+#[allow(dead_code)]
+#[path = "../../../larder/tests/support/wait.rs"]
+pub mod wait;
+
 pub fn redis_url() -> String {
     std::env::var("LARDER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }

@@ -415,6 +415,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         };
         if state.log.dead_letter(&letter).await? {
             Counters::add(&state.counters.dead_lettered, 1);
+            Counters::add(&state.counters.dead_letters, 1);
             tracing::warn!(entity = self.keys.entity(), id, error = %e, "the source refused a write-back row; it is in the dead letters and no longer served");
         }
         Ok(())

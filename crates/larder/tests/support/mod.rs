@@ -26,6 +26,8 @@ pub mod accounts;
 mod proxy;
 mod redis_server;
 pub mod resp;
+#[allow(dead_code)]
+pub mod wait;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -154,6 +154,14 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// A server larder calls durable: `appendonly yes` + `appendfsync always`.
+    pub fn durable() -> RedisServer {
+        RedisServer::builder()
+            .appendonly(true)
+            .appendfsync_always(true)
+            .start()
+    }
+
     /// A server with default options: no persistence, no eviction.
     pub fn start() -> RedisServer {
         RedisServer::builder().start()
