@@ -8,11 +8,10 @@
 //! degraded (reads bypass Redis, `/ready` says so) and never falls back to
 //! `memory://`, which would split the cache between instances.
 //!
-//! Features the library has not merged yet are parsed and validated by
-//! [`crate::config`] and meet the engine in exactly one place each:
-//! write-back in [`write_policy_for`], the near cache, tags and change
-//! notifications in [`build_entity`], write-back flushing in
-//! [`shutdown_caches`].
+//! Each engine feature meets its configuration in one place: the write
+//! policy (write-back included) in [`write_policy_for`], the near cache,
+//! tags, the invalidation bus and change notifications in
+//! [`build_entity`], write-back flushing at shutdown in [`shutdown_caches`].
 
 use crate::config::{Config, ConfigError, EntityConfig, WriteMode};
 use crate::query::QuerySource;
@@ -285,11 +284,8 @@ pub fn check_listen(config: &Config, has_token: bool) -> Result<(), ConfigError>
 /// The library's write policy for an entity: `write` resolved against
 /// whether its source accepts writes.
 ///
-/// WRITE-BACK WIRING POINT: `write = "back"` is parsed and validated (with
-/// `[entity.write_back]`) but refused here until the library's write-back
-/// is merged; then map it to the library's write-back policy built from
-/// `entity.write_back` (batch, max_delay, flush_lease, max_backlog,
-/// require_durable) and drop the error.
+/// `write = "back"` maps to [`WritePolicy::Back`] with the entity's
+/// `[entity.write_back]` settings.
 pub fn write_policy_for(entity: &EntityConfig, writable: bool) -> Result<WritePolicy, String> {
     match entity.write {
         None if writable => Ok(WritePolicy::Through),
@@ -327,9 +323,9 @@ fn write_mode_of(policy: WritePolicy) -> WriteMode {
 /// Builds entity `i`: its source (table or query), checks what needs the
 /// database, and its cache.
 ///
-/// NEAR / TAGS / CDC WIRING POINT: each is parsed, validated and checked
-/// against the database here, and applied to the builder below once the
-/// library has it (see the TODOs).
+/// Applies `[near]`, `tags` (as the cache's tagger) and `cdc` (installs
+/// the table's change-notification triggers; the listener starts in
+/// [`start`]), and turns the invalidation bus on for every entity.
 pub async fn build_entity(
     config: &Config,
     i: usize,
@@ -521,9 +517,8 @@ pub async fn run(
 
 /// Called once after the last request finished.
 ///
-/// WRITE-BACK WIRING POINT: flush every write-back entity here within a
-/// deadline (what remains stays durable in Redis), e.g. the library's
-/// `close().await` per cache.
+/// Stops the change-notification listener, then flushes every write-back
+/// entity for up to 10 s; what remains stays durable in the store.
 pub async fn shutdown_caches(state: &AppState) {
     if let Some(listener) = state.inner.changes.lock().await.take() {
         listener.close().await;

@@ -71,11 +71,6 @@ impl ApiError {
         }
     }
 
-    /// 501 `not_implemented`: a route whose engine feature is not in this build.
-    pub fn not_implemented(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", message)
-    }
-
     /// 500 `internal`: the details are logged, not sent.
     pub fn internal() -> Self {
         Self::new(

@@ -114,8 +114,8 @@ pub fn build() -> Value {
         "delete": op("Delete a row.", false, &[entity.clone(), id.clone()], json!({ "204": no_content(), "202": { "description": "Write-back: tombstone recorded." }, "404": error_response("not_found or unknown_entity."), "405": error_response("method_not_allowed: read-only.") })),
     }));
     paths.insert("/v1/{entity}/{id}/invalidate".into(), json!({ "post": op("Drop the cached entry; the next read is a miss.", false, &[entity.clone(), id], json!({ "204": no_content(), "404": error_response("unknown_entity."), "503": error_response("unavailable: the store is down.") })) }));
-    paths.insert("/v1/tags/{tag}/invalidate".into(), json!({ "post": op("Invalidate every entry carrying a tag.", false, &[param("tag", "A tag, e.g. team:7.")], json!({ "204": no_content(), "501": error_response("not_implemented in this build.") })) }));
-    paths.insert("/v1/_admin/{entity}/purge".into(), json!({ "post": op("Drop every entry of an entity.", false, std::slice::from_ref(&entity), json!({ "204": no_content(), "404": error_response("unknown_entity."), "501": error_response("not_implemented in this build.") })) }));
+    paths.insert("/v1/tags/{tag}/invalidate".into(), json!({ "post": op("Invalidate every entry carrying a tag.", false, &[param("tag", "A tag, e.g. team:7.")], json!({ "204": no_content() })) }));
+    paths.insert("/v1/_admin/{entity}/purge".into(), json!({ "post": op("Drop every entry of an entity.", false, std::slice::from_ref(&entity), json!({ "204": no_content(), "404": error_response("unknown_entity.") })) }));
     paths.insert("/v1/_admin/{entity}/warm".into(), json!({ "post": op("Load every row into the cache.", false, std::slice::from_ref(&entity), json!({ "200": json_response("Entries written.", json!({ "type": "object", "properties": { "warmed": { "type": "integer" }, "skipped": { "type": "integer" } } })), "404": error_response("unknown_entity.") })) }));
     paths.insert("/v1/_admin/{entity}/dead-letters".into(), json!({ "get": op("Dead letters of a write-back entity.", false, std::slice::from_ref(&entity), json!({ "200": json_response("Dead letters.", json!({ "type": "object" })), "404": error_response("unknown_entity, or not a write-back entity.") })) }));
     paths.insert("/v1/_admin/{entity}/dead-letters/retry".into(), json!({ "post": op("Retry the dead letters of a write-back entity.", false, &[entity], json!({ "200": json_response("Retried.", json!({ "type": "object" })), "404": error_response("unknown_entity, or not a write-back entity.") })) }));
@@ -133,7 +133,7 @@ pub fn build() -> Value {
             "schemas": {
                 "Row": { "type": "object", "description": "A row: column name to value.", "additionalProperties": true },
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
-                    "code": { "type": "string", "enum": ["bad_request", "bad_id", "unknown_column", "type_mismatch", "missing_column", "unauthorized", "not_found", "unknown_entity", "method_not_allowed", "conflict", "payload_too_large", "unsupported_media_type", "unavailable", "not_implemented", "internal"] },
+                    "code": { "type": "string", "enum": ["bad_request", "bad_id", "unknown_column", "type_mismatch", "missing_column", "unauthorized", "not_found", "unknown_entity", "method_not_allowed", "conflict", "payload_too_large", "unsupported_media_type", "unavailable", "internal"] },
                     "message": { "type": "string" }
                 } } } }
             }
