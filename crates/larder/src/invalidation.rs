@@ -230,6 +230,26 @@ impl Bus {
         }
     }
 
+    /// The channel and message announcing writes of `ids`, for a store
+    /// script to publish in the same round trip as the writes themselves
+    /// (write-back); call [`Bus::announced`] once the script ran.
+    pub(crate) fn announcement(&self, ids: &[String]) -> (String, Vec<u8>) {
+        let message = Message {
+            k: ids.to_vec(),
+            ..self.message()
+        };
+        // Serializing strings and numbers cannot fail.
+        let bytes = serde_json::to_vec(&message).unwrap_or_default();
+        (self.channel.clone(), bytes)
+    }
+
+    /// After a store script wrote `ids` and published their
+    /// [`announcement`](Bus::announcement): the near cache drops them.
+    pub(crate) async fn announced(&self, ids: &[String]) {
+        self.evict_local(ids).await;
+        self.counters.add(NearEvent::Sent, ids.len() as u64);
+    }
+
     /// After writes of `ids` reached the store (a write-back flush
     /// refreshed their entries): the near caches drop them.
     pub(crate) async fn written_many(self: &Arc<Self>, ids: &[String]) {

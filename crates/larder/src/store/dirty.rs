@@ -56,6 +56,9 @@ pub struct DirtyWrite {
     pub expect_version: Option<u64>,
     /// How long the write version is kept without writes.
     pub version_ttl: Duration,
+    /// A channel and message to publish in the same script, announcing the
+    /// write to other instances' near caches (one round trip for both).
+    pub announce: Option<(String, Vec<u8>)>,
 }
 
 /// What recording a write did.
@@ -174,8 +177,9 @@ pub struct Durability {
 #[async_trait]
 pub trait DirtyLog: Debug + Send + Sync + 'static {
     /// Sets the cache entry, records the dirty record under a new sequence,
-    /// enqueues the id, voids the read lease and bumps the write version —
-    /// all or nothing (a Redis OOM refuses the whole write).
+    /// enqueues the id, voids the read lease, bumps the write version and
+    /// publishes the announcement — all or nothing (a Redis OOM refuses the
+    /// whole write).
     async fn record(&self, keys: &DirtyKeys, write: &DirtyWrite) -> Result<Recorded>;
 
     /// Reads an id's write version and pending record.

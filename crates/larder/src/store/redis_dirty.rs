@@ -22,7 +22,8 @@ static RECORD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- KEYS: value, lease, dirty, queue, seq, version
--- ARGV: id, payload, del (1/0), envelope, ttl ms, now ms, expected version ('' = any), version ttl ms
+-- ARGV: id, payload, del (1/0), envelope, ttl ms, now ms, expected version ('' = any), version ttl ms,
+--       channel ('' = none), message
 local ver = tonumber(redis.call('HGET', KEYS[6], 'seq') or '0')
 if ARGV[7] ~= '' and ver ~= tonumber(ARGV[7]) then return {0, ver} end
 local was = redis.call('EXISTS', KEYS[3])
@@ -33,6 +34,7 @@ redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
 redis.call('DEL', KEYS[2])
 redis.call('HINCRBY', KEYS[6], 'seq', 1)
 redis.call('PEXPIRE', KEYS[6], ARGV[8])
+if ARGV[9] ~= '' then redis.call('PUBLISH', ARGV[9], ARGV[10]) end
 return {1, seq, was}
 ",
     )
@@ -222,6 +224,10 @@ impl DirtyLog for RedisStore {
                     .unwrap_or_default(),
             )
             .arg(ms(write.version_ttl));
+        match &write.announce {
+            Some((channel, message)) => inv.arg(channel).arg(message.as_slice()),
+            None => inv.arg("").arg(""),
+        };
         let answer: Vec<Value> = self.run(inv).await?;
         match answer.as_slice() {
             [Value::Int(1), seq, was] => Ok(Recorded::Queued {

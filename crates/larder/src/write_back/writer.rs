@@ -107,6 +107,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         self.ready_to_write(state).await?;
         self.wait_for_room(state).await?;
         let stamp = self.coherence.stamp(self.coherence.seq(), value, tags)?;
+        let ids = [id.to_owned()];
         let (envelope, ttl) = self.envelope(payload.clone().map(Bytes::from), 0, stamp);
         let write = DirtyWrite {
             payload,
@@ -115,6 +116,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             now_ms: self.clock.now_ms(),
             expect_version: expect,
             version_ttl: VERSION_TTL,
+            announce: Some(self.coherence.bus.announcement(&ids)),
         };
         let recorded = match state.log.record(&self.dirty_keys(id), &write).await {
             Ok(recorded) => recorded,
@@ -124,7 +126,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         };
         if let Recorded::Queued { coalesced, .. } = recorded {
-            self.coherence.bus.written(id, true).await;
+            self.coherence.bus.announced(&ids).await;
             let c = &state.counters;
             Counters::add(&c.acknowledged, 1);
             if coalesced {
