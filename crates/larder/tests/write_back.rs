@@ -89,6 +89,7 @@ async fn cache_on(
         .source(source)
         .write_policy(WritePolicy::Back(settings))
         .early_refresh(0.0)
+        .wait_timeout(Duration::from_millis(300))
         .build()
         .await
 }
@@ -728,4 +729,47 @@ async fn write_back_flushes_into_sqlite_too() {
         .expect("rows");
     assert_eq!(rows, (0..10).map(|id| (id, 90 + id)).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_full_backlog_makes_writers_fail_until_it_drains() {
+    let f = Fixture::new().await;
+    let bounded = WriteBack {
+        max_backlog: 5,
+        ..settings(60_000)
+    };
+    let cache = f.cache(bounded).await;
+    for id in 1..=5 {
+        cache.put(&id, &account(id, "ha", 1)).await.expect("room");
+    }
+    // Rewriting a pending key adds nothing to the backlog.
+    cache
+        .put(&5, &account(5, "ha", 2))
+        .await
+        .expect("coalesced");
+    let e = cache
+        .put(&6, &account(6, "ha", 1))
+        .await
+        .expect_err("the backlog is full");
+    assert!(
+        matches!(
+            e,
+            Error::BacklogFull {
+                backlog: 5,
+                max: 5,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(f.db.row(6).await, None, "nothing written");
+    cache.close(Duration::from_secs(10)).await.expect("drain");
+    let cache = f.cache(bounded).await;
+    cache
+        .put(&6, &account(6, "ha", 1))
+        .await
+        .expect("room again");
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    assert_eq!(f.db.count().await, 6);
+    f.db.drop().await;
 }

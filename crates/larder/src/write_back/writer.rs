@@ -70,8 +70,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
             .map(drop)
     }
 
-    /// Waits while the backlog is at its bound, up to `wait_timeout`.
-    async fn wait_for_room(&self, state: &State) -> Result<()> {
+    /// Waits while the backlog is at its bound, up to `wait_timeout`. A
+    /// write of an id already pending replaces it and adds nothing, so it
+    /// is let through (one more round trip, only while the backlog is full).
+    async fn wait_for_room(&self, state: &State, id: &str) -> Result<()> {
         let max = state.settings.max_backlog;
         let deadline = Instant::now() + self.policy.wait_timeout;
         loop {
@@ -80,6 +82,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 .backlog
                 .load(std::sync::atomic::Ordering::Relaxed);
             if backlog < max {
+                return Ok(());
+            }
+            if state.log.state(&self.dirty_keys(id)).await?.record.is_some() {
                 return Ok(());
             }
             state.wake.notify_one();
@@ -105,7 +110,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     ) -> Result<Recorded> {
         let (payload, value, tags) = write;
         self.ready_to_write(state).await?;
-        self.wait_for_room(state).await?;
+        self.wait_for_room(state, id).await?;
         let stamp = self.coherence.stamp(self.coherence.seq(), value, tags)?;
         let ids = [id.to_owned()];
         let (envelope, ttl) = self.envelope(payload.clone().map(Bytes::from), 0, stamp);
