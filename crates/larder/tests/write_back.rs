@@ -773,3 +773,39 @@ async fn a_full_backlog_makes_writers_fail_until_it_drains() {
     assert_eq!(f.db.count().await, 6);
     f.db.drop().await;
 }
+
+#[tokio::test]
+async fn a_store_out_of_memory_acknowledges_nothing() {
+    let f = Fixture::new().await;
+    let small = RedisServer::builder()
+        .appendonly(true)
+        .appendfsync_always(true)
+        .arg("--maxmemory 4mb")
+        .start();
+    let cache = f
+        .try_cache_on(&small.url(), settings(60_000))
+        .await
+        .expect("cache");
+    let big = "x".repeat(200_000);
+    let mut refused = None;
+    for id in 1..=100 {
+        match cache.put(&id, &account(id, &big, 1)).await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some((id, e));
+                break;
+            }
+        }
+    }
+    let (id, e) = refused.expect("Redis runs out of memory");
+    assert!(
+        matches!(&e, Error::Store { .. }) && e.to_string().contains("OOM"),
+        "{e:?}"
+    );
+    // Nothing of the refused write is visible: no entry, no dirty record.
+    let read = cache.get(&id).await.expect("get");
+    assert_eq!(read.value, None);
+    let pending = cache.write_back_stats().expect("stats").acknowledged;
+    assert_eq!(pending, id as u64 - 1);
+    f.db.drop().await;
+}

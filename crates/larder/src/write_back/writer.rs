@@ -84,7 +84,13 @@ impl<V: Send + Sync + 'static> Inner<V> {
             if backlog < max {
                 return Ok(());
             }
-            if state.log.state(&self.dirty_keys(id)).await?.record.is_some() {
+            if state
+                .log
+                .state(&self.dirty_keys(id))
+                .await?
+                .record
+                .is_some()
+            {
                 return Ok(());
             }
             state.wake.notify_one();
