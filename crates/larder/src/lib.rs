@@ -25,6 +25,14 @@
 //! - **read-through**: [`Cache::get`] / [`Cache::get_many`] — the cache
 //!   loads from its [`Source`] on a miss (`get_many`: one `MGET`, one
 //!   `load_many` for all misses).
+//! - **write-through / write-around / read-only**: [`Cache::put`],
+//!   [`Cache::patch`], [`Cache::delete`] under the cache's [`WritePolicy`];
+//!   concurrent writers converge on the database's last committed row.
+//! - **write-back**: [`WritePolicy::Back`] — acknowledged once the store
+//!   holds the write durably, flushed later (coalesced, batched, fenced);
+//!   nothing acknowledged is lost. See [`write_back`].
+//! - **change notifications** (PostgreSQL): a [`Cache`] is a
+//!   [`ChangeHandler`] of its table's triggers ([`ChangeListener`]).
 //!
 //! ## Freshness (one set of words)
 //!
