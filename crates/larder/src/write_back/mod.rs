@@ -13,7 +13,7 @@
 //! - `patch` merges the fields into the current value in Rust and commits
 //!   with a compare-and-set on the id's write version, retrying on
 //!   conflict; `delete` records a tombstone the same way.
-//! - The flusher ([`flusher`]) owns a shard through a lease with an epoch,
+//! - The flusher owns a shard through a lease with an epoch,
 //!   drains it in batches (one upsert statement per batch), clears a record
 //!   only if its sequence is unchanged, and refreshes the entry from the
 //!   stored row. The database fences stale flushers (`larder_fence`).
