@@ -6,6 +6,7 @@
 //! in one readable line with a non-zero exit; a bad config is
 //! `larder: <file>: <key>: <problem>`.
 
+mod bench;
 mod demo;
 mod serve_cmd;
 mod stats_cmd;
@@ -33,6 +34,8 @@ enum Command {
     Stats(stats_cmd::StatsArgs),
     /// Show cache-aside and read-through on a sample SQLite database.
     Demo(demo::DemoArgs),
+    /// Run one workload against several caching patterns and compare them.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::Warm(args) => warm_cmd::run(args).await,
             Command::Stats(args) => stats_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Bench(args) => bench::run(*args).await,
         }
     });
     match result {
