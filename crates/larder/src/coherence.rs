@@ -308,6 +308,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     /// Invalidates canonical ids: store, near cache, bus.
     pub(crate) async fn invalidate_canonical(&self, ids: &[String]) -> Result<()> {
+        for id in ids {
+            self.flights.forget(id);
+        }
         let bus = &self.coherence.bus;
         if let Err(e) = self.check_layout().await {
             bus.evict_local(ids).await;
@@ -316,6 +319,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
             return Err(e);
         }
-        bus.invalidate(ids).await
+        let done = bus.invalidate(ids).await;
+        // Again: a read that started a load between the first forget and
+        // the delete must not be joined by reads that start after it.
+        for id in ids {
+            self.flights.forget(id);
+        }
+        done
     }
 }

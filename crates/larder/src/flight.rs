@@ -17,21 +17,36 @@ use std::sync::{Arc, Mutex, MutexGuard};
 type Flight<T> = Shared<BoxFuture<'static, T>>;
 
 /// The loads in progress in this process, by id.
+/// The flights in progress by id, each with its registration number.
+type Registry<T> = Arc<Mutex<HashMap<String, (u64, Flight<T>)>>>;
+
 pub(crate) struct Flights<T> {
-    map: Arc<Mutex<HashMap<String, Flight<T>>>>,
+    /// Each flight with the number it was registered under, so a flight
+    /// that was forgotten never removes its successor.
+    map: Registry<T>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl<T: Clone + Send + Sync + 'static> Flights<T> {
     pub(crate) fn new() -> Self {
         Self {
             map: Arc::new(Mutex::new(HashMap::new())),
+            next: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Flight<T>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (u64, Flight<T>)>> {
         // The map is only inserted into and removed from; a panic cannot
         // leave it inconsistent.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the flight of `id`, if any: it runs on and answers the
+    /// callers that joined it, but later callers start a new one. Called
+    /// when `id` is invalidated or written, since a load that began before
+    /// may return the old value.
+    pub(crate) fn forget(&self, id: &str) {
+        self.lock().remove(id);
     }
 
     /// Whether a load of `id` is in progress.
@@ -53,9 +68,10 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         F: Future<Output = T> + Send + 'static,
     {
         let mut map = self.lock();
-        if let Some(existing) = map.get(id) {
+        if let Some((_, existing)) = map.get(id) {
             return (existing.clone(), false);
         }
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let task = tokio::spawn(work());
         let registry = Arc::downgrade(&self.map);
         let key = id.to_owned();
@@ -68,16 +84,16 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
             // that arrives after a fill reads the filled cache instead of
             // joining a finished flight.
             if let Some(registry) = registry.upgrade() {
-                registry
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
+                let mut map = registry.lock().unwrap_or_else(|p| p.into_inner());
+                if map.get(&key).is_some_and(|(n, _)| *n == number) {
+                    map.remove(&key);
+                }
             }
             result
         }
         .boxed()
         .shared();
-        map.insert(id.to_owned(), flight.clone());
+        map.insert(id.to_owned(), (number, flight.clone()));
         drop(map);
         // Drive the flight even if every caller goes away, so the registry
         // entry is always removed.

@@ -307,6 +307,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// Takes a write ticket. `None`: the store is unreachable (the write
     /// goes on; the cache is reported `Unreachable`).
     async fn begin(&self, id: &str) -> Result<Option<WriteTicket>> {
+        self.flights.forget(id);
         let began = match self.check_layout().await {
             Ok(()) => {
                 self.store
@@ -329,6 +330,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
     async fn end(&self, id: &str, ticket: Option<WriteTicket>, end: WriteEnd) -> CacheWrite {
         let aborted = matches!(end, WriteEnd::Abort);
         let cache = self.end_in_store(id, ticket, end).await;
+        // A load that started during the write must not answer reads that
+        // start after it.
+        self.flights.forget(id);
         if !aborted {
             let reached = cache != CacheWrite::Unreachable;
             self.coherence.bus.written(id, reached).await;

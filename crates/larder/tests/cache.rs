@@ -839,3 +839,58 @@ every_store!(
     a_refused_write_leaves_the_cache_alone,
     a_write_voids_a_load_in_flight,
 );
+
+#[tokio::test]
+async fn a_read_after_an_invalidation_does_not_join_a_load_that_began_before_it() {
+    for url in ["memory://".to_owned(), support::redis_url()] {
+        let store = store::connect(&url).await.expect("store");
+        let cache: Cache<u64, String> = Cache::builder()
+            .prefix(support::unique("flight"))
+            .entity("e")
+            .store(store)
+            .early_refresh(0.0)
+            .build()
+            .await
+            .expect("cache");
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let before = cache.clone();
+        let first = tokio::spawn(async move {
+            before
+                .get_or_load(&1, move || async move {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await;
+                    Ok::<_, std::convert::Infallible>(Some("old".to_owned()))
+                })
+                .await
+        });
+        started_rx.await.expect("the first load started");
+        cache.invalidate(&1).await.expect("invalidate");
+        let second = tokio::time::timeout(
+            Duration::from_secs(5),
+            cache.get_or_load(&1, || async {
+                Ok::<_, std::convert::Infallible>(Some("new".to_owned()))
+            }),
+        )
+        .await
+        .expect("the second read does not wait for the older load")
+        .expect("read");
+        assert_eq!(
+            second.value.as_deref().map(String::as_str),
+            Some("new"),
+            "{url}"
+        );
+        let _ = release_tx.send(());
+        let first = first.await.expect("task").expect("read");
+        assert_eq!(first.value.as_deref().map(String::as_str), Some("old"));
+        let cached = cache
+            .get_or_load(&1, || async { Ok::<_, std::convert::Infallible>(None) })
+            .await
+            .expect("read");
+        assert_eq!(
+            (cached.value.as_deref().map(String::as_str), cached.outcome),
+            (Some("new"), Outcome::Hit),
+            "the older load's fill was refused ({url})"
+        );
+    }
+}

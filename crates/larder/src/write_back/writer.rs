@@ -115,6 +115,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         expect: Option<u64>,
     ) -> Result<Recorded> {
         let (payload, value, tags) = write;
+        self.flights.forget(id);
         self.ready_to_write(state).await?;
         self.wait_for_room(state, id).await?;
         let stamp = self.coherence.stamp(self.coherence.seq(), value, tags)?;
@@ -137,6 +138,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         };
         if let Recorded::Queued { coalesced, .. } = recorded {
+            self.flights.forget(id);
             self.coherence.bus.announced(&ids).await;
             let c = &state.counters;
             Counters::add(&c.acknowledged, 1);
