@@ -9,12 +9,13 @@
 mod support;
 
 use larder::store::{self, Store};
-use larder::{Cache, FnSource, NearOptions, Outcome};
+use larder::{Cache, FnSource, NearOptions, Outcome, SqlPool, SqlSource, WriteBack, WritePolicy};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::MetricKind;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use support::accounts::{account, Account, Db};
 use support::{redis_url, unique, RedisServer};
 
 /// (kind, name, sorted labels) → value.
@@ -192,6 +193,53 @@ async fn counters_and_metrics_count_known_traffic() {
         "the invalidated entry is gone"
     );
 
+    // Write-back: 5 writes of one id (4 coalesced) and 2 of others, then
+    // `close` flushes them all.
+    let db = Db::new().await;
+    let durable = RedisServer::builder()
+        .appendonly(true)
+        .appendfsync_always(true)
+        .start();
+    let pool = SqlPool::connect(&support::pg_url(), 2).await.expect("pg");
+    let accounts: Cache<i64, Account> = Cache::builder()
+        .prefix(&prefix)
+        .entity("accounts")
+        .shards(8)
+        .store(store::connect_checked(&durable.url()).await.expect("redis"))
+        .source(
+            SqlSource::builder(pool, &db.table())
+                .entity("accounts")
+                .build()
+                .await
+                .expect("source"),
+        )
+        .write_policy(WritePolicy::Back(WriteBack {
+            max_delay: Duration::from_secs(60),
+            ..WriteBack::default()
+        }))
+        .build()
+        .await
+        .expect("write-back cache");
+    for balance in 0..5 {
+        accounts
+            .put(&7, &account(7, "bo", balance))
+            .await
+            .expect("put");
+    }
+    for id in [1, 2] {
+        accounts.put(&id, &account(id, "al", 1)).await.expect("put");
+    }
+    accounts
+        .close(Duration::from_secs(10))
+        .await
+        .expect("close");
+    let wb = accounts.write_back_stats().expect("write-back stats");
+    assert_eq!(
+        (wb.acknowledged, wb.coalesced, wb.rows_written, wb.backlog),
+        (7, 4, 3, 0)
+    );
+    db.drop().await;
+
     // The same figures through the facade.
     let all: Series = snapshotter
         .snapshot()
@@ -249,4 +297,17 @@ async fn counters_and_metrics_count_known_traffic() {
     assert_eq!(counter(&all, "larder_invalidations_sent_total", &n), 1);
     assert_eq!(counter(&all, "larder_invalidations_received_total", &n), 1);
     assert_eq!(gauge(&all, "larder_l1_entries", &n), 0.0);
+
+    let w = [("entity", "accounts")];
+    assert_eq!(counter(&all, "larder_writeback_writes_total", &w), 7);
+    assert_eq!(counter(&all, "larder_writeback_coalesced_total", &w), 4);
+    let batches = samples(&all, "larder_writeback_batch_rows", &w);
+    assert_eq!(batches.iter().sum::<f64>(), 3.0, "{batches:?}");
+    assert_eq!(batches.len() as u64, wb.batches);
+    assert_eq!(
+        counter(&all, "larder_writeback_batches_total", &w),
+        wb.batches
+    );
+    assert_eq!(gauge(&all, "larder_writeback_backlog", &w), 0.0);
+    assert_eq!(counter(&all, "larder_writeback_dead_lettered_total", &w), 0);
 }
