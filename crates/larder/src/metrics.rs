@@ -27,7 +27,7 @@
 //! | `larder_l1_entries` | gauge | entity | near-cache entries (set when stats are taken) |
 //! | `larder_l1_evictions_total` | counter | entity | near-cache evictions (capacity or TTL) |
 //! | `larder_invalidations_{sent,received,replayed}_total` | counter | entity | invalidation bus traffic |
-//! | `larder_writeback_*` | see [`WriteBackMetrics`] | entity | write-back |
+//! | `larder_writeback_*` | counters, gauges, a histogram | entity | write-back: see `write_back::Counters::new` |
 
 use crate::outcome::Outcome;
 use metrics::{Counter, Gauge, Histogram, Label};
@@ -201,24 +201,6 @@ impl ReadMetrics {
             stale_on_error: counter("larder_stale_on_error_total", entity),
             refreshes: counter("larder_refreshes_total", entity),
             corrupt_entries: counter("larder_corrupt_entries_total", entity),
-        }
-    }
-
-    /// Handles that report to nobody (counters kept without an entity).
-    pub(crate) fn noop() -> Self {
-        Self {
-            reads: std::array::from_fn(|_| Counter::noop()),
-            loads: Counter::noop(),
-            load_errors: Counter::noop(),
-            load_seconds: Histogram::noop(),
-            cache_seconds: Histogram::noop(),
-            fills: Counter::noop(),
-            fills_refused: Counter::noop(),
-            lease_waits: Counter::noop(),
-            lease_takeovers: Counter::noop(),
-            stale_on_error: Counter::noop(),
-            refreshes: Counter::noop(),
-            corrupt_entries: Counter::noop(),
         }
     }
 }

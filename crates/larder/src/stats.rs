@@ -44,24 +44,13 @@ pub(crate) enum Event {
     CorruptEntry,
 }
 
-impl Default for Counters {
-    /// Counters that report to no metrics recorder.
-    fn default() -> Self {
-        Self::with(ReadMetrics::noop())
-    }
-}
-
 impl Counters {
     /// Counters of `entity`, also reported as metrics labelled with it.
     pub(crate) fn new(entity: &str) -> Self {
-        Self::with(ReadMetrics::new(entity))
-    }
-
-    fn with(metrics: ReadMetrics) -> Self {
         Self {
             reads: Default::default(),
             load_times: LoadHistogram::default(),
-            metrics,
+            metrics: ReadMetrics::new(entity),
             loads: AtomicU64::new(0),
             load_errors: AtomicU64::new(0),
             load_us_total: AtomicU64::new(0),
