@@ -1,7 +1,8 @@
 //! `larder`: the binary on top of the larder engine.
 //!
 //! `larder serve` runs the HTTP service, `larder warm` fills an entity's
-//! cache, `larder stats` prints a running service's figures, `larder demo`
+//! cache, `larder stats` prints a running service's figures (`larder top`:
+//! live, each second), `larder demo`
 //! shows the patterns on an embedded SQLite database. Errors are reported
 //! in one readable line with a non-zero exit; a bad config is
 //! `larder: <file>: <key>: <problem>`.
@@ -10,6 +11,7 @@ mod bench;
 mod demo;
 mod serve_cmd;
 mod stats_cmd;
+mod top_cmd;
 mod warm_cmd;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,8 @@ enum Command {
     Warm(warm_cmd::WarmArgs),
     /// Print a running service's /v1/stats as a table.
     Stats(stats_cmd::StatsArgs),
+    /// A live view of a running service, redrawn each second (Ctrl-C to quit).
+    Top(top_cmd::TopArgs),
     /// Show cache-aside and read-through on a sample SQLite database.
     Demo(demo::DemoArgs),
     /// Run one workload against several caching patterns and compare them.
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve_cmd::run(args).await,
             Command::Warm(args) => warm_cmd::run(args).await,
             Command::Stats(args) => stats_cmd::run(args).await,
+            Command::Top(args) => top_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(*args).await,
         }

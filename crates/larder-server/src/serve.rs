@@ -193,6 +193,8 @@ async fn store_answers(store: &Arc<dyn Store>, prefix: &str) -> bool {
 /// Errors a config can fix are [`ConfigError`]s inside the `anyhow::Error`
 /// (the binary prints them as one line).
 pub async fn start(config: Config) -> anyhow::Result<AppState> {
+    // Before any cache is built: caches resolve their metric handles at build.
+    crate::http::metrics::install();
     let token = token_of(&config);
     let store = store::connect(&config.store.url)
         .await

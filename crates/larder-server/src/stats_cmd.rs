@@ -35,12 +35,61 @@ pub(crate) async fn run(args: StatsArgs) -> Result<()> {
     Ok(())
 }
 
+/// Rows as aligned columns: the first left-aligned, the others right-aligned.
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                if i == 0 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Redis' used memory and its limit, readable (`12.3 MiB`, `no limit`).
+pub(crate) fn memory(redis: &Value) -> (String, String) {
+    let mib = |v: &Value| {
+        v.as_u64()
+            .map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1_048_576.0))
+    };
+    let max = match redis["maxmemory"].as_u64() {
+        Some(0) => "no limit".to_owned(),
+        _ => mib(&redis["maxmemory"]),
+    };
+    (mib(&redis["used_memory"]), max)
+}
+
+/// Milliseconds with two decimals, `-` when absent.
+fn ms(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |m| format!("{m:.2}"))
+}
+
 /// The stats document as a table.
 fn render(stats: &Value) -> String {
     let mut out = String::new();
     let cols = [
         "entity", "reads", "l1", "hit", "stale", "negative", "miss", "bypass", "hit%", "loads",
-        "errors", "load ms",
+        "errors", "load ms", "p50 ms", "p99 ms", "backlog",
     ];
     let mut rows: Vec<Vec<String>> = vec![cols.iter().map(|c| (*c).to_owned()).collect()];
     if let Some(entities) = stats["entities"].as_object() {
@@ -59,45 +108,21 @@ fn render(stats: &Value) -> String {
                 format!("{:.1}", e["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0),
                 n(&e["loads"]),
                 n(&e["load_errors"]),
-                e["load_ms_mean"]
-                    .as_f64()
-                    .map_or("-".into(), |m| format!("{m:.2}")),
+                ms(&e["load_ms_mean"]),
+                ms(&e["load_ms_p50"]),
+                ms(&e["load_ms_p99"]),
+                e["write_back"]["backlog"]
+                    .as_u64()
+                    .map_or("-".into(), |b| b.to_string()),
             ]);
         }
     }
-    let widths: Vec<usize> = (0..cols.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (cell, w))| {
-                if i == 0 {
-                    format!("{cell:<w$}")
-                } else {
-                    format!("{cell:>w$}")
-                }
-            })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&table(&rows));
     let redis = &stats["redis"];
     if redis.is_object() {
-        let mib = |v: &Value| {
-            v.as_u64()
-                .map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
-        };
-        let max = match redis["maxmemory"].as_u64() {
-            Some(0) => "no limit".to_owned(),
-            _ => mib(&redis["maxmemory"]),
-        };
+        let (used, max) = memory(redis);
         out.push_str(&format!(
-            "\nredis: used {}, maxmemory {}, policy {}, evicted keys {}\n",
-            mib(&redis["used_memory"]),
-            max,
+            "\nredis: used {used}, maxmemory {max}, policy {}, evicted keys {}\n",
             redis["maxmemory_policy"].as_str().unwrap_or("?"),
             redis["evicted_keys"].as_u64().unwrap_or(0)
         ));

@@ -172,6 +172,37 @@ fn serves_with_a_config_and_exits_cleanly_on_sigterm() {
         "{text}"
     );
 
+    // `larder top` draws two frames (the second with rates) and exits 0.
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args([
+            "top",
+            "--url",
+            &server.url,
+            "--iterations",
+            "2",
+            "--interval",
+            "0.2",
+        ])
+        .env_remove("LARDER_TOKEN")
+        .output()
+        .expect("larder top");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames: Vec<&str> = text.matches("larder top").collect();
+    assert_eq!(frames.len(), 2, "{text}");
+    let last_row = text
+        .lines()
+        .rfind(|l| l.starts_with("users"))
+        .expect("a users row");
+    let cells: Vec<&str> = last_row.split_whitespace().collect();
+    // No reads between the frames; the one read so far was a miss.
+    assert_eq!(cells[..3], ["users", "0.0", "0.0"], "{text}");
+    assert!(text.contains("redis: used"), "{text}");
+
     let status = server.terminate();
     assert_eq!(status.code(), Some(0), "{status:?}");
 

@@ -7,6 +7,9 @@
 //!
 //! Run: `cargo bench -p larder --bench hit_path`; the figure to report is
 //! the ratio of `larder_redis_hit/64` to `raw_get/64` throughput.
+//! With `LARDER_BENCH_RECORDER=1` a metrics recorder (metrics-util's, on
+//! the same atomic storage as the Prometheus exporter) is installed before
+//! the caches are built: the hit path's cost with metrics recorded.
 
 #![allow(missing_docs)]
 
@@ -41,6 +44,11 @@ async fn cache(store_url: &str) -> Cache<u64, User> {
 }
 
 fn hit_path(c: &mut Criterion) {
+    if std::env::var("LARDER_BENCH_RECORDER").is_ok_and(|v| v == "1") {
+        metrics_util::debugging::DebuggingRecorder::new()
+            .install()
+            .expect("the only recorder");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -276,6 +276,7 @@ where
             self.coherence.tagger,
             self.coherence.bus,
         );
+        let counters = Counters::new(keys.entity());
         let cache = Cache::from_inner(Inner {
             breaker: Breaker::new(store.name()),
             coherence,
@@ -287,7 +288,7 @@ where
             policy: self.policy,
             random: self.seed.map_or(Random::Thread, Random::seeded),
             flights: Flights::new(),
-            counters: Counters::default(),
+            counters,
             layout_checked: tokio::sync::OnceCell::new(),
             write_policy,
             write_back: write_back.clone(),
@@ -337,7 +338,7 @@ fn write_back_state<V: Send + Sync + 'static>(
         settings,
         log,
         shards,
-        counters: Default::default(),
+        counters: crate::write_back::Counters::new(keys.entity()),
         wake: Default::default(),
         closed: Default::default(),
         token: crate::policy::Random::Thread.token(),

@@ -421,7 +421,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
         self.coherence.bus.ensure_generations().await;
         let found = match self.check_layout().await {
-            Ok(()) => self.store.get(&self.keys.value_key(&id)).await,
+            Ok(()) => {
+                let started = Instant::now();
+                let found = self.store.get(&self.keys.value_key(&id)).await;
+                self.counters.cache_took(started.elapsed());
+                found
+            }
             Err(e) => Err(e),
         };
         let found = match found {
@@ -656,8 +661,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }),
         };
         let took = started.elapsed();
-        self.counters
-            .load_took(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        self.counters.load_took(took);
         if result.is_err() {
             self.counters.bump(Event::LoadError);
         }
@@ -809,7 +813,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
             match self.check_layout().await {
                 Ok(()) => {
                     let keys: Vec<String> = ids.iter().map(|id| self.keys.value_key(id)).collect();
-                    self.store.get_many(&keys).await.map_err(Some)
+                    let started = Instant::now();
+                    let found = self.store.get_many(&keys).await.map_err(Some);
+                    self.counters.cache_took(started.elapsed());
+                    found
                 }
                 Err(e) => Err(Some(e)),
             }

@@ -61,7 +61,7 @@ impl<V: Send + Sync + 'static> Coherence<V> {
         tagger: Option<Tagger<V>>,
         subscribe: Option<bool>,
     ) -> Self {
-        let counters = Arc::new(NearCounters::default());
+        let counters = Arc::new(NearCounters::new(keys.entity()));
         let near = near.map(|options| Near::new(options, counters.clone()));
         let subscribes = subscribe.unwrap_or(near.is_some() || tagger.is_some());
         let l1 = near

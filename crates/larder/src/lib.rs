@@ -93,6 +93,7 @@ mod envelope;
 mod error;
 mod flight;
 mod key;
+mod metrics;
 mod outcome;
 mod policy;
 pub mod source;

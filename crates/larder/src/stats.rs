@@ -2,13 +2,20 @@
 //!
 //! [`Cache::stats`](crate::Cache::stats) takes a [`CacheStats`] snapshot; the
 //! hit ratio follows DESIGN.md: (l1 + hit + stale + negative) / all reads.
+//!
+//! Each counting point also reports to the [`metrics`] facade
+//! ([`crate::metrics`]), so `/metrics` and `stats()` count the same events.
 
+use crate::metrics::{LoadHistogram, NearMetrics, ReadMetrics};
 use crate::outcome::Outcome;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     reads: [AtomicU64; 6],
+    load_times: LoadHistogram,
+    metrics: ReadMetrics,
     loads: AtomicU64,
     load_errors: AtomicU64,
     load_us_total: AtomicU64,
@@ -38,16 +45,57 @@ pub(crate) enum Event {
 }
 
 impl Counters {
+    /// Counters of `entity`, also reported as metrics labelled with it.
+    pub(crate) fn new(entity: &str) -> Self {
+        Self {
+            reads: Default::default(),
+            load_times: LoadHistogram::default(),
+            metrics: ReadMetrics::new(entity),
+            loads: AtomicU64::new(0),
+            load_errors: AtomicU64::new(0),
+            load_us_total: AtomicU64::new(0),
+            fills: AtomicU64::new(0),
+            fills_refused: AtomicU64::new(0),
+            lease_waits: AtomicU64::new(0),
+            wait_timeouts: AtomicU64::new(0),
+            stale_on_error: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
+            early_refreshes: AtomicU64::new(0),
+            corrupt_entries: AtomicU64::new(0),
+        }
+    }
+
     pub(crate) fn read(&self, outcome: Outcome) {
         self.reads[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        self.metrics.reads[outcome.index()].increment(1);
     }
 
     pub(crate) fn bump(&self, event: Event) {
         self.counter(event).fetch_add(1, Ordering::Relaxed);
+        let m = &self.metrics;
+        match event {
+            Event::Load => m.loads.increment(1),
+            Event::LoadError => m.load_errors.increment(1),
+            Event::Fill => m.fills.increment(1),
+            Event::FillRefused => m.fills_refused.increment(1),
+            Event::LeaseWait => m.lease_waits.increment(1),
+            Event::WaitTimeout => m.lease_takeovers.increment(1),
+            Event::StaleOnError => m.stale_on_error.increment(1),
+            Event::Refresh | Event::EarlyRefresh => m.refreshes.increment(1),
+            Event::CorruptEntry => m.corrupt_entries.increment(1),
+        }
     }
 
-    pub(crate) fn load_took(&self, us: u64) {
+    pub(crate) fn load_took(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.load_us_total.fetch_add(us, Ordering::Relaxed);
+        self.load_times.record(us);
+        self.metrics.load_seconds.record(took.as_secs_f64());
+    }
+
+    /// How long the store took to answer a read (`GET` or `MGET`).
+    pub(crate) fn cache_took(&self, took: Duration) {
+        self.metrics.cache_seconds.record(took.as_secs_f64());
     }
 
     fn counter(&self, event: Event) -> &AtomicU64 {
@@ -71,11 +119,15 @@ impl Counters {
         for (slot, c) in reads.iter_mut().zip(&self.reads) {
             *slot = get(c);
         }
+        let times = self.load_times.counts();
+        let quantile = |q| LoadHistogram::quantile(&times, q).map(Duration::from_secs_f64);
         CacheStats {
             reads,
             loads: get(&self.loads),
             load_errors: get(&self.load_errors),
             load_seconds_total: get(&self.load_us_total) as f64 / 1e6,
+            load_p50: quantile(0.5),
+            load_p99: quantile(0.99),
             fills: get(&self.fills),
             fills_refused: get(&self.fills_refused),
             lease_waits: get(&self.lease_waits),
@@ -100,6 +152,12 @@ pub struct CacheStats {
     pub load_errors: u64,
     /// Time spent in loads, in seconds.
     pub load_seconds_total: f64,
+    /// The median load time (within 25 %: the upper bound of its bucket);
+    /// `None` before the first load.
+    pub load_p50: Option<Duration>,
+    /// The 99th percentile load time (within 25 %); `None` before the
+    /// first load.
+    pub load_p99: Option<Duration>,
     /// Loaded values written to the store while holding the lease.
     pub fills: u64,
     /// Fills refused because the lease was voided (an invalidation or a
@@ -178,8 +236,9 @@ pub struct NearStats {
 }
 
 /// The live counters behind [`NearStats`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct NearCounters {
+    metrics: NearMetrics,
     l1_hits: AtomicU64,
     l1_misses: AtomicU64,
     l1_evictions: AtomicU64,
@@ -203,7 +262,32 @@ pub(crate) enum NearEvent {
 }
 
 impl NearCounters {
+    /// Counters of `entity`, also reported as metrics labelled with it.
+    pub(crate) fn new(entity: &str) -> Self {
+        Self {
+            metrics: NearMetrics::new(entity),
+            l1_hits: AtomicU64::new(0),
+            l1_misses: AtomicU64::new(0),
+            l1_evictions: AtomicU64::new(0),
+            l1_clears: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            generation_bumps: AtomicU64::new(0),
+        }
+    }
+
     pub(crate) fn add(&self, event: NearEvent, n: u64) {
+        match event {
+            NearEvent::Sent => self.metrics.sent.increment(n),
+            NearEvent::Received => self.metrics.received.increment(n),
+            NearEvent::Replayed => self.metrics.replayed.increment(n),
+            // L1 hits are larder_reads_total{outcome="l1"}.
+            NearEvent::L1Hit
+            | NearEvent::L1Miss
+            | NearEvent::L1Clear
+            | NearEvent::GenerationBump => {}
+        }
         let counter = match event {
             NearEvent::L1Hit => &self.l1_hits,
             NearEvent::L1Miss => &self.l1_misses,
@@ -218,10 +302,12 @@ impl NearCounters {
 
     pub(crate) fn l1_evicted(&self) {
         self.l1_evictions.fetch_add(1, Ordering::Relaxed);
+        self.metrics.l1_evictions.increment(1);
     }
 
     /// A snapshot; the caller fills in the gauges.
     pub(crate) fn snapshot(&self, l1_entries: u64, pending: u64) -> NearStats {
+        self.metrics.l1_entries.set(l1_entries as f64);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         NearStats {
             l1_hits: get(&self.l1_hits),

@@ -7,11 +7,13 @@
 //! - [`validate`]: bodies checked before any write;
 //! - [`error`]: the one error type and its JSON body;
 //! - [`auth`]: the bearer token and the public routes;
-//! - [`stats`]: `/v1/stats` and `/metrics`;
+//! - [`stats`]: the `/v1/stats` document;
+//! - [`metrics`]: `/metrics` (the Prometheus exporter);
 //! - [`openapi`]: the OpenAPI document of [`ROUTES`].
 
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod stats;
@@ -51,7 +53,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(stats::metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/stats", get(stats::stats))
         .route("/v1/{entity}", get(routes::get_many))

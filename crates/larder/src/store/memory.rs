@@ -47,6 +47,11 @@ struct Map {
     /// Generation hashes by key: field → value (never evicted).
     generations: HashMap<String, HashMap<String, u64>>,
     tick: u64,
+    /// For [`Store::server_info`]: keys evicted and expired, lookups.
+    evicted: u64,
+    expired: u64,
+    hits: u64,
+    misses: u64,
 }
 
 #[derive(Debug)]
@@ -61,6 +66,7 @@ impl Map {
         let expired = self.slots.get(key)?.expires.is_some_and(|e| e <= now);
         if expired {
             self.slots.remove(key);
+            self.expired += 1;
             return None;
         }
         self.tick += 1;
@@ -71,7 +77,12 @@ impl Map {
     }
 
     fn get(&mut self, key: &str, now: Instant) -> Option<Bytes> {
-        self.live(key, now).map(|s| s.value.clone())
+        let found = self.live(key, now).map(|s| s.value.clone());
+        match found {
+            Some(_) => self.hits += 1,
+            None => self.misses += 1,
+        }
+        found
     }
 
     fn set(
@@ -97,7 +108,9 @@ impl Map {
     }
 
     fn make_room(&mut self, now: Instant, capacity: usize) {
+        let before = self.slots.len();
         self.slots.retain(|_, s| s.expires.is_none_or(|e| e > now));
+        self.expired += (before - self.slots.len()) as u64;
         while self.slots.len() >= capacity {
             let victim = self
                 .slots
@@ -109,6 +122,7 @@ impl Map {
                 Some(k) => self.slots.remove(&k),
                 None => break,
             };
+            self.evicted += 1;
         }
     }
 }
@@ -381,5 +395,22 @@ impl Store for MemoryStore {
         let seq = *seq;
         hash.insert(field.to_owned(), seq);
         Ok(seq)
+    }
+
+    /// The map's own figures: bytes of keys and values, keys held, keys
+    /// evicted (capacity is a number of keys, so no `maxmemory`) and expired,
+    /// lookups of `get`/`get_many`.
+    async fn server_info(&self) -> Result<super::ServerInfo> {
+        let map = self.lock();
+        let bytes: usize = map.slots.iter().map(|(k, s)| k.len() + s.value.len()).sum();
+        Ok(super::ServerInfo {
+            used_memory: Some(bytes as u64),
+            evicted_keys: Some(map.evicted),
+            expired_keys: Some(map.expired),
+            keyspace_hits: Some(map.hits),
+            keyspace_misses: Some(map.misses),
+            keys: Some(map.slots.len() as u64),
+            ..Default::default()
+        })
     }
 }

@@ -12,6 +12,7 @@
 //! `memory://`.
 
 mod dirty;
+mod info;
 mod memory;
 mod pubsub;
 mod redis;
@@ -21,6 +22,7 @@ pub use self::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyState, DirtyWrite, Durability,
     Recorded, ShardBacklog, ShardKeys, StoredDeadLetter,
 };
+pub use self::info::ServerInfo;
 pub use self::memory::{MemoryStore, DEFAULT_CAPACITY as DEFAULT_MEMORY_CAPACITY};
 pub use self::redis::{RedisOptions, RedisStore};
 
@@ -229,6 +231,14 @@ pub trait Store: Debug + Send + Sync + 'static {
     async fn bump_generation(&self, key: &str, field: &str, init: u64) -> Result<u64> {
         let _ = (key, field, init);
         Err(no_generations(self.name()))
+    }
+
+    /// The store's own figures (Redis: `INFO`, with `CONFIG GET
+    /// maxmemory-policy` when INFO lacks it), for monitoring. One or two
+    /// round trips on the data connection; not for the read path.
+    /// Default: nothing known.
+    async fn server_info(&self) -> Result<ServerInfo> {
+        Ok(ServerInfo::default())
     }
 }
 

@@ -541,6 +541,28 @@ impl Store for RedisStore {
         inv.key(key).arg(field).arg(init);
         self.run(inv).await
     }
+
+    async fn server_info(&self) -> Result<super::ServerInfo> {
+        let mut conn = self.conn();
+        // The default sections hold memory, stats and clients.
+        let text: String = redis::cmd("INFO")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut info = super::ServerInfo::parse_info(&text);
+        if info.maxmemory_policy.is_none() {
+            // Some managed Redis hide fields of INFO; CONFIG may answer (or be refused).
+            let pair: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async(&mut conn)
+                .await;
+            if let Ok([_, policy]) = pair.as_deref() {
+                info.maxmemory_policy = Some(policy.clone());
+            }
+        }
+        Ok(info)
+    }
 }
 
 static GENERATIONS: LazyLock<Script> = LazyLock::new(|| {

@@ -35,8 +35,9 @@ mod writer;
 pub use self::dead_letters::{Closed, DeadLetter};
 
 use crate::key::{KeyKind, KeySpace};
+use crate::metrics::Tally;
 use crate::store::{DirtyLog, ShardKeys};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -130,28 +131,46 @@ pub struct WriteBackStats {
     pub dead_letters: u64,
 }
 
-/// Live counters behind [`WriteBackStats`].
+/// Live counters behind [`WriteBackStats`]; each also reports to the
+/// `metrics` facade (see [`Tally`]).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) acknowledged: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) batches: AtomicU64,
-    pub(crate) rows_written: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) fenced: AtomicU64,
-    pub(crate) backlog: AtomicU64,
-    pub(crate) oldest_ms: AtomicU64,
-    pub(crate) dead_letters: AtomicU64,
+    pub(crate) acknowledged: Tally,
+    pub(crate) coalesced: Tally,
+    pub(crate) batches: Tally,
+    /// Added once per committed batch (its row count): a histogram sample.
+    pub(crate) rows_written: Tally,
+    pub(crate) retries: Tally,
+    pub(crate) dead_lettered: Tally,
+    pub(crate) fenced: Tally,
+    pub(crate) backlog: Tally,
+    pub(crate) oldest_ms: Tally,
+    pub(crate) dead_letters: Tally,
 }
 
 impl Counters {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    /// The counters of `entity`, reported as `larder_writeback_*` metrics.
+    pub(crate) fn new(entity: &str) -> Self {
+        Self {
+            acknowledged: Tally::counter("larder_writeback_writes_total", entity),
+            coalesced: Tally::counter("larder_writeback_coalesced_total", entity),
+            batches: Tally::counter("larder_writeback_batches_total", entity),
+            rows_written: Tally::samples("larder_writeback_batch_rows", entity),
+            retries: Tally::counter("larder_writeback_retries_total", entity),
+            dead_lettered: Tally::counter("larder_writeback_dead_lettered_total", entity),
+            fenced: Tally::counter("larder_writeback_fenced_total", entity),
+            backlog: Tally::gauge("larder_writeback_backlog", entity, 1.0),
+            oldest_ms: Tally::gauge("larder_writeback_lag_seconds", entity, 0.001),
+            dead_letters: Tally::gauge("larder_writeback_dead_letters", entity, 1.0),
+        }
+    }
+
+    pub(crate) fn add(counter: &Tally, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> WriteBackStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let get = |c: &Tally| c.load(Ordering::Relaxed);
         WriteBackStats {
             acknowledged: get(&self.acknowledged),
             coalesced: get(&self.coalesced),

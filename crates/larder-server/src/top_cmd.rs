@@ -1,0 +1,187 @@
+//! `larder top --url http://… [--token T]`: a live view of a running
+//! service, redrawn each second: per entity reads/s, hit ratio, p99 load
+//! time and write-back backlog; Redis memory and evictions.
+//!
+//! Why no TUI crate: the view is one table redrawn in place, which plain
+//! ANSI (clear screen, cursor home) does; rates are differences of the
+//! counters of two successive `/v1/stats` documents, so the service keeps
+//! no per-client state. `--iterations N` (or `--once`) stops after N
+//! frames, for scripts and tests; Ctrl-C stops it at any time.
+
+use anyhow::{bail, Result};
+use larder_server::client;
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+use std::time::{Duration, Instant};
+
+/// Options of `larder top`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TopArgs {
+    /// The service's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// The bearer token, if the service needs one.
+    #[arg(long, env = "LARDER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Seconds between frames.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Stop after this many frames (default: until Ctrl-C).
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// One frame, then exit (same as `--iterations 1`).
+    #[arg(long)]
+    once: bool,
+}
+
+/// ANSI: clear the screen and put the cursor home.
+const CLEAR: &str = "\x1b[2J\x1b[H";
+
+pub(crate) async fn run(args: TopArgs) -> Result<()> {
+    if !(args.interval.is_finite() && args.interval > 0.0) {
+        bail!("--interval must be a positive number of seconds");
+    }
+    let url = format!("{}/v1/stats", args.url.trim_end_matches('/'));
+    let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
+    let frames = if args.once { Some(1) } else { args.iterations };
+    let clear = std::io::stdout().is_terminal();
+    let mut previous: Option<(Value, Instant)> = None;
+    let mut drawn = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let doc = fetch(&url, auth.as_deref()).await?;
+        let now = Instant::now();
+        let frame = render(
+            &doc,
+            previous
+                .as_ref()
+                .map(|(d, at)| (d, now.duration_since(*at))),
+            &args.url,
+        );
+        let mut out = std::io::stdout().lock();
+        if clear {
+            out.write_all(CLEAR.as_bytes())?;
+        }
+        out.write_all(frame.as_bytes())?;
+        out.flush()?;
+        drop(out);
+        previous = Some((doc, now));
+        drawn += 1;
+        if frames.is_some_and(|n| drawn >= n) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(args.interval)) => {}
+            _ = &mut ctrl_c => return Ok(()),
+        }
+    }
+}
+
+async fn fetch(url: &str, auth: Option<&str>) -> Result<Value> {
+    let headers: Vec<(&str, &str)> = auth.map(|a| vec![("Authorization", a)]).unwrap_or_default();
+    let res = client::request("GET", url, &headers, None, Duration::from_secs(5)).await?;
+    let body = res.json().unwrap_or(Value::Null);
+    if res.status != 200 {
+        let message = body["error"]["message"].as_str().unwrap_or("no details");
+        bail!("{url} answered {}: {message}", res.status);
+    }
+    Ok(body)
+}
+
+/// One frame: `before` is the previous document and the time since it.
+fn render(doc: &Value, before: Option<(&Value, Duration)>, url: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "larder top — {url} — store {} — up {}s",
+        doc["store"].as_str().unwrap_or("?"),
+        doc["uptime_s"].as_u64().unwrap_or(0)
+    );
+    let mut rows = vec![[
+        "entity", "reads/s", "hit%", "p50 ms", "p99 ms", "loads/s", "errors", "backlog", "lag ms",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let empty = serde_json::Map::new();
+    let entities = doc["entities"].as_object().unwrap_or(&empty);
+    for (name, e) in entities {
+        let rate = |field: &str| match before {
+            Some((prev, took)) if took.as_secs_f64() > 0.0 => {
+                let now = e[field].as_u64().unwrap_or(0);
+                let was = prev["entities"][name][field].as_u64().unwrap_or(0);
+                format!("{:.1}", now.saturating_sub(was) as f64 / took.as_secs_f64())
+            }
+            _ => "-".into(),
+        };
+        let num = |v: &Value| v.as_f64().map_or("-".into(), |m| format!("{m:.2}"));
+        let wb = &e["write_back"];
+        rows.push(vec![
+            name.clone(),
+            rate("reads_total"),
+            format!("{:.1}", e["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0),
+            num(&e["load_ms_p50"]),
+            num(&e["load_ms_p99"]),
+            rate("loads"),
+            e["load_errors"].as_u64().unwrap_or(0).to_string(),
+            wb["backlog"].as_u64().map_or("-".into(), |b| b.to_string()),
+            wb["lag_ms"].as_u64().map_or("-".into(), |b| b.to_string()),
+        ]);
+    }
+    out.push_str(&crate::stats_cmd::table(&rows));
+    let redis = &doc["redis"];
+    if redis.is_object() {
+        let (used, max) = crate::stats_cmd::memory(redis);
+        let evicted = redis["evicted_keys"].as_u64().unwrap_or(0);
+        let evicted_rate = match before {
+            Some((prev, took)) if took.as_secs_f64() > 0.0 => {
+                let was = prev["redis"]["evicted_keys"].as_u64().unwrap_or(evicted);
+                format!(
+                    " ({:.1}/s)",
+                    evicted.saturating_sub(was) as f64 / took.as_secs_f64()
+                )
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "\nredis: used {used} of {max} ({}), evicted keys {evicted}{evicted_rate}, clients {}",
+            redis["maxmemory_policy"].as_str().unwrap_or("?"),
+            redis["connected_clients"].as_u64().unwrap_or(0)
+        );
+    } else {
+        out.push_str("\nno Redis figures\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rates_are_differences_over_time() {
+        let before = json!({ "entities": { "users": { "reads_total": 100, "loads": 10 } }, "redis": { "evicted_keys": 5 } });
+        let now = json!({
+            "store": "redis://x", "uptime_s": 9,
+            "entities": { "users": { "reads_total": 300, "loads": 20, "hit_ratio": 0.95, "load_ms_p99": 4.0, "write_back": { "backlog": 7, "lag_ms": 120 } } },
+            "redis": { "used_memory": 1_048_576, "maxmemory": 0, "maxmemory_policy": "noeviction", "evicted_keys": 9 }
+        });
+        let text = render(&now, Some((&before, Duration::from_secs(2))), "http://x");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("users"))
+            .expect("a row");
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["users", "100.0", "95.0", "-", "4.00", "5.0", "0", "7", "120"]
+        );
+        assert!(text.contains("evicted keys 9 (2.0/s)"), "{text}");
+        assert!(text.contains("used 1.0 MiB of no limit"), "{text}");
+        let first = render(&now, None, "http://x");
+        assert!(first.contains("users"), "{first}");
+    }
+}
