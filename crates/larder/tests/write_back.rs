@@ -809,3 +809,78 @@ async fn a_store_out_of_memory_acknowledges_nothing() {
     assert_eq!(pending, id as u64 - 1);
     f.db.drop().await;
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Order {
+    id: i64,
+    account_id: i64,
+}
+
+#[tokio::test]
+async fn a_missing_foreign_key_is_retried_a_few_rounds_then_dead_lettered() {
+    let f = Fixture::new().await;
+    let table = format!("{}.orders", f.db.schema);
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, account_id bigint NOT NULL REFERENCES {}(id))",
+        f.db.table()
+    ))
+    .execute(&f.db.admin)
+    .await
+    .expect("orders");
+    let pool = SqlPool::connect(&support::pg_url(), 2).await.expect("pool");
+    let source = SqlSource::builder(pool, &table)
+        .entity("orders")
+        .build()
+        .await
+        .expect("source");
+    let orders: Cache<i64, Order> = Cache::builder()
+        .prefix(f.prefix.as_str())
+        .entity("orders")
+        .shards(4)
+        .store(redis(&f.server.url()).await)
+        .source(source)
+        .write_policy(WritePolicy::Back(settings(10)))
+        .build()
+        .await
+        .expect("cache");
+    orders
+        .put(
+            &1,
+            &Order {
+                id: 1,
+                account_id: 77,
+            },
+        )
+        .await
+        .expect("acknowledged: the account may be flushed later");
+    eventually("the order is dead-lettered after its retries", || async {
+        orders.dead_letters().await.expect("list").len() == 1
+    })
+    .await;
+    let stats = orders.write_back_stats().expect("stats");
+    assert!(stats.retries >= 2, "{stats:?}");
+    let letter = &orders.dead_letters().await.expect("list")[0];
+    assert!(letter.error.contains("foreign key"), "{}", letter.error);
+
+    // Once the account exists, a retried order lands.
+    let accounts = f.cache(settings(10)).await;
+    accounts
+        .put(&77, &account(77, "ka", 1))
+        .await
+        .expect("account");
+    accounts
+        .close(Duration::from_secs(10))
+        .await
+        .expect("flush the account");
+    assert_eq!(orders.retry_dead_letters().await.expect("retry"), 1);
+    orders
+        .close(Duration::from_secs(10))
+        .await
+        .expect("flush the order");
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(&f.db.admin)
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
+    f.db.drop().await;
+}

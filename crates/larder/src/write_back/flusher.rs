@@ -249,6 +249,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     Counters::add(&state.counters.batches, 1);
                     Counters::add(&state.counters.rows_written, group.len() as u64);
                     clears.extend(self.clears(&group, stored, &seqs, generation));
+                    forget_fk_attempts(state, &group);
                 }
                 Err(e) if is_row_fault(&e) && group.len() > 1 => {
                     let (a, b) = group.split();
@@ -419,6 +420,19 @@ impl<V: Send + Sync + 'static> Inner<V> {
             tracing::warn!(entity = self.keys.entity(), id, error = %e, "the source refused a write-back row; it is in the dead letters and no longer served");
         }
         Ok(())
+    }
+}
+
+/// Rows that landed start their foreign-key count afresh.
+fn forget_fk_attempts<V>(state: &State, group: &Group<V>) {
+    let Ok(mut attempts) = state.fk_attempts.lock() else {
+        return;
+    };
+    if attempts.is_empty() {
+        return;
+    }
+    for id in group.upserts.iter().map(|(id, _)| id).chain(&group.removes) {
+        attempts.remove(id);
     }
 }
 
