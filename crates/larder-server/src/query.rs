@@ -15,6 +15,7 @@
 
 use crate::config::is_ident;
 use async_trait::async_trait;
+use larder::source::classify_sql_error;
 use larder::{Error, RawJson, Result, Source};
 use sqlx::{Column as _, Executor as _, PgPool, Row as _, TypeInfo as _};
 use std::collections::HashMap;
@@ -56,13 +57,16 @@ impl QuerySource {
         }
         let query = query.trim().trim_end_matches(';');
         let probe = format!("SELECT * FROM ({query}) q LIMIT 0");
-        let described = (&pool)
-            .describe(&probe)
-            .await
-            .map_err(|e| match classify(entity, e) {
-                e @ Error::SourceUnavailable { .. } => e,
-                other => Error::Config(format!("the query does not run: {}", cause_text(&other))),
-            })?;
+        let described =
+            (&pool)
+                .describe(&probe)
+                .await
+                .map_err(|e| match classify_sql_error(entity, e) {
+                    e @ Error::SourceUnavailable { .. } => e,
+                    other => {
+                        Error::Config(format!("the query does not run: {}", cause_text(&other)))
+                    }
+                })?;
         let found: Vec<(String, String)> = described
             .columns()
             .iter()
@@ -151,7 +155,8 @@ impl QuerySource {
     /// A `(key as text, row JSON)` result row.
     fn id_and_row(&self, row: &sqlx::postgres::PgRow) -> Result<(String, RawJson)> {
         let get = |i: usize| -> Result<String> {
-            row.try_get(i).map_err(|e| classify(&self.inner.entity, e))
+            row.try_get(i)
+                .map_err(|e| classify_sql_error(&self.inner.entity, e))
         };
         let id = get(0)?;
         let raw = self.raw(&id, get(1)?)?;
@@ -184,7 +189,7 @@ impl Source<RawJson> for QuerySource {
         let row = q
             .fetch_optional(&self.inner.pool)
             .await
-            .map_err(|e| classify(&self.inner.entity, e))?;
+            .map_err(|e| classify_sql_error(&self.inner.entity, e))?;
         row.map(|json| self.raw(&id, json)).transpose()
     }
 
@@ -209,7 +214,7 @@ impl Source<RawJson> for QuerySource {
         let rows = q
             .fetch_all(&self.inner.pool)
             .await
-            .map_err(|e| classify(&self.inner.entity, e))?;
+            .map_err(|e| classify_sql_error(&self.inner.entity, e))?;
         let mut out = HashMap::with_capacity(rows.len());
         for row in rows {
             let (id, raw) = self.id_and_row(&row)?;
@@ -232,7 +237,7 @@ impl Source<RawJson> for QuerySource {
             .bind(limit)
             .fetch_all(&self.inner.pool)
             .await
-            .map_err(|e| classify(&self.inner.entity, e))?;
+            .map_err(|e| classify_sql_error(&self.inner.entity, e))?;
         rows.iter().map(|row| self.id_and_row(row)).collect()
     }
 
@@ -267,42 +272,5 @@ fn cause_text(e: &Error) -> String {
     match e {
         Error::Source { cause, .. } | Error::SourceUnavailable { cause, .. } => cause.to_string(),
         other => other.to_string(),
-    }
-}
-
-/// The library's SQLSTATE classification (its `classify` is crate-private):
-/// connection, resource, lock and serialization errors and driver errors
-/// without a code are "unavailable"; the rest is a source error with its code.
-fn classify(entity: &str, e: sqlx::Error) -> Error {
-    let code = match &e {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-        _ => None,
-    };
-    let unavailable = match &e {
-        sqlx::Error::Database(_) => code.as_deref().is_some_and(|c| {
-            c.starts_with("08")
-                || c.starts_with("53")
-                || c.starts_with("57P")
-                || matches!(c, "57014" | "55P03" | "40001" | "40P01")
-        }),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
-    };
-    if unavailable {
-        Error::SourceUnavailable {
-            entity: entity.to_owned(),
-            cause: Arc::new(e),
-        }
-    } else {
-        Error::Source {
-            entity: entity.to_owned(),
-            code,
-            cause: Arc::new(e),
-        }
     }
 }

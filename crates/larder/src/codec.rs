@@ -64,10 +64,7 @@ fn merge_json(entity: &str, id: &str, payload: &[u8], fields: &JsonObject) -> Re
     let target =
         serde_json::from_slice(payload).map_err(|e| decode_error(entity, id, Error::cause(e)))?;
     let merged = merge_object(entity, id, target, fields)?;
-    serde_json::to_vec(&merged).map_err(|e| Error::Encode {
-        entity: entity.to_owned(),
-        cause: Error::cause(e),
-    })
+    serde_json::to_vec(&merged).map_err(|e| encode_error(entity, e))
 }
 
 /// JSON through serde_json. The default codec.
@@ -76,10 +73,7 @@ pub struct Json;
 
 impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
     fn encode(&self, entity: &str, value: &V) -> Result<Vec<u8>> {
-        serde_json::to_vec(value).map_err(|e| Error::Encode {
-            entity: entity.to_owned(),
-            cause: Error::cause(e),
-        })
+        serde_json::to_vec(value).map_err(|e| encode_error(entity, e))
     }
 
     fn decode(&self, entity: &str, id: &str, payload: Bytes) -> Result<V> {
@@ -103,10 +97,7 @@ pub struct MessagePack;
 
 impl<V: Serialize + DeserializeOwned> Codec<V> for MessagePack {
     fn encode(&self, entity: &str, value: &V) -> Result<Vec<u8>> {
-        rmp_serde::to_vec_named(value).map_err(|e| Error::Encode {
-            entity: entity.to_owned(),
-            cause: Error::cause(e),
-        })
+        rmp_serde::to_vec_named(value).map_err(|e| encode_error(entity, e))
     }
 
     fn decode(&self, entity: &str, id: &str, payload: Bytes) -> Result<V> {
@@ -123,10 +114,7 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for MessagePack {
         let target: serde_json::Value = rmp_serde::from_slice(payload)
             .map_err(|e| decode_error(entity, id, Error::cause(e)))?;
         let merged = merge_object(entity, id, target, fields)?;
-        rmp_serde::to_vec_named(&merged).map_err(|e| Error::Encode {
-            entity: entity.to_owned(),
-            cause: Error::cause(e),
-        })
+        rmp_serde::to_vec_named(&merged).map_err(|e| encode_error(entity, e))
     }
 }
 
@@ -151,6 +139,13 @@ impl Codec<RawJson> for PassThrough {
         fields: &JsonObject,
     ) -> Result<Vec<u8>> {
         merge_json(entity, id, payload, fields)
+    }
+}
+
+fn encode_error<E: std::error::Error + Send + Sync + 'static>(entity: &str, e: E) -> Error {
+    Error::Encode {
+        entity: entity.to_owned(),
+        cause: Error::cause(e),
     }
 }
 

@@ -9,6 +9,7 @@ mod func;
 mod sql;
 
 pub use self::func::FnSource;
+pub use self::sql::classify as classify_sql_error;
 pub use self::sql::{
     mark_larder_origin, ChangeChannel, ChangeHandler, ChangeListener, ChangeListenerBuilder,
     ChangeStats, ColumnInfo, SqlPool, SqlSource, SqlSourceBuilder,

@@ -149,80 +149,52 @@ fn epoch_i64(epoch: u64) -> i64 {
     i64::try_from(epoch).unwrap_or(i64::MAX)
 }
 
-async fn fence_postgres(conn: &mut sqlx::PgConnection, fence: &Fence) -> sqlx::Result<FenceCheck> {
-    let epoch = epoch_i64(fence.epoch);
-    let moved = sqlx::query(&format!(
-        "UPDATE {FENCE_TABLE} SET epoch = $1 WHERE entity = $2 AND shard = $3 AND epoch <= $1"
-    ))
-    .bind(epoch)
-    .bind(&fence.entity)
-    .bind(i32::from(fence.shard))
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if moved > 0 {
-        return Ok(FenceCheck::Passed);
-    }
-    let current: Option<i64> = sqlx::query_scalar(&format!(
-        "SELECT epoch FROM {FENCE_TABLE} WHERE entity = $1 AND shard = $2"
-    ))
-    .bind(&fence.entity)
-    .bind(i32::from(fence.shard))
-    .fetch_optional(&mut *conn)
-    .await?;
-    match current {
-        Some(current) => Ok(FenceCheck::Newer(u64::try_from(current).unwrap_or(0))),
-        None => {
-            // No row yet (the table was prepared for fewer shards): make it ours.
-            sqlx::query(&format!(
-                "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) VALUES ($1, $2, $3)"
+/// The fence step on one backend's connection; `$p` is its parameter
+/// sigil (`$` on PostgreSQL, `?` on SQLite). Moves the shard's row to this
+/// epoch unless a newer one committed; creates the row if it is missing
+/// (the table was prepared for fewer shards).
+macro_rules! fence_step {
+    ($name:ident, $conn:ty, $p:literal) => {
+        async fn $name(conn: &mut $conn, fence: &Fence) -> sqlx::Result<FenceCheck> {
+            let epoch = epoch_i64(fence.epoch);
+            let shard = i32::from(fence.shard);
+            let moved = sqlx::query(&format!(
+                "UPDATE {FENCE_TABLE} SET epoch = {p}1 WHERE entity = {p}2 AND shard = {p}3 AND epoch <= {p}1",
+                p = $p
+            ))
+            .bind(epoch)
+            .bind(&fence.entity)
+            .bind(shard)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if moved > 0 {
+                return Ok(FenceCheck::Passed);
+            }
+            let current: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT epoch FROM {FENCE_TABLE} WHERE entity = {p}1 AND shard = {p}2",
+                p = $p
             ))
             .bind(&fence.entity)
-            .bind(i32::from(fence.shard))
+            .bind(shard)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(current) = current {
+                return Ok(FenceCheck::Newer(u64::try_from(current).unwrap_or(0)));
+            }
+            sqlx::query(&format!(
+                "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) VALUES ({p}1, {p}2, {p}3)",
+                p = $p
+            ))
+            .bind(&fence.entity)
+            .bind(shard)
             .bind(epoch)
             .execute(&mut *conn)
             .await?;
             Ok(FenceCheck::Passed)
         }
-    }
+    };
 }
 
-async fn fence_sqlite(
-    conn: &mut sqlx::SqliteConnection,
-    fence: &Fence,
-) -> sqlx::Result<FenceCheck> {
-    let epoch = epoch_i64(fence.epoch);
-    let moved = sqlx::query(&format!(
-        "UPDATE {FENCE_TABLE} SET epoch = ?1 WHERE entity = ?2 AND shard = ?3 AND epoch <= ?1"
-    ))
-    .bind(epoch)
-    .bind(&fence.entity)
-    .bind(i32::from(fence.shard))
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if moved > 0 {
-        return Ok(FenceCheck::Passed);
-    }
-    let current: Option<i64> = sqlx::query_scalar(&format!(
-        "SELECT epoch FROM {FENCE_TABLE} WHERE entity = ?1 AND shard = ?2"
-    ))
-    .bind(&fence.entity)
-    .bind(i32::from(fence.shard))
-    .fetch_optional(&mut *conn)
-    .await?;
-    match current {
-        Some(current) => Ok(FenceCheck::Newer(u64::try_from(current).unwrap_or(0))),
-        None => {
-            sqlx::query(&format!(
-                "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) VALUES (?1, ?2, ?3)"
-            ))
-            .bind(&fence.entity)
-            .bind(i32::from(fence.shard))
-            .bind(epoch)
-            .execute(&mut *conn)
-            .await?;
-            Ok(FenceCheck::Passed)
-        }
-    }
-}
+fence_step!(fence_postgres, sqlx::PgConnection, "$");
+fence_step!(fence_sqlite, sqlx::SqliteConnection, "?");

@@ -694,9 +694,11 @@ where
     }
 }
 
-/// Turns a driver error into larder's: unavailable (worth retrying later)
-/// or a database error with its code.
-pub(crate) fn classify(entity: &str, e: sqlx::Error) -> Error {
+/// Turns a driver error into larder's: unavailable (worth retrying later:
+/// connection, resource, lock and serialization errors, and driver errors
+/// without a code) or a database error with its code. Public so that code
+/// running its own SQL next to a [`SqlSource`] classifies errors the same way.
+pub fn classify(entity: &str, e: sqlx::Error) -> Error {
     let code = match &e {
         sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
         _ => None,
