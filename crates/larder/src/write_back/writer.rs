@@ -202,7 +202,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     ) -> Result<Option<Written<V>>> {
         let state = self.write_back_state()?;
         self.require_source()?.check_patch(id, fields)?;
-        for _ in 0..CAS_ATTEMPTS {
+        for attempt in 0..CAS_ATTEMPTS {
             let (current, version) = self.current(state, id).await?;
             let Some(current) = current else {
                 return Ok(None);
@@ -222,7 +222,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         cache: CacheWrite::Queued,
                     }))
                 }
-                Recorded::Conflict => tokio::task::yield_now().await,
+                Recorded::Conflict => tokio::time::sleep(self.cas_pause(attempt)).await,
             }
         }
         Err(self.busy(id))
@@ -232,7 +232,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// the database); whether it did.
     pub(crate) async fn delete_back(&self, id: &str) -> Result<bool> {
         let state = self.write_back_state()?;
-        for _ in 0..CAS_ATTEMPTS {
+        for attempt in 0..CAS_ATTEMPTS {
             let (current, version) = self.current(state, id).await?;
             if current.is_none() {
                 return Ok(false);
@@ -242,10 +242,21 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 .await?
             {
                 Recorded::Queued { .. } => return Ok(true),
-                Recorded::Conflict => tokio::task::yield_now().await,
+                Recorded::Conflict => tokio::time::sleep(self.cas_pause(attempt)).await,
             }
         }
         Err(self.busy(id))
+    }
+
+    /// The pause after a lost compare-and-set: random, up to 0.1 ms ×
+    /// 2^attempt (at most 50 ms), so two writers that keep colliding
+    /// (one reading the database, the other a pending value) drift apart
+    /// instead of starving one of them.
+    fn cas_pause(&self, attempt: u32) -> Duration {
+        let cap = Duration::from_micros(100)
+            .saturating_mul(1 << attempt.min(10))
+            .min(Duration::from_millis(50));
+        cap.mul_f64(self.random.unit())
     }
 
     fn busy(&self, id: &str) -> Error {
