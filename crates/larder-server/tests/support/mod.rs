@@ -20,6 +20,9 @@ use tower::ServiceExt as _;
 
 // The library's shared test helper: a redis-server of the test's own.
 #[allow(dead_code)]
+#[path = "../../../larder/tests/support/proxy.rs"]
+pub mod proxy;
+#[allow(dead_code)]
 #[path = "../../../larder/tests/support/redis_server.rs"]
 pub mod redis_server;
 #[allow(dead_code)]

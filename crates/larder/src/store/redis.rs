@@ -292,13 +292,16 @@ impl RedisStore {
     }
 }
 
-/// Classifies a redis-rs error: unreachable (connection, I/O, timeout) or refused.
+/// Classifies a redis-rs error: unreachable (connection, I/O, timeout; or a
+/// server that cannot answer yet: `LOADING` its dataset after a restart,
+/// `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`) or refused.
 fn map_error(store: &str, e: RedisError) -> Error {
     let unreachable = e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
-        || e.is_unrecoverable_error();
+        || e.is_unrecoverable_error()
+        || matches!(e.retry_method(), redis::RetryMethod::WaitAndRetry);
     if unreachable {
         Error::StoreUnavailable {
             store: store.to_owned(),
