@@ -48,6 +48,7 @@ struct StateInner {
     store: Arc<dyn Store>,
     pool: SqlPool,
     token: Option<String>,
+    read_token: Option<String>,
     started: Instant,
     /// Listens for change notifications of the `cdc` entities.
     changes: tokio::sync::Mutex<Option<ChangeListener>>,
@@ -133,6 +134,11 @@ impl AppState {
         self.inner.token.as_deref()
     }
 
+    /// The read-only bearer token, if one is configured (and a token is).
+    pub fn read_token(&self) -> Option<&str> {
+        self.inner.read_token.as_deref()
+    }
+
     /// The cache store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
@@ -196,6 +202,29 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
     // Before any cache is built: caches resolve their metric handles at build.
     crate::http::metrics::install();
     let token = token_of(&config);
+    let read_token = read_token_of(&config);
+    if read_token.is_some() && token.is_none() {
+        return Err(config
+            .error(
+                "auth.read_token_env",
+                format!(
+                    "${} is set but ${} is not: a read token means nothing without the token it is a subset of",
+                    config.auth.read_token_env, config.auth.token_env
+                ),
+            )
+            .into());
+    }
+    if read_token.is_some() && read_token == token {
+        return Err(config
+            .error(
+                "auth.read_token_env",
+                format!(
+                    "${} and ${} hold the same token: the read token must differ",
+                    config.auth.read_token_env, config.auth.token_env
+                ),
+            )
+            .into());
+    }
     let store = store::connect(&config.store.url)
         .await
         .map_err(|e| config.error("store.url", e))?;
@@ -255,6 +284,7 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
             store,
             pool,
             token,
+            read_token,
             started: Instant::now(),
             changes: tokio::sync::Mutex::new(changes),
         }),
@@ -264,6 +294,13 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
 /// The bearer token: the value of the `auth.token_env` variable, if set and not empty.
 pub fn token_of(config: &Config) -> Option<String> {
     std::env::var(&config.auth.token_env)
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// The read-only token: the value of the `auth.read_token_env` variable, if set and not empty.
+pub fn read_token_of(config: &Config) -> Option<String> {
+    std::env::var(&config.auth.read_token_env)
         .ok()
         .filter(|t| !t.is_empty())
 }
