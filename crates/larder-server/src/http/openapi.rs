@@ -309,8 +309,15 @@ fn entity_schemas(e: &EntityDoc<'_>) -> (Value, Value, Value) {
     for c in e.columns {
         let mut s = column(c);
         if c.is_key {
-            s = key_schema(e.key_type);
-            row_props.insert(c.name.clone(), s);
+            // Any id the service accepted may come back: a text id of up
+            // to MAX_ID_LEN bytes has at most that many characters.
+            let key = match e.key_type {
+                KeyDoc::Text { .. } => KeyDoc::Text {
+                    max_chars: larder::MAX_ID_LEN,
+                },
+                other => other,
+            };
+            row_props.insert(c.name.clone(), key_schema(key));
             continue;
         }
         row_props.insert(c.name.clone(), s.clone());
