@@ -186,11 +186,18 @@ impl AppState {
 }
 
 async fn store_answers(store: &Arc<dyn Store>, prefix: &str) -> bool {
+    store_probe(store, prefix).await.is_ok()
+}
+
+/// One bounded round trip to the store; the error says why it failed (a
+/// refused connection, a TLS certificate the CA did not sign, a timeout).
+async fn store_probe(store: &Arc<dyn Store>, prefix: &str) -> Result<(), String> {
     let key = format!("{prefix}:ping");
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, store.get(&key)).await,
-        Ok(Ok(_))
-    )
+    match tokio::time::timeout(PROBE_TIMEOUT, store.get(&key)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(one_line(&e)),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
 }
 
 /// Builds everything the service needs from a validated config: the store
@@ -228,10 +235,10 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
     let store = store::connect(&config.store.url)
         .await
         .map_err(|e| config.error("store.url", e))?;
-    if !store_answers(&store, &config.store.prefix).await {
-        tracing::warn!(store = store.name(), "the store does not answer: starting degraded (reads go to the database, outcome bypass) until it does");
+    if let Err(why) = store_probe(&store, &config.store.prefix).await {
+        tracing::warn!(store = store.name(), error = %why, "the store does not answer: starting degraded (reads go to the database, outcome bypass) until it does");
         eprintln!(
-            "larder: the store {} does not answer: starting degraded (reads are served from the database)",
+            "larder: the store {} does not answer ({why}): starting degraded (reads are served from the database)",
             store.name()
         );
     }

@@ -307,7 +307,7 @@ fn entity_schemas(e: &EntityDoc<'_>) -> (Value, Value, Value) {
     let mut write_props = Map::new();
     let mut required = Vec::new();
     for c in e.columns {
-        let mut s = column(c);
+        let s = column(c);
         if c.is_key {
             // Any id the service accepted may come back: a text id of up
             // to MAX_ID_LEN bytes has at most that many characters.
