@@ -51,6 +51,39 @@ pub enum KeyDoc {
     },
 }
 
+/// What the document needs to know about one column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDoc {
+    /// The column name.
+    pub name: String,
+    /// The SQL type, as [`ColumnInfo::sql_type`].
+    pub sql_type: String,
+    /// NOT NULL.
+    pub not_null: bool,
+    /// The database fills it when an insert leaves it out.
+    pub has_default: bool,
+    /// The key column.
+    pub is_key: bool,
+    /// The range of an integer column ([`ColumnInfo::int_range`]).
+    pub int_range: Option<(i64, i64)>,
+    /// The length limit of a varchar column ([`ColumnInfo::max_chars`]).
+    pub max_chars: Option<usize>,
+}
+
+impl From<&ColumnInfo> for ColumnDoc {
+    fn from(c: &ColumnInfo) -> Self {
+        ColumnDoc {
+            name: c.name.clone(),
+            sql_type: c.sql_type.clone(),
+            not_null: c.not_null,
+            has_default: c.has_default,
+            is_key: c.is_key,
+            int_range: c.int_range(),
+            max_chars: c.max_chars(),
+        }
+    }
+}
+
 /// What the document needs to know about one entity.
 #[derive(Debug, Clone)]
 pub struct EntityDoc<'a> {
@@ -63,7 +96,7 @@ pub struct EntityDoc<'a> {
     /// The id's type.
     pub key_type: KeyDoc,
     /// The served columns (empty for a query entity: rows are untyped).
-    pub columns: &'a [ColumnInfo],
+    pub columns: Vec<ColumnDoc>,
     /// Whether its row reads need no token.
     pub public_reads: bool,
 }
@@ -71,24 +104,23 @@ pub struct EntityDoc<'a> {
 impl<'a> EntityDoc<'a> {
     /// The description of a served entity.
     pub fn of(state: &AppState, e: &'a Entity) -> Self {
-        let columns = e.columns();
+        let columns: Vec<ColumnDoc> = e.columns().iter().map(ColumnDoc::from).collect();
         let key = e.key_column();
-        let key_sql = columns
-            .iter()
-            .find(|c| c.name == key)
-            .map(|c| c.sql_type.as_str());
+        let key_col = columns.iter().find(|c| c.name == key);
         // The canonicaliser is the truth about which ids are accepted (it
         // also covers query entities and keys outside `columns`); the
-        // column's SQL type, when served, narrows integers to their range.
+        // column's limits, when served, narrow integers to their range.
         let accepts = |raw: &str| e.cache.id_of(raw).is_ok();
         let key_type = if accepts("1") && !accepts("x") {
-            let (min, max) = key_sql.and_then(int_range).unwrap_or((i64::MIN, i64::MAX));
+            let (min, max) = key_col
+                .and_then(|c| c.int_range)
+                .unwrap_or((i64::MIN, i64::MAX));
             KeyDoc::Integer { min, max }
         } else if accepts("00000000-0000-0000-0000-000000000000") && !accepts("x") {
             KeyDoc::Uuid
         } else {
-            let max_chars = key_sql
-                .and_then(max_chars)
+            let max_chars = key_col
+                .and_then(|c| c.max_chars)
                 .map_or(MAX_ID_CHARS, |n| n.min(MAX_ID_CHARS));
             KeyDoc::Text { max_chars }
         };
@@ -103,13 +135,10 @@ impl<'a> EntityDoc<'a> {
     }
 }
 
-/// The range of an integer SQL type: PostgreSQL's `smallint`, `integer`,
-/// `bigint` (and `oid`), SQLite's integer affinity (a declared type
-/// containing `INT`, 64 bits).
-///
-/// PostgreSQL's names are lowercase (`format_type`); a SQLite declared type
-/// is as written, so an uppercase `INTEGER` is 64 bits there.
-pub fn int_range(sql_type: &str) -> Option<(i64, i64)> {
+/// The range of an array's element type, by name: PostgreSQL's
+/// `smallint`, `integer`, `bigint` (and `oid`). Scalar columns use
+/// [`ColumnInfo::int_range`]; the library does not describe elements.
+pub fn element_int_range(sql_type: &str) -> Option<(i64, i64)> {
     let t = sql_type.trim();
     match t {
         "smallint" | "int2" => return Some((i16::MIN.into(), i16::MAX.into())),
@@ -124,9 +153,10 @@ pub fn int_range(sql_type: &str) -> Option<(i64, i64)> {
     integer.then_some((i64::MIN, i64::MAX))
 }
 
-/// The length limit of `character varying(n)`, `character(n)`,
-/// `varchar(n)`, `char(n)` (characters).
-pub fn max_chars(sql_type: &str) -> Option<usize> {
+/// The length limit of an array's element type, by name: `character
+/// varying(n)`, `character(n)` (characters). Scalar columns use
+/// [`ColumnInfo::max_chars`].
+pub fn element_max_chars(sql_type: &str) -> Option<usize> {
     let t = sql_type.trim().to_ascii_lowercase();
     let is_char = [
         "character varying(",
@@ -154,19 +184,29 @@ fn numeric_limits(t: &str) -> Option<(u32, u32)> {
     Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
 }
 
-/// The JSON Schema of one column's values (without nullability).
+/// The JSON Schema of one column's values (without nullability), from its
+/// SQL type and the limits the database enforces.
 ///
 /// Unknown types are left open (`{}`) with their SQL type in the
 /// description: the database decides.
-pub fn column_schema(sql_type: &str) -> Value {
+pub fn column_schema(
+    sql_type: &str,
+    int_range: Option<(i64, i64)>,
+    max_chars: Option<usize>,
+) -> Value {
     let t = sql_type.trim().to_ascii_lowercase();
     if let Some(element) = sql_type.trim().strip_suffix("[]") {
-        return json!({ "type": "array", "items": nullable(column_schema(element)) });
+        let items = column_schema(
+            element,
+            element_int_range(element),
+            element_max_chars(element),
+        );
+        return json!({ "type": "array", "items": nullable(items) });
     }
-    if let Some((min, max)) = int_range(sql_type) {
+    if let Some((min, max)) = int_range {
         return json!({ "type": "integer", "minimum": min, "maximum": max });
     }
-    if let Some(n) = max_chars(&t) {
+    if let Some(n) = max_chars {
         return json!({ "type": "string", "maxLength": n, "pattern": NO_NUL });
     }
     if let Some((p, s)) = numeric_limits(&t) {
@@ -227,8 +267,8 @@ fn nullable(schema: Value) -> Value {
     }
 }
 
-fn column(c: &ColumnInfo) -> Value {
-    let mut s = column_schema(&c.sql_type);
+fn column(c: &ColumnDoc) -> Value {
+    let mut s = column_schema(&c.sql_type, c.int_range, c.max_chars);
     if !c.not_null {
         s = nullable(s);
     }
@@ -306,7 +346,7 @@ fn entity_schemas(e: &EntityDoc<'_>) -> (Value, Value, Value) {
     let mut row_props = Map::new();
     let mut write_props = Map::new();
     let mut required = Vec::new();
-    for c in e.columns {
+    for c in &e.columns {
         let s = column(c);
         if c.is_key {
             // Any id the service accepted may come back: a text id of up
@@ -780,17 +820,20 @@ mod tests {
         not_null: bool,
         has_default: bool,
         is_key: bool,
-    ) -> ColumnInfo {
-        ColumnInfo {
+    ) -> ColumnDoc {
+        // As the library describes PostgreSQL columns of these types.
+        ColumnDoc {
             name: name.into(),
             sql_type: sql_type.into(),
             not_null,
             has_default,
             is_key,
+            int_range: element_int_range(sql_type),
+            max_chars: element_max_chars(sql_type),
         }
     }
 
-    fn docs(columns: &[ColumnInfo], public_reads: bool) -> Value {
+    fn docs(columns: &[ColumnDoc], public_reads: bool) -> Value {
         build(&[
             EntityDoc {
                 name: "users",
@@ -800,7 +843,7 @@ mod tests {
                     min: i32::MIN.into(),
                     max: i32::MAX.into(),
                 },
-                columns,
+                columns: columns.to_vec(),
                 public_reads,
             },
             EntityDoc {
@@ -808,7 +851,7 @@ mod tests {
                 write: WriteMode::Back,
                 key: "id",
                 key_type: KeyDoc::Text { max_chars: 20 },
-                columns: &[],
+                columns: Vec::new(),
                 public_reads: false,
             },
         ])
@@ -916,19 +959,23 @@ mod tests {
 
     #[test]
     fn sql_types_map_to_their_limits() {
-        assert_eq!(int_range("smallint"), Some((-32768, 32767)));
+        assert_eq!(element_int_range("smallint"), Some((-32768, 32767)));
         assert_eq!(
-            int_range("integer"),
+            element_int_range("integer"),
             Some((i32::MIN.into(), i32::MAX.into()))
         );
-        assert_eq!(int_range("INTEGER"), Some((i64::MIN, i64::MAX)));
-        assert_eq!(int_range("BIGINT"), Some((i64::MIN, i64::MAX)));
-        assert_eq!(int_range("interval"), None);
-        assert_eq!(max_chars("character varying(12)"), Some(12));
-        assert_eq!(max_chars("VARCHAR(3)"), Some(3));
-        assert_eq!(max_chars("text"), None);
-        assert_eq!(column_schema("uuid")["format"], "uuid");
-        assert_eq!(column_schema("date")["format"], "date");
-        assert_eq!(column_schema("numeric")["type"], "number");
+        assert_eq!(element_int_range("bigint"), Some((i64::MIN, i64::MAX)));
+        assert_eq!(element_int_range("interval"), None);
+        assert_eq!(element_max_chars("character varying(12)"), Some(12));
+        assert_eq!(element_max_chars("character(3)"), Some(3));
+        assert_eq!(element_max_chars("text"), None);
+        let ints = column_schema("integer[]", None, None);
+        assert_eq!(ints["items"]["maximum"].as_i64(), Some(i32::MAX.into()));
+        // Scalar limits come from the library's description of the column.
+        let s = column_schema("INTEGER", Some((i64::MIN, i64::MAX)), None);
+        assert_eq!(s["maximum"].as_i64(), Some(i64::MAX));
+        assert_eq!(column_schema("uuid", None, None)["format"], "uuid");
+        assert_eq!(column_schema("date", None, None)["format"], "date");
+        assert_eq!(column_schema("numeric", None, None)["type"], "number");
     }
 }

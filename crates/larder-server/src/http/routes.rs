@@ -269,8 +269,11 @@ fn whole_numbers_as_integers(e: &Entity, row: &mut serde_json::Map<String, serde
         }
     }
     for c in e.columns() {
-        let element = c.sql_type.trim().trim_end_matches("[]");
-        if super::openapi::int_range(element).is_some() {
+        let integer = match c.sql_type.trim().strip_suffix("[]") {
+            Some(element) => super::openapi::element_int_range(element).is_some(),
+            None => c.int_range().is_some(),
+        };
+        if integer {
             if let Some(v) = row.get_mut(&c.name) {
                 fix(v);
             }
