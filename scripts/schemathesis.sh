@@ -137,6 +137,8 @@ fi
 say "larder serve at $ADDR; schemathesis (positive mode, every check, at most $MAX_EXAMPLES examples per operation, seed $SEED)"
 
 status=0
+# From the work dir: schemathesis keeps a cache (.schemathesis/) where it runs.
+cd "$WORK"
 timeout --signal=INT "$BUDGET_SECS" "$VENV/bin/st" --config-file "$WORK/schemathesis.toml" run "$ADDR/v1/openapi.json" \
     --checks all \
     --mode positive \
