@@ -182,3 +182,52 @@ else
     pg_admin -c 'create database test owner postgres'
     say "database test created"
 fi
+
+# PostgreSQL with TLS: `sslmode=require` URLs are tested against this
+# server. When `ssl` is off, a self-signed certificate is made in the data
+# directory and `ssl = on` set with ALTER SYSTEM (a reload applies it).
+if [ "$(pg_admin -c 'show ssl')" = "on" ]; then
+    say "postgresql ssl on"
+else
+    data=$(pg_admin -c 'show data_directory')
+    [ -n "$data" ] || die "could not find the PostgreSQL data directory"
+    if ! as_root test -f "$data/larder-server.crt"; then
+        say "making a self-signed certificate for postgresql in $data"
+        as_root openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=localhost" \
+            -keyout "$data/larder-server.key" -out "$data/larder-server.crt" >/dev/null 2>&1 ||
+            die "openssl could not make a certificate"
+        as_root chown postgres:postgres "$data/larder-server.key" "$data/larder-server.crt"
+        as_root chmod 600 "$data/larder-server.key"
+    fi
+    pg_admin -c "alter system set ssl_cert_file = '$data/larder-server.crt'"
+    pg_admin -c "alter system set ssl_key_file = '$data/larder-server.key'"
+    pg_admin -c "alter system set ssl = on"
+    pg_admin -c "select pg_reload_conf()" >/dev/null
+    for _ in $(seq $((WAIT_SECS * 5))); do
+        [ "$(pg_admin -c 'show ssl')" = "on" ] && break
+        sleep 0.2
+    done
+    [ "$(pg_admin -c 'show ssl')" = "on" ] || die "postgresql ssl is still off after the reload"
+    say "postgresql ssl turned on"
+fi
+
+# ---------------------------------------------------------- schemathesis ----
+
+# scripts/schemathesis.sh runs schemathesis from this virtualenv; it is made
+# once and kept (a later run only checks the version).
+VENV=${LARDER_VENV:-/opt/larder-venv}
+SCHEMATHESIS_VERSION=4.32.5
+if [ -x "$VENV/bin/st" ] && [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" = "$SCHEMATHESIS_VERSION" ]; then
+    say "schemathesis $SCHEMATHESIS_VERSION present in $VENV"
+else
+    PY=$(command -v python3 || true)
+    [ -n "$PY" ] || { apt_install python3; PY=$(command -v python3); }
+    if ! "$PY" -m venv --help >/dev/null 2>&1 || ! "$PY" -c 'import ensurepip' >/dev/null 2>&1; then
+        apt_install python3-venv
+    fi
+    say "making the virtualenv $VENV with schemathesis $SCHEMATHESIS_VERSION"
+    as_root "$PY" -m venv "$VENV"
+    as_root "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" ||
+        die "pip could not install schemathesis into $VENV"
+    say "schemathesis $SCHEMATHESIS_VERSION installed in $VENV"
+fi

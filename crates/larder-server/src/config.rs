@@ -276,21 +276,34 @@ impl<'de> Deserialize<'de> for EntityNear {
     }
 }
 
-/// `[auth]`.
+/// `[auth]`: who may call which route.
+///
+/// With a token set (the variable `token_env` names is set and not empty),
+/// every route but `/health`, `/ready` and `/v1/openapi.json` needs
+/// `Authorization: Bearer <token>`. The read token (`read_token_env`)
+/// opens only the reads: row and multi-row GETs, `/v1/stats` and
+/// `/metrics` (403 elsewhere). `public_reads` opens the row reads of every
+/// entity to anyone; `[[entity]] public_reads` does so for one entity.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// The environment variable holding the bearer token. Default: `LARDER_TOKEN`.
+    /// The environment variable holding the (admin) bearer token. Default: `LARDER_TOKEN`.
     pub token_env: String,
+    /// The environment variable holding the read-only bearer token. Default: `LARDER_READ_TOKEN`.
+    pub read_token_env: String,
     /// Without a token, listen on a non-loopback address anyway. Default: false.
     pub allow_open: bool,
+    /// Row reads of every entity need no token. Default: false.
+    pub public_reads: bool,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             token_env: "LARDER_TOKEN".into(),
+            read_token_env: "LARDER_READ_TOKEN".into(),
             allow_open: false,
+            public_reads: false,
         }
     }
 }
@@ -394,6 +407,9 @@ pub struct EntityConfig {
     pub near: Option<EntityNear>,
     /// Write-back settings (only with `write = "back"`). Default: see [`WriteBackConfig`].
     pub write_back: Option<WriteBackConfig>,
+    /// Row reads (`GET /v1/{name}/{id}`, `GET /v1/{name}?ids=`) need no
+    /// token even when one is set. Default: false (or `[auth] public_reads`).
+    pub public_reads: bool,
 }
 
 impl Default for EntityConfig {
@@ -419,6 +435,7 @@ impl Default for EntityConfig {
             shards: larder::DEFAULT_SHARDS,
             near: None,
             write_back: None,
+            public_reads: false,
         }
     }
 }
@@ -587,6 +604,18 @@ impl Config {
             return Err(self.error(
                 "auth.token_env",
                 "must name an environment variable (default LARDER_TOKEN)",
+            ));
+        }
+        if self.auth.read_token_env.trim().is_empty() {
+            return Err(self.error(
+                "auth.read_token_env",
+                "must name an environment variable (default LARDER_READ_TOKEN)",
+            ));
+        }
+        if self.auth.read_token_env == self.auth.token_env {
+            return Err(self.error(
+                "auth.read_token_env",
+                "must name another variable than token_env: the read token opens fewer routes",
             ));
         }
         if self.entity.is_empty() {

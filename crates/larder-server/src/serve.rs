@@ -48,6 +48,7 @@ struct StateInner {
     store: Arc<dyn Store>,
     pool: SqlPool,
     token: Option<String>,
+    read_token: Option<String>,
     started: Instant,
     /// Listens for change notifications of the `cdc` entities.
     changes: tokio::sync::Mutex<Option<ChangeListener>>,
@@ -133,6 +134,11 @@ impl AppState {
         self.inner.token.as_deref()
     }
 
+    /// The read-only bearer token, if one is configured (and a token is).
+    pub fn read_token(&self) -> Option<&str> {
+        self.inner.read_token.as_deref()
+    }
+
     /// The cache store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
@@ -180,11 +186,18 @@ impl AppState {
 }
 
 async fn store_answers(store: &Arc<dyn Store>, prefix: &str) -> bool {
+    store_probe(store, prefix).await.is_ok()
+}
+
+/// One bounded round trip to the store; the error says why it failed (a
+/// refused connection, a TLS certificate the CA did not sign, a timeout).
+async fn store_probe(store: &Arc<dyn Store>, prefix: &str) -> Result<(), String> {
     let key = format!("{prefix}:ping");
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, store.get(&key)).await,
-        Ok(Ok(_))
-    )
+    match tokio::time::timeout(PROBE_TIMEOUT, store.get(&key)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(one_line(&e)),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
 }
 
 /// Builds everything the service needs from a validated config: the store
@@ -196,13 +209,36 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
     // Before any cache is built: caches resolve their metric handles at build.
     crate::http::metrics::install();
     let token = token_of(&config);
+    let read_token = read_token_of(&config);
+    if read_token.is_some() && token.is_none() {
+        return Err(config
+            .error(
+                "auth.read_token_env",
+                format!(
+                    "${} is set but ${} is not: a read token means nothing without the token it is a subset of",
+                    config.auth.read_token_env, config.auth.token_env
+                ),
+            )
+            .into());
+    }
+    if read_token.is_some() && read_token == token {
+        return Err(config
+            .error(
+                "auth.read_token_env",
+                format!(
+                    "${} and ${} hold the same token: the read token must differ",
+                    config.auth.read_token_env, config.auth.token_env
+                ),
+            )
+            .into());
+    }
     let store = store::connect(&config.store.url)
         .await
         .map_err(|e| config.error("store.url", e))?;
-    if !store_answers(&store, &config.store.prefix).await {
-        tracing::warn!(store = store.name(), "the store does not answer: starting degraded (reads go to the database, outcome bypass) until it does");
+    if let Err(why) = store_probe(&store, &config.store.prefix).await {
+        tracing::warn!(store = store.name(), error = %why, "the store does not answer: starting degraded (reads go to the database, outcome bypass) until it does");
         eprintln!(
-            "larder: the store {} does not answer: starting degraded (reads are served from the database)",
+            "larder: the store {} does not answer ({why}): starting degraded (reads are served from the database)",
             store.name()
         );
     }
@@ -255,6 +291,7 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
             store,
             pool,
             token,
+            read_token,
             started: Instant::now(),
             changes: tokio::sync::Mutex::new(changes),
         }),
@@ -264,6 +301,13 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
 /// The bearer token: the value of the `auth.token_env` variable, if set and not empty.
 pub fn token_of(config: &Config) -> Option<String> {
     std::env::var(&config.auth.token_env)
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// The read-only token: the value of the `auth.read_token_env` variable, if set and not empty.
+pub fn read_token_of(config: &Config) -> Option<String> {
+    std::env::var(&config.auth.read_token_env)
         .ok()
         .filter(|t| !t.is_empty())
 }

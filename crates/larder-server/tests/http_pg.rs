@@ -110,11 +110,12 @@ async fn get_many_decodes_dedupes_and_loads_misses_in_one_query() {
         1,
         "one database query for all the misses"
     );
+    // An integer id holds no comma: %2C separates ids as `,` does.
     let a = get(&app, "/v1/users?ids=1%2C2").await;
     assert_eq!(
-        (a.status.as_u16(), a.code().as_str()),
-        (400, "bad_id"),
-        "%2C is part of an id"
+        a.json()["items"].as_object().map(|o| o.len()),
+        Some(2),
+        "%2C separates integer ids"
     );
     let a = get(&app, "/v1/users?ids=%31,3").await;
     assert_eq!(
@@ -462,17 +463,13 @@ async fn auth_guards_everything_but_the_public_routes() {
         &format!("[auth]\ntoken_env = \"{var}\"\n[[entity]]\nname = \"users\"\ntable = \"{t}\"\n"),
     );
     let app = app_of(&toml).await;
-    for path in [
-        "/health",
-        "/ready",
-        "/v1/openapi.json",
-        "/v1/users/1",
-        "/v1/users?ids=1,2",
-    ] {
+    for path in ["/health", "/ready", "/v1/openapi.json"] {
         let a = get(&app, path).await;
         assert_eq!(a.status.as_u16(), 200, "{path} is public");
     }
     let guarded: &[(&str, &str)] = &[
+        ("GET", "/v1/users/1"),
+        ("GET", "/v1/users?ids=1,2"),
         ("GET", "/v1/stats"),
         ("GET", "/metrics"),
         ("PUT", "/v1/users/1"),
@@ -627,10 +624,15 @@ async fn health_ready_stats_metrics_openapi_and_admin() {
         assert!(text.contains(line), "{line:?} not in\n{text}");
     }
     let doc = get(&app, "/v1/openapi.json").await.json();
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     for (method, path) in larder_server::http::ROUTES {
+        // `users` is write-through: it has no dead letters.
+        if path.contains("dead-letters") {
+            continue;
+        }
+        let path = path.replace("{entity}", "users");
         assert!(
-            doc["paths"][*path][method.to_ascii_lowercase()].is_object(),
+            doc["paths"][&path][method.to_ascii_lowercase()].is_object(),
             "{method} {path}"
         );
     }

@@ -257,3 +257,12 @@ pub fn unauthorized() -> ApiError {
         "this route needs Authorization: Bearer <token>",
     )
 }
+
+/// 403 `forbidden`: the read-only token on a route it does not open.
+pub fn forbidden() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "the read-only token opens row reads, /v1/stats and /metrics only: this route needs the admin token",
+    )
+}

@@ -1,11 +1,404 @@
-//! `GET /v1/openapi.json`: an OpenAPI 3 document of the API, written by hand.
+//! `GET /v1/openapi.json`: an OpenAPI 3.1 document typed per entity.
 //!
-//! Why by hand: the API is small and its contract (codes, headers, which
-//! routes are public) matters more than generated schemas; a test checks
-//! that every route of [`super::ROUTES`] is documented.
+//! Why built from the running configuration: a client generated from the
+//! document should know the data. Every configured entity gets its own
+//! paths (`/v1/users/{id}`, `/v1/_admin/users/purge`, …), the id's type
+//! (an integer key is an integer within its column's range, a uuid key
+//! `format: uuid`, a text key a string without NUL), and its row schema
+//! from the table's columns ([`column_schema`]): integer ranges,
+//! `maxLength` of varchar, NUL excluded from every string (PostgreSQL
+//! refuses it in text and jsonb), dates and timestamps PostgreSQL accepts,
+//! nullability, and which columns PUT requires (NOT NULL without a
+//! default). Each operation lists every status it can answer, 401 and 403
+//! where a token is needed. A test checks that every route of
+//! [`super::ROUTES`] is documented with the security [`super::auth`] applies.
 
+use super::auth::{access, Access};
+use crate::config::WriteMode;
+use crate::serve::{AppState, Entity};
+use axum::extract::State;
+use axum::http::Method;
 use axum::Json;
+use larder::source::ColumnInfo;
 use serde_json::{json, Map, Value};
+
+/// A string without NUL (PostgreSQL text and jsonb refuse `\u0000`).
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// The longest text id in characters: ids are at most
+/// [`larder::MAX_ID_LEN`] bytes of UTF-8, so this many characters always fit.
+const MAX_ID_CHARS: usize = larder::MAX_ID_LEN / 4;
+
+/// The longest tag in characters ([`larder::MAX_TAG_LEN`] bytes of UTF-8).
+const MAX_TAG_CHARS: usize = larder::MAX_TAG_LEN / 4;
+
+/// The type of an entity's id, as the document describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDoc {
+    /// An integer key column, with its range.
+    Integer {
+        /// The smallest id.
+        min: i64,
+        /// The largest id.
+        max: i64,
+    },
+    /// A uuid key column.
+    Uuid,
+    /// Any other key: a string of at most `max_chars` characters, no NUL.
+    Text {
+        /// The longest id in characters.
+        max_chars: usize,
+    },
+}
+
+/// What the document needs to know about one column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDoc {
+    /// The column name.
+    pub name: String,
+    /// The SQL type, as [`ColumnInfo::sql_type`].
+    pub sql_type: String,
+    /// NOT NULL.
+    pub not_null: bool,
+    /// The database fills it when an insert leaves it out.
+    pub has_default: bool,
+    /// The key column.
+    pub is_key: bool,
+    /// The range of an integer column ([`ColumnInfo::int_range`]).
+    pub int_range: Option<(i64, i64)>,
+    /// The length limit of a varchar column ([`ColumnInfo::max_chars`]).
+    pub max_chars: Option<usize>,
+}
+
+impl From<&ColumnInfo> for ColumnDoc {
+    fn from(c: &ColumnInfo) -> Self {
+        ColumnDoc {
+            name: c.name.clone(),
+            sql_type: c.sql_type.clone(),
+            not_null: c.not_null,
+            has_default: c.has_default,
+            is_key: c.is_key,
+            int_range: c.int_range(),
+            max_chars: c.max_chars(),
+        }
+    }
+}
+
+/// What the document needs to know about one entity.
+#[derive(Debug, Clone)]
+pub struct EntityDoc<'a> {
+    /// The entity's name (its path segment).
+    pub name: &'a str,
+    /// Its effective write policy.
+    pub write: WriteMode,
+    /// The key column's name.
+    pub key: &'a str,
+    /// The id's type.
+    pub key_type: KeyDoc,
+    /// The served columns (empty for a query entity: rows are untyped).
+    pub columns: Vec<ColumnDoc>,
+    /// Whether its row reads need no token.
+    pub public_reads: bool,
+}
+
+impl<'a> EntityDoc<'a> {
+    /// The description of a served entity.
+    pub fn of(state: &AppState, e: &'a Entity) -> Self {
+        let columns: Vec<ColumnDoc> = e.columns().iter().map(ColumnDoc::from).collect();
+        let key = e.key_column();
+        let key_col = columns.iter().find(|c| c.name == key);
+        // The canonicaliser is the truth about which ids are accepted (it
+        // also covers query entities and keys outside `columns`); the
+        // column's limits, when served, narrow integers to their range.
+        let accepts = |raw: &str| e.cache.id_of(raw).is_ok();
+        let key_type = if accepts("1") && !accepts("x") {
+            let (min, max) = key_col
+                .and_then(|c| c.int_range)
+                .unwrap_or((i64::MIN, i64::MAX));
+            KeyDoc::Integer { min, max }
+        } else if accepts("00000000-0000-0000-0000-000000000000") && !accepts("x") {
+            KeyDoc::Uuid
+        } else {
+            let max_chars = key_col
+                .and_then(|c| c.max_chars)
+                .map_or(MAX_ID_CHARS, |n| n.min(MAX_ID_CHARS));
+            KeyDoc::Text { max_chars }
+        };
+        EntityDoc {
+            name: e.name(),
+            write: e.write,
+            key,
+            key_type,
+            columns,
+            public_reads: state.config().auth.public_reads || e.config.public_reads,
+        }
+    }
+}
+
+/// The range of an array's element type, by name: PostgreSQL's
+/// `smallint`, `integer`, `bigint` (and `oid`). Scalar columns use
+/// [`ColumnInfo::int_range`]; the library does not describe elements.
+pub fn element_int_range(sql_type: &str) -> Option<(i64, i64)> {
+    let t = sql_type.trim();
+    match t {
+        "smallint" | "int2" => return Some((i16::MIN.into(), i16::MAX.into())),
+        "integer" | "int" | "int4" => return Some((i32::MIN.into(), i32::MAX.into())),
+        "bigint" | "int8" => return Some((i64::MIN, i64::MAX)),
+        "oid" => return Some((0, u32::MAX.into())),
+        _ => {}
+    }
+    let t = t.to_ascii_lowercase();
+    let integer =
+        t.contains("int") && !["interval", "point", "range"].iter().any(|x| t.contains(x));
+    integer.then_some((i64::MIN, i64::MAX))
+}
+
+/// The length limit of an array's element type, by name: `character
+/// varying(n)`, `character(n)` (characters). Scalar columns use
+/// [`ColumnInfo::max_chars`].
+pub fn element_max_chars(sql_type: &str) -> Option<usize> {
+    let t = sql_type.trim().to_ascii_lowercase();
+    let is_char = [
+        "character varying(",
+        "character(",
+        "varchar(",
+        "char(",
+        "nvarchar(",
+    ]
+    .iter()
+    .any(|p| t.starts_with(p));
+    if !is_char {
+        return None;
+    }
+    let inner = t.split_once('(')?.1.strip_suffix(')')?;
+    inner.trim().parse().ok()
+}
+
+/// `numeric(p, s)`: the precision and scale.
+fn numeric_limits(t: &str) -> Option<(u32, u32)> {
+    let inner = t
+        .strip_prefix("numeric(")
+        .or_else(|| t.strip_prefix("decimal("))?
+        .strip_suffix(')')?;
+    let (p, s) = inner.split_once(',').unwrap_or((inner, "0"));
+    Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
+}
+
+/// The JSON Schema of one column's values (without nullability), from its
+/// SQL type and the limits the database enforces.
+///
+/// Unknown types are left open (`{}`) with their SQL type in the
+/// description: the database decides.
+pub fn column_schema(
+    sql_type: &str,
+    int_range: Option<(i64, i64)>,
+    max_chars: Option<usize>,
+) -> Value {
+    let t = sql_type.trim().to_ascii_lowercase();
+    if let Some(element) = sql_type.trim().strip_suffix("[]") {
+        let items = column_schema(
+            element,
+            element_int_range(element),
+            element_max_chars(element),
+        );
+        return json!({ "type": "array", "items": nullable(items) });
+    }
+    if let Some((min, max)) = int_range {
+        return json!({ "type": "integer", "minimum": min, "maximum": max });
+    }
+    if let Some(n) = max_chars {
+        return json!({ "type": "string", "maxLength": n, "pattern": NO_NUL });
+    }
+    if let Some((p, s)) = numeric_limits(&t) {
+        // Below 10^(p-s) once rounded to s digits: whole numbers up to
+        // 10^(p-s) - 1 always fit.
+        let digits = p.saturating_sub(s).min(300);
+        let bound = 10f64.powi(i32::try_from(digits).unwrap_or(300)) - 1.0;
+        return json!({ "type": "number", "minimum": -bound, "maximum": bound });
+    }
+    match t.as_str() {
+        "numeric" | "decimal" | "double precision" | "float8" | "double" | "float" => {
+            json!({ "type": "number" })
+        }
+        "real" | "float4" => {
+            json!({ "type": "number", "minimum": -3.4e38, "maximum": 3.4e38 })
+        }
+        "boolean" | "bool" => json!({ "type": "boolean" }),
+        "text" | "character varying" | "varchar" | "citext" | "name" => {
+            json!({ "type": "string", "pattern": NO_NUL })
+        }
+        "uuid" => json!({ "type": "string", "format": "uuid" }),
+        "json" | "jsonb" => json!({ "$ref": "#/components/schemas/JsonDocument" }),
+        // PostgreSQL has no year 0 and accepts offsets up to ±15:59.
+        "timestamp with time zone" | "timestamptz" => json!({
+            "type": "string",
+            "format": "date-time",
+            "pattern": "^(?!0000)[0-9]{4}-.*([Zz]|[+-](0[0-9]|1[0-5]):[0-5][0-9])$",
+        }),
+        "timestamp without time zone" | "timestamp" | "datetime" => json!({
+            "type": "string",
+            "pattern": "^(?!0000)[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?$",
+        }),
+        "date" => json!({ "type": "string", "format": "date", "pattern": "^(?!0000)" }),
+        "time without time zone" | "time" => json!({
+            "type": "string",
+            "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?$",
+        }),
+        other => {
+            json!({ "description": format!("SQL type `{other}`: any JSON value the database accepts") })
+        }
+    }
+}
+
+/// `schema` or null.
+fn nullable(schema: Value) -> Value {
+    let Some(obj) = schema.as_object() else {
+        return schema;
+    };
+    match obj.get("type") {
+        Some(Value::String(t)) if !obj.contains_key("$ref") => {
+            let mut s = schema.clone();
+            s["type"] = json!([t, "null"]);
+            s
+        }
+        // No type and no reference: any value, null included.
+        None if !obj.contains_key("$ref") && !obj.contains_key("anyOf") => schema,
+        _ => json!({ "anyOf": [schema, { "type": "null" }] }),
+    }
+}
+
+fn column(c: &ColumnDoc) -> Value {
+    let mut s = column_schema(&c.sql_type, c.int_range, c.max_chars);
+    if !c.not_null {
+        s = nullable(s);
+    }
+    if let Some(o) = s.as_object_mut() {
+        o.entry("description").or_insert_with(|| {
+            let mut d = c.sql_type.clone();
+            if c.not_null {
+                d.push_str(" NOT NULL");
+            }
+            if c.has_default {
+                d.push_str(" DEFAULT …");
+            }
+            Value::String(d)
+        });
+    }
+    s
+}
+
+fn key_schema(key: KeyDoc) -> Value {
+    match key {
+        KeyDoc::Integer { min, max } => {
+            json!({ "type": "integer", "minimum": min, "maximum": max })
+        }
+        KeyDoc::Uuid => json!({ "type": "string", "format": "uuid" }),
+        KeyDoc::Text { max_chars } => json!({
+            "type": "string", "minLength": 1, "maxLength": max_chars, "pattern": NO_NUL
+        }),
+    }
+}
+
+/// The `ids` query parameter of a multi-get: ids separated by `,`.
+fn ids_schema(key: KeyDoc) -> Value {
+    let one = match key {
+        KeyDoc::Integer { min, .. } if min >= 0 => "[0-9]{1,9}",
+        KeyDoc::Integer { .. } => "-?[0-9]{1,9}",
+        KeyDoc::Uuid => {
+            "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+        }
+        KeyDoc::Text { .. } => "[^,\\u0000]{1,32}",
+    };
+    json!({
+        "type": "string",
+        "pattern": format!("^{one}(,{one}){{0,49}}$"),
+        "description": "Comma-separated ids, at most 1000; duplicates collapse. A comma inside a text id is sent as %2C.",
+    })
+}
+
+fn schema_names(name: &str) -> (String, String, String) {
+    let camel: String = name
+        .split(['_', '-'])
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    (
+        format!("{camel}Row"),
+        format!("{camel}Put"),
+        format!("{camel}Patch"),
+    )
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// The row, PUT and PATCH schemas of an entity.
+fn entity_schemas(e: &EntityDoc<'_>) -> (Value, Value, Value) {
+    if e.columns.is_empty() {
+        let open = json!({ "type": "object", "description": "A row: column name to value." });
+        return (open.clone(), open.clone(), open);
+    }
+    let mut row_props = Map::new();
+    let mut write_props = Map::new();
+    let mut required = Vec::new();
+    for c in &e.columns {
+        let s = column(c);
+        if c.is_key {
+            // Any id the service accepted may come back: a text id of up
+            // to MAX_ID_LEN bytes has at most that many characters.
+            let key = match e.key_type {
+                KeyDoc::Text { .. } => KeyDoc::Text {
+                    max_chars: larder::MAX_ID_LEN,
+                },
+                other => other,
+            };
+            row_props.insert(c.name.clone(), key_schema(key));
+            continue;
+        }
+        row_props.insert(c.name.clone(), s.clone());
+        write_props.insert(c.name.clone(), s);
+        if c.not_null && !c.has_default {
+            required.push(c.name.clone());
+        }
+    }
+    let row_required: Vec<&str> = if e.write == WriteMode::Back {
+        // A write-back row is served as written until it is flushed and
+        // read back: columns the database fills may be absent.
+        Vec::new()
+    } else {
+        e.columns.iter().map(|c| c.name.as_str()).collect()
+    };
+    let row = json!({
+        "type": "object",
+        "properties": row_props,
+        "required": row_required,
+        "additionalProperties": false,
+    });
+    let key_note = format!(
+        "The key column `{}` may be given only equal to the path's id.",
+        e.key
+    );
+    let put = json!({
+        "type": "object",
+        "description": format!("The whole row: a nullable column left out without a default is set to NULL. {key_note}"),
+        "properties": write_props,
+        "required": required,
+        "additionalProperties": false,
+    });
+    let patch = json!({
+        "type": "object",
+        "description": format!("The columns to change (null sets NULL). {key_note}"),
+        "properties": write_props,
+        "minProperties": 1,
+        "additionalProperties": false,
+    });
+    (row, put, patch)
+}
 
 fn error_response(description: &str) -> Value {
     json!({
@@ -18,148 +411,571 @@ fn json_response(description: &str, schema: Value) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": schema } } })
 }
 
-fn param(name: &str, description: &str) -> Value {
-    json!({ "name": name, "in": "path", "required": true, "description": description, "schema": { "type": "string" } })
+fn path_param(name: &str, description: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "description": description, "schema": schema })
 }
 
-fn op(summary: &str, public: bool, params: &[Value], responses: Value) -> Value {
-    let mut o = json!({
-        "summary": summary,
-        "parameters": params,
-        "responses": responses,
-    });
-    if public {
-        o["security"] = json!([]);
+/// An operation on `route` (as in [`super::ROUTES`]): its security and
+/// its 401/403 answers follow from [`access`]; `public` is the entity's
+/// `public_reads`.
+fn op(
+    method: &str,
+    route: &str,
+    public: bool,
+    summary: &str,
+    params: Vec<Value>,
+    mut responses: Map<String, Value>,
+) -> Value {
+    let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
+    let need = access(&method, route);
+    let mut o = json!({ "summary": summary, "parameters": params });
+    match need {
+        Access::Open => o["security"] = json!([]),
+        Access::RowRead if public => o["security"] = json!([]),
+        Access::RowRead | Access::Read => {
+            responses.insert(
+                "401".into(),
+                error_response("unauthorized: no token, or neither the admin nor the read token."),
+            );
+        }
+        Access::Admin => {
+            responses.insert(
+                "401".into(),
+                error_response("unauthorized: no token, or a wrong one."),
+            );
+            responses.insert(
+                "403".into(),
+                error_response("forbidden: the read-only token cannot use this route."),
+            );
+        }
     }
+    o["responses"] = Value::Object(responses);
     o
 }
 
-/// The document.
-pub fn build() -> Value {
-    let entity = param("entity", "An entity name from the configuration.");
-    let id = param(
-        "id",
-        "The row's id, canonicalised by the key column's type (007 is 7).",
+fn responses(items: &[(&str, Value)]) -> Map<String, Value> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+fn entity_paths(
+    e: &EntityDoc<'_>,
+    paths: &mut Map<String, Value>,
+    schemas: &mut Map<String, Value>,
+) {
+    let (row_name, put_name, patch_name) = schema_names(e.name);
+    let (row_schema, put_schema, patch_schema) = entity_schemas(e);
+    schemas.insert(row_name.clone(), row_schema);
+    schemas.insert(put_name.clone(), put_schema);
+    schemas.insert(patch_name.clone(), patch_schema);
+    let row = reference(&row_name);
+    let id = || {
+        path_param(
+            "id",
+            &format!("The `{}` of the row (canonicalised: 007 is 7).", e.key),
+            key_schema(e.key_type),
+        )
+    };
+    let writable = e.write != WriteMode::ReadOnly;
+    let unavailable = error_response(
+        "unavailable: the database (or, write-back, the store) is down; Retry-After.",
     );
-    let row = json!({ "$ref": "#/components/schemas/Row" });
-    let body = json!({ "required": true, "content": { "application/json": { "schema": row } } });
     let x_cache = json!({
         "X-Cache": { "description": "Where the answer came from.", "schema": { "type": "string", "enum": ["l1", "hit", "stale", "negative", "miss", "bypass"] } }
     });
-    let write_responses = json!({
-        "200": json_response("The row as stored.", row.clone()),
-        "202": json_response("Write-back: queued.", json!({ "type": "object", "properties": { "queued": { "type": "boolean" }, "id": { "type": "string" } } })),
-        "400": error_response("bad_request, bad_id, unknown_column, type_mismatch or missing_column."),
-        "401": error_response("unauthorized."),
-        "404": error_response("unknown_entity, or (PATCH) not_found."),
-        "405": error_response("method_not_allowed: a read-only entity."),
-        "409": error_response("conflict: a unique, foreign-key or check constraint."),
-        "413": error_response("payload_too_large."),
-        "415": error_response("unsupported_media_type."),
-        "503": error_response("unavailable."),
-    });
-    let mut put = op(
-        "Replace (or create) a row.",
-        false,
-        &[entity.clone(), id.clone()],
-        write_responses.clone(),
+    let queued = json_response(
+        "Write-back: durably recorded, flushed to the database later.",
+        json!({ "type": "object", "required": ["queued", "id"], "properties": { "queued": { "type": "boolean" }, "id": { "type": "string" } } }),
     );
-    put["requestBody"] = body.clone();
-    let mut patch = op(
-        "Merge columns into an existing row (null sets NULL).",
-        false,
-        &[entity.clone(), id.clone()],
-        write_responses,
+    let bad_write = error_response(
+        "bad_request, bad_id, unknown_column, type_mismatch or missing_column: the row does not fit the table.",
     );
-    patch["requestBody"] = body;
-    let no_content = || json!({ "description": "Done." });
-    let mut paths = Map::new();
-    paths.insert("/health".into(), json!({ "get": op("Liveness: 200 while the process runs.", true, &[], json!({ "200": json_response("Alive.", json!({ "type": "object" })) })) }));
-    paths.insert("/ready".into(), json!({ "get": op("Readiness.", true, &[], json!({
-        "200": json_response("Reads can be served.", json!({ "type": "object", "properties": { "ready": { "type": "boolean" }, "degraded": { "type": "boolean" }, "store": { "type": "boolean" }, "database": { "type": "boolean" } } })),
-        "503": json_response("Nothing can be served.", json!({ "type": "object" })),
-    })) }));
-    paths.insert("/metrics".into(), json!({ "get": op("Prometheus text format.", false, &[], json!({ "200": { "description": "Metrics.", "content": { "text/plain": { "schema": { "type": "string" } } } } })) }));
-    paths.insert("/v1/openapi.json".into(), json!({ "get": op("This document.", true, &[], json!({ "200": json_response("OpenAPI 3.", json!({ "type": "object" })) })) }));
-    paths.insert("/v1/stats".into(), json!({ "get": op("Per-entity reads by outcome, hit ratio, loads; Redis memory and evictions.", false, &[], json!({ "200": json_response("Stats.", json!({ "type": "object" })), "401": error_response("unauthorized.") })) }));
-    paths.insert("/v1/{entity}".into(), json!({ "get": {
-        "summary": "Read many rows: one MGET, at most one database query for the misses.",
-        "security": [],
-        "parameters": [entity.clone(), { "name": "ids", "in": "query", "required": true, "description": "Comma-separated ids (percent-encoded), at most 1000; duplicates collapse.", "schema": { "type": "string" } }],
-        "responses": {
-            "200": json_response("Rows found and ids missing.", json!({ "type": "object", "properties": { "items": { "type": "object", "additionalProperties": row.clone() }, "missing": { "type": "array", "items": { "type": "string" } } } })),
-            "400": error_response("bad_request (no ids, more than 1000) or bad_id."),
-            "404": error_response("unknown_entity."),
-            "503": error_response("unavailable."),
-        }
-    } }));
+    let read_only = error_response("method_not_allowed: the entity is read-only.");
+    let base = format!("/v1/{}", e.name);
+    let item = format!("{base}/{{id}}");
+
     let mut get_row = op(
-        "Read one row (read-through).",
-        true,
-        &[entity.clone(), id.clone()],
+        "GET",
+        "/v1/{entity}/{id}",
+        e.public_reads,
+        &format!("Read one `{}` row (read-through).", e.name),
+        vec![
+            id(),
+            json!({ "name": "Cache-Control", "in": "header", "required": false, "description": "no-cache: read from the database and refresh the entry.", "schema": { "type": "string" } }),
+        ],
+        responses(&[
+            (
+                "200",
+                json!({ "description": "The row.", "headers": x_cache, "content": { "application/json": { "schema": row } } }),
+            ),
+            (
+                "400",
+                error_response("bad_id: the id does not fit the key column."),
+            ),
+            ("404", error_response("not_found: no such row.")),
+            ("503", unavailable.clone()),
+        ]),
+    );
+    get_row["operationId"] = json!(format!("get_{}", e.name));
+    let mut item_ops = Map::new();
+    item_ops.insert("get".into(), get_row);
+    let write_statuses = |ok: &str| {
+        let mut r = vec![
+            ("200", json_response(ok, row.clone())),
+            ("400", bad_write.clone()),
+            ("404", error_response("not_found: no such row (PATCH).")),
+            (
+                "409",
+                error_response(
+                    "conflict: a unique, foreign-key or check constraint refused the row.",
+                ),
+            ),
+            (
+                "413",
+                error_response("payload_too_large: the body is over body_limit."),
+            ),
+            (
+                "415",
+                error_response("unsupported_media_type: send application/json."),
+            ),
+            ("503", unavailable.clone()),
+        ];
+        if e.write == WriteMode::Back {
+            r.push(("202", queued.clone()));
+        }
+        if !writable {
+            r.push(("405", read_only.clone()));
+        }
+        responses(&r)
+    };
+    let mut put = op(
+        "PUT",
+        "/v1/{entity}/{id}",
+        e.public_reads,
+        &format!("Replace (or create) a `{}` row.", e.name),
+        vec![id()],
+        write_statuses("The row as stored."),
+    );
+    put["operationId"] = json!(format!("put_{}", e.name));
+    put["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": reference(&put_name) } } });
+    let mut patch = op(
+        "PATCH",
+        "/v1/{entity}/{id}",
+        e.public_reads,
+        &format!("Change columns of an existing `{}` row.", e.name),
+        vec![id()],
+        write_statuses("The row as stored."),
+    );
+    patch["operationId"] = json!(format!("patch_{}", e.name));
+    patch["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": reference(&patch_name) } } });
+    let mut delete_statuses = vec![
+        ("204", json!({ "description": "Deleted." })),
+        ("400", error_response("bad_id.")),
+        ("404", error_response("not_found: there was no row.")),
+        (
+            "409",
+            error_response("conflict: the row is still referenced."),
+        ),
+        ("503", unavailable.clone()),
+    ];
+    if e.write == WriteMode::Back {
+        delete_statuses.push(("202", queued.clone()));
+    }
+    if !writable {
+        delete_statuses.push(("405", read_only.clone()));
+    }
+    let mut delete = op(
+        "DELETE",
+        "/v1/{entity}/{id}",
+        e.public_reads,
+        &format!("Delete a `{}` row.", e.name),
+        vec![id()],
+        responses(&delete_statuses),
+    );
+    delete["operationId"] = json!(format!("delete_{}", e.name));
+    item_ops.insert("put".into(), put);
+    item_ops.insert("patch".into(), patch);
+    item_ops.insert("delete".into(), delete);
+    paths.insert(item.clone(), Value::Object(item_ops));
+
+    let mut many = op(
+        "GET",
+        "/v1/{entity}",
+        e.public_reads,
+        &format!(
+            "Read many `{}` rows: one MGET, at most one database query for the misses.",
+            e.name
+        ),
+        vec![
+            json!({ "name": "ids", "in": "query", "required": true, "schema": ids_schema(e.key_type) }),
+        ],
+        responses(&[
+            (
+                "200",
+                json_response(
+                    "The rows found, by id, and the ids missing.",
+                    json!({
+                        "type": "object",
+                        "required": ["items", "missing"],
+                        "properties": {
+                            "items": { "type": "object", "additionalProperties": row.clone() },
+                            "missing": { "type": "array", "items": { "type": "string" } }
+                        }
+                    }),
+                ),
+            ),
+            (
+                "400",
+                error_response("bad_request (no ids, more than 1000) or bad_id."),
+            ),
+            ("503", unavailable.clone()),
+        ]),
+    );
+    many["operationId"] = json!(format!("get_many_{}", e.name));
+    paths.insert(base.clone(), json!({ "get": many }));
+
+    let mut invalidate = op(
+        "POST",
+        "/v1/{entity}/{id}/invalidate",
+        e.public_reads,
+        "Drop the cached entry; the next read is a miss.",
+        vec![id()],
+        responses(&[
+            ("204", json!({ "description": "Done." })),
+            ("400", error_response("bad_id.")),
+            ("503", error_response("unavailable: the store is down.")),
+        ]),
+    );
+    invalidate["operationId"] = json!(format!("invalidate_{}", e.name));
+    paths.insert(format!("{item}/invalidate"), json!({ "post": invalidate }));
+
+    let admin = format!("/v1/_admin/{}", e.name);
+    let mut purge = op(
+        "POST",
+        "/v1/_admin/{entity}/purge",
+        false,
+        &format!("Drop every cached `{}` entry, on every instance.", e.name),
+        vec![],
+        responses(&[
+            ("204", json!({ "description": "Done." })),
+            ("503", error_response("unavailable: the store is down.")),
+        ]),
+    );
+    purge["operationId"] = json!(format!("purge_{}", e.name));
+    paths.insert(format!("{admin}/purge"), json!({ "post": purge }));
+    let mut warm = op(
+        "POST",
+        "/v1/_admin/{entity}/warm",
+        false,
+        &format!("Load every `{}` row into the cache.", e.name),
+        vec![],
+        responses(&[
+            (
+                "200",
+                json_response(
+                    "Entries written and skipped.",
+                    json!({ "type": "object", "required": ["warmed", "skipped"], "properties": { "warmed": { "type": "integer", "minimum": 0 }, "skipped": { "type": "integer", "minimum": 0 } } }),
+                ),
+            ),
+            ("503", unavailable.clone()),
+        ]),
+    );
+    warm["operationId"] = json!(format!("warm_{}", e.name));
+    paths.insert(format!("{admin}/warm"), json!({ "post": warm }));
+    if e.write == WriteMode::Back {
+        let mut letters = op(
+            "GET",
+            "/v1/_admin/{entity}/dead-letters",
+            false,
+            "The writes the database refused at flush time.",
+            vec![],
+            responses(&[
+                (
+                    "200",
+                    json_response(
+                        "Dead letters.",
+                        json!({ "type": "object", "required": ["dead_letters"], "properties": { "dead_letters": { "type": "array", "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": { "type": "string" },
+                        "error": { "type": "string" },
+                        "failed_at_ms": { "type": "integer" },
+                        "delete": { "type": "boolean" },
+                        "row": { "type": ["object", "null"] }
+                    }
+                } } } }),
+                    ),
+                ),
+                ("503", error_response("unavailable: the store is down.")),
+            ]),
+        );
+        letters["operationId"] = json!(format!("dead_letters_{}", e.name));
+        paths.insert(format!("{admin}/dead-letters"), json!({ "get": letters }));
+        let mut retry = op(
+            "POST",
+            "/v1/_admin/{entity}/dead-letters/retry",
+            false,
+            "Record every dead letter again as a new write.",
+            vec![],
+            responses(&[
+                (
+                    "200",
+                    json_response(
+                        "Retried.",
+                        json!({ "type": "object", "required": ["retried"], "properties": { "retried": { "type": "integer", "minimum": 0 } } }),
+                    ),
+                ),
+                ("503", error_response("unavailable: the store is down.")),
+            ]),
+        );
+        retry["operationId"] = json!(format!("retry_dead_letters_{}", e.name));
+        paths.insert(
+            format!("{admin}/dead-letters/retry"),
+            json!({ "post": retry }),
+        );
+    }
+}
+
+/// The document for `entities`.
+pub fn build(entities: &[EntityDoc<'_>]) -> Value {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    paths.insert("/health".into(), json!({ "get": op("GET", "/health", false, "Liveness: 200 while the process runs.", vec![], responses(&[("200", json_response("Alive.", json!({ "type": "object" })))])) }));
+    paths.insert("/ready".into(), json!({ "get": op("GET", "/ready", false, "Readiness.", vec![], responses(&[
+        ("200", json_response("Reads can be served.", json!({ "type": "object", "properties": { "ready": { "type": "boolean" }, "degraded": { "type": "boolean" }, "store": { "type": "boolean" }, "database": { "type": "boolean" } } }))),
+        ("503", json_response("Nothing can be served.", json!({ "type": "object" }))),
+    ])) }));
+    paths.insert("/metrics".into(), json!({ "get": op("GET", "/metrics", false, "Prometheus text format.", vec![], responses(&[("200", json!({ "description": "Metrics.", "content": { "text/plain": { "schema": { "type": "string" } } } }))])) }));
+    paths.insert("/v1/openapi.json".into(), json!({ "get": op("GET", "/v1/openapi.json", false, "This document.", vec![], responses(&[("200", json_response("OpenAPI 3.1.", json!({ "type": "object" })))])) }));
+    paths.insert("/v1/stats".into(), json!({ "get": op("GET", "/v1/stats", false, "Per-entity reads by outcome, hit ratio, loads; Redis memory and evictions.", vec![], responses(&[("200", json_response("Stats.", json!({ "type": "object" })))])) }));
+    paths.insert("/v1/tags/{tag}/invalidate".into(), json!({ "post": op("POST", "/v1/tags/{tag}/invalidate", false, "Invalidate every entry carrying a tag, in every entity with tags.", vec![
+        path_param("tag", &format!("A tag, e.g. team:7 (at most {} bytes).", larder::MAX_TAG_LEN), json!({ "type": "string", "minLength": 1, "maxLength": MAX_TAG_CHARS, "pattern": NO_NUL })),
+    ], responses(&[
+        ("204", json!({ "description": "Done." })),
+        ("400", error_response("bad_request: the tag is empty or too long.")),
+        ("503", error_response("unavailable: the store is down.")),
+    ])) }));
+    for e in entities {
+        entity_paths(e, &mut paths, &mut schemas);
+    }
+    schemas.insert(
+        "JsonValue".into(),
         json!({
-            "200": { "description": "The row.", "headers": x_cache.clone(), "content": { "application/json": { "schema": row.clone() } } },
-            "400": error_response("bad_id."),
-            "404": error_response("not_found (remembered: negative) or unknown_entity."),
-            "503": error_response("unavailable."),
+            "description": "Any JSON value whose strings (object keys included) contain no NUL.",
+            "anyOf": [
+                { "type": "null" },
+                { "$ref": "#/components/schemas/JsonDocument" }
+            ]
         }),
     );
-    if let Some(p) = get_row["parameters"].as_array_mut() {
-        p.push(json!({ "name": "Cache-Control", "in": "header", "required": false, "description": "no-cache: read from the database and refresh the entry.", "schema": { "type": "string" } }));
-    }
-    paths.insert("/v1/{entity}/{id}".into(), json!({
-        "get": get_row,
-        "put": put,
-        "patch": patch,
-        "delete": op("Delete a row.", false, &[entity.clone(), id.clone()], json!({ "204": no_content(), "202": { "description": "Write-back: tombstone recorded." }, "404": error_response("not_found or unknown_entity."), "405": error_response("method_not_allowed: read-only.") })),
+    schemas.insert("JsonDocument".into(), json!({
+        "description": "Any JSON value but null whose strings (object keys included) contain no NUL.",
+        "anyOf": [
+            { "type": "string", "pattern": NO_NUL },
+            { "type": "number" },
+            { "type": "boolean" },
+            { "type": "array", "items": { "$ref": "#/components/schemas/JsonValue" } },
+            { "type": "object", "propertyNames": { "pattern": NO_NUL }, "additionalProperties": { "$ref": "#/components/schemas/JsonValue" } }
+        ]
     }));
-    paths.insert("/v1/{entity}/{id}/invalidate".into(), json!({ "post": op("Drop the cached entry; the next read is a miss.", false, &[entity.clone(), id], json!({ "204": no_content(), "404": error_response("unknown_entity."), "503": error_response("unavailable: the store is down.") })) }));
-    paths.insert("/v1/tags/{tag}/invalidate".into(), json!({ "post": op("Invalidate every entry carrying a tag.", false, &[param("tag", "A tag, e.g. team:7.")], json!({ "204": no_content() })) }));
-    paths.insert("/v1/_admin/{entity}/purge".into(), json!({ "post": op("Drop every entry of an entity.", false, std::slice::from_ref(&entity), json!({ "204": no_content(), "404": error_response("unknown_entity.") })) }));
-    paths.insert("/v1/_admin/{entity}/warm".into(), json!({ "post": op("Load every row into the cache.", false, std::slice::from_ref(&entity), json!({ "200": json_response("Entries written.", json!({ "type": "object", "properties": { "warmed": { "type": "integer" }, "skipped": { "type": "integer" } } })), "404": error_response("unknown_entity.") })) }));
-    paths.insert("/v1/_admin/{entity}/dead-letters".into(), json!({ "get": op("Dead letters of a write-back entity.", false, std::slice::from_ref(&entity), json!({ "200": json_response("Dead letters.", json!({ "type": "object" })), "404": error_response("unknown_entity, or not a write-back entity.") })) }));
-    paths.insert("/v1/_admin/{entity}/dead-letters/retry".into(), json!({ "post": op("Retry the dead letters of a write-back entity.", false, &[entity], json!({ "200": json_response("Retried.", json!({ "type": "object" })), "404": error_response("unknown_entity, or not a write-back entity.") })) }));
+    schemas.insert("Error".into(), json!({ "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
+        "code": { "type": "string", "enum": ["bad_request", "bad_id", "unknown_column", "type_mismatch", "missing_column", "unauthorized", "forbidden", "not_found", "unknown_entity", "method_not_allowed", "conflict", "payload_too_large", "unsupported_media_type", "unavailable", "internal"] },
+        "message": { "type": "string" }
+    } } } }));
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "larder",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Read-through, write-through and write-back caching of database rows over HTTP. Every error is {\"error\": {\"code\", \"message\"}}."
+            "description": "Read-through, write-through and write-back caching of database rows over HTTP. Every error is {\"error\": {\"code\", \"message\"}}. With a token configured, routes need Authorization: Bearer <token>: the admin token opens every route, the read-only token the row reads, /v1/stats and /metrics."
         },
         "security": [{ "bearer": [] }],
         "paths": paths,
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": {
-                "Row": { "type": "object", "description": "A row: column name to value.", "additionalProperties": true },
-                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
-                    "code": { "type": "string", "enum": ["bad_request", "bad_id", "unknown_column", "type_mismatch", "missing_column", "unauthorized", "not_found", "unknown_entity", "method_not_allowed", "conflict", "payload_too_large", "unsupported_media_type", "unavailable", "internal"] },
-                    "message": { "type": "string" }
-                } } } }
-            }
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "The admin token ([auth] token_env) or the read-only token ([auth] read_token_env)." } },
+            "schemas": schemas,
         }
     })
 }
 
-/// `GET /v1/openapi.json`.
-pub async fn document() -> Json<Value> {
-    Json(build())
+/// `GET /v1/openapi.json`: the document of the running configuration.
+pub async fn document(State(state): State<AppState>) -> Json<Value> {
+    let docs: Vec<EntityDoc<'_>> = state
+        .entities()
+        .iter()
+        .map(|e| EntityDoc::of(&state, e))
+        .collect();
+    Json(build(&docs))
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn every_route_is_documented() {
-        let doc = super::build();
-        for (method, path) in super::super::ROUTES {
-            let op = &doc["paths"][*path][method.to_ascii_lowercase()];
-            assert!(op.is_object(), "{method} {path} is not in the document");
-            let public = op.get("security").is_some();
-            assert_eq!(
-                public,
-                super::super::auth::is_public(&method.parse().expect("method"), path),
-                "{method} {path}: public in the document and in auth differ"
-            );
+    use super::*;
+
+    fn col(
+        name: &str,
+        sql_type: &str,
+        not_null: bool,
+        has_default: bool,
+        is_key: bool,
+    ) -> ColumnDoc {
+        // As the library describes PostgreSQL columns of these types.
+        ColumnDoc {
+            name: name.into(),
+            sql_type: sql_type.into(),
+            not_null,
+            has_default,
+            is_key,
+            int_range: element_int_range(sql_type),
+            max_chars: element_max_chars(sql_type),
         }
+    }
+
+    fn docs(columns: &[ColumnDoc], public_reads: bool) -> Value {
+        build(&[
+            EntityDoc {
+                name: "users",
+                write: WriteMode::Through,
+                key: "id",
+                key_type: KeyDoc::Integer {
+                    min: i32::MIN.into(),
+                    max: i32::MAX.into(),
+                },
+                columns: columns.to_vec(),
+                public_reads,
+            },
+            EntityDoc {
+                name: "notes",
+                write: WriteMode::Back,
+                key: "id",
+                key_type: KeyDoc::Text { max_chars: 20 },
+                columns: Vec::new(),
+                public_reads: false,
+            },
+        ])
+    }
+
+    #[test]
+    fn every_route_is_documented_with_the_security_auth_applies() {
+        let columns = [col("id", "integer", true, false, true)];
+        for public in [false, true] {
+            let doc = docs(&columns, public);
+            for (method, path) in super::super::ROUTES {
+                for entity in ["users", "notes"] {
+                    let concrete = path.replace("{entity}", entity);
+                    if path.contains("dead-letters") && entity == "users" {
+                        // Only write-back entities have dead letters.
+                        assert!(doc["paths"].get(&concrete).is_none(), "{concrete}");
+                        continue;
+                    }
+                    let op = &doc["paths"][&concrete][method.to_ascii_lowercase()];
+                    assert!(op.is_object(), "{method} {concrete} is not in the document");
+                    let m: Method = method.parse().expect("method");
+                    let open = match access(&m, path) {
+                        Access::Open => true,
+                        Access::RowRead => public && entity == "users",
+                        Access::Read | Access::Admin => false,
+                    };
+                    assert_eq!(
+                        op.get("security") == Some(&json!([])),
+                        open,
+                        "{method} {concrete}"
+                    );
+                    assert_eq!(
+                        op["responses"].get("401").is_some(),
+                        !open,
+                        "{method} {concrete}"
+                    );
+                    assert_eq!(
+                        op["responses"].get("403").is_some(),
+                        access(&m, path) == Access::Admin,
+                        "{method} {concrete}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_are_typed_from_their_columns() {
+        let columns = [
+            col("id", "integer", true, false, true),
+            col("name", "character varying(20)", true, false, false),
+            col("bio", "text", false, false, false),
+            col("big", "bigint", false, false, false),
+            col("price", "numeric(8,2)", true, true, false),
+            col("doc", "jsonb", false, false, false),
+            col("at", "timestamp with time zone", true, true, false),
+            col("tags", "text[]", false, false, false),
+            col("flag", "boolean", true, false, false),
+        ];
+        let doc = docs(&columns, false);
+        let id = &doc["paths"]["/v1/users/{id}"]["get"]["parameters"][0]["schema"];
+        assert_eq!(id["type"], "integer");
+        assert_eq!(
+            (id["minimum"].as_i64(), id["maximum"].as_i64()),
+            (Some(-2147483648), Some(2147483647))
+        );
+        let put = &doc["components"]["schemas"]["UsersPut"];
+        assert_eq!(put["required"], json!(["name", "flag"]));
+        assert_eq!(put["additionalProperties"], false);
+        assert!(
+            put["properties"].get("id").is_none(),
+            "the key is the path's"
+        );
+        let p = &put["properties"];
+        assert_eq!(p["name"]["maxLength"], 20);
+        assert_eq!(p["name"]["pattern"], NO_NUL);
+        assert_eq!(p["bio"]["type"], json!(["string", "null"]));
+        assert_eq!(p["big"]["maximum"].as_i64(), Some(i64::MAX));
+        assert_eq!(p["price"]["maximum"].as_f64(), Some(999_999.0));
+        assert_eq!(
+            p["doc"]["anyOf"][0]["$ref"],
+            "#/components/schemas/JsonDocument"
+        );
+        assert_eq!(p["at"]["format"], "date-time");
+        assert_eq!(p["tags"]["items"]["type"], json!(["string", "null"]));
+        assert_eq!(p["flag"]["type"], "boolean");
+        let row = &doc["components"]["schemas"]["UsersRow"];
+        assert_eq!(
+            row["required"].as_array().map(Vec::len),
+            Some(columns.len())
+        );
+        let text_id = &doc["paths"]["/v1/notes/{id}"]["get"]["parameters"][0]["schema"];
+        assert_eq!(
+            (text_id["type"].as_str(), text_id["maxLength"].as_u64()),
+            (Some("string"), Some(20))
+        );
+        assert!(doc["paths"]["/v1/notes/{id}"]["put"]["responses"]
+            .get("202")
+            .is_some());
+        assert!(doc["paths"]["/v1/users/{id}"]["put"]["responses"]
+            .get("202")
+            .is_none());
+        assert!(doc["paths"].get("/v1/_admin/users/dead-letters").is_none());
+    }
+
+    #[test]
+    fn sql_types_map_to_their_limits() {
+        assert_eq!(element_int_range("smallint"), Some((-32768, 32767)));
+        assert_eq!(
+            element_int_range("integer"),
+            Some((i32::MIN.into(), i32::MAX.into()))
+        );
+        assert_eq!(element_int_range("bigint"), Some((i64::MIN, i64::MAX)));
+        assert_eq!(element_int_range("interval"), None);
+        assert_eq!(element_max_chars("character varying(12)"), Some(12));
+        assert_eq!(element_max_chars("character(3)"), Some(3));
+        assert_eq!(element_max_chars("text"), None);
+        let ints = column_schema("integer[]", None, None);
+        assert_eq!(ints["items"]["maximum"].as_i64(), Some(i32::MAX.into()));
+        // Scalar limits come from the library's description of the column.
+        let s = column_schema("INTEGER", Some((i64::MIN, i64::MAX)), None);
+        assert_eq!(s["maximum"].as_i64(), Some(i64::MAX));
+        assert_eq!(column_schema("uuid", None, None)["format"], "uuid");
+        assert_eq!(column_schema("date", None, None)["format"], "date");
+        assert_eq!(column_schema("numeric", None, None)["type"], "number");
     }
 }

@@ -93,8 +93,9 @@ pub async fn get_row(
 }
 
 /// `GET /v1/{entity}?ids=1,2,3`: `{"items": {...}, "missing": [...]}`.
-/// Ids are split on `,` and then percent-decoded (so `%2C` is part of an
-/// id), canonicalised and de-duplicated; at most [`MAX_IDS`]. One `MGET`,
+/// Ids are split on `,` and then percent-decoded (so `%2C` is part of a
+/// text id; for integer and uuid keys, which hold no comma, `%2C`
+/// separates ids too), canonicalised and de-duplicated; at most [`MAX_IDS`]. One `MGET`,
 /// one database query for the misses (the library's `get_many`).
 pub async fn get_many(
     State(state): State<AppState>,
@@ -129,14 +130,22 @@ pub async fn get_many(
         let decoded = percent_encoding::percent_decode_str(piece)
             .decode_utf8()
             .map_err(|_| ApiError::bad_request("an id is not valid UTF-8 once percent-decoded"))?;
-        let id = canonical(e, &decoded)?;
-        if seen.insert(id.clone()) {
-            ids.push(id);
-        }
-        if ids.len() > MAX_IDS {
-            return Err(ApiError::bad_request(format!(
-                "too many ids: at most {MAX_IDS} per request"
-            )));
+        // An id that cannot hold a comma (an integer or uuid key) had its
+        // separators percent-encoded by the client: split it there.
+        let pieces: Vec<&str> = match canonical(e, &decoded) {
+            Err(_) if decoded.contains(',') => decoded.split(',').collect(),
+            _ => vec![&decoded],
+        };
+        for piece in pieces {
+            let id = canonical(e, piece)?;
+            if seen.insert(id.clone()) {
+                ids.push(id);
+            }
+            if ids.len() > MAX_IDS {
+                return Err(ApiError::bad_request(format!(
+                    "too many ids: at most {MAX_IDS} per request"
+                )));
+            }
         }
     }
     let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -231,9 +240,45 @@ fn write_request<'a>(
     let e = entity(state, name)?;
     refuse_read_only(e)?;
     let id = canonical(e, raw_id)?;
-    let row = json_object(headers, body)?;
+    let mut row = json_object(headers, body)?;
+    whole_numbers_as_integers(e, &mut row);
     check_row(e, &id, &row, write)?;
     Ok((e, id, row))
+}
+
+/// Writes a number with no fractional part (`7.0`, `1e3`) given for an
+/// integer column (or an integer array's element) as an integer: JSON
+/// Schema, and so the OpenAPI document, calls it an integer.
+fn whole_numbers_as_integers(e: &Entity, row: &mut serde_json::Map<String, serde_json::Value>) {
+    fn fix(v: &mut serde_json::Value) {
+        // Exactly the f64 values inside i64's range.
+        const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+        match v {
+            serde_json::Value::Array(items) => items.iter_mut().for_each(fix),
+            serde_json::Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
+                if let Some(f) = n.as_f64() {
+                    if f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f) {
+                        // In range and whole, so the cast is exact.
+                        #[allow(clippy::cast_possible_truncation)]
+                        let i = f as i64;
+                        *v = serde_json::Value::from(i);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for c in e.columns() {
+        let integer = match c.sql_type.trim().strip_suffix("[]") {
+            Some(element) => super::openapi::element_int_range(element).is_some(),
+            None => c.int_range().is_some(),
+        };
+        if integer {
+            if let Some(v) = row.get_mut(&c.name) {
+                fix(v);
+            }
+        }
+    }
 }
 
 /// `PUT /v1/{entity}/{id}`: replaces the row, creating it if absent.

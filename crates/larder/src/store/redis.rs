@@ -7,7 +7,11 @@
 //! - A hit is one `GET`, a multi-read one `MGET`; leases, fills and
 //!   invalidations are Lua scripts (EVALSHA, loaded on demand), each over
 //!   keys of a single hash slot.
-//! - `rediss://` uses rustls with the `ring` provider and the system's roots.
+//! - `rediss://` uses rustls with the `ring` provider and the system's
+//!   roots, or the CA named by `tls_ca` in the URL (see [`RedisOptions`]);
+//!   a server whose certificate the CA did not sign is refused: every call
+//!   fails with [`Error::StoreUnavailable`] whose cause names the
+//!   certificate problem.
 
 use super::{Acquired, Fill, LeaseRequest, Store, Subscription, WriteEnd, WriteKeys, WriteTicket};
 use crate::error::{Error, Result};
@@ -15,18 +19,32 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{Pipeline, RedisError, Script, Value};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// Connection settings of a [`RedisStore`].
 ///
-/// Set them in the URL's query: `redis://host:6379/0?connect_timeout=2s&response_timeout=1s`.
+/// Set them in the URL's query:
+/// `redis://host:6379/0?connect_timeout=2s&response_timeout=1s`, and for
+/// `rediss://` a CA of its own and a client certificate (mutual TLS):
+/// `rediss://host:6380/0?tls_ca=/etc/larder/ca.pem&tls_cert=client.pem&tls_key=client.key`.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     /// How long one connection attempt may take. Default: 2 s.
     pub connect_timeout: Duration,
     /// How long one command may wait for its answer. Default: 1 s.
     pub response_timeout: Duration,
+    /// `rediss://` only: the PEM file of the CA that signed the server's
+    /// certificate, trusted instead of the system's roots. Default: none
+    /// (the system's roots).
+    pub tls_ca: Option<PathBuf>,
+    /// `rediss://` only: the client certificate (PEM) for mutual TLS; needs
+    /// [`tls_key`](Self::tls_key). Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// `rediss://` only: the client certificate's private key (PEM).
+    /// Default: none.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -34,11 +52,20 @@ impl Default for RedisOptions {
         Self {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(1),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
 
-const OPTION_KEYS: [&str; 2] = ["connect_timeout", "response_timeout"];
+const OPTION_KEYS: [&str; 5] = [
+    "connect_timeout",
+    "response_timeout",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+];
 
 impl RedisOptions {
     /// Reads the options from a URL's query; unknown larder options are an error.
@@ -46,18 +73,72 @@ impl RedisOptions {
         let parsed = parse_url(url)?;
         let mut options = Self::default();
         for (key, value) in parsed.query_pairs() {
-            let slot = match key.as_ref() {
-                "connect_timeout" => &mut options.connect_timeout,
-                "response_timeout" => &mut options.response_timeout,
-                _ => continue,
+            let file = match key.as_ref() {
+                "tls_ca" => &mut options.tls_ca,
+                "tls_cert" => &mut options.tls_cert,
+                "tls_key" => &mut options.tls_key,
+                _ => {
+                    let slot = match key.as_ref() {
+                        "connect_timeout" => &mut options.connect_timeout,
+                        "response_timeout" => &mut options.response_timeout,
+                        _ => continue,
+                    };
+                    *slot = humantime::parse_duration(&value).map_err(|e| {
+                        Error::Config(format!(
+                            "store URL option {key}={value:?}: {e} (use e.g. 500ms or 2s)"
+                        ))
+                    })?;
+                    continue;
+                }
             };
-            *slot = humantime::parse_duration(&value).map_err(|e| {
-                Error::Config(format!(
-                    "store URL option {key}={value:?}: {e} (use e.g. 500ms or 2s)"
-                ))
-            })?;
+            *file = Some(PathBuf::from(value.as_ref()));
+        }
+        let tls_given =
+            options.tls_ca.is_some() || options.tls_cert.is_some() || options.tls_key.is_some();
+        if tls_given && parsed.scheme() != "rediss" {
+            return Err(Error::Config(format!(
+                "store URL {:?}: tls_ca, tls_cert and tls_key need a rediss:// URL",
+                super::redact(url)
+            )));
+        }
+        if options.tls_cert.is_some() != options.tls_key.is_some() {
+            return Err(Error::Config(format!(
+                "store URL {:?}: give tls_cert and tls_key together",
+                super::redact(url)
+            )));
         }
         Ok(options)
+    }
+
+    /// The certificates to hand redis-rs, if any option names one.
+    fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>> {
+        fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
+            std::fs::read(path).map_err(|e| {
+                Error::Config(format!(
+                    "store URL option {what}: cannot read {}: {e}",
+                    path.display()
+                ))
+            })
+        }
+        if self.tls_ca.is_none() && self.tls_cert.is_none() {
+            return Ok(None);
+        }
+        let root_cert = self
+            .tls_ca
+            .as_deref()
+            .map(|p| read("tls_ca", p))
+            .transpose()?;
+        let client_tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("tls_cert", cert)?,
+                client_key: read("tls_key", key)?,
+            }),
+            _ => None,
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
     }
 }
 
@@ -215,8 +296,11 @@ impl RedisStore {
             parsed.query_pairs_mut().clear().extend_pairs(kept);
         }
         let name = super::redact(url);
-        let client = redis::Client::open(parsed.as_str())
-            .map_err(|e| Error::Config(format!("store URL {name:?}: {e}")))?;
+        let client = match options.tls_certificates()? {
+            Some(certs) => redis::Client::build_with_tls(parsed.as_str(), certs),
+            None => redis::Client::open(parsed.as_str()),
+        }
+        .map_err(|e| Error::Config(format!("store URL {name:?}: {e}")))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))

@@ -27,6 +27,7 @@ pub struct RedisServerBuilder {
     appendfsync_always: bool,
     maxmemory_policy: Option<String>,
     extra: Vec<String>,
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl RedisServerBuilder {
@@ -60,6 +61,16 @@ impl RedisServerBuilder {
     pub fn arg(mut self, directive: &str) -> Self {
         self.extra
             .extend(directive.split_whitespace().map(str::to_string));
+        self
+    }
+
+    /// TLS only: the port is a TLS port (`--port 0`, `--tls-port`), with
+    /// this certificate, key and CA (PEM files), clients not asked for
+    /// certificates; [`RedisServer::url`] is `rediss://`. Readiness is
+    /// the server's "Ready to accept connections" log line (a plain PING
+    /// cannot reach a TLS port). Default: off.
+    pub fn tls(mut self, cert: &Path, key: &Path, ca: &Path) -> Self {
+        self.tls = Some([cert.to_owned(), key.to_owned(), ca.to_owned()]);
         self
     }
 
@@ -100,6 +111,18 @@ impl RedisServerBuilder {
         if let Some(policy) = self.maxmemory_policy {
             args.extend(["--maxmemory-policy".into(), policy]);
         }
+        let tls = self.tls.is_some();
+        if let Some([cert, key, ca]) = self.tls {
+            for (flag, file) in [
+                ("--tls-cert-file", cert),
+                ("--tls-key-file", key),
+                ("--tls-ca-cert-file", ca),
+            ] {
+                args.push(flag.into());
+                args.push(file.display().to_string());
+            }
+            args.extend(["--tls-auth-clients".into(), "no".into()]);
+        }
         args.extend(self.extra);
 
         let dir = std::env::temp_dir().join(unique("larder_redis"));
@@ -108,6 +131,7 @@ impl RedisServerBuilder {
             dir,
             args,
             child: None,
+            tls,
         };
         for attempt in 1..=PORT_ATTEMPTS {
             server.reset_dir();
@@ -151,6 +175,8 @@ pub struct RedisServer {
     /// Everything but `--port`, `--dir` and `--logfile`; reused by restart.
     args: Vec<String>,
     child: Option<Child>,
+    /// The port is a TLS port (see [`RedisServerBuilder::tls`]).
+    tls: bool,
 }
 
 impl RedisServer {
@@ -172,9 +198,10 @@ impl RedisServer {
         RedisServerBuilder::default()
     }
 
-    /// `redis://127.0.0.1:<port>/0`
+    /// `redis://127.0.0.1:<port>/0` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// The loopback address it listens on (e.g. a [`TcpProxy`](super::TcpProxy) target).
@@ -291,9 +318,14 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("cannot open stdout.log in {}: {e}", self.dir.display()));
         let err = out.try_clone().expect("clone of stdout.log handle");
         let bin = redis_server_bin();
+        let port = self.port.to_string();
+        let ports: Vec<&str> = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
+        };
         let child = Command::new(&bin)
-            .arg("--port")
-            .arg(self.port.to_string())
+            .args(&ports)
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -312,6 +344,9 @@ impl RedisServer {
     /// Polls `PING` until PONG from *this* process (the port may have been
     /// taken by someone else), the process exits, or [`READY_TIMEOUT`].
     fn wait_ready(&mut self) -> Result<(), String> {
+        if self.tls {
+            return self.wait_ready_tls();
+        }
         let deadline = Instant::now() + READY_TIMEOUT;
         let addr = self.addr();
         loop {
@@ -354,6 +389,35 @@ impl RedisServer {
             }
             if Instant::now() >= deadline {
                 return Err(format!("no PONG within {READY_TIMEOUT:?}"));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl RedisServer {
+    /// Polls the log of *this* process (lines carry its pid) for "Ready to
+    /// accept connections", until the process exits or [`READY_TIMEOUT`].
+    fn wait_ready_tls(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .ok_or_else(|| "not running".to_string())?;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("redis-server exited: {status}"));
+            }
+            let mine = format!("{}:M", child.id());
+            let log = fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+            if log
+                .lines()
+                .any(|l| l.starts_with(&mine) && l.contains("Ready to accept connections"))
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not ready within {READY_TIMEOUT:?}"));
             }
             thread::sleep(Duration::from_millis(10));
         }
