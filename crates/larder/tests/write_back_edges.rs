@@ -28,9 +28,7 @@ fn settings() -> WriteBack {
 }
 
 async fn redis(url: &str) -> Arc<dyn Store> {
-    larder::store::connect_checked(url)
-        .await
-        .expect("redis")
+    larder::store::connect_checked(url).await.expect("redis")
 }
 
 /// An accounts schema, a durable Redis of the test's own, a unique prefix.
@@ -187,11 +185,7 @@ async fn one_refused_among_twenty(
     assert_eq!(f.db.row(bad).await, None);
     served_by_neither(a, b, bad).await;
     for id in (1..=20).filter(|&id| id != bad) {
-        assert_eq!(
-            f.db.row(id).await.map(|r| r.1),
-            Some(id),
-            "row {id} landed"
-        );
+        assert_eq!(f.db.row(id).await.map(|r| r.1), Some(id), "row {id} landed");
     }
 }
 
@@ -302,7 +296,9 @@ async fn a_revoked_privilege_dead_letters_nothing_and_everything_lands_once_gran
     f.exec(&format!("REVOKE INSERT, UPDATE ON {table} FROM {role}"))
         .await;
     // One row alone (a batch of one), then several at once.
-    a.put(&6, &account(6, "alone", 6)).await.expect("acknowledged");
+    a.put(&6, &account(6, "alone", 6))
+        .await
+        .expect("acknowledged");
     eventually("the refusal of the table is counted", || async {
         a.write_back_stats().expect("stats").alerts >= 1
     })
@@ -343,8 +339,10 @@ async fn a_revoked_privilege_dead_letters_nothing_and_everything_lands_once_gran
 async fn an_error_every_row_fails_with_alike_dead_letters_nothing() {
     let f = Fixture::new().await;
     let schema = &f.db.schema;
-    f.exec(&format!("CREATE TABLE {schema}.gate (closed boolean NOT NULL)"))
-        .await;
+    f.exec(&format!(
+        "CREATE TABLE {schema}.gate (closed boolean NOT NULL)"
+    ))
+    .await;
     f.exec(&format!("INSERT INTO {schema}.gate VALUES (true)"))
         .await;
     f.exec(&format!(
@@ -392,7 +390,10 @@ async fn writes_after_close_are_refused_and_close_twice_is_fine() {
     assert!(matches!(e, Error::Closed { .. }), "{e:?}");
     let mut fields = serde_json::Map::new();
     fields.insert("balance".into(), 5.into());
-    assert!(matches!(a.patch(&1, &fields).await, Err(Error::Closed { .. })));
+    assert!(matches!(
+        a.patch(&1, &fields).await,
+        Err(Error::Closed { .. })
+    ));
     assert!(matches!(a.delete(&1).await, Err(Error::Closed { .. })));
     let again = a.close(Duration::from_secs(5)).await.expect("close again");
     assert_eq!(again.pending, 0);
@@ -419,8 +420,10 @@ async fn close_while_the_flusher_commits_never_flushes_a_batch_twice() {
     let f = Fixture::new().await;
     let schema = &f.db.schema;
     let lock_key: i64 = rand::random::<i32>().into();
-    f.exec(&format!("CREATE TABLE {schema}.writes (id bigint NOT NULL)"))
-        .await;
+    f.exec(&format!(
+        "CREATE TABLE {schema}.writes (id bigint NOT NULL)"
+    ))
+    .await;
     // Every flush statement waits on an advisory lock the test holds, and
     // every row written is counted.
     f.exec(&format!(
@@ -489,7 +492,11 @@ async fn close_while_the_flusher_commits_never_flushes_a_batch_twice() {
         .fetch_one(&f.db.admin)
         .await
         .expect("writes");
-        assert_eq!(writes, ids.len() as i64, "round {round}: each row written once");
+        assert_eq!(
+            writes,
+            ids.len() as i64,
+            "round {round}: each row written once"
+        );
         let stats = cache.write_back_stats().expect("stats");
         assert_eq!(stats.rows_written, ids.len() as u64, "{stats:?}");
     }
