@@ -503,3 +503,83 @@ async fn close_while_the_flusher_commits_never_flushes_a_batch_twice() {
     drop(gate);
     f.db.drop().await;
 }
+
+/// An account whose balance must fit a byte.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Small {
+    id: i64,
+    owner: String,
+    balance: u8,
+}
+
+#[tokio::test]
+async fn a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_again() {
+    let f = Fixture::new().await;
+    let schema = &f.db.schema;
+    f.exec(&format!(
+        "CREATE TABLE {schema}.writes (id bigint NOT NULL)"
+    ))
+    .await;
+    // The stored row no longer fits the cache's type: it decodes only
+    // after the COMMIT, and fails.
+    f.exec(&format!(
+        "CREATE FUNCTION {schema}.grow() RETURNS trigger AS $$
+         BEGIN NEW.balance := NEW.balance * 1000; RETURN NEW; END $$ LANGUAGE plpgsql"
+    ))
+    .await;
+    f.exec(&format!(
+        "CREATE TRIGGER grow BEFORE INSERT OR UPDATE ON {schema}.accounts
+         FOR EACH ROW EXECUTE FUNCTION {schema}.grow()"
+    ))
+    .await;
+    f.exec(&format!(
+        "CREATE FUNCTION {schema}.count_write() RETURNS trigger AS $$
+         BEGIN INSERT INTO {schema}.writes VALUES (NEW.id); RETURN NULL; END $$ LANGUAGE plpgsql"
+    ))
+    .await;
+    f.exec(&format!(
+        "CREATE TRIGGER count_write AFTER INSERT OR UPDATE ON {schema}.accounts
+         FOR EACH ROW EXECUTE FUNCTION {schema}.count_write()"
+    ))
+    .await;
+    let cache: Cache<i64, Small> = Cache::builder()
+        .prefix(f.prefix.as_str())
+        .entity("accounts")
+        .shards(1)
+        .store(redis(&f.server.url()).await)
+        .source(f.source(&support::pg_url()).await)
+        .write_policy(WritePolicy::Back(settings()))
+        .build()
+        .await
+        .expect("cache");
+    for id in 1..=3 {
+        let row = Small {
+            id,
+            owner: format!("o{id}"),
+            balance: 5,
+        };
+        cache.put(&id, &row).await.expect("put");
+    }
+    eventually("the committed rows are cleared", || async {
+        f.db.count().await == 3 && cache.write_back_stats().expect("stats").backlog == 0
+    })
+    .await;
+    let closed = cache.close(Duration::from_secs(5)).await.expect("close");
+    assert_eq!(closed.pending, 0);
+    assert!(cache.dead_letters().await.expect("list").is_empty());
+    let writes: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.writes"))
+        .fetch_one(&f.db.admin)
+        .await
+        .expect("writes");
+    assert_eq!(writes, 3, "each row written once, never again");
+    for id in 1..=3 {
+        assert_eq!(f.db.row(id).await.map(|r| r.1), Some(5000));
+        // The entry was invalidated: the pending value is not served.
+        let read = cache.get(&id).await;
+        assert!(
+            !matches!(&read, Ok(l) if l.value.is_some()),
+            "{id}: {read:?}"
+        );
+    }
+    f.db.drop().await;
+}
