@@ -341,6 +341,8 @@ fn write_back_state<V: Send + Sync + 'static>(
         counters: crate::write_back::Counters::new(keys.entity()),
         wake: Default::default(),
         closed: Default::default(),
+        flusher: Default::default(),
+        closing: Default::default(),
         token: crate::policy::Random::Thread.token(),
         durable: Default::default(),
         fence_ready: Default::default(),

@@ -198,6 +198,14 @@ pub enum Error {
         current: u64,
     },
 
+    /// The cache was closed ([`Cache::close`](crate::Cache::close)): it
+    /// accepts no more writes.
+    #[error("cache of entity `{entity}` is closed: it accepts no more writes")]
+    Closed {
+        /// The entity.
+        entity: String,
+    },
+
     /// A tag is empty or too long, or an entry has too many tags.
     #[error("invalid tag {tag:?}: {reason}")]
     InvalidTag {

@@ -220,9 +220,9 @@ async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies(
         .await
         .expect("patch")
         .is_none());
+    assert!(!cache.delete(&99).await.expect("absent"));
     cache.close(Duration::from_secs(10)).await.expect("flush");
     assert!(db.row(3).await.is_none());
-    assert!(!cache.delete(&99).await.expect("absent"));
     f.db.drop().await;
 }
 

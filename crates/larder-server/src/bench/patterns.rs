@@ -14,7 +14,7 @@ use super::workload::{Keys, Rng, Workload};
 use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
 use hdrhistogram::Histogram;
-use larder::source::FlushBatch;
+use larder::source::{FlushBatch, Flushed};
 use larder::{Cache, NearOptions, Source, SqlPool, SqlSource, WriteBack, WritePolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -182,7 +182,7 @@ impl Source<Row> for CountedSource {
         Source::<Row>::prepare_write_back(&self.sql, entity, shards).await
     }
 
-    async fn flush(&self, batch: FlushBatch<'_, Row>) -> larder::Result<Vec<(String, Row)>> {
+    async fn flush(&self, batch: FlushBatch<'_, Row>) -> larder::Result<Flushed<Row>> {
         self.delay().await;
         Self::count(
             &self.counts.writes,

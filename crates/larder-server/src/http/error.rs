@@ -142,6 +142,9 @@ impl ApiError {
                 tracing::warn!(entity, error = %err, "write-back backlog full");
                 Self::unavailable("the write-back backlog is full: retry after it drains", 1)
             }
+            Error::Closed { .. } => {
+                Self::unavailable("the entity is shutting down: retry on another instance", 1)
+            }
             _ => {
                 tracing::error!(entity, error = %err, "engine error");
                 Self::internal()

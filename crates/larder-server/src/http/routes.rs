@@ -404,6 +404,7 @@ pub async fn dead_letters(
             serde_json::json!({
                 "id": l.id,
                 "error": l.error,
+                "code": l.code,
                 "failed_at_ms": l.failed_at_ms,
                 "delete": l.value.is_none(),
                 "row": row,

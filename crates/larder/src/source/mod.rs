@@ -10,6 +10,7 @@ mod sql;
 
 pub use self::func::FnSource;
 pub use self::sql::classify as classify_sql_error;
+pub(crate) use self::sql::Fault;
 pub use self::sql::{
     mark_larder_origin, ChangeChannel, ChangeHandler, ChangeListener, ChangeListenerBuilder,
     ChangeStats, ColumnInfo, SqlPool, SqlSource, SqlSourceBuilder,
@@ -44,6 +45,33 @@ pub struct FlushBatch<'a, V> {
     pub fence: Fence,
     /// The longest any statement may run (kept below the flush lease).
     pub statement_timeout: Duration,
+}
+
+/// What one write-back flush committed, row by row; see [`Source::flush`].
+///
+/// An upserted id that is in neither list was not written: the statement
+/// succeeded without it (a `BEFORE` trigger returned `NULL`), so the
+/// flusher moves it to the dead letters as "skipped by a trigger".
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Flushed<V> {
+    /// The rows as stored, in the shape of a load (what gets cached).
+    pub stored: Vec<(String, V)>,
+    /// Ids the transaction committed whose stored row is not known (it did
+    /// not decode, or the reply to `COMMIT` was lost and the fence showed
+    /// the commit): their records are cleared and their entries
+    /// invalidated, and the batch is never applied again.
+    pub unread: Vec<String>,
+}
+
+impl<V> Flushed<V> {
+    /// A flush that stored `stored` and nothing else.
+    pub fn new(stored: Vec<(String, V)>) -> Self {
+        Self {
+            stored,
+            unread: Vec::new(),
+        }
+    }
 }
 
 /// Where values come from on a miss, and where writes go.
@@ -154,11 +182,12 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Commits one write-back batch and returns the rows as stored. A
-    /// fencing source does it in one transaction that first checks the
-    /// fence and fails with [`Error::Fenced`] when a newer flusher
-    /// committed. Default: `store_many`, then one `remove` per id, unfenced.
-    async fn flush(&self, batch: FlushBatch<'_, V>) -> Result<Vec<(String, V)>> {
+    /// Commits one write-back batch and returns what it committed (see
+    /// [`Flushed`]). A fencing source does it in one transaction that
+    /// first checks the fence and fails with [`Error::Fenced`] when a newer
+    /// flusher committed. An error means nothing was committed. Default:
+    /// `store_many`, then one `remove` per id, unfenced.
+    async fn flush(&self, batch: FlushBatch<'_, V>) -> Result<Flushed<V>> {
         let stored = if batch.upserts.is_empty() {
             Vec::new()
         } else {
@@ -167,7 +196,7 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
         for id in batch.removes {
             self.remove(id).await?;
         }
-        Ok(stored)
+        Ok(Flushed::new(stored))
     }
 
     /// The error a read-only source answers writes with.

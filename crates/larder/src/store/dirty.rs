@@ -149,6 +149,9 @@ pub struct DeadLetterMove {
     pub seq: u64,
     /// Why, as a JSON document.
     pub why: String,
+    /// A channel and message to publish in the same script, invalidating
+    /// the entry in every instance's near cache.
+    pub announce: Option<(String, Vec<u8>)>,
 }
 
 /// A dead letter as stored: why (JSON) and the payload.
@@ -207,8 +210,9 @@ pub trait DirtyLog: Debug + Send + Sync + 'static {
     /// their entries; per record, whether it was cleared.
     async fn clear(&self, clears: &[Clear]) -> Result<Vec<bool>>;
 
-    /// Moves a refused record to the dead letters and deletes its cache
-    /// entry, if its sequence is unchanged; whether it moved.
+    /// Moves a refused record to the dead letters, deletes its cache entry
+    /// and publishes the announcement, if its sequence is unchanged;
+    /// whether it moved.
     async fn dead_letter(&self, letter: &DeadLetterMove) -> Result<bool>;
 
     /// The backlog of each shard, in order.

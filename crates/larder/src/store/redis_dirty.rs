@@ -122,7 +122,7 @@ return 1
 static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: dirty, queue, value, lease, dead, dead values. ARGV: id, seq, why
+-- KEYS: dirty, queue, value, lease, dead, dead values. ARGV: id, seq, why, channel ('' = none), message
 if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
 local r = redis.call('HMGET', KEYS[1], 'del', 'val')
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
@@ -133,6 +133,7 @@ else
 end
 redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 ",
     )
@@ -361,6 +362,10 @@ impl DirtyLog for RedisStore {
             .arg(&letter.keys.id)
             .arg(letter.seq)
             .arg(&letter.why);
+        match &letter.announce {
+            Some((channel, message)) => inv.arg(channel).arg(message.as_slice()),
+            None => inv.arg("").arg(""),
+        };
         Ok(self.run::<i64>(inv).await? == 1)
     }
 

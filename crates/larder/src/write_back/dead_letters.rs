@@ -2,11 +2,14 @@
 //! database refused (listed, retried, dropped), the counters, and `close`.
 //!
 //! A dead letter is a write the database refused at flush time (bad data,
-//! a constraint, a foreign key still missing after a few rounds). It is no
-//! longer served — its cache entry was invalidated, so reads load the
-//! database's row — but it is kept, with the error, until someone retries
-//! it (it is recorded again as a new write, unless a newer write of the id
-//! is pending, which wins) or drops it.
+//! a constraint, a trigger, row-level security, a foreign key still
+//! missing after a few rounds), or a row a trigger skipped. It is no
+//! longer served anywhere — its cache entry was deleted in the store and
+//! the deletion announced on the invalidation bus, so every instance's
+//! near cache drops it and reads load the database's row — but it is
+//! kept, with the error, until someone retries it (it is recorded again as
+//! a new write, unless a newer write of the id is pending, which wins) or
+//! drops it.
 
 use super::{flusher::Round, WriteBackStats};
 use crate::cache::Cache;
@@ -22,8 +25,12 @@ use std::time::{Duration, Instant};
 pub struct DeadLetter<V> {
     /// The canonical id.
     pub id: String,
-    /// The database's error, as text.
+    /// The database's error, as text (for a row a trigger skipped: a text
+    /// saying "skipped by a trigger").
     pub error: String,
+    /// The database's code (SQLSTATE, or SQLite's result code), when it
+    /// gave one.
+    pub code: Option<String>,
     /// When the flush failed (ms since the Unix epoch, larder's clock).
     pub failed_at_ms: u64,
     /// The refused value; `None` for a refused delete.
@@ -67,6 +74,7 @@ where
         };
         Ok(DeadLetter {
             error: why["error"].as_str().unwrap_or("unknown").to_owned(),
+            code: why["code"].as_str().map(str::to_owned),
             failed_at_ms: why["failed_at_ms"].as_u64().unwrap_or_default(),
             id: stored.id,
             value,
@@ -111,17 +119,55 @@ where
         state.log.drop_dead_letter(&shard, &id).await
     }
 
-    /// Flushes pending writes until none is left or `within` runs out,
-    /// then stops this cache's flusher and gives up its shards. What is
-    /// left stays durable in the store. A cache without write-back has
-    /// nothing to do.
+    /// Closes write-back: stops this cache's flusher, drains what is
+    /// pending until none is left or `within` runs out, then gives up the
+    /// cache's shards. What is left stays durable in the store (another
+    /// instance, or the next start, flushes it).
+    ///
+    /// # Behavior
+    /// - `close` owns the flusher: it stops the background task and waits
+    ///   for its round to end before it drains, so no shard is ever flushed
+    ///   twice at once under this instance's lease. If that round does not
+    ///   end within `within`, nothing is drained here (the task stops after
+    ///   its round) and the pending writes are reported.
+    /// - From its start, writes (`put`, `patch`, `delete`, retried dead
+    ///   letters) are refused with [`Error::Closed`]; a write already past
+    ///   that check is recorded and left pending if the drain has ended.
+    ///   Reads go on.
+    /// - Idempotent: calls after the first (or at the same time, which
+    ///   wait for it) drain what is left again and report it.
+    /// - A cache without write-back has nothing to do (and keeps accepting
+    ///   writes).
     pub async fn close(&self, within: Duration) -> Result<Closed> {
         let Some(state) = self.inner.write_back.as_ref() else {
             return Ok(Closed { pending: 0 });
         };
+        let deadline = Instant::now() + within;
+        let Ok(_draining) = tokio::time::timeout_at(deadline.into(), state.closing.lock()).await
+        else {
+            return self.closed_with(state, None).await;
+        };
         state.closed.store(true, Ordering::Release);
         state.wake.notify_one();
-        let deadline = Instant::now() + within;
+        let flusher = state
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut handle) = flusher {
+            if tokio::time::timeout_at(deadline.into(), &mut handle)
+                .await
+                .is_err()
+            {
+                // Still in its round: it stops after it, and keeps its leases.
+                *state.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+                tracing::warn!(
+                    entity = self.entity(),
+                    "closing: the flusher's round outlasted the close; nothing drained"
+                );
+                return self.closed_with(state, None).await;
+            }
+        }
         let mut failures = 0;
         let mut last_error: Option<Error> = None;
         while Instant::now() < deadline {
@@ -153,6 +199,11 @@ where
             // The lease expires by itself if this fails.
             let _ = state.log.release(shard, &state.token).await;
         }
+        self.closed_with(state, last_error).await
+    }
+
+    /// What `close` left pending (or the last error, if the store cannot say).
+    async fn closed_with(&self, state: &super::State, last_error: Option<Error>) -> Result<Closed> {
         let pending = match state.log.backlog(&state.shards).await {
             Ok(backlogs) => backlogs.iter().map(|b| b.pending).sum(),
             Err(e) => return Err(last_error.unwrap_or(e)),

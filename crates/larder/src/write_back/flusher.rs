@@ -8,18 +8,36 @@
 //! transaction, then clear each record whose sequence is unchanged and
 //! refresh its entry from the stored row.
 //!
-//! Failures: a source that is down (or an error that is not the rows'
-//! fault) fails the round, and the task retries with exponential backoff
-//! and jitter; records stay dirty meanwhile. A refused batch is bisected
-//! until the refused rows are alone; those go to the dead letters (a
-//! foreign-key violation only after a few rounds, since the referenced row
-//! may be waiting in another entity's backlog). A fenced flush gives the
-//! shard up: a newer flusher owns it.
+//! Failures, by the class of the error ([`Fault`], decided where the
+//! error arose):
+//! - **unavailable** (the database or the store down, a lock wait, a
+//!   deadlock, a timeout): the round fails, and the task retries with
+//!   exponential backoff and jitter; records stay dirty meanwhile.
+//! - **the table's fault** (read-only, a missing table or column, a
+//!   missing privilege), and an error that *every* row of a batch of
+//!   several fails with, each on its own, with the same code: retried the
+//!   same way, logged and counted as an alert
+//!   ([`WriteBackStats::alerts`](super::WriteBackStats::alerts)), never
+//!   dead-lettered in bulk.
+//! - **a row's fault** (anything else: a constraint, a trigger's `RAISE`,
+//!   row-level security, …): the batch is bisected until the refused rows
+//!   are alone; those go to the dead letters with the database's code and
+//!   message (a foreign-key violation only after a few rounds, since the
+//!   referenced row may be waiting in another entity's backlog), and the
+//!   rest lands in the same round. A batch of one refused row is a row's
+//!   fault.
+//!
+//! A row that a committed statement did not return (a `BEFORE` trigger
+//! returned `NULL`) is not in the database: it goes to the dead letters as
+//! "skipped by a trigger". A row committed but not read back (see
+//! [`Flushed::unread`]) is cleared and its entry invalidated; its batch is
+//! never applied again. A fenced flush gives the shard up: a newer flusher
+//! owns it.
 
 use super::{Counters, State};
 use crate::cache::Inner;
 use crate::error::{Error, Result};
-use crate::source::{Fence, FlushBatch};
+use crate::source::{Fault, Fence, FlushBatch, Flushed};
 use crate::store::{Clear, DeadLetterMove, DirtyRecord, ShardKeys};
 use futures_util::stream::{self, StreamExt};
 use std::collections::HashMap;
@@ -75,10 +93,41 @@ impl<V> Group<V> {
     }
 }
 
-/// Starts the flusher of `inner`; it ends when the cache is dropped or closed.
+/// Why a record goes to the dead letters.
+struct Refusal {
+    /// The database's code (SQLSTATE), when it gave one.
+    code: Option<String>,
+    /// The error, as text.
+    error: String,
+}
+
+impl Refusal {
+    fn of(e: &Error) -> Self {
+        let code = match e {
+            Error::Source { code, .. } => code.clone(),
+            _ => None,
+        };
+        Refusal {
+            code,
+            error: e.to_string(),
+        }
+    }
+
+    fn skipped() -> Self {
+        Refusal {
+            code: None,
+            error: "skipped by a trigger: the statement succeeded without writing the row (a BEFORE trigger returned NULL)".into(),
+        }
+    }
+}
+
+/// Starts the flusher of `inner`; it ends when the cache is dropped or
+/// closed. Its handle is kept in `state`, so that `close` can wait for it.
 pub(crate) fn spawn<V: Send + Sync + 'static>(inner: &Arc<Inner<V>>, state: Arc<State>) {
     let weak = Arc::downgrade(inner);
-    tokio::spawn(run(weak, state));
+    let handle = tokio::spawn(run(weak, state.clone()));
+    let mut slot = state.flusher.lock().unwrap_or_else(|p| p.into_inner());
+    *slot = Some(handle);
 }
 
 async fn run<V: Send + Sync + 'static>(weak: Weak<Inner<V>>, state: Arc<State>) {
@@ -225,7 +274,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
             match &record.payload {
                 Some(bytes) => match self.codec.decode(entity, &record.id, bytes.clone()) {
                     Ok(value) => first.upserts.push((record.id, value)),
-                    Err(e) => self.bury(state, shard, &record.id, record.seq, &e).await?,
+                    Err(e) => {
+                        self.bury(state, shard, &record.id, record.seq, &Refusal::of(&e))
+                            .await?
+                    }
                 },
                 None => first.removes.push(record.id),
             }
@@ -237,44 +289,89 @@ impl<V: Send + Sync + 'static> Inner<V> {
         };
         // The generation known before the commit stamps the refreshed entries.
         let generation = self.coherence.seq();
+        let total = first.len();
         let mut groups = vec![first];
         let mut clears = Vec::new();
+        let mut skipped = Vec::new();
+        // Rows refused on their own (a row's fault), not yet buried.
+        let mut refused: Vec<(String, Error)> = Vec::new();
+        let mut landed = false;
         let mut failure = None;
         while let Some(group) = groups.pop() {
             if group.len() == 0 {
                 continue;
             }
             match self.commit(state, &fence, &group).await {
-                Ok(stored) => {
+                Ok(flushed) => {
+                    landed = true;
+                    let (done, left_out) = self.clears(&group, flushed, &seqs, generation);
                     Counters::add(&state.counters.batches, 1);
-                    Counters::add(&state.counters.rows_written, group.len() as u64);
-                    clears.extend(self.clears(&group, stored, &seqs, generation));
+                    Counters::add(
+                        &state.counters.rows_written,
+                        (group.len() - left_out.len()) as u64,
+                    );
+                    clears.extend(done);
+                    skipped.extend(left_out);
                     forget_fk_attempts(state, &group);
                 }
-                Err(e) if is_row_fault(&e) && group.len() > 1 => {
-                    let (a, b) = group.split();
-                    groups.push(b);
-                    groups.push(a);
-                }
-                Err(e) if is_row_fault(&e) => {
-                    let id = group
-                        .upserts
-                        .first()
-                        .map(|(id, _)| id)
-                        .or(group.removes.first())
-                        .cloned()
-                        .unwrap_or_default();
-                    if self.retry_later(state, &id, &e) {
-                        continue;
+                Err(e) => match Fault::of(&e) {
+                    Fault::Row if group.len() > 1 => {
+                        let (a, b) = group.split();
+                        groups.push(b);
+                        groups.push(a);
                     }
-                    let seq = seqs.get(&id).copied().unwrap_or_default();
-                    self.bury(state, shard, &id, seq, &e).await?;
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
+                    Fault::Row => {
+                        let id = group
+                            .upserts
+                            .first()
+                            .map(|(id, _)| id)
+                            .or(group.removes.first())
+                            .cloned()
+                            .unwrap_or_default();
+                        refused.push((id, e));
+                    }
+                    Fault::Table | Fault::Unavailable => {
+                        failure = Some(e);
+                        break;
+                    }
+                },
+            }
+        }
+        let mut alert = failure
+            .as_ref()
+            .is_some_and(|e| Fault::of(e) == Fault::Table);
+        if failure.is_none() && !landed && total > 1 && refused.len() == total {
+            if let Some((_, e)) = refused.first() {
+                if refused.iter().all(|(_, other)| same_way(e, other)) {
+                    // Every row refused alone, the same way: not the rows.
+                    failure = Some(e.clone());
+                    alert = true;
                 }
             }
+        }
+        if let Some(e) = failure.as_ref().filter(|_| alert) {
+            Counters::add(&state.counters.alerts, 1);
+            tracing::error!(
+                entity,
+                shard = shard.shard,
+                rows = total,
+                error = %e,
+                "the source refuses every row of a write-back batch (the table, not a row): nothing is dead-lettered; retried with backoff"
+            );
+        }
+        if failure.is_none() {
+            for (id, e) in &refused {
+                if self.retry_later(state, id, e) {
+                    continue;
+                }
+                let seq = seqs.get(id).copied().unwrap_or_default();
+                self.bury(state, shard, id, seq, &Refusal::of(e)).await?;
+            }
+        }
+        for id in &skipped {
+            let seq = seqs.get(id).copied().unwrap_or_default();
+            self.bury(state, shard, id, seq, &Refusal::skipped())
+                .await?;
         }
         if !clears.is_empty() {
             let cleared = state.log.clear(&clears).await?;
@@ -305,12 +402,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// One fenced transaction, bounded in time.
-    async fn commit(
-        &self,
-        state: &State,
-        fence: &Fence,
-        group: &Group<V>,
-    ) -> Result<Vec<(String, V)>> {
+    async fn commit(&self, state: &State, fence: &Fence, group: &Group<V>) -> Result<Flushed<V>> {
         let source = self.require_source()?;
         let timeout = state.settings.statement_timeout();
         let batch = FlushBatch {
@@ -331,34 +423,49 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// The clears of a committed group: each record, if unchanged, is
-    /// cleared and its entry refreshed from the stored row.
+    /// cleared and its entry refreshed from the stored row (deleted when
+    /// the row was committed but not read back). With the upserted ids the
+    /// source did not write (a trigger skipped them): those are not cleared.
     fn clears(
         &self,
         group: &Group<V>,
-        stored: Vec<(String, V)>,
+        flushed: Flushed<V>,
         seqs: &HashMap<String, u64>,
         seq: u64,
-    ) -> Vec<Clear> {
-        let mut stored: HashMap<String, V> = stored.into_iter().collect();
+    ) -> (Vec<Clear>, Vec<String>) {
+        let mut stored: HashMap<String, V> = flushed.stored.into_iter().collect();
+        let unread: std::collections::HashSet<String> = flushed.unread.into_iter().collect();
         let mut clears = Vec::with_capacity(group.len());
+        let mut skipped = Vec::new();
         for (id, _) in &group.upserts {
-            let refresh = stored.remove(id).and_then(|row| {
-                let payload = self.codec.encode(self.keys.entity(), &row).ok()?;
-                let stamp = self.coherence.stamp(seq, Some(&row), &[]).ok()?;
-                Some(self.envelope(Some(bytes::Bytes::from(payload)), 0, stamp))
-            });
+            let Some(row) = stored.remove(id) else {
+                if unread.contains(id) {
+                    clears.push(self.clear_of(id, None, seqs));
+                } else {
+                    skipped.push(id.clone());
+                }
+                continue;
+            };
+            let refresh = self
+                .codec
+                .encode(self.keys.entity(), &row)
+                .ok()
+                .and_then(|payload| {
+                    let stamp = self.coherence.stamp(seq, Some(&row), &[]).ok()?;
+                    Some(self.envelope(Some(bytes::Bytes::from(payload)), 0, stamp))
+                });
             clears.push(self.clear_of(id, refresh, seqs));
         }
         for id in &group.removes {
             let refresh = match self.coherence.stamp(seq, None, &[]) {
-                Ok(stamp) if !self.policy.negative_ttl.is_zero() => {
+                Ok(stamp) if !self.policy.negative_ttl.is_zero() && !unread.contains(id) => {
                     Some(self.envelope(None, 0, stamp))
                 }
                 _ => None,
             };
             clears.push(self.clear_of(id, refresh, seqs));
         }
-        clears
+        (clears, skipped)
     }
 
     fn clear_of(
@@ -393,33 +500,50 @@ impl<V: Send + Sync + 'static> Inner<V> {
         false
     }
 
-    /// Moves a refused record to the dead letters and invalidates its entry.
+    /// Moves a refused record to the dead letters and invalidates its
+    /// entry everywhere: the store deletes it and announces it on the bus
+    /// in the same script, and this instance's near cache drops it.
     async fn bury(
         &self,
         state: &State,
         shard: &ShardKeys,
         id: &str,
         seq: u64,
-        e: &Error,
+        why: &Refusal,
     ) -> Result<()> {
-        let why = serde_json::json!({
-            "error": e.to_string(),
+        let text = serde_json::json!({
+            "error": why.error,
+            "code": why.code,
             "seq": seq,
             "failed_at_ms": self.clock.now_ms(),
         })
         .to_string();
+        let ids = [id.to_owned()];
         let letter = DeadLetterMove {
             keys: self.dirty_keys(id),
             shard: shard.clone(),
             seq,
-            why,
+            why: text,
+            announce: Some(self.coherence.bus.announcement(&ids)),
         };
-        if state.log.dead_letter(&letter).await? {
+        let moved = state.log.dead_letter(&letter).await?;
+        self.flights.forget(id);
+        if moved {
+            self.coherence.bus.announced(&ids).await;
             Counters::add(&state.counters.dead_lettered, 1);
             Counters::add(&state.counters.dead_letters, 1);
-            tracing::warn!(entity = self.keys.entity(), id, error = %e, "the source refused a write-back row; it is in the dead letters and no longer served");
+            tracing::warn!(entity = self.keys.entity(), id, code = why.code.as_deref(), error = %why.error, "the source refused a write-back row; it is in the dead letters and no longer served");
         }
         Ok(())
+    }
+}
+
+/// Whether two refusals are the same: the same kind of error with the
+/// same database code (their texts differ by the rows' values).
+fn same_way(a: &Error, b: &Error) -> bool {
+    match (a, b) {
+        (Error::Source { code: x, .. }, Error::Source { code: y, .. }) => x == y,
+        _ => std::mem::discriminant(a) == std::mem::discriminant(b),
     }
 }
 
@@ -436,32 +560,6 @@ fn forget_fk_attempts<V>(state: &State, group: &Group<V>) {
     }
 }
 
-/// Whether an error is the rows' fault (bad data, a constraint), not the
-/// source's: those rows are isolated, the rest of the batch lands.
-fn is_row_fault(e: &Error) -> bool {
-    match e {
-        Error::InvalidRow { .. }
-        | Error::InvalidId { .. }
-        | Error::Encode { .. }
-        | Error::Decode { .. } => true,
-        Error::Source {
-            code: Some(code), ..
-        } => is_data_code(code),
-        _ => false,
-    }
-}
-
-/// PostgreSQL data exceptions (`22*`) and integrity violations (`23*`);
-/// SQLite CONSTRAINT (19) and MISMATCH (20), with their extended codes.
-fn is_data_code(code: &str) -> bool {
-    if code.len() < 5 {
-        return code
-            .parse::<u32>()
-            .is_ok_and(|c| matches!(c & 0xff, 19 | 20));
-    }
-    code.starts_with("22") || code.starts_with("23")
-}
-
 /// A foreign-key violation: PostgreSQL `23503`, SQLite 787.
 fn is_foreign_key(e: &Error) -> bool {
     matches!(e, Error::Source { code: Some(code), .. } if code == "23503" || code == "787")
@@ -472,15 +570,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn data_and_constraint_codes_are_row_faults() {
-        for code in [
-            "22P02", "23505", "23503", "23502", "22001", "19", "2067", "787", "20",
-        ] {
-            assert!(is_data_code(code), "{code}");
-        }
-        for code in ["08006", "40001", "42P01", "57014", "5", "1"] {
-            assert!(!is_data_code(code), "{code}");
-        }
+    fn refusals_are_the_same_by_kind_and_code() {
+        let source = |code: &str| Error::Source {
+            entity: "t".into(),
+            code: Some(code.into()),
+            cause: crate::error::Message::cause(format!("refused {code}")),
+        };
+        assert!(same_way(&source("P0001"), &source("P0001")));
+        assert!(!same_way(&source("P0001"), &source("23505")));
+        let invalid = |id: &str| Error::InvalidRow {
+            entity: "t".into(),
+            id: id.into(),
+            reason: "bad".into(),
+        };
+        assert!(same_way(&invalid("1"), &invalid("2")));
+        assert!(!same_way(&invalid("1"), &source("P0001")));
     }
 
     fn group(upserts: usize, removes: usize) -> Group<usize> {

@@ -18,9 +18,20 @@
 //!   only if its sequence is unchanged, and refreshes the entry from the
 //!   stored row. The database fences stale flushers (`larder_fence`).
 //! - Failures: a database that is down is retried with backoff; a row the
-//!   database refuses (data errors, or a foreign key still missing after a
-//!   few tries) is isolated by bisecting the batch and moved to the dead
-//!   letters, and its entry is invalidated; the rest of the batch lands.
+//!   database refuses (a constraint, a trigger, row-level security, or a
+//!   foreign key still missing after a few tries) is isolated by bisecting
+//!   the batch and moved to the dead letters with the database's code and
+//!   message, and its entry is invalidated; the rest of the batch lands in
+//!   the same round. The flusher's module docs list the classes of errors.
+//! - A row committed without being returned (a `BEFORE` trigger returned
+//!   `NULL`) is dead-lettered as "skipped by a trigger"; errors that concern
+//!   the table (or that every row of a batch fails with alike) are retried
+//!   and counted as alerts, never dead-lettered in bulk. A dead letter is
+//!   deleted in the store and announced on the invalidation bus, so no
+//!   instance serves it any more.
+//! - `close` owns the flusher: it stops the background task and waits for
+//!   it, then drains; writes after `close` are refused with
+//!   [`Error::Closed`](crate::Error::Closed).
 //! - Durability is checked at build: `appendonly yes` + `appendfsync
 //!   always`, and never an `allkeys-*` eviction policy. See [`durability`].
 //! - While the store is unreachable, reads and writes fail with
@@ -129,6 +140,12 @@ pub struct WriteBackStats {
     pub oldest_ms: u64,
     /// Dead letters held in the store, as last seen.
     pub dead_letters: u64,
+    /// Flushes refused for the table rather than a row (a read-only
+    /// database, a missing table or column, a missing privilege, or an
+    /// error every row of the batch failed with alone, the same way):
+    /// nothing was dead-lettered, the batch is retried with backoff. Worth
+    /// an alert (`larder_writeback_alerts_total`).
+    pub alerts: u64,
 }
 
 /// Live counters behind [`WriteBackStats`]; each also reports to the
@@ -146,6 +163,7 @@ pub(crate) struct Counters {
     pub(crate) backlog: Tally,
     pub(crate) oldest_ms: Tally,
     pub(crate) dead_letters: Tally,
+    pub(crate) alerts: Tally,
 }
 
 impl Counters {
@@ -162,6 +180,7 @@ impl Counters {
             backlog: Tally::gauge("larder_writeback_backlog", entity, 1.0),
             oldest_ms: Tally::gauge("larder_writeback_lag_seconds", entity, 0.001),
             dead_letters: Tally::gauge("larder_writeback_dead_letters", entity, 1.0),
+            alerts: Tally::counter("larder_writeback_alerts_total", entity),
         }
     }
 
@@ -182,6 +201,7 @@ impl Counters {
             backlog: get(&self.backlog),
             oldest_ms: get(&self.oldest_ms),
             dead_letters: get(&self.dead_letters),
+            alerts: get(&self.alerts),
         }
     }
 }
@@ -196,8 +216,13 @@ pub(crate) struct State {
     pub(crate) counters: Counters,
     /// Wakes the flusher (a full batch, or `close`).
     pub(crate) wake: Notify,
-    /// Set by `close`: the flusher stops after its round.
+    /// Set by `close`: the flusher stops after its round and writes are
+    /// refused.
     pub(crate) closed: AtomicBool,
+    /// The background flusher, until `close` takes it to wait for it.
+    pub(crate) flusher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held by `close` while it drains: one drain at a time.
+    pub(crate) closing: tokio::sync::Mutex<()>,
     /// This instance's flush lease token.
     pub(crate) token: String,
     /// Set once the store proved durable enough (checked on first use

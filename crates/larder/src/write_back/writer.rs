@@ -48,6 +48,17 @@ impl<V: Send + Sync + 'static> Inner<V> {
         super::shard_keys(&self.keys, shard)
     }
 
+    /// The write-back state, for a write: refused once the cache is closed.
+    fn open_state(&self) -> Result<&Arc<State>> {
+        let state = self.write_back_state()?;
+        if state.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Closed {
+                entity: self.keys.entity().to_owned(),
+            });
+        }
+        Ok(state)
+    }
+
     /// The write-back state; only called under `WritePolicy::Back`.
     pub(crate) fn write_back_state(&self) -> Result<&Arc<State>> {
         self.write_back.as_ref().ok_or_else(|| {
@@ -115,6 +126,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         expect: Option<u64>,
     ) -> Result<Recorded> {
         let (payload, value, tags) = write;
+        self.open_state()?;
         self.flights.forget(id);
         self.ready_to_write(state).await?;
         self.wait_for_room(state, id).await?;
@@ -161,7 +173,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         value: &V,
         tags: &[String],
     ) -> Result<Written<V>> {
-        let state = self.write_back_state()?;
+        let state = self.open_state()?;
         let source = self.require_source()?;
         source.check(id, value)?;
         let payload = self.codec.encode(self.keys.entity(), value)?;
@@ -200,7 +212,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         id: &str,
         fields: &JsonObject,
     ) -> Result<Option<Written<V>>> {
-        let state = self.write_back_state()?;
+        let state = self.open_state()?;
         self.require_source()?.check_patch(id, fields)?;
         for attempt in 0..CAS_ATTEMPTS {
             let (current, version) = self.current(state, id).await?;
@@ -231,7 +243,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// Write-back `delete`: a tombstone, if the row exists (pending or in
     /// the database); whether it did.
     pub(crate) async fn delete_back(&self, id: &str) -> Result<bool> {
-        let state = self.write_back_state()?;
+        let state = self.open_state()?;
         for attempt in 0..CAS_ATTEMPTS {
             let (current, version) = self.current(state, id).await?;
             if current.is_none() {

@@ -12,14 +12,29 @@
 //! On PostgreSQL the transaction also sets `statement_timeout` (kept below
 //! the flush lease) and `larder.origin = 'larder'`, so change-notification
 //! triggers can skip larder's own writes.
+//!
+//! The fence step also writes a token of its own into the row's `batch`
+//! column. When the reply to `COMMIT` is lost (the connection dropped), the
+//! row tells what happened: the token is there only if the transaction
+//! committed. A committed batch is reported as committed with its rows
+//! unread, never retried; one that did not commit fails as unavailable and
+//! is retried whole. If the database stays unreachable for the whole
+//! statement timeout, the outcome cannot be known and the batch is retried
+//! (an upsert of the same rows writes the same values again).
+//!
+//! A row the upsert did not return (a `BEFORE` trigger returned `NULL`) is
+//! left out of the answer; a returned row that is not valid JSON is
+//! reported unread. A `42501` (insufficient privilege) is the table's fault
+//! when the role lacks a privilege the flush needs on the table or the
+//! fence, and a row's (row-level security) otherwise.
 
-use super::schema::KeyValue;
-use super::{classify, Backend, SqlSource};
+use super::schema::{quote, KeyValue};
+use super::{classify, classify_as, Backend, Fault, SqlSource};
 use crate::codec::RawJson;
 use crate::error::{Error, Result};
 use crate::source::Fence;
 use serde_json::{Map, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The fence table, created on first use of write-back.
 pub(super) const FENCE_TABLE: &str = "larder_fence";
@@ -28,6 +43,41 @@ pub(super) const FENCE_TABLE: &str = "larder_fence";
 enum FenceCheck {
     Passed,
     Newer(u64),
+}
+
+/// What a flush transaction committed, as JSON.
+pub(super) struct FlushedJson {
+    /// The rows as stored, in the order of the batch; a row the upsert
+    /// did not return is absent.
+    pub(super) stored: Vec<(String, RawJson)>,
+    /// Committed ids whose stored row is not known.
+    pub(super) unread: Vec<String>,
+}
+
+/// Where a flush transaction failed.
+enum Failed {
+    /// Before `COMMIT` was sent: nothing was committed.
+    Before(sqlx::Error),
+    /// Sending `COMMIT` or reading its reply.
+    Commit(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Failed {
+    fn from(e: sqlx::Error) -> Self {
+        Failed::Before(e)
+    }
+}
+
+/// The transaction's answer: the rows as stored, or the newer epoch.
+type Committed = std::result::Result<Vec<(String, String)>, u64>;
+
+/// A token unique to one flush transaction.
+fn batch_token() -> String {
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }
 
 impl SqlSource {
@@ -47,6 +97,20 @@ impl SqlSource {
                         .execute(&mut *tx)
                         .await?;
                     sqlx::query(&create).execute(&mut *tx).await?;
+                    // Tables made before the `batch` column get it once.
+                    let has_batch: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'batch')",
+                    )
+                    .bind(FENCE_TABLE)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if !has_batch {
+                        sqlx::query(&format!(
+                            "ALTER TABLE {FENCE_TABLE} ADD COLUMN IF NOT EXISTS batch text"
+                        ))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     sqlx::query(&format!(
                         "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT $1, s, 0 FROM generate_series(0, $2 - 1) AS s ON CONFLICT DO NOTHING"
                     ))
@@ -62,6 +126,16 @@ impl SqlSource {
                 async {
                     let mut tx = pool.begin().await?;
                     sqlx::query(&create).execute(&mut *tx).await?;
+                    let has_batch: bool = sqlx::query_scalar(&format!(
+                        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{FENCE_TABLE}') WHERE name = 'batch')"
+                    ))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if !has_batch {
+                        sqlx::query(&format!("ALTER TABLE {FENCE_TABLE} ADD COLUMN batch text"))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     sqlx::query(&format!(
                         "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n + 1 < ?2) INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT ?1, n, 0 FROM s WHERE true ON CONFLICT DO NOTHING"
                     ))
@@ -78,21 +152,22 @@ impl SqlSource {
     }
 
     /// Upserts `rows` and deletes `removes` in one transaction behind the
-    /// fence; the rows as stored, in the shape of a load.
+    /// fence; what it committed (see [`FlushedJson`]).
     pub(super) async fn flush_json(
         &self,
         rows: Vec<(String, Map<String, Value>)>,
         removes: &[String],
         fence: &Fence,
         statement_timeout: Duration,
-    ) -> Result<Vec<(String, RawJson)>> {
+    ) -> Result<FlushedJson> {
         let (order, groups) = self.plan_upserts(rows)?;
         let schema = &self.inner.schema;
         let keys = removes
             .iter()
             .map(|id| schema.canonical(id))
             .collect::<Result<Vec<KeyValue>>>()?;
-        let committed = match &self.inner.backend {
+        let token = batch_token();
+        let committed: std::result::Result<Committed, Failed> = match &self.inner.backend {
             Backend::Postgres(pool, q) => {
                 async {
                     let mut tx = pool.begin().await?;
@@ -103,7 +178,9 @@ impl SqlSource {
                     sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
                         .execute(&mut *tx)
                         .await?;
-                    if let FenceCheck::Newer(current) = fence_postgres(&mut tx, fence).await? {
+                    if let FenceCheck::Newer(current) =
+                        fence_postgres(&mut tx, fence, &token).await?
+                    {
                         tx.rollback().await?;
                         return Ok(Err(current));
                     }
@@ -111,7 +188,7 @@ impl SqlSource {
                     for key in &keys {
                         q.remove_in(&mut tx, key).await?;
                     }
-                    tx.commit().await?;
+                    tx.commit().await.map_err(Failed::Commit)?;
                     Ok(Ok(stored))
                 }
                 .await
@@ -119,7 +196,8 @@ impl SqlSource {
             Backend::Sqlite(pool, q) => {
                 async {
                     let mut tx = pool.begin().await?;
-                    if let FenceCheck::Newer(current) = fence_sqlite(&mut tx, fence).await? {
+                    if let FenceCheck::Newer(current) = fence_sqlite(&mut tx, fence, &token).await?
+                    {
                         tx.rollback().await?;
                         return Ok(Err(current));
                     }
@@ -127,20 +205,143 @@ impl SqlSource {
                     for key in &keys {
                         q.remove_in(&mut tx, key).await?;
                     }
-                    tx.commit().await?;
+                    tx.commit().await.map_err(Failed::Commit)?;
                     Ok(Ok(stored))
                 }
                 .await
             }
         };
-        match committed.map_err(|e: sqlx::Error| classify(self.entity(), e))? {
-            Ok(stored) => self.collect_stored(order, stored),
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(Failed::Before(e)) => return Err(self.flush_error(e, !keys.is_empty()).await),
+            Err(Failed::Commit(e)) => {
+                let e = classify(self.entity(), e);
+                if !matches!(e, Error::SourceUnavailable { .. }) {
+                    return Err(e);
+                }
+                // The reply to COMMIT is lost: the fence row tells.
+                return match self.fenced_batch(fence, statement_timeout).await {
+                    Some(found) if found == token => {
+                        tracing::warn!(
+                            entity = self.entity(),
+                            shard = fence.shard,
+                            error = %e,
+                            "the reply to a flush's COMMIT was lost; the fence row shows it committed"
+                        );
+                        Ok(FlushedJson {
+                            stored: Vec::new(),
+                            unread: order
+                                .into_iter()
+                                .chain(keys.into_iter().map(|k| k.text))
+                                .collect(),
+                        })
+                    }
+                    _ => Err(e),
+                };
+            }
+        };
+        match committed {
+            Ok(stored) => Ok(self.collect_flushed(order, stored)),
             Err(current) => Err(Error::Fenced {
                 entity: fence.entity.clone(),
                 shard: fence.shard,
                 epoch: fence.epoch,
                 current,
             }),
+        }
+    }
+
+    /// The rows a committed flush returned, in `order`: a row that is not
+    /// valid JSON is unread; a row not returned is left out.
+    fn collect_flushed(&self, order: Vec<String>, stored: Vec<(String, String)>) -> FlushedJson {
+        let mut by_id: std::collections::HashMap<String, String> = stored.into_iter().collect();
+        let mut out = FlushedJson {
+            stored: Vec::with_capacity(order.len()),
+            unread: Vec::new(),
+        };
+        for id in order {
+            let Some(json) = by_id.remove(&id) else {
+                continue;
+            };
+            match self.raw_json(&id, json) {
+                Ok(raw) => out.stored.push((id, raw)),
+                Err(e) => {
+                    tracing::warn!(entity = self.entity(), id, error = %e, "a flushed row committed but its stored row does not decode; its entry is invalidated");
+                    out.unread.push(id);
+                }
+            }
+        }
+        out
+    }
+
+    /// Classifies an error of a flush transaction that did not commit. A
+    /// `42501` on PostgreSQL is the table's fault when the role lacks a
+    /// privilege the flush needs (on the table, or the fence), the row's
+    /// otherwise (row-level security).
+    async fn flush_error(&self, e: sqlx::Error, removes: bool) -> Error {
+        let Backend::Postgres(pool, _) = &self.inner.backend else {
+            return classify(self.entity(), e);
+        };
+        let denied = match &e {
+            sqlx::Error::Database(db) => db.code().as_deref() == Some("42501"),
+            _ => false,
+        };
+        if !denied {
+            return classify(self.entity(), e);
+        }
+        let table = &self.inner.schema.table;
+        let name = match &table.schema {
+            Some(schema) => format!("{}.{}", quote(schema), quote(&table.name)),
+            None => quote(&table.name),
+        };
+        let granted: sqlx::Result<bool> = sqlx::query_scalar(&format!(
+            "SELECT has_table_privilege($1, 'INSERT') AND has_table_privilege($1, 'UPDATE') AND has_table_privilege($1, 'SELECT') AND (NOT $2 OR has_table_privilege($1, 'DELETE')) AND has_table_privilege('{FENCE_TABLE}', 'UPDATE')"
+        ))
+        .bind(name)
+        .bind(removes)
+        .fetch_one(pool)
+        .await;
+        match granted {
+            Ok(true) => classify_as(self.entity(), e, Fault::Row),
+            Ok(false) => classify_as(self.entity(), e, Fault::Table),
+            Err(check) => classify(self.entity(), check),
+        }
+    }
+
+    /// The `batch` token of the fence row, read again and again until the
+    /// database answers or `within` runs out.
+    async fn fenced_batch(&self, fence: &Fence, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let found: sqlx::Result<Option<Option<String>>> = match &self.inner.backend {
+                Backend::Postgres(pool, _) => {
+                    sqlx::query_scalar(&format!(
+                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = $1 AND shard = $2"
+                    ))
+                    .bind(&fence.entity)
+                    .bind(i32::from(fence.shard))
+                    .fetch_optional(pool)
+                    .await
+                }
+                Backend::Sqlite(pool, _) => {
+                    sqlx::query_scalar(&format!(
+                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = ?1 AND shard = ?2"
+                    ))
+                    .bind(&fence.entity)
+                    .bind(i32::from(fence.shard))
+                    .fetch_optional(pool)
+                    .await
+                }
+            };
+            match found {
+                Ok(row) => return row.flatten(),
+                Err(_) if Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(_) => return None,
+            }
         }
     }
 }
@@ -155,16 +356,17 @@ fn epoch_i64(epoch: u64) -> i64 {
 /// (the table was prepared for fewer shards).
 macro_rules! fence_step {
     ($name:ident, $conn:ty, $p:literal) => {
-        async fn $name(conn: &mut $conn, fence: &Fence) -> sqlx::Result<FenceCheck> {
+        async fn $name(conn: &mut $conn, fence: &Fence, token: &str) -> sqlx::Result<FenceCheck> {
             let epoch = epoch_i64(fence.epoch);
             let shard = i32::from(fence.shard);
             let moved = sqlx::query(&format!(
-                "UPDATE {FENCE_TABLE} SET epoch = {p}1 WHERE entity = {p}2 AND shard = {p}3 AND epoch <= {p}1",
+                "UPDATE {FENCE_TABLE} SET epoch = {p}1, batch = {p}4 WHERE entity = {p}2 AND shard = {p}3 AND epoch <= {p}1",
                 p = $p
             ))
             .bind(epoch)
             .bind(&fence.entity)
             .bind(shard)
+            .bind(token)
             .execute(&mut *conn)
             .await?
             .rows_affected();
@@ -183,12 +385,13 @@ macro_rules! fence_step {
                 return Ok(FenceCheck::Newer(u64::try_from(current).unwrap_or(0)));
             }
             sqlx::query(&format!(
-                "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) VALUES ({p}1, {p}2, {p}3)",
+                "INSERT INTO {FENCE_TABLE} (entity, shard, epoch, batch) VALUES ({p}1, {p}2, {p}3, {p}4)",
                 p = $p
             ))
             .bind(&fence.entity)
             .bind(shard)
             .bind(epoch)
+            .bind(token)
             .execute(&mut *conn)
             .await?;
             Ok(FenceCheck::Passed)

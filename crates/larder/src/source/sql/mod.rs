@@ -20,11 +20,13 @@
 //!   last write per id.
 //! - An upsert names only the columns present in the row: on insert, absent
 //!   columns take their default; on update, they keep their value.
-//! - Database errors are classified by SQLSTATE (SQLite: result code):
-//!   connection, resource, lock, serialization and deadlock errors, and
-//!   driver errors without a code (I/O, pool timeout), are
-//!   [`Error::SourceUnavailable`]; everything else is [`Error::Source`] with
-//!   its code.
+//! - Database errors are classified where they arise, by SQLSTATE (SQLite:
+//!   result code) and backend: connection, resource, lock, serialization
+//!   and deadlock errors, and driver errors without a code (I/O, pool
+//!   timeout), are [`Error::SourceUnavailable`]; everything else is
+//!   [`Error::Source`] with its code, and a class the write-back flusher
+//!   reads: the table's fault (read-only, a missing table or column, a
+//!   missing privilege) or the rows' (anything else).
 //! - `patch` is one `UPDATE` of only the given columns (bound as one JSON
 //!   parameter) `RETURNING` the row; no row with the id means nothing is
 //!   written and `None`.
@@ -44,7 +46,7 @@ pub use self::cdc::{
 pub use self::schema::ColumnInfo;
 
 use self::schema::{KeyValue, Schema, TableName};
-use super::{FlushBatch, Source};
+use super::{FlushBatch, Flushed, Source};
 use crate::codec::RawJson;
 use crate::error::{Error, Message, Result};
 use async_trait::async_trait;
@@ -665,7 +667,7 @@ where
         self.prepare_fence(entity, shards).await
     }
 
-    async fn flush(&self, batch: FlushBatch<'_, V>) -> Result<Vec<(String, V)>> {
+    async fn flush(&self, batch: FlushBatch<'_, V>) -> Result<Flushed<V>> {
         if let Some(e) = self.inner.schema.read_only_error() {
             return Err(e);
         }
@@ -673,14 +675,22 @@ where
         for (id, value) in batch.upserts {
             maps.push((id.clone(), self.encode(value)?));
         }
-        self.flush_json(maps, batch.removes, &batch.fence, batch.statement_timeout)
-            .await?
-            .into_iter()
-            .map(|(id, json)| {
-                let v = self.decode(&id, &json)?;
-                Ok((id, v))
-            })
-            .collect()
+        let committed = self
+            .flush_json(maps, batch.removes, &batch.fence, batch.statement_timeout)
+            .await?;
+        let mut flushed = Flushed::new(Vec::with_capacity(committed.stored.len()));
+        flushed.unread = committed.unread;
+        for (id, json) in committed.stored {
+            // Committed already: a row that does not decode is unread, not refused.
+            match self.decode(&id, &json) {
+                Ok(value) => flushed.stored.push((id, value)),
+                Err(e) => {
+                    tracing::warn!(entity = self.entity(), id, error = %e, "a flushed row committed but its stored row does not decode; its entry is invalidated");
+                    flushed.unread.push(id);
+                }
+            }
+        }
+        Ok(flushed)
     }
 
     fn read_only(&self) -> Error {
@@ -694,59 +704,168 @@ where
     }
 }
 
-/// Turns a driver error into larder's: unavailable (worth retrying later:
-/// connection, resource, lock and serialization errors, and driver errors
-/// without a code) or a database error with its code. Public so that code
-/// running its own SQL next to a [`SqlSource`] classifies errors the same way.
-pub fn classify(entity: &str, e: sqlx::Error) -> Error {
-    let code = match &e {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-        _ => None,
-    };
-    let unavailable = match &e {
-        sqlx::Error::Database(_) => code.as_deref().is_some_and(is_retryable_code),
+/// What a database error says about a write, by class. Decided where the
+/// error arises, from its code and the backend that gave it (never from
+/// its text), and carried in the [`Error`] that [`classify`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The database cannot serve now: connection, resources, lock waits,
+    /// serialization failures, deadlocks, operator intervention, and driver
+    /// errors without a code (I/O, pool timeout). Retried later, whole.
+    Unavailable,
+    /// The table refuses every write, whatever the rows: a read-only
+    /// server, a missing table or column, a missing privilege. Retried
+    /// later, whole, and worth an alert.
+    Table,
+    /// The rows written: data, constraints, triggers, row-level security,
+    /// and every error not named above. The rows at fault are isolated.
+    Row,
+}
+
+impl Fault {
+    /// PostgreSQL, by SQLSTATE: connection exceptions (`08*`), insufficient
+    /// resources (`53*`), operator intervention (`57P*`, `57014`
+    /// query_canceled), `55P03` lock_not_available, `40001`
+    /// serialization_failure and `40P01` deadlock_detected are
+    /// unavailable; invalid transaction state (`25*`, e.g. read-only after
+    /// a failover), `42P01` undefined_table and `42703` undefined_column
+    /// concern the table. `42501` (insufficient privilege) is a row fault
+    /// here: row-level security raises it for one row, and only a check
+    /// of the table's privileges tells the two apart (the write-back flush
+    /// makes it).
+    pub(crate) fn of_postgres(code: &str) -> Fault {
+        if code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P")
+            || matches!(code, "57014" | "55P03" | "40001" | "40P01")
+        {
+            Fault::Unavailable
+        } else if code.starts_with("25") || matches!(code, "42P01" | "42703") {
+            Fault::Table
+        } else {
+            Fault::Row
+        }
+    }
+
+    /// SQLite, by result code (the primary code is the low byte): BUSY,
+    /// LOCKED, NOMEM, IOERR, FULL, CANTOPEN and PROTOCOL are unavailable;
+    /// PERM, READONLY and AUTH concern the database, not the rows.
+    pub(crate) fn of_sqlite(code: &str) -> Fault {
+        match code.parse::<u32>().map(|c| c & 0xff) {
+            Ok(5 | 6 | 7 | 10 | 13 | 14 | 15) => Fault::Unavailable,
+            Ok(3 | 8 | 23) => Fault::Table,
+            _ => Fault::Row,
+        }
+    }
+
+    /// MySQL and MariaDB, by vendor error number (their SQLSTATE is too
+    /// coarse: most errors are `HY000`): lock wait timeout (1205),
+    /// deadlock (1213), read-only server (1290) and a connection killed
+    /// (1927) are unavailable; a missing table (1146) or column (1054) and
+    /// a refused command (1142) concern the table.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn of_mysql(number: u16) -> Fault {
+        match number {
+            1205 | 1213 | 1290 | 1927 => Fault::Unavailable,
+            1146 | 1054 | 1142 => Fault::Table,
+            _ => Fault::Row,
+        }
+    }
+
+    /// The class of a larder error raised by a write: unavailable for the
+    /// source or the store being unreachable, a timeout or a fence; the
+    /// class [`classify`] recorded for a database error; a row fault for
+    /// a row refused before any SQL ran (validation, encoding) and for a
+    /// source error that carries no class (another [`Source`]).
+    pub(crate) fn of(e: &Error) -> Fault {
+        match e {
+            Error::Source { cause, .. } => cause
+                .downcast_ref::<Classified>()
+                .map_or(Fault::Row, |c| c.fault),
+            Error::InvalidRow { .. }
+            | Error::InvalidId { .. }
+            | Error::Encode { .. }
+            | Error::Decode { .. } => Fault::Row,
+            Error::ReadOnly { .. } | Error::Config(_) => Fault::Table,
+            _ => Fault::Unavailable,
+        }
+    }
+}
+
+/// A database error with its class, as the cause of an [`Error::Source`];
+/// it displays as the driver error itself.
+#[derive(Debug)]
+pub(crate) struct Classified {
+    pub(crate) fault: Fault,
+    pub(crate) error: sqlx::Error,
+}
+
+impl std::fmt::Display for Classified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Classified {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The class of a driver error, from the backend that raised it.
+fn fault_of_sqlx(e: &sqlx::Error) -> Fault {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                Fault::of_postgres(&code)
+            } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                Fault::of_sqlite(&code)
+            } else {
+                Fault::Row
+            }
+        }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
-    };
-    if unavailable {
-        Error::SourceUnavailable {
-            entity: entity.to_owned(),
-            cause: Error::cause(e),
-        }
-    } else {
-        Error::Source {
-            entity: entity.to_owned(),
-            code,
-            cause: Error::cause(e),
-        }
+        | sqlx::Error::WorkerCrashed => Fault::Unavailable,
+        _ => Fault::Row,
     }
 }
 
-/// Whether a database error code means "try again later" rather than "this
-/// statement is wrong".
-///
-/// PostgreSQL SQLSTATEs (five characters): connection exceptions (`08*`),
-/// insufficient resources (`53*`), operator intervention (`57P*`,
-/// `57014` query_canceled), `55P03` lock_not_available, `40001`
-/// serialization_failure and `40P01` deadlock_detected. SQLite result codes
-/// (decimal, at most four digits): BUSY, LOCKED, NOMEM, IOERR, FULL,
-/// CANTOPEN and PROTOCOL, with their extended codes.
-pub(crate) fn is_retryable_code(code: &str) -> bool {
-    if code.len() < 5 {
-        // SQLite: the primary result code is the low byte.
-        return code
-            .parse::<u32>()
-            .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 10 | 13 | 14 | 15));
+/// Turns a driver error into larder's: [`Error::SourceUnavailable`] when
+/// it is worth retrying later (connection, resource, lock and
+/// serialization errors, and driver errors without a code), else
+/// [`Error::Source`] with the database's code and the error's class (see
+/// the module docs). Public so that code running its own SQL next to a
+/// [`SqlSource`] classifies errors the same way.
+pub fn classify(entity: &str, e: sqlx::Error) -> Error {
+    let fault = fault_of_sqlx(&e);
+    classify_as(entity, e, fault)
+}
+
+/// [`classify`] with the class already decided.
+pub(crate) fn classify_as(entity: &str, e: sqlx::Error, fault: Fault) -> Error {
+    if fault == Fault::Unavailable {
+        return Error::SourceUnavailable {
+            entity: entity.to_owned(),
+            cause: Error::cause(e),
+        };
     }
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P")
-        || matches!(code, "57014" | "55P03" | "40001" | "40P01")
+    let code = match &e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    Error::Source {
+        entity: entity.to_owned(),
+        code,
+        cause: Error::cause(Classified { fault, error: e }),
+    }
 }
 
 #[cfg(test)]
@@ -754,16 +873,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retryable_codes() {
+    fn postgres_codes_by_class() {
         for c in [
-            "08006", "08001", "53300", "57P01", "57014", "55P03", "40001", "40P01", "5", "517",
-            "6", "10",
+            "08006", "08001", "53300", "57P01", "57014", "55P03", "40001", "40P01",
         ] {
-            assert!(is_retryable_code(c), "{c}");
+            assert_eq!(Fault::of_postgres(c), Fault::Unavailable, "{c}");
         }
-        for c in ["23505", "22P02", "42P01", "2067", "19", "1"] {
-            assert!(!is_retryable_code(c), "{c}");
+        for c in ["25006", "25P02", "42P01", "42703"] {
+            assert_eq!(Fault::of_postgres(c), Fault::Table, "{c}");
         }
+        for c in ["23505", "22P02", "P0001", "42501", "XX000", "23503"] {
+            assert_eq!(Fault::of_postgres(c), Fault::Row, "{c}");
+        }
+    }
+
+    #[test]
+    fn sqlite_and_mysql_codes_by_class() {
+        for c in ["5", "517", "6", "10", "13"] {
+            assert_eq!(Fault::of_sqlite(c), Fault::Unavailable, "{c}");
+        }
+        for c in ["8", "3"] {
+            assert_eq!(Fault::of_sqlite(c), Fault::Table, "{c}");
+        }
+        for c in ["19", "2067", "787", "20", "1"] {
+            assert_eq!(Fault::of_sqlite(c), Fault::Row, "{c}");
+        }
+        for n in [1205, 1213, 1290, 1927] {
+            assert_eq!(Fault::of_mysql(n), Fault::Unavailable, "{n}");
+        }
+        for n in [1146, 1054, 1142] {
+            assert_eq!(Fault::of_mysql(n), Fault::Table, "{n}");
+        }
+        for n in [1062, 1452, 1644, 3819] {
+            assert_eq!(Fault::of_mysql(n), Fault::Row, "{n}");
+        }
+    }
+
+    #[test]
+    fn classified_errors_keep_their_class_and_code() {
+        let e = classify("t", sqlx::Error::PoolTimedOut);
+        assert!(matches!(e, Error::SourceUnavailable { .. }));
+        assert_eq!(Fault::of(&e), Fault::Unavailable);
+        let e = classify_as("t", sqlx::Error::RowNotFound, Fault::Table);
+        assert_eq!(Fault::of(&e), Fault::Table);
+        let plain = Error::Source {
+            entity: "t".into(),
+            code: Some("P0001".into()),
+            cause: Message::cause("refused"),
+        };
+        assert_eq!(Fault::of(&plain), Fault::Row);
     }
 
     #[test]
