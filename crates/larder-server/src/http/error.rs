@@ -309,6 +309,9 @@ mod tests {
         let api = ApiError::from_engine("e", &err);
         assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(api.code, "unavailable");
-        assert!(api.into_response().headers().contains_key(header::RETRY_AFTER));
+        assert!(api
+            .into_response()
+            .headers()
+            .contains_key(header::RETRY_AFTER));
     }
 }
