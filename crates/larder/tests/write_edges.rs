@@ -9,6 +9,7 @@ mod support;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use larder::source::FlushBatch;
+use larder::store::{MemoryStore, Store};
 use larder::{Cache, Error, NearOptions, Source, SqlPool, SqlSource, WriteBack, WritePolicy};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,6 +148,9 @@ struct Setup<'a> {
     lease_ttl: Duration,
     gate: Arc<Gate>,
     on_load: Arc<OnceLock<LoadHook>>,
+    /// The store every instance shares (`None`: the shared Redis, each
+    /// instance on its own connection).
+    store: Option<Arc<dyn Store>>,
 }
 
 impl<'a> Setup<'a> {
@@ -159,6 +163,7 @@ impl<'a> Setup<'a> {
             lease_ttl: Duration::from_secs(5),
             gate: Arc::default(),
             on_load: Arc::default(),
+            store: None,
         }
     }
 
@@ -176,15 +181,17 @@ impl<'a> Setup<'a> {
             on_load: self.on_load.clone(),
         };
         let lease = self.lease_ttl;
+        let store = match &self.store {
+            Some(store) => store.clone(),
+            None => larder::store::connect_checked(&support::redis_url())
+                .await
+                .expect("redis"),
+        };
         Cache::builder()
             .prefix(self.prefix)
             .entity("accounts")
             .shards(4)
-            .store(
-                larder::store::connect_checked(&support::redis_url())
-                    .await
-                    .expect("redis"),
-            )
+            .store(store)
             .source(source)
             .write_policy(self.policy)
             .ttl(Duration::from_secs(60))
@@ -294,9 +301,23 @@ async fn an_abandoned_write_still_runs_its_end_step_on_every_instance() {
 /// in Redis and in both near caches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_during_a_write_makes_its_end_step_delete() {
+    invalidation_during_a_write(None).await;
+}
+
+/// [`an_invalidation_during_a_write_makes_its_end_step_delete`] on the
+/// embedded memory store (two instances in one process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_during_a_write_makes_its_end_step_delete_in_memory() {
+    invalidation_during_a_write(Some(Arc::new(MemoryStore::new(1_000)))).await;
+}
+
+async fn invalidation_during_a_write(store: Option<Arc<dyn Store>>) {
     let db = Db::new().await;
     let prefix = support::unique("we");
-    let setup = Setup::new(&db, &prefix);
+    let setup = Setup {
+        store,
+        ..Setup::new(&db, &prefix)
+    };
     let a = setup.cache().await;
     let b = setup.cache().await;
     a.put(&1, &account(1, "ada", 0)).await.expect("first put");
@@ -382,10 +403,22 @@ async fn an_invalidation_during_a_flush_is_not_overwritten_by_its_refresh() {
 /// one committed last, so the cache must end equal to the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_slower_than_lease_ttl_does_not_win_over_a_later_write() {
+    slow_write_against_a_later_one(None).await;
+}
+
+/// [`a_write_slower_than_lease_ttl_does_not_win_over_a_later_write`] on
+/// the embedded memory store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_slower_than_lease_ttl_does_not_win_over_a_later_write_in_memory() {
+    slow_write_against_a_later_one(Some(Arc::new(MemoryStore::new(1_000)))).await;
+}
+
+async fn slow_write_against_a_later_one(store: Option<Arc<dyn Store>>) {
     let db = Db::new().await;
     let prefix = support::unique("we");
     let setup = Setup {
         lease_ttl: Duration::from_millis(300),
+        store,
         ..Setup::new(&db, &prefix)
     };
     let a = setup.cache().await;
