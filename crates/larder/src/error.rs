@@ -206,6 +206,18 @@ pub enum Error {
         entity: String,
     },
 
+    /// A compare-and-set write (write-back `patch` or `delete`) kept losing
+    /// to other writers of the same id: nothing was written; retry.
+    #[error("id {id:?} of entity `{entity}` kept changing under {attempts} attempts to update it; retry")]
+    Busy {
+        /// The entity.
+        entity: String,
+        /// The id.
+        id: String,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+
     /// A tag is empty or too long, or an entry has too many tags.
     #[error("invalid tag {tag:?}: {reason}")]
     InvalidTag {
@@ -242,6 +254,18 @@ impl Error {
                 | Error::LoadTimeout { .. }
                 | Error::Loader { .. }
         )
+    }
+
+    /// A write lost its compare-and-set to concurrent writers of the same
+    /// id ([`Error::Busy`]): nothing was written, and retrying may succeed.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Busy { .. })
+    }
+
+    /// The store proved not durable enough for write-back
+    /// ([`Error::NotDurable`]), at start or later while running.
+    pub fn is_not_durable(&self) -> bool {
+        matches!(self, Error::NotDurable { .. })
     }
 
     /// The caller's input was refused: retrying the same call cannot succeed.

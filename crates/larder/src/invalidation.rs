@@ -32,7 +32,7 @@ use crate::generation::{initial_seq, tag_field, Generations, PURGE_FIELD};
 use crate::key::KeySpace;
 use crate::near::{Epochs, Evict};
 use crate::stats::{NearCounters, NearEvent, NearStats};
-use crate::store::Store;
+use crate::store::{Store, WriteKeys};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -179,6 +179,16 @@ impl Bus {
         }
     }
 
+    /// The keys an invalidation of `id` touches: value and lease, and the
+    /// write bookkeeping, so a write in flight ends by deleting.
+    fn write_keys(&self, id: &str) -> WriteKeys {
+        WriteKeys {
+            value_key: self.keys.value_key(id),
+            lease_key: self.keys.lease_key(id),
+            write_key: self.keys.write_key(id),
+        }
+    }
+
     /// Applies an invalidation of `ids` to this instance's near cache.
     pub(crate) async fn evict_local(&self, ids: &[String]) {
         for id in ids {
@@ -194,8 +204,8 @@ impl Bus {
     pub(crate) async fn invalidate(self: &Arc<Self>, ids: &[String]) -> Result<()> {
         self.evict_local(ids).await;
         let deleted = join_all(ids.iter().map(|id| {
-            let (value, lease) = (self.keys.value_key(id), self.keys.lease_key(id));
-            async move { self.store.delete(&value, &lease).await }
+            let keys = self.write_keys(id);
+            async move { self.store.invalidate(&keys).await }
         }))
         .await;
         let mut failed = None;
@@ -452,8 +462,8 @@ impl Bus {
         for chunk in owed.chunks(256) {
             let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
             let deleted = join_all(ids.iter().map(|id| {
-                let (value, lease) = (self.keys.value_key(id), self.keys.lease_key(id));
-                async move { self.store.delete(&value, &lease).await }
+                let keys = self.write_keys(id);
+                async move { self.store.invalidate(&keys).await }
             }))
             .await;
             if deleted.iter().any(Result::is_err) {

@@ -21,6 +21,29 @@
 //! Both scripts void the read lease, so a read that loaded before or
 //! during a write cannot fill afterwards.
 //!
+//! An invalidation of the key (by id, change notification, or the
+//! replay of an owed one) also bumps the write sequence, so a write between
+//! its source step and its end step when it lands ends by deleting: the
+//! invalidation announced a row at least as new as the write's. Tag
+//! invalidations and purges bump generations instead; a write's entry is
+//! stamped with the generation known before its source step, so it is a
+//! miss on read after either.
+//!
+//! # Bookkeeping that outlives the write
+//! The ticket's bookkeeping expires after `lease_ttl` without writes; a
+//! write renews it every third of that while its source step runs, so a
+//! slow write (a pool wait, a row lock) keeps counting as in flight. If it
+//! expired all the same (the store unreachable for a while), the end step
+//! counts the ticket as overlapped: it deletes the entry and outdates any
+//! write that began on new bookkeeping.
+//!
+//! # Cancellation
+//! From the ticket through the source step to the end step, a write runs
+//! in a task of its own (`tokio::spawn`) that the caller awaits: dropping
+//! the caller's future (a timeout, a closed HTTP connection) does not stop
+//! it, so a write that may have reached the source always runs its end
+//! step and tells every near cache.
+//!
 //! # Failures
 //! - The source refuses the write (a constraint, bad data): the cache is
 //!   left as it was and the error returned.
@@ -30,14 +53,15 @@
 //!   the store still answers, and [`Written::cache`] says what happened.
 
 use crate::cache::{Cache, Inner};
-use crate::error::{Error, Result};
+use crate::error::{Error, Message, Result};
 use crate::key::CacheKey;
 use crate::store::{WriteEnd, WriteKeys, WriteTicket};
 use crate::write_back::WriteBack;
 use bytes::Bytes;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, Either};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How writes reach the source and the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +135,12 @@ where
     /// Writes `value` for `key` under the cache's write policy and returns
     /// the row as stored. A cache without a source only caches the value
     /// (cache-aside: the application wrote its database itself).
+    ///
+    /// The value is handed on as the cache's codec reads it back (encoded,
+    /// then decoded), so that the write can run in a task of its own: once
+    /// begun, it runs to its end step even if the caller goes away (the
+    /// future dropped, a timeout, a closed connection), so the cache never
+    /// keeps a row older than one that reached the source.
     pub async fn put(&self, key: &K, value: &V) -> Result<Written<V>> {
         self.put_with_tags(key, value, &[]).await
     }
@@ -119,50 +149,34 @@ where
     /// tagger's) for [`Cache::invalidate_tag`]. Tags need the invalidation
     /// bus (see [`CacheBuilder::bus`](crate::CacheBuilder::bus)); bad tags
     /// are refused before anything is written.
+    ///
+    /// Runs in a task of its own: once begun, it runs to its end step even
+    /// if the caller goes away (the future dropped, a timeout, a closed
+    /// connection).
     pub async fn put_with_tags(&self, key: &K, value: &V, tags: &[String]) -> Result<Written<V>> {
         let id = self.id_of(key)?;
         self.inner.refuse_read_only()?;
         self.inner.coherence.check_tags(tags)?;
-        if self.inner.write_policy.is_write_back() {
-            return self.inner.put_back(&id, value, tags).await;
-        }
-        let seq = self.inner.coherence.seq();
-        match self.inner.source.clone() {
-            Some(source) => {
-                let id2 = id.clone();
-                let stored = self
-                    .inner
-                    .write(&id, (seq, tags), async move {
-                        source.store(&id2, value).await.map(Some)
-                    })
-                    .await?;
-                stored.ok_or_else(|| Error::Config("the source stored no row".into()))
-            }
-            None => {
-                let payload = Bytes::from(self.inner.codec.encode(self.entity(), value)?);
-                // The cache hands out values it owns: decode the payload
-                // rather than require `V: Clone`.
-                let owned = self
-                    .inner
-                    .codec
-                    .decode(self.entity(), &id, payload.clone())?;
-                let stamp = self.inner.coherence.stamp(seq, Some(&owned), tags)?;
-                let (bytes, ttl) = self.inner.envelope(Some(payload), 0, stamp);
-                let ticket = self.inner.begin(&id).await?;
-                let cache = self
-                    .inner
-                    .end(&id, ticket, WriteEnd::Set { value: bytes, ttl })
-                    .await;
-                Ok(Written {
-                    value: Arc::new(owned),
-                    cache,
-                })
-            }
-        }
+        let payload = Bytes::from(self.inner.codec.encode(self.entity(), value)?);
+        // The write owns what it writes: decode the payload rather than
+        // require `V: Clone`.
+        let owned = self
+            .inner
+            .codec
+            .decode(self.entity(), &id, payload.clone())?;
+        let (inner, tags) = (Arc::clone(&self.inner), tags.to_vec());
+        detached(self.entity(), async move {
+            inner.put_owned(&id, owned, payload, &tags).await
+        })
+        .await
     }
 
     /// Writes many rows with one source statement (the last write of a key
     /// wins); answers per key, in order. Not atomic across keys in the cache.
+    ///
+    /// Runs in a task of its own: once begun, it runs to its end step even
+    /// if the caller goes away (the future dropped, a timeout, a closed
+    /// connection).
     pub async fn put_many(&self, entries: &[(&K, &V)]) -> Result<Vec<Result<Written<V>>>>
     where
         V: Clone,
@@ -176,21 +190,183 @@ where
             }
             return Ok(answers);
         }
-        let seq = self.inner.coherence.seq();
         let ids = entries
             .iter()
             .map(|(k, _)| self.id_of(k))
-            .collect::<Result<Vec<_>>>()?;
-        let tickets = join_all(ids.iter().map(|id| self.inner.begin(id)))
-            .await
-            .into_iter()
             .collect::<Result<Vec<_>>>()?;
         let rows: Vec<(String, V)> = ids
             .iter()
             .zip(entries)
             .map(|(id, (_, v))| (id.clone(), (*v).clone()))
             .collect();
-        let stored = source.store_many(&rows).await;
+        let inner = Arc::clone(&self.inner);
+        detached(self.entity(), async move {
+            inner.put_many_owned(source, ids, rows).await
+        })
+        .await
+    }
+
+    /// Updates only the given columns of `key`'s row (`null` sets NULL)
+    /// under the write policy; `None` when the row does not exist (nothing
+    /// is written). Two writers patching different columns both land.
+    /// Under write-back, a patch that keeps losing its compare-and-set to
+    /// other writers of the id fails with [`Error::Busy`].
+    ///
+    /// Runs in a task of its own: once begun, it runs to its end step even
+    /// if the caller goes away (the future dropped, a timeout, a closed
+    /// connection).
+    pub async fn patch(
+        &self,
+        key: &K,
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<Written<V>>> {
+        let id = self.id_of(key)?;
+        self.inner.refuse_read_only()?;
+        let source = self.inner.require_source()?;
+        let (inner, fields) = (Arc::clone(&self.inner), fields.clone());
+        detached(self.entity(), async move {
+            if inner.write_policy.is_write_back() {
+                return inner.patch_back(&id, &fields).await;
+            }
+            let seq = inner.coherence.seq();
+            inner
+                .write(&id, (seq, &[]), source.patch(&id, &fields))
+                .await
+        })
+        .await
+    }
+
+    /// Deletes `key`'s row from the source and its cached entry; whether a
+    /// row existed. Under write-back, a delete that keeps losing its
+    /// compare-and-set to other writers of the id fails with
+    /// [`Error::Busy`].
+    ///
+    /// Runs in a task of its own: once begun, it runs to its end step even
+    /// if the caller goes away (the future dropped, a timeout, a closed
+    /// connection).
+    pub async fn delete(&self, key: &K) -> Result<bool> {
+        let id = self.id_of(key)?;
+        self.inner.refuse_read_only()?;
+        let source = self.inner.require_source()?;
+        let inner = Arc::clone(&self.inner);
+        detached(self.entity(), async move {
+            if inner.write_policy.is_write_back() {
+                return inner.delete_back(&id).await;
+            }
+            let ticket = inner.begin(&id).await?;
+            let removed = inner
+                .keeping_alive(&id_if(&id, ticket), source.remove(&id))
+                .await;
+            let end = match &removed {
+                Ok(_) => WriteEnd::Delete,
+                Err(e) => inner.end_for_error(e),
+            };
+            inner.end(&id, ticket, end).await;
+            removed
+        })
+        .await
+    }
+}
+
+/// `[id]` if the write holds a ticket (its bookkeeping is to be kept alive).
+fn id_if(id: &str, ticket: Option<WriteTicket>) -> Vec<&str> {
+    ticket.map(|_| id).into_iter().collect()
+}
+
+/// Runs a write in a task of its own and waits for its answer. The task
+/// is not cancelled when the caller goes away (a dropped future, a
+/// timeout, a closed connection), so a write that may have reached the
+/// source always runs its end step.
+async fn detached<T: Send + 'static>(
+    entity: &str,
+    write: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    match tokio::spawn(write).await {
+        Ok(answer) => answer,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels the task: the write may
+            // or may not have reached the source.
+            Err(_) => Err(Error::SourceUnavailable {
+                entity: entity.to_owned(),
+                cause: Message::cause("the runtime shut down while the write ran"),
+            }),
+        },
+    }
+}
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    fn refuse_read_only(&self) -> Result<()> {
+        if self.write_policy == WritePolicy::ReadOnly {
+            return Err(Error::ReadOnly {
+                entity: self.keys.entity().to_owned(),
+                reason: "its write policy is read-only".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Cache::put_with_tags`] once the value is owned: `payload` is its
+    /// encoding.
+    async fn put_owned(
+        self: &Arc<Self>,
+        id: &str,
+        value: V,
+        payload: Bytes,
+        tags: &[String],
+    ) -> Result<Written<V>> {
+        if self.write_policy.is_write_back() {
+            return self.put_back(id, &value, tags).await;
+        }
+        // The generation known before the source step stamps the entry: an
+        // invalidation of a tag (or a purge) during the write outdates it.
+        let seq = self.coherence.seq();
+        match self.source.clone() {
+            Some(source) => {
+                let stored = self
+                    .write(id, (seq, tags), async {
+                        source.store(id, &value).await.map(Some)
+                    })
+                    .await?;
+                stored.ok_or_else(|| Error::Config("the source stored no row".into()))
+            }
+            None => {
+                let stamp = self.coherence.stamp(seq, Some(&value), tags)?;
+                let (bytes, ttl) = self.envelope(Some(payload), 0, stamp);
+                let ticket = self.begin(id).await?;
+                let cache = self
+                    .end(id, ticket, WriteEnd::Set { value: bytes, ttl })
+                    .await;
+                Ok(Written {
+                    value: Arc::new(value),
+                    cache,
+                })
+            }
+        }
+    }
+
+    /// [`Cache::put_many`] once the rows are owned (ids canonical, in order).
+    async fn put_many_owned(
+        self: &Arc<Self>,
+        source: Arc<dyn crate::source::Source<V>>,
+        ids: Vec<String>,
+        rows: Vec<(String, V)>,
+    ) -> Result<Vec<Result<Written<V>>>>
+    where
+        V: Clone,
+    {
+        let seq = self.coherence.seq();
+        let tickets = join_all(ids.iter().map(|id| self.begin(id)))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let held: Vec<&str> = ids
+            .iter()
+            .zip(&tickets)
+            .filter(|(_, t)| t.is_some())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let stored = self.keeping_alive(&held, source.store_many(&rows)).await;
         let by_id: std::collections::HashMap<String, Arc<V>> = match &stored {
             Ok(stored) => stored
                 .iter()
@@ -210,13 +386,13 @@ where
             .map(|(i, (id, ticket))| {
                 let row = by_id.get(id).cloned();
                 let end = match (&stored, row) {
-                    (Err(e), _) => self.inner.end_for_error(e),
+                    (Err(e), _) => self.end_for_error(e),
                     (Ok(_), Some(row)) if last.get(id.as_str()) == Some(&i) => {
-                        self.inner.end_for_row(Some(&row), (seq, &[]))
+                        self.end_for_row(Some(&row), (seq, &[]))
                     }
                     (Ok(_), _) => WriteEnd::Delete,
                 };
-                self.inner.end(id, ticket, end)
+                self.end(id, ticket, end)
             });
         let caches = join_all(ends).await;
         Ok(ids
@@ -233,67 +409,6 @@ where
                     }),
             })
             .collect())
-    }
-
-    /// Updates only the given columns of `key`'s row (`null` sets NULL)
-    /// under the write policy; `None` when the row does not exist (nothing
-    /// is written). Two writers patching different columns both land.
-    pub async fn patch(
-        &self,
-        key: &K,
-        fields: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Option<Written<V>>> {
-        let id = self.id_of(key)?;
-        self.inner.refuse_read_only()?;
-        let source = self.inner.require_source()?;
-        if self.inner.write_policy.is_write_back() {
-            return self.inner.patch_back(&id, fields).await;
-        }
-        let id2 = id.clone();
-        let seq = self.inner.coherence.seq();
-        self.inner
-            .write(
-                &id,
-                (seq, &[]),
-                async move { source.patch(&id2, fields).await },
-            )
-            .await
-    }
-
-    /// Deletes `key`'s row from the source and its cached entry; whether a
-    /// row existed.
-    pub async fn delete(&self, key: &K) -> Result<bool> {
-        let id = self.id_of(key)?;
-        self.inner.refuse_read_only()?;
-        let source = self.inner.require_source()?;
-        if self.inner.write_policy.is_write_back() {
-            return self.inner.delete_back(&id).await;
-        }
-        let ticket = self.inner.begin(&id).await?;
-        match source.remove(&id).await {
-            Ok(existed) => {
-                self.inner.end(&id, ticket, WriteEnd::Delete).await;
-                Ok(existed)
-            }
-            Err(e) => {
-                self.inner
-                    .end(&id, ticket, self.inner.end_for_error(&e))
-                    .await;
-                Err(e)
-            }
-        }
-    }
-}
-
-impl<V: Send + Sync + 'static> Inner<V> {
-    fn refuse_read_only(&self) -> Result<()> {
-        if self.write_policy == WritePolicy::ReadOnly {
-            return Err(Error::ReadOnly {
-                entity: self.keys.entity().to_owned(),
-                reason: "its write policy is read-only".into(),
-            });
-        }
-        Ok(())
     }
 
     fn write_keys(&self, id: &str) -> WriteKeys {
@@ -323,6 +438,34 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 Ok(None)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `step` (a source write) while keeping the write bookkeeping of
+    /// `ids` alive: renewed every third of `lease_ttl`, so a write slower
+    /// than that still counts as in flight for the writes that begin
+    /// after it. A renewal that fails is left to the end step, which
+    /// treats a ticket whose bookkeeping expired as overlapped.
+    async fn keeping_alive<T>(&self, ids: &[&str], step: impl Future<Output = T>) -> T {
+        if ids.is_empty() {
+            return step.await;
+        }
+        let ttl = self.policy.lease_ttl;
+        let every = (ttl / 3).max(Duration::from_millis(1));
+        let keys: Vec<WriteKeys> = ids.iter().map(|id| self.write_keys(id)).collect();
+        let renew = async {
+            loop {
+                tokio::time::sleep(every).await;
+                let renewed = join_all(keys.iter().map(|k| self.store.write_renew(k, ttl))).await;
+                if let Some(e) = renewed.into_iter().find_map(Result::err) {
+                    tracing::debug!(entity = self.keys.entity(), error = %e, "could not renew a write ticket");
+                }
+            }
+        };
+        let (step, renew) = (std::pin::pin!(step), std::pin::pin!(renew));
+        match futures_util::future::select(step, renew).await {
+            Either::Left((out, _)) => out,
+            Either::Right(((), step)) => step.await,
         }
     }
 
@@ -357,7 +500,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             Err(e) => {
                 self.store_failed(&e);
                 tracing::warn!(entity = self.keys.entity(), id, error = %e, "could not update the cache after a write; deleting the entry");
-                match self.store.delete(&keys.value_key, &keys.lease_key).await {
+                match self.store.invalidate(&keys).await {
                     Ok(()) => CacheWrite::Invalidated,
                     Err(_) => CacheWrite::Unreachable,
                 }
@@ -410,7 +553,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         source_write: impl Future<Output = Result<Option<V>>>,
     ) -> Result<Option<Written<V>>> {
         let ticket = self.begin(id).await?;
-        match source_write.await {
+        match self.keeping_alive(&id_if(id, ticket), source_write).await {
             Ok(row) => {
                 let row = row.map(Arc::new);
                 let end = self.end_for_row(row.as_ref(), stamp);

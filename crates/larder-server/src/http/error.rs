@@ -20,7 +20,7 @@ pub struct ApiError {
     pub code: &'static str,
     /// What went wrong, safe to show to the client.
     pub message: String,
-    /// Seconds for a `Retry-After` header (503s).
+    /// Seconds for a `Retry-After` header (503s, 409 `busy`).
     pub retry_after: Option<u32>,
 }
 
@@ -82,9 +82,11 @@ impl ApiError {
 
     /// The answer for an engine error of `entity`. Bad input is the
     /// client's to fix (4xx, the library's message, which names the id or
-    /// column); an unavailable store or database is 503; database
-    /// constraint violations are 409 by SQLSTATE; anything else is logged
-    /// and answered 500 without details.
+    /// column); an unavailable store or database, and a store that stopped
+    /// being durable for write-back, are 503; database constraint
+    /// violations are 409 `conflict` by SQLSTATE; a lost compare-and-set
+    /// is 409 `busy` with `Retry-After`; anything else is logged and
+    /// answered 500 without details.
     pub fn from_engine(entity: &str, err: &Error) -> Self {
         match err {
             Error::InvalidId { .. } => {
@@ -137,6 +139,24 @@ impl ApiError {
             Error::StoreUnavailable { .. } => {
                 tracing::warn!(entity, error = %err, "store unavailable");
                 Self::unavailable("the cache store is unavailable", 1)
+            }
+            Error::Busy { .. } => {
+                tracing::info!(entity, error = %err, "compare-and-set lost to concurrent writers");
+                Self {
+                    retry_after: Some(1),
+                    ..Self::new(
+                        StatusCode::CONFLICT,
+                        "busy",
+                        "the row kept changing under concurrent writers; nothing was written: retry",
+                    )
+                }
+            }
+            Error::NotDurable { .. } => {
+                tracing::error!(entity, error = %err, "write-back store not durable");
+                Self::unavailable(
+                    "the cache store no longer keeps write-back writes durably; nothing was written",
+                    5,
+                )
             }
             Error::BacklogFull { .. } => {
                 tracing::warn!(entity, error = %err, "write-back backlog full");
@@ -268,4 +288,42 @@ pub fn forbidden() -> ApiError {
         "forbidden",
         "the read-only token opens row reads, /v1/stats and /metrics only: this route needs the admin token",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_compare_and_set_is_409_busy_with_retry_after() {
+        let err = Error::Busy {
+            entity: "e".into(),
+            id: "1".into(),
+            attempts: 32,
+        };
+        let api = ApiError::from_engine("e", &err);
+        assert_eq!(api.status, StatusCode::CONFLICT);
+        assert_eq!(api.code, "busy");
+        let res = api.into_response();
+        assert_eq!(
+            res.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(1u32))
+        );
+    }
+
+    #[test]
+    fn a_store_that_is_not_durable_is_503() {
+        let err = Error::NotDurable {
+            entity: "e".into(),
+            store: "redis://x".into(),
+            reason: "appendonly is no".into(),
+        };
+        let api = ApiError::from_engine("e", &err);
+        assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(api.code, "unavailable");
+        assert!(api
+            .into_response()
+            .headers()
+            .contains_key(header::RETRY_AFTER));
+    }
 }

@@ -207,7 +207,9 @@ pub trait DirtyLog: Debug + Send + Sync + 'static {
     ) -> Result<Option<Vec<DirtyRecord>>>;
 
     /// Clears flushed records whose sequence is unchanged and refreshes
-    /// their entries; per record, whether it was cleared.
+    /// their entries — an entry deleted since the record was made (an
+    /// invalidation during the flush) stays deleted; per record, whether
+    /// it was cleared.
     async fn clear(&self, clears: &[Clear]) -> Result<Vec<bool>>;
 
     /// Moves a refused record to the dead letters, deletes its cache entry

@@ -42,8 +42,11 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Map {
     slots: HashMap<String, Slot>,
-    /// Write bookkeeping by write key: (sequence, in flight, expires).
-    writes: HashMap<String, (u64, u64, Instant)>,
+    /// Write bookkeeping by write key.
+    writes: HashMap<String, WriteBook>,
+    /// The last write sequence handed out, for every key: sequences never
+    /// repeat, so a ticket of expired bookkeeping is told apart.
+    write_seq: u64,
     /// Generation hashes by key: field → value (never evicted).
     generations: HashMap<String, HashMap<String, u64>>,
     tick: u64,
@@ -52,6 +55,20 @@ struct Map {
     expired: u64,
     hits: u64,
     misses: u64,
+}
+
+/// One key's write bookkeeping (see [`Store::write_begin`]).
+#[derive(Debug, Clone, Copy)]
+struct WriteBook {
+    /// The newest sequence handed out (or bumped by an invalidation).
+    seq: u64,
+    /// Writes begun and not ended.
+    in_flight: u64,
+    /// When it goes without a write or a renewal.
+    expires: Instant,
+    /// The last sequence handed out before this bookkeeping was made: its
+    /// own tickets are above it.
+    base: u64,
 }
 
 #[derive(Debug)]
@@ -172,6 +189,16 @@ impl MemoryStore {
     /// Whether the store holds no keys.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bumps the sequence of a key's write bookkeeping (a write that began
+    /// before cannot set any more).
+    fn bump_write_seq(map: &mut Map, write_key: &str) {
+        map.write_seq += 1;
+        let bumped = map.write_seq;
+        if let Some(book) = map.writes.get_mut(write_key) {
+            book.seq = bumped;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Map> {
@@ -311,18 +338,36 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut map = self.lock();
         map.slots.remove(&keys.lease_key);
-        map.writes.retain(|_, (_, _, expires)| *expires > now);
-        let entry = map
+        map.writes.retain(|_, book| book.expires > now);
+        map.write_seq += 1;
+        let seq = map.write_seq;
+        let book = map
             .writes
             .entry(keys.write_key.clone())
-            .or_insert((0, 0, now));
-        entry.0 += 1;
-        entry.1 += 1;
-        entry.2 = now + ttl;
+            .or_insert(WriteBook {
+                seq: 0,
+                in_flight: 0,
+                expires: now,
+                base: seq - 1,
+            });
+        book.seq = seq;
+        book.in_flight += 1;
+        book.expires = now + ttl;
         Ok(WriteTicket {
-            seq: entry.0,
-            clean: entry.1 == 1,
+            seq,
+            clean: book.in_flight == 1,
         })
+    }
+
+    async fn write_renew(&self, keys: &WriteKeys, ttl: Duration) -> Result<()> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if let Some(book) = map.writes.get_mut(&keys.write_key) {
+            if book.expires > now {
+                book.expires = book.expires.max(now + ttl);
+            }
+        }
+        Ok(())
     }
 
     async fn write_end(
@@ -333,12 +378,30 @@ impl Store for MemoryStore {
     ) -> Result<bool> {
         let now = Instant::now();
         let mut map = self.lock();
-        let (seq, in_flight) = match map.writes.get_mut(&keys.write_key) {
-            Some(entry) if entry.2 > now => {
-                entry.1 = entry.1.saturating_sub(1);
-                (entry.0, entry.1)
+        // Whether live bookkeeping exists, and whether the ticket is its own.
+        let own = map
+            .writes
+            .get(&keys.write_key)
+            .filter(|book| book.expires > now)
+            .map(|book| ticket.seq > book.base);
+        let (seq, in_flight) = match own {
+            Some(true) => match map.writes.get_mut(&keys.write_key) {
+                Some(book) => {
+                    book.in_flight = book.in_flight.saturating_sub(1);
+                    (book.seq, book.in_flight)
+                }
+                None => (0, 0),
+            },
+            // The ticket's bookkeeping expired while the write ran: it
+            // overlapped whatever began since, which must not set either.
+            Some(false) => {
+                if matches!(end, WriteEnd::Abort) {
+                    return Ok(false);
+                }
+                Self::bump_write_seq(&mut map, &keys.write_key);
+                (0, 0)
             }
-            _ => (0, 0),
+            None => (0, 0),
         };
         if matches!(end, WriteEnd::Abort) {
             return Ok(false);
@@ -353,6 +416,21 @@ impl Store for MemoryStore {
         }
         map.slots.remove(&keys.value_key);
         Ok(false)
+    }
+
+    async fn invalidate(&self, keys: &WriteKeys) -> Result<()> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        map.slots.remove(&keys.value_key);
+        map.slots.remove(&keys.lease_key);
+        let live = map
+            .writes
+            .get(&keys.write_key)
+            .is_some_and(|book| book.expires > now);
+        if live {
+            Self::bump_write_seq(&mut map, &keys.write_key);
+        }
+        Ok(())
     }
 
     async fn record_layout(&self, meta_key: &str, layout: &str) -> Result<String> {

@@ -174,22 +174,43 @@ pub trait Store: Debug + Send + Sync + 'static {
     async fn release(&self, lease_key: &str, token: &str) -> Result<()>;
 
     /// Atomically: voids the read lease, bumps the key's write sequence and
-    /// its count of writes in flight (both expire after `ttl` without writes),
-    /// and returns this write's ticket.
+    /// its count of writes in flight (both expire after `ttl` without writes
+    /// or [`Store::write_renew`]), and returns this write's ticket.
+    ///
+    /// Sequences never repeat for a key: bookkeeping created anew (the old
+    /// one expired) starts above every sequence handed out before, and
+    /// remembers where it started, so [`Store::write_end`] can tell a
+    /// ticket of an earlier, expired bookkeeping.
     async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<WriteTicket>;
+
+    /// Keeps the key's write bookkeeping alive for at least `ttl` more, if
+    /// it still exists (a write still running calls it, so that a write
+    /// slower than the ticket's life does not let later writes look clean).
+    async fn write_renew(&self, keys: &WriteKeys, ttl: Duration) -> Result<()>;
 
     /// Atomically ends the write of `ticket`: one write fewer in flight, the
     /// read lease voided again, then `end` applied. A `Set` lands only if
-    /// the write overlapped no other write of the key — none was in flight
-    /// when it began (`clean`), none began since (`seq` still the newest) —
-    /// since only then is its row surely the last one committed; otherwise
-    /// the value is deleted. Returns whether a `Set` landed.
+    /// the write overlapped no other write and no invalidation of the key —
+    /// none was in flight when it began (`clean`), none began and no
+    /// [`Store::invalidate`] ran since (`seq` still the newest) — since
+    /// only then is its row surely the last one committed and still
+    /// wanted; otherwise the value is deleted. A ticket whose bookkeeping
+    /// expired while it ran counts as overlapped: its end deletes the
+    /// value and, if a later write made new bookkeeping, bumps its
+    /// sequence so that write cannot set either. Returns whether a `Set`
+    /// landed.
     async fn write_end(
         &self,
         keys: &WriteKeys,
         ticket: WriteTicket,
         end: &WriteEnd,
     ) -> Result<bool>;
+
+    /// Atomically: deletes the value and its lease (an invalidation) and,
+    /// if a write of the key is in flight (its bookkeeping exists), bumps
+    /// the key's write sequence, so that write's end deletes rather than
+    /// sets a row older than what the invalidation announced.
+    async fn invalidate(&self, keys: &WriteKeys) -> Result<()>;
 
     /// The write-back log of this store, if it can hold one (Redis only).
     fn dirty_log(&self) -> Option<Arc<dyn DirtyLog>> {

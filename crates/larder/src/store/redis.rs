@@ -4,8 +4,8 @@
 //! - The connection (a redis-rs `ConnectionManager`) is made on first use
 //!   and re-made after a failure; while Redis is unreachable every call
 //!   returns [`Error::StoreUnavailable`] within the connect/response timeout.
-//! - A hit is one `GET`, a multi-read one `MGET`; leases, fills and
-//!   invalidations are Lua scripts (EVALSHA, loaded on demand), each over
+//! - A hit is one `GET`, a multi-read one `MGET`; leases, fills,
+//!   write tickets and invalidations are Lua scripts (EVALSHA, loaded on demand), each over
 //!   keys of a single hash slot.
 //! - `rediss://` uses rustls with the `ring` provider and the system's
 //!   roots, or the CA named by `tls_ca` in the URL (see [`RedisOptions`]);
@@ -237,6 +237,16 @@ static WRITE_BEGIN: LazyLock<Script> = LazyLock::new(|| {
         r"
 -- KEYS: lease, write. ARGV: ttl ms
 redis.call('DEL', KEYS[1])
+if redis.call('HEXISTS', KEYS[2], 'base') == 0 then
+  -- New bookkeeping starts at the server's clock in microseconds, above
+  -- every sequence an expired one handed out (far fewer than a million
+  -- writes of one key per second), and remembers where it started.
+  local t = redis.call('TIME')
+  local base = t[1] .. string.sub('00000' .. t[2], -6)
+  local cur = redis.call('HGET', KEYS[2], 'seq')
+  if cur and tonumber(cur) > tonumber(base) then base = cur end
+  redis.call('HSET', KEYS[2], 'base', base, 'seq', base)
+end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 local inflight = redis.call('HINCRBY', KEYS[2], 'inflight', 1)
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
@@ -245,10 +255,31 @@ return {seq, inflight}
     )
 });
 
+static WRITE_RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: write. ARGV: ttl ms
+local left = redis.call('PTTL', KEYS[1])
+if left >= 0 and left < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+",
+    )
+});
+
 static WRITE_END: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- KEYS: value, lease, write. ARGV: ticket, action (set|del|abort), envelope, ttl ms, clean (1/0)
+local base = redis.call('HGET', KEYS[3], 'base')
+if not base or tonumber(ARGV[1]) <= tonumber(base) then
+  -- The bookkeeping this ticket came from expired while the write ran:
+  -- nothing is known about the writes since, so the value goes, and a
+  -- write that began on new bookkeeping must not set either.
+  if ARGV[2] == 'abort' then return 0 end
+  if base then redis.call('HINCRBY', KEYS[3], 'seq', 1) end
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 0
+end
 local inflight = redis.call('HINCRBY', KEYS[3], 'inflight', -1)
 if inflight < 0 then
   redis.call('HSET', KEYS[3], 'inflight', 0)
@@ -263,6 +294,17 @@ if ARGV[2] == 'set' and ARGV[5] == '1' and seq == tonumber(ARGV[1]) and inflight
 end
 redis.call('DEL', KEYS[1])
 return 0
+",
+    )
+});
+
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: value, lease, write
+redis.call('DEL', KEYS[1], KEYS[2])
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'seq', 1) end
+return 1
 ",
     )
 });
@@ -566,6 +608,20 @@ impl Store for RedisStore {
             seq,
             clean: in_flight == 1,
         })
+    }
+
+    async fn write_renew(&self, keys: &WriteKeys, ttl: Duration) -> Result<()> {
+        let mut inv = WRITE_RENEW.prepare_invoke();
+        inv.key(&keys.write_key).arg(ms(ttl));
+        self.run::<i64>(inv).await.map(drop)
+    }
+
+    async fn invalidate(&self, keys: &WriteKeys) -> Result<()> {
+        let mut inv = INVALIDATE.prepare_invoke();
+        inv.key(&keys.value_key)
+            .key(&keys.lease_key)
+            .key(&keys.write_key);
+        self.run::<i64>(inv).await.map(drop)
     }
 
     async fn write_end(

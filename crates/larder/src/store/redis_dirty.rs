@@ -108,7 +108,10 @@ static CLEAR: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[3] == 'set' then
+-- The record's own entry is there until the id is invalidated (or it
+-- expires): only then is the stored row refreshed, so an invalidation
+-- that landed during the flush is not overwritten by the flushed row.
+if ARGV[3] == 'set' and redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
   redis.call('DEL', KEYS[4])
 else

@@ -10,7 +10,7 @@
 use super::{durability, Counters, State};
 use crate::cache::Inner;
 use crate::codec::JsonObject;
-use crate::error::{Error, Message, Result};
+use crate::error::{Error, Result};
 use crate::store::{DirtyKeys, DirtyWrite, Recorded, ShardKeys};
 use crate::write::{CacheWrite, Written};
 use bytes::Bytes;
@@ -272,12 +272,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     fn busy(&self, id: &str) -> Error {
-        Error::Store {
-            store: self.store.name().to_owned(),
-            cause: Message::cause(format!(
-                "id {id:?} of entity `{}` kept changing under {CAS_ATTEMPTS} attempts to update it; retry",
-                self.keys.entity()
-            )),
+        Error::Busy {
+            entity: self.keys.entity().to_owned(),
+            id: id.to_owned(),
+            attempts: CAS_ATTEMPTS,
         }
     }
 }

@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -24,6 +25,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// - [`cut`](Self::cut) closes every live connection (both sides see EOF)
 ///   and from then on accepts and immediately closes new ones, until
 ///   [`restore`](Self::restore);
+/// - [`hold_after`](Self::hold_after) arms a trigger: once a client sends
+///   bytes containing the pattern (e.g. `COMMIT`), they are forwarded but
+///   everything the target answers from then on, on every connection, is
+///   held back until [`release`](Self::release) (or a cut, which drops it):
+///   the target did the work, the client does not hear about it;
 /// - dropping it stops accepting (new connections are refused) and closes
 ///   every live connection.
 #[derive(Debug)]
@@ -38,11 +44,19 @@ struct Shared {
     target: SocketAddr,
     stop: AtomicBool,
     state: Mutex<State>,
+    /// Signalled when held answers may flow again.
+    unheld: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct State {
     cut: bool,
+    /// The pattern that starts holding answers back, once seen.
+    hold_trigger: Option<Vec<u8>>,
+    /// Answers from the target are held back.
+    held: bool,
+    /// How often the trigger fired.
+    holds: u64,
     next_id: u64,
     /// Clones of both sockets of every live connection, to shut them down.
     conns: HashMap<u64, [TcpStream; 2]>,
@@ -68,6 +82,7 @@ impl TcpProxy {
             target,
             stop: AtomicBool::new(false),
             state: Mutex::new(State::default()),
+            unheld: Condvar::new(),
         });
         let acceptor = {
             let shared = Arc::clone(&shared);
@@ -99,12 +114,38 @@ impl TcpProxy {
         let conns = {
             let mut state = self.shared.state();
             state.cut = true;
+            state.held = false;
+            state.hold_trigger = None;
             std::mem::take(&mut state.conns)
         };
+        self.shared.unheld.notify_all();
         for [client, upstream] in conns.into_values() {
             let _ = client.shutdown(Shutdown::Both);
             let _ = upstream.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Arms the hold: the first chunk a client sends that contains
+    /// `pattern` is forwarded, then the target's answers are held back
+    /// (on every connection) until [`release`](Self::release).
+    pub fn hold_after(&self, pattern: &[u8]) {
+        self.shared.state().hold_trigger = Some(pattern.to_vec());
+    }
+
+    /// How often an armed hold fired so far.
+    pub fn holds(&self) -> u64 {
+        self.shared.state().holds
+    }
+
+    /// Lets the held answers (and all later ones) through, and disarms
+    /// the trigger if it did not fire.
+    pub fn release(&self) {
+        {
+            let mut state = self.shared.state();
+            state.held = false;
+            state.hold_trigger = None;
+        }
+        self.shared.unheld.notify_all();
     }
 
     /// Forwards new connections again (connections cut before stay closed).
@@ -164,7 +205,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 }
 
 /// Connects `client` to the target and pumps both ways until both close.
-fn forward(client: TcpStream, shared: &Shared) -> io::Result<()> {
+fn forward(client: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
     let upstream = match TcpStream::connect_timeout(&shared.target, CONNECT_TIMEOUT) {
         Ok(upstream) => upstream,
         Err(e) => {
@@ -193,19 +234,61 @@ fn forward(client: TcpStream, shared: &Shared) -> io::Result<()> {
 
     let up = {
         let (from, to) = (client.try_clone()?, upstream.try_clone()?);
+        let shared = Arc::clone(shared);
         thread::Builder::new()
             .name("tcp-proxy-up".into())
-            .spawn(move || pump(from, to))?
+            .spawn(move || pump(from, to, Direction::Up, &shared))?
     };
-    pump(upstream, client);
+    pump(upstream, client, Direction::Down, shared);
     let _ = up.join();
     shared.state().conns.remove(&id);
     Ok(())
 }
 
+/// Which way a pump copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Client → target: watched for the hold trigger.
+    Up,
+    /// Target → client: held back while a hold is on.
+    Down,
+}
+
 /// Copies `from` → `to` until EOF or error, then passes the half-close on.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let _ = io::copy(&mut from, &mut to);
+fn pump(mut from: TcpStream, mut to: TcpStream, direction: Direction, shared: &Shared) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        {
+            let mut state = shared.state();
+            match direction {
+                Direction::Up => {
+                    let fire = state
+                        .hold_trigger
+                        .as_ref()
+                        .is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice()));
+                    if fire {
+                        state.hold_trigger = None;
+                        state.held = true;
+                        state.holds += 1;
+                    }
+                }
+                Direction::Down => {
+                    let _state = shared
+                        .unheld
+                        .wait_while(state, |s| s.held)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+    }
     let _ = to.shutdown(Shutdown::Write);
     // If `from` failed (reset, or shut down by cut), make sure the other
     // direction's reader wakes up too.
