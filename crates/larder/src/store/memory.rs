@@ -6,8 +6,10 @@
 //!
 //! # Behavior
 //! - Capacity is a number of keys (`memory://?capacity=N`, default 100,000).
-//!   When full, expired keys go first, then the least recently used of a
-//!   sample (like Redis' approximated LRU).
+//!   When full, expired keys go first, then the least recently used one.
+//!   Both are found through ordered indexes (by expiry, by last use), so
+//!   an insert into a full store costs O(log n) plus the expired keys it
+//!   removes, never a scan of every key; so does the write bookkeeping.
 //! - TTLs use the monotonic clock; they only collect garbage; freshness is
 //!   decided by the cache from the envelope.
 
@@ -15,15 +17,12 @@ use super::{Acquired, Fill, LeaseRequest, Store, Subscription, WriteEnd, WriteKe
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The default capacity of a memory store, in keys.
 pub const DEFAULT_CAPACITY: usize = 100_000;
-
-/// How many keys an eviction looks at to pick the least recently used.
-const EVICTION_SAMPLE: usize = 16;
 
 /// An embedded store; a cheap clone over one shared map.
 #[derive(Debug, Clone)]
@@ -41,9 +40,9 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Map {
-    slots: HashMap<String, Slot>,
+    slots: Slots,
     /// Write bookkeeping by write key: (sequence, in flight, expires).
-    writes: HashMap<String, (u64, u64, Instant)>,
+    writes: Writes,
     /// Generation hashes by key: field → value (never evicted).
     generations: HashMap<String, HashMap<String, u64>>,
     tick: u64,
@@ -58,7 +57,146 @@ struct Map {
 struct Slot {
     value: Bytes,
     expires: Option<Instant>,
+    /// The tick of its last use: its place in [`Slots::by_use`].
     used: u64,
+    /// The tick it was set at: with `expires`, its place in
+    /// [`Slots::by_expiry`].
+    born: u64,
+}
+
+/// The keys and two ordered indexes over them, kept in step by every
+/// insert, use and removal.
+#[derive(Debug, Default)]
+struct Slots {
+    map: HashMap<String, Slot>,
+    /// Last use → key: the least recently used first.
+    by_use: BTreeMap<u64, String>,
+    /// (Expiry, birth tick) → key, for keys with a TTL: the first to
+    /// expire first.
+    by_expiry: BTreeMap<(Instant, u64), String>,
+    /// Index entries looked at to make room (for the complexity tests).
+    visited: u64,
+}
+
+impl Slots {
+    fn get(&self, key: &str) -> Option<&Slot> {
+        self.map.get(key)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Slot)> {
+        self.map.iter()
+    }
+
+    /// Marks `key` used at `tick`; its slot, if any.
+    fn touch(&mut self, key: &str, tick: u64) -> Option<&mut Slot> {
+        let slot = self.map.get_mut(key)?;
+        if let Some(k) = self.by_use.remove(&slot.used) {
+            self.by_use.insert(tick, k);
+        }
+        slot.used = tick;
+        Some(slot)
+    }
+
+    fn insert(&mut self, key: &str, slot: Slot) {
+        self.remove(key);
+        self.by_use.insert(slot.used, key.to_owned());
+        if let Some(at) = slot.expires {
+            self.by_expiry.insert((at, slot.born), key.to_owned());
+        }
+        self.map.insert(key.to_owned(), slot);
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Slot> {
+        let slot = self.map.remove(key)?;
+        self.by_use.remove(&slot.used);
+        if let Some(at) = slot.expires {
+            self.by_expiry.remove(&(at, slot.born));
+        }
+        Some(slot)
+    }
+
+    /// Removes every key expired at `now`, the first to expire first;
+    /// answers how many.
+    fn remove_expired(&mut self, now: Instant) -> u64 {
+        let mut removed = 0;
+        while let Some(entry) = self.by_expiry.first_entry() {
+            self.visited += 1;
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            if let Some(slot) = self.map.remove(&key) {
+                self.by_use.remove(&slot.used);
+            }
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Removes the least recently used key; whether there was one.
+    fn remove_least_used(&mut self) -> bool {
+        let Some((_, key)) = self.by_use.pop_first() else {
+            return false;
+        };
+        self.visited += 1;
+        if let Some(slot) = self.map.remove(&key) {
+            if let Some(at) = slot.expires {
+                self.by_expiry.remove(&(at, slot.born));
+            }
+        }
+        true
+    }
+}
+
+/// Write bookkeeping by write key: (sequence, in flight, expires), with
+/// an index by expiry so that expired entries go without a scan.
+#[derive(Debug, Default)]
+struct Writes {
+    map: HashMap<String, (u64, u64, Instant)>,
+    /// (Expiry, a unique number) → write key; an entry whose expiry moved
+    /// since is skipped when it comes up.
+    by_expiry: BTreeMap<(Instant, u64), String>,
+    next: u64,
+    /// Index entries looked at (for the complexity tests).
+    visited: u64,
+}
+
+impl Writes {
+    fn get_mut(&mut self, key: &str) -> Option<&mut (u64, u64, Instant)> {
+        self.map.get_mut(key)
+    }
+
+    /// Forgets entries expired at `now`, then counts a write of `key`
+    /// beginning, its entry living until `now + ttl`.
+    fn begin(&mut self, key: &str, now: Instant, ttl: Duration) -> &mut (u64, u64, Instant) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            self.visited += 1;
+            if entry.key().0 > now {
+                break;
+            }
+            let at = entry.key().0;
+            let k = entry.remove();
+            if self.map.get(&k).is_some_and(|e| e.2 == at) {
+                self.map.remove(&k);
+            }
+        }
+        let expires = now + ttl;
+        self.next += 1;
+        self.by_expiry.insert((expires, self.next), key.to_owned());
+        let entry = self.map.entry(key.to_owned()).or_insert((0, 0, now));
+        entry.0 += 1;
+        entry.1 += 1;
+        entry.2 = expires;
+        entry
+    }
 }
 
 impl Map {
@@ -70,10 +208,7 @@ impl Map {
             return None;
         }
         self.tick += 1;
-        let tick = self.tick;
-        let slot = self.slots.get_mut(key)?;
-        slot.used = tick;
-        Some(slot)
+        self.slots.touch(key, self.tick)
     }
 
     fn get(&mut self, key: &str, now: Instant) -> Option<Bytes> {
@@ -98,30 +233,22 @@ impl Map {
         }
         self.tick += 1;
         self.slots.insert(
-            key.to_owned(),
+            key,
             Slot {
                 value,
                 expires: ttl.map(|t| now + t),
                 used: self.tick,
+                born: self.tick,
             },
         );
     }
 
     fn make_room(&mut self, now: Instant, capacity: usize) {
-        let before = self.slots.len();
-        self.slots.retain(|_, s| s.expires.is_none_or(|e| e > now));
-        self.expired += (before - self.slots.len()) as u64;
+        self.expired += self.slots.remove_expired(now);
         while self.slots.len() >= capacity {
-            let victim = self
-                .slots
-                .iter()
-                .take(EVICTION_SAMPLE)
-                .min_by_key(|(_, s)| s.used)
-                .map(|(k, _)| k.clone());
-            match victim {
-                Some(k) => self.slots.remove(&k),
-                None => break,
-            };
+            if !self.slots.remove_least_used() {
+                break;
+            }
             self.evicted += 1;
         }
     }
@@ -311,14 +438,7 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut map = self.lock();
         map.slots.remove(&keys.lease_key);
-        map.writes.retain(|_, (_, _, expires)| *expires > now);
-        let entry = map
-            .writes
-            .entry(keys.write_key.clone())
-            .or_insert((0, 0, now));
-        entry.0 += 1;
-        entry.1 += 1;
-        entry.2 = now + ttl;
+        let entry = map.writes.begin(&keys.write_key, now, ttl);
         Ok(WriteTicket {
             seq: entry.0,
             clean: entry.1 == 1,
@@ -412,5 +532,119 @@ impl Store for MemoryStore {
             keys: Some(map.slots.len() as u64),
             ..Default::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn a_full_store_evicts_exactly_the_least_recently_used() {
+        let (now, capacity) = (Instant::now(), 1_000);
+        let mut map = Map::default();
+        for i in 0..capacity {
+            map.set(&format!("k{i}"), bytes("v"), None, now, capacity);
+        }
+        // The even keys are used again: the odd ones are now the oldest.
+        for i in (0..capacity).step_by(2) {
+            assert!(map.get(&format!("k{i}"), now).is_some());
+        }
+        for i in 0..capacity / 2 {
+            map.set(&format!("n{i}"), bytes("v"), None, now, capacity);
+        }
+        assert_eq!(map.slots.len(), capacity);
+        assert_eq!(map.evicted, (capacity / 2) as u64);
+        for i in 0..capacity {
+            let held = map.slots.contains_key(&format!("k{i}"));
+            assert_eq!(held, i % 2 == 0, "k{i}");
+        }
+        for i in 0..capacity / 2 {
+            assert!(map.slots.contains_key(&format!("n{i}")), "n{i}");
+        }
+    }
+
+    #[test]
+    fn expired_keys_go_before_any_live_one() {
+        let (now, capacity) = (Instant::now(), 4);
+        let mut map = Map::default();
+        map.set("old", bytes("v"), None, now, capacity);
+        map.set("a", bytes("v"), Some(Duration::from_secs(1)), now, capacity);
+        map.set("b", bytes("v"), Some(Duration::from_secs(2)), now, capacity);
+        map.set(
+            "c",
+            bytes("v"),
+            Some(Duration::from_secs(60)),
+            now,
+            capacity,
+        );
+        let later = now + Duration::from_secs(3);
+        map.set("d", bytes("v"), None, later, capacity);
+        assert_eq!((map.expired, map.evicted), (2, 0));
+        for key in ["old", "c", "d"] {
+            assert!(map.slots.contains_key(key), "{key}");
+        }
+        // Full again, nothing expired: the least recently used goes.
+        map.set("e", bytes("v"), None, later, capacity);
+        map.set("f", bytes("v"), None, later, capacity);
+        assert_eq!((map.expired, map.evicted), (2, 1));
+        assert!(!map.slots.contains_key("old"));
+        // The indexes follow every removal.
+        map.slots.remove("c");
+        assert_eq!(map.slots.by_use.len(), map.slots.len());
+        assert!(map.slots.by_expiry.is_empty());
+    }
+
+    #[test]
+    fn inserting_into_a_full_store_does_not_scan_its_keys() {
+        let (now, capacity) = (Instant::now(), 20_000);
+        let mut map = Map::default();
+        for i in 0..capacity {
+            let ttl = (i % 2 == 0).then_some(Duration::from_secs(600));
+            map.set(&format!("k{i}"), bytes("v"), ttl, now, capacity);
+        }
+        let before = map.slots.visited;
+        let inserts = 5_000;
+        for i in 0..inserts {
+            map.set(&format!("n{i}"), bytes("v"), None, now, capacity);
+        }
+        let visited = map.slots.visited - before;
+        // One look at the first expiry and one eviction per insert.
+        assert!(
+            visited <= 2 * inserts as u64,
+            "{visited} index entries looked at for {inserts} inserts"
+        );
+        assert_eq!(map.slots.len(), capacity);
+        assert_eq!(map.slots.by_use.len(), capacity);
+    }
+
+    #[test]
+    fn write_bookkeeping_forgets_expired_entries_without_a_scan() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut writes = Writes::default();
+        let n = 10_000;
+        for i in 0..n {
+            writes.begin(&format!("w{i}"), now, ttl);
+        }
+        assert!(
+            writes.visited <= n,
+            "{} looks for {n} begins",
+            writes.visited
+        );
+        // A second begin of a key overlaps the first.
+        assert_eq!(writes.begin("w0", now, ttl).1, 2);
+        // Past their life, entries are forgotten: a new write is alone.
+        let later = now + Duration::from_secs(11);
+        let before = writes.visited;
+        assert_eq!(*writes.begin("w1", later, ttl), (1, 1, later + ttl));
+        assert!(writes.map.len() == 1, "{} entries left", writes.map.len());
+        // Each expired index entry was looked at once, and goes.
+        assert!(writes.visited - before <= n + 2);
+        assert_eq!(writes.by_expiry.len(), 1);
     }
 }
