@@ -175,7 +175,7 @@ impl Bus {
             .generations(&self.generations_key, initial_seq())
             .await
         {
-            self.generations.replace(fields);
+            self.generations.merge(fields);
         }
     }
 
@@ -537,7 +537,7 @@ async fn subscriber(bus: Weak<Bus>, ready: tokio::sync::oneshot::Sender<()>) {
                 .store
                 .generations(&this.generations_key, initial_seq())
                 .await
-                .map(|fields| this.generations.replace(fields)),
+                .map(|fields| this.generations.merge(fields)),
             Err(_) => Ok(()),
         };
         match (subscription, caught_up) {
