@@ -114,9 +114,11 @@ where
     /// Flushes pending writes until none is left or `within` runs out,
     /// then stops this cache's flusher and gives up its shards. What is
     /// left stays durable in the store. A cache without write-back has
-    /// nothing to do.
+    /// nothing to flush. Either way, owed invalidations are then retried
+    /// for what is left of `within` ([`Cache::deliver_invalidations`]).
     pub async fn close(&self, within: Duration) -> Result<Closed> {
         let Some(state) = self.inner.write_back.as_ref() else {
+            self.deliver_invalidations(within).await;
             return Ok(Closed { pending: 0 });
         };
         state.closed.store(true, Ordering::Release);
@@ -153,6 +155,8 @@ where
             // The lease expires by itself if this fails.
             let _ = state.log.release(shard, &state.token).await;
         }
+        self.deliver_invalidations(deadline.saturating_duration_since(Instant::now()))
+            .await;
         let pending = match state.log.backlog(&state.shards).await {
             Ok(backlogs) => backlogs.iter().map(|b| b.pending).sum(),
             Err(e) => return Err(last_error.unwrap_or(e)),
