@@ -229,8 +229,10 @@ where
     /// marker file is written as soon as one is owed, a crash leaves it,
     /// shutdown writes the exact list, and the next cache built with the
     /// same directory (same prefix and entity) replays it. Created if
-    /// missing; one directory can serve many caches. Default: none (what
-    /// is owed lives in memory only).
+    /// missing; one directory can serve many entities, but each running
+    /// cache of a prefix and entity needs a directory of its own (two
+    /// instances sharing one would remove each other's file). Default:
+    /// none (what is owed lives in memory only).
     pub fn state_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.coherence.state_dir = Some(dir.into());
         self
