@@ -143,6 +143,16 @@ pub struct Config {
     pub listen: String,
     /// The largest request body accepted (413 above). Default: `1MiB`.
     pub body_limit: ByteSize,
+    /// A directory where each entity keeps the invalidations it owes (the
+    /// store was unreachable when they happened) across restarts; absent:
+    /// they live in memory only and a stop or crash forgets them.
+    /// Default: none.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// How long shutdown (SIGTERM, ctrl-c) flushes write-back writes and
+    /// retries owed invalidations, per entity, before leaving the rest
+    /// (write-back writes stay durable in the store; owed invalidations
+    /// go to `state_dir`). Default: `10s`.
+    pub shutdown_grace: Dur,
     /// The cache store. See [`StoreConfig`].
     pub store: StoreConfig,
     /// The database. See [`SourceConfig`].
@@ -161,6 +171,8 @@ impl Default for Config {
             file: "(defaults)".into(),
             listen: "127.0.0.1:7070".into(),
             body_limit: ByteSize(1 << 20),
+            state_dir: None,
+            shutdown_grace: Dur(Duration::from_secs(10)),
             store: StoreConfig::default(),
             source: SourceConfig::default(),
             near: None,

@@ -29,9 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-/// How long shutdown flushes write-back writes before leaving the rest in the store.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
-
 /// How long `/ready` and startup wait for the store or the database to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -469,6 +466,9 @@ pub async fn build_entity(
     // change-notification gaps reach every instance, and entries carry the
     // stamps those checks need (the hit path stays one GET).
     builder = builder.bus(true);
+    if let Some(dir) = &config.state_dir {
+        builder = builder.state_dir(dir);
+    }
     let builder = match &source {
         EntitySource::Table(s) => builder.source(s.clone()),
         EntitySource::Query(s) => builder.source(s.clone()),
@@ -563,14 +563,23 @@ pub async fn run(
 
 /// Called once after the last request finished.
 ///
-/// Stops the change-notification listener, then flushes every write-back
-/// entity for up to 10 s; what remains stays durable in the store.
+/// Stops the change-notification listener, then closes every entity for
+/// up to `shutdown_grace` each: write-back writes are flushed (what
+/// remains stays durable in the store) and owed invalidations retried
+/// (what remains goes to `state_dir`, replayed at the next start).
 pub async fn shutdown_caches(state: &AppState) {
+    let grace = state.inner.config.shutdown_grace.0;
     if let Some(listener) = state.inner.changes.lock().await.take() {
         listener.close().await;
     }
     for e in state.entities() {
-        match e.cache.close(SHUTDOWN_FLUSH).await {
+        match e.cache.close(grace).await {
+            Ok(_) if e.cache.owed_invalidations() > 0 => tracing::warn!(
+                entity = e.name(),
+                owed = e.cache.owed_invalidations(),
+                kept = state.inner.config.state_dir.is_some(),
+                "invalidations still owed at shutdown (the store is unreachable); kept for the next start if state_dir is set, else forgotten"
+            ),
             Ok(closed) if closed.pending > 0 => tracing::warn!(
                 entity = e.name(),
                 pending = closed.pending,

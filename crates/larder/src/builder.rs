@@ -44,6 +44,7 @@ struct CoherenceSettings<V> {
     near: Option<NearOptions>,
     tagger: Option<Tagger<V>>,
     bus: Option<bool>,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 impl<K, V> Cache<K, V>
@@ -69,6 +70,7 @@ where
                 near: None,
                 tagger: None,
                 bus: None,
+                state_dir: None,
             },
             _key: PhantomData,
         }
@@ -222,6 +224,20 @@ where
         self
     }
 
+    /// A directory where this cache keeps invalidations it owes (the
+    /// store or the channel could not take them) across processes: a
+    /// marker file is written as soon as one is owed, a crash leaves it,
+    /// shutdown writes the exact list, and the next cache built with the
+    /// same directory (same prefix and entity) replays it. Created if
+    /// missing; one directory can serve many entities, but each running
+    /// cache of a prefix and entity needs a directory of its own (two
+    /// instances sharing one would remove each other's file). Default:
+    /// none (what is owed lives in memory only).
+    pub fn state_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.coherence.state_dir = Some(dir.into());
+        self
+    }
+
     /// Seeds the randomness of jitter and early refresh, for reproducible
     /// tests. Default: unseeded.
     pub fn random_seed(mut self, seed: u64) -> Self {
@@ -269,12 +285,22 @@ where
             )?),
             _ => None,
         };
+        let state_file = match &self.coherence.state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::Config(format!("state directory {}: {e}", dir.display()))
+                })?;
+                Some(dir.join(format!("{}.{entity}.owed.json", self.prefix)))
+            }
+            None => None,
+        };
         let coherence = Coherence::new(
             store.clone(),
             keys.clone(),
             self.coherence.near,
             self.coherence.tagger,
             self.coherence.bus,
+            state_file,
         );
         let counters = Counters::new(keys.entity());
         let cache = Cache::from_inner(Inner {

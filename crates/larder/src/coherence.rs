@@ -60,6 +60,7 @@ impl<V: Send + Sync + 'static> Coherence<V> {
         near: Option<NearOptions>,
         tagger: Option<Tagger<V>>,
         subscribe: Option<bool>,
+        state_file: Option<std::path::PathBuf>,
     ) -> Self {
         let counters = Arc::new(NearCounters::new(keys.entity()));
         let near = near.map(|options| Near::new(options, counters.clone()));
@@ -69,7 +70,9 @@ impl<V: Send + Sync + 'static> Coherence<V> {
             .filter(|_| subscribes)
             .map(|n| Arc::new(n) as Arc<dyn Evict>);
         let instance = format!("{:016x}", rand::random::<u64>());
-        let bus = Arc::new(Bus::new(store, keys, subscribes, counters, l1, instance));
+        let bus = Arc::new(Bus::new(
+            store, keys, subscribes, counters, l1, instance, state_file,
+        ));
         Self {
             // A near cache without the bus could never be invalidated by
             // another instance: it is not used.
@@ -193,8 +196,11 @@ impl<V: Send + Sync + 'static> Coherence<V> {
         }
         // An unreadable stamp counts as none: seq 0, invalidated by any purge.
         let stamp = stamp.and_then(Stamp::decode);
+        // Generations that may be behind (the subscription is down and
+        // they could not be fetched) vouch for nothing.
         Judged {
-            invalidated: !self.bus.generations.is_current(stamp.as_ref()),
+            invalidated: !self.bus.generations_known()
+                || !self.bus.generations.is_current(stamp.as_ref()),
             stamp,
         }
     }
@@ -272,6 +278,26 @@ where
     pub async fn purge(&self) -> Result<()> {
         self.inner.check_layout().await?;
         self.inner.coherence.bus.purge().await
+    }
+
+    /// Delivers owed invalidations (those the store or the channel could
+    /// not take when they happened), retrying for up to `within`; then
+    /// writes whatever is still owed to the state file (see
+    /// [`CacheBuilder::state_dir`](crate::CacheBuilder::state_dir)), to be
+    /// replayed by the next cache built with the same state directory.
+    /// Answers how many are still owed (a purge counts one). `close` calls
+    /// it; call it at shutdown for a cache that is not closed.
+    ///
+    /// Without a state directory, what is still owed is forgotten when the
+    /// process ends (entries it concerned expire with their TTL).
+    pub async fn deliver_invalidations(&self, within: Duration) -> u64 {
+        self.inner.coherence.bus.deliver(within).await
+    }
+
+    /// How many invalidations are owed now: not yet delivered to the
+    /// store and the other instances (a purge counts one).
+    pub fn owed_invalidations(&self) -> u64 {
+        self.inner.coherence.bus.owed()
     }
 
     /// Runs the near cache's pending maintenance now (moka evicts lazily),

@@ -181,9 +181,12 @@ impl Generations {
         self.seq.fetch_max(seq, Ordering::AcqRel);
     }
 
-    /// Replaces the copy with the store's hash (fields as
-    /// [`Store::generations`](crate::store::Store::generations) answers).
-    pub(crate) fn replace(&self, fields: Vec<(String, u64)>) {
+    /// Merges the store's hash into the copy (fields as
+    /// [`Store::generations`](crate::store::Store::generations) answers),
+    /// field by field, keeping the larger value: a reply read before a
+    /// purge or tag invalidation this copy already knows of (a late reply,
+    /// or one from a lagging read) never moves a generation backwards.
+    pub(crate) fn merge(&self, fields: Vec<(String, u64)>) {
         let mut seq = 0;
         let mut purge = 0;
         let mut tags = HashMap::new();
@@ -200,9 +203,15 @@ impl Generations {
         }
         // Tags and purge first: a reader must never see the new `seq`
         // with the old invalidations (it would stamp too high).
-        *self.tags.write().unwrap_or_else(|p| p.into_inner()) = tags;
-        self.purge.store(purge, Ordering::Release);
-        self.seq.store(seq.max(purge), Ordering::Release);
+        {
+            let mut known = self.tags.write().unwrap_or_else(|p| p.into_inner());
+            for (tag, at) in tags {
+                let known = known.entry(tag).or_default();
+                *known = (*known).max(at);
+            }
+        }
+        self.purge.fetch_max(purge, Ordering::AcqRel);
+        self.seq.fetch_max(seq.max(purge), Ordering::AcqRel);
     }
 }
 
@@ -234,7 +243,7 @@ mod tests {
     #[test]
     fn purge_invalidates_older_stamps_only() {
         let g = Generations::default();
-        g.replace(vec![("seq".into(), 10)]);
+        g.merge(vec![("seq".into(), 10)]);
         assert!(g.is_current(Some(&stamp(10, &[]))));
         assert!(g.is_current(None));
         g.purged(11);
@@ -250,7 +259,7 @@ mod tests {
     #[test]
     fn a_tag_invalidates_entries_carrying_it_only() {
         let g = Generations::default();
-        g.replace(vec![("seq".into(), 10)]);
+        g.merge(vec![("seq".into(), 10)]);
         g.tag_invalidated("team:1", 11);
         assert!(!g.is_current(Some(&stamp(10, &["team:2", "team:1"]))));
         assert!(g.is_current(Some(&stamp(10, &["team:2"]))));
@@ -259,9 +268,9 @@ mod tests {
     }
 
     #[test]
-    fn replace_reads_the_stores_fields() {
+    fn merge_reads_the_stores_fields() {
         let g = Generations::default();
-        g.replace(vec![
+        g.merge(vec![
             ("seq".into(), 20),
             ("purge".into(), 15),
             ("t:x".into(), 18),
@@ -270,6 +279,37 @@ mod tests {
         assert!(!g.is_current(Some(&stamp(14, &[]))));
         assert!(!g.is_current(Some(&stamp(17, &["x"]))));
         assert!(g.is_current(Some(&stamp(18, &["x"]))));
+    }
+
+    #[test]
+    fn a_late_reply_never_moves_generations_backwards() {
+        let g = Generations::default();
+        g.merge(vec![("seq".into(), 10)]);
+        g.purged(12);
+        g.tag_invalidated("x", 14);
+        // A reply read before the purge and the tag invalidation.
+        g.merge(vec![
+            ("seq".into(), 11),
+            ("purge".into(), 5),
+            ("t:x".into(), 9),
+        ]);
+        assert_eq!(g.seq(), 14);
+        assert!(!g.is_current(Some(&stamp(11, &[]))), "purge moved back");
+        assert!(!g.is_current(Some(&stamp(13, &["x"]))), "tag moved back");
+        assert!(g.is_current(Some(&stamp(14, &["x"]))));
+        // A reply that does not name a tag known here keeps it.
+        g.merge(vec![("seq".into(), 11)]);
+        assert!(!g.is_current(Some(&stamp(13, &["x"]))), "tag forgotten");
+        // A newer reply moves every field forward.
+        g.merge(vec![
+            ("seq".into(), 30),
+            ("purge".into(), 20),
+            ("t:x".into(), 25),
+        ]);
+        assert_eq!(g.seq(), 30);
+        assert!(!g.is_current(Some(&stamp(19, &[]))));
+        assert!(!g.is_current(Some(&stamp(24, &["x"]))));
+        assert!(g.is_current(Some(&stamp(25, &["x"]))));
     }
 
     #[test]

@@ -24,6 +24,22 @@
 //!   [`REPLAY_EVERY`], and at once when the subscriber reconnects). Past
 //!   the bound they are replaced by one purge: bumping the entity's
 //!   generation makes every older entry a miss, everywhere.
+//! - **Owed invalidations outlive the process** when the cache has a
+//!   state directory ([`CacheBuilder::state_dir`](crate::CacheBuilder::state_dir)):
+//!   the moment something becomes owed, a marker file
+//!   `<state_dir>/<prefix>.<entity>.owed.json` is written (and synced)
+//!   saying "purge owed"; a crash leaves it. At shutdown
+//!   ([`Cache::deliver_invalidations`](crate::Cache::deliver_invalidations), called by `close`) the owed
+//!   invalidations are retried for the grace period and whatever is still
+//!   owed is written to the file exactly (the ids, or a purge). The next
+//!   cache built with the same state directory reads the file, replays it
+//!   (the purge marker of a crash bumps the entity's purge generation), and
+//!   removes the file once everything is delivered.
+//! - **The window that remains**: between the store's return and the
+//!   replay by a cache holding the state directory (at its start, or its
+//!   next retry), other instances may still serve the entries whose
+//!   invalidation is owed, up to their TTL; a lost state directory loses
+//!   what it held; a file that cannot be written is logged as an error.
 //! - A store without pub/sub (`Ok(None)` from `subscribe`) keeps its near
 //!   cache coherent in this process only.
 
@@ -37,6 +53,7 @@ use futures_util::future::join_all;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -73,6 +90,30 @@ struct Message {
     p: Option<u64>,
 }
 
+/// What the state file says, as written on disk (JSON).
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+struct OwedFile {
+    /// A purge is owed (also the marker written while the process runs).
+    #[serde(default)]
+    purge: bool,
+    /// Ids whose invalidation is owed.
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+/// What the state file holds now, as far as this process knows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum OnDisk {
+    /// No file.
+    #[default]
+    Nothing,
+    /// The "purge owed" marker: covers anything owed since.
+    Marker,
+    /// An exact list, written at shutdown or read at start; anything owed
+    /// since is not in it.
+    Exact,
+}
+
 /// Invalidations not yet delivered.
 #[derive(Debug, Default)]
 struct Pending {
@@ -82,6 +123,8 @@ struct Pending {
     /// A purge is owed (asked for while the store was down, or overflow).
     purge: bool,
     version: u64,
+    /// The state file's contents (always `Nothing` without a state file).
+    on_disk: OnDisk,
 }
 
 /// The bus of one cache: its generations, its near cache's epochs, its
@@ -101,9 +144,14 @@ pub(crate) struct Bus {
     l1: Option<Arc<dyn Evict>>,
     /// Whether the in-process generations follow the channel.
     subscribed: AtomicBool,
+    /// Whether the last fetch of the generations (while not subscribed)
+    /// succeeded.
+    fetched: AtomicBool,
     pending: Mutex<Pending>,
     pending_len: AtomicU64,
     replaying: AtomicBool,
+    /// Where owed invalidations are kept across processes, if anywhere.
+    state_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -123,6 +171,7 @@ impl Bus {
         counters: Arc<NearCounters>,
         l1: Option<Arc<dyn Evict>>,
         instance: String,
+        state_file: Option<PathBuf>,
     ) -> Self {
         Self {
             channel: keys.channel(),
@@ -136,9 +185,11 @@ impl Bus {
             counters,
             l1,
             subscribed: AtomicBool::new(false),
+            fetched: AtomicBool::new(false),
             pending: Mutex::new(Pending::default()),
             pending_len: AtomicU64::new(0),
             replaying: AtomicBool::new(false),
+            state_file,
         }
     }
 
@@ -150,18 +201,145 @@ impl Bus {
     /// Starts the subscriber (if this bus subscribes) and waits up to
     /// `wait` for its first attempt, so a cache built while the store
     /// answers starts with its near cache on.
+    ///
+    /// Invalidations a previous process left owed in the state file are
+    /// taken over first and replayed; `start` waits up to `wait` for
+    /// that replay too, so a cache built while the store answers serves
+    /// nothing they invalidate.
     pub(crate) async fn start(self: &Arc<Self>, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        if self.take_over_state_file() {
+            self.kick_replay();
+            while self.pending_len.load(Ordering::Relaxed) > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         if !self.subscribes {
             return;
         }
         let (ready, first) = tokio::sync::oneshot::channel();
         tokio::spawn(subscriber(Arc::downgrade(self), ready));
-        let _ = tokio::time::timeout(wait, first).await;
+        let _ = tokio::time::timeout_at(deadline, first).await;
+    }
+
+    /// How many invalidations are owed now (a purge counts one).
+    pub(crate) fn owed(&self) -> u64 {
+        self.pending_len.load(Ordering::Relaxed)
+    }
+
+    /// Retries owed invalidations for up to `within`, then writes whatever
+    /// is still owed to the state file (exactly: the ids, or a purge), or
+    /// removes the file if nothing is. Answers how many are still owed.
+    pub(crate) async fn deliver(self: &Arc<Self>, within: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.owed() > 0 && tokio::time::Instant::now() < deadline {
+            let delivered = tokio::time::timeout_at(deadline, self.replay()).await;
+            if matches!(delivered, Ok(true)) {
+                break;
+            }
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + REPLAY_EVERY))
+                .await;
+        }
+        let mut pending = self.lock();
+        self.count_pending(&pending);
+        if let Some(path) = &self.state_file {
+            if pending.ids.is_empty() && !pending.purge {
+                remove_state_file(path, &mut pending);
+            } else {
+                let owed = OwedFile {
+                    purge: pending.purge,
+                    ids: pending.ids.keys().cloned().collect(),
+                };
+                if write_state_file(path, &owed) {
+                    pending.on_disk = OnDisk::Exact;
+                }
+            }
+        }
+        self.pending_len.load(Ordering::Relaxed)
+    }
+
+    /// Reads the state file a previous process left, if any, into the
+    /// owed invalidations; answers whether anything is owed from it. A
+    /// file that cannot be read or parsed still says something was owed:
+    /// a purge.
+    fn take_over_state_file(&self) -> bool {
+        let Some(path) = &self.state_file else {
+            return false;
+        };
+        let owed = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice::<OwedFile>(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %path.display(), error = %e, "unreadable owed-invalidations file: purging the entity instead");
+                OwedFile { purge: true, ids: Vec::new() }
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "unreadable owed-invalidations file: purging the entity instead");
+                OwedFile { purge: true, ids: Vec::new() }
+            }
+        };
+        tracing::info!(
+            file = %path.display(),
+            ids = owed.ids.len(),
+            purge = owed.purge,
+            "replaying invalidations a previous process owed"
+        );
+        let mut pending = self.lock();
+        for id in owed.ids {
+            pending.version += 1;
+            let version = pending.version;
+            pending.ids.insert(id, version);
+        }
+        pending.purge |= owed.purge;
+        if pending.ids.len() > MAX_PENDING {
+            pending.ids.clear();
+            pending.purge = true;
+        }
+        pending.on_disk = OnDisk::Exact;
+        self.count_pending(&pending);
+        if pending.ids.is_empty() && !pending.purge {
+            remove_state_file(path, &mut pending);
+            return false;
+        }
+        true
+    }
+
+    /// Makes sure the state file covers what was just owed: the purge
+    /// marker, written once per stretch of owed invalidations.
+    fn mark_owed(&self, pending: &mut Pending) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        if pending.on_disk != OnDisk::Marker {
+            let marker = OwedFile {
+                purge: true,
+                ids: Vec::new(),
+            };
+            if write_state_file(path, &marker) {
+                pending.on_disk = OnDisk::Marker;
+            }
+        }
+    }
+
+    /// Nothing is owed any more: the state file goes.
+    fn settled(&self, pending: &mut Pending) {
+        if let Some(path) = &self.state_file {
+            if pending.ids.is_empty() && !pending.purge {
+                remove_state_file(path, pending);
+            }
+        }
     }
 
     pub(crate) fn stats(&self, l1_entries: u64) -> NearStats {
         self.counters
             .snapshot(l1_entries, self.pending_len.load(Ordering::Relaxed))
+    }
+
+    /// Whether the in-process generations can be trusted now: the
+    /// subscriber follows the channel, or the last fetch succeeded.
+    pub(crate) fn generations_known(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire) || self.fetched.load(Ordering::Acquire)
     }
 
     /// While the subscription is down, the in-process generations may be
@@ -170,12 +348,19 @@ impl Bus {
         if !self.subscribes || self.subscribed.load(Ordering::Acquire) {
             return;
         }
-        if let Ok(fields) = self
+        match self
             .store
             .generations(&self.generations_key, initial_seq())
             .await
         {
-            self.generations.replace(fields);
+            Ok(fields) => {
+                self.generations.merge(fields);
+                self.fetched.store(true, Ordering::Release);
+            }
+            // Not known to be current (a reconnecting connection can fail
+            // this and answer the read right after): stamped entries are
+            // misses until a fetch succeeds or the subscriber is back.
+            Err(_) => self.fetched.store(false, Ordering::Release),
         }
     }
 
@@ -384,6 +569,7 @@ impl Bus {
                 pending.ids.clear();
                 pending.purge = true;
             }
+            self.mark_owed(&mut pending);
             self.count_pending(&pending);
         }
         self.kick_replay();
@@ -393,6 +579,7 @@ impl Bus {
         {
             let mut pending = self.lock();
             pending.purge = true;
+            self.mark_owed(&mut pending);
             self.count_pending(&pending);
         }
         self.kick_replay();
@@ -457,6 +644,7 @@ impl Bus {
                 .ids
                 .retain(|id, v| owed.iter().all(|(o, ov)| o != id || ov != v));
             self.count_pending(&pending);
+            self.settled(&mut pending);
             return pending.ids.is_empty() && !pending.purge;
         }
         for chunk in owed.chunks(256) {
@@ -487,7 +675,8 @@ impl Bus {
             }
             self.count_pending(&pending);
         }
-        let pending = self.lock();
+        let mut pending = self.lock();
+        self.settled(&mut pending);
         pending.ids.is_empty() && !pending.purge
     }
 
@@ -534,6 +723,50 @@ impl Bus {
     }
 }
 
+/// Writes `owed` to `path` (a temporary file, synced, then renamed, so a
+/// crash leaves the old file or the new one); answers whether it did.
+fn write_state_file(path: &Path, owed: &OwedFile) -> bool {
+    let write = || -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        // Serializing strings and booleans cannot fail.
+        let bytes = serde_json::to_vec(owed).unwrap_or_default();
+        {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            // Makes the rename durable where directories can be synced.
+            if let Ok(dir) = std::fs::File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        Ok(())
+    };
+    match write() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot write the owed-invalidations file: a crash now would forget them");
+            false
+        }
+    }
+}
+
+/// Removes the state file (nothing is owed).
+fn remove_state_file(path: &Path, pending: &mut Pending) {
+    if pending.on_disk == OnDisk::Nothing {
+        return;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => pending.on_disk = OnDisk::Nothing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => pending.on_disk = OnDisk::Nothing,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot remove the owed-invalidations file: the next start will replay it needlessly")
+        }
+    }
+}
+
 /// The subscriber task: subscribe, catch up, apply messages; on a lost
 /// subscription clear the near cache and start over. Ends with its cache.
 async fn subscriber(bus: Weak<Bus>, ready: tokio::sync::oneshot::Sender<()>) {
@@ -547,7 +780,7 @@ async fn subscriber(bus: Weak<Bus>, ready: tokio::sync::oneshot::Sender<()>) {
                 .store
                 .generations(&this.generations_key, initial_seq())
                 .await
-                .map(|fields| this.generations.replace(fields)),
+                .map(|fields| this.generations.merge(fields)),
             Err(_) => Ok(()),
         };
         match (subscription, caught_up) {

@@ -6,8 +6,10 @@
 //!
 //! # Behavior
 //! - Capacity is a number of keys (`memory://?capacity=N`, default 100,000).
-//!   When full, expired keys go first, then the least recently used of a
-//!   sample (like Redis' approximated LRU).
+//!   When full, expired keys go first, then the least recently used one.
+//!   Both are found through ordered indexes (by expiry, by last use), so
+//!   an insert into a full store costs O(log n) plus the expired keys it
+//!   removes, never a scan of every key; so does the write bookkeeping.
 //! - TTLs use the monotonic clock; they only collect garbage; freshness is
 //!   decided by the cache from the envelope.
 
@@ -15,15 +17,12 @@ use super::{Acquired, Fill, LeaseRequest, Store, Subscription, WriteEnd, WriteKe
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The default capacity of a memory store, in keys.
 pub const DEFAULT_CAPACITY: usize = 100_000;
-
-/// How many keys an eviction looks at to pick the least recently used.
-const EVICTION_SAMPLE: usize = 16;
 
 /// An embedded store; a cheap clone over one shared map.
 #[derive(Debug, Clone)]
@@ -41,12 +40,9 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Map {
-    slots: HashMap<String, Slot>,
+    slots: Slots,
     /// Write bookkeeping by write key.
-    writes: HashMap<String, WriteBook>,
-    /// The last write sequence handed out, for every key: sequences never
-    /// repeat, so a ticket of expired bookkeeping is told apart.
-    write_seq: u64,
+    writes: Writes,
     /// Generation hashes by key: field → value (never evicted).
     generations: HashMap<String, HashMap<String, u64>>,
     tick: u64,
@@ -75,7 +71,189 @@ struct WriteBook {
 struct Slot {
     value: Bytes,
     expires: Option<Instant>,
+    /// The tick of its last use: its place in [`Slots::by_use`].
     used: u64,
+    /// The tick it was set at: with `expires`, its place in
+    /// [`Slots::by_expiry`].
+    born: u64,
+}
+
+/// The keys and two ordered indexes over them, kept in step by every
+/// insert, use and removal.
+#[derive(Debug, Default)]
+struct Slots {
+    map: HashMap<String, Slot>,
+    /// Last use → key: the least recently used first.
+    by_use: BTreeMap<u64, String>,
+    /// (Expiry, birth tick) → key, for keys with a TTL: the first to
+    /// expire first.
+    by_expiry: BTreeMap<(Instant, u64), String>,
+    /// Index entries looked at to make room (for the complexity tests).
+    visited: u64,
+}
+
+impl Slots {
+    fn get(&self, key: &str) -> Option<&Slot> {
+        self.map.get(key)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Slot)> {
+        self.map.iter()
+    }
+
+    /// Marks `key` used at `tick`; its slot, if any.
+    fn touch(&mut self, key: &str, tick: u64) -> Option<&mut Slot> {
+        let slot = self.map.get_mut(key)?;
+        if let Some(k) = self.by_use.remove(&slot.used) {
+            self.by_use.insert(tick, k);
+        }
+        slot.used = tick;
+        Some(slot)
+    }
+
+    fn insert(&mut self, key: &str, slot: Slot) {
+        self.remove(key);
+        self.by_use.insert(slot.used, key.to_owned());
+        if let Some(at) = slot.expires {
+            self.by_expiry.insert((at, slot.born), key.to_owned());
+        }
+        self.map.insert(key.to_owned(), slot);
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Slot> {
+        let slot = self.map.remove(key)?;
+        self.by_use.remove(&slot.used);
+        if let Some(at) = slot.expires {
+            self.by_expiry.remove(&(at, slot.born));
+        }
+        Some(slot)
+    }
+
+    /// Removes every key expired at `now`, the first to expire first;
+    /// answers how many.
+    fn remove_expired(&mut self, now: Instant) -> u64 {
+        let mut removed = 0;
+        while let Some(entry) = self.by_expiry.first_entry() {
+            self.visited += 1;
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            if let Some(slot) = self.map.remove(&key) {
+                self.by_use.remove(&slot.used);
+            }
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Removes the least recently used key; whether there was one.
+    fn remove_least_used(&mut self) -> bool {
+        let Some((_, key)) = self.by_use.pop_first() else {
+            return false;
+        };
+        self.visited += 1;
+        if let Some(slot) = self.map.remove(&key) {
+            if let Some(at) = slot.expires {
+                self.by_expiry.remove(&(at, slot.born));
+            }
+        }
+        true
+    }
+}
+
+/// Write bookkeeping by write key, with an index by expiry so that
+/// expired entries go without a scan, and the last sequence handed out for
+/// every key: sequences never repeat, so a ticket of expired bookkeeping is
+/// told apart.
+#[derive(Debug, Default)]
+struct Writes {
+    map: HashMap<String, WriteBook>,
+    /// (Expiry, a unique number) → write key; an entry whose expiry moved
+    /// since is skipped when it comes up.
+    by_expiry: BTreeMap<(Instant, u64), String>,
+    next: u64,
+    /// The last write sequence handed out (or bumped), for every key.
+    seq: u64,
+    /// Index entries looked at (for the complexity tests).
+    visited: u64,
+}
+
+impl Writes {
+    /// The live bookkeeping of `key` at `now`.
+    fn live(&self, key: &str, now: Instant) -> Option<&WriteBook> {
+        self.map.get(key).filter(|book| book.expires > now)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut WriteBook> {
+        self.map.get_mut(key)
+    }
+
+    /// Forgets the entries expired at `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            self.visited += 1;
+            if entry.key().0 > now {
+                break;
+            }
+            let at = entry.key().0;
+            let k = entry.remove();
+            if self.map.get(&k).is_some_and(|e| e.expires == at) {
+                self.map.remove(&k);
+            }
+        }
+    }
+
+    /// Moves `key`'s expiry to `expires` (indexed; the old index entry is
+    /// skipped when it comes up).
+    fn live_until(&mut self, key: &str, expires: Instant) {
+        if let Some(book) = self.map.get_mut(key) {
+            book.expires = expires;
+            self.next += 1;
+            self.by_expiry.insert((expires, self.next), key.to_owned());
+        }
+    }
+
+    /// Forgets entries expired at `now`, then counts a write of `key`
+    /// beginning with a new sequence, its entry living until `now + ttl`.
+    fn begin(&mut self, key: &str, now: Instant, ttl: Duration) -> WriteBook {
+        self.expire(now);
+        self.seq += 1;
+        let seq = self.seq;
+        let book = self.map.entry(key.to_owned()).or_insert(WriteBook {
+            seq: 0,
+            in_flight: 0,
+            expires: now,
+            base: seq - 1,
+        });
+        book.seq = seq;
+        book.in_flight += 1;
+        self.live_until(key, now + ttl);
+        self.map.get(key).copied().unwrap_or(WriteBook {
+            seq,
+            in_flight: 1,
+            expires: now + ttl,
+            base: seq - 1,
+        })
+    }
+
+    /// Bumps the sequence of `key`'s bookkeeping, if it has some: a write
+    /// that began before cannot set any more.
+    fn bump(&mut self, key: &str) {
+        self.seq += 1;
+        let bumped = self.seq;
+        if let Some(book) = self.map.get_mut(key) {
+            book.seq = bumped;
+        }
+    }
 }
 
 impl Map {
@@ -87,10 +265,7 @@ impl Map {
             return None;
         }
         self.tick += 1;
-        let tick = self.tick;
-        let slot = self.slots.get_mut(key)?;
-        slot.used = tick;
-        Some(slot)
+        self.slots.touch(key, self.tick)
     }
 
     fn get(&mut self, key: &str, now: Instant) -> Option<Bytes> {
@@ -115,30 +290,22 @@ impl Map {
         }
         self.tick += 1;
         self.slots.insert(
-            key.to_owned(),
+            key,
             Slot {
                 value,
                 expires: ttl.map(|t| now + t),
                 used: self.tick,
+                born: self.tick,
             },
         );
     }
 
     fn make_room(&mut self, now: Instant, capacity: usize) {
-        let before = self.slots.len();
-        self.slots.retain(|_, s| s.expires.is_none_or(|e| e > now));
-        self.expired += (before - self.slots.len()) as u64;
+        self.expired += self.slots.remove_expired(now);
         while self.slots.len() >= capacity {
-            let victim = self
-                .slots
-                .iter()
-                .take(EVICTION_SAMPLE)
-                .min_by_key(|(_, s)| s.used)
-                .map(|(k, _)| k.clone());
-            match victim {
-                Some(k) => self.slots.remove(&k),
-                None => break,
-            };
+            if !self.slots.remove_least_used() {
+                break;
+            }
             self.evicted += 1;
         }
     }
@@ -189,16 +356,6 @@ impl MemoryStore {
     /// Whether the store holds no keys.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Bumps the sequence of a key's write bookkeeping (a write that began
-    /// before cannot set any more).
-    fn bump_write_seq(map: &mut Map, write_key: &str) {
-        map.write_seq += 1;
-        let bumped = map.write_seq;
-        if let Some(book) = map.writes.get_mut(write_key) {
-            book.seq = bumped;
-        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Map> {
@@ -338,21 +495,8 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut map = self.lock();
         map.slots.remove(&keys.lease_key);
-        map.writes.retain(|_, book| book.expires > now);
-        map.write_seq += 1;
-        let seq = map.write_seq;
-        let book = map
-            .writes
-            .entry(keys.write_key.clone())
-            .or_insert(WriteBook {
-                seq: 0,
-                in_flight: 0,
-                expires: now,
-                base: seq - 1,
-            });
-        book.seq = seq;
-        book.in_flight += 1;
-        book.expires = now + ttl;
+        let book = map.writes.begin(&keys.write_key, now, ttl);
+        let seq = book.seq;
         Ok(WriteTicket {
             seq,
             clean: book.in_flight == 1,
@@ -362,9 +506,9 @@ impl Store for MemoryStore {
     async fn write_renew(&self, keys: &WriteKeys, ttl: Duration) -> Result<()> {
         let now = Instant::now();
         let mut map = self.lock();
-        if let Some(book) = map.writes.get_mut(&keys.write_key) {
-            if book.expires > now {
-                book.expires = book.expires.max(now + ttl);
+        if let Some(expires) = map.writes.live(&keys.write_key, now).map(|b| b.expires) {
+            if now + ttl > expires {
+                map.writes.live_until(&keys.write_key, now + ttl);
             }
         }
         Ok(())
@@ -381,8 +525,7 @@ impl Store for MemoryStore {
         // Whether live bookkeeping exists, and whether the ticket is its own.
         let own = map
             .writes
-            .get(&keys.write_key)
-            .filter(|book| book.expires > now)
+            .live(&keys.write_key, now)
             .map(|book| ticket.seq > book.base);
         let (seq, in_flight) = match own {
             Some(true) => match map.writes.get_mut(&keys.write_key) {
@@ -398,7 +541,7 @@ impl Store for MemoryStore {
                 if matches!(end, WriteEnd::Abort) {
                     return Ok(false);
                 }
-                Self::bump_write_seq(&mut map, &keys.write_key);
+                map.writes.bump(&keys.write_key);
                 (0, 0)
             }
             None => (0, 0),
@@ -423,12 +566,8 @@ impl Store for MemoryStore {
         let mut map = self.lock();
         map.slots.remove(&keys.value_key);
         map.slots.remove(&keys.lease_key);
-        let live = map
-            .writes
-            .get(&keys.write_key)
-            .is_some_and(|book| book.expires > now);
-        if live {
-            Self::bump_write_seq(&mut map, &keys.write_key);
+        if map.writes.live(&keys.write_key, now).is_some() {
+            map.writes.bump(&keys.write_key);
         }
         Ok(())
     }
@@ -490,5 +629,123 @@ impl Store for MemoryStore {
             keys: Some(map.slots.len() as u64),
             ..Default::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn a_full_store_evicts_exactly_the_least_recently_used() {
+        let (now, capacity) = (Instant::now(), 1_000);
+        let mut map = Map::default();
+        for i in 0..capacity {
+            map.set(&format!("k{i}"), bytes("v"), None, now, capacity);
+        }
+        // The even keys are used again: the odd ones are now the oldest.
+        for i in (0..capacity).step_by(2) {
+            assert!(map.get(&format!("k{i}"), now).is_some());
+        }
+        for i in 0..capacity / 2 {
+            map.set(&format!("n{i}"), bytes("v"), None, now, capacity);
+        }
+        assert_eq!(map.slots.len(), capacity);
+        assert_eq!(map.evicted, (capacity / 2) as u64);
+        for i in 0..capacity {
+            let held = map.slots.contains_key(&format!("k{i}"));
+            assert_eq!(held, i % 2 == 0, "k{i}");
+        }
+        for i in 0..capacity / 2 {
+            assert!(map.slots.contains_key(&format!("n{i}")), "n{i}");
+        }
+    }
+
+    #[test]
+    fn expired_keys_go_before_any_live_one() {
+        let (now, capacity) = (Instant::now(), 4);
+        let mut map = Map::default();
+        map.set("old", bytes("v"), None, now, capacity);
+        map.set("a", bytes("v"), Some(Duration::from_secs(1)), now, capacity);
+        map.set("b", bytes("v"), Some(Duration::from_secs(2)), now, capacity);
+        map.set(
+            "c",
+            bytes("v"),
+            Some(Duration::from_secs(60)),
+            now,
+            capacity,
+        );
+        let later = now + Duration::from_secs(3);
+        map.set("d", bytes("v"), None, later, capacity);
+        assert_eq!((map.expired, map.evicted), (2, 0));
+        for key in ["old", "c", "d"] {
+            assert!(map.slots.contains_key(key), "{key}");
+        }
+        // Full again, nothing expired: the least recently used goes.
+        map.set("e", bytes("v"), None, later, capacity);
+        map.set("f", bytes("v"), None, later, capacity);
+        assert_eq!((map.expired, map.evicted), (2, 1));
+        assert!(!map.slots.contains_key("old"));
+        // The indexes follow every removal.
+        map.slots.remove("c");
+        assert_eq!(map.slots.by_use.len(), map.slots.len());
+        assert!(map.slots.by_expiry.is_empty());
+    }
+
+    #[test]
+    fn inserting_into_a_full_store_does_not_scan_its_keys() {
+        let (now, capacity) = (Instant::now(), 20_000);
+        let mut map = Map::default();
+        for i in 0..capacity {
+            let ttl = (i % 2 == 0).then_some(Duration::from_secs(600));
+            map.set(&format!("k{i}"), bytes("v"), ttl, now, capacity);
+        }
+        let before = map.slots.visited;
+        let inserts = 5_000;
+        for i in 0..inserts {
+            map.set(&format!("n{i}"), bytes("v"), None, now, capacity);
+        }
+        let visited = map.slots.visited - before;
+        // One look at the first expiry and one eviction per insert.
+        assert!(
+            visited <= 2 * inserts as u64,
+            "{visited} index entries looked at for {inserts} inserts"
+        );
+        assert_eq!(map.slots.len(), capacity);
+        assert_eq!(map.slots.by_use.len(), capacity);
+    }
+
+    #[test]
+    fn write_bookkeeping_forgets_expired_entries_without_a_scan() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut writes = Writes::default();
+        let n = 10_000;
+        for i in 0..n {
+            writes.begin(&format!("w{i}"), now, ttl);
+        }
+        assert!(
+            writes.visited <= n,
+            "{} looks for {n} begins",
+            writes.visited
+        );
+        // A second begin of a key overlaps the first.
+        assert_eq!(writes.begin("w0", now, ttl).in_flight, 2);
+        // Past their life, entries are forgotten: a new write is alone.
+        let later = now + Duration::from_secs(11);
+        let before = writes.visited;
+        let book = writes.begin("w1", later, ttl);
+        assert_eq!(
+            (book.in_flight, book.expires, book.seq > book.base),
+            (1, later + ttl, true)
+        );
+        assert!(writes.map.len() == 1, "{} entries left", writes.map.len());
+        // Each expired index entry was looked at once, and goes.
+        assert!(writes.visited - before <= n + 2);
+        assert_eq!(writes.by_expiry.len(), 1);
     }
 }

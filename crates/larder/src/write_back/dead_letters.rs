@@ -136,15 +136,20 @@ where
     ///   Reads go on.
     /// - Idempotent: calls after the first (or at the same time, which
     ///   wait for it) drain what is left again and report it.
-    /// - A cache without write-back has nothing to do (and keeps accepting
-    ///   writes).
+    /// - A cache without write-back has nothing to drain (and keeps
+    ///   accepting writes).
+    /// - Either way, owed invalidations are then retried for what is left
+    ///   of `within`, and what is still owed is persisted
+    ///   ([`Cache::deliver_invalidations`]).
     pub async fn close(&self, within: Duration) -> Result<Closed> {
         let Some(state) = self.inner.write_back.as_ref() else {
+            self.deliver_invalidations(within).await;
             return Ok(Closed { pending: 0 });
         };
         let deadline = Instant::now() + within;
         let Ok(_draining) = tokio::time::timeout_at(deadline.into(), state.closing.lock()).await
         else {
+            self.deliver_invalidations(Duration::ZERO).await;
             return self.closed_with(state, None).await;
         };
         state.closed.store(true, Ordering::Release);
@@ -165,7 +170,8 @@ where
                     entity = self.entity(),
                     "closing: the flusher's round outlasted the close; nothing drained"
                 );
-                return self.closed_with(state, None).await;
+                self.deliver_invalidations(Duration::ZERO).await;
+            return self.closed_with(state, None).await;
             }
         }
         let mut failures = 0;
@@ -199,6 +205,8 @@ where
             // The lease expires by itself if this fails.
             let _ = state.log.release(shard, &state.token).await;
         }
+        self.deliver_invalidations(deadline.saturating_duration_since(Instant::now()))
+            .await;
         self.closed_with(state, last_error).await
     }
 

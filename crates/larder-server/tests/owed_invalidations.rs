@@ -1,0 +1,189 @@
+//! The real binary with a `state_dir`: a write whose invalidation cannot
+//! reach Redis, then SIGTERM while Redis is still down; the restarted
+//! service replays it, so another instance never serves the old row once
+//! Redis is back.
+
+mod support;
+
+use larder_server::client;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::redis_server::RedisServer;
+use support::unique;
+
+/// `larder serve --config FILE`, up to its "listening on" line.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(config: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
+            .args(["serve", "--config", config.to_str().expect("utf-8")])
+            .env_remove("LARDER_CONFIG")
+            .env("LARDER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn larder");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("larder: listening on ") {
+                        return Server {
+                            child,
+                            url: url.to_owned(),
+                        };
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("larder serve did not say it listens: {e}");
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status within a deadline.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "larder did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn sigterm_with_owed_invalidations_then_restart_never_serves_the_old_row() {
+    let mut redis = RedisServer::durable();
+    let dir = temp_dir("larder-owed");
+    let state_dir = dir.join("state");
+    let table = unique("owed");
+    let prefix = unique("owed");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let pg = rt.block_on(async {
+        let mut pg = support::Pg::connect().await;
+        pg.exec(
+            &table,
+            "CREATE TABLE {t} (id bigint PRIMARY KEY, name text NOT NULL); INSERT INTO {t} VALUES (1, 'old')",
+        )
+        .await;
+        pg
+    });
+    let common = format!(
+        "[store]\nurl = \"{}?connect_timeout=200ms&response_timeout=200ms\"\nprefix = \"{prefix}\"\n[source]\nurl = \"{}\"\npool = 2\n[near]\ncapacity = 100\nttl = \"60s\"\n[[entity]]\nname = \"items\"\ntable = \"{table}\"\nttl = \"60s\"\n",
+        redis.url(),
+        support::pg_url()
+    );
+    let config = dir.join("larder.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nshutdown_grace = \"500ms\"\n{common}",
+            state_dir.display()
+        ),
+    )
+    .expect("write config");
+    // Another instance, in process, without a state directory.
+    let other = rt.block_on(async { larder_server::http::app(support::state(&common).await) });
+    let name_on_other = || {
+        rt.block_on(async {
+            let answer = support::get(&other, "/v1/items/1").await;
+            assert_eq!(answer.status, 200, "{:?}", answer.body);
+            (
+                answer.json()["name"].as_str().map(str::to_owned),
+                answer.x_cache().to_owned(),
+            )
+        })
+    };
+
+    let server = Server::start(&config);
+    let get = |server: &Server| {
+        rt.block_on(client::request(
+            "GET",
+            &format!("{}/v1/items/1", server.url),
+            &[],
+            None,
+            Duration::from_secs(10),
+        ))
+        .expect("get")
+    };
+    assert_eq!(get(&server).status, 200);
+    for _ in 0..2 {
+        assert_eq!(name_on_other().0.as_deref(), Some("old"));
+    }
+
+    // Redis goes away; a write-through reaches the database only.
+    redis.kill();
+    let put = rt
+        .block_on(client::request(
+            "PUT",
+            &format!("{}/v1/items/1", server.url),
+            &[("content-type", "application/json")],
+            Some(br#"{"name": "new"}"#),
+            Duration::from_secs(10),
+        ))
+        .expect("put");
+    assert!(put.status < 300, "{}", put.status);
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let owed_file = state_dir.join(format!("{prefix}.items.owed.json"));
+    let kept = std::fs::read_to_string(&owed_file).expect("owed invalidations kept");
+    assert!(kept.contains("\"1\""), "{kept}");
+
+    // Redis returns with the old row (AOF); the service restarts and
+    // replays what it owed before it listens.
+    redis.restart();
+    let server = Server::start(&config);
+    assert!(!owed_file.exists(), "delivered, so the file is gone");
+    for _ in 0..3 {
+        let (name, outcome) = name_on_other();
+        assert_eq!(name.as_deref(), Some("new"), "{outcome}");
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+    drop(pg);
+    let _ = std::fs::remove_dir_all(&dir);
+}
