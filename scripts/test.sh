@@ -2,7 +2,8 @@
 # The test command (README, and the last step of .ci/run): make sure Redis and
 # PostgreSQL are up (scripts/services.sh), then run every test in the
 # workspace: unit tests of the library and binaries, integration tests, and
-# doctests. Criterion benches are not run (`--benches`/`--all-targets` would
+# doctests, then real Redis clients against the RESP listener
+# (scripts/resp_clients.sh). Criterion benches are not run (`--benches`/`--all-targets` would
 # run each bench once in test mode; clippy still compiles them).
 #
 #   scripts/test.sh                  # everything, as CI does
@@ -19,3 +20,5 @@ fi
 
 cargo test --workspace --lib --bins --tests
 cargo test --workspace --doc
+# Real Redis clients (redis-cli, redis-py, redis-benchmark) against `larder serve --resp`.
+scripts/resp_clients.sh

@@ -29,9 +29,13 @@ impl Resp {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(larder_server::resp::run(listener, state.clone(), async move {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(larder_server::resp::run(
+            listener,
+            state.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Resp {
             port,
             state,
@@ -112,16 +116,19 @@ async fn rows_read_through_over_resp2_and_resp3() {
     let (_pg, _t, resp) = users("").await;
     for resp3 in [false, true] {
         let mut con = resp.client(resp3).await;
-        let got: String = query(&mut con, &["GET", "users:000000000042"]).await.unwrap();
+        let got: String = query(&mut con, &["GET", "users:000000000042"])
+            .await
+            .unwrap();
         assert_eq!(
             row(&got),
             serde_json::json!({"id": 42, "name": "user 42", "email": "u42@x", "team": 2, "tags": ["a"]})
         );
         let none: Option<String> = query(&mut con, &["GET", "users:4242"]).await.unwrap();
         assert_eq!(none, None, "no row is nil");
-        let many: Vec<Option<String>> = query(&mut con, &["MGET", "users:1", "users:999", "wusers:2"])
-            .await
-            .unwrap();
+        let many: Vec<Option<String>> =
+            query(&mut con, &["MGET", "users:1", "users:999", "wusers:2"])
+                .await
+                .unwrap();
         assert_eq!(many.len(), 3);
         assert_eq!(row(many[0].as_deref().unwrap())["id"], 1);
         assert_eq!(many[1], None);
@@ -164,19 +171,29 @@ async fn del_invalidates_and_set_is_refused_unless_resp_writes() {
     let mut con = resp.client(false).await;
     let before: String = query(&mut con, &["GET", "users:7"]).await.unwrap();
     assert_eq!(row(&before)["name"], "user 7");
-    pg.scalar_text(&format!("UPDATE {t} SET name = 'renamed' WHERE id = 7 RETURNING name"))
-        .await;
+    pg.scalar_text(&format!(
+        "UPDATE {t} SET name = 'renamed' WHERE id = 7 RETURNING name"
+    ))
+    .await;
     let cached: String = query(&mut con, &["GET", "users:7"]).await.unwrap();
     assert_eq!(row(&cached)["name"], "user 7", "still cached");
-    let n: i64 = query(&mut con, &["DEL", "users:7", "users:0007"]).await.unwrap();
+    let n: i64 = query(&mut con, &["DEL", "users:7", "users:0007"])
+        .await
+        .unwrap();
     assert_eq!(n, 2, "each key invalidated counts");
     let fresh: String = query(&mut con, &["GET", "users:7"]).await.unwrap();
-    assert_eq!(row(&fresh)["name"], "renamed", "DEL made the next GET fresh");
+    assert_eq!(
+        row(&fresh)["name"],
+        "renamed",
+        "DEL made the next GET fresh"
+    );
     let err = query::<String>(&mut con, &["SET", "users:7", "{\"name\": \"x\"}"])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("read-through over RESP"), "{err}");
-    let err = query::<i64>(&mut con, &["HSET", "users:7", "name", "x"]).await.unwrap_err();
+    let err = query::<i64>(&mut con, &["HSET", "users:7", "name", "x"])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("read-through over RESP"), "{err}");
     let name = pg
         .scalar_text(&format!("SELECT name FROM {t} WHERE id = 7"))
@@ -190,37 +207,59 @@ async fn del_invalidates_and_set_is_refused_unless_resp_writes() {
 async fn resp_writes_make_set_hset_and_del_write_the_database() {
     let (pg, t, resp) = users("").await;
     let mut con = resp.client(true).await;
-    let ok: String = query(&mut con, &["SET", "wusers:500", r#"{"name": "new", "team": 4}"#])
-        .await
-        .unwrap();
+    let ok: String = query(
+        &mut con,
+        &["SET", "wusers:500", r#"{"name": "new", "team": 4}"#],
+    )
+    .await
+    .unwrap();
     assert_eq!(ok, "OK");
     let db = pg
-        .scalar_text(&format!("SELECT name || ':' || team FROM {t} WHERE id = 500"))
+        .scalar_text(&format!(
+            "SELECT name || ':' || team FROM {t} WHERE id = 500"
+        ))
         .await;
     assert_eq!(db.as_deref(), Some("new:4"));
     let got: String = query(&mut con, &["GET", "wusers:500"]).await.unwrap();
     assert_eq!(row(&got)["name"], "new");
-    let err = query::<String>(&mut con, &["SET", "wusers:500", r#"{"name": "x"}"#, "NX", "EX", "10"])
-        .await
-        .unwrap_err();
+    let err = query::<String>(
+        &mut con,
+        &["SET", "wusers:500", r#"{"name": "x"}"#, "NX", "EX", "10"],
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("NX EX 10"), "options named: {err}");
-    let err = query::<String>(&mut con, &["SET", "wusers:500", r#"{"nope": 1}"#]).await.unwrap_err();
-    assert!(err.to_string().contains("unknown_column"), "{err}");
-    let err = query::<String>(&mut con, &["SET", "wusers:500", r#"{"name": "x", "team": "t"}"#])
+    let err = query::<String>(&mut con, &["SET", "wusers:500", r#"{"nope": 1}"#])
         .await
         .unwrap_err();
+    assert!(err.to_string().contains("unknown_column"), "{err}");
+    let err = query::<String>(
+        &mut con,
+        &["SET", "wusers:500", r#"{"name": "x", "team": "t"}"#],
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("type_mismatch"), "{err}");
-    let err = query::<String>(&mut con, &["SET", "wusers:abc", r#"{"name": "x"}"#]).await.unwrap_err();
-    assert!(err.to_string().contains("bad_id"), "{err}");
-    let n: i64 = query(&mut con, &["HSET", "wusers:500", "team", "9", "email", "n@x"])
+    let err = query::<String>(&mut con, &["SET", "wusers:abc", r#"{"name": "x"}"#])
         .await
-        .unwrap();
+        .unwrap_err();
+    assert!(err.to_string().contains("bad_id"), "{err}");
+    let n: i64 = query(
+        &mut con,
+        &["HSET", "wusers:500", "team", "9", "email", "n@x"],
+    )
+    .await
+    .unwrap();
     assert_eq!(n, 2);
     let db = pg
-        .scalar_text(&format!("SELECT team || ':' || email FROM {t} WHERE id = 500"))
+        .scalar_text(&format!(
+            "SELECT team || ':' || email FROM {t} WHERE id = 500"
+        ))
         .await;
     assert_eq!(db.as_deref(), Some("9:n@x"));
-    let err = query::<i64>(&mut con, &["HSET", "wusers:9999", "team", "1"]).await.unwrap_err();
+    let err = query::<i64>(&mut con, &["HSET", "wusers:9999", "team", "1"])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not_found"), "{err}");
     let n: i64 = query(&mut con, &["DEL", "wusers:500"]).await.unwrap();
     assert_eq!(n, 1);
@@ -237,11 +276,23 @@ async fn errors_are_worded_as_redis_words_them() {
     let (_pg, _t, resp) = users("").await;
     let mut con = resp.client(false).await;
     let cases: &[(&[&str], &str)] = &[
-        (&["FOO", "a", "b"], "unknown command 'FOO', with args beginning with: 'a' 'b'"),
+        (
+            &["FOO", "a", "b"],
+            "unknown command 'FOO', with args beginning with: 'a' 'b'",
+        ),
         (&["GET"], "wrong number of arguments for 'get' command"),
-        (&["HGET", "users:1"], "wrong number of arguments for 'hget' command"),
-        (&["CLIENT", "SETNAME"], "wrong number of arguments for 'client|setname' command"),
-        (&["CLIENT", "FOO"], "unknown subcommand 'FOO'. Try CLIENT HELP."),
+        (
+            &["HGET", "users:1"],
+            "wrong number of arguments for 'hget' command",
+        ),
+        (
+            &["CLIENT", "SETNAME"],
+            "wrong number of arguments for 'client|setname' command",
+        ),
+        (
+            &["CLIENT", "FOO"],
+            "unknown subcommand 'FOO'. Try CLIENT HELP.",
+        ),
         (&["SELECT", "1"], "DB index is out of range"),
         (&["GET", "nobody:1"], "unknown_entity"),
         (&["GET", "nokey"], "unknown_entity"),
@@ -262,7 +313,9 @@ async fn errors_are_worded_as_redis_words_them() {
     let ok: String = query(&mut con, &["SELECT", "0"]).await.unwrap();
     assert_eq!(ok, "OK");
     // The exact bytes, as redis-cli would print them.
-    let (got, _) = resp.raw(b"*3\r\n$3\r\nFOO\r\n$1\r\na\r\n$1\r\nb\r\n", 60).await;
+    let (got, _) = resp
+        .raw(b"*3\r\n$3\r\nFOO\r\n$1\r\na\r\n$1\r\nb\r\n", 60)
+        .await;
     assert_eq!(
         got,
         b"-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n".to_vec()
@@ -273,15 +326,36 @@ async fn errors_are_worded_as_redis_words_them() {
 async fn malformed_input_answers_a_protocol_error_and_closes() {
     let (_pg, _t, resp) = users("").await;
     let cases: &[(&[u8], &[u8])] = &[
-        (b"*1\r\n+x\r\n", b"-ERR Protocol error: expected '$', got '+'\r\n"),
-        (b"*x\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
-        (b"*1\r\n$x\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
-        (b"get \"a\r\n", b"-ERR Protocol error: unbalanced quotes in request\r\n"),
+        (
+            b"*1\r\n+x\r\n",
+            b"-ERR Protocol error: expected '$', got '+'\r\n",
+        ),
+        (
+            b"*x\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*1\r\n$x\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"get \"a\r\n",
+            b"-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
         // Over body_limit (1 MiB): refused on the claimed length alone.
-        (b"*2\r\n$3\r\nSET\r\n$2000000\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
-        (b"*99999999999\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+        (
+            b"*2\r\n$3\r\nSET\r\n$2000000\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*99999999999\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
         // Commands before the error are answered first.
-        (b"PING\r\n*1\r\n+x\r\n", b"+PONG\r\n-ERR Protocol error: expected '$', got '+'\r\n"),
+        (
+            b"PING\r\n*1\r\n+x\r\n",
+            b"+PONG\r\n-ERR Protocol error: expected '$', got '+'\r\n",
+        ),
     ];
     for (input, want) in cases {
         let (got, closed) = resp.raw(input, usize::MAX).await;
@@ -293,7 +367,11 @@ async fn malformed_input_answers_a_protocol_error_and_closes() {
         assert!(closed, "closed after {input:?}");
     }
     let (got, _) = resp.raw(b"PING\r\nECHO 'hi there'\r\n", 21).await;
-    assert_eq!(got, b"+PONG\r\n$8\r\nhi there\r\n".to_vec(), "inline commands");
+    assert_eq!(
+        got,
+        b"+PONG\r\n$8\r\nhi there\r\n".to_vec(),
+        "inline commands"
+    );
 }
 
 #[tokio::test]
@@ -325,7 +403,10 @@ async fn pipelined_commands_are_answered_in_order_and_counted() {
     let stats = resp.state.entity("users").unwrap().cache.stats();
     assert_eq!(stats.total_reads(), 55, "every GET is one read");
     let commands = larder_server::resp::stats_json(resp.state.resp());
-    assert!(commands["commands"]["get"].as_u64().unwrap() >= 55, "{commands}");
+    assert!(
+        commands["commands"]["get"].as_u64().unwrap() >= 55,
+        "{commands}"
+    );
     assert_eq!(commands["commands"]["ping"].as_u64(), Some(5), "{commands}");
     assert!(commands["connections"].as_i64().unwrap() >= 1, "{commands}");
 }
@@ -335,11 +416,23 @@ async fn a_token_gates_every_command_but_auth_hello_ping_and_quit() {
     let var = unique("RESP_TOKEN").to_uppercase();
     std::env::set_var(&var, "s3cret");
     let (_pg, _t, resp) = users(&format!("[auth]\ntoken_env = \"{var}\"\n")).await;
-    let (got, _) = resp.raw(b"GET users:1\r\nPING\r\nHELLO 3\r\nAUTH nope\r\n", 400).await;
+    let (got, _) = resp
+        .raw(b"GET users:1\r\nPING\r\nHELLO 3\r\nAUTH nope\r\n", 400)
+        .await;
     let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("-NOAUTH Authentication required.\r\n+PONG\r\n-NOAUTH HELLO must be called"), "{text}");
-    assert!(text.ends_with("-WRONGPASS invalid username-password pair or user is disabled.\r\n"), "{text}");
-    let (got, _) = resp.raw(b"AUTH default s3cret\r\nGET users:404\r\n", 10).await;
+    assert!(
+        text.starts_with(
+            "-NOAUTH Authentication required.\r\n+PONG\r\n-NOAUTH HELLO must be called"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
+        "{text}"
+    );
+    let (got, _) = resp
+        .raw(b"AUTH default s3cret\r\nGET users:404\r\n", 10)
+        .await;
     assert_eq!(got, b"+OK\r\n$-1\r\n".to_vec());
     let url = format!("redis://:s3cret@127.0.0.1:{}/?protocol=resp3", resp.port);
     let mut con = redis::Client::open(url)
@@ -389,7 +482,9 @@ async fn a_write_back_entity_with_its_store_down_answers_tryagain() {
     );
     let resp = Resp::start(support::state(&toml).await).await;
     let mut con = resp.client(false).await;
-    let ok: String = query(&mut con, &["SET", "users:1", r#"{"name": "queued"}"#]).await.unwrap();
+    let ok: String = query(&mut con, &["SET", "users:1", r#"{"name": "queued"}"#])
+        .await
+        .unwrap();
     assert_eq!(ok, "OK");
     redis.kill();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -400,6 +495,8 @@ async fn a_write_back_entity_with_its_store_down_answers_tryagain() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let err = query::<Option<String>>(&mut con, &["GET", "users:1"]).await.unwrap_err();
+    let err = query::<Option<String>>(&mut con, &["GET", "users:1"])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
 }

@@ -19,7 +19,10 @@ fn parse_all(buf: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, String> {
                 // No range beyond what arrived, none longer than the limit
                 // (inline words are bounded by the inline limit instead).
                 for r in &args {
-                    assert!(r.start >= at && r.end <= at + len, "{r:?} outside the command");
+                    assert!(
+                        r.start >= at && r.end <= at + len,
+                        "{r:?} outside the command"
+                    );
                     assert!(r.len() <= LIMIT.max(MAX_INLINE));
                 }
                 // Each argument takes at least one byte of input.

@@ -199,13 +199,47 @@ pub async fn ttl(ctx: &mut Ctx<'_>, key: &[u8], millis: bool) {
     }
 }
 
+/// A row's columns in the row's own order (the table's), as `HGETALL`
+/// lists them.
+#[derive(Debug, Default)]
+struct Columns(Vec<(String, Value)>);
+
+impl Columns {
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Columns {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Columns;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Columns, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                while let Some(pair) = m.next_entry::<String, Value>()? {
+                    out.push(pair);
+                }
+                Ok(Columns(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// A row as columns: `None` when there is no row.
-async fn columns_of(ctx: &mut Ctx<'_>, key: &[u8]) -> Result<Option<Map<String, Value>>, String> {
+async fn columns_of(ctx: &mut Ctx<'_>, key: &[u8]) -> Result<Option<Columns>, String> {
     let (e, id) = resolve(ctx.state, key)?;
     match one(e, id).await? {
         None => Ok(None),
-        Some(row) => match serde_json::from_slice::<Map<String, Value>>(row.bytes()) {
-            Ok(map) => Ok(Some(map)),
+        Some(row) => match serde_json::from_slice::<Columns>(row.bytes()) {
+            Ok(columns) => Ok(Some(columns)),
             Err(_) => Err("ERR internal the cached row is not a JSON object".to_owned()),
         },
     }
@@ -261,6 +295,7 @@ pub async fn hgetall(ctx: &mut Ctx<'_>, key: &[u8]) {
         Ok(row) => {
             let row = row.unwrap_or_default();
             let fields: Vec<(&String, std::borrow::Cow<'_, str>)> = row
+                .0
                 .iter()
                 .filter_map(|(k, v)| field_text(v).map(|t| (k, t)))
                 .collect();
