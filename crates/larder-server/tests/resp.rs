@@ -118,50 +118,62 @@ async fn rows_read_through_over_resp2_and_resp3() {
         let mut con = resp.client(resp3).await;
         let got: String = query(&mut con, &["GET", "users:000000000042"])
             .await
-            .unwrap();
+            .expect("an answer");
         assert_eq!(
             row(&got),
             serde_json::json!({"id": 42, "name": "user 42", "email": "u42@x", "team": 2, "tags": ["a"]})
         );
-        let none: Option<String> = query(&mut con, &["GET", "users:4242"]).await.unwrap();
+        let none: Option<String> = query(&mut con, &["GET", "users:4242"])
+            .await
+            .expect("an answer");
         assert_eq!(none, None, "no row is nil");
         let many: Vec<Option<String>> =
             query(&mut con, &["MGET", "users:1", "users:999", "wusers:2"])
                 .await
-                .unwrap();
+                .expect("an answer");
         assert_eq!(many.len(), 3);
-        assert_eq!(row(many[0].as_deref().unwrap())["id"], 1);
+        assert_eq!(row(many[0].as_deref().expect("an answer"))["id"], 1);
         assert_eq!(many[1], None);
-        assert_eq!(row(many[2].as_deref().unwrap())["id"], 2);
+        assert_eq!(row(many[2].as_deref().expect("an answer"))["id"], 2);
         let all: std::collections::HashMap<String, String> =
-            query(&mut con, &["HGETALL", "users:5"]).await.unwrap();
+            query(&mut con, &["HGETALL", "users:5"])
+                .await
+                .expect("an answer");
         assert_eq!(all["name"], "user 5", "text columns are plain text");
         assert_eq!(all["team"], "5");
         assert_eq!(all["tags"], "[\"a\"]", "other columns are JSON text");
         let empty: std::collections::HashMap<String, String> =
-            query(&mut con, &["HGETALL", "users:555"]).await.unwrap();
+            query(&mut con, &["HGETALL", "users:555"])
+                .await
+                .expect("an answer");
         assert!(empty.is_empty());
-        let name: Option<String> = query(&mut con, &["HGET", "users:5", "name"]).await.unwrap();
+        let name: Option<String> = query(&mut con, &["HGET", "users:5", "name"])
+            .await
+            .expect("an answer");
         assert_eq!(name.as_deref(), Some("user 5"));
         let fields: Vec<Option<String>> = query(&mut con, &["HMGET", "users:5", "email", "nope"])
             .await
-            .unwrap();
+            .expect("an answer");
         assert_eq!(fields, vec![Some("u5@x".to_owned()), None]);
         let n: i64 = query(&mut con, &["EXISTS", "users:1", "users:1", "users:777"])
             .await
-            .unwrap();
+            .expect("an answer");
         assert_eq!(n, 2);
-        let ttl: i64 = query(&mut con, &["TTL", "users:1"]).await.unwrap();
+        let ttl: i64 = query(&mut con, &["TTL", "users:1"])
+            .await
+            .expect("an answer");
         assert!(ttl > 0 && ttl <= 60, "{ttl}");
-        let ttl: i64 = query(&mut con, &["PTTL", "users:777"]).await.unwrap();
+        let ttl: i64 = query(&mut con, &["PTTL", "users:777"])
+            .await
+            .expect("an answer");
         assert_eq!(ttl, -2);
         let hello: Value = query(&mut con, &["HELLO", if resp3 { "3" } else { "2" }])
             .await
-            .unwrap();
+            .expect("an answer");
         let is_map = matches!(hello, Value::Map(_));
         assert_eq!(is_map, resp3, "RESP3 answers maps: {hello:?}");
     }
-    let stats = resp.state.entity("users").unwrap().cache.stats();
+    let stats = resp.state.entity("users").expect("an answer").cache.stats();
     assert!(stats.total_reads() >= 20, "reads are counted: {stats:?}");
 }
 
@@ -169,19 +181,25 @@ async fn rows_read_through_over_resp2_and_resp3() {
 async fn del_invalidates_and_set_is_refused_unless_resp_writes() {
     let (pg, t, resp) = users("").await;
     let mut con = resp.client(false).await;
-    let before: String = query(&mut con, &["GET", "users:7"]).await.unwrap();
+    let before: String = query(&mut con, &["GET", "users:7"])
+        .await
+        .expect("an answer");
     assert_eq!(row(&before)["name"], "user 7");
     pg.scalar_text(&format!(
         "UPDATE {t} SET name = 'renamed' WHERE id = 7 RETURNING name"
     ))
     .await;
-    let cached: String = query(&mut con, &["GET", "users:7"]).await.unwrap();
+    let cached: String = query(&mut con, &["GET", "users:7"])
+        .await
+        .expect("an answer");
     assert_eq!(row(&cached)["name"], "user 7", "still cached");
     let n: i64 = query(&mut con, &["DEL", "users:7", "users:0007"])
         .await
-        .unwrap();
+        .expect("an answer");
     assert_eq!(n, 2, "each key invalidated counts");
-    let fresh: String = query(&mut con, &["GET", "users:7"]).await.unwrap();
+    let fresh: String = query(&mut con, &["GET", "users:7"])
+        .await
+        .expect("an answer");
     assert_eq!(
         row(&fresh)["name"],
         "renamed",
@@ -189,17 +207,19 @@ async fn del_invalidates_and_set_is_refused_unless_resp_writes() {
     );
     let err = query::<String>(&mut con, &["SET", "users:7", "{\"name\": \"x\"}"])
         .await
-        .unwrap_err();
+        .expect_err("an error answer");
     assert!(err.to_string().contains("read-through over RESP"), "{err}");
     let err = query::<i64>(&mut con, &["HSET", "users:7", "name", "x"])
         .await
-        .unwrap_err();
+        .expect_err("an error answer");
     assert!(err.to_string().contains("read-through over RESP"), "{err}");
     let name = pg
         .scalar_text(&format!("SELECT name FROM {t} WHERE id = 7"))
         .await;
     assert_eq!(name.as_deref(), Some("renamed"), "nothing was written");
-    let unlink: i64 = query(&mut con, &["UNLINK", "users:8"]).await.unwrap();
+    let unlink: i64 = query(&mut con, &["UNLINK", "users:8"])
+        .await
+        .expect("an answer");
     assert_eq!(unlink, 1);
 }
 
@@ -212,7 +232,7 @@ async fn resp_writes_make_set_hset_and_del_write_the_database() {
         &["SET", "wusers:500", r#"{"name": "new", "team": 4}"#],
     )
     .await
-    .unwrap();
+    .expect("an answer");
     assert_eq!(ok, "OK");
     let db = pg
         .scalar_text(&format!(
@@ -220,36 +240,38 @@ async fn resp_writes_make_set_hset_and_del_write_the_database() {
         ))
         .await;
     assert_eq!(db.as_deref(), Some("new:4"));
-    let got: String = query(&mut con, &["GET", "wusers:500"]).await.unwrap();
+    let got: String = query(&mut con, &["GET", "wusers:500"])
+        .await
+        .expect("an answer");
     assert_eq!(row(&got)["name"], "new");
     let err = query::<String>(
         &mut con,
         &["SET", "wusers:500", r#"{"name": "x"}"#, "NX", "EX", "10"],
     )
     .await
-    .unwrap_err();
+    .expect_err("an error answer");
     assert!(err.to_string().contains("NX EX 10"), "options named: {err}");
     let err = query::<String>(&mut con, &["SET", "wusers:500", r#"{"nope": 1}"#])
         .await
-        .unwrap_err();
+        .expect_err("an error answer");
     assert!(err.to_string().contains("unknown_column"), "{err}");
     let err = query::<String>(
         &mut con,
         &["SET", "wusers:500", r#"{"name": "x", "team": "t"}"#],
     )
     .await
-    .unwrap_err();
+    .expect_err("an error answer");
     assert!(err.to_string().contains("type_mismatch"), "{err}");
     let err = query::<String>(&mut con, &["SET", "wusers:abc", r#"{"name": "x"}"#])
         .await
-        .unwrap_err();
+        .expect_err("an error answer");
     assert!(err.to_string().contains("bad_id"), "{err}");
     let n: i64 = query(
         &mut con,
         &["HSET", "wusers:500", "team", "9", "email", "n@x"],
     )
     .await
-    .unwrap();
+    .expect("an answer");
     assert_eq!(n, 2);
     let db = pg
         .scalar_text(&format!(
@@ -259,15 +281,19 @@ async fn resp_writes_make_set_hset_and_del_write_the_database() {
     assert_eq!(db.as_deref(), Some("9:n@x"));
     let err = query::<i64>(&mut con, &["HSET", "wusers:9999", "team", "1"])
         .await
-        .unwrap_err();
+        .expect_err("an error answer");
     assert!(err.to_string().contains("not_found"), "{err}");
-    let n: i64 = query(&mut con, &["DEL", "wusers:500"]).await.unwrap();
+    let n: i64 = query(&mut con, &["DEL", "wusers:500"])
+        .await
+        .expect("an answer");
     assert_eq!(n, 1);
     let gone = pg
         .scalar_text(&format!("SELECT count(*)::text FROM {t} WHERE id = 500"))
         .await;
     assert_eq!(gone.as_deref(), Some("0"));
-    let none: Option<String> = query(&mut con, &["GET", "wusers:500"]).await.unwrap();
+    let none: Option<String> = query(&mut con, &["GET", "wusers:500"])
+        .await
+        .expect("an answer");
     assert_eq!(none, None);
 }
 
@@ -305,12 +331,14 @@ async fn errors_are_worded_as_redis_words_them() {
         (&["AUTH", "x"], "without any password configured"),
     ];
     for (args, want) in cases {
-        let err = query::<Value>(&mut con, args).await.unwrap_err();
+        let err = query::<Value>(&mut con, args)
+            .await
+            .expect_err("an error answer");
         assert!(err.to_string().contains(want), "{args:?}: {err}");
     }
-    let pong: String = query(&mut con, &["PING"]).await.unwrap();
+    let pong: String = query(&mut con, &["PING"]).await.expect("an answer");
     assert_eq!(pong, "PONG");
-    let ok: String = query(&mut con, &["SELECT", "0"]).await.unwrap();
+    let ok: String = query(&mut con, &["SELECT", "0"]).await.expect("an answer");
     assert_eq!(ok, "OK");
     // The exact bytes, as redis-cli would print them.
     let (got, _) = resp
@@ -386,13 +414,13 @@ async fn pipelined_commands_are_answered_in_order_and_counted() {
             pipe.cmd("GET").arg("users:5000");
         }
     }
-    let answers: Vec<Value> = pipe.query_async(&mut con).await.unwrap();
+    let answers: Vec<Value> = pipe.query_async(&mut con).await.expect("an answer");
     let mut k = 0;
     for i in 0..50 {
         let Value::BulkString(bytes) = &answers[k] else {
             panic!("answer {k}: {:?}", answers[k]);
         };
-        assert_eq!(row(std::str::from_utf8(bytes).unwrap())["id"], i);
+        assert_eq!(row(std::str::from_utf8(bytes).expect("an answer"))["id"], i);
         k += 1;
         if i % 10 == 0 {
             assert_eq!(answers[k], Value::SimpleString("PONG".into()));
@@ -400,15 +428,18 @@ async fn pipelined_commands_are_answered_in_order_and_counted() {
             k += 2;
         }
     }
-    let stats = resp.state.entity("users").unwrap().cache.stats();
+    let stats = resp.state.entity("users").expect("an answer").cache.stats();
     assert_eq!(stats.total_reads(), 55, "every GET is one read");
     let commands = larder_server::resp::stats_json(resp.state.resp());
     assert!(
-        commands["commands"]["get"].as_u64().unwrap() >= 55,
+        commands["commands"]["get"].as_u64().expect("an answer") >= 55,
         "{commands}"
     );
     assert_eq!(commands["commands"]["ping"].as_u64(), Some(5), "{commands}");
-    assert!(commands["connections"].as_i64().unwrap() >= 1, "{commands}");
+    assert!(
+        commands["connections"].as_i64().expect("an answer") >= 1,
+        "{commands}"
+    );
 }
 
 #[tokio::test]
@@ -436,11 +467,13 @@ async fn a_token_gates_every_command_but_auth_hello_ping_and_quit() {
     assert_eq!(got, b"+OK\r\n$-1\r\n".to_vec());
     let url = format!("redis://:s3cret@127.0.0.1:{}/?protocol=resp3", resp.port);
     let mut con = redis::Client::open(url)
-        .unwrap()
+        .expect("an answer")
         .get_multiplexed_async_connection()
         .await
         .expect("redis-rs authenticates with HELLO 3 AUTH");
-    let got: String = query(&mut con, &["GET", "users:3"]).await.unwrap();
+    let got: String = query(&mut con, &["GET", "users:3"])
+        .await
+        .expect("an answer");
     assert_eq!(row(&got)["id"], 3);
 }
 
@@ -457,12 +490,14 @@ async fn connections_over_max_clients_are_refused() {
     );
     let resp = Resp::start(support::state(&toml).await).await;
     let mut first = resp.client(false).await;
-    let pong: String = query(&mut first, &["PING"]).await.unwrap();
+    let pong: String = query(&mut first, &["PING"]).await.expect("an answer");
     assert_eq!(pong, "PONG");
     let (got, closed) = resp.raw(b"PING\r\n", usize::MAX).await;
     assert_eq!(got, b"-ERR max number of clients reached\r\n".to_vec());
     assert!(closed);
-    let info: String = query(&mut first, &["INFO", "clients"]).await.unwrap();
+    let info: String = query(&mut first, &["INFO", "clients"])
+        .await
+        .expect("an answer");
     assert!(info.contains("rejected_connections:1"), "{info}");
 }
 
@@ -484,7 +519,7 @@ async fn a_write_back_entity_with_its_store_down_answers_tryagain() {
     let mut con = resp.client(false).await;
     let ok: String = query(&mut con, &["SET", "users:1", r#"{"name": "queued"}"#])
         .await
-        .unwrap();
+        .expect("an answer");
     assert_eq!(ok, "OK");
     redis.kill();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -497,6 +532,6 @@ async fn a_write_back_entity_with_its_store_down_answers_tryagain() {
     }
     let err = query::<Option<String>>(&mut con, &["GET", "users:1"])
         .await
-        .unwrap_err();
+        .expect_err("an error answer");
     assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
 }

@@ -229,7 +229,7 @@ mod tests {
 
     #[test]
     fn a_multibulk_command_is_its_bulks() {
-        let (args, parsed) = words(b"*2\r\n$3\r\nGET\r\n$7\r\nusers:1\r\n").unwrap();
+        let (args, parsed) = words(b"*2\r\n$3\r\nGET\r\n$7\r\nusers:1\r\n").expect("parses");
         assert_eq!(args, vec![b"GET".to_vec(), b"users:1".to_vec()]);
         assert_eq!(parsed, Parsed::Command { len: 26 });
     }
@@ -250,12 +250,12 @@ mod tests {
 
     #[test]
     fn inline_commands_split_on_spaces_and_quotes() {
-        let (args, _) = words(b"SET  users:1 '{\"a\": 1}'\r\n").unwrap();
+        let (args, _) = words(b"SET  users:1 '{\"a\": 1}'\r\n").expect("parses");
         assert_eq!(
             args,
             vec![b"SET".to_vec(), b"users:1".to_vec(), b"{\"a\": 1}".to_vec()]
         );
-        let (args, parsed) = words(b"\r\n").unwrap();
+        let (args, parsed) = words(b"\r\n").expect("parses");
         assert!(args.is_empty());
         assert_eq!(parsed, Parsed::Command { len: 2 });
         assert_eq!(words(b"GET \"a\r\n"), Err(ProtocolError::UnbalancedQuotes));

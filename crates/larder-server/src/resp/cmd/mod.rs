@@ -297,12 +297,10 @@ pub fn clip(s: &str, n: usize) -> String {
 /// meet commands. Before `AUTH` only [`Class::Open`] commands; a read-only
 /// token allows [`Class::Open`] and [`Class::Read`].
 pub fn may(conn: &Conn, spec: &Spec) -> bool {
-    match (conn.access, spec.class) {
-        (_, Class::Open) => true,
-        (Access::Full, _) => true,
-        (Access::Read, Class::Read) => true,
-        _ => false,
-    }
+    matches!(
+        (conn.access, spec.class),
+        (_, Class::Open) | (Access::Full, _) | (Access::Read, Class::Read)
+    )
 }
 
 /// Runs one command (`args` is not empty): checks the name, the arity and

@@ -423,7 +423,7 @@ fn is_text_type(sql_type: &str) -> bool {
 /// (text columns take the value as text, others as JSON); answers the
 /// number of fields written; an absent row is `-ERR not_found`.
 pub async fn hset(ctx: &mut Ctx<'_>, args: Args<'_>) {
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return super::wrong_arity(ctx.out, "hset");
     }
     let (e, raw) = match resolve(ctx.state, args.get(1)) {
