@@ -98,5 +98,8 @@ proptest! {
         let mut args = Vec::new();
         prop_assert!(parse(&bytes, 0, LIMIT, &mut args).is_err());
         prop_assert!(args.is_empty());
+        let bytes = format!("*{n}\r\n").into_bytes();
+        prop_assert!(parse(&bytes, 0, LIMIT, &mut args).is_err());
+        prop_assert!(args.is_empty());
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Limits are checked on the claimed lengths, before anything is buffered
 //! for them: a bulk longer than the body limit, or an array with more
-//! elements than [`MAX_ARGS`], is a protocol error (and the connection is
+//! elements than the body limit (or [`MAX_ARGS`]), is a protocol error (and the connection is
 //! closed, as Redis does).
 
 use std::ops::Range;
