@@ -543,7 +543,12 @@ pub async fn run_with_resp(
         .await
         .context("serving HTTP");
     if let Some(task) = resp_task {
+        if served.is_err() {
+            // HTTP failed without a shutdown signal: RESP stops with it.
+            task.abort();
+        }
         match task.await {
+            Err(e) if e.is_cancelled() => {}
             Ok(r) => r?,
             Err(e) => tracing::error!(error = %e, "the RESP listener failed"),
         }
