@@ -440,6 +440,15 @@ async fn pipelined_commands_are_answered_in_order_and_counted() {
         commands["connections"].as_i64().expect("an answer") >= 1,
         "{commands}"
     );
+    let metrics = larder_server::http::metrics::install().render();
+    assert!(
+        metrics.contains("larder_resp_commands_total{command=\"ping\"}"),
+        "commands by name are on /metrics"
+    );
+    assert!(
+        metrics.contains("larder_resp_connections"),
+        "connections gauge"
+    );
 }
 
 #[tokio::test]
