@@ -231,3 +231,24 @@ else
         die "pip could not install schemathesis into $VENV"
     say "schemathesis $SCHEMATHESIS_VERSION installed in $VENV"
 fi
+
+# ------------------------------------------------- redis-py (RESP tests) ----
+# scripts/resp_clients.sh drives `larder serve --resp` with redis-py from the
+# virtualenv /opt/larder-venv (created here if absent), and with
+# redis-benchmark (Debian's redis-tools, next to redis-cli).
+
+LARDER_VENV=${LARDER_VENV:-/opt/larder-venv}
+command -v redis-benchmark >/dev/null 2>&1 || apt_install redis-tools
+if [ ! -x "$LARDER_VENV/bin/python" ]; then
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        apt_install python3-venv
+    fi
+    say "creating the virtualenv $LARDER_VENV"
+    as_root python3 -m venv "$LARDER_VENV"
+fi
+if "$LARDER_VENV/bin/python" -c 'import redis' >/dev/null 2>&1; then
+    say "redis-py present in $LARDER_VENV ($("$LARDER_VENV/bin/python" -c 'import redis; print(redis.__version__)'))"
+else
+    say "installing redis-py into $LARDER_VENV"
+    as_root "$LARDER_VENV/bin/pip" install -q 'redis>=5,<9'
+fi

@@ -2,7 +2,9 @@
 # The test command (README, and the last step of .ci/run): make sure Redis and
 # PostgreSQL are up (scripts/services.sh), then run every test in the
 # workspace: unit tests of the library and binaries, integration tests, and
-# doctests; then schemathesis against the service (scripts/schemathesis.sh). Criterion benches are not run (`--benches`/`--all-targets` would
+# doctests; then schemathesis against the service (scripts/schemathesis.sh)
+# and real Redis clients against the RESP listener (scripts/resp_clients.sh).
+# Criterion benches are not run (`--benches`/`--all-targets` would
 # run each bench once in test mode; clippy still compiles them).
 #
 #   scripts/test.sh                  # everything, as CI does
@@ -21,3 +23,5 @@ cargo test --workspace --lib --bins --tests
 cargo test --workspace --doc
 # The HTTP API against its own OpenAPI document (about 30 s).
 scripts/schemathesis.sh
+# Real Redis clients (redis-cli, redis-py, redis-benchmark) against `larder serve --resp`.
+scripts/resp_clients.sh

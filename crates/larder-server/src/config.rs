@@ -163,6 +163,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The entities (`[[entity]]`).
     pub entity: Vec<EntityConfig>,
+    /// The Redis-protocol listener. See [`RespConfig`].
+    pub resp: RespConfig,
 }
 
 impl Default for Config {
@@ -178,6 +180,7 @@ impl Default for Config {
             near: None,
             auth: AuthConfig::default(),
             entity: Vec::new(),
+            resp: RespConfig::default(),
         }
     }
 }
@@ -284,6 +287,28 @@ impl<'de> Deserialize<'de> for EntityNear {
             _ => Err(serde::de::Error::custom(
                 "expected false, true or a table with capacity and ttl",
             )),
+        }
+    }
+}
+
+/// `[resp]`: the Redis-protocol listener (off unless `listen` is set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RespConfig {
+    /// The address to listen on, e.g. `127.0.0.1:7379`; absent: no listener. Default: none.
+    pub listen: Option<String>,
+    /// The most connections served at once; more are refused. Default: 10,000.
+    pub max_clients: usize,
+    /// A connection idle this long is closed; `0s`: never. Default: `5m`.
+    pub idle_timeout: Dur,
+}
+
+impl Default for RespConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_clients: 10_000,
+            idle_timeout: Dur(Duration::from_secs(300)),
         }
     }
 }
@@ -422,6 +447,10 @@ pub struct EntityConfig {
     /// Row reads (`GET /v1/{name}/{id}`, `GET /v1/{name}?ids=`) need no
     /// token even when one is set. Default: false (or `[auth] public_reads`).
     pub public_reads: bool,
+    /// Over the Redis protocol, `SET`/`HSET`/`DEL` write the row (PUT, PATCH,
+    /// DELETE) instead of being refused (`SET`, `HSET`) or invalidating
+    /// (`DEL`). Default: false.
+    pub resp_writes: bool,
 }
 
 impl Default for EntityConfig {
@@ -448,6 +477,7 @@ impl Default for EntityConfig {
             near: None,
             write_back: None,
             public_reads: false,
+            resp_writes: false,
         }
     }
 }
@@ -573,6 +603,22 @@ impl Config {
         })
     }
 
+    /// The Redis-protocol listen address, if one is configured.
+    pub fn resp_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(listen) = &self.resp.listen else {
+            return Ok(None);
+        };
+        listen.parse().map(Some).map_err(|e| {
+            ConfigError::new(
+                &self.file,
+                "resp.listen",
+                format!(
+                    "invalid address {listen:?}: {e} (write host:port, e.g. \"127.0.0.1:7379\")"
+                ),
+            )
+        })
+    }
+
     /// An error about `key` of this file.
     pub fn error(&self, key: impl Into<String>, problem: impl fmt::Display) -> ConfigError {
         ConfigError::new(&self.file, key, problem)
@@ -581,6 +627,10 @@ impl Config {
     /// Checks everything that can be checked without a database or store.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.resp_addr()?;
+        if self.resp.max_clients == 0 {
+            return Err(self.error("resp.max_clients", "must be at least 1"));
+        }
         if self.body_limit.0 == 0 {
             return Err(self.error("body_limit", "must be more than 0 bytes"));
         }

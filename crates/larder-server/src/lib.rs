@@ -10,10 +10,12 @@
 //! - [`http`]: the routes, errors, auth, stats/metrics and the OpenAPI document.
 //! - [`client`]: a tiny HTTP/1.1 client for `larder stats` (and tests).
 //! - [`query`]: read-only entities defined by a SQL query.
+//! - [`resp`]: the Redis protocol (`[resp] listen`): the same entities as `<entity>:<id>` keys.
 
 pub mod client;
 pub mod config;
 pub mod http;
 pub mod query;
+pub mod resp;
 pub mod serve;
 pub mod tags;

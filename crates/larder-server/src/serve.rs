@@ -49,6 +49,8 @@ struct StateInner {
     started: Instant,
     /// Listens for change notifications of the `cdc` entities.
     changes: tokio::sync::Mutex<Option<ChangeListener>>,
+    /// The Redis-protocol listener's counters.
+    resp: Arc<crate::resp::Shared>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -139,6 +141,11 @@ impl AppState {
     /// The cache store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// The Redis-protocol listener's counters (commands, connections).
+    pub fn resp(&self) -> &Arc<crate::resp::Shared> {
+        &self.inner.resp
     }
 
     /// How long the service has run.
@@ -291,6 +298,7 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
             read_token,
             started: Instant::now(),
             changes: tokio::sync::Mutex::new(changes),
+            resp: crate::resp::new_shared(),
         }),
     })
 }
@@ -552,11 +560,44 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with_resp(listener, None, state, shutdown).await
+}
+
+/// [`run`], plus the Redis protocol on `resp` (if given): both stop on
+/// `shutdown`, and the caches are closed once both have finished.
+pub async fn run_with_resp(
+    listener: TcpListener,
+    resp: Option<TcpListener>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let resp_task =
+        resp.map(|l| tokio::spawn(crate::resp::run(l, state.clone(), signal(stopped.clone()))));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
     let app = crate::http::app(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(signal(stopped))
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
+    if let Some(task) = resp_task {
+        if served.is_err() {
+            // HTTP failed without a shutdown signal: RESP stops with it.
+            task.abort();
+        }
+        match task.await {
+            Err(e) if e.is_cancelled() => {}
+            Ok(r) => r?,
+            Err(e) => tracing::error!(error = %e, "the RESP listener failed"),
+        }
+    }
+    served?;
     shutdown_caches(&state).await;
     Ok(())
 }

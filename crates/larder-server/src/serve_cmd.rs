@@ -22,6 +22,9 @@ pub(crate) struct ServeArgs {
     /// The address to listen on, overriding the config's `listen`.
     #[arg(long)]
     listen: Option<String>,
+    /// Serve the Redis protocol on this address, overriding `[resp] listen`.
+    #[arg(long, value_name = "ADDR")]
+    resp: Option<String>,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> Result<()> {
@@ -36,8 +39,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(resp) = args.resp {
+        config.resp.listen = Some(resp);
+    }
     let addr = config.listen_addr()?;
     serve::check_listen(&config, serve::token_of(&config).is_some())?;
+    larder_server::resp::check_listen(&config, serve::token_of(&config).is_some())?;
     let state = serve::start(config).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -46,9 +53,15 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     tracing::info!(%local, "listening");
     // The line tests and scripts wait for: everything is in place now.
     let mut out = std::io::stdout();
+    let resp = larder_server::resp::bind(state.config()).await?;
+    if let Some(resp) = &resp {
+        let local = resp.local_addr().context("reading the bound address")?;
+        tracing::info!(%local, "listening (Redis protocol)");
+        let _ = writeln!(out, "larder: listening on redis://{local}");
+    }
     let _ = writeln!(out, "larder: listening on http://{local}");
     let _ = out.flush();
-    serve::run(listener, state, shutdown_signal()).await?;
+    serve::run_with_resp(listener, resp, state, shutdown_signal()).await?;
     eprintln!("larder: stopped");
     Ok(())
 }

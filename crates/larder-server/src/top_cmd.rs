@@ -153,6 +153,27 @@ fn render(doc: &Value, before: Option<(&Value, Duration)>, url: &str) -> String 
     } else {
         out.push_str("\nno Redis figures\n");
     }
+    let resp = &doc["resp"];
+    let commands: u64 = resp["commands"]
+        .as_object()
+        .map_or(0, |c| c.values().filter_map(Value::as_u64).sum());
+    if resp["connections_total"].as_u64().unwrap_or(0) > 0 {
+        let was: u64 = before
+            .and_then(|(prev, _)| prev["resp"]["commands"].as_object())
+            .map_or(commands, |c| c.values().filter_map(Value::as_u64).sum());
+        let rate = match before {
+            Some((_, took)) if took.as_secs_f64() > 0.0 => format!(
+                " ({:.1}/s)",
+                commands.saturating_sub(was) as f64 / took.as_secs_f64()
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "resp: {} connections, {commands} commands{rate}",
+            resp["connections"].as_i64().unwrap_or(0)
+        );
+    }
     out
 }
 
@@ -183,5 +204,22 @@ mod tests {
         assert!(text.contains("used 1.0 MiB of no limit"), "{text}");
         let first = render(&now, None, "http://x");
         assert!(first.contains("users"), "{first}");
+    }
+
+    #[test]
+    fn the_resp_line_shows_connections_and_the_command_rate() {
+        let before = json!({ "resp": { "connections_total": 1, "commands": { "get": 10 } } });
+        let now = json!({ "resp": { "connections": 3, "connections_total": 4, "commands": { "get": 30, "ping": 2 } } });
+        let text = render(&now, Some((&before, Duration::from_secs(2))), "http://x");
+        assert!(
+            text.contains("resp: 3 connections, 32 commands (11.0/s)"),
+            "{text}"
+        );
+        let quiet = render(
+            &json!({ "resp": { "connections_total": 0 } }),
+            None,
+            "http://x",
+        );
+        assert!(!quiet.contains("resp:"), "{quiet}");
     }
 }

@@ -80,6 +80,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
         "uptime_s": state.uptime().as_secs(),
         "store": state.store().name(),
         "entities": entities,
+        "resp": crate::resp::stats_json(state.resp()),
         "redis": redis.map(|r| json!({
             "used_memory": r.used_memory,
             "maxmemory": r.maxmemory,

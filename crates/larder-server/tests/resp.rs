@@ -1,0 +1,546 @@
+//! The Redis protocol against real Redis and PostgreSQL, with redis-rs
+//! (RESP2 and RESP3) and raw sockets: a RESP listener on port 0 over the
+//! same state `larder serve` builds.
+
+mod support;
+
+use larder_server::serve::AppState;
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use std::time::{Duration, Instant};
+use support::{unique, Pg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const USERS: &str = "CREATE TABLE {t} (id bigint PRIMARY KEY, name text NOT NULL, email text, \
+                     team int NOT NULL DEFAULT 0, tags jsonb); \
+                     INSERT INTO {t} (id, name, email, team, tags) \
+                     SELECT i, 'user ' || i, 'u' || i || '@x', i % 10, '[\"a\"]' FROM generate_series(0, 99) i;";
+
+/// A running RESP listener; stops when dropped.
+struct Resp {
+    port: u16,
+    state: AppState,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Resp {
+    async fn start(state: AppState) -> Resp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(larder_server::resp::run(
+            listener,
+            state.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Resp {
+            port,
+            state,
+            _stop: stop,
+        }
+    }
+
+    async fn client(&self, resp3: bool) -> MultiplexedConnection {
+        let url = if resp3 {
+            format!("redis://127.0.0.1:{}/?protocol=resp3", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}/", self.port)
+        };
+        redis::Client::open(url)
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    }
+
+    /// Sends raw bytes on a fresh connection and reads until it closes or
+    /// `want` bytes arrived (or 5 s passed).
+    async fn raw(&self, bytes: &[u8], want: usize) -> (Vec<u8>, bool) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect");
+        s.write_all(bytes).await.expect("write");
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(Ok(0)) => return (got, true),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Err(_)) => return (got, true),
+                Err(_) => return (got, false),
+            }
+            if got.len() >= want {
+                return (got, false);
+            }
+        }
+    }
+}
+
+async fn users(extra: &str) -> (Pg, String, Resp) {
+    let mut pg = Pg::connect().await;
+    let t = unique("resp_users");
+    pg.exec(&t, USERS).await;
+    let toml = support::pg_config(
+        &unique("r"),
+        &format!(
+            "[[entity]]\nname = \"users\"\ntable = \"{t}\"\n\
+             [[entity]]\nname = \"wusers\"\ntable = \"{t}\"\nresp_writes = true\n{extra}"
+        ),
+    );
+    let state = support::state(&toml).await;
+    (pg, t, Resp::start(state).await)
+}
+
+async fn query<T: redis::FromRedisValue>(
+    con: &mut MultiplexedConnection,
+    args: &[&str],
+) -> redis::RedisResult<T> {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query_async(con).await
+}
+
+fn row(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).expect("json row")
+}
+
+#[tokio::test]
+async fn rows_read_through_over_resp2_and_resp3() {
+    let (_pg, _t, resp) = users("").await;
+    for resp3 in [false, true] {
+        let mut con = resp.client(resp3).await;
+        let got: String = query(&mut con, &["GET", "users:000000000042"])
+            .await
+            .expect("an answer");
+        assert_eq!(
+            row(&got),
+            serde_json::json!({"id": 42, "name": "user 42", "email": "u42@x", "team": 2, "tags": ["a"]})
+        );
+        let none: Option<String> = query(&mut con, &["GET", "users:4242"])
+            .await
+            .expect("an answer");
+        assert_eq!(none, None, "no row is nil");
+        let many: Vec<Option<String>> =
+            query(&mut con, &["MGET", "users:1", "users:999", "wusers:2"])
+                .await
+                .expect("an answer");
+        assert_eq!(many.len(), 3);
+        assert_eq!(row(many[0].as_deref().expect("an answer"))["id"], 1);
+        assert_eq!(many[1], None);
+        assert_eq!(row(many[2].as_deref().expect("an answer"))["id"], 2);
+        let all: std::collections::HashMap<String, String> =
+            query(&mut con, &["HGETALL", "users:5"])
+                .await
+                .expect("an answer");
+        assert_eq!(all["name"], "user 5", "text columns are plain text");
+        assert_eq!(all["team"], "5");
+        assert_eq!(all["tags"], "[\"a\"]", "other columns are JSON text");
+        let empty: std::collections::HashMap<String, String> =
+            query(&mut con, &["HGETALL", "users:555"])
+                .await
+                .expect("an answer");
+        assert!(empty.is_empty());
+        let name: Option<String> = query(&mut con, &["HGET", "users:5", "name"])
+            .await
+            .expect("an answer");
+        assert_eq!(name.as_deref(), Some("user 5"));
+        let fields: Vec<Option<String>> = query(&mut con, &["HMGET", "users:5", "email", "nope"])
+            .await
+            .expect("an answer");
+        assert_eq!(fields, vec![Some("u5@x".to_owned()), None]);
+        let n: i64 = query(&mut con, &["EXISTS", "users:1", "users:1", "users:777"])
+            .await
+            .expect("an answer");
+        assert_eq!(n, 2);
+        let ttl: i64 = query(&mut con, &["TTL", "users:1"])
+            .await
+            .expect("an answer");
+        assert!(ttl > 0 && ttl <= 60, "{ttl}");
+        let ttl: i64 = query(&mut con, &["PTTL", "users:777"])
+            .await
+            .expect("an answer");
+        assert_eq!(ttl, -2);
+        let hello: Value = query(&mut con, &["HELLO", if resp3 { "3" } else { "2" }])
+            .await
+            .expect("an answer");
+        let is_map = matches!(hello, Value::Map(_));
+        assert_eq!(is_map, resp3, "RESP3 answers maps: {hello:?}");
+    }
+    let stats = resp.state.entity("users").expect("an answer").cache.stats();
+    assert!(stats.total_reads() >= 20, "reads are counted: {stats:?}");
+}
+
+#[tokio::test]
+async fn del_invalidates_and_set_is_refused_unless_resp_writes() {
+    let (pg, t, resp) = users("").await;
+    let mut con = resp.client(false).await;
+    let before: String = query(&mut con, &["GET", "users:7"])
+        .await
+        .expect("an answer");
+    assert_eq!(row(&before)["name"], "user 7");
+    pg.scalar_text(&format!(
+        "UPDATE {t} SET name = 'renamed' WHERE id = 7 RETURNING name"
+    ))
+    .await;
+    let cached: String = query(&mut con, &["GET", "users:7"])
+        .await
+        .expect("an answer");
+    assert_eq!(row(&cached)["name"], "user 7", "still cached");
+    let n: i64 = query(&mut con, &["DEL", "users:7", "users:0007"])
+        .await
+        .expect("an answer");
+    assert_eq!(n, 2, "each key invalidated counts");
+    let fresh: String = query(&mut con, &["GET", "users:7"])
+        .await
+        .expect("an answer");
+    assert_eq!(
+        row(&fresh)["name"],
+        "renamed",
+        "DEL made the next GET fresh"
+    );
+    let err = query::<String>(&mut con, &["SET", "users:7", "{\"name\": \"x\"}"])
+        .await
+        .expect_err("an error answer");
+    assert!(err.to_string().contains("read-through over RESP"), "{err}");
+    let err = query::<i64>(&mut con, &["HSET", "users:7", "name", "x"])
+        .await
+        .expect_err("an error answer");
+    assert!(err.to_string().contains("read-through over RESP"), "{err}");
+    let name = pg
+        .scalar_text(&format!("SELECT name FROM {t} WHERE id = 7"))
+        .await;
+    assert_eq!(name.as_deref(), Some("renamed"), "nothing was written");
+    let unlink: i64 = query(&mut con, &["UNLINK", "users:8"])
+        .await
+        .expect("an answer");
+    assert_eq!(unlink, 1);
+}
+
+#[tokio::test]
+async fn resp_writes_make_set_hset_and_del_write_the_database() {
+    let (pg, t, resp) = users("").await;
+    let mut con = resp.client(true).await;
+    let ok: String = query(
+        &mut con,
+        &["SET", "wusers:500", r#"{"name": "new", "team": 4}"#],
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(ok, "OK");
+    let db = pg
+        .scalar_text(&format!(
+            "SELECT name || ':' || team FROM {t} WHERE id = 500"
+        ))
+        .await;
+    assert_eq!(db.as_deref(), Some("new:4"));
+    let got: String = query(&mut con, &["GET", "wusers:500"])
+        .await
+        .expect("an answer");
+    assert_eq!(row(&got)["name"], "new");
+    let err = query::<String>(
+        &mut con,
+        &["SET", "wusers:500", r#"{"name": "x"}"#, "NX", "EX", "10"],
+    )
+    .await
+    .expect_err("an error answer");
+    assert!(err.to_string().contains("NX EX 10"), "options named: {err}");
+    let err = query::<String>(&mut con, &["SET", "wusers:500", r#"{"nope": 1}"#])
+        .await
+        .expect_err("an error answer");
+    assert!(err.to_string().contains("unknown_column"), "{err}");
+    let err = query::<String>(
+        &mut con,
+        &["SET", "wusers:500", r#"{"name": "x", "team": "t"}"#],
+    )
+    .await
+    .expect_err("an error answer");
+    assert!(err.to_string().contains("type_mismatch"), "{err}");
+    let err = query::<String>(&mut con, &["SET", "wusers:abc", r#"{"name": "x"}"#])
+        .await
+        .expect_err("an error answer");
+    assert!(err.to_string().contains("bad_id"), "{err}");
+    let n: i64 = query(
+        &mut con,
+        &["HSET", "wusers:500", "team", "9", "email", "n@x"],
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(n, 2);
+    let db = pg
+        .scalar_text(&format!(
+            "SELECT team || ':' || email FROM {t} WHERE id = 500"
+        ))
+        .await;
+    assert_eq!(db.as_deref(), Some("9:n@x"));
+    let err = query::<i64>(&mut con, &["HSET", "wusers:9999", "team", "1"])
+        .await
+        .expect_err("an error answer");
+    assert!(err.to_string().contains("not_found"), "{err}");
+    let n: i64 = query(&mut con, &["DEL", "wusers:500"])
+        .await
+        .expect("an answer");
+    assert_eq!(n, 1);
+    let gone = pg
+        .scalar_text(&format!("SELECT count(*)::text FROM {t} WHERE id = 500"))
+        .await;
+    assert_eq!(gone.as_deref(), Some("0"));
+    let none: Option<String> = query(&mut con, &["GET", "wusers:500"])
+        .await
+        .expect("an answer");
+    assert_eq!(none, None);
+}
+
+#[tokio::test]
+async fn errors_are_worded_as_redis_words_them() {
+    let (_pg, _t, resp) = users("").await;
+    let mut con = resp.client(false).await;
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["FOO", "a", "b"],
+            "unknown command 'FOO', with args beginning with: 'a' 'b'",
+        ),
+        (&["GET"], "wrong number of arguments for 'get' command"),
+        (
+            &["HGET", "users:1"],
+            "wrong number of arguments for 'hget' command",
+        ),
+        (
+            &["CLIENT", "SETNAME"],
+            "wrong number of arguments for 'client|setname' command",
+        ),
+        (
+            &["CLIENT", "FOO"],
+            "unknown subcommand 'FOO'. Try CLIENT HELP.",
+        ),
+        (&["SELECT", "1"], "DB index is out of range"),
+        (&["GET", "nobody:1"], "unknown_entity"),
+        (&["GET", "nokey"], "unknown_entity"),
+        (&["GET", "users:x1"], "bad_id"),
+        (&["LRANGE", "users:1", "0", "1"], "wrong kind of value"),
+        (&["MULTI"], "not supported"),
+        (&["FLUSHDB"], "not supported"),
+        (&["KEYS", "*"], "not supported"),
+        (&["SUBSCRIBE", "x"], "not supported"),
+        (&["AUTH", "x"], "without any password configured"),
+    ];
+    for (args, want) in cases {
+        let err = query::<Value>(&mut con, args)
+            .await
+            .expect_err("an error answer");
+        assert!(err.to_string().contains(want), "{args:?}: {err}");
+    }
+    let pong: String = query(&mut con, &["PING"]).await.expect("an answer");
+    assert_eq!(pong, "PONG");
+    let ok: String = query(&mut con, &["SELECT", "0"]).await.expect("an answer");
+    assert_eq!(ok, "OK");
+    // The exact bytes, as redis-cli would print them.
+    let (got, _) = resp
+        .raw(b"*3\r\n$3\r\nFOO\r\n$1\r\na\r\n$1\r\nb\r\n", 60)
+        .await;
+    assert_eq!(
+        got,
+        b"-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n".to_vec()
+    );
+}
+
+#[tokio::test]
+async fn malformed_input_answers_a_protocol_error_and_closes() {
+    let (_pg, _t, resp) = users("").await;
+    let cases: &[(&[u8], &[u8])] = &[
+        (
+            b"*1\r\n+x\r\n",
+            b"-ERR Protocol error: expected '$', got '+'\r\n",
+        ),
+        (
+            b"*x\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*1\r\n$x\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"get \"a\r\n",
+            b"-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
+        // Over body_limit (1 MiB): refused on the claimed length alone.
+        (
+            b"*2\r\n$3\r\nSET\r\n$2000000\r\n",
+            b"-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*99999999999\r\n",
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        // Commands before the error are answered first.
+        (
+            b"PING\r\n*1\r\n+x\r\n",
+            b"+PONG\r\n-ERR Protocol error: expected '$', got '+'\r\n",
+        ),
+    ];
+    for (input, want) in cases {
+        let (got, closed) = resp.raw(input, usize::MAX).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "{input:?}"
+        );
+        assert!(closed, "closed after {input:?}");
+    }
+    let (got, _) = resp.raw(b"PING\r\nECHO 'hi there'\r\n", 21).await;
+    assert_eq!(
+        got,
+        b"+PONG\r\n$8\r\nhi there\r\n".to_vec(),
+        "inline commands"
+    );
+}
+
+#[tokio::test]
+async fn pipelined_commands_are_answered_in_order_and_counted() {
+    let (_pg, _t, resp) = users("").await;
+    let mut con = resp.client(false).await;
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.cmd("GET").arg(format!("users:{i}"));
+        if i % 10 == 0 {
+            pipe.cmd("PING");
+            pipe.cmd("GET").arg("users:5000");
+        }
+    }
+    let answers: Vec<Value> = pipe.query_async(&mut con).await.expect("an answer");
+    let mut k = 0;
+    for i in 0..50 {
+        let Value::BulkString(bytes) = &answers[k] else {
+            panic!("answer {k}: {:?}", answers[k]);
+        };
+        assert_eq!(row(std::str::from_utf8(bytes).expect("an answer"))["id"], i);
+        k += 1;
+        if i % 10 == 0 {
+            assert_eq!(answers[k], Value::SimpleString("PONG".into()));
+            assert_eq!(answers[k + 1], Value::Nil);
+            k += 2;
+        }
+    }
+    let stats = resp.state.entity("users").expect("an answer").cache.stats();
+    assert_eq!(stats.total_reads(), 55, "every GET is one read");
+    let commands = larder_server::resp::stats_json(resp.state.resp());
+    assert!(
+        commands["commands"]["get"].as_u64().expect("an answer") >= 55,
+        "{commands}"
+    );
+    assert_eq!(commands["commands"]["ping"].as_u64(), Some(5), "{commands}");
+    assert!(
+        commands["connections"].as_i64().expect("an answer") >= 1,
+        "{commands}"
+    );
+    let metrics = larder_server::http::metrics::install().render();
+    assert!(
+        metrics.contains("larder_resp_commands_total{command=\"ping\"}"),
+        "commands by name are on /metrics"
+    );
+    assert!(
+        metrics.contains("larder_resp_connections"),
+        "connections gauge"
+    );
+}
+
+#[tokio::test]
+async fn a_token_gates_every_command_but_auth_hello_ping_and_quit() {
+    let var = unique("RESP_TOKEN").to_uppercase();
+    std::env::set_var(&var, "s3cret");
+    let (_pg, _t, resp) = users(&format!("[auth]\ntoken_env = \"{var}\"\n")).await;
+    let (got, _) = resp
+        .raw(b"GET users:1\r\nPING\r\nHELLO 3\r\nAUTH nope\r\n", 400)
+        .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with(
+            "-NOAUTH Authentication required.\r\n+PONG\r\n-NOAUTH HELLO must be called"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
+        "{text}"
+    );
+    let (got, _) = resp
+        .raw(b"AUTH default s3cret\r\nGET users:404\r\n", 10)
+        .await;
+    assert_eq!(got, b"+OK\r\n$-1\r\n".to_vec());
+    let url = format!("redis://:s3cret@127.0.0.1:{}/?protocol=resp3", resp.port);
+    let mut con = redis::Client::open(url)
+        .expect("an answer")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis-rs authenticates with HELLO 3 AUTH");
+    let got: String = query(&mut con, &["GET", "users:3"])
+        .await
+        .expect("an answer");
+    assert_eq!(row(&got)["id"], 3);
+}
+
+#[tokio::test]
+async fn connections_over_max_clients_are_refused() {
+    let (_pg, _t, resp) = users("").await;
+    drop(resp);
+    let mut pg = Pg::connect().await;
+    let t = unique("resp_max");
+    pg.exec(&t, USERS).await;
+    let toml = support::pg_config(
+        &unique("r"),
+        &format!("[resp]\nmax_clients = 1\n[[entity]]\nname = \"users\"\ntable = \"{t}\"\n"),
+    );
+    let resp = Resp::start(support::state(&toml).await).await;
+    let mut first = resp.client(false).await;
+    let pong: String = query(&mut first, &["PING"]).await.expect("an answer");
+    assert_eq!(pong, "PONG");
+    let (got, closed) = resp.raw(b"PING\r\n", usize::MAX).await;
+    assert_eq!(got, b"-ERR max number of clients reached\r\n".to_vec());
+    assert!(closed);
+    let info: String = query(&mut first, &["INFO", "clients"])
+        .await
+        .expect("an answer");
+    assert!(info.contains("rejected_connections:1"), "{info}");
+}
+
+#[tokio::test]
+async fn a_write_back_entity_with_its_store_down_answers_tryagain() {
+    let mut redis = support::redis_server::RedisServer::start();
+    let mut pg = Pg::connect().await;
+    let t = unique("resp_wb");
+    pg.exec(&t, USERS).await;
+    let toml = format!(
+        "[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"{}\"\npool = 2\n\
+         [[entity]]\nname = \"users\"\ntable = \"{t}\"\nwrite = \"back\"\nresp_writes = true\n\
+         [entity.write_back]\nrequire_durable = false\n",
+        redis.url(),
+        unique("r"),
+        support::pg_url()
+    );
+    let resp = Resp::start(support::state(&toml).await).await;
+    let mut con = resp.client(false).await;
+    let ok: String = query(&mut con, &["SET", "users:1", r#"{"name": "queued"}"#])
+        .await
+        .expect("an answer");
+    assert_eq!(ok, "OK");
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match query::<String>(&mut con, &["SET", "users:2", r#"{"name": "lost"}"#]).await {
+            Err(e) if e.code() == Some("TRYAGAIN") => break,
+            other => assert!(Instant::now() < deadline, "no TRYAGAIN: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = query::<Option<String>>(&mut con, &["GET", "users:1"])
+        .await
+        .expect_err("an error answer");
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+}
