@@ -132,7 +132,7 @@ impl Source<Account> for Paused {
     async fn flush(
         &self,
         batch: FlushBatch<'_, Account>,
-    ) -> larder::Result<Vec<(String, Account)>> {
+    ) -> larder::Result<larder::source::Flushed<Account>> {
         let flushed = self.inner.flush(batch).await;
         self.gate.pass().await;
         flushed

@@ -171,7 +171,7 @@ where
                     "closing: the flusher's round outlasted the close; nothing drained"
                 );
                 self.deliver_invalidations(Duration::ZERO).await;
-            return self.closed_with(state, None).await;
+                return self.closed_with(state, None).await;
             }
         }
         let mut failures = 0;
