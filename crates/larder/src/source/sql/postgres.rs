@@ -5,7 +5,9 @@
 //! converts each JSON value to its column's type.
 
 use super::classify;
-use super::schema::{quote, KeyType, KeyValue, Kind, RawColumn, RawRelation, Schema, TableName};
+use super::schema::{
+    quote, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
+};
 use crate::error::{Error, Result};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
@@ -56,7 +58,8 @@ pub(super) async fn describe(
         "SELECT a.attnum::int4, a.attname::text, format_type(a.atttypid, a.atttypmod),
                 t.typname::text, t.typcategory::text, a.attnotnull,
                 (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''),
-                a.attgenerated <> ''
+                a.attgenerated <> '',
+                (CASE WHEN d.typtype = 'd' THEN d.typtypmod ELSE a.atttypmod END)::int4
            FROM pg_catalog.pg_attribute a
            JOIN pg_catalog.pg_type d ON d.oid = a.atttypid
            JOIN pg_catalog.pg_type t
@@ -78,6 +81,7 @@ pub(super) async fn describe(
         let typname: String = row.try_get(3).map_err(err)?;
         let category: String = row.try_get(4).map_err(err)?;
         let generated: bool = row.try_get(7).map_err(err)?;
+        let typmod: i32 = row.try_get(8).map_err(err)?;
         if name == key {
             key_attnum = Some(attnum);
             key_type = match typname.as_str() {
@@ -88,6 +92,7 @@ pub(super) async fn describe(
             };
         }
         columns.push(RawColumn {
+            limits: limits(&typname, typmod),
             kind: if generated {
                 Kind::Generated
             } else {
@@ -133,6 +138,26 @@ pub(super) async fn describe(
         read_only,
         key_type,
     })
+}
+
+/// The range of an integer type and the length of a `varchar(n)` /
+/// `char(n)` (whose type modifier is `n + 4`), by base type name.
+fn limits(typname: &str, typmod: i32) -> Limits {
+    let int_range = match typname {
+        "int2" => Some((i64::from(i16::MIN), i64::from(i16::MAX))),
+        "int4" => Some((i64::from(i32::MIN), i64::from(i32::MAX))),
+        "int8" => Some((i64::MIN, i64::MAX)),
+        "oid" => Some((0, i64::from(u32::MAX))),
+        _ => None,
+    };
+    let max_chars = match typname {
+        "varchar" | "bpchar" if typmod >= 4 => usize::try_from(typmod - 4).ok(),
+        _ => None,
+    };
+    Limits {
+        int_range,
+        max_chars,
+    }
 }
 
 /// Which JSON values a PostgreSQL type accepts.

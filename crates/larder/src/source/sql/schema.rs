@@ -24,6 +24,31 @@ pub struct ColumnInfo {
     pub has_default: bool,
     /// Whether this is the key column.
     pub is_key: bool,
+    /// The limits the database enforces on the column's values.
+    limits: Limits,
+}
+
+impl ColumnInfo {
+    /// Inclusive range of an integer column (smallint/integer/bigint; SQLite INTEGER = i64), None otherwise.
+    pub fn int_range(&self) -> Option<(i64, i64)> {
+        self.limits.int_range
+    }
+
+    /// Maximum length in characters of a varchar(n)/char(n) column, None otherwise.
+    ///
+    /// SQLite does not enforce declared lengths, so its columns have none.
+    pub fn max_chars(&self) -> Option<usize> {
+        self.limits.max_chars
+    }
+}
+
+/// What the database enforces on a column's values, beyond their JSON kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The inclusive range of an integer column.
+    pub(crate) int_range: Option<(i64, i64)>,
+    /// The longest string (in characters) a `varchar(n)` / `char(n)` holds.
+    pub(crate) max_chars: Option<usize>,
 }
 
 /// Which JSON values a column accepts; also how SQLite renders it.
@@ -168,6 +193,7 @@ pub(crate) struct RawColumn {
     pub(crate) not_null: bool,
     pub(crate) has_default: bool,
     pub(crate) kind: Kind,
+    pub(crate) limits: Limits,
 }
 
 /// What the database said about a relation.
@@ -264,6 +290,7 @@ impl Schema {
                     sql_type: c.sql_type,
                     not_null: c.not_null,
                     has_default: c.has_default,
+                    limits: c.limits,
                 })
                 .collect(),
             key_type: raw.key_type,

@@ -7,7 +7,9 @@
 //! columns with `->`, so they are stored as JSON text).
 
 use super::classify;
-use super::schema::{quote, KeyType, KeyValue, Kind, RawColumn, RawRelation, Schema, TableName};
+use super::schema::{
+    quote, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
+};
 use crate::error::{Error, Result};
 use serde_json::Value;
 use sqlx::{Row, SqlitePool};
@@ -66,8 +68,16 @@ pub(super) async fn describe(
                 key_type = KeyType::Integer;
             }
         }
+        let kind = kind(&upper);
+        // Integer affinity stores 64-bit integers (larger ones become REAL);
+        // declared lengths (`VARCHAR(20)`) are not enforced by SQLite.
+        let limits = Limits {
+            int_range: (kind == Kind::LooseInteger).then_some((i64::MIN, i64::MAX)),
+            max_chars: None,
+        };
         columns.push(RawColumn {
-            kind: kind(&upper),
+            kind,
+            limits,
             name: col,
             sql_type,
             not_null,
