@@ -310,6 +310,7 @@ impl SqlSource {
         .map_err(|e| classify(self.entity(), e))?;
         rows.into_iter()
             .map(|(id, json)| {
+                let id = self.stored_id(id);
                 let raw = self.raw_json(&id, json)?;
                 Ok((id, raw))
             })
@@ -335,6 +336,7 @@ impl SqlSource {
         .map_err(|e| classify(self.entity(), e))?;
         rows.into_iter()
             .map(|(id, json)| {
+                let id = self.stored_id(id);
                 let raw = self.raw_json(&id, json)?;
                 Ok((id, raw))
             })
@@ -507,7 +509,10 @@ impl SqlSource {
         order: Vec<String>,
         stored: Vec<(String, String)>,
     ) -> Result<Vec<(String, RawJson)>> {
-        let mut by_id: HashMap<String, String> = stored.into_iter().collect();
+        let mut by_id: HashMap<String, String> = stored
+            .into_iter()
+            .map(|(id, json)| (self.stored_id(id), json))
+            .collect();
         let mut out = Vec::with_capacity(order.len());
         for id in order {
             let Some(json) = by_id.remove(&id) else {
@@ -523,6 +528,16 @@ impl SqlSource {
             out.push((id, raw));
         }
         Ok(out)
+    }
+
+    /// The canonical id of a key as the database returned it: a row stored
+    /// under another spelling (`'Alice'` in a citext column) is the entry
+    /// of every spelling.
+    fn stored_id(&self, raw: String) -> String {
+        match self.inner.schema.canonical(&raw) {
+            Ok(key) => key.text,
+            Err(_) => raw,
+        }
     }
 
     fn raw_json(&self, id: &str, json: String) -> Result<RawJson> {
