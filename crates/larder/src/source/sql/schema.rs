@@ -652,4 +652,51 @@ mod tests {
         assert!(canonical_uuid("123e4567e-89b-12d3-a456-426614174000").is_none());
         assert!(canonical_uuid("nope").is_none());
     }
+
+    fn key_types() -> Vec<KeyType> {
+        vec![
+            KeyType::BIGINT,
+            KeyType::Integer {
+                min: i64::from(i16::MIN),
+                max: i64::from(i16::MAX),
+            },
+            KeyType::Uuid,
+            KeyType::exact_text(),
+            KeyType::Text(TextKey {
+                fold: Fold::Ascii,
+                ..TextKey::default()
+            }),
+            KeyType::Text(TextKey {
+                fold: Fold::AsciiOnly,
+                cast: Some("citext"),
+                ..TextKey::default()
+            }),
+            KeyType::Text(TextKey {
+                trim_trailing_blanks: true,
+                max_chars: Some(5),
+                cast: Some("bpchar"),
+                ..TextKey::default()
+            }),
+            KeyType::Text(TextKey {
+                max_bytes: Some(63),
+                ..TextKey::default()
+            }),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Never a panic; the canonical form of a canonical id is itself.
+        #[test]
+        fn canonicalisation_is_idempotent(raw in "(?s).{0,40}|[+-]?0*[0-9]{1,20}|[0-9a-fA-F-]{32,36}|[a-zA-Z ]{0,8}") {
+            for kt in key_types() {
+                if let Ok(k) = canonical_key(&kt, &raw) {
+                    let again = canonical_key(&kt, &k.text).expect("a canonical id is valid");
+                    prop_assert_eq!(&again.text, &k.text, "{:?}", kt);
+                    prop_assert_eq!(again.int, k.int);
+                }
+            }
+        }
+    }
 }
