@@ -983,4 +983,33 @@ mod tests {
         assert_eq!(ByteSize::parse("10"), Ok(ByteSize(10)));
         assert!(ByteSize::parse("MiB").is_err());
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Lines that look like the config's own TOML, shuffled and mutated.
+        fn tomlish() -> impl Strategy<Value = String> {
+            let line = prop_oneof![
+                Just("[[entity]]".to_owned()),
+                Just("[store]".to_owned()),
+                Just("[source]".to_owned()),
+                Just("[near]".to_owned()),
+                Just("[auth]".to_owned()),
+                "(name|table|key|ttl|stale|shards|write|url|pool|listen|body_limit|columns|tags|capacity) = (\"[a-z0-9_ .:/-]{0,12}\"|[0-9-]{1,22}|true|\\[\"[a-z]{0,4}\"\\]|\\{\\}|[0-9]{1,6}(ms|s|m|h|KiB|MiB)?)",
+                "(?s).{0,30}",
+            ];
+            proptest::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            /// Never a panic, whatever the text.
+            #[test]
+            fn the_parser_never_panics(text in tomlish()) {
+                let _ = Config::parse(&text, "fuzz.toml");
+                let _ = Config::parse(&format!("{MIN}{text}"), "fuzz.toml");
+            }
+        }
+    }
 }

@@ -192,8 +192,26 @@ mod tests {
             prop_assert_eq!(decoded, env);
         }
 
+        /// Valid envelopes truncated or with one byte changed: an error or
+        /// an envelope, never a panic.
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn damaged_envelopes_never_panic(fresh in any::<u64>(), stale in any::<u64>(), load in any::<u32>(),
+                       payload in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+                       stamp in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+                       cut in any::<proptest::sample::Index>(), at in any::<proptest::sample::Index>(),
+                       byte in any::<u8>()) {
+            let env = Envelope { fresh_until: fresh, stale_until: stale, load_us: load,
+                                 payload: payload.map(Bytes::from), stamp: stamp.map(Bytes::from) };
+            let bytes = env.encode().to_vec();
+            let mut changed = bytes.clone();
+            let i = at.index(changed.len());
+            changed[i] = byte;
+            let _ = Envelope::decode(Bytes::from(changed));
+            let _ = Envelope::decode(Bytes::from(bytes[..cut.index(bytes.len() + 1)].to_vec()));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Envelope::decode(Bytes::from(bytes));
         }
     }

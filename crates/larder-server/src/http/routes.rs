@@ -7,7 +7,7 @@
 //! no re-encode).
 
 use super::error::{clip, ApiError};
-use super::validate::{check_row, fill_absent, json_object, Write};
+use super::validate::{check_row, json_object, Write};
 use crate::config::WriteMode;
 use crate::serve::{AppState, Entity};
 use axum::body::{Body, Bytes};
@@ -281,15 +281,16 @@ fn whole_numbers_as_integers(e: &Entity, row: &mut serde_json::Map<String, serde
     }
 }
 
-/// `PUT /v1/{entity}/{id}`: replaces the row, creating it if absent.
+/// `PUT /v1/{entity}/{id}`: writes the given columns, creating the row if
+/// absent. Columns the body leaves out keep their stored value (a new row:
+/// their default, or NULL), with or without a default.
 pub async fn put_row(
     State(state): State<AppState>,
     Path((name, raw_id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (e, id, mut row) = write_request(&state, &name, &raw_id, &headers, body, Write::Replace)?;
-    fill_absent(e, &mut row);
+    let (e, id, row) = write_request(&state, &name, &raw_id, &headers, body, Write::Replace)?;
     let raw = RawJson::from_bytes(serde_json::Value::Object(row).to_string())
         .map_err(|_| ApiError::internal())?;
     let written = e.cache.put(&id, &raw).await.map_err(engine(e))?;
@@ -346,6 +347,14 @@ pub async fn invalidate_tag(
     State(state): State<AppState>,
     Path(tag): Path<String>,
 ) -> Result<Response, ApiError> {
+    // Checked here too: with no tagged entity the loop below checks nothing.
+    if tag.is_empty() || tag.len() > larder::MAX_TAG_LEN {
+        return Err(ApiError::bad_request(format!(
+            "a tag is 1 to {} bytes, this one has {}",
+            larder::MAX_TAG_LEN,
+            tag.len()
+        )));
+    }
     for e in state
         .entities()
         .iter()

@@ -6,7 +6,10 @@
 //! distinction is its message text. So the service decides unknown, absent
 //! and null columns itself from `SqlSource::columns()` (names, NOT NULL,
 //! defaults), and leaves only the JSON-type check to the library's
-//! `validate_row`, whose remaining refusals are type mismatches.
+//! `validate_row`, whose remaining refusals are type mismatches: wrong JSON
+//! types, NUL characters in strings, integers beyond their column's range
+//! and strings longer than their `varchar(n)`. Ids are canonicalised by the
+//! library before this runs, and refused (`bad_id`) if they cannot be keys.
 
 use super::error::{clip, unsupported_media_type, ApiError};
 use crate::serve::{Entity, EntitySource};
@@ -47,7 +50,10 @@ pub fn json_object(
 /// Whether a write replaces the row (PUT) or merges into it (PATCH).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Write {
-    /// PUT: absent NOT NULL columns without a default are refused.
+    /// PUT: absent NOT NULL columns without a default are refused (a new
+    /// row could not be created without them); other absent columns keep
+    /// their stored value, or take their default (NULL without one) in a
+    /// new row.
     Replace,
     /// PATCH: only the given columns are checked; at least one is needed.
     Merge,
@@ -136,16 +142,4 @@ pub fn check_row(
             .map_err(|e| ApiError::from_engine(entity.name(), &e))?;
     }
     Ok(())
-}
-
-/// PUT replaces the row: configured columns the body leaves out that have
-/// no default are set to NULL (the library's upsert would keep their old
-/// value on update). Columns with a default keep their value on update —
-/// the library has no "reset to default" (see the report).
-pub fn fill_absent(entity: &Entity, row: &mut Map<String, Value>) {
-    for c in entity.columns() {
-        if !c.is_key && !c.not_null && !c.has_default && !row.contains_key(&c.name) {
-            row.insert(c.name.clone(), Value::Null);
-        }
-    }
 }

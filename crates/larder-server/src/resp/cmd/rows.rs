@@ -12,7 +12,7 @@
 
 use super::{Args, Ctx, Spec};
 use crate::http::error::ApiError;
-use crate::http::validate::{check_row, fill_absent, Write};
+use crate::http::validate::{check_row, Write};
 use crate::resp::reply;
 use crate::serve::{AppState, Entity};
 use bytes::BytesMut;
@@ -380,7 +380,7 @@ pub async fn set(ctx: &mut Ctx<'_>, args: Args<'_>) {
         Ok(id) => id,
         Err(err) => return reply::error(ctx.out, &engine_line(e, &err)),
     };
-    let mut row = match serde_json::from_slice::<Value>(args.get(2)) {
+    let row = match serde_json::from_slice::<Value>(args.get(2)) {
         Ok(Value::Object(row)) => row,
         Ok(_) => {
             return reply::error(
@@ -398,7 +398,6 @@ pub async fn set(ctx: &mut Ctx<'_>, args: Args<'_>) {
     if let Err(err) = check_row(e, &id, &row, Write::Replace) {
         return reply::error(ctx.out, &api_line(&err));
     }
-    fill_absent(e, &mut row);
     let Ok(value) = RawJson::from_bytes(Value::Object(row).to_string()) else {
         return reply::error(ctx.out, "ERR internal the row could not be encoded");
     };

@@ -5,10 +5,22 @@
 //! serde makes of that JSON. The table's schema is read once, at
 //! [`SqlSourceBuilder::build`]:
 //!
-//! - ids are canonicalised by the key column's type (`"007"` → `"7"` for an
-//!   integer key, lowercase hyphenated uuids, text unchanged);
+//! - ids are canonicalised as the database compares keys, so every spelling
+//!   the database calls equal is one cache entry: `"007"` → `"7"` within an
+//!   integer column's range, lowercase hyphenated uuids, text unchanged
+//!   (within a `varchar(n)`), `char(n)` and SQLite `RTRIM` without trailing
+//!   blanks, `citext` and SQLite `NOCASE` with ASCII letters lowercased
+//!   (non-ASCII `citext` ids are refused unless the collation's ctype is
+//!   `C`/`POSIX`); NUL is refused in every id. Key types that cannot promise
+//!   one entry per row (numeric, floats, dates, timestamps, other types,
+//!   non-deterministic collations, SQLite REAL/NUMERIC affinity, other
+//!   collations) are refused at build with [`Error::Config`] naming the
+//!   table, the column and its type. Rows the database returns under
+//!   another spelling (`'Alice'` for `alice`) carry the canonical id;
 //! - rows to write are checked against the column definitions before any SQL
-//!   runs (unknown columns, wrong JSON types, `null` into `NOT NULL`);
+//!   runs (unknown columns, wrong JSON types, `null` into `NOT NULL`, NUL in
+//!   strings, integers beyond the column's range, strings longer than a
+//!   PostgreSQL `varchar(n)`/`char(n)`, in characters);
 //! - views, and tables without a unique index on exactly the key column, are
 //!   read-only.
 //!
@@ -18,8 +30,10 @@
 //!   distinct set of columns in the batch (in one transaction), with the rows
 //!   bound as one JSON parameter. The batch is first de-duplicated to the
 //!   last write per id.
-//! - An upsert names only the columns present in the row: on insert, absent
-//!   columns take their default; on update, they keep their value.
+//! - An upsert names only the columns present in the row: absent columns
+//!   keep their stored value, whether they have a default or not; a new row
+//!   gets their default (NULL without one). Generated and `GENERATED ALWAYS`
+//!   identity columns are never written.
 //! - Database errors are classified where they arise, by SQLSTATE (SQLite:
 //!   result code) and backend: connection, resource, lock, serialization
 //!   and deadlock errors, and driver errors without a code (I/O, pool
@@ -275,8 +289,10 @@ impl SqlSource {
 
     /// The canonical form of an id for the key column's type: integers in
     /// decimal without sign or leading zeros (`"+007"` → `"7"`), uuids
-    /// lowercase hyphenated, text unchanged. Ids that do not fit the type,
-    /// and empty ids, are [`Error::InvalidId`].
+    /// lowercase hyphenated, text as the column compares it (see the
+    /// [module docs](self)). Ids that do not fit the column (beyond its
+    /// range or length, a NUL character), and empty ids, are
+    /// [`Error::InvalidId`].
     pub fn canonical_id(&self, raw: &str) -> Result<String> {
         Ok(self.inner.schema.canonical(raw)?.text)
     }
@@ -312,6 +328,7 @@ impl SqlSource {
         .map_err(|e| classify(self.entity(), e))?;
         rows.into_iter()
             .map(|(id, json)| {
+                let id = self.stored_id(id);
                 let raw = self.raw_json(&id, json)?;
                 Ok((id, raw))
             })
@@ -337,6 +354,7 @@ impl SqlSource {
         .map_err(|e| classify(self.entity(), e))?;
         rows.into_iter()
             .map(|(id, json)| {
+                let id = self.stored_id(id);
                 let raw = self.raw_json(&id, json)?;
                 Ok((id, raw))
             })
@@ -509,7 +527,10 @@ impl SqlSource {
         order: Vec<String>,
         stored: Vec<(String, String)>,
     ) -> Result<Vec<(String, RawJson)>> {
-        let mut by_id: HashMap<String, String> = stored.into_iter().collect();
+        let mut by_id: HashMap<String, String> = stored
+            .into_iter()
+            .map(|(id, json)| (self.stored_id(id), json))
+            .collect();
         let mut out = Vec::with_capacity(order.len());
         for id in order {
             let Some(json) = by_id.remove(&id) else {
@@ -525,6 +546,16 @@ impl SqlSource {
             out.push((id, raw));
         }
         Ok(out)
+    }
+
+    /// The canonical id of a key as the database returned it: a row stored
+    /// under another spelling (`'Alice'` in a citext column) is the entry
+    /// of every spelling.
+    fn stored_id(&self, raw: String) -> String {
+        match self.inner.schema.canonical(&raw) {
+            Ok(key) => key.text,
+            Err(_) => raw,
+        }
     }
 
     fn raw_json(&self, id: &str, json: String) -> Result<RawJson> {

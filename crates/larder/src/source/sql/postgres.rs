@@ -6,7 +6,8 @@
 
 use super::classify;
 use super::schema::{
-    quote, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
+    quote, Fold, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
+    TextKey,
 };
 use crate::error::{Error, Result};
 use serde_json::Value;
@@ -59,11 +60,25 @@ pub(super) async fn describe(
                 t.typname::text, t.typcategory::text, a.attnotnull,
                 (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''),
                 a.attgenerated <> '',
-                (CASE WHEN d.typtype = 'd' THEN d.typtypmod ELSE a.atttypmod END)::int4
+                (CASE WHEN d.typtype = 'd' THEN d.typtypmod ELSE a.atttypmod END)::int4,
+                coalesce(co.collisdeterministic, true),
+                CASE WHEN co.oid IS NULL THEN ''
+                     WHEN co.collname = 'default' THEN (
+                       SELECT CASE WHEN to_jsonb(db) ->> 'datlocprovider' = 'i'
+                                   THEN 'icu:' || coalesce(to_jsonb(db) ->> 'daticulocale',
+                                                           to_jsonb(db) ->> 'datlocale', '')
+                                   ELSE db.datctype::text END
+                         FROM pg_catalog.pg_database db WHERE db.datname = current_database())
+                     WHEN co.collprovider = 'i'
+                       THEN 'icu:' || coalesce(to_jsonb(co) ->> 'colliculocale',
+                                               to_jsonb(co) ->> 'colllocale', '')
+                     ELSE coalesce(co.collctype::text, '') END,
+                a.attidentity = 'a'
            FROM pg_catalog.pg_attribute a
            JOIN pg_catalog.pg_type d ON d.oid = a.atttypid
            JOIN pg_catalog.pg_type t
              ON t.oid = CASE WHEN d.typtype = 'd' THEN d.typbasetype ELSE d.oid END
+           LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
           WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
           ORDER BY a.attnum",
     )
@@ -73,7 +88,7 @@ pub(super) async fn describe(
     .map_err(err)?;
     let mut columns = Vec::with_capacity(rows.len());
     let mut key_attnum = None;
-    let mut key_type = KeyType::Text;
+    let mut key_type = KeyType::exact_text();
     for row in rows {
         let attnum: i32 = row.try_get(0).map_err(err)?;
         let name: String = row.try_get(1).map_err(err)?;
@@ -82,17 +97,30 @@ pub(super) async fn describe(
         let category: String = row.try_get(4).map_err(err)?;
         let generated: bool = row.try_get(7).map_err(err)?;
         let typmod: i32 = row.try_get(8).map_err(err)?;
+        let deterministic: bool = row.try_get(9).map_err(err)?;
+        let ctype: String = row.try_get(10).map_err(err)?;
+        // A `GENERATED ALWAYS AS IDENTITY` column refuses written values:
+        // like a generated column, it is never written.
+        let identity_always: bool = row.try_get(11).map_err(err)?;
+        let generated = generated || (identity_always && name != key);
+        let limits = limits(&typname, typmod);
         if name == key {
             key_attnum = Some(attnum);
-            key_type = match typname.as_str() {
-                "int2" | "int4" | "int8" => KeyType::Integer,
-                "uuid" => KeyType::Uuid,
-                "text" | "varchar" | "bpchar" | "name" | "citext" => KeyType::Text,
-                _ => KeyType::Other(sql_type.clone()),
+            let refuse = |why: &str| {
+                Error::Config(format!(
+                    "table `{schema_name}.{}`: the key column `{name}` has type `{sql_type}`, which cannot be a key: {why}",
+                    table.name
+                ))
             };
+            if !deterministic {
+                return Err(refuse(
+                    "its collation is non-deterministic (ids the database calls equal could not share one cache entry); use a deterministic collation",
+                ));
+            }
+            key_type = key_type_of(&typname, limits, &ctype).map_err(|why| refuse(&why))?;
         }
         columns.push(RawColumn {
-            limits: limits(&typname, typmod),
+            limits,
             kind: if generated {
                 Kind::Generated
             } else {
@@ -137,6 +165,60 @@ pub(super) async fn describe(
         columns,
         read_only,
         key_type,
+    })
+}
+
+/// How ids of a key column of base type `typname` are canonicalised, or
+/// why the type is refused. `ctype` is the column collation's `LC_CTYPE`
+/// (`icu:<locale>` for ICU), which decides what `citext`'s `lower()` does.
+fn key_type_of(typname: &str, limits: Limits, ctype: &str) -> std::result::Result<KeyType, String> {
+    Ok(match typname {
+        "int2" | "int4" | "int8" => {
+            let (min, max) = limits.int_range.unwrap_or((i64::MIN, i64::MAX));
+            KeyType::Integer { min, max }
+        }
+        "uuid" => KeyType::Uuid,
+        "text" | "varchar" => KeyType::Text(TextKey {
+            max_chars: limits.max_chars,
+            ..TextKey::default()
+        }),
+        // bpchar equality ignores trailing blanks, and `::text` drops them.
+        "bpchar" => KeyType::Text(TextKey {
+            trim_trailing_blanks: true,
+            max_chars: limits.max_chars,
+            cast: Some("bpchar"),
+            ..TextKey::default()
+        }),
+        // `name` holds at most 63 bytes (longer input is truncated).
+        "name" => KeyType::Text(TextKey {
+            max_bytes: Some(63),
+            ..TextKey::default()
+        }),
+        // citext compares lower(a) = lower(b), lower() under the collation.
+        "citext" => {
+            let locale = ctype.strip_prefix("icu:").unwrap_or(ctype).to_ascii_lowercase();
+            if locale.starts_with("tr") || locale.starts_with("az") {
+                return Err(format!(
+                    "under the locale `{ctype}` lower() folds ASCII `I` to a non-ASCII letter"
+                ));
+            }
+            let fold = if matches!(ctype, "C" | "POSIX") {
+                Fold::Ascii
+            } else {
+                Fold::AsciiOnly
+            };
+            KeyType::Text(TextKey {
+                fold,
+                cast: Some("citext"),
+                ..TextKey::default()
+            })
+        }
+        _ => {
+            return Err(
+                "only integer (smallint, integer, bigint), uuid, text, varchar, char(n), name and citext keys are supported: other types have spellings the database treats as equal (numeric 1.0 = 1, dates and timestamps in several formats) that ids cannot canonicalise"
+                    .into(),
+            )
+        }
     })
 }
 
@@ -198,9 +280,12 @@ pub(super) struct Queries {
 fn param(n: u32, key_type: &KeyType, array: bool) -> String {
     let brackets = if array { "[]" } else { "" };
     match key_type {
-        KeyType::Integer | KeyType::Text => format!("${n}"),
+        KeyType::Integer { .. } => format!("${n}"),
+        KeyType::Text(t) => match t.cast {
+            Some(cast) => format!("${n}::{cast}{brackets}"),
+            None => format!("${n}"),
+        },
         KeyType::Uuid => format!("${n}::uuid{brackets}"),
-        KeyType::Other(t) => format!("${n}::{t}{brackets}"),
     }
 }
 

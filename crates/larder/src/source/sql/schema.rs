@@ -118,18 +118,102 @@ fn json_type_name(v: &Value) -> &'static str {
     }
 }
 
+/// Why a value of the right JSON kind still cannot be stored in `col`: a
+/// NUL character in a string (anywhere inside it, arrays and objects
+/// included: PostgreSQL text cannot hold one), an integer beyond the
+/// column's range, a string longer than its `varchar(n)` / `char(n)`.
+fn beyond_limits(col: &ColumnInfo, value: &Value) -> Option<String> {
+    if contains_nul(value) {
+        return Some("a string cannot contain the NUL character".into());
+    }
+    if let (Some((min, max)), Value::Number(n)) = (col.limits.int_range, value) {
+        let inside = n.as_i64().is_some_and(|v| (min..=max).contains(&v));
+        if !inside && (n.is_i64() || n.is_u64()) {
+            return Some(format!("an integer from {min} to {max}, got {n}"));
+        }
+    }
+    if let (Some(max), Value::String(s)) = (col.limits.max_chars, value) {
+        let n = s.chars().count();
+        if n > max {
+            return Some(format!("at most {max} characters, got {n}"));
+        }
+    }
+    None
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
 /// How ids are canonicalised and bound, from the key column's type.
+///
+/// Every spelling the database treats as equal to a stored key has one
+/// canonical form, so one row has one cache entry; key types for which that
+/// cannot be promised are refused when the source is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeyType {
-    /// An integer column: ids parse as `i64` and are bound as `i64`.
-    Integer,
+    /// An integer column: ids parse as `i64` within the column's range and
+    /// are bound as `i64`.
+    Integer {
+        /// The smallest value the column holds.
+        min: i64,
+        /// The largest value the column holds.
+        max: i64,
+    },
     /// A PostgreSQL uuid: ids are lowercase hyphenated, bound as text cast to uuid.
     Uuid,
-    /// Text: ids are unchanged and bound as text.
-    Text,
-    /// Another PostgreSQL type: ids are unchanged, bound as text and cast to
-    /// this type (the `format_type` output, safe to splice into SQL).
-    Other(String),
+    /// A string column: ids are bound as text (cast to `cast` when set).
+    Text(TextKey),
+}
+
+impl KeyType {
+    /// An `i64` key.
+    pub(crate) const BIGINT: KeyType = KeyType::Integer {
+        min: i64::MIN,
+        max: i64::MAX,
+    };
+
+    /// A text key compared byte for byte, without limits.
+    pub(crate) fn exact_text() -> KeyType {
+        KeyType::Text(TextKey::default())
+    }
+}
+
+/// How the database compares a string key, and what it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TextKey {
+    /// How letters are folded before comparing.
+    pub(crate) fold: Fold,
+    /// Trailing blanks do not count (`char(n)`, SQLite `RTRIM`).
+    pub(crate) trim_trailing_blanks: bool,
+    /// The longest key in characters (`varchar(n)`, `char(n)`).
+    pub(crate) max_chars: Option<usize>,
+    /// The longest key in bytes (`name`: 63).
+    pub(crate) max_bytes: Option<usize>,
+    /// The SQL type ids are cast to, so the comparison is the column's own
+    /// (`citext`, `bpchar`) and uses its index.
+    pub(crate) cast: Option<&'static str>,
+}
+
+/// Case folding of a string key, as the database compares it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Fold {
+    /// Compared as given.
+    #[default]
+    None,
+    /// Compared after lowercasing ASCII letters only (SQLite `NOCASE`,
+    /// PostgreSQL `citext` under the `C`/`POSIX` ctype): exact for every id.
+    Ascii,
+    /// Compared after the database's `lower()` under a locale: ASCII ids are
+    /// lowercased (which is what every supported locale does to them); ids
+    /// with other characters are refused, since their folding depends on the
+    /// locale's tables.
+    AsciiOnly,
 }
 
 /// An id ready to bind: canonical text, and the integer when the key is one.
@@ -301,38 +385,15 @@ impl Schema {
 
     /// The canonical form of an id for the key column's type.
     pub(crate) fn canonical(&self, raw: &str) -> Result<KeyValue> {
-        if raw.is_empty() {
-            return Err(Error::invalid_id(raw, "an id cannot be empty"));
-        }
-        match &self.key_type {
-            KeyType::Integer => match raw.parse::<i64>() {
-                Ok(n) => Ok(KeyValue {
-                    text: n.to_string(),
-                    int: Some(n),
-                }),
-                Err(_) => Err(Error::invalid_id(
-                    raw,
-                    format!(
-                        "the key column `{}` of `{}` is an integer (a 64-bit decimal number)",
-                        self.key.name, self.entity
-                    ),
-                )),
-            },
-            KeyType::Uuid => match canonical_uuid(raw) {
-                Some(text) => Ok(KeyValue { text, int: None }),
-                None => Err(Error::invalid_id(
-                    raw,
-                    format!(
-                        "the key column `{}` of `{}` is a uuid",
-                        self.key.name, self.entity
-                    ),
-                )),
-            },
-            KeyType::Text | KeyType::Other(_) => Ok(KeyValue {
-                text: raw.to_owned(),
-                int: None,
-            }),
-        }
+        canonical_key(&self.key_type, raw).map_err(|why| {
+            Error::invalid_id(
+                raw,
+                format!(
+                    "the key column `{}` of `{}` ({}): {why}",
+                    self.key.name, self.entity, self.key.sql_type
+                ),
+            )
+        })
     }
 
     /// The key as a JSON value to put into a row (a number for integer keys).
@@ -393,6 +454,11 @@ impl Schema {
                         json_type_name(value)
                     ),
                 ));
+            }
+            if let Some(why) = beyond_limits(col, value) {
+                return Err(
+                    self.invalid_row(id, format!("column `{name}` ({}): {why}", col.sql_type))
+                );
             }
         }
         Ok(key)
@@ -456,6 +522,75 @@ impl Schema {
     }
 }
 
+/// The canonical form of an id for a key type, or why it is refused.
+pub(crate) fn canonical_key(
+    key_type: &KeyType,
+    raw: &str,
+) -> std::result::Result<KeyValue, String> {
+    if raw.is_empty() {
+        return Err("an id cannot be empty".into());
+    }
+    if raw.contains('\0') {
+        return Err("an id cannot contain the NUL character".into());
+    }
+    match key_type {
+        KeyType::Integer { min, max } => match raw.parse::<i64>() {
+            Ok(n) if (*min..=*max).contains(&n) => Ok(KeyValue {
+                text: n.to_string(),
+                int: Some(n),
+            }),
+            Ok(_) => Err(format!("an integer from {min} to {max}")),
+            Err(_)
+                if raw.len() <= 40
+                    && raw
+                        .trim_start_matches(['+', '-'])
+                        .bytes()
+                        .all(|b| b.is_ascii_digit()) =>
+            {
+                Err(format!("an integer from {min} to {max}"))
+            }
+            Err(_) => Err("a decimal integer".into()),
+        },
+        KeyType::Uuid => match canonical_uuid(raw) {
+            Some(text) => Ok(KeyValue { text, int: None }),
+            None => Err("a uuid (hyphenated, plain, braced or urn:uuid: hex)".into()),
+        },
+        KeyType::Text(t) => {
+            let mut text = if t.trim_trailing_blanks {
+                raw.trim_end_matches(' ')
+            } else {
+                raw
+            }
+            .to_owned();
+            if text.is_empty() {
+                return Err("an id cannot be only blanks: trailing blanks do not count".into());
+            }
+            match t.fold {
+                Fold::None => {}
+                Fold::Ascii => text.make_ascii_lowercase(),
+                Fold::AsciiOnly => {
+                    if !text.is_ascii() {
+                        return Err("ids of this case-insensitive key are ASCII only: the case folding of other characters depends on the database's locale".into());
+                    }
+                    text.make_ascii_lowercase();
+                }
+            }
+            if let Some(max) = t.max_chars {
+                let n = text.chars().count();
+                if n > max {
+                    return Err(format!("at most {max} characters, got {n}"));
+                }
+            }
+            if let Some(max) = t.max_bytes {
+                if text.len() > max {
+                    return Err(format!("at most {max} bytes, got {}", text.len()));
+                }
+            }
+            Ok(KeyValue { text, int: None })
+        }
+    }
+}
+
 /// Lowercase hyphenated form of a uuid given hyphenated, plain, braced or
 /// `urn:uuid:`-prefixed, in any case.
 fn canonical_uuid(raw: &str) -> Option<String> {
@@ -516,5 +651,52 @@ mod tests {
         assert!(canonical_uuid("123e4567-e89b-12d3-a456-42661417400g").is_none());
         assert!(canonical_uuid("123e4567e-89b-12d3-a456-426614174000").is_none());
         assert!(canonical_uuid("nope").is_none());
+    }
+
+    fn key_types() -> Vec<KeyType> {
+        vec![
+            KeyType::BIGINT,
+            KeyType::Integer {
+                min: i64::from(i16::MIN),
+                max: i64::from(i16::MAX),
+            },
+            KeyType::Uuid,
+            KeyType::exact_text(),
+            KeyType::Text(TextKey {
+                fold: Fold::Ascii,
+                ..TextKey::default()
+            }),
+            KeyType::Text(TextKey {
+                fold: Fold::AsciiOnly,
+                cast: Some("citext"),
+                ..TextKey::default()
+            }),
+            KeyType::Text(TextKey {
+                trim_trailing_blanks: true,
+                max_chars: Some(5),
+                cast: Some("bpchar"),
+                ..TextKey::default()
+            }),
+            KeyType::Text(TextKey {
+                max_bytes: Some(63),
+                ..TextKey::default()
+            }),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Never a panic; the canonical form of a canonical id is itself.
+        #[test]
+        fn canonicalisation_is_idempotent(raw in "(?s).{0,40}|[+-]?0*[0-9]{1,20}|[0-9a-fA-F-]{32,36}|[a-zA-Z ]{0,8}") {
+            for kt in key_types() {
+                if let Ok(k) = canonical_key(&kt, &raw) {
+                    let again = canonical_key(&kt, &k.text).expect("a canonical id is valid");
+                    prop_assert_eq!(&again.text, &k.text, "{:?}", kt);
+                    prop_assert_eq!(again.int, k.int);
+                }
+            }
+        }
     }
 }

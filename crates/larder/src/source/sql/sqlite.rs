@@ -8,7 +8,8 @@
 
 use super::classify;
 use super::schema::{
-    quote, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
+    quote, Fold, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
+    TextKey,
 };
 use crate::error::{Error, Result};
 use serde_json::Value;
@@ -51,7 +52,7 @@ pub(super) async fn describe(
         .filter(|r| r.try_get::<i64, _>(4).is_ok_and(|pk| pk > 0))
         .count();
     let mut columns = Vec::with_capacity(rows.len());
-    let mut key_type = KeyType::Text;
+    let mut key_type = KeyType::exact_text();
     let mut key_is_sole_pk = false;
     for row in rows {
         let col: String = row.try_get(0).map_err(err)?;
@@ -64,8 +65,20 @@ pub(super) async fn describe(
         let rowid = pk > 0 && pk_count == 1 && upper == "INTEGER";
         if col == key {
             key_is_sole_pk = pk > 0 && pk_count == 1;
-            if upper.contains("INT") {
-                key_type = KeyType::Integer;
+            let has = |s: &str| upper.contains(s);
+            if has("INT") {
+                key_type = KeyType::BIGINT;
+            } else if !(has("CHAR")
+                || has("CLOB")
+                || has("TEXT")
+                || has("BLOB")
+                || upper.is_empty())
+            {
+                // REAL and NUMERIC affinity convert ids that look like numbers
+                // (`1.0`, `1e0` and `1` are one key).
+                return Err(Error::Config(format!(
+                    "table `{name}`: the key column `{col}` has type `{sql_type}` (numeric affinity), which cannot be a key: declare it INTEGER or TEXT"
+                )));
             }
         }
         let kind = kind(&upper);
@@ -83,6 +96,9 @@ pub(super) async fn describe(
             not_null,
             has_default: has_default || rowid,
         });
+    }
+    if key_type != KeyType::BIGINT {
+        key_type = text_key(pool, entity, &name, key).await?;
     }
     let read_only = if kind_of_relation == "view" {
         Some("it is a view; write to its underlying table".to_owned())
@@ -111,6 +127,42 @@ pub(super) async fn describe(
         read_only,
         key_type,
     })
+}
+
+/// How a text key compares: by the collation of its unique index (the
+/// column's own for a `PRIMARY KEY` or `UNIQUE` constraint); BINARY without one.
+async fn text_key(pool: &SqlitePool, entity: &str, table: &str, key: &str) -> Result<KeyType> {
+    let coll: Option<String> = sqlx::query_scalar(
+        "SELECT ix.coll FROM pragma_index_list(?1) AS il
+           JOIN pragma_index_xinfo(il.name) AS ix
+          WHERE il.\"unique\" = 1 AND il.partial = 0 AND ix.key = 1 AND ix.name = ?2
+            AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1
+          LIMIT 1",
+    )
+    .bind(table)
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| classify(entity, e))?;
+    let coll = coll.unwrap_or_else(|| "BINARY".to_owned());
+    let text = match coll.to_ascii_uppercase().as_str() {
+        "BINARY" => TextKey::default(),
+        // NOCASE folds ASCII letters only.
+        "NOCASE" => TextKey {
+            fold: Fold::Ascii,
+            ..TextKey::default()
+        },
+        "RTRIM" => TextKey {
+            trim_trailing_blanks: true,
+            ..TextKey::default()
+        },
+        _ => {
+            return Err(Error::Config(format!(
+                "table `{table}`: the key column `{key}` uses the collation `{coll}`, which cannot be a key's: use BINARY, NOCASE or RTRIM"
+            )))
+        }
+    };
+    Ok(KeyType::Text(text))
 }
 
 /// Which JSON values a declared type accepts, by SQLite's affinity rules
