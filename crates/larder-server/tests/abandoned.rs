@@ -33,6 +33,9 @@ fn pg_url_via(addr: SocketAddr) -> String {
     let mut url = url::Url::parse(&support::pg_url()).expect("pg url");
     url.set_host(Some(&addr.ip().to_string())).expect("host");
     url.set_port(Some(addr.port())).expect("port");
+    // In plain text: the proxy watches the protocol for COMMIT (sqlx
+    // negotiates TLS by default when the server offers it).
+    url.query_pairs_mut().append_pair("sslmode", "disable");
     url.to_string()
 }
 
