@@ -11,33 +11,12 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use larder_server::http::app;
 use serde_json::json;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use support::proxy::TcpProxy;
 use support::wait::eventually;
 use support::{get, unique, write, Pg};
 use tokio::io::AsyncWriteExt;
-
-fn pg_addr() -> SocketAddr {
-    let url = url::Url::parse(&support::pg_url()).expect("pg url");
-    let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
-    (host.as_str(), url.port().unwrap_or(5432))
-        .to_socket_addrs()
-        .expect("pg address")
-        .next()
-        .expect("pg address")
-}
-
-fn pg_url_via(addr: SocketAddr) -> String {
-    let mut url = url::Url::parse(&support::pg_url()).expect("pg url");
-    url.set_host(Some(&addr.ip().to_string())).expect("host");
-    url.set_port(Some(addr.port())).expect("port");
-    // In plain text: the proxy watches the protocol for COMMIT (sqlx
-    // negotiates TLS by default when the server offers it).
-    url.query_pairs_mut().append_pair("sslmode", "disable");
-    url.to_string()
-}
 
 fn config(source: &str, prefix: &str, table: &str) -> String {
     format!(
@@ -97,8 +76,8 @@ async fn a_put_whose_client_went_away_still_reaches_every_instance() {
     )
     .await;
     let prefix = unique("ab");
-    let proxy = TcpProxy::start(pg_addr());
-    let a_state = support::state(&config(&pg_url_via(proxy.addr()), &prefix, &t)).await;
+    let proxy = TcpProxy::start(support::pg_addr());
+    let a_state = support::state(&config(&support::pg_url_via(proxy.addr()), &prefix, &t)).await;
     let b_state = support::state(&config(&support::pg_url(), &prefix, &t)).await;
     let a = app(a_state);
     let b = app(b_state);

@@ -10,7 +10,6 @@ mod support;
 use axum::Router;
 use larder_server::http::app;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,24 +54,6 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
     }
-}
-
-fn pg_addr() -> SocketAddr {
-    let url = url::Url::parse(&support::pg_url()).expect("pg url");
-    let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
-    let port = url.port().unwrap_or(5432);
-    (host.as_str(), port)
-        .to_socket_addrs()
-        .expect("pg address")
-        .next()
-        .expect("pg address")
-}
-
-fn pg_url_via(addr: SocketAddr) -> String {
-    let mut url = url::Url::parse(&support::pg_url()).expect("pg url");
-    url.set_host(Some(&addr.ip().to_string())).expect("host");
-    url.set_port(Some(addr.port())).expect("port");
-    url.to_string()
 }
 
 fn config(store: &str, source: &str, prefix: &str, tables: &[String; 3]) -> String {
@@ -217,10 +198,10 @@ async fn acknowledged_writes_survive_redis_kills_and_database_cuts_and_caches_en
         .await;
     }
     let mut redis = RedisServer::durable();
-    let db = TcpProxy::start(pg_addr());
+    let db = TcpProxy::start(support::pg_addr());
     let toml = config(
         &redis.url(),
-        &pg_url_via(db.addr()),
+        &support::pg_url_via(db.addr()),
         &unique("chaos"),
         &tables,
     );

@@ -41,6 +41,29 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// The address of the PostgreSQL at [`pg_url`], for a proxy in front of it.
+pub fn pg_addr() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs as _;
+    let url = url::Url::parse(&pg_url()).expect("pg url");
+    let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
+    (host.as_str(), url.port().unwrap_or(5432))
+        .to_socket_addrs()
+        .expect("pg address")
+        .next()
+        .expect("pg address")
+}
+
+/// [`pg_url`] through `addr` (a proxy), in plain text: a proxy may watch
+/// the protocol (for COMMIT), and sqlx negotiates TLS by default when the
+/// server offers it.
+pub fn pg_url_via(addr: std::net::SocketAddr) -> String {
+    let mut url = url::Url::parse(&pg_url()).expect("pg url");
+    url.set_host(Some(&addr.ip().to_string())).expect("host");
+    url.set_port(Some(addr.port())).expect("port");
+    url.query_pairs_mut().append_pair("sslmode", "disable");
+    url.to_string()
+}
+
 /// A name unique to this process and call: `[a-z0-9_]`, usable as a table
 /// name and a key prefix.
 pub fn unique(base: &str) -> String {
