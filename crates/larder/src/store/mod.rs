@@ -4,7 +4,7 @@
 //! hit is one `GET`, many keys one `MGET`), and the few atomic operations the
 //! read path is built from — take a lease, fill only while holding it, set
 //! and void a lease, delete value and lease together. On Redis each atomic
-//! operation is one Lua script over keys of one hash slot (see [`crate::key`]),
+//! operation is one Lua script over keys of one hash slot (the shard is the hash tag),
 //! so it stays atomic on Cluster; the embedded [`MemoryStore`] does the same
 //! under one lock.
 //!

@@ -33,7 +33,7 @@
 //!   it, then drains; writes after `close` are refused with
 //!   [`Error::Closed`](crate::Error::Closed).
 //! - Durability is checked at build: `appendonly yes` + `appendfsync
-//!   always`, and never an `allkeys-*` eviction policy. See [`durability`].
+//!   always`, and never an `allkeys-*` eviction policy.
 //! - While the store is unreachable, reads and writes fail with
 //!   [`Error::StoreUnavailable`](crate::Error::StoreUnavailable): the newest
 //!   data lives there.

@@ -152,7 +152,8 @@ fn redact(url: &str) -> String {
 /// A table or view of a SQL database as a [`Source`].
 ///
 /// A cheap clone: clones share the pool and the schema read at build time.
-/// See the [module docs](self) for its behavior.
+/// Builds from the table's columns read at build time ([`SqlSource::builder`]);
+/// the README's "Keys as the database compares them" lists the key types.
 #[derive(Debug, Clone)]
 pub struct SqlSource {
     inner: Arc<Inner>,
@@ -289,8 +290,9 @@ impl SqlSource {
 
     /// The canonical form of an id for the key column's type: integers in
     /// decimal without sign or leading zeros (`"+007"` → `"7"`), uuids
-    /// lowercase hyphenated, text as the column compares it (see the
-    /// [module docs](self)). Ids that do not fit the column (beyond its
+    /// lowercase hyphenated, text as the column compares it (citext and
+    /// SQLite `NOCASE` fold ASCII case, `char(n)` and SQLite `RTRIM` ignore
+    /// trailing blanks). Ids that do not fit the column (beyond its
     /// range or length, a NUL character), and empty ids, are
     /// [`Error::InvalidId`].
     pub fn canonical_id(&self, raw: &str) -> Result<String> {

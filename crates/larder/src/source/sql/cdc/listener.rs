@@ -101,8 +101,8 @@ impl Counters {
     }
 }
 
-/// A running listener for database change notifications; see the
-/// [module docs](super) for what the triggers send.
+/// A running listener for database change notifications (the triggers
+/// installed by [`SqlSource::install_change_triggers`](crate::SqlSource::install_change_triggers)).
 ///
 /// # Behavior
 ///

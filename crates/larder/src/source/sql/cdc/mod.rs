@@ -137,7 +137,10 @@ pub async fn mark_larder_origin(conn: &mut sqlx::PgConnection) -> Result<()> {
 
 impl SqlSource {
     /// Installs the change triggers on this source's table and returns the
-    /// channel they notify; see the [module docs](self) for the payloads.
+    /// channel they notify. Each notification is JSON: `["<key>"]` for a
+    /// changed row, `["<old key>", "<new key>"]` for an UPDATE of the key,
+    /// `{"purge": …}` for a TRUNCATE or a key too long to send (the
+    /// whole entity is then purged).
     ///
     /// Idempotent and safe to run from many processes at once (for example
     /// at every start of a service): the installers take a transaction-level
