@@ -32,8 +32,8 @@
 //!   last write per id.
 //! - An upsert names only the columns present in the row: absent columns
 //!   keep their stored value, whether they have a default or not; a new row
-//!   gets their default (NULL without one). Generated and `GENERATED ALWAYS`
-//!   identity columns are never written.
+//!   gets their default (NULL without one). Generated columns and identity
+//!   columns other than the key (`ALWAYS` or `BY DEFAULT`) are never written.
 //! - Database errors are classified where they arise, by SQLSTATE (SQLite:
 //!   result code) and backend: connection, resource, lock, serialization
 //!   and deadlock errors, and driver errors without a code (I/O, pool

@@ -73,7 +73,7 @@ pub(super) async fn describe(
                        THEN 'icu:' || coalesce(to_jsonb(co) ->> 'colliculocale',
                                                to_jsonb(co) ->> 'colllocale', '')
                      ELSE coalesce(co.collctype::text, '') END,
-                a.attidentity = 'a'
+                a.attidentity <> ''
            FROM pg_catalog.pg_attribute a
            JOIN pg_catalog.pg_type d ON d.oid = a.atttypid
            JOIN pg_catalog.pg_type t
@@ -99,10 +99,11 @@ pub(super) async fn describe(
         let typmod: i32 = row.try_get(8).map_err(err)?;
         let deterministic: bool = row.try_get(9).map_err(err)?;
         let ctype: String = row.try_get(10).map_err(err)?;
-        // A `GENERATED ALWAYS AS IDENTITY` column refuses written values:
-        // like a generated column, it is never written.
-        let identity_always: bool = row.try_get(11).map_err(err)?;
-        let generated = generated || (identity_always && name != key);
+        // An identity column other than the key (`GENERATED ALWAYS` or `BY
+        // DEFAULT`) is the database's to number: like a generated column,
+        // it is never written.
+        let identity: bool = row.try_get(11).map_err(err)?;
+        let generated = generated || (identity && name != key);
         let limits = limits(&typname, typmod);
         if name == key {
             key_attnum = Some(attnum);
