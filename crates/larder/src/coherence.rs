@@ -112,10 +112,11 @@ impl<V: Send + Sync + 'static> Coherence<V> {
         match found {
             Some(entry) => {
                 counters.add(NearEvent::L1Hit, 1);
-                Some(Lookup {
-                    value: entry.value.clone(),
-                    outcome: Outcome::L1,
-                })
+                Some(Lookup::cached(
+                    entry.value.clone(),
+                    Outcome::L1,
+                    entry.fresh_until,
+                ))
             }
             None => {
                 counters.add(NearEvent::L1Miss, 1);
