@@ -10,13 +10,16 @@
 //! | `seq` | a counter; created at the wall clock in µs, then only incremented |
 //! | `purge` | the `seq` of the last purge |
 //! | `t:<tag>` | the `seq` of the tag's last invalidation |
+//! | `a:<tag>` | when the tag was last invalidated (ms of larder's clock) |
+//! | `compacted` | the floor: the largest `seq` of a tag compaction removed |
 //!
 //! A purge or a tag invalidation is one script: increment `seq`, store it in
-//! its field. Every entry is **stamped** (in its envelope) with the `seq`
-//! its filler knew *before* the load began, and with its tags. An entry is
-//! current only if its stamp is at least `purge` and at least the `seq` of
-//! each of its tags; otherwise it was invalidated and is a miss (never
-//! stale).
+//! its field (and, for a tag, the time in `a:<tag>`). Every entry is
+//! **stamped** (in its envelope) with the `seq` its filler knew *before*
+//! the load began, and with its tags. An entry is current only if its
+//! stamp is at least `purge` and at least the `seq` of each of its tags
+//! (and, carrying tags, at least `compacted`; see below); otherwise it was
+//! invalidated and is a miss (never stale).
 //!
 //! The cache keeps the hash in process: read when the invalidation bus
 //! subscribes (at start and after every reconnect) and kept up to date by

@@ -239,7 +239,8 @@ pub trait Store: Debug + Send + Sync + 'static {
     }
 
     /// Reads the generation hash at `key` (fields `seq`, `purge`,
-    /// `t:<tag>`), first creating its `seq` at `init` if absent; answers
+    /// `compacted`, `t:<tag>`, `a:<tag>`), first creating its `seq` at
+    /// `init` if absent; answers
     /// every field. Default: the store keeps no generations (an error).
     async fn generations(&self, key: &str, init: u64) -> Result<Vec<(String, u64)>> {
         let _ = (key, init);
