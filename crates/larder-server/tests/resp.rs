@@ -544,3 +544,162 @@ async fn a_write_back_entity_with_its_store_down_answers_tryagain() {
         .expect_err("an error answer");
     assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
 }
+
+/// A service over one table with three entities: `fresh` (ttl 60 s, no
+/// jitter, no early refresh), `short` (ttl 1 s and a stale window) and
+/// `wfresh` (as `fresh`, written over RESP).
+async fn freshness_entities() -> (Pg, String, Resp) {
+    let mut pg = Pg::connect().await;
+    let t = unique("resp_ttl");
+    pg.exec(&t, USERS).await;
+    let exact = "jitter = 0.0\nearly_refresh = 0.0\n";
+    let toml = support::pg_config(
+        &unique("r"),
+        &format!(
+            "[[entity]]\nname = \"fresh\"\ntable = \"{t}\"\nttl = \"60s\"\n{exact}\
+             [[entity]]\nname = \"short\"\ntable = \"{t}\"\nttl = \"1s\"\nstale = \"5m\"\n{exact}\
+             [[entity]]\nname = \"wfresh\"\ntable = \"{t}\"\nttl = \"60s\"\nresp_writes = true\n{exact}"
+        ),
+    );
+    let state = support::state(&toml).await;
+    (pg, t, Resp::start(state).await)
+}
+
+async fn ttl_of(con: &mut MultiplexedConnection, key: &str) -> (i64, i64) {
+    let secs: i64 = query(con, &["TTL", key]).await.expect("TTL");
+    let ms: i64 = query(con, &["PTTL", key]).await.expect("PTTL");
+    (secs, ms)
+}
+
+#[tokio::test]
+async fn ttl_and_pttl_answer_the_remaining_freshness() {
+    let (_pg, _t, resp) = freshness_entities().await;
+    for resp3 in [false, true] {
+        let mut con = resp.client(resp3).await;
+        // A miss fills the entry: fresh for the whole ttl.
+        let (secs, ms) = ttl_of(&mut con, "fresh:1").await;
+        assert!(secs == 59 || secs == 60, "TTL {secs}");
+        assert!(ms > 59_000 && ms <= 60_000, "PTTL {ms}");
+        // No row: -2, for a remembered "not found" too.
+        for _ in 0..2 {
+            assert_eq!(ttl_of(&mut con, "fresh:4242").await, (-2, -2));
+        }
+    }
+    let mut con = resp.client(false).await;
+    // The same entry counts down as time passes...
+    let (_, first) = ttl_of(&mut con, "fresh:2").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let later = loop {
+        let (_, ms) = ttl_of(&mut con, "fresh:2").await;
+        assert!(ms <= first, "freshness only shrinks: {ms} after {first}");
+        if ms <= first - 200 {
+            break ms;
+        }
+        assert!(Instant::now() < deadline, "PTTL never moved from {first}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // ...and an invalidation makes the next read fill a new one.
+    let n: i64 = query(&mut con, &["DEL", "fresh:2"]).await.expect("DEL");
+    assert_eq!(n, 1);
+    let (secs, ms) = ttl_of(&mut con, "fresh:2").await;
+    assert!(ms > later && ms > 59_000 && ms <= 60_000, "PTTL {ms}");
+    assert!(secs == 59 || secs == 60, "TTL {secs}");
+    // A write caches the row it wrote: fresh for the whole ttl again.
+    let ok: String = query(&mut con, &["SET", "wfresh:3", r#"{"name": "new"}"#])
+        .await
+        .expect("SET");
+    assert_eq!(ok, "OK");
+    let (secs, ms) = ttl_of(&mut con, "wfresh:3").await;
+    assert!(ms > 59_000 && ms <= 60_000, "PTTL after a write {ms}");
+    assert!(secs == 59 || secs == 60, "TTL after a write {secs}");
+    // Errors stay errors.
+    let err = query::<i64>(&mut con, &["TTL", "nobody:1"])
+        .await
+        .expect_err("an error answer");
+    assert!(err.to_string().contains("unknown_entity"), "{err}");
+}
+
+#[tokio::test]
+async fn a_stale_answer_has_no_freshness_left() {
+    let (_pg, _t, resp) = freshness_entities().await;
+    let mut con = resp.client(false).await;
+    let (secs, ms) = ttl_of(&mut con, "short:1").await;
+    assert!(secs == 1 && ms > 0 && ms <= 1_000, "TTL {secs}, PTTL {ms}");
+    // Past its second of freshness the entry is served stale (and
+    // refreshed in the background): no freshness left, never negative.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ms: i64 = query(&mut con, &["PTTL", "short:1"]).await.expect("PTTL");
+        assert!(ms >= 0, "PTTL {ms}");
+        if ms == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served stale");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = resp.state.entity("short").expect("entity").cache.stats();
+    assert!(stats.reads(larder::Outcome::Stale) >= 1, "{stats:?}");
+    // The background refresh lands: fresh again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ms: i64 = query(&mut con, &["PTTL", "short:1"]).await.expect("PTTL");
+        if ms > 0 {
+            assert!(ms <= 1_000, "PTTL {ms}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn mget_answers_nil_for_a_bad_key_and_reads_the_others_in_one_go() {
+    let (_pg, _t, resp) = freshness_entities().await;
+    let cache = &resp.state.entity("fresh").expect("entity").cache;
+    for resp3 in [false, true] {
+        let mut con = resp.client(resp3).await;
+        let (a, b) = if resp3 { ("10", "11") } else { ("20", "21") };
+        let loads = cache.stats().loads;
+        let many: Vec<Option<String>> = query(
+            &mut con,
+            &[
+                "MGET",
+                &format!("fresh:{a}"),
+                "nobody:1",
+                "fresh:x1",
+                "nokey",
+                &format!("fresh:{b}"),
+                "fresh:4242",
+            ],
+        )
+        .await
+        .expect("an array, not an error");
+        assert_eq!(many.len(), 6);
+        assert_eq!(
+            row(many[0].as_deref().expect("row a"))["id"],
+            a.parse::<i64>().expect("a")
+        );
+        assert_eq!(many[1..4], [None, None, None], "bad keys answer nil");
+        assert_eq!(
+            row(many[4].as_deref().expect("row b"))["id"],
+            b.parse::<i64>().expect("b")
+        );
+        assert_eq!(many[5], None, "no row");
+        assert_eq!(
+            cache.stats().loads - loads,
+            1,
+            "the misses of the good keys: one query, not one per key"
+        );
+    }
+    // Only bad keys: an array of nils.
+    let mut con = resp.client(false).await;
+    let none: Vec<Option<String>> = query(&mut con, &["MGET", "nobody:1", "fresh:x"])
+        .await
+        .expect("an array");
+    assert_eq!(none, vec![None, None]);
+    // GET still names what is wrong with its key.
+    let err = query::<Option<String>>(&mut con, &["GET", "fresh:x1"])
+        .await
+        .expect_err("an error answer");
+    assert!(err.to_string().contains("bad_id"), "{err}");
+}

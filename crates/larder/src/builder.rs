@@ -320,6 +320,7 @@ where
             write_back: write_back.clone(),
         });
         cache.inner.coherence.bus.start(SUBSCRIBE_WAIT).await;
+        cache.inner.start_tag_compaction();
         match cache.inner.check_layout().await {
             Err(e) if !e.is_store_unavailable() => return Err(e),
             _ => {}

@@ -118,6 +118,12 @@ enum Mode {
     Early,
 }
 
+/// The `fresh_until` of envelope bytes this process just encoded (bytes
+/// 4..12 of the header), without decoding the rest.
+fn envelope_fresh_until(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(4..12)?.try_into().ok()?))
+}
+
 /// A decoded store entry.
 pub(crate) struct Entry<V> {
     value: Option<Arc<V>>,
@@ -142,10 +148,7 @@ impl<V> Entry<V> {
             (None, Outcome::Hit) => Outcome::Negative,
             (_, o) => o,
         };
-        Lookup {
-            value: self.value.clone(),
-            outcome,
-        }
+        Lookup::cached(self.value.clone(), outcome, self.envelope_times.0)
     }
 }
 
@@ -171,6 +174,15 @@ where
         let mut stats = self.inner.counters.snapshot();
         stats.near = self.inner.coherence.stats();
         stats
+    }
+
+    /// How long the cached entry behind `lookup` stays fresh from now, by
+    /// this cache's clock: zero once past (a `stale` answer), `None` when
+    /// no cached entry stands behind it (see [`Lookup::fresh_until`]).
+    pub fn remaining_fresh(&self, lookup: &Lookup<V>) -> Option<Duration> {
+        let fresh_until = lookup.fresh_until()?;
+        let now = self.inner.clock.now_ms();
+        Some(Duration::from_millis(fresh_until.saturating_sub(now)))
     }
 
     /// The canonical id of a key: rendered, canonicalised by the source (an
@@ -677,10 +689,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         outcome: Outcome,
     ) -> Result<Lookup<V>> {
         let (result, _) = self.timed_load(id, loader(id.to_owned())).await;
-        Ok(Lookup {
-            value: result?.map(Arc::new),
-            outcome,
-        })
+        Ok(Lookup::new(result?.map(Arc::new), outcome))
     }
 
     async fn load_and_fill(
@@ -699,6 +708,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 return Err(e);
             }
         };
+        let mut fresh_until = None;
         match self.encode_loaded(value.as_ref(), took, seq) {
             Ok(Some((bytes, ttl))) => {
                 let fill = Fill {
@@ -711,6 +721,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 };
                 let filled = self.store.fill(&fill).await;
                 if matches!(filled, Ok(true)) {
+                    fresh_until = envelope_fresh_until(&fill.value);
                     self.near_fill(&id, ticket, value.clone(), &fill.value)
                         .await;
                 }
@@ -722,10 +733,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 return Err(e);
             }
         }
-        Ok(Lookup {
-            value,
-            outcome: Outcome::Miss,
-        })
+        Ok(Lookup::new(value, Outcome::Miss).fresh_until_at(fresh_until))
     }
 
     /// The answer for a key with a pending write-back write: the written
@@ -744,7 +752,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         } else {
             Outcome::Negative
         };
-        Ok(Lookup { value, outcome })
+        Ok(Lookup::new(value, outcome))
     }
 
     /// Whether a read may go to the source without the store. Not under
@@ -918,9 +926,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         }
         if !leased.is_empty() {
-            for (id, value, _) in self.load_and_fill_many(leased).await? {
-                let outcome = Outcome::Miss;
-                answers.insert(id, Lookup { value, outcome });
+            for (id, value, fresh_until) in self.load_and_fill_many(leased).await? {
+                let lookup = Lookup::new(value, Outcome::Miss).fresh_until_at(fresh_until);
+                answers.insert(id, lookup);
             }
         }
         let waits = single.into_iter().map(|id| {
@@ -956,7 +964,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     pub(crate) async fn load_and_fill_many(
         &self,
         leased: Vec<(String, LeaseRequest)>,
-    ) -> Result<Vec<(String, Option<Arc<V>>, bool)>> {
+    ) -> Result<Vec<(String, Option<Arc<V>>, Option<u64>)>> {
         let source = self.require_source()?;
         let ids: Vec<String> = leased.iter().map(|(id, _)| id.clone()).collect();
         let seq = self.coherence.seq();
@@ -989,14 +997,16 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 }
                 None => unfilled.push(lease),
             }
-            answers.push((id, value, false));
+            answers.push((id, value, None));
         }
         join_all(unfilled.iter().map(|lease| self.release(lease))).await;
         match self.store.fill_many(&fills).await {
             Ok(results) => {
-                for (at, landed) in filled_ids.into_iter().zip(results) {
+                for ((at, landed), fill) in filled_ids.into_iter().zip(results).zip(&fills) {
                     self.count_fill(Ok(landed));
-                    answers[at].2 = landed;
+                    if landed {
+                        answers[at].2 = envelope_fresh_until(&fill.value);
+                    }
                 }
             }
             Err(e) => self.count_fill(Err(e)),
@@ -1020,13 +1030,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             .into_iter()
             .map(|id| {
                 let value = loaded.remove(&id).map(Arc::new);
-                (
-                    id,
-                    Lookup {
-                        value,
-                        outcome: Outcome::Bypass,
-                    },
-                )
+                (id, Lookup::new(value, Outcome::Bypass))
             })
             .collect())
     }

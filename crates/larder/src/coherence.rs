@@ -16,20 +16,29 @@
 //! # What a write costs
 //! One `PUBLISH` after the store was updated (or deleted from), so other
 //! instances' near caches drop the key.
+//!
+//! # Tag compaction
+//! Every cache runs a background task (holding only a `Weak` reference,
+//! ending with the cache) that compacts the entity's tag generations every
+//! quarter horizon (no more often than every second, at least every 5 s) while
+//! this instance knows of any invalidated tag: tags idle past the horizon
+//! leave the store's hash and every process's copy (see `generation.rs`
+//! for the rule and why it is safe). [`Cache::compact_tags`] runs one
+//! step now.
 
 use crate::cache::{Cache, Inner};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::generation::{validate_tag, validate_tags, Stamp};
+use crate::generation::{tag_horizon, validate_tag, validate_tags, Stamp};
 use crate::invalidation::Bus;
 use crate::key::{CacheKey, KeySpace};
 use crate::near::{Evict, Near, NearEntry, NearOptions, Ticket};
 use crate::outcome::{Lookup, Outcome};
 use crate::stats::{NearCounters, NearEvent, NearStats};
-use crate::store::Store;
+use crate::store::{Compaction, Store};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// Derives an entry's tags from its value; see [`CacheBuilder::tagger`](crate::CacheBuilder::tagger).
@@ -38,9 +47,33 @@ pub(crate) type Tagger<V> = Arc<dyn Fn(&V) -> Vec<String> + Send + Sync>;
 /// How long `build` waits for the bus's first subscription.
 pub(crate) const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 
+/// Bounds of the background tag compaction's period (a quarter horizon).
+const COMPACT_EVERY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(5));
+
+/// The background tag compaction: one step every `every` while the
+/// instance keeps stamps and knows of a tag (or cannot know, its bus being
+/// down); a failed step is tried again at the next tick.
+async fn compact_tags_every<V: Send + Sync + 'static>(inner: Weak<Inner<V>>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let bus = &inner.coherence.bus;
+        // A cache that keeps no stamps tracks no tags; one that knows its
+        // generations and no tag has nothing to compact.
+        if !bus.stamps() || (!bus.generations.has_tags() && bus.generations_known()) {
+            continue;
+        }
+        if let Err(e) = inner.compact_tags().await {
+            tracing::debug!(entity = inner.keys.entity(), error = %e, "tag compaction failed; retried at the next tick");
+        }
+    }
+}
+
 /// The near cache, the tagger and the bus of one cache.
 pub(crate) struct Coherence<V> {
     near: Option<Near<V>>,
+    /// The near cache's TTL, if it has one (part of the tag horizon).
+    near_ttl: Option<Duration>,
     tagger: Option<Tagger<V>>,
     pub(crate) bus: Arc<Bus>,
 }
@@ -63,6 +96,7 @@ impl<V: Send + Sync + 'static> Coherence<V> {
         state_file: Option<std::path::PathBuf>,
     ) -> Self {
         let counters = Arc::new(NearCounters::new(keys.entity()));
+        let near_ttl = near.as_ref().map(|options| options.ttl);
         let near = near.map(|options| Near::new(options, counters.clone()));
         let subscribes = subscribe.unwrap_or(near.is_some() || tagger.is_some());
         let l1 = near
@@ -77,6 +111,7 @@ impl<V: Send + Sync + 'static> Coherence<V> {
             // A near cache without the bus could never be invalidated by
             // another instance: it is not used.
             near: near.filter(|_| subscribes),
+            near_ttl: near_ttl.filter(|_| subscribes),
             tagger,
             bus,
         }
@@ -112,10 +147,11 @@ impl<V: Send + Sync + 'static> Coherence<V> {
         match found {
             Some(entry) => {
                 counters.add(NearEvent::L1Hit, 1);
-                Some(Lookup {
-                    value: entry.value.clone(),
-                    outcome: Outcome::L1,
-                })
+                Some(Lookup::cached(
+                    entry.value.clone(),
+                    Outcome::L1,
+                    entry.fresh_until,
+                ))
             }
             None => {
                 counters.add(NearEvent::L1Miss, 1);
@@ -266,7 +302,38 @@ where
     /// returns) and the error is returned.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
         validate_tag(tag)?;
-        self.inner.coherence.bus.invalidate_tag(tag).await
+        let now = self.inner.clock.now_ms();
+        self.inner.coherence.bus.invalidate_tag(tag, now).await
+    }
+
+    /// Runs one tag compaction step now (the cache also runs it in the
+    /// background): every tag of this entity idle longer than
+    /// [`Cache::tag_horizon`] since its last invalidation is removed from
+    /// the store's generation hash and from this instance's copy, and the
+    /// other instances are told. Under write-back, a tag stays while a
+    /// pending dirty record became dirty at or before its last
+    /// invalidation. Answers the tags removed, sorted.
+    ///
+    /// Removal never makes an entry the tag invalidated look current:
+    /// a tag no longer known counts as invalidated at the largest
+    /// generation compaction removed, so any tagged entry stamped before
+    /// it stays a miss.
+    pub async fn compact_tags(&self) -> Result<Vec<String>> {
+        self.inner.compact_tags().await
+    }
+
+    /// How long a tag must be idle (since its last invalidation) before
+    /// compaction removes it: `max(ttl × (1 + jitter) + stale,
+    /// negative_ttl, near-cache ttl)` plus
+    /// [`TAG_SKEW_MARGIN`](crate::TAG_SKEW_MARGIN) for clock skew.
+    pub fn tag_horizon(&self) -> Duration {
+        self.inner.tag_horizon()
+    }
+
+    /// The tags whose last invalidation this instance still tracks
+    /// (invalidated, not yet compacted away), sorted.
+    pub fn invalidated_tags(&self) -> Vec<String> {
+        self.inner.coherence.bus.generations.tags()
     }
 
     /// Invalidates the whole entity: bumps its generation (one key,
@@ -309,6 +376,46 @@ where
 }
 
 impl<V: Send + Sync + 'static> Inner<V> {
+    /// See [`Cache::tag_horizon`].
+    pub(crate) fn tag_horizon(&self) -> Duration {
+        let p = &self.policy;
+        tag_horizon(
+            p.ttl,
+            p.jitter,
+            p.stale,
+            p.negative_ttl,
+            self.coherence.near_ttl,
+        )
+    }
+
+    /// See [`Cache::compact_tags`]. Under write-back, first reads when the
+    /// oldest pending dirty record became dirty (one pipelined read of the
+    /// shards' queues): a record made after that read became dirty now,
+    /// after every invalidation old enough to be removed.
+    pub(crate) async fn compact_tags(&self) -> Result<Vec<String>> {
+        let dirty_since_ms = match &self.write_back {
+            Some(state) => (state.log.backlog(&state.shards).await?)
+                .iter()
+                .filter_map(|b| b.oldest_ms)
+                .min(),
+            None => None,
+        };
+        let compaction = Compaction {
+            now_ms: self.clock.now_ms(),
+            idle: self.tag_horizon(),
+            dirty_since_ms,
+        };
+        let compacted = self.coherence.bus.compact(&compaction).await?;
+        Ok(compacted.removed)
+    }
+
+    /// Starts the background tag compaction of this cache (see the module
+    /// docs); it ends when the cache is dropped.
+    pub(crate) fn start_tag_compaction(self: &Arc<Self>) {
+        let every = (self.tag_horizon() / 4).clamp(COMPACT_EVERY.0, COMPACT_EVERY.1);
+        tokio::spawn(compact_tags_every(Arc::downgrade(self), every));
+    }
+
     /// Puts a value this instance just filled into the store into the near
     /// cache too (its envelope gives its times and stamp).
     pub(crate) async fn near_fill(

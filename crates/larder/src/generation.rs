@@ -10,13 +10,16 @@
 //! | `seq` | a counter; created at the wall clock in µs, then only incremented |
 //! | `purge` | the `seq` of the last purge |
 //! | `t:<tag>` | the `seq` of the tag's last invalidation |
+//! | `a:<tag>` | when the tag was last invalidated (ms of larder's clock) |
+//! | `compacted` | the floor: the largest `seq` of a tag compaction removed |
 //!
 //! A purge or a tag invalidation is one script: increment `seq`, store it in
-//! its field. Every entry is **stamped** (in its envelope) with the `seq`
-//! its filler knew *before* the load began, and with its tags. An entry is
-//! current only if its stamp is at least `purge` and at least the `seq` of
-//! each of its tags; otherwise it was invalidated and is a miss (never
-//! stale).
+//! its field (and, for a tag, the time in `a:<tag>`). Every entry is
+//! **stamped** (in its envelope) with the `seq` its filler knew *before*
+//! the load began, and with its tags. An entry is current only if its
+//! stamp is at least `purge` and at least the `seq` of each of its tags
+//! (and, carrying tags, at least `compacted`; see below); otherwise it was
+//! invalidated and is a miss (never stale).
 //!
 //! The cache keeps the hash in process: read when the invalidation bus
 //! subscribes (at start and after every reconnect) and kept up to date by
@@ -29,13 +32,66 @@
 //! it was not (a needless miss), never the other way round. `seq` starts at
 //! the wall clock in µs so that a Redis that lost the hash (restarted
 //! without persistence) starts it above any stamp it handed out before.
+//!
+//! # Bounded tag generations: compaction
+//!
+//! Without care the hash grows by one field per tag ever invalidated, in
+//! the store and in every process. So each tag invalidation also records
+//! *when* it happened, in the companion field `a:<tag>` (ms of larder's
+//! clock, written by the same bump script), and a compaction step
+//! ([`Store::compact_generations`](crate::store::Store::compact_generations),
+//! one script on the one key) removes a tag's two fields once the tag has
+//! been idle longer than the **horizon**:
+//!
+//! ```text
+//! horizon = max(ttl × (1 + jitter) + stale, negative_ttl, near-cache ttl) + TAG_SKEW_MARGIN
+//! ```
+//!
+//! the longest an entry written before the invalidation can live (a value
+//! until its stale window ends, a remembered "not found", a near-cache
+//! copy), plus [`TAG_SKEW_MARGIN`] for the clocks of the instance that
+//! invalidated and the one that compacts disagreeing. Every removal raises
+//! the field `compacted` to the largest `seq` removed: the **floor**.
+//!
+//! The rule that makes removal safe: **a tag absent from the hash counts as
+//! invalidated at the floor.** An entry carrying any tag must be stamped at
+//! least at the floor to be current (entries without tags are judged by
+//! `purge` alone). So removing a tag can never make an entry it
+//! invalidated look current: that entry's stamp is below the tag's `seq`,
+//! which is at most the floor, so it is still a miss. The horizon is what
+//! keeps this rule from costing misses: an entry stamped below the floor
+//! was stamped before an invalidation older than the horizon, so it has
+//! normally expired by itself already. The floor is what keeps the rule
+//! sound when the horizon is not enough — a fill that started before the
+//! invalidation and landed late (it held its lease for up to `lease_ttl`),
+//! a stamp taken by an instance that had not heard of the invalidation
+//! yet, a flush that refreshed an entry under a generation read before a
+//! slow commit: such an entry stays a (needless) miss instead of being
+//! served.
+//!
+//! Write-back adds one more rule: a tag is **not** compacted while the
+//! entity's oldest pending dirty record (the oldest score of its shards'
+//! queues) became dirty at or before the tag's last invalidation; it waits
+//! until that record is flushed. A pending record is served as the answer
+//! whatever its stamp, and its flush refreshes the entry under a generation
+//! read at flush time: keeping the tag until every record older than its
+//! invalidation is flushed keeps the refresh judged against the tag itself,
+//! not only against the floor.
+//!
+//! In process, the floor lives under the same lock as the tags (a reader
+//! sees both before or both after a compaction), and learning a floor
+//! drops every tag known at or below it. A process learns floors three
+//! ways: its own compaction's answer (every instance runs one periodically
+//! while it knows of any tag), the bus message the compacting instance
+//! publishes (`"c"`), and the hash's `compacted` field whenever it reads
+//! the generations (on subscribing, and while the bus is down).
 
 use crate::error::{Error, Result};
 use bytes::{BufMut, Bytes};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The most tags one entry may carry.
 pub const MAX_TAGS: usize = 32;
@@ -48,9 +104,40 @@ pub(crate) const SEQ_FIELD: &str = "seq";
 /// The hash field of the last purge.
 pub(crate) const PURGE_FIELD: &str = "purge";
 
+/// The hash field of the compaction floor: the largest `seq` of a tag
+/// removed by compaction. A tag absent from the hash counts as
+/// invalidated at the floor.
+pub(crate) const FLOOR_FIELD: &str = "compacted";
+
+/// How far the clocks of two instances (the one that invalidated a tag and
+/// the one that compacts it) may disagree; added to the horizon.
+pub const TAG_SKEW_MARGIN: Duration = Duration::from_secs(2);
+
 /// The hash field of a tag's last invalidation.
 pub(crate) fn tag_field(tag: &str) -> String {
     format!("t:{tag}")
+}
+
+/// The hash field of when a tag was last invalidated (ms of larder's clock).
+pub(crate) fn tag_at_field(tag: &str) -> String {
+    format!("a:{tag}")
+}
+
+/// How long a tag must have been idle before compaction may remove it:
+/// the longest an entry written before its last invalidation can live,
+/// plus [`TAG_SKEW_MARGIN`] (see the module docs).
+pub(crate) fn tag_horizon(
+    ttl: Duration,
+    jitter: f64,
+    stale: Duration,
+    negative_ttl: Duration,
+    near_ttl: Option<Duration>,
+) -> Duration {
+    let value = ttl.mul_f64(1.0 + jitter.max(0.0)).saturating_add(stale);
+    value
+        .max(negative_ttl)
+        .max(near_ttl.unwrap_or_default())
+        .saturating_add(TAG_SKEW_MARGIN)
 }
 
 /// Where a new hash's `seq` starts: the wall clock in µs.
@@ -138,7 +225,40 @@ impl Stamp {
 pub(crate) struct Generations {
     seq: AtomicU64,
     purge: AtomicU64,
-    tags: RwLock<HashMap<String, u64>>,
+    tags: RwLock<Tags>,
+}
+
+/// The tags known in process and the compaction floor, under one lock so
+/// that a reader sees a compaction whole or not at all.
+#[derive(Debug, Default)]
+struct Tags {
+    /// Tag → the `seq` of its last invalidation; only tags above `floor`.
+    at: HashMap<String, u64>,
+    /// A tag absent from `at` counts as invalidated at this `seq`.
+    floor: u64,
+}
+
+impl Tags {
+    /// Records a tag invalidated at `seq`, unless the floor covers it.
+    fn invalidated(&mut self, tag: &str, seq: u64) {
+        if seq <= self.floor {
+            return;
+        }
+        match self.at.get_mut(tag) {
+            Some(at) => *at = (*at).max(seq),
+            None => {
+                self.at.insert(tag.to_owned(), seq);
+            }
+        }
+    }
+
+    /// Raises the floor and drops the tags it covers.
+    fn compacted(&mut self, floor: u64) {
+        if floor > self.floor {
+            self.floor = floor;
+            self.at.retain(|_, at| *at > floor);
+        }
+    }
 }
 
 impl Generations {
@@ -158,11 +278,40 @@ impl Generations {
         let Some(stamp) = stamp.filter(|s| !s.tags.is_empty()) else {
             return true;
         };
-        let tags = self.tags.read().unwrap_or_else(|p| p.into_inner());
-        stamp
-            .tags
-            .iter()
-            .all(|t| tags.get(t).is_none_or(|&at| seq >= at))
+        let tags = self.read_tags();
+        // A tag absent from the map counts as invalidated at the floor.
+        seq >= tags.floor
+            && stamp
+                .tags
+                .iter()
+                .all(|t| tags.at.get(t).is_none_or(|&at| seq >= at))
+    }
+
+    fn read_tags(&self) -> std::sync::RwLockReadGuard<'_, Tags> {
+        // Every update is a few map operations: a poisoned lock is consistent.
+        self.tags.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_tags(&self) -> std::sync::RwLockWriteGuard<'_, Tags> {
+        self.tags.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The tags known here (invalidated, not yet compacted away), sorted.
+    pub(crate) fn tags(&self) -> Vec<String> {
+        let mut tags: Vec<String> = self.read_tags().at.keys().cloned().collect();
+        tags.sort();
+        tags
+    }
+
+    /// Whether any tag is known here (else there is nothing to compact).
+    pub(crate) fn has_tags(&self) -> bool {
+        !self.read_tags().at.is_empty()
+    }
+
+    /// A compaction removed tags up to `floor` (from this instance's own
+    /// compaction, the bus, or the store's hash): drops them here too.
+    pub(crate) fn compacted(&self, floor: u64) {
+        self.write_tags().compacted(floor);
     }
 
     /// A purge at `seq` (from this instance or the bus).
@@ -173,11 +322,7 @@ impl Generations {
 
     /// A tag invalidated at `seq`.
     pub(crate) fn tag_invalidated(&self, tag: &str, seq: u64) {
-        {
-            let mut tags = self.tags.write().unwrap_or_else(|p| p.into_inner());
-            let at = tags.entry(tag.to_owned()).or_default();
-            *at = (*at).max(seq);
-        }
+        self.write_tags().invalidated(tag, seq);
         self.seq.fetch_max(seq, Ordering::AcqRel);
     }
 
@@ -186,17 +331,21 @@ impl Generations {
     /// field by field, keeping the larger value: a reply read before a
     /// purge or tag invalidation this copy already knows of (a late reply,
     /// or one from a lagging read) never moves a generation backwards.
+    /// A tag the reply lacks stays known here unless the reply's floor
+    /// covers it (it was compacted away).
     pub(crate) fn merge(&self, fields: Vec<(String, u64)>) {
         let mut seq = 0;
         let mut purge = 0;
-        let mut tags = HashMap::new();
+        let mut floor = 0;
+        let mut tags = Vec::new();
         for (field, value) in fields {
             match field.as_str() {
                 SEQ_FIELD => seq = value,
                 PURGE_FIELD => purge = value,
+                FLOOR_FIELD => floor = value,
                 other => {
                     if let Some(tag) = other.strip_prefix("t:") {
-                        tags.insert(tag.to_owned(), value);
+                        tags.push((tag.to_owned(), value));
                     }
                 }
             }
@@ -204,10 +353,10 @@ impl Generations {
         // Tags and purge first: a reader must never see the new `seq`
         // with the old invalidations (it would stamp too high).
         {
-            let mut known = self.tags.write().unwrap_or_else(|p| p.into_inner());
+            let mut known = self.write_tags();
+            known.compacted(floor);
             for (tag, at) in tags {
-                let known = known.entry(tag).or_default();
-                *known = (*known).max(at);
+                known.invalidated(&tag, at);
             }
         }
         self.purge.fetch_max(purge, Ordering::AcqRel);
@@ -310,6 +459,55 @@ mod tests {
         assert!(!g.is_current(Some(&stamp(19, &[]))));
         assert!(!g.is_current(Some(&stamp(24, &["x"]))));
         assert!(g.is_current(Some(&stamp(25, &["x"]))));
+    }
+
+    #[test]
+    fn a_compacted_tag_keeps_older_tagged_stamps_invalidated() {
+        let g = Generations::default();
+        g.merge(vec![("seq".into(), 10)]);
+        g.tag_invalidated("x", 11);
+        g.tag_invalidated("y", 12);
+        g.tag_invalidated("z", 13);
+        g.compacted(12);
+        assert_eq!(g.tags(), vec!["z".to_owned()], "x and y dropped, z kept");
+        // Invalidated by x (or y) before: still a miss without them.
+        assert!(!g.is_current(Some(&stamp(10, &["x"]))));
+        assert!(!g.is_current(Some(&stamp(11, &["y"]))));
+        // Any tag counts as invalidated at the floor, even one never seen.
+        assert!(!g.is_current(Some(&stamp(11, &["never"]))));
+        assert!(g.is_current(Some(&stamp(12, &["x", "never"]))));
+        assert!(!g.is_current(Some(&stamp(12, &["z"]))));
+        // Untagged entries answer to purge alone.
+        assert!(g.is_current(Some(&stamp(1, &[]))));
+        // A late message or reply below the floor does not bring a tag back.
+        g.tag_invalidated("x", 11);
+        g.merge(vec![("seq".into(), 13), ("t:y".into(), 12)]);
+        assert_eq!(g.tags(), vec!["z".to_owned()]);
+        // A floor read from the store drops what it covers, never lowers.
+        g.merge(vec![("seq".into(), 13), ("compacted".into(), 13)]);
+        assert!(g.tags().is_empty());
+        g.compacted(5);
+        assert!(!g.is_current(Some(&stamp(12, &["x"]))));
+        // A tag invalidated after the compaction is tracked again.
+        g.tag_invalidated("x", 14);
+        assert_eq!(g.tags(), vec!["x".to_owned()]);
+    }
+
+    #[test]
+    fn the_horizon_outlives_every_entry_written_before() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            tag_horizon(s(60), 0.1, s(30), s(5), Some(s(10))),
+            s(66 + 30) + TAG_SKEW_MARGIN
+        );
+        assert_eq!(
+            tag_horizon(s(1), 0.0, s(0), s(120), Some(s(10))),
+            s(120) + TAG_SKEW_MARGIN
+        );
+        assert_eq!(
+            tag_horizon(s(1), 0.0, s(0), s(0), Some(s(10))),
+            s(10) + TAG_SKEW_MARGIN
+        );
     }
 
     #[test]

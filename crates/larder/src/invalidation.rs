@@ -4,7 +4,7 @@
 //! applied to the store, then applied to this instance's near cache, then
 //! published on the prefix's channel, `<prefix>:invalidations`, as a small
 //! JSON message (`{"o": instance, "e": entity, "k": [ids]}`, `"t"`+`"s"` for
-//! a tag, `"p"` for a purge). Every instance subscribed to the channel
+//! a tag, `"p"` for a purge, `"c"` for a compaction of tags: its floor). Every instance subscribed to the channel
 //! evicts the keys from its near cache or learns the new generation.
 //! Publishing after the store is what makes the order safe: a reader that
 //! hears the message and reads again finds the new state.
@@ -44,11 +44,11 @@
 //!   cache coherent in this process only.
 
 use crate::error::Result;
-use crate::generation::{initial_seq, tag_field, Generations, PURGE_FIELD};
+use crate::generation::{initial_seq, tag_at_field, tag_field, Generations, PURGE_FIELD};
 use crate::key::KeySpace;
 use crate::near::{Epochs, Evict};
 use crate::stats::{NearCounters, NearEvent, NearStats};
-use crate::store::{Store, WriteKeys};
+use crate::store::{Compacted, Compaction, Store, WriteKeys};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -88,6 +88,9 @@ struct Message {
     /// A purge, at this `seq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     p: Option<u64>,
+    /// Tags were compacted away, up to this floor (see `generation.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<u64>,
 }
 
 /// What the state file says, as written on disk (JSON).
@@ -486,7 +489,7 @@ impl Bus {
     /// Bumps the entity's generation: every entry filled before is a miss,
     /// on every instance. Owed (and the error returned) if the store is down.
     pub(crate) async fn purge(self: &Arc<Self>) -> Result<()> {
-        self.bump_and_announce(PURGE_FIELD, |bus, seq| {
+        self.bump_and_announce(PURGE_FIELD, None, |bus, seq| {
             bus.purged(seq);
             Message {
                 p: Some(seq),
@@ -496,9 +499,12 @@ impl Bus {
         .await
     }
 
-    /// Makes every entry tagged `tag` a miss, on every instance.
-    pub(crate) async fn invalidate_tag(self: &Arc<Self>, tag: &str) -> Result<()> {
-        self.bump_and_announce(&tag_field(tag), |bus, seq| {
+    /// Makes every entry tagged `tag` a miss, on every instance; `now_ms`
+    /// (larder's clock) is recorded as the tag's last invalidation, which
+    /// compaction measures its idleness from.
+    pub(crate) async fn invalidate_tag(self: &Arc<Self>, tag: &str, now_ms: u64) -> Result<()> {
+        let at = tag_at_field(tag);
+        self.bump_and_announce(&tag_field(tag), Some((&at, now_ms)), |bus, seq| {
             bus.generations.tag_invalidated(tag, seq);
             Message {
                 t: Some(tag.to_owned()),
@@ -516,9 +522,10 @@ impl Bus {
     async fn bump_and_announce(
         self: &Arc<Self>,
         field: &str,
+        at: Option<(&str, u64)>,
         apply: impl FnOnce(&Self, u64) -> Message,
     ) -> Result<()> {
-        let seq = match self.bump(field).await {
+        let seq = match self.bump(field, at).await {
             Ok(seq) => seq,
             Err(e) => {
                 if e.is_store_unavailable() {
@@ -536,10 +543,36 @@ impl Bus {
         Ok(())
     }
 
-    async fn bump(&self, field: &str) -> Result<u64> {
+    async fn bump(&self, field: &str, at: Option<(&str, u64)>) -> Result<u64> {
         self.store
-            .bump_generation(&self.generations_key, field, initial_seq())
+            .bump_generation(&self.generations_key, field, initial_seq(), at)
             .await
+    }
+
+    /// Compacts the entity's tag generations in the store (see
+    /// `generation.rs`), drops what was removed from the in-process copy
+    /// and, if anything was removed, tells the other instances. A message
+    /// that cannot be published is not owed: every instance learns the
+    /// floor from its own next compaction or generations read.
+    pub(crate) async fn compact(&self, compaction: &Compaction) -> Result<Compacted> {
+        let compacted = self
+            .store
+            .compact_generations(&self.generations_key, compaction)
+            .await?;
+        self.generations.compacted(compacted.floor);
+        if !compacted.removed.is_empty() {
+            let message = Message {
+                c: Some(compacted.floor),
+                ..self.message()
+            };
+            match self.publish(&message).await {
+                Ok(()) => self.counters.add(NearEvent::Sent, 1),
+                Err(e) => {
+                    tracing::debug!(channel = self.channel, error = %e, "could not announce a tag compaction; instances learn it on their own")
+                }
+            }
+        }
+        Ok(compacted)
     }
 
     fn purged(&self, seq: u64) {
@@ -623,7 +656,7 @@ impl Bus {
             (owed, pending.purge)
         };
         if purge {
-            let Ok(seq) = self.bump(PURGE_FIELD).await else {
+            let Ok(seq) = self.bump(PURGE_FIELD, None).await else {
                 return false;
             };
             self.purged(seq);
@@ -700,6 +733,10 @@ impl Bus {
         }
         if let Some(seq) = message.p {
             self.purged(seq);
+            received += 1;
+        }
+        if let Some(floor) = message.c {
+            self.generations.compacted(floor);
             received += 1;
         }
         self.counters.add(NearEvent::Received, received);

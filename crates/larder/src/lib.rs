@@ -124,7 +124,7 @@ mod coherence;
 mod generation;
 mod invalidation;
 mod near;
-pub use generation::{MAX_TAGS, MAX_TAG_LEN};
+pub use generation::{MAX_TAGS, MAX_TAG_LEN, TAG_SKEW_MARGIN};
 pub use invalidation::MAX_PENDING;
 pub use near::NearOptions;
 pub use stats::NearStats;

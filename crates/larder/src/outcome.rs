@@ -74,6 +74,9 @@ pub struct Lookup<V> {
     pub value: Option<Arc<V>>,
     /// Where the answer came from.
     pub outcome: Outcome,
+    /// Until when the cached entry that answered is fresh; see
+    /// [`Lookup::fresh_until`].
+    fresh_until: Option<u64>,
 }
 
 impl<V> Clone for Lookup<V> {
@@ -81,13 +84,52 @@ impl<V> Clone for Lookup<V> {
         Self {
             value: self.value.clone(),
             outcome: self.outcome,
+            fresh_until: self.fresh_until,
         }
     }
 }
 
 impl<V> Lookup<V> {
+    /// An answer that no cached entry gave (nothing known of freshness).
+    pub(crate) fn new(value: Option<Arc<V>>, outcome: Outcome) -> Self {
+        Self {
+            value,
+            outcome,
+            fresh_until: None,
+        }
+    }
+
+    /// An answer from (or filled into) a cached entry fresh until
+    /// `fresh_until`.
+    pub(crate) fn cached(value: Option<Arc<V>>, outcome: Outcome, fresh_until: u64) -> Self {
+        Self {
+            value,
+            outcome,
+            fresh_until: Some(fresh_until),
+        }
+    }
+
+    /// The same answer, from an entry fresh until `fresh_until` (if known).
+    pub(crate) fn fresh_until_at(mut self, fresh_until: Option<u64>) -> Self {
+        self.fresh_until = fresh_until;
+        self
+    }
+
     /// The value, dropping the outcome.
     pub fn into_value(self) -> Option<Arc<V>> {
         self.value
+    }
+
+    /// Until when (ms since the Unix epoch, by the cache's clock) the
+    /// cached entry behind this answer is fresh: its envelope's time for
+    /// `hit`, `stale` (already past) and `negative`, the near cache's copy
+    /// of it for `l1`, and the entry just filled for `miss`. `None` when
+    /// no cached entry stands behind the answer: a load whose fill did not
+    /// land, `bypass`, or a pending write-back write. Read from the entry
+    /// the read already decoded: no round trip, no allocation.
+    /// [`Cache::remaining_fresh`](crate::Cache::remaining_fresh) turns it
+    /// into a duration.
+    pub fn fresh_until(&self) -> Option<u64> {
+        self.fresh_until
     }
 }

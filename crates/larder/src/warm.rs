@@ -116,7 +116,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             return Ok(());
         }
         for (_, _, landed) in self.load_and_fill_many(leased).await? {
-            if landed {
+            if landed.is_some() {
                 state.written += 1;
             } else {
                 state.skipped += 1;

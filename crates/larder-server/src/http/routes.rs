@@ -84,7 +84,7 @@ pub async fn get_row(
             Err(err) => return Err(engine(e)(err)),
         }
     }
-    let Lookup { value, outcome } = e.cache.get(&id).await.map_err(engine(e))?;
+    let Lookup { value, outcome, .. } = e.cache.get(&id).await.map_err(engine(e))?;
     let res = match value {
         Some(row) => json_bytes(StatusCode::OK, row.bytes().clone()),
         None => ApiError::not_found(format!("{name} {id} does not exist")).into_response(),

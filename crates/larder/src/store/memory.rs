@@ -604,14 +604,59 @@ impl Store for MemoryStore {
         Ok(hash.iter().map(|(f, v)| (f.clone(), *v)).collect())
     }
 
-    async fn bump_generation(&self, key: &str, field: &str, init: u64) -> Result<u64> {
+    async fn bump_generation(
+        &self,
+        key: &str,
+        field: &str,
+        init: u64,
+        at: Option<(&str, u64)>,
+    ) -> Result<u64> {
         let mut map = self.lock();
         let hash = map.generations.entry(key.to_owned()).or_default();
         let seq = hash.entry("seq".to_owned()).or_insert(init);
         *seq += 1;
         let seq = *seq;
         hash.insert(field.to_owned(), seq);
+        if let Some((at_field, at_ms)) = at {
+            hash.insert(at_field.to_owned(), at_ms);
+        }
         Ok(seq)
+    }
+
+    async fn compact_generations(
+        &self,
+        key: &str,
+        compaction: &super::Compaction,
+    ) -> Result<super::Compacted> {
+        use crate::generation::{tag_at_field, FLOOR_FIELD};
+        let mut map = self.lock();
+        let Some(hash) = map.generations.get_mut(key) else {
+            return Ok(super::Compacted::default());
+        };
+        let tags: Vec<(String, u64)> = hash
+            .iter()
+            .filter_map(|(f, v)| Some((f.strip_prefix("t:")?.to_owned(), *v)))
+            .collect();
+        let mut floor = hash.get(FLOOR_FIELD).copied().unwrap_or(0);
+        let mut removed = Vec::new();
+        for (tag, seq) in tags {
+            let at_field = tag_at_field(&tag);
+            let Some(&at_ms) = hash.get(&at_field) else {
+                hash.insert(at_field, compaction.now_ms);
+                continue;
+            };
+            if compaction.removes(at_ms) {
+                hash.remove(&at_field);
+                hash.remove(&crate::generation::tag_field(&tag));
+                floor = floor.max(seq);
+                removed.push(tag);
+            }
+        }
+        if !removed.is_empty() {
+            hash.insert(FLOOR_FIELD.to_owned(), floor);
+        }
+        removed.sort();
+        Ok(super::Compacted { floor, removed })
     }
 
     /// The map's own figures: bytes of keys and values, keys held, keys

@@ -239,7 +239,8 @@ pub trait Store: Debug + Send + Sync + 'static {
     }
 
     /// Reads the generation hash at `key` (fields `seq`, `purge`,
-    /// `t:<tag>`), first creating its `seq` at `init` if absent; answers
+    /// `compacted`, `t:<tag>`, `a:<tag>`), first creating its `seq` at
+    /// `init` if absent; answers
     /// every field. Default: the store keeps no generations (an error).
     async fn generations(&self, key: &str, init: u64) -> Result<Vec<(String, u64)>> {
         let _ = (key, init);
@@ -248,9 +249,32 @@ pub trait Store: Debug + Send + Sync + 'static {
 
     /// Atomically: creates the hash's `seq` at `init` if absent, increments
     /// it, sets `field` to the new `seq` and answers it (a purge or a tag
-    /// invalidation). Default: the store keeps no generations (an error).
-    async fn bump_generation(&self, key: &str, field: &str, init: u64) -> Result<u64> {
-        let _ = (key, field, init);
+    /// invalidation). With `at`, also sets the field `at.0` to `at.1` (a
+    /// tag's companion field `a:<tag>`: when it was invalidated, in ms of
+    /// larder's clock). Default: the store keeps no generations (an error).
+    async fn bump_generation(
+        &self,
+        key: &str,
+        field: &str,
+        init: u64,
+        at: Option<(&str, u64)>,
+    ) -> Result<u64> {
+        let _ = (key, field, init, at);
+        Err(no_generations(self.name()))
+    }
+
+    /// Atomically removes from the generation hash at `key` every tag
+    /// (fields `t:<tag>` and `a:<tag>`) idle for longer than
+    /// `compaction.idle` at `compaction.now_ms`, unless a pending dirty
+    /// record became dirty at or before its last invalidation
+    /// (`compaction.dirty_since_ms`), and raises the field `compacted` (the
+    /// floor) to the largest `seq` removed. A tag without its `a:` field
+    /// (invalidated before invalidation times were recorded) gets one at
+    /// `now_ms` and is removed a horizon later. Answers the floor and the
+    /// tags removed. See `generation.rs` for why removal is safe. Default:
+    /// the store keeps no generations (an error).
+    async fn compact_generations(&self, key: &str, compaction: &Compaction) -> Result<Compacted> {
+        let _ = (key, compaction);
         Err(no_generations(self.name()))
     }
 
@@ -260,6 +284,36 @@ pub trait Store: Debug + Send + Sync + 'static {
     /// Default: nothing known.
     async fn server_info(&self) -> Result<ServerInfo> {
         Ok(ServerInfo::default())
+    }
+}
+
+/// What [`Store::compact_generations`] may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Now, in ms since the epoch (larder's clock).
+    pub now_ms: u64,
+    /// How long a tag must have been idle (since its last invalidation).
+    pub idle: Duration,
+    /// When the entity's oldest pending write-back record became dirty (ms
+    /// since the epoch), if any: a tag invalidated at or after it stays.
+    pub dirty_since_ms: Option<u64>,
+}
+
+/// What [`Store::compact_generations`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// The floor after the compaction: a tag absent from the hash counts
+    /// as invalidated at this `seq` (0: nothing was ever compacted).
+    pub floor: u64,
+    /// The tags removed by this compaction.
+    pub removed: Vec<String>,
+}
+
+impl Compaction {
+    /// Whether a tag last invalidated at `at_ms` may be removed.
+    pub(crate) fn removes(&self, at_ms: u64) -> bool {
+        self.now_ms.saturating_sub(at_ms) > crate::clock::duration_ms(self.idle)
+            && self.dirty_since_ms.is_none_or(|dirty| dirty > at_ms)
     }
 }
 

@@ -679,10 +679,47 @@ impl Store for RedisStore {
         Ok(super::pubsub::pairs(flat))
     }
 
-    async fn bump_generation(&self, key: &str, field: &str, init: u64) -> Result<u64> {
+    async fn bump_generation(
+        &self,
+        key: &str,
+        field: &str,
+        init: u64,
+        at: Option<(&str, u64)>,
+    ) -> Result<u64> {
         let mut inv = BUMP_GENERATION.prepare_invoke();
         inv.key(key).arg(field).arg(init);
+        if let Some((at_field, at_ms)) = at {
+            inv.arg(at_field).arg(at_ms);
+        }
         self.run(inv).await
+    }
+
+    async fn compact_generations(
+        &self,
+        key: &str,
+        compaction: &super::Compaction,
+    ) -> Result<super::Compacted> {
+        let mut inv = COMPACT_GENERATIONS.prepare_invoke();
+        inv.key(key)
+            .arg(compaction.now_ms)
+            .arg(ms(compaction.idle))
+            .arg(
+                compaction
+                    .dirty_since_ms
+                    .map_or(-1, |d| i64::try_from(d).unwrap_or(i64::MAX)),
+            );
+        let reply: Vec<String> = self.run(inv).await?;
+        let mut reply = reply.into_iter();
+        let floor = reply
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(|| Error::Store {
+                store: self.name_str().to_owned(),
+                cause: crate::error::Message::cause("the compaction script answered no floor"),
+            })?;
+        let mut removed: Vec<String> = reply.collect();
+        removed.sort();
+        Ok(super::Compacted { floor, removed })
     }
 
     async fn server_info(&self) -> Result<super::ServerInfo> {
@@ -721,11 +758,58 @@ return redis.call('HGETALL', KEYS[1])
 static BUMP_GENERATION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: generations. ARGV: field, initial seq
+-- KEYS: generations. ARGV: field, initial seq[, companion field, its value]
 redis.call('HSETNX', KEYS[1], 'seq', ARGV[2])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], ARGV[1], seq)
+if ARGV[3] then
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+end
 return seq
+",
+    )
+});
+
+/// Removes tags idle past the horizon (see `Store::compact_generations`).
+/// `seq` values stay strings (compared with `tonumber`: they are below
+/// 2^53) so that none is reformatted by Lua's number conversion.
+static COMPACT_GENERATIONS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: generations. ARGV: now (ms), idle (ms), oldest dirty record (ms; -1: none)
+local now = tonumber(ARGV[1])
+local idle = tonumber(ARGV[2])
+local dirty = tonumber(ARGV[3])
+local floor = redis.call('HGET', KEYS[1], 'compacted') or '0'
+local flat = redis.call('HGETALL', KEYS[1])
+local tags, at = {}, {}
+for i = 1, #flat, 2 do
+  local kind, name = string.sub(flat[i], 1, 2), string.sub(flat[i], 3)
+  if kind == 't:' then
+    tags[#tags + 1] = {name, flat[i + 1]}
+  elseif kind == 'a:' then
+    at[name] = tonumber(flat[i + 1])
+  end
+end
+local removed = {}
+for _, tag in ipairs(tags) do
+  local name, seq = tag[1], tag[2]
+  local when = at[name]
+  if when == nil then
+    redis.call('HSET', KEYS[1], 'a:' .. name, ARGV[1])
+  elseif now - when > idle and (dirty < 0 or dirty > when) then
+    redis.call('HDEL', KEYS[1], 't:' .. name, 'a:' .. name)
+    if tonumber(seq) > tonumber(floor) then
+      floor = seq
+    end
+    removed[#removed + 1] = name
+  end
+end
+if #removed > 0 then
+  redis.call('HSET', KEYS[1], 'compacted', floor)
+end
+table.insert(removed, 1, floor)
+return removed
 ",
     )
 });

@@ -21,8 +21,27 @@ use larder::RawJson;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
-/// A row read's answer, or the error line for it.
-type Row = Result<Option<Arc<RawJson>>, String>;
+/// A row read's answer, or why there is none.
+type Row = Result<Option<Arc<RawJson>>, Refused>;
+
+/// Why a key of a multi-key read has no answer.
+#[derive(Debug, Clone)]
+enum Refused {
+    /// The key itself is bad (names no entity, or a bad id): `MGET`
+    /// answers nil for it, as Redis' `MGET` never fails for one key.
+    Key(String),
+    /// The engine could not answer (the store down for a write-back
+    /// entity, the database failing): the error line.
+    Engine(String),
+}
+
+impl Refused {
+    fn line(&self) -> &str {
+        match self {
+            Refused::Key(line) | Refused::Engine(line) => line,
+        }
+    }
+}
 
 /// `ERR <code> <message>` of an HTTP-shaped error.
 fn api_line(err: &ApiError) -> String {
@@ -61,15 +80,25 @@ pub fn resolve<'s, 'k>(
     Ok((entity, id))
 }
 
+/// The entity and canonical id of `key`, or the error line saying why
+/// the key is bad (no store or database access).
+fn resolve_id<'s>(state: &'s AppState, key: &[u8]) -> Result<(&'s Entity, String), String> {
+    let (e, raw) = resolve(state, key)?;
+    let id = e.cache.id_of(raw).map_err(|err| engine_line(e, &err))?;
+    Ok((e, id))
+}
+
 /// Reads the rows of `keys` (any entities): per entity one `get_many`
 /// (one store round trip, at most one query for the misses), the entities
-/// concurrently. Answers in `keys` order.
+/// concurrently. A bad key (no entity, a bad id) is refused alone, before
+/// any read, so it never costs the others a round trip. Answers in `keys`
+/// order.
 async fn read_rows(state: &AppState, keys: &[&[u8]]) -> Vec<Row> {
     let mut answers: Vec<Row> = Vec::with_capacity(keys.len());
-    // Groups of (entity, positions, raw ids), in order of first appearance.
-    let mut groups: Vec<(&Entity, Vec<usize>, Vec<&str>)> = Vec::new();
+    // Groups of (entity, positions, canonical ids), in order of first appearance.
+    let mut groups: Vec<(&Entity, Vec<usize>, Vec<String>)> = Vec::new();
     for (pos, key) in keys.iter().enumerate() {
-        match resolve(state, key) {
+        match resolve_id(state, key) {
             Ok((e, id)) => {
                 answers.push(Ok(None));
                 match groups.iter_mut().find(|g| std::ptr::eq(g.0, e)) {
@@ -80,20 +109,19 @@ async fn read_rows(state: &AppState, keys: &[&[u8]]) -> Vec<Row> {
                     None => groups.push((e, vec![pos], vec![id])),
                 }
             }
-            Err(line) => answers.push(Err(line)),
+            Err(line) => answers.push(Err(Refused::Key(line))),
         }
     }
     let reads = groups.iter().map(|(e, _, ids)| async move {
-        if ids.len() == 1 {
-            return vec![one(e, ids[0]).await];
+        if let [id] = ids.as_slice() {
+            return vec![one(e, id).await];
         }
-        match e.cache.get_many(ids).await {
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        match e.cache.get_many(&refs).await {
             Ok(lookups) => lookups.into_iter().map(|l| Ok(l.value)).collect(),
-            // One bad id refuses the whole batch: answer each id alone.
-            Err(larder::Error::InvalidId { .. }) => join_all(ids.iter().map(|id| one(e, id))).await,
             Err(err) => {
-                let line = engine_line(e, &err);
-                ids.iter().map(|_| Err(line.clone())).collect()
+                let refused = Refused::Engine(engine_line(e, &err));
+                ids.iter().map(|_| Err(refused.clone())).collect()
             }
         }
     });
@@ -110,14 +138,14 @@ async fn one(e: &Entity, id: &str) -> Row {
         .get(id)
         .await
         .map(|l| l.value)
-        .map_err(|err| engine_line(e, &err))
+        .map_err(|err| Refused::Engine(engine_line(e, &err)))
 }
 
 fn row_reply(out: &mut BytesMut, ctx_proto: reply::Proto, row: &Row) {
     match row {
         Ok(Some(row)) => reply::bulk(out, row.bytes()),
         Ok(None) => reply::nil(out, ctx_proto),
-        Err(line) => reply::error(out, line),
+        Err(refused) => reply::error(out, refused.line()),
     }
 }
 
@@ -125,7 +153,7 @@ fn row_reply(out: &mut BytesMut, ctx_proto: reply::Proto, row: &Row) {
 pub async fn get(ctx: &mut Ctx<'_>, key: &[u8]) {
     let row = match resolve(ctx.state, key) {
         Ok((e, id)) => one(e, id).await,
-        Err(line) => Err(line),
+        Err(line) => Err(Refused::Key(line)),
     };
     row_reply(ctx.out, ctx.conn.proto, &row);
 }
@@ -142,18 +170,25 @@ pub async fn get_batch(ctx: &mut Ctx<'_>, keys: &[&[u8]]) {
     }
 }
 
-/// `MGET key…`: an array of rows (nil where none). A key naming no entity
-/// or a bad id answers the error instead of the array.
+/// `MGET key…`: an array of rows, nil where there is none. As in Redis,
+/// no single key fails the command: a key naming no entity or with a bad
+/// id answers nil too, while the other keys are still read (one store
+/// round trip and at most one query for the misses per entity). Only an
+/// engine failure (the store down for a write-back entity, the database
+/// failing) answers its error instead of the array.
 pub async fn mget(ctx: &mut Ctx<'_>, args: Args<'_>) {
     let keys: Vec<&[u8]> = args.iter_from(1).collect();
     let rows = read_rows(ctx.state, &keys).await;
-    if let Some(Err(line)) = rows.iter().find(|r| r.is_err()) {
-        reply::error(ctx.out, line);
+    if let Some(Err(refused)) = rows.iter().find(|r| matches!(r, Err(Refused::Engine(_)))) {
+        reply::error(ctx.out, refused.line());
         return;
     }
     reply::array(ctx.out, rows.len());
     for row in &rows {
-        row_reply(ctx.out, ctx.conn.proto, row);
+        match row {
+            Err(Refused::Key(_)) => reply::nil(ctx.out, ctx.conn.proto),
+            row => row_reply(ctx.out, ctx.conn.proto, row),
+        }
     }
 }
 
@@ -167,8 +202,8 @@ pub async fn exists(ctx: &mut Ctx<'_>, args: Args<'_>) {
         match row {
             Ok(Some(_)) => n += 1,
             Ok(None) => {}
-            Err(line) => {
-                reply::error(ctx.out, line);
+            Err(refused) => {
+                reply::error(ctx.out, refused.line());
                 return;
             }
         }
@@ -177,26 +212,37 @@ pub async fn exists(ctx: &mut Ctx<'_>, args: Args<'_>) {
 }
 
 /// `TTL key` / `PTTL key`: read through like `GET`; `-2` when there is no
-/// row, else the entity's freshness `ttl` (an entry read now is fresh for
-/// about that long: `ttl × (1 ± jitter)`).
+/// row, else the remaining freshness of the cached entry that answered,
+/// by the cache's clock: seconds rounded to the nearest as Redis does
+/// (`(ms + 500) / 1000`), or milliseconds. A `stale` answer is past its
+/// freshness: `0`. An `l1` answer counts from the near cache's copy, whose
+/// freshness is the entry's own. `-1` (a key without expiry, in Redis'
+/// words) when no cached entry stands behind the row: read from the
+/// database while the store is down, or a write-back write still pending.
 pub async fn ttl(ctx: &mut Ctx<'_>, key: &[u8], millis: bool) {
     let (e, id) = match resolve(ctx.state, key) {
         Ok(r) => r,
         Err(line) => return reply::error(ctx.out, &line),
     };
-    match one(e, id).await {
-        Ok(Some(_)) => {
-            let ttl = e.config.ttl.0;
-            let n = if millis {
-                ttl.as_millis()
-            } else {
-                ttl.as_secs().into()
-            };
-            reply::int(ctx.out, i64::try_from(n).unwrap_or(i64::MAX));
-        }
-        Ok(None) => reply::int(ctx.out, -2),
-        Err(line) => reply::error(ctx.out, &line),
+    let lookup = match e.cache.get(id).await {
+        Ok(lookup) => lookup,
+        Err(err) => return reply::error(ctx.out, &engine_line(e, &err)),
+    };
+    if lookup.value.is_none() {
+        return reply::int(ctx.out, -2);
     }
+    let n = match e.cache.remaining_fresh(&lookup) {
+        Some(left) => {
+            let ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+            if millis {
+                ms
+            } else {
+                ms.saturating_add(500) / 1000
+            }
+        }
+        None => -1,
+    };
+    reply::int(ctx.out, n);
 }
 
 /// A row's columns in the row's own order (the table's), as `HGETALL`
@@ -236,7 +282,10 @@ impl<'de> serde::Deserialize<'de> for Columns {
 /// A row as columns: `None` when there is no row.
 async fn columns_of(ctx: &mut Ctx<'_>, key: &[u8]) -> Result<Option<Columns>, String> {
     let (e, id) = resolve(ctx.state, key)?;
-    match one(e, id).await? {
+    match one(e, id)
+        .await
+        .map_err(|refused| refused.line().to_owned())?
+    {
         None => Ok(None),
         Some(row) => match serde_json::from_slice::<Columns>(row.bytes()) {
             Ok(columns) => Ok(Some(columns)),
