@@ -148,7 +148,9 @@ pub enum Error {
         cause: Cause,
     },
 
-    /// The source answered with an error (a bad query, a constraint violation).
+    /// The source answered with an error (a bad query, a constraint
+    /// violation); [`Error::kind`] tells which constraint, or that the
+    /// database refused a value.
     #[error("source of entity `{entity}` failed: {cause}")]
     Source {
         /// The entity.
