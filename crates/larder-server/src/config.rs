@@ -7,13 +7,23 @@
 //! Parsing is serde with `deny_unknown_fields` (tracked by
 //! `serde_path_to_error`, so an unknown or mistyped key is named by its
 //! path); [`Config::validate`] then checks what types cannot say (names,
-//! timeouts that must fit together, combinations). Checks that need the
-//! database (tables, columns, views) run at startup in
-//! [`crate::serve`], and report through the same [`ConfigError`].
+//! combinations). Checks that need the database (tables, columns, views)
+//! run at startup in [`crate::serve`], and report through the same
+//! [`ConfigError`].
+//!
+//! The engine's settings are the library's: `[near]` *is*
+//! [`larder::NearOptions`], `[entity.write_back]` *is* [`larder::WriteBack`],
+//! and an entity's freshness settings take their defaults from the
+//! library's constants and their verdict from
+//! [`larder::CacheBuilder::validate`]. So every default and limit has one
+//! home, and a refused setting ([`larder::Error::InvalidSetting`]) is
+//! reported at its key here (`entity[0].write_back.batch: must be at most
+//! 10000`).
 //!
 //! `larder.example.toml` at the repository root lists every key with its
 //! default; a test parses it so it stays true.
 
+use larder::{Cache, CacheBuilder, NearOptions, PassThrough, RawJson, WriteBack};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::SocketAddr;
@@ -64,13 +74,9 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim())
+        larder::parse_duration(&text)
             .map(Dur)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {text:?}: {e} (write e.g. \"60s\", \"5m\", \"250ms\")"
-                ))
-            })
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -157,8 +163,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// The database. See [`SourceConfig`].
     pub source: SourceConfig,
-    /// The near cache (L1) for every entity; absent: none.
-    pub near: Option<NearConfig>,
+    /// The near cache (L1) for every entity (`capacity`, `ttl`, defaults
+    /// [`NearOptions::DEFAULT_CAPACITY`] and [`NearOptions::DEFAULT_TTL`]);
+    /// absent: none.
+    pub near: Option<NearOptions>,
     /// Authentication. See [`AuthConfig`].
     pub auth: AuthConfig,
     /// The entities (`[[entity]]`).
@@ -227,25 +235,6 @@ impl SourceConfig {
     /// Whether the database is PostgreSQL.
     pub fn is_postgres(&self) -> bool {
         self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
-    }
-}
-
-/// `[near]`: the in-process near cache (L1).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct NearConfig {
-    /// Entries kept per entity. Default: 10000.
-    pub capacity: u64,
-    /// How long an entry is kept. Default: `2s`.
-    pub ttl: Dur,
-}
-
-impl Default for NearConfig {
-    fn default() -> Self {
-        Self {
-            capacity: 10_000,
-            ttl: Dur(Duration::from_secs(2)),
-        }
     }
 }
 
@@ -371,34 +360,6 @@ impl WriteMode {
     }
 }
 
-/// `[entity.write_back]`: only for `write = "back"`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WriteBackConfig {
-    /// Rows per flush statement. Default: 500.
-    pub batch: u32,
-    /// The longest a write waits before it is flushed. Default: `1s`.
-    pub max_delay: Dur,
-    /// How long a flusher owns a shard. Default: `5s`.
-    pub flush_lease: Dur,
-    /// Pending writes accepted before writes answer 503. Default: 100000.
-    pub max_backlog: u64,
-    /// Refuse a store that is not durable (AOF `appendfsync always`). Default: true.
-    pub require_durable: bool,
-}
-
-impl Default for WriteBackConfig {
-    fn default() -> Self {
-        Self {
-            batch: 500,
-            max_delay: Dur(Duration::from_secs(1)),
-            flush_lease: Dur(Duration::from_secs(5)),
-            max_backlog: 100_000,
-            require_durable: true,
-        }
-    }
-}
-
 /// One `[[entity]]`: a table (or a read-only query) served under `/v1/{name}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -413,23 +374,26 @@ pub struct EntityConfig {
     pub key: String,
     /// The columns served and written; empty: all. Default: empty.
     pub columns: Vec<String>,
-    /// How long an entry is fresh. Default: `60s`.
+    /// How long an entry is fresh. Default: [`larder::DEFAULT_TTL`] (`60s`).
     pub ttl: Dur,
-    /// `fresh_for = ttl × (1 ± jitter)`, in [0, 1). Default: 0.1.
+    /// `fresh_for = ttl × (1 ± jitter)`, in [0, 1). Default:
+    /// [`larder::DEFAULT_JITTER`] (0.1).
     pub jitter: f64,
-    /// Stale-while-revalidate and fail-safe window; `0s`: off. Default: `5m`.
+    /// Stale-while-revalidate and fail-safe window; `0s`: off. Default:
+    /// [`larder::DEFAULT_STALE`] (`5m`).
     pub stale: Dur,
-    /// How long "not found" is remembered. Default: `10s`.
+    /// How long "not found" is remembered. Default:
+    /// [`larder::DEFAULT_NEGATIVE_TTL`] (`10s`).
     pub negative_ttl: Dur,
-    /// How long a loader owns a key. Default: `5s`.
+    /// How long a loader owns a key. Default: [`larder::DEFAULT_LEASE_TTL`] (`5s`).
     pub lease_ttl: Dur,
-    /// Hard limit of one load. Default: `2s`.
+    /// Hard limit of one load. Default: [`larder::DEFAULT_LOAD_TIMEOUT`] (`2s`).
     pub load_timeout: Dur,
     /// With a stale value: wait this long for the refresh; `0s`: off. Default: `0s`.
     pub soft_timeout: Dur,
-    /// How long a caller waits for another caller's load. Default: `2s`.
-    pub wait_timeout: Dur,
-    /// XFetch β; 0: off. Default: 1.0.
+    /// How long a caller waits for another caller's load. Default: `load_timeout`.
+    pub wait_timeout: Option<Dur>,
+    /// XFetch β; 0: off. Default: [`larder::DEFAULT_EARLY_REFRESH`] (1.0).
     pub early_refresh: f64,
     /// `through`, `around`, `back` or `read-only`. Default: `through` for a
     /// writable table, `read-only` for views and queries.
@@ -442,8 +406,9 @@ pub struct EntityConfig {
     pub shards: u16,
     /// Per-entity near cache: a table overriding `[near]`, or `false`. Default: `[near]`.
     pub near: Option<EntityNear>,
-    /// Write-back settings (only with `write = "back"`). Default: see [`WriteBackConfig`].
-    pub write_back: Option<WriteBackConfig>,
+    /// Write-back settings (only with `write = "back"`), the library's own
+    /// type with its defaults and limits. Default: [`WriteBack::default`].
+    pub write_back: Option<WriteBack>,
     /// Row reads (`GET /v1/{name}/{id}`, `GET /v1/{name}?ids=`) need no
     /// token even when one is set. Default: false (or `[auth] public_reads`).
     pub public_reads: bool,
@@ -461,15 +426,15 @@ impl Default for EntityConfig {
             query: None,
             key: "id".into(),
             columns: Vec::new(),
-            ttl: Dur(Duration::from_secs(60)),
-            jitter: 0.1,
-            stale: Dur(Duration::from_secs(300)),
-            negative_ttl: Dur(Duration::from_secs(10)),
-            lease_ttl: Dur(Duration::from_secs(5)),
-            load_timeout: Dur(Duration::from_secs(2)),
+            ttl: Dur(larder::DEFAULT_TTL),
+            jitter: larder::DEFAULT_JITTER,
+            stale: Dur(larder::DEFAULT_STALE),
+            negative_ttl: Dur(larder::DEFAULT_NEGATIVE_TTL),
+            lease_ttl: Dur(larder::DEFAULT_LEASE_TTL),
+            load_timeout: Dur(larder::DEFAULT_LOAD_TIMEOUT),
             soft_timeout: Dur(Duration::ZERO),
-            wait_timeout: Dur(Duration::from_secs(2)),
-            early_refresh: 1.0,
+            wait_timeout: None,
+            early_refresh: larder::DEFAULT_EARLY_REFRESH,
             write: None,
             tags: Vec::new(),
             cdc: false,
@@ -484,19 +449,45 @@ impl Default for EntityConfig {
 
 impl EntityConfig {
     /// The near cache this entity gets, if any: `[entity.near]` over `[near]`.
-    pub fn near_cache(&self, global: Option<NearConfig>) -> Option<NearConfig> {
+    pub fn near_cache(&self, global: Option<NearOptions>) -> Option<NearOptions> {
         match self.near {
             Some(EntityNear::Enabled(false)) => None,
             Some(EntityNear::Enabled(true)) => Some(global.unwrap_or_default()),
             Some(EntityNear::Override { capacity, ttl }) => {
                 let base = global.unwrap_or_default();
-                Some(NearConfig {
+                Some(NearOptions {
                     capacity: capacity.unwrap_or(base.capacity),
-                    ttl: ttl.unwrap_or(base.ttl),
+                    ttl: ttl.map_or(base.ttl, |t| t.0),
                 })
             }
             None => global,
         }
+    }
+
+    /// A cache builder with this entity's engine settings: freshness and
+    /// timing, shards and its near cache (`global` is `[near]`). The
+    /// store, source, codec and write policy are the caller's.
+    /// [`CacheBuilder::validate`] on it is this entity's settings check.
+    pub fn cache_builder(&self, global: Option<NearOptions>) -> CacheBuilder<str, RawJson> {
+        let mut builder = Cache::<str, RawJson>::builder()
+            .entity(&self.name)
+            .shards(self.shards)
+            .codec(PassThrough)
+            .ttl(self.ttl.0)
+            .jitter(self.jitter)
+            .stale(self.stale.0)
+            .negative_ttl(self.negative_ttl.0)
+            .lease_ttl(self.lease_ttl.0)
+            .load_timeout(self.load_timeout.0)
+            .soft_timeout(Some(self.soft_timeout.0))
+            .early_refresh(self.early_refresh);
+        if let Some(wait) = self.wait_timeout {
+            builder = builder.wait_timeout(wait.0);
+        }
+        if let Some(near) = self.near_cache(global) {
+            builder = builder.near(near);
+        }
+        builder
     }
 
     /// The column names a tag template refers to (`team:{team_id}` → `team_id`).
@@ -624,6 +615,27 @@ impl Config {
         ConfigError::new(&self.file, key, problem)
     }
 
+    /// A library error about entity `i` (or, with `None`, the top level)
+    /// at its key: a refused setting at the key its name maps to
+    /// (`write_back.batch` → `entity[0].write_back.batch`; `near.ttl` of an
+    /// entity → `entity[0].near.ttl`, of `[near]` → `near.ttl`), anything
+    /// else at `fallback`.
+    pub fn setting_error(
+        &self,
+        entity: Option<usize>,
+        err: &larder::Error,
+        fallback: &str,
+    ) -> ConfigError {
+        let at = |key: &str| match entity {
+            Some(i) => format!("entity[{i}].{key}"),
+            None => key.to_owned(),
+        };
+        match err {
+            larder::Error::InvalidSetting { setting, reason } => self.error(at(setting), reason),
+            other => self.error(at(fallback), other),
+        }
+    }
+
     /// Checks everything that can be checked without a database or store.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
@@ -660,7 +672,8 @@ impl Config {
             return Err(self.error("source.pool", "must be at least 1"));
         }
         if let Some(near) = &self.near {
-            check_near(self, "near", near.capacity, near.ttl)?;
+            near.validate()
+                .map_err(|e| self.setting_error(None, &e, "near"))?;
         }
         if self.auth.token_env.trim().is_empty() {
             return Err(self.error(
@@ -772,44 +785,9 @@ impl Config {
                 return Err(self.error(at("columns"), format!("invalid column name {c:?}")));
             }
         }
-        if e.ttl.0.is_zero() {
-            return Err(self.error(at("ttl"), "must be longer than 0s"));
-        }
-        if !(0.0..1.0).contains(&e.jitter) {
-            return Err(self.error(at("jitter"), format!("{} must be in [0, 1)", e.jitter)));
-        }
-        if !(e.early_refresh.is_finite() && e.early_refresh >= 0.0) {
-            return Err(self.error(
-                at("early_refresh"),
-                format!("{} must be 0 (off) or more", e.early_refresh),
-            ));
-        }
-        for (k, d) in [
-            ("load_timeout", e.load_timeout),
-            ("wait_timeout", e.wait_timeout),
-        ] {
-            if d.0.is_zero() || d.0 >= e.lease_ttl.0 {
-                return Err(self.error(
-                    at(k),
-                    format!(
-                        "{d} must be above 0s and shorter than lease_ttl ({}), or a slow load would lose its lease",
-                        e.lease_ttl
-                    ),
-                ));
-            }
-        }
-        if !e.soft_timeout.0.is_zero() && e.soft_timeout.0 >= e.load_timeout.0 {
-            return Err(self.error(
-                at("soft_timeout"),
-                format!(
-                    "{} must be shorter than load_timeout ({})",
-                    e.soft_timeout, e.load_timeout
-                ),
-            ));
-        }
-        if e.shards == 0 {
-            return Err(self.error(at("shards"), "must be at least 1"));
-        }
+        e.cache_builder(self.near)
+            .validate()
+            .map_err(|err| self.setting_error(Some(i), &err, "name"))?;
         for t in &e.tags {
             EntityConfig::tag_columns(t).map_err(|p| self.error(at("tags"), p))?;
         }
@@ -819,15 +797,6 @@ impl Config {
                 "change notifications need PostgreSQL (source.url postgres://)",
             ));
         }
-        if let Some(EntityNear::Override { capacity, ttl }) = e.near {
-            let base = self.near.unwrap_or_default();
-            check_near(
-                self,
-                &at("near"),
-                capacity.unwrap_or(base.capacity),
-                ttl.unwrap_or(base.ttl),
-            )?;
-        }
         match (&e.write_back, e.write) {
             (Some(_), w) if w != Some(WriteMode::Back) => {
                 return Err(self.error(
@@ -835,20 +804,9 @@ impl Config {
                     "[entity.write_back] is only for write = \"back\"",
                 ))
             }
-            (Some(wb), _) => {
-                if wb.batch == 0 {
-                    return Err(self.error(at("write_back.batch"), "must be at least 1"));
-                }
-                if wb.max_delay.0.is_zero() {
-                    return Err(self.error(at("write_back.max_delay"), "must be longer than 0s"));
-                }
-                if wb.flush_lease.0.is_zero() {
-                    return Err(self.error(at("write_back.flush_lease"), "must be longer than 0s"));
-                }
-                if wb.max_backlog == 0 {
-                    return Err(self.error(at("write_back.max_backlog"), "must be at least 1"));
-                }
-            }
+            (Some(wb), _) => wb
+                .validate()
+                .map_err(|err| self.setting_error(Some(i), &err, "write_back"))?,
             (None, _) => {}
         }
         if e.write == Some(WriteMode::Back) && self.store.url.starts_with("memory://") {
@@ -859,16 +817,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-fn check_near(config: &Config, key: &str, capacity: u64, ttl: Dur) -> Result<(), ConfigError> {
-    if capacity == 0 {
-        return Err(config.error(format!("{key}.capacity"), "must be at least 1"));
-    }
-    if ttl.0.is_zero() {
-        return Err(config.error(format!("{key}.ttl"), "must be longer than 0s"));
-    }
-    Ok(())
 }
 
 /// `line N` for a parse error without a key path (TOML syntax).
@@ -971,7 +919,7 @@ mod tests {
         )
         .expect("parse");
         let near = c.entity[0].near_cache(c.near).expect("near");
-        assert_eq!((near.capacity, near.ttl.0), (5, Duration::from_secs(3)));
+        assert_eq!((near.capacity, near.ttl), (5, Duration::from_secs(3)));
         let c = Config::parse(&format!("[near]\n{MIN}near = false\n"), "t.toml").expect("parse");
         assert!(c.entity[0].near_cache(c.near).is_none());
     }

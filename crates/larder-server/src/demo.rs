@@ -353,6 +353,7 @@ fn report(call: &str, outcome: Outcome, took: Duration, value: Option<&User>) {
         Outcome::Stale => "stale, refreshing",
         Outcome::L1 => "from the near cache",
         Outcome::Bypass => "store down, from the database",
+        _ => "see the outcome",
     };
     say!(
         "  {call:<16} {:>9}  {:<8} {shown}  ({source})",

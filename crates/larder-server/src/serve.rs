@@ -19,9 +19,7 @@ use anyhow::Context as _;
 use larder::source::ColumnInfo;
 use larder::source::{ChangeChannel, ChangeListener};
 use larder::store::{self, Store};
-use larder::{
-    Cache, NearOptions, PassThrough, RawJson, SqlPool, SqlSource, WriteBack, WritePolicy,
-};
+use larder::{Cache, ErrorKind, RawJson, SchemaPart, SqlPool, SqlSource, WritePolicy};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
@@ -349,16 +347,7 @@ pub fn write_policy_for(entity: &EntityConfig, writable: bool) -> Result<WritePo
         )),
         Some(WriteMode::Through) => Ok(WritePolicy::Through),
         Some(WriteMode::Around) => Ok(WritePolicy::Around),
-        Some(WriteMode::Back) => {
-            let wb = entity.write_back.unwrap_or_default();
-            Ok(WritePolicy::Back(WriteBack {
-                batch: wb.batch as usize,
-                max_delay: wb.max_delay.0,
-                flush_lease: wb.flush_lease.0,
-                max_backlog: wb.max_backlog,
-                require_durable: wb.require_durable,
-            }))
-        }
+        Some(WriteMode::Back) => Ok(WritePolicy::Back(entity.write_back.unwrap_or_default())),
     }
 }
 
@@ -399,9 +388,9 @@ pub async fn build_entity(
             if !e.columns.is_empty() {
                 b = b.columns(e.columns.clone());
             }
-            let source = b.build().await.map_err(|err| match &err {
-                larder::Error::SourceUnavailable { .. } => unavailable(&err),
-                _ => config.error(at(schema_key(&err)), one_line(&err)),
+            let source = b.build().await.map_err(|err| match err.kind() {
+                ErrorKind::SourceUnavailable => unavailable(&err),
+                kind => config.error(at(schema_key(kind)), one_line(&err)),
             })?;
             let mut names: Vec<String> = source.columns().iter().map(|c| c.name.clone()).collect();
             names.push(source.key_column().to_owned());
@@ -416,8 +405,8 @@ pub async fn build_entity(
             };
             let source = QuerySource::build(pg.clone(), &e.name, query, &e.key, &e.columns)
                 .await
-                .map_err(|err| match &err {
-                    larder::Error::SourceUnavailable { .. } => unavailable(&err),
+                .map_err(|err| match err.kind() {
+                    ErrorKind::SourceUnavailable => unavailable(&err),
                     _ => config.error(at("query"), one_line(&err)),
                 })?;
             let names = source.column_names().to_vec();
@@ -444,29 +433,11 @@ pub async fn build_entity(
         check_cdc_table(config, i, pool).await?;
     }
     let policy = write_policy_for(e, writable).map_err(|p| config.error(at("write"), p))?;
-    let builder = Cache::<str, RawJson>::builder()
+    let mut builder = e
+        .cache_builder(config.near)
         .prefix(&config.store.prefix)
-        .entity(&e.name)
-        .shards(e.shards)
         .store(store.clone())
-        .codec(PassThrough)
-        .ttl(e.ttl.0)
-        .jitter(e.jitter)
-        .stale(e.stale.0)
-        .negative_ttl(e.negative_ttl.0)
-        .lease_ttl(e.lease_ttl.0)
-        .load_timeout(e.load_timeout.0)
-        .soft_timeout(Some(e.soft_timeout.0))
-        .wait_timeout(e.wait_timeout.0)
-        .early_refresh(e.early_refresh)
         .write_policy(policy);
-    let mut builder = builder;
-    if let Some(near) = e.near_cache(config.near) {
-        builder = builder.near(NearOptions {
-            capacity: near.capacity,
-            ttl: near.ttl.0,
-        });
-    }
     if !e.tags.is_empty() {
         builder = builder.tagger(crate::tags::tagger(e.tags.clone()));
     }
@@ -481,12 +452,11 @@ pub async fn build_entity(
         EntitySource::Table(s) => builder.source(s.clone()),
         EntitySource::Query(s) => builder.source(s.clone()),
     };
-    let cache = builder.build().await.map_err(|err| match &err {
-        larder::Error::LayoutMismatch { .. } => config.error(at("shards"), one_line(&err)),
-        larder::Error::NotDurable { .. } => {
-            config.error(at("write_back.require_durable"), one_line(&err))
-        }
-        larder::Error::Config(_) if policy.is_write_back() => {
+    let cache = builder.build().await.map_err(|err| match err.kind() {
+        ErrorKind::InvalidSetting => config.setting_error(Some(i), &err, "name"),
+        ErrorKind::LayoutMismatch => config.error(at("shards"), one_line(&err)),
+        ErrorKind::NotDurable => config.error(at("write_back.require_durable"), one_line(&err)),
+        ErrorKind::Config if policy.is_write_back() => {
             config.error(at("write_back"), one_line(&err))
         }
         _ => config.error(at("name"), one_line(&err)),
@@ -508,17 +478,13 @@ pub async fn build_entity(
     })
 }
 
-/// Which key a schema error from `SqlSource::build` is about. The library's
-/// `Error::Config` carries only a message, so this reads it (a structured
-/// field would be better; see the report).
-fn schema_key(err: &larder::Error) -> &'static str {
-    let text = err.to_string();
-    if text.contains("key column") {
-        "key"
-    } else if text.contains("column") {
-        "columns"
-    } else {
-        "table"
+/// Which key of an entity a build error of its `SqlSource` is about: the
+/// part of the table the schema error names; the table for anything else.
+fn schema_key(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Schema(SchemaPart::Key) => "key",
+        ErrorKind::Schema(SchemaPart::Column) => "columns",
+        _ => "table",
     }
 }
 

@@ -214,3 +214,98 @@ async fn an_unreachable_database_names_the_source_url() {
     .await;
     assert_eq!(e.key, "source.url");
 }
+
+/// A write-back entity with `[entity.write_back]` lines.
+fn write_back(lines: &str) -> String {
+    format!("{MIN}write = \"back\"\n[entity.write_back]\n{lines}")
+}
+
+#[test]
+fn library_limits_are_reported_at_their_key() {
+    let e = refused(&write_back("batch = 10001\n"));
+    assert_eq!(
+        e.to_string(),
+        "larder: bad.toml: entity[0].write_back.batch: must be at most 10000"
+    );
+    let e = refused(&write_back("batch = 0\n"));
+    assert_eq!(e.key, "entity[0].write_back.batch");
+    assert_eq!(e.problem, "must be at least 1");
+    let e = refused(&write_back("flush_lease = \"50ms\"\n"));
+    assert_eq!(e.key, "entity[0].write_back.flush_lease");
+    assert!(e.problem.contains("at least 100ms"), "{e}");
+    let e = refused(&write_back("max_delay = \"0s\"\n"));
+    assert_eq!(e.key, "entity[0].write_back.max_delay");
+    let e = refused(&write_back("max_backlog = 0\n"));
+    assert_eq!(e.key, "entity[0].write_back.max_backlog");
+    // The limits are the library's own constants, at their edges.
+    let edge = format!(
+        "batch = {}\nflush_lease = \"{}ms\"\n",
+        larder::WriteBack::MAX_BATCH,
+        larder::WriteBack::MIN_FLUSH_LEASE.as_millis()
+    );
+    let c = Config::parse(&write_back(&edge), "ok.toml").unwrap_or_else(|e| panic!("{e}"));
+    let wb = c.entity[0].write_back.expect("write_back");
+    assert_eq!(wb.batch, larder::WriteBack::MAX_BATCH);
+}
+
+#[test]
+fn near_settings_are_reported_at_their_key() {
+    let e = refused(&format!("[near]\nttl = \"0s\"\n{MIN}"));
+    assert_eq!(
+        e.to_string(),
+        "larder: bad.toml: near.ttl: must be longer than 0s"
+    );
+    let e = refused(&format!("[near]\ncapacity = 0\n{MIN}"));
+    assert_eq!(e.key, "near.capacity");
+    let e = refused(&format!("{MIN}[entity.near]\nttl = \"0s\"\n"));
+    assert_eq!(e.key, "entity[0].near.ttl");
+    let e = refused(&format!("{MIN}[entity.near]\ncapacity = 0\n"));
+    assert_eq!(e.key, "entity[0].near.capacity");
+    let e = refused(&format!("[near]\nsize = 3\n{MIN}"));
+    assert_eq!(e.key, "near.size", "unknown keys of the library's type too");
+}
+
+#[test]
+fn freshness_settings_are_reported_at_their_key() {
+    for (line, key) in [
+        ("ttl = \"0s\"", "entity[0].ttl"),
+        ("jitter = 1.0", "entity[0].jitter"),
+        ("early_refresh = -1.0", "entity[0].early_refresh"),
+        ("load_timeout = \"0s\"", "entity[0].load_timeout"),
+        ("wait_timeout = \"5s\"", "entity[0].wait_timeout"),
+        ("soft_timeout = \"2s\"", "entity[0].soft_timeout"),
+        ("shards = 0", "entity[0].shards"),
+    ] {
+        let e = refused(&format!("{MIN}{line}\n"));
+        assert_eq!(e.key, key, "{line}: {e}");
+    }
+    let e = refused(&format!("{MIN}lease_ttl = \"1s\"\n"));
+    assert_eq!(e.key, "entity[0].load_timeout", "2s does not fit in 1s");
+    assert!(e.problem.contains("lease_ttl (1s)"), "{e}");
+}
+
+#[test]
+fn defaults_are_the_librarys() {
+    let c = Config::parse(&format!("[near]\n{MIN}"), "t.toml").expect("parse");
+    let near = c.near.expect("[near]");
+    assert_eq!(near, larder::NearOptions::default());
+    assert_eq!(near.ttl, larder::NearOptions::DEFAULT_TTL);
+    assert_eq!(near.ttl, std::time::Duration::from_secs(10));
+    let c = Config::parse(&format!("{MIN}[entity.near]\ncapacity = 5\n"), "t.toml").expect("parse");
+    let near = c.entity[0].near_cache(c.near).expect("near");
+    assert_eq!(
+        (near.capacity, near.ttl),
+        (5, larder::NearOptions::DEFAULT_TTL)
+    );
+    let c = Config::parse(&write_back(""), "t.toml").expect("parse");
+    assert_eq!(c.entity[0].write_back, Some(larder::WriteBack::default()));
+    let e = &Config::parse(MIN, "t.toml").expect("parse").entity[0];
+    assert_eq!(e.ttl.0, larder::DEFAULT_TTL);
+    assert_eq!(e.jitter, larder::DEFAULT_JITTER);
+    assert_eq!(e.stale.0, larder::DEFAULT_STALE);
+    assert_eq!(e.negative_ttl.0, larder::DEFAULT_NEGATIVE_TTL);
+    assert_eq!(e.lease_ttl.0, larder::DEFAULT_LEASE_TTL);
+    assert_eq!(e.load_timeout.0, larder::DEFAULT_LOAD_TIMEOUT);
+    assert_eq!(e.early_refresh, larder::DEFAULT_EARLY_REFRESH);
+    assert_eq!(e.shards, larder::DEFAULT_SHARDS);
+}

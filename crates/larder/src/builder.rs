@@ -1,4 +1,10 @@
 //! [`CacheBuilder`]: every setting of a [`Cache`], each with its default.
+//!
+//! The defaults and limits live with the option types ([`crate::policy`]'s
+//! constants, [`NearOptions`], [`WriteBack`]); [`CacheBuilder::validate`]
+//! is the one check of them all, and a refused setting is an
+//! [`Error::InvalidSetting`] naming it, so a configuration file can report
+//! it at its own key.
 
 use crate::breaker::Breaker;
 use crate::cache::{Cache, Inner};
@@ -245,20 +251,46 @@ where
         self
     }
 
-    /// Checks the settings, records (or checks) the shard layout in the
-    /// store, and returns the cache.
+    /// Checks every setting against its limits and the others, without
+    /// touching the store or the source: the first thing
+    /// [`build`](Self::build) does. A refused setting is an
+    /// [`Error::InvalidSetting`] whose `setting` is the setter's name
+    /// (`ttl`, `load_timeout`, `shards`), or the option field's
+    /// (`near.ttl`, `write_back.batch`).
+    pub fn validate(&self) -> Result<()> {
+        KeySpace::validate_shards(self.shards)?;
+        self.effective_policy().validate()?;
+        if let Some(near) = &self.coherence.near {
+            near.validate()?;
+        }
+        if let Some(WritePolicy::Back(settings)) = &self.write_policy {
+            settings.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The policy as the cache runs it: `wait_timeout` follows
+    /// `load_timeout` unless it was set.
+    fn effective_policy(&self) -> Policy {
+        let mut policy = self.policy.clone();
+        if !self.wait_timeout_set {
+            policy.wait_timeout = policy.load_timeout;
+        }
+        policy
+    }
+
+    /// Checks the settings ([`validate`](Self::validate)), records (or
+    /// checks) the shard layout in the store, and returns the cache.
     ///
     /// A store that does not answer now is not an error: the layout is then
     /// checked on first use, and reads bypass the store until it answers.
     pub async fn build(mut self) -> Result<Cache<K, V>> {
+        self.validate()?;
         let entity = self.entity.take().ok_or_else(|| {
             Error::Config("a cache needs an entity name: call .entity(\"...\")".into())
         })?;
         let keys = KeySpace::new(&self.prefix, &entity, self.shards)?;
-        if !self.wait_timeout_set {
-            self.policy.wait_timeout = self.policy.load_timeout;
-        }
-        self.policy.validate()?;
+        self.policy = self.effective_policy();
         let writable = self.source.as_ref().is_none_or(|s| s.is_writable());
         let write_policy = match self.write_policy {
             None if writable => WritePolicy::Through,
@@ -346,7 +378,6 @@ fn write_back_state<V: Send + Sync + 'static>(
     source: Option<&dyn Source<V>>,
     settings: WriteBack,
 ) -> Result<Arc<State>> {
-    settings.validate()?;
     let Some(source) = source else {
         return Err(Error::Config(format!(
             "entity `{entity}`: write-back needs a source to flush to; give the builder one"

@@ -246,10 +246,9 @@ where
         let answers = self.inner.clone().read_many(unique).await?;
         ids.iter()
             .map(|id| {
-                answers
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| Error::Config(format!("get_many lost the answer for id {id:?}")))
+                answers.get(id).cloned().ok_or_else(|| {
+                    Error::internal(format!("get_many lost the answer for id {id:?}"))
+                })
             })
             .collect()
     }

@@ -1,9 +1,12 @@
 //! One error type for the whole library.
 //!
 //! Every failure says what failed and, where it helps, what to do about it.
+//! [`Error::kind`] classifies it ([`ErrorKind`]): database refusals are
+//! sorted where they arise (a constraint's kind from the driver, a value
+//! the database refused) so that callers — the service's HTTP and RESP
+//! mapping, the fail-open logic — never read message text or SQLSTATEs.
 //! The classifiers (`is_store_unavailable`, `is_timeout`, `is_source_error`,
-//! `is_bad_input`) are what the fail-open logic and the service's HTTP
-//! mapping use, so callers never match on message text.
+//! `is_bad_input`) are shorthands over the same facts.
 //!
 //! `Error` is `Clone`: the error of a load shared by many waiters
 //! (single-flight) is delivered to every one of them.
@@ -51,9 +54,34 @@ pub enum Error {
         reason: String,
     },
 
-    /// Configuration that cannot work (a bad URL, a bad option, a bad combination).
+    /// Configuration that cannot work (a bad URL, a bad combination).
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// One setting is outside what it may be: a limit, a range, or an
+    /// order between settings (`load_timeout` below `lease_ttl`).
+    #[error("invalid setting `{setting}`: {reason}")]
+    InvalidSetting {
+        /// The setting, as its builder method or option field is named:
+        /// `ttl`, `load_timeout`, `near.ttl`, `write_back.batch`.
+        setting: &'static str,
+        /// What it must be, with the value given.
+        reason: String,
+    },
+
+    /// The table a source was built for does not fit: it, its key column
+    /// or a chosen column is missing, or of a type that cannot work.
+    #[error("{reason}")]
+    Schema {
+        /// The table (or view) as named.
+        table: String,
+        /// Which part of it is wrong.
+        part: SchemaPart,
+        /// The column concerned, for [`SchemaPart::Key`] and [`SchemaPart::Column`].
+        column: Option<String>,
+        /// What is wrong and what to do, naming the table.
+        reason: String,
+    },
 
     /// A value could not be serialized by the cache's codec.
     #[error("cannot encode a value of entity `{entity}`: {cause}")]
@@ -120,7 +148,9 @@ pub enum Error {
         cause: Cause,
     },
 
-    /// The source answered with an error (a bad query, a constraint violation).
+    /// The source answered with an error (a bad query, a constraint
+    /// violation); [`Error::kind`] tells which constraint, or that the
+    /// database refused a value.
     #[error("source of entity `{entity}` failed: {cause}")]
     Source {
         /// The entity.
@@ -226,9 +256,151 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+
+    /// One of larder's own invariants did not hold: a bug, not something
+    /// the caller or the configuration can fix. Please report it.
+    #[error("internal error (a larder bug): {what}")]
+    Internal {
+        /// Which invariant broke.
+        what: String,
+    },
+}
+
+/// What kind of failure an [`Error`] is, from [`Error::kind`]: what a
+/// caller decides on (retry, report to the client, fix the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A prefix or entity name was refused ([`Error::InvalidName`]).
+    InvalidName,
+    /// An id was refused ([`Error::InvalidId`]).
+    InvalidId,
+    /// A row was refused before anything was written ([`Error::InvalidRow`]).
+    InvalidRow,
+    /// A tag was refused ([`Error::InvalidTag`]).
+    InvalidTag,
+    /// A value could not be encoded ([`Error::Encode`]).
+    Encode,
+    /// Bytes could not be decoded into a value ([`Error::Decode`]).
+    Decode,
+    /// A cached entry is not a valid envelope ([`Error::Envelope`]).
+    CorruptEntry,
+    /// A setting is out of its range ([`Error::InvalidSetting`]).
+    InvalidSetting,
+    /// A configuration that cannot work ([`Error::Config`]).
+    Config,
+    /// The source's table does not fit ([`Error::Schema`]).
+    Schema(SchemaPart),
+    /// The entity does not accept writes ([`Error::ReadOnly`]).
+    ReadOnly,
+    /// The database refused a row for one of its constraints.
+    Conflict(ConstraintKind),
+    /// The database refused a value of a row: out of range, or malformed
+    /// for its column's type.
+    InvalidValue,
+    /// The database answered with another error ([`Error::Source`]).
+    Source,
+    /// The database cannot be reached ([`Error::SourceUnavailable`]).
+    SourceUnavailable,
+    /// A cache-aside loader failed ([`Error::Loader`]).
+    Loader,
+    /// A load ran out of time ([`Error::LoadTimeout`]).
+    Timeout,
+    /// The store cannot be reached ([`Error::StoreUnavailable`]).
+    StoreUnavailable,
+    /// The store refused a command ([`Error::Store`]).
+    Store,
+    /// The store's recorded shard layout differs ([`Error::LayoutMismatch`]).
+    LayoutMismatch,
+    /// Write-back refused for a store that is not durable ([`Error::NotDurable`]).
+    NotDurable,
+    /// The write-back backlog is full ([`Error::BacklogFull`]).
+    BacklogFull,
+    /// A flush was refused by a newer flusher's fence ([`Error::Fenced`]).
+    Fenced,
+    /// The cache is closed ([`Error::Closed`]).
+    Closed,
+    /// A compare-and-set kept losing to other writers ([`Error::Busy`]).
+    Busy,
+    /// A broken invariant ([`Error::Internal`]).
+    Internal,
+}
+
+/// Which constraint a database refused a row for, from the driver's
+/// classification (sqlx's `DatabaseError::kind()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConstraintKind {
+    /// A unique index or primary key already holds the value.
+    Unique,
+    /// A referenced row is missing, or the row is still referenced.
+    ForeignKey,
+    /// `NULL` into a `NOT NULL` column.
+    NotNull,
+    /// A `CHECK` constraint refused the row.
+    Check,
+    /// Another integrity constraint (an exclusion constraint, a trigger's
+    /// constraint error).
+    Other,
+}
+
+/// The part of a table an [`Error::Schema`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SchemaPart {
+    /// The table or view itself: missing, or its name is invalid.
+    Table,
+    /// The key column: missing, or of a type that cannot be a key.
+    Key,
+    /// A chosen column: missing, listed twice, or its name is invalid.
+    Column,
 }
 
 impl Error {
+    /// What kind of failure this is. Database refusals carry the kind the
+    /// driver gave them where they arose: [`ErrorKind::Conflict`] with the
+    /// constraint, [`ErrorKind::InvalidValue`] for a value the database
+    /// refused, [`ErrorKind::Source`] for anything else it answered.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidName { .. } => ErrorKind::InvalidName,
+            Error::InvalidId { .. } => ErrorKind::InvalidId,
+            Error::InvalidRow { .. } => ErrorKind::InvalidRow,
+            Error::InvalidTag { .. } => ErrorKind::InvalidTag,
+            Error::Config(_) => ErrorKind::Config,
+            Error::InvalidSetting { .. } => ErrorKind::InvalidSetting,
+            Error::Schema { part, .. } => ErrorKind::Schema(*part),
+            Error::Encode { .. } => ErrorKind::Encode,
+            Error::Decode { .. } => ErrorKind::Decode,
+            Error::Envelope(_) => ErrorKind::CorruptEntry,
+            Error::StoreUnavailable { .. } => ErrorKind::StoreUnavailable,
+            Error::Store { .. } => ErrorKind::Store,
+            Error::LayoutMismatch { .. } => ErrorKind::LayoutMismatch,
+            Error::SourceUnavailable { .. } => ErrorKind::SourceUnavailable,
+            Error::Source { cause, .. } => {
+                crate::source::refusal_of_cause(cause.as_ref()).unwrap_or(ErrorKind::Source)
+            }
+            Error::LoadTimeout { .. } => ErrorKind::Timeout,
+            Error::ReadOnly { .. } => ErrorKind::ReadOnly,
+            Error::Loader { .. } => ErrorKind::Loader,
+            Error::NotDurable { .. } => ErrorKind::NotDurable,
+            Error::BacklogFull { .. } => ErrorKind::BacklogFull,
+            Error::Fenced { .. } => ErrorKind::Fenced,
+            Error::Closed { .. } => ErrorKind::Closed,
+            Error::Busy { .. } => ErrorKind::Busy,
+            Error::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// The constraint a database refused a row for, if that is what
+    /// happened (the [`ErrorKind::Conflict`] of [`Error::kind`]).
+    pub fn constraint(&self) -> Option<ConstraintKind> {
+        match self.kind() {
+            ErrorKind::Conflict(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// The cache store could not be reached (connection refused or dropped, timeout).
     pub fn is_store_unavailable(&self) -> bool {
         matches!(self, Error::StoreUnavailable { .. })
@@ -279,6 +451,34 @@ impl Error {
                 | Error::ReadOnly { .. }
                 | Error::InvalidTag { .. }
         )
+    }
+
+    /// An [`Error::InvalidSetting`] for `setting`.
+    pub(crate) fn setting(setting: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidSetting {
+            setting,
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`Error::Schema`] about `part` of `table` (and `column`).
+    pub(crate) fn schema(
+        table: &str,
+        part: SchemaPart,
+        column: Option<&str>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Schema {
+            table: table.to_owned(),
+            part,
+            column: column.map(str::to_owned),
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`Error::Internal`]: `what` invariant did not hold.
+    pub(crate) fn internal(what: impl Into<String>) -> Self {
+        Error::Internal { what: what.into() }
     }
 
     pub(crate) fn invalid_id(id: &str, reason: impl Into<String>) -> Self {

@@ -122,14 +122,20 @@ impl KeySpace {
     pub(crate) fn new(prefix: &str, entity: &str, shards: u16) -> Result<Self> {
         validate_name("prefix", prefix)?;
         validate_name("entity", entity)?;
-        if shards == 0 {
-            return Err(Error::Config("shards must be at least 1".into()));
-        }
+        Self::validate_shards(shards)?;
         Ok(Self {
             prefix: prefix.to_owned(),
             entity: entity.to_owned(),
             shards,
         })
+    }
+
+    /// A shard count is at least 1 ([`Error::InvalidSetting`] `shards`).
+    pub(crate) fn validate_shards(shards: u16) -> Result<()> {
+        if shards == 0 {
+            return Err(Error::setting("shards", "must be at least 1"));
+        }
+        Ok(())
     }
 
     pub(crate) fn entity(&self) -> &str {

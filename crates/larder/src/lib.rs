@@ -108,9 +108,13 @@ pub use cache::Cache;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
 pub use envelope::{Envelope, EnvelopeError};
-pub use error::{Cause, Error, Result};
+pub use error::{Cause, ConstraintKind, Error, ErrorKind, Result, SchemaPart};
 pub use key::{validate_id, validate_name, CacheKey, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN};
 pub use outcome::{Lookup, Outcome};
+pub use policy::{
+    parse_duration, DEFAULT_EARLY_REFRESH, DEFAULT_JITTER, DEFAULT_LEASE_TTL, DEFAULT_LOAD_TIMEOUT,
+    DEFAULT_NEGATIVE_TTL, DEFAULT_STALE, DEFAULT_TTL,
+};
 pub use source::{
     ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, FnSource, Source, SqlPool, SqlSource,
 };

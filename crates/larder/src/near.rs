@@ -28,9 +28,11 @@
 //! *unusable*: no ticket is handed out (so nothing is inserted) and every
 //! entry fails rule 1.
 
+use crate::error::{Error, Result};
 use crate::generation::Stamp;
 use crate::stats::NearCounters;
 use async_trait::async_trait;
+use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,21 +42,46 @@ use xxhash_rust::xxh3::xxh3_64;
 pub(crate) const STRIPES: usize = 4096;
 
 /// Settings of the near cache (L1); see [`CacheBuilder::near`](crate::CacheBuilder::near).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Deserializes from a table with `capacity` and `ttl` (a duration string,
+/// `"10s"`), each optional: the service's `[near]` section is this type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct NearOptions {
-    /// How many entries it holds at most; moka's TinyLFU decides which.
-    /// Default: 10,000.
+    /// How many entries it holds at most; moka's TinyLFU decides which;
+    /// at least 1. Default: 10,000 ([`NearOptions::DEFAULT_CAPACITY`]).
     pub capacity: u64,
     /// How long moka keeps an entry at most (garbage collection only:
-    /// freshness is the entry's own). Default: 10 s.
+    /// freshness is the entry's own); above 0. Default: 10 s
+    /// ([`NearOptions::DEFAULT_TTL`]).
+    #[serde(deserialize_with = "crate::policy::deserialize_duration")]
     pub ttl: Duration,
+}
+
+impl NearOptions {
+    /// The default `capacity`: 10,000 entries.
+    pub const DEFAULT_CAPACITY: u64 = 10_000;
+    /// The default `ttl`: 10 s.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+    /// Checks the settings: a capacity of at least 1, a ttl above 0. The
+    /// error names the field as `near.capacity` or `near.ttl`.
+    pub fn validate(&self) -> Result<()> {
+        if self.capacity == 0 {
+            return Err(Error::setting("near.capacity", "must be at least 1"));
+        }
+        if self.ttl.is_zero() {
+            return Err(Error::setting("near.ttl", "must be longer than 0s"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for NearOptions {
     fn default() -> Self {
         Self {
-            capacity: 10_000,
-            ttl: Duration::from_secs(10),
+            capacity: Self::DEFAULT_CAPACITY,
+            ttl: Self::DEFAULT_TTL,
         }
     }
 }

@@ -8,7 +8,11 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Where a read's answer came from.
+///
+/// Non-exhaustive: a later tier may add a word, so a `match` needs a
+/// wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The near cache (in process) answered.
     L1,

@@ -12,12 +12,60 @@
 //! `now − δ·β·ln(r) ≥ fresh_until`, with δ the last load's duration, β the
 //! `early_refresh` factor and `r` uniform in (0, 1]. Entries whose load was
 //! slow start refreshing earlier; β = 0 turns it off.
+//!
+//! Every default and every limit of these settings is a constant here, and
+//! [`Policy::validate`] is their only check: the service's configuration
+//! takes its defaults from these constants and its verdicts from the
+//! builder, so the two cannot drift apart.
 
 use crate::error::{Error, Result};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng};
+use serde::{Deserialize, Deserializer};
+use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Duration;
+
+/// Default of [`CacheBuilder::ttl`](crate::CacheBuilder::ttl): 60 s.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Default of [`CacheBuilder::jitter`](crate::CacheBuilder::jitter): 0.1.
+pub const DEFAULT_JITTER: f64 = 0.1;
+/// Default of [`CacheBuilder::stale`](crate::CacheBuilder::stale): 5 min.
+pub const DEFAULT_STALE: Duration = Duration::from_secs(300);
+/// Default of [`CacheBuilder::negative_ttl`](crate::CacheBuilder::negative_ttl): 10 s.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// Default of [`CacheBuilder::lease_ttl`](crate::CacheBuilder::lease_ttl): 5 s.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+/// Default of [`CacheBuilder::load_timeout`](crate::CacheBuilder::load_timeout)
+/// (and of `wait_timeout`, which follows it unless set): 2 s.
+pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default of [`CacheBuilder::early_refresh`](crate::CacheBuilder::early_refresh): 1.0.
+pub const DEFAULT_EARLY_REFRESH: f64 = 1.0;
+/// The values `jitter` may take: `[0, 1)` (a factor of 1 could make an
+/// entry expire as it is written).
+const JITTER_RANGE: Range<f64> = 0.0..1.0;
+
+/// Parses a duration as configuration files write it (humantime): `"60s"`,
+/// `"5m"`, `"250ms"`, `"1h 30m"`. The error says what was given and how to
+/// write it.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration {text:?}: {e} (write e.g. \"60s\", \"5m\", \"250ms\")")
+    })
+}
+
+/// Deserializes a [`parse_duration`] string (for the option types' serde).
+pub(crate) fn deserialize_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// A duration as settings' messages show it: `5s`, `1m 30s`, `250ms`.
+pub(crate) fn show(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
 
 /// Freshness and timing settings of one cache.
 #[derive(Debug, Clone)]
@@ -36,33 +84,40 @@ pub(crate) struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            ttl: Duration::from_secs(60),
-            jitter: 0.1,
-            stale: Duration::from_secs(300),
-            negative_ttl: Duration::from_secs(10),
-            lease_ttl: Duration::from_secs(5),
-            load_timeout: Duration::from_secs(2),
+            ttl: DEFAULT_TTL,
+            jitter: DEFAULT_JITTER,
+            stale: DEFAULT_STALE,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            load_timeout: DEFAULT_LOAD_TIMEOUT,
             soft_timeout: None,
-            wait_timeout: Duration::from_secs(2),
-            early_refresh: 1.0,
+            wait_timeout: DEFAULT_LOAD_TIMEOUT,
+            early_refresh: DEFAULT_EARLY_REFRESH,
         }
     }
 }
 
 impl Policy {
-    /// Checks that the settings can work together.
+    /// Checks that each setting is in its range and that they can work
+    /// together; the error names the setting as its builder method is
+    /// named ([`Error::InvalidSetting`]).
     pub(crate) fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Config(m));
         if self.ttl.is_zero() {
-            return bad("ttl must be longer than 0".into());
+            return Err(Error::setting("ttl", "must be longer than 0s"));
         }
-        if !(0.0..1.0).contains(&self.jitter) {
-            return bad(format!("jitter {} must be in [0, 1)", self.jitter));
+        if !JITTER_RANGE.contains(&self.jitter) {
+            return Err(Error::setting(
+                "jitter",
+                format!(
+                    "{} must be in [{}, {})",
+                    self.jitter, JITTER_RANGE.start, JITTER_RANGE.end
+                ),
+            ));
         }
         if !(self.early_refresh.is_finite() && self.early_refresh >= 0.0) {
-            return bad(format!(
-                "early_refresh {} must be 0 (off) or more",
-                self.early_refresh
+            return Err(Error::setting(
+                "early_refresh",
+                format!("{} must be 0 (off) or more", self.early_refresh),
             ));
         }
         for (name, d) in [
@@ -70,17 +125,25 @@ impl Policy {
             ("wait_timeout", self.wait_timeout),
         ] {
             if d.is_zero() || d >= self.lease_ttl {
-                return bad(format!(
-                    "{name} ({d:?}) must be above 0 and shorter than lease_ttl ({:?}), or a slow load would lose its lease mid-way",
-                    self.lease_ttl
+                return Err(Error::setting(
+                    name,
+                    format!(
+                        "{} must be above 0s and shorter than lease_ttl ({}), or a slow load would lose its lease",
+                        show(d),
+                        show(self.lease_ttl)
+                    ),
                 ));
             }
         }
         if let Some(soft) = self.soft_timeout {
             if soft >= self.load_timeout {
-                return bad(format!(
-                    "soft_timeout ({soft:?}) must be shorter than load_timeout ({:?})",
-                    self.load_timeout
+                return Err(Error::setting(
+                    "soft_timeout",
+                    format!(
+                        "{} must be shorter than load_timeout ({})",
+                        show(soft),
+                        show(self.load_timeout)
+                    ),
                 ));
             }
         }
@@ -158,12 +221,24 @@ mod tests {
             load_timeout: Duration::from_secs(5),
             ..Policy::default()
         };
-        assert!(p.validate().is_err());
+        assert!(matches!(
+            p.validate(),
+            Err(Error::InvalidSetting {
+                setting: "load_timeout",
+                ..
+            })
+        ));
         let p = Policy {
             soft_timeout: Some(Duration::from_secs(3)),
             ..Policy::default()
         };
-        assert!(p.validate().is_err());
+        assert!(matches!(
+            p.validate(),
+            Err(Error::InvalidSetting {
+                setting: "soft_timeout",
+                ..
+            })
+        ));
         assert!(Policy::default().validate().is_ok());
     }
 

@@ -643,7 +643,16 @@ async fn bad_input_is_refused(kind: Kind) {
         .build()
         .await
         .expect_err("load_timeout past lease_ttl");
-    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidSetting {
+                setting: "load_timeout",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 async fn changing_the_shard_count_is_refused(kind: Kind) {

@@ -229,7 +229,7 @@ async fn refused_key_types_name_the_table_the_column_and_the_type() {
         .await;
         let err = pg_source(&table).await.expect_err("refused");
         let msg = err.to_string();
-        assert!(matches!(err, Error::Config(_)), "{msg}");
+        assert!(matches!(err, Error::Schema { .. }), "{msg}");
         for part in [t, "`id`", shown] {
             assert!(msg.contains(part), "{msg:?} should name {part:?}");
         }

@@ -628,8 +628,8 @@ async fn config_errors_name_what_is_wrong(db: &Db) {
         b.build()
     };
     let config = |r: Result<SqlSource, Error>| match r {
-        Err(Error::Config(msg)) => msg,
-        other => panic!("expected a config error, got {other:?}"),
+        Err(Error::Schema { reason, .. }) => reason,
+        other => panic!("expected a schema error, got {other:?}"),
     };
     let msg = config(build(&db.t("nope"), "id", None).await);
     assert!(msg.contains("nope"), "{msg}");
@@ -1066,7 +1066,7 @@ async fn postgres_default_schema_and_several_column_sets() {
     let _ = db.users().await;
     // Without a schema, the table is looked up in current_schema() (public).
     match SqlSource::builder(db.pool.clone(), "users").build().await {
-        Err(Error::Config(msg)) => assert!(msg.contains("public"), "{msg}"),
+        Err(Error::Schema { reason, .. }) => assert!(reason.contains("public"), "{reason}"),
         other => panic!("{other:?}"),
     }
     let src = SqlSource::builder(db.pool.clone(), &db.t("users"))

@@ -9,7 +9,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use larder::Error;
+use larder::{ConstraintKind, Error, ErrorKind};
 
 /// An error answer: status, stable code, a message for humans.
 #[derive(Debug, Clone)]
@@ -80,67 +80,51 @@ impl ApiError {
         )
     }
 
-    /// The answer for an engine error of `entity`. Bad input is the
-    /// client's to fix (4xx, the library's message, which names the id or
-    /// column); an unavailable store or database, and a store that stopped
-    /// being durable for write-back, are 503; database constraint
-    /// violations are 409 `conflict` by SQLSTATE; a lost compare-and-set
-    /// is 409 `busy` with `Retry-After`; anything else is logged and
-    /// answered 500 without details.
+    /// The answer for an engine error of `entity`, by its
+    /// [`kind`](Error::kind) (never its text or a database code). Bad
+    /// input is the client's to fix (4xx, the library's message, which
+    /// names the id, column or tag); a constraint the database enforced is
+    /// 409 `conflict` (a missing NOT NULL value 400 `missing_column`); a
+    /// lost compare-and-set is 409 `busy` with `Retry-After`; an
+    /// unavailable store or database, a full backlog and a store that
+    /// stopped being durable for write-back are 503; anything else is
+    /// logged and answered 500 without details.
     pub fn from_engine(entity: &str, err: &Error) -> Self {
-        match err {
-            Error::InvalidId { .. } => {
-                Self::new(StatusCode::BAD_REQUEST, "bad_id", err.to_string())
-            }
-            Error::InvalidRow { reason, .. } => {
+        match err.kind() {
+            ErrorKind::InvalidId => Self::new(StatusCode::BAD_REQUEST, "bad_id", err.to_string()),
+            ErrorKind::InvalidRow => {
                 // The service checks unknown, missing and null columns itself
                 // (http::validate); what the library still refuses is a value
                 // of the wrong type (or a generated column).
-                Self::new(StatusCode::BAD_REQUEST, "type_mismatch", reason.clone())
+                let reason = match err {
+                    Error::InvalidRow { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                Self::new(StatusCode::BAD_REQUEST, "type_mismatch", reason)
             }
-            Error::ReadOnly { .. } => Self::method_not_allowed(format!(
+            ErrorKind::ReadOnly => Self::method_not_allowed(format!(
                 "entity `{entity}` is read-only: writes are not allowed"
             )),
-            Error::InvalidName { .. } | Error::Encode { .. } => Self::bad_request(err.to_string()),
-            Error::Source { code, .. } => {
-                let code = code.as_deref().unwrap_or("");
-                match constraint(code) {
-                    Some(Constraint::Unique) => {
-                        conflict("a row with the same unique value already exists")
-                    }
-                    Some(Constraint::ForeignKey) => {
-                        conflict("a referenced row does not exist (or is still referenced)")
-                    }
-                    Some(Constraint::Check) => {
-                        conflict("a check constraint of the table refused the row")
-                    }
-                    Some(Constraint::NotNull) => Self::new(
-                        StatusCode::BAD_REQUEST,
-                        "missing_column",
-                        "a NOT NULL column without a default was left out or set to null",
-                    ),
-                    None if code.starts_with("22") => {
-                        tracing::info!(entity, error = %err, "the database refused a value");
-                        Self::bad_request("the database refused a value of the row (out of range or malformed for its column type)")
-                    }
-                    None => {
-                        tracing::error!(entity, error = %err, "database error");
-                        Self::internal()
-                    }
-                }
+            ErrorKind::InvalidName | ErrorKind::InvalidTag | ErrorKind::Encode => {
+                Self::bad_request(err.to_string())
             }
-            Error::SourceUnavailable { .. } | Error::LoadTimeout { .. } => {
+            ErrorKind::Conflict(constraint) => constraint_answer(constraint),
+            ErrorKind::InvalidValue => {
+                tracing::info!(entity, error = %err, "the database refused a value");
+                Self::bad_request("the database refused a value of the row (out of range or malformed for its column type)")
+            }
+            ErrorKind::SourceUnavailable | ErrorKind::Timeout => {
                 tracing::warn!(entity, error = %err, "database unavailable");
                 Self::unavailable(
                     "the database is unavailable and the cache has nothing to serve",
                     1,
                 )
             }
-            Error::StoreUnavailable { .. } => {
+            ErrorKind::StoreUnavailable => {
                 tracing::warn!(entity, error = %err, "store unavailable");
                 Self::unavailable("the cache store is unavailable", 1)
             }
-            Error::Busy { .. } => {
+            ErrorKind::Busy => {
                 tracing::info!(entity, error = %err, "compare-and-set lost to concurrent writers");
                 Self {
                     retry_after: Some(1),
@@ -151,18 +135,18 @@ impl ApiError {
                     )
                 }
             }
-            Error::NotDurable { .. } => {
+            ErrorKind::NotDurable => {
                 tracing::error!(entity, error = %err, "write-back store not durable");
                 Self::unavailable(
                     "the cache store no longer keeps write-back writes durably; nothing was written",
                     5,
                 )
             }
-            Error::BacklogFull { .. } => {
+            ErrorKind::BacklogFull => {
                 tracing::warn!(entity, error = %err, "write-back backlog full");
                 Self::unavailable("the write-back backlog is full: retry after it drains", 1)
             }
-            Error::Closed { .. } => {
+            ErrorKind::Closed => {
                 Self::unavailable("the entity is shutting down: retry on another instance", 1)
             }
             _ => {
@@ -173,25 +157,21 @@ impl ApiError {
     }
 }
 
-fn conflict(message: &str) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, "conflict", message)
-}
-
-enum Constraint {
-    Unique,
-    ForeignKey,
-    Check,
-    NotNull,
-}
-
-/// PostgreSQL SQLSTATEs and SQLite extended result codes of constraint violations.
-fn constraint(code: &str) -> Option<Constraint> {
-    match code {
-        "23505" | "2067" | "1555" => Some(Constraint::Unique),
-        "23503" | "787" => Some(Constraint::ForeignKey),
-        "23514" | "275" => Some(Constraint::Check),
-        "23502" | "1299" => Some(Constraint::NotNull),
-        _ => None,
+/// The answer for a row the database refused for a constraint.
+fn constraint_answer(constraint: ConstraintKind) -> ApiError {
+    let conflict = |message: &str| ApiError::new(StatusCode::CONFLICT, "conflict", message);
+    match constraint {
+        ConstraintKind::Unique => conflict("a row with the same unique value already exists"),
+        ConstraintKind::ForeignKey => {
+            conflict("a referenced row does not exist (or is still referenced)")
+        }
+        ConstraintKind::Check => conflict("a check constraint of the table refused the row"),
+        ConstraintKind::NotNull => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_column",
+            "a NOT NULL column without a default was left out or set to null",
+        ),
+        _ => conflict("a constraint of the table refused the row"),
     }
 }
 
@@ -309,6 +289,28 @@ mod tests {
             res.headers().get(header::RETRY_AFTER),
             Some(&HeaderValue::from(1u32))
         );
+    }
+
+    #[test]
+    fn a_bad_tag_is_400_bad_request() {
+        let err = Error::InvalidTag {
+            tag: String::new(),
+            reason: "a tag cannot be empty".into(),
+        };
+        let api = ApiError::from_engine("e", &err);
+        assert_eq!(api.status, StatusCode::BAD_REQUEST);
+        assert_eq!(api.code, "bad_request");
+        assert!(api.message.contains("tag"), "{}", api.message);
+    }
+
+    #[test]
+    fn a_broken_invariant_is_500_without_details() {
+        let err = Error::Internal {
+            what: "secret detail".into(),
+        };
+        let api = ApiError::from_engine("e", &err);
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!api.message.contains("secret"), "{}", api.message);
     }
 
     #[test]

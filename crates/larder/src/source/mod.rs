@@ -10,6 +10,7 @@ mod sql;
 
 pub use self::func::FnSource;
 pub use self::sql::classify as classify_sql_error;
+pub(crate) use self::sql::refusal_of_cause;
 pub(crate) use self::sql::Fault;
 pub use self::sql::{
     mark_larder_origin, ChangeChannel, ChangeHandler, ChangeListener, ChangeListenerBuilder,

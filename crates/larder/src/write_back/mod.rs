@@ -48,6 +48,7 @@ pub use self::dead_letters::{Closed, DeadLetter};
 use crate::key::{KeyKind, KeySpace};
 use crate::metrics::Tally;
 use crate::store::{DirtyLog, ShardKeys};
+use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,57 +56,104 @@ use tokio::sync::Notify;
 
 /// Settings of write-back; see [`WritePolicy::Back`](crate::WritePolicy::Back).
 ///
+/// Deserializes from a table of these fields, each optional (durations as
+/// strings, `"1s"`): the service's `[entity.write_back]` section is this
+/// type.
+///
 /// ```
 /// use larder::WriteBack;
 /// use std::time::Duration;
 /// let settings = WriteBack { max_delay: Duration::from_millis(200), ..WriteBack::default() };
 /// assert_eq!(settings.batch, 500);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WriteBack {
-    /// The most records one flush writes (one upsert statement). Default 500.
+    /// The most records one flush writes (one upsert statement), 1 to
+    /// 10,000 ([`WriteBack::MAX_BATCH`]). Default: 500.
     pub batch: usize,
     /// How long a write may wait to be coalesced with later writes of the
-    /// same id before it is flushed. Default 1 s.
+    /// same id before it is flushed; above 0. Default: 1 s.
+    #[serde(deserialize_with = "crate::policy::deserialize_duration")]
     pub max_delay: Duration,
     /// How long a flusher owns a shard without renewing; after a crash the
     /// shard drains within `flush_lease + max_delay`. Statements time out
-    /// at half of it. Default 5 s.
+    /// at half of it. At least 100 ms ([`WriteBack::MIN_FLUSH_LEASE`]).
+    /// Default: 5 s.
+    #[serde(deserialize_with = "crate::policy::deserialize_duration")]
     pub flush_lease: Duration,
     /// The most writes pending before writers wait (up to the cache's
     /// `wait_timeout`) and then fail with
-    /// [`Error::BacklogFull`](crate::Error::BacklogFull). Default 100,000.
+    /// [`Error::BacklogFull`](crate::Error::BacklogFull); at least 1.
+    /// Default: 100,000.
     pub max_backlog: u64,
     /// Refuse to start on a store that cannot prove its durability
     /// (`appendonly yes` + `appendfsync always`). `false`: start anyway,
-    /// with a loud warning. Default `true`.
+    /// with a loud warning. Default: `true`.
     pub require_durable: bool,
 }
 
 impl Default for WriteBack {
     fn default() -> Self {
         Self {
-            batch: 500,
-            max_delay: Duration::from_secs(1),
-            flush_lease: Duration::from_secs(5),
-            max_backlog: 100_000,
+            batch: Self::DEFAULT_BATCH,
+            max_delay: Self::DEFAULT_MAX_DELAY,
+            flush_lease: Self::DEFAULT_FLUSH_LEASE,
+            max_backlog: Self::DEFAULT_MAX_BACKLOG,
             require_durable: true,
         }
     }
 }
 
 impl WriteBack {
-    /// Checks the settings.
-    pub(crate) fn validate(&self) -> crate::Result<()> {
-        let bad = |what: &str| Err(crate::Error::Config(format!("write-back {what}")));
-        if self.batch == 0 || self.batch > 10_000 {
-            return bad("batch must be between 1 and 10000");
+    /// The default `batch`: 500 records.
+    pub const DEFAULT_BATCH: usize = 500;
+    /// The largest `batch`: 10,000 records (one statement's JSON parameter).
+    pub const MAX_BATCH: usize = 10_000;
+    /// The default `max_delay`: 1 s.
+    pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(1);
+    /// The default `flush_lease`: 5 s.
+    pub const DEFAULT_FLUSH_LEASE: Duration = Duration::from_secs(5);
+    /// The shortest `flush_lease`: 100 ms (statements get half of it).
+    pub const MIN_FLUSH_LEASE: Duration = Duration::from_millis(100);
+    /// The default `max_backlog`: 100,000 writes.
+    pub const DEFAULT_MAX_BACKLOG: u64 = 100_000;
+
+    /// Checks the settings against their limits. The error names the
+    /// field as `write_back.<field>` ([`Error::InvalidSetting`](crate::Error::InvalidSetting)).
+    pub fn validate(&self) -> crate::Result<()> {
+        use crate::policy::show;
+        use crate::Error;
+        if self.batch == 0 {
+            return Err(Error::setting("write_back.batch", "must be at least 1"));
         }
-        if self.flush_lease < Duration::from_millis(100) {
-            return bad("flush_lease must be at least 100ms");
+        if self.batch > Self::MAX_BATCH {
+            return Err(Error::setting(
+                "write_back.batch",
+                format!("must be at most {}", Self::MAX_BATCH),
+            ));
+        }
+        if self.max_delay.is_zero() {
+            return Err(Error::setting(
+                "write_back.max_delay",
+                "must be longer than 0s",
+            ));
+        }
+        if self.flush_lease < Self::MIN_FLUSH_LEASE {
+            return Err(Error::setting(
+                "write_back.flush_lease",
+                format!(
+                    "{} must be at least {}",
+                    show(self.flush_lease),
+                    show(Self::MIN_FLUSH_LEASE)
+                ),
+            ));
         }
         if self.max_backlog == 0 {
-            return bad("max_backlog must be at least 1");
+            return Err(Error::setting(
+                "write_back.max_backlog",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

@@ -51,14 +51,16 @@ fn api_line(err: &ApiError) -> String {
 /// The error line of an engine error: `TRYAGAIN` when the store is down
 /// (a write-back entity cannot answer without it), else the HTTP code.
 fn engine_line(e: &Entity, err: &larder::Error) -> String {
-    if err.is_store_unavailable() {
-        return "TRYAGAIN the cache store is unavailable and this entity needs it: retry later"
-            .to_owned();
+    match err.kind() {
+        larder::ErrorKind::StoreUnavailable => {
+            "TRYAGAIN the cache store is unavailable and this entity needs it: retry later"
+                .to_owned()
+        }
+        larder::ErrorKind::BacklogFull => {
+            "TRYAGAIN the write-back backlog is full: retry after it drains".to_owned()
+        }
+        _ => api_line(&ApiError::from_engine(e.name(), err)),
     }
-    if matches!(err, larder::Error::BacklogFull { .. }) {
-        return "TRYAGAIN the write-back backlog is full: retry after it drains".to_owned();
-    }
-    api_line(&ApiError::from_engine(e.name(), err))
 }
 
 /// The entity and the raw id of `key` (`<entity>:<id>`, split at the first `:`).

@@ -14,7 +14,7 @@
 //!   `C`/`POSIX`); NUL is refused in every id. Key types that cannot promise
 //!   one entry per row (numeric, floats, dates, timestamps, other types,
 //!   non-deterministic collations, SQLite REAL/NUMERIC affinity, other
-//!   collations) are refused at build with [`Error::Config`] naming the
+//!   collations) are refused at build with [`Error::Schema`] naming the
 //!   table, the column and its type. Rows the database returns under
 //!   another spelling (`'Alice'` for `alice`) carry the canonical id;
 //! - rows to write are checked against the column definitions before any SQL
@@ -50,6 +50,7 @@
 mod cdc;
 mod flush;
 mod postgres;
+mod refusal;
 mod schema;
 mod sqlite;
 
@@ -57,12 +58,13 @@ pub use self::cdc::{
     mark_larder_origin, ChangeChannel, ChangeHandler, ChangeListener, ChangeListenerBuilder,
     ChangeStats,
 };
+pub(crate) use self::refusal::refusal_of_cause;
 pub use self::schema::ColumnInfo;
 
 use self::schema::{KeyValue, Schema, TableName};
 use super::{FlushBatch, Flushed, Source};
 use crate::codec::RawJson;
-use crate::error::{Error, Message, Result};
+use crate::error::{Error, Message, Result, SchemaPart};
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -220,15 +222,20 @@ impl SqlSourceBuilder {
 
     /// Reads the table's schema and builds the source.
     ///
-    /// Invalid identifiers, an unknown table, key column or listed column are
-    /// [`Error::Config`]; a database that cannot be reached is
-    /// [`Error::SourceUnavailable`].
+    /// Invalid identifiers, an unknown table, key column or listed column,
+    /// and a key column of a type that cannot be a key, are
+    /// [`Error::Schema`] naming the part; a database that cannot be
+    /// reached is [`Error::SourceUnavailable`].
     pub async fn build(self) -> Result<SqlSource> {
-        let table = TableName::parse(&self.table)?;
-        schema::ident("key column", &self.key)?;
+        let part = |part, column: Option<&str>, e: Error| {
+            Error::schema(&self.table, part, column, e.to_string())
+        };
+        let table = TableName::parse(&self.table).map_err(|e| part(SchemaPart::Table, None, e))?;
+        schema::ident("key column", &self.key)
+            .map_err(|e| part(SchemaPart::Key, Some(&self.key), e))?;
         if let Some(cols) = &self.columns {
             for c in cols {
-                schema::ident("column", c)?;
+                schema::ident("column", c).map_err(|e| part(SchemaPart::Column, Some(c), e))?;
             }
         }
         let entity = self.entity.unwrap_or_else(|| table.name.clone());
@@ -239,10 +246,15 @@ impl SqlSourceBuilder {
             ),
             SqlPool::Sqlite(pool) => {
                 if table.schema.is_some() {
-                    return Err(Error::Config(format!(
-                        "table `{}`: SQLite sources take a table name without a schema",
-                        self.table
-                    )));
+                    return Err(Error::schema(
+                        &self.table,
+                        SchemaPart::Table,
+                        None,
+                        format!(
+                            "table `{}`: SQLite sources take a table name without a schema",
+                            self.table
+                        ),
+                    ));
                 }
                 (
                     sqlite::describe(&pool, &entity, &table, &self.key).await?,

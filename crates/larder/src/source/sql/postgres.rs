@@ -9,7 +9,7 @@ use super::schema::{
     quote, Fold, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
     TextKey,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SchemaPart};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
@@ -28,10 +28,15 @@ pub(super) async fn describe(
             .await
             .map_err(err)?
             .ok_or_else(|| {
-                Error::Config(format!(
-                    "table `{}`: the search_path has no schema; name it as schema.table",
-                    table.name
-                ))
+                Error::schema(
+                    &table.name,
+                    SchemaPart::Table,
+                    None,
+                    format!(
+                        "table `{}`: the search_path has no schema; name it as schema.table",
+                        table.name
+                    ),
+                )
             })?,
     };
     let rel = sqlx::query(
@@ -46,10 +51,15 @@ pub(super) async fn describe(
     .await
     .map_err(err)?;
     let Some(rel) = rel else {
-        return Err(Error::Config(format!(
-            "table or view `{}` not found in schema `{schema_name}`",
-            table.name
-        )));
+        return Err(Error::schema(
+            &table.name,
+            SchemaPart::Table,
+            None,
+            format!(
+                "table or view `{}` not found in schema `{schema_name}`",
+                table.name
+            ),
+        ));
     };
     let oid: i64 = rel.try_get(0).map_err(err)?;
     let relkind: String = rel.try_get(1).map_err(err)?;
@@ -108,7 +118,7 @@ pub(super) async fn describe(
         if name == key {
             key_attnum = Some(attnum);
             let refuse = |why: &str| {
-                Error::Config(format!(
+                Error::schema(&table.name, SchemaPart::Key, Some(&name), format!(
                     "table `{schema_name}.{}`: the key column `{name}` has type `{sql_type}`, which cannot be a key: {why}",
                     table.name
                 ))

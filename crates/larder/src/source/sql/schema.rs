@@ -3,7 +3,7 @@
 //! are possible. Also the checks that run before any SQL: id
 //! canonicalisation and row validation.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SchemaPart};
 use serde_json::{Map, Value};
 
 /// The longest identifier accepted (PostgreSQL's limit).
@@ -322,35 +322,46 @@ impl Schema {
         let table_label = raw.table.name.clone();
         let find = |name: &str| raw.columns.iter().find(|c| c.name == name);
         let key_col = find(key).cloned().ok_or_else(|| {
-            Error::Config(format!(
-                "key column `{key}` not found in `{table_label}` (columns: {})",
-                raw.columns
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+            Error::schema(
+                &table_label,
+                SchemaPart::Key,
+                Some(key),
+                format!(
+                    "key column `{key}` not found in `{table_label}` (columns: {})",
+                    raw.columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
         })?;
         let chosen: Vec<RawColumn> = match columns {
             None => raw.columns.clone(),
             Some(names) => {
                 let mut chosen: Vec<RawColumn> = Vec::with_capacity(names.len());
                 for name in names {
-                    ident("column", &name)?;
+                    let column = |reason: String| {
+                        Error::schema(&table_label, SchemaPart::Column, Some(&name), reason)
+                    };
+                    ident("column", &name).map_err(|e| column(e.to_string()))?;
                     if chosen.iter().any(|c| c.name == name) {
-                        return Err(Error::Config(format!(
+                        return Err(column(format!(
                             "column `{name}` is listed twice for `{table_label}`"
                         )));
                     }
                     let col = find(&name).cloned().ok_or_else(|| {
-                        Error::Config(format!("column `{name}` not found in `{table_label}`"))
+                        column(format!("column `{name}` not found in `{table_label}`"))
                     })?;
                     chosen.push(col);
                 }
                 if chosen.is_empty() {
-                    return Err(Error::Config(format!(
-                        "no columns chosen for `{table_label}`"
-                    )));
+                    return Err(Error::schema(
+                        &table_label,
+                        SchemaPart::Column,
+                        None,
+                        format!("no columns chosen for `{table_label}`"),
+                    ));
                 }
                 chosen
             }

@@ -11,7 +11,7 @@ use super::schema::{
     quote, Fold, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
     TextKey,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SchemaPart};
 use serde_json::Value;
 use sqlx::{Row, SqlitePool};
 
@@ -35,10 +35,12 @@ pub(super) async fn describe(
     .await
     .map_err(err)?;
     let Some((kind_of_relation, name)) = found else {
-        return Err(Error::Config(format!(
-            "table or view `{}` not found",
-            table.name
-        )));
+        return Err(Error::schema(
+            &table.name,
+            SchemaPart::Table,
+            None,
+            format!("table or view `{}` not found", table.name),
+        ));
     };
     let rows = sqlx::query(
         "SELECT name, type, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1)",
@@ -76,7 +78,7 @@ pub(super) async fn describe(
             {
                 // REAL and NUMERIC affinity convert ids that look like numbers
                 // (`1.0`, `1e0` and `1` are one key).
-                return Err(Error::Config(format!(
+                return Err(Error::schema(&name, SchemaPart::Key, Some(&col), format!(
                     "table `{name}`: the key column `{col}` has type `{sql_type}` (numeric affinity), which cannot be a key: declare it INTEGER or TEXT"
                 )));
             }
@@ -157,7 +159,7 @@ async fn text_key(pool: &SqlitePool, entity: &str, table: &str, key: &str) -> Re
             ..TextKey::default()
         },
         _ => {
-            return Err(Error::Config(format!(
+            return Err(Error::schema(table, SchemaPart::Key, Some(key), format!(
                 "table `{table}`: the key column `{key}` uses the collation `{coll}`, which cannot be a key's: use BINARY, NOCASE or RTRIM"
             )))
         }
