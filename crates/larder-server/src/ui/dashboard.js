@@ -30,6 +30,7 @@ const pct = (r) => (r == null ? "–" : (r * 100).toFixed(1) + "%");
 const rate = (r) => (r >= 100 ? int(r) : r >= 10 ? r.toFixed(1) : r.toFixed(2)) + "/s";
 function ms(v) {
   if (v == null) return "–";
+  if (v === 0) return "0 ms";
   if (v < 1) return Math.round(v * 1000) + " µs";
   if (v < 100) return v.toFixed(2) + " ms";
   return int(v) + " ms";
