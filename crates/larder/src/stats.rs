@@ -341,3 +341,31 @@ impl NearCounters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_read_times_give_their_own_percentiles() {
+        let c = Counters::new("stats_unit");
+        assert_eq!(
+            (c.snapshot().cache_p50, c.snapshot().cache_p99),
+            (None, None)
+        );
+        for _ in 0..98 {
+            c.cache_took(Duration::from_micros(200));
+        }
+        c.cache_took(Duration::from_millis(40));
+        c.cache_took(Duration::from_millis(40));
+        c.load_took(Duration::from_millis(5));
+        let s = c.snapshot();
+        let p50 = s.cache_p50.expect("samples").as_secs_f64();
+        let p99 = s.cache_p99.expect("samples").as_secs_f64();
+        assert!((0.0002..0.00025).contains(&p50), "{p50}");
+        assert!((0.04..0.05).contains(&p99), "{p99}");
+        // Store reads and database loads are kept apart.
+        let load = s.load_p50.expect("a load").as_secs_f64();
+        assert!((0.005..0.00625).contains(&load), "{load}");
+    }
+}
