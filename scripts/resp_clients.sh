@@ -12,95 +12,54 @@
 #
 # Needs Redis and PostgreSQL (scripts/services.sh) and redis-py in the
 # virtualenv $LARDER_VENV (default /opt/larder-venv; services.sh installs it).
-# Builds the larder binary (debug) unless $LARDER_BIN names one.
+# Uses the debug binary `cargo test` built unless $LARDER_BIN names one
+# (scripts/lib/serve.sh).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 VENV=${LARDER_VENV:-/opt/larder-venv}
 PY="$VENV/bin/python"
-PG=(psql -h 127.0.0.1 -U postgres -d test -v ON_ERROR_STOP=1 -qAt)
-ID="rc_$$_$(date +%s)"
-SCHEMA="$ID"
-WORK=$(mktemp -d)
-PID=""
+NAME=resp_clients
+# shellcheck source=lib/serve.sh
+. scripts/lib/serve.sh
 
-say() { echo "resp_clients: $*"; }
-fail() {
-    echo "resp_clients: FAILED: $*" >&2
-    [ -f "$WORK/serve.log" ] && sed 's/^/  larder: /' "$WORK/serve.log" >&2
-    exit 1
-}
-cleanup() {
-    if [ -n "$PID" ]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-    fi
-    "${PG[@]}" -c "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-if [ -z "${LARDER_BIN:-}" ]; then
-    cargo build -q -p larder-server --bin larder
-    LARDER_BIN="${CARGO_TARGET_DIR:-target}/debug/larder"
-fi
 [ -x "$PY" ] && "$PY" -c 'import redis' || fail "redis-py is not in $VENV (run scripts/services.sh)"
 
 "${PG[@]}" <<SQL
-CREATE SCHEMA $SCHEMA;
 CREATE TABLE $SCHEMA.users (id bigint PRIMARY KEY, name text NOT NULL, email text, team int NOT NULL DEFAULT 0);
 INSERT INTO $SCHEMA.users SELECT i, 'user ' || i, 'u' || i || '@x', i % 10 FROM generate_series(0, 999) i;
 CREATE TABLE $SCHEMA.wt (LIKE $SCHEMA.users INCLUDING ALL);
 CREATE TABLE $SCHEMA.wb (LIKE $SCHEMA.users INCLUDING ALL);
 SQL
 
-cat >"$WORK/larder.toml" <<TOML
-listen = "127.0.0.1:0"
-[store]
-url = "redis://127.0.0.1:6379/0"
-prefix = "${ID//_/-}"
-[source]
-url = "postgres://postgres@127.0.0.1:5432/test"
-pool = 4
+serve_start "
 [near]
 capacity = 10000
-ttl = "2s"
+ttl = \"2s\"
 [resp]
-listen = "127.0.0.1:0"
+listen = \"127.0.0.1:0\"
 [[entity]]
-name = "users"
-table = "$SCHEMA.users"
+name = \"users\"
+table = \"$SCHEMA.users\"
 [[entity]]
-name = "user"
-table = "$SCHEMA.users"
+name = \"user\"
+table = \"$SCHEMA.users\"
 near = false
 [[entity]]
-name = "wt"
-table = "$SCHEMA.wt"
+name = \"wt\"
+table = \"$SCHEMA.wt\"
 resp_writes = true
 [[entity]]
-name = "wb"
-table = "$SCHEMA.wb"
-write = "back"
+name = \"wb\"
+table = \"$SCHEMA.wb\"
+write = \"back\"
 resp_writes = true
 [entity.write_back]
-max_delay = "200ms"
-require_durable = false
-TOML
-
-LARDER_LOG=warn "$LARDER_BIN" serve --config "$WORK/larder.toml" >"$WORK/serve.out" 2>"$WORK/serve.log" &
-PID=$!
-for _ in $(seq 300); do
-    grep -q 'listening on http://' "$WORK/serve.out" 2>/dev/null && break
-    kill -0 "$PID" 2>/dev/null || fail "larder serve exited"
-    sleep 0.1
-done
-HTTP=$(sed -n 's|.*listening on http://||p' "$WORK/serve.out")
-RESP=$(sed -n 's|.*listening on redis://||p' "$WORK/serve.out")
-[ -n "$HTTP" ] && [ -n "$RESP" ] || fail "larder serve did not say where it listens"
+max_delay = \"200ms\"
+require_durable = false"
+[ -n "$RESP" ] || fail "larder serve did not open its Redis port"
 PORT=${RESP##*:}
-say "larder serve: http://$HTTP, redis://$RESP"
 
 # ------------------------------------------------------------ redis-cli ----
 cli() { redis-cli -p "$PORT" "$@"; }

@@ -5,6 +5,9 @@
 #               which tests use to start their own instances on free ports)
 #   PostgreSQL  127.0.0.1:5432, trust auth for loopback TCP, superuser roles
 #               `postgres` and `root`, database `test`
+#   tools       the virtualenv /opt/larder-venv (schemathesis, redis-py,
+#               requests); Chromium and playwright-core in /opt/larder-node
+#               for the dashboard's browser test
 #
 # Idempotent: on a machine where all of that is already true it only checks
 # and prints one line per step. Installs packages with apt-get when missing
@@ -44,7 +47,9 @@ apt_install() {
         APT_UPDATED=1
     fi
     say "apt-get install $*"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    local extra=()
+    [ "${APT_NO_RECOMMENDS:-0}" = 1 ] && extra=(--no-install-recommends)
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${extra[@]}" "$@" >/dev/null
 }
 
 # ---------------------------------------------------------------- Redis ----
@@ -251,4 +256,40 @@ if "$LARDER_VENV/bin/python" -c 'import redis' >/dev/null 2>&1; then
 else
     say "installing redis-py into $LARDER_VENV"
     as_root "$LARDER_VENV/bin/pip" install -q 'redis>=5,<9'
+fi
+
+# ------------------------------------------ requests (Python examples) ----
+# scripts/python_examples.sh runs examples/python with requests and redis-py
+# from the same virtualenv.
+
+if "$LARDER_VENV/bin/python" -c 'import requests' >/dev/null 2>&1; then
+    say "requests present in $LARDER_VENV"
+else
+    say "installing requests into $LARDER_VENV"
+    as_root "$LARDER_VENV/bin/pip" install -q 'requests>=2.31,<3'
+fi
+
+# ------------------------------ Chromium + playwright-core (dashboard) ----
+# scripts/dashboard.sh drives the dashboard in Debian's headless Chromium
+# with playwright-core (the npm package, without its browser downloads),
+# installed once into $LARDER_NODE (default /opt/larder-node), outside the
+# repository.
+
+LARDER_NODE=${LARDER_NODE:-/opt/larder-node}
+PLAYWRIGHT_VERSION=1.65.1
+if command -v chromium >/dev/null 2>&1; then
+    say "chromium present ($(chromium --version 2>/dev/null | awk '{print $2}'))"
+else
+    # The browser and its fonts only: recommends would pull in a desktop.
+    APT_NO_RECOMMENDS=1 apt_install chromium fonts-liberation
+fi
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+if [ "$(node -p "require('$LARDER_NODE/node_modules/playwright-core/package.json').version" 2>/dev/null)" = "$PLAYWRIGHT_VERSION" ]; then
+    say "playwright-core $PLAYWRIGHT_VERSION present in $LARDER_NODE"
+else
+    say "installing playwright-core $PLAYWRIGHT_VERSION into $LARDER_NODE"
+    as_root mkdir -p "$LARDER_NODE"
+    # playwright-core downloads no browser; the test uses /usr/bin/chromium.
+    (cd "$LARDER_NODE" && as_root npm install --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_VERSION") ||
+        die "npm could not install playwright-core into $LARDER_NODE"
 fi

@@ -2,8 +2,10 @@
 # The test command (README, and the last step of .ci/run): make sure Redis and
 # PostgreSQL are up (scripts/services.sh), then run every test in the
 # workspace: unit tests of the library and binaries, integration tests, and
-# doctests; then schemathesis against the service (scripts/schemathesis.sh)
-# and real Redis clients against the RESP listener (scripts/resp_clients.sh).
+# doctests; then schemathesis against the service (scripts/schemathesis.sh),
+# real Redis clients against the RESP listener (scripts/resp_clients.sh),
+# the Python examples (scripts/python_examples.sh) and the dashboard in a
+# browser (scripts/dashboard.sh).
 # Criterion benches are not run (`--benches`/`--all-targets` would
 # run each bench once in test mode; clippy still compiles them).
 #
@@ -25,3 +27,7 @@ cargo test --workspace --doc
 scripts/schemathesis.sh
 # Real Redis clients (redis-cli, redis-py, redis-benchmark) against `larder serve --resp`.
 scripts/resp_clients.sh
+# examples/python against `larder serve`, over HTTP and over the Redis protocol.
+scripts/python_examples.sh
+# The dashboard in headless Chromium (about 20 s).
+scripts/dashboard.sh

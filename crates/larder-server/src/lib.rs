@@ -11,6 +11,7 @@
 //! - [`client`]: a tiny HTTP/1.1 client for `larder stats` (and tests).
 //! - [`query`]: read-only entities defined by a SQL query.
 //! - [`resp`]: the Redis protocol (`[resp] listen`): the same entities as `<entity>:<id>` keys.
+//! - [`ui`]: the dashboard at `/`, a page that polls `/v1/stats`.
 
 pub mod client;
 pub mod config;
@@ -19,3 +20,4 @@ pub mod query;
 pub mod resp;
 pub mod serve;
 pub mod tags;
+pub mod ui;

@@ -99,6 +99,8 @@ fn assert_documented(s: &Service, method: &str, route: &str, entity: &str, a: &A
 /// classification: Open (anyone), RowRead (either token, or none for a
 /// public entity), Read (either token), Admin (the admin token).
 const EXPECTED: &[(&str, &str, Access)] = &[
+    ("GET", "/", Access::Open),
+    ("GET", "/ui", Access::Open),
     ("GET", "/health", Access::Open),
     ("GET", "/ready", Access::Open),
     ("GET", "/metrics", Access::Read),

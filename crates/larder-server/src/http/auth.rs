@@ -10,7 +10,7 @@
 //!
 //! | route | no token | read token | admin token |
 //! |---|---|---|---|
-//! | `/health`, `/ready`, `/v1/openapi.json` | yes | yes | yes |
+//! | `/health`, `/ready`, `/v1/openapi.json`, the dashboard (`/`, `/ui`) | yes | yes | yes |
 //! | row reads, public entity | yes | yes | yes |
 //! | row reads, other entities | 401 | yes | yes |
 //! | `/v1/stats`, `/metrics` | 401 | yes | yes |
@@ -26,7 +26,8 @@ use axum::response::{IntoResponse, Response};
 /// What a route needs when a token is configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Never a token: liveness, readiness, the OpenAPI document.
+    /// Never a token: liveness, readiness, the OpenAPI document, the
+    /// dashboard's page (its data calls need [`Access::Read`]).
     Open,
     /// A row read (`GET /v1/{entity}/{id}`, `GET /v1/{entity}?ids=`):
     /// either token, or none for an entity with `public_reads`.
@@ -41,7 +42,7 @@ pub enum Access {
 pub fn access(method: &Method, route: &str) -> Access {
     let read = method == Method::GET || method == Method::HEAD;
     match route {
-        "/health" | "/ready" | "/v1/openapi.json" if read => Access::Open,
+        "/" | "/ui" | "/health" | "/ready" | "/v1/openapi.json" if read => Access::Open,
         "/v1/{entity}/{id}" | "/v1/{entity}" if read => Access::RowRead,
         "/v1/stats" | "/metrics" if read => Access::Read,
         _ => Access::Admin,

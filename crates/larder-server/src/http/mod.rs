@@ -9,7 +9,8 @@
 //! - [`auth`]: the bearer token and the public routes;
 //! - [`stats`]: the `/v1/stats` document;
 //! - [`metrics`]: `/metrics` (the Prometheus exporter);
-//! - [`openapi`]: the OpenAPI document of [`ROUTES`].
+//! - [`openapi`]: the OpenAPI document of [`ROUTES`];
+//! - `/` and `/ui`: the dashboard ([`crate::ui`]).
 
 pub mod auth;
 pub mod error;
@@ -29,6 +30,8 @@ use axum::{Json, Router};
 
 /// Every route: method and path (axum syntax), as the OpenAPI document lists them.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/ui"),
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/metrics"),
@@ -51,6 +54,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn app(state: AppState) -> Router {
     let limit = state.config().body_limit.0;
     Router::new()
+        .route("/", get(crate::ui::dashboard))
+        .route("/ui", get(crate::ui::dashboard))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::metrics))

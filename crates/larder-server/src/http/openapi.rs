@@ -738,6 +738,78 @@ fn entity_paths(
     }
 }
 
+/// The `/v1/stats` document (see [`super::stats`]).
+fn stats_schema() -> Value {
+    let count = json!({ "type": "integer", "minimum": 0 });
+    let ms = |what: &str| json!({ "type": ["number", "null"], "description": what });
+    let outcomes: Map<String, Value> = larder::Outcome::ALL
+        .iter()
+        .map(|o| (o.as_str().to_owned(), count.clone()))
+        .collect();
+    let entity = json!({
+        "type": "object",
+        "properties": {
+            "write": { "type": "string", "enum": ["through", "around", "back", "read-only"], "description": "The write policy." },
+            "reads": { "type": "object", "properties": outcomes, "description": "Reads by outcome since the start." },
+            "reads_total": count,
+            "hit_ratio": { "type": "number", "minimum": 0, "maximum": 1, "description": "(l1 + hit + stale + negative) / all reads." },
+            "loads": count,
+            "load_errors": count,
+            "load_ms_mean": ms("Mean database load time, ms; null before the first load."),
+            "load_ms_p50": ms("Median database load time, ms (within 25 %)."),
+            "load_ms_p99": ms("99th percentile database load time, ms (within 25 %)."),
+            "cache_ms_p50": ms("Median store read (GET/MGET) time, ms (within 25 %); near-cache hits are not in it."),
+            "cache_ms_p99": ms("99th percentile store read time, ms (within 25 %)."),
+            "fills": count,
+            "fills_refused": count,
+            "stale_on_error": count,
+            "lease_waits": { "type": "integer", "minimum": 0, "description": "Reads that found another load in progress and waited for it." },
+            "lease_takeovers": count,
+            "refreshes": { "type": "integer", "minimum": 0, "description": "Background refreshes (stale-while-revalidate and early refresh)." },
+            "l1_entries": { "type": "integer", "minimum": 0, "description": "Entries in the near cache." },
+            "l1_evictions": { "type": "integer", "minimum": 0, "description": "Near-cache entries dropped for capacity or age." },
+            "invalidations_sent": count,
+            "invalidations_received": count,
+            "write_back": {
+                "type": ["object", "null"],
+                "description": "Write-back entities only.",
+                "properties": {
+                    "acknowledged": count, "coalesced": count, "batches": count, "rows_written": count,
+                    "retries": count, "dead_lettered": count,
+                    "backlog": { "type": "integer", "minimum": 0, "description": "Dirty rows not yet in the database." },
+                    "lag_ms": { "type": ["integer", "null"], "description": "Age of the oldest dirty row, ms." },
+                    "dead_letters": { "type": "integer", "minimum": 0, "description": "Rows the database refused, waiting for a retry." }
+                }
+            }
+        }
+    });
+    let figure = json!({ "type": ["integer", "null"] });
+    json!({
+        "type": "object",
+        "required": ["uptime_s", "store", "entities"],
+        "properties": {
+            "uptime_s": count,
+            "store": { "type": "string", "description": "The store's URL without credentials." },
+            "entities": { "type": "object", "additionalProperties": entity },
+            "resp": { "type": ["object", "null"] },
+            "redis": {
+                "type": ["object", "null"],
+                "description": "Redis INFO figures; null for memory:// or when Redis does not answer in time.",
+                "properties": {
+                    "used_memory": figure,
+                    "maxmemory": { "type": ["integer", "null"], "description": "0: no limit." },
+                    "maxmemory_policy": { "type": ["string", "null"] },
+                    "evicted_keys": figure,
+                    "expired_keys": figure,
+                    "keyspace_hits": figure,
+                    "keyspace_misses": figure,
+                    "connected_clients": figure
+                }
+            }
+        }
+    })
+}
+
 /// The document for `entities`.
 pub fn build(entities: &[EntityDoc<'_>]) -> Value {
     let mut paths = Map::new();
@@ -749,7 +821,13 @@ pub fn build(entities: &[EntityDoc<'_>]) -> Value {
     ])) }));
     paths.insert("/metrics".into(), json!({ "get": op("GET", "/metrics", false, "Prometheus text format.", vec![], responses(&[("200", json!({ "description": "Metrics.", "content": { "text/plain": { "schema": { "type": "string" } } } }))])) }));
     paths.insert("/v1/openapi.json".into(), json!({ "get": op("GET", "/v1/openapi.json", false, "This document.", vec![], responses(&[("200", json_response("OpenAPI 3.1.", json!({ "type": "object" })))])) }));
-    paths.insert("/v1/stats".into(), json!({ "get": op("GET", "/v1/stats", false, "Per-entity reads by outcome, hit ratio, loads; Redis memory and evictions.", vec![], responses(&[("200", json_response("Stats.", json!({ "type": "object" })))])) }));
+    paths.insert("/v1/stats".into(), json!({ "get": op("GET", "/v1/stats", false, "Per-entity reads by outcome, hit ratio, loads, cache and database latency, lease waits, near cache, write-back; Redis memory, policy and evictions. The dashboard at / polls it.", vec![], responses(&[("200", json_response("Stats.", json!({ "$ref": "#/components/schemas/Stats" })))])) }));
+    for (route, summary) in [
+        ("/", "The dashboard: a page that polls /v1/stats every second (public; its data calls carry the token)."),
+        ("/ui", "The dashboard, as at /."),
+    ] {
+        paths.insert(route.into(), json!({ "get": op("GET", route, false, summary, vec![], responses(&[("200", json!({ "description": "An HTML page.", "content": { "text/html": { "schema": { "type": "string" } } } }))])) }));
+    }
     paths.insert("/v1/tags/{tag}/invalidate".into(), json!({ "post": op("POST", "/v1/tags/{tag}/invalidate", false, "Invalidate every entry carrying a tag, in every entity with tags.", vec![
         path_param("tag", &format!("A tag, e.g. team:7 (at most {} bytes).", larder::MAX_TAG_LEN), json!({ "type": "string", "minLength": 1, "maxLength": MAX_TAG_CHARS, "pattern": NO_NUL })),
     ], responses(&[
@@ -780,6 +858,7 @@ pub fn build(entities: &[EntityDoc<'_>]) -> Value {
             { "type": "object", "propertyNames": { "pattern": NO_NUL }, "additionalProperties": { "$ref": "#/components/schemas/JsonValue" } }
         ]
     }));
+    schemas.insert("Stats".into(), stats_schema());
     schemas.insert("Error".into(), json!({ "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
         "code": { "type": "string", "enum": ["bad_request", "bad_id", "unknown_column", "type_mismatch", "missing_column", "unauthorized", "forbidden", "not_found", "unknown_entity", "method_not_allowed", "conflict", "payload_too_large", "unsupported_media_type", "unavailable", "internal"] },
         "message": { "type": "string" }

@@ -1,10 +1,12 @@
 //! `/v1/stats`: the service's figures as JSON, for `larder stats`,
 //! `larder top` and people.
 //!
-//! Per entity, from the library's `Cache::stats()`: reads by outcome, the
-//! hit ratio ((l1 + hit + stale + negative) / all), loads and load errors,
-//! the mean, median and 99th percentile load time, and write-back's
-//! backlog, lag and dead letters. The store's own figures (used_memory,
+//! Per entity, from the library's `Cache::stats()`: its write policy,
+//! reads by outcome, the hit ratio ((l1 + hit + stale + negative) / all),
+//! loads and load errors, the mean, median and 99th percentile load time
+//! (the database's side) beside the median and 99th percentile store read
+//! (the cache's side), lease waits, refreshes, the near cache's entries and
+//! evictions, and write-back's backlog, lag and dead letters. The store's own figures (used_memory,
 //! maxmemory, maxmemory-policy, evictions, ...) come from
 //! `Store::server_info`. The same events are counted for `/metrics`
 //! ([`super::metrics`]), so the two agree.
@@ -38,12 +40,13 @@ fn write_back_json(w: &WriteBackStats) -> Value {
     })
 }
 
-fn entity_json(s: &CacheStats, w: Option<WriteBackStats>) -> Value {
+fn entity_json(write: &str, s: &CacheStats, w: Option<WriteBackStats>) -> Value {
     let reads: serde_json::Map<String, Value> = Outcome::ALL
         .iter()
         .map(|o| (o.as_str().to_owned(), json!(s.reads(*o))))
         .collect();
     json!({
+        "write": write,
         "reads": reads,
         "reads_total": s.total_reads(),
         "hit_ratio": s.hit_ratio(),
@@ -52,11 +55,14 @@ fn entity_json(s: &CacheStats, w: Option<WriteBackStats>) -> Value {
         "load_ms_mean": mean_load_ms(s),
         "load_ms_p50": ms(s.load_p50),
         "load_ms_p99": ms(s.load_p99),
+        "cache_ms_p50": ms(s.cache_p50),
+        "cache_ms_p99": ms(s.cache_p99),
         "fills": s.fills,
         "fills_refused": s.fills_refused,
         "stale_on_error": s.stale_on_error,
         "lease_waits": s.lease_waits,
         "lease_takeovers": s.wait_timeouts,
+        "refreshes": s.refreshes + s.early_refreshes,
         "l1_entries": s.near.l1_entries,
         "l1_evictions": s.near.l1_evictions,
         "invalidations_sent": s.near.invalidations_sent,
@@ -71,7 +77,11 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
         .entities()
         .iter()
         .map(|e| {
-            let json = entity_json(&e.cache.stats(), e.cache.write_back_stats());
+            let json = entity_json(
+                e.write.as_str(),
+                &e.cache.stats(),
+                e.cache.write_back_stats(),
+            );
             (e.name().to_owned(), json)
         })
         .collect();
