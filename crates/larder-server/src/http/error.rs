@@ -119,7 +119,7 @@ impl ApiError {
                         "missing_column",
                         "a NOT NULL column without a default was left out or set to null",
                     ),
-                    None if code.starts_with("22") => {
+                    None if code.starts_with("22") || is_mysql_data_error(code) => {
                         tracing::info!(entity, error = %err, "the database refused a value");
                         Self::bad_request("the database refused a value of the row (out of range or malformed for its column type)")
                     }
@@ -184,15 +184,22 @@ enum Constraint {
     NotNull,
 }
 
-/// PostgreSQL SQLSTATEs and SQLite extended result codes of constraint violations.
+/// PostgreSQL SQLSTATEs, SQLite extended result codes and MariaDB error
+/// numbers of constraint violations.
 fn constraint(code: &str) -> Option<Constraint> {
     match code {
-        "23505" | "2067" | "1555" => Some(Constraint::Unique),
-        "23503" | "787" => Some(Constraint::ForeignKey),
-        "23514" | "275" => Some(Constraint::Check),
-        "23502" | "1299" => Some(Constraint::NotNull),
+        "23505" | "2067" | "1555" | "1062" => Some(Constraint::Unique),
+        "23503" | "787" | "1451" | "1452" => Some(Constraint::ForeignKey),
+        "23514" | "275" | "4025" | "3819" => Some(Constraint::Check),
+        "23502" | "1299" | "1048" | "1364" => Some(Constraint::NotNull),
         _ => None,
     }
+}
+
+/// MariaDB error numbers of values that do not fit their column (out of
+/// range, too long, malformed), PostgreSQL's class `22`.
+fn is_mysql_data_error(code: &str) -> bool {
+    matches!(code, "1264" | "1265" | "1292" | "1366" | "1406" | "3140")
 }
 
 /// At most 80 characters of client input, for messages.
