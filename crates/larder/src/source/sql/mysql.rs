@@ -52,23 +52,30 @@ pub(super) async fn check_server(pool: &MySqlPool, label: &str) -> Result<()> {
         .await
         .and_then(|row| row.try_get_unchecked(0))
         .map_err(|e| classify(label, e))?;
+    match refusal(&version) {
+        Some(why) => Err(Error::Config(format!("{label}: {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Why a server of `version` (as `VERSION()` says it) is refused, if it is.
+fn refusal(version: &str) -> Option<String> {
     let mut parts = version
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|p| p.parse::<u32>().ok());
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if !version.contains("MariaDB") {
-        return Err(Error::Config(format!(
-            "{label}: MySQL {version} is not supported: larder needs MariaDB {}.{} or later (MySQL has no INSERT … RETURNING)",
+        return Some(format!(
+            "MySQL {version} is not supported: larder needs MariaDB {}.{} or later (MySQL has no INSERT … RETURNING)",
             MIN_MARIADB.0, MIN_MARIADB.1
-        )));
+        ));
     }
-    if (major, minor) < MIN_MARIADB {
-        return Err(Error::Config(format!(
-            "{label}: MariaDB {version} is too old: larder needs MariaDB {}.{} or later (JSON_TABLE)",
+    ((major, minor) < MIN_MARIADB).then(|| {
+        format!(
+            "MariaDB {version} is too old: larder needs MariaDB {}.{} or later (JSON_TABLE)",
             MIN_MARIADB.0, MIN_MARIADB.1
-        )));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// What the SQL needs beyond the portable schema: how to compare the key
@@ -710,4 +717,49 @@ fn bind_key<'q>(
 /// collation carries the BINARY flag, which sqlx would refuse as `String`.
 fn pair(row: &MySqlRow) -> sqlx::Result<(String, String)> {
     Ok((row.try_get_unchecked(0)?, row.try_get_unchecked(1)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_mysql_and_old_mariadb_are_refused() {
+        assert_eq!(refusal("10.11.19-MariaDB-0+deb12u1"), None);
+        assert_eq!(refusal("10.6.0-MariaDB"), None);
+        assert_eq!(refusal("11.4.2-MariaDB-log"), None);
+        let old = refusal("10.5.23-MariaDB").expect("10.5 lacks JSON_TABLE");
+        assert!(old.contains("10.6"), "{old}");
+        let mysql = refusal("8.0.36").expect("MySQL has no RETURNING");
+        assert!(
+            mysql.starts_with("MySQL 8.0.36 is not supported"),
+            "{mysql}"
+        );
+    }
+
+    #[test]
+    fn text_keys_need_a_bin_collation() {
+        let limits = Limits::default();
+        assert!(key_type_of("varchar", limits, Some("utf8mb4_general_ci")).is_err());
+        assert!(key_type_of("varchar", limits, Some("utf8mb4_unicode_520_ci")).is_err());
+        assert!(key_type_of("varchar", limits, None).is_err());
+        match key_type_of("varchar", limits, Some("utf8mb4_bin")) {
+            Ok(KeyType::Text(t)) => assert!(t.trim_trailing_blanks, "PAD SPACE"),
+            other => panic!("{other:?}"),
+        }
+        match key_type_of("varchar", limits, Some("utf8mb4_nopad_bin")) {
+            Ok(KeyType::Text(t)) => assert!(!t.trim_trailing_blanks, "NO PAD"),
+            other => panic!("{other:?}"),
+        }
+        assert!(key_type_of("decimal", limits, None).is_err());
+        assert!(kind_of("blob", "blob", false, None).is_none());
+        assert_eq!(
+            kind_of("tinyint", "tinyint(1)", false, None).map(|k| k.0),
+            Some(Kind::LooseBool)
+        );
+        assert_eq!(
+            kind_of("int", "int(10) unsigned", false, None).and_then(|k| k.1.int_range),
+            Some((0, i64::from(u32::MAX)))
+        );
+    }
 }
