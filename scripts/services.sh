@@ -5,6 +5,8 @@
 #               which tests use to start their own instances on free ports)
 #   PostgreSQL  127.0.0.1:5432, trust auth for loopback TCP, superuser roles
 #               `postgres` and `root`, database `test`
+#   MariaDB     127.0.0.1:3306, user `root` with an empty password over TCP
+#               from 127.0.0.1, database `test`
 #   tools       the virtualenv /opt/larder-venv (schemathesis, redis-py,
 #               requests); Chromium and playwright-core in /opt/larder-node
 #               for the dashboard's browser test
@@ -23,6 +25,8 @@ REDIS_LOG=${LARDER_SERVICES_REDIS_LOG:-/var/log/redis/ci.log}
 PG_HOST=127.0.0.1
 PG_PORT=${LARDER_SERVICES_PG_PORT:-5432}
 PG_CLUSTER=${LARDER_SERVICES_PG_CLUSTER:-main}
+MY_HOST=127.0.0.1
+MY_PORT=${LARDER_SERVICES_MYSQL_PORT:-3306}
 WAIT_SECS=30
 
 say() { echo "services: $*"; }
@@ -214,6 +218,59 @@ else
     done
     [ "$(pg_admin -c 'show ssl')" = "on" ] || die "postgresql ssl is still off after the reload"
     say "postgresql ssl turned on"
+fi
+
+# -------------------------------------------------------------- MariaDB ----
+
+if command -v mariadb >/dev/null 2>&1 && command -v mariadb-admin >/dev/null 2>&1 &&
+    { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; }; then
+    say "mariadb present"
+else
+    apt_install mariadb-server mariadb-client
+fi
+
+# As root with an empty password over TCP (what the tests use).
+my_tcp() { mariadb --protocol=TCP -h "$MY_HOST" -P "$MY_PORT" -u root -N -B "$@"; }
+my_login() { my_tcp -e 'SELECT 1' >/dev/null 2>&1; }
+# The server answers (even if the login would be refused).
+my_alive() { mariadb-admin --protocol=TCP -h "$MY_HOST" -P "$MY_PORT" -u root --connect-timeout=2 ping >/dev/null 2>&1; }
+# As the administrator over the Unix socket (Debian's root@localhost uses
+# unix_socket authentication), for setting up the TCP login.
+my_socket() { as_root mariadb -u root -N -B "$@"; }
+
+if my_login; then
+    say "mariadb answering on $MY_HOST:$MY_PORT (root, no password)"
+else
+    if ! my_alive; then
+        say "starting mariadb"
+        as_root mkdir -p /run/mysqld
+        as_root chown mysql:mysql /run/mysqld 2>/dev/null || true
+        if ! as_root service mariadb start >/dev/null 2>&1; then
+            as_root sh -c 'nohup mysqld_safe --bind-address=127.0.0.1 >/dev/null 2>&1 &'
+        fi
+        for _ in $(seq $((WAIT_SECS * 5))); do
+            my_alive && break
+            sleep 0.2
+        done
+        my_alive || die "mariadb did not answer on $MY_HOST:$MY_PORT within ${WAIT_SECS}s"
+        say "mariadb up"
+    fi
+    if ! my_login; then
+        say "letting root log in from $MY_HOST without a password"
+        my_socket -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
+            ALTER USER 'root'@'127.0.0.1' IDENTIFIED BY '';
+            GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+            FLUSH PRIVILEGES;" || die "could not configure root@127.0.0.1 over the socket"
+        my_login || die "root still cannot log in to mariadb over TCP from $MY_HOST"
+    fi
+    say "mariadb answering on $MY_HOST:$MY_PORT (root, no password)"
+fi
+
+if [ "$(my_tcp -e "SHOW DATABASES LIKE 'test'")" = "test" ]; then
+    say "mariadb database test exists"
+else
+    my_tcp -e 'CREATE DATABASE IF NOT EXISTS test'
+    say "mariadb database test created"
 fi
 
 # ---------------------------------------------------------- schemathesis ----

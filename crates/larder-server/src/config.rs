@@ -216,7 +216,8 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
-    /// `sqlite://FILE`, `postgres://…` or `postgresql://…`. Default: `sqlite://larder.db`.
+    /// `sqlite://FILE`, `postgres://…`, `postgresql://…` or `mysql://…`
+    /// (MariaDB 10.6+). Default: `sqlite://larder.db`.
     pub url: String,
     /// Connections in the pool. Default: 8.
     pub pool: u32,
@@ -235,6 +236,11 @@ impl SourceConfig {
     /// Whether the database is PostgreSQL.
     pub fn is_postgres(&self) -> bool {
         self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
+
+    /// Whether the database is MySQL/MariaDB.
+    pub fn is_mysql(&self) -> bool {
+        self.url.starts_with("mysql://") || self.url.starts_with("mariadb://")
     }
 }
 
@@ -659,11 +665,11 @@ impl Config {
         larder::validate_name("prefix", &self.store.prefix)
             .map_err(|e| self.error("store.prefix", e))?;
         let src = &self.source.url;
-        if !(self.source.is_postgres() || src.starts_with("sqlite:")) {
+        if !(self.source.is_postgres() || self.source.is_mysql() || src.starts_with("sqlite:")) {
             return Err(self.error(
                 "source.url",
                 format!(
-                    "unsupported database URL {:?}: use sqlite://, postgres:// or postgresql://",
+                    "unsupported database URL {:?}: use sqlite://, postgres://, postgresql:// or mysql://",
                     redact(src)
                 ),
             ));
@@ -790,6 +796,12 @@ impl Config {
             .map_err(|err| self.setting_error(Some(i), &err, "name"))?;
         for t in &e.tags {
             EntityConfig::tag_columns(t).map_err(|p| self.error(at("tags"), p))?;
+        }
+        if e.cdc && self.source.is_mysql() {
+            return Err(self.error(
+                at("cdc"),
+                "MySQL/MariaDB has no change notifications: set cdc = false and invalidate explicitly after writes that bypass larder (POST /v1/{entity}/{id}/invalidate)",
+            ));
         }
         if e.cdc && !self.source.is_postgres() {
             return Err(self.error(

@@ -153,10 +153,16 @@ impl AppState {
 
     /// How many rows an entity has (for progress bars), if the database says.
     pub async fn count_rows(&self, entity: &Entity) -> Option<u64> {
+        // MariaDB quotes identifiers with backquotes.
+        let quote = if matches!(self.inner.pool, SqlPool::MySql(_)) {
+            '`'
+        } else {
+            '"'
+        };
         let from = match (&entity.config.table, &entity.config.query) {
             (Some(t), _) => t
                 .split('.')
-                .map(|part| format!("\"{part}\""))
+                .map(|part| format!("{quote}{part}{quote}"))
                 .collect::<Vec<_>>()
                 .join("."),
             (None, Some(q)) => format!("({}) q", q.trim().trim_end_matches(';')),
@@ -166,6 +172,7 @@ impl AppState {
         let n: Result<i64, _> = match &self.inner.pool {
             SqlPool::Postgres(p) => sqlx::query_scalar(&sql).fetch_one(p).await,
             SqlPool::Sqlite(p) => sqlx::query_scalar(&sql).fetch_one(p).await,
+            SqlPool::MySql(p) => sqlx::query_scalar(&sql).fetch_one(p).await,
         };
         n.ok().and_then(|n| u64::try_from(n).ok())
     }
@@ -181,6 +188,7 @@ impl AppState {
             match &self.inner.pool {
                 SqlPool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
                 SqlPool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+                SqlPool::MySql(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
             }
         };
         matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(())))

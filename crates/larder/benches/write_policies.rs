@@ -1,4 +1,4 @@
-//! Write-back against write-through on PostgreSQL, in the same run:
+//! Write-back against write-through on PostgreSQL or MariaDB, in the same run:
 //! acknowledged writes per second, acknowledgement latency, and database
 //! rows written per application write.
 //!
@@ -7,10 +7,12 @@
 //! `appendonly yes` + `appendfsync always` (the only setting larder calls
 //! durable, so every acknowledgement includes an fsync) and a 1 s
 //! `max_delay`; write-through on the same Redis. Needs `redis-server` on the
-//! PATH and PostgreSQL at `LARDER_BENCH_PG_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`).
+//! PATH and the database at `LARDER_BENCH_DB_URL` (or `LARDER_BENCH_PG_URL`;
+//! default `postgres://postgres@127.0.0.1:5432/test`): a `postgres://` or a
+//! `mysql://` URL (MariaDB, e.g. `mysql://root@127.0.0.1:3306/test`).
 //!
-//! Run: `cargo bench -p larder --bench write_policies` (`WRITES=` to change the count).
+//! Run: `cargo bench -p larder --bench write_policies` (`WRITES=` to change
+//! the count; `LARDER_BENCH_DB_URL=mysql://root@127.0.0.1:3306/test` for MariaDB).
 
 #![allow(missing_docs)]
 
@@ -132,12 +134,22 @@ impl Figures {
     }
 }
 
-async fn table(pool: &sqlx::PgPool, name: &str) {
+/// Runs one statement the benchmark's databases share the syntax of.
+async fn exec(pool: &SqlPool, sql: &str) {
+    match pool {
+        SqlPool::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+        SqlPool::MySql(p) => sqlx::query(sql).execute(p).await.map(drop),
+        SqlPool::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+    }
+    .expect(sql);
+}
+
+async fn table(pool: &SqlPool, name: &str) {
     for sql in [
         format!("DROP TABLE IF EXISTS {name}"),
         format!("CREATE TABLE {name} (id bigint PRIMARY KEY, version bigint NOT NULL, payload text NOT NULL)"),
     ] {
-        sqlx::query(&sql).execute(pool).await.expect(&sql);
+        exec(pool, &sql).await;
     }
 }
 
@@ -188,16 +200,18 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let pg = std::env::var("LARDER_BENCH_PG_URL")
+    let url = std::env::var("LARDER_BENCH_DB_URL")
+        .or_else(|_| std::env::var("LARDER_BENCH_PG_URL"))
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let redis = OwnRedis::start();
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&pg)
-        .await
-        .expect("postgres");
+    let admin = SqlPool::connect(&url, 2).await.expect("database");
+    let database = match admin {
+        SqlPool::Postgres(_) => "PostgreSQL",
+        SqlPool::MySql(_) => "MariaDB",
+        SqlPool::Sqlite(_) => "SQLite",
+    };
     let zipf = Arc::new(Zipf::new(KEYS, 1.0));
-    println!("{writes} writes, {KEYS} keys, Zipf(1.0), {TASKS} tasks; PostgreSQL; Redis with appendonly yes + appendfsync always");
+    println!("{writes} writes, {KEYS} keys, Zipf(1.0), {TASKS} tasks; {database}; Redis with appendonly yes + appendfsync always");
 
     let mut results = Vec::new();
     for (name, policy) in [
@@ -212,7 +226,7 @@ async fn main() {
     ] {
         let table_name = format!("bench_{}", name.replace('-', "_"));
         table(&admin, &table_name).await;
-        let pool = SqlPool::connect(&pg, 16).await.expect("pool");
+        let pool = SqlPool::connect(&url, 16).await.expect("pool");
         let source = SqlSource::builder(pool, &table_name)
             .entity("rows")
             .build()
@@ -240,10 +254,7 @@ async fn main() {
         }
         figures.print(writes);
         results.push(figures);
-        sqlx::query(&format!("DROP TABLE {table_name}"))
-            .execute(&admin)
-            .await
-            .expect("drop");
+        exec(&admin, &format!("DROP TABLE {table_name}")).await;
     }
     let through = writes as f64 / results[0].seconds;
     let back = writes as f64 / results[1].seconds;

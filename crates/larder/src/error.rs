@@ -155,7 +155,8 @@ pub enum Error {
     Source {
         /// The entity.
         entity: String,
-        /// SQLSTATE, when the database gave one.
+        /// SQLSTATE (SQLite: its result code; MariaDB: its error number),
+        /// when the database gave one.
         code: Option<String>,
         /// The driver error.
         cause: Cause,

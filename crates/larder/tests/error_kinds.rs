@@ -1,6 +1,6 @@
 //! `Error::kind()` against real databases: every constraint a row can break
 //! is classified where the error arises, from the driver's own
-//! classification, the same on PostgreSQL and SQLite; schema problems name
+//! classification, the same on PostgreSQL, SQLite and MariaDB; schema problems name
 //! the part of the table; refused settings name the setting.
 
 mod support;
@@ -48,11 +48,27 @@ impl Db {
         }
     }
 
+    /// A database of its own on the shared MariaDB.
+    async fn maria() -> Db {
+        let pool = SqlPool::connect(&support::mysql_url(), 2)
+            .await
+            .expect("connect to MariaDB");
+        let place = support::unique("kinds");
+        let db = Db {
+            pool,
+            prefix: format!("{place}."),
+            place,
+        };
+        db.exec(&format!("CREATE DATABASE `{}`", db.place)).await;
+        db
+    }
+
     async fn exec(&self, sql: &str) {
         let sql = sql.replace('@', &self.prefix);
         match &self.pool {
             SqlPool::Postgres(p) => sqlx::raw_sql(&sql).execute(p).await.map(drop),
             SqlPool::Sqlite(p) => sqlx::raw_sql(&sql).execute(p).await.map(drop),
+            SqlPool::MySql(p) => sqlx::raw_sql(&sql).execute(p).await.map(drop),
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
@@ -85,6 +101,12 @@ impl Db {
                     let _ = std::fs::remove_file(format!("{}{suffix}", self.place));
                 }
             }
+            SqlPool::MySql(p) => {
+                let _ = sqlx::raw_sql(&format!("DROP DATABASE `{}`", self.place))
+                    .execute(p)
+                    .await;
+                p.close().await;
+            }
         }
     }
 }
@@ -104,7 +126,19 @@ async fn refused(src: &SqlSource, id: &str, json: &str) -> ErrorKind {
 }
 
 async fn every_constraint_has_its_kind(db: Db) {
-    db.exec(
+    let maria = matches!(db.pool, SqlPool::MySql(_));
+    // InnoDB ignores an inline REFERENCES: MariaDB needs the table clause.
+    db.exec(if maria {
+        "CREATE TABLE @parent (id integer PRIMARY KEY);
+         INSERT INTO @parent (id) VALUES (1);
+         CREATE TABLE @child (
+             id integer PRIMARY KEY,
+             email varchar(64) UNIQUE,
+             n integer NOT NULL CHECK (n >= 0),
+             parent_id integer,
+             FOREIGN KEY (parent_id) REFERENCES @parent (id)
+         );"
+    } else {
         "CREATE TABLE @parent (id integer PRIMARY KEY);
          INSERT INTO @parent (id) VALUES (1);
          CREATE TABLE @child (
@@ -112,8 +146,8 @@ async fn every_constraint_has_its_kind(db: Db) {
              email text UNIQUE,
              n integer NOT NULL CHECK (n >= 0),
              parent_id integer REFERENCES @parent (id)
-         );",
-    )
+         );"
+    })
     .await;
     let src = db.source("child", "id", None).await.expect("child");
     src.store_many_json(&[(
@@ -148,6 +182,27 @@ async fn postgres_constraints_have_their_kind() {
 #[tokio::test]
 async fn sqlite_constraints_have_their_kind() {
     every_constraint_has_its_kind(Db::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn mariadb_constraints_have_their_kind() {
+    every_constraint_has_its_kind(Db::maria().await).await;
+}
+
+#[tokio::test]
+async fn mariadb_refused_values_are_invalid_value() {
+    let db = Db::maria().await;
+    db.exec("CREATE TABLE @events (id integer PRIMARY KEY, at date)")
+        .await;
+    let src = db.source("events", "id", None).await.expect("events");
+    let kind = refused(&src, "1", r#"{"at": "not a date"}"#).await;
+    assert_eq!(kind, ErrorKind::InvalidValue);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn mariadb_schema_errors_name_the_part() {
+    schema_errors_name_the_part(Db::maria().await).await;
 }
 
 #[tokio::test]

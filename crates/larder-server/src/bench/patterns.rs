@@ -682,6 +682,9 @@ macro_rules! on_pool {
         match $pool {
             SqlPool::Postgres($db) => $body,
             SqlPool::Sqlite($db) => $body,
+            SqlPool::MySql(_) => {
+                return Err(anyhow!("larder bench runs against PostgreSQL or SQLite"))
+            }
         }
     };
 }

@@ -223,8 +223,10 @@ pub fn column_schema(
         "real" | "float4" => {
             json!({ "type": "number", "minimum": -3.4e38, "maximum": 3.4e38 })
         }
-        "boolean" | "bool" => json!({ "type": "boolean" }),
-        "text" | "character varying" | "varchar" | "citext" | "name" => {
+        // MariaDB's BOOLEAN is tinyint(1), served as true/false.
+        "boolean" | "bool" | "tinyint(1)" => json!({ "type": "boolean" }),
+        "text" | "character varying" | "varchar" | "citext" | "name" | "tinytext"
+        | "mediumtext" | "longtext" => {
             json!({ "type": "string", "pattern": NO_NUL })
         }
         "uuid" => json!({ "type": "string", "format": "uuid" }),
@@ -235,10 +237,18 @@ pub fn column_schema(
             "format": "date-time",
             "pattern": "^(?!0000)[0-9]{4}-.*([Zz]|[+-](0[0-9]|1[0-5]):[0-5][0-9])$",
         }),
-        "timestamp without time zone" | "timestamp" | "datetime" => json!({
+        // MariaDB: `datetime(3)`, `timestamp(6)` (TIMESTAMP served in UTC).
+        t if t == "timestamp without time zone"
+            || t == "timestamp"
+            || t == "datetime"
+            || t.starts_with("datetime(")
+            || t.starts_with("timestamp(") && !t.contains("zone") =>
+        {
+            json!({
             "type": "string",
             "pattern": "^(?!0000)[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?$",
-        }),
+            })
+        }
         "date" => json!({ "type": "string", "format": "date", "pattern": "^(?!0000)" }),
         "time without time zone" | "time" => json!({
             "type": "string",

@@ -2,8 +2,8 @@
 //!
 //! A [`Source`] loads rows by id (one, or many in one query) and, when it is
 //! writable, stores and removes them. [`SqlSource`] maps an entity to a
-//! PostgreSQL or SQLite table; [`FnSource`] wraps a closure for cache-aside
-//! users whose data comes from anywhere.
+//! PostgreSQL, SQLite or MariaDB table; [`FnSource`] wraps a closure for
+//! cache-aside users whose data comes from anywhere.
 
 mod func;
 mod sql;

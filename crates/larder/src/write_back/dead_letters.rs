@@ -28,8 +28,8 @@ pub struct DeadLetter<V> {
     /// The database's error, as text (for a row a trigger skipped: a text
     /// saying "skipped by a trigger").
     pub error: String,
-    /// The database's code (SQLSTATE, or SQLite's result code), when it
-    /// gave one.
+    /// The database's code (SQLSTATE, SQLite's result code or MariaDB's
+    /// error number), when it gave one.
     pub code: Option<String>,
     /// When the flush failed (ms since the Unix epoch, larder's clock).
     pub failed_at_ms: u64,

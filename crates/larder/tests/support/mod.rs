@@ -1,6 +1,6 @@
 //! Shared helpers for larder's integration tests. Include with `mod support;`.
 //!
-//! - where the shared services are: [`redis_url`], [`pg_url`] (and the
+//! - where the shared services are: [`redis_url`], [`pg_url`], [`mysql_url`] (and the
 //!   addresses behind them, [`redis_addr`], [`pg_addr`]);
 //! - isolation: [`unique`] names for key prefixes and PostgreSQL schemas
 //!   (tests share the servers and never flush them);
@@ -52,6 +52,14 @@ pub fn redis_url() -> String {
 pub fn pg_url() -> String {
     std::env::var("LARDER_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// URL of the shared MariaDB: `LARDER_TEST_MYSQL_URL`, default
+/// `mysql://root@127.0.0.1:3306/test`. Shared: isolate with a database of
+/// the test's own ([`unique`] name) and keep pools at 2–4 connections.
+pub fn mysql_url() -> String {
+    std::env::var("LARDER_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
 
 /// The socket address of the shared Redis (from [`redis_url`]), e.g. to put

@@ -11,7 +11,10 @@
 //!
 //! On PostgreSQL the transaction also sets `statement_timeout` (kept below
 //! the flush lease) and `larder.origin = 'larder'`, so change-notification
-//! triggers can skip larder's own writes.
+//! triggers can skip larder's own writes. On MariaDB the flush's
+//! connection runs with `max_statement_time` and `innodb_lock_wait_timeout`
+//! set to the statement timeout, and back to their defaults afterwards (a
+//! connection that cannot be reset leaves the pool).
 //!
 //! The fence step also writes a token of its own into the row's `batch`
 //! column. When the reply to `COMMIT` is lost (the connection dropped), the
@@ -71,6 +74,24 @@ impl From<sqlx::Error> for Failed {
 /// The transaction's answer: the rows as stored, or the newer epoch.
 type Committed = std::result::Result<Vec<(String, String)>, u64>;
 
+/// The fenced part of a flush transaction, the same on every backend (in
+/// an async block answering `Result<Committed, Failed>`): the fence step,
+/// then the upserts and deletes, then `COMMIT`; a newer epoch rolls back.
+macro_rules! fenced_commit {
+    ($tx:ident, $fence_step:ident, $q:expr, $fence:expr, $token:expr, $schema:expr, $groups:expr, $keys:expr) => {{
+        if let FenceCheck::Newer(current) = $fence_step(&mut $tx, $fence, $token).await? {
+            $tx.rollback().await?;
+            return Ok(Err(current));
+        }
+        let stored = $q.upsert_in(&mut $tx, $schema, $groups).await?;
+        for key in $keys {
+            $q.remove_in(&mut $tx, key).await?;
+        }
+        $tx.commit().await.map_err(Failed::Commit)?;
+        Ok(Ok(stored))
+    }};
+}
+
 /// A token unique to one flush transaction.
 fn batch_token() -> String {
     format!(
@@ -119,6 +140,26 @@ impl SqlSource {
                     .execute(&mut *tx)
                     .await?;
                     tx.commit().await
+                }
+                .await
+            }
+            Backend::MySql(pool, _) => {
+                async {
+                    // DDL commits implicitly on MariaDB: no transaction.
+                    sqlx::query(&format!(
+                        "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (entity varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL DEFAULT 0, batch varchar(64), PRIMARY KEY (entity, shard))"
+                    ))
+                    .execute(pool)
+                    .await?;
+                    let shard_list = Value::Array((0..shards).map(Value::from).collect());
+                    sqlx::query(&format!(
+                        "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT ?, s.n, 0 FROM JSON_TABLE(?, '$[*]' COLUMNS (n integer PATH '$')) AS s WHERE TRUE ON DUPLICATE KEY UPDATE shard = VALUES(shard)"
+                    ))
+                    .bind(entity)
+                    .bind(shard_list.to_string())
+                    .execute(pool)
+                    .await
+                    .map(drop)
                 }
                 .await
             }
@@ -178,35 +219,41 @@ impl SqlSource {
                     sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
                         .execute(&mut *tx)
                         .await?;
-                    if let FenceCheck::Newer(current) =
-                        fence_postgres(&mut tx, fence, &token).await?
-                    {
-                        tx.rollback().await?;
-                        return Ok(Err(current));
-                    }
-                    let stored = q.upsert_in(&mut tx, schema, &groups).await?;
-                    for key in &keys {
-                        q.remove_in(&mut tx, key).await?;
-                    }
-                    tx.commit().await.map_err(Failed::Commit)?;
-                    Ok(Ok(stored))
+                    fenced_commit!(tx, fence_postgres, q, fence, &token, schema, &groups, &keys)
                 }
                 .await
             }
             Backend::Sqlite(pool, q) => {
                 async {
                     let mut tx = pool.begin().await?;
-                    if let FenceCheck::Newer(current) = fence_sqlite(&mut tx, fence, &token).await?
-                    {
-                        tx.rollback().await?;
-                        return Ok(Err(current));
+                    fenced_commit!(tx, fence_sqlite, q, fence, &token, schema, &groups, &keys)
+                }
+                .await
+            }
+            Backend::MySql(pool, q) => {
+                async {
+                    let mut conn = pool.acquire().await?;
+                    sqlx::query(&format!(
+                        "SET SESSION max_statement_time = {:.3}, innodb_lock_wait_timeout = {}",
+                        statement_timeout.as_secs_f64().max(0.001),
+                        statement_timeout.as_secs().max(1)
+                    ))
+                    .execute(&mut *conn)
+                    .await?;
+                    let result = async {
+                        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                        fenced_commit!(tx, fence_mysql, q, fence, &token, schema, &groups, &keys)
                     }
-                    let stored = q.upsert_in(&mut tx, schema, &groups).await?;
-                    for key in &keys {
-                        q.remove_in(&mut tx, key).await?;
+                    .await;
+                    let reset = sqlx::query(
+                    "SET SESSION max_statement_time = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
+                )
+                .execute(&mut *conn)
+                .await;
+                    if reset.is_err() {
+                        drop(conn.detach());
                     }
-                    tx.commit().await.map_err(Failed::Commit)?;
-                    Ok(Ok(stored))
+                    result
                 }
                 .await
             }
@@ -333,6 +380,15 @@ impl SqlSource {
                     .fetch_optional(pool)
                     .await
                 }
+                Backend::MySql(pool, _) => {
+                    sqlx::query_scalar(&format!(
+                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = ? AND shard = ?"
+                    ))
+                    .bind(&fence.entity)
+                    .bind(i32::from(fence.shard))
+                    .fetch_optional(pool)
+                    .await
+                }
             };
             match found {
                 Ok(row) => return row.flatten(),
@@ -350,23 +406,31 @@ fn epoch_i64(epoch: u64) -> i64 {
     i64::try_from(epoch).unwrap_or(i64::MAX)
 }
 
-/// The fence step on one backend's connection; `$p` is its parameter
-/// sigil (`$` on PostgreSQL, `?` on SQLite). Moves the shard's row to this
-/// epoch unless a newer one committed; creates the row if it is missing
-/// (the table was prepared for fewer shards).
+/// The fence step on one backend's connection; `$p` makes its `n`th
+/// parameter marker (`$n` on PostgreSQL, `?n` on SQLite, `?` on MariaDB,
+/// whose markers bind in order: every statement binds its parameters in
+/// the order they appear). Moves the shard's row to this epoch unless a
+/// newer one committed; creates the row if it is missing (the table was
+/// prepared for fewer shards).
 macro_rules! fence_step {
-    ($name:ident, $conn:ty, $p:literal) => {
+    ($name:ident, $conn:ty, $p:expr) => {
         async fn $name(conn: &mut $conn, fence: &Fence, token: &str) -> sqlx::Result<FenceCheck> {
+            let p: fn(u8) -> String = $p;
             let epoch = epoch_i64(fence.epoch);
             let shard = i32::from(fence.shard);
+            // The token is new in every flush, so a matched row is always
+            // changed: the affected-row count is 1 whether the server
+            // counts matched rows or changed ones (MariaDB without
+            // CLIENT_FOUND_ROWS).
             let moved = sqlx::query(&format!(
-                "UPDATE {FENCE_TABLE} SET epoch = {p}1, batch = {p}4 WHERE entity = {p}2 AND shard = {p}3 AND epoch <= {p}1",
-                p = $p
+                "UPDATE {FENCE_TABLE} SET epoch = {}, batch = {} WHERE entity = {} AND shard = {} AND epoch <= {}",
+                p(1), p(2), p(3), p(4), p(5)
             ))
             .bind(epoch)
+            .bind(token)
             .bind(&fence.entity)
             .bind(shard)
-            .bind(token)
+            .bind(epoch)
             .execute(&mut *conn)
             .await?
             .rows_affected();
@@ -374,8 +438,8 @@ macro_rules! fence_step {
                 return Ok(FenceCheck::Passed);
             }
             let current: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT epoch FROM {FENCE_TABLE} WHERE entity = {p}1 AND shard = {p}2",
-                p = $p
+                "SELECT epoch FROM {FENCE_TABLE} WHERE entity = {} AND shard = {}",
+                p(1), p(2)
             ))
             .bind(&fence.entity)
             .bind(shard)
@@ -385,8 +449,8 @@ macro_rules! fence_step {
                 return Ok(FenceCheck::Newer(u64::try_from(current).unwrap_or(0)));
             }
             sqlx::query(&format!(
-                "INSERT INTO {FENCE_TABLE} (entity, shard, epoch, batch) VALUES ({p}1, {p}2, {p}3, {p}4)",
-                p = $p
+                "INSERT INTO {FENCE_TABLE} (entity, shard, epoch, batch) VALUES ({}, {}, {}, {})",
+                p(1), p(2), p(3), p(4)
             ))
             .bind(&fence.entity)
             .bind(shard)
@@ -399,5 +463,6 @@ macro_rules! fence_step {
     };
 }
 
-fence_step!(fence_postgres, sqlx::PgConnection, "$");
-fence_step!(fence_sqlite, sqlx::SqliteConnection, "?");
+fence_step!(fence_postgres, sqlx::PgConnection, |n| format!("${n}"));
+fence_step!(fence_sqlite, sqlx::SqliteConnection, |n| format!("?{n}"));
+fence_step!(fence_mysql, sqlx::MySqlConnection, |_| "?".to_owned());

@@ -1,7 +1,7 @@
-//! SQL sources: an entity is a PostgreSQL or SQLite table (or view).
+//! SQL sources: an entity is a PostgreSQL, SQLite or MariaDB table (or view).
 //!
 //! The database builds the JSON of a row (PostgreSQL `row_to_json`, SQLite
-//! `json_object`), so every column type works and a value `V` is whatever
+//! `json_object`, MariaDB `JSON_OBJECT`), so every column type works and a value `V` is whatever
 //! serde makes of that JSON. The table's schema is read once, at
 //! [`SqlSourceBuilder::build`]:
 //!
@@ -15,7 +15,8 @@
 //!   one entry per row (numeric, floats, dates, timestamps, other types,
 //!   non-deterministic collations, SQLite REAL/NUMERIC affinity, other
 //!   collations) are refused at build with [`Error::Schema`] naming the
-//!   table, the column and its type. Rows the database returns under
+//!   table, the column and its type. MariaDB text keys need a binary
+//!   (`_bin`) collation (see the `mysql` module). Rows the database returns under
 //!   another spelling (`'Alice'` for `alice`) carry the canonical id;
 //! - rows to write are checked against the column definitions before any SQL
 //!   runs (unknown columns, wrong JSON types, `null` into `NOT NULL`, NUL in
@@ -47,8 +48,36 @@
 //! - A row refused by validation is [`Error::InvalidRow`], naming the
 //!   column; a row whose key column differs from the id is [`Error::InvalidId`].
 
+/// The pooled forms of a dialect's connection-level writes, the same on
+/// every backend: `remove` on a connection of its own, `upsert` in a
+/// transaction of its own. Expands inside a dialect's `impl Queries`, which
+/// has `remove_in` and `upsert_in`.
+macro_rules! pooled_writes {
+    ($pool:ty) => {
+        /// Deletes the row of `id`; whether there was one.
+        pub(super) async fn remove(&self, pool: &$pool, id: &KeyValue) -> sqlx::Result<bool> {
+            let mut conn = pool.acquire().await?;
+            self.remove_in(&mut conn, id).await
+        }
+
+        /// One upsert per column set, in one transaction; the rows as stored.
+        pub(super) async fn upsert(
+            &self,
+            pool: &$pool,
+            s: &Schema,
+            groups: &[(Vec<String>, Vec<Value>)],
+        ) -> sqlx::Result<Vec<(String, String)>> {
+            let mut tx = pool.begin().await?;
+            let out = self.upsert_in(&mut tx, s, groups).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+    };
+}
+
 mod cdc;
 mod flush;
+mod mysql;
 mod postgres;
 mod refusal;
 mod schema;
@@ -81,23 +110,31 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long SQLite waits on a locked database before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A connection pool to PostgreSQL or SQLite.
+/// A connection pool to PostgreSQL, SQLite or MariaDB.
 #[derive(Debug, Clone)]
 pub enum SqlPool {
     /// PostgreSQL.
     Postgres(sqlx::PgPool),
     /// SQLite.
     Sqlite(sqlx::SqlitePool),
+    /// MariaDB 10.6 or later (`mysql://`; MySQL itself is refused).
+    MySql(sqlx::MySqlPool),
 }
 
 impl SqlPool {
-    /// Connects to `postgres://…`, `postgresql://…` or `sqlite://…` (also
-    /// `sqlite:path` and `sqlite::memory:`).
+    /// Connects to `postgres://…`, `postgresql://…`, `sqlite://…` (also
+    /// `sqlite:path` and `sqlite::memory:`) or `mysql://…` / `mariadb://…`.
     ///
     /// SQLite files are created if missing and opened in WAL mode with a
     /// 5 s busy timeout; an in-memory database uses one connection that is
     /// never closed (every connection would otherwise see its own database).
     /// Waiting for a connection times out after 5 s.
+    ///
+    /// MariaDB sessions run in strict mode (`STRICT_ALL_TABLES`: a value
+    /// that does not fit its column is an error, never truncated) with
+    /// `time_zone = '+00:00'`. The server must be MariaDB 10.6 or later:
+    /// MySQL (no `INSERT … RETURNING`) and older MariaDB are
+    /// [`Error::Config`].
     ///
     /// An unreachable database is [`Error::SourceUnavailable`]; a URL of
     /// another scheme is [`Error::Config`].
@@ -132,9 +169,33 @@ impl SqlPool {
                 .await
                 .map_err(|e| classify(&label, e))?;
             Ok(SqlPool::Sqlite(pool))
+        } else if let Some(rest) = url.strip_prefix("mariadb://") {
+            Box::pin(Self::connect(&format!("mysql://{rest}"), max_connections)).await
+        } else if url.starts_with("mysql://") {
+            let options = sqlx::mysql::MySqlConnectOptions::from_str(url)
+                .map_err(|e| Error::Config(format!("invalid MySQL URL {label:?}: {e}")))?
+                .timezone(Some("+00:00".to_owned()));
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query(
+                            "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
+                        )
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                    })
+                })
+                .connect_with(options)
+                .await
+                .map_err(|e| classify(&label, e))?;
+            mysql::check_server(&pool, &label).await?;
+            Ok(SqlPool::MySql(pool))
         } else {
             Err(Error::Config(format!(
-                "unsupported database URL {label:?}: use postgres://, postgresql:// or sqlite://"
+                "unsupported database URL {label:?}: use postgres://, postgresql://, sqlite:// or mysql://"
             )))
         }
     }
@@ -172,6 +233,7 @@ struct Inner {
 enum Backend {
     Postgres(sqlx::PgPool, postgres::Queries),
     Sqlite(sqlx::SqlitePool, sqlite::Queries),
+    MySql(sqlx::MySqlPool, mysql::Queries),
 }
 
 /// Builds a [`SqlSource`]; consuming, finish with [`build`](Self::build).
@@ -187,7 +249,8 @@ pub struct SqlSourceBuilder {
 
 impl SqlSource {
     /// Starts a source over `table` (`table`, or `schema.table` on
-    /// PostgreSQL, where the default schema is `current_schema()`).
+    /// PostgreSQL, where the default schema is `current_schema()`, and
+    /// `database.table` on MariaDB, where the default is the URL's).
     pub fn builder(pool: SqlPool, table: &str) -> SqlSourceBuilder {
         SqlSourceBuilder {
             pool,
@@ -239,11 +302,19 @@ impl SqlSourceBuilder {
             }
         }
         let entity = self.entity.unwrap_or_else(|| table.name.clone());
+        let mut collation = mysql::KeyCollation::default();
         let (raw, pool) = match self.pool {
             SqlPool::Postgres(pool) => (
                 postgres::describe(&pool, &entity, &table, &self.key).await?,
                 SqlPool::Postgres(pool),
             ),
+            SqlPool::MySql(pool) => {
+                let (raw, coll) =
+                    mysql::describe(&pool, &entity, &table, &self.key, self.columns.as_deref())
+                        .await?;
+                collation = coll;
+                (raw, SqlPool::MySql(pool))
+            }
             SqlPool::Sqlite(pool) => {
                 if table.schema.is_some() {
                     return Err(Error::schema(
@@ -271,6 +342,10 @@ impl SqlSourceBuilder {
             SqlPool::Sqlite(pool) => {
                 let q = sqlite::Queries::new(&schema);
                 Backend::Sqlite(pool, q)
+            }
+            SqlPool::MySql(pool) => {
+                let q = mysql::Queries::new(&schema, collation);
+                Backend::MySql(pool, q)
             }
         };
         Ok(SqlSource {
@@ -317,6 +392,7 @@ impl SqlSource {
         let json = match &self.inner.backend {
             Backend::Postgres(pool, q) => q.load_one(pool, &key).await,
             Backend::Sqlite(pool, q) => q.load_one(pool, &key).await,
+            Backend::MySql(pool, q) => q.load_one(pool, &key).await,
         }
         .map_err(|e| classify(self.entity(), e))?;
         json.map(|j| self.raw_json(&key.text, j)).transpose()
@@ -338,6 +414,7 @@ impl SqlSource {
         let rows = match &self.inner.backend {
             Backend::Postgres(pool, q) => q.load_many(pool, &keys).await,
             Backend::Sqlite(pool, q) => q.load_many(pool, &keys).await,
+            Backend::MySql(pool, q) => q.load_many(pool, &keys).await,
         }
         .map_err(|e| classify(self.entity(), e))?;
         rows.into_iter()
@@ -364,6 +441,7 @@ impl SqlSource {
         let rows = match &self.inner.backend {
             Backend::Postgres(pool, q) => q.load_page(pool, after.as_ref(), limit).await,
             Backend::Sqlite(pool, q) => q.load_page(pool, after.as_ref(), limit).await,
+            Backend::MySql(pool, q) => q.load_page(pool, after.as_ref(), limit).await,
         }
         .map_err(|e| classify(self.entity(), e))?;
         rows.into_iter()
@@ -434,6 +512,7 @@ impl SqlSource {
         let row = match &self.inner.backend {
             Backend::Postgres(pool, q) => q.patch(pool, schema, &set, &key, json).await,
             Backend::Sqlite(pool, q) => q.patch(pool, schema, &set, &key, json).await,
+            Backend::MySql(pool, q) => q.patch(pool, schema, &set, &key, json).await,
         }
         .map_err(|e| classify(self.entity(), e))?;
         row.map(|j| self.raw_json(&key.text, j)).transpose()
@@ -448,6 +527,7 @@ impl SqlSource {
         match &self.inner.backend {
             Backend::Postgres(pool, q) => q.remove(pool, &key).await,
             Backend::Sqlite(pool, q) => q.remove(pool, &key).await,
+            Backend::MySql(pool, q) => q.remove(pool, &key).await,
         }
         .map_err(|e| classify(self.entity(), e))
     }
@@ -483,6 +563,7 @@ impl SqlSource {
         let stored = match &self.inner.backend {
             Backend::Postgres(pool, q) => q.upsert(pool, schema, &groups).await,
             Backend::Sqlite(pool, q) => q.upsert(pool, schema, &groups).await,
+            Backend::MySql(pool, q) => q.upsert(pool, schema, &groups).await,
         }
         .map_err(|e| classify(self.entity(), e))?;
         self.collect_stored(order, stored)
@@ -806,13 +887,14 @@ impl Fault {
     /// MySQL and MariaDB, by vendor error number (their SQLSTATE is too
     /// coarse: most errors are `HY000`): lock wait timeout (1205),
     /// deadlock (1213), read-only server (1290) and a connection killed
-    /// (1927) are unavailable; a missing table (1146) or column (1054) and
-    /// a refused command (1142) concern the table.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// (1927), too many connections (1040), a server shutting down (1053)
+    /// and a statement timeout (1969, `max_statement_time`) are
+    /// unavailable; a missing table (1146) or column (1054) and a refused
+    /// command or column (1142, 1143) concern the table.
     pub(crate) fn of_mysql(number: u16) -> Fault {
         match number {
-            1205 | 1213 | 1290 | 1927 => Fault::Unavailable,
-            1146 | 1054 | 1142 => Fault::Table,
+            1205 | 1213 | 1290 | 1927 | 1040 | 1053 | 1969 => Fault::Unavailable,
+            1146 | 1054 | 1142 | 1143 => Fault::Table,
             _ => Fault::Row,
         }
     }
@@ -869,6 +951,8 @@ fn fault_of_sqlx(e: &sqlx::Error) -> Fault {
                 Fault::of_postgres(&code)
             } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                 Fault::of_sqlite(&code)
+            } else if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                Fault::of_mysql(my.number())
             } else {
                 Fault::Row
             }
@@ -903,7 +987,16 @@ pub(crate) fn classify_as(entity: &str, e: sqlx::Error, fault: Fault) -> Error {
         };
     }
     let code = match &e {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        // MySQL's SQLSTATE is too coarse (HY000 for most errors): its
+        // error number says what went wrong.
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        {
+            Some(my) => Some(my.number().to_string()),
+            None => db.code().map(|c| c.into_owned()),
+        },
+        sqlx::Error::Decode(cause) if cause.is::<mysql::UniqueConflict>() => {
+            Some(mysql::UniqueConflict::CODE.to_owned())
+        }
         _ => None,
     };
     Error::Source {
@@ -943,7 +1036,7 @@ mod tests {
         for c in ["19", "2067", "787", "20", "1"] {
             assert_eq!(Fault::of_sqlite(c), Fault::Row, "{c}");
         }
-        for n in [1205, 1213, 1290, 1927] {
+        for n in [1205, 1213, 1290, 1927, 1040, 1969] {
             assert_eq!(Fault::of_mysql(n), Fault::Unavailable, "{n}");
         }
         for n in [1146, 1054, 1142] {

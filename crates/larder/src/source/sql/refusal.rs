@@ -30,6 +30,9 @@ pub(crate) fn refusal_of_database(db: &dyn DatabaseError) -> Option<ErrorKind> {
         DriverKind::NotNullViolation => ConstraintKind::NotNull,
         DriverKind::CheckViolation => ConstraintKind::Check,
         _ => {
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                return refusal_of_mysql(my.number());
+            }
             let code = db.code().unwrap_or_default();
             return if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                 // SQLite: the primary result code is the low byte.
@@ -49,6 +52,18 @@ pub(crate) fn refusal_of_database(db: &dyn DatabaseError) -> Option<ErrorKind> {
         }
     };
     Some(ErrorKind::Conflict(constraint))
+}
+
+/// MariaDB's error numbers the driver leaves as "other": its own CHECK
+/// failure (4025; MySQL's 3819 is classified by the driver), and values a
+/// column would not take (out of range, truncated, malformed: their
+/// SQLSTATEs are too coarse to sort by class, `HY000` or `01000`).
+fn refusal_of_mysql(number: u16) -> Option<ErrorKind> {
+    match number {
+        4025 | 3819 => Some(ErrorKind::Conflict(ConstraintKind::Check)),
+        1264 | 1265 | 1292 | 1366 | 1406 | 3140 => Some(ErrorKind::InvalidValue),
+        _ => None,
+    }
 }
 
 /// The refusal recorded in an [`Error::Source`](crate::Error::Source)'s

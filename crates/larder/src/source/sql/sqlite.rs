@@ -338,10 +338,7 @@ impl Queries {
             .collect()
     }
 
-    pub(super) async fn remove(&self, pool: &SqlitePool, id: &KeyValue) -> sqlx::Result<bool> {
-        let mut conn = pool.acquire().await?;
-        self.remove_in(&mut conn, id).await
-    }
+    pooled_writes!(SqlitePool);
 
     /// Deletes the row of `id` on a connection (or in a transaction).
     pub(super) async fn remove_in(
@@ -357,20 +354,7 @@ impl Queries {
         Ok(q.execute(conn).await?.rows_affected() > 0)
     }
 
-    /// One upsert per column set, in one transaction.
-    pub(super) async fn upsert(
-        &self,
-        pool: &SqlitePool,
-        s: &Schema,
-        groups: &[(Vec<String>, Vec<Value>)],
-    ) -> sqlx::Result<Vec<(String, String)>> {
-        let mut tx = pool.begin().await?;
-        let out = self.upsert_in(&mut tx, s, groups).await?;
-        tx.commit().await?;
-        Ok(out)
-    }
-
-    /// The upserts of [`upsert`](Self::upsert) on a connection (or in a
+    /// The upserts of `upsert` on a connection (or in a
     /// transaction); the rows as stored.
     pub(super) async fn upsert_in(
         &self,

@@ -36,6 +36,13 @@ pub(super) async fn install(source: &SqlSource) -> Result<ChangeChannel> {
                  keep its cache right by writing through larder or invalidating after writes"
             )))
         }
+        Backend::MySql(..) => {
+            return Err(Error::Config(format!(
+                "entity `{entity}`: cdc: MySQL/MariaDB has no change notifications; \
+                 set cdc = false and invalidate explicitly after writes that bypass larder \
+                 (Cache::invalidate, POST /v1/{{entity}}/{{id}}/invalidate)"
+            )))
+        }
     };
     // describe() resolved the schema; "public" is only a fallback.
     let schema_name = schema.table.schema.as_deref().unwrap_or("public");
