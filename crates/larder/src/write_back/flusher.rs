@@ -560,9 +560,9 @@ fn forget_fk_attempts<V>(state: &State, group: &Group<V>) {
     }
 }
 
-/// A foreign-key violation: PostgreSQL `23503`, SQLite 787.
+/// A foreign-key violation, as the database's driver classified it.
 fn is_foreign_key(e: &Error) -> bool {
-    matches!(e, Error::Source { code: Some(code), .. } if code == "23503" || code == "787")
+    e.constraint() == Some(crate::error::ConstraintKind::ForeignKey)
 }
 
 #[cfg(test)]

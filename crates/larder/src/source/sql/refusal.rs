@@ -18,6 +18,11 @@ use sqlx::error::{DatabaseError, ErrorKind as DriverKind};
 pub(crate) fn refusal_of(e: &sqlx::Error) -> Option<ErrorKind> {
     match e {
         sqlx::Error::Database(db) => refusal_of_database(db.as_ref()),
+        // Found by larder itself on MariaDB: an upsert that would have run
+        // into another row through a unique index other than the key's.
+        sqlx::Error::Decode(cause) if cause.is::<super::mysql::UniqueConflict>() => {
+            Some(ErrorKind::Conflict(ConstraintKind::Unique))
+        }
         _ => None,
     }
 }
