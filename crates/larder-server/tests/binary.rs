@@ -5,10 +5,8 @@
 mod support;
 
 use larder_server::client;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use support::unique;
 
@@ -21,42 +19,8 @@ impl Server {
     /// Starts `larder serve ARGS` in `cwd` and waits (with a deadline) for
     /// its "listening on" line.
     fn start(args: &[&str], cwd: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
-            .arg("serve")
-            .args(args)
-            .current_dir(cwd)
-            .env_remove("LARDER_CONFIG")
-            .env("LARDER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn larder");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("larder: listening on ") {
-                        return Server {
-                            child,
-                            url: url.to_owned(),
-                        };
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("larder serve did not say it listens: {e}");
-                }
-            }
-        }
+        let (child, url) = support::spawn_serve(args, Some(cwd));
+        Server { child, url }
     }
 
     fn get(&self, path: &str) -> client::Response {

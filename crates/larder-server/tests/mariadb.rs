@@ -10,10 +10,8 @@ use larder_server::client;
 use larder_server::config::Config;
 use larder_server::http::app;
 use serde_json::{json, Value};
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 use support::{get, send, unique, write};
 
 fn mysql_url() -> String {
@@ -100,40 +98,8 @@ impl Served {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("larder.toml");
         std::fs::write(&path, config).expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
-            .args(["serve", "--config", path.to_str().expect("utf-8")])
-            .env_remove("LARDER_CONFIG")
-            .env("LARDER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn larder");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("larder: listening on ") {
-                        return Served {
-                            child,
-                            url: url.to_owned(),
-                        };
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("larder serve did not say it listens: {e}");
-                }
-            }
-        }
+        let (child, url) = support::spawn_serve(&["--config", path.to_str().expect("utf-8")], None);
+        Served { child, url }
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<&str>) -> client::Response {

@@ -6,10 +6,8 @@
 mod support;
 
 use larder_server::client;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use support::redis_server::RedisServer;
 use support::unique;
@@ -22,40 +20,9 @@ struct Server {
 
 impl Server {
     fn start(config: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
-            .args(["serve", "--config", config.to_str().expect("utf-8")])
-            .env_remove("LARDER_CONFIG")
-            .env("LARDER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn larder");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("larder: listening on ") {
-                        return Server {
-                            child,
-                            url: url.to_owned(),
-                        };
-                    }
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("larder serve did not say it listens: {e}");
-                }
-            }
-        }
+        let (child, url) =
+            support::spawn_serve(&["--config", config.to_str().expect("utf-8")], None);
+        Server { child, url }
     }
 
     /// SIGTERM, then the exit status within a deadline.

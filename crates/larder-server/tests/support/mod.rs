@@ -254,3 +254,47 @@ pub async fn write(app: &Router, method: &str, path: &str, body: &str) -> Answer
     )
     .await
 }
+
+/// Starts the test's own `larder serve ARGS` (in `cwd`, if given) and waits,
+/// with a deadline, for its "listening on" line: the child and the URL it
+/// printed. Kill the child when done (the callers' `Drop`).
+pub fn spawn_serve(args: &[&str], cwd: Option<&std::path::Path>) -> (std::process::Child, String) {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_larder"));
+    cmd.arg("serve").args(args);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd
+        .env_remove("LARDER_CONFIG")
+        .env("LARDER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn larder");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(url) = line.strip_prefix("larder: listening on ") {
+                    return (child, url.to_owned());
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("larder serve did not say it listens: {e}");
+            }
+        }
+    }
+}
