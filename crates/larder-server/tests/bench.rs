@@ -94,6 +94,31 @@ fn every_pattern_runs_on_a_small_workload_with_a_table_json_and_chart() {
         assert_eq!(p["errors"], 0, "{name}: {p:#}");
         assert!(p["ops_per_sec"].as_f64() > Some(0.0), "{name}");
         assert!(p["latency_ms"]["p99"].as_f64() > Some(0.0), "{name}");
+        // Reads and writes are reported apart, and add up to the whole.
+        assert_eq!(
+            p["reads"]
+                .as_u64()
+                .zip(p["writes"].as_u64())
+                .map(|(r, w)| r + w),
+            Some(400),
+            "{name}: {p:#}"
+        );
+        assert!(
+            p["reads"].as_u64() > Some(0) && p["writes"].as_u64() > Some(0),
+            "{name}: {p:#}"
+        );
+        for kind in ["read_latency_ms", "write_latency_ms"] {
+            let l = &p[kind];
+            assert!(l["p50"].as_f64() > Some(0.0), "{name} {kind}: {p:#}");
+            assert!(
+                l["p999"].as_f64() >= l["p99"].as_f64(),
+                "{name} {kind}: {p:#}"
+            );
+        }
+        let sum = p["reads_per_sec"].as_f64().unwrap_or(0.0)
+            + p["writes_per_sec"].as_f64().unwrap_or(0.0);
+        let ops = p["ops_per_sec"].as_f64().unwrap_or(0.0);
+        assert!((sum - ops).abs() <= ops * 1e-9, "{name}: {sum} vs {ops}");
         assert!(
             stdout.contains(name),
             "{name} missing from the table:\n{stdout}"
@@ -110,6 +135,26 @@ fn every_pattern_runs_on_a_small_workload_with_a_table_json_and_chart() {
             < 0.1
     );
     assert_eq!(pattern(&report, "redis-raw")["db_reads"], 0);
+    assert_eq!(pattern(&report, "redis-raw")["db_statements"], 0);
+    let db_only = pattern(&report, "db-only");
+    assert_eq!(
+        db_only["db_statements"], 400,
+        "db-only sends one statement per operation: {db_only:#}"
+    );
+    assert!(db_only["db_ops_per_sec"].as_f64() > Some(0.0));
+    assert_eq!(
+        report["workload"]["rate"],
+        Value::Null,
+        "closed loop by default"
+    );
+    assert!(
+        report["notes"][0]
+            .as_str()
+            .is_some_and(|n| n.contains("SQLite serialises writes")),
+        "a SQLite run says that it serialises writes: {:#}",
+        report["notes"]
+    );
+    assert!(stdout.contains("SQLite serialises writes"), "{stdout}");
     assert!(pattern(&report, "read-through")["hit_ratio"].as_f64() > Some(0.3));
     assert!(stdout.contains("require_durable = false"), "{stdout}");
     // The cache-aside-no-invalidate pattern is not in the default set.
@@ -188,6 +233,10 @@ fn bad_flags_exit_non_zero_with_one_line() {
         (&["--chart", "out.png"], "--chart"),
         (&["--seed=-1"], "--seed"),
         (&["--db", "mysql://x", "--ops", "1"], "mysql"),
+        (&["--rate", "0", "--ops", "1"], "--rate"),
+        (&["--rate=-5", "--ops", "1"], "--rate"),
+        (&["--rate", "fast", "--ops", "1"], "--rate"),
+        (&["--rate", "inf", "--ops", "1"], "--rate"),
     ] {
         let out = bench(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -199,4 +248,46 @@ fn bad_flags_exit_non_zero_with_one_line() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// Under `--rate`, a pattern slower than the schedule shows its queueing:
+/// one client, 50 ms per database statement, due every 10 ms. Operation k
+/// cannot start before k × 50 ms but was due at k × 10 ms, so the 40th
+/// waited at least 39 × 40 ms + 50 ms ≈ 1.6 s. A closed loop would have
+/// reported about 50 ms for each.
+#[test]
+fn an_open_loop_counts_latency_from_each_operations_due_time() {
+    let dir = temp_dir("bench_open");
+    let db = format!("sqlite://{}", dir.join("bench.db").display());
+    let report = bench_json(
+        &[
+            "--db",
+            &db,
+            "--patterns",
+            "db-only",
+            "--keys",
+            "10",
+            "--ops",
+            "40",
+            "--clients",
+            "1",
+            "--db-latency",
+            "50ms",
+            "--rate",
+            "100",
+        ],
+        &dir.join("report.json"),
+    );
+    assert_eq!(report["workload"]["rate"], 100.0);
+    let p = pattern(&report, "db-only");
+    assert_eq!(p["ops"], 40, "{p:#}");
+    assert_eq!(p["unsent"], 0, "an --ops run sends every operation: {p:#}");
+    let max = p["latency_ms"]["max"].as_f64().unwrap_or(0.0);
+    assert!(
+        max >= 39.0 * 40.0 + 50.0,
+        "the last operation's latency counts from its due time: {max} ms\n{p:#}"
+    );
+    // The schedule sets a floor under the run's length: 40 operations due
+    // every 10 ms, the last one answered after at least its 50 ms.
+    assert!(p["seconds"].as_f64() >= Some(0.39 + 0.05), "{p:#}");
 }

@@ -2,16 +2,18 @@
 //! plotters' SVG backend (no fonts or system libraries needed).
 //!
 //! Horizontal bars, so long pattern names fit as axis labels: the top panel
-//! is ops/s, the bottom one p50 / p95 / p99 latency on a logarithmic axis
-//! (a database round trip and a near-cache hit differ by orders of magnitude).
+//! is ops/s, then read latency and write latency, each p50 / p99 / p99.9 on
+//! a logarithmic axis (a database round trip and a near-cache hit differ by
+//! orders of magnitude). Reads and writes are drawn apart because they cost
+//! different things: one latency over both would hide either.
 
-use super::report::PatternReport;
+use super::report::{Latency, PatternReport};
 use anyhow::{anyhow, Context as _, Result};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use std::path::Path;
 
-/// Colours of p50, p95 and p99.
+/// Colours of p50, p99 and p99.9.
 const SHADES: [RGBColor; 3] = [
     RGBColor(120, 170, 220),
     RGBColor(50, 110, 180),
@@ -21,7 +23,7 @@ const SHADES: [RGBColor; 3] = [
 /// Draws the chart of `reports` into `path`.
 pub(crate) fn write_svg(path: &Path, title: &str, reports: &[PatternReport]) -> Result<()> {
     let rows = reports.len();
-    let height = 160 + 60 * rows as u32 * 2;
+    let height = 200 + 60 * rows as u32 * 3;
     let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     draw(&root, title, reports).map_err(|e| anyhow!("--chart {}: {e}", path.display()))?;
     root.present()
@@ -41,7 +43,9 @@ where
 {
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 18))?;
-    let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 * 2 / 5);
+    let height = root.dim_in_pixel().1;
+    let (top, rest) = root.split_vertically(height * 2 / 7);
+    let (reads, writes) = rest.split_vertically(height * 5 / 14);
     let n = reports.len() as u32;
     let names: Vec<&str> = reports.iter().map(|r| r.pattern).collect();
 
@@ -69,13 +73,29 @@ where
             SHADES[1].filled(),
         )
     }))?;
+    latency_panel(&reads, "reads", reports, &names, |r| &r.read_latency_ms)?;
+    latency_panel(&writes, "writes", reports, &names, |r| &r.write_latency_ms)?;
+    Ok(())
+}
 
-    // Latency: three bars per pattern (p50, p95, p99), log scale.
+/// Three bars per pattern (p50, p99, p99.9) of one kind of operation, on a
+/// log scale.
+fn latency_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    what: &str,
+    reports: &[PatternReport],
+    names: &[&str],
+    latency: impl Fn(&PatternReport) -> &Latency,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let n = reports.len() as u32;
     let floor = 0.001;
-    let max_ms = reports.iter().map(|r| r.latency_ms.p99).fold(1.0, f64::max) * 2.0;
-    let mut chart = ChartBuilder::on(&bottom)
+    let max_ms = reports.iter().map(|r| latency(r).p999).fold(1.0, f64::max) * 2.0;
+    let mut chart = ChartBuilder::on(area)
         .caption(
-            "latency per operation (ms, log scale): p50 light, p95 medium, p99 dark",
+            format!("{what}: latency (ms, log scale): p50 light, p99 medium, p99.9 dark"),
             ("sans-serif", 15),
         )
         .margin(10)
@@ -86,11 +106,11 @@ where
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(3 * n as usize)
-        .y_label_formatter(&|v| label(v, 3, &names))
+        .y_label_formatter(&|v| label(v, 3, names))
         .draw()?;
     chart.draw_series(reports.iter().enumerate().flat_map(|(i, r)| {
-        let l = &r.latency_ms;
-        [l.p50, l.p95, l.p99]
+        let l = latency(r);
+        [l.p50, l.p99, l.p999]
             .into_iter()
             .enumerate()
             .map(move |(j, v)| {

@@ -87,6 +87,13 @@ pub(crate) struct BenchArgs {
     /// Seed of the key and operation choices.
     #[arg(long, default_value = "1")]
     seed: String,
+    /// Open loop: OPS operations per second in all, sent on a fixed
+    /// schedule whatever the answers' speed, each latency measured from the
+    /// time it was due (queueing counts, as wrk2 measures). Without it each
+    /// client sends its next operation when the last is answered (closed
+    /// loop), which hides queueing delay.
+    #[arg(long, value_name = "OPS")]
+    rate: Option<String>,
 }
 
 /// The largest `--keys` (every key has a version slot and a row).
@@ -95,6 +102,8 @@ const MAX_KEYS: u64 = 10_000_000;
 const MAX_VALUE: usize = 1 << 20;
 /// The most clients.
 const MAX_CLIENTS: usize = 4096;
+/// The highest `--rate`, operations per second.
+const MAX_RATE: f64 = 10_000_000.0;
 
 /// A number flag, or a one-line error.
 fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T> {
@@ -145,6 +154,16 @@ fn validate(args: &BenchArgs) -> Result<(Workload, Vec<Pattern>)> {
         bail!("--db-latency {db_latency:?}: at most 10s");
     }
     let seed: u64 = number("--seed", &args.seed)?;
+    let rate = match &args.rate {
+        None => None,
+        Some(text) => {
+            let rate: f64 = number("--rate", text)?;
+            if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE) {
+                bail!("--rate {text:?}: must be more than 0 and at most {MAX_RATE} operations per second");
+            }
+            Some(rate)
+        }
+    };
     let mut chosen = Vec::new();
     for name in args.patterns.split(',').map(str::trim) {
         if name == "all" {
@@ -178,6 +197,7 @@ fn validate(args: &BenchArgs) -> Result<(Workload, Vec<Pattern>)> {
         stop,
         db_latency,
         seed,
+        rate,
     };
     Ok((workload, patterns))
 }
@@ -225,12 +245,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         let run = patterns::run(pattern, &env, shared).await;
         ticker.abort();
         let run = run.with_context(|| pattern.name().to_owned())?;
-        let r = PatternReport::new(pattern, run);
+        let r = PatternReport::new(pattern, run)?;
         bar.finish_with_message(format!("{:.0} ops/s", r.ops_per_sec));
         reports.push(r);
     }
+    let notes = report::db_notes(&db_url);
     println!("{headline}");
-    print!("{}", report::table(&reports));
+    print!("{}", report::table(&reports, &notes));
     if let Some(path) = &args.chart {
         chart::write_svg(path, &format!("larder bench: {headline}"), &reports)?;
     }
@@ -242,6 +263,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
             db: redact(&db_url),
             redis: args.redis.clone(),
             workload: WorkloadReport::new(&workload),
+            notes,
             patterns: reports,
         };
         report::write_json(path, &full)?;

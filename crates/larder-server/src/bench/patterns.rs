@@ -107,6 +107,8 @@ pub(crate) struct DbCounts {
     pub(crate) reads: AtomicU64,
     /// Rows written (upserts and deletes, write-back flushes included).
     pub(crate) writes: AtomicU64,
+    /// Statements sent (a multi-row load or flush is one).
+    pub(crate) statements: AtomicU64,
 }
 
 /// The bench table as a [`Source`]: counts rows and adds `--db-latency` to
@@ -119,7 +121,9 @@ pub(crate) struct CountedSource {
 }
 
 impl CountedSource {
+    /// Counts one statement and adds `--db-latency` to it.
     async fn delay(&self) {
+        Self::count(&self.counts.statements, 1);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
@@ -361,8 +365,10 @@ pub(crate) struct Shared {
 /// What the clients of one pattern measured, merged.
 #[derive(Debug)]
 pub(crate) struct Measured {
-    /// Latency of every operation, ns.
-    pub(crate) latency: Histogram<u64>,
+    /// Latency of every read, ns (open loop: from its due time).
+    pub(crate) read_latency: Histogram<u64>,
+    /// Latency of every write, ns (open loop: from its due time).
+    pub(crate) write_latency: Histogram<u64>,
     /// Reads done.
     pub(crate) reads: u64,
     /// Writes done.
@@ -377,13 +383,22 @@ pub(crate) struct Measured {
     pub(crate) errors: u64,
     /// The first failure, for the report.
     pub(crate) first_error: Option<String>,
+    /// Open loop with a duration: operations that were due before the end
+    /// but never sent, because the pattern fell too far behind.
+    pub(crate) unsent: u64,
+}
+
+/// A latency histogram: 1 ns .. 1 h at 3 significant digits, fixed size, so
+/// it never resizes in the loop.
+pub(crate) fn histogram() -> Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?)
 }
 
 impl Measured {
     fn new() -> Result<Measured> {
         Ok(Measured {
-            // 1 ns .. 1 h at 3 significant digits: fixed size, never resizes in the loop.
-            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?,
+            read_latency: histogram()?,
+            write_latency: histogram()?,
             reads: 0,
             writes: 0,
             hits: 0,
@@ -391,6 +406,7 @@ impl Measured {
             stale: 0,
             errors: 0,
             first_error: None,
+            unsent: 0,
         })
     }
 
@@ -402,7 +418,9 @@ impl Measured {
     }
 
     fn merge(&mut self, other: Measured) -> Result<()> {
-        self.latency.add(&other.latency)?;
+        self.read_latency.add(&other.read_latency)?;
+        self.write_latency.add(&other.write_latency)?;
+        self.unsent += other.unsent;
         self.reads += other.reads;
         self.writes += other.writes;
         self.hits += other.hits;
@@ -427,6 +445,9 @@ pub(crate) struct PatternRun {
     pub(crate) db_reads: u64,
     /// Rows written to the database (write-back: flushed by the end of `close`).
     pub(crate) db_writes: u64,
+    /// Statements sent to the database while the clients ran (write-back's
+    /// final flush by `close` excluded).
+    pub(crate) db_statements: u64,
     /// Something the reader must know about this run.
     pub(crate) note: Option<String>,
 }
@@ -434,28 +455,54 @@ pub(crate) struct PatternRun {
 /// How many operations a client adds to the shared progress counter at once.
 const PROGRESS_STEP: u64 = 64;
 
-/// One client: draws keys and operations until its share is done or time is up.
+/// One client: draws keys and operations until its share is done or time
+/// is up. Closed loop: the next operation goes when the last is answered,
+/// and its latency counts from then. Open loop (`--rate`): each operation
+/// waits for its due time on the client's [`Schedule`](super::workload::Schedule)
+/// and its latency counts from that due time, however late it is sent.
 async fn client_loop(
     target: Arc<Target>,
     shared: Arc<Shared>,
     mut client: Client,
     index: usize,
+    start: Instant,
     deadline: Option<Instant>,
 ) -> Result<Measured> {
     let w = &shared.workload;
     let mut rng = Rng::new(w.seed, index);
     let limit = w.ops_of(index);
+    let mut schedule = w.schedule_of(index, start);
+    // An open loop that falls behind keeps sending what was due before the
+    // deadline, for at most as long again; what is still unsent then is
+    // counted, never silently dropped.
+    let give_up = deadline.map(|d| d + (d - start));
     let mut m = Measured::new()?;
     let mut n = 0u64;
     loop {
         if limit.is_some_and(|l| n >= l) {
             break;
         }
+        let due = match &mut schedule {
+            Some(s) => {
+                if deadline.is_some_and(|d| s.peek() >= d) {
+                    break;
+                }
+                if give_up.is_some_and(|g| Instant::now() >= g) {
+                    m.unsent += unsent_before(s, deadline);
+                    break;
+                }
+                let due = s.next_due();
+                tokio::time::sleep_until(due.into()).await;
+                Some(due)
+            }
+            None => None,
+        };
         let key = shared.keys.sample(&mut rng);
         let started;
+        let latency;
         if rng.unit() < w.read_ratio {
             let floor = shared.versions.floor(key);
-            started = Instant::now();
+            started = due.unwrap_or_else(Instant::now);
             m.reads += 1;
             match target.read(key, &mut client).await {
                 Ok(read) => {
@@ -470,30 +517,44 @@ async fn client_loop(
                 }
                 Err(e) => m.failed(e),
             }
+            latency = &mut m.read_latency;
         } else {
-            // Latency counts from the key's turn on: the wait for the
-            // previous write of the same key is the bench's, not the pattern's.
+            // Closed loop: latency counts from the key's turn on (the wait
+            // for the previous write of the same key is the bench's, not the
+            // pattern's). Open loop: from the due time, turn included, like
+            // any other queueing.
             let turn = shared.versions.begin_write(key).await;
-            started = Instant::now();
+            started = due.unwrap_or_else(Instant::now);
             m.writes += 1;
             match target.write(key, turn.version(), &mut client).await {
                 Ok(()) => turn.ack(),
                 Err(e) => m.failed(e),
             }
+            latency = &mut m.write_latency;
         }
         let now = Instant::now();
-        m.latency
-            .saturating_record(u64::try_from((now - started).as_nanos()).unwrap_or(u64::MAX));
+        latency.saturating_record(u64::try_from((now - started).as_nanos()).unwrap_or(u64::MAX));
         n += 1;
         if n.is_multiple_of(PROGRESS_STEP) {
             shared.done.fetch_add(PROGRESS_STEP, Ordering::Relaxed);
         }
-        if deadline.is_some_and(|d| now >= d) {
+        if schedule.is_none() && deadline.is_some_and(|d| now >= d) {
             break;
         }
     }
     shared.done.fetch_add(n % PROGRESS_STEP, Ordering::Relaxed);
     Ok(m)
+}
+
+/// How many operations of `schedule` were due before `deadline` and not sent.
+fn unsent_before(schedule: &mut super::workload::Schedule, deadline: Option<Instant>) -> u64 {
+    let Some(deadline) = deadline else { return 0 };
+    let mut unsent = 0;
+    while schedule.peek() < deadline {
+        schedule.next_due();
+        unsent += 1;
+    }
+    unsent
 }
 
 /// Runs `pattern` on a fresh table and prefix, and cleans up after it.
@@ -510,6 +571,7 @@ pub(crate) async fn run(pattern: Pattern, env: &Env, shared: Arc<Shared>) -> Res
         let counts = Arc::new(DbCounts::default());
         let (target, cache) = build(pattern, env, &shared, &table, &prefix, &counts).await?;
         let run = drive(pattern, env, target, &shared, &payload).await?;
+        let db_statements = counts.statements.load(Ordering::Relaxed);
         let mut note = None;
         if let Some(cache) = cache {
             let started = Instant::now();
@@ -532,6 +594,7 @@ pub(crate) async fn run(pattern: Pattern, env: &Env, shared: Arc<Shared>) -> Res
             elapsed,
             db_reads: counts.reads.load(Ordering::Relaxed),
             db_writes: counts.writes.load(Ordering::Relaxed),
+            db_statements,
             note,
         })
     }
@@ -666,7 +729,16 @@ async fn drive(
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
-        .map(|(i, c)| tokio::spawn(client_loop(target.clone(), shared.clone(), c, i, deadline)))
+        .map(|(i, c)| {
+            tokio::spawn(client_loop(
+                target.clone(),
+                shared.clone(),
+                c,
+                i,
+                started,
+                deadline,
+            ))
+        })
         .collect();
     let mut merged = Measured::new()?;
     for task in tasks {

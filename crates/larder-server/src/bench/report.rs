@@ -7,11 +7,12 @@
 use super::patterns::{Pattern, PatternRun};
 use super::workload::{Stop, Workload};
 use anyhow::{Context as _, Result};
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Latency percentiles of one pattern, in milliseconds.
+/// Latency percentiles of one kind of operation, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Latency {
     /// Median.
@@ -20,10 +21,27 @@ pub(crate) struct Latency {
     pub(crate) p95: f64,
     /// 99th percentile.
     pub(crate) p99: f64,
+    /// 99.9th percentile.
+    pub(crate) p999: f64,
     /// Slowest operation.
     pub(crate) max: f64,
     /// Mean.
     pub(crate) mean: f64,
+}
+
+impl Latency {
+    /// The percentiles of `h` (nanoseconds), in milliseconds.
+    fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        Latency {
+            p50: ms(h.value_at_quantile(0.50)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1e6,
+        }
+    }
 }
 
 /// Everything measured for one pattern.
@@ -41,8 +59,16 @@ pub(crate) struct PatternReport {
     pub(crate) seconds: f64,
     /// Operations per second.
     pub(crate) ops_per_sec: f64,
-    /// Latency per operation, ms.
+    /// Reads per second.
+    pub(crate) reads_per_sec: f64,
+    /// Writes per second.
+    pub(crate) writes_per_sec: f64,
+    /// Latency of every operation, reads and writes together, ms.
     pub(crate) latency_ms: Latency,
+    /// Latency of reads, ms (open loop: from each read's due time).
+    pub(crate) read_latency_ms: Latency,
+    /// Latency of writes, ms (open loop: from each write's due time).
+    pub(crate) write_latency_ms: Latency,
     /// Reads a cache answered / reads; `null` without a cache.
     pub(crate) hit_ratio: Option<f64>,
     /// Rows read from the database.
@@ -53,52 +79,64 @@ pub(crate) struct PatternReport {
     pub(crate) db_reads_per_op: f64,
     /// `db_writes / ops`.
     pub(crate) db_writes_per_op: f64,
+    /// Statements sent to the database while the clients ran.
+    pub(crate) db_statements: u64,
+    /// The database's own operations per second: `db_statements / seconds`.
+    pub(crate) db_ops_per_sec: f64,
     /// Reads older than the newest write acknowledged before they began.
     pub(crate) stale_reads: u64,
     /// Operations that failed.
     pub(crate) errors: u64,
     /// The first failure.
     pub(crate) first_error: Option<String>,
+    /// Open loop: operations due before the end that were never sent (the
+    /// pattern fell too far behind its schedule).
+    pub(crate) unsent: u64,
     /// Something to know about this pattern's run.
     pub(crate) note: Option<String>,
 }
 
 impl PatternReport {
     /// The report of `pattern` from its run.
-    pub(crate) fn new(pattern: Pattern, run: PatternRun) -> PatternReport {
+    pub(crate) fn new(pattern: Pattern, run: PatternRun) -> Result<PatternReport> {
         let m = run.measured;
         let ops = m.reads + m.writes;
         let per_op = |n: u64| if ops == 0 { 0.0 } else { n as f64 / ops as f64 };
-        let ms = |ns: u64| ns as f64 / 1e6;
         let seconds = run.elapsed.as_secs_f64();
-        PatternReport {
+        let per_sec = |n: u64| {
+            if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        let mut all = m.read_latency.clone();
+        all.add(&m.write_latency)?;
+        Ok(PatternReport {
             pattern: pattern.name(),
             ops,
             reads: m.reads,
             writes: m.writes,
             seconds,
-            ops_per_sec: if seconds > 0.0 {
-                ops as f64 / seconds
-            } else {
-                0.0
-            },
-            latency_ms: Latency {
-                p50: ms(m.latency.value_at_quantile(0.50)),
-                p95: ms(m.latency.value_at_quantile(0.95)),
-                p99: ms(m.latency.value_at_quantile(0.99)),
-                max: ms(m.latency.max()),
-                mean: m.latency.mean() / 1e6,
-            },
+            ops_per_sec: per_sec(ops),
+            reads_per_sec: per_sec(m.reads),
+            writes_per_sec: per_sec(m.writes),
+            latency_ms: Latency::of(&all),
+            read_latency_ms: Latency::of(&m.read_latency),
+            write_latency_ms: Latency::of(&m.write_latency),
             hit_ratio: (m.cached_reads > 0).then(|| m.hits as f64 / m.cached_reads as f64),
             db_reads: run.db_reads,
             db_writes: run.db_writes,
             db_reads_per_op: per_op(run.db_reads),
             db_writes_per_op: per_op(run.db_writes),
+            db_statements: run.db_statements,
+            db_ops_per_sec: per_sec(run.db_statements),
             stale_reads: m.stale,
             errors: m.errors,
             first_error: m.first_error,
+            unsent: m.unsent,
             note: run.note,
-        }
+        })
     }
 }
 
@@ -117,6 +155,9 @@ pub(crate) struct Report {
     pub(crate) redis: String,
     /// The workload, as given.
     pub(crate) workload: WorkloadReport,
+    /// What a reader must know about the whole run (e.g. a database that
+    /// serialises writes).
+    pub(crate) notes: Vec<String>,
     /// One entry per pattern, in run order.
     pub(crate) patterns: Vec<PatternReport>,
 }
@@ -133,6 +174,8 @@ pub(crate) struct WorkloadReport {
     ops: Option<u64>,
     db_latency_ms: f64,
     seed: u64,
+    /// Open loop's operations per second; `null`: closed loop.
+    rate: Option<f64>,
 }
 
 impl WorkloadReport {
@@ -152,6 +195,7 @@ impl WorkloadReport {
             ops,
             db_latency_ms: w.db_latency.as_secs_f64() * 1e3,
             seed: w.seed,
+            rate: w.rate,
         }
     }
 }
@@ -172,8 +216,12 @@ pub(crate) fn headline(w: &Workload) -> String {
         Stop::Duration(d) => format!("{} s per pattern", d.as_secs_f64()),
         Stop::Ops(n) => format!("{n} ops per pattern"),
     };
+    let lp = match w.rate {
+        Some(rate) => format!("open loop at {rate} ops/s"),
+        None => "closed loop".to_owned(),
+    };
     format!(
-        "{} keys, {}, {:.0}% reads, {} B values, {} clients, {stop}, db latency +{} ms, seed {}",
+        "{} keys, {}, {:.0}% reads, {} B values, {} clients, {lp}, {stop}, db latency +{} ms, seed {}",
         w.keys,
         w.dist,
         w.read_ratio * 100.0,
@@ -184,19 +232,25 @@ pub(crate) fn headline(w: &Workload) -> String {
     )
 }
 
-/// The table printed on stdout.
-pub(crate) fn table(reports: &[PatternReport]) -> String {
+/// The table printed on stdout: throughput, then reads and writes each
+/// with their own rate and latency, then what reached the database.
+pub(crate) fn table(reports: &[PatternReport], notes: &[String]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<26} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>6}",
+        "{:<26} {:>9} | {:>9} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>6} {:>8} {:>7} {:>7} {:>6} {:>6}",
         "pattern",
         "ops/s",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "max ms",
+        "reads/s",
+        "r p50",
+        "r p99",
+        "r p99.9",
+        "writes/s",
+        "w p50",
+        "w p99",
+        "w p99.9",
         "hit %",
+        "db ops/s",
         "db r/op",
         "db w/op",
         "stale",
@@ -206,23 +260,40 @@ pub(crate) fn table(reports: &[PatternReport]) -> String {
         let hit = r
             .hit_ratio
             .map_or_else(|| "-".to_owned(), |h| format!("{:.1}", h * 100.0));
+        let (rl, wl) = (&r.read_latency_ms, &r.write_latency_ms);
         let _ = writeln!(
             out,
-            "{:<26} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7} {:>8.3} {:>8.3} {:>7} {:>6}",
+            "{:<26} {:>9.0} | {:>9.0} {:>8.3} {:>8.3} {:>8.3} | {:>8.0} {:>8.3} {:>8.3} {:>8.3} | {:>6} {:>8.0} {:>7.3} {:>7.3} {:>6} {:>6}",
             r.pattern,
             r.ops_per_sec,
-            r.latency_ms.p50,
-            r.latency_ms.p95,
-            r.latency_ms.p99,
-            r.latency_ms.max,
+            r.reads_per_sec,
+            rl.p50,
+            rl.p99,
+            rl.p999,
+            r.writes_per_sec,
+            wl.p50,
+            wl.p99,
+            wl.p999,
             hit,
+            r.db_ops_per_sec,
             r.db_reads_per_op,
             r.db_writes_per_op,
             r.stale_reads,
             r.errors
         );
     }
+    let _ = writeln!(out, "latencies in ms; r = reads, w = writes");
+    for note in notes {
+        let _ = writeln!(out, "note: {note}");
+    }
     for r in reports {
+        if r.unsent > 0 {
+            let _ = writeln!(
+                out,
+                "{}: {} operations were due but never sent: the pattern fell behind --rate by more than the run's duration",
+                r.pattern, r.unsent
+            );
+        }
         if let Some(note) = &r.note {
             let _ = writeln!(out, "note: {note}");
         }
@@ -231,6 +302,15 @@ pub(crate) fn table(reports: &[PatternReport]) -> String {
         }
     }
     out
+}
+
+/// What to know about the database `url` when reading the figures.
+pub(crate) fn db_notes(url: &str) -> Vec<String> {
+    if url.starts_with("sqlite:") {
+        vec!["SQLite serialises writes (one writer at a time): write latencies include waiting for the database's lock, and a closed loop's throughput is capped by it for every pattern; use --db postgres://… for a server database".to_owned()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Writes the report as pretty JSON to `path`.

@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context as _, Result};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How keys are drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,6 +99,9 @@ pub(crate) struct Workload {
     pub(crate) db_latency: Duration,
     /// The seed of every client's generator.
     pub(crate) seed: u64,
+    /// Open loop: operations per second in all, on a fixed schedule
+    /// (`None`: closed loop, each client sends when it is answered).
+    pub(crate) rate: Option<f64>,
 }
 
 impl Workload {
@@ -112,6 +115,46 @@ impl Workload {
             }
             Stop::Duration(_) => None,
         }
+    }
+
+    /// Client `client`'s schedule under `--rate`, from `start`: the
+    /// clients share the rate evenly and are offset from each other, so
+    /// the operations of all clients together arrive every `1 / rate`.
+    pub(crate) fn schedule_of(&self, client: usize, start: Instant) -> Option<Schedule> {
+        let rate = self.rate?;
+        let clients = self.clients as f64;
+        Some(Schedule {
+            first: start + Duration::from_secs_f64(client as f64 / rate),
+            interval: Duration::from_secs_f64(clients / rate),
+            sent: 0,
+        })
+    }
+}
+
+/// When one client's operations are due under an open loop (`--rate`).
+///
+/// Each operation's latency counts from its due time, not from when the
+/// client got round to sending it: a slow answer delays the operations
+/// queued behind it, and that wait is part of what their callers see
+/// (wrk2's correction for coordinated omission).
+#[derive(Debug, Clone)]
+pub(crate) struct Schedule {
+    first: Instant,
+    interval: Duration,
+    sent: u32,
+}
+
+impl Schedule {
+    /// The due time of the next operation; advances the schedule.
+    pub(crate) fn next_due(&mut self) -> Instant {
+        let due = self.first + self.interval * self.sent;
+        self.sent = self.sent.saturating_add(1);
+        due
+    }
+
+    /// The due time of the next operation, without advancing.
+    pub(crate) fn peek(&self) -> Instant {
+        self.first + self.interval * self.sent
     }
 }
 
@@ -276,8 +319,44 @@ mod tests {
             stop: Stop::Ops(10),
             db_latency: Duration::ZERO,
             seed: 1,
+            rate: None,
         };
         let total: u64 = (0..3).filter_map(|c| w.ops_of(c)).sum();
         assert_eq!(total, 10);
+    }
+
+    #[test]
+    fn the_clients_schedules_interleave_into_the_rate() {
+        let start = Instant::now();
+        let w = Workload {
+            keys: 1,
+            dist: Dist::Uniform,
+            read_ratio: 0.5,
+            value_size: 1,
+            clients: 4,
+            stop: Stop::Ops(40),
+            db_latency: Duration::ZERO,
+            seed: 1,
+            rate: Some(1000.0),
+        };
+        let mut due: Vec<Duration> = (0..4)
+            .flat_map(|c| {
+                let mut s = w.schedule_of(c, start).expect("a schedule under --rate");
+                (0..10).map(move |_| s.next_due() - start)
+            })
+            .collect();
+        due.sort();
+        for (n, d) in due.iter().enumerate() {
+            let want = n as f64 / 1000.0;
+            assert!(
+                (d.as_secs_f64() - want).abs() < 1e-6,
+                "op {n}: due at {d:?}, want {want} s"
+            );
+        }
+        let closed = Workload { rate: None, ..w };
+        assert!(
+            closed.schedule_of(0, start).is_none(),
+            "no schedule in a closed loop"
+        );
     }
 }
