@@ -159,6 +159,13 @@ async fn rows_read_through_over_resp2_and_resp3() {
             .await
             .expect("an answer");
         assert_eq!(n, 2);
+        let n: i64 = query(
+            &mut con,
+            &["EXISTS", "users:1", "users:notanumber", "nobody:1", "nokey"],
+        )
+        .await
+        .expect("a bad key counts 0, as a missing key does in Redis");
+        assert_eq!(n, 1);
         let ttl: i64 = query(&mut con, &["TTL", "users:1"])
             .await
             .expect("an answer");

@@ -184,6 +184,17 @@ fn numeric_limits(t: &str) -> Option<(u32, u32)> {
     Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
 }
 
+/// A date and time without a zone (`2024-02-29 23:59:59.123456`, or with a
+/// `T`), as PostgreSQL's `timestamp` and MariaDB's `datetime` take it: a
+/// real calendar day (the 29th of February in leap years only: divisible
+/// by 4, centuries by 400), years 0001–9999.
+const LOCAL_DATE_TIME: &str = concat!(
+    "^(?!0000)(?:[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])",
+    "|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))",
+    "|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29)",
+    "[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?$",
+);
+
 /// The JSON Schema of one column's values (without nullability), from its
 /// SQL type and the limits the database enforces.
 ///
@@ -244,10 +255,7 @@ pub fn column_schema(
             || t.starts_with("datetime(")
             || t.starts_with("timestamp(") && !t.contains("zone") =>
         {
-            json!({
-            "type": "string",
-            "pattern": "^(?!0000)[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?$",
-            })
+            json!({ "type": "string", "pattern": LOCAL_DATE_TIME })
         }
         "date" => json!({ "type": "string", "format": "date", "pattern": "^(?!0000)" }),
         "time without time zone" | "time" => json!({
@@ -902,6 +910,37 @@ pub async fn document(State(state): State<AppState>) -> Json<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Days in `month` of `year`, by the proleptic Gregorian calendar.
+    fn days_in(year: u32, month: u32) -> u32 {
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        match month {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        }
+    }
+
+    #[test]
+    fn the_local_date_time_pattern_takes_every_real_day_and_no_other() {
+        // The regex crate has no lookahead: the `(?!0000)` guard (no year 0)
+        // is checked as text, the rest by matching every day of 1..=2401.
+        let body = LOCAL_DATE_TIME
+            .strip_prefix("^(?!0000)")
+            .expect("the pattern refuses year 0000 first");
+        let re = regex::Regex::new(&format!("^{body}")).expect("a valid pattern");
+        for year in 1..=2401 {
+            for month in 1..=12 {
+                for day in 1..=31 {
+                    let text = format!("{year:04}-{month:02}-{day:02}T23:59:59.5");
+                    assert_eq!(re.is_match(&text), day <= days_in(year, month), "{text}");
+                }
+            }
+        }
+        assert!(re.is_match("9996-02-29 00:00:00"));
+        assert!(!re.is_match("2024-02-29 24:00:00"));
+    }
 
     fn col(
         name: &str,

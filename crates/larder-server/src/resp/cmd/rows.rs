@@ -195,7 +195,10 @@ pub async fn mget(ctx: &mut Ctx<'_>, args: Args<'_>) {
 }
 
 /// `EXISTS key…`: how many of the keys have a row (read through; a key
-/// given twice counts twice, as in Redis).
+/// given twice counts twice, as in Redis). As with `MGET`, a key that can
+/// name no row (no such entity, an id the key column cannot hold) counts
+/// 0, as a missing key does in Redis; only an engine failure answers its
+/// error instead of the count.
 pub async fn exists(ctx: &mut Ctx<'_>, args: Args<'_>) {
     let keys: Vec<&[u8]> = args.iter_from(1).collect();
     let rows = read_rows(ctx.state, &keys).await;
@@ -203,7 +206,7 @@ pub async fn exists(ctx: &mut Ctx<'_>, args: Args<'_>) {
     for row in &rows {
         match row {
             Ok(Some(_)) => n += 1,
-            Ok(None) => {}
+            Ok(None) | Err(Refused::Key(_)) => {}
             Err(refused) => {
                 reply::error(ctx.out, refused.line());
                 return;
