@@ -1,6 +1,6 @@
 //! One runner per pattern, and the client loop they share.
 //!
-//! Every pattern gets its own table `larder_bench_<pattern>` (seeded with
+//! Every pattern gets its own table `larder_bench_<pattern>_<pid>` (seeded with
 //! `--keys` rows `id, version, payload`) and its own Redis prefix, so runs
 //! never see each other's data; both are removed afterwards. The database
 //! is reached through [`CountedSource`], which counts rows read and written
@@ -559,7 +559,9 @@ fn unsent_before(schedule: &mut super::workload::Schedule, deadline: Option<Inst
 
 /// Runs `pattern` on a fresh table and prefix, and cleans up after it.
 pub(crate) async fn run(pattern: Pattern, env: &Env, shared: Arc<Shared>) -> Result<PatternRun> {
-    let table = format!("larder_bench_{}", pattern.slug());
+    // The process id keeps two runs on one database (two terminals, tests
+    // in parallel) off each other's tables.
+    let table = format!("larder_bench_{}_{}", pattern.slug(), env.run_id);
     let prefix = format!(
         "larder-bench-{}-{}",
         env.run_id,
