@@ -28,9 +28,10 @@ use crate::breaker::Breaker;
 use crate::clock::{duration_ms, Clock};
 use crate::codec::Codec;
 use crate::envelope::{Envelope, Freshness};
-use crate::error::{Error, Message, Result};
+use crate::error::{Cause, Error, Message, Result};
 use crate::flight::Flights;
 use crate::key::{validate_id, CacheKey, KeySpace};
+use crate::load_error::{LoadError, SharedLoadError};
 use crate::outcome::{Lookup, Outcome};
 use crate::policy::{xfetch, Policy, Random};
 use crate::source::Source;
@@ -207,7 +208,15 @@ where
     /// `load` runs at most once per miss across every caller sharing the
     /// store (the callers that find a load in progress wait for it); it
     /// returns `Ok(None)` for "not found", which is remembered for
-    /// `negative_ttl`. Its error becomes [`Error::Loader`].
+    /// `negative_ttl`. Its error becomes [`Error::Loader`]; to keep its
+    /// type, use [`Cache::try_get_or_load`].
+    ///
+    /// # Why `'static`
+    /// The load runs as a task of its own, not inside the caller's future:
+    /// every caller waiting for the key shares it, and it outlives a caller
+    /// that gives up or is dropped (a timeout, a closed connection) so that
+    /// the others still get its answer and the fill still lands. So `load`
+    /// and its future cannot borrow from the caller: move owned data in.
     pub async fn get_or_load<F, Fut, E>(&self, key: &K, load: F) -> Result<Lookup<V>>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -215,17 +224,52 @@ where
         E: std::error::Error + Send + Sync + 'static,
     {
         let id = self.id_of(key)?;
+        let loader = self.loader(load, Error::cause);
+        self.inner.clone().read(id, Some(loader)).await
+    }
+
+    /// [`Cache::get_or_load`], keeping the loader's error type: a failed
+    /// load is [`LoadError::Load`] with the loader's error as an `Arc<E>` —
+    /// the same `Arc` for every caller that waited for that load, since
+    /// one load answers them all — and any other failure is
+    /// [`LoadError::Cache`].
+    ///
+    /// `load` is `'static` for the reason [`Cache::get_or_load`] gives: the
+    /// load is shared by its waiters and outlives a caller that gives up or
+    /// is dropped.
+    pub async fn try_get_or_load<F, Fut, E>(
+        &self,
+        key: &K,
+        load: F,
+    ) -> std::result::Result<Lookup<V>, LoadError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let id = self.id_of(key).map_err(LoadError::Cache)?;
+        let loader = self.loader(load, SharedLoadError::cause);
+        (self.inner.clone().read(id, Some(loader)).await).map_err(LoadError::from_error)
+    }
+
+    /// A cache-aside `load` as a [`Loader`]; `cause` wraps its error into
+    /// the cause of an [`Error::Loader`].
+    fn loader<F, Fut, E>(&self, load: F, cause: fn(E) -> Cause) -> Loader<V>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let entity = self.entity().to_owned();
-        let loader: Loader<V> = Box::new(move |_id| {
+        Box::new(move |_id| {
             async move {
                 load().await.map_err(|e| Error::Loader {
                     entity,
-                    cause: Error::cause(e),
+                    cause: cause(e),
                 })
             }
             .boxed()
-        });
-        self.inner.clone().read(id, Some(loader)).await
+        })
     }
 
     /// Read-through for many keys: one `MGET` for all of them, one
@@ -260,6 +304,19 @@ where
     pub async fn invalidate(&self, key: &K) -> Result<()> {
         let id = self.id_of(key)?;
         self.inner.invalidate_canonical(&[id]).await
+    }
+
+    /// [`Cache::invalidate`] for many keys at once: the store is told
+    /// about them concurrently, the other instances in one bus message. Ids the store could not be told about
+    /// are remembered and delivered when it returns, and the first error is
+    /// returned. For ids rather than keys (a change notification knows
+    /// rows by their id text), see [`Cache::invalidate_ids`].
+    pub async fn invalidate_many(&self, keys: &[&K]) -> Result<()> {
+        let ids = keys
+            .iter()
+            .map(|k| self.id_of(k))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.invalidate_canonical(&ids).await
     }
 }
 

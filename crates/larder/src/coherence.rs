@@ -278,13 +278,17 @@ where
     K: CacheKey + ?Sized,
     V: Send + Sync + 'static,
 {
-    /// Invalidates many entries by canonical id (as a change-data-capture
-    /// listener knows them): each is deleted from the store with its lease
-    /// (a load in progress cannot fill it), dropped from this instance's
-    /// near cache and announced to every other instance.
+    /// Invalidates many entries by id rather than by key: the id text a
+    /// change notification carries (a trigger knows the row's key column,
+    /// not the application's `K`), canonicalised by the source first. Each
+    /// entry is deleted from the store with its lease (a load in progress
+    /// cannot fill it), dropped from this instance's near cache and
+    /// announced to every other instance.
     ///
-    /// Ids the store could not be told about (it is down) are remembered
-    /// and delivered when it returns, and the first error is returned.
+    /// The key-typed counterpart is [`Cache::invalidate_many`]; both run
+    /// the same invalidation. Ids the store could not be told about (it is
+    /// down) are remembered and delivered when it returns, and the first
+    /// error is returned.
     pub async fn invalidate_ids(&self, ids: &[String]) -> Result<()> {
         let ids = ids
             .iter()

@@ -93,6 +93,7 @@ mod envelope;
 mod error;
 mod flight;
 mod key;
+mod load_error;
 mod metrics;
 mod outcome;
 mod policy;
@@ -107,9 +108,9 @@ pub use builder::CacheBuilder;
 pub use cache::Cache;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
-pub use envelope::{Envelope, EnvelopeError};
 pub use error::{Cause, ConstraintKind, Error, ErrorKind, Result, SchemaPart};
 pub use key::{validate_id, validate_name, CacheKey, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN};
+pub use load_error::LoadError;
 pub use outcome::{Lookup, Outcome};
 pub use policy::{
     parse_duration, DEFAULT_EARLY_REFRESH, DEFAULT_JITTER, DEFAULT_LEASE_TTL, DEFAULT_LOAD_TIMEOUT,
@@ -119,9 +120,9 @@ pub use source::{
     ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, FnSource, Source, SqlPool, SqlSource,
 };
 pub use stats::CacheStats;
-pub use warm::{WarmProgress, WARM_BATCH};
+pub use warm::{WarmOptions, WarmProgress, WARM_BATCH};
 pub use write::{CacheWrite, WritePolicy, Written};
-pub use write_back::{Closed, DeadLetter, WriteBack, WriteBackStats};
+pub use write_back::{Closed, DeadLetter, WriteBackOptions, WriteBackStats};
 
 // The near cache (L1), tags and the invalidation bus.
 mod coherence;
