@@ -7,6 +7,7 @@
 //! it at its own key.
 
 use crate::breaker::Breaker;
+use crate::cache::WritePolicy;
 use crate::cache::{Cache, Inner};
 use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, Json};
@@ -19,7 +20,6 @@ use crate::policy::{Policy, Random};
 use crate::source::Source;
 use crate::stats::Counters;
 use crate::store::{MemoryStore, Store, DEFAULT_MEMORY_CAPACITY};
-use crate::write::WritePolicy;
 use crate::write_back::{durability, flusher, State, WriteBackOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

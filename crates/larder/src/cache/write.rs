@@ -52,7 +52,7 @@
 //! - The cache fails after the source succeeded: the entry is deleted if
 //!   the store still answers, and [`Written::cache`] says what happened.
 
-use crate::cache::{Cache, Inner};
+use super::{Cache, Inner};
 use crate::error::{Error, Message, Result};
 use crate::key::CacheKey;
 use crate::store::{WriteEnd, WriteKeys, WriteTicket};

@@ -6,7 +6,7 @@
 //! so it never overwrites a value written (or invalidated) after its load
 //! began, and it skips keys another process is loading right now.
 
-use crate::cache::{Cache, Inner};
+use super::{Cache, Inner};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::store::{Acquired, LeaseRequest};
