@@ -18,6 +18,7 @@
 //!                  fill once with its token, release
 //!   write.rs       the write protocol: ticket → source step → end step, detached (cancellation-safe)
 //!   warm.rs        pre-warming in batches, under the fill rule
+//!   invalidate.rs  invalidation by id, key, tag or purge; background tag compaction
 //! builder.rs       CacheBuilder: every setting, validated once
 //! policy.rs        freshness settings (ttl, stale, leases, timeouts), their defaults and limits; XFetch
 //! flight.rs        single flight: one load per key per process, shared by its waiters
@@ -25,7 +26,7 @@
 //! envelope.rs      the binary header around every cached value (times, stamp)
 //! codec.rs         how a value becomes bytes (JSON, MessagePack, raw JSON)
 //! key.rs           ids and the key layout `<prefix>:{<entity>:<shard>}:<kind>:<id>`
-//! coherence.rs     the cache's near cache, tagger and bus together; the invalidation API
+//! coherence.rs     the near cache, tagger and bus of one cache, as the read and write paths use them
 //! near.rs          the near cache (L1, moka) and its tickets
 //! invalidation.rs  the invalidation bus: publish, subscribe, owed invalidations
 //! generation.rs    generations and stamps: purge and tags without touching entries

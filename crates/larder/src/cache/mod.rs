@@ -9,9 +9,12 @@
 //! - `write`: the write protocol (ticket → source step → end step), run
 //!   detached so that it is cancellation-safe.
 //! - `warm`: pre-warming in batches under the fill rule.
+//! - `invalidate`: invalidation by id, key, tag or purge, and the
+//!   background tag compaction (over `crate::coherence`).
 //!
 //! The rest of the crate reaches a cache through the methods here.
 
+mod invalidate;
 mod lease;
 mod read;
 mod warm;
