@@ -8,10 +8,10 @@
 //! ## The map
 //!
 //! Read this first: one line per module, what it owns. Each mechanism is
-//! one module with a narrow interface; state stays private to it.
+//! one module.
 //!
 //! ```text
-//! cache/           Cache<K, V> and Inner, the state every clone shares (fields private here)
+//! cache/           Cache<K, V> and Inner, the state every clone shares
 //!   read.rs        the read path: near cache → breaker → store → fresh/stale/missing → flight,
 //!                  one decision tree for single and batch reads
 //!   lease.rs       the lease: acquire, wait for another holder's fill, take over,

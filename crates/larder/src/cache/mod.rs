@@ -1,6 +1,5 @@
 //! The cache: [`Cache`], a cheap handle, and `Inner`, the state every
-//! clone shares. `Inner`'s fields are private to this module and its
-//! children, each of which owns one mechanism:
+//! clone shares. Each child module owns one mechanism:
 //!
 //! - `read`: the read path, single and batch, one decision tree (near
 //!   cache → breaker → store → fresh / stale / missing → flight).
@@ -12,7 +11,8 @@
 //! - `invalidate`: invalidation by id, key, tag or purge, and the
 //!   background tag compaction (over `crate::coherence`).
 //!
-//! The rest of the crate reaches a cache through the methods here.
+//! `Inner`'s fields are still `pub(crate)`: the builder assembles them, and
+//! write-back's writer, flusher and dead letters still read them.
 
 mod invalidate;
 mod lease;
