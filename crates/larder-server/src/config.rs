@@ -12,7 +12,7 @@
 //! [`ConfigError`].
 //!
 //! The engine's settings are the library's: `[near]` *is*
-//! [`larder::NearOptions`], `[entity.write_back]` *is* [`larder::WriteBack`],
+//! [`larder::NearOptions`], `[entity.write_back]` *is* [`larder::WriteBackOptions`],
 //! and an entity's freshness settings take their defaults from the
 //! library's constants and their verdict from
 //! [`larder::CacheBuilder::validate`]. So every default and limit has one
@@ -23,7 +23,7 @@
 //! `larder.example.toml` at the repository root lists every key with its
 //! default; a test parses it so it stays true.
 
-use larder::{Cache, CacheBuilder, NearOptions, PassThrough, RawJson, WriteBack};
+use larder::{Cache, CacheBuilder, NearOptions, PassThrough, RawJson, WriteBackOptions};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::SocketAddr;
@@ -413,8 +413,8 @@ pub struct EntityConfig {
     /// Per-entity near cache: a table overriding `[near]`, or `false`. Default: `[near]`.
     pub near: Option<EntityNear>,
     /// Write-back settings (only with `write = "back"`), the library's own
-    /// type with its defaults and limits. Default: [`WriteBack::default`].
-    pub write_back: Option<WriteBack>,
+    /// type with its defaults and limits. Default: [`WriteBackOptions::default`].
+    pub write_back: Option<WriteBackOptions>,
     /// Row reads (`GET /v1/{name}/{id}`, `GET /v1/{name}?ids=`) need no
     /// token even when one is set. Default: false (or `[auth] public_reads`).
     pub public_reads: bool,
@@ -485,7 +485,7 @@ impl EntityConfig {
             .negative_ttl(self.negative_ttl.0)
             .lease_ttl(self.lease_ttl.0)
             .load_timeout(self.load_timeout.0)
-            .soft_timeout(Some(self.soft_timeout.0))
+            .soft_timeout(self.soft_timeout.0)
             .early_refresh(self.early_refresh);
         if let Some(wait) = self.wait_timeout {
             builder = builder.wait_timeout(wait.0);

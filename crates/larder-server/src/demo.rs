@@ -26,7 +26,7 @@
 use anyhow::{bail, Context, Result};
 use larder::store::{self, Store};
 use larder::{
-    Cache, ManualClock, NearOptions, Outcome, SqlPool, SqlSource, WriteBack, WritePolicy,
+    Cache, ManualClock, NearOptions, Outcome, SqlPool, SqlSource, WriteBackOptions, WritePolicy,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -199,12 +199,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         .entity("users_back")
         .store(store.clone())
         .source(SqlSource::builder(pool.clone(), "users").build().await?)
-        .write_policy(WritePolicy::Back(WriteBack {
+        .write_policy(WritePolicy::Back(WriteBackOptions {
             max_delay: Duration::from_millis(200),
             // The demo's Redis keeps nothing on disk; production needs
             // appendonly yes + appendfsync always (then leave this true).
             require_durable: false,
-            ..WriteBack::default()
+            ..WriteBackOptions::default()
         }))
         .build()
         .await;

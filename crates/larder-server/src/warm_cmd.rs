@@ -56,7 +56,7 @@ pub(crate) async fn run(args: WarmArgs) -> Result<()> {
     let started = Instant::now();
     let done = entity
         .cache
-        .warm_all(args.batch, |p| {
+        .warm_all(larder::WarmOptions::default().batch(args.batch), |p| {
             bar.set_position(p.done);
             bar.set_message(format!("{} written, {} skipped", p.written, p.skipped));
         })

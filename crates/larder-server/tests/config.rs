@@ -240,12 +240,12 @@ fn library_limits_are_reported_at_their_key() {
     // The limits are the library's own constants, at their edges.
     let edge = format!(
         "batch = {}\nflush_lease = \"{}ms\"\n",
-        larder::WriteBack::MAX_BATCH,
-        larder::WriteBack::MIN_FLUSH_LEASE.as_millis()
+        larder::WriteBackOptions::MAX_BATCH,
+        larder::WriteBackOptions::MIN_FLUSH_LEASE.as_millis()
     );
     let c = Config::parse(&write_back(&edge), "ok.toml").unwrap_or_else(|e| panic!("{e}"));
     let wb = c.entity[0].write_back.expect("write_back");
-    assert_eq!(wb.batch, larder::WriteBack::MAX_BATCH);
+    assert_eq!(wb.batch, larder::WriteBackOptions::MAX_BATCH);
 }
 
 #[test]
@@ -298,7 +298,10 @@ fn defaults_are_the_librarys() {
         (5, larder::NearOptions::DEFAULT_TTL)
     );
     let c = Config::parse(&write_back(""), "t.toml").expect("parse");
-    assert_eq!(c.entity[0].write_back, Some(larder::WriteBack::default()));
+    assert_eq!(
+        c.entity[0].write_back,
+        Some(larder::WriteBackOptions::default())
+    );
     let e = &Config::parse(MIN, "t.toml").expect("parse").entity[0];
     assert_eq!(e.ttl.0, larder::DEFAULT_TTL);
     assert_eq!(e.jitter, larder::DEFAULT_JITTER);

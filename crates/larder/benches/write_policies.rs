@@ -16,7 +16,7 @@
 
 #![allow(missing_docs)]
 
-use larder::{Cache, SqlPool, SqlSource, WriteBack, WritePolicy};
+use larder::{Cache, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::process::{Child, Command, Stdio};
@@ -218,9 +218,9 @@ async fn main() {
         ("write-through", WritePolicy::Through),
         (
             "write-back",
-            WritePolicy::Back(WriteBack {
+            WritePolicy::Back(WriteBackOptions {
                 max_delay: Duration::from_secs(1),
-                ..WriteBack::default()
+                ..WriteBackOptions::default()
             }),
         ),
     ] {

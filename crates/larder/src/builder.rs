@@ -1,12 +1,13 @@
 //! [`CacheBuilder`]: every setting of a [`Cache`], each with its default.
 //!
 //! The defaults and limits live with the option types ([`crate::policy`]'s
-//! constants, [`NearOptions`], [`WriteBack`]); [`CacheBuilder::validate`]
+//! constants, [`NearOptions`], [`WriteBackOptions`]); [`CacheBuilder::validate`]
 //! is the one check of them all, and a refused setting is an
 //! [`Error::InvalidSetting`] naming it, so a configuration file can report
 //! it at its own key.
 
 use crate::breaker::Breaker;
+use crate::cache::WritePolicy;
 use crate::cache::{Cache, Inner};
 use crate::clock::{Clock, SystemClock};
 use crate::codec::{Codec, Json};
@@ -19,8 +20,7 @@ use crate::policy::{Policy, Random};
 use crate::source::Source;
 use crate::stats::Counters;
 use crate::store::{MemoryStore, Store, DEFAULT_MEMORY_CAPACITY};
-use crate::write::WritePolicy;
-use crate::write_back::{durability, flusher, State, WriteBack};
+use crate::write_back::{durability, flusher, State, WriteBackOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -176,9 +176,9 @@ where
 
     /// With a stale value present, how long a read waits for the refresh
     /// before answering with the stale value (the refresh goes on in the
-    /// background). Default: off (stale is served at once).
-    pub fn soft_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.policy.soft_timeout = timeout.filter(|t| !t.is_zero());
+    /// background); zero turns it off. Default: zero (stale is served at once).
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.soft_timeout = Some(timeout).filter(|t| !t.is_zero());
         self
     }
 
@@ -376,7 +376,7 @@ fn write_back_state<V: Send + Sync + 'static>(
     keys: &KeySpace,
     store: &dyn Store,
     source: Option<&dyn Source<V>>,
-    settings: WriteBack,
+    settings: WriteBackOptions,
 ) -> Result<Arc<State>> {
     let Some(source) = source else {
         return Err(Error::Config(format!(

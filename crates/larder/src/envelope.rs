@@ -35,7 +35,7 @@ const KNOWN_FLAGS: u8 = FLAG_NEGATIVE | FLAG_STAMPED;
 /// Why bytes are not a valid envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum EnvelopeError {
+pub(crate) enum EnvelopeError {
     /// Fewer bytes than the header needs.
     #[error("entry is {0} bytes, shorter than the {HEADER_LEN}-byte header")]
     Truncated(usize),
@@ -52,17 +52,17 @@ pub enum EnvelopeError {
 
 /// A decoded envelope. The payload shares the buffer it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// Until when (ms since the epoch) the entry is fresh.
-    pub fresh_until: u64,
+    pub(crate) fresh_until: u64,
     /// Until when (ms since the epoch) the entry may be served stale.
-    pub stale_until: u64,
+    pub(crate) stale_until: u64,
     /// How long the load that produced it took, in µs.
-    pub load_us: u32,
+    pub(crate) load_us: u32,
     /// `None`: the source said "not found" (a negative entry).
-    pub payload: Option<Bytes>,
+    pub(crate) payload: Option<Bytes>,
     /// The generation stamp (opaque here), if the entry has one.
-    pub stamp: Option<Bytes>,
+    pub(crate) stamp: Option<Bytes>,
 }
 
 /// How an envelope's times compare with now.
@@ -75,7 +75,7 @@ pub(crate) enum Freshness {
 
 impl Envelope {
     /// Encodes header and payload into one buffer.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let payload = self.payload.as_deref().unwrap_or_default();
         // A stamp longer than a u16 cannot be written; larder's stamps are
         // bounded far below that (see generation.rs), so it is dropped.
@@ -110,7 +110,7 @@ impl Envelope {
     }
 
     /// Decodes bytes produced by [`Envelope::encode`].
-    pub fn decode(bytes: Bytes) -> Result<Self, EnvelopeError> {
+    pub(crate) fn decode(bytes: Bytes) -> Result<Self, EnvelopeError> {
         if bytes.len() < HEADER_LEN {
             return Err(EnvelopeError::Truncated(bytes.len()));
         }

@@ -104,9 +104,10 @@ pub enum Error {
         cause: Cause,
     },
 
-    /// A cached entry is not a valid larder envelope.
+    /// A cached entry is not a valid larder envelope (another program
+    /// writing larder's keys, or a format this build does not read).
     #[error("corrupt cache entry: {0}")]
-    Envelope(#[from] crate::envelope::EnvelopeError),
+    Envelope(Cause),
 
     /// The cache store (Redis) cannot be reached or timed out.
     #[error(
@@ -502,5 +503,11 @@ pub(crate) struct Message(pub(crate) String);
 impl Message {
     pub(crate) fn cause(text: impl Into<String>) -> Cause {
         Arc::new(Message(text.into()))
+    }
+}
+
+impl From<crate::envelope::EnvelopeError> for Error {
+    fn from(e: crate::envelope::EnvelopeError) -> Self {
+        Error::Envelope(Arc::new(e))
     }
 }

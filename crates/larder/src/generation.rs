@@ -39,7 +39,7 @@
 //! the store and in every process. So each tag invalidation also records
 //! *when* it happened, in the companion field `a:<tag>` (ms of larder's
 //! clock, written by the same bump script), and a compaction step
-//! ([`Store::compact_generations`](crate::store::Store::compact_generations),
+//! ([`Protocol::compact_generations`](crate::store::Protocol::compact_generations),
 //! one script on the one key) removes a tag's two fields once the tag has
 //! been idle longer than the **horizon**:
 //!
@@ -327,7 +327,7 @@ impl Generations {
     }
 
     /// Merges the store's hash into the copy (fields as
-    /// [`Store::generations`](crate::store::Store::generations) answers),
+    /// [`Protocol::generations`](crate::store::Protocol::generations) answers),
     /// field by field, keeping the larger value: a reply read before a
     /// purge or tag invalidation this copy already knows of (a late reply,
     /// or one from a lagging read) never moves a generation backwards.

@@ -11,7 +11,7 @@
 //!
 //! # Behavior
 //! - **The subscriber** runs on a connection of its own
-//!   ([`Store::subscribe`]), in a task that holds only a `Weak` reference
+//!   ([`Protocol::subscribe`](crate::store::Protocol::subscribe)), in a task that holds only a `Weak` reference
 //!   and ends when the cache is dropped. On subscribing it reads the
 //!   entity's generations, then turns the near cache on.
 //! - **A lost subscription** (dropped, killed, unanswered pings, a reader

@@ -5,6 +5,46 @@
 //! expires, no outdated value written over a newer one, numbers that show
 //! whether the cache helps.
 //!
+//! ## The map
+//!
+//! Read this first: one line per module, what it owns. Each mechanism is
+//! one module.
+//!
+//! ```text
+//! cache/           Cache<K, V> and Inner, the state every clone shares
+//!   read.rs        the read path: near cache → breaker → store → fresh/stale/missing → flight,
+//!                  one decision tree for single and batch reads
+//!   lease.rs       the lease: acquire, wait for another holder's fill, take over,
+//!                  fill once with its token, release
+//!   write.rs       the write protocol: ticket → source step → end step, detached (cancellation-safe)
+//!   warm.rs        pre-warming in batches, under the fill rule
+//!   invalidate.rs  invalidation by id, key, tag or purge; background tag compaction
+//! builder.rs       CacheBuilder: every setting, validated once
+//! policy.rs        freshness settings (ttl, stale, leases, timeouts), their defaults and limits; XFetch
+//! flight.rs        single flight: one load per key per process, shared by its waiters
+//! breaker.rs       skip a store that just failed, for a moment
+//! envelope.rs      the binary header around every cached value (times, stamp)
+//! codec.rs         how a value becomes bytes (JSON, MessagePack, raw JSON)
+//! key.rs           ids and the key layout `<prefix>:{<entity>:<shard>}:<kind>:<id>`
+//! coherence.rs     the near cache, tagger and bus of one cache, as the read and write paths use them
+//! near.rs          the near cache (L1, moka) and its tickets
+//! invalidation.rs  the invalidation bus: publish, subscribe, owed invalidations
+//! generation.rs    generations and stamps: purge and tags without touching entries
+//! store/           the shared tier: the sealed Store trait, Redis and memory stores
+//!   protocol.rs    the atomic operations the cache is built from, and their types (private)
+//!   dirty.rs       the write-back log's operations (private), on Redis in redis_dirty.rs
+//! source/          where values come from: the Source trait, FnSource, SqlSource
+//!   sql/           PostgreSQL, SQLite, MariaDB tables: schema, dialects, flushes, refusals
+//!   sql/cdc/       change notifications (PostgreSQL triggers, the listener)
+//! write_back/      write-back: options and state; writer (acknowledge), flusher (drain),
+//!                  dead letters, durability checks
+//! error.rs         Error, its kinds, and settings refused as InvalidSetting
+//! load_error.rs    LoadError: try_get_or_load's errors, the loader's type kept
+//! outcome.rs       Lookup and Outcome, the one word every read reports
+//! stats.rs         counters, read without locks; metrics.rs reports them to `metrics`
+//! clock.rs         larder's clock, which every freshness decision reads
+//! ```
+//!
 //! ## The tiers
 //!
 //! ```text
@@ -93,23 +133,22 @@ mod envelope;
 mod error;
 mod flight;
 mod key;
+mod load_error;
 mod metrics;
 mod outcome;
 mod policy;
 pub mod source;
 mod stats;
 pub mod store;
-mod warm;
-mod write;
 pub mod write_back;
 
 pub use builder::CacheBuilder;
-pub use cache::Cache;
+pub use cache::{Cache, CacheWrite, WarmOptions, WarmProgress, WritePolicy, Written, WARM_BATCH};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
-pub use envelope::{Envelope, EnvelopeError};
 pub use error::{Cause, ConstraintKind, Error, ErrorKind, Result, SchemaPart};
 pub use key::{validate_id, validate_name, CacheKey, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN};
+pub use load_error::LoadError;
 pub use outcome::{Lookup, Outcome};
 pub use policy::{
     parse_duration, DEFAULT_EARLY_REFRESH, DEFAULT_JITTER, DEFAULT_LEASE_TTL, DEFAULT_LOAD_TIMEOUT,
@@ -119,9 +158,7 @@ pub use source::{
     ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, FnSource, Source, SqlPool, SqlSource,
 };
 pub use stats::CacheStats;
-pub use warm::{WarmProgress, WARM_BATCH};
-pub use write::{CacheWrite, WritePolicy, Written};
-pub use write_back::{Closed, DeadLetter, WriteBack, WriteBackStats};
+pub use write_back::{Closed, DeadLetter, WriteBackOptions, WriteBackStats};
 
 // The near cache (L1), tags and the invalidation bus.
 mod coherence;

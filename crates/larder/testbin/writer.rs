@@ -7,7 +7,7 @@
 //! Its flusher waits `--max-delay-ms` before flushing, so a kill leaves
 //! acknowledged writes dirty in Redis.
 
-use larder::{Cache, SqlPool, SqlSource, WriteBack, WritePolicy};
+use larder::{Cache, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::time::Duration;
@@ -57,9 +57,9 @@ async fn main() -> Result<(), String> {
         .shards(8)
         .store(store)
         .source(source)
-        .write_policy(WritePolicy::Back(WriteBack {
+        .write_policy(WritePolicy::Back(WriteBackOptions {
             max_delay: Duration::from_millis(delay),
-            ..WriteBack::default()
+            ..WriteBackOptions::default()
         }))
         .build()
         .await

@@ -5,7 +5,10 @@ mod support;
 
 use async_trait::async_trait;
 use larder::store::{self, Store};
-use larder::{Cache, CacheWrite, Error, ManualClock, MessagePack, Outcome, Source, WritePolicy};
+use larder::{
+    Cache, CacheWrite, Error, LoadError, ManualClock, MessagePack, Outcome, Source, WarmOptions,
+    WritePolicy,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -147,7 +150,7 @@ impl Source<User> for TableSource {
         Ok(stored)
     }
 
-    async fn remove(&self, id: &str) -> larder::Result<bool> {
+    async fn delete(&self, id: &str) -> larder::Result<bool> {
         self.0.fail()?;
         Ok(self.0.rows.lock().expect("rows").remove(id).is_some())
     }
@@ -683,7 +686,9 @@ async fn warm_fills_in_batches(kind: Kind) {
     let mut reports = Vec::new();
     let done = f
         .cache
-        .warm(&[&1, &2, &3, &404], |p| reports.push(p))
+        .warm(&[&1, &2, &3, &404], WarmOptions::default(), |p| {
+            reports.push(p)
+        })
         .await
         .expect("warm");
     assert_eq!(
@@ -715,7 +720,7 @@ async fn warm_all_streams_every_row(kind: Kind) {
     let mut reports = Vec::new();
     let done = f
         .cache
-        .warm_all(2, |p| reports.push(p.done))
+        .warm_all(WarmOptions::default().batch(2), |p| reports.push(p.done))
         .await
         .expect("warm_all");
     assert_eq!((done.done, done.written), (5, 5));
@@ -726,7 +731,7 @@ async fn warm_all_streams_every_row(kind: Kind) {
     let err = fixture_with(kind, &[], |b| b)
         .await
         .cache
-        .warm_all(0, |_| {})
+        .warm_all(WarmOptions::default().batch(0), |_| {})
         .await
         .expect_err("batch 0");
     assert!(matches!(err, Error::Config(_)), "{err}");
@@ -738,7 +743,7 @@ async fn warming_never_overwrites_a_newer_write(kind: Kind) {
         let gate = f.table.hold();
         let warming = {
             let cache = f.cache.clone();
-            tokio::spawn(async move { cache.warm(&[&1], |_| {}).await })
+            tokio::spawn(async move { cache.warm(&[&1], WarmOptions::default(), |_| {}).await })
         };
         f.table.entered.notified().await; // the warm-up's load is in flight
         f.cache.put(&1, &user(1, "newer")).await.expect("put");
@@ -770,7 +775,7 @@ async fn a_load_past_load_timeout_fails_with_a_timeout(kind: Kind) {
 
 async fn soft_timeout_serves_stale_then_the_refresh_lands(kind: Kind) {
     let f = fixture_with(kind, &[user(1, "v1")], |b| {
-        b.soft_timeout(Some(Duration::from_millis(20)))
+        b.soft_timeout(Duration::from_millis(20))
             .load_timeout(Duration::from_secs(2))
     })
     .await;
@@ -901,5 +906,99 @@ async fn a_read_after_an_invalidation_does_not_join_a_load_that_began_before_it(
             (Some("new"), Outcome::Hit),
             "the older load's fill was refused ({url})"
         );
+    }
+}
+
+/// A loader error of the application's own type.
+#[derive(Debug)]
+struct Unreachable {
+    shard: u32,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {} is unreachable", self.shard)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// Tells a channel when it is dropped: a caller's loader is dropped
+/// unrun when the caller joins a load already in flight.
+struct DropSignal(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn try_get_or_load_gives_every_waiter_the_same_loader_error() {
+    for url in ["memory://".to_owned(), support::redis_url()] {
+        let store = store::connect(&url).await.expect("store");
+        let cache: Cache<u64, String> = Cache::builder()
+            .prefix(support::unique("try_load"))
+            .entity("e")
+            .store(store)
+            .build()
+            .await
+            .expect("cache");
+        let loads = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .try_get_or_load(&1, move || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        let _ = started_tx.send(());
+                        let _ = release_rx.await;
+                        Err::<Option<String>, _>(Unreachable { shard: 3 })
+                    })
+                    .await
+            })
+        };
+        started_rx.await.expect("the first load started");
+        let (joined_tx, joined_rx) = tokio::sync::oneshot::channel::<()>();
+        let second = {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            let signal = DropSignal(Some(joined_tx));
+            tokio::spawn(async move {
+                cache
+                    .try_get_or_load(&1, move || async move {
+                        let _signal = signal;
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        Err::<Option<String>, _>(Unreachable { shard: 4 })
+                    })
+                    .await
+            })
+        };
+        // The second caller's loader is dropped unrun: it joined the flight.
+        joined_rx.await.expect("the second caller joined");
+        let _ = release_tx.send(());
+        let first = first.await.expect("task").expect_err("the load failed");
+        let second = second.await.expect("task").expect_err("the load failed");
+        let (LoadError::Load(a), LoadError::Load(b)) = (&first, &second) else {
+            panic!("{url}: a loader error, typed: {first:?} / {second:?}");
+        };
+        assert!(Arc::ptr_eq(a, b), "{url}: one error, shared");
+        assert_eq!(a.shard, 3, "{url}");
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "{url}: one load ran");
+        // A cache failure is the cache's: a key the source refuses.
+        let bad: Cache<str, String> = Cache::builder()
+            .prefix(support::unique("try_load"))
+            .entity("e")
+            .build()
+            .await
+            .expect("cache");
+        let refused = bad
+            .try_get_or_load("", || async { Ok::<_, Unreachable>(None) })
+            .await
+            .expect_err("an empty key");
+        assert!(matches!(refused, LoadError::Cache(_)), "{refused:?}");
     }
 }

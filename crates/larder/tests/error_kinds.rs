@@ -7,7 +7,7 @@ mod support;
 
 use larder::source::{SqlPool, SqlSource};
 use larder::{
-    Cache, ConstraintKind, Error, ErrorKind, NearOptions, RawJson, SchemaPart, WriteBack,
+    Cache, ConstraintKind, Error, ErrorKind, NearOptions, RawJson, SchemaPart, WriteBackOptions,
     WritePolicy,
 };
 use std::time::Duration;
@@ -269,20 +269,20 @@ fn refused_setting(
 
 #[test]
 fn refused_settings_name_the_setting() {
-    let back = |wb: WriteBack| {
+    let back = |wb: WriteBackOptions| {
         move |b: larder::CacheBuilder<u64, String>| b.write_policy(WritePolicy::Back(wb))
     };
-    let (setting, reason) = refused_setting(back(WriteBack {
-        batch: WriteBack::MAX_BATCH + 1,
-        ..WriteBack::default()
+    let (setting, reason) = refused_setting(back(WriteBackOptions {
+        batch: WriteBackOptions::MAX_BATCH + 1,
+        ..WriteBackOptions::default()
     }));
     assert_eq!(
         (setting, reason.as_str()),
         ("write_back.batch", "must be at most 10000")
     );
-    let (setting, _) = refused_setting(back(WriteBack {
+    let (setting, _) = refused_setting(back(WriteBackOptions {
         flush_lease: Duration::from_millis(99),
-        ..WriteBack::default()
+        ..WriteBackOptions::default()
     }));
     assert_eq!(setting, "write_back.flush_lease");
     let (setting, _) = refused_setting(|b| {
@@ -307,10 +307,10 @@ fn refused_settings_name_the_setting() {
     // The limits themselves are accepted.
     Cache::<u64, String>::builder()
         .entity("e")
-        .write_policy(WritePolicy::Back(WriteBack {
-            batch: WriteBack::MAX_BATCH,
-            flush_lease: WriteBack::MIN_FLUSH_LEASE,
-            ..WriteBack::default()
+        .write_policy(WritePolicy::Back(WriteBackOptions {
+            batch: WriteBackOptions::MAX_BATCH,
+            flush_lease: WriteBackOptions::MIN_FLUSH_LEASE,
+            ..WriteBackOptions::default()
         }))
         .near(NearOptions::default())
         .validate()

@@ -9,7 +9,9 @@
 mod support;
 
 use larder::store::{self, Store};
-use larder::{Cache, FnSource, NearOptions, Outcome, SqlPool, SqlSource, WriteBack, WritePolicy};
+use larder::{
+    Cache, FnSource, NearOptions, Outcome, SqlPool, SqlSource, WriteBackOptions, WritePolicy,
+};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::MetricKind;
 use std::collections::HashMap;
@@ -213,9 +215,9 @@ async fn counters_and_metrics_count_known_traffic() {
                 .await
                 .expect("source"),
         )
-        .write_policy(WritePolicy::Back(WriteBack {
+        .write_policy(WritePolicy::Back(WriteBackOptions {
             max_delay: Duration::from_secs(60),
-            ..WriteBack::default()
+            ..WriteBackOptions::default()
         }))
         .build()
         .await

@@ -11,7 +11,7 @@
 mod support;
 
 use larder::source::{Source, SqlPool, SqlSource};
-use larder::{Cache, CacheWrite, Error, Outcome, RawJson, SchemaPart, WritePolicy};
+use larder::{Cache, CacheWrite, Error, Outcome, RawJson, SchemaPart, WarmOptions, WritePolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
@@ -400,8 +400,8 @@ async fn write_through_put_patch_delete(db: &Db) {
     assert_eq!(typed.name, "six");
 
     // DELETE.
-    assert!(src.remove_id("5").await.expect("delete"));
-    assert!(!src.remove_id("5").await.expect("delete again"));
+    assert!(src.delete_id("5").await.expect("delete"));
+    assert!(!src.delete_id("5").await.expect("delete again"));
     assert!(src.load_json("5").await.expect("load").is_none());
     assert_eq!(db.count("items").await, 2);
 }
@@ -551,7 +551,10 @@ async fn cache_patterns_over_the_source(db: &Db) {
 
     // Pre-warming: every row into the cache.
     through.invalidate(&1).await.expect("invalidate");
-    let warmed = through.warm_all(10, |_| {}).await.expect("warm");
+    let warmed = through
+        .warm_all(WarmOptions::default().batch(10), |_| {})
+        .await
+        .expect("warm");
     assert_eq!(warmed.written, 1);
     assert_eq!(through.get(&1).await.expect("get").outcome, Outcome::Hit);
 }

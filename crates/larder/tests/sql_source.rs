@@ -444,8 +444,8 @@ async fn typed_store_and_remove(db: &Db) {
     assert_eq!(many, vec![("10".to_owned(), user.clone())]);
     assert!(Source::<User>::is_writable(&src));
 
-    assert!(Source::<User>::remove(&src, "010").await.expect("remove"));
-    assert!(!src.remove_id("10").await.expect("remove again"));
+    assert!(Source::<User>::delete(&src, "010").await.expect("remove"));
+    assert!(!src.delete_id("10").await.expect("remove again"));
     assert!(src.load_json("10").await.expect("load").is_none());
     assert_eq!(db.count("users").await, 0);
 }
@@ -532,7 +532,7 @@ async fn views_are_read_only(db: &Db) {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        view.remove_id("2").await,
+        view.delete_id("2").await,
         Err(Error::ReadOnly { .. })
     ));
     let typed = User {
@@ -1057,7 +1057,7 @@ async fn postgres_uuid_keys() {
     let page = src.load_page_json(Some(canonical), 10).await.expect("page");
     assert_eq!(page.len(), 1);
     assert!(src
-        .remove_id(&canonical.to_uppercase())
+        .delete_id(&canonical.to_uppercase())
         .await
         .expect("remove"));
     db.close().await;

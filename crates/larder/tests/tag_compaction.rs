@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use larder::store::{self, MemoryStore, Store};
 use larder::{
-    Cache, CacheBuilder, Envelope, Error, ManualClock, Outcome, Source, WriteBack, WritePolicy,
+    Cache, CacheBuilder, Error, ManualClock, Outcome, Source, WriteBackOptions, WritePolicy,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -249,17 +249,23 @@ async fn compaction_runs_in_the_background(kind: Kind) {
 /// Plants `entry` (an envelope read from the store) again, made fresh for
 /// an hour of the test's clock: an entry stamped before the invalidation
 /// that is still alive (a late fill, a slow flush), the worst case.
+///
+/// The times are rewritten in place, at their offsets in the envelope's
+/// fixed header (bytes 4..12 `fresh_until`, 12..20 `stale_until`, ms since
+/// the epoch, big-endian; see `envelope.rs`); the stamp and payload stay.
 async fn plant(w: &World, entry: &Bytes) {
-    let mut env = Envelope::decode(entry.clone()).expect("envelope");
+    let mut env = entry.to_vec();
+    assert!(env.len() >= 24 && env[0] == b'L', "a larder envelope");
     let now = larder::Clock::now_ms(&w.clock);
-    env.fresh_until = now + 3_600_000;
-    env.stale_until = now + 3_600_000;
+    let until = (now + 3_600_000).to_be_bytes();
+    env[4..12].copy_from_slice(&until);
+    env[12..20].copy_from_slice(&until);
     let prefix = &w.prefix;
     w.store
         .set(
             &format!("{prefix}:{{rows:0}}:v:1"),
             &format!("{prefix}:{{rows:0}}:l:1"),
-            &env.encode(),
+            &env,
             Duration::from_secs(3600),
         )
         .await
@@ -393,10 +399,10 @@ async fn a_tag_stays_while_an_older_dirty_record_is_pending() {
     let cache: Cache<u64, Row> = w
         .builder()
         .shards(4)
-        .write_policy(WritePolicy::Back(WriteBack {
+        .write_policy(WritePolicy::Back(WriteBackOptions {
             max_delay,
             require_durable: false,
-            ..WriteBack::default()
+            ..WriteBackOptions::default()
         }))
         .build()
         .await

@@ -9,7 +9,9 @@ mod support;
 use support::wait::eventually;
 
 use larder::store::Store;
-use larder::{Cache, CacheWrite, Error, Outcome, SqlPool, SqlSource, WriteBack, WritePolicy};
+use larder::{
+    Cache, CacheWrite, Error, Outcome, SqlPool, SqlSource, WriteBackOptions, WritePolicy,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -48,7 +50,7 @@ impl Fixture {
     async fn try_cache_on(
         &self,
         url: &str,
-        settings: WriteBack,
+        settings: WriteBackOptions,
     ) -> larder::Result<Cache<i64, Account>> {
         cache_on(
             redis(url).await,
@@ -60,18 +62,18 @@ impl Fixture {
     }
 
     /// A write-back cache of accounts on the fixture's durable Redis.
-    async fn cache(&self, settings: WriteBack) -> Cache<i64, Account> {
+    async fn cache(&self, settings: WriteBackOptions) -> Cache<i64, Account> {
         self.try_cache_on(&self.server.url(), settings)
             .await
             .expect("cache")
     }
 }
 
-fn settings(max_delay_ms: u64) -> WriteBack {
-    WriteBack {
+fn settings(max_delay_ms: u64) -> WriteBackOptions {
+    WriteBackOptions {
         max_delay: Duration::from_millis(max_delay_ms),
         flush_lease: Duration::from_millis(1000),
-        ..WriteBack::default()
+        ..WriteBackOptions::default()
     }
 }
 
@@ -79,7 +81,7 @@ async fn cache_on(
     store: Arc<dyn Store>,
     source: SqlSource,
     prefix: &str,
-    settings: WriteBack,
+    settings: WriteBackOptions,
 ) -> larder::Result<Cache<i64, Account>> {
     Cache::builder()
         .prefix(prefix)
@@ -252,41 +254,69 @@ async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone() {
 async fn a_fill_never_overwrites_a_pending_write() {
     let server = RedisServer::durable();
     let store = redis(&server.url()).await;
-    let lease = larder::store::LeaseRequest {
-        value_key: "t:{e:0}:v:1".into(),
-        lease_key: "t:{e:0}:l:1".into(),
-        dirty_key: "t:{e:0}:d:1".into(),
-        token: "reader".into(),
-        ttl: Duration::from_secs(5),
-        if_absent: true,
+    // One shard: id 1's keys are `t:{e:0}:<kind>:1` (value `v`, lease `l`,
+    // dirty record `d`), as the README's key layout names them.
+    let cache: Cache<u64, String> = Cache::builder()
+        .prefix("t")
+        .entity("e")
+        .shards(1)
+        .store(store.clone())
+        .build()
+        .await
+        .expect("cache");
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load(&1, move || async move {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await;
+                    Ok::<_, std::convert::Infallible>(Some("old".to_owned()))
+                })
+                .await
+        })
     };
-    assert!(matches!(
-        store.acquire(&lease).await.expect("acquire"),
-        larder::store::Acquired::Lease { .. }
-    ));
+    started_rx.await.expect("the reader loads");
+    assert_eq!(
+        support::resp::cmd(server.addr(), &["EXISTS", "t:{e:0}:l:1"]).expect("EXISTS"),
+        support::resp::Reply::Int(1),
+        "the reader holds the lease"
+    );
     // A pending write lands while the reader loads (here without voiding
     // its lease, to show the fill script's own check).
     support::resp::cmd(
         server.addr(),
-        &["HSET", "t:{e:0}:d:1", "seq", "1", "del", "0", "val", "new"],
+        &[
+            "HSET",
+            "t:{e:0}:d:1",
+            "seq",
+            "1",
+            "del",
+            "0",
+            "val",
+            "\"new\"",
+        ],
     )
     .expect("HSET");
-    let fill = larder::store::Fill {
-        value_key: lease.value_key.clone(),
-        lease_key: lease.lease_key.clone(),
-        dirty_key: lease.dirty_key.clone(),
-        token: "reader".into(),
-        value: b"old".to_vec(),
-        ttl: Duration::from_secs(5),
-    };
-    assert!(
-        !store.fill(&fill).await.expect("fill"),
+    let _ = release_tx.send(());
+    let read = reader.await.expect("task").expect("read");
+    assert_eq!(read.value.as_deref().map(String::as_str), Some("old"));
+    assert_eq!(
+        cache.stats().fills_refused,
+        1,
         "a fill over a pending write is refused"
     );
     assert_eq!(store.get("t:{e:0}:v:1").await.expect("get"), None);
+    // The next miss finds the pending write and answers it.
+    let next = cache
+        .get_or_load(&1, || async { Ok::<_, std::convert::Infallible>(None) })
+        .await
+        .expect("read");
     assert_eq!(
-        store.acquire(&lease).await.expect("acquire"),
-        larder::store::Acquired::Dirty(Some(bytes::Bytes::from_static(b"new")))
+        (next.outcome, next.value.as_deref().map(String::as_str)),
+        (Outcome::Hit, Some("new"))
     );
 }
 
@@ -322,7 +352,7 @@ async fn write_back_refuses_stores_that_could_lose_acknowledged_writes() {
         .expect_err("everysec");
     assert!(refusal(e).contains("appendfsync everysec"));
 
-    let waived = WriteBack {
+    let waived = WriteBackOptions {
         require_durable: false,
         ..settings(50)
     };
@@ -610,7 +640,7 @@ async fn a_flusher_stalled_past_its_lease_is_fenced_by_the_database() {
         &source,
         FlushBatch {
             upserts: &rows,
-            removes: &[],
+            deletes: &[],
             fence: newer,
             statement_timeout: Duration::from_secs(2),
         },
@@ -622,7 +652,7 @@ async fn a_flusher_stalled_past_its_lease_is_fenced_by_the_database() {
         &source,
         FlushBatch {
             upserts: &old_rows,
-            removes: &[],
+            deletes: &[],
             fence: stale,
             statement_timeout: Duration::from_secs(2),
         },
@@ -734,7 +764,7 @@ async fn write_back_flushes_into_sqlite_too() {
 #[tokio::test]
 async fn a_full_backlog_makes_writers_fail_until_it_drains() {
     let f = Fixture::new().await;
-    let bounded = WriteBack {
+    let bounded = WriteBackOptions {
         max_backlog: 5,
         ..settings(60_000)
     };

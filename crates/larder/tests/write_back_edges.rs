@@ -9,7 +9,9 @@
 mod support;
 
 use larder::store::Store;
-use larder::{Cache, Error, NearOptions, Outcome, SqlPool, SqlSource, WriteBack, WritePolicy};
+use larder::{
+    Cache, Error, NearOptions, Outcome, SqlPool, SqlSource, WriteBackOptions, WritePolicy,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::accounts::{account, Account, Db};
@@ -21,11 +23,11 @@ use support::RedisServer;
 /// even on a loaded machine).
 const MAX_DELAY: Duration = Duration::from_millis(500);
 
-fn settings() -> WriteBack {
-    WriteBack {
+fn settings() -> WriteBackOptions {
+    WriteBackOptions {
         max_delay: MAX_DELAY,
         flush_lease: Duration::from_secs(4),
-        ..WriteBack::default()
+        ..WriteBackOptions::default()
     }
 }
 

@@ -9,7 +9,7 @@
 mod support;
 
 use larder::source::{Fence, FlushBatch, Source};
-use larder::{Cache, CacheWrite, Error, SqlPool, SqlSource, WriteBack, WritePolicy};
+use larder::{Cache, CacheWrite, Error, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use support::RedisServer;
@@ -131,10 +131,10 @@ async fn cache(server: &RedisServer, source: SqlSource, prefix: &str) -> Cache<i
                 .expect("redis"),
         )
         .source(source)
-        .write_policy(WritePolicy::Back(WriteBack {
+        .write_policy(WritePolicy::Back(WriteBackOptions {
             max_delay: Duration::from_secs(60),
             flush_lease: Duration::from_secs(2),
-            ..WriteBack::default()
+            ..WriteBackOptions::default()
         }))
         .early_refresh(0.0)
         .build()
@@ -226,7 +226,7 @@ async fn the_fence_stops_a_stalled_flusher() {
         &source,
         FlushBatch {
             upserts: &newest,
-            removes: &[],
+            deletes: &[],
             fence: fence(1_000),
             statement_timeout: Duration::from_secs(2),
         },
@@ -240,7 +240,7 @@ async fn the_fence_stops_a_stalled_flusher() {
         &source,
         FlushBatch {
             upserts: &stale,
-            removes: &[],
+            deletes: &[],
             fence: fence(5),
             statement_timeout: Duration::from_secs(2),
         },
@@ -267,7 +267,7 @@ async fn the_fence_stops_a_stalled_flusher() {
             &source,
             FlushBatch {
                 upserts: &again,
-                removes: &[],
+                deletes: &[],
                 fence: Fence {
                     entity: entity.clone(),
                     shard,
@@ -314,7 +314,7 @@ async fn a_lock_wait_fails_the_batch_whole_as_unavailable() {
         &source,
         FlushBatch {
             upserts: &rows,
-            removes: &[],
+            deletes: &[],
             fence: Fence {
                 entity: entity.clone(),
                 shard: 0,
@@ -336,7 +336,7 @@ async fn a_lock_wait_fails_the_batch_whole_as_unavailable() {
         &source,
         FlushBatch {
             upserts: &rows,
-            removes: &[],
+            deletes: &[],
             fence: Fence {
                 entity,
                 shard: 0,

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use larder::source::FlushBatch;
 use larder::store::{MemoryStore, Store};
-use larder::{Cache, Error, NearOptions, Source, SqlPool, SqlSource, WriteBack, WritePolicy};
+use larder::{
+    Cache, Error, NearOptions, Source, SqlPool, SqlSource, WriteBackOptions, WritePolicy,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -105,8 +107,8 @@ impl Source<Account> for Paused {
         patched
     }
 
-    async fn remove(&self, id: &str) -> larder::Result<bool> {
-        Source::<Account>::remove(&self.inner, id).await
+    async fn delete(&self, id: &str) -> larder::Result<bool> {
+        Source::<Account>::delete(&self.inner, id).await
     }
 
     fn check(&self, id: &str, value: &Account) -> larder::Result<()> {
@@ -373,11 +375,11 @@ async fn an_invalidation_during_a_flush_is_not_overwritten_by_its_refresh() {
     let db = Db::new().await;
     let prefix = support::unique("we");
     let setup = Setup {
-        policy: WritePolicy::Back(WriteBack {
+        policy: WritePolicy::Back(WriteBackOptions {
             max_delay: Duration::from_millis(20),
             flush_lease: Duration::from_millis(1000),
             require_durable: false,
-            ..WriteBack::default()
+            ..WriteBackOptions::default()
         }),
         ..Setup::new(&db, &prefix)
     };
@@ -467,10 +469,10 @@ async fn a_compare_and_set_that_keeps_losing_is_busy() {
     let db = Db::new().await;
     let prefix = support::unique("we");
     let setup = Setup {
-        policy: WritePolicy::Back(WriteBack {
+        policy: WritePolicy::Back(WriteBackOptions {
             max_delay: Duration::from_millis(20),
             require_durable: false,
-            ..WriteBack::default()
+            ..WriteBackOptions::default()
         }),
         ..Setup::new(&db, &prefix)
     };

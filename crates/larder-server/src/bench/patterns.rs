@@ -15,7 +15,7 @@ use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
 use hdrhistogram::Histogram;
 use larder::source::{FlushBatch, Flushed};
-use larder::{Cache, NearOptions, Source, SqlPool, SqlSource, WriteBack, WritePolicy};
+use larder::{Cache, NearOptions, Source, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -168,10 +168,10 @@ impl Source<Row> for CountedSource {
         self.sql.store_many(rows).await
     }
 
-    async fn remove(&self, id: &str) -> larder::Result<bool> {
+    async fn delete(&self, id: &str) -> larder::Result<bool> {
         self.delay().await;
         Self::count(&self.counts.writes, 1);
-        Source::<Row>::remove(&self.sql, id).await
+        Source::<Row>::delete(&self.sql, id).await
     }
 
     fn check(&self, id: &str, value: &Row) -> larder::Result<()> {
@@ -190,7 +190,7 @@ impl Source<Row> for CountedSource {
         self.delay().await;
         Self::count(
             &self.counts.writes,
-            batch.upserts.len() + batch.removes.len(),
+            batch.upserts.len() + batch.deletes.len(),
         );
         self.sql.flush(batch).await
     }
@@ -652,9 +652,9 @@ async fn build(
         Pattern::WriteBack => (
             ReadPath::Through,
             WritePath::Put,
-            Some(WritePolicy::Back(WriteBack {
+            Some(WritePolicy::Back(WriteBackOptions {
                 require_durable: false,
-                ..WriteBack::default()
+                ..WriteBackOptions::default()
             })),
             false,
         ),

@@ -385,7 +385,7 @@ pub async fn warm(
     let e = entity(&state, &name)?;
     let done = e
         .cache
-        .warm_all(larder::WARM_BATCH, |_| {})
+        .warm_all(larder::WarmOptions::default(), |_| {})
         .await
         .map_err(engine(e))?;
     Ok(axum::Json(serde_json::json!({

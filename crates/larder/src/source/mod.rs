@@ -1,7 +1,7 @@
 //! Sources: the primary data store, the truth behind the cache.
 //!
 //! A [`Source`] loads rows by id (one, or many in one query) and, when it is
-//! writable, stores and removes them. [`SqlSource`] maps an entity to a
+//! writable, stores and deletes them. [`SqlSource`] maps an entity to a
 //! PostgreSQL, SQLite or MariaDB table; [`FnSource`] wraps a closure for
 //! cache-aside users whose data comes from anywhere.
 
@@ -41,7 +41,7 @@ pub struct FlushBatch<'a, V> {
     /// Rows to insert or replace (ids distinct).
     pub upserts: &'a [(String, V)],
     /// Ids to delete.
-    pub removes: &'a [String],
+    pub deletes: &'a [String],
     /// The flusher's fence.
     pub fence: Fence,
     /// The longest any statement may run (kept below the flush lease).
@@ -147,7 +147,7 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
     }
 
     /// Deletes a row; whether there was one. Default: refused.
-    async fn remove(&self, id: &str) -> Result<bool> {
+    async fn delete(&self, id: &str) -> Result<bool> {
         let _ = id;
         Err(self.read_only())
     }
@@ -187,15 +187,15 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
     /// [`Flushed`]). A fencing source does it in one transaction that
     /// first checks the fence and fails with [`Error::Fenced`] when a newer
     /// flusher committed. An error means nothing was committed. Default:
-    /// `store_many`, then one `remove` per id, unfenced.
+    /// `store_many`, then one `delete` per id, unfenced.
     async fn flush(&self, batch: FlushBatch<'_, V>) -> Result<Flushed<V>> {
         let stored = if batch.upserts.is_empty() {
             Vec::new()
         } else {
             self.store_many(batch.upserts).await?
         };
-        for id in batch.removes {
-            self.remove(id).await?;
+        for id in batch.deletes {
+            self.delete(id).await?;
         }
         Ok(Flushed::new(stored))
     }

@@ -13,7 +13,9 @@
 //! - TTLs use the monotonic clock; they only collect garbage; freshness is
 //!   decided by the cache from the envelope.
 
-use super::{Acquired, Fill, LeaseRequest, Store, Subscription, WriteEnd, WriteKeys, WriteTicket};
+use super::{
+    Acquired, Fill, LeaseRequest, Protocol, Store, Subscription, WriteEnd, WriteKeys, WriteTicket,
+};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -53,7 +55,7 @@ struct Map {
     misses: u64,
 }
 
-/// One key's write bookkeeping (see [`Store::write_begin`]).
+/// One key's write bookkeeping (see [`Protocol::write_begin`]).
 #[derive(Debug, Clone, Copy)]
 struct WriteBook {
     /// The newest sequence handed out (or bumped by an invalidation).
@@ -444,6 +446,26 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    /// The map's own figures: bytes of keys and values, keys held, keys
+    /// evicted (capacity is a number of keys, so no `maxmemory`) and expired,
+    /// lookups of `get`/`get_many`.
+    async fn server_info(&self) -> Result<super::ServerInfo> {
+        let map = self.lock();
+        let bytes: usize = map.slots.iter().map(|(k, s)| k.len() + s.value.len()).sum();
+        Ok(super::ServerInfo {
+            used_memory: Some(bytes as u64),
+            evicted_keys: Some(map.evicted),
+            expired_keys: Some(map.expired),
+            keyspace_hits: Some(map.hits),
+            keyspace_misses: Some(map.misses),
+            keys: Some(map.slots.len() as u64),
+            ..Default::default()
+        })
+    }
+}
+
+#[async_trait]
+impl Protocol for MemoryStore {
     async fn acquire(&self, request: &LeaseRequest) -> Result<Acquired> {
         Ok(Self::acquire_locked(
             &mut self.lock(),
@@ -657,23 +679,6 @@ impl Store for MemoryStore {
         }
         removed.sort();
         Ok(super::Compacted { floor, removed })
-    }
-
-    /// The map's own figures: bytes of keys and values, keys held, keys
-    /// evicted (capacity is a number of keys, so no `maxmemory`) and expired,
-    /// lookups of `get`/`get_many`.
-    async fn server_info(&self) -> Result<super::ServerInfo> {
-        let map = self.lock();
-        let bytes: usize = map.slots.iter().map(|(k, s)| k.len() + s.value.len()).sum();
-        Ok(super::ServerInfo {
-            used_memory: Some(bytes as u64),
-            evicted_keys: Some(map.evicted),
-            expired_keys: Some(map.expired),
-            keyspace_hits: Some(map.hits),
-            keyspace_misses: Some(map.misses),
-            keys: Some(map.slots.len() as u64),
-            ..Default::default()
-        })
     }
 }
 

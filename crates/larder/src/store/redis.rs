@@ -13,7 +13,9 @@
 //!   fails with [`Error::StoreUnavailable`] whose cause names the
 //!   certificate problem.
 
-use super::{Acquired, Fill, LeaseRequest, Store, Subscription, WriteEnd, WriteKeys, WriteTicket};
+use super::{
+    Acquired, Fill, LeaseRequest, Protocol, Store, Subscription, WriteEnd, WriteKeys, WriteTicket,
+};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -524,6 +526,31 @@ impl Store for RedisStore {
             .map_err(|e| self.error(e))
     }
 
+    async fn server_info(&self) -> Result<super::ServerInfo> {
+        let mut conn = self.conn();
+        // The default sections hold memory, stats and clients.
+        let text: String = redis::cmd("INFO")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut info = super::ServerInfo::parse_info(&text);
+        if info.maxmemory_policy.is_none() {
+            // Some managed Redis hide fields of INFO; CONFIG may answer (or be refused).
+            let pair: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async(&mut conn)
+                .await;
+            if let Ok([_, policy]) = pair.as_deref() {
+                info.maxmemory_policy = Some(policy.clone());
+            }
+        }
+        Ok(info)
+    }
+}
+
+#[async_trait]
+impl Protocol for RedisStore {
     async fn acquire(&self, r: &LeaseRequest) -> Result<Acquired> {
         let mut inv = ACQUIRE.prepare_invoke();
         inv.key(&r.value_key)
@@ -721,28 +748,6 @@ impl Store for RedisStore {
         removed.sort();
         Ok(super::Compacted { floor, removed })
     }
-
-    async fn server_info(&self) -> Result<super::ServerInfo> {
-        let mut conn = self.conn();
-        // The default sections hold memory, stats and clients.
-        let text: String = redis::cmd("INFO")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
-        let mut info = super::ServerInfo::parse_info(&text);
-        if info.maxmemory_policy.is_none() {
-            // Some managed Redis hide fields of INFO; CONFIG may answer (or be refused).
-            let pair: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory-policy")
-                .query_async(&mut conn)
-                .await;
-            if let Ok([_, policy]) = pair.as_deref() {
-                info.maxmemory_policy = Some(policy.clone());
-            }
-        }
-        Ok(info)
-    }
 }
 
 static GENERATIONS: LazyLock<Script> = LazyLock::new(|| {
@@ -770,7 +775,7 @@ return seq
     )
 });
 
-/// Removes tags idle past the horizon (see `Store::compact_generations`).
+/// Removes tags idle past the horizon (see `Protocol::compact_generations`).
 /// `seq` values stay strings (compared with `tonumber`: they are below
 /// 2^53) so that none is reformatted by Lua's number conversion.
 static COMPACT_GENERATIONS: LazyLock<Script> = LazyLock::new(|| {

@@ -12,12 +12,16 @@
 //!   TTL, so `volatile-*` policies and `noeviction` leave them alone):
 //!   always refused.
 
-use super::WriteBack;
+use super::WriteBackOptions;
 use crate::error::{Error, Result};
 use crate::store::{Durability, Store};
 
 /// Checks the store's settings for write-back of `entity`.
-pub(crate) async fn check(entity: &str, store: &dyn Store, settings: &WriteBack) -> Result<()> {
+pub(crate) async fn check(
+    entity: &str,
+    store: &dyn Store,
+    settings: &WriteBackOptions,
+) -> Result<()> {
     let refuse = |reason: String| Error::NotDurable {
         entity: entity.to_owned(),
         store: store.name().to_owned(),

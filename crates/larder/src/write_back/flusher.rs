@@ -66,30 +66,30 @@ pub(crate) enum Round {
 /// A batch being committed: rows to upsert, ids to delete.
 struct Group<V> {
     upserts: Vec<(String, V)>,
-    removes: Vec<String>,
+    deletes: Vec<String>,
 }
 
 impl<V> Group<V> {
     fn len(&self) -> usize {
-        self.upserts.len() + self.removes.len()
+        self.upserts.len() + self.deletes.len()
     }
 
     /// Splits a group of two or more in two non-empty parts: upserts from
     /// deletes, else halves.
     fn split(mut self) -> (Self, Self) {
-        if !self.upserts.is_empty() && !self.removes.is_empty() {
-            let removes = std::mem::take(&mut self.removes);
+        if !self.upserts.is_empty() && !self.deletes.is_empty() {
+            let deletes = std::mem::take(&mut self.deletes);
             return (
                 self,
                 Group {
                     upserts: Vec::new(),
-                    removes,
+                    deletes,
                 },
             );
         }
         let upserts = self.upserts.split_off(self.upserts.len() / 2);
-        let removes = self.removes.split_off(self.removes.len() / 2);
-        (self, Group { upserts, removes })
+        let deletes = self.deletes.split_off(self.deletes.len() / 2);
+        (self, Group { upserts, deletes })
     }
 }
 
@@ -268,7 +268,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let seqs: HashMap<String, u64> = records.iter().map(|r| (r.id.clone(), r.seq)).collect();
         let mut first = Group {
             upserts: Vec::new(),
-            removes: Vec::new(),
+            deletes: Vec::new(),
         };
         for record in records {
             match &record.payload {
@@ -279,7 +279,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                             .await?
                     }
                 },
-                None => first.removes.push(record.id),
+                None => first.deletes.push(record.id),
             }
         }
         let fence = Fence {
@@ -325,7 +325,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                             .upserts
                             .first()
                             .map(|(id, _)| id)
-                            .or(group.removes.first())
+                            .or(group.deletes.first())
                             .cloned()
                             .unwrap_or_default();
                         refused.push((id, e));
@@ -407,7 +407,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let timeout = state.settings.statement_timeout();
         let batch = FlushBatch {
             upserts: &group.upserts,
-            removes: &group.removes,
+            deletes: &group.deletes,
             fence: fence.clone(),
             statement_timeout: timeout,
         };
@@ -456,7 +456,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 });
             clears.push(self.clear_of(id, refresh, seqs));
         }
-        for id in &group.removes {
+        for id in &group.deletes {
             let refresh = match self.coherence.stamp(seq, None, &[]) {
                 Ok(stamp) if !self.policy.negative_ttl.is_zero() && !unread.contains(id) => {
                     Some(self.envelope(None, 0, stamp))
@@ -555,7 +555,7 @@ fn forget_fk_attempts<V>(state: &State, group: &Group<V>) {
     if attempts.is_empty() {
         return;
     }
-    for id in group.upserts.iter().map(|(id, _)| id).chain(&group.removes) {
+    for id in group.upserts.iter().map(|(id, _)| id).chain(&group.deletes) {
         attempts.remove(id);
     }
 }
@@ -587,24 +587,24 @@ mod tests {
         assert!(!same_way(&invalid("1"), &source("P0001")));
     }
 
-    fn group(upserts: usize, removes: usize) -> Group<usize> {
+    fn group(upserts: usize, deletes: usize) -> Group<usize> {
         Group {
             upserts: (0..upserts).map(|i| (i.to_string(), i)).collect(),
-            removes: (0..removes).map(|i| format!("r{i}")).collect(),
+            deletes: (0..deletes).map(|i| format!("r{i}")).collect(),
         }
     }
 
     #[test]
     fn every_split_makes_progress() {
         for upserts in 0..6 {
-            for removes in 0..6 {
-                let total = upserts + removes;
+            for deletes in 0..6 {
+                let total = upserts + deletes;
                 if total < 2 {
                     continue;
                 }
-                let (a, b) = group(upserts, removes).split();
+                let (a, b) = group(upserts, deletes).split();
                 assert_eq!(a.len() + b.len(), total);
-                assert!(a.len() > 0 && b.len() > 0, "{upserts}+{removes}");
+                assert!(a.len() > 0 && b.len() > 0, "{upserts}+{deletes}");
             }
         }
     }

@@ -61,16 +61,16 @@ use tokio::sync::Notify;
 /// type.
 ///
 /// ```
-/// use larder::WriteBack;
+/// use larder::WriteBackOptions;
 /// use std::time::Duration;
-/// let settings = WriteBack { max_delay: Duration::from_millis(200), ..WriteBack::default() };
+/// let settings = WriteBackOptions { max_delay: Duration::from_millis(200), ..WriteBackOptions::default() };
 /// assert_eq!(settings.batch, 500);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct WriteBack {
+pub struct WriteBackOptions {
     /// The most records one flush writes (one upsert statement), 1 to
-    /// 10,000 ([`WriteBack::MAX_BATCH`]). Default: 500.
+    /// 10,000 ([`WriteBackOptions::MAX_BATCH`]). Default: 500.
     pub batch: usize,
     /// How long a write may wait to be coalesced with later writes of the
     /// same id before it is flushed; above 0. Default: 1 s.
@@ -78,7 +78,7 @@ pub struct WriteBack {
     pub max_delay: Duration,
     /// How long a flusher owns a shard without renewing; after a crash the
     /// shard drains within `flush_lease + max_delay`. Statements time out
-    /// at half of it. At least 100 ms ([`WriteBack::MIN_FLUSH_LEASE`]).
+    /// at half of it. At least 100 ms ([`WriteBackOptions::MIN_FLUSH_LEASE`]).
     /// Default: 5 s.
     #[serde(deserialize_with = "crate::policy::deserialize_duration")]
     pub flush_lease: Duration,
@@ -93,7 +93,7 @@ pub struct WriteBack {
     pub require_durable: bool,
 }
 
-impl Default for WriteBack {
+impl Default for WriteBackOptions {
     fn default() -> Self {
         Self {
             batch: Self::DEFAULT_BATCH,
@@ -105,7 +105,7 @@ impl Default for WriteBack {
     }
 }
 
-impl WriteBack {
+impl WriteBackOptions {
     /// The default `batch`: 500 records.
     pub const DEFAULT_BATCH: usize = 500;
     /// The largest `batch`: 10,000 records (one statement's JSON parameter).
@@ -258,7 +258,7 @@ impl Counters {
 /// and the flusher's controls.
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) settings: WriteBack,
+    pub(crate) settings: WriteBackOptions,
     pub(crate) log: Arc<dyn DirtyLog>,
     pub(crate) shards: Vec<ShardKeys>,
     pub(crate) counters: Counters,

@@ -9,10 +9,10 @@
 
 use super::{durability, Counters, State};
 use crate::cache::Inner;
+use crate::cache::{CacheWrite, Written};
 use crate::codec::JsonObject;
 use crate::error::{Error, Result};
 use crate::store::{DirtyKeys, DirtyWrite, Recorded, ShardKeys};
-use crate::write::{CacheWrite, Written};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -85,7 +85,7 @@ macro_rules! fenced_commit {
         }
         let stored = $q.upsert_in(&mut $tx, $schema, $groups).await?;
         for key in $keys {
-            $q.remove_in(&mut $tx, key).await?;
+            $q.delete_in(&mut $tx, key).await?;
         }
         $tx.commit().await.map_err(Failed::Commit)?;
         Ok(Ok(stored))
@@ -192,18 +192,18 @@ impl SqlSource {
         result.map_err(|e| classify(self.entity(), e))
     }
 
-    /// Upserts `rows` and deletes `removes` in one transaction behind the
+    /// Upserts `rows` and deletes `deletes` in one transaction behind the
     /// fence; what it committed (see [`FlushedJson`]).
     pub(super) async fn flush_json(
         &self,
         rows: Vec<(String, Map<String, Value>)>,
-        removes: &[String],
+        deletes: &[String],
         fence: &Fence,
         statement_timeout: Duration,
     ) -> Result<FlushedJson> {
         let (order, groups) = self.plan_upserts(rows)?;
         let schema = &self.inner.schema;
-        let keys = removes
+        let keys = deletes
             .iter()
             .map(|id| schema.canonical(id))
             .collect::<Result<Vec<KeyValue>>>()?;
@@ -325,7 +325,7 @@ impl SqlSource {
     /// `42501` on PostgreSQL is the table's fault when the role lacks a
     /// privilege the flush needs (on the table, or the fence), the row's
     /// otherwise (row-level security).
-    async fn flush_error(&self, e: sqlx::Error, removes: bool) -> Error {
+    async fn flush_error(&self, e: sqlx::Error, deletes: bool) -> Error {
         let Backend::Postgres(pool, _) = &self.inner.backend else {
             return classify(self.entity(), e);
         };
@@ -345,7 +345,7 @@ impl SqlSource {
             "SELECT has_table_privilege($1, 'INSERT') AND has_table_privilege($1, 'UPDATE') AND has_table_privilege($1, 'SELECT') AND (NOT $2 OR has_table_privilege($1, 'DELETE')) AND has_table_privilege('{FENCE_TABLE}', 'UPDATE')"
         ))
         .bind(name)
-        .bind(removes)
+        .bind(deletes)
         .fetch_one(pool)
         .await;
         match granted {

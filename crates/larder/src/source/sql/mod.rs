@@ -49,15 +49,15 @@
 //!   column; a row whose key column differs from the id is [`Error::InvalidId`].
 
 /// The pooled forms of a dialect's connection-level writes, the same on
-/// every backend: `remove` on a connection of its own, `upsert` in a
+/// every backend: `delete` on a connection of its own, `upsert` in a
 /// transaction of its own. Expands inside a dialect's `impl Queries`, which
-/// has `remove_in` and `upsert_in`.
+/// has `delete_in` and `upsert_in`.
 macro_rules! pooled_writes {
     ($pool:ty) => {
         /// Deletes the row of `id`; whether there was one.
-        pub(super) async fn remove(&self, pool: &$pool, id: &KeyValue) -> sqlx::Result<bool> {
+        pub(super) async fn delete(&self, pool: &$pool, id: &KeyValue) -> sqlx::Result<bool> {
             let mut conn = pool.acquire().await?;
-            self.remove_in(&mut conn, id).await
+            self.delete_in(&mut conn, id).await
         }
 
         /// One upsert per column set, in one transaction; the rows as stored.
@@ -519,15 +519,15 @@ impl SqlSource {
     }
 
     /// Deletes the row of `id`; whether there was one.
-    pub async fn remove_id(&self, id: &str) -> Result<bool> {
+    pub async fn delete_id(&self, id: &str) -> Result<bool> {
         if let Some(e) = self.inner.schema.read_only_error() {
             return Err(e);
         }
         let key = self.inner.schema.canonical(id)?;
         match &self.inner.backend {
-            Backend::Postgres(pool, q) => q.remove(pool, &key).await,
-            Backend::Sqlite(pool, q) => q.remove(pool, &key).await,
-            Backend::MySql(pool, q) => q.remove(pool, &key).await,
+            Backend::Postgres(pool, q) => q.delete(pool, &key).await,
+            Backend::Sqlite(pool, q) => q.delete(pool, &key).await,
+            Backend::MySql(pool, q) => q.delete(pool, &key).await,
         }
         .map_err(|e| classify(self.entity(), e))
     }
@@ -773,8 +773,8 @@ where
         }
     }
 
-    async fn remove(&self, id: &str) -> Result<bool> {
-        self.remove_id(id).await
+    async fn delete(&self, id: &str) -> Result<bool> {
+        self.delete_id(id).await
     }
 
     fn check(&self, id: &str, value: &V) -> Result<()> {
@@ -802,7 +802,7 @@ where
             maps.push((id.clone(), self.encode(value)?));
         }
         let committed = self
-            .flush_json(maps, batch.removes, &batch.fence, batch.statement_timeout)
+            .flush_json(maps, batch.deletes, &batch.fence, batch.statement_timeout)
             .await?;
         let mut flushed = Flushed::new(Vec::with_capacity(committed.stored.len()));
         flushed.unread = committed.unread;

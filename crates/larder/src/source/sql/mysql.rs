@@ -445,7 +445,7 @@ pub(super) struct Queries {
     load_many: String,
     page_start: String,
     page_after: String,
-    remove: String,
+    delete: String,
     /// The table, database-qualified and quoted.
     table: String,
     /// `` `key` ``.
@@ -483,7 +483,7 @@ impl Queries {
             load_many: format!("{select} WHERE __t.{key} IN ("),
             page_start: format!("{select} ORDER BY __t.{key} LIMIT ?"),
             page_after: format!("{select} WHERE __t.{key} > ? ORDER BY __t.{key} LIMIT ?"),
-            remove: format!("DELETE FROM {table} WHERE {key} = ?"),
+            delete: format!("DELETE FROM {table} WHERE {key} = ?"),
             returning: projection(""),
             table,
             key,
@@ -554,12 +554,12 @@ impl Queries {
     pooled_writes!(MySqlPool);
 
     /// Deletes the row of `id` on a connection (or in a transaction).
-    pub(super) async fn remove_in(
+    pub(super) async fn delete_in(
         &self,
         conn: &mut MySqlConnection,
         id: &KeyValue,
     ) -> sqlx::Result<bool> {
-        let q = bind_key(sqlx::query(&self.remove), id);
+        let q = bind_key(sqlx::query(&self.delete), id);
         Ok(q.execute(conn).await?.rows_affected() > 0)
     }
 

@@ -278,7 +278,7 @@ pub(super) struct Queries {
     load_many: String,
     page_start: String,
     page_after: String,
-    remove: String,
+    delete: String,
     /// The table, schema-qualified and quoted.
     table: String,
     /// `"key"`.
@@ -329,7 +329,7 @@ impl Queries {
             ),
             page_start: format!("{select} ORDER BY __t.{key} LIMIT $1"),
             page_after: format!("{select} WHERE __t.{key} > {one} ORDER BY __t.{key} LIMIT $2"),
-            remove: format!("DELETE FROM {table} WHERE {key} = {one}"),
+            delete: format!("DELETE FROM {table} WHERE {key} = {one}"),
             returning_cols: cols("__w"),
             table,
             key,
@@ -393,12 +393,12 @@ impl Queries {
     pooled_writes!(PgPool);
 
     /// Deletes the row of `id` on a connection (or in a transaction).
-    pub(super) async fn remove_in(
+    pub(super) async fn delete_in(
         &self,
         conn: &mut sqlx::PgConnection,
         id: &KeyValue,
     ) -> sqlx::Result<bool> {
-        let q = sqlx::query(&self.remove);
+        let q = sqlx::query(&self.delete);
         let q = match id.int {
             Some(n) => q.bind(n),
             None => q.bind(id.text.clone()),

@@ -227,7 +227,7 @@ pub(super) struct Queries {
     load_many: String,
     page_start: String,
     page_after: String,
-    remove: String,
+    delete: String,
     table: String,
     key: String,
     /// `CAST("key" AS TEXT), json_object(...)`: the id and the row.
@@ -270,7 +270,7 @@ impl Queries {
             load_many: format!("{select} WHERE {key} IN (SELECT j.value FROM json_each(?1) AS j)"),
             page_start: format!("{select} ORDER BY {key} LIMIT ?1"),
             page_after: format!("{select} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2"),
-            remove: format!("DELETE FROM {table} WHERE {key} = ?1"),
+            delete: format!("DELETE FROM {table} WHERE {key} = ?1"),
             table,
             key,
             projection,
@@ -341,12 +341,12 @@ impl Queries {
     pooled_writes!(SqlitePool);
 
     /// Deletes the row of `id` on a connection (or in a transaction).
-    pub(super) async fn remove_in(
+    pub(super) async fn delete_in(
         &self,
         conn: &mut sqlx::SqliteConnection,
         id: &KeyValue,
     ) -> sqlx::Result<bool> {
-        let q = sqlx::query(&self.remove);
+        let q = sqlx::query(&self.delete);
         let q = match id.int {
             Some(n) => q.bind(n),
             None => q.bind(id.text.clone()),

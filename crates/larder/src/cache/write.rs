@@ -52,11 +52,11 @@
 //! - The cache fails after the source succeeded: the entry is deleted if
 //!   the store still answers, and [`Written::cache`] says what happened.
 
-use crate::cache::{Cache, Inner};
+use super::{Cache, Inner};
 use crate::error::{Error, Message, Result};
 use crate::key::CacheKey;
 use crate::store::{WriteEnd, WriteKeys, WriteTicket};
-use crate::write_back::WriteBack;
+use crate::write_back::WriteBackOptions;
 use bytes::Bytes;
 use futures_util::future::{join_all, Either};
 use std::future::Future;
@@ -73,7 +73,7 @@ pub enum WritePolicy {
     Around,
     /// Cache and a durable dirty record first, acknowledged at once; a
     /// background flusher coalesces and batches the writes into the source.
-    Back(WriteBack),
+    Back(WriteBackOptions),
     /// Writes are refused.
     ReadOnly,
 }
@@ -255,7 +255,7 @@ where
             }
             let ticket = inner.begin(&id).await?;
             let removed = inner
-                .keeping_alive(&id_if(&id, ticket), source.remove(&id))
+                .keeping_alive(&id_if(&id, ticket), source.delete(&id))
                 .await;
             let end = match &removed {
                 Ok(_) => WriteEnd::Delete,

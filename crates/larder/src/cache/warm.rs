@@ -6,14 +6,53 @@
 //! so it never overwrites a value written (or invalidated) after its load
 //! began, and it skips keys another process is loading right now.
 
-use crate::cache::{Cache, Inner};
+use super::{Cache, Inner};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::store::{Acquired, LeaseRequest};
 use std::sync::Arc;
 
-/// Keys per batch of [`Cache::warm`]. Default of [`Cache::warm_all`] too.
+/// Keys per batch of [`Cache::warm`] and [`Cache::warm_all`] by default
+/// (see [`WarmOptions::batch`]).
 pub const WARM_BATCH: usize = 500;
+
+/// How [`Cache::warm`] and [`Cache::warm_all`] go about it, builder-style:
+/// `WarmOptions::default().batch(100)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmOptions {
+    batch: usize,
+}
+
+impl Default for WarmOptions {
+    fn default() -> Self {
+        Self { batch: WARM_BATCH }
+    }
+}
+
+impl WarmOptions {
+    /// Keys per batch: one lease pipeline, one `load_many` (or one page of
+    /// the source) and one fill pipeline each; at least 1.
+    /// Default: [`WARM_BATCH`] (500).
+    pub fn batch(mut self, keys: usize) -> Self {
+        self.batch = keys;
+        self
+    }
+
+    /// The batch size these options warm with.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    /// Refuses a batch of zero keys.
+    fn validate(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(Error::Config(
+                "the warm-up batch size must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// How far a warm-up got; reported after every batch and returned at the end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,13 +75,15 @@ where
     V: Send + Sync + 'static,
 {
     /// Loads `keys` from the source and writes them into the cache in
-    /// batches of [`WARM_BATCH`], calling `progress` after each batch.
+    /// batches of `options`' size, calling `progress` after each batch.
     /// Rows that do not exist are cached as "not found".
     pub async fn warm(
         &self,
         keys: &[&K],
+        options: WarmOptions,
         mut progress: impl FnMut(WarmProgress),
     ) -> Result<WarmProgress> {
+        options.validate()?;
         let ids = keys
             .iter()
             .map(|k| self.id_of(k))
@@ -51,27 +92,25 @@ where
             total: Some(ids.len() as u64),
             ..WarmProgress::default()
         };
-        for batch in ids.chunks(WARM_BATCH) {
+        for batch in ids.chunks(options.batch) {
             self.inner.warm_batch(batch.to_vec(), &mut state).await?;
             progress(state);
         }
         Ok(state)
     }
 
-    /// Streams every row of the source in key order, `batch` at a time, and
-    /// warms each batch; `progress` is called after each one. Needs a source
-    /// that can list its rows (a [`SqlSource`](crate::SqlSource) can).
+    /// Streams every row of the source in key order, a batch of `options`'
+    /// size at a time, and warms each batch; `progress` is called after each
+    /// one. Needs a source that can list its rows (a
+    /// [`SqlSource`](crate::SqlSource) can).
     pub async fn warm_all(
         &self,
-        batch: usize,
+        options: WarmOptions,
         mut progress: impl FnMut(WarmProgress),
     ) -> Result<WarmProgress> {
         let source = self.inner.require_source()?;
-        if batch == 0 {
-            return Err(Error::Config(
-                "the warm-up batch size must be at least 1".into(),
-            ));
-        }
+        options.validate()?;
+        let batch = options.batch;
         let mut state = WarmProgress::default();
         let mut after: Option<String> = None;
         loop {

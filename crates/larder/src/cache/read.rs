@@ -1,0 +1,487 @@
+//! The read path: every read, single or batch, cache-aside or
+//! read-through, with stampede protection.
+//!
+//! 1. **Hit**: one `GET` (or one `MGET` for many keys). A fresh entry is the
+//!    answer (`hit`, or `negative` for a remembered "not found"); with XFetch
+//!    on, a few reads near expiry also start a background refresh.
+//! 2. **Stale**: an entry past freshness but inside its stale window is
+//!    served at once (`stale`) while one background task, holding the lease,
+//!    refreshes it. With `soft_timeout` the read first waits that long for
+//!    the refresh.
+//! 3. **Miss**: callers in this process share one flight ([`crate::flight`]);
+//!    the flight runs the lease protocol (`lease.rs`): take the key's lease,
+//!    load, fill only while the lease holds its token — or wait for the
+//!    holder's fill, up to `wait_timeout`, then load without filling.
+//! 4. **Bypass**: when the store does not answer, reads go to the source and
+//!    a breaker skips the store for a second.
+//!
+//! Single and batch reads share one decision tree: [`Inner::ask_store`]
+//! (breaker, generations, layout, the `GET` or `MGET`) and
+//! [`Inner::classify`] (fresh, stale or missing, per entry).
+
+use super::{Inner, Loader};
+use crate::envelope::{Envelope, Freshness};
+use crate::error::{Error, Message, Result};
+use crate::near::Ticket;
+use crate::outcome::{Lookup, Outcome};
+use crate::policy::xfetch;
+use crate::stats::Event;
+use crate::store::{Acquired, LeaseRequest};
+use bytes::Bytes;
+use futures_util::future::{join_all, FutureExt};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a flight is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// No usable entry: the callers need the loaded value.
+    Miss,
+    /// A stale entry is being served: refresh it unless someone else is,
+    /// or already did.
+    Refresh,
+    /// A fresh entry near its expiry (XFetch): refresh it unless someone
+    /// else is.
+    Early,
+}
+
+/// A decoded store entry.
+pub(super) struct Entry<V> {
+    value: Option<Arc<V>>,
+    envelope_times: (u64, u64),
+    load_us: u32,
+    /// Invalidated by a purge or a tag: a miss, never served, not even stale.
+    invalidated: bool,
+    stamp: Option<crate::generation::Stamp>,
+}
+
+impl<V> Entry<V> {
+    pub(super) fn freshness(&self, now: u64) -> Freshness {
+        if self.invalidated {
+            return Freshness::Expired;
+        }
+        let (fresh_until, stale_until) = self.envelope_times;
+        Freshness::at(now, fresh_until, stale_until)
+    }
+
+    pub(super) fn answer(&self, fresh: Outcome) -> Lookup<V> {
+        let outcome = match (&self.value, fresh) {
+            (None, Outcome::Hit) => Outcome::Negative,
+            (_, o) => o,
+        };
+        Lookup::cached(self.value.clone(), outcome, self.envelope_times.0)
+    }
+}
+
+/// What a read found in the store for one key.
+pub(super) enum Found<V> {
+    /// A fresh entry: the answer.
+    Fresh(Entry<V>),
+    /// Past freshness, inside the stale window: served while one refresh runs.
+    Stale(Entry<V>),
+    /// Nothing usable: a miss.
+    Missing,
+}
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    pub(super) fn decode_entry(&self, id: &str, bytes: Bytes) -> Result<Entry<V>> {
+        let env = Envelope::decode(bytes)?;
+        let judged = self.coherence.judge(env.stamp.as_deref());
+        let value = match env.payload {
+            Some(payload) => Some(Arc::new(self.codec.decode(
+                self.keys.entity(),
+                id,
+                payload,
+            )?)),
+            None => None,
+        };
+        Ok(Entry {
+            value,
+            envelope_times: (env.fresh_until, env.stale_until),
+            load_us: env.load_us,
+            invalidated: judged.invalidated,
+            stamp: judged.stamp,
+        })
+    }
+
+    /// Decodes a store entry; a corrupt one is logged, counted and treated as absent.
+    pub(super) fn entry_or_none(&self, id: &str, bytes: Option<Bytes>) -> Option<Entry<V>> {
+        match self.decode_entry(id, bytes?) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                self.counters.bump(Event::CorruptEntry);
+                tracing::warn!(entity = self.keys.entity(), id, error = %e, "unreadable cache entry, treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// A single-key read; `loader: None` loads from the source.
+    pub(super) async fn read(
+        self: Arc<Self>,
+        id: String,
+        loader: Option<Loader<V>>,
+    ) -> Result<Lookup<V>> {
+        let answer = self.read_uncounted(id, loader).await;
+        if let Ok(lookup) = &answer {
+            self.counters.read(lookup.outcome);
+        }
+        answer
+    }
+
+    /// A single-key read: near cache, then the store (one `GET`), then the
+    /// entry's judgement ([`Inner::classify`]) decides.
+    pub(super) async fn read_uncounted(
+        self: &Arc<Self>,
+        id: String,
+        given: Option<Loader<V>>,
+    ) -> Result<Lookup<V>> {
+        let loader = |given: Option<Loader<V>>| given.map_or_else(|| self.source_loader(), Ok);
+        // Taken before anything is read: see near.rs.
+        let ticket = self.coherence.ticket(&id);
+        if let Some(l1) = self
+            .coherence
+            .l1_get(&id, ticket, self.clock.now_ms())
+            .await
+        {
+            return Ok(l1);
+        }
+        let key = self.keys.value_key(&id);
+        let Some(found) = self.ask_store(|| self.store.get(&key)).await? else {
+            return self.clone().load_shared(id, loader(given)?).await;
+        };
+        let now = self.clock.now_ms();
+        match self.classify(&id, found, now) {
+            Found::Fresh(entry) => {
+                if self.should_refresh_early(&entry, now) {
+                    self.counters.bump(Event::EarlyRefresh);
+                    self.refresh_in_background(id.clone(), loader(given)?, Mode::Early);
+                }
+                Ok(self.serve_fresh(&id, ticket, entry).await)
+            }
+            Found::Stale(entry) => {
+                self.serve_stale(id, loader(given)?, entry.answer(Outcome::Stale))
+                    .await
+            }
+            Found::Missing => self.clone().load_shared(id, loader(given)?).await,
+        }
+    }
+
+    /// The store's answer to `get`, the front both read paths share: the
+    /// breaker, the generations, the layout check, the timing. `None`: go
+    /// to the source without the store (it is down, or skipped by the
+    /// breaker) — not under write-back, whose reads fail then.
+    async fn ask_store<T, F, Fut>(&self, get: F) -> Result<Option<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        if self.breaker.is_open() {
+            self.may_bypass(self.store_skipped())?;
+            return Ok(None);
+        }
+        self.coherence.bus.ensure_generations().await;
+        let found = match self.check_layout().await {
+            Ok(()) => {
+                let started = Instant::now();
+                let found = get().await;
+                self.counters.cache_took(started.elapsed());
+                found
+            }
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(found) => {
+                self.breaker.reset();
+                Ok(Some(found))
+            }
+            Err(e) if e.is_store_unavailable() => {
+                self.store_failed(&e);
+                self.may_bypass(e)?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The one judgement of a store entry, for single and batch reads:
+    /// fresh (the answer), stale (served while one refresh runs), or
+    /// missing (absent, corrupt, invalidated by a purge or a tag, or past
+    /// its stale window: loaded).
+    pub(super) fn classify(&self, id: &str, bytes: Option<Bytes>, now: u64) -> Found<V> {
+        let Some(entry) = self.entry_or_none(id, bytes) else {
+            return Found::Missing;
+        };
+        match entry.freshness(now) {
+            Freshness::Fresh => Found::Fresh(entry),
+            Freshness::Stale => Found::Stale(entry),
+            Freshness::Expired => Found::Missing,
+        }
+    }
+
+    /// A fresh entry's answer (`hit`, or `negative`), kept in the near
+    /// cache too unless `id` was invalidated since `ticket`.
+    async fn serve_fresh(&self, id: &str, ticket: Option<Ticket>, entry: Entry<V>) -> Lookup<V> {
+        let answer = entry.answer(Outcome::Hit);
+        let (value, fresh_until) = (entry.value, entry.envelope_times.0);
+        (self.coherence)
+            .l1_put(id, ticket, value, fresh_until, entry.stamp)
+            .await;
+        answer
+    }
+
+    pub(super) fn should_refresh_early(&self, entry: &Entry<V>, now: u64) -> bool {
+        let beta = self.policy.early_refresh;
+        if beta <= 0.0 || entry.load_us == 0 {
+            return false;
+        }
+        // r in (0, 1]: 1 − [0, 1).
+        let r = 1.0 - self.random.unit();
+        xfetch(
+            now,
+            entry.envelope_times.0,
+            f64::from(entry.load_us) / 1000.0,
+            beta,
+            r,
+        )
+    }
+
+    /// Starts a refresh that holds the lease, unless one runs; does not wait.
+    pub(super) fn refresh_in_background(
+        self: &Arc<Self>,
+        id: String,
+        loader: Loader<V>,
+        mode: Mode,
+    ) {
+        if self.flights.contains(&id) {
+            return;
+        }
+        // The flight is a spawned task: it runs to completion on its own.
+        drop(self.clone().flight(id, loader, mode));
+    }
+
+    /// Serves a stale entry at once (or after `soft_timeout`, if the refresh
+    /// is not done by then) while one refresh runs in the background.
+    pub(super) async fn serve_stale(
+        self: &Arc<Self>,
+        id: String,
+        loader: Loader<V>,
+        stale: Lookup<V>,
+    ) -> Result<Lookup<V>> {
+        self.counters.bump(Event::Refresh);
+        let refresh = self.clone().flight(id, loader, Mode::Refresh);
+        match self.policy.soft_timeout {
+            Some(soft) => match tokio::time::timeout(soft, refresh).await {
+                Ok(Ok(Some(fresh))) => Ok(fresh),
+                _ => Ok(stale),
+            },
+            None => Ok(stale),
+        }
+    }
+
+    /// A miss: joins or starts the flight of `id` and waits for its answer.
+    ///
+    /// A flight it joins may be a refresh, which has no answer for a miss
+    /// when another process holds the lease; then the read starts over
+    /// with a flight of its own.
+    pub(super) async fn load_shared(
+        self: Arc<Self>,
+        id: String,
+        loader: Loader<V>,
+    ) -> Result<Lookup<V>> {
+        let mut loader = Some(loader);
+        for _ in 0..3 {
+            let next = loader.take().map_or_else(|| self.source_loader(), Ok)?;
+            if let Some(answer) = self.clone().flight(id.clone(), next, Mode::Miss).await? {
+                return Ok(answer);
+            }
+        }
+        let next = loader.map_or_else(|| self.source_loader(), Ok)?;
+        self.load_unfilled(&id, next, Outcome::Miss).await
+    }
+
+    /// Joins the flight of `id`, or starts one in `mode`.
+    pub(super) fn flight(
+        self: Arc<Self>,
+        id: String,
+        loader: Loader<V>,
+        mode: Mode,
+    ) -> impl Future<Output = Result<Option<Lookup<V>>>> + Send + 'static {
+        let entity = self.keys.entity().to_owned();
+        let key = id.clone();
+        let leader = self.clone();
+        let (flight, _) = self.flights.join_or_start(
+            &key,
+            move || leader.lead(id, loader, mode),
+            |panic| {
+                Err(Error::Loader {
+                    entity: String::new(),
+                    cause: Message::cause(format!("a load panicked: {panic}")),
+                })
+            },
+        );
+        async move {
+            flight.await.map_err(|e| match e {
+                Error::Loader {
+                    entity: e_entity,
+                    cause,
+                } if e_entity.is_empty() => Error::Loader { entity, cause },
+                other => other,
+            })
+        }
+    }
+
+    /// A load whose result is returned but never written to the store
+    /// (no lease: the store is down, or the wait for another holder ran out).
+    pub(super) async fn load_unfilled(
+        &self,
+        id: &str,
+        loader: Loader<V>,
+        outcome: Outcome,
+    ) -> Result<Lookup<V>> {
+        let (result, _) = self.timed_load(id, loader(id.to_owned())).await;
+        Ok(Lookup::new(result?.map(Arc::new), outcome))
+    }
+
+    /// The batch read path of `get_many`; counts each answer once.
+    pub(super) async fn read_many(
+        self: Arc<Self>,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, Lookup<V>>> {
+        let answers = self.clone().read_many_uncounted(ids).await?;
+        for answer in answers.values() {
+            self.counters.read(answer.outcome);
+        }
+        Ok(answers)
+    }
+
+    /// The batch read: the near cache, one `MGET`, the same judgement per
+    /// entry as a single read, then the misses in one batch.
+    pub(super) async fn read_many_uncounted(
+        self: Arc<Self>,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, Lookup<V>>> {
+        let mut answers = HashMap::with_capacity(ids.len());
+        let (ids, tickets): (Vec<String>, Vec<_>) = (self.coherence)
+            .l1_many(ids, self.clock.now_ms(), &mut answers)
+            .await
+            .into_iter()
+            .unzip();
+        if ids.is_empty() {
+            return Ok(answers);
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.value_key(id)).collect();
+        let Some(found) = self.ask_store(|| self.store.get_many(&keys)).await? else {
+            return self.bypass_many(ids).await;
+        };
+        let now = self.clock.now_ms();
+        let mut misses = Vec::new();
+        for ((id, bytes), ticket) in ids.into_iter().zip(found).zip(tickets) {
+            match self.classify(&id, bytes, now) {
+                Found::Fresh(entry) => {
+                    let answer = self.serve_fresh(&id, ticket, entry).await;
+                    answers.insert(id, answer);
+                }
+                Found::Stale(entry) => {
+                    self.counters.bump(Event::Refresh);
+                    self.refresh_in_background(id.clone(), self.source_loader()?, Mode::Refresh);
+                    answers.insert(id, entry.answer(Outcome::Stale));
+                }
+                Found::Missing => misses.push(id),
+            }
+        }
+        if !misses.is_empty() {
+            self.load_misses(misses, &mut answers).await?;
+        }
+        Ok(answers)
+    }
+
+    /// Misses of a batch: lease them all in one pipeline, load the leased
+    /// ones with one `load_many`, fill them in one pipeline; keys loading
+    /// elsewhere go through the single-key path (which waits for them).
+    pub(super) async fn load_misses(
+        self: &Arc<Self>,
+        misses: Vec<String>,
+        answers: &mut HashMap<String, Lookup<V>>,
+    ) -> Result<()> {
+        let (mut single, batch): (Vec<String>, Vec<String>) =
+            misses.into_iter().partition(|id| self.flights.contains(id));
+        let requests: Vec<LeaseRequest> = batch
+            .iter()
+            .map(|id| self.lease_request(id, true))
+            .collect();
+        let acquired = match self.store.acquire_many(&requests).await {
+            Ok(acquired) => acquired,
+            Err(e) if e.is_store_unavailable() => {
+                self.store_failed(&e);
+                self.may_bypass(e)?;
+                answers.extend(
+                    self.bypass_many(batch.into_iter().chain(single).collect())
+                        .await?,
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let now = self.clock.now_ms();
+        let mut leased = Vec::new();
+        for ((id, request), got) in batch.into_iter().zip(requests).zip(acquired) {
+            match got {
+                Acquired::Lease { .. } => leased.push((id, request)),
+                Acquired::Value(bytes) => match self.entry_or_none(&id, Some(bytes)) {
+                    Some(entry) if entry.freshness(now) == Freshness::Fresh => {
+                        answers.insert(id, entry.answer(Outcome::Hit));
+                    }
+                    _ => single.push(id),
+                },
+                Acquired::Held => single.push(id),
+                Acquired::Dirty(payload) => {
+                    let answer = self.pending_answer(&id, payload)?;
+                    answers.insert(id, answer);
+                }
+            }
+        }
+        if !leased.is_empty() {
+            for (id, value, fresh_until) in self.load_and_fill_many(leased).await? {
+                let lookup = Lookup::new(value, Outcome::Miss).fresh_until_at(fresh_until);
+                answers.insert(id, lookup);
+            }
+        }
+        let waits = single.into_iter().map(|id| {
+            let this = self.clone();
+            async move {
+                let loader = this.source_loader()?;
+                let answer = this.clone().load_shared(id.clone(), loader).await?;
+                Ok::<_, Error>((id, answer))
+            }
+        });
+        for pair in join_all(waits).await {
+            let (id, answer) = pair?;
+            answers.insert(id, answer);
+        }
+        Ok(())
+    }
+
+    /// Many keys straight from the source, the store being unavailable.
+    pub(super) async fn bypass_many(&self, ids: Vec<String>) -> Result<HashMap<String, Lookup<V>>> {
+        let source = self
+            .source
+            .clone()
+            .ok_or_else(|| Error::Config("no source".into()))?;
+        let load = {
+            let ids = ids.clone();
+            async move { source.load_many(&ids).await }.boxed()
+        };
+        let (loaded, _) = self.timed_load("(many)", load).await;
+        let mut loaded = loaded?;
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let value = loaded.remove(&id).map(Arc::new);
+                (id, Lookup::new(value, Outcome::Bypass))
+            })
+            .collect())
+    }
+}
