@@ -913,7 +913,8 @@ mod tests {
 
     /// Days in `month` of `year`, by the proleptic Gregorian calendar.
     fn days_in(year: u32, month: u32) -> u32 {
-        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let leap =
+            year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
         match month {
             2 if leap => 29,
             2 => 28,
