@@ -374,7 +374,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
         let keys: Vec<String> = ids.iter().map(|id| self.keys.value_key(id)).collect();
         let Some(found) = self.ask_store(|| self.store.get_many(&keys)).await? else {
-            return self.bypass_many(ids).await;
+            // The near cache's answers stand; only the rest bypass.
+            answers.extend(self.bypass_many(ids).await?);
+            return Ok(answers);
         };
         let now = self.clock.now_ms();
         let mut misses = Vec::new();
