@@ -10,7 +10,7 @@
 # run each bench once in test mode; clippy still compiles them).
 #
 #   scripts/test.sh                  # everything, as CI does
-#   scripts/test.sh -p larder --test support_selftest   # any `cargo test` args instead
+#   scripts/test.sh -p larder-test-support --test selftest   # any `cargo test` args instead
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -13,8 +13,8 @@ use larder_server::http::app;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use support::proxy::TcpProxy;
-use support::wait::eventually;
+use support::eventually;
+use support::TcpProxy;
 use support::{get, unique, write, Pg};
 use tokio::io::AsyncWriteExt;
 

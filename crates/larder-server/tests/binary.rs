@@ -6,71 +6,9 @@ mod support;
 
 use larder_server::client;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
-use support::unique;
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    /// Starts `larder serve ARGS` in `cwd` and waits (with a deadline) for
-    /// its "listening on" line.
-    fn start(args: &[&str], cwd: &Path) -> Server {
-        let (child, url) = support::spawn_serve(args, Some(cwd));
-        Server { child, url }
-    }
-
-    fn get(&self, path: &str) -> client::Response {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(client::request(
-            "GET",
-            &format!("{}{path}", self.url),
-            &[],
-            None,
-            Duration::from_secs(10),
-        ))
-        .expect("request")
-    }
-
-    /// SIGTERM, then the exit status within a deadline.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "larder did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(name));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+use std::process::Command;
+use std::time::Duration;
+use support::{temp_dir, unique, Serve};
 
 /// A config over a SQLite file with a `users` table of 3 rows.
 fn sqlite_config(dir: &Path) -> PathBuf {
@@ -109,13 +47,13 @@ fn sqlite_config(dir: &Path) -> PathBuf {
 fn serves_with_a_config_and_exits_cleanly_on_sigterm() {
     let dir = temp_dir("larder-bin");
     let config = sqlite_config(&dir);
-    let server = Server::start(&["--config", config.to_str().expect("utf-8")], &dir);
-    let health = server.get("/health");
+    let server = Serve::start(&["--config", config.to_str().expect("utf-8")], Some(&dir));
+    let health = server.blocking_get("/health");
     assert_eq!(
         (health.status, health.text().as_str()),
         (200, r#"{"status":"ok"}"#)
     );
-    let row = server.get("/v1/users/2");
+    let row = server.blocking_get("/v1/users/2");
     assert_eq!((row.status, row.header("x-cache")), (200, Some("miss")));
     assert_eq!(row.json().expect("json")["name"], "bob");
 
@@ -223,12 +161,12 @@ fn a_bad_config_exits_non_zero_with_one_line() {
 #[test]
 fn without_a_config_it_serves_the_embedded_defaults() {
     let dir = temp_dir("larder-nocfg");
-    let server = Server::start(&["--listen", "127.0.0.1:0"], &dir);
+    let server = Serve::start(&["--listen", "127.0.0.1:0"], Some(&dir));
     assert!(
         dir.join("larder.db").exists(),
         "the default SQLite file is created"
     );
-    let row = server.get("/v1/users/7");
+    let row = server.blocking_get("/v1/users/7");
     assert_eq!(row.status, 200, "{}", row.text());
     assert_eq!(row.json().expect("json")["name"], "user 7");
     assert_eq!(server.terminate().code(), Some(0));
@@ -237,7 +175,7 @@ fn without_a_config_it_serves_the_embedded_defaults() {
 
 #[test]
 fn sigterm_with_write_back_pending_leaves_every_acknowledged_write_in_the_database() {
-    let redis = support::redis_server::RedisServer::builder()
+    let redis = support::RedisServer::builder()
         .appendonly(true)
         .appendfsync_always(true)
         .start();
@@ -267,7 +205,7 @@ fn sigterm_with_write_back_pending_leaves_every_acknowledged_write_in_the_databa
         ),
     )
     .expect("write config");
-    let server = Server::start(&["--config", config.to_str().expect("utf-8")], &dir);
+    let server = Serve::start(&["--config", config.to_str().expect("utf-8")], Some(&dir));
     for id in 1..=20 {
         let body = format!(r#"{{"name": "user {id}"}}"#);
         let answer = rt

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::proxy::TcpProxy;
-use support::redis_server::RedisServer;
+use support::RedisServer;
+use support::TcpProxy;
 use support::{get, unique, write, Pg};
 
 /// Concurrent clients; each owns `KEYS_PER_CLIENT` ids of every entity, so

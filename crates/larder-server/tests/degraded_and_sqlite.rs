@@ -48,8 +48,7 @@ async fn a_store_down_at_start_serves_from_the_database_and_says_degraded() {
 
 #[tokio::test]
 async fn without_a_config_file_the_embedded_defaults_serve_sample_users() {
-    let dir = std::env::temp_dir().join(unique("larder-defaults"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = support::temp_dir("larder-defaults");
     let (config, note) = serve::default_config(&dir.join("larder.db"))
         .await
         .expect("defaults");
@@ -75,8 +74,7 @@ async fn without_a_config_file_the_embedded_defaults_serve_sample_users() {
 
 #[tokio::test]
 async fn an_entity_over_sqlite_reads_writes_and_conflicts() {
-    let dir = std::env::temp_dir().join(unique("larder-sqlite"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = support::temp_dir("larder-sqlite");
     let db = dir.join("t.db");
     let url = format!("sqlite://{}", db.display());
     let pool = larder::SqlPool::connect(&url, 1).await.expect("sqlite");

@@ -1,5 +1,6 @@
 //! `larder demo` end to end: the real binary, a real SQLite file, the real Redis.
 
+use larder_test_support::redis_url;
 use std::process::Command;
 
 /// The number printed before `word` on the line of `out` that starts with
@@ -43,10 +44,6 @@ fn temp_db(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("larder-demo-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir.join("demo.db")
-}
-
-fn redis_url() -> String {
-    std::env::var("LARDER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
 #[test]

@@ -5,11 +5,11 @@
 
 mod support;
 
-use support::wait::eventually;
+use support::eventually;
 
 use larder_server::http::app;
 use serde_json::json;
-use support::redis_server::RedisServer;
+use support::RedisServer;
 use support::{get, send, unique, write, Pg};
 
 const USERS: &str = "CREATE TABLE {t} (id bigint PRIMARY KEY, name text NOT NULL, \

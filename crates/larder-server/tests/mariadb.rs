@@ -11,13 +11,7 @@ use larder_server::config::Config;
 use larder_server::http::app;
 use serde_json::{json, Value};
 use std::process::Command;
-use std::time::Duration;
-use support::{get, send, unique, write};
-
-fn mysql_url() -> String {
-    std::env::var("LARDER_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
+use support::{get, mysql_pool, mysql_url, send, temp_dir, unique, write, Serve};
 
 /// A database of the test's own with a `users` table, dropped by
 /// [`Maria::drop`].
@@ -29,11 +23,7 @@ struct Maria {
 impl Maria {
     async fn new() -> Maria {
         let db = unique("srv");
-        let pool = sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(2)
-            .connect(&mysql_url())
-            .await
-            .expect("MariaDB at LARDER_TEST_MYSQL_URL (scripts/services.sh starts it)");
+        let pool = mysql_pool(2).await;
         for sql in [
             format!("CREATE DATABASE {db}"),
             format!(
@@ -86,47 +76,6 @@ impl Maria {
     }
 }
 
-/// `larder serve` with `config`: the child and the URL it listens on.
-struct Served {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Served {
-    fn start(config: &str) -> Served {
-        let dir = std::env::temp_dir().join(unique("larder-maria"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("larder.toml");
-        std::fs::write(&path, config).expect("config");
-        let (child, url) = support::spawn_serve(&["--config", path.to_str().expect("utf-8")], None);
-        Served { child, url }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> client::Response {
-        let headers: &[(&str, &str)] = if body.is_some() {
-            &[("content-type", "application/json")]
-        } else {
-            &[]
-        };
-        client::request(
-            method,
-            &format!("{}{path}", self.url),
-            headers,
-            body.map(str::as_bytes),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("request")
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn body(r: &client::Response) -> Value {
     serde_json::from_slice(&r.body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&r.body)))
@@ -142,7 +91,7 @@ fn x_cache(r: &client::Response) -> &str {
 #[tokio::test]
 async fn larder_serve_on_mariadb_reads_and_writes_through() {
     let m = Maria::new().await;
-    let served = Served::start(&m.config(""));
+    let served = Serve::with_config(&m.config(""));
 
     // GET: a miss, then a hit; rows typed as from PostgreSQL.
     let a = served.call("GET", "/v1/users/1", None).await;
@@ -329,8 +278,7 @@ async fn cdc_on_mariadb_is_refused_at_start() {
     assert!(text.contains("invalidate"), "{text}");
 
     // The binary: a non-zero exit and one line naming `cdc`.
-    let dir = std::env::temp_dir().join(unique("larder-maria-cdc"));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = temp_dir("larder-maria-cdc");
     let path = dir.join("larder.toml");
     std::fs::write(&path, &config).expect("config");
     let out = Command::new(env!("CARGO_BIN_EXE_larder"))

@@ -6,58 +6,8 @@
 mod support;
 
 use larder_server::client;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
-use support::redis_server::RedisServer;
-use support::unique;
-
-/// `larder serve --config FILE`, up to its "listening on" line.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(config: &Path) -> Server {
-        let (child, url) =
-            support::spawn_serve(&["--config", config.to_str().expect("utf-8")], None);
-        Server { child, url }
-    }
-
-    /// SIGTERM, then the exit status within a deadline.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "larder did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(name));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+use std::time::Duration;
+use support::{temp_dir, unique, RedisServer, Serve};
 
 #[test]
 fn sigterm_with_owed_invalidations_then_restart_never_serves_the_old_row() {
@@ -81,8 +31,8 @@ fn sigterm_with_owed_invalidations_then_restart_never_serves_the_old_row() {
         pg
     });
     let common = format!(
-        "[store]\nurl = \"{}?connect_timeout=200ms&response_timeout=200ms\"\nprefix = \"{prefix}\"\n[source]\nurl = \"{}\"\npool = 2\n[near]\ncapacity = 100\nttl = \"60s\"\n[[entity]]\nname = \"items\"\ntable = \"{table}\"\nttl = \"60s\"\n",
-        redis.url(),
+        "[store]\nurl = \"{}\"\nprefix = \"{prefix}\"\n[source]\nurl = \"{}\"\npool = 2\n[near]\ncapacity = 100\nttl = \"60s\"\n[[entity]]\nname = \"items\"\ntable = \"{table}\"\nttl = \"60s\"\n",
+        redis.url_with_short_timeouts(),
         support::pg_url()
     );
     let config = dir.join("larder.toml");
@@ -107,8 +57,8 @@ fn sigterm_with_owed_invalidations_then_restart_never_serves_the_old_row() {
         })
     };
 
-    let server = Server::start(&config);
-    let get = |server: &Server| {
+    let server = Serve::start(&["--config", config.to_str().expect("utf-8")], None);
+    let get = |server: &Serve| {
         rt.block_on(client::request(
             "GET",
             &format!("{}/v1/items/1", server.url),
@@ -144,7 +94,7 @@ fn sigterm_with_owed_invalidations_then_restart_never_serves_the_old_row() {
     // Redis returns with the old row (AOF); the service restarts and
     // replays what it owed before it listens.
     redis.restart();
-    let server = Server::start(&config);
+    let server = Serve::start(&["--config", config.to_str().expect("utf-8")], None);
     assert!(!owed_file.exists(), "delivered, so the file is gone");
     for _ in 0..3 {
         let (name, outcome) = name_on_other();

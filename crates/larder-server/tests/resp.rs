@@ -523,7 +523,7 @@ async fn connections_over_max_clients_are_refused() {
 
 #[tokio::test]
 async fn a_write_back_entity_with_its_store_down_answers_tryagain() {
-    let mut redis = support::redis_server::RedisServer::start();
+    let mut redis = support::RedisServer::start();
     let mut pg = Pg::connect().await;
     let t = unique("resp_wb");
     pg.exec(&t, USERS).await;

@@ -3,10 +3,11 @@
 //! In the same run: raw redis-rs `GET` of an encoded value (the floor),
 //! `Cache::get` on a Redis hit (GET + envelope + JSON decode), and
 //! `Cache::get` on a `memory://` hit; each sequentially and from 64
-//! concurrent tasks. Needs Redis on 127.0.0.1:6379 (`LARDER_BENCH_REDIS_URL`).
+//! concurrent tasks. Needs Redis on 127.0.0.1:6379 (`LARDER_TEST_REDIS_URL`).
 //!
-//! Run: `cargo bench -p larder --bench hit_path`; the figure to report is
-//! the ratio of `larder_redis_hit/64` to `raw_get/64` throughput.
+//! Run: `cargo bench -p larder --bench hit_path`; the figure that says what
+//! a hit costs is the ratio of `larder_redis_hit/64` to `raw_get/64`
+//! throughput.
 //! With `LARDER_BENCH_RECORDER=1` a metrics recorder (metrics-util's, on
 //! the same atomic storage as the Prometheus exporter) is installed before
 //! the caches are built: the hit path's cost with metrics recorded.
@@ -21,7 +22,8 @@ use std::time::Duration;
 
 mod common;
 
-use common::{redis_url, run, user, User, KEYS};
+use common::{run, user, User, KEYS};
+use larder_test_support::redis_url;
 
 async fn cache(store_url: &str) -> Cache<u64, User> {
     let store = store::connect_checked(store_url).await.expect("store");

@@ -1,6 +1,6 @@
 //! The near cache (L1): what it saves, how fast it learns, how well it picks.
 //!
-//! In one run, against the Redis on 127.0.0.1:6379 (`LARDER_BENCH_REDIS_URL`):
+//! In one run, against the Redis on 127.0.0.1:6379 (`LARDER_TEST_REDIS_URL`):
 //! 1. **hit latency/throughput** (criterion): `Cache::get` answered by L1
 //!    vs answered by Redis (the same cache without a near cache), from 1
 //!    and from 64 concurrent tasks;
@@ -18,17 +18,17 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use larder::{store, Cache, FnSource, NearOptions, Outcome};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{redis_url, run, user, User, KEYS};
+use common::{run, user, User, Zipf, KEYS};
 
 async fn cache(prefix: &str, near: Option<NearOptions>) -> Cache<u64, User> {
-    let store = store::connect_checked(&redis_url()).await.expect("store");
+    let store = larder_test_support::redis_store().await;
     let mut builder = Cache::<u64, User>::builder()
         .prefix(prefix)
         .entity("users")
@@ -122,31 +122,6 @@ fn propagation(rt: &tokio::runtime::Runtime) {
         at(0.99),
         took[took.len() - 1]
     );
-}
-
-/// Inverse-CDF sampler of Zipf(s) over `n` ranks.
-struct Zipf {
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    fn new(n: usize, s: f64) -> Self {
-        let mut cdf = Vec::with_capacity(n);
-        let mut total = 0.0;
-        for rank in 1..=n {
-            total += 1.0 / (rank as f64).powf(s);
-            cdf.push(total);
-        }
-        for p in &mut cdf {
-            *p /= total;
-        }
-        Self { cdf }
-    }
-
-    fn sample(&self, rng: &mut impl Rng) -> u64 {
-        let u: f64 = rng.random();
-        self.cdf.partition_point(|&p| p < u) as u64
-    }
 }
 
 /// A plain LRU: a map to the last-use tick, and ticks in order.

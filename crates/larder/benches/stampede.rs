@@ -5,13 +5,15 @@
 //! single flight (as four processes would have), 50 callers each, a source
 //! that takes 100 ms. In the same run: naive cache-aside (GET, load on miss,
 //! SET), larder on a miss, and larder with a stale value present
-//! (stale-while-revalidate). Needs Redis on 127.0.0.1:6379.
+//! (stale-while-revalidate). Needs Redis on 127.0.0.1:6379
+//! (`LARDER_TEST_REDIS_URL`).
 //!
 //! Run: `cargo bench -p larder --bench stampede`.
 
 #![allow(missing_docs)]
 
-use larder::{store, Cache, FnSource, ManualClock, Outcome};
+use larder::{Cache, FnSource, ManualClock, Outcome};
+use larder_test_support::redis_url;
 use redis::AsyncCommands;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,10 +24,6 @@ const INSTANCES: usize = 4;
 const CALLERS: usize = 50;
 const EXPIRIES: usize = 20;
 const LOAD: Duration = Duration::from_millis(100);
-
-fn redis_url() -> String {
-    std::env::var("LARDER_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
-}
 
 struct Figures {
     loads_per_expiry: f64,
@@ -59,7 +57,7 @@ async fn instances(
     let mut out = Vec::new();
     for _ in 0..INSTANCES {
         let loads = loads.clone();
-        let store = store::connect_checked(&redis_url()).await.expect("redis");
+        let store = larder_test_support::redis_store().await;
         out.push(
             Cache::<u64, String>::builder()
                 .prefix(prefix)

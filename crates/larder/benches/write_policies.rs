@@ -7,9 +7,10 @@
 //! `appendonly yes` + `appendfsync always` (the only setting larder calls
 //! durable, so every acknowledgement includes an fsync) and a 1 s
 //! `max_delay`; write-through on the same Redis. Needs `redis-server` on the
-//! PATH and the database at `LARDER_BENCH_DB_URL` (or `LARDER_BENCH_PG_URL`;
-//! default `postgres://postgres@127.0.0.1:5432/test`): a `postgres://` or a
-//! `mysql://` URL (MariaDB, e.g. `mysql://root@127.0.0.1:3306/test`).
+//! PATH and the database at `LARDER_BENCH_DB_URL` (default: the tests'
+//! PostgreSQL, `LARDER_TEST_PG_URL` or `postgres://postgres@127.0.0.1:5432/test`):
+//! a `postgres://` or a `mysql://` URL (MariaDB, e.g.
+//! `mysql://root@127.0.0.1:3306/test`).
 //!
 //! Run: `cargo bench -p larder --bench write_policies` (`WRITES=` to change
 //! the count; `LARDER_BENCH_DB_URL=mysql://root@127.0.0.1:3306/test` for MariaDB).
@@ -17,9 +18,13 @@
 #![allow(missing_docs)]
 
 use larder::{Cache, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
-use rand::{Rng, SeedableRng};
+use larder_test_support::RedisServer;
+
+mod common;
+
+use common::Zipf;
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,82 +36,6 @@ struct Row {
     id: i64,
     version: i64,
     payload: String,
-}
-
-/// Keys `0..n` with P(k) ∝ 1 / (k + 1)^s, sampled by inverse CDF.
-struct Zipf {
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    fn new(n: usize, s: f64) -> Zipf {
-        let weights: Vec<f64> = (1..=n).map(|k| 1.0 / (k as f64).powf(s)).collect();
-        let total: f64 = weights.iter().sum();
-        let mut acc = 0.0;
-        let cdf = weights
-            .iter()
-            .map(|w| {
-                acc += w / total;
-                acc
-            })
-            .collect();
-        Zipf { cdf }
-    }
-
-    fn sample(&self, rng: &mut impl Rng) -> usize {
-        let u: f64 = rng.random();
-        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
-    }
-}
-
-struct OwnRedis {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl OwnRedis {
-    fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let dir = std::env::temp_dir().join(format!("larder-bench-{port}"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on the PATH");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        OwnRedis { child, port, dir }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 struct Figures {
@@ -200,10 +129,10 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let url = std::env::var("LARDER_BENCH_DB_URL")
-        .or_else(|_| std::env::var("LARDER_BENCH_PG_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let redis = OwnRedis::start();
+    let url =
+        std::env::var("LARDER_BENCH_DB_URL").unwrap_or_else(|_| larder_test_support::pg_url());
+    // appendonly yes + appendfsync always: every acknowledgement includes an fsync.
+    let redis = RedisServer::durable();
     let admin = SqlPool::connect(&url, 2).await.expect("database");
     let database = match admin {
         SqlPool::Postgres(_) => "PostgreSQL",

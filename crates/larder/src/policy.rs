@@ -1,6 +1,6 @@
 //! Freshness policy: how long entries live, and when a read refreshes early.
 //!
-//! DESIGN.md's words: `ttl` is how long an entry is fresh, scaled per write
+//! The words every setting and doc uses: `ttl` is how long an entry is fresh, scaled per write
 //! by `jitter` (`fresh_for = ttl × (1 ± jitter)`, so entries written together
 //! do not expire together); `stale` is the window after freshness in which
 //! the entry may still be served (stale-while-revalidate and fail-safe);

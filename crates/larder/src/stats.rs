@@ -1,7 +1,8 @@
 //! Per-cache counters: what the cache did, read without locks.
 //!
 //! [`Cache::stats`](crate::Cache::stats) takes a [`CacheStats`] snapshot; the
-//! hit ratio follows DESIGN.md: (l1 + hit + stale + negative) / all reads.
+//! hit ratio is (l1 + hit + stale + negative) / all reads: every read the
+//! cache answered without the source.
 //!
 //! Each counting point also reports to the [`metrics`] facade
 //! ([`crate::metrics`]), so `/metrics` and `stats()` count the same events.

@@ -1,20 +1,18 @@
 //! The cache's behaviour, written once and run against every store:
 //! the embedded `memory://` store and the real Redis on 127.0.0.1:6379.
 
-mod support;
+use larder_test_support as support;
+use support::{eventually, Keyed, TableSource};
 
-use async_trait::async_trait;
 use larder::store::{self, Store};
 use larder::{
-    Cache, CacheWrite, Error, LoadError, ManualClock, MessagePack, Outcome, Source, WarmOptions,
+    Cache, CacheWrite, Error, LoadError, ManualClock, MessagePack, Outcome, WarmOptions,
     WritePolicy,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct User {
@@ -29,155 +27,15 @@ fn user(id: u64, name: &str) -> User {
     }
 }
 
-/// An in-process table behind the cache: counts its calls, can fail, and
-/// can hold loads at a gate so tests can act while a load is in flight.
-#[derive(Default)]
-struct Table {
-    rows: Mutex<HashMap<String, User>>,
-    loads: AtomicUsize,
-    batch_loads: AtomicUsize,
-    failing: AtomicBool,
-    rejecting: AtomicBool,
-    gate: Mutex<Option<Arc<Semaphore>>>,
-    slow: Mutex<Option<Duration>>,
-    entered: tokio::sync::Notify,
-}
-
-impl Table {
-    fn with(rows: &[User]) -> Arc<Self> {
-        let table = Arc::new(Table::default());
-        for u in rows {
-            table.set(u.clone());
-        }
-        table
-    }
-
-    fn set(&self, u: User) {
-        self.rows.lock().expect("rows").insert(u.id.to_string(), u);
-    }
-
-    fn loads(&self) -> usize {
-        self.loads.load(Ordering::SeqCst)
-    }
-
-    /// Makes the next loads wait until `open` is called on the returned gate.
-    fn hold(&self) -> Arc<Semaphore> {
-        let gate = Arc::new(Semaphore::new(0));
-        *self.gate.lock().expect("gate") = Some(gate.clone());
-        gate
-    }
-
-    async fn pass_gate(&self) {
-        let gate = self.gate.lock().expect("gate").clone();
-        if let Some(gate) = gate {
-            self.entered.notify_one();
-            let _permit = gate.acquire().await;
-        }
-    }
-
-    fn fail(&self) -> Result<(), Error> {
-        if self.failing.load(Ordering::SeqCst) {
-            Err(Error::SourceUnavailable {
-                entity: "users".into(),
-                cause: Arc::new(std::io::Error::other("the table is failing on purpose")),
-            })
-        } else {
-            Ok(())
-        }
+impl Keyed for User {
+    fn key(&self) -> u64 {
+        self.id
     }
 }
 
-struct TableSource(Arc<Table>);
-
-impl Table {
-    fn slow(&self) -> Option<Duration> {
-        *self.slow.lock().expect("slow")
-    }
-}
-
-#[async_trait]
-impl Source<User> for TableSource {
-    fn canonical_id(&self, id: &str) -> larder::Result<String> {
-        id.parse::<u64>()
-            .map(|n| n.to_string())
-            .map_err(|_| Error::InvalidId {
-                id: id.into(),
-                reason: "not an integer".into(),
-            })
-    }
-
-    async fn load(&self, id: &str) -> larder::Result<Option<User>> {
-        self.0.loads.fetch_add(1, Ordering::SeqCst);
-        self.0.pass_gate().await;
-        if let Some(pause) = self.0.slow() {
-            tokio::time::sleep(pause).await;
-        }
-        self.0.fail()?;
-        Ok(self.0.rows.lock().expect("rows").get(id).cloned())
-    }
-
-    async fn load_many(&self, ids: &[String]) -> larder::Result<HashMap<String, User>> {
-        self.0.batch_loads.fetch_add(1, Ordering::SeqCst);
-        self.0.pass_gate().await;
-        self.0.fail()?;
-        let rows = self.0.rows.lock().expect("rows");
-        Ok(ids
-            .iter()
-            .filter_map(|id| rows.get(id).map(|u| (id.clone(), u.clone())))
-            .collect())
-    }
-
-    fn is_writable(&self) -> bool {
-        true
-    }
-
-    async fn store(&self, id: &str, value: &User) -> larder::Result<User> {
-        self.0.fail()?;
-        if self.0.rejecting.load(Ordering::SeqCst) {
-            return Err(Error::Source {
-                entity: "users".into(),
-                code: Some("23514".into()),
-                cause: Arc::new(std::io::Error::other("check constraint violated")),
-            });
-        }
-        let mut stored = value.clone();
-        stored.name = stored.name.trim().to_owned(); // the source normalises
-        self.0
-            .rows
-            .lock()
-            .expect("rows")
-            .insert(id.to_owned(), stored.clone());
-        Ok(stored)
-    }
-
-    async fn delete(&self, id: &str) -> larder::Result<bool> {
-        self.0.fail()?;
-        Ok(self.0.rows.lock().expect("rows").remove(id).is_some())
-    }
-
-    async fn load_page(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> larder::Result<Vec<(String, User)>> {
-        let after: Option<u64> = after.map(|a| a.parse().expect("canonical id"));
-        let mut rows: Vec<User> = self
-            .0
-            .rows
-            .lock()
-            .expect("rows")
-            .values()
-            .cloned()
-            .collect();
-        rows.sort_by_key(|u| u.id);
-        Ok(rows
-            .into_iter()
-            .filter(|u| after.is_none_or(|a| u.id > a))
-            .take(limit)
-            .map(|u| (u.id.to_string(), u))
-            .collect())
-    }
-}
+/// The in-process table behind the cache: counts its calls, can fail, and
+/// can hold a load at a gate so tests can act while it is in flight.
+type Table = support::Table<User>;
 
 /// One store kind under test.
 #[derive(Clone, Copy, Debug)]
@@ -189,9 +47,7 @@ enum Kind {
 async fn store(kind: Kind) -> Arc<dyn Store> {
     match kind {
         Kind::Memory => store::connect("memory://").await.expect("memory store"),
-        Kind::Redis => store::connect_checked(&support::redis_url())
-            .await
-            .expect("redis on 127.0.0.1:6379"),
+        Kind::Redis => support::redis_store().await,
     }
 }
 
@@ -212,7 +68,9 @@ async fn fixture_with(
     rows: &[User],
     tune: impl FnOnce(larder::CacheBuilder<u64, User>) -> larder::CacheBuilder<u64, User>,
 ) -> Fixture {
-    let table = Table::with(rows);
+    let table = Table::named("users", rows.iter().cloned());
+    // The source normalises: it answers a write with the row it kept.
+    table.normalise(|u| u.name = u.name.trim().to_owned());
     let clock = ManualClock::new();
     let store = store(kind).await;
     let prefix = support::unique("t");
@@ -234,18 +92,6 @@ async fn fixture_with(
         clock,
         store,
         prefix,
-    }
-}
-
-/// Polls `check` until it holds, failing after a generous deadline.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -344,18 +190,14 @@ async fn get_many_loads_misses_in_one_call(kind: Kind) {
     );
     assert_eq!(got[1].value.as_deref(), Some(&user(2, "b")));
     assert_eq!(got[3].value, None);
-    assert_eq!(
-        f.table.batch_loads.load(Ordering::SeqCst),
-        1,
-        "misses load in one load_many"
-    );
+    assert_eq!(f.table.batch_loads(), 1, "misses load in one load_many");
     let again = f.cache.get_many(&[&1, &2, &3, &4]).await.expect("get_many");
     let outcomes: Vec<Outcome> = again.iter().map(|l| l.outcome).collect();
     assert_eq!(
         outcomes,
         [Outcome::Hit, Outcome::Hit, Outcome::Hit, Outcome::Negative]
     );
-    assert_eq!(f.table.batch_loads.load(Ordering::SeqCst), 1);
+    assert_eq!(f.table.batch_loads(), 1);
 }
 
 async fn put_and_invalidate(kind: Kind) {
@@ -427,7 +269,7 @@ async fn read_only_refuses_writes(kind: Kind) {
         );
     }
     assert_eq!(
-        f.table.rows.lock().expect("rows")["1"],
+        f.table.get(1).expect("row 1"),
         user(1, "x"),
         "nothing written"
     );
@@ -448,7 +290,7 @@ async fn read_only_refuses_writes(kind: Kind) {
 async fn a_refused_write_leaves_the_cache_alone(kind: Kind) {
     let f = fixture(kind, &[user(1, "kept")]).await;
     f.cache.get(&1).await.expect("fill");
-    f.table.rejecting.store(true, Ordering::SeqCst);
+    f.table.reject(true);
     let err = f.cache.put(&1, &user(1, "bad")).await.expect_err("refused");
     assert!(err.is_source_error(), "{err}");
     let got = f.cache.get(&1).await.expect("get");
@@ -457,13 +299,13 @@ async fn a_refused_write_leaves_the_cache_alone(kind: Kind) {
         (Outcome::Hit, Some(&user(1, "kept")))
     );
     // A write that may or may not have committed (source unreachable) drops the entry.
-    f.table.rejecting.store(false, Ordering::SeqCst);
-    f.table.failing.store(true, Ordering::SeqCst);
+    f.table.reject(false);
+    f.table.fail(true);
     f.cache
         .put(&1, &user(1, "maybe"))
         .await
         .expect_err("unreachable");
-    f.table.failing.store(false, Ordering::SeqCst);
+    f.table.fail(false);
     assert_eq!(f.cache.get(&1).await.expect("get").outcome, Outcome::Miss);
 }
 
@@ -475,8 +317,8 @@ async fn a_write_voids_a_load_in_flight(kind: Kind) {
             let cache = f.cache.clone();
             tokio::spawn(async move { cache.get(&1).await })
         };
-        f.table.entered.notified().await;
-        *f.table.gate.lock().expect("gate") = None;
+        f.table.entered().await;
+        f.table.unhold();
         f.cache.put(&1, &user(1, "new")).await.expect("put");
         gate.add_permits(1000);
         reader.await.expect("join").expect("get");
@@ -506,7 +348,7 @@ async fn stale_is_served_while_one_refresh_runs(kind: Kind) {
         );
     }
     let table = f.table.clone();
-    eventually("the refresh lands", || f.cache.stats().fills == 2).await;
+    eventually("the refresh lands", || async { f.cache.stats().fills == 2 }).await;
     let got = f.cache.get(&1).await.expect("fresh read");
     assert_eq!(
         (got.outcome, got.value.as_deref()),
@@ -530,7 +372,7 @@ async fn past_the_stale_window_is_a_miss(kind: Kind) {
 async fn fail_safe_serves_stale_then_errors(kind: Kind) {
     let f = fixture(kind, &[user(1, "v1")]).await;
     f.cache.get(&1).await.expect("fill");
-    f.table.failing.store(true, Ordering::SeqCst);
+    f.table.fail(true);
     f.clock.advance(Duration::from_secs(70));
     for _ in 0..5 {
         let got = f.cache.get(&1).await.expect("stale while the source fails");
@@ -539,7 +381,10 @@ async fn fail_safe_serves_stale_then_errors(kind: Kind) {
             (Outcome::Stale, Some(&user(1, "v1")))
         );
     }
-    eventually("a failed refresh", || f.cache.stats().load_errors >= 1).await;
+    eventually("a failed refresh", || async {
+        f.cache.stats().load_errors >= 1
+    })
+    .await;
     f.clock.advance(Duration::from_secs(30)); // past the stale window
     let err = f.cache.get(&1).await.expect_err("no stale value left");
     assert!(err.is_source_error(), "{err}");
@@ -553,7 +398,7 @@ async fn concurrent_misses_share_one_load(kind: Kind) {
         let cache = f.cache.clone();
         readers.push(tokio::spawn(async move { cache.get(&9).await }));
     }
-    f.table.entered.notified().await;
+    f.table.entered().await;
     gate.add_permits(1000);
     for r in readers {
         let got = r.await.expect("join").expect("get");
@@ -570,7 +415,7 @@ async fn invalidation_during_a_load_voids_its_fill(kind: Kind) {
             let cache = f.cache.clone();
             tokio::spawn(async move { cache.get(&1).await })
         };
-        f.table.entered.notified().await; // the load is in flight (and read "old")
+        f.table.entered().await; // the load is in flight (and read "old")
         f.table.set(user(1, "new"));
         f.cache.invalidate(&1).await.expect("invalidate");
         gate.add_permits(1000);
@@ -581,7 +426,7 @@ async fn invalidation_during_a_load_voids_its_fill(kind: Kind) {
             1,
             "round {round}: the outdated fill must be refused"
         );
-        *f.table.gate.lock().expect("gate") = None;
+        f.table.unhold();
         let after = f.cache.get(&1).await.expect("get");
         assert_eq!(
             after.value.as_deref(),
@@ -696,11 +541,7 @@ async fn warm_fills_in_batches(kind: Kind) {
         (4, Some(4), 4, 0)
     );
     assert_eq!(reports.len(), 1);
-    assert_eq!(
-        f.table.batch_loads.load(Ordering::SeqCst),
-        1,
-        "one load_many per batch"
-    );
+    assert_eq!(f.table.batch_loads(), 1, "one load_many per batch");
     let got = f
         .cache
         .get_many(&[&1, &2, &3, &404])
@@ -745,7 +586,7 @@ async fn warming_never_overwrites_a_newer_write(kind: Kind) {
             let cache = f.cache.clone();
             tokio::spawn(async move { cache.warm(&[&1], WarmOptions::default(), |_| {}).await })
         };
-        f.table.entered.notified().await; // the warm-up's load is in flight
+        f.table.entered().await; // the warm-up's load is in flight
         f.cache.put(&1, &user(1, "newer")).await.expect("put");
         gate.add_permits(1000);
         let done = warming.await.expect("join").expect("warm");
@@ -764,7 +605,7 @@ async fn a_load_past_load_timeout_fails_with_a_timeout(kind: Kind) {
         b.load_timeout(Duration::from_millis(50))
     })
     .await;
-    *f.table.slow.lock().expect("slow") = Some(Duration::from_secs(3));
+    f.table.slow(Some(Duration::from_secs(3)));
     let err = f.cache.get(&1).await.expect_err("timeout");
     assert!(
         matches!(err, Error::LoadTimeout { .. }) && err.is_timeout() && err.is_source_error(),
@@ -781,16 +622,19 @@ async fn soft_timeout_serves_stale_then_the_refresh_lands(kind: Kind) {
     .await;
     f.cache.get(&1).await.expect("fill");
     f.table.set(user(1, "v2"));
-    *f.table.slow.lock().expect("slow") = Some(Duration::from_millis(300));
+    f.table.slow(Some(Duration::from_millis(300)));
     f.clock.advance(Duration::from_secs(61));
     let got = f.cache.get(&1).await.expect("stale after the soft timeout");
     assert_eq!(
         (got.outcome, got.value.as_deref()),
         (Outcome::Stale, Some(&user(1, "v1")))
     );
-    eventually("the slow refresh lands", || f.cache.stats().fills == 2).await;
+    eventually("the slow refresh lands", || async {
+        f.cache.stats().fills == 2
+    })
+    .await;
     // A fast source answers within the soft timeout: the read gets fresh data.
-    *f.table.slow.lock().expect("slow") = None;
+    f.table.slow(None);
     f.table.set(user(1, "v3"));
     f.clock.advance(Duration::from_secs(61));
     let got = f
@@ -814,7 +658,10 @@ async fn early_refresh_reloads_before_expiry(kind: Kind) {
         (got.outcome, got.value.as_deref()),
         (Outcome::Hit, Some(&user(1, "v1")))
     );
-    eventually("the early refresh lands", || f.cache.stats().fills == 2).await;
+    eventually("the early refresh lands", || async {
+        f.cache.stats().fills == 2
+    })
+    .await;
     assert!(f.cache.stats().early_refreshes >= 1);
     let got = f.cache.get(&1).await.expect("hit");
     assert_eq!(got.value.as_deref(), Some(&user(1, "v2")));

@@ -3,7 +3,7 @@
 //! plain sqlx connection that knows nothing of larder, events recorded by a
 //! handler. Each test works in its own schema.
 
-mod support;
+use larder_test_support as support;
 
 use async_trait::async_trait;
 use larder::source::{

@@ -3,7 +3,7 @@
 //! instances (each with a near cache, separate Redis connections), through
 //! updates, key changes, deletes, truncates and a listener gap.
 
-mod support;
+use larder_test_support as support;
 
 use larder::source::{ChangeListener, SqlPool, SqlSource};
 use larder::{Cache, NearOptions};
@@ -28,11 +28,7 @@ async fn instance(table: &str, prefix: &str) -> Cache<i64, Item> {
     Cache::builder()
         .prefix(prefix)
         .entity("items")
-        .store(
-            larder::store::connect_checked(&support::redis_url())
-                .await
-                .expect("redis"),
-        )
+        .store(support::redis_store().await)
         .source(source)
         .near(NearOptions {
             capacity: 1_000,

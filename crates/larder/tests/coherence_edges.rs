@@ -5,17 +5,15 @@
 //! Waits poll with a generous deadline for a signal; no sleep stands in
 //! for one.
 
-mod support;
+use larder_test_support as support;
 
-use async_trait::async_trait;
 use larder::store::{self, Store};
-use larder::{Cache, CacheWrite, Error, NearOptions, Outcome, Source};
+use larder::{Cache, CacheWrite, NearOptions, Outcome};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use support::{unique, RedisServer};
+use support::{unique, Keyed, RedisServer, TableSource};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Row {
@@ -30,53 +28,14 @@ fn row(id: u64, name: &str) -> Row {
     }
 }
 
+impl Keyed for Row {
+    fn key(&self) -> u64 {
+        self.id
+    }
+}
+
 /// The database behind the caches, shared by every instance of a test.
-#[derive(Default)]
-struct Table {
-    rows: Mutex<HashMap<String, Row>>,
-}
-
-impl Table {
-    fn with(rows: impl IntoIterator<Item = Row>) -> Arc<Self> {
-        let table = Arc::new(Table::default());
-        for r in rows {
-            table.set(r);
-        }
-        table
-    }
-
-    fn set(&self, r: Row) {
-        self.rows.lock().expect("rows").insert(r.id.to_string(), r);
-    }
-}
-
-struct TableSource(Arc<Table>);
-
-#[async_trait]
-impl Source<Row> for TableSource {
-    fn canonical_id(&self, id: &str) -> larder::Result<String> {
-        id.parse::<u64>()
-            .map(|n| n.to_string())
-            .map_err(|_| Error::InvalidId {
-                id: id.into(),
-                reason: "not an integer".into(),
-            })
-    }
-
-    async fn load(&self, id: &str) -> larder::Result<Option<Row>> {
-        Ok(self.0.rows.lock().expect("rows").get(id).cloned())
-    }
-
-    fn is_writable(&self) -> bool {
-        true
-    }
-
-    async fn store(&self, id: &str, value: &Row) -> larder::Result<Row> {
-        let mut rows = self.0.rows.lock().expect("rows");
-        rows.insert(id.to_owned(), value.clone());
-        Ok(value.clone())
-    }
-}
+type Table = support::Table<Row>;
 
 /// A cache with a near cache on its own connection to `url`, keeping what
 /// it owes in `state_dir` if given.
@@ -104,24 +63,12 @@ async fn instance(
     builder.build().await.expect("cache")
 }
 
-/// A redis-server whose data survives a restart (AOF, fsync always), and
-/// its URL with short timeouts so a dead server is noticed quickly.
-fn durable_server() -> (RedisServer, String) {
-    let server = RedisServer::durable();
-    let url = format!(
-        "{}?connect_timeout=200ms&response_timeout=200ms",
-        server.url()
-    );
-    (server, url)
-}
-
 /// A fresh state directory, removed on drop.
 struct StateDir(PathBuf);
 
 impl StateDir {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique("larder-state"));
-        std::fs::create_dir_all(&dir).expect("state dir");
+        let dir = support::temp_dir("larder-state");
         Self(dir)
     }
 
@@ -164,7 +111,8 @@ async fn never_old(cache: &Cache<u64, Row>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owed_invalidations_are_persisted_at_shutdown_and_replayed_at_the_next_start() {
-    let (mut server, url) = durable_server();
+    let mut server = RedisServer::durable();
+    let url = server.url_with_short_timeouts();
     let state = StateDir::new();
     let prefix = unique("owed_shutdown");
     let table = Table::with([row(1, "v1"), row(2, "v1")]);
@@ -215,7 +163,8 @@ async fn owed_invalidations_are_persisted_at_shutdown_and_replayed_at_the_next_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_with_owed_invalidations_purges_the_entity_at_the_next_start() {
-    let (mut server, url) = durable_server();
+    let mut server = RedisServer::durable();
+    let url = server.url_with_short_timeouts();
     let state = StateDir::new();
     let prefix = unique("owed_crash");
     let table = Table::with([row(1, "v1"), row(2, "v1")]);
@@ -246,7 +195,8 @@ async fn a_crash_with_owed_invalidations_purges_the_entity_at_the_next_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_state_directory_nothing_is_written() {
-    let (mut server, url) = durable_server();
+    let mut server = RedisServer::durable();
+    let url = server.url_with_short_timeouts();
     let state = StateDir::new();
     let prefix = unique("owed_none");
     let table = Table::with([row(1, "v1")]);

@@ -3,7 +3,7 @@
 //! classification, the same on PostgreSQL, SQLite and MariaDB; schema problems name
 //! the part of the table; refused settings name the setting.
 
-mod support;
+use larder_test_support as support;
 
 use larder::source::{SqlPool, SqlSource};
 use larder::{

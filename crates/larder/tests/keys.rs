@@ -5,7 +5,7 @@
 //! values the column cannot hold are refused before any SQL runs, and the
 //! rule for absent columns on a write.
 
-mod support;
+use larder_test_support as support;
 
 use larder::source::{ChangeListener, Source, SqlPool, SqlSource};
 use larder::{Cache, Error, NearOptions, WritePolicy};
@@ -59,11 +59,7 @@ async fn cache(source: SqlSource, prefix: &str) -> Cache<str, Value> {
     Cache::builder()
         .prefix(prefix)
         .entity("ci")
-        .store(
-            larder::store::connect_checked(&support::redis_url())
-                .await
-                .expect("redis"),
-        )
+        .store(support::redis_store().await)
         .source(source)
         .near(NearOptions {
             capacity: 100,

@@ -6,7 +6,7 @@
 //! which installs the recorder before building any cache (handles are
 //! resolved at build) and takes one snapshot at the end.
 
-mod support;
+use larder_test_support as support;
 
 use larder::store::{self, Store};
 use larder::{
@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use support::accounts::{account, Account, Db};
-use support::{redis_url, unique, RedisServer};
+use support::{unique, RedisServer};
 
 /// (kind, name, sorted labels) → value.
 type Series = HashMap<(MetricKind, String, Vec<(String, String)>), DebugValue>;
@@ -98,7 +98,7 @@ async fn counters_and_metrics_count_known_traffic() {
         .install()
         .expect("the only recorder of this binary");
 
-    let shared = store::connect_checked(&redis_url()).await.expect("redis");
+    let shared = support::redis_store().await;
     let prefix = unique("metrics");
 
     // Reads: 10 misses (5 found, 5 not found), 30 hits, 5 negatives, 1 load error.

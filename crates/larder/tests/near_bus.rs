@@ -5,21 +5,14 @@
 //! Waits poll with a generous deadline for a signal (a value, a counter);
 //! no sleep stands in for one.
 
-mod support;
+use larder_test_support as support;
 
-use async_trait::async_trait;
 use larder::store::{self, Store};
-use larder::{Cache, CacheWrite, Error, NearOptions, Outcome, Source};
+use larder::{Cache, CacheWrite, Error, NearOptions, Outcome};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use support::{unique, RedisServer};
-use tokio::sync::{Notify, Semaphore};
-
-const DEADLINE: Duration = Duration::from_secs(5);
+use std::sync::Arc;
+use std::time::Duration;
+use support::{eventually, unique, Keyed, RedisServer, TableSource};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Row {
@@ -36,77 +29,15 @@ fn row(id: u64, name: &str) -> Row {
     }
 }
 
+impl Keyed for Row {
+    fn key(&self) -> u64 {
+        self.id
+    }
+}
+
 /// The database behind the caches: shared by every instance of a test,
-/// counting loads, optionally holding loads at a gate.
-#[derive(Default)]
-struct Table {
-    rows: Mutex<HashMap<String, Row>>,
-    loads: AtomicUsize,
-    gate: Mutex<Option<Arc<Semaphore>>>,
-    entered: Notify,
-}
-
-impl Table {
-    fn with(rows: impl IntoIterator<Item = Row>) -> Arc<Self> {
-        let table = Arc::new(Table::default());
-        for r in rows {
-            table.set(r);
-        }
-        table
-    }
-
-    fn set(&self, r: Row) {
-        self.rows.lock().expect("rows").insert(r.id.to_string(), r);
-    }
-
-    fn loads(&self) -> usize {
-        self.loads.load(Ordering::SeqCst)
-    }
-
-    /// Holds the next loads until the returned gate gets a permit.
-    fn hold(&self) -> Arc<Semaphore> {
-        let gate = Arc::new(Semaphore::new(0));
-        *self.gate.lock().expect("gate") = Some(gate.clone());
-        gate
-    }
-}
-
-#[derive(Clone)]
-struct TableSource(Arc<Table>);
-
-#[async_trait]
-impl Source<Row> for TableSource {
-    fn canonical_id(&self, id: &str) -> larder::Result<String> {
-        id.parse::<u64>()
-            .map(|n| n.to_string())
-            .map_err(|_| Error::InvalidId {
-                id: id.into(),
-                reason: "not an integer".into(),
-            })
-    }
-
-    async fn load(&self, id: &str) -> larder::Result<Option<Row>> {
-        self.0.loads.fetch_add(1, Ordering::SeqCst);
-        // The query's snapshot is taken first; a held load returns it late.
-        let found = self.0.rows.lock().expect("rows").get(id).cloned();
-        let gate = self.0.gate.lock().expect("gate").take();
-        if let Some(gate) = gate {
-            self.0.entered.notify_one();
-            let _permit = gate.acquire().await;
-        }
-        Ok(found)
-    }
-
-    fn is_writable(&self) -> bool {
-        true
-    }
-
-    async fn store(&self, id: &str, value: &Row) -> larder::Result<Row> {
-        let mut rows = self.0.rows.lock().expect("rows");
-        rows.insert(id.to_owned(), value.clone());
-        Ok(value.clone())
-    }
-}
+/// counting loads, holding a load at a gate when asked.
+type Table = support::Table<Row>;
 
 fn near() -> NearOptions {
     NearOptions {
@@ -133,36 +64,6 @@ async fn instance(url: &str, prefix: &str, table: &Arc<Table>) -> Cache<u64, Row
         .build()
         .await
         .expect("cache")
-}
-
-/// A redis-server of the test's own whose data survives a restart (AOF,
-/// fsync always), and its URL with short timeouts so a dead server is
-/// noticed quickly.
-fn durable_server() -> (RedisServer, String) {
-    let server = RedisServer::builder()
-        .appendonly(true)
-        .appendfsync_always(true)
-        .start();
-    let url = format!(
-        "{}?connect_timeout=200ms&response_timeout=200ms",
-        server.url()
-    );
-    (server, url)
-}
-
-/// Polls `check` until it answers `true` or [`DEADLINE`] passes.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    let mut pause = Duration::from_millis(1);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
 }
 
 async fn name_of(cache: &Cache<u64, Row>, id: u64) -> (Option<String>, Outcome) {
@@ -237,7 +138,8 @@ async fn a_killed_subscription_clears_the_near_cache_and_reads_stay_correct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_lost_while_redis_was_down_are_replayed_when_it_returns() {
-    let (mut server, url) = durable_server();
+    let mut server = RedisServer::durable();
+    let url = server.url_with_short_timeouts();
     let prefix = unique("near_down");
     let table = Table::with([row(1, "v1"), row(2, "v1")]);
     let a = instance(&url, &prefix, &table).await;
@@ -278,7 +180,8 @@ async fn invalidations_lost_while_redis_was_down_are_replayed_when_it_returns() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overflowing_undelivered_invalidations_bump_the_generation_instead() {
-    let (mut server, url) = durable_server();
+    let mut server = RedisServer::durable();
+    let url = server.url_with_short_timeouts();
     let prefix = unique("near_overflow");
     let table = Table::with((1..=3).map(|id| row(id, "v1")));
     let a = instance(&url, &prefix, &table).await;
@@ -418,12 +321,11 @@ async fn a_fill_that_raced_with_an_invalidation_does_not_land_in_l1() {
     // By this instance, and from another one over the bus.
     for (id, invalidator) in [(1, &a), (2, &b)] {
         let gate = table.hold();
-        let entered = table.entered.notified();
         let reader = {
             let a = a.clone();
             tokio::spawn(async move { a.get(&id).await })
         };
-        entered.await;
+        table.entered().await;
         // The load has started: the database changes and the key is invalidated.
         table.set(row(id, "v2"));
         invalidator.invalidate(&id).await.expect("invalidate");

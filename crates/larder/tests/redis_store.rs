@@ -1,7 +1,7 @@
 //! What only a real Redis can show: the exact key layout, isolation of
 //! bookkeeping keys, corrupt entries, and reads that go on while Redis is down.
 
-mod support;
+use larder_test_support as support;
 
 use larder::store;
 use larder::{Cache, Error, FnSource, Outcome};
@@ -29,11 +29,7 @@ async fn cache(prefix: &str) -> Cache<str, String> {
         .prefix(prefix)
         .entity("items")
         .shards(16)
-        .store(
-            store::connect_checked(&support::redis_url())
-                .await
-                .expect("redis"),
-        )
+        .store(support::redis_store().await)
         .source(echo_source())
         .build()
         .await
@@ -70,11 +66,7 @@ async fn ids_never_reach_bookkeeping_keys() {
         .prefix(&prefix)
         .entity("items")
         .shards(16)
-        .store(
-            store::connect_checked(&support::redis_url())
-                .await
-                .expect("redis"),
-        )
+        .store(support::redis_store().await)
         .build()
         .await
         .expect("build");

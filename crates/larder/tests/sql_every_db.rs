@@ -8,7 +8,7 @@
 //! MariaDB-only behaviour (key collations, binary columns, `cdc`, the
 //! server check) is at the end.
 
-mod support;
+use larder_test_support as support;
 
 use larder::source::{Source, SqlPool, SqlSource};
 use larder::{Cache, CacheWrite, Error, Outcome, RawJson, SchemaPart, WarmOptions, WritePolicy};
@@ -472,11 +472,7 @@ async fn cache_on(src: &SqlSource, policy: WritePolicy, prefix: &str) -> Cache<i
         .prefix(prefix)
         .entity("items")
         .shards(4)
-        .store(
-            larder::store::connect_checked(&support::redis_url())
-                .await
-                .expect("redis"),
-        )
+        .store(support::redis_store().await)
         .source(src.clone())
         .write_policy(policy)
         .build()

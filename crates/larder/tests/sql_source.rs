@@ -4,13 +4,12 @@
 
 use larder::source::{Source, SqlPool, SqlSource};
 use larder::{Error, RawJson};
+use larder_test_support as support;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use support::unique;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -26,23 +25,9 @@ struct Db {
     place: String,
 }
 
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 impl Db {
     async fn pg() -> Db {
-        let url = std::env::var("LARDER_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
-        let pool = SqlPool::connect(&url, 2)
+        let pool = SqlPool::connect(&support::pg_url(), 2)
             .await
             .expect("connect to PostgreSQL");
         let db = Db {

@@ -3,7 +3,7 @@
 //! PostgreSQL) is called exactly once; a lease holder killed mid-load is
 //! taken over once its lease expires. Each race runs 20 times.
 
-mod support;
+use larder_test_support as support;
 
 use larder::Cache;
 use sqlx::postgres::PgPoolOptions;
@@ -142,11 +142,7 @@ async fn parent_cache(prefix: &str) -> Cache<i64, String> {
     Cache::builder()
         .prefix(prefix)
         .entity("items")
-        .store(
-            larder::store::connect_checked(&support::redis_url())
-                .await
-                .expect("redis"),
-        )
+        .store(support::redis_store().await)
         .build()
         .await
         .expect("cache")

@@ -6,20 +6,16 @@
 //! Time is larder's [`ManualClock`]: the tests move it past the horizon
 //! instead of sleeping; waits poll with a deadline for a signal.
 
-mod support;
+use larder_test_support as support;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use larder::store::{self, MemoryStore, Store};
-use larder::{
-    Cache, CacheBuilder, Error, ManualClock, Outcome, Source, WriteBackOptions, WritePolicy,
-};
+use larder::store::{MemoryStore, Store};
+use larder::{Cache, CacheBuilder, ManualClock, Outcome, WriteBackOptions, WritePolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use support::unique;
-use support::wait::eventually;
+use support::{eventually, unique, Keyed, TableSource};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Row {
@@ -36,61 +32,14 @@ fn row(id: u64, team: u64, name: &str) -> Row {
     }
 }
 
+impl Keyed for Row {
+    fn key(&self) -> u64 {
+        self.id
+    }
+}
+
 /// The database behind the caches of one test.
-#[derive(Default)]
-struct Table {
-    rows: Mutex<HashMap<String, Row>>,
-}
-
-impl Table {
-    fn with(rows: impl IntoIterator<Item = Row>) -> Arc<Self> {
-        let table = Arc::new(Table::default());
-        for r in rows {
-            table.set(r);
-        }
-        table
-    }
-
-    fn set(&self, r: Row) {
-        self.rows.lock().expect("rows").insert(r.id.to_string(), r);
-    }
-
-    fn get(&self, id: u64) -> Option<Row> {
-        self.rows
-            .lock()
-            .expect("rows")
-            .get(&id.to_string())
-            .cloned()
-    }
-}
-
-struct TableSource(Arc<Table>);
-
-#[async_trait]
-impl Source<Row> for TableSource {
-    fn canonical_id(&self, id: &str) -> larder::Result<String> {
-        id.parse::<u64>()
-            .map(|n| n.to_string())
-            .map_err(|_| Error::InvalidId {
-                id: id.into(),
-                reason: "not an integer".into(),
-            })
-    }
-
-    async fn load(&self, id: &str) -> larder::Result<Option<Row>> {
-        Ok(self.0.rows.lock().expect("rows").get(id).cloned())
-    }
-
-    fn is_writable(&self) -> bool {
-        true
-    }
-
-    async fn store(&self, id: &str, value: &Row) -> larder::Result<Row> {
-        let mut rows = self.0.rows.lock().expect("rows");
-        rows.insert(id.to_owned(), value.clone());
-        Ok(value.clone())
-    }
-}
+type Table = support::Table<Row>;
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -110,9 +59,7 @@ impl World {
     async fn new(kind: Kind, name: &str) -> World {
         let store: Arc<dyn Store> = match kind {
             Kind::Memory => Arc::new(MemoryStore::new(10_000)),
-            Kind::Redis => store::connect_checked(&support::redis_url())
-                .await
-                .expect("redis"),
+            Kind::Redis => support::redis_store().await,
         };
         World {
             store,

@@ -3,7 +3,7 @@
 //! (openssl CLI), and a PostgreSQL URL with `sslmode=require` against the
 //! shared PostgreSQL (which runs with `ssl = on`, see scripts/services.sh).
 
-mod support;
+use larder_test_support as support;
 
 use larder::store;
 use larder::SqlPool;
@@ -20,8 +20,7 @@ struct Certs {
 
 impl Certs {
     fn make() -> Certs {
-        let dir = std::env::temp_dir().join(unique("larder_tls"));
-        std::fs::create_dir_all(&dir).expect("cert dir");
+        let dir = support::temp_dir("larder_tls");
         let certs = Certs { dir };
         for ca in ["ca", "other_ca"] {
             certs.openssl(&[

@@ -4,9 +4,9 @@
 //! database refusing a row isolates it, and nothing acknowledged is lost
 //! through an application crash, a Redis crash or a database outage.
 
-mod support;
+use larder_test_support as support;
 
-use support::wait::eventually;
+use support::eventually;
 
 use larder::store::Store;
 use larder::{
@@ -679,12 +679,9 @@ async fn write_back_reads_and_writes_fail_while_the_store_is_down() {
     let mut f = Fixture::new().await;
     let prefix = f.prefix.clone();
     let cache = cache_on(
-        larder::store::connect_checked(&format!(
-            "{}?connect_timeout=200ms&response_timeout=200ms",
-            f.server.url()
-        ))
-        .await
-        .expect("redis"),
+        larder::store::connect_checked(&f.server.url_with_short_timeouts())
+            .await
+            .expect("redis"),
         f.source(&support::pg_url()).await,
         &prefix,
         settings(60_000),

@@ -6,7 +6,7 @@
 //! privilege, or every row refused alike) dead-letters nothing and lands
 //! once lifted; `close` owns the flusher.
 
-mod support;
+use larder_test_support as support;
 
 use larder::store::Store;
 use larder::{
@@ -15,7 +15,7 @@ use larder::{
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::accounts::{account, Account, Db};
-use support::wait::eventually;
+use support::eventually;
 use support::RedisServer;
 
 /// How long a write may wait to be flushed in these tests (long enough

@@ -6,36 +6,13 @@
 //! table stops a stalled flusher, and a lock wait fails a batch as a whole
 //! (unavailable, retried) instead of dead-lettering it.
 
-mod support;
+use larder_test_support as support;
 
 use larder::source::{Fence, FlushBatch, Source};
 use larder::{Cache, CacheWrite, Error, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use support::RedisServer;
-
-use support::mysql_url;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Account {
-    id: i64,
-    owner: String,
-    balance: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    owner_upper: Option<String>,
-}
-
-fn account(id: i64, owner: &str, balance: i64) -> Account {
-    Account {
-        id,
-        owner: owner.into(),
-        balance,
-        status: None,
-        owner_upper: None,
-    }
-}
+use support::accounts::{account, Account};
+use support::{mysql_url, RedisServer};
 
 /// A database of the test's own with an `accounts` table: a default
 /// (`status`), a trigger-set column (`owner_upper`), a CHECK constraint
@@ -48,11 +25,7 @@ struct Maria {
 impl Maria {
     async fn new() -> Maria {
         let db = support::unique("wbm");
-        let admin = sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(2)
-            .connect(&mysql_url())
-            .await
-            .expect("MariaDB at LARDER_TEST_MYSQL_URL (scripts/services.sh starts it)");
+        let admin = support::mysql_pool(2).await;
         for sql in [
             format!("CREATE DATABASE {db}"),
             format!(

@@ -4,7 +4,7 @@
 //! write slower than the ticket's life, and a compare-and-set that keeps
 //! losing.
 
-mod support;
+use larder_test_support as support;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use support::accounts::{account, Account, Db};
-use support::wait::eventually;
+use support::eventually;
 use support::TcpProxy;
 use tokio::sync::Notify;
 
@@ -185,9 +185,7 @@ impl<'a> Setup<'a> {
         let lease = self.lease_ttl;
         let store = match &self.store {
             Some(store) => store.clone(),
-            None => larder::store::connect_checked(&support::redis_url())
-                .await
-                .expect("redis"),
+            None => support::redis_store().await,
         };
         Cache::builder()
             .prefix(self.prefix)
@@ -221,12 +219,6 @@ async fn balances(caches: &[&Cache<i64, Account>], id: i64) -> Vec<Option<i64>> 
     seen
 }
 
-/// `url` with `sslmode=disable`, so that a proxy can read the protocol.
-fn plain_text(url: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}sslmode=disable")
-}
-
 /// Sets a balance with plain SQL, as another application would.
 async fn external_update(db: &Db, id: i64, balance: i64) {
     sqlx::query(&format!(
@@ -253,7 +245,7 @@ async fn an_abandoned_write_still_runs_its_end_step_on_every_instance() {
     let via_proxy = Setup {
         // In plain text: the proxy watches the protocol for COMMIT (sqlx
         // negotiates TLS by default when the server offers it).
-        pg_url: plain_text(&support::pg_url_via(proxy.addr())),
+        pg_url: support::pg_url_via(proxy.addr()),
         ..Setup::new(&db, &prefix)
     };
     let a = via_proxy.cache().await;

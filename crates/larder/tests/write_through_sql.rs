@@ -2,7 +2,7 @@
 //! cached row is the `RETURNING` row, and concurrent writers on separate
 //! connections converge on the database's last committed row.
 
-mod support;
+use larder_test_support as support;
 
 use larder::{Cache, CacheWrite, Outcome, SqlPool, SqlSource, WritePolicy};
 use std::sync::Arc;
@@ -34,11 +34,7 @@ impl Db {
         Cache::builder()
             .prefix(prefix)
             .entity("accounts")
-            .store(
-                larder::store::connect_checked(&support::redis_url())
-                    .await
-                    .expect("redis"),
-            )
+            .store(support::redis_store().await)
             .source(source)
             .write_policy(policy)
             .early_refresh(0.0)

@@ -76,7 +76,7 @@ pub async fn get_row(
         });
     if no_cache {
         // Under write-back a pending write survives the invalidation: its
-        // value is the answer, as the issue asks.
+        // value is the newest data, so it stays the answer.
         match e.cache.invalidate(&id).await {
             Ok(()) => {}
             // The read below bypasses the store anyway.

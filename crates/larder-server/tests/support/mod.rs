@@ -1,6 +1,8 @@
-//! Test support for the service: real Redis and PostgreSQL (or a SQLite
-//! temp file), a router built from a TOML config exactly as `larder serve`
-//! builds it, and requests sent with `oneshot` (no socket).
+//! Test support for the service, on top of the workspace's shared
+//! `larder-test-support` (re-exported here): PostgreSQL tables dropped at the
+//! end, a router built from a TOML config exactly as `larder serve` builds
+//! it, requests sent with `oneshot` (no socket), and the real binary
+//! started as [`Serve`].
 //!
 //! Isolation: every test gets a unique key prefix and its own table(s);
 //! tables are dropped when the [`Pg`] handle is dropped (best effort).
@@ -15,70 +17,12 @@ use larder_server::config::Config;
 use larder_server::serve::{self, AppState};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tower::ServiceExt as _;
 
-// The library's shared test helper: a redis-server of the test's own.
-#[allow(dead_code)]
-#[path = "../../../larder/tests/support/proxy.rs"]
-pub mod proxy;
-#[allow(dead_code)]
-#[path = "../../../larder/tests/support/redis_server.rs"]
-pub mod redis_server;
-#[allow(dead_code)]
-#[path = "../../../larder/tests/support/resp.rs"]
-pub mod resp;
-#[allow(dead_code)]
-#[path = "../../../larder/tests/support/wait.rs"]
-pub mod wait;
-
-pub fn redis_url() -> String {
-    std::env::var("LARDER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
-}
-
-pub fn pg_url() -> String {
-    std::env::var("LARDER_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// The address of the PostgreSQL at [`pg_url`], for a proxy in front of it.
-pub fn pg_addr() -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs as _;
-    let url = url::Url::parse(&pg_url()).expect("pg url");
-    let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
-    (host.as_str(), url.port().unwrap_or(5432))
-        .to_socket_addrs()
-        .expect("pg address")
-        .next()
-        .expect("pg address")
-}
-
-/// [`pg_url`] through `addr` (a proxy), in plain text: a proxy may watch
-/// the protocol (for COMMIT), and sqlx negotiates TLS by default when the
-/// server offers it.
-pub fn pg_url_via(addr: std::net::SocketAddr) -> String {
-    let mut url = url::Url::parse(&pg_url()).expect("pg url");
-    url.set_host(Some(&addr.ip().to_string())).expect("host");
-    url.set_port(Some(addr.port())).expect("port");
-    url.query_pairs_mut().append_pair("sslmode", "disable");
-    url.to_string()
-}
-
-/// A name unique to this process and call: `[a-z0-9_]`, usable as a table
-/// name and a key prefix.
-pub fn unique(base: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{base}_{}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        nanos % 100_000
-    )
-}
+// Everything generic (service URLs, unique names, a redis-server of the
+// test's own, the TCP proxy, RESP, waiting) is the workspace's shared test
+// support; this module adds what only the service's tests need.
+pub use larder_test_support::*;
 
 /// A PostgreSQL connection for setting up tables; drops them at the end.
 pub struct Pg {
@@ -88,11 +32,7 @@ pub struct Pg {
 
 impl Pg {
     pub async fn connect() -> Pg {
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&pg_url())
-            .await
-            .expect("PostgreSQL at LARDER_TEST_PG_URL (scripts/services.sh starts it)");
+        let pool = pg_pool(2).await;
         Pg {
             pool,
             tables: Vec::new(),
@@ -255,46 +195,127 @@ pub async fn write(app: &Router, method: &str, path: &str, body: &str) -> Answer
     .await
 }
 
-/// Starts the test's own `larder serve ARGS` (in `cwd`, if given) and waits,
-/// with a deadline, for its "listening on" line: the child and the URL it
-/// printed. Kill the child when done (the callers' `Drop`).
-pub fn spawn_serve(args: &[&str], cwd: Option<&std::path::Path>) -> (std::process::Child, String) {
-    use std::io::{BufRead as _, BufReader};
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_larder"));
-    cmd.arg("serve").args(args);
-    if let Some(cwd) = cwd {
-        cmd.current_dir(cwd);
-    }
-    let mut child = cmd
-        .env_remove("LARDER_CONFIG")
-        .env("LARDER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn larder");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+/// The test's own `larder serve` process (the real binary), killed when
+/// dropped.
+pub struct Serve {
+    child: std::process::Child,
+    /// The URL it printed in its "listening on" line.
+    pub url: String,
+}
+
+impl Serve {
+    /// Starts `larder serve ARGS` (in `cwd`, if given) and waits, with a
+    /// deadline, for its "listening on" line.
+    pub fn start(args: &[&str], cwd: Option<&std::path::Path>) -> Serve {
+        use std::io::{BufRead as _, BufReader};
+        use std::process::{Command, Stdio};
+        use std::time::{Duration, Instant};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_larder"));
+        cmd.arg("serve").args(args);
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
         }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                if let Some(url) = line.strip_prefix("larder: listening on ") {
-                    return (child, url.to_owned());
+        let mut child = cmd
+            .env_remove("LARDER_CONFIG")
+            .env("LARDER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn larder");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("larder: listening on ") {
+                        return Serve {
+                            child,
+                            url: url.to_owned(),
+                        };
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("larder serve did not say it listens: {e}");
                 }
             }
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("larder serve did not say it listens: {e}");
-            }
         }
+    }
+
+    /// Starts `larder serve --config FILE` with `config` written to a file
+    /// in a fresh temporary directory.
+    pub fn with_config(config: &str) -> Serve {
+        let dir = temp_dir("larder-serve");
+        let path = dir.join("larder.toml");
+        std::fs::write(&path, config).expect("config");
+        Serve::start(&["--config", path.to_str().expect("utf-8")], None)
+    }
+
+    /// Sends a request (a JSON body, if any) and returns the answer.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> larder_server::client::Response {
+        let headers: &[(&str, &str)] = if body.is_some() {
+            &[("content-type", "application/json")]
+        } else {
+            &[]
+        };
+        larder_server::client::request(
+            method,
+            &format!("{}{path}", self.url),
+            headers,
+            body.map(str::as_bytes),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .expect("request")
+    }
+
+    /// `GET path` from a synchronous test (on a runtime of its own).
+    pub fn blocking_get(&self, path: &str) -> larder_server::client::Response {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(self.call("GET", path, None))
+    }
+
+    /// SIGTERM, then the exit status within a deadline.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        use std::time::{Duration, Instant};
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "larder did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,8 +1,11 @@
-//! What the benches share: the row type, the key count, the Redis URL and
-//! the concurrent runner. Each bench uses a part of it.
+//! What the benches share: the row type, the key count, the concurrent
+//! runner and a Zipf sampler. Each bench uses a part of it. The Redis URL comes from the
+//! workspace's test support (`larder_test_support::redis_url`,
+//! `LARDER_TEST_REDIS_URL`), as in the tests.
 
 #![allow(dead_code, unreachable_pub)]
 
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
@@ -28,10 +31,6 @@ pub fn user(id: u64) -> User {
 
 pub const KEYS: u64 = 1000;
 
-pub fn redis_url() -> String {
-    std::env::var("LARDER_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
-}
-
 /// Runs `iters` operations split over `tasks` concurrent tasks; returns the wall time.
 pub async fn run<F, Fut>(iters: u64, tasks: u64, op: F) -> Duration
 where
@@ -56,4 +55,31 @@ where
         h.await.expect("task");
     }
     start.elapsed()
+}
+
+/// Ranks `0..n` with P(k) ∝ 1 / (k + 1)^s, sampled by inverse CDF.
+pub struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    /// The distribution Zipf(`s`) over `n` ranks.
+    pub fn new(n: usize, s: f64) -> Zipf {
+        let mut cdf = Vec::with_capacity(n);
+        let mut total = 0.0;
+        for rank in 1..=n {
+            total += 1.0 / (rank as f64).powf(s);
+            cdf.push(total);
+        }
+        for p in &mut cdf {
+            *p /= total;
+        }
+        Zipf { cdf }
+    }
+
+    /// One rank; the last one when rounding leaves `u` above the CDF's end.
+    pub fn sample(&self, rng: &mut impl Rng) -> u64 {
+        let u: f64 = rng.random();
+        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1) as u64
+    }
 }

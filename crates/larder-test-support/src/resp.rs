@@ -1,5 +1,5 @@
 //! Just enough blocking RESP2 to talk to a Redis without the `redis` crate or
-//! an async runtime: [`RedisServer`](super::RedisServer) uses it to wait for
+//! an async runtime: [`RedisServer`](crate::RedisServer) uses it to wait for
 //! `PING`, and tests use it to poke their own servers (`SET`, `GET`,
 //! `CONFIG GET`, `DEBUG SLEEP`).
 

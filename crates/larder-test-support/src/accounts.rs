@@ -3,6 +3,9 @@
 //! (`status`), a trigger-set column (`owner_upper`) and a CHECK constraint
 //! (`balance >= 0`, named `balance_not_negative`), and an `items` table of
 //! `(id, version)`.
+//!
+//! [`Account`] is also the row of the MariaDB write-back tests, whose
+//! table has the same columns.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -10,11 +13,16 @@ use sqlx::PgPool;
 /// A row of `accounts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Account {
+    /// The primary key.
     pub id: i64,
+    /// Who owns it (the trigger upper-cases it into `owner_upper`).
     pub owner: String,
+    /// Never negative: the CHECK constraint `balance_not_negative`.
     pub balance: i64,
+    /// Set by the column default (`'new'`) when not written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Set by the trigger, never by the tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_upper: Option<String>,
 }
@@ -32,15 +40,17 @@ pub fn account(id: i64, owner: &str, balance: i64) -> Account {
 
 /// The schema and an admin pool (2 connections) to check the database with.
 pub struct Db {
+    /// A pool of 2 connections for checks made behind the cache's back.
     pub admin: PgPool,
+    /// The schema of the test's own that holds both tables.
     pub schema: String,
 }
 
 impl Db {
     /// Creates a unique schema with both tables.
     pub async fn new() -> Db {
-        let schema = super::unique("acct");
-        let admin = super::pg_pool(2).await;
+        let schema = crate::unique("acct");
+        let admin = crate::pg_pool(2).await;
         for sql in [
             format!("CREATE SCHEMA {schema}"),
             format!(

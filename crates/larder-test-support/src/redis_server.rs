@@ -2,8 +2,8 @@
 //! may configure, kill and restart (the shared Redis on 6379 must never be
 //! broken by a test).
 
-use super::resp::{self, Reply};
-use super::unique;
+use crate::resp::{self, Reply};
+use crate::unique;
 use std::fs::{self, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
@@ -204,7 +204,17 @@ impl RedisServer {
         format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
-    /// The loopback address it listens on (e.g. a [`TcpProxy`](super::TcpProxy) target).
+    /// [`url`](Self::url) with 200 ms connect and response timeouts, so
+    /// that a client notices a killed server at once instead of after
+    /// redis-rs's defaults.
+    pub fn url_with_short_timeouts(&self) -> String {
+        format!(
+            "{}?connect_timeout=200ms&response_timeout=200ms",
+            self.url()
+        )
+    }
+
+    /// The loopback address it listens on (e.g. a [`TcpProxy`](crate::TcpProxy) target).
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
     }
@@ -350,14 +360,7 @@ impl RedisServer {
         let deadline = Instant::now() + READY_TIMEOUT;
         let addr = self.addr();
         loop {
-            let child = self
-                .child
-                .as_mut()
-                .ok_or_else(|| "not running".to_string())?;
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("redis-server exited: {status}"));
-            }
-            let pid = child.id();
+            let pid = self.running_pid()?;
             match resp::Conn::connect(addr).and_then(|mut c| {
                 let pong = c.cmd(&["PING"])?;
                 Ok((pong, c))
@@ -396,19 +399,25 @@ impl RedisServer {
 }
 
 impl RedisServer {
+    /// The process id of the server if it is still running; an error
+    /// saying why not (never started, or exited and with what status).
+    fn running_pid(&mut self) -> Result<u32, String> {
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| "not running".to_string())?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("redis-server exited: {status}"));
+        }
+        Ok(child.id())
+    }
+
     /// Polls the log of *this* process (lines carry its pid) for "Ready to
     /// accept connections", until the process exits or [`READY_TIMEOUT`].
     fn wait_ready_tls(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let child = self
-                .child
-                .as_mut()
-                .ok_or_else(|| "not running".to_string())?;
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("redis-server exited: {status}"));
-            }
-            let mine = format!("{}:M", child.id());
+            let mine = format!("{}:M", self.running_pid()?);
             let log = fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
             if log
                 .lines()

@@ -1,7 +1,7 @@
 //! The test support code tested: if these fail, every other integration test
 //! is suspect. Plain std TCP and hand-written RESP, no larder, no runtime.
 
-mod support;
+use larder_test_support as support;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -70,6 +70,16 @@ fn echo_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// PostgreSQL answers an SSLRequest with one byte, 'S' or 'N'.
+fn assert_postgres_answers(stream: &mut TcpStream) {
+    stream
+        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .expect("SSLRequest");
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).expect("SSLRequest answer");
+    assert!(matches!(&answer, b"S" | b"N"), "PostgreSQL said {answer:?}");
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -163,19 +173,13 @@ fn shared_services_answer() {
         pong()
     );
 
-    // PostgreSQL answers an SSLRequest with one byte, 'S' or 'N'.
     let pg = support::pg_addr();
     let mut stream = TcpStream::connect(pg)
         .unwrap_or_else(|e| panic!("shared PostgreSQL at {pg} ({e}): run scripts/services.sh"));
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
-    stream
-        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .expect("SSLRequest");
-    let mut answer = [0u8; 1];
-    stream.read_exact(&mut answer).expect("SSLRequest answer");
-    assert!(matches!(&answer, b"S" | b"N"), "PostgreSQL said {answer:?}");
+    assert_postgres_answers(&mut stream);
 }
 
 // ------------------------------------------------------------- RedisServer --
@@ -355,12 +359,7 @@ fn dropping_a_proxy_closes_everything() {
 fn proxy_reaches_the_shared_postgres() {
     let proxy = TcpProxy::start(support::pg_addr());
     let mut stream = connect(proxy.addr());
-    stream
-        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .expect("SSLRequest");
-    let mut answer = [0u8; 1];
-    stream.read_exact(&mut answer).expect("SSLRequest answer");
-    assert!(matches!(&answer, b"S" | b"N"), "PostgreSQL said {answer:?}");
+    assert_postgres_answers(&mut stream);
     proxy.cut();
     assert_closed(&mut stream);
 }
