@@ -487,28 +487,8 @@ impl Hot {
         ));
         let db = self.db()?;
 
-        // The seed's cache-aside: GET; on a miss, query and SETEX. The key
-        // has expired, which in Redis means it is gone.
-        let key = format!("{}:naive:user:{HOT_ID}", self.prefix);
-        let lease = format!("{}:naive:lease:{HOT_ID}", self.prefix);
-        self.store.delete(&key, &lease).await?;
-        reset_count(&db, "stampede_naive").await?;
+        let (naive, naive_took) = self.naive_expired(&db, "stampede_naive").await?;
         let gate = Arc::new(tokio::sync::Barrier::new(readers));
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..readers {
-            let (store, db, gate) = (self.store.clone(), db.clone(), gate.clone());
-            let (key, lease) = (key.clone(), lease.clone());
-            tasks.spawn(async move {
-                gate.wait().await;
-                naive_get(&*store, &key, &lease, db, "stampede_naive").await
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done.context("a naive reader panicked")??;
-        }
-        let naive_took = started.elapsed();
-        let naive = load_count(&db, "stampede_naive").await?;
 
         // larder: the same key, expired; one reader takes the lease and
         // loads, the others wait for its fill.
@@ -550,6 +530,37 @@ impl Hot {
         );
         say!("  (counted by the database: each load bumps demo_loads in its own transaction)");
         Ok(())
+    }
+
+    /// The seed's cache-aside, `readers` at once on the hot key just
+    /// expired (which in Redis means it is gone): `GET`; on a miss, query
+    /// and `SETEX`. The database's count of their loads, and how long the
+    /// slowest took.
+    async fn naive_expired(
+        &self,
+        db: &sqlx::SqlitePool,
+        counter: &'static str,
+    ) -> Result<(i64, Duration)> {
+        let key = format!("{}:naive:user:{HOT_ID}", self.prefix);
+        let lease = format!("{}:naive:lease:{HOT_ID}", self.prefix);
+        self.store.delete(&key, &lease).await?;
+        reset_count(db, counter).await?;
+        let gate = Arc::new(tokio::sync::Barrier::new(self.readers));
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..self.readers {
+            let (store, db, gate) = (self.store.clone(), db.clone(), gate.clone());
+            let (key, lease) = (key.clone(), lease.clone());
+            tasks.spawn(async move {
+                gate.wait().await;
+                naive_get(&*store, &key, &lease, db, counter).await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.context("a naive reader panicked")??;
+        }
+        let took = started.elapsed();
+        Ok((load_count(db, counter).await?, took))
     }
 
     async fn near_cache(&self) -> Result<()> {
@@ -684,6 +695,13 @@ impl Hot {
         say!(
             "  database loads during all of it: {} (counted by the database)",
             load_count(&db, "swr").await?
+        );
+        // The seed's cache-aside has no stale window: once expired, the key
+        // is gone and every reader waits for a query of its own.
+        let (naive, naive_took) = self.naive_expired(&db, "swr_naive").await?;
+        say!(
+            "  naive, expired   {readers} readers  {naive:>4} database loads  {:>9}  at most (no stale copy: every reader waits for a query)",
+            fmt_time(naive_took)
         );
         rename(&db, HOT_ID, &format!("User {HOT_ID}")).await?;
         Ok(())

@@ -106,6 +106,11 @@ fn demo_shows_every_step_and_reuses_its_database() {
             figure(&stdout, "database loads during all of it", "(counted"),
             1
         );
+        // The seed's cache-aside on the same expired key: no stale copy, so
+        // the readers query the database themselves.
+        let naive_expired = figure(&stdout, "naive, expired", "database loads");
+        assert_eq!(naive_expired, counted["swr_naive"], "{stdout}");
+        assert!(naive_expired > 1, "{stdout}");
         // The near cache answers faster than a Redis round trip.
         let l1 = stdout
             .lines()

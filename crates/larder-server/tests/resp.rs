@@ -498,6 +498,130 @@ async fn a_token_gates_every_command_but_auth_hello_ping_and_quit() {
 }
 
 #[tokio::test]
+async fn the_read_token_allows_read_commands_and_refuses_writes_with_noperm() {
+    let admin = unique("RESP_ADMIN").to_uppercase();
+    let read = unique("RESP_READ").to_uppercase();
+    std::env::set_var(&admin, "adm1n");
+    std::env::set_var(&read, "r3ad");
+    let (pg, t, resp) = users(&format!(
+        "[auth]\ntoken_env = \"{admin}\"\nread_token_env = \"{read}\"\n"
+    ))
+    .await;
+    let (got, _) = resp
+        .raw(
+            b"AUTH r3ad\r\nEXISTS users:1\r\nDEL users:1\r\nSET wusers:1 {}\r\nHSET wusers:1 name x\r\n",
+            usize::MAX,
+        )
+        .await;
+    let text = String::from_utf8_lossy(&got);
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(&lines[..2], &["+OK", ":1"], "{text}");
+    for (line, command) in lines[2..5].iter().zip(["del", "set", "hset"]) {
+        assert_eq!(
+            *line,
+            format!(
+                "-NOPERM User default has no permissions to run the '{command}' command \
+                 (the read-only token allows reads only)"
+            ),
+            "{text}"
+        );
+    }
+    // Nothing was written.
+    let name = pg
+        .scalar_text(&format!("SELECT name FROM {t} WHERE id = 1"))
+        .await;
+    assert_eq!(name.as_deref(), Some("user 1"));
+    // The admin token may write.
+    let (got, _) = resp
+        .raw(b"AUTH adm1n\r\nHSET wusers:1 name ada\r\n", 9)
+        .await;
+    assert_eq!(got, b"+OK\r\n:1\r\n".to_vec());
+    std::env::remove_var(&admin);
+    std::env::remove_var(&read);
+}
+
+#[tokio::test]
+async fn a_non_loopback_resp_listener_needs_a_token_or_allow_open() {
+    let toml = support::pg_config(
+        &unique("r"),
+        "[resp]\nlisten = \"0.0.0.0:7379\"\n[[entity]]\nname = \"users\"\ntable = \"t\"\n",
+    );
+    let mut config = larder_server::config::Config::parse(&toml, "test.toml").expect("parse");
+    let e = larder_server::resp::check_listen(&config, false).expect_err("refused");
+    assert_eq!(e.key, "resp.listen");
+    assert!(larder_server::resp::check_listen(&config, true).is_ok());
+    config.auth.allow_open = true;
+    assert!(larder_server::resp::check_listen(&config, false).is_ok());
+    config.auth.allow_open = false;
+    config.resp.listen = Some("127.0.0.1:7379".into());
+    assert!(larder_server::resp::check_listen(&config, false).is_ok());
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_idle_timeout() {
+    let (_pg, _t, resp) = users("[resp]\nidle_timeout = \"300ms\"\n").await;
+    let started = Instant::now();
+    // `raw` reads until the server closes the connection (or 5 s pass).
+    let (got, closed) = resp.raw(b"PING\r\n", usize::MAX).await;
+    assert_eq!(got, b"+PONG\r\n".to_vec());
+    assert!(closed, "the idle connection was not closed within 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Without the setting (5 minutes), the same connection stays open.
+    let (_pg, _t, resp) = users("").await;
+    let (got, closed) = resp.raw(b"PING\r\n", usize::MAX).await;
+    assert_eq!(got, b"+PONG\r\n".to_vec());
+    assert!(!closed);
+}
+
+#[tokio::test]
+async fn introspection_and_connection_commands_answer_as_redis_does() {
+    let var = unique("RESP_TOKEN").to_uppercase();
+    std::env::set_var(&var, "s3cret");
+    let (_pg, _t, resp) = users(&format!(
+        "[auth]\ntoken_env = \"{var}\"\n[resp]\nmax_clients = 77\n"
+    ))
+    .await;
+    let mut con = redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/", resp.port))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let count: i64 = query(&mut con, &["COMMAND", "COUNT"]).await.expect("count");
+    assert_eq!(
+        count,
+        larder_server::resp::cmd::TABLE.len() as i64,
+        "COMMAND COUNT"
+    );
+    let config: Vec<String> = query(&mut con, &["CONFIG", "GET", "maxclients"])
+        .await
+        .expect("config get");
+    assert_eq!(config, vec!["maxclients".to_owned(), "77".to_owned()]);
+    let ok: String = query(&mut con, &["CLIENT", "SETNAME", "worker-1"])
+        .await
+        .expect("setname");
+    assert_eq!(ok, "OK");
+    let name: String = query(&mut con, &["CLIENT", "GETNAME"])
+        .await
+        .expect("getname");
+    assert_eq!(name, "worker-1");
+    let id: i64 = query(&mut con, &["CLIENT", "ID"]).await.expect("id");
+    assert!(id > 0);
+    // RESET forgets the name and the authentication; QUIT answers and closes.
+    let (got, closed) = resp
+        .raw(
+            b"AUTH s3cret\r\nCLIENT SETNAME n\r\nRESET\r\nGET users:1\r\nQUIT\r\n",
+            usize::MAX,
+        )
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "+OK\r\n+OK\r\n+RESET\r\n-NOAUTH Authentication required.\r\n+OK\r\n"
+    );
+    assert!(closed, "QUIT closes the connection");
+    std::env::remove_var(&var);
+}
+
+#[tokio::test]
 async fn connections_over_max_clients_are_refused() {
     let (_pg, _t, resp) = users("").await;
     drop(resp);

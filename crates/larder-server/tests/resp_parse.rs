@@ -2,7 +2,7 @@
 //! and never claim memory beyond what arrived or beyond the limit; valid
 //! commands parse to their words however the bytes are split.
 
-use larder_server::resp::parse::{parse, Parsed, MAX_INLINE};
+use larder_server::resp::parse::{parse, Parsed, MAX_ARGS, MAX_INLINE};
 use proptest::prelude::*;
 
 const LIMIT: usize = 512;
@@ -98,6 +98,17 @@ proptest! {
         let mut args = Vec::new();
         prop_assert!(parse(&bytes, 0, LIMIT, &mut args).is_err());
         prop_assert!(args.is_empty());
+        let bytes = format!("*{n}\r\n").into_bytes();
+        prop_assert!(parse(&bytes, 0, LIMIT, &mut args).is_err());
+        prop_assert!(args.is_empty());
+    }
+
+    /// An array claiming more elements than the body limit is refused by
+    /// its header alone, also below `MAX_ARGS` (where the limit, not the
+    /// parser's own ceiling, decides).
+    #[test]
+    fn claimed_array_lengths_over_the_body_limit_are_refused(n in (LIMIT as u64 + 1)..=(MAX_ARGS as u64)) {
+        let mut args = Vec::new();
         let bytes = format!("*{n}\r\n").into_bytes();
         prop_assert!(parse(&bytes, 0, LIMIT, &mut args).is_err());
         prop_assert!(args.is_empty());

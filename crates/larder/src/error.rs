@@ -230,8 +230,10 @@ pub enum Error {
         current: u64,
     },
 
-    /// The cache was closed ([`Cache::close`](crate::Cache::close)): it
-    /// accepts no more writes.
+    /// The write-back cache was closed
+    /// ([`Cache::close`](crate::Cache::close)): it accepts no more writes
+    /// (a cache without write-back has nothing to drain and keeps
+    /// accepting them).
     #[error("cache of entity `{entity}` is closed: it accepts no more writes")]
     Closed {
         /// The entity.

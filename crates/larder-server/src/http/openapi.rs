@@ -547,7 +547,9 @@ fn entity_paths(
             (
                 "409",
                 error_response(
-                    "conflict: a unique, foreign-key or check constraint refused the row.",
+                    "conflict: a unique, foreign-key or check constraint refused the row; \
+                     busy: concurrent writes to the row kept winning (write-back), retry after \
+                     Retry-After.",
                 ),
             ),
             (
@@ -594,7 +596,10 @@ fn entity_paths(
         ("404", error_response("not_found: there was no row.")),
         (
             "409",
-            error_response("conflict: the row is still referenced."),
+            error_response(
+                "conflict: the row is still referenced; busy: concurrent writes to the row \
+                 kept winning (write-back), retry after Retry-After.",
+            ),
         ),
         ("503", unavailable.clone()),
     ];

@@ -133,7 +133,8 @@ fn parse_multibulk(
         }
         return Ok(Parsed::Incomplete);
     };
-    let count = number(header(buf, at + 1, nl), MAX_ARGS).ok_or(ProtocolError::MultibulkLength)?;
+    let count = number(header(buf, at + 1, nl), MAX_ARGS.min(limit))
+        .ok_or(ProtocolError::MultibulkLength)?;
     let mut pos = nl + 1;
     if count <= 0 {
         return Ok(Parsed::Command { len: pos - at });
