@@ -11,7 +11,7 @@
 //! one module.
 //!
 //! ```text
-//! cache/           Cache<K, V> and Inner, the state every clone shares
+//! cache/           Cache<K, V> and Inner, the state every clone shares (its fields private here)
 //!   read.rs        the read path: near cache → breaker → store → fresh/stale/missing → flight,
 //!                  one decision tree for single and batch reads
 //!   lease.rs       the lease: acquire, wait for another holder's fill, take over,
@@ -19,7 +19,10 @@
 //!   write.rs       the write protocol: ticket → source step → end step, detached (cancellation-safe)
 //!   warm.rs        pre-warming in batches, under the fill rule
 //!   invalidate.rs  invalidation by id, key, tag or purge; background tag compaction
-//! builder.rs       CacheBuilder: every setting, validated once
+//!   builder.rs     CacheBuilder: every setting, validated once; assembles Inner
+//!   write_back/    write-back (`larder::write_back`): options and state; writer (acknowledge),
+//!                  flusher (an owned component: started by the builder, stopped and drained
+//!                  by close), dead letters, durability checks
 //! policy.rs        freshness settings (ttl, stale, leases, timeouts), their defaults and limits; XFetch
 //! flight.rs        single flight: one load per key per process, shared by its waiters
 //! breaker.rs       skip a store that just failed, for a moment
@@ -36,8 +39,6 @@
 //! source/          where values come from: the Source trait, FnSource, SqlSource
 //!   sql/           PostgreSQL, SQLite, MariaDB tables: schema, dialects, flushes, refusals
 //!   sql/cdc/       change notifications (PostgreSQL triggers, the listener)
-//! write_back/      write-back: options and state; writer (acknowledge), flusher (drain),
-//!                  dead letters, durability checks
 //! error.rs         Error, its kinds, and settings refused as InvalidSetting
 //! load_error.rs    LoadError: try_get_or_load's errors, the loader's type kept
 //! outcome.rs       Lookup and Outcome, the one word every read reports
@@ -125,7 +126,6 @@
 //! ```
 
 mod breaker;
-mod builder;
 mod cache;
 mod clock;
 mod codec;
@@ -140,9 +140,9 @@ mod policy;
 pub mod source;
 mod stats;
 pub mod store;
-pub mod write_back;
 
-pub use builder::CacheBuilder;
+pub use cache::write_back;
+pub use cache::CacheBuilder;
 pub use cache::{Cache, CacheWrite, WarmOptions, WarmProgress, WritePolicy, Written, WARM_BATCH};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};

@@ -13,7 +13,7 @@
 
 use super::{Cache, Inner};
 use crate::envelope::Envelope;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generation::{tag_horizon, validate_tag};
 use crate::key::CacheKey;
 use crate::near::Ticket;
@@ -147,6 +147,19 @@ where
     /// never needed for correctness.
     pub async fn sync_near(&self) {
         self.inner.coherence.sync().await;
+    }
+
+    /// A purge, or an error saying that this cache's entries carry no
+    /// stamps, so a purge cannot reach them (after a change-notification
+    /// gap).
+    pub(crate) async fn purge_or_refuse(&self) -> Result<()> {
+        if !self.inner.coherence.bus.stamps() {
+            return Err(Error::Config(format!(
+                "entity `{}` cannot be purged after a change-notification gap: its entries carry no stamps; build it with .bus(true)",
+                self.entity()
+            )));
+        }
+        self.purge().await
     }
 }
 

@@ -10,16 +10,23 @@
 //! - `warm`: pre-warming in batches under the fill rule.
 //! - `invalidate`: invalidation by id, key, tag or purge, and the
 //!   background tag compaction (over `crate::coherence`).
+//! - `builder`: [`CacheBuilder`], which validates every setting and
+//!   assembles `Inner`.
+//! - `write_back`: write-back's writer (acknowledge), its flusher (an owned
+//!   component that `close` stops and drains) and dead letters.
 //!
-//! `Inner`'s fields are still `pub(crate)`: the builder assembles them, and
-//! write-back's writer, flusher and dead letters still read them.
+//! `Inner`'s fields are private to this module: the rest of the crate
+//! reaches the cache only through `Cache`'s methods.
 
+mod builder;
 mod invalidate;
 mod lease;
 mod read;
 mod warm;
 mod write;
+pub mod write_back;
 
+pub use self::builder::CacheBuilder;
 pub use self::warm::{WarmOptions, WarmProgress, WARM_BATCH};
 pub use self::write::{CacheWrite, WritePolicy, Written};
 
@@ -61,7 +68,7 @@ pub(crate) type Loader<V> = Box<dyn FnOnce(String) -> BoxFuture<'static, Result<
 /// - The source failing: a stale value inside the stale window is served
 ///   (fail-safe); otherwise the source's typed error is returned.
 pub struct Cache<K: ?Sized, V> {
-    pub(crate) inner: Arc<Inner<V>>,
+    inner: Arc<Inner<V>>,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -84,22 +91,22 @@ impl<K: ?Sized, V> fmt::Debug for Cache<K, V> {
 }
 
 pub(crate) struct Inner<V> {
-    pub(crate) keys: KeySpace,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) source: Option<Arc<dyn Source<V>>>,
-    pub(crate) codec: Arc<dyn Codec<V>>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) policy: Policy,
-    pub(crate) random: Random,
-    pub(crate) flights: Flights<Result<Option<Lookup<V>>>>,
-    pub(crate) counters: Counters,
-    pub(crate) layout_checked: tokio::sync::OnceCell<()>,
-    pub(crate) write_policy: WritePolicy,
-    pub(crate) breaker: Breaker,
+    keys: KeySpace,
+    store: Arc<dyn Store>,
+    source: Option<Arc<dyn Source<V>>>,
+    codec: Arc<dyn Codec<V>>,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    random: Random,
+    flights: Flights<Result<Option<Lookup<V>>>>,
+    counters: Counters,
+    layout_checked: tokio::sync::OnceCell<()>,
+    write_policy: WritePolicy,
+    breaker: Breaker,
     /// Write-back's state (its log, counters and flusher controls).
-    pub(crate) write_back: Option<Arc<crate::write_back::State>>,
+    write_back: Option<Arc<crate::write_back::State>>,
     /// Near cache, tags and invalidation bus (`coherence.rs`).
-    pub(crate) coherence: crate::coherence::Coherence<V>,
+    coherence: crate::coherence::Coherence<V>,
 }
 
 impl<K, V> Cache<K, V>

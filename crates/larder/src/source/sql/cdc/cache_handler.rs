@@ -31,21 +31,3 @@ where
         self.purge_or_refuse().await
     }
 }
-
-impl<K, V> crate::Cache<K, V>
-where
-    K: crate::CacheKey + ?Sized,
-    V: Send + Sync + 'static,
-{
-    /// A purge, or an error saying that this cache's entries carry no
-    /// stamps, so a purge cannot reach them.
-    async fn purge_or_refuse(&self) -> Result<()> {
-        if !self.inner.coherence.bus.stamps() {
-            return Err(crate::Error::Config(format!(
-                "entity `{}` cannot be purged after a change-notification gap: its entries carry no stamps; build it with .bus(true)",
-                self.entity()
-            )));
-        }
-        self.purge().await
-    }
-}

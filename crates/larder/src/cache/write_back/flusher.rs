@@ -41,9 +41,11 @@ use crate::source::{Fault, Fence, FlushBatch, Flushed};
 use crate::store::{Clear, DeadLetterMove, DirtyRecord, ShardKeys};
 use futures_util::stream::{self, StreamExt};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 /// How many shards one instance flushes at once.
 const PARALLEL_SHARDS: usize = 4;
@@ -56,7 +58,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What a round found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Round {
+enum Round {
     /// Some shard had a full batch: go again at once.
     Busy,
     /// Nothing more is due now.
@@ -121,20 +123,122 @@ impl Refusal {
     }
 }
 
-/// Starts the flusher of `inner`; it ends when the cache is dropped or
-/// closed. Its handle is kept in `state`, so that `close` can wait for it.
-pub(crate) fn spawn<V: Send + Sync + 'static>(inner: &Arc<Inner<V>>, state: Arc<State>) {
-    let weak = Arc::downgrade(inner);
-    let handle = tokio::spawn(run(weak, state.clone()));
-    let mut slot = state.flusher.lock().unwrap_or_else(|p| p.into_inner());
-    *slot = Some(handle);
+/// The flusher of one write-back cache: a background task, owned by the
+/// cache's write-back state. The builder starts it; writers wake it when a
+/// batch fills; [`Flusher::close`] stops it, waits for its round, and
+/// drains what is pending.
+#[derive(Debug, Default)]
+pub(crate) struct Flusher {
+    /// Wakes the task (a full batch, or `close`).
+    wake: Notify,
+    /// Set by `close`: the task stops after its round and writes are
+    /// refused.
+    closed: AtomicBool,
+    /// The task, until `close` takes it to wait for it.
+    task: Mutex<Option<JoinHandle<()>>>,
+    /// Held by `close` while it drains: one drain at a time.
+    closing: tokio::sync::Mutex<()>,
+}
+
+/// How [`Flusher::close`] ended.
+#[derive(Debug)]
+pub(crate) enum Drain {
+    /// Stopped and drained until nothing was left or the deadline; the
+    /// last error a round met, if any.
+    Drained(Option<Error>),
+    /// Not drained here: another close holds the drain, or the task's
+    /// round outlasted the deadline (it stops after that round and keeps
+    /// its leases).
+    NotStopped,
+}
+
+impl Flusher {
+    /// Starts the task over `inner`; it ends when the cache is dropped or
+    /// closed.
+    pub(crate) fn start<V: Send + Sync + 'static>(&self, inner: &Arc<Inner<V>>, state: Arc<State>) {
+        let handle = tokio::spawn(run(Arc::downgrade(inner), state));
+        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+    }
+
+    /// Wakes the task for a round now.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Whether `close` has begun: writes are refused from then on.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Stops the task, waits for its round to end, then drains what is
+    /// pending (rounds with `closing`) until none is left or `deadline`.
+    /// From its start, [`Flusher::is_closed`] holds.
+    pub(crate) async fn close<V: Send + Sync + 'static>(
+        &self,
+        inner: &Inner<V>,
+        state: &State,
+        deadline: Instant,
+    ) -> Drain {
+        let Ok(_draining) = tokio::time::timeout_at(deadline.into(), self.closing.lock()).await
+        else {
+            return Drain::NotStopped;
+        };
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut handle) = task {
+            if tokio::time::timeout_at(deadline.into(), &mut handle)
+                .await
+                .is_err()
+            {
+                // Still in its round: it stops after it, and keeps its leases.
+                *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+                tracing::warn!(
+                    entity = inner.keys.entity(),
+                    "closing: the flusher's round outlasted the close; nothing drained"
+                );
+                return Drain::NotStopped;
+            }
+        }
+        let mut failures = 0;
+        let mut last_error: Option<Error> = None;
+        while Instant::now() < deadline {
+            let round =
+                tokio::time::timeout_at(deadline.into(), inner.flush_round(state, true)).await;
+            match round {
+                Err(_) => break,
+                Ok(Ok(Round::Busy)) => failures = 0,
+                Ok(Ok(Round::Idle)) => {
+                    failures = 0;
+                    if state.counters.backlog.load(Ordering::Relaxed) == 0 {
+                        break;
+                    }
+                    // Left: shards another instance holds, or written meanwhile.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Err(e)) => {
+                    failures += 1;
+                    let pause = inner
+                        .backoff(failures)
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    last_error = Some(e);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        for shard in &state.shards {
+            // The lease expires by itself if this fails.
+            let _ = state.log.release(shard, &state.token).await;
+        }
+        Drain::Drained(last_error)
+    }
 }
 
 async fn run<V: Send + Sync + 'static>(weak: Weak<Inner<V>>, state: Arc<State>) {
     let poll =
         (state.settings.max_delay / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
     let mut failures: u32 = 0;
-    while !state.closed.load(Ordering::Acquire) {
+    while !state.flusher.is_closed() {
         let Some(inner) = weak.upgrade() else {
             return;
         };
@@ -162,7 +266,7 @@ async fn run<V: Send + Sync + 'static>(weak: Weak<Inner<V>>, state: Arc<State>) 
         } else {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
-                () = state.wake.notified() => {}
+                () = state.flusher.wake.notified() => {}
             }
         }
     }
@@ -170,14 +274,14 @@ async fn run<V: Send + Sync + 'static>(weak: Weak<Inner<V>>, state: Arc<State>) 
 
 impl<V: Send + Sync + 'static> Inner<V> {
     /// Exponential backoff with jitter: 50 ms × 2^(n−1), at most 5 s.
-    pub(crate) fn backoff(&self, failures: u32) -> Duration {
+    fn backoff(&self, failures: u32) -> Duration {
         let base = Duration::from_millis(50).saturating_mul(1 << failures.min(7).saturating_sub(1));
         let capped = base.min(MAX_BACKOFF);
         capped.mul_f64(0.5 + self.random.unit() / 2.0)
     }
 
     /// One round over every shard; `closing` flushes everything pending.
-    pub(crate) async fn flush_round(&self, state: &State, closing: bool) -> Result<Round> {
+    async fn flush_round(&self, state: &State, closing: bool) -> Result<Round> {
         self.ready_to_write(state).await?;
         let source = self.require_source()?;
         let fence_name = self.keys.fence_name();

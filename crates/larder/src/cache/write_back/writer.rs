@@ -51,7 +51,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// The write-back state, for a write: refused once the cache is closed.
     fn open_state(&self) -> Result<&Arc<State>> {
         let state = self.write_back_state()?;
-        if state.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if state.flusher.is_closed() {
             return Err(Error::Closed {
                 entity: self.keys.entity().to_owned(),
             });
@@ -104,7 +104,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             {
                 return Ok(());
             }
-            state.wake.notify_one();
+            state.flusher.wake();
             if Instant::now() >= deadline {
                 return Err(Error::BacklogFull {
                     entity: self.keys.entity().to_owned(),
@@ -159,7 +159,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             } else {
                 let backlog = c.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if backlog.is_multiple_of(state.settings.batch as u64) {
-                    state.wake.notify_one();
+                    state.flusher.wake();
                 }
             }
         }

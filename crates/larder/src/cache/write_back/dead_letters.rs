@@ -11,12 +11,11 @@
 //! a new write, unless a newer write of the id is pending, which wins) or
 //! drops it.
 
-use super::{flusher::Round, WriteBackStats};
+use super::{flusher::Drain, WriteBackStats};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::store::StoredDeadLetter;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,67 +146,17 @@ where
             return Ok(Closed { pending: 0 });
         };
         let deadline = Instant::now() + within;
-        let Ok(_draining) = tokio::time::timeout_at(deadline.into(), state.closing.lock()).await
-        else {
-            self.deliver_invalidations(Duration::ZERO).await;
-            return self.closed_with(state, None).await;
-        };
-        state.closed.store(true, Ordering::Release);
-        state.wake.notify_one();
-        let flusher = state
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(mut handle) = flusher {
-            if tokio::time::timeout_at(deadline.into(), &mut handle)
-                .await
-                .is_err()
-            {
-                // Still in its round: it stops after it, and keeps its leases.
-                *state.flusher.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-                tracing::warn!(
-                    entity = self.entity(),
-                    "closing: the flusher's round outlasted the close; nothing drained"
-                );
+        match state.flusher.close(&self.inner, state, deadline).await {
+            Drain::NotStopped => {
                 self.deliver_invalidations(Duration::ZERO).await;
-                return self.closed_with(state, None).await;
+                self.closed_with(state, None).await
+            }
+            Drain::Drained(last_error) => {
+                self.deliver_invalidations(deadline.saturating_duration_since(Instant::now()))
+                    .await;
+                self.closed_with(state, last_error).await
             }
         }
-        let mut failures = 0;
-        let mut last_error: Option<Error> = None;
-        while Instant::now() < deadline {
-            let round =
-                tokio::time::timeout_at(deadline.into(), self.inner.flush_round(state, true)).await;
-            match round {
-                Err(_) => break,
-                Ok(Ok(Round::Busy)) => failures = 0,
-                Ok(Ok(Round::Idle)) => {
-                    failures = 0;
-                    if state.counters.backlog.load(Ordering::Relaxed) == 0 {
-                        break;
-                    }
-                    // Left: shards another instance holds, or written meanwhile.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(Err(e)) => {
-                    failures += 1;
-                    let pause = self
-                        .inner
-                        .backoff(failures)
-                        .min(deadline.saturating_duration_since(Instant::now()));
-                    last_error = Some(e);
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        }
-        for shard in &state.shards {
-            // The lease expires by itself if this fails.
-            let _ = state.log.release(shard, &state.token).await;
-        }
-        self.deliver_invalidations(deadline.saturating_duration_since(Instant::now()))
-            .await;
-        self.closed_with(state, last_error).await
     }
 
     /// What `close` left pending (or the last error, if the store cannot say).

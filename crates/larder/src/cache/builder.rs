@@ -20,7 +20,7 @@ use crate::policy::{Policy, Random};
 use crate::source::Source;
 use crate::stats::Counters;
 use crate::store::{MemoryStore, Store, DEFAULT_MEMORY_CAPACITY};
-use crate::write_back::{durability, flusher, State, WriteBackOptions};
+use crate::write_back::{durability, State, WriteBackOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -363,7 +363,7 @@ where
                 Err(e) if !e.is_store_unavailable() => return Err(e),
                 _ => {}
             }
-            flusher::spawn(&cache.inner, state);
+            state.flusher.start(&cache.inner, state.clone());
         }
         Ok(cache)
     }
@@ -397,10 +397,7 @@ fn write_back_state<V: Send + Sync + 'static>(
         log,
         shards,
         counters: crate::write_back::Counters::new(keys.entity()),
-        wake: Default::default(),
-        closed: Default::default(),
         flusher: Default::default(),
-        closing: Default::default(),
         token: crate::policy::Random::Thread.token(),
         durable: Default::default(),
         fence_ready: Default::default(),

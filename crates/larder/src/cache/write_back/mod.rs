@@ -49,10 +49,9 @@ use crate::key::{KeyKind, KeySpace};
 use crate::metrics::Tally;
 use crate::store::{DirtyLog, ShardKeys};
 use serde::Deserialize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Settings of write-back; see [`WritePolicy::Back`](crate::WritePolicy::Back).
 ///
@@ -262,15 +261,9 @@ pub(crate) struct State {
     pub(crate) log: Arc<dyn DirtyLog>,
     pub(crate) shards: Vec<ShardKeys>,
     pub(crate) counters: Counters,
-    /// Wakes the flusher (a full batch, or `close`).
-    pub(crate) wake: Notify,
-    /// Set by `close`: the flusher stops after its round and writes are
-    /// refused.
-    pub(crate) closed: AtomicBool,
-    /// The background flusher, until `close` takes it to wait for it.
-    pub(crate) flusher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Held by `close` while it drains: one drain at a time.
-    pub(crate) closing: tokio::sync::Mutex<()>,
+    /// The background flusher: started by the builder, stopped and
+    /// drained by `close`.
+    pub(crate) flusher: flusher::Flusher,
     /// This instance's flush lease token.
     pub(crate) token: String,
     /// Set once the store proved durable enough (checked on first use
