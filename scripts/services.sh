@@ -29,7 +29,7 @@ MY_HOST=127.0.0.1
 MY_PORT=${LARDER_SERVICES_MYSQL_PORT:-3306}
 WAIT_SECS=30
 
-say() { echo "services: $*"; }
+say() { echo "services: [${SECONDS}s] $*"; }
 die() {
     echo "services: ERROR: $*" >&2
     exit 1

@@ -21,13 +21,20 @@ if [ "$#" -gt 0 ]; then
     exec cargo test "$@"
 fi
 
-cargo test --workspace --lib --bins --tests
-cargo test --workspace --doc
+# Each step reports its wall time, so CI's log shows what each part costs.
+timed() {
+    local started=$SECONDS
+    "$@"
+    echo "==> $* took $((SECONDS - started)) s" >&2
+}
+
+timed cargo test --workspace --lib --bins --tests
+timed cargo test --workspace --doc
 # The HTTP API against its own OpenAPI document (about 30 s).
-scripts/schemathesis.sh
+timed scripts/schemathesis.sh
 # Real Redis clients (redis-cli, redis-py, redis-benchmark) against `larder serve --resp`.
-scripts/resp_clients.sh
+timed scripts/resp_clients.sh
 # examples/python against `larder serve`, over HTTP and over the Redis protocol.
-scripts/python_examples.sh
+timed scripts/python_examples.sh
 # The dashboard in headless Chromium (about 20 s).
-scripts/dashboard.sh
+timed scripts/dashboard.sh
