@@ -37,7 +37,9 @@
 //!   protocol.rs    the atomic operations the cache is built from, and their types (private)
 //!   dirty.rs       the write-back log's operations (private), on Redis in redis_dirty.rs
 //! source/          where values come from: the Source trait, FnSource, SqlSource
-//!   sql/           PostgreSQL, SQLite, MariaDB tables: schema, dialects, flushes, refusals
+//!   sql/           PostgreSQL, SQLite, MariaDB tables: schema, flushes, refusals; exec.rs runs
+//!                  the statements every backend shares (generic over sqlx), and each dialect
+//!                  (postgres.rs, sqlite.rs, mysql.rs) keeps its SQL text and what truly differs
 //!   sql/cdc/       change notifications (PostgreSQL triggers, the listener)
 //! error.rs         Error, its kinds, and settings refused as InvalidSetting
 //! load_error.rs    LoadError: try_get_or_load's errors, the loader's type kept

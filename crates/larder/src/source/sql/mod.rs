@@ -76,6 +76,7 @@ macro_rules! pooled_writes {
 }
 
 mod cdc;
+mod exec;
 mod flush;
 mod mysql;
 mod postgres;

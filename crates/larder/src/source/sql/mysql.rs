@@ -29,13 +29,13 @@
 //! trailing blanks, and their ids are canonicalised without them.
 
 use super::classify;
+use super::exec;
 use super::schema::{
     canonical_key, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
     TextKey,
 };
 use crate::error::{Error, Result, SchemaPart};
 use serde_json::Value;
-use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlConnection, MySqlPool, Row};
 
 /// The oldest MariaDB supported (major, minor): `JSON_TABLE` came in 10.6.
@@ -506,11 +506,7 @@ impl Queries {
         conn: &mut MySqlConnection,
         id: &KeyValue,
     ) -> sqlx::Result<Option<String>> {
-        bind_key(sqlx::query(&self.load_one), id)
-            .fetch_optional(conn)
-            .await?
-            .map(|row| row.try_get_unchecked(1))
-            .transpose()
+        exec::load_one(conn, &self.load_one, id).await
     }
 
     pub(super) async fn load_many(
@@ -524,10 +520,10 @@ impl Queries {
             let sql = format!("{}{marks})", self.load_many);
             let mut q = sqlx::query(&sql);
             for id in chunk {
-                q = bind_key(q, id);
+                q = exec::bind_key(q, id);
             }
             for row in q.fetch_all(pool).await? {
-                out.push(pair(&row)?);
+                out.push(exec::pair::<sqlx::MySql>(&row)?);
             }
         }
         Ok(out)
@@ -539,16 +535,7 @@ impl Queries {
         after: Option<&KeyValue>,
         limit: i64,
     ) -> sqlx::Result<Vec<(String, String)>> {
-        let q = match after {
-            None => sqlx::query(&self.page_start),
-            Some(k) => bind_key(sqlx::query(&self.page_after), k),
-        };
-        q.bind(limit)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(pair)
-            .collect()
+        exec::load_page(pool, (&self.page_start, &self.page_after), after, limit).await
     }
 
     pooled_writes!(MySqlPool);
@@ -559,8 +546,7 @@ impl Queries {
         conn: &mut MySqlConnection,
         id: &KeyValue,
     ) -> sqlx::Result<bool> {
-        let q = bind_key(sqlx::query(&self.delete), id);
-        Ok(q.execute(conn).await?.rows_affected() > 0)
+        exec::delete(conn, &self.delete, id).await
     }
 
     /// The upserts of `upsert` on a connection (or in a
@@ -592,7 +578,7 @@ impl Queries {
                 })
                 .collect();
             for row in &returned {
-                let (id, json) = pair(row)?;
+                let (id, json) = exec::pair::<sqlx::MySql>(row)?;
                 let canonical =
                     canonical_key(&s.key_type, &id).map_or_else(|_| id.clone(), |k| k.text);
                 if !expected.remove(&canonical) {
@@ -618,7 +604,7 @@ impl Queries {
         let mut tx = pool.begin().await?;
         let sql = self.patch_sql(s, set);
         let q = sqlx::query(&sql).bind(format!("[{json}]"));
-        bind_key(q, id).execute(&mut *tx).await?;
+        exec::bind_key(q, id).execute(&mut *tx).await?;
         let row = self.load_one_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(row)
@@ -715,23 +701,6 @@ fn kind_of_name(s: &Schema, name: &str) -> Kind {
         .iter()
         .position(|c| c.name == name)
         .map_or(s.key.kind, |i| s.kinds[i])
-}
-
-/// Binds an id as the key column takes it.
-fn bind_key<'q>(
-    q: sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>,
-    id: &KeyValue,
-) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
-    match id.int {
-        Some(n) => q.bind(n),
-        None => q.bind(id.text.clone()),
-    }
-}
-
-/// The id and the JSON of a row. Read unchecked: text under a `_bin`
-/// collation carries the BINARY flag, which sqlx would refuse as `String`.
-fn pair(row: &MySqlRow) -> sqlx::Result<(String, String)> {
-    Ok((row.try_get_unchecked(0)?, row.try_get_unchecked(1)?))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! converts each JSON value to its column's type.
 
 use super::classify;
+use super::exec;
 use super::schema::{
     quote, Fold, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
     TextKey,
@@ -341,15 +342,7 @@ impl Queries {
         pool: &PgPool,
         id: &KeyValue,
     ) -> sqlx::Result<Option<String>> {
-        let q = sqlx::query(&self.load_one);
-        let q = match id.int {
-            Some(n) => q.bind(n),
-            None => q.bind(id.text.clone()),
-        };
-        q.fetch_optional(pool)
-            .await?
-            .map(|row| row.try_get(1))
-            .transpose()
+        exec::load_one(pool, &self.load_one, id).await
     }
 
     pub(super) async fn load_many(
@@ -363,7 +356,11 @@ impl Queries {
             Some(ints) => q.bind(ints),
             None => q.bind(ids.iter().map(|k| k.text.clone()).collect::<Vec<_>>()),
         };
-        q.fetch_all(pool).await?.iter().map(pair).collect()
+        q.fetch_all(pool)
+            .await?
+            .iter()
+            .map(exec::pair::<sqlx::Postgres>)
+            .collect()
     }
 
     pub(super) async fn load_page(
@@ -372,22 +369,7 @@ impl Queries {
         after: Option<&KeyValue>,
         limit: i64,
     ) -> sqlx::Result<Vec<(String, String)>> {
-        let q = match after {
-            None => sqlx::query(&self.page_start),
-            Some(k) => {
-                let q = sqlx::query(&self.page_after);
-                match k.int {
-                    Some(n) => q.bind(n),
-                    None => q.bind(k.text.clone()),
-                }
-            }
-        };
-        q.bind(limit)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(pair)
-            .collect()
+        exec::load_page(pool, (&self.page_start, &self.page_after), after, limit).await
     }
 
     pooled_writes!(PgPool);
@@ -398,12 +380,7 @@ impl Queries {
         conn: &mut sqlx::PgConnection,
         id: &KeyValue,
     ) -> sqlx::Result<bool> {
-        let q = sqlx::query(&self.delete);
-        let q = match id.int {
-            Some(n) => q.bind(n),
-            None => q.bind(id.text.clone()),
-        };
-        Ok(q.execute(conn).await?.rows_affected() > 0)
+        exec::delete(conn, &self.delete, id).await
     }
 
     /// The upserts of `upsert` on a connection (or in a
@@ -420,7 +397,7 @@ impl Queries {
             let json = Value::Array(rows.clone()).to_string();
             let returned = sqlx::query(&sql).bind(json).fetch_all(&mut *conn).await?;
             for row in &returned {
-                out.push(pair(row)?);
+                out.push(exec::pair::<sqlx::Postgres>(row)?);
             }
         }
         Ok(out)
@@ -509,8 +486,4 @@ impl Queries {
             self.returning_cols
         )
     }
-}
-
-fn pair(row: &sqlx::postgres::PgRow) -> sqlx::Result<(String, String)> {
-    Ok((row.try_get(0)?, row.try_get(1)?))
 }

@@ -7,6 +7,7 @@
 //! columns with `->`, so they are stored as JSON text).
 
 use super::classify;
+use super::exec;
 use super::schema::{
     quote, Fold, KeyType, KeyValue, Kind, Limits, RawColumn, RawRelation, Schema, TableName,
     TextKey,
@@ -282,15 +283,7 @@ impl Queries {
         pool: &SqlitePool,
         id: &KeyValue,
     ) -> sqlx::Result<Option<String>> {
-        let q = sqlx::query(&self.load_one);
-        let q = match id.int {
-            Some(n) => q.bind(n),
-            None => q.bind(id.text.clone()),
-        };
-        q.fetch_optional(pool)
-            .await?
-            .map(|row| row.try_get(1))
-            .transpose()
+        exec::load_one(pool, &self.load_one, id).await
     }
 
     pub(super) async fn load_many(
@@ -310,7 +303,7 @@ impl Queries {
             .fetch_all(pool)
             .await?
             .iter()
-            .map(pair)
+            .map(exec::pair::<sqlx::Sqlite>)
             .collect()
     }
 
@@ -320,22 +313,7 @@ impl Queries {
         after: Option<&KeyValue>,
         limit: i64,
     ) -> sqlx::Result<Vec<(String, String)>> {
-        let q = match after {
-            None => sqlx::query(&self.page_start),
-            Some(k) => {
-                let q = sqlx::query(&self.page_after);
-                match k.int {
-                    Some(n) => q.bind(n),
-                    None => q.bind(k.text.clone()),
-                }
-            }
-        };
-        q.bind(limit)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(pair)
-            .collect()
+        exec::load_page(pool, (&self.page_start, &self.page_after), after, limit).await
     }
 
     pooled_writes!(SqlitePool);
@@ -346,12 +324,7 @@ impl Queries {
         conn: &mut sqlx::SqliteConnection,
         id: &KeyValue,
     ) -> sqlx::Result<bool> {
-        let q = sqlx::query(&self.delete);
-        let q = match id.int {
-            Some(n) => q.bind(n),
-            None => q.bind(id.text.clone()),
-        };
-        Ok(q.execute(conn).await?.rows_affected() > 0)
+        exec::delete(conn, &self.delete, id).await
     }
 
     /// The upserts of `upsert` on a connection (or in a
@@ -368,7 +341,7 @@ impl Queries {
             let json = Value::Array(rows.clone()).to_string();
             let returned = sqlx::query(&sql).bind(json).fetch_all(&mut *conn).await?;
             for row in &returned {
-                out.push(pair(row)?);
+                out.push(exec::pair::<sqlx::Sqlite>(row)?);
             }
         }
         Ok(out)
@@ -460,8 +433,4 @@ impl Queries {
             self.projection
         )
     }
-}
-
-fn pair(row: &sqlx::sqlite::SqliteRow) -> sqlx::Result<(String, String)> {
-    Ok((row.try_get(0)?, row.try_get(1)?))
 }
