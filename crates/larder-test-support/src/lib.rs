@@ -18,7 +18,9 @@
 //! - [`eventually`]: wait for a condition with a deadline instead of a sleep;
 //! - [`Table`] and [`TableSource`]: an in-memory table behind a cache, with
 //!   knobs to count, hold, slow down and fail its loads;
-//! - [`accounts`]: the PostgreSQL `accounts` fixture of the write tests.
+//! - [`accounts`]: the PostgreSQL `accounts` fixture of the write tests;
+//! - [`CountingAllocator`] and [`count_allocations`]: heap allocations per
+//!   thread, to prove a hot path allocates nothing.
 //!
 //! The process and network helpers are blocking std code (threads,
 //! `std::process`), so they work from `#[test]` and from `#[tokio::test]`
@@ -27,6 +29,7 @@
 //! Not published: it is a dev-dependency of the workspace's crates only.
 
 pub mod accounts;
+mod alloc;
 mod names;
 mod proxy;
 mod redis_server;
@@ -35,6 +38,7 @@ mod services;
 mod table;
 mod wait;
 
+pub use alloc::{count_allocations, CountingAllocator};
 pub use names::{temp_dir, unique};
 pub use proxy::TcpProxy;
 pub use redis_server::{RedisServer, RedisServerBuilder};

@@ -73,20 +73,122 @@ pub fn validate_id(id: &str) -> Result<()> {
 pub trait CacheKey: Send + Sync {
     /// The id of this key, before canonicalisation.
     fn to_id(&self) -> String;
+
+    /// The same id as [`CacheKey::to_id`], without allocating where the
+    /// type allows: integers are written into an inline buffer, strings
+    /// are borrowed. A read answered by the near cache then allocates
+    /// nothing. Default: [`CacheKey::to_id`], owned.
+    fn id_text(&self) -> IdText<'_> {
+        IdText::owned(self.to_id())
+    }
 }
 
-macro_rules! display_keys {
+/// An id's text, borrowed, inline (an integer's digits) or owned; derefs
+/// to `&str`. See [`CacheKey::id_text`].
+#[derive(Debug, Clone)]
+pub struct IdText<'a>(IdRepr<'a>);
+
+#[derive(Debug, Clone)]
+enum IdRepr<'a> {
+    Borrowed(&'a str),
+    /// Up to 20 ASCII bytes: every `i64` and `u64` in decimal.
+    Inline([u8; INLINE_ID], u8),
+    Owned(String),
+}
+
+/// The longest id kept inline: `-9223372036854775808` and
+/// `18446744073709551615` are 20 bytes.
+const INLINE_ID: usize = 20;
+
+impl<'a> IdText<'a> {
+    /// A borrowed id.
+    pub fn borrowed(id: &'a str) -> Self {
+        IdText(IdRepr::Borrowed(id))
+    }
+
+    /// An owned id.
+    pub fn owned(id: String) -> Self {
+        IdText(IdRepr::Owned(id))
+    }
+
+    /// An integer's decimal digits, inline.
+    fn integer(n: impl std::fmt::Display) -> Self {
+        use std::io::Write;
+        let mut buf = [0u8; INLINE_ID];
+        let mut rest = &mut buf[..];
+        match write!(rest, "{n}") {
+            Ok(()) => {
+                let len = INLINE_ID - rest.len();
+                // At most INLINE_ID (20), so it fits in a u8.
+                IdText(IdRepr::Inline(buf, len as u8))
+            }
+            // Wider than any integer type implemented here; kept correct anyway.
+            Err(_) => IdText::owned(n.to_string()),
+        }
+    }
+
+    /// The id as an owned `String` (allocates unless already owned).
+    pub fn into_owned(self) -> String {
+        match self.0 {
+            IdRepr::Owned(s) => s,
+            _ => self.as_str().to_owned(),
+        }
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            IdRepr::Borrowed(s) => s,
+            // Written by `write!` of an integer: ASCII digits and a sign.
+            IdRepr::Inline(buf, len) => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or("")
+            }
+            IdRepr::Owned(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for IdText<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+macro_rules! integer_keys {
     ($($t:ty),*) => {$(
         impl CacheKey for $t {
             fn to_id(&self) -> String { self.to_string() }
+            fn id_text(&self) -> IdText<'_> { IdText::integer(*self) }
         }
     )*};
 }
-display_keys!(i16, i32, i64, u16, u32, u64, usize, String, str);
+integer_keys!(i16, i32, i64, u16, u32, u64, usize);
+
+impl CacheKey for str {
+    fn to_id(&self) -> String {
+        self.to_owned()
+    }
+    fn id_text(&self) -> IdText<'_> {
+        IdText::borrowed(self)
+    }
+}
+
+impl CacheKey for String {
+    fn to_id(&self) -> String {
+        self.clone()
+    }
+    fn id_text(&self) -> IdText<'_> {
+        IdText::borrowed(self)
+    }
+}
 
 impl<T: CacheKey + ?Sized> CacheKey for &T {
     fn to_id(&self) -> String {
         (**self).to_id()
+    }
+    fn id_text(&self) -> IdText<'_> {
+        (**self).id_text()
     }
 }
 
@@ -231,6 +333,26 @@ impl KeySpace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_text_is_to_id_without_a_copy() {
+        fn same<K: CacheKey + ?Sized>(key: &K) {
+            assert_eq!(key.id_text().as_str(), key.to_id());
+            assert_eq!(key.id_text().into_owned(), key.to_id());
+        }
+        same(&i64::MIN);
+        same(&i64::MAX);
+        same(&u64::MAX);
+        same(&0u64);
+        same(&-1i32);
+        same(&i16::MIN);
+        same(&usize::MAX);
+        same("ada");
+        same(&String::from("grace"));
+        same(&&42u64);
+        assert!(matches!(42u64.id_text().0, IdRepr::Inline(..)));
+        assert!(matches!("x".id_text().0, IdRepr::Borrowed(_)));
+    }
 
     #[test]
     fn names_are_restricted() {

@@ -149,7 +149,9 @@ pub use cache::{Cache, CacheWrite, WarmOptions, WarmProgress, WritePolicy, Writt
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
 pub use error::{Cause, ConstraintKind, Error, ErrorKind, Result, SchemaPart};
-pub use key::{validate_id, validate_name, CacheKey, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN};
+pub use key::{
+    validate_id, validate_name, CacheKey, IdText, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN,
+};
 pub use load_error::LoadError;
 pub use outcome::{Lookup, Outcome};
 pub use policy::{

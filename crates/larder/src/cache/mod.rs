@@ -36,7 +36,7 @@ use crate::codec::Codec;
 use crate::envelope::Envelope;
 use crate::error::{Cause, Error, Message, Result};
 use crate::flight::Flights;
-use crate::key::{validate_id, CacheKey, KeySpace};
+use crate::key::{validate_id, CacheKey, IdText, KeySpace};
 use crate::load_error::{LoadError, SharedLoadError};
 use crate::outcome::{Lookup, Outcome};
 use crate::policy::{Policy, Random};
@@ -148,15 +148,32 @@ where
         self.inner.canonical_id(&key.to_id())
     }
 
+    /// [`Cache::id_of`] without a copy where the key and the source allow
+    /// ([`CacheKey::id_text`], [`Source::is_canonical`]).
+    fn id_text_of<'k>(&self, key: &'k K) -> Result<IdText<'k>> {
+        let raw = key.id_text();
+        match &self.inner.source {
+            Some(source) if !source.is_canonical(&raw) => {
+                let id = source.canonical_id(&raw)?;
+                validate_id(&id)?;
+                Ok(IdText::owned(id))
+            }
+            _ => {
+                validate_id(&raw)?;
+                Ok(raw)
+            }
+        }
+    }
+
     /// Read-through: the value of `key`, loaded from the cache's source on a miss.
     ///
     /// Returns [`Error::Config`] when the cache has no source; use
     /// [`Cache::get_or_load`] then.
     pub async fn get(&self, key: &K) -> Result<Lookup<V>> {
-        let id = self.id_of(key)?;
+        let id = self.id_text_of(key)?;
         // The loader is built on the miss path only: a hit allocates nothing for it.
         self.inner.require_source()?;
-        self.inner.clone().read(id, None).await
+        self.inner.clone().read(id, Inner::source_loader).await
     }
 
     /// Cache-aside: the value of `key`, computed by `load` on a miss.
@@ -179,9 +196,10 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let id = self.id_of(key)?;
-        let loader = self.loader(load, Error::cause);
-        self.inner.clone().read(id, Some(loader)).await
+        let id = self.id_text_of(key)?;
+        // Boxed on the miss path only: a near-cache hit allocates nothing.
+        let loader = |_: &Inner<V>| Ok(self.loader(load, Error::cause));
+        self.inner.clone().read(id, loader).await
     }
 
     /// [`Cache::get_or_load`], keeping the loader's error type: a failed
@@ -203,9 +221,9 @@ where
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let id = self.id_of(key).map_err(LoadError::Cache)?;
-        let loader = self.loader(load, SharedLoadError::cause);
-        (self.inner.clone().read(id, Some(loader)).await).map_err(LoadError::from_error)
+        let id = self.id_text_of(key).map_err(LoadError::Cache)?;
+        let loader = |_: &Inner<V>| Ok(self.loader(load, SharedLoadError::cause));
+        (self.inner.clone().read(id, loader).await).map_err(LoadError::from_error)
     }
 
     /// A cache-aside `load` as a [`Loader`]; `cause` wraps its error into

@@ -22,6 +22,7 @@
 use super::{Inner, Loader};
 use crate::envelope::{Envelope, Freshness};
 use crate::error::{Error, Message, Result};
+use crate::key::IdText;
 use crate::near::Ticket;
 use crate::outcome::{Lookup, Outcome};
 use crate::policy::xfetch;
@@ -119,11 +120,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// A single-key read; `loader: None` loads from the source.
-    pub(super) async fn read(
-        self: Arc<Self>,
-        id: String,
-        loader: Option<Loader<V>>,
-    ) -> Result<Lookup<V>> {
+    pub(super) async fn read<L>(self: Arc<Self>, id: IdText<'_>, loader: L) -> Result<Lookup<V>>
+    where
+        L: FnOnce(&Self) -> Result<Loader<V>>,
+    {
         let answer = self.read_uncounted(id, loader).await;
         if let Ok(lookup) = &answer {
             self.counters.read(lookup.outcome);
@@ -133,12 +133,18 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     /// A single-key read: near cache, then the store (one `GET`), then the
     /// entry's judgement ([`Inner::classify`]) decides.
-    pub(super) async fn read_uncounted(
+    ///
+    /// `loader` makes the load, called at most once and only past the near
+    /// cache: a near-cache hit allocates nothing (no id copy, no boxed
+    /// load).
+    pub(super) async fn read_uncounted<L>(
         self: &Arc<Self>,
-        id: String,
-        given: Option<Loader<V>>,
-    ) -> Result<Lookup<V>> {
-        let loader = |given: Option<Loader<V>>| given.map_or_else(|| self.source_loader(), Ok);
+        id: IdText<'_>,
+        loader: L,
+    ) -> Result<Lookup<V>>
+    where
+        L: FnOnce(&Self) -> Result<Loader<V>>,
+    {
         // Taken before anything is read: see near.rs.
         let ticket = self.coherence.ticket(&id);
         if let Some(l1) = self
@@ -148,6 +154,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
         {
             return Ok(l1);
         }
+        let id = id.into_owned();
+        let given = loader;
+        let loader = |make: L| make(self);
         let key = self.keys.value_key(&id);
         let Some(found) = self.ask_store(|| self.store.get(&key)).await? else {
             return self.clone().load_shared(id, loader(given)?).await;

@@ -50,6 +50,11 @@ where
     E: std::error::Error + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
+    /// Ids are used as they are: every id is canonical.
+    fn is_canonical(&self, _id: &str) -> bool {
+        true
+    }
+
     async fn load(&self, id: &str) -> Result<Option<V>> {
         (self.load)(id.to_owned()).await.map_err(|e| Error::Loader {
             entity: self.entity.clone(),

@@ -87,6 +87,15 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
         Ok(id.to_owned())
     }
 
+    /// Whether `id` is already what [`Source::canonical_id`] makes of it,
+    /// so that the cache may use it as it is, without a copy (a read the
+    /// near cache answers then allocates nothing). Default: `false`, which
+    /// is always correct: the cache asks `canonical_id`.
+    fn is_canonical(&self, id: &str) -> bool {
+        let _ = id;
+        false
+    }
+
     /// Loads one row; `None` when there is none.
     async fn load(&self, id: &str) -> Result<Option<V>>;
 

@@ -706,6 +706,10 @@ where
         SqlSource::canonical_id(self, id)
     }
 
+    fn is_canonical(&self, id: &str) -> bool {
+        self.inner.schema.is_canonical(id)
+    }
+
     async fn load(&self, id: &str) -> Result<Option<V>> {
         match self.load_json(id).await? {
             Some(json) => Ok(Some(self.decode(id, &json)?)),

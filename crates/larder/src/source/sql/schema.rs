@@ -407,6 +407,14 @@ impl Schema {
         })
     }
 
+    /// Whether `raw` is already the canonical text of a key that fits the
+    /// column, decided without allocating. Only integer keys are decided
+    /// here (digits with no leading zero or `+`, within the column's
+    /// range); for other key types `false`, and the caller canonicalises.
+    pub(crate) fn is_canonical(&self, raw: &str) -> bool {
+        is_canonical_key(&self.key_type, raw)
+    }
+
     /// The key as a JSON value to put into a row (a number for integer keys).
     pub(crate) fn key_json(&self, key: &KeyValue) -> Value {
         match key.int {
@@ -534,6 +542,20 @@ impl Schema {
 }
 
 /// The canonical form of an id for a key type, or why it is refused.
+/// Whether `raw` is already what [`canonical_key`] makes of it, without
+/// allocating; decided for integer keys only (`false` for the others).
+fn is_canonical_key(key_type: &KeyType, raw: &str) -> bool {
+    let KeyType::Integer { min, max } = key_type else {
+        return false;
+    };
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    let plain = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && raw != "-0";
+    plain && matches!(raw.parse::<i64>(), Ok(n) if (*min..=*max).contains(&n))
+}
+
 pub(crate) fn canonical_key(
     key_type: &KeyType,
     raw: &str,
@@ -706,6 +728,21 @@ mod tests {
                     let again = canonical_key(&kt, &k.text).expect("a canonical id is valid");
                     prop_assert_eq!(&again.text, &k.text, "{:?}", kt);
                     prop_assert_eq!(again.int, k.int);
+                }
+            }
+        }
+
+        /// An id said to be canonical is exactly what canonicalisation
+        /// makes of it; and every canonical integer id is recognised.
+        #[test]
+        fn an_id_is_canonical_exactly_when_canonicalisation_keeps_it(raw in "(?s).{0,40}|[+-]?0*[0-9]{1,20}|[0-9a-fA-F-]{32,36}|[a-zA-Z ]{0,8}") {
+            for kt in key_types() {
+                let canonical = canonical_key(&kt, &raw);
+                if is_canonical_key(&kt, &raw) {
+                    prop_assert_eq!(canonical.as_ref().map(|k| k.text.as_str()), Ok(raw.as_str()), "{:?}", kt);
+                }
+                if let (KeyType::Integer { .. }, Ok(k)) = (&kt, &canonical) {
+                    prop_assert!(is_canonical_key(&kt, &k.text), "{:?} {:?}", kt, k.text);
                 }
             }
         }
