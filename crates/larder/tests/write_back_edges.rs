@@ -4,7 +4,8 @@
 //! no instance serves it any more; a row a trigger skipped is a dead
 //! letter, not a cleared record; a table-wide refusal (a revoked
 //! privilege, or every row refused alike) dead-letters nothing and lands
-//! once lifted; `close` owns the flusher.
+//! once lifted; `close` owns the flusher; a flush whose COMMIT reply is
+//! lost is settled by its fence token, never applied twice.
 
 use larder_test_support as support;
 
@@ -586,6 +587,76 @@ async fn a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_ag
             !matches!(&read, Ok(l) if l.value.is_some()),
             "{id}: {read:?}"
         );
+    }
+    f.db.drop().await;
+}
+
+/// A flush whose `COMMIT` reached PostgreSQL but whose reply was lost (the
+/// connection dropped while the proxy held it back): the fence row's batch
+/// token says it committed, so the records are cleared and the entries
+/// invalidated — the rows are neither written again nor dead-lettered.
+#[tokio::test]
+async fn a_flush_whose_commit_reply_is_lost_is_cleared_by_its_fence_token_not_applied_again() {
+    let f = Fixture::new().await;
+    let schema = &f.db.schema;
+    f.exec(&format!(
+        "CREATE TABLE {schema}.writes (id bigint NOT NULL)"
+    ))
+    .await;
+    f.exec(&format!(
+        "CREATE FUNCTION {schema}.count_write() RETURNS trigger AS $$
+         BEGIN INSERT INTO {schema}.writes VALUES (NEW.id); RETURN NULL; END $$ LANGUAGE plpgsql"
+    ))
+    .await;
+    f.exec(&format!(
+        "CREATE TRIGGER count_write AFTER INSERT OR UPDATE ON {schema}.accounts
+         FOR EACH ROW EXECUTE FUNCTION {schema}.count_write()"
+    ))
+    .await;
+    let proxy = support::TcpProxy::start(support::pg_addr());
+    // In plain text: the proxy watches the protocol for COMMIT.
+    let cache = f.instance(&support::pg_url_via(proxy.addr())).await;
+    // A first flush prepares the fence rows (a transaction of its own).
+    cache.put(&0, &account(0, "o0", 7)).await.expect("put");
+    eventually("the first write is flushed", || async {
+        f.db.count().await == 1 && cache.write_back_stats().expect("stats").backlog == 0
+    })
+    .await;
+    proxy.hold_after(b"COMMIT");
+    for id in 1..=3 {
+        cache
+            .put(&id, &account(id, &format!("o{id}"), 7))
+            .await
+            .expect("put");
+    }
+    // Rows appear only once the held transaction committed (every answer
+    // is held from then on, so no other flush commits meanwhile); the
+    // writes may have been split into more than one batch.
+    eventually(
+        "a flush committed in PostgreSQL, its reply held",
+        || async { proxy.holds() == 1 && f.db.count().await > 1 },
+    )
+    .await;
+    // The reply is lost: the connection drops; new ones get through.
+    proxy.cut();
+    proxy.restore();
+    eventually("the committed records are cleared", || async {
+        cache.write_back_stats().expect("stats").backlog == 0
+    })
+    .await;
+    let closed = cache.close(Duration::from_secs(5)).await.expect("close");
+    assert_eq!(closed.pending, 0);
+    assert!(cache.dead_letters().await.expect("list").is_empty());
+    let writes: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.writes"))
+        .fetch_one(&f.db.admin)
+        .await
+        .expect("writes");
+    assert_eq!(writes, 4, "each row written once, never again");
+    for id in 1..=3 {
+        assert_eq!(f.db.row(id).await.map(|r| r.1), Some(7));
+        // Read back from the database (the entry was invalidated).
+        let read = cache.get(&id).await.expect("read");
+        assert_eq!(read.value.map(|a| a.balance), Some(7));
     }
     f.db.drop().await;
 }
