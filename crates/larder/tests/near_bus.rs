@@ -423,3 +423,35 @@ async fn memory_store_keeps_near_caches_coherent_in_process() {
     })
     .await;
 }
+
+/// `get_many` with the store failing after some ids were answered by the
+/// near cache: those answers stand (`l1`) and only the other ids go to the
+/// source (`bypass`), instead of the whole call failing. The store's
+/// `MGET` answer is held back by a proxy past `response_timeout`, while
+/// the bus's connection stays up (so the near cache stays valid).
+#[tokio::test]
+async fn get_many_keeps_the_near_caches_answers_when_the_store_fails() {
+    let table = Table::with([row(1, "v1"), row(2, "v1")]);
+    let proxy = support::TcpProxy::start(support::redis_addr());
+    let url = format!("redis://{}/0?response_timeout=300ms", proxy.addr());
+    let cache = instance(&url, &unique("nb"), &table).await;
+    eventually("id 1 is answered by the near cache", || async {
+        name_of(&cache, 1).await.1 == Outcome::L1
+    })
+    .await;
+    proxy.hold_after(b"MGET");
+    let answers = cache.get_many(&[&1, &2]).await.expect("get_many");
+    proxy.release();
+    assert_eq!(proxy.holds(), 1, "the MGET was held");
+    let got: Vec<(Option<String>, Outcome)> = answers
+        .iter()
+        .map(|l| (l.value.as_ref().map(|r| r.name.clone()), l.outcome))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some("v1".to_owned()), Outcome::L1),
+            (Some("v1".to_owned()), Outcome::Bypass)
+        ]
+    );
+}
