@@ -173,8 +173,47 @@ fn render(doc: &Value, before: Option<(&Value, Duration)>, url: &str) -> String 
             "resp: {} connections, {commands} commands{rate}",
             resp["connections"].as_i64().unwrap_or(0)
         );
+        let by_name = busiest_commands(
+            &resp["commands"],
+            before.map(|(prev, took)| (&prev["resp"]["commands"], took)),
+        );
+        if !by_name.is_empty() {
+            let _ = writeln!(out, "  by command: {by_name}");
+        }
     }
     out
+}
+
+/// How many RESP commands to list by name.
+const TOP_COMMANDS: usize = 6;
+
+/// The busiest commands by count, `get 30 (10.0/s), ping 2 (1.0/s)`, with
+/// each one's rate since `before` (the previous snapshot and how long ago).
+fn busiest_commands(now: &Value, before: Option<(&Value, Duration)>) -> String {
+    let Some(counts) = now.as_object() else {
+        return String::new();
+    };
+    let mut named: Vec<(&str, u64)> = counts
+        .iter()
+        .filter_map(|(name, n)| Some((name.as_str(), n.as_u64()?)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    named.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    named
+        .iter()
+        .take(TOP_COMMANDS)
+        .map(|(name, n)| match before {
+            Some((prev, took)) if took.as_secs_f64() > 0.0 => {
+                let was = prev[*name].as_u64().unwrap_or(0);
+                format!(
+                    "{name} {n} ({:.1}/s)",
+                    n.saturating_sub(was) as f64 / took.as_secs_f64()
+                )
+            }
+            _ => format!("{name} {n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -213,6 +252,10 @@ mod tests {
         let text = render(&now, Some((&before, Duration::from_secs(2))), "http://x");
         assert!(
             text.contains("resp: 3 connections, 32 commands (11.0/s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  by command: get 30 (10.0/s), ping 2 (1.0/s)"),
             "{text}"
         );
         let quiet = render(
