@@ -22,7 +22,7 @@
 //! Decoding never panics: short input, a wrong magic byte or an unknown
 //! version is an [`EnvelopeError`].
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 
 const MAGIC: u8 = b'L';
 const VERSION: u8 = 1;
@@ -153,11 +153,20 @@ impl Envelope {
         };
         let mut load = [0u8; 4];
         load.copy_from_slice(&bytes[20..24]);
+        let (fresh_until, stale_until) = (u64_at(4), u64_at(12));
+        // The payload is the rest: advanced to rather than sliced, so the
+        // bytes are not shared (sharing a `Bytes` made from a `Vec`
+        // allocates) unless a stamp already shares them.
+        let payload = (!negative).then(|| {
+            let mut payload = bytes;
+            payload.advance(body);
+            payload
+        });
         Ok(Envelope {
-            fresh_until: u64_at(4),
-            stale_until: u64_at(12),
+            fresh_until,
+            stale_until,
             load_us: u32::from_be_bytes(load),
-            payload: (!negative).then(|| bytes.slice(body..)),
+            payload,
             stamp,
         })
     }

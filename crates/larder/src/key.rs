@@ -251,15 +251,21 @@ impl KeySpace {
     }
 
     pub(crate) fn key(&self, kind: KeyKind, id: &str) -> String {
+        use std::fmt::Write as _;
         let shard = self.shard(id);
-        format!(
-            "{}:{{{}:{}}}:{}:{}",
-            self.prefix,
-            self.entity,
-            shard,
-            kind.letter(),
-            id
-        )
+        // Built in one allocation of the exact size (a hot path: every
+        // read asks for its value key); a shard has at most 5 digits.
+        let mut key = String::with_capacity(self.prefix.len() + self.entity.len() + id.len() + 11);
+        key.push_str(&self.prefix);
+        key.push_str(":{");
+        key.push_str(&self.entity);
+        key.push(':');
+        let _ = write!(key, "{shard}");
+        key.push_str("}:");
+        key.push(kind.letter());
+        key.push(':');
+        key.push_str(id);
+        key
     }
 
     pub(crate) fn value_key(&self, id: &str) -> String {

@@ -45,7 +45,6 @@ use crate::stats::{CacheStats, Counters, Event};
 use crate::store::Store;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
-use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -250,22 +249,21 @@ where
     /// `load_many` on the source for the misses. Answers in `keys` order
     /// (a key given twice is read once).
     pub async fn get_many(&self, keys: &[&K]) -> Result<Vec<Lookup<V>>> {
-        let ids = keys
+        // One owned id per distinct key (sorted to drop repeats without a
+        // set of copies); the answers are then found by each key's id
+        // again, which costs no allocation for integer and string keys.
+        let mut ids = keys
             .iter()
-            .map(|k| self.id_of(k))
+            .map(|k| self.id_text_of(k).map(IdText::into_owned))
             .collect::<Result<Vec<_>>>()?;
-        let mut unique = Vec::with_capacity(ids.len());
-        let mut seen = HashSet::with_capacity(ids.len());
-        for id in &ids {
-            if seen.insert(id.as_str()) {
-                unique.push(id.clone());
-            }
-        }
-        let answers = self.inner.clone().read_many(unique).await?;
-        ids.iter()
-            .map(|id| {
-                answers.get(id).cloned().ok_or_else(|| {
-                    Error::internal(format!("get_many lost the answer for id {id:?}"))
+        ids.sort_unstable();
+        ids.dedup();
+        let answers = self.inner.clone().read_many(ids).await?;
+        keys.iter()
+            .map(|k| {
+                let id = self.id_text_of(k)?;
+                answers.get(&*id).cloned().ok_or_else(|| {
+                    Error::internal(format!("get_many lost the answer for id {:?}", &*id))
                 })
             })
             .collect()
