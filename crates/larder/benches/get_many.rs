@@ -19,8 +19,11 @@ use larder::{store, Cache, FnSource};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::run;
 use larder_test_support::{redis_url, unique};
 
 /// Keys read per call.
@@ -48,32 +51,6 @@ fn profile(id: u64) -> Profile {
         city: "Lisbon".into(),
         bio: format!("{:0<150}", format!("writes about caches ({id})")),
     }
-}
-
-/// Runs `calls` operations (each one batch) split over `tasks` tasks.
-async fn run<F, Fut>(calls: u64, tasks: u64, op: F) -> Duration
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                let mut i = t;
-                while i < calls {
-                    op(i % (KEYS / BATCH)).await;
-                    i += tasks;
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.await.expect("task");
-    }
-    start.elapsed()
 }
 
 fn get_many(c: &mut Criterion) {
@@ -146,7 +123,8 @@ fn get_many(c: &mut Criterion) {
             |b, &tasks| {
                 b.to_async(&rt).iter_custom(|iters| {
                     let (conn, keys) = (raw_conn.clone(), keys.clone());
-                    run(iters, tasks, move |batch| {
+                    run(iters, tasks, move |i| {
+                        let batch = i % (KEYS / BATCH);
                         let mut conn = conn.clone();
                         let keys = keys.clone();
                         async move {
@@ -175,7 +153,8 @@ fn get_many(c: &mut Criterion) {
             |b, &tasks| {
                 b.to_async(&rt).iter_custom(|iters| {
                     let (cache, batches) = (cache.clone(), batches.clone());
-                    run(iters, tasks, move |batch| {
+                    run(iters, tasks, move |i| {
+                        let batch = i % (KEYS / BATCH);
                         let (cache, batches) = (cache.clone(), batches.clone());
                         async move {
                             let ids: Vec<&u64> = batches[batch as usize].iter().collect();

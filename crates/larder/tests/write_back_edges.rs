@@ -117,6 +117,33 @@ impl Fixture {
         (role, url.to_string())
     }
 
+    /// Counts every row written to the accounts table: a table `writes`
+    /// and a trigger that appends each written row's id to it.
+    async fn count_writes(&self) {
+        let schema = &self.db.schema;
+        for sql in [
+            format!("CREATE TABLE {schema}.writes (id bigint NOT NULL)"),
+            format!(
+                "CREATE FUNCTION {schema}.count_write() RETURNS trigger AS $$
+                 BEGIN INSERT INTO {schema}.writes VALUES (NEW.id); RETURN NULL; END $$ LANGUAGE plpgsql"
+            ),
+            format!(
+                "CREATE TRIGGER count_write AFTER INSERT OR UPDATE ON {schema}.accounts
+                 FOR EACH ROW EXECUTE FUNCTION {schema}.count_write()"
+            ),
+        ] {
+            self.exec(&sql).await;
+        }
+    }
+
+    /// How many rows were written since [`Fixture::count_writes`].
+    async fn writes(&self) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {}.writes", self.db.schema))
+            .fetch_one(&self.db.admin)
+            .await
+            .expect("writes")
+    }
+
     async fn drop_role(&self, role: &str) {
         self.exec(&format!("DROP OWNED BY {role}")).await;
         self.exec(&format!("DROP ROLE {role}")).await;
@@ -427,10 +454,6 @@ async fn close_while_the_flusher_commits_never_flushes_a_batch_twice() {
     let f = Fixture::new().await;
     let schema = &f.db.schema;
     let lock_key: i64 = rand::random::<i32>().into();
-    f.exec(&format!(
-        "CREATE TABLE {schema}.writes (id bigint NOT NULL)"
-    ))
-    .await;
     // Every flush statement waits on an advisory lock the test holds, and
     // every row written is counted.
     f.exec(&format!(
@@ -443,16 +466,7 @@ async fn close_while_the_flusher_commits_never_flushes_a_batch_twice() {
          FOR EACH STATEMENT EXECUTE FUNCTION {schema}.hold()"
     ))
     .await;
-    f.exec(&format!(
-        "CREATE FUNCTION {schema}.count_write() RETURNS trigger AS $$
-         BEGIN INSERT INTO {schema}.writes VALUES (NEW.id); RETURN NULL; END $$ LANGUAGE plpgsql"
-    ))
-    .await;
-    f.exec(&format!(
-        "CREATE TRIGGER count_write AFTER INSERT OR UPDATE ON {schema}.accounts
-         FOR EACH ROW EXECUTE FUNCTION {schema}.count_write()"
-    ))
-    .await;
+    f.count_writes().await;
     let app = support::unique("wbe_close");
     let mut url = url::Url::parse(&support::pg_url()).expect("pg url");
     url.query_pairs_mut().append_pair("application_name", &app);
@@ -523,10 +537,6 @@ struct Small {
 async fn a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_again() {
     let f = Fixture::new().await;
     let schema = &f.db.schema;
-    f.exec(&format!(
-        "CREATE TABLE {schema}.writes (id bigint NOT NULL)"
-    ))
-    .await;
     // The stored row no longer fits the cache's type: it decodes only
     // after the COMMIT, and fails.
     f.exec(&format!(
@@ -539,16 +549,7 @@ async fn a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_ag
          FOR EACH ROW EXECUTE FUNCTION {schema}.grow()"
     ))
     .await;
-    f.exec(&format!(
-        "CREATE FUNCTION {schema}.count_write() RETURNS trigger AS $$
-         BEGIN INSERT INTO {schema}.writes VALUES (NEW.id); RETURN NULL; END $$ LANGUAGE plpgsql"
-    ))
-    .await;
-    f.exec(&format!(
-        "CREATE TRIGGER count_write AFTER INSERT OR UPDATE ON {schema}.accounts
-         FOR EACH ROW EXECUTE FUNCTION {schema}.count_write()"
-    ))
-    .await;
+    f.count_writes().await;
     let cache: Cache<i64, Small> = Cache::builder()
         .prefix(f.prefix.as_str())
         .entity("accounts")
@@ -574,10 +575,7 @@ async fn a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_ag
     let closed = cache.close(Duration::from_secs(5)).await.expect("close");
     assert_eq!(closed.pending, 0);
     assert!(cache.dead_letters().await.expect("list").is_empty());
-    let writes: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.writes"))
-        .fetch_one(&f.db.admin)
-        .await
-        .expect("writes");
+    let writes = f.writes().await;
     assert_eq!(writes, 3, "each row written once, never again");
     for id in 1..=3 {
         assert_eq!(f.db.row(id).await.map(|r| r.1), Some(5000));
@@ -598,21 +596,7 @@ async fn a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_ag
 #[tokio::test]
 async fn a_flush_whose_commit_reply_is_lost_is_cleared_by_its_fence_token_not_applied_again() {
     let f = Fixture::new().await;
-    let schema = &f.db.schema;
-    f.exec(&format!(
-        "CREATE TABLE {schema}.writes (id bigint NOT NULL)"
-    ))
-    .await;
-    f.exec(&format!(
-        "CREATE FUNCTION {schema}.count_write() RETURNS trigger AS $$
-         BEGIN INSERT INTO {schema}.writes VALUES (NEW.id); RETURN NULL; END $$ LANGUAGE plpgsql"
-    ))
-    .await;
-    f.exec(&format!(
-        "CREATE TRIGGER count_write AFTER INSERT OR UPDATE ON {schema}.accounts
-         FOR EACH ROW EXECUTE FUNCTION {schema}.count_write()"
-    ))
-    .await;
+    f.count_writes().await;
     let proxy = support::TcpProxy::start(support::pg_addr());
     // In plain text: the proxy watches the protocol for COMMIT.
     let cache = f.instance(&support::pg_url_via(proxy.addr())).await;
@@ -647,10 +631,7 @@ async fn a_flush_whose_commit_reply_is_lost_is_cleared_by_its_fence_token_not_ap
     let closed = cache.close(Duration::from_secs(5)).await.expect("close");
     assert_eq!(closed.pending, 0);
     assert!(cache.dead_letters().await.expect("list").is_empty());
-    let writes: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.writes"))
-        .fetch_one(&f.db.admin)
-        .await
-        .expect("writes");
+    let writes = f.writes().await;
     assert_eq!(writes, 4, "each row written once, never again");
     for id in 1..=3 {
         assert_eq!(f.db.row(id).await.map(|r| r.1), Some(7));
