@@ -668,3 +668,56 @@ async fn health_ready_stats_metrics_openapi_and_admin() {
         );
     }
 }
+
+/// A `citext` key over HTTP: every spelling PostgreSQL calls equal reads
+/// the one row (and the one cache entry), and a PUT under another spelling
+/// updates that row rather than failing or creating a second one.
+#[tokio::test]
+async fn a_citext_key_reads_and_writes_the_row_under_every_spelling() {
+    let mut pg = Pg::connect().await;
+    // Several tests may create the extension at once: one of them wins.
+    for _ in 0..5 {
+        if sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS citext")
+            .execute(&pg.pool)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    let t = unique("ci");
+    pg.exec(
+        &t,
+        "CREATE TABLE {t} (id citext PRIMARY KEY, name text NOT NULL); \
+         INSERT INTO {t} VALUES ('alice', 'Alice Liddell');",
+    )
+    .await;
+    let toml = support::pg_config(
+        &unique("ci"),
+        &format!("[[entity]]\nname = \"ci\"\ntable = \"{t}\"\n"),
+    );
+    let app = app_of(&toml).await;
+    let a = get(&app, "/v1/ci/Alice").await;
+    assert_eq!((a.status.as_u16(), a.x_cache()), (200, "miss"));
+    assert_eq!(a.json()["name"], "Alice Liddell");
+    let a = get(&app, "/v1/ci/ALICE").await;
+    assert_eq!(
+        (a.status.as_u16(), a.x_cache()),
+        (200, "hit"),
+        "one entry for every spelling"
+    );
+    let a = write(&app, "PUT", "/v1/ci/aLiCe", r#"{"name": "Alice L."}"#).await;
+    assert_eq!(
+        a.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(a.json()["name"], "Alice L.");
+    let rows = pg
+        .scalar_text(&format!("SELECT count(*)::text FROM {t}"))
+        .await;
+    assert_eq!(rows.as_deref(), Some("1"), "no second row");
+    let a = get(&app, "/v1/ci/alice").await;
+    assert_eq!(a.json()["name"], "Alice L.");
+}
