@@ -94,6 +94,19 @@ test("the dashboard shows every entity and follows the traffic", async () => {
     assert.notEqual(await page.textContent('[data-entity="users"] [data-field="load_ms_p99"]'), "–");
     assert.match(await page.textContent('[data-entity="events"] [data-field="write"]'), /back/);
     assert.notEqual(await page.textContent('[data-entity="events"] [data-field="wb_rows"]'), "0");
+    // Loads, lease waits and the near cache per entity; write-back's
+    // backlog, lag and dead letters: each a figure, not a placeholder.
+    const field = (entity, name) => page.textContent(`[data-entity="${entity}"] [data-field="${name}"]`);
+    const count = (text) => Number(text.replace(/,/g, ""));
+    for (const name of ["loads", "lease_waits", "l1_entries", "l1_evictions"]) {
+      assert.match(await field("users", name), /^[\d,]+$/, "users " + name);
+    }
+    assert.ok(count(await field("users", "loads")) > 0, "the misses loaded");
+    assert.ok(count(await field("users", "l1_entries")) > 0, "the near cache holds entries");
+    for (const name of ["wb_backlog", "wb_dead"]) {
+      assert.match(await field("events", name), /^[\d,]+$/, "events " + name);
+    }
+    assert.match(await field("events", "wb_lag"), /^(–|[\d.,]+ (µs|ms|s))$/);
     assert.match(await page.textContent("#mem-text"), /^memory /);
     assert.notEqual(await page.textContent('[data-field="maxmemory_policy"]'), "–");
 
@@ -110,6 +123,11 @@ test("the dashboard shows every entity and follows the traffic", async () => {
       }),
     );
     assert.ok(painted.every((n) => n > 50), "every chart has bars: " + painted);
+
+    // The token is kept for the tab: a reload goes live without asking.
+    await page.reload();
+    await page.waitForSelector('#status[data-state="live"]', { timeout: 10000 });
+    assert.ok(await page.$eval("#login", (e) => e.hidden), "the login form stays hidden");
 
     assert.deepEqual(problems, []);
   } finally {
