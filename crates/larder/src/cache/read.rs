@@ -119,12 +119,17 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
-    /// A single-key read; `loader: None` loads from the source.
-    pub(super) async fn read<L>(self: Arc<Self>, id: IdText<'_>, loader: L) -> Result<Lookup<V>>
+    /// A single-key read, counted. `make_loader` makes the load on a miss:
+    /// the source's for `get`, the caller's for `get_or_load`.
+    pub(super) async fn read<L>(
+        self: Arc<Self>,
+        id: IdText<'_>,
+        make_loader: L,
+    ) -> Result<Lookup<V>>
     where
         L: FnOnce(&Self) -> Result<Loader<V>>,
     {
-        let answer = self.read_uncounted(id, loader).await;
+        let answer = self.read_uncounted(id, make_loader).await;
         if let Ok(lookup) = &answer {
             self.counters.read(lookup.outcome);
         }
@@ -134,13 +139,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// A single-key read: near cache, then the store (one `GET`), then the
     /// entry's judgement ([`Inner::classify`]) decides.
     ///
-    /// `loader` makes the load, called at most once and only past the near
-    /// cache: a near-cache hit allocates nothing (no id copy, no boxed
-    /// load).
+    /// `make_loader` is called at most once, and only past the near cache:
+    /// a near-cache hit allocates nothing (no id copy, no boxed load).
     pub(super) async fn read_uncounted<L>(
         self: &Arc<Self>,
         id: IdText<'_>,
-        loader: L,
+        make_loader: L,
     ) -> Result<Lookup<V>>
     where
         L: FnOnce(&Self) -> Result<Loader<V>>,
@@ -155,26 +159,24 @@ impl<V: Send + Sync + 'static> Inner<V> {
             return Ok(l1);
         }
         let id = id.into_owned();
-        let given = loader;
-        let loader = |make: L| make(self);
         let key = self.keys.value_key(&id);
         let Some(found) = self.ask_store(|| self.store.get(&key)).await? else {
-            return self.clone().load_shared(id, loader(given)?).await;
+            return self.clone().load_shared(id, make_loader(self)?).await;
         };
         let now = self.clock.now_ms();
         match self.classify(&id, found, now) {
             Found::Fresh(entry) => {
                 if self.should_refresh_early(&entry, now) {
                     self.counters.bump(Event::EarlyRefresh);
-                    self.refresh_in_background(id.clone(), loader(given)?, Mode::Early);
+                    self.refresh_in_background(id.clone(), make_loader(self)?, Mode::Early);
                 }
                 Ok(self.serve_fresh(&id, ticket, entry).await)
             }
             Found::Stale(entry) => {
-                self.serve_stale(id, loader(given)?, entry.answer(Outcome::Stale))
+                self.serve_stale(id, make_loader(self)?, entry.answer(Outcome::Stale))
                     .await
             }
-            Found::Missing => self.clone().load_shared(id, loader(given)?).await,
+            Found::Missing => self.clone().load_shared(id, make_loader(self)?).await,
         }
     }
 
