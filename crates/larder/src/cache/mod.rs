@@ -144,24 +144,13 @@ where
     /// The canonical id of a key: rendered, canonicalised by the source (an
     /// integer key column turns `007` into `7`) and checked.
     pub fn id_of(&self, key: &K) -> Result<String> {
-        self.inner.canonical_id(&key.to_id())
+        self.id_text_of(key).map(IdText::into_owned)
     }
 
     /// [`Cache::id_of`] without a copy where the key and the source allow
     /// ([`CacheKey::id_text`], [`Source::is_canonical`]).
     fn id_text_of<'k>(&self, key: &'k K) -> Result<IdText<'k>> {
-        let raw = key.id_text();
-        match &self.inner.source {
-            Some(source) if !source.is_canonical(&raw) => {
-                let id = source.canonical_id(&raw)?;
-                validate_id(&id)?;
-                Ok(IdText::owned(id))
-            }
-            _ => {
-                validate_id(&raw)?;
-                Ok(raw)
-            }
-        }
+        self.inner.canonical_text(key.id_text())
     }
 
     /// Read-through: the value of `key`, loaded from the cache's source on a miss.
@@ -293,13 +282,27 @@ where
 }
 
 impl<V: Send + Sync + 'static> Inner<V> {
+    /// The canonical form of `raw` (see [`Cache::id_of`]), owned.
     pub(crate) fn canonical_id(&self, raw: &str) -> Result<String> {
-        let id = match &self.source {
-            Some(source) => source.canonical_id(raw)?,
-            None => raw.to_owned(),
-        };
-        validate_id(&id)?;
-        Ok(id)
+        self.canonical_text(IdText::borrowed(raw))
+            .map(IdText::into_owned)
+    }
+
+    /// The canonical form of `raw`, checked: `raw` itself when the source
+    /// says it is canonical already (or there is no source), so the common
+    /// case copies nothing.
+    fn canonical_text<'a>(&self, raw: IdText<'a>) -> Result<IdText<'a>> {
+        match &self.source {
+            Some(source) if !source.is_canonical(&raw) => {
+                let id = source.canonical_id(&raw)?;
+                validate_id(&id)?;
+                Ok(IdText::owned(id))
+            }
+            _ => {
+                validate_id(&raw)?;
+                Ok(raw)
+            }
+        }
     }
 
     /// The source, or an error saying the cache has none.
