@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod fields;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

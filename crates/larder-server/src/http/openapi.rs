@@ -488,7 +488,14 @@ fn entity_paths(
     schemas.insert(row_name.clone(), row_schema);
     schemas.insert(put_name.clone(), put_schema);
     schemas.insert(patch_name.clone(), patch_schema);
+    let fields_name = format!("{}Fields", row_name.trim_end_matches("Row"));
+    let fields_schema = fields_schema(&row_schema_of(schemas, &row_name));
+    schemas.insert(fields_name.clone(), fields_schema);
+    let full_row = reference(&row_name);
     let row = reference(&row_name);
+    // A read answers the whole row, or with `fields=` just those columns.
+    let read_row = json!({ "anyOf": [full_row, reference(&fields_name)] });
+    let fields_param = fields_param(e);
     let id = || {
         path_param(
             "id",
@@ -522,15 +529,16 @@ fn entity_paths(
         vec![
             id(),
             json!({ "name": "Cache-Control", "in": "header", "required": false, "description": "no-cache: read from the database and refresh the entry.", "schema": { "type": "string" } }),
+            fields_param.clone(),
         ],
         responses(&[
             (
                 "200",
-                json!({ "description": "The row.", "headers": x_cache, "content": { "application/json": { "schema": row } } }),
+                json!({ "description": "The row (with `fields`: just those columns, a NULL one as null).", "headers": x_cache, "content": { "application/json": { "schema": read_row } } }),
             ),
             (
                 "400",
-                error_response("bad_id: the id does not fit the key column."),
+                error_response("bad_id: the id does not fit the key column; unknown_column or bad_request: `fields` names a column the entity lacks, or none."),
             ),
             ("404", error_response("not_found: no such row.")),
             ("503", unavailable.clone()),
@@ -633,6 +641,7 @@ fn entity_paths(
         ),
         vec![
             json!({ "name": "ids", "in": "query", "required": true, "schema": ids_schema(e.key_type) }),
+            fields_param,
         ],
         responses(&[
             (
@@ -643,7 +652,7 @@ fn entity_paths(
                         "type": "object",
                         "required": ["items", "missing"],
                         "properties": {
-                            "items": { "type": "object", "additionalProperties": row.clone() },
+                            "items": { "type": "object", "additionalProperties": read_row },
                             "missing": { "type": "array", "items": { "type": "string" } }
                         }
                     }),
@@ -651,7 +660,9 @@ fn entity_paths(
             ),
             (
                 "400",
-                error_response("bad_request (no ids, more than 1000) or bad_id."),
+                error_response(
+                    "bad_request (no ids, more than 1000), bad_id or unknown_column (in `fields`).",
+                ),
             ),
             ("503", unavailable.clone()),
         ]),
@@ -910,6 +921,44 @@ pub async fn document(State(state): State<AppState>) -> Json<Value> {
         .map(|e| EntityDoc::of(&state, e))
         .collect();
     Json(build(&docs))
+}
+
+/// The row schema registered under `name` (an empty object if none).
+fn row_schema_of(schemas: &Map<String, Value>, name: &str) -> Value {
+    schemas.get(name).cloned().unwrap_or_else(|| json!({}))
+}
+
+/// The answer to `fields=`: the row's columns, none required (only the
+/// requested ones are present).
+fn fields_schema(row: &Value) -> Value {
+    let mut s = row.clone();
+    if let Some(o) = s.as_object_mut() {
+        o.remove("required");
+        o.insert(
+            "description".into(),
+            json!("Some columns of the row: those `fields` named (a NULL one as null)."),
+        );
+    }
+    s
+}
+
+/// The `fields` query parameter: column names separated by `,`.
+fn fields_param(e: &EntityDoc<'_>) -> Value {
+    let item = if e.columns.is_empty() {
+        json!({ "type": "string" })
+    } else {
+        let names: Vec<&str> = e.columns.iter().map(|c| c.name.as_str()).collect();
+        json!({ "type": "string", "enum": names })
+    };
+    json!({
+        "name": "fields",
+        "in": "query",
+        "required": false,
+        "style": "form",
+        "explode": false,
+        "description": "Only these columns, comma-separated (an unknown one is 400 unknown_column); a requested NULL column is present as null.",
+        "schema": { "type": "array", "items": item, "minItems": 1 }
+    })
 }
 
 #[cfg(test)]

@@ -59,13 +59,16 @@ fn with_outcome(mut res: Response, outcome: Outcome) -> Response {
 /// `GET /v1/{entity}/{id}`: the row (200) or 404, with `X-Cache`.
 /// `Cache-Control: no-cache` drops the cached entry first, so the row is
 /// read from the database and cached anew (outcome `miss`).
+/// `?fields=a,b`: just those columns ([`super::fields`]).
 pub async fn get_row(
     State(state): State<AppState>,
     Path((name, raw_id)): Path<(String, String)>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let e = entity(&state, &name)?;
     let id = canonical(e, &raw_id)?;
+    let fields = fields_of(e, query.as_deref())?;
     let no_cache = headers
         .get_all(header::CACHE_CONTROL)
         .iter()
@@ -86,7 +89,13 @@ pub async fn get_row(
     }
     let Lookup { value, outcome, .. } = e.cache.get(&id).await.map_err(engine(e))?;
     let res = match value {
-        Some(row) => json_bytes(StatusCode::OK, row.bytes().clone()),
+        Some(row) => match &fields {
+            Some(fields) => json_bytes(
+                StatusCode::OK,
+                Bytes::from(super::fields::project(e, row.bytes(), fields)?),
+            ),
+            None => json_bytes(StatusCode::OK, row.bytes().clone()),
+        },
         None => ApiError::not_found(format!("{name} {id} does not exist")).into_response(),
     };
     Ok(with_outcome(res, outcome))
@@ -105,11 +114,13 @@ pub async fn get_many(
     let e = entity(&state, &name)?;
     let query = query.unwrap_or_default();
     let mut raw_ids = None;
+    let fields = fields_of(e, Some(&query))?;
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "ids" if raw_ids.is_none() => raw_ids = Some(v),
             "ids" => return Err(ApiError::bad_request("give `ids` once")),
+            "fields" => {}
             "" => {}
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -164,7 +175,12 @@ pub async fn get_many(
                 first = false;
                 write_json_string(&mut body, id);
                 body.push(b':');
-                body.extend_from_slice(row.bytes());
+                match &fields {
+                    Some(fields) => {
+                        body.extend_from_slice(&super::fields::project(e, row.bytes(), fields)?);
+                    }
+                    None => body.extend_from_slice(row.bytes()),
+                }
             }
             None => missing.push(id.as_str()),
         }
@@ -177,6 +193,24 @@ pub async fn get_many(
     );
     body.push(b'}');
     Ok(json_bytes(StatusCode::OK, Bytes::from(body)))
+}
+
+/// The `fields=` of a query string, checked; `None` when not given.
+fn fields_of(e: &Entity, query: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
+    let mut found = None;
+    for pair in query.unwrap_or_default().split('&') {
+        if let Some(("fields", v)) = pair.split_once('=') {
+            if found.is_some() {
+                return Err(ApiError::bad_request("give `fields` once"));
+            }
+            found = Some(super::fields::parse(e, v)?);
+        } else if pair == "fields" {
+            return Err(ApiError::bad_request(
+                "list the columns to read: ?fields=a,b",
+            ));
+        }
+    }
+    Ok(found)
 }
 
 fn write_json_string(out: &mut Vec<u8>, s: &str) {
