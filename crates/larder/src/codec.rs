@@ -33,6 +33,12 @@ pub trait Codec<V>: Debug + Send + Sync + 'static {
             "entity `{entity}` (id {id:?}): this codec cannot merge fields; write-back patch needs the Json, MessagePack or PassThrough codec"
         )))
     }
+
+    /// Whether its bytes are JSON text (a `hash` entity needs that: its
+    /// fields are the JSON object's members). Default: `false`.
+    fn is_json(&self) -> bool {
+        false
+    }
 }
 
 /// A JSON object: the fields of a patch.
@@ -89,6 +95,10 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
     ) -> Result<Vec<u8>> {
         merge_json(entity, id, payload, fields)
     }
+
+    fn is_json(&self) -> bool {
+        true
+    }
 }
 
 /// MessagePack through rmp-serde (struct fields by name, so schemas can evolve).
@@ -139,6 +149,10 @@ impl Codec<RawJson> for PassThrough {
         fields: &JsonObject,
     ) -> Result<Vec<u8>> {
         merge_json(entity, id, payload, fields)
+    }
+
+    fn is_json(&self) -> bool {
+        true
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <prefix>:{<entity>:<shard>}:v:<id>   the value (envelope)
+//! <prefix>:{<entity>:<shard>}:h:<id>   the value of a `hash` entity (representation.rs)
 //! <prefix>:{<entity>:<shard>}:l:<id>   the read lease
 //! <prefix>:{<entity>:<shard>}:w:<id>   write bookkeeping (sequence, writes in flight)
 //! <prefix>:{<entity>}:meta             the recorded shard layout
@@ -17,6 +18,7 @@
 //! process, in any language, agrees where an id lives.
 
 use crate::error::{Error, Result};
+use crate::representation::Representation;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The longest id accepted, in bytes.
@@ -198,6 +200,8 @@ pub(crate) struct KeySpace {
     prefix: String,
     entity: String,
     shards: u16,
+    /// Values are Redis hashes (`h:`), not strings (`v:`).
+    hash: bool,
 }
 
 /// Which kind of key, the one-letter segment after the hash tag.
@@ -229,7 +233,24 @@ impl KeySpace {
             prefix: prefix.to_owned(),
             entity: entity.to_owned(),
             shards,
+            hash: false,
         })
+    }
+
+    /// The same keys with values held as `representation`: a hash entity's
+    /// value keys have the segment `h:`, and its layout records it.
+    pub(crate) fn with_representation(mut self, representation: Representation) -> Self {
+        self.hash = representation == Representation::Hash;
+        self
+    }
+
+    /// How values are held.
+    pub(crate) fn representation(&self) -> Representation {
+        if self.hash {
+            Representation::Hash
+        } else {
+            Representation::String
+        }
     }
 
     /// A shard count is at least 1 ([`Error::InvalidSetting`] `shards`).
@@ -262,7 +283,10 @@ impl KeySpace {
         key.push(':');
         let _ = write!(key, "{shard}");
         key.push_str("}:");
-        key.push(kind.letter());
+        key.push(match kind {
+            KeyKind::Value if self.hash => 'h',
+            _ => kind.letter(),
+        });
         key.push(':');
         key.push_str(id);
         key
@@ -330,9 +354,18 @@ impl KeySpace {
         format!("{}:invalidations", self.prefix)
     }
 
-    /// The layout as recorded in the store: `shards=<n>;hash=xxh3_64`.
+    /// The layout as recorded in the store: `shards=<n>;hash=xxh3_64`,
+    /// and `;representation=hash` for a hash entity (a record without it
+    /// means `string`, so existing deployments start as before).
     pub(crate) fn layout(&self) -> String {
-        format!("shards={};hash={SHARD_HASH}", self.shards)
+        if self.hash {
+            format!(
+                "shards={};hash={SHARD_HASH};representation=hash",
+                self.shards
+            )
+        } else {
+            format!("shards={};hash={SHARD_HASH}", self.shards)
+        }
     }
 }
 

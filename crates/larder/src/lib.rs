@@ -139,6 +139,7 @@ mod load_error;
 mod metrics;
 mod outcome;
 mod policy;
+mod representation;
 pub mod source;
 mod stats;
 pub mod store;
@@ -158,6 +159,7 @@ pub use policy::{
     parse_duration, DEFAULT_EARLY_REFRESH, DEFAULT_JITTER, DEFAULT_LEASE_TTL, DEFAULT_LOAD_TIMEOUT,
     DEFAULT_NEGATIVE_TTL, DEFAULT_STALE, DEFAULT_TTL,
 };
+pub use representation::Representation;
 pub use source::{
     ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, FnSource, Source, SqlPool, SqlSource,
 };

@@ -17,6 +17,7 @@ use crate::flight::Flights;
 use crate::key::{CacheKey, KeySpace, DEFAULT_SHARDS};
 use crate::near::NearOptions;
 use crate::policy::{Policy, Random};
+use crate::representation::Representation;
 use crate::source::Source;
 use crate::stats::Counters;
 use crate::store::{MemoryStore, Store, DEFAULT_MEMORY_CAPACITY};
@@ -42,6 +43,7 @@ pub struct CacheBuilder<K: ?Sized, V> {
     seed: Option<u64>,
     write_policy: Option<WritePolicy>,
     coherence: CoherenceSettings<V>,
+    representation: Representation,
     _key: PhantomData<fn(&K)>,
 }
 
@@ -78,6 +80,7 @@ where
                 bus: None,
                 state_dir: None,
             },
+            representation: Representation::String,
             _key: PhantomData,
         }
     }
@@ -124,6 +127,16 @@ where
     /// How values are encoded in the store. Default: [`Json`].
     pub fn codec(mut self, codec: impl Codec<V>) -> Self {
         self.codec = Arc::new(codec);
+        self
+    }
+
+    /// How entries are held in the store: one string (the default) or one
+    /// Redis hash, a field per column ([`Representation::Hash`]; needs a
+    /// JSON codec, and is refused with write-back for now). Recorded in the
+    /// store with the shard layout: a later start with another one is
+    /// refused.
+    pub fn representation(mut self, representation: Representation) -> Self {
+        self.representation = representation;
         self
     }
 
@@ -266,6 +279,20 @@ where
         if let Some(WritePolicy::Back(settings)) = &self.write_policy {
             settings.validate()?;
         }
+        if self.representation == Representation::Hash {
+            if !self.codec.is_json() {
+                return Err(Error::setting(
+                    "representation",
+                    "a hash entity needs a JSON codec (Json or PassThrough): its fields are JSON values",
+                ));
+            }
+            if matches!(self.write_policy, Some(WritePolicy::Back(_))) {
+                return Err(Error::setting(
+                    "representation",
+                    "write-back on a hash entity is not supported yet: use write-through, or representation string",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -289,7 +316,8 @@ where
         let entity = self.entity.take().ok_or_else(|| {
             Error::Config("a cache needs an entity name: call .entity(\"...\")".into())
         })?;
-        let keys = KeySpace::new(&self.prefix, &entity, self.shards)?;
+        let keys = KeySpace::new(&self.prefix, &entity, self.shards)?
+            .with_representation(self.representation);
         self.policy = self.effective_policy();
         let writable = self.source.as_ref().is_none_or(|s| s.is_writable());
         let write_policy = match self.write_policy {

@@ -19,6 +19,7 @@
 //! reaches the cache only through `Cache`'s methods.
 
 mod builder;
+mod hash;
 mod invalidate;
 mod lease;
 mod read;

@@ -184,7 +184,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// breaker, the generations, the layout check, the timing. `None`: go
     /// to the source without the store (it is down, or skipped by the
     /// breaker) — not under write-back, whose reads fail then.
-    async fn ask_store<T, F, Fut>(&self, get: F) -> Result<Option<T>>
+    pub(super) async fn ask_store<T, F, Fut>(&self, get: F) -> Result<Option<T>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T>>,

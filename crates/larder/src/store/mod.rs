@@ -25,6 +25,7 @@ mod protocol;
 mod pubsub;
 mod redis;
 mod redis_dirty;
+mod redis_hash;
 
 pub(crate) use self::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, Recorded,
@@ -77,6 +78,14 @@ pub trait Store: Protocol + Debug + Send + Sync + 'static {
     /// Atomically deletes the value and its lease (an invalidation).
     async fn delete(&self, value_key: &str, lease_key: &str) -> Result<()>;
 
+    /// Reads some fields of one entry: envelope bytes whose payload (a
+    /// JSON object) holds just `fields` that the entry has, in the order
+    /// given (a NULL one as `null`). Redis answers a hash entry with one
+    /// `HMGET`. Default: the whole entry read, projected here.
+    async fn get_fields(&self, key: &str, fields: &[&str]) -> Result<Option<Bytes>> {
+        project_whole(self.get(key).await?, fields)
+    }
+
     /// The store's own figures (Redis: `INFO`, with `CONFIG GET
     /// maxmemory-policy` when INFO lacks it), for monitoring. One or two
     /// round trips on the data connection; not for the read path.
@@ -125,4 +134,18 @@ pub(crate) fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Some fields of envelope bytes held whole (see [`Store::get_fields`]).
+pub(crate) fn project_whole(envelope: Option<Bytes>, fields: &[&str]) -> Result<Option<Bytes>> {
+    let Some(envelope) = envelope else {
+        return Ok(None);
+    };
+    crate::representation::project(&envelope, fields)
+        .map(|b| Some(Bytes::from(b)))
+        .map_err(|problem| Error::Decode {
+            entity: String::new(),
+            id: String::new(),
+            cause: crate::error::Message::cause(problem),
+        })
 }

@@ -14,9 +14,11 @@
 //!   certificate problem.
 
 use super::{
-    Acquired, Fill, LeaseRequest, Protocol, Store, Subscription, WriteEnd, WriteKeys, WriteTicket,
+    project_whole, Acquired, Fill, LeaseRequest, Protocol, Store, Subscription, WriteEnd,
+    WriteKeys, WriteTicket,
 };
 use crate::error::{Error, Result};
+use crate::representation::is_hash_key;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
@@ -486,6 +488,9 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        if is_hash_key(key) {
+            return self.hash_get(key).await;
+        }
         redis::cmd("GET")
             .arg(key)
             .query_async(&mut self.conn())
@@ -496,6 +501,9 @@ impl Store for RedisStore {
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
+        }
+        if is_hash_key(&keys[0]) {
+            return self.hash_get_many(keys).await;
         }
         redis::cmd("MGET")
             .arg(keys)
@@ -511,9 +519,19 @@ impl Store for RedisStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<()> {
+        if is_hash_key(value_key) {
+            return self.hash_set(value_key, lease_key, value, ttl).await;
+        }
         let mut inv = SET_VOIDING_LEASE.prepare_invoke();
         inv.key(value_key).key(lease_key).arg(value).arg(ms(ttl));
         self.run::<i64>(inv).await.map(drop)
+    }
+
+    async fn get_fields(&self, key: &str, fields: &[&str]) -> Result<Option<Bytes>> {
+        if is_hash_key(key) {
+            return self.hash_get_fields(key, fields).await;
+        }
+        project_whole(self.get(key).await?, fields)
     }
 
     async fn delete(&self, value_key: &str, lease_key: &str) -> Result<()> {
@@ -552,6 +570,9 @@ impl Store for RedisStore {
 #[async_trait]
 impl Protocol for RedisStore {
     async fn acquire(&self, r: &LeaseRequest) -> Result<Acquired> {
+        if is_hash_key(&r.value_key) {
+            return self.hash_acquire(r).await;
+        }
         let mut inv = ACQUIRE.prepare_invoke();
         inv.key(&r.value_key)
             .key(&r.lease_key)
@@ -564,6 +585,9 @@ impl Protocol for RedisStore {
     }
 
     async fn acquire_many(&self, requests: &[LeaseRequest]) -> Result<Vec<Acquired>> {
+        if requests.first().is_some_and(|r| is_hash_key(&r.value_key)) {
+            return self.hash_acquire_many(requests).await;
+        }
         let ttls: Vec<String> = requests.iter().map(|r| ms(r.ttl).to_string()).collect();
         let calls = requests
             .iter()
@@ -588,6 +612,9 @@ impl Protocol for RedisStore {
     }
 
     async fn fill(&self, f: &Fill) -> Result<bool> {
+        if is_hash_key(&f.value_key) {
+            return self.hash_fill(f).await;
+        }
         let mut inv = FILL.prepare_invoke();
         inv.key(&f.value_key)
             .key(&f.lease_key)
@@ -599,6 +626,9 @@ impl Protocol for RedisStore {
     }
 
     async fn fill_many(&self, fills: &[Fill]) -> Result<Vec<bool>> {
+        if fills.first().is_some_and(|f| is_hash_key(&f.value_key)) {
+            return self.hash_fill_many(fills).await;
+        }
         let ttls: Vec<String> = fills.iter().map(|f| ms(f.ttl).to_string()).collect();
         let calls = fills
             .iter()
@@ -657,6 +687,9 @@ impl Protocol for RedisStore {
         ticket: WriteTicket,
         end: &WriteEnd,
     ) -> Result<bool> {
+        if is_hash_key(&keys.value_key) {
+            return self.hash_write_end(keys, ticket, end).await;
+        }
         let mut inv = WRITE_END.prepare_invoke();
         inv.key(&keys.value_key)
             .key(&keys.lease_key)
