@@ -422,6 +422,10 @@ pub struct EntityConfig {
     /// DELETE) instead of being refused (`SET`, `HSET`) or invalidating
     /// (`DEL`). Default: false.
     pub resp_writes: bool,
+    /// How entries are held in Redis: `string` (one JSON envelope) or
+    /// `hash` (a field per column; `?fields=` is one `HMGET`). Default:
+    /// `string`. Not with `write = "back"` (refused).
+    pub representation: larder::Representation,
 }
 
 impl Default for EntityConfig {
@@ -449,6 +453,7 @@ impl Default for EntityConfig {
             write_back: None,
             public_reads: false,
             resp_writes: false,
+            representation: larder::Representation::String,
         }
     }
 }
@@ -486,7 +491,8 @@ impl EntityConfig {
             .lease_ttl(self.lease_ttl.0)
             .load_timeout(self.load_timeout.0)
             .soft_timeout(self.soft_timeout.0)
-            .early_refresh(self.early_refresh);
+            .early_refresh(self.early_refresh)
+            .representation(self.representation);
         if let Some(wait) = self.wait_timeout {
             builder = builder.wait_timeout(wait.0);
         }
@@ -825,6 +831,12 @@ impl Config {
             return Err(self.error(
                 at("write"),
                 "write-back needs a durable Redis store: memory:// loses pending writes when the process ends",
+            ));
+        }
+        if e.representation == larder::Representation::Hash && e.write == Some(WriteMode::Back) {
+            return Err(self.error(
+                at("representation"),
+                "write-back on a hash entity is not supported yet: use representation = \"string\" with write = \"back\", or write = \"through\" with hashes",
             ));
         }
         Ok(())

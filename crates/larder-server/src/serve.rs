@@ -462,6 +462,9 @@ pub async fn build_entity(
     };
     let cache = builder.build().await.map_err(|err| match err.kind() {
         ErrorKind::InvalidSetting => config.setting_error(Some(i), &err, "name"),
+        ErrorKind::LayoutMismatch if representation_differs(&err) => {
+            config.error(at("representation"), one_line(&err))
+        }
         ErrorKind::LayoutMismatch => config.error(at("shards"), one_line(&err)),
         ErrorKind::NotDurable => config.error(at("write_back.require_durable"), one_line(&err)),
         ErrorKind::Config if policy.is_write_back() => {
@@ -655,4 +658,17 @@ async fn seed_users(db: &sqlx::SqlitePool) -> anyhow::Result<()> {
         .context("filling the sample users table")?;
     }
     Ok(())
+}
+
+/// Whether a refused layout differs in its representation (`hash` vs
+/// `string`) rather than its shards.
+fn representation_differs(err: &larder::Error) -> bool {
+    match err {
+        larder::Error::LayoutMismatch {
+            recorded,
+            configured,
+            ..
+        } => recorded.contains("representation=") != configured.contains("representation="),
+        _ => false,
+    }
 }

@@ -152,3 +152,78 @@ async fn the_openapi_document_describes_fields() {
         ["application/json"]["schema"]["anyOf"];
     assert_eq!(ok[1]["$ref"], "#/components/schemas/PeopleFields");
 }
+
+#[tokio::test]
+async fn a_hash_entity_answers_fields_from_its_hash() {
+    let (_pg, app, _t) = service("representation = \"hash\"\n").await;
+    let whole = get(&app, "/v1/people/1").await;
+    assert_eq!(whole.x_cache(), "miss");
+    assert_eq!(
+        whole.json(),
+        json!({ "id": 1, "name": "ann", "email": "ann@x", "big": 9007199254740993_u64,
+                "attrs": { "a": [] }, "price": 1.50 })
+    );
+    let a = get(&app, "/v1/people/1?fields=email,big,name").await;
+    assert_eq!(a.x_cache(), "hit");
+    assert_eq!(
+        String::from_utf8_lossy(&a.body),
+        r#"{"email":"ann@x","big":9007199254740993,"name":"ann"}"#
+    );
+    // NULL columns are null; a miss through fields loads the whole row once.
+    let a = get(&app, "/v1/people/2?fields=email,attrs").await;
+    assert_eq!(a.x_cache(), "miss");
+    assert_eq!(a.json(), json!({ "email": null, "attrs": null }));
+    let a = get(&app, "/v1/people/2?fields=name").await;
+    assert_eq!((a.x_cache(), a.json()), ("hit", json!({ "name": "bob" })));
+    let a = get(&app, "/v1/people?ids=1,2&fields=name").await;
+    assert_eq!(
+        a.json()["items"],
+        json!({ "1": { "name": "ann" }, "2": { "name": "bob" } })
+    );
+    // A write-through PATCH sets the hash to the returned row.
+    let w = support::write(&app, "PATCH", "/v1/people/2", r#"{"email": "b@x"}"#).await;
+    assert_eq!(w.status.as_u16(), 200);
+    let a = get(&app, "/v1/people/2?fields=email,name").await;
+    assert_eq!(
+        (a.x_cache(), a.json()),
+        ("hit", json!({ "email": "b@x", "name": "bob" }))
+    );
+    let a = get(&app, "/v1/people/1?fields=nope").await;
+    assert_eq!(a.code(), "unknown_column");
+}
+
+#[tokio::test]
+async fn hash_with_write_back_and_a_changed_representation_are_refused() {
+    let toml = support::pg_config(
+        &unique("fields_wb"),
+        "[[entity]]\nname = \"p\"\ntable = \"t\"\nrepresentation = \"hash\"\nwrite = \"back\"\n",
+    );
+    let e = larder_server::config::Config::parse(&toml, "test.toml")
+        .expect_err("write-back on hash is refused");
+    assert_eq!(e.key, "entity[0].representation");
+    assert!(e.to_string().contains("write-back"), "{e}");
+
+    let mut pg = Pg::connect().await;
+    let t = unique("fields_layout");
+    pg.exec(&t, TABLE).await;
+    let prefix = unique("fields_layout");
+    let config = |rep: &str| {
+        support::pg_config(
+            &prefix,
+            &format!(
+                "[[entity]]\nname = \"people\"\ntable = \"{t}\"\nrepresentation = \"{rep}\"\n"
+            ),
+        )
+    };
+    drop(support::state(&config("string")).await);
+    let parsed =
+        larder_server::config::Config::parse(&config("hash"), "test.toml").expect("parses");
+    let err = larder_server::serve::start(parsed)
+        .await
+        .expect_err("a hash start over a string layout is refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("entity[0].representation"),
+        "the error names the setting: {text}"
+    );
+}

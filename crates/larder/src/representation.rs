@@ -37,7 +37,10 @@ use serde_json::value::RawValue;
 use std::fmt;
 
 /// How an entity's entries are held in the store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Representation {
     /// One string per entry: the envelope around the codec's bytes (the

@@ -87,9 +87,19 @@ pub async fn get_row(
             Err(err) => return Err(engine(e)(err)),
         }
     }
-    let Lookup { value, outcome, .. } = e.cache.get(&id).await.map_err(engine(e))?;
+    // A hash entity reads just the fields (one HMGET on a fresh entry).
+    let hash = e.config.representation == larder::Representation::Hash;
+    let Lookup { value, outcome, .. } = match &fields {
+        Some(fields) if hash => {
+            let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+            e.cache.get_fields(&id, &names).await
+        }
+        _ => e.cache.get(&id).await,
+    }
+    .map_err(engine(e))?;
     let res = match value {
         Some(row) => match &fields {
+            Some(_) if hash => json_bytes(StatusCode::OK, row.bytes().clone()),
             Some(fields) => json_bytes(
                 StatusCode::OK,
                 Bytes::from(super::fields::project(e, row.bytes(), fields)?),
