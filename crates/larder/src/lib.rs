@@ -18,6 +18,7 @@
 //!                  fill once with its token, release
 //!   write.rs       the write protocol: ticket → source step → end step, detached (cancellation-safe)
 //!   warm.rs        pre-warming in batches, under the fill rule
+//!   hash.rs        field reads (get_fields): one HMGET on a fresh hash entry, else the whole read
 //!   invalidate.rs  invalidation by id, key, tag or purge; background tag compaction
 //!   builder.rs     CacheBuilder: every setting, validated once; assembles Inner
 //!   write_back/    write-back (`larder::write_back`): options and state; writer (acknowledge),
@@ -27,6 +28,8 @@
 //! flight.rs        single flight: one load per key per process, shared by its waiters
 //! breaker.rs       skip a store that just failed, for a moment
 //! envelope.rs      the binary header around every cached value (times, stamp)
+//! representation.rs  string or hash entries: the hash layout (a field per column, a reserved
+//!                  field with header and directory) and its conversion to and from envelopes
 //! codec.rs         how a value becomes bytes (JSON, MessagePack, raw JSON)
 //! key.rs           ids and the key layout `<prefix>:{<entity>:<shard>}:<kind>:<id>`
 //! coherence.rs     the near cache, tagger and bus of one cache, as the read and write paths use them
@@ -36,6 +39,7 @@
 //! store/           the shared tier: the sealed Store trait, Redis and memory stores
 //!   protocol.rs    the atomic operations the cache is built from, and their types (private)
 //!   dirty.rs       the write-back log's operations (private), on Redis in redis_dirty.rs
+//!   redis_hash.rs  hash entries on Redis: HGETALL/HMGET reads, the hash twins of the scripts
 //! source/          where values come from: the Source trait, FnSource, SqlSource
 //!   sql/           PostgreSQL, SQLite, MariaDB tables: schema, flushes, refusals; exec.rs runs
 //!                  the statements every backend shares (generic over sqlx), and each dialect

@@ -95,6 +95,9 @@ pub(crate) fn is_hash_key(key: &str) -> bool {
 /// Why an envelope cannot be a hash, or fields not an envelope.
 pub(crate) type Problem = String;
 
+/// A hash's fields: (name, value) pairs.
+pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Where the payload starts in envelope bytes (after header and stamp).
 fn payload_offset(env: &[u8]) -> Result<usize, Problem> {
     if env.len() < HEADER_LEN {
@@ -138,7 +141,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
 }
 
 /// The hash fields (name, value) of envelope bytes; the reserved field first.
-pub(crate) fn to_fields(env: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Problem> {
+pub(crate) fn to_fields(env: &[u8]) -> Result<Fields, Problem> {
     let body = payload_offset(env)?;
     let mut reserved = env[..body].to_vec();
     let negative = env[2] & 1 != 0;
