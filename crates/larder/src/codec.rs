@@ -191,6 +191,12 @@ impl RawJson {
         Ok(RawJson(bytes))
     }
 
+    /// Bytes larder itself built as JSON (a hash entry's fields), kept
+    /// without a second parse.
+    pub(crate) fn trusted(bytes: Bytes) -> Self {
+        RawJson(bytes)
+    }
+
     /// The JSON bytes.
     pub fn bytes(&self) -> &Bytes {
         &self.0

@@ -7,10 +7,14 @@
 //! - `go <id>`: `tasks` concurrent `get(id)`; prints `done <with value> <outcomes>`.
 //! - `quit`: exits.
 //!
+//! `--representation hash` (optional; default `string`) makes the entity a
+//! hash entity, whose value is the object `{"payload": <text>}`; a string
+//! entity's value is the text.
+//!
 //! Each load prints `loading <id>` first, so a test can kill the process
 //! while it holds a lease.
 
-use larder::{Cache, FnSource, Outcome};
+use larder::{Cache, FnSource, Outcome, Representation};
 use sqlx::postgres::PgPoolOptions;
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -25,6 +29,7 @@ struct Args {
     load: Duration,
     lease: Duration,
     wait: Duration,
+    representation: Representation,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -51,6 +56,11 @@ fn parse_args() -> Result<Args, String> {
         load: ms("load-ms")?,
         lease: ms("lease-ms")?,
         wait: ms("wait-ms")?,
+        representation: match get.get("representation") {
+            None => Representation::String,
+            Some(name) => Representation::parse(name)
+                .ok_or(format!("--representation {name}: use string or hash"))?,
+        },
     })
 }
 
@@ -72,6 +82,7 @@ async fn main() -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let (schema, load_for) = (args.schema.clone(), args.load);
+    let hash = args.representation == Representation::Hash;
     let source = FnSource::new("items", move |id: String| {
         let (pool, schema) = (pool.clone(), schema.clone());
         async move {
@@ -81,15 +92,24 @@ async fn main() -> Result<(), String> {
                 .await?;
             tokio::time::sleep(load_for).await;
             let id: i32 = id.parse().unwrap_or(-1);
-            sqlx::query_scalar::<_, String>(&format!(
+            let text = sqlx::query_scalar::<_, String>(&format!(
                 "SELECT payload FROM {schema}.items WHERE id = $1"
             ))
             .bind(id)
             .fetch_optional(&pool)
-            .await
+            .await?;
+            // The same JSON as a `String` value for a string entity; an
+            // object for a hash entity.
+            Ok::<_, sqlx::Error>(text.map(|t| {
+                if hash {
+                    serde_json::json!({ "payload": t })
+                } else {
+                    serde_json::Value::String(t)
+                }
+            }))
         }
     });
-    let cache: Cache<i64, String> = Cache::builder()
+    let cache: Cache<i64, serde_json::Value> = Cache::builder()
         .prefix(&args.prefix)
         .entity("items")
         .store(store)
@@ -102,6 +122,7 @@ async fn main() -> Result<(), String> {
         )
         .wait_timeout(args.wait)
         .early_refresh(0.0)
+        .representation(args.representation)
         .build()
         .await
         .map_err(|e| e.to_string())?;

@@ -5,7 +5,7 @@
 
 use larder_test_support as support;
 
-use larder::Cache;
+use larder::{Cache, Representation};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::io::{BufRead, BufReader, Write};
@@ -27,6 +27,7 @@ struct ProbeArgs<'a> {
     load_ms: u64,
     lease_ms: u64,
     wait_ms: u64,
+    representation: Representation,
 }
 
 impl Probe {
@@ -46,6 +47,7 @@ impl Probe {
                 "--wait-ms",
                 &a.wait_ms.to_string(),
             ])
+            .args(["--representation", a.representation.as_str()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -138,10 +140,11 @@ async fn drop_schema(pool: &PgPool, schema: &str) {
 }
 
 /// The parent's handle on the same entity, used to expire the key.
-async fn parent_cache(prefix: &str) -> Cache<i64, String> {
+async fn parent_cache(prefix: &str, representation: Representation) -> Cache<i64, String> {
     Cache::builder()
         .prefix(prefix)
         .entity("items")
+        .representation(representation)
         .store(support::redis_store().await)
         .build()
         .await
@@ -150,10 +153,21 @@ async fn parent_cache(prefix: &str) -> Cache<i64, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_load_per_expiry_across_four_processes() {
+    one_load_per_expiry(Representation::String).await;
+}
+
+/// The same race over a hash entity (one Redis hash per entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_load_per_expiry_across_four_processes_hash() {
+    one_load_per_expiry(Representation::Hash).await;
+}
+
+async fn one_load_per_expiry(representation: Representation) {
     let (schema, prefix) = (support::unique("stampede"), support::unique("stampede"));
     let pool = database(&schema).await;
-    let cache = parent_cache(&prefix).await;
+    let cache = parent_cache(&prefix, representation).await;
     let args = ProbeArgs {
+        representation,
         schema: &schema,
         prefix: &prefix,
         tasks: 50,
@@ -188,10 +202,21 @@ async fn one_load_per_expiry_across_four_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lease_holder_is_taken_over_after_its_lease() {
+    dead_lease_holder_taken_over(Representation::String).await;
+}
+
+/// The same takeover over a hash entity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lease_holder_is_taken_over_after_its_lease_hash() {
+    dead_lease_holder_taken_over(Representation::Hash).await;
+}
+
+async fn dead_lease_holder_taken_over(representation: Representation) {
     let (schema, prefix) = (support::unique("takeover"), support::unique("takeover"));
     let pool = database(&schema).await;
-    let cache = parent_cache(&prefix).await;
+    let cache = parent_cache(&prefix, representation).await;
     let short = |load_ms| ProbeArgs {
+        representation,
         schema: &schema,
         prefix: &prefix,
         tasks: 1,
