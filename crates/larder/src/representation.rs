@@ -82,6 +82,11 @@ impl fmt::Display for Representation {
 /// The reserved field: the envelope header and the directory.
 pub(crate) const RESERVED: &str = "";
 
+/// The most fields (columns) one hash entry holds: the scripts pass them
+/// as arguments, and Lua unpacks at most ~8,000 values (PostgreSQL tables
+/// have at most 1,600 columns).
+pub(crate) const MAX_FIELDS: usize = 3000;
+
 const KIND_JSON: u8 = 0;
 const KIND_TEXT: u8 = 1;
 
@@ -153,8 +158,14 @@ pub(crate) fn to_fields(env: &[u8]) -> Result<Fields, Problem> {
     }
     let members: Members<'_> = serde_json::from_slice(&env[body..])
         .map_err(|e| format!("a hash entry's value must be a JSON object: {e}"))?;
+    if members.0.len() > MAX_FIELDS {
+        return Err(format!(
+            "a hash entry holds at most {MAX_FIELDS} fields, this value has {}",
+            members.0.len()
+        ));
+    }
     let count = u16::try_from(members.0.len())
-        .map_err(|_| "a hash entry has more than 65535 fields".to_owned())?;
+        .map_err(|_| format!("a hash entry holds at most {MAX_FIELDS} fields"))?;
     reserved.extend_from_slice(&count.to_be_bytes());
     fields.push((Vec::new(), Vec::new()));
     for (name, raw) in members.0 {
@@ -404,6 +415,11 @@ mod tests {
         assert_eq!(from_fields(&[]).expect("ok"), None);
         assert!(to_fields(&env(Some("[1]"), None)).is_err());
         assert!(to_fields(&env(Some(r#"{"":1}"#), None)).is_err());
+        let wide: String = (0..=MAX_FIELDS)
+            .map(|i| format!("\"c{i}\":1"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(to_fields(&env(Some(&format!("{{{wide}}}")), None)).is_err());
         assert!(is_hash_key("p:{e:3}:h:42"));
         assert!(!is_hash_key("p:{e:3}:v:h:42"));
         assert!(!is_hash_key("p:{e}:meta"));

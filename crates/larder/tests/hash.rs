@@ -564,3 +564,41 @@ async fn the_memory_store_answers_hash_entities_the_same() {
     let r = redis.get(&3).await.expect("redis").value.expect("row");
     assert_eq!(json_of(&m), json_of(&r));
 }
+
+#[tokio::test]
+async fn batch_reads_and_warming_fill_hashes() {
+    let table = Table::named("people", (1..=5).map(|i| person(i, &format!("p{i}"))));
+    let prefix = support::unique("hbatch");
+    let cache = person_cache(&prefix, &table, None, false).await;
+    // Cold keys: one acquire pipeline, one load_many, one fill pipeline.
+    let ids = [1_u64, 2, 3, 99];
+    let keys: Vec<&u64> = ids.iter().collect();
+    let first = cache.get_many(&keys).await.expect("get_many");
+    assert_eq!(
+        first.iter().map(|l| l.outcome).collect::<Vec<_>>(),
+        vec![Outcome::Miss; 4]
+    );
+    assert_eq!(first[1].value.as_deref(), Some(&person(2, "p2")));
+    assert!(first[3].value.is_none());
+    assert_eq!(table.batch_loads(), 1);
+    let again = cache.get_many(&keys).await.expect("get_many");
+    assert_eq!(
+        again.iter().map(|l| l.outcome).collect::<Vec<_>>(),
+        vec![Outcome::Hit, Outcome::Hit, Outcome::Hit, Outcome::Negative]
+    );
+    assert_eq!(again[2].value.as_deref(), Some(&person(3, "p3")));
+    assert_eq!(redis_cli(&["TYPE", &hash_key(&prefix, "2")]), "hash");
+
+    // Warming fills every row as a hash; a field read is then a hit.
+    let warm = support::unique("hwarm");
+    let warmed = person_cache(&warm, &table, None, false).await;
+    let done = warmed
+        .warm_all(larder::WarmOptions::default(), |_| {})
+        .await
+        .expect("warm");
+    assert_eq!(done.written, 5);
+    assert_eq!(redis_cli(&["HGET", &hash_key(&warm, "4"), "name"]), "p4");
+    let read = warmed.get_fields(&4, &["team"]).await.expect("read");
+    assert_eq!(read.outcome, Outcome::Hit);
+    assert_eq!(json_of(&read.value.expect("row")), json!({ "team": 7 }));
+}
