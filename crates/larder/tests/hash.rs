@@ -602,3 +602,28 @@ async fn batch_reads_and_warming_fill_hashes() {
     assert_eq!(read.outcome, Outcome::Hit);
     assert_eq!(json_of(&read.value.expect("row")), json!({ "team": 7 }));
 }
+
+#[tokio::test]
+async fn a_damaged_hash_is_a_corrupt_entry_and_reloaded() {
+    let table = Table::named("people", [person(1, "ann")]);
+    let prefix = support::unique("hdamaged");
+    let cache = person_cache(&prefix, &table, None, false).await;
+    cache.get(&1).await.expect("fill");
+    let key = hash_key(&prefix, "1");
+    // Another program writes a reserved field larder cannot read.
+    assert_eq!(redis_cli(&["HSET", &key, "", "junk"]), "0");
+    let read = cache.get_fields(&1, &["name"]).await.expect("read");
+    assert_eq!(
+        read.outcome,
+        Outcome::Miss,
+        "treated as absent and reloaded"
+    );
+    assert_eq!(json_of(&read.value.expect("row")), json!({ "name": "ann" }));
+    assert_eq!(table.loads(), 2);
+    assert_eq!(cache.stats().corrupt_entries, 1);
+    assert_eq!(
+        cache.get_fields(&1, &["name"]).await.expect("read").outcome,
+        Outcome::Hit,
+        "the reload replaced the damaged hash"
+    );
+}

@@ -131,11 +131,20 @@ impl RedisStore {
         }
     }
 
-    /// The envelope of the fields read, `None` when there is no entry.
+    /// The envelope of the fields read, `None` when there is no entry. A
+    /// hash that is not a valid entry (another program wrote it) answers
+    /// bytes that are no envelope: the cache counts it corrupt and treats
+    /// it as a miss, as it does a corrupt string entry.
     fn hash_envelope(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Option<Bytes>> {
-        Ok(from_fields(&items)
-            .map_err(|p| self.hash_problem(p))?
-            .map(Bytes::from))
+        Ok(match from_fields(&items) {
+            Ok(found) => found.map(Bytes::from),
+            Err(problem) => Some(self.not_an_entry(&problem)),
+        })
+    }
+
+    fn not_an_entry(&self, problem: &str) -> Bytes {
+        tracing::warn!(store = self.name_str(), problem, "unreadable hash entry");
+        Bytes::new()
     }
 
     /// The flat `field, value, ...` arguments of an envelope.
@@ -187,9 +196,12 @@ impl RedisStore {
             return Ok(None);
         }
         let reserved = values.remove(0);
-        Ok(from_some_fields(reserved.as_deref(), fields, &values)
-            .map_err(|p| self.hash_problem(p))?
-            .map(Bytes::from))
+        Ok(
+            match from_some_fields(reserved.as_deref(), fields, &values) {
+                Ok(found) => found.map(Bytes::from),
+                Err(problem) => Some(self.not_an_entry(&problem)),
+            },
+        )
     }
 
     fn hash_acquired(&self, value: Value) -> Result<Acquired> {
