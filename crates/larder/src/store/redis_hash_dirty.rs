@@ -152,6 +152,180 @@ return {{2, redis.call('HGETALL', KEYS[1])}}
     ))
 });
 
+static RECORD_ROW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- A whole-row write (put, or a tombstone): replaces the hash and the dirty record.
+-- KEYS: value (hash), lease, dirty, queue, seq, version
+-- ARGV: id, payload, del (1/0), ttl ms, now ms, version ttl ms, channel ('' = none), message, field, value, ...
+local was = redis.call('EXISTS', KEYS[3])
+local seq = redis.call('INCR', KEYS[5])
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 'seq', seq, 'del', ARGV[3], 'val', ARGV[2], 'kind', 'row')
+redis.call('ZADD', KEYS[4], 'NX', ARGV[5], ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('HINCRBY', KEYS[6], 'seq', 1)
+redis.call('PEXPIRE', KEYS[6], ARGV[6])
+if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+return {1, seq, was}
+",
+    )
+});
+
+static BATCH_RECORDS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- The dirty records of ids the caller read from the queue, under the flush lease.
+-- KEYS: flush lease, queue, dirty... ARGV: token, id...
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+local out = {1}
+for i = 3, #KEYS do
+  local r = redis.call('HGETALL', KEYS[i])
+  if #r == 0 then
+    redis.call('ZREM', KEYS[2], ARGV[i - 1])
+  else
+    table.insert(out, ARGV[i - 1])
+    table.insert(out, r)
+  end
+end
+return out
+",
+    )
+});
+
+static CLEAR_HASH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: dirty, queue, value (hash), lease. ARGV: id, seq, action (set|del), ttl ms, field, value, ...
+if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+-- As for strings: the stored row refreshes the entry only while the entry
+-- is there (an invalidation during the flush stays).
+if ARGV[3] == 'set' and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('DEL', KEYS[3], KEYS[4])
+  redis.call('HSET', KEYS[3], unpack(ARGV, 5))
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+else
+  redis.call('DEL', KEYS[3], KEYS[4])
+end
+return 1
+",
+    )
+});
+
+/// A pending write of a hash entry, as the flusher reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HashDirty {
+    /// The canonical id.
+    pub(crate) id: String,
+    /// The record's sequence (cleared only if unchanged).
+    pub(crate) seq: u64,
+    /// What to write.
+    pub(crate) write: HashWrite,
+}
+
+/// What a hash entry's dirty record asks the source to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HashWrite {
+    /// Delete the row.
+    Delete,
+    /// Upsert the whole row (a `put`, with later patches laid over): a
+    /// JSON object.
+    Upsert(Vec<u8>),
+    /// Update just these columns (a JSON object of them).
+    Update(Vec<u8>),
+}
+
+/// A JSON object of `base`'s members (in order) with `columns` laid over
+/// (replacing a member of the same name, else appended); exact — values
+/// are copied as their JSON text.
+fn overlay(base: &[u8], columns: &[(String, String)]) -> std::result::Result<Vec<u8>, String> {
+    let members = if base.is_empty() {
+        Vec::new()
+    } else {
+        ordered_members(base).map_err(|e| format!("a dirty row is not a JSON object: {e}"))?
+    };
+    let mut out: Vec<(String, String)> = members
+        .into_iter()
+        .map(|(k, v)| (k, v.get().to_owned()))
+        .collect();
+    for (name, json) in columns {
+        match out.iter_mut().find(|(k, _)| k == name) {
+            Some(slot) => slot.1.clone_from(json),
+            None => out.push((name.clone(), json.clone())),
+        }
+    }
+    let mut text = String::from("{");
+    for (i, (k, v)) in out.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
+        text.push(':');
+        text.push_str(v);
+    }
+    text.push('}');
+    Ok(text.into_bytes())
+}
+
+/// A JSON object's members in their order, values as raw JSON.
+fn ordered_members(json: &[u8]) -> std::result::Result<Vec<(String, Box<RawValue>)>, String> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<(String, Box<RawValue>)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<M: serde::de::MapAccess<'de>>(
+            self,
+            mut map: M,
+        ) -> std::result::Result<Self::Value, M::Error> {
+            let mut out = Vec::new();
+            while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    serde::Deserializer::deserialize_map(&mut de, V).map_err(|e| e.to_string())
+}
+
+/// A hash entry's pending write from its dirty record (`HGETALL` pairs).
+fn hash_dirty_of(
+    id: String,
+    pairs: &[(Vec<u8>, Vec<u8>)],
+) -> std::result::Result<HashDirty, String> {
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k.as_slice() == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    };
+    let seq = get("seq")
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("the dirty record of {id:?} has no sequence"))?;
+    let mut columns = Vec::new();
+    for (k, v) in pairs {
+        if let Some(name) = k.strip_prefix(b"c:") {
+            let name = String::from_utf8(name.to_vec()).map_err(|e| e.to_string())?;
+            let json = String::from_utf8(v.clone()).map_err(|e| e.to_string())?;
+            columns.push((name, json));
+        }
+    }
+    let write = match (get("del"), get("kind")) {
+        (Some(b"1"), _) => HashWrite::Delete,
+        (_, Some(b"row")) => HashWrite::Upsert(overlay(get("val").unwrap_or_default(), &columns)?),
+        (_, Some(b"fields")) => HashWrite::Update(overlay(b"", &columns)?),
+        _ => return Err(format!("the dirty record of {id:?} is not a hash entry's")),
+    };
+    Ok(HashDirty { id, seq, write })
+}
+
 /// The keys one hash field patch touches, all in the id's shard.
 #[derive(Debug, Clone)]
 pub(crate) struct HashPatchKeys<'a> {
@@ -247,15 +421,157 @@ impl RedisStore {
         let answer: Vec<i64> = self.run(inv).await?;
         match answer.as_slice() {
             [0] => Ok(Patched::NoRow),
-            [-1] => Err(self.hash_dirty_problem(
-                "a string-format dirty record is pending on a hash entry",
-            )),
+            [-1] => {
+                Err(self
+                    .hash_dirty_problem("a string-format dirty record is pending on a hash entry"))
+            }
             [1, seq, was] => Ok(Patched::Recorded(Recorded::Queued {
                 seq: u64::try_from(*seq).unwrap_or_default(),
                 coalesced: *was == 1,
             })),
             _ => Err(self.hash_dirty_problem("unexpected answer from the patch script")),
         }
+    }
+
+    /// A whole-row write-back write of a hash entry — a `put` (`payload`
+    /// `Some`) or a tombstone — in one script: replaces the hash with
+    /// `envelope`'s fields and the dirty record with a `row` record
+    /// (dropping pending field patches, which the row replaces), enqueues
+    /// the id, voids the lease, bumps the write version.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn hash_record_row(
+        &self,
+        keys: &HashPatchKeys<'_>,
+        payload: Option<&[u8]>,
+        envelope: &[u8],
+        ttl: Duration,
+        now_ms: u64,
+        version_ttl: Duration,
+        announce: Option<(&str, &[u8])>,
+    ) -> Result<Recorded> {
+        let fields = to_fields(envelope).map_err(|p| self.hash_dirty_problem(p))?;
+        let mut inv = RECORD_ROW.prepare_invoke();
+        inv.key(keys.value_key)
+            .key(keys.lease_key)
+            .key(keys.dirty_key)
+            .key(keys.queue_key)
+            .key(keys.seq_key)
+            .key(keys.version_key)
+            .arg(keys.id)
+            .arg(payload.unwrap_or_default())
+            .arg(if payload.is_some() { "0" } else { "1" })
+            .arg(ms(ttl))
+            .arg(now_ms)
+            .arg(ms(version_ttl));
+        match announce {
+            Some((channel, message)) => inv.arg(channel).arg(message),
+            None => inv.arg("").arg(""),
+        };
+        for (k, v) in &fields {
+            inv.arg(k.as_slice()).arg(v.as_slice());
+        }
+        let answer: Vec<i64> = self.run(inv).await?;
+        match answer.as_slice() {
+            [1, seq, was] => Ok(Recorded::Queued {
+                seq: u64::try_from(*seq).unwrap_or_default(),
+                coalesced: *was == 1,
+            }),
+            _ => Err(self.hash_dirty_problem("unexpected answer from the record script")),
+        }
+    }
+
+    /// Up to `max` pending writes of hash entries of a shard that became
+    /// dirty at or before `due_ms`, oldest first, while `token` holds the
+    /// flush lease (`None`: it does not). The ids are read from the queue
+    /// first, so the script that reads their records names every dirty
+    /// key in KEYS (`dirty_key` builds them); an id cleared in between is
+    /// skipped.
+    pub(crate) async fn hash_batch(
+        &self,
+        lease_key: &str,
+        queue_key: &str,
+        dirty_key: impl Fn(&str) -> String,
+        token: &str,
+        max: usize,
+        due_ms: u64,
+    ) -> Result<Option<Vec<HashDirty>>> {
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(queue_key)
+            .arg("-inf")
+            .arg(due_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(max)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut inv = BATCH_RECORDS.prepare_invoke();
+        inv.key(lease_key).key(queue_key).arg(token);
+        for id in &ids {
+            inv.key(dirty_key(id)).arg(id.as_str());
+        }
+        let answer: Value = self.run(inv).await?;
+        let bad = || self.hash_dirty_problem("unexpected answer from the batch script");
+        let Value::Array(items) = answer else {
+            return Err(bad());
+        };
+        let mut it = items.into_iter();
+        match it.next() {
+            Some(Value::Int(0)) => return Ok(None),
+            Some(Value::Int(1)) => {}
+            _ => return Err(bad()),
+        }
+        let mut out = Vec::new();
+        while let (Some(Value::BulkString(id)), Some(Value::Array(flat))) = (it.next(), it.next()) {
+            let id = String::from_utf8(id).map_err(|_| bad())?;
+            let mut pairs = Vec::with_capacity(flat.len() / 2);
+            let mut f = flat.into_iter();
+            while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
+                (f.next(), f.next())
+            {
+                pairs.push((k, v));
+            }
+            out.push(hash_dirty_of(id, &pairs).map_err(|p| self.hash_dirty_problem(p))?);
+        }
+        Ok(Some(out))
+    }
+
+    /// Clears a flushed hash record if its sequence is unchanged and
+    /// refreshes the entry from the stored row (`refresh`: its envelope
+    /// and TTL; `None` deletes the entry) — only while the entry is there;
+    /// whether it was cleared.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn hash_clear(
+        &self,
+        dirty_key: &str,
+        queue_key: &str,
+        value_key: &str,
+        lease_key: &str,
+        id: &str,
+        seq: u64,
+        refresh: Option<(&[u8], Duration)>,
+    ) -> Result<bool> {
+        let mut inv = CLEAR_HASH.prepare_invoke();
+        inv.key(dirty_key)
+            .key(queue_key)
+            .key(value_key)
+            .key(lease_key)
+            .arg(id)
+            .arg(seq);
+        let fields = match refresh {
+            Some((envelope, ttl)) => {
+                inv.arg("set").arg(ms(ttl));
+                to_fields(envelope).map_err(|p| self.hash_dirty_problem(p))?
+            }
+            None => {
+                inv.arg("del").arg(0);
+                Vec::new()
+            }
+        };
+        for (k, v) in &fields {
+            inv.arg(k.as_slice()).arg(v.as_slice());
+        }
+        Ok(self.run::<i64>(inv).await? == 1)
     }
 
     /// A fill under the lease `token` that lays pending dirty fields over
@@ -414,7 +730,12 @@ mod tests {
         for id in 0..100 {
             let k = Keys::new(&prefix, &id.to_string());
             stores[0]
-                .set(&k.value, &k.lease, &envelope(&row), Duration::from_secs(600))
+                .set(
+                    &k.value,
+                    &k.lease,
+                    &envelope(&row),
+                    Duration::from_secs(600),
+                )
                 .await
                 .expect("fill");
         }
@@ -451,8 +772,16 @@ mod tests {
             assert_eq!(dirty.get("kind").map(String::as_str), Some("fields"));
             for c in &columns {
                 let want = format!("{c}-{id}-2");
-                assert_eq!(row[c], serde_json::Value::String(want.clone()), "hash {id} {c}");
-                assert_eq!(dirty[&format!("c:{c}")], format!("\"{want}\""), "dirty {id} {c}");
+                assert_eq!(
+                    row[c],
+                    serde_json::Value::String(want.clone()),
+                    "hash {id} {c}"
+                );
+                assert_eq!(
+                    dirty[&format!("c:{c}")],
+                    format!("\"{want}\""),
+                    "dirty {id} {c}"
+                );
             }
             assert_eq!(row["id"], 1, "an unpatched column stays");
         }
@@ -472,9 +801,19 @@ mod tests {
             .query_async::<()>(&mut store.conn())
             .await
             .expect("lease");
-        let got = patch(&store, &k, r#"{"name":"Bea","n":18446744073709551615,"note":null}"#)
-            .await;
-        assert!(matches!(got, Patched::Recorded(Recorded::Queued { coalesced: false, .. })));
+        let got = patch(
+            &store,
+            &k,
+            r#"{"name":"Bea","n":18446744073709551615,"note":null}"#,
+        )
+        .await;
+        assert!(matches!(
+            got,
+            Patched::Recorded(Recorded::Queued {
+                coalesced: false,
+                ..
+            })
+        ));
         assert_eq!(hash_len(&store, &k.value).await, 0, "no partial hash");
         let lease: Option<String> = redis::cmd("GET")
             .arg(&k.lease)
@@ -491,7 +830,14 @@ mod tests {
             .expect("lease");
         let loaded = envelope(r#"{"id":7,"name":"Ada","n":1,"note":"x","tags":[]}"#);
         let filled = store
-            .hash_fill_overlay(&k.value, &k.lease, &k.dirty, "reader", &loaded, Duration::from_secs(60))
+            .hash_fill_overlay(
+                &k.value,
+                &k.lease,
+                &k.dirty,
+                "reader",
+                &loaded,
+                Duration::from_secs(60),
+            )
             .await
             .expect("fill");
         let Overlaid::Merged(env) = filled else {
@@ -523,7 +869,14 @@ mod tests {
         let k = Keys::new(&prefix, "1");
         let loaded = envelope(r#"{"id":1,"name":"Ada"}"#);
         let lost = store
-            .hash_fill_overlay(&k.value, &k.lease, &k.dirty, "me", &loaded, Duration::from_secs(60))
+            .hash_fill_overlay(
+                &k.value,
+                &k.lease,
+                &k.dirty,
+                "me",
+                &loaded,
+                Duration::from_secs(60),
+            )
             .await
             .expect("fill");
         assert_eq!(lost, Overlaid::Refused);
@@ -535,7 +888,14 @@ mod tests {
             .await
             .expect("lease");
         let filled = store
-            .hash_fill_overlay(&k.value, &k.lease, &k.dirty, "me", &loaded, Duration::from_secs(60))
+            .hash_fill_overlay(
+                &k.value,
+                &k.lease,
+                &k.dirty,
+                "me",
+                &loaded,
+                Duration::from_secs(60),
+            )
             .await
             .expect("fill");
         assert_eq!(filled, Overlaid::Filled);
@@ -552,13 +912,30 @@ mod tests {
         let store = store();
         let k = Keys::new(&prefix, "3");
         store
-            .set(&k.value, &k.lease, &envelope(r#"{"id":3,"a":null,"b":"x"}"#), Duration::from_secs(60))
+            .set(
+                &k.value,
+                &k.lease,
+                &envelope(r#"{"id":3,"a":null,"b":"x"}"#),
+                Duration::from_secs(60),
+            )
             .await
             .expect("set");
         let first = patch(&store, &k, r#"{"a":"now text","b":5}"#).await;
         let again = patch(&store, &k, r#"{"a":""}"#).await;
-        assert!(matches!(first, Patched::Recorded(Recorded::Queued { coalesced: false, .. })));
-        assert!(matches!(again, Patched::Recorded(Recorded::Queued { coalesced: true, .. })));
+        assert!(matches!(
+            first,
+            Patched::Recorded(Recorded::Queued {
+                coalesced: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            again,
+            Patched::Recorded(Recorded::Queued {
+                coalesced: true,
+                ..
+            })
+        ));
         let stored = store.get(&k.value).await.expect("get").expect("entry");
         let want: serde_json::Value =
             serde_json::from_str(r#"{"id":3,"a":"","b":5}"#).expect("json");
@@ -604,5 +981,152 @@ mod tests {
             .await
             .expect("EXISTS");
         assert_eq!(dirty, 0);
+    }
+
+    async fn take_lease(store: &RedisStore, lease: &str, token: &str) {
+        redis::cmd("SET")
+            .arg(lease)
+            .arg(token)
+            .query_async::<()>(&mut store.conn())
+            .await
+            .expect("lease");
+    }
+
+    /// put then patch → one upsert of the row with the patched column laid
+    /// over; a patch alone → an update of just its columns; a tombstone →
+    /// a delete. A clear of a flushed sequence refreshes the hash; a write
+    /// that landed after the batch keeps its record.
+    #[tokio::test]
+    async fn flusher_sees_upsert_update_and_delete_and_clear_is_fenced_by_seq() {
+        let prefix = unique("hwb");
+        let store = store();
+        let (put, patched, gone) = (
+            Keys::new(&prefix, "1"),
+            Keys::new(&prefix, "2"),
+            Keys::new(&prefix, "3"),
+        );
+        let row = r#"{"id":1,"name":"Ada","n":1}"#;
+        let recorded = store
+            .hash_record_row(
+                &put.patch(),
+                Some(row.as_bytes()),
+                &envelope(row),
+                Duration::from_secs(60),
+                1,
+                Duration::from_secs(60),
+                None,
+            )
+            .await
+            .expect("put");
+        assert!(matches!(
+            recorded,
+            Recorded::Queued {
+                coalesced: false,
+                ..
+            }
+        ));
+        patch(&store, &put, r#"{"n":12345678901234567890}"#).await;
+        patch(&store, &patched, r#"{"name":"Bea","tags":[]}"#).await;
+        let negative = Envelope {
+            fresh_until: u64::MAX / 2,
+            stale_until: u64::MAX / 2,
+            load_us: 1,
+            payload: None,
+            stamp: None,
+        }
+        .encode();
+        store
+            .hash_record_row(
+                &gone.patch(),
+                None,
+                &negative,
+                Duration::from_secs(60),
+                1,
+                Duration::from_secs(60),
+                None,
+            )
+            .await
+            .expect("delete");
+        assert_eq!(
+            patch(&store, &gone, r#"{"name":"x"}"#).await,
+            Patched::NoRow
+        );
+        let lease = format!("{prefix}:{{e:0}}:f");
+        let dirty = |id: &str| format!("{prefix}:{{e:0}}:d:{id}");
+        let none = store
+            .hash_batch(&lease, &put.queue, dirty, "me", 10, u64::MAX / 2)
+            .await
+            .expect("batch");
+        assert_eq!(none, None, "no batch without the flush lease");
+        take_lease(&store, &lease, "me").await;
+        let batch = store
+            .hash_batch(&lease, &put.queue, dirty, "me", 10, u64::MAX / 2)
+            .await
+            .expect("batch")
+            .expect("lease held");
+        let by_id = |id: &str| {
+            batch
+                .iter()
+                .find(|d| d.id == id)
+                .expect("in the batch")
+                .clone()
+        };
+        assert_eq!(
+            by_id("1").write,
+            HashWrite::Upsert(br#"{"id":1,"name":"Ada","n":12345678901234567890}"#.to_vec())
+        );
+        assert_eq!(
+            by_id("2").write,
+            HashWrite::Update(br#"{"name":"Bea","tags":[]}"#.to_vec())
+        );
+        assert_eq!(by_id("3").write, HashWrite::Delete);
+        assert_eq!(batch.len(), 3);
+        // A patch after the batch was read: the flushed sequence no longer
+        // clears the record.
+        patch(&store, &patched, r#"{"name":"Cy"}"#).await;
+        let stale = by_id("2");
+        assert!(!store
+            .hash_clear(
+                &patched.dirty,
+                &patched.queue,
+                &patched.value,
+                &patched.lease,
+                "2",
+                stale.seq,
+                None
+            )
+            .await
+            .expect("clear"));
+        let stored = envelope(r#"{"id":1,"name":"Ada","n":12345678901234567890}"#);
+        let one = by_id("1");
+        assert!(store
+            .hash_clear(
+                &put.dirty,
+                &put.queue,
+                &put.value,
+                &put.lease,
+                "1",
+                one.seq,
+                Some((&stored, Duration::from_secs(60)))
+            )
+            .await
+            .expect("clear"));
+        let entry = store.get(&put.value).await.expect("get").expect("entry");
+        assert_eq!(payload_of(&entry)["name"], "Ada");
+        let again = store
+            .hash_batch(&lease, &put.queue, dirty, "me", 10, u64::MAX / 2)
+            .await
+            .expect("batch")
+            .expect("lease held");
+        let ids: Vec<&str> = again.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["2", "3"],
+            "the cleared record is gone, the newer one stays"
+        );
+        assert_eq!(
+            again[0].write,
+            HashWrite::Update(br#"{"name":"Cy","tags":[]}"#.to_vec())
+        );
     }
 }
