@@ -204,7 +204,7 @@ impl RedisStore {
         )
     }
 
-    fn hash_acquired(&self, value: Value) -> Result<Acquired> {
+    pub(super) fn hash_acquired(&self, value: Value) -> Result<Acquired> {
         let bad = || self.hash_problem("unexpected answer from the acquire script".into());
         let Value::Array(mut items) = value else {
             return Err(bad());

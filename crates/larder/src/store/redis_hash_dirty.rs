@@ -32,7 +32,7 @@
 //! its KEYS, all in the entry's shard slot; no script builds a key name.
 
 use super::redis::{ms, RedisStore};
-use super::Recorded;
+use super::{Acquired, LeaseRequest, Recorded};
 use crate::error::{Error, Message, Result};
 use crate::representation::to_fields;
 use redis::{Script, Value};
@@ -212,6 +212,33 @@ else
   redis.call('DEL', KEYS[3], KEYS[4])
 end
 return 1
+",
+    )
+});
+
+static ACQUIRE_BACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- The read lease of a hash entry under write-back: as `ACQUIRE` in
+-- redis_hash.rs, except by record kind — a pending `row` answers the
+-- record (the cache merges it), pending `fields` are no answer (the hash,
+-- if there, holds them; a fill lays them over the loaded row).
+-- KEYS: value (hash), lease, dirty. ARGV: token, lease ms, if_absent (1/0)
+local d = redis.call('HMGET', KEYS[3], 'del', 'kind', 'val')
+if d[1] == '1' then return {4} end
+if d[1] and d[2] == 'row' then return {5, redis.call('HGETALL', KEYS[3])} end
+if d[1] and not d[2] then return {4, d[3]} end
+if ARGV[3] == '1' then
+  local v = redis.call('HGETALL', KEYS[1])
+  if #v > 0 then return {1, v} end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if ARGV[3] == '1' then return {2} end
+  local v = redis.call('HGETALL', KEYS[1])
+  if #v > 0 then return {2, v} end
+  return {2}
+end
+return {3}
 ",
     )
 });
@@ -572,6 +599,40 @@ impl RedisStore {
             inv.arg(k.as_slice()).arg(v.as_slice());
         }
         Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    /// The read lease of a hash entry under write-back (see the script
+    /// `ACQUIRE_BACK`): a pending whole row answers
+    /// [`Acquired::Dirty`] with the row and the patches laid over it.
+    pub(crate) async fn hash_acquire_back(&self, r: &LeaseRequest) -> Result<Acquired> {
+        let mut inv = ACQUIRE_BACK.prepare_invoke();
+        inv.key(&r.value_key)
+            .key(&r.lease_key)
+            .key(&r.dirty_key)
+            .arg(&r.token)
+            .arg(ms(r.ttl))
+            .arg(if r.if_absent { "1" } else { "0" });
+        let value: Value = self.run(inv).await?;
+        let Value::Array(items) = &value else {
+            return self.hash_acquired(value);
+        };
+        let (Some(Value::Int(5)), Some(Value::Array(flat))) = (items.first(), items.get(1)) else {
+            return self.hash_acquired(value);
+        };
+        let mut pairs = Vec::with_capacity(flat.len() / 2);
+        let mut f = flat.iter();
+        while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) = (f.next(), f.next()) {
+            pairs.push((k.clone(), v.clone()));
+        }
+        let pending =
+            hash_dirty_of(String::new(), &pairs).map_err(|p| self.hash_dirty_problem(p))?;
+        match pending.write {
+            HashWrite::Upsert(row) => Ok(Acquired::Dirty(Some(bytes::Bytes::from(row)))),
+            HashWrite::Delete => Ok(Acquired::Dirty(None)),
+            HashWrite::Update(_) => {
+                Err(self.hash_dirty_problem("unexpected answer from the acquire script"))
+            }
+        }
     }
 
     /// A fill under the lease `token` that lays pending dirty fields over
@@ -1128,5 +1189,50 @@ mod tests {
             again[0].write,
             HashWrite::Update(br#"{"name":"Cy","tags":[]}"#.to_vec())
         );
+    }
+
+    /// Under write-back the read lease answers a pending whole row with
+    /// its patches laid over, and pending fields alone grant the lease.
+    #[tokio::test]
+    async fn acquire_answers_a_pending_row_with_its_patches() {
+        let prefix = unique("hwb");
+        let store = store();
+        let (put, patched) = (Keys::new(&prefix, "1"), Keys::new(&prefix, "2"));
+        let row = r#"{"id":1,"name":"Ada"}"#;
+        store
+            .hash_record_row(
+                &put.patch(),
+                Some(row.as_bytes()),
+                &envelope(row),
+                Duration::from_secs(60),
+                1,
+                Duration::from_secs(60),
+                None,
+            )
+            .await
+            .expect("put");
+        patch(&store, &put, r#"{"name":"Bea"}"#).await;
+        patch(&store, &patched, r#"{"name":"Cy"}"#).await;
+        let request = |k: &Keys| LeaseRequest {
+            value_key: k.value.clone(),
+            lease_key: k.lease.clone(),
+            dirty_key: k.dirty.clone(),
+            token: "t".into(),
+            ttl: Duration::from_secs(5),
+            if_absent: true,
+        };
+        let got = store
+            .hash_acquire_back(&request(&put))
+            .await
+            .expect("acquire");
+        assert_eq!(
+            got,
+            Acquired::Dirty(Some(Bytes::from_static(br#"{"id":1,"name":"Bea"}"#)))
+        );
+        let got = store
+            .hash_acquire_back(&request(&patched))
+            .await
+            .expect("acquire");
+        assert_eq!(got, Acquired::Lease { current: None });
     }
 }
