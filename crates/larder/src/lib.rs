@@ -40,6 +40,8 @@
 //!   protocol.rs    the atomic operations the cache is built from, and their types (private)
 //!   dirty.rs       the write-back log's operations (private), on Redis in redis_dirty.rs
 //!   redis_hash.rs  hash entries on Redis: HGETALL/HMGET reads, the hash twins of the scripts
+//!   redis_hash_dirty.rs  write-back on hash entries, store side only (field patches without
+//!                  compare-and-set, fill overlay, batch/clear); not yet used by the cache
 //! source/          where values come from: the Source trait, FnSource, SqlSource
 //!   sql/           PostgreSQL, SQLite, MariaDB tables: schema, flushes, refusals; exec.rs runs
 //!                  the statements every backend shares (generic over sqlx), and each dialect
