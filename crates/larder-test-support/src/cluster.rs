@@ -14,7 +14,9 @@
 
 use crate::redis_server::RedisServer;
 use crate::resp::{self, Reply};
+use larder::store::Store;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -161,6 +163,16 @@ impl RedisCluster {
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.nodes.iter().map(|n| n.addr().to_string()).collect();
         format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// A larder store on this cluster (every node a seed), checked to answer.
+    ///
+    /// # Panics
+    /// If the cluster does not answer.
+    pub async fn store(&self) -> Arc<dyn Store> {
+        larder::store::connect_checked(&self.url())
+            .await
+            .expect("a store on the test cluster")
     }
 
     /// `redis+cluster://` naming one node only (topology is discovered

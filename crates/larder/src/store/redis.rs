@@ -334,6 +334,9 @@ impl RedisStore {
     pub fn connect(url: &str, options: RedisOptions) -> Result<Self> {
         // rustls needs a process-wide crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        if super::conn::is_cluster_url(url) {
+            return Self::connect_cluster(url, options);
+        }
         let mut parsed = parse_url(url)?;
         let kept: Vec<(String, String)> = parsed
             .query_pairs()
@@ -344,9 +347,6 @@ impl RedisStore {
             parsed.set_query(None);
         } else {
             parsed.query_pairs_mut().clear().extend_pairs(kept);
-        }
-        if super::conn::is_cluster_url(url) {
-            return Self::connect_cluster(url, options);
         }
         let name = super::redact(url);
         let client = match options.tls_certificates()? {
