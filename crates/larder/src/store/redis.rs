@@ -428,14 +428,25 @@ impl RedisStore {
 
 /// Classifies a redis-rs error: unreachable (connection, I/O, timeout; or a
 /// server that cannot answer yet: `LOADING` its dataset after a restart,
-/// `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`) or refused.
+/// `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`; or, on Cluster, a `MOVED`/`ASK`
+/// the client could not resolve within the response timeout) or refused.
 fn map_error(store: &str, e: RedisError) -> Error {
     let unreachable = e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
         || e.is_unrecoverable_error()
-        || matches!(e.retry_method(), redis::RetryMethod::WaitAndRetry);
+        || matches!(e.retry_method(), redis::RetryMethod::WaitAndRetry)
+        // On Cluster: a redirection or a dead node still unresolved after
+        // the client's own retries (a slot whose master just died, a
+        // topology in flux) is the store not answering, not a refusal.
+        || matches!(
+            e.retry_method(),
+            redis::RetryMethod::MovedRedirect
+                | redis::RetryMethod::AskRedirect
+                | redis::RetryMethod::RefreshSlotsAndRetry
+                | redis::RetryMethod::ReconnectFromInitialConnections
+        );
     if unreachable {
         Error::StoreUnavailable {
             store: store.to_owned(),
