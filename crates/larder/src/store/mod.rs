@@ -132,3 +132,10 @@ pub(crate) fn redact(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+/// A store URL with any password replaced by `***` (cluster URLs, whose
+/// comma-separated hosts no URL parser takes, included): for messages and
+/// logs outside the library.
+pub fn redact_url(url: &str) -> String {
+    redact(url)
+}
