@@ -21,6 +21,7 @@ struct Probe {
 }
 
 struct ProbeArgs<'a> {
+    redis: &'a str,
     schema: &'a str,
     prefix: &'a str,
     tasks: usize,
@@ -32,7 +33,7 @@ struct ProbeArgs<'a> {
 impl Probe {
     fn start(a: &ProbeArgs<'_>) -> Probe {
         let mut child = Command::new(env!("CARGO_BIN_EXE_larder-probe"))
-            .args(["--redis", &support::redis_url(), "--pg", &support::pg_url()])
+            .args(["--redis", a.redis, "--pg", &support::pg_url()])
             .args(["--schema", a.schema, "--prefix", a.prefix])
             .args([
                 "--tasks",
@@ -138,11 +139,15 @@ async fn drop_schema(pool: &PgPool, schema: &str) {
 }
 
 /// The parent's handle on the same entity, used to expire the key.
-async fn parent_cache(prefix: &str) -> Cache<i64, String> {
+async fn parent_cache(prefix: &str, redis: &str) -> Cache<i64, String> {
     Cache::builder()
         .prefix(prefix)
         .entity("items")
-        .store(support::redis_store().await)
+        .store(
+            larder::store::connect_checked(redis)
+                .await
+                .expect("store"),
+        )
         .build()
         .await
         .expect("cache")
@@ -150,10 +155,21 @@ async fn parent_cache(prefix: &str) -> Cache<i64, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_load_per_expiry_across_four_processes() {
+    one_load_per_expiry(&support::redis_url()).await;
+}
+
+/// The same on Redis Cluster (the shared test cluster), every process its own client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_load_per_expiry_across_four_processes_on_cluster() {
+    one_load_per_expiry(&support::RedisCluster::shared().url()).await;
+}
+
+async fn one_load_per_expiry(redis: &str) {
     let (schema, prefix) = (support::unique("stampede"), support::unique("stampede"));
     let pool = database(&schema).await;
-    let cache = parent_cache(&prefix).await;
+    let cache = parent_cache(&prefix, redis).await;
     let args = ProbeArgs {
+        redis,
         schema: &schema,
         prefix: &prefix,
         tasks: 50,
@@ -190,8 +206,10 @@ async fn one_load_per_expiry_across_four_processes() {
 async fn a_dead_lease_holder_is_taken_over_after_its_lease() {
     let (schema, prefix) = (support::unique("takeover"), support::unique("takeover"));
     let pool = database(&schema).await;
-    let cache = parent_cache(&prefix).await;
+    let redis = support::redis_url();
+    let cache = parent_cache(&prefix, &redis).await;
     let short = |load_ms| ProbeArgs {
+        redis: &redis,
         schema: &schema,
         prefix: &prefix,
         tasks: 1,
