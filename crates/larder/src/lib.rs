@@ -36,6 +36,9 @@
 //! store/           the shared tier: the sealed Store trait, Redis and memory stores
 //!   protocol.rs    the atomic operations the cache is built from, and their types (private)
 //!   dirty.rs       the write-back log's operations (private), on Redis in redis_dirty.rs
+//!   conn.rs        the Redis connection: standalone or Cluster (redis+cluster://), one enum;
+//!                  what redis-rs' cluster client retries, within the response timeout
+//!   cluster.rs     Cluster-only store work: batches split by hash slot (concurrently), INFO summed
 //! source/          where values come from: the Source trait, FnSource, SqlSource
 //!   sql/           PostgreSQL, SQLite, MariaDB tables: schema, flushes, refusals; exec.rs runs
 //!                  the statements every backend shares (generic over sqlx), and each dialect
