@@ -60,8 +60,11 @@ async fn larder_serve_on_a_cluster_reads_and_writes_through() {
     // Many ids at once, across slots of every master.
     let mut all = Vec::new();
     for id in 3..40 {
-        pg.exec(&t, &format!("INSERT INTO {{t}} (id, name) VALUES ({id}, 'n{id}')"))
-            .await;
+        pg.exec(
+            &t,
+            &format!("INSERT INTO {{t}} (id, name) VALUES ({id}, 'n{id}')"),
+        )
+        .await;
         all.push(id);
     }
     for id in &all {

@@ -220,7 +220,8 @@ impl RedisCluster {
                 };
                 if (*lo..=*hi).contains(&i64::from(slot)) {
                     if let Some(Reply::Int(port)) = m.get(1) {
-                        if let Some(i) = self.nodes.iter().position(|n| i64::from(n.port()) == *port)
+                        if let Some(i) =
+                            self.nodes.iter().position(|n| i64::from(n.port()) == *port)
                         {
                             return i;
                         }

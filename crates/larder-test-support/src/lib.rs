@@ -42,9 +42,9 @@ mod table;
 mod wait;
 
 pub use alloc::{count_allocations, CountingAllocator};
+pub use cluster::{RedisCluster, RedisClusterBuilder};
 pub use names::{temp_dir, unique};
 pub use proxy::TcpProxy;
-pub use cluster::{RedisCluster, RedisClusterBuilder};
 pub use redis_server::{RedisServer, RedisServerBuilder};
 pub use services::{
     mysql_pool, mysql_url, pg_addr, pg_pool, pg_url, pg_url_via, redis_addr, redis_store,

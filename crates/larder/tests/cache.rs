@@ -49,7 +49,7 @@ async fn store(kind: Kind) -> Arc<dyn Store> {
     match kind {
         Kind::Memory => store::connect("memory://").await.expect("memory store"),
         Kind::Redis => support::redis_store().await,
-            Kind::Cluster => support::RedisCluster::shared().store().await,
+        Kind::Cluster => support::RedisCluster::shared().store().await,
     }
 }
 

@@ -33,7 +33,11 @@ fn rows(n: u64) -> Arc<support::Table<Row>> {
     }))
 }
 
-async fn cache_on(store: Arc<dyn Store>, prefix: &str, table: &Arc<support::Table<Row>>) -> Cache<u64, Row> {
+async fn cache_on(
+    store: Arc<dyn Store>,
+    prefix: &str,
+    table: &Arc<support::Table<Row>>,
+) -> Cache<u64, Row> {
     Cache::builder()
         .prefix(prefix)
         .entity("rows")
@@ -77,7 +81,11 @@ async fn one_seed_finds_every_master_and_get_many_answers_across_slots_in_reques
     assert_eq!(table.loads(), 0, "no id loaded alone");
     assert_eq!(table.batch_loads(), 1, "the misses loaded in one batch");
     for (id, got) in ids.iter().zip(&got) {
-        assert_eq!(got.value.as_ref().map(|r| r.id), Some(*id), "in request order");
+        assert_eq!(
+            got.value.as_ref().map(|r| r.id),
+            Some(*id),
+            "in request order"
+        );
     }
     let again = cache.get_many(&refs).await.expect("get_many again");
     assert!(again.iter().all(|g| g.outcome == Outcome::Hit));
@@ -99,7 +107,9 @@ async fn one_seed_finds_every_master_and_get_many_answers_across_slots_in_reques
     for (i, value) in values.iter().enumerate() {
         let expected = (i % 3 == 0).then(|| format!("v{i}"));
         assert_eq!(
-            value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
+            value
+                .as_deref()
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
             expected,
             "key {i}"
         );
@@ -138,8 +148,11 @@ async fn server_info_sums_every_master() {
     let info = store.server_info().await.expect("server_info");
     let used = info.used_memory.expect("used_memory");
     // Each master alone uses about a megabyte; three of them, more.
-    let one = support::resp::cmd(cluster.nodes()[cluster.master_of_slot(0)].addr(), &["INFO", "memory"])
-        .expect("INFO");
+    let one = support::resp::cmd(
+        cluster.nodes()[cluster.master_of_slot(0)].addr(),
+        &["INFO", "memory"],
+    )
+    .expect("INFO");
     let one = String::from_utf8_lossy(one.bulk().expect("bulk")).into_owned();
     let one: u64 = one
         .lines()
@@ -156,7 +169,7 @@ async fn write_back_is_refused_on_cluster_until_wait_based_durability_exists() {
     let table = rows(1);
     for require_durable in [true, false] {
         let built = Cache::<u64, Row>::builder()
-            .prefix(&unique("cl_wb"))
+            .prefix(unique("cl_wb"))
             .entity("rows")
             .store(cluster.store().await)
             .source(TableSource(table.clone()))
@@ -168,11 +181,15 @@ async fn write_back_is_refused_on_cluster_until_wait_based_durability_exists() {
             .await;
         match built {
             Err(Error::Config(message)) => assert!(
-                message.contains("write-back on Redis Cluster needs WAIT-based durability, not yet built"),
+                message.contains(
+                    "write-back on Redis Cluster needs WAIT-based durability, not yet built"
+                ),
                 "{message}"
             ),
             Err(other) => panic!("expected a Config refusal, got {other:?}"),
-            Ok(_) => panic!("write-back on Cluster must be refused (require_durable = {require_durable})"),
+            Ok(_) => panic!(
+                "write-back on Cluster must be refused (require_durable = {require_durable})"
+            ),
         }
     }
 }
@@ -198,21 +215,35 @@ async fn cluster_urls_are_checked_and_redacted() {
 /// response timeout, and the other masters' slots keep answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_slot_is_store_unavailable_within_the_response_timeout() {
-    let mut cluster = RedisCluster::builder().replicas(0).node_timeout_ms(1000).start();
-    let url = format!("{}/?response_timeout=500ms&connect_timeout=200ms", cluster.url());
+    let mut cluster = RedisCluster::builder()
+        .replicas(0)
+        .node_timeout_ms(1000)
+        .start();
+    let url = format!(
+        "{}/?response_timeout=500ms&connect_timeout=200ms",
+        cluster.url()
+    );
     let store = store::connect_checked(&url).await.expect("store");
     let dead_slot_key = "{a}:x"; // slot of "a": 15495
     let live_key = (0..100)
         .map(|i| format!("{{b{i}}}:x"))
-        .find(|k| cluster.master_of_slot(slot_of(k)) != cluster.master_of_slot(slot_of(dead_slot_key)))
+        .find(|k| {
+            cluster.master_of_slot(slot_of(k)) != cluster.master_of_slot(slot_of(dead_slot_key))
+        })
         .expect("a key on another master");
     let victim = cluster.master_of_slot(slot_of(dead_slot_key));
-    store.get(dead_slot_key).await.expect("answers before the kill");
+    store
+        .get(dead_slot_key)
+        .await
+        .expect("answers before the kill");
     cluster.node_mut(victim).kill();
 
     for _ in 0..3 {
         let started = Instant::now();
-        let e = store.get(dead_slot_key).await.expect_err("its master is dead");
+        let e = store
+            .get(dead_slot_key)
+            .await
+            .expect_err("its master is dead");
         let took = started.elapsed();
         assert!(e.is_store_unavailable(), "{e:?}");
         assert!(took < Duration::from_millis(1500), "answered in {took:?}");

@@ -143,11 +143,7 @@ async fn parent_cache(prefix: &str, redis: &str) -> Cache<i64, String> {
     Cache::builder()
         .prefix(prefix)
         .entity("items")
-        .store(
-            larder::store::connect_checked(redis)
-                .await
-                .expect("store"),
-        )
+        .store(larder::store::connect_checked(redis).await.expect("store"))
         .build()
         .await
         .expect("cache")

@@ -98,7 +98,7 @@ impl Conn {
 
 /// Positions of `keys` grouped by hash slot (crc16 of the hash tag, as
 /// Redis Cluster computes it), groups in order of first appearance.
-pub(crate) fn slot_groups<K: AsRef<[u8]>>(keys: &[K]) -> Vec<Vec<usize>> {
+fn slot_groups<K: AsRef<[u8]>>(keys: &[K]) -> Vec<Vec<usize>> {
     let mut index: HashMap<Slot, usize> = HashMap::new();
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, key) in keys.iter().enumerate() {
@@ -278,9 +278,10 @@ mod tests {
 
     #[test]
     fn cluster_urls_split_into_seeds_with_credentials_and_options() {
-        let parsed =
-            parse_cluster_url("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001/?response_timeout=2s")
-                .expect("valid");
+        let parsed = parse_cluster_url(
+            "redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001/?response_timeout=2s",
+        )
+        .expect("valid");
         assert_eq!(
             parsed.nodes,
             vec!["redis://u:p@10.0.0.1:7000", "redis://u:p@10.0.0.2:7001"]

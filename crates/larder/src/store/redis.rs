@@ -514,9 +514,9 @@ impl Store for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        if self.is_cluster() {
-            return self.get_many_by_slot(keys).await;
-        }
+        // On Cluster, redis-rs splits a multi-slot MGET into one MGET per
+        // slot itself, sends them concurrently and puts the answers back
+        // in key order (see `cluster.rs` for why not larder's own split).
         redis::cmd("MGET")
             .arg(keys)
             .query_async(&mut self.conn())
