@@ -66,6 +66,9 @@ pub(crate) enum Conn {
 /// connection spawns its tasks when it is made.
 pub(crate) struct LazyCluster {
     client: ClusterClient,
+    /// The timeouts again: redis-rs' connection config replaces the
+    /// builder's per-attempt response timeout (with none, if not given).
+    timeouts: (Duration, Duration),
     conn: OnceLock<ClusterConnection>,
 }
 
@@ -73,8 +76,11 @@ impl LazyCluster {
     fn get(&self) -> ClusterConnection {
         self.conn
             .get_or_init(|| {
-                self.client
-                    .get_pending_async_connection_with_config(Default::default())
+                let (connect, response) = self.timeouts;
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(connect)
+                    .set_response_timeout(response);
+                self.client.get_pending_async_connection_with_config(config)
             })
             .clone()
     }
@@ -263,6 +269,7 @@ pub(crate) fn cluster(
         .map_err(config_error)?;
     let conn = Conn::Cluster(Arc::new(LazyCluster {
         client,
+        timeouts: (options.connect_timeout, options.response_timeout),
         conn: OnceLock::new(),
     }));
     Ok((conn, seeds))
