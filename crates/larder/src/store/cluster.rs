@@ -16,8 +16,8 @@
 //! reassembles the answers in key order). larder split it by slot too, at
 //! first; handing redis-rs the whole `MGET` measured faster — one request
 //! into its cluster task instead of ~50 (100 keys over 64 shards, 3
-//! masters, `benches/cluster.rs`: 222 k vs 158 k keys/s from one task, 200 k
-//! vs 161 k from 32), so that is what the store does.
+//! masters, `benches/cluster.rs`, one noisy run each: 222 k vs 158 k keys/s
+//! from one task, 200 k vs 161 k from 32), so that is what the store does.
 //!
 //! Which key lives in which slot is the key layout's business (see the
 //! README's "Redis Cluster" section): everything about one entity id lives
