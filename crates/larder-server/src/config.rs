@@ -197,7 +197,9 @@ impl Default for Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `redis://`, `rediss://` or `memory://`. Default: `redis://127.0.0.1:6379/0`.
+    /// `redis://`, `rediss://`, `redis+cluster://host:port[,host:port...]`
+    /// (Redis Cluster; `rediss+cluster://` with TLS) or `memory://`.
+    /// Default: `redis://127.0.0.1:6379/0`.
     pub url: String,
     /// The first segment of every key, `[a-z0-9_-]`. Default: `larder`.
     pub prefix: String,
@@ -659,11 +661,15 @@ impl Config {
             return Err(self.error("body_limit", "must be more than 0 bytes"));
         }
         let scheme = self.store.url.split("://").next().unwrap_or_default();
-        if !matches!(scheme, "redis" | "rediss" | "memory") || !self.store.url.contains("://") {
+        if !matches!(
+            scheme,
+            "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "memory"
+        ) || !self.store.url.contains("://")
+        {
             return Err(self.error(
                 "store.url",
                 format!(
-                    "unsupported store URL {:?}: use redis://, rediss:// or memory://",
+                    "unsupported store URL {:?}: use redis://, rediss://, redis+cluster://host:port[,host:port...], rediss+cluster:// or memory://",
                     redact(&self.store.url)
                 ),
             ));
@@ -857,6 +863,9 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
 
 /// A URL without its password.
 pub fn redact(url: &str) -> String {
+    if url.contains("+cluster://") {
+        return larder::store::redact_url(url);
+    }
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));

@@ -10,6 +10,8 @@
 //!   flush them);
 //! - a Redis a test may break: [`RedisServer`] spawns its own `redis-server`
 //!   on a free port (with AOF if asked), kills and restarts it;
+//! - a Redis Cluster: [`RedisCluster`] starts 3 masters + 3 replicas of
+//!   its own ([`RedisCluster::shared`]: one per test binary);
 //! - a database (or Redis) outage: [`TcpProxy`] forwards a loopback port to a
 //!   target and can [`cut`](TcpProxy::cut) and [`restore`](TcpProxy::restore)
 //!   the link; [`pg_url_via`] points a PostgreSQL URL at it;
@@ -30,6 +32,7 @@
 
 pub mod accounts;
 mod alloc;
+mod cluster;
 mod names;
 mod proxy;
 mod redis_server;
@@ -39,6 +42,7 @@ mod table;
 mod wait;
 
 pub use alloc::{count_allocations, CountingAllocator};
+pub use cluster::{RedisCluster, RedisClusterBuilder};
 pub use names::{temp_dir, unique};
 pub use proxy::TcpProxy;
 pub use redis_server::{RedisServer, RedisServerBuilder};

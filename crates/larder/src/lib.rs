@@ -42,6 +42,9 @@
 //!   redis_hash.rs  hash entries on Redis: HGETALL/HMGET reads, the hash twins of the scripts
 //!   redis_hash_dirty.rs  write-back on hash entries, store side only (field patches without
 //!                  compare-and-set, fill overlay, batch/clear); not yet used by the cache
+//!   conn.rs        the Redis connection: standalone or Cluster (redis+cluster://), one enum;
+//!                  what redis-rs' cluster client retries, within the response timeout
+//!   cluster.rs     Cluster-only store work: batches split by hash slot (concurrently), INFO summed
 //! source/          where values come from: the Source trait, FnSource, SqlSource
 //!   sql/           PostgreSQL, SQLite, MariaDB tables: schema, flushes, refusals; exec.rs runs
 //!                  the statements every backend shares (generic over sqlx), and each dialect

@@ -42,12 +42,14 @@ type Table = support::Table<User>;
 enum Kind {
     Memory,
     Redis,
+    Cluster,
 }
 
 async fn store(kind: Kind) -> Arc<dyn Store> {
     match kind {
         Kind::Memory => store::connect("memory://").await.expect("memory store"),
         Kind::Redis => support::redis_store().await,
+        Kind::Cluster => support::RedisCluster::shared().store().await,
     }
 }
 
@@ -671,6 +673,7 @@ macro_rules! every_store {
     ($($name:ident),* $(,)?) => {
         mod memory { $( #[tokio::test] async fn $name() { super::$name(super::Kind::Memory).await } )* }
         mod redis { $( #[tokio::test] async fn $name() { super::$name(super::Kind::Redis).await } )* }
+        mod cluster { $( #[tokio::test] async fn $name() { super::$name(super::Kind::Cluster).await } )* }
     };
 }
 

@@ -73,10 +73,23 @@ async fn name_of(cache: &Cache<u64, Row>, id: u64) -> (Option<String>, Outcome) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_or_invalidate_on_one_instance_is_seen_fresh_on_the_other() {
+    let url = support::redis_url();
+    write_or_invalidate_seen_fresh(&url, &url).await;
+}
+
+/// On Redis Cluster, with the two instances seeded with (and so subscribed
+/// on) different nodes: PUBLISH is broadcast over the cluster bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_write_or_invalidate_on_one_instance_is_seen_fresh_on_the_other() {
+    let cluster = support::RedisCluster::shared();
+    write_or_invalidate_seen_fresh(&cluster.url_of_node(0), &cluster.url_of_node(4)).await;
+}
+
+async fn write_or_invalidate_seen_fresh(url_a: &str, url_b: &str) {
     let prefix = unique("near_two");
     let table = Table::with([row(1, "v1")]);
-    let a = instance(&support::redis_url(), &prefix, &table).await;
-    let b = instance(&support::redis_url(), &prefix, &table).await;
+    let a = instance(url_a, &prefix, &table).await;
+    let b = instance(url_b, &prefix, &table).await;
 
     assert_eq!(name_of(&a, 1).await, (Some("v1".into()), Outcome::Miss));
     assert_eq!(name_of(&b, 1).await, (Some("v1".into()), Outcome::Hit));
@@ -108,10 +121,22 @@ async fn a_write_or_invalidate_on_one_instance_is_seen_fresh_on_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_subscription_clears_the_near_cache_and_reads_stay_correct() {
     let server = RedisServer::start();
+    killed_subscription_clears(&server.url(), &server).await;
+}
+
+/// On Redis Cluster: node 5 is the seed (so the subscription's node) of
+/// this test's instances only, so killing its subscribers touches no other test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_killed_subscription_clears_the_near_cache_and_reads_stay_correct() {
+    let cluster = support::RedisCluster::shared();
+    killed_subscription_clears(&cluster.url_of_node(5), &cluster.nodes()[5]).await;
+}
+
+async fn killed_subscription_clears(url: &str, server: &RedisServer) {
     let prefix = unique("near_kill");
     let table = Table::with([row(1, "v1")]);
-    let a = instance(&server.url(), &prefix, &table).await;
-    let b = instance(&server.url(), &prefix, &table).await;
+    let a = instance(url, &prefix, &table).await;
+    let b = instance(url, &prefix, &table).await;
     name_of(&a, 1).await;
     assert_eq!(name_of(&a, 1).await, (Some("v1".into()), Outcome::L1));
 
@@ -212,11 +237,23 @@ async fn overflowing_undelivered_invalidations_bump_the_generation_instead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_tag_misses_every_tagged_entry_and_leaves_the_others() {
+    let url = support::redis_url();
+    tag_misses_tagged_only(&url, &url).await;
+}
+
+/// On Redis Cluster, the instances on different nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_invalidate_tag_misses_every_tagged_entry_and_leaves_the_others() {
+    let cluster = support::RedisCluster::shared();
+    tag_misses_tagged_only(&cluster.url_of_node(1), &cluster.url_of_node(3)).await;
+}
+
+async fn tag_misses_tagged_only(url_a: &str, url_b: &str) {
     const N: u64 = 300;
     let prefix = unique("near_tags");
     let table = Table::with((0..N).map(|id| row(id, "v1")));
-    let a = instance(&support::redis_url(), &prefix, &table).await;
-    let b = instance(&support::redis_url(), &prefix, &table).await;
+    let a = instance(url_a, &prefix, &table).await;
+    let b = instance(url_b, &prefix, &table).await;
     for id in 0..N {
         name_of(&a, id).await;
         name_of(&b, id).await;
@@ -268,10 +305,22 @@ async fn invalidate_tag_misses_every_tagged_entry_and_leaves_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_with_tags_and_purge_reach_every_instance() {
+    let url = support::redis_url();
+    tags_and_purge_reach_every_instance(&url, &url).await;
+}
+
+/// On Redis Cluster, the instances on different nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_put_with_tags_and_purge_reach_every_instance() {
+    let cluster = support::RedisCluster::shared();
+    tags_and_purge_reach_every_instance(&cluster.url_of_node(2), &cluster.url_of_node(0)).await;
+}
+
+async fn tags_and_purge_reach_every_instance(url_a: &str, url_b: &str) {
     let prefix = unique("near_purge");
     let table = Table::with((0..10).map(|id| row(id, "v1")));
-    let a = instance(&support::redis_url(), &prefix, &table).await;
-    let b = instance(&support::redis_url(), &prefix, &table).await;
+    let a = instance(url_a, &prefix, &table).await;
+    let b = instance(url_b, &prefix, &table).await;
     a.put_with_tags(&0, &row(0, "v1"), &["vip".into()])
         .await
         .expect("put");
@@ -303,7 +352,7 @@ async fn put_with_tags_and_purge_reach_every_instance() {
     assert_eq!(table.loads() - loads, 10);
     // A new instance reads the generation at start: it misses nothing B refilled,
     // and everything older than the purge stays a miss for it too.
-    let c = instance(&support::redis_url(), &prefix, &table).await;
+    let c = instance(url_a, &prefix, &table).await;
     for id in 0..10 {
         assert_eq!(name_of(&c, id).await.1, Outcome::Hit, "id {id}");
     }

@@ -45,6 +45,7 @@ type Table = support::Table<Row>;
 enum Kind {
     Memory,
     Redis,
+    Cluster,
 }
 
 /// One test's world: a store, a table, a clock, a prefix.
@@ -60,6 +61,7 @@ impl World {
         let store: Arc<dyn Store> = match kind {
             Kind::Memory => Arc::new(MemoryStore::new(10_000)),
             Kind::Redis => support::redis_store().await,
+            Kind::Cluster => support::RedisCluster::shared().store().await,
         };
         World {
             store,
@@ -323,6 +325,7 @@ macro_rules! every_store {
     ($($name:ident),* $(,)?) => {
         mod memory { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Kind::Memory).await } )* }
         mod redis { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Kind::Redis).await } )* }
+        mod cluster { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Kind::Cluster).await } )* }
     };
 }
 

@@ -233,4 +233,11 @@ pub trait DirtyLog: Debug + Send + Sync + 'static {
 
     /// The store's persistence and eviction settings.
     async fn durability(&self) -> Result<Durability>;
+
+    /// Whether the log runs over a Redis Cluster, where a write is durable
+    /// only once its master's replicas have it (`WAIT`, not yet built):
+    /// write-back is refused there. Default: no.
+    fn is_cluster(&self) -> bool {
+        false
+    }
 }

@@ -8,8 +8,9 @@
 //! so it stays atomic on Cluster; the embedded [`MemoryStore`] does the same
 //! under one lock.
 //!
-//! Pick a store by URL with [`connect`]: `redis://`, `rediss://` (TLS) or
-//! `memory://`.
+//! Pick a store by URL with [`connect`]: `redis://`, `rediss://` (TLS),
+//! `redis+cluster://h:p,h:p` / `rediss+cluster://` (Redis Cluster, see
+//! `conn.rs` and `cluster.rs`) or `memory://`.
 //!
 //! The atomic operations and the types they speak (lease requests, fills,
 //! write tickets, the write-back log) are the store *protocol*
@@ -18,6 +19,8 @@
 //! protocol can change (a Cluster store, new Redis types) without breaking
 //! anyone.
 
+mod cluster;
+mod conn;
 mod dirty;
 mod info;
 mod memory;
@@ -109,12 +112,12 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     let scheme = url.split("://").next().unwrap_or_default();
     match scheme {
         "memory" => Ok(Arc::new(MemoryStore::from_url(url)?)),
-        "redis" | "rediss" => Ok(Arc::new(RedisStore::connect(
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => Ok(Arc::new(RedisStore::connect(
             url,
             RedisOptions::from_url(url)?,
         )?)),
         _ => Err(Error::Config(format!(
-            "unknown store URL {:?}: use redis://, rediss:// or memory://",
+            "unknown store URL {:?}: use redis://, rediss://, redis+cluster://, rediss+cluster:// or memory://",
             redact(url)
         ))),
     }
@@ -129,6 +132,9 @@ pub async fn connect_checked(url: &str) -> Result<Arc<dyn Store>> {
 
 /// A URL with any password replaced by `***`, for messages and logs.
 pub(crate) fn redact(url: &str) -> String {
+    if conn::is_cluster_url(url) {
+        return conn::redact_cluster(url);
+    }
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             // Setting a password only fails for URLs without a host, which
@@ -152,4 +158,11 @@ pub(crate) fn project_whole(envelope: Option<Bytes>, fields: &[&str]) -> Result<
             id: String::new(),
             cause: crate::error::Message::cause(problem),
         })
+}
+
+/// A store URL with any password replaced by `***` (cluster URLs, whose
+/// comma-separated hosts no URL parser takes, included): for messages and
+/// logs outside the library.
+pub fn redact_url(url: &str) -> String {
+    redact(url)
 }

@@ -13,6 +13,7 @@
 //!   fails with [`Error::StoreUnavailable`] whose cause names the
 //!   certificate problem.
 
+use super::conn::Conn;
 use super::{
     project_whole, Acquired, Fill, LeaseRequest, Protocol, Store, Subscription, WriteEnd,
     WriteKeys, WriteTicket,
@@ -22,7 +23,7 @@ use crate::representation::is_hash_key;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
-use redis::{Pipeline, RedisError, Script, Value};
+use redis::{RedisError, Script, Value};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -74,6 +75,10 @@ const OPTION_KEYS: [&str; 5] = [
 impl RedisOptions {
     /// Reads the options from a URL's query; unknown larder options are an error.
     pub fn from_url(url: &str) -> Result<Self> {
+        if super::conn::is_cluster_url(url) {
+            // A cluster URL's options are read as on its first seed's URL.
+            return Self::from_url(&super::conn::parse_cluster_url(url)?.options_url);
+        }
         let parsed = parse_url(url)?;
         let mut options = Self::default();
         for (key, value) in parsed.query_pairs() {
@@ -115,7 +120,7 @@ impl RedisOptions {
     }
 
     /// The certificates to hand redis-rs, if any option names one.
-    fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>> {
+    pub(super) fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>> {
         fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
             std::fs::read(path).map_err(|e| {
                 Error::Config(format!(
@@ -159,9 +164,10 @@ pub struct RedisStore {
 
 struct Inner {
     name: String,
-    conn: ConnectionManager,
-    /// For the invalidation subscriber's own pub/sub connection.
-    client: redis::Client,
+    conn: Conn,
+    /// For the invalidation subscriber's own pub/sub connection: the one
+    /// Redis, or every seed of a cluster (tried in order).
+    clients: Vec<redis::Client>,
     options: RedisOptions,
 }
 
@@ -330,6 +336,9 @@ impl RedisStore {
     pub fn connect(url: &str, options: RedisOptions) -> Result<Self> {
         // rustls needs a process-wide crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        if super::conn::is_cluster_url(url) {
+            return Self::connect_cluster(url, options);
+        }
         let mut parsed = parse_url(url)?;
         let kept: Vec<(String, String)> = parsed
             .query_pairs()
@@ -357,14 +366,34 @@ impl RedisStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 name,
-                conn,
-                client,
+                conn: Conn::Single(conn),
+                clients: vec![client],
                 options,
             }),
         })
     }
 
-    pub(super) fn conn(&self) -> ConnectionManager {
+    /// A store over a Redis Cluster (`redis+cluster://`, `rediss+cluster://`).
+    fn connect_cluster(url: &str, options: RedisOptions) -> Result<Self> {
+        let name = super::redact(url);
+        let parsed = super::conn::parse_cluster_url(url)?;
+        let (conn, clients) = super::conn::cluster(&parsed, &options, &name)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                name,
+                conn,
+                clients,
+                options,
+            }),
+        })
+    }
+
+    /// Whether the store runs over a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.conn.is_cluster()
+    }
+
+    pub(super) fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
 
@@ -387,51 +416,39 @@ impl RedisStore {
     }
 
     /// Runs a pipeline of EVALSHA calls, loading the script once if Redis
-    /// does not know it (after a restart or `SCRIPT FLUSH`).
+    /// does not know it (after a restart or `SCRIPT FLUSH`). On Cluster,
+    /// one pipeline per hash slot (of each call's first key), sent
+    /// concurrently; answers in `calls` order either way.
     pub(super) async fn pipeline_script(
         &self,
         script: &Script,
         calls: Vec<(Vec<&str>, Vec<&[u8]>)>,
     ) -> Result<Vec<Value>> {
-        let build = || {
-            let mut pipe = Pipeline::with_capacity(calls.len());
-            for (keys, args) in &calls {
-                pipe.cmd("EVALSHA")
-                    .arg(script.get_hash())
-                    .arg(keys.len())
-                    .arg(keys)
-                    .arg(args);
-            }
-            pipe
-        };
-        let mut conn = self.conn();
-        match build().query_async::<Vec<Value>>(&mut conn).await {
-            Ok(values) => Ok(values),
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                script
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(|e| self.error(e))?;
-                build()
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.error(e))
-            }
-            Err(e) => Err(self.error(e)),
-        }
+        self.grouped_script(script, &calls).await
     }
 }
 
 /// Classifies a redis-rs error: unreachable (connection, I/O, timeout; or a
 /// server that cannot answer yet: `LOADING` its dataset after a restart,
-/// `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`) or refused.
+/// `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`; or, on Cluster, a `MOVED`/`ASK`
+/// the client could not resolve within the response timeout) or refused.
 fn map_error(store: &str, e: RedisError) -> Error {
     let unreachable = e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
         || e.is_unrecoverable_error()
-        || matches!(e.retry_method(), redis::RetryMethod::WaitAndRetry);
+        || matches!(e.retry_method(), redis::RetryMethod::WaitAndRetry)
+        // On Cluster: a redirection or a dead node still unresolved after
+        // the client's own retries (a slot whose master just died, a
+        // topology in flux) is the store not answering, not a refusal.
+        || matches!(
+            e.retry_method(),
+            redis::RetryMethod::MovedRedirect
+                | redis::RetryMethod::AskRedirect
+                | redis::RetryMethod::RefreshSlotsAndRetry
+                | redis::RetryMethod::ReconnectFromInitialConnections
+        );
     if unreachable {
         Error::StoreUnavailable {
             store: store.to_owned(),
@@ -505,6 +522,9 @@ impl Store for RedisStore {
         if is_hash_key(&keys[0]) {
             return self.hash_get_many(keys).await;
         }
+        // On Cluster, redis-rs splits a multi-slot MGET into one MGET per
+        // slot itself, sends them concurrently and puts the answers back
+        // in key order (see `cluster.rs` for why not larder's own split).
         redis::cmd("MGET")
             .arg(keys)
             .query_async(&mut self.conn())
@@ -546,6 +566,9 @@ impl Store for RedisStore {
 
     async fn server_info(&self) -> Result<super::ServerInfo> {
         let mut conn = self.conn();
+        if self.is_cluster() {
+            return self.cluster_server_info().await;
+        }
         // The default sections hold memory, stats and clients.
         let text: String = redis::cmd("INFO")
             .query_async(&mut conn)
@@ -726,10 +749,20 @@ impl Protocol for RedisStore {
 
     async fn subscribe(&self, channel: &str) -> Result<Option<Subscription>> {
         let options = &self.inner.options;
-        super::pubsub::redis_subscribe(&self.inner.client, channel, options)
-            .await
-            .map(Some)
-            .map_err(|e| self.error(e))
+        // A cluster broadcasts every PUBLISH to every node over the cluster
+        // bus, so one subscription on any node hears all: the first seed
+        // that answers (a lost one ends the stream; the next subscribe
+        // tries the seeds again).
+        let mut last = None;
+        for client in &self.inner.clients {
+            match super::pubsub::redis_subscribe(client, channel, options).await {
+                Ok(subscription) => return Ok(Some(subscription)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(self.error(last.unwrap_or_else(|| {
+            RedisError::from((redis::ErrorKind::Io, "no node to subscribe on"))
+        })))
     }
 
     async fn generations(&self, key: &str, init: u64) -> Result<Vec<(String, u64)>> {

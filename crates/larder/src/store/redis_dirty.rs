@@ -81,12 +81,14 @@ return 1
 static BATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: flush lease, queue. ARGV: token, max, due ms, dirty key prefix
+-- KEYS: flush lease, queue, the dirty record of each id. ARGV: token, the ids
+-- (read from the queue just before, by ZRANGEBYSCORE: every key a script
+-- touches is declared, as Redis Cluster requires)
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {1}
-for _, id in ipairs(ids) do
-  local r = redis.call('HMGET', ARGV[4] .. id, 'seq', 'del', 'val')
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local r = redis.call('HMGET', KEYS[i + 1], 'seq', 'del', 'val')
   if r[1] then
     table.insert(out, id)
     table.insert(out, r[1])
@@ -284,13 +286,25 @@ impl DirtyLog for RedisStore {
         max: usize,
         due_ms: u64,
     ) -> Result<Option<Vec<DirtyRecord>>> {
-        let mut inv = BATCH.prepare_invoke();
-        inv.key(&shard.lease_key)
-            .key(&shard.queue_key)
-            .arg(token)
-            .arg(max.max(1))
+        // The due ids first (one read of the queue, in the shard's slot),
+        // then the script, which declares their dirty records as keys and
+        // checks the lease; an id queued in between waits for the next
+        // batch, one cleared in between is found gone and dropped.
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&shard.queue_key)
+            .arg("-inf")
             .arg(due_ms)
-            .arg(&shard.dirty_prefix);
+            .arg("LIMIT")
+            .arg(0)
+            .arg(max.max(1))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut inv = BATCH.prepare_invoke();
+        inv.key(&shard.lease_key).key(&shard.queue_key).arg(token);
+        for id in &ids {
+            inv.key(format!("{}{id}", shard.dirty_prefix)).arg(id);
+        }
         let answer: Vec<Value> = self.run(inv).await?;
         let bad = || bad_answer(self.name_str(), "batch");
         let (held, rest) = answer.split_first().ok_or_else(bad)?;
@@ -373,20 +387,20 @@ impl DirtyLog for RedisStore {
     }
 
     async fn backlog(&self, shards: &[ShardKeys]) -> Result<Vec<ShardBacklog>> {
-        let mut pipe = redis::pipe();
-        for shard in shards {
-            pipe.cmd("ZCARD").arg(&shard.queue_key);
-            pipe.cmd("ZRANGE")
-                .arg(&shard.queue_key)
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES");
-            pipe.cmd("HLEN").arg(&shard.dead_key);
-        }
-        let answers: Vec<Value> = pipe
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| self.error(e))?;
+        // One pipeline per slot on Cluster (a shard is one slot).
+        let slots: Vec<&str> = shards.iter().map(|s| s.queue_key.as_str()).collect();
+        let answers = self
+            .grouped(&slots, 3, |pipe, i| {
+                let shard = &shards[i];
+                pipe.cmd("ZCARD").arg(&shard.queue_key);
+                pipe.cmd("ZRANGE")
+                    .arg(&shard.queue_key)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES");
+                pipe.cmd("HLEN").arg(&shard.dead_key);
+            })
+            .await?;
         let bad = || bad_answer(self.name_str(), "backlog");
         answers
             .chunks(3)
@@ -416,15 +430,17 @@ impl DirtyLog for RedisStore {
     }
 
     async fn dead_letters(&self, shards: &[ShardKeys]) -> Result<Vec<StoredDeadLetter>> {
-        let mut pipe = redis::pipe();
-        for shard in shards {
-            pipe.cmd("HGETALL").arg(&shard.dead_key);
-            pipe.cmd("HGETALL").arg(&shard.dead_value_key);
-        }
-        let answers: Vec<std::collections::HashMap<String, Vec<u8>>> = pipe
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| self.error(e))?;
+        let slots: Vec<&str> = shards.iter().map(|s| s.dead_key.as_str()).collect();
+        let answers = self
+            .grouped(&slots, 2, |pipe, i| {
+                pipe.cmd("HGETALL").arg(&shards[i].dead_key);
+                pipe.cmd("HGETALL").arg(&shards[i].dead_value_key);
+            })
+            .await?
+            .into_iter()
+            .map(redis::from_redis_value::<std::collections::HashMap<String, Vec<u8>>>)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| bad_answer(self.name_str(), "dead letters"))?;
         let mut letters = Vec::new();
         for pair in answers.chunks(2) {
             let [why, values] = pair else {
@@ -462,6 +478,10 @@ impl DirtyLog for RedisStore {
         let mut inv = RAISE_EPOCH.prepare_invoke();
         inv.key(&shard.epoch_key).arg(floor);
         self.run::<i64>(inv).await.map(drop)
+    }
+
+    fn is_cluster(&self) -> bool {
+        RedisStore::is_cluster(self)
     }
 
     async fn durability(&self) -> Result<Durability> {

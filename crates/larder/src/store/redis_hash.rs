@@ -163,17 +163,22 @@ impl RedisStore {
         self.hash_envelope(items)
     }
 
-    /// One `HGETALL` per key, pipelined.
+    /// One `HGETALL` per key, pipelined (one pipeline per hash slot on
+    /// Cluster, sent concurrently).
     pub(super) async fn hash_get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("HGETALL").arg(k);
-        }
-        let all: Vec<Vec<(Vec<u8>, Vec<u8>)>> = pipe
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| self.error(e))?;
-        all.into_iter().map(|f| self.hash_envelope(f)).collect()
+        let slot_keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let all = self
+            .grouped(&slot_keys, 1, |pipe, i| {
+                pipe.cmd("HGETALL").arg(&keys[i]);
+            })
+            .await?;
+        all.into_iter()
+            .map(|value| {
+                let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::from_redis_value(value)
+                    .map_err(|e| self.hash_problem(format!("HGETALL answered {e}")))?;
+                self.hash_envelope(fields)
+            })
+            .collect()
     }
 
     /// `HMGET` of the reserved field and `fields`: an envelope whose

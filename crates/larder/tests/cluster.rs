@@ -1,0 +1,258 @@
+//! What only a Redis Cluster shows: topology found from one seed, batches
+//! over many slots answered in request order, the server's figures from
+//! every master, a dead slot reported as the store being unavailable within
+//! the response timeout, and write-back refused until WAIT-based durability
+//! exists. (The cache, tag and near-cache suites run on the Cluster as a
+//! third store in `cache.rs`, `tag_compaction.rs` and `near_bus.rs`.)
+
+use larder_test_support as support;
+
+use larder::store::{self, Store};
+use larder::{Cache, Error, Outcome, WriteBackOptions, WritePolicy};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{unique, Keyed, RedisCluster, TableSource};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Row {
+    id: u64,
+    name: String,
+}
+
+impl Keyed for Row {
+    fn key(&self) -> u64 {
+        self.id
+    }
+}
+
+fn rows(n: u64) -> Arc<support::Table<Row>> {
+    support::Table::with((0..n).map(|id| Row {
+        id,
+        name: format!("row {id}"),
+    }))
+}
+
+async fn cache_on(
+    store: Arc<dyn Store>,
+    prefix: &str,
+    table: &Arc<support::Table<Row>>,
+) -> Cache<u64, Row> {
+    Cache::builder()
+        .prefix(prefix)
+        .entity("rows")
+        .store(store)
+        .source(TableSource(table.clone()))
+        .ttl(Duration::from_secs(60))
+        .early_refresh(0.0)
+        .build()
+        .await
+        .expect("cache")
+}
+
+/// A raw cluster connection, to look at keys without larder.
+async fn raw(cluster: &RedisCluster) -> redis::cluster_async::ClusterConnection {
+    let seeds: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("redis://{}", n.addr()))
+        .collect();
+    redis::cluster::ClusterClient::new(seeds)
+        .expect("client")
+        .get_async_connection()
+        .await
+        .expect("cluster connection")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_seed_finds_every_master_and_get_many_answers_across_slots_in_request_order() {
+    let cluster = RedisCluster::shared();
+    // A replica as the only seed: the topology comes from it.
+    let store = store::connect_checked(&cluster.url_of_node(5))
+        .await
+        .expect("store from one seed");
+    let prefix = unique("cl_many");
+    let table = rows(300);
+    let cache = cache_on(store.clone(), &prefix, &table).await;
+    // 300 ids over 64 shards: every master owns some of them.
+    let ids: Vec<u64> = (0..300).rev().collect();
+    let refs: Vec<&u64> = ids.iter().collect();
+    let got = cache.get_many(&refs).await.expect("get_many");
+    assert_eq!(table.loads(), 0, "no id loaded alone");
+    assert_eq!(table.batch_loads(), 1, "the misses loaded in one batch");
+    for (id, got) in ids.iter().zip(&got) {
+        assert_eq!(
+            got.value.as_ref().map(|r| r.id),
+            Some(*id),
+            "in request order"
+        );
+    }
+    let again = cache.get_many(&refs).await.expect("get_many again");
+    assert!(again.iter().all(|g| g.outcome == Outcome::Hit));
+    assert_eq!(table.batch_loads(), 1, "the second round is all hits");
+
+    // The store's own get_many: present and absent keys interleaved, over
+    // many slots, answered in request order.
+    let keys: Vec<String> = (0..200).map(|i| format!("{prefix}:{{k{i}}}:x")).collect();
+    let mut conn = raw(cluster).await;
+    for (i, key) in keys.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(format!("v{i}"))
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+    }
+    let values = store.get_many(&keys).await.expect("store get_many");
+    for (i, value) in values.iter().enumerate() {
+        let expected = (i % 3 == 0).then(|| format!("v{i}"));
+        assert_eq!(
+            value
+                .as_deref()
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
+            expected,
+            "key {i}"
+        );
+    }
+    // Keys landed on all three masters.
+    let masters: std::collections::BTreeSet<usize> = (0..300)
+        .map(|i| cluster.master_of_slot(slot_of(&format!("{{rows:{}}}", i % 64))))
+        .collect();
+    assert_eq!(masters.len(), 3, "the shards spread over every master");
+}
+
+/// Redis Cluster's slot of a key (crc16 of the hash tag, mod 16384).
+fn slot_of(key: &str) -> u16 {
+    let tag = match (key.find('{'), key.find('}')) {
+        (Some(open), Some(close)) if close > open + 1 => &key[open + 1..close],
+        _ => key,
+    };
+    let mut crc: u16 = 0;
+    for byte in tag.bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_info_sums_every_master() {
+    let cluster = RedisCluster::shared();
+    let store = cluster.store().await;
+    let info = store.server_info().await.expect("server_info");
+    let used = info.used_memory.expect("used_memory");
+    // Each master alone uses about a megabyte; three of them, more.
+    let one = support::resp::cmd(
+        cluster.nodes()[cluster.master_of_slot(0)].addr(),
+        &["INFO", "memory"],
+    )
+    .expect("INFO");
+    let one = String::from_utf8_lossy(one.bulk().expect("bulk")).into_owned();
+    let one: u64 = one
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("one master's used_memory");
+    assert!(used > one * 2, "{used} sums 3 masters (one has {one})");
+    assert!(info.connected_clients.expect("clients") >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_is_refused_on_cluster_until_wait_based_durability_exists() {
+    let cluster = RedisCluster::shared();
+    let table = rows(1);
+    for require_durable in [true, false] {
+        let built = Cache::<u64, Row>::builder()
+            .prefix(unique("cl_wb"))
+            .entity("rows")
+            .store(cluster.store().await)
+            .source(TableSource(table.clone()))
+            .write_policy(WritePolicy::Back(WriteBackOptions {
+                require_durable,
+                ..WriteBackOptions::default()
+            }))
+            .build()
+            .await;
+        match built {
+            Err(Error::Config(message)) => assert!(
+                message.contains(
+                    "write-back on Redis Cluster needs WAIT-based durability, not yet built"
+                ),
+                "{message}"
+            ),
+            Err(other) => panic!("expected a Config refusal, got {other:?}"),
+            Ok(_) => panic!(
+                "write-back on Cluster must be refused (require_durable = {require_durable})"
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_urls_are_checked_and_redacted() {
+    for bad in [
+        "redis+cluster://",
+        "redis+cluster://127.0.0.1:1/2",
+        "redis+cluster://127.0.0.1:1?response_timeout=soon",
+    ] {
+        let e = store::connect(bad).await.expect_err(bad);
+        assert!(matches!(e, Error::Config(_)), "{bad}: {e:?}");
+    }
+    let store = store::connect("rediss+cluster://u:secret@127.0.0.1:1,127.0.0.1:2")
+        .await
+        .expect("a TLS cluster URL is accepted (connected lazily)");
+    assert!(!store.name().contains("secret"), "{}", store.name());
+}
+
+/// A master without a replica dies: reads of its slots fail with
+/// `StoreUnavailable` (after redis-rs' own retries) within about the
+/// response timeout, and the other masters' slots keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_slot_is_store_unavailable_within_the_response_timeout() {
+    let mut cluster = RedisCluster::builder()
+        .replicas(0)
+        .node_timeout_ms(1000)
+        .start();
+    let url = format!(
+        "{}/?response_timeout=500ms&connect_timeout=200ms",
+        cluster.url()
+    );
+    let store = store::connect_checked(&url).await.expect("store");
+    let dead_slot_key = "{a}:x"; // slot of "a": 15495
+    let live_key = (0..100)
+        .map(|i| format!("{{b{i}}}:x"))
+        .find(|k| {
+            cluster.master_of_slot(slot_of(k)) != cluster.master_of_slot(slot_of(dead_slot_key))
+        })
+        .expect("a key on another master");
+    let victim = cluster.master_of_slot(slot_of(dead_slot_key));
+    store
+        .get(dead_slot_key)
+        .await
+        .expect("answers before the kill");
+    cluster.node_mut(victim).kill();
+
+    for _ in 0..3 {
+        let started = Instant::now();
+        let e = store
+            .get(dead_slot_key)
+            .await
+            .expect_err("its master is dead");
+        let took = started.elapsed();
+        assert!(e.is_store_unavailable(), "{e:?}");
+        assert!(took < Duration::from_millis(1500), "answered in {took:?}");
+    }
+    // The other masters' slots are unaffected until the cluster notices
+    // (CLUSTERDOWN, reported the same way).
+    let other = store.get(&live_key).await;
+    assert!(
+        other.is_ok() || other.as_ref().is_err_and(Error::is_store_unavailable),
+        "{other:?}"
+    );
+}
