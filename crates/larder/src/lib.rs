@@ -131,6 +131,7 @@ mod breaker;
 mod cache;
 mod clock;
 mod codec;
+mod collection;
 mod envelope;
 mod error;
 mod flight;
@@ -148,6 +149,10 @@ pub use cache::CacheBuilder;
 pub use cache::{Cache, CacheWrite, WarmOptions, WarmProgress, WritePolicy, Written, WARM_BATCH};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
+pub use collection::{
+    CollectionOutcome, CollectionRead, CollectionStats, SetCache, SetCacheBuilder, SetLoad,
+    SetOrder, SetPage, SetSource, DEFAULT_MAX_MEMBERS, MAX_SET_PAGE,
+};
 pub use error::{Cause, ConstraintKind, Error, ErrorKind, Result, SchemaPart};
 pub use key::{
     validate_id, validate_name, CacheKey, IdText, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN,
@@ -161,6 +166,7 @@ pub use policy::{
 pub use source::{
     ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, FnSource, Source, SqlPool, SqlSource,
 };
+pub use source::{SqlSetSource, SqlSetSourceBuilder};
 pub use stats::CacheStats;
 pub use write_back::{Closed, DeadLetter, WriteBackOptions, WriteBackStats};
 

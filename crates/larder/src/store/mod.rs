@@ -26,6 +26,15 @@ mod pubsub;
 mod redis;
 mod redis_dirty;
 
+// Cached collections (sets): the protocol and its two stores.
+mod collection;
+mod memory_collection;
+mod redis_collection;
+pub(crate) use self::collection::{
+    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, MemberOrder, Scored,
+    SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
+};
+
 pub(crate) use self::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, Recorded,
     ShardKeys, StoredDeadLetter,

@@ -76,6 +76,9 @@ macro_rules! pooled_writes {
 }
 
 mod cdc;
+mod collection;
+pub(crate) use self::collection::MAX_EXACT_SCORE;
+pub use self::collection::{SqlSetSource, SqlSetSourceBuilder};
 mod exec;
 mod flush;
 mod mysql;
