@@ -721,3 +721,66 @@ async fn sqlite_sets_read_and_write_through() {
         .expect_err("no table");
     assert!(matches!(bad.kind(), ErrorKind::Schema(_)));
 }
+
+/// MariaDB: add tells "added" from "already there" (a locking read in the
+/// add's transaction), members page in byte order under a `nopad_bin`
+/// collation, and a case-insensitive member column is refused.
+#[tokio::test]
+async fn mariadb_sets_read_and_write_through() {
+    let admin = support::mysql_pool(2).await;
+    let table = support::unique("visits");
+    let ci = format!("{table}_ci");
+    for sql in [
+        format!(
+            "CREATE TABLE {table} (page BIGINT NOT NULL,
+             visitor VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL,
+             UNIQUE KEY (page, visitor))"
+        ),
+        format!("INSERT INTO {table} VALUES (1, 'b'), (1, 'B'), (1, 'é'), (1, 'a')"),
+        format!(
+            "CREATE TABLE {ci} (page BIGINT NOT NULL,
+             visitor VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NOT NULL,
+             UNIQUE KEY (page, visitor))"
+        ),
+    ] {
+        sqlx::query(&sql).execute(&admin).await.expect(&sql);
+    }
+    let pool = SqlPool::connect(&support::mysql_url(), 3)
+        .await
+        .expect("mariadb");
+    let source = SqlSetSource::builder(pool.clone(), &table)
+        .owner("page")
+        .member("visitor")
+        .build()
+        .await
+        .expect("source");
+    let set = cache(store("redis").await, &support::unique("s"), source, 100).await;
+    let (members, _) = all_pages(&set, "1", 3).await;
+    assert_eq!(members, byte_order(&["b", "B", "é", "a"]));
+    assert!(set.add("1", "c").await.expect("add"), "added");
+    assert!(!set.add("1", "c").await.expect("again"), "already a member");
+    assert!(
+        set.add("1", "C").await.expect("add"),
+        "another member than c"
+    );
+    let hit = set.count("1").await.expect("count");
+    assert_eq!((hit.value, hit.outcome), (6, CollectionOutcome::Hit));
+    assert!(set.remove("1", "B").await.expect("remove"));
+    assert!(!set.remove("1", "B").await.expect("remove again"));
+    let (members, outcomes) = all_pages(&set, "1", 10).await;
+    assert_eq!(outcomes, [CollectionOutcome::Hit]);
+    assert_eq!(members, byte_order(&["b", "é", "a", "c", "C"]));
+    let refused = SqlSetSource::builder(pool, &ci)
+        .owner("page")
+        .member("visitor")
+        .build()
+        .await
+        .expect_err("general_ci member");
+    assert!(matches!(refused.kind(), ErrorKind::Schema(_)), "{refused}");
+    for t in [&table, &ci] {
+        sqlx::query(&format!("DROP TABLE {t}"))
+            .execute(&admin)
+            .await
+            .expect("drop");
+    }
+}

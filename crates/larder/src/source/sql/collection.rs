@@ -18,10 +18,16 @@
 //! canonical text (`ORDER BY member COLLATE "C"` on PostgreSQL; SQLite's
 //! `BINARY` is `memcmp`). Redis pages the same (see `redis_collection.rs`).
 //!
-//! MariaDB is not supported yet (refused at build with [`Error::Config`]).
+//! On MariaDB the owner and member text columns need a binary
+//! collation without pad (`utf8mb4_nopad_bin`; member) or any `_bin`
+//! (owner), as keys do: else two members Redis tells apart are one row.
+//! An add there is `SELECT … FOR UPDATE` then `INSERT … ON DUPLICATE KEY
+//! UPDATE member = member` in one transaction (sqlx reports found rows,
+//! so the upsert alone cannot tell "added" from "already there"; `INSERT
+//! IGNORE` would turn foreign-key and NOT NULL errors into warnings).
 
 use super::schema::{KeyType, KeyValue, Schema, TableName};
-use super::{classify, postgres, sqlite, SqlPool};
+use super::{classify, mysql, postgres, sqlite, SqlPool};
 use crate::collection::{SetLoad, SetOrder, SetSource};
 use crate::error::{Error, Result, SchemaPart};
 use async_trait::async_trait;
@@ -54,6 +60,7 @@ struct Inner {
 enum Backend {
     Postgres(sqlx::PgPool),
     Sqlite(sqlx::SqlitePool),
+    MySql(sqlx::MySqlPool),
 }
 
 #[derive(Debug, Default)]
@@ -153,10 +160,14 @@ impl SqlSetSourceBuilder {
                     Backend::Sqlite(pool),
                 )
             }
-            SqlPool::MySql(_) => {
-                return Err(Error::Config(format!(
-                    "set `{name}`: sets on MariaDB are not supported yet (PostgreSQL, SQLite)"
-                )))
+            SqlPool::MySql(pool) => {
+                let (o, _) = mysql::describe(&pool, &name, &table, &self.owner, None).await?;
+                let (m, _) = mysql::describe(&pool, &name, &table, &self.member, None).await?;
+                (
+                    Schema::new(name.clone(), o, &self.owner, None)?,
+                    Schema::new(name.clone(), m, &self.member, None)?,
+                    Backend::MySql(pool),
+                )
             }
         };
         let order = match &member.key_type {
@@ -182,6 +193,7 @@ impl SqlSetSourceBuilder {
         let indexes = match &backend {
             Backend::Postgres(pool) => pg_indexes(pool, &name, &owner).await?,
             Backend::Sqlite(pool) => sqlite_indexes(pool, &name, &table).await?,
+            Backend::MySql(pool) => mysql_indexes(pool, &name, &owner).await?,
         };
         check_indexes(
             &self.table,
@@ -193,6 +205,7 @@ impl SqlSetSourceBuilder {
         let sql = match &backend {
             Backend::Postgres(_) => pg_statements(&owner, &member, text_member),
             Backend::Sqlite(_) => sqlite_statements(&owner, &member),
+            Backend::MySql(_) => mysql_statements(&owner, &member),
         };
         Ok(SqlSetSource {
             inner: Arc::new(Inner {
@@ -294,6 +307,48 @@ async fn sqlite_indexes(
         });
     }
     Ok(out)
+}
+
+async fn mysql_indexes(
+    pool: &sqlx::MySqlPool,
+    name: &str,
+    owner: &Schema,
+) -> Result<Vec<IndexInfo>> {
+    let err = |e| classify(name, e);
+    // The columns' own `_bin` collations (checked by `describe`) give
+    // byte order; an index has no collation of its own here.
+    let rows = sqlx::query(
+        "SELECT CAST(INDEX_NAME AS CHAR), CAST(NON_UNIQUE AS SIGNED), CAST(COLUMN_NAME AS CHAR)
+           FROM information_schema.STATISTICS
+          WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?
+          ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+    )
+    .bind(owner.table.schema.as_deref())
+    .bind(&owner.table.name)
+    .fetch_all(pool)
+    .await
+    .map_err(err)?;
+    let mut out: Vec<(String, IndexInfo)> = Vec::new();
+    for row in rows {
+        let index: String = row.try_get_unchecked(0).map_err(err)?;
+        let non_unique: i64 = row.try_get(1).map_err(err)?;
+        let column: String = row.try_get_unchecked(2).map_err(err)?;
+        match out.last_mut() {
+            Some((n, info)) if *n == index => {
+                info.columns.push(column);
+                info.collations.push("BINARY".to_owned());
+            }
+            _ => out.push((
+                index,
+                IndexInfo {
+                    unique: non_unique == 0,
+                    columns: vec![column],
+                    collations: vec!["BINARY".to_owned()],
+                },
+            )),
+        }
+    }
+    Ok(out.into_iter().map(|(_, i)| i).collect())
 }
 
 fn check_indexes(
@@ -407,6 +462,38 @@ fn sqlite_statements(owner: &Schema, member: &Schema) -> Statements {
     }
 }
 
+fn mysql_statements(owner: &Schema, member: &Schema) -> Statements {
+    let bq = |n: &str| format!("`{n}`");
+    let t = format!(
+        "{}.{}",
+        bq(owner.table.schema.as_deref().unwrap_or_default()),
+        bq(&owner.table.name)
+    );
+    let o = bq(&owner.key.name);
+    let m = bq(&member.key.name);
+    Statements {
+        load: format!(
+            "SELECT CAST({m} AS CHAR) AS larder_member FROM {t} WHERE {o} = ? ORDER BY {m} LIMIT ?"
+        ),
+        count: format!("SELECT COUNT(*) FROM {t} WHERE {o} = ?"),
+        contains: format!("SELECT 1 FROM {t} WHERE {o} = ? AND {m} = ? LIMIT 1"),
+        page_start: format!(
+            "SELECT CAST({m} AS CHAR) AS larder_member FROM {t} WHERE {o} = ? ORDER BY {m} LIMIT ?"
+        ),
+        page_after: format!(
+            "SELECT CAST({m} AS CHAR) AS larder_member FROM {t} WHERE {o} = ? AND {m} > ? \
+             ORDER BY {m} LIMIT ?"
+        ),
+        add: format!("INSERT INTO {t} ({o}, {m}) VALUES (?, ?) ON DUPLICATE KEY UPDATE {m} = {m}"),
+        remove: format!("DELETE FROM {t} WHERE {o} = ? AND {m} = ?"),
+    }
+}
+
+/// `contains`, as MariaDB locks it inside an add's transaction.
+fn mysql_lock(contains: &str) -> String {
+    format!("{contains} FOR UPDATE")
+}
+
 /// Binds a key value: its integer or its canonical text.
 macro_rules! bind_key {
     ($q:expr, $k:expr) => {
@@ -452,6 +539,23 @@ impl SqlSetSource {
                 };
                 q.bind(limit).fetch_all(pool).await.map_err(|e| self.err(e))
             }
+            Backend::MySql(pool) => {
+                let q = bind_key!(sqlx::query(sql), o);
+                let q = match after {
+                    Some(a) => bind_key!(q, a),
+                    None => q,
+                };
+                let rows = q
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                // Read unchecked: text under a `_bin` collation comes flagged BINARY.
+                rows.iter()
+                    .map(|r| r.try_get_unchecked::<String, _>(0))
+                    .collect::<sqlx::Result<_>>()
+                    .map_err(|e| self.err(e))
+            }
         }
     }
 
@@ -463,6 +567,10 @@ impl SqlSetSource {
                 .await
                 .map_err(|e| self.err(e))?,
             Backend::Sqlite(pool) => bind_key!(sqlx::query_scalar(sql), o)
+                .fetch_one(pool)
+                .await
+                .map_err(|e| self.err(e))?,
+            Backend::MySql(pool) => bind_key!(sqlx::query_scalar(sql), o)
                 .fetch_one(pool)
                 .await
                 .map_err(|e| self.err(e))?,
@@ -482,7 +590,37 @@ impl SqlSetSource {
                 .await
                 .map(|r| r.rows_affected())
                 .map_err(|e| self.err(e)),
+            Backend::MySql(pool) => bind_key!(bind_key!(sqlx::query(sql), o), m)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+                .map_err(|e| self.err(e)),
         }
+    }
+}
+
+impl SqlSetSource {
+    /// MariaDB: lock the row (or its gap), then insert if absent, in one
+    /// transaction; whether it was added.
+    async fn mysql_add(
+        &self,
+        pool: &sqlx::MySqlPool,
+        o: &KeyValue,
+        m: &KeyValue,
+    ) -> sqlx::Result<bool> {
+        let mut tx = pool.begin().await?;
+        let lock = mysql_lock(&self.inner.sql.contains);
+        let present = bind_key!(bind_key!(sqlx::query(&lock), o), m)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !present {
+            bind_key!(bind_key!(sqlx::query(&self.inner.sql.add), o), m)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(!present)
     }
 }
 
@@ -523,6 +661,11 @@ impl SetSource for SqlSetSource {
                 .fetch_one(pool)
                 .await
                 .map_err(|e| self.err(e)),
+            Backend::MySql(pool) => bind_key!(bind_key!(sqlx::query(sql), o), m)
+                .fetch_optional(pool)
+                .await
+                .map(|r| r.is_some())
+                .map_err(|e| self.err(e)),
         }
     }
 
@@ -549,6 +692,9 @@ impl SetSource for SqlSetSource {
     async fn add(&self, owner: &str, member: &str) -> Result<bool> {
         let (o, m) = self.keys(owner, Some(member))?;
         let Some(m) = m else { return Ok(false) };
+        if let Backend::MySql(pool) = &self.inner.backend {
+            return self.mysql_add(pool, &o, &m).await.map_err(|e| self.err(e));
+        }
         Ok(self.execute(&self.inner.sql.add, &o, &m).await? == 1)
     }
 
