@@ -1,0 +1,146 @@
+//! Sets over HTTP (`[[set]]`): the issue's unique-visitors example, pages
+//! with cursors, membership, add (201/200) and remove (204/404), invalidate,
+//! bad input codes, `/v1/stats` and the OpenAPI document; an entity in the
+//! same namespace keeps working.
+
+mod support;
+
+use larder_server::http::app;
+use serde_json::json;
+use support::{get, send, unique, write, Pg};
+
+#[tokio::test]
+async fn visitors_over_http() {
+    let mut pg = Pg::connect().await;
+    let visits = unique("visits");
+    let likes = unique("likes");
+    let users = unique("users");
+    pg.exec(
+        &visits,
+        "CREATE TABLE {t} (page text NOT NULL, visitor text COLLATE \"C\" NOT NULL, UNIQUE (page, visitor))",
+    )
+    .await;
+    pg.exec(
+        &likes,
+        "CREATE TABLE {t} (post bigint NOT NULL, user_id bigint NOT NULL, PRIMARY KEY (post, user_id))",
+    )
+    .await;
+    pg.exec(
+        &users,
+        "CREATE TABLE {t} (id int PRIMARY KEY, name text NOT NULL); INSERT INTO {t} VALUES (1, 'ada')",
+    )
+    .await;
+    let toml = support::pg_config(
+        &unique("p"),
+        &format!(
+            "[[entity]]\nname = \"users\"\ntable = \"{users}\"\n\
+             [[set]]\nname = \"visitors\"\ntable = \"{visits}\"\nowner = \"page\"\nmember = \"visitor\"\n\
+             [[set]]\nname = \"likes\"\ntable = \"{likes}\"\nowner = \"post\"\nmember = \"user_id\"\nwrite = \"read-only\"\n"
+        ),
+    );
+    let app = app(support::state(&toml).await);
+
+    // One PUT per visit: 201 the first time, 200 after.
+    let a = send(&app, "PUT", "/v1/visitors/home/members/ada", &[], None).await;
+    assert_eq!(a.status.as_u16(), 201);
+    assert_eq!(
+        a.json(),
+        json!({"owner": "home", "member": "ada", "added": true})
+    );
+    let a = send(&app, "PUT", "/v1/visitors/home/members/ada", &[], None).await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()["added"].clone()),
+        (200, json!(false))
+    );
+    let a = send(&app, "PUT", "/v1/visitors/home/members/bob", &[], None).await;
+    assert_eq!(a.status.as_u16(), 201);
+
+    // The count: limit=0.
+    let a = get(&app, "/v1/visitors/home?limit=0").await;
+    assert_eq!((a.status.as_u16(), a.x_cache()), (200, "miss"));
+    assert_eq!(a.json(), json!({"count": 2, "members": [], "cursor": null}));
+    let a = get(&app, "/v1/visitors/home?limit=0").await;
+    assert_eq!(a.x_cache(), "hit");
+
+    // Membership and pages.
+    let a = get(&app, "/v1/visitors/home/members/ada").await;
+    assert_eq!((a.json(), a.x_cache()), (json!({"member": true}), "hit"));
+    let a = get(&app, "/v1/visitors/home/members/zed").await;
+    assert_eq!(a.json(), json!({"member": false}));
+    let a = get(&app, "/v1/visitors/home?limit=1").await;
+    assert_eq!(
+        a.json(),
+        json!({"count": 2, "members": ["ada"], "cursor": "ada"})
+    );
+    let a = get(&app, "/v1/visitors/home?limit=1&cursor=ada").await;
+    assert_eq!(
+        a.json(),
+        json!({"count": 2, "members": ["bob"], "cursor": null})
+    );
+
+    // A write keeps the cached set (hit), a remove answers 204 then 404.
+    let a = send(&app, "DELETE", "/v1/visitors/home/members/ada", &[], None).await;
+    assert_eq!(a.status.as_u16(), 204);
+    let a = send(&app, "DELETE", "/v1/visitors/home/members/ada", &[], None).await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (404, "not_found"));
+    let a = get(&app, "/v1/visitors/home").await;
+    assert_eq!(
+        (a.json()["members"].clone(), a.x_cache()),
+        (json!(["bob"]), "hit")
+    );
+
+    // Invalidate: the next read loads.
+    let a = send(&app, "POST", "/v1/visitors/home/invalidate", &[], None).await;
+    assert_eq!(a.status.as_u16(), 204);
+    assert_eq!(get(&app, "/v1/visitors/home").await.x_cache(), "miss");
+
+    // Bad input.
+    let a = get(&app, "/v1/nope/home/members/x").await;
+    assert_eq!(
+        (a.status.as_u16(), a.code().as_str()),
+        (404, "unknown_entity")
+    );
+    let a = get(&app, "/v1/likes/abc").await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (400, "bad_id"));
+    let a = get(&app, "/v1/likes/1/members/x").await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (400, "bad_id"));
+    let a = get(&app, "/v1/visitors/home?limit=5000").await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (400, "bad_request"));
+    let a = get(&app, "/v1/visitors/home?limt=5").await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (400, "bad_request"));
+    let a = send(&app, "PUT", "/v1/likes/1/members/2", &[], None).await;
+    assert_eq!(
+        (a.status.as_u16(), a.code().as_str()),
+        (405, "method_not_allowed")
+    );
+    let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {likes}"))
+        .fetch_one(&pg.pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 0, "nothing written");
+
+    // The entity in the same namespace still answers.
+    let a = get(&app, "/v1/users/1").await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()["name"].clone()),
+        (200, json!("ada"))
+    );
+    let a = write(&app, "POST", "/v1/users/1/invalidate", "").await;
+    assert_eq!(a.status.as_u16(), 204);
+
+    // Stats and the document.
+    let stats = get(&app, "/v1/stats").await.json();
+    let v = &stats["sets"]["visitors"];
+    assert_eq!(v["kind"], "set");
+    assert!(v["reads"]["hit"].as_u64().unwrap_or(0) >= 5, "{v}");
+    assert_eq!(v["loads"], 2);
+    let doc = get(&app, "/v1/openapi.json").await.json();
+    let member = &doc["paths"]["/v1/visitors/{owner}/members/{member}"];
+    assert!(member["put"]["responses"]["201"].is_object(), "{member}");
+    assert_eq!(
+        doc["paths"]["/v1/likes/{owner}/members/{member}"]["get"]["parameters"][1]["schema"]
+            ["type"],
+        "integer"
+    );
+    assert!(doc["paths"]["/v1/users/{id}"]["get"].is_object());
+}
