@@ -144,3 +144,32 @@ async fn visitors_over_http() {
     );
     assert!(doc["paths"]["/v1/users/{id}"]["get"].is_object());
 }
+
+#[test]
+fn set_config_is_checked() {
+    use larder_server::config::Config;
+    let base = "[[entity]]\nname = \"users\"\ntable = \"users\"\n";
+    let err = |extra: &str| {
+        Config::parse(&format!("{base}{extra}"), "t.toml")
+            .expect_err("refused")
+            .to_string()
+    };
+    let e = err("[[set]]\nname = \"users\"\ntable = \"t\"\nowner = \"o\"\nmember = \"m\"\n");
+    assert!(e.contains("set[0].name") && e.contains("entity[0]"), "{e}");
+    let e = err("[[set]]\nname = \"s\"\ntable = \"t\"\nowner = \"o\"\n");
+    assert!(e.contains("set[0].member"), "{e}");
+    let e = err(
+        "[[set]]\nname = \"s\"\ntable = \"t\"\nowner = \"o\"\nmember = \"m\"\nwrite = \"back\"\n",
+    );
+    assert!(
+        e.contains("set[0].write") && e.contains("not supported"),
+        "{e}"
+    );
+    let e = err(
+        "[[set]]\nname = \"s\"\ntable = \"t\"\nowner = \"o\"\nmember = \"m\"\nmax_members = 0\n",
+    );
+    assert!(e.contains("set[0].max_members"), "{e}");
+    let only_sets = "[[set]]\nname = \"s\"\ntable = \"t\"\nowner = \"o\"\nmember = \"m\"\n";
+    let c = Config::parse(only_sets, "t.toml").expect("a config of sets alone");
+    assert_eq!(c.set[0].max_members, larder::DEFAULT_MAX_MEMBERS);
+}

@@ -580,7 +580,7 @@ async fn concurrent_writers_converge(kind: &str) {
                     .wrapping_add(1442695040888963407);
                 let owner = (x >> 33) % 10;
                 let member = format!("w{w}-{}", (x >> 40) % 4);
-                let add = (x >> 50) % 3 != 0;
+                let add = !(x >> 50).is_multiple_of(3);
                 if add {
                     set.add(&owner.to_string(), &member).await.expect("add");
                 } else {

@@ -436,7 +436,7 @@ impl SetCache {
                         }
                         None => {
                             Counters::bump(&core.counters.database);
-                            self.from_source(
+                            self.answer_from_source(
                                 owner,
                                 &ask,
                                 Some(meta.count),
@@ -450,7 +450,7 @@ impl SetCache {
                 Err(e) if e.is_store_unavailable() => {
                     Counters::bump(&core.counters.bypass);
                     return self
-                        .from_source(owner, &ask, None, CollectionOutcome::Bypass)
+                        .answer_from_source(owner, &ask, None, CollectionOutcome::Bypass)
                         .await;
                 }
                 Err(e) => return Err(e),
@@ -462,7 +462,7 @@ impl SetCache {
                 // A fill landed and was gone again (invalidated, evicted):
                 // answer from the database rather than loop.
                 return self
-                    .from_source(owner, &ask, None, CollectionOutcome::Miss)
+                    .answer_from_source(owner, &ask, None, CollectionOutcome::Miss)
                     .await;
             }
             first = false;
@@ -475,8 +475,13 @@ impl SetCache {
                             outcome: CollectionOutcome::Miss,
                         }),
                         SetLoad::TooMany(count) => {
-                            self.from_source(owner, &ask, Some(*count), CollectionOutcome::Database)
-                                .await
+                            self.answer_from_source(
+                                owner,
+                                &ask,
+                                Some(*count),
+                                CollectionOutcome::Database,
+                            )
+                            .await
                         }
                     };
                 }
@@ -497,7 +502,7 @@ impl SetCache {
     fn said_from_members(&self, ask: &Ask, members: &[String]) -> Said {
         let count = members.len() as u64;
         match ask {
-            Ask::Contains(m) => Said::Contains(members.iter().any(|x| *x == m.member)),
+            Ask::Contains(m) => Said::Contains(members.contains(&m.member)),
             Ask::Count => Said::Count(count),
             Ask::Page { after, limit } => {
                 let start = match after {
@@ -513,7 +518,7 @@ impl SetCache {
         }
     }
 
-    async fn from_source(
+    async fn answer_from_source(
         &self,
         owner: &str,
         ask: &Ask,
