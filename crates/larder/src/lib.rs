@@ -158,6 +158,8 @@ pub use collection::{
     CollectionOutcome, CollectionRead, CollectionStats, SetCache, SetCacheBuilder, SetLoad,
     SetOrder, SetPage, SetSource, DEFAULT_MAX_MEMBERS, MAX_SET_PAGE,
 };
+pub use collection::{FeedCache, FeedCacheBuilder, FeedItem, FeedPage, FeedSource, MAX_FEED_PAGE};
+
 pub use error::{Cause, ConstraintKind, Error, ErrorKind, Result, SchemaPart};
 pub use key::{
     validate_id, validate_name, CacheKey, IdText, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN,
@@ -171,7 +173,7 @@ pub use policy::{
 pub use source::{
     ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, FnSource, Source, SqlPool, SqlSource,
 };
-pub use source::{SqlSetSource, SqlSetSourceBuilder};
+pub use source::{SqlFeedSource, SqlFeedSourceBuilder, SqlSetSource, SqlSetSourceBuilder};
 pub use stats::CacheStats;
 pub use write_back::{Closed, DeadLetter, WriteBackOptions, WriteBackStats};
 

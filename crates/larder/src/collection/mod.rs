@@ -23,6 +23,7 @@
 //! - **Invalidate**: meta, value, staging and lease go in one step, and a
 //!   write in flight is told (its end deletes).
 
+pub(crate) mod feed;
 pub(crate) mod set;
 
 use crate::clock::Clock;
@@ -33,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use feed::{FeedCache, FeedCacheBuilder, FeedPage, MAX_FEED_PAGE};
 pub use set::{SetCache, SetCacheBuilder, SetPage, DEFAULT_MAX_MEMBERS, MAX_SET_PAGE};
 
 /// How a set orders its members, in Redis and in the database alike.
@@ -78,6 +80,40 @@ pub trait SetSource: std::fmt::Debug + Send + Sync + 'static {
     async fn add(&self, owner: &str, member: &str) -> Result<bool>;
     /// Removes a member; whether it was there.
     async fn remove(&self, owner: &str, member: &str) -> Result<bool>;
+}
+
+/// One item of a feed, as a [`FeedSource`] produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedItem {
+    /// The item's id (canonical text).
+    pub id: String,
+    /// Its sort key: a JSON array the source compares ([`FeedSource::compare`]).
+    pub sort: String,
+    /// The item's row, as JSON text.
+    pub row: String,
+}
+
+/// Where a [`FeedCache`] reads and writes its items: a table grouped by
+/// an owner column, in one order ([`SqlFeedSource`](crate::SqlFeedSource)).
+#[async_trait::async_trait]
+pub trait FeedSource: std::fmt::Debug + Send + Sync + 'static {
+    /// The canonical form of an owner id.
+    fn canonical_owner(&self, raw: &str) -> Result<String>;
+    /// The canonical form of an item id.
+    fn canonical_item(&self, raw: &str) -> Result<String>;
+    /// Compares two sort keys in feed order (`Less`: `a` comes first).
+    fn compare(&self, a: &str, b: &str) -> std::cmp::Ordering;
+    /// Up to `limit` items of `owner` from `offset`, in feed order: one indexed query.
+    async fn load(&self, owner: &str, offset: u64, limit: u64) -> Result<Vec<FeedItem>>;
+    /// Inserts a row into `owner`'s feed (its owner column, if given, must
+    /// be `owner`); the stored item.
+    async fn append(
+        &self,
+        owner: &str,
+        row: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<FeedItem>;
+    /// Deletes an item; whether it was there.
+    async fn delete(&self, owner: &str, item: &str) -> Result<bool>;
 }
 
 /// How a collection read was answered (the `X-Cache` word).

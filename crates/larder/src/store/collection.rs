@@ -171,6 +171,60 @@ pub enum SetWriteEnd {
     Abort,
 }
 
+/// A page of a cached feed (a Redis list), or what the store found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedRead {
+    /// Nothing cached.
+    Miss,
+    /// The meta, and the elements `offset .. offset + limit` of the list
+    /// (fewer at its end).
+    Hit {
+        /// The meta.
+        meta: CollectionMeta,
+        /// The elements read.
+        elements: Vec<bytes::Bytes>,
+    },
+}
+
+/// One chunk of a feed's fill: elements appended (tail side) to staging.
+#[derive(Debug, Clone)]
+pub struct FeedChunk<'a> {
+    /// The lease token the fill holds.
+    pub token: &'a str,
+    /// The first chunk (clears the staging key).
+    pub first: bool,
+    /// The meta, with the last chunk (which renames staging over the value).
+    pub last: Option<CollectionMeta>,
+    /// The elements of this chunk, head first.
+    pub elements: &'a [Vec<u8>],
+    /// How long the store keeps the keys.
+    pub ttl: Duration,
+}
+
+/// How a write to a feed ends.
+#[derive(Debug, Clone)]
+pub enum FeedWriteEnd {
+    /// Push `element` at the head if the head is still `head` (`None`: the
+    /// cached feed is empty), then trim to `max_len`.
+    Push {
+        /// The new element.
+        element: Vec<u8>,
+        /// The head the caller compared the new item with.
+        head: Option<Vec<u8>>,
+        /// The cap.
+        max_len: u64,
+    },
+    /// Remove the element of item `id` from a complete feed (else delete it).
+    Remove {
+        /// The item id (each element starts with `id` and a NUL).
+        id: String,
+    },
+    /// Delete the cached feed.
+    Delete,
+    /// The database refused the write: leave the cache as it is.
+    Abort,
+}
+
 /// The atomic operations of cached collections.
 #[async_trait]
 pub trait Collections: Debug + Send + Sync {
@@ -228,4 +282,24 @@ pub trait Collections: Debug + Send + Sync {
     /// Atomically deletes meta, value, staging and lease, and bumps the
     /// write sequence of a write in flight (its end then deletes).
     async fn collection_invalidate(&self, keys: &CollectionKeys) -> Result<()>;
+
+    /// Atomically reads a feed's meta and the list's elements
+    /// `offset .. offset + limit` (`LRANGE`): one round trip.
+    async fn feed_read(&self, keys: &CollectionKeys, offset: u64, limit: u64) -> Result<FeedRead>;
+
+    /// [`Collections::set_fill_chunk`] for a feed: `RPUSH` to staging.
+    async fn feed_fill_chunk(&self, keys: &CollectionKeys, chunk: &FeedChunk<'_>) -> Result<bool>;
+
+    /// Atomically ends a feed write as [`Collections::set_write_end`] ends
+    /// a set's: a push lands only if the write overlapped nothing, the feed
+    /// is cached and its head is still the one given; a remove only on a
+    /// complete feed; otherwise the feed is deleted. Returns whether the
+    /// cached feed was updated.
+    async fn feed_write_end(
+        &self,
+        keys: &CollectionKeys,
+        seq: u64,
+        clean: bool,
+        end: &FeedWriteEnd,
+    ) -> Result<bool>;
 }

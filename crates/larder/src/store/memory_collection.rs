@@ -12,12 +12,14 @@
 //!   expired owner's keys go when next touched.
 
 use super::collection::{
-    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, MemberOrder, SetAnswer,
-    SetChunk, SetQuery, SetRead, SetWriteEnd,
+    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead,
+    FeedWriteEnd, MemberOrder, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
 };
 use super::memory::MemoryStore;
 use crate::error::Result;
 use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::VecDeque;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
@@ -38,6 +40,9 @@ struct Colls {
     staging: HashMap<String, (Members, Instant)>,
     leases: HashMap<String, (String, Instant)>,
     writes: HashMap<String, Book>,
+    /// Feeds: the lists, head first, and fills' staging.
+    lists: HashMap<String, VecDeque<Bytes>>,
+    list_staging: HashMap<String, (Vec<Bytes>, Instant)>,
     /// The largest write sequence handed out (new bookkeeping starts above it).
     last_seq: u64,
 }
@@ -58,6 +63,7 @@ impl Colls {
             Some(_) => {
                 self.metas.remove(&keys.meta);
                 self.values.remove(&keys.value);
+                self.lists.remove(&keys.value);
                 None
             }
             None => None,
@@ -85,6 +91,43 @@ impl Colls {
     fn drop_set(&mut self, keys: &CollectionKeys) {
         self.metas.remove(&keys.meta);
         self.values.remove(&keys.value);
+        self.lists.remove(&keys.value);
+    }
+
+    /// Ends a write's bookkeeping as every write end does: `Some(applies)`
+    /// (whether it overlapped nothing), or `None` when the ticket's
+    /// bookkeeping expired (the collection is then deleted, unless aborting).
+    fn end_write(
+        &mut self,
+        keys: &CollectionKeys,
+        seq: u64,
+        clean: bool,
+        abort: bool,
+        now: Instant,
+    ) -> Option<bool> {
+        match self.book(keys, now) {
+            Some(b) if seq > b.base => {
+                b.in_flight = b.in_flight.saturating_sub(1);
+                let book = *b;
+                if !abort {
+                    self.leases.remove(&keys.lease);
+                }
+                Some(clean && book.seq == seq && book.in_flight == 0)
+            }
+            other => {
+                if abort {
+                    return None;
+                }
+                if let Some(b) = other {
+                    b.seq += 1;
+                    let s = b.seq;
+                    self.last_seq = self.last_seq.max(s);
+                }
+                self.drop_set(keys);
+                self.leases.remove(&keys.lease);
+                None
+            }
+        }
     }
 }
 
@@ -312,11 +355,120 @@ impl Collections for MemoryStore {
         Ok(true)
     }
 
+    async fn feed_read(&self, keys: &CollectionKeys, offset: u64, limit: u64) -> Result<FeedRead> {
+        let mut c = self.collection_state().lock();
+        let Some(meta) = c.meta(keys, Instant::now()) else {
+            return Ok(FeedRead::Miss);
+        };
+        let elements = c
+            .lists
+            .get(&keys.value)
+            .map(|l| {
+                l.iter()
+                    .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+                    .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(FeedRead::Hit { meta, elements })
+    }
+
+    async fn feed_fill_chunk(&self, keys: &CollectionKeys, chunk: &FeedChunk<'_>) -> Result<bool> {
+        let now = Instant::now();
+        let mut c = self.collection_state().lock();
+        if c.lease(keys, now) != Some(chunk.token) {
+            c.list_staging.remove(&keys.staging);
+            return Ok(false);
+        }
+        if chunk.first {
+            c.list_staging.remove(&keys.staging);
+        }
+        let expires = now + chunk.ttl;
+        let staged = c
+            .list_staging
+            .entry(keys.staging.clone())
+            .or_insert_with(|| (Vec::new(), expires));
+        staged.1 = expires;
+        staged
+            .0
+            .extend(chunk.elements.iter().map(|e| Bytes::from(e.clone())));
+        if let Some(meta) = chunk.last {
+            let list = c
+                .list_staging
+                .remove(&keys.staging)
+                .map(|(l, _)| l)
+                .unwrap_or_default();
+            c.lists.insert(keys.value.clone(), list.into());
+            c.metas.insert(keys.meta.clone(), (meta, expires));
+            c.leases.remove(&keys.lease);
+        }
+        Ok(true)
+    }
+
+    async fn feed_write_end(
+        &self,
+        keys: &CollectionKeys,
+        seq: u64,
+        clean: bool,
+        end: &FeedWriteEnd,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        let mut c = self.collection_state().lock();
+        let abort = matches!(end, FeedWriteEnd::Abort);
+        let Some(applies) = c.end_write(keys, seq, clean, abort, now) else {
+            return Ok(false);
+        };
+        if abort {
+            return Ok(false);
+        }
+        let meta = if applies { c.meta(keys, now) } else { None };
+        let Some(mut meta) = meta else {
+            c.drop_set(keys);
+            return Ok(false);
+        };
+        let list = c.lists.entry(keys.value.clone()).or_default();
+        let done = match end {
+            FeedWriteEnd::Push {
+                element,
+                head,
+                max_len,
+            } if list.front().map(|h| h.as_ref()) == head.as_deref() => {
+                list.push_front(Bytes::from(element.clone()));
+                let max = usize::try_from(*max_len).unwrap_or(usize::MAX);
+                if list.len() > max {
+                    list.truncate(max);
+                    meta.complete = false;
+                }
+                true
+            }
+            FeedWriteEnd::Remove { id } if meta.complete => {
+                let mut prefix = id.as_bytes().to_vec();
+                prefix.push(0);
+                if let Some(i) = list.iter().position(|e| e.starts_with(&prefix)) {
+                    list.remove(i);
+                }
+                true
+            }
+            _ => false,
+        };
+        if !done {
+            c.drop_set(keys);
+            return Ok(false);
+        }
+        meta.count = list.len() as u64;
+        if let Some(slot) = c.metas.get_mut(&keys.meta) {
+            slot.0 = meta;
+        }
+        Ok(true)
+    }
+
     async fn collection_invalidate(&self, keys: &CollectionKeys) -> Result<()> {
         let now = Instant::now();
         let mut c = self.collection_state().lock();
         c.drop_set(keys);
         c.staging.remove(&keys.staging);
+        c.list_staging.remove(&keys.staging);
         c.leases.remove(&keys.lease);
         if let Some(b) = c.book(keys, now) {
             b.seq += 1;

@@ -31,8 +31,8 @@ mod collection;
 mod memory_collection;
 mod redis_collection;
 pub(crate) use self::collection::{
-    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, MemberOrder, Scored,
-    SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
+    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead,
+    FeedWriteEnd, MemberOrder, Scored, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
 };
 
 pub(crate) use self::dirty::{

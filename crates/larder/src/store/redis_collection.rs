@@ -9,8 +9,8 @@
 //! `HMGET` of the meta, then one `ZSCORE` or one `ZRANGE` (O(log n + page)).
 
 use super::collection::{
-    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, MemberOrder, SetAnswer,
-    SetChunk, SetQuery, SetRead, SetWriteEnd,
+    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead,
+    FeedWriteEnd, MemberOrder, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
 };
 use super::redis::{ms, RedisStore};
 use super::{Protocol, WriteKeys};
@@ -167,6 +167,112 @@ static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'seq', 1) end
 return 1
+",
+    )
+});
+
+static FEED_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value. ARGV: offset, limit
+local m = redis.call('HMGET', KEYS[1], 'fresh', 'loaded', 'complete', 'count', 'stamp')
+if not m[1] then return {0} end
+if tonumber(m[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
+local n = tonumber(ARGV[2])
+local items = {}
+if n > 0 then
+  items = redis.call('LRANGE', KEYS[2], ARGV[1], tonumber(ARGV[1]) + n - 1)
+end
+return {1, m[1], m[2], m[3], m[4], m[5] or '0', items}
+",
+    )
+});
+
+static FEED_FILL_CHUNK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value, staging, lease.
+-- ARGV: token, first, last, ttl ms, fresh, loaded, complete, count, stamp, element1, ...
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then
+  redis.call('DEL', KEYS[3])
+  return 0
+end
+if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
+if #ARGV > 9 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 10)) end
+if ARGV[3] == '1' then
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('RENAME', KEYS[3], KEYS[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  else
+    redis.call('DEL', KEYS[2])
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'v', '1', 'fresh', ARGV[5], 'loaded', ARGV[6],
+    'complete', ARGV[7], 'count', ARGV[8], 'stamp', ARGV[9])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('DEL', KEYS[4])
+elseif redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+return 1
+",
+    )
+});
+
+static FEED_WRITE_END: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value, lease, write.
+-- ARGV: ticket, action (push|rem|del|abort), clean (1/0), element or id, head ('' none), has_head (1/0), max_len
+local base = redis.call('HGET', KEYS[4], 'base')
+if not base or tonumber(ARGV[1]) <= tonumber(base) then
+  if ARGV[2] == 'abort' then return 0 end
+  if base then redis.call('HINCRBY', KEYS[4], 'seq', 1) end
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return 0
+end
+local inflight = redis.call('HINCRBY', KEYS[4], 'inflight', -1)
+if inflight < 0 then
+  redis.call('HSET', KEYS[4], 'inflight', 0)
+  inflight = 0
+end
+if ARGV[2] == 'abort' then return 0 end
+redis.call('DEL', KEYS[3])
+local seq = tonumber(redis.call('HGET', KEYS[4], 'seq') or '0')
+local op = ARGV[2]
+if (op == 'push' or op == 'rem') and ARGV[3] == '1' and seq == tonumber(ARGV[1]) and inflight == 0 then
+  local m = redis.call('HMGET', KEYS[1], 'complete', 'count')
+  if not m[1] then return 0 end
+  if op == 'push' then
+    local head = redis.call('LINDEX', KEYS[2], 0)
+    local same = (ARGV[6] == '0' and not head) or (ARGV[6] == '1' and head == ARGV[5])
+    if same then
+      redis.call('LPUSH', KEYS[2], ARGV[4])
+      local max = tonumber(ARGV[7])
+      local complete = m[1]
+      if redis.call('LLEN', KEYS[2]) > max then
+        redis.call('LTRIM', KEYS[2], 0, max - 1)
+        complete = '0'
+      end
+      local left = redis.call('PTTL', KEYS[1])
+      if left > 0 then redis.call('PEXPIRE', KEYS[2], left) end
+      redis.call('HSET', KEYS[1], 'count', redis.call('LLEN', KEYS[2]), 'complete', complete)
+      return 1
+    end
+  elseif m[1] == '1' then
+    local prefix = ARGV[4] .. string.char(0)
+    for _, e in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+      if string.sub(e, 1, #prefix) == prefix then
+        redis.call('LREM', KEYS[2], 1, e)
+        break
+      end
+    end
+    redis.call('HSET', KEYS[1], 'count', redis.call('LLEN', KEYS[2]))
+    return 1
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 0
 ",
     )
 });
@@ -373,6 +479,109 @@ impl Collections for RedisStore {
                 .arg(0),
             SetWriteEnd::Delete => inv.arg("del").arg("").arg(0).arg("0").arg("0").arg(0),
             SetWriteEnd::Abort => inv.arg("abort").arg("").arg(0).arg("0").arg("0").arg(0),
+        };
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn feed_read(&self, keys: &CollectionKeys, offset: u64, limit: u64) -> Result<FeedRead> {
+        let mut inv = FEED_READ.prepare_invoke();
+        inv.key(&keys.meta).key(&keys.value).arg(offset).arg(limit);
+        let value: Value = self.run(inv).await?;
+        let Value::Array(items) = value else {
+            return Err(bad(self, "feed read"));
+        };
+        if matches!(items.first(), Some(Value::Int(0))) {
+            return Ok(FeedRead::Miss);
+        }
+        let field = |i: usize| items.get(i).and_then(number);
+        let (Some(fresh), Some(loaded), Some(complete), Some(count)) =
+            (field(1), field(2), field(3), field(4))
+        else {
+            return Err(bad(self, "feed read"));
+        };
+        let meta = CollectionMeta {
+            fresh_until_ms: fresh,
+            loaded_ms: loaded,
+            complete: complete == 1,
+            count,
+            stamp: field(5).unwrap_or(0),
+        };
+        let elements = match items.get(6) {
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|e| match e {
+                    Value::BulkString(b) => Ok(bytes::Bytes::from(b.clone())),
+                    _ => Err(bad(self, "feed read")),
+                })
+                .collect::<Result<_>>()?,
+            _ => Vec::new(),
+        };
+        Ok(FeedRead::Hit { meta, elements })
+    }
+
+    async fn feed_fill_chunk(&self, keys: &CollectionKeys, chunk: &FeedChunk<'_>) -> Result<bool> {
+        let mut inv = FEED_FILL_CHUNK.prepare_invoke();
+        inv.key(&keys.meta)
+            .key(&keys.value)
+            .key(&keys.staging)
+            .key(&keys.lease)
+            .arg(chunk.token)
+            .arg(if chunk.first { "1" } else { "0" })
+            .arg(if chunk.last.is_some() { "1" } else { "0" })
+            .arg(ms(chunk.ttl));
+        let meta = chunk.last.unwrap_or(CollectionMeta {
+            fresh_until_ms: 0,
+            loaded_ms: 0,
+            complete: false,
+            count: 0,
+            stamp: 0,
+        });
+        inv.arg(meta.fresh_until_ms)
+            .arg(meta.loaded_ms)
+            .arg(if meta.complete { "1" } else { "0" })
+            .arg(meta.count)
+            .arg(meta.stamp);
+        for e in chunk.elements {
+            inv.arg(e.as_slice());
+        }
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn feed_write_end(
+        &self,
+        keys: &CollectionKeys,
+        seq: u64,
+        clean: bool,
+        end: &FeedWriteEnd,
+    ) -> Result<bool> {
+        let mut inv = FEED_WRITE_END.prepare_invoke();
+        inv.key(&keys.meta)
+            .key(&keys.value)
+            .key(&keys.lease)
+            .key(&keys.write)
+            .arg(seq);
+        let clean = if clean { "1" } else { "0" };
+        match end {
+            FeedWriteEnd::Push {
+                element,
+                head,
+                max_len,
+            } => inv
+                .arg("push")
+                .arg(clean)
+                .arg(element.as_slice())
+                .arg(head.as_deref().unwrap_or_default())
+                .arg(if head.is_some() { "1" } else { "0" })
+                .arg(*max_len),
+            FeedWriteEnd::Remove { id } => inv
+                .arg("rem")
+                .arg(clean)
+                .arg(id.as_str())
+                .arg("")
+                .arg("0")
+                .arg(0),
+            FeedWriteEnd::Delete => inv.arg("del").arg(clean).arg("").arg("").arg("0").arg(0),
+            FeedWriteEnd::Abort => inv.arg("abort").arg(clean).arg("").arg("").arg("0").arg(0),
         };
         Ok(self.run::<i64>(inv).await? == 1)
     }

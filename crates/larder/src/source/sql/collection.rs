@@ -404,7 +404,7 @@ fn check_indexes(
 }
 
 /// A bind placeholder of a key on PostgreSQL (uuids and cast types cast).
-fn pg_param(n: usize, key_type: &KeyType) -> String {
+pub(super) fn pg_param(n: usize, key_type: &KeyType) -> String {
     match key_type {
         KeyType::Uuid => format!("${n}::uuid"),
         KeyType::Text(t) => match t.cast {
