@@ -288,7 +288,7 @@ impl FeedCache {
                 Err(e) if e.is_store_unavailable() => {
                     Counters::bump(&core.counters.bypass);
                     return self
-                        .from_db(&owner, offset, limit, CollectionOutcome::Bypass)
+                        .page_from_db(&owner, offset, limit, CollectionOutcome::Bypass)
                         .await;
                 }
                 Err(e) => return Err(e),
@@ -318,13 +318,13 @@ impl FeedCache {
                     }
                     Counters::bump(&core.counters.database);
                     return self
-                        .from_db(&owner, offset, limit, CollectionOutcome::Database)
+                        .page_from_db(&owner, offset, limit, CollectionOutcome::Database)
                         .await;
                 }
             }
             if !first {
                 return self
-                    .from_db(&owner, offset, limit, CollectionOutcome::Miss)
+                    .page_from_db(&owner, offset, limit, CollectionOutcome::Miss)
                     .await;
             }
             first = false;
@@ -335,7 +335,7 @@ impl FeedCache {
                     let start = usize::try_from(offset).unwrap_or(usize::MAX);
                     if !complete && offset + limit as u64 > items.len() as u64 {
                         return self
-                            .from_db(&owner, offset, limit, CollectionOutcome::Database)
+                            .page_from_db(&owner, offset, limit, CollectionOutcome::Database)
                             .await;
                     }
                     let mut page: Vec<String> = items
@@ -355,7 +355,7 @@ impl FeedCache {
         }
     }
 
-    async fn from_db(
+    async fn page_from_db(
         &self,
         owner: &str,
         offset: u64,
