@@ -175,6 +175,8 @@ pub struct Config {
     pub resp: RespConfig,
     /// The sets (`[[set]]`). See [`SetConfig`].
     pub set: Vec<SetConfig>,
+    /// The feeds (`[[feed]]`). See [`FeedConfig`].
+    pub feed: Vec<FeedConfig>,
 }
 
 impl Default for Config {
@@ -192,6 +194,7 @@ impl Default for Config {
             entity: Vec::new(),
             resp: RespConfig::default(),
             set: Vec::new(),
+            feed: Vec::new(),
         }
     }
 }
@@ -702,7 +705,7 @@ impl Config {
                 "must name another variable than token_env: the read token opens fewer routes",
             ));
         }
-        if self.entity.is_empty() && self.set.is_empty() {
+        if self.entity.is_empty() && self.set.is_empty() && self.feed.is_empty() {
             return Err(self.error(
                 "entity",
                 "no [[entity]] configured: add at least one (see larder.example.toml)",
@@ -713,6 +716,9 @@ impl Config {
         }
         for (i, s) in self.set.iter().enumerate() {
             self.validate_set(i, s)?;
+        }
+        for (i, f) in self.feed.iter().enumerate() {
+            self.validate_feed(i, f)?;
         }
         Ok(())
     }
@@ -978,6 +984,102 @@ impl Config {
             if d.is_zero() {
                 return Err(self.error(at(key), "must be above 0"));
             }
+        }
+        Ok(())
+    }
+}
+
+/// One `[[feed]]`: a table's rows grouped by an owner column, in `order`,
+/// the first `max_len` of each owner cached as a list, served under
+/// `/v1/{name}/{owner}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// `[a-z0-9_-]`, one namespace with entities and sets. Required.
+    pub name: String,
+    /// The table (`table` or `schema.table`; PostgreSQL). Required.
+    pub table: String,
+    /// The column grouping items into feeds. Required.
+    pub owner: String,
+    /// The column identifying an item. Default: `id`.
+    pub item_key: String,
+    /// `"column asc|desc"`, NOT NULL columns, ending with `item_key`.
+    /// Default: `["<item_key> desc"]`.
+    pub order: Vec<String>,
+    /// Items cached per owner. Default: 1000.
+    pub max_len: u64,
+    /// The projection of each item; empty: all. Default: empty.
+    pub columns: Vec<String>,
+    /// `through` or `read-only`. Default: `through`.
+    pub write: SetWriteMode,
+    /// How long a loaded feed is fresh. Default: `60s`.
+    pub ttl: Dur,
+    /// How long a loader owns an owner's lease. Default: `5s`.
+    pub lease_ttl: Dur,
+    /// How long a reader waits for another's load. Default: `lease_ttl`.
+    pub wait_timeout: Option<Dur>,
+    /// Shards of the feed's keys. Default: 64.
+    pub shards: u16,
+    /// Reads need no token even when one is set. Default: false.
+    pub public_reads: bool,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            table: String::new(),
+            owner: String::new(),
+            item_key: "id".into(),
+            order: Vec::new(),
+            max_len: 1000,
+            columns: Vec::new(),
+            write: SetWriteMode::Through,
+            ttl: Dur(larder::DEFAULT_TTL),
+            lease_ttl: Dur(larder::DEFAULT_LEASE_TTL),
+            wait_timeout: None,
+            shards: larder::DEFAULT_SHARDS,
+            public_reads: false,
+        }
+    }
+}
+
+impl Config {
+    fn validate_feed(&self, i: usize, f: &FeedConfig) -> Result<(), ConfigError> {
+        let at = |k: &str| format!("feed[{i}].{k}");
+        if f.name.is_empty() {
+            return Err(self.error(at("name"), "every [[feed]] needs a name"));
+        }
+        larder::validate_name("feed", &f.name).map_err(|err| self.error(at("name"), err))?;
+        let taken = RESERVED_NAMES.contains(&f.name.as_str())
+            || self.entity.iter().any(|o| o.name == f.name)
+            || self.set.iter().any(|o| o.name == f.name)
+            || self.feed[..i].iter().any(|o| o.name == f.name);
+        if taken {
+            return Err(self.error(
+                at("name"),
+                format!(
+                    "`{}` is reserved or already names an entity, set or feed (one namespace)",
+                    f.name
+                ),
+            ));
+        }
+        for (key, value) in [("table", &f.table), ("owner", &f.owner)] {
+            if value.is_empty() {
+                return Err(self.error(at(key), format!("every [[feed]] needs `{key}`")));
+            }
+        }
+        if f.max_len == 0 {
+            return Err(self.error(at("max_len"), "must be at least 1"));
+        }
+        if f.write == SetWriteMode::Back {
+            return Err(self.error(
+                at("write"),
+                "write-back feeds are not supported: use `through` or `read-only`",
+            ));
+        }
+        if f.shards == 0 {
+            return Err(self.error(at("shards"), "must be at least 1"));
         }
         Ok(())
     }

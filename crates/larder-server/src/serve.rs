@@ -52,6 +52,9 @@ struct StateInner {
     /// The sets (`[[set]]`), and their index by name.
     sets: Vec<crate::http::collections::SetEntry>,
     set_by_name: HashMap<String, usize>,
+    /// The feeds (`[[feed]]`), and their index by name.
+    feeds: Vec<crate::http::collections::FeedEntry>,
+    feed_by_name: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -135,6 +138,19 @@ impl AppState {
             .set_by_name
             .get(name)
             .map(|&i| &self.inner.sets[i])
+    }
+
+    /// The feed named `name`, if one is configured.
+    pub fn feed(&self, name: &str) -> Option<&crate::http::collections::FeedEntry> {
+        self.inner
+            .feed_by_name
+            .get(name)
+            .map(|&i| &self.inner.feeds[i])
+    }
+
+    /// Every configured feed, in configuration order.
+    pub fn feeds(&self) -> &[crate::http::collections::FeedEntry] {
+        &self.inner.feeds
     }
 
     /// Every configured set, in configuration order.
@@ -315,8 +331,16 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
         .enumerate()
         .map(|(i, s)| (s.config.name.clone(), i))
         .collect();
+    let feeds = crate::http::collections::build_feeds(&config, &pool, &store).await?;
+    let feed_by_name = feeds
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.config.name.clone(), i))
+        .collect();
     Ok(AppState {
         inner: Arc::new(StateInner {
+            feeds,
+            feed_by_name,
             sets,
             set_by_name,
             config,

@@ -185,25 +185,28 @@ fn render(doc: &Value, before: Option<(&Value, Duration)>, url: &str) -> String 
     out
 }
 
-/// The sets of `/v1/stats` (`sets`), one row each: reads/s, hit%, the
+/// The sets and feeds of `/v1/stats` (`sets`, `feeds`), one row each: reads/s, hit%, the
 /// share answered from the database (owners above `max_members`),
 /// loads/s and the last loaded size. Empty without sets.
 fn sets_table(doc: &Value, before: Option<(&Value, Duration)>) -> String {
     let empty = serde_json::Map::new();
-    let sets = doc["sets"].as_object().unwrap_or(&empty);
-    if sets.is_empty() {
-        return String::new();
-    }
-    let mut rows = vec![
-        ["set", "reads/s", "hit%", "db%", "loads/s", "size", "write"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for (name, s) in sets {
+    let mut rows = vec![[
+        "set/feed", "reads/s", "hit%", "db%", "loads/s", "size", "write",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let listed = ["sets", "feeds"].into_iter().flat_map(|kind| {
+        doc[kind]
+            .as_object()
+            .unwrap_or(&empty)
+            .iter()
+            .map(move |(n, s)| (kind, n, s))
+    });
+    for (kind, name, s) in listed {
         let rate = |field: &str| match before {
             Some((prev, took)) if took.as_secs_f64() > 0.0 => {
                 let now = s[field].as_u64().unwrap_or(0);
-                let was = prev["sets"][name][field].as_u64().unwrap_or(0);
+                let was = prev[kind][name][field].as_u64().unwrap_or(0);
                 format!("{:.1}", now.saturating_sub(was) as f64 / took.as_secs_f64())
             }
             _ => "-".into(),
@@ -224,6 +227,9 @@ fn sets_table(doc: &Value, before: Option<(&Value, Duration)>) -> String {
             s["last_size"].as_u64().unwrap_or(0).to_string(),
             s["write"].as_str().unwrap_or("?").to_owned(),
         ]);
+    }
+    if rows.len() == 1 {
+        return String::new();
     }
     format!("\n{}", crate::stats_cmd::table(&rows))
 }
@@ -308,7 +314,13 @@ mod tests {
             ["followers", "10.0", "50.0", "40.0", "1.0", "42", "through"]
         );
         let none = render(&json!({ "entities": {} }), None, "http://x");
-        assert!(!none.contains("set "), "{none}");
+        assert!(!none.contains("set/feed"), "{none}");
+        let feeds = render(
+            &json!({ "entities": {}, "feeds": { "posts": { "reads_total": 1, "last_size": 3, "write": "through" } } }),
+            None,
+            "http://x",
+        );
+        assert!(feeds.lines().any(|l| l.starts_with("posts")), "{feeds}");
     }
 
     #[test]

@@ -173,3 +173,97 @@ fn set_config_is_checked() {
     let c = Config::parse(only_sets, "t.toml").expect("a config of sets alone");
     assert_eq!(c.set[0].max_members, larder::DEFAULT_MAX_MEMBERS);
 }
+
+/// A feed over HTTP: the issue's `user_posts`: pages with `more`, a POST
+/// appends (201, the stored row; the owner column must be the path's),
+/// DELETE an item (204/404), bad input, stats and the document.
+#[tokio::test]
+async fn a_feed_over_http() {
+    let mut pg = Pg::connect().await;
+    let posts = unique("posts");
+    pg.exec(
+        &posts,
+        "CREATE TABLE {t} (id bigserial PRIMARY KEY, user_id bigint NOT NULL,
+         created_at timestamptz NOT NULL DEFAULT now(), body text NOT NULL);
+         CREATE INDEX ON {t} (user_id, created_at DESC, id DESC);
+         INSERT INTO {t} (user_id, created_at, body) VALUES
+           (1, '2020-01-01', 'a'), (1, '2020-01-02', 'b'), (1, '2020-01-03', 'c')",
+    )
+    .await;
+    let toml = support::pg_config(
+        &unique("p"),
+        &format!(
+            "[[feed]]\nname = \"user_posts\"\ntable = \"{posts}\"\nowner = \"user_id\"\n\
+             order = [\"created_at desc\", \"id desc\"]\nmax_len = 2\ncolumns = [\"id\", \"body\"]\n"
+        ),
+    );
+    let app = app(support::state(&toml).await);
+    let a = get(&app, "/v1/user_posts/1?limit=1").await;
+    assert_eq!((a.status.as_u16(), a.x_cache()), (200, "miss"));
+    assert_eq!(a.json()["items"][0]["body"], "c");
+    assert_eq!(
+        (a.json()["more"].clone(), a.json()["limit"].clone()),
+        (json!(true), json!(1))
+    );
+    let a = get(&app, "/v1/user_posts/1?offset=1&limit=1").await;
+    assert_eq!(
+        (a.json()["items"][0]["body"].clone(), a.x_cache()),
+        (json!("b"), "hit")
+    );
+    let a = get(&app, "/v1/user_posts/1?offset=1&limit=5").await;
+    assert_eq!(a.x_cache(), "db", "past max_len of a longer feed");
+    assert_eq!(a.json()["items"].as_array().map(Vec::len), Some(2));
+
+    let a = write(&app, "POST", "/v1/user_posts/1", r#"{"body": "d"}"#).await;
+    assert_eq!(a.status.as_u16(), 201);
+    assert_eq!(a.json()["body"], "d");
+    let id = a.json()["id"].clone();
+    let a = get(&app, "/v1/user_posts/1?limit=2").await;
+    assert_eq!(a.x_cache(), "hit", "appended at the head");
+    assert_eq!(a.json()["items"][0]["body"], "d");
+    let a = write(
+        &app,
+        "POST",
+        "/v1/user_posts/1",
+        r#"{"body": "x", "user_id": 2}"#,
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 400, "another owner");
+    let a = write(&app, "POST", "/v1/user_posts/1", r#"{"nope": 1}"#).await;
+    assert_eq!(
+        (a.status.as_u16(), a.code().as_str()),
+        (400, "unknown_column")
+    );
+    let a = send(
+        &app,
+        "DELETE",
+        &format!("/v1/user_posts/1/items/{id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 204);
+    let a = send(
+        &app,
+        "DELETE",
+        &format!("/v1/user_posts/1/items/{id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (404, "not_found"));
+    let a = get(&app, "/v1/user_posts/1?limit=2").await;
+    assert_eq!(a.json()["items"][0]["body"], "c");
+    let a = get(&app, "/v1/user_posts/x").await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (400, "bad_id"));
+    let a = get(&app, "/v1/user_posts/1?limit=5000").await;
+    assert_eq!((a.status.as_u16(), a.code().as_str()), (400, "bad_request"));
+    let a = send(&app, "POST", "/v1/user_posts/1/invalidate", &[], None).await;
+    assert_eq!(a.status.as_u16(), 204);
+    assert_eq!(get(&app, "/v1/user_posts/1?limit=2").await.x_cache(), "miss");
+    let stats = get(&app, "/v1/stats").await.json();
+    assert_eq!(stats["feeds"]["user_posts"]["kind"], "feed");
+    let doc = get(&app, "/v1/openapi.json").await.json();
+    assert!(doc["paths"]["/v1/user_posts/{owner}"]["post"]["responses"]["201"].is_object());
+    assert!(doc["paths"]["/v1/user_posts/{owner}/items/{item}"]["delete"].is_object());
+}

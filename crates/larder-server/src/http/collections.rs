@@ -24,14 +24,14 @@
 
 use super::error::{clip, ApiError};
 use super::routes::X_CACHE;
-use crate::config::{Config, SetConfig, SetWriteMode};
+use crate::config::{Config, FeedConfig, SetConfig, SetWriteMode};
 use crate::serve::AppState;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use larder::store::Store;
-use larder::{CollectionOutcome, SetCache, SqlPool, SqlSetSource};
+use larder::{CollectionOutcome, FeedCache, SetCache, SqlFeedSource, SqlPool, SqlSetSource};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -116,6 +116,9 @@ pub async fn get_row_or_set(
     if state.set(&name).is_some() {
         return get_set(&state, &name, &id, query.as_deref().unwrap_or_default()).await;
     }
+    if state.feed(&name).is_some() {
+        return get_feed(&state, &name, &id, query.as_deref().unwrap_or_default()).await;
+    }
     super::routes::get_row(State(state), Path((name, id)), headers).await
 }
 
@@ -127,6 +130,13 @@ pub async fn invalidate_row_or_owner(
 ) -> Result<Response, ApiError> {
     if let Some(s) = state.set(&name) {
         s.cache.invalidate(&id).await.map_err(engine(s))?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if let Some(f) = state.feed(&name) {
+        f.cache
+            .invalidate(&id)
+            .await
+            .map_err(|e| ApiError::from_engine(&f.config.name, &e))?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     super::routes::invalidate_row(State(state), Path((name, id))).await
@@ -322,4 +332,203 @@ pub fn set_metrics(state: &AppState) {
             .absolute(st.writes_deleted);
         metrics::gauge!("larder_set_last_size", "set" => name).set(st.last_size as f64);
     }
+}
+
+/// One served feed: its configuration and its cache.
+#[derive(Debug, Clone)]
+pub struct FeedEntry {
+    /// The configuration it was built from.
+    pub config: FeedConfig,
+    /// The cache of the feed's owners.
+    pub cache: FeedCache,
+}
+
+/// Builds every `[[feed]]`: the source (order checks) and the cache.
+pub async fn build_feeds(
+    config: &Config,
+    pool: &SqlPool,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<Vec<FeedEntry>> {
+    let mut feeds = Vec::with_capacity(config.feed.len());
+    for (i, f) in config.feed.iter().enumerate() {
+        let source = SqlFeedSource::builder(pool.clone(), &f.table)
+            .owner(&f.owner)
+            .item_key(&f.item_key)
+            .order(f.order.clone())
+            .columns(f.columns.clone())
+            .name(&f.name)
+            .build()
+            .await
+            .map_err(|e| config.error(format!("feed[{i}].table"), crate::serve::one_line(&e)))?;
+        let cache = FeedCache::builder()
+            .prefix(&config.store.prefix)
+            .name(&f.name)
+            .shards(f.shards)
+            .store(store.clone())
+            .source(source)
+            .max_len(f.max_len)
+            .ttl(f.ttl.0)
+            .lease_ttl(f.lease_ttl.0)
+            .wait_timeout(f.wait_timeout.map_or(f.lease_ttl.0, |d| d.0))
+            .build()
+            .await
+            .map_err(|e| config.error(format!("feed[{i}]"), e))?;
+        feeds.push(FeedEntry {
+            config: f.clone(),
+            cache,
+        });
+    }
+    Ok(feeds)
+}
+
+fn feed_of<'a>(state: &'a AppState, name: &str) -> Result<&'a FeedEntry, ApiError> {
+    state
+        .feed(name)
+        .ok_or_else(|| ApiError::unknown_entity(name))
+}
+
+/// `GET /v1/{feed}/{owner}?offset=0&limit=20`: `{"items", "offset",
+/// "limit", "more"}` with `X-Cache` (`db`: a page past `max_len` of a feed
+/// longer than that, from the database and not cached).
+async fn get_feed(
+    state: &AppState,
+    name: &str,
+    owner: &str,
+    query: &str,
+) -> Result<Response, ApiError> {
+    let f = feed_of(state, name)?;
+    let mut offset = None;
+    let mut limit = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match k {
+            "offset" => &mut offset,
+            "limit" => &mut limit,
+            "" => continue,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{}`: use ?offset=0&limit=20",
+                    clip(other)
+                )))
+            }
+        };
+        if slot.is_some() {
+            return Err(ApiError::bad_request(format!("give `{k}` once")));
+        }
+        *slot = Some(v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("`{k}` must be a number, not {:?}", clip(v)))
+        })?);
+    }
+    let limit = limit.unwrap_or(20);
+    if limit > larder::MAX_FEED_PAGE as u64 {
+        return Err(ApiError::bad_request(format!(
+            "`limit` is at most {}",
+            larder::MAX_FEED_PAGE
+        )));
+    }
+    let offset = offset.unwrap_or(0);
+    let read = f
+        .cache
+        .page(owner, offset, limit as usize)
+        .await
+        .map_err(|e| ApiError::from_engine(&f.config.name, &e))?;
+    // The rows are spliced in as the bytes the cache holds.
+    let mut body =
+        String::with_capacity(64 + read.value.items.iter().map(String::len).sum::<usize>());
+    body.push_str("{\"items\":[");
+    body.push_str(&read.value.items.join(","));
+    body.push_str(&format!(
+        "],\"offset\":{offset},\"limit\":{limit},\"more\":{}}}",
+        read.value.more
+    ));
+    let mut res = Response::new(axum::body::Body::from(body));
+    res.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(with_outcome(res, read.outcome))
+}
+
+fn refuse_read_only_feed(f: &FeedEntry) -> Result<(), ApiError> {
+    if f.config.write == SetWriteMode::ReadOnly {
+        return Err(ApiError::method_not_allowed(format!(
+            "feed `{}` is read-only: writes are not allowed",
+            f.config.name
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /v1/{feed}/{owner}` with a row: appended (the database first);
+/// 201 with the stored row. Its owner column, if given, must be `owner`.
+pub async fn append_item(
+    State(state): State<AppState>,
+    Path((name, owner)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let f = feed_of(&state, &name)?;
+    refuse_read_only_feed(f)?;
+    let row = super::validate::json_object(&headers, body)?;
+    let stored = f.cache.append(&owner, row).await.map_err(|e| match &e {
+        // The usual code of an entity's row check.
+        larder::Error::InvalidRow { reason, .. } if reason.starts_with("unknown column") => {
+            ApiError::new(StatusCode::BAD_REQUEST, "unknown_column", reason.clone())
+        }
+        _ => ApiError::from_engine(&f.config.name, &e),
+    })?;
+    let mut res = Response::new(axum::body::Body::from(stored));
+    *res.status_mut() = StatusCode::CREATED;
+    res.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(res)
+}
+
+/// `DELETE /v1/{feed}/{owner}/items/{item}`: 204, 404 if absent.
+pub async fn delete_item(
+    State(state): State<AppState>,
+    Path((name, owner, item)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let f = feed_of(&state, &name)?;
+    refuse_read_only_feed(f)?;
+    let engine = |e: larder::Error| ApiError::from_engine(&f.config.name, &e);
+    if f.cache.delete(&owner, &item).await.map_err(engine)? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(format!(
+            "item {item} is not in {} {owner}",
+            f.config.name
+        )))
+    }
+}
+
+/// The `feeds` object of `/v1/stats`.
+pub fn feed_stats_json(state: &AppState) -> Value {
+    let feeds: serde_json::Map<String, Value> = state
+        .feeds()
+        .iter()
+        .map(|f| {
+            let st = f.cache.stats();
+            let reads = st.hits + st.misses + st.database + st.bypass;
+            let json = json!({
+                "kind": "feed",
+                "write": if f.config.write == SetWriteMode::ReadOnly { "read-only" } else { "through" },
+                "reads": { "hit": st.hits, "miss": st.misses, "db": st.database, "bypass": st.bypass },
+                "reads_total": reads,
+                "hit_ratio": if reads == 0 { 0.0 } else { st.hits as f64 / reads as f64 },
+                "loads": st.loads,
+                "fills": st.fills,
+                "fills_refused": st.fills_refused,
+                "lease_waits": st.lease_waits,
+                "writes_applied": st.writes_applied,
+                "writes_deleted": st.writes_deleted,
+                "last_size": st.last_size,
+                "max_len": f.config.max_len,
+            });
+            (f.config.name.clone(), json)
+        })
+        .collect();
+    Value::Object(feeds)
 }

@@ -53,6 +53,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/{entity}/{id}/members/{member}"),
     ("PUT", "/v1/{entity}/{id}/members/{member}"),
     ("DELETE", "/v1/{entity}/{id}/members/{member}"),
+    ("POST", "/v1/{entity}/{id}"),
+    ("DELETE", "/v1/{entity}/{id}/items/{item}"),
 ];
 
 /// The router of the whole API over `state`.
@@ -72,7 +74,12 @@ pub fn app(state: AppState) -> Router {
             get(collections::get_row_or_set)
                 .put(routes::put_row)
                 .patch(routes::patch_row)
-                .delete(routes::delete_row),
+                .delete(routes::delete_row)
+                .post(collections::append_item),
+        )
+        .route(
+            "/v1/{entity}/{id}/items/{item}",
+            axum::routing::delete(collections::delete_item),
         )
         .route(
             "/v1/{entity}/{id}/invalidate",

@@ -912,7 +912,133 @@ pub async fn document(State(state): State<AppState>) -> Json<Value> {
     let mut doc = build(&docs);
     let sets: Vec<SetDoc<'_>> = state.sets().iter().map(|s| SetDoc::of(&state, s)).collect();
     add_sets(&mut doc, &sets);
+    let feeds: Vec<(&str, bool, bool)> = state
+        .feeds()
+        .iter()
+        .map(|f| {
+            (
+                f.config.name.as_str(),
+                f.config.write != crate::config::SetWriteMode::ReadOnly,
+                state.config().auth.public_reads || f.config.public_reads,
+            )
+        })
+        .collect();
+    add_feeds(&mut doc, &feeds);
     Json(doc)
+}
+
+/// Adds the paths of every feed `(name, writable, public_reads)` to a
+/// document made by [`build`]: a page, an append, a delete, invalidate.
+pub fn add_feeds(doc: &mut Value, feeds: &[(&str, bool, bool)]) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for &(name, writable, public) in feeds {
+        let owner = || {
+            path_param(
+                "owner",
+                "The owner whose feed this is (canonicalised).",
+                json!({ "type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": NO_NUL }),
+            )
+        };
+        let base = format!("/v1/{name}/{{owner}}");
+        let mut page = op(
+            "GET",
+            "/v1/{entity}/{id}",
+            public,
+            &format!("A page of the `{name}` feed of an owner, in the feed's order."),
+            vec![
+                owner(),
+                json!({ "name": "offset", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 } }),
+                json!({ "name": "limit", "in": "query", "required": false, "description": "Default 20.", "schema": { "type": "integer", "minimum": 0, "maximum": larder::MAX_FEED_PAGE } }),
+            ],
+            responses(&[
+                (
+                    "200",
+                    json!({ "description": "The page.", "headers": { "X-Cache": { "description": "hit, miss, bypass, or db (a page past max_len, from the database).", "schema": { "type": "string", "enum": ["hit", "miss", "bypass", "db"] } } }, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["items", "offset", "limit", "more"],
+                "properties": {
+                    "items": { "type": "array", "items": { "type": "object" } },
+                    "offset": { "type": "integer" }, "limit": { "type": "integer" }, "more": { "type": "boolean" }
+                }
+            } } } }),
+                ),
+                (
+                    "400",
+                    error_response("bad_request (offset, limit) or bad_id."),
+                ),
+                ("404", error_response("unknown_entity.")),
+                ("503", error_response("unavailable: the database is down.")),
+            ]),
+        );
+        page["operationId"] = json!(format!("get_feed_{name}"));
+        let mut refusals = vec![
+            (
+                "400",
+                error_response(
+                    "bad_id, or a row that does not validate (its owner column another owner).",
+                ),
+            ),
+            (
+                "404",
+                error_response("unknown_entity, or (DELETE) no such item."),
+            ),
+            (
+                "503",
+                error_response("unavailable: the store or the database is down."),
+            ),
+        ];
+        if !writable {
+            refusals.push((
+                "405",
+                error_response("method_not_allowed: the feed is read-only."),
+            ));
+        }
+        let mut post_items = vec![(
+            "201",
+            json_response("The stored row.", json!({ "type": "object" })),
+        )];
+        post_items.extend(refusals.iter().cloned());
+        let mut post = op(
+            "POST",
+            "/v1/{entity}/{id}",
+            false,
+            "Append a row (the database first, then the cached list).",
+            vec![owner()],
+            responses(&post_items),
+        );
+        post["operationId"] = json!(format!("append_{name}"));
+        post["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "type": "object" } } } });
+        paths.insert(base.clone(), json!({ "get": page, "post": post }));
+        let mut del_items = vec![("204", json!({ "description": "Deleted." }))];
+        del_items.extend(refusals.iter().cloned());
+        let mut del = op(
+            "DELETE",
+            "/v1/{entity}/{id}/items/{item}",
+            false,
+            "Delete an item.",
+            vec![
+                owner(),
+                path_param("item", "The item's key.", json!({ "type": "string" })),
+            ],
+            responses(&del_items),
+        );
+        del["operationId"] = json!(format!("delete_item_{name}"));
+        paths.insert(format!("{base}/items/{{item}}"), json!({ "delete": del }));
+        let mut invalidate = op(
+            "POST",
+            "/v1/{entity}/{id}/invalidate",
+            false,
+            "Drop the owner's cached feed.",
+            vec![owner()],
+            responses(&[
+                ("204", json!({ "description": "Done." })),
+                ("503", error_response("unavailable: the store is down.")),
+            ]),
+        );
+        invalidate["operationId"] = json!(format!("invalidate_feed_{name}"));
+        paths.insert(format!("{base}/invalidate"), json!({ "post": invalidate }));
+    }
 }
 
 /// What the document needs to know about one `[[set]]`.
@@ -1166,7 +1292,10 @@ mod tests {
         for public in [false, true] {
             let doc = docs(&columns, public);
             for (method, path) in super::super::ROUTES {
-                if path.contains("/members/") {
+                if path.contains("/members/")
+                    || path.contains("/items/")
+                    || (*method == "POST" && *path == "/v1/{entity}/{id}")
+                {
                     // A set's route: see `set_routes_are_documented_with_their_security`.
                     continue;
                 }
