@@ -43,9 +43,11 @@
 //!   sql/cdc/       change notifications (PostgreSQL triggers, the listener)
 //! collection/      cached collections (an owner's rows as one value): the shared machinery
 //!   set.rs         SetCache: each owner's members as a sorted set, read- and write-through
+//!   feed.rs        FeedCache: each owner's first max_len items as a list, appends at the head
 //! store/collection.rs  the collection protocol (meta + value read in one script, chunked
 //!                  token-checked fill, write ends), in redis_collection.rs and memory_collection.rs
 //! source/sql/collection.rs  SqlSetSource: (owner, member) tables, index checks, per-dialect SQL
+//! source/sql/feed.rs  SqlFeedSource: a table in a configured order, sort keys beside rows
 //! error.rs         Error, its kinds, and settings refused as InvalidSetting
 //! load_error.rs    LoadError: try_get_or_load's errors, the loader's type kept
 //! outcome.rs       Lookup and Outcome, the one word every read reports
