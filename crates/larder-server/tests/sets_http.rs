@@ -260,7 +260,10 @@ async fn a_feed_over_http() {
     assert_eq!((a.status.as_u16(), a.code().as_str()), (400, "bad_request"));
     let a = send(&app, "POST", "/v1/user_posts/1/invalidate", &[], None).await;
     assert_eq!(a.status.as_u16(), 204);
-    assert_eq!(get(&app, "/v1/user_posts/1?limit=2").await.x_cache(), "miss");
+    assert_eq!(
+        get(&app, "/v1/user_posts/1?limit=2").await.x_cache(),
+        "miss"
+    );
     let stats = get(&app, "/v1/stats").await.json();
     assert_eq!(stats["feeds"]["user_posts"]["kind"], "feed");
     let doc = get(&app, "/v1/openapi.json").await.json();

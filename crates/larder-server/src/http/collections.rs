@@ -467,6 +467,20 @@ pub async fn append_item(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if state.feed(&name).is_none() && (state.entity(&name).is_some() || state.set(&name).is_some())
+    {
+        // An entity's row or a set's owner has no POST: 405 with Allow, as
+        // the router answers any other method a route lacks.
+        let mut res = ApiError::method_not_allowed(format!(
+            "POST is for feeds; `{name}` answers GET, PUT, PATCH and DELETE here"
+        ))
+        .into_response();
+        res.headers_mut().insert(
+            axum::http::header::ALLOW,
+            HeaderValue::from_static("GET,HEAD,PUT,PATCH,DELETE"),
+        );
+        return Ok(res);
+    }
     let f = feed_of(&state, &name)?;
     refuse_read_only_feed(f)?;
     let row = super::validate::json_object(&headers, body)?;
