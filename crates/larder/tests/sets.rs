@@ -784,3 +784,92 @@ async fn mariadb_sets_read_and_write_through() {
             .expect("drop");
     }
 }
+
+/// A source that holds its loads at a gate: the load has read the
+/// database, the fill has not run yet.
+#[derive(Debug, Clone)]
+struct Gated {
+    inner: SqlSetSource,
+    loaded: Arc<tokio::sync::Notify>,
+    go: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl SetSource for Gated {
+    fn order(&self) -> SetOrder {
+        self.inner.order()
+    }
+    fn canonical_owner(&self, raw: &str) -> larder::Result<String> {
+        self.inner.canonical_owner(raw)
+    }
+    fn canonical_member(&self, raw: &str) -> larder::Result<String> {
+        self.inner.canonical_member(raw)
+    }
+    async fn load(&self, owner: &str, max: u64) -> larder::Result<SetLoad> {
+        let load = self.inner.load(owner, max).await;
+        self.loaded.notify_one();
+        let _permit = self.go.acquire().await.expect("gate");
+        load
+    }
+    async fn contains(&self, owner: &str, member: &str) -> larder::Result<bool> {
+        self.inner.contains(owner, member).await
+    }
+    async fn page(&self, o: &str, a: Option<&str>, l: usize) -> larder::Result<Vec<String>> {
+        self.inner.page(o, a, l).await
+    }
+    async fn count(&self, owner: &str) -> larder::Result<u64> {
+        self.inner.count(owner).await
+    }
+    async fn add(&self, owner: &str, member: &str) -> larder::Result<bool> {
+        self.inner.add(owner, member).await
+    }
+    async fn remove(&self, owner: &str, member: &str) -> larder::Result<bool> {
+        self.inner.remove(owner, member).await
+    }
+}
+
+/// Forced: a load reads the database, a write commits and ends, then the
+/// load's fill runs: it is refused (the write voided the lease), so no set
+/// older than the write is cached; the next read loads the new member.
+async fn a_fill_older_than_a_write_is_refused(kind: &str) {
+    let pg = Pg::new().await;
+    pg.insert(1, &["a"]).await;
+    let gated = Gated {
+        inner: pg.follows().await,
+        loaded: Arc::default(),
+        go: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let set = cache(store(kind).await, &support::unique("s"), gated.clone(), 100).await;
+    let reader = {
+        let set = set.clone();
+        tokio::spawn(async move { set.contains("1", "b").await.expect("read").value })
+    };
+    gated.loaded.notified().await;
+    assert!(set.add("1", "b").await.expect("add"));
+    gated.go.add_permits(1000);
+    assert!(
+        !reader.await.expect("reader"),
+        "the read began before the add"
+    );
+    assert_eq!(set.stats().fills_refused, 1, "the stale fill was refused");
+    let after = set.contains("1", "b").await.expect("read");
+    assert_eq!(
+        (after.value, after.outcome),
+        (true, CollectionOutcome::Miss)
+    );
+    assert_eq!(
+        set.contains("1", "b").await.expect("read").outcome,
+        CollectionOutcome::Hit
+    );
+    pg.drop().await;
+}
+
+#[tokio::test]
+async fn a_fill_older_than_a_write_is_refused_redis() {
+    a_fill_older_than_a_write_is_refused("redis").await;
+}
+
+#[tokio::test]
+async fn a_fill_older_than_a_write_is_refused_memory() {
+    a_fill_older_than_a_write_is_refused("memory").await;
+}
