@@ -173,6 +173,10 @@ pub struct Config {
     pub entity: Vec<EntityConfig>,
     /// The Redis-protocol listener. See [`RespConfig`].
     pub resp: RespConfig,
+    /// The sets (`[[set]]`). See [`SetConfig`].
+    pub set: Vec<SetConfig>,
+    /// The feeds (`[[feed]]`). See [`FeedConfig`].
+    pub feed: Vec<FeedConfig>,
 }
 
 impl Default for Config {
@@ -189,6 +193,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             entity: Vec::new(),
             resp: RespConfig::default(),
+            set: Vec::new(),
+            feed: Vec::new(),
         }
     }
 }
@@ -711,7 +717,7 @@ impl Config {
                 "must name another variable than token_env: the read token opens fewer routes",
             ));
         }
-        if self.entity.is_empty() {
+        if self.entity.is_empty() && self.set.is_empty() && self.feed.is_empty() {
             return Err(self.error(
                 "entity",
                 "no [[entity]] configured: add at least one (see larder.example.toml)",
@@ -719,6 +725,12 @@ impl Config {
         }
         for (i, e) in self.entity.iter().enumerate() {
             self.validate_entity(i, e)?;
+        }
+        for (i, s) in self.set.iter().enumerate() {
+            self.validate_set(i, s)?;
+        }
+        for (i, f) in self.feed.iter().enumerate() {
+            self.validate_feed(i, f)?;
         }
         Ok(())
     }
@@ -872,6 +884,225 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+/// A set's write policy as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SetWriteMode {
+    /// Write-through: the database first, then the cached set.
+    Through,
+    /// Write-back (not supported yet: refused at start).
+    Back,
+    /// Writes refused (405).
+    ReadOnly,
+}
+
+/// One `[[set]]`: the rows of a table grouped by an owner column, one set
+/// of members per owner, served under `/v1/{name}/{owner}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SetConfig {
+    /// `[a-z0-9_-]`, one namespace with entities. Required.
+    pub name: String,
+    /// The table (`table` or `schema.table`); needs a unique index on
+    /// (owner, member). Required.
+    pub table: String,
+    /// The column grouping members into sets. Required.
+    pub owner: String,
+    /// The member column. Required.
+    pub member: String,
+    /// An owner with more members is not cached (its count is). Default:
+    /// [`larder::DEFAULT_MAX_MEMBERS`] (100,000).
+    pub max_members: u64,
+    /// `through` or `read-only` (`back` is refused: not supported yet).
+    /// Default: `through`.
+    pub write: SetWriteMode,
+    /// How long a loaded set is fresh. Default: [`larder::DEFAULT_TTL`] (`60s`).
+    pub ttl: Dur,
+    /// How long a loader owns an owner's lease. Default: `5s`.
+    pub lease_ttl: Dur,
+    /// How long a reader waits for another's load. Default: `lease_ttl`.
+    pub wait_timeout: Option<Dur>,
+    /// Shards of the set's keys. Default: 64.
+    pub shards: u16,
+    /// Reads need no token even when one is set. Default: false.
+    pub public_reads: bool,
+}
+
+impl Default for SetConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            table: String::new(),
+            owner: String::new(),
+            member: String::new(),
+            max_members: larder::DEFAULT_MAX_MEMBERS,
+            write: SetWriteMode::Through,
+            ttl: Dur(larder::DEFAULT_TTL),
+            lease_ttl: Dur(larder::DEFAULT_LEASE_TTL),
+            wait_timeout: None,
+            shards: larder::DEFAULT_SHARDS,
+            public_reads: false,
+        }
+    }
+}
+
+impl Config {
+    fn validate_set(&self, i: usize, s: &SetConfig) -> Result<(), ConfigError> {
+        let at = |k: &str| format!("set[{i}].{k}");
+        if s.name.is_empty() {
+            return Err(self.error(at("name"), "every [[set]] needs a name"));
+        }
+        larder::validate_name("set", &s.name).map_err(|err| self.error(at("name"), err))?;
+        if RESERVED_NAMES.contains(&s.name.as_str()) {
+            return Err(self.error(
+                at("name"),
+                format!(
+                    "`{}` is reserved by the HTTP API (reserved: stats, tags, _admin)",
+                    s.name
+                ),
+            ));
+        }
+        if let Some(j) = self.entity.iter().position(|o| o.name == s.name) {
+            return Err(self.error(
+                at("name"),
+                format!(
+                    "`{}` is already the name of entity[{j}] (one namespace)",
+                    s.name
+                ),
+            ));
+        }
+        if let Some(j) = self.set[..i].iter().position(|o| o.name == s.name) {
+            return Err(self.error(
+                at("name"),
+                format!("set `{}` is already defined by set[{j}]", s.name),
+            ));
+        }
+        for (key, value) in [
+            ("table", &s.table),
+            ("owner", &s.owner),
+            ("member", &s.member),
+        ] {
+            if value.is_empty() {
+                return Err(self.error(at(key), format!("every [[set]] needs `{key}`")));
+            }
+        }
+        if s.max_members == 0 {
+            return Err(self.error(at("max_members"), "must be at least 1"));
+        }
+        if s.write == SetWriteMode::Back {
+            return Err(self.error(
+                at("write"),
+                "write-back sets are not supported yet: use `through` or `read-only`",
+            ));
+        }
+        if s.shards == 0 {
+            return Err(self.error(at("shards"), "must be at least 1"));
+        }
+        for (key, d) in [("ttl", s.ttl.0), ("lease_ttl", s.lease_ttl.0)] {
+            if d.is_zero() {
+                return Err(self.error(at(key), "must be above 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One `[[feed]]`: a table's rows grouped by an owner column, in `order`,
+/// the first `max_len` of each owner cached as a list, served under
+/// `/v1/{name}/{owner}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedConfig {
+    /// `[a-z0-9_-]`, one namespace with entities and sets. Required.
+    pub name: String,
+    /// The table (`table` or `schema.table`; PostgreSQL). Required.
+    pub table: String,
+    /// The column grouping items into feeds. Required.
+    pub owner: String,
+    /// The column identifying an item. Default: `id`.
+    pub item_key: String,
+    /// `"column asc|desc"`, NOT NULL columns, ending with `item_key`.
+    /// Default: `["<item_key> desc"]`.
+    pub order: Vec<String>,
+    /// Items cached per owner. Default: 1000.
+    pub max_len: u64,
+    /// The projection of each item; empty: all. Default: empty.
+    pub columns: Vec<String>,
+    /// `through` or `read-only`. Default: `through`.
+    pub write: SetWriteMode,
+    /// How long a loaded feed is fresh. Default: `60s`.
+    pub ttl: Dur,
+    /// How long a loader owns an owner's lease. Default: `5s`.
+    pub lease_ttl: Dur,
+    /// How long a reader waits for another's load. Default: `lease_ttl`.
+    pub wait_timeout: Option<Dur>,
+    /// Shards of the feed's keys. Default: 64.
+    pub shards: u16,
+    /// Reads need no token even when one is set. Default: false.
+    pub public_reads: bool,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            table: String::new(),
+            owner: String::new(),
+            item_key: "id".into(),
+            order: Vec::new(),
+            max_len: 1000,
+            columns: Vec::new(),
+            write: SetWriteMode::Through,
+            ttl: Dur(larder::DEFAULT_TTL),
+            lease_ttl: Dur(larder::DEFAULT_LEASE_TTL),
+            wait_timeout: None,
+            shards: larder::DEFAULT_SHARDS,
+            public_reads: false,
+        }
+    }
+}
+
+impl Config {
+    fn validate_feed(&self, i: usize, f: &FeedConfig) -> Result<(), ConfigError> {
+        let at = |k: &str| format!("feed[{i}].{k}");
+        if f.name.is_empty() {
+            return Err(self.error(at("name"), "every [[feed]] needs a name"));
+        }
+        larder::validate_name("feed", &f.name).map_err(|err| self.error(at("name"), err))?;
+        let taken = RESERVED_NAMES.contains(&f.name.as_str())
+            || self.entity.iter().any(|o| o.name == f.name)
+            || self.set.iter().any(|o| o.name == f.name)
+            || self.feed[..i].iter().any(|o| o.name == f.name);
+        if taken {
+            return Err(self.error(
+                at("name"),
+                format!(
+                    "`{}` is reserved or already names an entity, set or feed (one namespace)",
+                    f.name
+                ),
+            ));
+        }
+        for (key, value) in [("table", &f.table), ("owner", &f.owner)] {
+            if value.is_empty() {
+                return Err(self.error(at(key), format!("every [[feed]] needs `{key}`")));
+            }
+        }
+        if f.max_len == 0 {
+            return Err(self.error(at("max_len"), "must be at least 1"));
+        }
+        if f.write == SetWriteMode::Back {
+            return Err(self.error(
+                at("write"),
+                "write-back feeds are not supported: use `through` or `read-only`",
+            ));
+        }
+        if f.shards == 0 {
+            return Err(self.error(at("shards"), "must be at least 1"));
+        }
+        Ok(())
     }
 }
 

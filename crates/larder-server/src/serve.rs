@@ -49,6 +49,12 @@ struct StateInner {
     changes: tokio::sync::Mutex<Option<ChangeListener>>,
     /// The Redis-protocol listener's counters.
     resp: Arc<crate::resp::Shared>,
+    /// The sets (`[[set]]`), and their index by name.
+    sets: Vec<crate::http::collections::SetEntry>,
+    set_by_name: HashMap<String, usize>,
+    /// The feeds (`[[feed]]`), and their index by name.
+    feeds: Vec<crate::http::collections::FeedEntry>,
+    feed_by_name: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -124,6 +130,32 @@ impl AppState {
     /// Every entity, in configured order.
     pub fn entities(&self) -> &[Entity] {
         &self.inner.entities
+    }
+
+    /// The set named `name`, if one is configured.
+    pub fn set(&self, name: &str) -> Option<&crate::http::collections::SetEntry> {
+        self.inner
+            .set_by_name
+            .get(name)
+            .map(|&i| &self.inner.sets[i])
+    }
+
+    /// The feed named `name`, if one is configured.
+    pub fn feed(&self, name: &str) -> Option<&crate::http::collections::FeedEntry> {
+        self.inner
+            .feed_by_name
+            .get(name)
+            .map(|&i| &self.inner.feeds[i])
+    }
+
+    /// Every configured feed, in configuration order.
+    pub fn feeds(&self) -> &[crate::http::collections::FeedEntry] {
+        &self.inner.feeds
+    }
+
+    /// Every configured set, in configuration order.
+    pub fn sets(&self) -> &[crate::http::collections::SetEntry] {
+        &self.inner.sets
     }
 
     /// The bearer token requests must carry, if one is configured.
@@ -293,8 +325,24 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
             .map_err(|e| config.error("entity.cdc", one_line(&e)))?;
         Some(listener)
     };
+    let sets = crate::http::collections::build_sets(&config, &pool, &store).await?;
+    let set_by_name = sets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.config.name.clone(), i))
+        .collect();
+    let feeds = crate::http::collections::build_feeds(&config, &pool, &store).await?;
+    let feed_by_name = feeds
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.config.name.clone(), i))
+        .collect();
     Ok(AppState {
         inner: Arc::new(StateInner {
+            feeds,
+            feed_by_name,
+            sets,
+            set_by_name,
             config,
             entities,
             by_name,

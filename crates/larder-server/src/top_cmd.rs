@@ -130,6 +130,7 @@ fn render(doc: &Value, before: Option<(&Value, Duration)>, url: &str) -> String 
         ]);
     }
     out.push_str(&crate::stats_cmd::table(&rows));
+    out.push_str(&sets_table(doc, before));
     let redis = &doc["redis"];
     if redis.is_object() {
         let (used, max) = crate::stats_cmd::memory(redis);
@@ -182,6 +183,55 @@ fn render(doc: &Value, before: Option<(&Value, Duration)>, url: &str) -> String 
         }
     }
     out
+}
+
+/// The sets and feeds of `/v1/stats` (`sets`, `feeds`), one row each: reads/s, hit%, the
+/// share answered from the database (owners above `max_members`),
+/// loads/s and the last loaded size. Empty without sets.
+fn sets_table(doc: &Value, before: Option<(&Value, Duration)>) -> String {
+    let empty = serde_json::Map::new();
+    let mut rows = vec![[
+        "set/feed", "reads/s", "hit%", "db%", "loads/s", "size", "write",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let listed = ["sets", "feeds"].into_iter().flat_map(|kind| {
+        doc[kind]
+            .as_object()
+            .unwrap_or(&empty)
+            .iter()
+            .map(move |(n, s)| (kind, n, s))
+    });
+    for (kind, name, s) in listed {
+        let rate = |field: &str| match before {
+            Some((prev, took)) if took.as_secs_f64() > 0.0 => {
+                let now = s[field].as_u64().unwrap_or(0);
+                let was = prev[kind][name][field].as_u64().unwrap_or(0);
+                format!("{:.1}", now.saturating_sub(was) as f64 / took.as_secs_f64())
+            }
+            _ => "-".into(),
+        };
+        let total = s["reads_total"].as_u64().unwrap_or(0);
+        let db = s["reads"]["db"].as_u64().unwrap_or(0);
+        let db_share = if total == 0 {
+            0.0
+        } else {
+            db as f64 * 100.0 / total as f64
+        };
+        rows.push(vec![
+            name.clone(),
+            rate("reads_total"),
+            format!("{:.1}", s["hit_ratio"].as_f64().unwrap_or(0.0) * 100.0),
+            format!("{db_share:.1}"),
+            rate("loads"),
+            s["last_size"].as_u64().unwrap_or(0).to_string(),
+            s["write"].as_str().unwrap_or("?").to_owned(),
+        ]);
+    }
+    if rows.len() == 1 {
+        return String::new();
+    }
+    format!("\n{}", crate::stats_cmd::table(&rows))
 }
 
 /// How many RESP commands to list by name.
@@ -243,6 +293,34 @@ mod tests {
         assert!(text.contains("used 1.0 MiB of no limit"), "{text}");
         let first = render(&now, None, "http://x");
         assert!(first.contains("users"), "{first}");
+    }
+
+    #[test]
+    fn sets_are_listed_with_their_rates() {
+        let before = json!({ "sets": { "followers": { "reads_total": 10, "loads": 1 } } });
+        let now = json!({
+            "store": "redis://x", "uptime_s": 9, "entities": {},
+            "sets": { "followers": { "reads_total": 30, "loads": 3, "hit_ratio": 0.5,
+                "reads": { "hit": 15, "miss": 3, "db": 12, "bypass": 0 }, "last_size": 42, "write": "through" } }
+        });
+        let text = render(&now, Some((&before, Duration::from_secs(2))), "http://x");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("followers"))
+            .expect("a set row");
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["followers", "10.0", "50.0", "40.0", "1.0", "42", "through"]
+        );
+        let none = render(&json!({ "entities": {} }), None, "http://x");
+        assert!(!none.contains("set/feed"), "{none}");
+        let feeds = render(
+            &json!({ "entities": {}, "feeds": { "posts": { "reads_total": 1, "last_size": 3, "write": "through" } } }),
+            None,
+            "http://x",
+        );
+        assert!(feeds.lines().any(|l| l.starts_with("posts")), "{feeds}");
     }
 
     #[test]

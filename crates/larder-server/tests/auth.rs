@@ -121,7 +121,24 @@ const EXPECTED: &[(&str, &str, Access)] = &[
         "/v1/_admin/{entity}/dead-letters/retry",
         Access::Admin,
     ),
+    // Sets and feeds (their own tests: sets_http.rs); skipped below for entities.
+    ("GET", "/v1/{entity}/{id}/members/{member}", Access::RowRead),
+    ("PUT", "/v1/{entity}/{id}/members/{member}", Access::Admin),
+    (
+        "DELETE",
+        "/v1/{entity}/{id}/members/{member}",
+        Access::Admin,
+    ),
+    ("POST", "/v1/{entity}/{id}", Access::Admin),
+    ("DELETE", "/v1/{entity}/{id}/items/{item}", Access::Admin),
 ];
+
+/// A set's or feed's route, which an entity does not answer.
+fn collection_route(method: &str, route: &str) -> bool {
+    route.contains("/members/")
+        || route.contains("/items/")
+        || (method == "POST" && route == "/v1/{entity}/{id}")
+}
 
 #[tokio::test]
 async fn every_route_answers_each_token_as_documented() {
@@ -136,6 +153,9 @@ async fn every_route_answers_each_token_as_documented() {
     let s = service("").await;
     let mut table = Vec::new();
     for &(method, route, need) in EXPECTED {
+        if collection_route(method, route) {
+            continue;
+        }
         for entity in ["users", "open", "queue"] {
             if route.contains("dead-letters") && entity != "queue" {
                 continue;

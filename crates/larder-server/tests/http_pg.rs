@@ -630,6 +630,13 @@ async fn health_ready_stats_metrics_openapi_and_admin() {
         if path.contains("dead-letters") {
             continue;
         }
+        // Routes of sets and feeds (documented per set or feed: sets_http.rs).
+        if path.contains("/members/")
+            || path.contains("/items/")
+            || (*method == "POST" && *path == "/v1/{entity}/{id}")
+        {
+            continue;
+        }
         let path = path.replace("{entity}", "users");
         assert!(
             doc["paths"][&path][method.to_ascii_lowercase()].is_object(),

@@ -211,6 +211,10 @@ pub(crate) enum KeyKind {
     Lease,
     Write,
     Dirty,
+    /// A collection's meta (envelope fields, complete flag, count).
+    CollectionMeta,
+    /// A collection's staging key, renamed over the value by the last chunk of a fill.
+    CollectionStaging,
 }
 
 impl KeyKind {
@@ -220,6 +224,8 @@ impl KeyKind {
             KeyKind::Lease => 'l',
             KeyKind::Write => 'w',
             KeyKind::Dirty => 'd',
+            KeyKind::CollectionMeta => 'm',
+            KeyKind::CollectionStaging => 's',
         }
     }
 }

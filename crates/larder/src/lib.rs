@@ -50,6 +50,13 @@
 //!                  the statements every backend shares (generic over sqlx), and each dialect
 //!                  (postgres.rs, sqlite.rs, mysql.rs) keeps its SQL text and what truly differs
 //!   sql/cdc/       change notifications (PostgreSQL triggers, the listener)
+//! collection/      cached collections (an owner's rows as one value): the shared machinery
+//!   set.rs         SetCache: each owner's members as a sorted set, read- and write-through
+//!   feed.rs        FeedCache: each owner's first max_len items as a list, appends at the head
+//! store/collection.rs  the collection protocol (meta + value read in one script, chunked
+//!                  token-checked fill, write ends), in redis_collection.rs and memory_collection.rs
+//! source/sql/collection.rs  SqlSetSource: (owner, member) tables, index checks, per-dialect SQL
+//! source/sql/feed.rs  SqlFeedSource: a table in a configured order, sort keys beside rows
 //! error.rs         Error, its kinds, and settings refused as InvalidSetting
 //! load_error.rs    LoadError: try_get_or_load's errors, the loader's type kept
 //! outcome.rs       Lookup and Outcome, the one word every read reports
@@ -140,6 +147,7 @@ mod breaker;
 mod cache;
 mod clock;
 mod codec;
+mod collection;
 mod envelope;
 mod error;
 mod flight;
@@ -158,6 +166,12 @@ pub use cache::CacheBuilder;
 pub use cache::{Cache, CacheWrite, WarmOptions, WarmProgress, WritePolicy, Written, WARM_BATCH};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
+pub use collection::{
+    CollectionOutcome, CollectionRead, CollectionStats, SetCache, SetCacheBuilder, SetLoad,
+    SetOrder, SetPage, SetSource, DEFAULT_MAX_MEMBERS, MAX_SET_PAGE,
+};
+pub use collection::{FeedCache, FeedCacheBuilder, FeedItem, FeedPage, FeedSource, MAX_FEED_PAGE};
+
 pub use error::{Cause, ConstraintKind, Error, ErrorKind, Result, SchemaPart};
 pub use key::{
     validate_id, validate_name, CacheKey, IdText, DEFAULT_SHARDS, MAX_ID_LEN, MAX_NAME_LEN,
@@ -172,6 +186,7 @@ pub use representation::Representation;
 pub use source::{
     ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, FnSource, Source, SqlPool, SqlSource,
 };
+pub use source::{SqlFeedSource, SqlFeedSourceBuilder, SqlSetSource, SqlSetSourceBuilder};
 pub use stats::CacheStats;
 pub use write_back::{Closed, DeadLetter, WriteBackOptions, WriteBackStats};
 

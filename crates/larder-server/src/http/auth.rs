@@ -44,6 +44,7 @@ pub fn access(method: &Method, route: &str) -> Access {
     match route {
         "/" | "/ui" | "/health" | "/ready" | "/v1/openapi.json" if read => Access::Open,
         "/v1/{entity}/{id}" | "/v1/{entity}" if read => Access::RowRead,
+        "/v1/{entity}/{id}/members/{member}" if read => Access::RowRead,
         "/v1/stats" | "/metrics" if read => Access::Read,
         _ => Access::Admin,
     }
@@ -94,6 +95,8 @@ fn reads_are_public(state: &AppState, path: &str) -> bool {
         return false;
     };
     state.entity(&name).is_some_and(|e| e.config.public_reads)
+        || state.set(&name).is_some_and(|s| s.config.public_reads)
+        || state.feed(&name).is_some_and(|f| f.config.public_reads)
 }
 
 /// The middleware: passes what [`access`] allows the request's token.

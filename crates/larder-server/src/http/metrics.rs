@@ -169,6 +169,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         metrics::gauge!("larder_hit_ratio", "entity" => entity.name().to_owned())
             .set(stats.hit_ratio());
     }
+    super::collections::set_metrics(&state);
     if let Some(info) = store_info(&state).await {
         set_redis_gauges(&info);
     }

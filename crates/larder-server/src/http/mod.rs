@@ -4,6 +4,7 @@
 //! with `oneshot`, no socket; [`crate::serve::run`] puts it on a listener.
 //!
 //! - [`routes`]: the entity routes and admin actions;
+//! - [`collections`]: the set routes (one namespace with entities);
 //! - [`validate`]: bodies checked before any write;
 //! - [`error`]: the one error type and its JSON body;
 //! - [`auth`]: the bearer token and the public routes;
@@ -13,6 +14,7 @@
 //! - `/` and `/ui`: the dashboard ([`crate::ui`]).
 
 pub mod auth;
+pub mod collections;
 pub mod error;
 pub mod fields;
 pub mod metrics;
@@ -49,6 +51,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/_admin/{entity}/warm"),
     ("GET", "/v1/_admin/{entity}/dead-letters"),
     ("POST", "/v1/_admin/{entity}/dead-letters/retry"),
+    ("GET", "/v1/{entity}/{id}/members/{member}"),
+    ("PUT", "/v1/{entity}/{id}/members/{member}"),
+    ("DELETE", "/v1/{entity}/{id}/members/{member}"),
+    ("POST", "/v1/{entity}/{id}"),
+    ("DELETE", "/v1/{entity}/{id}/items/{item}"),
 ];
 
 /// The router of the whole API over `state`.
@@ -65,12 +72,26 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/{entity}", get(routes::get_many))
         .route(
             "/v1/{entity}/{id}",
-            get(routes::get_row)
+            get(collections::get_row_or_set)
                 .put(routes::put_row)
                 .patch(routes::patch_row)
-                .delete(routes::delete_row),
+                .delete(routes::delete_row)
+                .post(collections::append_item),
         )
-        .route("/v1/{entity}/{id}/invalidate", post(routes::invalidate_row))
+        .route(
+            "/v1/{entity}/{id}/items/{item}",
+            axum::routing::delete(collections::delete_item),
+        )
+        .route(
+            "/v1/{entity}/{id}/invalidate",
+            post(collections::invalidate_row_or_owner),
+        )
+        .route(
+            "/v1/{entity}/{id}/members/{member}",
+            get(collections::get_member)
+                .put(collections::put_member)
+                .delete(collections::delete_member),
+        )
         .route("/v1/tags/{tag}/invalidate", post(routes::invalidate_tag))
         .route("/v1/_admin/{entity}/purge", post(routes::purge))
         .route("/v1/_admin/{entity}/warm", post(routes::warm))

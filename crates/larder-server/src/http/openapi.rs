@@ -920,7 +920,302 @@ pub async fn document(State(state): State<AppState>) -> Json<Value> {
         .iter()
         .map(|e| EntityDoc::of(&state, e))
         .collect();
-    Json(build(&docs))
+    let mut doc = build(&docs);
+    let sets: Vec<SetDoc<'_>> = state.sets().iter().map(|s| SetDoc::of(&state, s)).collect();
+    add_sets(&mut doc, &sets);
+    let feeds: Vec<(&str, bool, bool)> = state
+        .feeds()
+        .iter()
+        .map(|f| {
+            (
+                f.config.name.as_str(),
+                f.config.write != crate::config::SetWriteMode::ReadOnly,
+                state.config().auth.public_reads || f.config.public_reads,
+            )
+        })
+        .collect();
+    add_feeds(&mut doc, &feeds);
+    Json(doc)
+}
+
+/// Adds the paths of every feed `(name, writable, public_reads)` to a
+/// document made by [`build`]: a page, an append, a delete, invalidate.
+pub fn add_feeds(doc: &mut Value, feeds: &[(&str, bool, bool)]) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for &(name, writable, public) in feeds {
+        let owner = || {
+            path_param(
+                "owner",
+                "The owner whose feed this is (canonicalised).",
+                json!({ "type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": NO_NUL }),
+            )
+        };
+        let base = format!("/v1/{name}/{{owner}}");
+        let mut page = op(
+            "GET",
+            "/v1/{entity}/{id}",
+            public,
+            &format!("A page of the `{name}` feed of an owner, in the feed's order."),
+            vec![
+                owner(),
+                json!({ "name": "offset", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 } }),
+                json!({ "name": "limit", "in": "query", "required": false, "description": "Default 20.", "schema": { "type": "integer", "minimum": 0, "maximum": larder::MAX_FEED_PAGE } }),
+            ],
+            responses(&[
+                (
+                    "200",
+                    json!({ "description": "The page.", "headers": { "X-Cache": { "description": "hit, miss, bypass, or db (a page past max_len, from the database).", "schema": { "type": "string", "enum": ["hit", "miss", "bypass", "db"] } } }, "content": { "application/json": { "schema": {
+                "type": "object", "required": ["items", "offset", "limit", "more"],
+                "properties": {
+                    "items": { "type": "array", "items": { "type": "object" } },
+                    "offset": { "type": "integer" }, "limit": { "type": "integer" }, "more": { "type": "boolean" }
+                }
+            } } } }),
+                ),
+                (
+                    "400",
+                    error_response("bad_request (offset, limit) or bad_id."),
+                ),
+                ("404", error_response("unknown_entity.")),
+                ("503", error_response("unavailable: the database is down.")),
+            ]),
+        );
+        page["operationId"] = json!(format!("get_feed_{name}"));
+        let mut refusals = vec![
+            (
+                "400",
+                error_response(
+                    "bad_id, or a row that does not validate (its owner column another owner).",
+                ),
+            ),
+            (
+                "404",
+                error_response("unknown_entity, or (DELETE) no such item."),
+            ),
+            (
+                "503",
+                error_response("unavailable: the store or the database is down."),
+            ),
+        ];
+        if !writable {
+            refusals.push((
+                "405",
+                error_response("method_not_allowed: the feed is read-only."),
+            ));
+        }
+        let mut post_items = vec![(
+            "201",
+            json_response("The stored row.", json!({ "type": "object" })),
+        )];
+        post_items.extend(refusals.iter().cloned());
+        let mut post = op(
+            "POST",
+            "/v1/{entity}/{id}",
+            false,
+            "Append a row (the database first, then the cached list).",
+            vec![owner()],
+            responses(&post_items),
+        );
+        post["operationId"] = json!(format!("append_{name}"));
+        post["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "type": "object" } } } });
+        paths.insert(base.clone(), json!({ "get": page, "post": post }));
+        let mut del_items = vec![("204", json!({ "description": "Deleted." }))];
+        del_items.extend(refusals.iter().cloned());
+        let mut del = op(
+            "DELETE",
+            "/v1/{entity}/{id}/items/{item}",
+            false,
+            "Delete an item.",
+            vec![
+                owner(),
+                path_param("item", "The item's key.", json!({ "type": "string" })),
+            ],
+            responses(&del_items),
+        );
+        del["operationId"] = json!(format!("delete_item_{name}"));
+        paths.insert(format!("{base}/items/{{item}}"), json!({ "delete": del }));
+        let mut invalidate = op(
+            "POST",
+            "/v1/{entity}/{id}/invalidate",
+            false,
+            "Drop the owner's cached feed.",
+            vec![owner()],
+            responses(&[
+                ("204", json!({ "description": "Done." })),
+                ("503", error_response("unavailable: the store is down.")),
+            ]),
+        );
+        invalidate["operationId"] = json!(format!("invalidate_feed_{name}"));
+        paths.insert(format!("{base}/invalidate"), json!({ "post": invalidate }));
+    }
+}
+
+/// What the document needs to know about one `[[set]]`.
+#[derive(Debug, Clone)]
+pub struct SetDoc<'a> {
+    /// The set's name.
+    pub name: &'a str,
+    /// Whether its members are integers (else strings).
+    pub integer_members: bool,
+    /// Whether writes are accepted.
+    pub writable: bool,
+    /// Whether reads need no token.
+    pub public_reads: bool,
+}
+
+impl<'a> SetDoc<'a> {
+    /// The document's view of a served set.
+    pub fn of(state: &AppState, s: &'a super::collections::SetEntry) -> Self {
+        SetDoc {
+            name: &s.config.name,
+            integer_members: s.cache.order() == larder::SetOrder::Integer,
+            writable: s.cache.is_writable(),
+            public_reads: state.config().auth.public_reads || s.config.public_reads,
+        }
+    }
+}
+
+/// Adds the paths of every set to a document made by [`build`]: a page of
+/// members, a membership, add, remove and invalidate (see
+/// [`super::collections`]).
+pub fn add_sets(doc: &mut Value, sets: &[SetDoc<'_>]) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for s in sets {
+        let owner = || {
+            path_param(
+                "owner",
+                "The owner whose set this is (canonicalised).",
+                json!({ "type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": NO_NUL }),
+            )
+        };
+        let member_schema = if s.integer_members {
+            json!({ "type": "integer" })
+        } else {
+            json!({ "type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": NO_NUL })
+        };
+        let member = || path_param("member", "A member of the set.", member_schema.clone());
+        let x_cache = json!({ "X-Cache": { "description": "hit, miss, bypass (the store is down) or db (above max_members: from the database).", "schema": { "type": "string", "enum": ["hit", "miss", "bypass", "db"] } } });
+        let base = format!("/v1/{}/{{owner}}", s.name);
+        let mut page = op(
+            "GET",
+            "/v1/{entity}/{id}",
+            s.public_reads,
+            &format!(
+                "A page of the `{}` members of an owner, in the set's order, with the count.",
+                s.name
+            ),
+            vec![
+                owner(),
+                json!({ "name": "limit", "in": "query", "required": false, "description": "Members per page (0: the count alone). Default 100.", "schema": { "type": "integer", "minimum": 0, "maximum": larder::MAX_SET_PAGE } }),
+                json!({ "name": "cursor", "in": "query", "required": false, "description": "The cursor a previous page returned (its last member).", "schema": { "type": "string" } }),
+            ],
+            responses(&[
+                (
+                    "200",
+                    json!({ "description": "The page.", "headers": x_cache.clone(), "content": { "application/json": { "schema": {
+                "type": "object", "required": ["count", "members", "cursor"],
+                "properties": {
+                    "count": { "type": "integer", "minimum": 0 },
+                    "members": { "type": "array", "items": { "type": "string" } },
+                    "cursor": { "type": ["string", "null"] }
+                }
+            } } } }),
+                ),
+                (
+                    "400",
+                    error_response("bad_request (limit, cursor) or bad_id."),
+                ),
+                ("404", error_response("unknown_entity.")),
+                ("503", error_response("unavailable: the database is down.")),
+            ]),
+        );
+        page["operationId"] = json!(format!("get_set_{}", s.name));
+        paths.insert(base.clone(), json!({ "get": page }));
+        let mut invalidate = op(
+            "POST",
+            "/v1/{entity}/{id}/invalidate",
+            s.public_reads,
+            "Drop the owner's cached set; the next read loads it.",
+            vec![owner()],
+            responses(&[
+                ("204", json!({ "description": "Done." })),
+                ("400", error_response("bad_id.")),
+                ("503", error_response("unavailable: the store is down.")),
+            ]),
+        );
+        invalidate["operationId"] = json!(format!("invalidate_set_{}", s.name));
+        paths.insert(format!("{base}/invalidate"), json!({ "post": invalidate }));
+        let route = "/v1/{entity}/{id}/members/{member}";
+        let mut has = op(
+            "GET",
+            route,
+            s.public_reads,
+            "Whether a member belongs to the owner's set.",
+            vec![owner(), member()],
+            responses(&[
+                (
+                    "200",
+                    json!({ "description": "The answer.", "headers": x_cache, "content": { "application/json": { "schema": { "type": "object", "required": ["member"], "properties": { "member": { "type": "boolean" } } } } } }),
+                ),
+                ("400", error_response("bad_id.")),
+                ("404", error_response("unknown_entity.")),
+                ("503", error_response("unavailable: the database is down.")),
+            ]),
+        );
+        has["operationId"] = json!(format!("get_member_{}", s.name));
+        let mut item = Map::new();
+        item.insert("get".into(), has);
+        let write_answer = json_response(
+            "The owner, the member, and whether it was added.",
+            json!({ "type": "object", "required": ["owner", "member", "added"], "properties": { "owner": { "type": "string" }, "member": { "type": "string" }, "added": { "type": "boolean" } } }),
+        );
+        let mut refusals = vec![
+            ("400", error_response("bad_id.")),
+            (
+                "404",
+                error_response("unknown_entity, or (DELETE) not a member."),
+            ),
+            (
+                "503",
+                error_response("unavailable: the store or the database is down."),
+            ),
+        ];
+        if !s.writable {
+            refusals.push((
+                "405",
+                error_response("method_not_allowed: the set is read-only."),
+            ));
+        }
+        let mut put_items = vec![("201", write_answer.clone()), ("200", write_answer)];
+        put_items.extend(refusals.iter().cloned());
+        let mut put = op(
+            "PUT",
+            route,
+            false,
+            "Add a member (the database first, then the cached set).",
+            vec![owner(), member()],
+            responses(&put_items),
+        );
+        put["operationId"] = json!(format!("add_member_{}", s.name));
+        item.insert("put".into(), put);
+        let mut del_items = vec![("204", json!({ "description": "Removed." }))];
+        del_items.extend(refusals.iter().cloned());
+        let mut del = op(
+            "DELETE",
+            route,
+            false,
+            "Remove a member (the database first, then the cached set).",
+            vec![owner(), member()],
+            responses(&del_items),
+        );
+        del["operationId"] = json!(format!("remove_member_{}", s.name));
+        item.insert("delete".into(), del);
+        paths.insert(format!("{base}/members/{{member}}"), Value::Object(item));
+    }
 }
 
 /// The row schema registered under `name` (an empty object if none).
@@ -1046,6 +1341,13 @@ mod tests {
         for public in [false, true] {
             let doc = docs(&columns, public);
             for (method, path) in super::super::ROUTES {
+                if path.contains("/members/")
+                    || path.contains("/items/")
+                    || (*method == "POST" && *path == "/v1/{entity}/{id}")
+                {
+                    // A set's route: see `set_routes_are_documented_with_their_security`.
+                    continue;
+                }
                 for entity in ["users", "notes"] {
                     let concrete = path.replace("{entity}", entity);
                     if path.contains("dead-letters") && entity == "users" {
@@ -1078,6 +1380,60 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn set_routes_are_documented_with_their_security() {
+        for public in [false, true] {
+            let mut doc = docs(&[], false);
+            add_sets(
+                &mut doc,
+                &[SetDoc {
+                    name: "followers",
+                    integer_members: true,
+                    writable: true,
+                    public_reads: public,
+                }],
+            );
+            let member = "/v1/followers/{owner}/members/{member}";
+            for (method, path, route) in [
+                ("get", "/v1/followers/{owner}", "/v1/{entity}/{id}"),
+                (
+                    "post",
+                    "/v1/followers/{owner}/invalidate",
+                    "/v1/{entity}/{id}/invalidate",
+                ),
+                ("get", member, "/v1/{entity}/{id}/members/{member}"),
+                ("put", member, "/v1/{entity}/{id}/members/{member}"),
+                ("delete", member, "/v1/{entity}/{id}/members/{member}"),
+            ] {
+                let op = &doc["paths"][path][method];
+                assert!(op.is_object(), "{method} {path} is not in the document");
+                let m: Method = method.to_ascii_uppercase().parse().expect("method");
+                let open = access(&m, route) == Access::RowRead && public;
+                assert_eq!(
+                    op.get("security") == Some(&json!([])),
+                    open,
+                    "{method} {path}"
+                );
+                assert_eq!(
+                    op["responses"].get("401").is_some(),
+                    !open,
+                    "{method} {path}"
+                );
+            }
+            assert!(super::super::ROUTES.contains(&("PUT", "/v1/{entity}/{id}/members/{member}")));
+            assert_eq!(
+                doc["paths"][member]["put"]["responses"]["201"]["description"]
+                    .as_str()
+                    .map(|d| d.starts_with("The owner")),
+                Some(true)
+            );
+            assert_eq!(
+                doc["paths"][member]["get"]["parameters"][1]["schema"]["type"],
+                "integer"
+            );
         }
     }
 

@@ -90,6 +90,8 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
         "uptime_s": state.uptime().as_secs(),
         "store": state.store().name(),
         "entities": entities,
+        "sets": super::collections::stats_json(&state),
+        "feeds": super::collections::feed_stats_json(&state),
         "resp": crate::resp::stats_json(state.resp()),
         "redis": redis.map(|r| json!({
             "used_memory": r.used_memory,

@@ -12,10 +12,12 @@ pub use self::func::FnSource;
 pub use self::sql::classify as classify_sql_error;
 pub(crate) use self::sql::refusal_of_cause;
 pub(crate) use self::sql::Fault;
+pub(crate) use self::sql::MAX_EXACT_SCORE;
 pub use self::sql::{
     mark_larder_origin, ChangeChannel, ChangeHandler, ChangeListener, ChangeListenerBuilder,
     ChangeStats, ColumnInfo, SqlPool, SqlSource, SqlSourceBuilder,
 };
+pub use self::sql::{SqlFeedSource, SqlFeedSourceBuilder, SqlSetSource, SqlSetSourceBuilder};
 
 use crate::error::{Error, Result};
 use async_trait::async_trait;

@@ -38,6 +38,8 @@ struct Inner {
     capacity: usize,
     map: Mutex<Map>,
     bus: super::pubsub::MemoryBus,
+    /// Cached collections (`memory_collection.rs`).
+    collections: super::memory_collection::State,
 }
 
 #[derive(Debug, Default)]
@@ -322,6 +324,7 @@ impl MemoryStore {
                 capacity: capacity.max(1),
                 map: Mutex::new(Map::default()),
                 bus: Default::default(),
+                collections: Default::default(),
             }),
         }
     }
@@ -358,6 +361,11 @@ impl MemoryStore {
     /// Whether the store holds no keys.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The cached collections (`memory_collection.rs`).
+    pub(super) fn collection_state(&self) -> &super::memory_collection::State {
+        &self.inner.collections
     }
 
     fn lock(&self) -> MutexGuard<'_, Map> {
@@ -643,6 +651,10 @@ impl Protocol for MemoryStore {
             hash.insert(at_field.to_owned(), at_ms);
         }
         Ok(seq)
+    }
+
+    fn collections(&self) -> Option<&dyn super::Collections> {
+        Some(self)
     }
 
     async fn compact_generations(

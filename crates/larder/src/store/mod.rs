@@ -34,6 +34,15 @@ mod redis_hash;
 #[cfg_attr(not(test), allow(dead_code))]
 mod redis_hash_dirty;
 
+// Cached collections (sets): the protocol and its two stores.
+mod collection;
+mod memory_collection;
+mod redis_collection;
+pub(crate) use self::collection::{
+    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead,
+    FeedWriteEnd, MemberOrder, Scored, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
+};
+
 pub(crate) use self::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, Recorded,
     ShardKeys, StoredDeadLetter,

@@ -227,6 +227,12 @@ pub trait Protocol: Debug + Send + Sync + 'static {
     /// `now_ms` and is removed a horizon later. Answers the floor and the
     /// tags removed. See `generation.rs` for why removal is safe.
     async fn compact_generations(&self, key: &str, compaction: &Compaction) -> Result<Compacted>;
+
+    /// The cached-collection operations of this store (sets; see
+    /// `collection.rs`). Default: none.
+    fn collections(&self) -> Option<&dyn super::Collections> {
+        None
+    }
 }
 
 /// What [`Protocol::compact_generations`] may remove.

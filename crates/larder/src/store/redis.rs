@@ -787,6 +787,10 @@ impl Protocol for RedisStore {
         self.run(inv).await
     }
 
+    fn collections(&self) -> Option<&dyn super::Collections> {
+        Some(self)
+    }
+
     async fn compact_generations(
         &self,
         key: &str,

@@ -76,6 +76,11 @@ macro_rules! pooled_writes {
 }
 
 mod cdc;
+mod collection;
+mod feed;
+pub(crate) use self::collection::MAX_EXACT_SCORE;
+pub use self::collection::{SqlSetSource, SqlSetSourceBuilder};
+pub use self::feed::{SqlFeedSource, SqlFeedSourceBuilder};
 mod exec;
 mod flush;
 mod mysql;

@@ -1,0 +1,605 @@
+//! Feeds: [`FeedCache`], each owner's first `max_len` items cached as one
+//! Redis list (head first, in the feed's order), read-through from a
+//! [`FeedSource`], appended and deleted through.
+//!
+//! Each element is `id NUL sort-key NUL row-json`: the id lets a delete
+//! find its element, the sort key lets an append decide in Rust whether
+//! the new item goes before the head.
+//!
+//! # Behavior
+//! - A page is one round trip (meta and `LRANGE` in one script).
+//! - A miss loads the first `max_len + 1` items once per expiry across
+//!   processes (lease + single flight) and fills in chunks; more than
+//!   `max_len`: the list holds `max_len` and is not complete.
+//! - A page reaching past `max_len` of a feed that is not complete is
+//!   answered from the database and not cached
+//!   ([`CollectionOutcome::Database`], `X-Cache: db`). An owner with no
+//!   items is a cached, complete, empty feed.
+//! - An append: the database first; then, under the owner's write ticket,
+//!   if the feed is cached, no other write overlapped and the new item
+//!   sorts before the current head, `LPUSH` + `LTRIM` in one script that
+//!   checks the head is unchanged; otherwise the list is deleted.
+//! - A delete: the database first; then the element is removed from a
+//!   complete cached feed, and any other cached feed is deleted.
+
+use super::{
+    token, CollectionOutcome, CollectionRead, CollectionStats, Core, Counters, FeedSource, Settings,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::flight::Flights;
+use crate::key::{validate_id, KeySpace, DEFAULT_SHARDS};
+use crate::policy::{DEFAULT_LEASE_TTL, DEFAULT_TTL};
+use crate::store::{CollectionAcquired, CollectionMeta, FeedChunk, FeedRead, FeedWriteEnd, Store};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The longest page a feed read may ask for.
+pub const MAX_FEED_PAGE: usize = 1000;
+
+/// Elements per fill chunk (far below Lua's `unpack` limit).
+const CHUNK: usize = 1000;
+
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+/// A page of a feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPage {
+    /// The items' rows (JSON text), in the feed's order.
+    pub items: Vec<String>,
+    /// Whether more items follow.
+    pub more: bool,
+}
+
+/// A cache of feeds, one per owner; a cheap clone over `Arc<Inner>`.
+#[derive(Clone)]
+pub struct FeedCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Core,
+    source: Arc<dyn FeedSource>,
+    max_len: u64,
+    flights: Flights<Result<Loaded>>,
+}
+
+impl std::fmt::Debug for FeedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedCache")
+            .field("name", &self.inner.core.keys.entity())
+            .field("max_len", &self.inner.max_len)
+            .finish()
+    }
+}
+
+/// What a flight ended with.
+#[derive(Debug, Clone)]
+enum Loaded {
+    /// Someone else's fill is in place: read it.
+    Present,
+    /// The first items (at most `max_len`), and whether that is all.
+    Items(Arc<Vec<super::FeedItem>>, bool),
+}
+
+/// Builds a [`FeedCache`]; consuming, finish with [`build`](Self::build).
+#[derive(Debug)]
+#[must_use]
+pub struct FeedCacheBuilder {
+    name: Option<String>,
+    prefix: String,
+    shards: u16,
+    store: Option<Arc<dyn Store>>,
+    source: Option<Arc<dyn FeedSource>>,
+    max_len: u64,
+    ttl: Duration,
+    lease_ttl: Duration,
+    wait_timeout: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl FeedCache {
+    /// Starts a builder.
+    pub fn builder() -> FeedCacheBuilder {
+        FeedCacheBuilder {
+            name: None,
+            prefix: "larder".to_owned(),
+            shards: DEFAULT_SHARDS,
+            store: None,
+            source: None,
+            max_len: 1000,
+            ttl: DEFAULT_TTL,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            wait_timeout: DEFAULT_LEASE_TTL,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl FeedCacheBuilder {
+    /// The feed's name (one namespace with entities and sets). Required.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// The key prefix. Default: `"larder"`.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// Shards the owners spread over. Default: 64.
+    pub fn shards(mut self, shards: u16) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// The store. Required.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The source. Required.
+    pub fn source(mut self, source: impl FeedSource) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Items cached per owner. At least 1. Default: 1000.
+    pub fn max_len(mut self, max_len: u64) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// How long a loaded feed is fresh. Default: 60 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a loader owns an owner's lease. Default: 5 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How long a reader waits for another's fill. Default: 5 s.
+    pub fn wait_timeout(mut self, wait: Duration) -> Self {
+        self.wait_timeout = wait;
+        self
+    }
+
+    /// larder's clock. Default: the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the settings and builds ([`Error::InvalidSetting`] naming a
+    /// missing or out-of-range setting).
+    pub async fn build(self) -> Result<FeedCache> {
+        let name = self
+            .name
+            .ok_or_else(|| Error::setting("name", "a feed needs a name"))?;
+        let store = self
+            .store
+            .ok_or_else(|| Error::setting("store", "a feed needs a store"))?;
+        let source = self
+            .source
+            .ok_or_else(|| Error::setting("source", "a feed needs a source"))?;
+        if self.max_len == 0 {
+            return Err(Error::setting("max_len", "must be at least 1"));
+        }
+        for (setting, d) in [
+            ("ttl", self.ttl),
+            ("lease_ttl", self.lease_ttl),
+            ("wait_timeout", self.wait_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::setting(setting, "must be above 0"));
+            }
+        }
+        if store.collections().is_none() {
+            return Err(Error::Config(format!(
+                "store {} cannot hold collections",
+                store.name()
+            )));
+        }
+        Ok(FeedCache {
+            inner: Arc::new(Inner {
+                core: Core {
+                    keys: KeySpace::new(&self.prefix, &name, self.shards)?,
+                    store,
+                    clock: self.clock,
+                    settings: Settings {
+                        ttl: self.ttl,
+                        lease_ttl: self.lease_ttl,
+                        wait_timeout: self.wait_timeout,
+                        write_ttl: self.lease_ttl.max(Duration::from_secs(30)),
+                    },
+                    counters: Counters::default(),
+                },
+                source,
+                max_len: self.max_len,
+                flights: Flights::new(),
+            }),
+        })
+    }
+}
+
+/// `id NUL sort NUL row`.
+fn element(item: &super::FeedItem) -> Vec<u8> {
+    let mut e = Vec::with_capacity(item.id.len() + item.sort.len() + item.row.len() + 2);
+    e.extend_from_slice(item.id.as_bytes());
+    e.push(0);
+    e.extend_from_slice(item.sort.as_bytes());
+    e.push(0);
+    e.extend_from_slice(item.row.as_bytes());
+    e
+}
+
+/// The sort key and row of an element.
+fn parts(e: &[u8]) -> Option<(&str, &str)> {
+    let mut it = e.splitn(3, |b| *b == 0);
+    let _id = it.next()?;
+    let sort = std::str::from_utf8(it.next()?).ok()?;
+    let row = std::str::from_utf8(it.next()?).ok()?;
+    Some((sort, row))
+}
+
+impl FeedCache {
+    /// The feed's name.
+    pub fn name(&self) -> &str {
+        self.inner.core.keys.entity()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CollectionStats {
+        self.inner.core.stats()
+    }
+
+    fn owner(&self, raw: &str) -> Result<String> {
+        let owner = self.inner.source.canonical_owner(raw)?;
+        validate_id(&owner)?;
+        Ok(owner)
+    }
+
+    /// Up to `limit` (at most [`MAX_FEED_PAGE`]) items from `offset`.
+    pub async fn page(
+        &self,
+        owner: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<CollectionRead<FeedPage>> {
+        if limit > MAX_FEED_PAGE {
+            return Err(Error::setting("limit", format!("at most {MAX_FEED_PAGE}")));
+        }
+        let owner = self.owner(owner)?;
+        let core = &self.inner.core;
+        let keys = core.owner_keys(&owner);
+        let want = limit as u64 + 1;
+        let mut first = true;
+        loop {
+            let read = match core.collections()?.feed_read(&keys, offset, want).await {
+                Ok(r) => r,
+                Err(e) if e.is_store_unavailable() => {
+                    Counters::bump(&core.counters.bypass);
+                    return self
+                        .page_from_db(&owner, offset, limit, CollectionOutcome::Bypass)
+                        .await;
+                }
+                Err(e) => return Err(e),
+            };
+            if let FeedRead::Hit { meta, elements } = read {
+                if meta.fresh_until_ms > core.now_ms() {
+                    if meta.complete || offset + limit as u64 <= meta.count {
+                        if first {
+                            Counters::bump(&core.counters.hits);
+                        }
+                        let outcome = if first {
+                            CollectionOutcome::Hit
+                        } else {
+                            CollectionOutcome::Miss
+                        };
+                        let mut items: Vec<String> = elements
+                            .iter()
+                            .filter_map(|e| parts(e).map(|(_, row)| row.to_owned()))
+                            .collect();
+                        // An incomplete list has more in the database.
+                        let more = items.len() > limit || !meta.complete;
+                        items.truncate(limit);
+                        return Ok(CollectionRead {
+                            value: FeedPage { items, more },
+                            outcome,
+                        });
+                    }
+                    Counters::bump(&core.counters.database);
+                    return self
+                        .page_from_db(&owner, offset, limit, CollectionOutcome::Database)
+                        .await;
+                }
+            }
+            if !first {
+                return self
+                    .page_from_db(&owner, offset, limit, CollectionOutcome::Miss)
+                    .await;
+            }
+            first = false;
+            Counters::bump(&core.counters.misses);
+            match self.load(&owner).await? {
+                Loaded::Present => continue,
+                Loaded::Items(items, complete) => {
+                    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                    if !complete && offset + limit as u64 > items.len() as u64 {
+                        return self
+                            .page_from_db(&owner, offset, limit, CollectionOutcome::Database)
+                            .await;
+                    }
+                    let mut page: Vec<String> = items
+                        .iter()
+                        .skip(start)
+                        .take(limit + 1)
+                        .map(|i| i.row.clone())
+                        .collect();
+                    let more = page.len() > limit || !complete;
+                    page.truncate(limit);
+                    return Ok(CollectionRead {
+                        value: FeedPage { items: page, more },
+                        outcome: CollectionOutcome::Miss,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn page_from_db(
+        &self,
+        owner: &str,
+        offset: u64,
+        limit: usize,
+        outcome: CollectionOutcome,
+    ) -> Result<CollectionRead<FeedPage>> {
+        let mut items: Vec<String> = self
+            .inner
+            .source
+            .load(owner, offset, limit as u64 + 1)
+            .await?
+            .into_iter()
+            .map(|i| i.row)
+            .collect();
+        let more = items.len() > limit;
+        items.truncate(limit);
+        Ok(CollectionRead {
+            value: FeedPage { items, more },
+            outcome,
+        })
+    }
+
+    async fn load(&self, owner: &str) -> Result<Loaded> {
+        let this = self.clone();
+        let id = owner.to_owned();
+        let (flight, _) = self.inner.flights.join_or_start(
+            owner,
+            move || async move { this.load_under_lease(&id).await },
+            |panic| {
+                Err(Error::Internal {
+                    what: format!("a feed load panicked: {panic}"),
+                })
+            },
+        );
+        flight.await
+    }
+
+    async fn load_first(&self, owner: &str) -> Result<Loaded> {
+        let max = self.inner.max_len;
+        Counters::bump(&self.inner.core.counters.loads);
+        let mut items = self.inner.source.load(owner, 0, max + 1).await?;
+        let complete = items.len() as u64 <= max;
+        items.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+        Ok(Loaded::Items(Arc::new(items), complete))
+    }
+
+    async fn load_under_lease(&self, owner: &str) -> Result<Loaded> {
+        let core = &self.inner.core;
+        let colls = core.collections()?;
+        let keys = core.owner_keys(owner);
+        let token = token();
+        let deadline = Instant::now() + core.settings.wait_timeout;
+        let mut pause = Duration::from_millis(2);
+        let mut waited = false;
+        loop {
+            match colls
+                .collection_acquire(&keys, &token, core.settings.lease_ttl, core.now_ms())
+                .await?
+            {
+                CollectionAcquired::Present => return Ok(Loaded::Present),
+                CollectionAcquired::Lease => break,
+                CollectionAcquired::Held => {
+                    if !waited {
+                        waited = true;
+                        Counters::bump(&core.counters.lease_waits);
+                    }
+                    if Instant::now() >= deadline {
+                        return self.load_first(owner).await;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_POLL);
+                }
+            }
+        }
+        let loaded = match self.load_first(owner).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = colls.collection_release(&keys, &token).await;
+                return Err(e);
+            }
+        };
+        if let Loaded::Items(items, complete) = &loaded {
+            let now = core.now_ms();
+            let ttl = core.settings.ttl;
+            let meta = CollectionMeta {
+                fresh_until_ms: now.saturating_add(crate::clock::duration_ms(ttl)),
+                loaded_ms: now,
+                complete: *complete,
+                count: items.len() as u64,
+                stamp: 0,
+            };
+            core.counters
+                .last_size
+                .store(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let elements: Vec<Vec<u8>> = items.iter().map(element).collect();
+            let chunks: Vec<&[Vec<u8>]> = if elements.is_empty() {
+                vec![&[]]
+            } else {
+                elements.chunks(CHUNK).collect()
+            };
+            let last = chunks.len() - 1;
+            let mut landed = true;
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let wrote = colls
+                    .feed_fill_chunk(
+                        &keys,
+                        &FeedChunk {
+                            token: &token,
+                            first: i == 0,
+                            last: (i == last).then_some(meta),
+                            elements: chunk,
+                            ttl,
+                        },
+                    )
+                    .await;
+                match wrote {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        landed = false;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(feed = self.name(), error = %e, "could not fill a feed");
+                        let _ = colls.collection_release(&keys, &token).await;
+                        landed = false;
+                        break;
+                    }
+                }
+            }
+            Counters::bump(if landed {
+                &core.counters.fills
+            } else {
+                &core.counters.fills_refused
+            });
+        }
+        Ok(loaded)
+    }
+
+    /// Appends a row to `owner`'s feed: the database first, then the
+    /// cached list (see the module docs). The stored row (JSON text).
+    pub async fn append(&self, owner: &str, row: Map<String, Value>) -> Result<String> {
+        let owner = self.owner(owner)?;
+        let this = self.clone();
+        tokio::spawn(async move { this.append_detached(owner, row).await })
+            .await
+            .map_err(|e| Error::Internal {
+                what: format!("a feed append panicked: {e}"),
+            })?
+    }
+
+    async fn append_detached(&self, owner: String, row: Map<String, Value>) -> Result<String> {
+        let core = &self.inner.core;
+        let colls = core.collections()?;
+        let keys = core.owner_keys(&owner);
+        let (seq, clean) = colls
+            .collection_write_begin(&keys, core.settings.write_ttl)
+            .await?;
+        let result = self.inner.source.append(&owner, &row).await;
+        let end = match &result {
+            Ok(item) => match colls.feed_read(&keys, 0, 1).await {
+                Ok(FeedRead::Hit { elements, .. }) => match elements.first() {
+                    None => FeedWriteEnd::Push {
+                        element: element(item),
+                        head: None,
+                        max_len: self.inner.max_len,
+                    },
+                    Some(head) => match parts(head) {
+                        Some((sort, _)) if self.inner.source.compare(&item.sort, sort).is_lt() => {
+                            FeedWriteEnd::Push {
+                                element: element(item),
+                                head: Some(head.to_vec()),
+                                max_len: self.inner.max_len,
+                            }
+                        }
+                        _ => FeedWriteEnd::Delete,
+                    },
+                },
+                _ => FeedWriteEnd::Delete,
+            },
+            Err(Error::Source { .. } | Error::InvalidId { .. } | Error::InvalidRow { .. }) => {
+                FeedWriteEnd::Abort
+            }
+            Err(_) => FeedWriteEnd::Delete,
+        };
+        self.end(&keys, seq, clean, &end).await;
+        result.map(|item| item.row)
+    }
+
+    async fn end(
+        &self,
+        keys: &crate::store::CollectionKeys,
+        seq: u64,
+        clean: bool,
+        end: &FeedWriteEnd,
+    ) {
+        let core = &self.inner.core;
+        let Ok(colls) = core.collections() else {
+            return;
+        };
+        match colls.feed_write_end(keys, seq, clean, end).await {
+            Ok(true) => Counters::bump(&core.counters.writes_applied),
+            Ok(false) => Counters::bump(&core.counters.writes_deleted),
+            Err(e) => tracing::warn!(feed = self.name(), error = %e, "could not end a feed write"),
+        }
+    }
+
+    /// Deletes an item: the database first, then the cached feed (the
+    /// element removed from a complete feed; any other cached feed
+    /// deleted). Whether the item was there.
+    pub async fn delete(&self, owner: &str, item: &str) -> Result<bool> {
+        let owner = self.owner(owner)?;
+        let item = self.inner.source.canonical_item(item)?;
+        validate_id(&item)?;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let core = &this.inner.core;
+            let colls = core.collections()?;
+            let keys = core.owner_keys(&owner);
+            let (seq, clean) = colls
+                .collection_write_begin(&keys, core.settings.write_ttl)
+                .await?;
+            let result = this.inner.source.delete(&owner, &item).await;
+            let end = match &result {
+                Ok(true) => FeedWriteEnd::Remove { id: item.clone() },
+                Ok(false) | Err(Error::Source { .. } | Error::InvalidId { .. }) => {
+                    FeedWriteEnd::Abort
+                }
+                Err(_) => FeedWriteEnd::Delete,
+            };
+            this.end(&keys, seq, clean, &end).await;
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal {
+            what: format!("a feed delete panicked: {e}"),
+        })?
+    }
+
+    /// Deletes `owner`'s cached feed; the next read loads it.
+    pub async fn invalidate(&self, owner: &str) -> Result<()> {
+        let owner = self.owner(owner)?;
+        let core = &self.inner.core;
+        core.collections()?
+            .collection_invalidate(&core.owner_keys(&owner))
+            .await
+    }
+}

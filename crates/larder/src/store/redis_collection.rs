@@ -1,0 +1,598 @@
+//! Cached collections on Redis: each operation of
+//! [`Collections`](super::Collections) is one Lua script over the owner's
+//! keys, all declared in `KEYS` and all in the owner's hash slot.
+//!
+//! A set is a sorted set: under [`MemberOrder::Lex`] every score is 0 and
+//! pages are `ZRANGE … BYLEX LIMIT` (byte order of the member); under
+//! [`MemberOrder::Score`] an integer member is its own score and pages are
+//! `ZRANGE … BYSCORE LIMIT`. A hit is one `EVALSHA` of `SET_READ`: an
+//! `HMGET` of the meta, then one `ZSCORE` or one `ZRANGE` (O(log n + page)).
+
+use super::collection::{
+    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead,
+    FeedWriteEnd, MemberOrder, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
+};
+use super::redis::{ms, RedisStore};
+use super::{Protocol, WriteKeys};
+use crate::error::{Error, Message, Result};
+use async_trait::async_trait;
+use redis::{Script, Value};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+static SET_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value. ARGV: op (has|page|meta), order (lex|score), member or cursor ('' = start), limit
+local m = redis.call('HMGET', KEYS[1], 'fresh', 'loaded', 'complete', 'count', 'stamp')
+if not m[1] then return {0} end
+if m[3] == '1' and tonumber(m[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
+local r = {1, m[1], m[2], m[3], m[4], m[5] or '0'}
+if m[3] ~= '1' then return r end
+if ARGV[1] == 'has' then
+  if redis.call('ZSCORE', KEYS[2], ARGV[3]) then r[7] = 1 else r[7] = 0 end
+elseif ARGV[1] == 'page' then
+  local n = tonumber(ARGV[4])
+  if n <= 0 then
+    r[7] = {}
+  elseif ARGV[2] == 'lex' then
+    local from = '-'
+    if ARGV[3] ~= '' then from = '(' .. ARGV[3] end
+    r[7] = redis.call('ZRANGE', KEYS[2], from, '+', 'BYLEX', 'LIMIT', 0, n)
+  else
+    local from = '-inf'
+    if ARGV[3] ~= '' then from = '(' .. ARGV[3] end
+    r[7] = redis.call('ZRANGE', KEYS[2], from, '+inf', 'BYSCORE', 'LIMIT', 0, n)
+  end
+end
+return r
+",
+    )
+});
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, lease. ARGV: token, lease ms, now ms
+local f = redis.call('HGET', KEYS[1], 'fresh')
+if f and tonumber(f) > tonumber(ARGV[3]) then return 1 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
+return 3
+",
+    )
+});
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: lease. ARGV: token
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+",
+    )
+});
+
+/// Members come after 9 fixed arguments, as `score member` pairs; a chunk
+/// holds at most `CHUNK` members, so `unpack` stays far below its limit
+/// of 7,999 values.
+static FILL_CHUNK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value, staging, lease.
+-- ARGV: token, first, last, ttl ms, fresh, loaded, complete, count, stamp, score1, member1, ...
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then
+  redis.call('DEL', KEYS[3])
+  return 0
+end
+if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
+if #ARGV > 9 then redis.call('ZADD', KEYS[3], unpack(ARGV, 10)) end
+if ARGV[3] == '1' then
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('RENAME', KEYS[3], KEYS[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  else
+    redis.call('DEL', KEYS[2])
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'v', '1', 'fresh', ARGV[5], 'loaded', ARGV[6],
+    'complete', ARGV[7], 'count', ARGV[8], 'stamp', ARGV[9])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('DEL', KEYS[4])
+elseif redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+return 1
+",
+    )
+});
+
+static WRITE_END: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value, lease, write.
+-- ARGV: ticket, action (add|rem|del|abort), member, score, changed (1/0), clean (1/0), max
+local base = redis.call('HGET', KEYS[4], 'base')
+if not base or tonumber(ARGV[1]) <= tonumber(base) then
+  if ARGV[2] == 'abort' then return 0 end
+  if base then redis.call('HINCRBY', KEYS[4], 'seq', 1) end
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return 0
+end
+local inflight = redis.call('HINCRBY', KEYS[4], 'inflight', -1)
+if inflight < 0 then
+  redis.call('HSET', KEYS[4], 'inflight', 0)
+  inflight = 0
+end
+if ARGV[2] == 'abort' then return 0 end
+redis.call('DEL', KEYS[3])
+local seq = tonumber(redis.call('HGET', KEYS[4], 'seq') or '0')
+local op = ARGV[2]
+if (op == 'add' or op == 'rem') and ARGV[6] == '1' and seq == tonumber(ARGV[1]) and inflight == 0 then
+  local m = redis.call('HMGET', KEYS[1], 'complete', 'count')
+  if not m[1] then return 0 end
+  if m[1] ~= '1' then
+    -- Above the cap: only the count is cached.
+    if ARGV[5] == '1' then
+      local c = tonumber(m[2])
+      if op == 'add' then c = c + 1 elseif c > 0 then c = c - 1 end
+      redis.call('HSET', KEYS[1], 'count', c)
+    end
+    return 1
+  end
+  if op == 'add' then
+    local c = redis.call('ZCARD', KEYS[2])
+    if c + 1 > tonumber(ARGV[7]) and not redis.call('ZSCORE', KEYS[2], ARGV[3]) then
+      redis.call('DEL', KEYS[1], KEYS[2])
+      return 0
+    end
+    redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+    local left = redis.call('PTTL', KEYS[1])
+    if left > 0 then redis.call('PEXPIRE', KEYS[2], left) end
+  else
+    redis.call('ZREM', KEYS[2], ARGV[3])
+  end
+  redis.call('HSET', KEYS[1], 'count', redis.call('ZCARD', KEYS[2]))
+  return 1
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 0
+",
+    )
+});
+
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value, staging, lease, write
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('HINCRBY', KEYS[5], 'seq', 1) end
+return 1
+",
+    )
+});
+
+static FEED_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value. ARGV: offset, limit
+local m = redis.call('HMGET', KEYS[1], 'fresh', 'loaded', 'complete', 'count', 'stamp')
+if not m[1] then return {0} end
+if tonumber(m[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
+local n = tonumber(ARGV[2])
+local items = {}
+if n > 0 then
+  items = redis.call('LRANGE', KEYS[2], ARGV[1], tonumber(ARGV[1]) + n - 1)
+end
+return {1, m[1], m[2], m[3], m[4], m[5] or '0', items}
+",
+    )
+});
+
+static FEED_FILL_CHUNK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value, staging, lease.
+-- ARGV: token, first, last, ttl ms, fresh, loaded, complete, count, stamp, element1, ...
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then
+  redis.call('DEL', KEYS[3])
+  return 0
+end
+if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
+if #ARGV > 9 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 10)) end
+if ARGV[3] == '1' then
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('RENAME', KEYS[3], KEYS[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  else
+    redis.call('DEL', KEYS[2])
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'v', '1', 'fresh', ARGV[5], 'loaded', ARGV[6],
+    'complete', ARGV[7], 'count', ARGV[8], 'stamp', ARGV[9])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('DEL', KEYS[4])
+elseif redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+return 1
+",
+    )
+});
+
+static FEED_WRITE_END: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value, lease, write.
+-- ARGV: ticket, action (push|rem|del|abort), clean (1/0), element or id, head ('' none), has_head (1/0), max_len
+local base = redis.call('HGET', KEYS[4], 'base')
+if not base or tonumber(ARGV[1]) <= tonumber(base) then
+  if ARGV[2] == 'abort' then return 0 end
+  if base then redis.call('HINCRBY', KEYS[4], 'seq', 1) end
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return 0
+end
+local inflight = redis.call('HINCRBY', KEYS[4], 'inflight', -1)
+if inflight < 0 then
+  redis.call('HSET', KEYS[4], 'inflight', 0)
+  inflight = 0
+end
+if ARGV[2] == 'abort' then return 0 end
+redis.call('DEL', KEYS[3])
+local seq = tonumber(redis.call('HGET', KEYS[4], 'seq') or '0')
+local op = ARGV[2]
+if (op == 'push' or op == 'rem') and ARGV[3] == '1' and seq == tonumber(ARGV[1]) and inflight == 0 then
+  local m = redis.call('HMGET', KEYS[1], 'complete', 'count')
+  if not m[1] then return 0 end
+  if op == 'push' then
+    local head = redis.call('LINDEX', KEYS[2], 0)
+    local same = (ARGV[6] == '0' and not head) or (ARGV[6] == '1' and head == ARGV[5])
+    if same then
+      redis.call('LPUSH', KEYS[2], ARGV[4])
+      local max = tonumber(ARGV[7])
+      local complete = m[1]
+      if redis.call('LLEN', KEYS[2]) > max then
+        redis.call('LTRIM', KEYS[2], 0, max - 1)
+        complete = '0'
+      end
+      local left = redis.call('PTTL', KEYS[1])
+      if left > 0 then redis.call('PEXPIRE', KEYS[2], left) end
+      redis.call('HSET', KEYS[1], 'count', redis.call('LLEN', KEYS[2]), 'complete', complete)
+      return 1
+    end
+  elseif m[1] == '1' then
+    local prefix = ARGV[4] .. string.char(0)
+    for _, e in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+      if string.sub(e, 1, #prefix) == prefix then
+        redis.call('LREM', KEYS[2], 1, e)
+        break
+      end
+    end
+    redis.call('HSET', KEYS[1], 'count', redis.call('LLEN', KEYS[2]))
+    return 1
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 0
+",
+    )
+});
+
+fn bad(store: &RedisStore, what: &str) -> Error {
+    Error::Store {
+        store: store.name_str().to_owned(),
+        cause: Message::cause(format!("unexpected answer from the {what} script")),
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn number(v: &Value) -> Option<u64> {
+    text(v)?.parse().ok()
+}
+
+fn order_arg(order: MemberOrder) -> &'static str {
+    match order {
+        MemberOrder::Lex => "lex",
+        MemberOrder::Score => "score",
+    }
+}
+
+fn write_keys(keys: &CollectionKeys) -> WriteKeys {
+    WriteKeys {
+        value_key: keys.value.clone(),
+        lease_key: keys.lease.clone(),
+        write_key: keys.write.clone(),
+    }
+}
+
+#[async_trait]
+impl Collections for RedisStore {
+    async fn set_read(
+        &self,
+        keys: &CollectionKeys,
+        order: MemberOrder,
+        query: &SetQuery,
+    ) -> Result<SetRead> {
+        let mut inv = SET_READ.prepare_invoke();
+        inv.key(&keys.meta).key(&keys.value);
+        match query {
+            SetQuery::Contains(m) => {
+                inv.arg("has").arg(order_arg(order)).arg(&m.member).arg(0);
+            }
+            SetQuery::Page { after, limit } => {
+                let from = match (after, order) {
+                    (None, _) => String::new(),
+                    (Some(a), MemberOrder::Lex) => a.member.clone(),
+                    (Some(a), MemberOrder::Score) => a.score.to_string(),
+                };
+                inv.arg("page").arg(order_arg(order)).arg(from).arg(*limit);
+            }
+            SetQuery::Meta => {
+                inv.arg("meta").arg(order_arg(order)).arg("").arg(0);
+            }
+        }
+        let value: Value = self.run(inv).await?;
+        let Value::Array(items) = value else {
+            return Err(bad(self, "set read"));
+        };
+        if matches!(items.first(), Some(Value::Int(0))) {
+            return Ok(SetRead::Miss);
+        }
+        let field = |i: usize| items.get(i).and_then(number);
+        let (Some(fresh), Some(loaded), Some(complete), Some(count)) =
+            (field(1), field(2), field(3), field(4))
+        else {
+            return Err(bad(self, "set read"));
+        };
+        let meta = CollectionMeta {
+            fresh_until_ms: fresh,
+            loaded_ms: loaded,
+            complete: complete == 1,
+            count,
+            stamp: field(5).unwrap_or(0),
+        };
+        let answer = if !meta.complete {
+            None
+        } else {
+            Some(match query {
+                SetQuery::Contains(_) => {
+                    SetAnswer::Contains(matches!(items.get(6), Some(Value::Int(1))))
+                }
+                SetQuery::Page { .. } => match items.get(6) {
+                    Some(Value::Array(members)) => SetAnswer::Page(
+                        members
+                            .iter()
+                            .map(|m| text(m).ok_or_else(|| bad(self, "set read")))
+                            .collect::<Result<_>>()?,
+                    ),
+                    _ => SetAnswer::Page(Vec::new()),
+                },
+                SetQuery::Meta => SetAnswer::Meta,
+            })
+        };
+        Ok(SetRead::Hit { meta, answer })
+    }
+
+    async fn collection_acquire(
+        &self,
+        keys: &CollectionKeys,
+        token: &str,
+        lease_ttl: Duration,
+        now_ms: u64,
+    ) -> Result<CollectionAcquired> {
+        let mut inv = ACQUIRE.prepare_invoke();
+        inv.key(&keys.meta)
+            .key(&keys.lease)
+            .arg(token)
+            .arg(ms(lease_ttl))
+            .arg(now_ms);
+        match self.run::<i64>(inv).await? {
+            1 => Ok(CollectionAcquired::Present),
+            2 => Ok(CollectionAcquired::Lease),
+            3 => Ok(CollectionAcquired::Held),
+            _ => Err(bad(self, "collection acquire")),
+        }
+    }
+
+    async fn collection_release(&self, keys: &CollectionKeys, token: &str) -> Result<()> {
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(&keys.lease).arg(token);
+        self.run::<i64>(inv).await.map(drop)
+    }
+
+    async fn set_fill_chunk(&self, keys: &CollectionKeys, chunk: &SetChunk<'_>) -> Result<bool> {
+        let mut inv = FILL_CHUNK.prepare_invoke();
+        inv.key(&keys.meta)
+            .key(&keys.value)
+            .key(&keys.staging)
+            .key(&keys.lease)
+            .arg(chunk.token)
+            .arg(if chunk.first { "1" } else { "0" })
+            .arg(if chunk.last.is_some() { "1" } else { "0" })
+            .arg(ms(chunk.ttl));
+        let meta = chunk.last.unwrap_or(CollectionMeta {
+            fresh_until_ms: 0,
+            loaded_ms: 0,
+            complete: false,
+            count: 0,
+            stamp: 0,
+        });
+        inv.arg(meta.fresh_until_ms)
+            .arg(meta.loaded_ms)
+            .arg(if meta.complete { "1" } else { "0" })
+            .arg(meta.count)
+            .arg(meta.stamp);
+        for m in chunk.members {
+            inv.arg(m.score).arg(&m.member);
+        }
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn collection_write_begin(
+        &self,
+        keys: &CollectionKeys,
+        ttl: Duration,
+    ) -> Result<(u64, bool)> {
+        let ticket = self.write_begin(&write_keys(keys), ttl).await?;
+        Ok((ticket.seq, ticket.clean))
+    }
+
+    async fn set_write_end(
+        &self,
+        keys: &CollectionKeys,
+        seq: u64,
+        clean: bool,
+        end: &SetWriteEnd,
+    ) -> Result<bool> {
+        let mut inv = WRITE_END.prepare_invoke();
+        inv.key(&keys.meta)
+            .key(&keys.value)
+            .key(&keys.lease)
+            .key(&keys.write)
+            .arg(seq);
+        let flag = |b: bool| if b { "1" } else { "0" };
+        match end {
+            SetWriteEnd::Add {
+                member,
+                changed,
+                max,
+            } => inv
+                .arg("add")
+                .arg(&member.member)
+                .arg(member.score)
+                .arg(flag(*changed))
+                .arg(flag(clean))
+                .arg(*max),
+            SetWriteEnd::Remove { member, changed } => inv
+                .arg("rem")
+                .arg(&member.member)
+                .arg(member.score)
+                .arg(flag(*changed))
+                .arg(flag(clean))
+                .arg(0),
+            SetWriteEnd::Delete => inv.arg("del").arg("").arg(0).arg("0").arg("0").arg(0),
+            SetWriteEnd::Abort => inv.arg("abort").arg("").arg(0).arg("0").arg("0").arg(0),
+        };
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn feed_read(&self, keys: &CollectionKeys, offset: u64, limit: u64) -> Result<FeedRead> {
+        let mut inv = FEED_READ.prepare_invoke();
+        inv.key(&keys.meta).key(&keys.value).arg(offset).arg(limit);
+        let value: Value = self.run(inv).await?;
+        let Value::Array(items) = value else {
+            return Err(bad(self, "feed read"));
+        };
+        if matches!(items.first(), Some(Value::Int(0))) {
+            return Ok(FeedRead::Miss);
+        }
+        let field = |i: usize| items.get(i).and_then(number);
+        let (Some(fresh), Some(loaded), Some(complete), Some(count)) =
+            (field(1), field(2), field(3), field(4))
+        else {
+            return Err(bad(self, "feed read"));
+        };
+        let meta = CollectionMeta {
+            fresh_until_ms: fresh,
+            loaded_ms: loaded,
+            complete: complete == 1,
+            count,
+            stamp: field(5).unwrap_or(0),
+        };
+        let elements = match items.get(6) {
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|e| match e {
+                    Value::BulkString(b) => Ok(bytes::Bytes::from(b.clone())),
+                    _ => Err(bad(self, "feed read")),
+                })
+                .collect::<Result<_>>()?,
+            _ => Vec::new(),
+        };
+        Ok(FeedRead::Hit { meta, elements })
+    }
+
+    async fn feed_fill_chunk(&self, keys: &CollectionKeys, chunk: &FeedChunk<'_>) -> Result<bool> {
+        let mut inv = FEED_FILL_CHUNK.prepare_invoke();
+        inv.key(&keys.meta)
+            .key(&keys.value)
+            .key(&keys.staging)
+            .key(&keys.lease)
+            .arg(chunk.token)
+            .arg(if chunk.first { "1" } else { "0" })
+            .arg(if chunk.last.is_some() { "1" } else { "0" })
+            .arg(ms(chunk.ttl));
+        let meta = chunk.last.unwrap_or(CollectionMeta {
+            fresh_until_ms: 0,
+            loaded_ms: 0,
+            complete: false,
+            count: 0,
+            stamp: 0,
+        });
+        inv.arg(meta.fresh_until_ms)
+            .arg(meta.loaded_ms)
+            .arg(if meta.complete { "1" } else { "0" })
+            .arg(meta.count)
+            .arg(meta.stamp);
+        for e in chunk.elements {
+            inv.arg(e.as_slice());
+        }
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn feed_write_end(
+        &self,
+        keys: &CollectionKeys,
+        seq: u64,
+        clean: bool,
+        end: &FeedWriteEnd,
+    ) -> Result<bool> {
+        let mut inv = FEED_WRITE_END.prepare_invoke();
+        inv.key(&keys.meta)
+            .key(&keys.value)
+            .key(&keys.lease)
+            .key(&keys.write)
+            .arg(seq);
+        let clean = if clean { "1" } else { "0" };
+        match end {
+            FeedWriteEnd::Push {
+                element,
+                head,
+                max_len,
+            } => inv
+                .arg("push")
+                .arg(clean)
+                .arg(element.as_slice())
+                .arg(head.as_deref().unwrap_or_default())
+                .arg(if head.is_some() { "1" } else { "0" })
+                .arg(*max_len),
+            FeedWriteEnd::Remove { id } => inv
+                .arg("rem")
+                .arg(clean)
+                .arg(id.as_str())
+                .arg("")
+                .arg("0")
+                .arg(0),
+            FeedWriteEnd::Delete => inv.arg("del").arg(clean).arg("").arg("").arg("0").arg(0),
+            FeedWriteEnd::Abort => inv.arg("abort").arg(clean).arg("").arg("").arg("0").arg(0),
+        };
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn collection_invalidate(&self, keys: &CollectionKeys) -> Result<()> {
+        let mut inv = INVALIDATE.prepare_invoke();
+        inv.key(&keys.meta)
+            .key(&keys.value)
+            .key(&keys.staging)
+            .key(&keys.lease)
+            .key(&keys.write);
+        self.run::<i64>(inv).await.map(drop)
+    }
+}
