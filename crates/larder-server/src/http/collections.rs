@@ -119,7 +119,7 @@ pub async fn get_row_or_set(
     if state.feed(&name).is_some() {
         return get_feed(&state, &name, &id, query.as_deref().unwrap_or_default()).await;
     }
-    super::routes::get_row(State(state), Path((name, id)), headers).await
+    super::routes::get_row(State(state), Path((name, id)), headers, RawQuery(query)).await
 }
 
 /// `POST /v1/{name}/{id}/invalidate`: a set's owner when `name` is a set,
