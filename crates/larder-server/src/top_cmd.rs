@@ -1,6 +1,7 @@
 //! `larder top --url http://… [--token T]`: a live view of a running
 //! service, redrawn each second: per entity reads/s, hit ratio, p99 load
-//! time and write-back backlog; Redis memory and evictions.
+//! time and write-back backlog; Redis memory and evictions; on a Redis
+//! Cluster, a table of its nodes and the slot coverage.
 //!
 //! Why no TUI crate: the view is one table redrawn in place, which plain
 //! ANSI (clear screen, cursor home) does; rates are differences of the
@@ -154,6 +155,7 @@ fn render(doc: &Value, before: Option<(&Value, Duration)>, url: &str) -> String 
     } else {
         out.push_str("\nno Redis figures\n");
     }
+    out.push_str(&nodes_table(doc));
     let resp = &doc["resp"];
     let commands: u64 = resp["commands"]
         .as_object()
@@ -232,6 +234,44 @@ fn sets_table(doc: &Value, before: Option<(&Value, Duration)>) -> String {
         return String::new();
     }
     format!("\n{}", crate::stats_cmd::table(&rows))
+}
+
+/// A Redis Cluster's nodes (`/v1/stats`' `nodes`), one row each, and the
+/// slot coverage; empty off a cluster.
+fn nodes_table(doc: &Value) -> String {
+    let mut out = String::new();
+    if let Some(nodes) = doc["nodes"].as_array().filter(|n| !n.is_empty()) {
+        let mut rows = vec![["node", "role", "master", "used", "evicted", "keys"]
+            .map(String::from)
+            .to_vec()];
+        let figure = |v: &Value| v.as_u64().map_or("-".into(), |n| n.to_string());
+        for n in nodes {
+            rows.push(vec![
+                n["address"].as_str().unwrap_or("?").to_owned(),
+                n["role"].as_str().unwrap_or("?").to_owned(),
+                n["master"].as_str().unwrap_or("-").to_owned(),
+                n["used_memory"].as_u64().map_or("-".into(), |b| {
+                    format!("{:.1} MiB", b as f64 / 1_048_576.0)
+                }),
+                figure(&n["evicted_keys"]),
+                figure(&n["keys"]),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&crate::stats_cmd::table(&rows));
+    }
+    let slots = &doc["slots"];
+    if slots.is_object() {
+        let _ = writeln!(
+            out,
+            "slots: {} ok, {} assigned of {} (cluster_state {})",
+            slots["ok"].as_u64().unwrap_or(0),
+            slots["assigned"].as_u64().unwrap_or(0),
+            slots["total"].as_u64().unwrap_or(16384),
+            slots["state"].as_str().unwrap_or("?")
+        );
+    }
+    out
 }
 
 /// How many RESP commands to list by name.
@@ -321,6 +361,40 @@ mod tests {
             "http://x",
         );
         assert!(feeds.lines().any(|l| l.starts_with("posts")), "{feeds}");
+    }
+
+    #[test]
+    fn cluster_nodes_are_a_table_with_the_slot_coverage() {
+        let doc = json!({
+            "entities": {},
+            "nodes": [
+                { "address": "h:7000", "role": "master", "master": null, "used_memory": 2_097_152, "evicted_keys": 3, "keys": 10 },
+                { "address": "h:7003", "role": "replica", "master": "h:7000", "used_memory": 1_048_576, "evicted_keys": 0, "keys": 10 }
+            ],
+            "slots": { "state": "ok", "assigned": 16384, "ok": 16384, "pfail": 0, "fail": 0, "total": 16384 }
+        });
+        let text = render(&doc, None, "http://x");
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no row {name}: {text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            row("h:7000"),
+            ["h:7000", "master", "-", "2.0", "MiB", "3", "10"]
+        );
+        assert_eq!(
+            row("h:7003"),
+            ["h:7003", "replica", "h:7000", "1.0", "MiB", "0", "10"]
+        );
+        assert!(
+            text.contains("slots: 16384 ok, 16384 assigned of 16384 (cluster_state ok)"),
+            "{text}"
+        );
+        let alone = render(&json!({ "entities": {}, "nodes": [], "slots": null }), None, "http://x");
+        assert!(!alone.contains("role") && !alone.contains("slots:"), "{alone}");
     }
 
     #[test]

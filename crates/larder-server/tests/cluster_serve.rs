@@ -75,3 +75,86 @@ async fn larder_serve_on_a_cluster_reads_and_writes_through() {
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     drop(served);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_metrics_show_every_cluster_node_and_the_slot_coverage() {
+    let cluster = RedisCluster::shared();
+    let mut pg = Pg::connect().await;
+    let t = unique("cl_nodes");
+    pg.exec(&t, USERS).await;
+    let config = format!(
+        "[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"{}\"\npool = 2\n\
+         [[entity]]\nname = \"users\"\ntable = \"{t}\"\n",
+        cluster.url(),
+        unique("cn"),
+        support::pg_url()
+    );
+    let served = Serve::with_config(&config);
+    let addresses: std::collections::BTreeSet<String> =
+        cluster.nodes().iter().map(|n| n.addr().to_string()).collect();
+
+    let a = served.call("GET", "/v1/stats", None).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let stats = body(&a);
+    let nodes = stats["nodes"].as_array().expect("nodes");
+    let listed: std::collections::BTreeSet<String> = nodes
+        .iter()
+        .map(|n| n["address"].as_str().expect("address").to_owned())
+        .collect();
+    assert_eq!(listed, addresses, "every node once: {nodes:#?}");
+    let masters: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n["role"] == "master")
+        .map(|n| n["address"].as_str().expect("address"))
+        .collect();
+    assert_eq!(masters.len(), 3, "{nodes:#?}");
+    for n in nodes.iter().filter(|n| n["role"] == "replica") {
+        let master = n["master"].as_str().expect("a replica's master");
+        assert!(masters.contains(&master), "{n} follows a master");
+    }
+    for n in nodes {
+        assert!(n["used_memory"].as_u64().expect("used_memory") > 0, "{n}");
+        assert!(n["keys"].is_u64() && n["evicted_keys"].is_u64(), "{n}");
+    }
+    assert_eq!(
+        stats["slots"],
+        json!({"state": "ok", "assigned": 16384, "ok": 16384, "pfail": 0, "fail": 0, "total": 16384})
+    );
+
+    let m = served.call("GET", "/metrics", None).await;
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    let series = |name: &str| -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .collect()
+    };
+    let memory = series("larder_store_node_used_memory_bytes");
+    assert_eq!(memory.len(), 6, "{text}");
+    for address in &addresses {
+        assert!(
+            memory.iter().any(|l| l.contains(&format!("node=\"{address}\""))),
+            "{address} in {memory:#?}"
+        );
+    }
+    assert_eq!(
+        memory
+            .iter()
+            .filter(|l| l.contains("role=\"master\""))
+            .count(),
+        3,
+        "{memory:#?}"
+    );
+    assert_eq!(series("larder_store_node_keys").len(), 6, "{text}");
+    assert_eq!(series("larder_store_node_evicted_keys_total").len(), 6, "{text}");
+    assert_eq!(series("larder_store_node_info").len(), 6, "{text}");
+    assert!(
+        text.lines().any(|l| l == "larder_store_cluster_slots_ok 16384"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "larder_store_cluster_state_ok 1"),
+        "{text}"
+    );
+    drop(served);
+}

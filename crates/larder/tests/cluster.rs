@@ -256,3 +256,89 @@ async fn a_dead_slot_is_store_unavailable_within_the_response_timeout() {
         "{other:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_lists_every_master_and_replica_with_their_figures_and_every_slot_is_ok() {
+    let cluster = RedisCluster::shared();
+    let store = cluster.store().await;
+    // A key on a known master, so that master holds at least one key.
+    let key = format!("{}:{{n}}:x", unique("cl_nodes"));
+    store
+        .set(&key, &format!("{key}:lease"), b"v", Duration::from_secs(60))
+        .await
+        .expect("set");
+    let holder = cluster.nodes()[cluster.master_of_slot(slot_of(&key))]
+        .addr()
+        .to_string();
+
+    let nodes = store.nodes().await.expect("nodes");
+    let addresses: std::collections::BTreeSet<String> =
+        nodes.iter().map(|n| n.address.clone()).collect();
+    let expected: std::collections::BTreeSet<String> =
+        cluster.nodes().iter().map(|n| n.addr().to_string()).collect();
+    assert_eq!(addresses, expected, "every node, once: {nodes:#?}");
+    let masters: Vec<&store::NodeInfo> = nodes
+        .iter()
+        .filter(|n| n.role == store::NodeRole::Master)
+        .collect();
+    assert_eq!(masters.len(), 3, "{nodes:#?}");
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            cluster.is_master(
+                cluster
+                    .nodes()
+                    .iter()
+                    .position(|n| n.addr().to_string() == node.address)
+                    .expect("a known node")
+            ),
+            node.role == store::NodeRole::Master,
+            "{} has the role Redis reports",
+            node.address
+        );
+        match node.role {
+            store::NodeRole::Master => assert_eq!(node.master, None),
+            store::NodeRole::Replica => {
+                let master = node.master.as_deref().expect("a replica follows a master");
+                assert!(
+                    masters.iter().any(|m| m.address == master),
+                    "{} follows {master}, a master",
+                    node.address
+                );
+                // Listed right after its master (or its master's other replicas).
+                assert!(
+                    nodes[..i].iter().any(|m| m.address == master),
+                    "{} listed after its master",
+                    node.address
+                );
+            }
+        }
+        assert!(node.used_memory.expect("used_memory") > 100_000);
+        assert!(node.evicted_keys.is_some());
+        assert!(node.keys.is_some());
+    }
+    let holder = nodes
+        .iter()
+        .find(|n| n.address == holder)
+        .expect("the key's master");
+    assert!(holder.keys.expect("keys") >= 1, "{holder:?} holds the key");
+    // Each replica follows a different master: 3 masters, 3 replicas.
+    let followed: std::collections::BTreeSet<&str> =
+        nodes.iter().filter_map(|n| n.master.as_deref()).collect();
+    assert_eq!(followed.len(), 3, "{nodes:#?}");
+
+    let slots = store
+        .slot_coverage()
+        .await
+        .expect("slot_coverage")
+        .expect("a cluster covers slots");
+    assert_eq!(slots.state, "ok");
+    assert_eq!((slots.assigned, slots.ok), (16384, 16384));
+    assert_eq!((slots.pfail, slots.fail), (0, 0));
+
+    // A standalone Redis and memory:// have no nodes and no slot coverage.
+    for url in [support::redis_url(), "memory://".to_owned()] {
+        let alone = store::connect_checked(&url).await.expect("store");
+        assert!(alone.nodes().await.expect("nodes").is_empty(), "{url}");
+        assert_eq!(alone.slot_coverage().await.expect("slots"), None, "{url}");
+    }
+}

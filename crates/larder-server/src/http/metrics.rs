@@ -170,9 +170,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set(stats.hit_ratio());
     }
     super::collections::set_metrics(&state);
-    if let Some(info) = store_info(&state).await {
+    let (info, cluster) = tokio::join!(store_info(&state), super::nodes::cluster_view(&state));
+    if let Some(info) = info {
         set_redis_gauges(&info);
     }
+    super::nodes::set_gauges(&cluster);
     let mut res = (StatusCode::OK, handle.render()).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

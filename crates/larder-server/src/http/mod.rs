@@ -18,6 +18,7 @@ pub mod collections;
 pub mod error;
 pub mod fields;
 pub mod metrics;
+pub mod nodes;
 pub mod openapi;
 pub mod routes;
 pub mod stats;

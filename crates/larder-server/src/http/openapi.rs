@@ -839,6 +839,34 @@ fn stats_schema() -> Value {
                     "keyspace_misses": figure,
                     "connected_clients": figure
                 }
+            },
+            "nodes": {
+                "type": "array",
+                "description": "Redis Cluster nodes, each master followed by its replicas; empty on a standalone Redis, memory://, or when the cluster does not answer in time.",
+                "items": {
+                    "type": "object",
+                    "required": ["address", "role"],
+                    "properties": {
+                        "address": { "type": "string", "description": "host:port as the cluster announces it." },
+                        "role": { "type": "string", "enum": ["master", "replica"] },
+                        "master": { "type": ["string", "null"], "description": "The master a replica follows (host:port); null for a master." },
+                        "used_memory": figure,
+                        "evicted_keys": figure,
+                        "keys": figure
+                    }
+                }
+            },
+            "slots": {
+                "type": ["object", "null"],
+                "description": "Redis Cluster slot coverage (CLUSTER INFO); null off a cluster.",
+                "properties": {
+                    "state": { "type": "string", "description": "cluster_state: ok or fail." },
+                    "assigned": count,
+                    "ok": count,
+                    "pfail": count,
+                    "fail": count,
+                    "total": { "type": "integer", "const": 16384 }
+                }
             }
         }
     })

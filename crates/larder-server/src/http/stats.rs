@@ -8,7 +8,8 @@
 //! (the cache's side), lease waits, refreshes, the near cache's entries and
 //! evictions, and write-back's backlog, lag and dead letters. The store's own figures (used_memory,
 //! maxmemory, maxmemory-policy, evictions, ...) come from
-//! `Store::server_info`. The same events are counted for `/metrics`
+//! `Store::server_info`; on a Redis Cluster, `nodes` and `slots` show each
+//! node and the slot coverage ([`super::nodes`]). The same events are counted for `/metrics`
 //! ([`super::metrics`]), so the two agree.
 
 use crate::serve::AppState;
@@ -85,7 +86,10 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
             (e.name().to_owned(), json)
         })
         .collect();
-    let redis = super::metrics::store_info(&state).await;
+    let (redis, cluster) = tokio::join!(
+        super::metrics::store_info(&state),
+        super::nodes::cluster_view(&state)
+    );
     Json(json!({
         "uptime_s": state.uptime().as_secs(),
         "store": state.store().name(),
@@ -103,5 +107,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
             "keyspace_misses": r.keyspace_misses,
             "connected_clients": r.connected_clients,
         })),
+        "nodes": super::nodes::nodes_json(&cluster),
+        "slots": super::nodes::slots_json(&cluster),
     }))
 }

@@ -35,13 +35,13 @@
 use super::RedisOptions;
 use crate::error::{Error, Result};
 use futures_util::FutureExt;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, ConnectionAddr, Pipeline, RedisFuture, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Attempts the cluster client makes per request (redis-rs' default); the
@@ -70,6 +70,11 @@ pub(crate) struct LazyCluster {
     /// builder's per-attempt response timeout (with none, if not given).
     timeouts: (Duration, Duration),
     conn: OnceLock<ClusterConnection>,
+    /// The first seed's client: its connection settings (credentials,
+    /// TLS) are those of every node, for [`Conn::node_connection`].
+    template: redis::Client,
+    /// Connections to single nodes (monitoring only), by `host:port`.
+    nodes: Mutex<HashMap<String, MultiplexedConnection>>,
 }
 
 impl LazyCluster {
@@ -99,6 +104,84 @@ impl Conn {
             return vec![(0..keys.len()).collect()];
         }
         slot_groups(keys)
+    }
+
+    /// The cluster connection itself (made now if not yet), for commands
+    /// routed explicitly (`INFO` to every node, see `nodes.rs`); `None`
+    /// on a standalone Redis.
+    pub(crate) fn cluster_connection(&self) -> Option<ClusterConnection> {
+        match self {
+            Conn::Single(_) => None,
+            Conn::Cluster(lazy) => Some(lazy.get()),
+        }
+    }
+
+    /// A connection to one node of the cluster (`host`, `port`), with the
+    /// seeds' credentials and TLS, kept for the next call; `None` on a
+    /// standalone Redis. For monitoring (`INFO` of a replica, which
+    /// redis-rs' cluster client does not reach: `CLUSTER SLOTS`, its
+    /// topology, leaves out replicas that have not synced yet).
+    pub(crate) async fn node_connection(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Option<redis::RedisResult<MultiplexedConnection>> {
+        let Conn::Cluster(lazy) = self else {
+            return None;
+        };
+        let key = format!("{host}:{port}");
+        let kept = lazy
+            .nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(conn) = kept {
+            return Some(Ok(conn));
+        }
+        let info = lazy.template.get_connection_info().clone();
+        let addr = match info.addr().clone() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure,
+                tls_params,
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        let (connect, response) = lazy.timeouts;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(response));
+        let made = match redis::Client::open(info.set_addr(addr)) {
+            Ok(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Ok(conn) = &made {
+            lazy.nodes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, conn.clone());
+        }
+        Some(made)
+    }
+
+    /// Forgets the kept connection to `host:port` (after it failed).
+    pub(crate) fn forget_node_connection(&self, address: &str) {
+        if let Conn::Cluster(lazy) = self {
+            lazy.nodes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(address);
+        }
     }
 }
 
@@ -271,6 +354,11 @@ pub(crate) fn cluster(
         client,
         timeouts: (options.connect_timeout, options.response_timeout),
         conn: OnceLock::new(),
+        template: seeds
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::Config(format!("store URL {name:?}: no seed node")))?,
+        nodes: Mutex::new(HashMap::new()),
     }));
     Ok((conn, seeds))
 }

@@ -24,6 +24,7 @@ mod conn;
 mod dirty;
 mod info;
 mod memory;
+mod nodes;
 mod protocol;
 mod pubsub;
 mod redis;
@@ -48,6 +49,7 @@ pub(crate) use self::dirty::{
     ShardKeys, StoredDeadLetter,
 };
 pub use self::info::ServerInfo;
+pub use self::nodes::{NodeInfo, NodeRole, SlotCoverage, CLUSTER_SLOTS};
 pub use self::memory::{MemoryStore, DEFAULT_CAPACITY as DEFAULT_MEMORY_CAPACITY};
 pub(crate) use self::protocol::{
     Acquired, Compacted, Compaction, Fill, LeaseRequest, Protocol, Subscription, WriteEnd,
@@ -108,6 +110,19 @@ pub trait Store: Protocol + Debug + Send + Sync + 'static {
     /// Default: nothing known.
     async fn server_info(&self) -> Result<ServerInfo> {
         Ok(ServerInfo::default())
+    }
+
+    /// The nodes of a Redis Cluster, each master followed by its replicas
+    /// (see [`NodeInfo`]): one concurrent `INFO` per node, for monitoring.
+    /// Default (a standalone Redis, `memory://`): no nodes.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        Ok(Vec::new())
+    }
+
+    /// How a Redis Cluster's hash slots are covered (`CLUSTER INFO`), for
+    /// monitoring. Default (a standalone Redis, `memory://`): `None`.
+    async fn slot_coverage(&self) -> Result<Option<SlotCoverage>> {
+        Ok(None)
     }
 }
 

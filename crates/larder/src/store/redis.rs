@@ -588,6 +588,14 @@ impl Store for RedisStore {
         }
         Ok(info)
     }
+
+    async fn nodes(&self) -> Result<Vec<super::NodeInfo>> {
+        self.cluster_nodes().await
+    }
+
+    async fn slot_coverage(&self) -> Result<Option<super::SlotCoverage>> {
+        self.cluster_slot_coverage().await
+    }
 }
 
 #[async_trait]
