@@ -29,7 +29,7 @@ async fn larder_serve_on_a_cluster_reads_and_writes_through() {
     let t = unique("cl_users");
     pg.exec(&t, USERS).await;
     let config = format!(
-        "[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"{}\"\npool = 3\n\
+        "listen = \"127.0.0.1:0\"\n[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"{}\"\npool = 3\n\
          [[entity]]\nname = \"users\"\ntable = \"{t}\"\n",
         cluster.url(),
         unique("cs"),
@@ -83,7 +83,7 @@ async fn stats_and_metrics_show_every_cluster_node_and_the_slot_coverage() {
     let t = unique("cl_nodes");
     pg.exec(&t, USERS).await;
     let config = format!(
-        "[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"{}\"\npool = 2\n\
+        "listen = \"127.0.0.1:0\"\n[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"{}\"\npool = 2\n\
          [[entity]]\nname = \"users\"\ntable = \"{t}\"\n",
         cluster.url(),
         unique("cn"),
