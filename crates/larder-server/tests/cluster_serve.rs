@@ -156,5 +156,24 @@ async fn stats_and_metrics_show_every_cluster_node_and_the_slot_coverage() {
         text.lines().any(|l| l == "larder_store_cluster_state_ok 1"),
         "{text}"
     );
+
+    // `larder top` prints a row per node and the slot coverage.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["top", "--url", &served.url, "--once"])
+        .env_remove("LARDER_TOKEN")
+        .output()
+        .expect("larder top");
+    let top = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{top}");
+    let rows: Vec<&str> = top
+        .lines()
+        .filter(|l| addresses.iter().any(|a| l.starts_with(a.as_str())))
+        .collect();
+    assert_eq!(rows.len(), 6, "{top}");
+    assert_eq!(rows.iter().filter(|r| r.contains(" master ")).count(), 3, "{top}");
+    assert!(
+        top.contains("slots: 16384 ok, 16384 assigned of 16384 (cluster_state ok)"),
+        "{top}"
+    );
     drop(served);
 }

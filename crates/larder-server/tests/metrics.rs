@@ -355,4 +355,9 @@ async fn metrics_parse_and_count_known_traffic() {
             .is_some_and(|c| c >= 1),
         "{s}"
     );
+    // A standalone Redis: no Cluster nodes, no slot coverage.
+    assert_eq!(s["nodes"], serde_json::json!([]), "{s}");
+    assert!(s["slots"].is_null(), "{s}");
+    assert!(!text.contains("larder_store_node_"), "{text}");
+    assert!(!text.contains("larder_store_cluster_"), "{text}");
 }
