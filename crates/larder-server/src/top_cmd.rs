@@ -250,9 +250,9 @@ fn nodes_table(doc: &Value) -> String {
                 n["address"].as_str().unwrap_or("?").to_owned(),
                 n["role"].as_str().unwrap_or("?").to_owned(),
                 n["master"].as_str().unwrap_or("-").to_owned(),
-                n["used_memory"].as_u64().map_or("-".into(), |b| {
-                    format!("{:.1} MiB", b as f64 / 1_048_576.0)
-                }),
+                n["used_memory"]
+                    .as_u64()
+                    .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1_048_576.0)),
                 figure(&n["evicted_keys"]),
                 figure(&n["keys"]),
             ]);
@@ -393,8 +393,15 @@ mod tests {
             text.contains("slots: 16384 ok, 16384 assigned of 16384 (cluster_state ok)"),
             "{text}"
         );
-        let alone = render(&json!({ "entities": {}, "nodes": [], "slots": null }), None, "http://x");
-        assert!(!alone.contains("role") && !alone.contains("slots:"), "{alone}");
+        let alone = render(
+            &json!({ "entities": {}, "nodes": [], "slots": null }),
+            None,
+            "http://x",
+        );
+        assert!(
+            !alone.contains("role") && !alone.contains("slots:"),
+            "{alone}"
+        );
     }
 
     #[test]

@@ -90,8 +90,11 @@ async fn stats_and_metrics_show_every_cluster_node_and_the_slot_coverage() {
         support::pg_url()
     );
     let served = Serve::with_config(&config);
-    let addresses: std::collections::BTreeSet<String> =
-        cluster.nodes().iter().map(|n| n.addr().to_string()).collect();
+    let addresses: std::collections::BTreeSet<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.addr().to_string())
+        .collect();
 
     let a = served.call("GET", "/v1/stats", None).await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
@@ -133,7 +136,9 @@ async fn stats_and_metrics_show_every_cluster_node_and_the_slot_coverage() {
     assert_eq!(memory.len(), 6, "{text}");
     for address in &addresses {
         assert!(
-            memory.iter().any(|l| l.contains(&format!("node=\"{address}\""))),
+            memory
+                .iter()
+                .any(|l| l.contains(&format!("node=\"{address}\""))),
             "{address} in {memory:#?}"
         );
     }
@@ -146,10 +151,15 @@ async fn stats_and_metrics_show_every_cluster_node_and_the_slot_coverage() {
         "{memory:#?}"
     );
     assert_eq!(series("larder_store_node_keys").len(), 6, "{text}");
-    assert_eq!(series("larder_store_node_evicted_keys_total").len(), 6, "{text}");
+    assert_eq!(
+        series("larder_store_node_evicted_keys_total").len(),
+        6,
+        "{text}"
+    );
     assert_eq!(series("larder_store_node_info").len(), 6, "{text}");
     assert!(
-        text.lines().any(|l| l == "larder_store_cluster_slots_ok 16384"),
+        text.lines()
+            .any(|l| l == "larder_store_cluster_slots_ok 16384"),
         "{text}"
     );
     assert!(
@@ -170,7 +180,11 @@ async fn stats_and_metrics_show_every_cluster_node_and_the_slot_coverage() {
         .filter(|l| addresses.iter().any(|a| l.starts_with(a.as_str())))
         .collect();
     assert_eq!(rows.len(), 6, "{top}");
-    assert_eq!(rows.iter().filter(|r| r.contains(" master ")).count(), 3, "{top}");
+    assert_eq!(
+        rows.iter().filter(|r| r.contains(" master ")).count(),
+        3,
+        "{top}"
+    );
     assert!(
         top.contains("slots: 16384 ok, 16384 assigned of 16384 (cluster_state ok)"),
         "{top}"

@@ -45,6 +45,8 @@
 //!   conn.rs        the Redis connection: standalone or Cluster (redis+cluster://), one enum;
 //!                  what redis-rs' cluster client retries, within the response timeout
 //!   cluster.rs     Cluster-only store work: batches split by hash slot (concurrently), INFO summed
+//!   nodes.rs       Store::nodes / slot_coverage: each Cluster node (CLUSTER NODES + its own INFO)
+//!                  and the slots covered (CLUSTER INFO); NodeInfo, NodeRole, SlotCoverage
 //! source/          where values come from: the Source trait, FnSource, SqlSource
 //!   sql/           PostgreSQL, SQLite, MariaDB tables: schema, flushes, refusals; exec.rs runs
 //!                  the statements every backend shares (generic over sqlx), and each dialect

@@ -274,8 +274,11 @@ async fn nodes_lists_every_master_and_replica_with_their_figures_and_every_slot_
     let nodes = store.nodes().await.expect("nodes");
     let addresses: std::collections::BTreeSet<String> =
         nodes.iter().map(|n| n.address.clone()).collect();
-    let expected: std::collections::BTreeSet<String> =
-        cluster.nodes().iter().map(|n| n.addr().to_string()).collect();
+    let expected: std::collections::BTreeSet<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.addr().to_string())
+        .collect();
     assert_eq!(addresses, expected, "every node, once: {nodes:#?}");
     let masters: Vec<&store::NodeInfo> = nodes
         .iter()

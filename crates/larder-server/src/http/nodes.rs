@@ -133,7 +133,11 @@ pub fn set_gauges(view: &ClusterView) {
         metrics::gauge!("larder_store_cluster_slots_ok").set(s.ok as f64);
         metrics::gauge!("larder_store_cluster_slots_pfail").set(s.pfail as f64);
         metrics::gauge!("larder_store_cluster_slots_fail").set(s.fail as f64);
-        metrics::gauge!("larder_store_cluster_state_ok").set(if s.state == "ok" { 1.0 } else { 0.0 });
+        metrics::gauge!("larder_store_cluster_state_ok").set(if s.state == "ok" {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 

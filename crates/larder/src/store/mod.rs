@@ -49,8 +49,8 @@ pub(crate) use self::dirty::{
     ShardKeys, StoredDeadLetter,
 };
 pub use self::info::ServerInfo;
-pub use self::nodes::{NodeInfo, NodeRole, SlotCoverage, CLUSTER_SLOTS};
 pub use self::memory::{MemoryStore, DEFAULT_CAPACITY as DEFAULT_MEMORY_CAPACITY};
+pub use self::nodes::{NodeInfo, NodeRole, SlotCoverage, CLUSTER_SLOTS};
 pub(crate) use self::protocol::{
     Acquired, Compacted, Compaction, Fill, LeaseRequest, Protocol, Subscription, WriteEnd,
     WriteKeys, WriteTicket,

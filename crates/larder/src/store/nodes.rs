@@ -101,7 +101,10 @@ impl NodeInfo {
                 let flags = fields.next()?;
                 let master = fields.next()?;
                 let flags: Vec<&str> = flags.split(',').collect();
-                if address.starts_with(':') || flags.contains(&"noaddr") || flags.contains(&"handshake") {
+                if address.starts_with(':')
+                    || flags.contains(&"noaddr")
+                    || flags.contains(&"handshake")
+                {
                     return None;
                 }
                 Some((id, address.to_owned(), flags.contains(&"slave"), master))
