@@ -929,6 +929,10 @@ pub struct SetConfig {
     pub shards: u16,
     /// Reads need no token even when one is set. Default: false.
     pub public_reads: bool,
+    /// Install change triggers on the table (PostgreSQL) and invalidate an
+    /// owner's set when one of its rows changes (both owners when a row
+    /// moves); a TRUNCATE purges the set. Default: false.
+    pub cdc: bool,
 }
 
 impl Default for SetConfig {
@@ -945,6 +949,7 @@ impl Default for SetConfig {
             wait_timeout: None,
             shards: larder::DEFAULT_SHARDS,
             public_reads: false,
+            cdc: false,
         }
     }
 }
@@ -1043,6 +1048,10 @@ pub struct FeedConfig {
     pub shards: u16,
     /// Reads need no token even when one is set. Default: false.
     pub public_reads: bool,
+    /// Install change triggers on the table and invalidate an owner's feed
+    /// when one of its rows changes (both owners when a row moves); a
+    /// TRUNCATE purges the feed. Default: false.
+    pub cdc: bool,
 }
 
 impl Default for FeedConfig {
@@ -1061,6 +1070,7 @@ impl Default for FeedConfig {
             wait_timeout: None,
             shards: larder::DEFAULT_SHARDS,
             public_reads: false,
+            cdc: false,
         }
     }
 }

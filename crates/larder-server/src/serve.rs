@@ -301,13 +301,26 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
         .enumerate()
         .map(|(i, e)| (e.name().to_owned(), i))
         .collect();
-    let subscriptions: Vec<_> = entities
+    let sets = crate::http::collections::build_sets(&config, &pool, &store).await?;
+    let set_by_name = sets
         .iter()
-        .filter_map(|e| {
-            let channel = e.changes.clone()?;
-            let handler: Arc<dyn larder::source::ChangeHandler> = Arc::new(e.cache.clone());
-            Some((channel, handler))
-        })
+        .enumerate()
+        .map(|(i, s)| (s.config.name.clone(), i))
+        .collect();
+    let feeds = crate::http::collections::build_feeds(&config, &pool, &store).await?;
+    type Handler = Arc<dyn larder::source::ChangeHandler>;
+    let subscriptions: Vec<(ChangeChannel, Handler)> = entities
+        .iter()
+        .filter_map(|e| Some((e.changes.clone()?, Arc::new(e.cache.clone()) as Handler)))
+        .chain(
+            sets.iter()
+                .filter_map(|s| Some((s.changes.clone()?, Arc::new(s.cache.clone()) as Handler))),
+        )
+        .chain(
+            feeds
+                .iter()
+                .filter_map(|f| Some((f.changes.clone()?, Arc::new(f.cache.clone()) as Handler))),
+        )
         .collect();
     // Listening before the port is bound: a change committed once the
     // service answers is heard.
@@ -325,13 +338,6 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
             .map_err(|e| config.error("entity.cdc", one_line(&e)))?;
         Some(listener)
     };
-    let sets = crate::http::collections::build_sets(&config, &pool, &store).await?;
-    let set_by_name = sets
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.config.name.clone(), i))
-        .collect();
-    let feeds = crate::http::collections::build_feeds(&config, &pool, &store).await?;
     let feed_by_name = feeds
         .iter()
         .enumerate()

@@ -270,3 +270,85 @@ async fn a_feed_over_http() {
     assert!(doc["paths"]["/v1/user_posts/{owner}"]["post"]["responses"]["201"].is_object());
     assert!(doc["paths"]["/v1/user_posts/{owner}/items/{item}"]["delete"].is_object());
 }
+
+#[tokio::test]
+async fn cdc_and_purge_keep_sets_and_feeds_right() {
+    let mut pg = Pg::connect().await;
+    let visits = unique("visits");
+    let posts = unique("posts");
+    pg.exec(
+        &visits,
+        "CREATE TABLE {t} (page text NOT NULL, visitor text COLLATE \"C\" NOT NULL, UNIQUE (page, visitor));
+         INSERT INTO {t} VALUES ('home', 'ada')",
+    )
+    .await;
+    pg.exec(
+        &posts,
+        "CREATE TABLE {t} (id bigserial PRIMARY KEY, user_id bigint NOT NULL, body text NOT NULL);
+         CREATE INDEX ON {t} (user_id, id DESC);
+         INSERT INTO {t} (user_id, body) VALUES (1, 'a'), (2, 'b')",
+    )
+    .await;
+    let toml = support::pg_config(
+        &unique("p"),
+        &format!(
+            "[[set]]\nname = \"visitors\"\ntable = \"{visits}\"\nowner = \"page\"\nmember = \"visitor\"\ncdc = true\n\
+             [[feed]]\nname = \"user_posts\"\ntable = \"{posts}\"\nowner = \"user_id\"\ncdc = true\n"
+        ),
+    );
+    let app = app(support::state(&toml).await);
+    let count = |app: axum::Router, path: &'static str| async move {
+        get(&app, path).await.json()["count"].clone()
+    };
+    assert_eq!(
+        count(app.clone(), "/v1/visitors/home?limit=0").await,
+        json!(1)
+    );
+    assert_eq!(
+        get(&app, "/v1/visitors/home?limit=0").await.x_cache(),
+        "hit"
+    );
+    let bodies = |app: axum::Router, path: &'static str| async move {
+        get(&app, path).await.json()["items"]
+            .as_array()
+            .map(|items| items.iter().map(|i| i["body"].clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(bodies(app.clone(), "/v1/user_posts/1").await, [json!("a")]);
+
+    // Writes that bypass larder reach the cache through the triggers.
+    sqlx::raw_sql(&format!(
+        "INSERT INTO {visits} VALUES ('home', 'bob'); UPDATE {posts} SET user_id = 1 WHERE body = 'b'"
+    ))
+    .execute(&pg.pool)
+    .await
+    .expect("plain SQL writes");
+    larder_test_support::eventually("the set and the feed see the plain SQL writes", || async {
+        count(app.clone(), "/v1/visitors/home?limit=0").await == json!(2)
+            && bodies(app.clone(), "/v1/user_posts/1").await == [json!("b"), json!("a")]
+            && bodies(app.clone(), "/v1/user_posts/2").await.is_empty()
+    })
+    .await;
+
+    // The admin purge drops every owner of a set and of a feed.
+    assert_eq!(
+        get(&app, "/v1/visitors/home?limit=0").await.x_cache(),
+        "hit"
+    );
+    for name in ["visitors", "user_posts"] {
+        let a = send(&app, "POST", &format!("/v1/_admin/{name}/purge"), &[], None).await;
+        assert_eq!(a.status.as_u16(), 204, "{name}");
+    }
+    assert_eq!(
+        get(&app, "/v1/visitors/home?limit=0").await.x_cache(),
+        "miss"
+    );
+    assert_eq!(get(&app, "/v1/user_posts/1").await.x_cache(), "miss");
+    let doc = get(&app, "/v1/openapi.json").await.json();
+    for name in ["visitors", "user_posts"] {
+        assert!(
+            doc["paths"][format!("/v1/_admin/{name}/purge")]["post"].is_object(),
+            "{name}"
+        );
+    }
+}

@@ -338,6 +338,12 @@ impl KeySpace {
         )
     }
 
+    /// What every per-id and per-shard key of this entity starts with:
+    /// `<prefix>:{<entity>:` (the shard, `}`, the kind and the id follow).
+    pub(crate) fn namespace(&self) -> String {
+        format!("{}:{{{}:", self.prefix, self.entity)
+    }
+
     /// The name of this entity in the source's fence table:
     /// `<prefix>:<entity>`, so caches under other prefixes never fence each other.
     pub(crate) fn fence_name(&self) -> String {

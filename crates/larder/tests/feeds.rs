@@ -400,3 +400,68 @@ async fn feed_order_is_checked_at_build() {
     }
     pg.drop().await;
 }
+
+#[tokio::test]
+async fn change_notifications_invalidate_feeds_and_purge_clears_them() {
+    let pg = Pg::new().await;
+    pg.insert(1, 100, "one").await;
+    let id_two = pg.insert(2, 100, "two").await;
+    let source = pg.source().await;
+    let channel = source.install_change_triggers().await.expect("triggers");
+    let f = feed(
+        support::redis_store().await,
+        &support::unique("f"),
+        source,
+        10,
+    )
+    .await;
+    let listener = larder::ChangeListener::builder()
+        .subscribe(channel, Arc::new(f.clone()))
+        .application_name(&support::unique("feeds_cdc"))
+        .start()
+        .await
+        .expect("listener");
+    let first_page = |owner: &'static str| {
+        let f = f.clone();
+        async move { bodies(&f.page(owner, 0, 10).await.expect("page").value.items) }
+    };
+    assert_eq!(first_page("1").await, ["one"]);
+    assert_eq!(
+        f.page("1", 0, 10).await.expect("page").outcome,
+        CollectionOutcome::Hit
+    );
+    assert_eq!(first_page("2").await, ["two"]);
+
+    // A plain SQL insert invalidates its owner's feed.
+    pg.insert(1, 200, "later").await;
+    support::eventually("owner 1's feed shows the insert", || async {
+        first_page("1").await == ["later", "one"]
+    })
+    .await;
+    // A row moved to another owner leaves one feed and joins the other.
+    sqlx::query(&format!(
+        "UPDATE {}.posts SET user_id = 1 WHERE id = $1",
+        pg.schema
+    ))
+    .bind(id_two)
+    .execute(&pg.admin)
+    .await
+    .expect("move");
+    support::eventually("the moved row is in owner 1's feed only", || async {
+        first_page("1").await == ["later", "two", "one"] && first_page("2").await.is_empty()
+    })
+    .await;
+
+    // purge: every owner's feed is read anew.
+    assert_eq!(
+        f.page("1", 0, 10).await.expect("page").outcome,
+        CollectionOutcome::Hit
+    );
+    assert!(f.purge().await.expect("purge") >= 2);
+    assert_eq!(
+        f.page("1", 0, 10).await.expect("page").outcome,
+        CollectionOutcome::Miss
+    );
+    listener.close().await;
+    pg.drop().await;
+}

@@ -873,3 +873,155 @@ async fn a_fill_older_than_a_write_is_refused_redis() {
 async fn a_fill_older_than_a_write_is_refused_memory() {
     a_fill_older_than_a_write_is_refused("memory").await;
 }
+
+async fn purge_invalidates_every_owner_and_refuses_a_fill_in_flight(kind: &str) {
+    let pg = Pg::new().await;
+    for user in 1..=3 {
+        pg.insert(user, &["a"]).await;
+    }
+    let store = store(kind).await;
+    let prefix = support::unique("s");
+    let gated = Gated {
+        inner: pg.follows().await,
+        loaded: Arc::default(),
+        go: Arc::new(tokio::sync::Semaphore::new(1000)),
+    };
+    let set = cache(store.clone(), &prefix, gated.clone(), 100).await;
+    // Another collection under the same prefix, not purged.
+    let other = SetCache::builder()
+        .prefix(&prefix)
+        .name("followers-b")
+        .store(store.clone())
+        .source(pg.follows().await)
+        .build()
+        .await
+        .expect("other set");
+    for owner in ["1", "2"] {
+        set.contains(owner, "a").await.expect("read");
+        assert_eq!(
+            set.contains(owner, "a").await.expect("read").outcome,
+            CollectionOutcome::Hit
+        );
+    }
+    other.contains("1", "a").await.expect("read");
+    // A load of owner 3 in flight across the purge.
+    gated.go.forget_permits(1000);
+    let reader = {
+        let set = set.clone();
+        tokio::spawn(async move { set.contains("3", "a").await.expect("read") })
+    };
+    gated.loaded.notified().await;
+    pg.insert(3, &["b"]).await;
+    assert_eq!(
+        set.purge().await.expect("purge"),
+        3,
+        "owners 1, 2 and 3 (its lease)"
+    );
+    gated.go.add_permits(1000);
+    reader.await.expect("reader");
+    assert_eq!(
+        set.stats().fills_refused,
+        1,
+        "the fill begun before the purge was refused"
+    );
+    for owner in ["1", "2"] {
+        assert_eq!(
+            set.contains(owner, "a").await.expect("read").outcome,
+            CollectionOutcome::Miss,
+            "owner {owner} was purged"
+        );
+    }
+    let three = set.contains("3", "b").await.expect("read");
+    assert_eq!(
+        (three.value, three.outcome),
+        (true, CollectionOutcome::Miss)
+    );
+    assert_eq!(
+        other.contains("1", "a").await.expect("read").outcome,
+        CollectionOutcome::Hit,
+        "another collection keeps its entries"
+    );
+    assert_eq!(set.purge().await.expect("purge"), 3);
+    pg.drop().await;
+}
+
+#[tokio::test]
+async fn purge_invalidates_every_owner_and_refuses_a_fill_in_flight_redis() {
+    purge_invalidates_every_owner_and_refuses_a_fill_in_flight("redis").await;
+}
+
+#[tokio::test]
+async fn purge_invalidates_every_owner_and_refuses_a_fill_in_flight_memory() {
+    purge_invalidates_every_owner_and_refuses_a_fill_in_flight("memory").await;
+}
+
+#[tokio::test]
+async fn change_notifications_invalidate_owners_and_moves_invalidate_both() {
+    let pg = Pg::new().await;
+    pg.insert(1, &["a"]).await;
+    pg.insert(2, &["b"]).await;
+    let source = pg.follows().await;
+    let channel = source.install_change_triggers().await.expect("triggers");
+    // Idempotent: a second install finds them in place.
+    let again = source
+        .install_change_triggers()
+        .await
+        .expect("triggers again");
+    assert_eq!(channel.name(), again.name());
+    let set = cache(
+        support::redis_store().await,
+        &support::unique("s"),
+        source,
+        100,
+    )
+    .await;
+    let listener = larder::ChangeListener::builder()
+        .subscribe(channel, Arc::new(set.clone()))
+        .application_name(&support::unique("sets_cdc"))
+        .start()
+        .await
+        .expect("listener");
+    let cached = |owner: &'static str, member: &'static str| {
+        let set = set.clone();
+        async move {
+            set.contains(owner, member).await.expect("read");
+            set.contains(owner, member).await.expect("read")
+        }
+    };
+    assert!(cached("1", "a").await.value);
+    assert_eq!(cached("2", "b").await.outcome, CollectionOutcome::Hit);
+
+    // A plain SQL insert invalidates its owner.
+    pg.insert(1, &["x"]).await;
+    support::eventually("owner 1 sees the inserted member", || async {
+        set.contains("1", "x").await.expect("read").value
+    })
+    .await;
+    // An UPDATE that moves a row to another owner invalidates both.
+    assert!(!cached("2", "x").await.value);
+    sqlx::query(&format!(
+        "UPDATE {}.follows SET user_id = 2 WHERE follower = 'x'",
+        pg.schema
+    ))
+    .execute(&pg.admin)
+    .await
+    .expect("move");
+    support::eventually("owner 2 gains x and owner 1 loses it", || async {
+        set.contains("2", "x").await.expect("read").value
+            && !set.contains("1", "x").await.expect("read").value
+    })
+    .await;
+    // A TRUNCATE purges every owner.
+    assert!(cached("1", "a").await.value);
+    sqlx::query(&format!("TRUNCATE {}.follows", pg.schema))
+        .execute(&pg.admin)
+        .await
+        .expect("truncate");
+    support::eventually("every owner is empty after the TRUNCATE", || async {
+        set.count("1").await.expect("count").value == 0
+            && set.count("2").await.expect("count").value == 0
+    })
+    .await;
+    listener.close().await;
+    pg.drop().await;
+}

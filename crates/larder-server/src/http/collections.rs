@@ -45,6 +45,8 @@ pub struct SetEntry {
     pub config: SetConfig,
     /// The cache of the set's owners.
     pub cache: SetCache,
+    /// The change-notification channel of its table (`cdc = true`).
+    pub changes: Option<larder::source::ChangeChannel>,
 }
 
 /// Builds every `[[set]]`: the source (schema and index checks) and the cache.
@@ -62,6 +64,14 @@ pub async fn build_sets(
             .build()
             .await
             .map_err(|e| config.error(format!("set[{i}].table"), crate::serve::one_line(&e)))?;
+        let changes =
+            if s.cdc {
+                Some(source.install_change_triggers().await.map_err(|e| {
+                    config.error(format!("set[{i}].cdc"), crate::serve::one_line(&e))
+                })?)
+            } else {
+                None
+            };
         let cache = SetCache::builder()
             .prefix(&config.store.prefix)
             .name(&s.name)
@@ -84,6 +94,7 @@ pub async fn build_sets(
         sets.push(SetEntry {
             config: s.clone(),
             cache,
+            changes,
         });
     }
     Ok(sets)
@@ -341,6 +352,8 @@ pub struct FeedEntry {
     pub config: FeedConfig,
     /// The cache of the feed's owners.
     pub cache: FeedCache,
+    /// The change-notification channel of its table (`cdc = true`).
+    pub changes: Option<larder::source::ChangeChannel>,
 }
 
 /// Builds every `[[feed]]`: the source (order checks) and the cache.
@@ -360,6 +373,14 @@ pub async fn build_feeds(
             .build()
             .await
             .map_err(|e| config.error(format!("feed[{i}].table"), crate::serve::one_line(&e)))?;
+        let changes =
+            if f.cdc {
+                Some(source.install_change_triggers().await.map_err(|e| {
+                    config.error(format!("feed[{i}].cdc"), crate::serve::one_line(&e))
+                })?)
+            } else {
+                None
+            };
         let cache = FeedCache::builder()
             .prefix(&config.store.prefix)
             .name(&f.name)
@@ -376,6 +397,7 @@ pub async fn build_feeds(
         feeds.push(FeedEntry {
             config: f.clone(),
             cache,
+            changes,
         });
     }
     Ok(feeds)

@@ -174,6 +174,26 @@ pub fn element_max_chars(sql_type: &str) -> Option<usize> {
     inner.trim().parse().ok()
 }
 
+/// `POST /v1/_admin/{name}/purge` of a set or a feed (`kind`).
+fn collection_purge(kind: &str, name: &str) -> Value {
+    let mut purge = op(
+        "POST",
+        "/v1/_admin/{entity}/purge",
+        false,
+        &format!(
+            "Drop every owner's cached {kind} `{name}`, on every instance (a scan of the store: \
+             for rare events, not the request path)."
+        ),
+        vec![],
+        responses(&[
+            ("204", json!({ "description": "Done." })),
+            ("503", error_response("unavailable: the store is down.")),
+        ]),
+    );
+    purge["operationId"] = json!(format!("purge_{kind}_{name}"));
+    purge
+}
+
 /// The schema of an increment's `column`: one of the numeric columns
 /// (any string when the entity's columns are not known).
 fn column_schema_of(counters: &[&str]) -> Value {
@@ -1161,6 +1181,10 @@ pub fn add_feeds(doc: &mut Value, feeds: &[(&str, bool, bool)]) {
         );
         invalidate["operationId"] = json!(format!("invalidate_feed_{name}"));
         paths.insert(format!("{base}/invalidate"), json!({ "post": invalidate }));
+        paths.insert(
+            format!("/v1/_admin/{name}/purge"),
+            json!({ "post": collection_purge("feed", name) }),
+        );
     }
 }
 
@@ -1261,6 +1285,10 @@ pub fn add_sets(doc: &mut Value, sets: &[SetDoc<'_>]) {
         );
         invalidate["operationId"] = json!(format!("invalidate_set_{}", s.name));
         paths.insert(format!("{base}/invalidate"), json!({ "post": invalidate }));
+        paths.insert(
+            format!("/v1/_admin/{}/purge", s.name),
+            json!({ "post": collection_purge("set", s.name) }),
+        );
         let route = "/v1/{entity}/{id}/members/{member}";
         let mut has = op(
             "GET",

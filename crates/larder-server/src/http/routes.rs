@@ -431,11 +431,27 @@ pub async fn invalidate_tag(
 }
 
 /// `POST /v1/_admin/{entity}/purge`: every entry of the entity is a miss
-/// from now on, on every instance (its generation is bumped); 204.
+/// from now on, on every instance (its generation is bumped); 204. For a
+/// set or a feed, every owner's cached collection is invalidated (a scan
+/// of the store: see `SetCache::purge`).
 pub async fn purge(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(set) = state.set(&name) {
+        set.cache
+            .purge()
+            .await
+            .map_err(|err| ApiError::from_engine(&name, &err))?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if let Some(feed) = state.feed(&name) {
+        feed.cache
+            .purge()
+            .await
+            .map_err(|err| ApiError::from_engine(&name, &err))?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let e = entity(&state, &name)?;
     e.cache.purge().await.map_err(engine(e))?;
     Ok(StatusCode::NO_CONTENT.into_response())

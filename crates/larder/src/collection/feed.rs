@@ -594,6 +594,14 @@ impl FeedCache {
         })?
     }
 
+    /// Invalidates every owner's cached feed, on every instance (the
+    /// store is shared): the next read of each loads. For a TRUNCATE or a
+    /// gap in change notifications; it scans the store (`SCAN`), so it is
+    /// not for the read or write path. Returns how many owners had keys.
+    pub async fn purge(&self) -> Result<u64> {
+        self.inner.core.purge().await
+    }
+
     /// Deletes `owner`'s cached feed; the next read loads it.
     pub async fn invalidate(&self, owner: &str) -> Result<()> {
         let owner = self.owner(owner)?;

@@ -251,6 +251,30 @@ impl Core {
         }
     }
 
+    /// Invalidates every owner this collection has anything cached for
+    /// (meta, value, staging, lease or write bookkeeping), each as
+    /// `invalidate` does: a fill or write in flight then caches nothing.
+    /// Finding the owners is a scan of the store (see `store/scan.rs`):
+    /// for rare, whole-collection events. Returns how many owners.
+    pub(crate) async fn purge(&self) -> Result<u64> {
+        /// Invalidations sent at once.
+        const AT_ONCE: usize = 32;
+        let collections = self.collections()?;
+        let owners = collections
+            .collection_owners(&self.keys.namespace())
+            .await?;
+        for chunk in owners.chunks(AT_ONCE) {
+            let done = futures_util::future::join_all(chunk.iter().map(|owner| async move {
+                collections
+                    .collection_invalidate(&self.owner_keys(owner))
+                    .await
+            }))
+            .await;
+            done.into_iter().collect::<Result<Vec<()>>>()?;
+        }
+        Ok(owners.len() as u64)
+    }
+
     /// The store's collection operations.
     pub(crate) fn collections(&self) -> Result<&dyn Collections> {
         self.store.collections().ok_or_else(|| {

@@ -283,6 +283,12 @@ pub trait Collections: Debug + Send + Sync {
     /// write sequence of a write in flight (its end then deletes).
     async fn collection_invalidate(&self, keys: &CollectionKeys) -> Result<()>;
 
+    /// The owners that have any key under `namespace` (`<prefix>:{<name>:`,
+    /// every shard of one collection): what a purge invalidates. A scan of
+    /// the whole keyspace (`SCAN`, every master of a Cluster): for rare,
+    /// whole-collection events only.
+    async fn collection_owners(&self, namespace: &str) -> Result<Vec<String>>;
+
     /// Atomically reads a feed's meta and the list's elements
     /// `offset .. offset + limit` (`LRANGE`): one round trip.
     async fn feed_read(&self, keys: &CollectionKeys, offset: u64, limit: u64) -> Result<FeedRead>;
@@ -302,4 +308,25 @@ pub trait Collections: Debug + Send + Sync {
         clean: bool,
         end: &FeedWriteEnd,
     ) -> Result<bool>;
+}
+
+/// The owner of a collection key under `namespace`
+/// (`<namespace><shard>}:<letter>:<owner>`), if it is one.
+pub(crate) fn owner_of_key<'a>(namespace: &str, key: &'a str) -> Option<&'a str> {
+    let rest = key.strip_prefix(namespace)?;
+    let (_shard, rest) = rest.split_once("}:")?;
+    let (_letter, owner) = rest.split_once(':')?;
+    Some(owner)
+}
+
+/// The distinct owners of `keys` under `namespace`, sorted.
+pub(crate) fn owners_of_keys<'a>(
+    namespace: &str,
+    keys: impl IntoIterator<Item = &'a String>,
+) -> Vec<String> {
+    let owners: std::collections::BTreeSet<&str> = keys
+        .into_iter()
+        .filter_map(|k| owner_of_key(namespace, k))
+        .collect();
+    owners.into_iter().map(str::to_owned).collect()
 }

@@ -463,6 +463,20 @@ impl Collections for MemoryStore {
         Ok(true)
     }
 
+    async fn collection_owners(&self, namespace: &str) -> Result<Vec<String>> {
+        let c = self.collection_state().lock();
+        let keys = c
+            .metas
+            .keys()
+            .chain(c.values.keys())
+            .chain(c.staging.keys())
+            .chain(c.leases.keys())
+            .chain(c.writes.keys())
+            .chain(c.lists.keys())
+            .chain(c.list_staging.keys());
+        Ok(super::collection::owners_of_keys(namespace, keys))
+    }
+
     async fn collection_invalidate(&self, keys: &CollectionKeys) -> Result<()> {
         let now = Instant::now();
         let mut c = self.collection_state().lock();

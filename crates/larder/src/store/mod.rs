@@ -34,6 +34,7 @@ mod redis_hash;
 // by the cache (write-back on a hash entity is still refused at build).
 #[cfg_attr(not(test), allow(dead_code))]
 mod redis_hash_dirty;
+mod scan;
 
 // Cached collections (sets): the protocol and its two stores.
 mod collection;

@@ -586,6 +586,11 @@ impl Collections for RedisStore {
         Ok(self.run::<i64>(inv).await? == 1)
     }
 
+    async fn collection_owners(&self, namespace: &str) -> Result<Vec<String>> {
+        let keys = self.keys_with_prefix(namespace).await?;
+        Ok(super::collection::owners_of_keys(namespace, &keys))
+    }
+
     async fn collection_invalidate(&self, keys: &CollectionKeys) -> Result<()> {
         let mut inv = INVALIDATE.prepare_invoke();
         inv.key(&keys.meta)

@@ -235,6 +235,23 @@ fn item_of(row: &sqlx::postgres::PgRow) -> sqlx::Result<FeedItem> {
     })
 }
 
+impl SqlFeedSource {
+    /// Installs change triggers on the feed's table and returns their
+    /// channel: a row inserted, deleted or changed notifies its owner, an
+    /// UPDATE that moves a row to another owner notifies both, a TRUNCATE
+    /// purges; give the channel to a [`ChangeListener`](crate::ChangeListener)
+    /// with the [`FeedCache`](crate::FeedCache) as its handler. Idempotent,
+    /// as [`SqlSource::install_change_triggers`](crate::SqlSource::install_change_triggers).
+    pub async fn install_change_triggers(&self) -> Result<super::ChangeChannel> {
+        super::cdc::install_owner_triggers(
+            self.inner.pool.clone(),
+            &self.inner.name,
+            &self.inner.owner,
+        )
+        .await
+    }
+}
+
 #[async_trait]
 impl FeedSource for SqlFeedSource {
     fn canonical_owner(&self, raw: &str) -> Result<String> {

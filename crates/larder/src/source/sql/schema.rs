@@ -293,7 +293,7 @@ pub(crate) struct RawRelation {
 
 /// The chosen columns of a source, with everything the SQL builders and the
 /// validation need.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Schema {
     pub(crate) entity: String,
     pub(crate) table: TableName,

@@ -31,3 +31,32 @@ where
         self.purge_or_refuse().await
     }
 }
+
+/// A set or a feed is the change handler of its table's owner channel
+/// (`SqlSetSource::install_change_triggers`,
+/// `SqlFeedSource::install_change_triggers`): each notified owner's cached
+/// collection is invalidated; a TRUNCATE or a gap purges every owner
+/// (`purge`, a scan of the store).
+macro_rules! owner_handler {
+    ($($collection:ty),*) => {$(
+        #[async_trait]
+        impl ChangeHandler for $collection {
+            async fn changed(&self, _name: &str, owners: &[String]) -> Result<()> {
+                for owner in owners {
+                    self.invalidate(owner).await?;
+                }
+                Ok(())
+            }
+
+            async fn truncated(&self, _name: &str) -> Result<()> {
+                self.purge().await.map(drop)
+            }
+
+            async fn gap(&self, _name: &str) -> Result<()> {
+                self.purge().await.map(drop)
+            }
+        }
+    )*};
+}
+
+owner_handler!(crate::SetCache, crate::FeedCache);

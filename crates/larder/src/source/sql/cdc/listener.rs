@@ -17,7 +17,7 @@
 
 use super::{ChangeChannel, ChangeHandler};
 use crate::error::{Error, Result};
-use crate::source::sql::{classify, SqlSource};
+use crate::source::sql::classify;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use std::collections::HashSet;
@@ -287,8 +287,8 @@ impl ChangeListenerBuilder {
             }
             subs.push(Sub {
                 entity: channel.entity().to_owned(),
-                channel: channel.name,
-                source: channel.source,
+                channel: channel.name.clone(),
+                ids: channel,
                 handler,
                 gap_pending: false,
                 failures: 0,
@@ -454,7 +454,8 @@ async fn probe(listener: &mut PgListener) -> Result<(), String> {
 struct Sub {
     channel: String,
     entity: String,
-    source: SqlSource,
+    /// The channel, for its canonical ids.
+    ids: ChangeChannel,
     handler: Arc<dyn ChangeHandler>,
     /// A gap must be delivered (after a lost connection, a malformed
     /// notification or a handler error) before anything else.
@@ -526,7 +527,7 @@ impl Dispatcher {
             Some(Payload::Purge) => batch.purge = true,
             Some(Payload::Keys(keys)) => {
                 for key in keys {
-                    match sub.source.canonical_id(&key) {
+                    match sub.ids.canonical(&key) {
                         Ok(id) => {
                             if batch.seen.insert(id.clone()) {
                                 batch.ids.push(id);

@@ -28,6 +28,13 @@
 //!   instead of failing the writer's transaction, the whole entity is
 //!   purged.
 //!
+//! A set's or a feed's triggers (`SqlSetSource::install_change_triggers`,
+//! `SqlFeedSource::install_change_triggers`) send the same payloads with
+//! the owner column's values instead of the key: `["<old owner>", "<new
+//! owner>"]` is a row moved to another owner. They are named, and notify a
+//! channel, after the column as well (`larder_cdc_<8 hex digits>`), so they
+//! live beside an entity's triggers on the same table.
+//!
 //! Both purge markers reach [`ChangeHandler::truncated`]. Ids are passed
 //! through [`SqlSource::canonical_id`] before delivery; a row whose key is
 //! NULL has no id in the cache and is skipped.
@@ -62,6 +69,7 @@ mod triggers;
 
 pub use self::listener::{ChangeListener, ChangeListenerBuilder, ChangeStats};
 
+use super::schema::Schema;
 use super::{classify, SqlSource};
 use crate::error::Result;
 use async_trait::async_trait;
@@ -101,8 +109,8 @@ pub struct ChangeChannel {
     /// `schema.table`, so tables of the same name in different schemas get
     /// different channels), at most 63 bytes.
     name: String,
-    /// The source, for its entity name, canonical ids and connection options.
-    source: SqlSource,
+    /// What the notified keys are, for the handler's name and canonical ids.
+    ids: ChannelIds,
     /// The source's pool (PostgreSQL only).
     pool: sqlx::PgPool,
 }
@@ -116,8 +124,61 @@ impl ChangeChannel {
     /// The entity whose changes this channel carries (the source's entity
     /// name), as passed to the [`ChangeHandler`].
     pub fn entity(&self) -> &str {
-        self.source.entity()
+        match &self.ids {
+            ChannelIds::Rows(source) => source.entity(),
+            ChannelIds::Owners { name, .. } => name,
+        }
     }
+
+    /// The canonical id of a notified key (an entity's row id, or a
+    /// collection's owner), or why it is none.
+    pub(crate) fn canonical(&self, key: &str) -> Result<String> {
+        match &self.ids {
+            ChannelIds::Rows(source) => source.canonical_id(key),
+            ChannelIds::Owners { owner, .. } => Ok(owner.canonical(key)?.text),
+        }
+    }
+}
+
+/// What the keys a channel carries identify.
+#[derive(Debug, Clone)]
+pub(crate) enum ChannelIds {
+    /// Rows of an entity: its source's ids.
+    Rows(SqlSource),
+    /// Owners of a collection (a set, a feed): canonical as the owner
+    /// column's values.
+    Owners {
+        /// The collection's name.
+        name: String,
+        /// The owner column, as a key.
+        owner: std::sync::Arc<Schema>,
+    },
+}
+
+pub(crate) use self::triggers::{no_notifications_mysql, no_notifications_sqlite};
+
+/// Installs the change triggers of a collection (a set, a feed) named
+/// `name` on its table: each notification carries the values of the
+/// `owner` column (`["<owner>"]`, `["<old owner>", "<new owner>"]` for an
+/// UPDATE that moves a row to another owner), so the handler invalidates
+/// those owners' collections. The triggers and the channel are named after
+/// the column too, so they live beside an entity's on the same table.
+pub(crate) async fn install_owner_triggers(
+    pool: sqlx::PgPool,
+    name: &str,
+    owner: &Schema,
+) -> Result<ChangeChannel> {
+    triggers::install(
+        pool,
+        owner,
+        &owner.key.name,
+        true,
+        ChannelIds::Owners {
+            name: name.to_owned(),
+            owner: std::sync::Arc::new(owner.clone()),
+        },
+    )
+    .await
 }
 
 /// Marks the current transaction as larder's own: the change triggers skip
@@ -161,7 +222,16 @@ impl SqlSource {
     ///   [`Error::Source`](crate::Error::Source): the database could not be
     ///   reached, or refused (no privilege, say).
     pub async fn install_change_triggers(&self) -> Result<ChangeChannel> {
-        triggers::install(self).await
+        let schema = &self.inner.schema;
+        let pool = triggers::postgres_pool(&self.inner.backend, &schema.entity)?;
+        triggers::install(
+            pool,
+            schema,
+            &schema.key.name,
+            false,
+            ChannelIds::Rows(self.clone()),
+        )
+        .await
     }
 }
 

@@ -8,9 +8,10 @@
 //! Identifiers are validated at build time and quoted, so they are safe to
 //! splice into the SQL.
 
-use super::{classify, ChangeChannel, SqlSource};
+use super::{classify, ChangeChannel, ChannelIds};
 use crate::error::{Error, Result};
 use crate::source::sql::schema::quote;
+use crate::source::sql::schema::Schema;
 use crate::source::sql::Backend;
 use sqlx::Row;
 
@@ -24,31 +25,87 @@ const ROW_TRIGGER: &str = "larder_cdc";
 /// The TRUNCATE trigger's name.
 const TRUNCATE_TRIGGER: &str = "larder_cdc_truncate";
 
-/// Installs (or finds in place) the function and both triggers.
-pub(super) async fn install(source: &SqlSource) -> Result<ChangeChannel> {
-    let schema = &source.inner.schema;
+/// The names of one pair of triggers on a table.
+#[derive(Debug)]
+struct TriggerNames {
+    row: String,
+    truncate: String,
+}
+
+impl TriggerNames {
+    /// An entity's: [`ROW_TRIGGER`], [`TRUNCATE_TRIGGER`].
+    fn entity() -> Self {
+        TriggerNames {
+            row: ROW_TRIGGER.into(),
+            truncate: TRUNCATE_TRIGGER.into(),
+        }
+    }
+
+    /// A collection's: the entity's names with `_<suffix>`.
+    fn suffixed(suffix: &str) -> Self {
+        TriggerNames {
+            row: format!("{ROW_TRIGGER}_{suffix}"),
+            truncate: format!("{TRUNCATE_TRIGGER}_{suffix}"),
+        }
+    }
+}
+
+/// The PostgreSQL pool of an entity's source, or why it has no change
+/// notifications (SQLite, MariaDB).
+pub(super) fn postgres_pool(backend: &Backend, entity: &str) -> Result<sqlx::PgPool> {
+    match backend {
+        Backend::Postgres(pool, _) => Ok(pool.clone()),
+        Backend::Sqlite(..) => Err(no_notifications_sqlite(entity)),
+        Backend::MySql(..) => Err(no_notifications_mysql(entity)),
+    }
+}
+
+/// SQLite has no change notifications.
+pub(crate) fn no_notifications_sqlite(entity: &str) -> Error {
+    Error::Config(format!(
+        "entity `{entity}`: SQLite has no change notifications; \
+         keep its cache right by writing through larder or invalidating after writes"
+    ))
+}
+
+/// MySQL/MariaDB has no change notifications.
+pub(crate) fn no_notifications_mysql(entity: &str) -> Error {
+    Error::Config(format!(
+        "entity `{entity}`: cdc: MySQL/MariaDB has no change notifications; \
+         set cdc = false and invalidate explicitly after writes that bypass larder \
+         (Cache::invalidate, POST /v1/{{entity}}/{{id}}/invalidate)"
+    ))
+}
+
+/// Installs (or finds in place) the function and both triggers on
+/// `schema`'s table, notifying the values of `column`.
+///
+/// An entity's triggers (`per_column` false) keep the names they always
+/// had (`larder_cdc`, `larder_cdc_truncate`; channel per table). A
+/// collection's (`per_column` true) are named, and notify a channel,
+/// after the column too, so a table can carry an entity's triggers and
+/// those of every collection grouped by one of its columns at once.
+pub(crate) async fn install(
+    pool: sqlx::PgPool,
+    schema: &Schema,
+    column: &str,
+    per_column: bool,
+    ids: ChannelIds,
+) -> Result<ChangeChannel> {
     let entity = schema.entity.as_str();
-    let pool = match &source.inner.backend {
-        Backend::Postgres(pool, _) => pool.clone(),
-        Backend::Sqlite(..) => {
-            return Err(Error::Config(format!(
-                "entity `{entity}`: SQLite has no change notifications; \
-                 keep its cache right by writing through larder or invalidating after writes"
-            )))
-        }
-        Backend::MySql(..) => {
-            return Err(Error::Config(format!(
-                "entity `{entity}`: cdc: MySQL/MariaDB has no change notifications; \
-                 set cdc = false and invalidate explicitly after writes that bypass larder \
-                 (Cache::invalidate, POST /v1/{{entity}}/{{id}}/invalidate)"
-            )))
-        }
-    };
     // describe() resolved the schema; "public" is only a fallback.
     let schema_name = schema.table.schema.as_deref().unwrap_or("public");
     let table_name = schema.table.name.as_str();
-    let channel = channel_name(schema_name, table_name);
-    let sql = TriggerSql::new(schema_name, table_name, &schema.key.name, &channel);
+    let (channel, names) = if per_column {
+        let (channel, suffix) = column_channel_name(schema_name, table_name, column);
+        (channel, TriggerNames::suffixed(&suffix))
+    } else {
+        (
+            channel_name(schema_name, table_name),
+            TriggerNames::entity(),
+        )
+    };
+    let sql = TriggerSql::new(schema_name, table_name, column, &channel, &names);
 
     let mut tx = pool.begin().await.map_err(|e| classify(entity, e))?;
     // Serialises concurrent installers (CREATE OR REPLACE FUNCTION from two
@@ -89,7 +146,7 @@ pub(super) async fn install(source: &SqlSource) -> Result<ChangeChannel> {
             )))
         }
     }
-    if !in_place(&mut tx, &sql, schema_name, table_name, &channel)
+    if !in_place(&mut tx, &sql, &names, schema_name, table_name, &channel)
         .await
         .map_err(|e| classify(entity, e))?
     {
@@ -103,7 +160,7 @@ pub(super) async fn install(source: &SqlSource) -> Result<ChangeChannel> {
     tx.commit().await.map_err(|e| classify(entity, e))?;
     Ok(ChangeChannel {
         name: channel,
-        source: source.clone(),
+        ids,
         pool,
     })
 }
@@ -113,6 +170,7 @@ pub(super) async fn install(source: &SqlSource) -> Result<ChangeChannel> {
 async fn in_place(
     tx: &mut sqlx::PgConnection,
     sql: &TriggerSql,
+    names: &TriggerNames,
     schema_name: &str,
     table_name: &str,
     function: &str,
@@ -129,8 +187,8 @@ async fn in_place(
     .bind(schema_name)
     .bind(table_name)
     .bind(function)
-    .bind(ROW_TRIGGER)
-    .bind(TRUNCATE_TRIGGER)
+    .bind(&names.row)
+    .bind(&names.truncate)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
@@ -150,6 +208,17 @@ fn channel_name(schema_name: &str, table_name: &str) -> String {
     format!("larder_{short}_{:08x}", hash & 0xffff_ffff)
 }
 
+/// The channel of a collection's triggers on `column` of a table:
+/// `larder_<table>_<8 hex digits>` hashing `schema.table.column`, and the
+/// digits (the triggers' suffix).
+fn column_channel_name(schema_name: &str, table_name: &str, column: &str) -> (String, String) {
+    let hash =
+        xxhash_rust::xxh3::xxh3_64(format!("{schema_name}.{table_name}.{column}").as_bytes());
+    let digits = format!("{:08x}", hash & 0xffff_ffff);
+    let short = &table_name[..table_name.len().min(46)];
+    (format!("larder_{short}_{digits}"), digits)
+}
+
 /// The statements that install the triggers of one table.
 #[derive(Debug)]
 struct TriggerSql {
@@ -161,7 +230,14 @@ struct TriggerSql {
 }
 
 impl TriggerSql {
-    fn new(schema_name: &str, table_name: &str, key: &str, channel: &str) -> Self {
+    fn new(
+        schema_name: &str,
+        table_name: &str,
+        key: &str,
+        channel: &str,
+        names: &TriggerNames,
+    ) -> Self {
+        let (row_trigger, truncate_trigger) = (&names.row, &names.truncate);
         let table = format!("{}.{}", quote(schema_name), quote(table_name));
         let func = format!("{}.{}", quote(schema_name), quote(channel));
         let key = quote(key);
@@ -200,11 +276,11 @@ END
                 "CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS $larder${body}$larder$"
             ),
             row_trigger: format!(
-                "CREATE OR REPLACE TRIGGER {ROW_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table} \
+                "CREATE OR REPLACE TRIGGER {row_trigger} AFTER INSERT OR UPDATE OR DELETE ON {table} \
                  FOR EACH ROW EXECUTE FUNCTION {func}()"
             ),
             truncate_trigger: format!(
-                "CREATE OR REPLACE TRIGGER {TRUNCATE_TRIGGER} AFTER TRUNCATE ON {table} \
+                "CREATE OR REPLACE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {table} \
                  FOR EACH STATEMENT EXECUTE FUNCTION {func}()"
             ),
             body,
@@ -228,7 +304,7 @@ mod tests {
 
     #[test]
     fn function_checks_origin_and_payload_size() {
-        let sql = TriggerSql::new("s", "t", "id", "larder_t_0");
+        let sql = TriggerSql::new("s", "t", "id", "larder_t_0", &TriggerNames::entity());
         assert!(sql
             .function
             .contains("current_setting('larder.origin', true)"));
