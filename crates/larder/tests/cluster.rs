@@ -345,3 +345,56 @@ async fn nodes_lists_every_master_and_replica_with_their_figures_and_every_slot_
         assert_eq!(alone.slot_coverage().await.expect("slots"), None, "{url}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_a_set_scans_every_master() {
+    let cluster = RedisCluster::shared();
+    let path = support::temp_dir("cluster_purge").join("visits.db");
+    let pool = larder::SqlPool::connect(&format!("sqlite://{}", path.display()), 1)
+        .await
+        .expect("sqlite");
+    let larder::SqlPool::Sqlite(db) = &pool else {
+        panic!("a SQLite pool");
+    };
+    sqlx::query(
+        "CREATE TABLE visits (page TEXT NOT NULL, visitor TEXT NOT NULL, UNIQUE (page, visitor))",
+    )
+    .execute(db)
+    .await
+    .expect("table");
+    for page in 0..40 {
+        sqlx::query("INSERT INTO visits VALUES (?1, 'ada')")
+            .bind(format!("p{page}"))
+            .execute(db)
+            .await
+            .expect("row");
+    }
+    let source = larder::SqlSetSource::builder(pool.clone(), "visits")
+        .owner("page")
+        .member("visitor")
+        .build()
+        .await
+        .expect("source");
+    let set = larder::SetCache::builder()
+        .prefix(&unique("cpurge"))
+        .name("visitors")
+        .store(cluster.store().await)
+        .source(source)
+        .build()
+        .await
+        .expect("set");
+    for page in 0..40 {
+        set.contains(&format!("p{page}"), "ada")
+            .await
+            .expect("read");
+    }
+    // 40 owners over 64 shards, spread over the three masters.
+    assert_eq!(set.purge().await.expect("purge"), 40);
+    for page in 0..40 {
+        let read = set
+            .contains(&format!("p{page}"), "ada")
+            .await
+            .expect("read");
+        assert_eq!(read.outcome, larder::CollectionOutcome::Miss, "p{page}");
+    }
+}
