@@ -215,6 +215,8 @@ pub(crate) enum KeyKind {
     CollectionMeta,
     /// A collection's staging key, renamed over the value by the last chunk of a fill.
     CollectionStaging,
+    /// An entry's waiter flag: someone waits for another holder's fill.
+    Waiter,
 }
 
 impl KeyKind {
@@ -226,6 +228,7 @@ impl KeyKind {
             KeyKind::Dirty => 'd',
             KeyKind::CollectionMeta => 'm',
             KeyKind::CollectionStaging => 's',
+            KeyKind::Waiter => 'a',
         }
     }
 }
@@ -336,6 +339,12 @@ impl KeySpace {
             shard,
             kind.letter()
         )
+    }
+
+    /// The pub/sub channel this entity's fills are announced on, to
+    /// callers waiting for them: `<prefix>:{<entity>}:fills` (not a key).
+    pub(crate) fn fill_channel(&self) -> String {
+        format!("{}:{{{}}}:fills", self.prefix, self.entity)
     }
 
     /// What every per-id and per-shard key of this entity starts with:

@@ -27,6 +27,7 @@ pub(crate) struct Counters {
     fills_refused: AtomicU64,
     lease_waits: AtomicU64,
     wait_timeouts: AtomicU64,
+    fills_announced: AtomicU64,
     stale_on_error: AtomicU64,
     refreshes: AtomicU64,
     early_refreshes: AtomicU64,
@@ -42,6 +43,8 @@ pub(crate) enum Event {
     FillRefused,
     LeaseWait,
     WaitTimeout,
+    /// A waiter was woken by the fill's announcement, not by polling.
+    FillAnnounced,
     StaleOnError,
     Refresh,
     EarlyRefresh,
@@ -63,6 +66,7 @@ impl Counters {
             fills_refused: AtomicU64::new(0),
             lease_waits: AtomicU64::new(0),
             wait_timeouts: AtomicU64::new(0),
+            fills_announced: AtomicU64::new(0),
             stale_on_error: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
             early_refreshes: AtomicU64::new(0),
@@ -85,6 +89,7 @@ impl Counters {
             Event::FillRefused => m.fills_refused.increment(1),
             Event::LeaseWait => m.lease_waits.increment(1),
             Event::WaitTimeout => m.lease_takeovers.increment(1),
+            Event::FillAnnounced => {}
             Event::StaleOnError => m.stale_on_error.increment(1),
             Event::Refresh | Event::EarlyRefresh => m.refreshes.increment(1),
             Event::CorruptEntry => m.corrupt_entries.increment(1),
@@ -113,6 +118,7 @@ impl Counters {
             Event::FillRefused => &self.fills_refused,
             Event::LeaseWait => &self.lease_waits,
             Event::WaitTimeout => &self.wait_timeouts,
+            Event::FillAnnounced => &self.fills_announced,
             Event::StaleOnError => &self.stale_on_error,
             Event::Refresh => &self.refreshes,
             Event::EarlyRefresh => &self.early_refreshes,
@@ -144,6 +150,7 @@ impl Counters {
             fills_refused: get(&self.fills_refused),
             lease_waits: get(&self.lease_waits),
             wait_timeouts: get(&self.wait_timeouts),
+            fills_announced: get(&self.fills_announced),
             stale_on_error: get(&self.stale_on_error),
             refreshes: get(&self.refreshes),
             early_refreshes: get(&self.early_refreshes),
@@ -186,6 +193,9 @@ pub struct CacheStats {
     pub lease_waits: u64,
     /// Waits that ran out (`wait_timeout`) before the other load filled.
     pub wait_timeouts: u64,
+    /// Waits for another holder's fill that ended because the fill was
+    /// announced (the waiter flag and the fill channel), not by polling.
+    pub fills_announced: u64,
     /// Stale values served because the source failed or timed out (fail-safe).
     pub stale_on_error: u64,
     /// Refreshes of stale entries started in the background.

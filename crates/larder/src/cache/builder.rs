@@ -363,9 +363,11 @@ where
             state_file,
         );
         let counters = Counters::new(keys.entity());
+        let fills = super::fill_watch::FillWatch::new(keys.fill_channel());
         let cache = Cache::from_inner(Inner {
             breaker: Breaker::new(store.name()),
             coherence,
+            fills,
             keys,
             store,
             source: self.source,

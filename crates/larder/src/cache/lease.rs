@@ -10,19 +10,25 @@
 //! script that writes only while the lease still holds its token
 //! ([`LeaseRequest::into_fill`] is the one place a fill is made), or
 //! releases the lease when there is nothing to cache or the load failed.
+//! A waiter is told of the fill as it lands (`fill_watch.rs`: it raises the
+//! key's waiter flag, the fill announces itself), polling only as the
+//! fallback.
 //! `put` and `invalidate` void the lease in the same atomic step as their
 //! write, so a load that began before them never fills afterwards.
 
+use super::fill_watch::{Waiter, WATCHED_POLL};
 use super::read::Mode;
 use super::{Inner, Loader};
 use crate::envelope::Freshness;
 use crate::error::Result;
+use crate::key::KeyKind;
 use crate::outcome::{Lookup, Outcome};
 use crate::stats::Event;
 use crate::store::{Acquired, Fill, LeaseRequest};
 use futures_util::future::{join_all, FutureExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// The longest pause between two polls of a lease held by another process.
 const MAX_POLL: Duration = Duration::from_millis(4);
@@ -51,6 +57,8 @@ impl LeaseRequest {
             token: self.token,
             value,
             ttl,
+            waiter_key: self.waiter_key,
+            fill_channel: self.fill_channel,
         }
     }
 }
@@ -65,6 +73,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
             token: self.random.token(),
             ttl: self.policy.lease_ttl,
             if_absent,
+            waiter_key: self.keys.key(KeyKind::Waiter, id),
+            fill_channel: self.fills.channel(),
         }
     }
 
@@ -90,7 +100,13 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let deadline = Instant::now() + self.policy.wait_timeout;
         let mut pause = Duration::from_millis(1);
         let mut waited = false;
+        // Set once this caller waits with the key's waiter flag raised.
+        let mut waiter: Option<Waiter> = None;
         loop {
+            // Made before asking: a fill announced while the answer is on
+            // its way still wakes this caller.
+            let notify = waiter.as_ref().map(Waiter::notify);
+            let notified = notify.as_deref().map(Notify::notified);
             match self.store.acquire(&request).await {
                 Ok(Acquired::Lease { current }) => {
                     // A stale refresh that finds the entry fresh again (another
@@ -133,8 +149,30 @@ impl<V: Send + Sync + 'static> Inner<V> {
                             .await
                             .map(Some);
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_POLL);
+                    if waiter.is_none() && self.store.announces_fills() {
+                        // Told, not polling: register, raise the flag, then
+                        // look again (the fill may have landed meanwhile).
+                        if let Some(w) = self.fills.wait_for(&self.store, &request.value_key).await
+                        {
+                            if matches!(self.store.flag_waiter(&request).await, Ok(true)) {
+                                waiter = Some(w);
+                                continue;
+                            }
+                        }
+                    }
+                    match notified {
+                        Some(notified) => {
+                            tokio::select! {
+                                () = notified => self.counters.bump(Event::FillAnnounced),
+                                () = tokio::time::sleep(pause) => {}
+                            }
+                            pause = (pause * 2).min(WATCHED_POLL);
+                        }
+                        None => {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(MAX_POLL);
+                        }
+                    }
                 }
                 Err(e) if e.is_store_unavailable() => {
                     self.store_failed(&e);

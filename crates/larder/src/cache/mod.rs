@@ -5,6 +5,8 @@
 //!   cache → breaker → store → fresh / stale / missing → flight).
 //! - `lease`: the lease (acquire, wait for another holder's fill, take
 //!   over, fill once with its token, release).
+//! - `fill_watch`: waiters told of a fill as it lands (a waiter flag the
+//!   fill script finds, a pub/sub announcement), polling as the fallback.
 //! - `write`: the write protocol (ticket → source step → end step), run
 //!   detached so that it is cancellation-safe.
 //! - `warm`: pre-warming in batches under the fill rule.
@@ -19,6 +21,7 @@
 //! reaches the cache only through `Cache`'s methods.
 
 mod builder;
+mod fill_watch;
 mod hash;
 mod invalidate;
 mod lease;
@@ -107,6 +110,8 @@ pub(crate) struct Inner<V> {
     write_back: Option<Arc<crate::write_back::State>>,
     /// Near cache, tags and invalidation bus (`coherence.rs`).
     coherence: crate::coherence::Coherence<V>,
+    /// Callers waiting for another process's fill (`fill_watch.rs`).
+    fills: fill_watch::FillWatch,
 }
 
 impl<K, V> Cache<K, V>

@@ -33,6 +33,11 @@ pub struct LeaseRequest {
     /// `true`: a present value is returned instead of taking the lease (a
     /// miss). `false`: take the lease even though a value is there (a refresh).
     pub if_absent: bool,
+    /// The key's waiter flag (same hash slot): set by a caller waiting for
+    /// another holder's fill; the fill announces itself if it finds it.
+    pub waiter_key: String,
+    /// The channel a fill is announced on (the value key is the message).
+    pub fill_channel: Arc<str>,
 }
 
 /// What [`Protocol::acquire`] found.
@@ -69,6 +74,11 @@ pub struct Fill {
     pub value: Vec<u8>,
     /// How long Redis keeps the key.
     pub ttl: Duration,
+    /// The key's waiter flag: when present, the fill deletes it and
+    /// publishes the value key on `fill_channel`.
+    pub waiter_key: String,
+    /// The channel fills are announced on.
+    pub fill_channel: Arc<str>,
 }
 
 /// The keys of one id that a write touches (all in one hash slot).
@@ -132,6 +142,21 @@ pub trait Protocol: Debug + Send + Sync + 'static {
 
     /// Atomically releases the lease if it still holds `token`.
     async fn release(&self, lease_key: &str, token: &str) -> Result<()>;
+
+    /// Raises the waiter flag of `request`'s key (for as long as a lease
+    /// lives), so that the fill announces itself on the request's fill
+    /// channel. `Ok(false)`: this store announces no fills (waiters poll).
+    /// Default: `Ok(false)`.
+    async fn flag_waiter(&self, request: &LeaseRequest) -> Result<bool> {
+        let _ = request;
+        Ok(false)
+    }
+
+    /// Whether this store's fills announce themselves to flagged waiters
+    /// ([`Protocol::flag_waiter`]). Default: `false`.
+    fn announces_fills(&self) -> bool {
+        false
+    }
 
     /// Atomically: voids the read lease, bumps the key's write sequence and
     /// its count of writes in flight (both expire after `ttl` without writes

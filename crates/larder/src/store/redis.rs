@@ -206,15 +206,16 @@ return {3}
 static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: value, lease, dirty. ARGV: token, envelope, ttl ms
+-- KEYS: value, lease, dirty, waiter flag. ARGV: token, envelope, ttl ms, fill channel
 if redis.call('GET', KEYS[2]) == ARGV[1] then
-  if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('DEL', KEYS[2])
-    return 0
+  local filled = 0
+  if redis.call('EXISTS', KEYS[3]) == 0 then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    filled = 1
   end
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[2])
-  return 1
+  if redis.call('DEL', KEYS[4]) == 1 then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
+  return filled
 end
 return 0
 ",
@@ -650,9 +651,11 @@ impl Protocol for RedisStore {
         inv.key(&f.value_key)
             .key(&f.lease_key)
             .key(&f.dirty_key)
+            .key(&f.waiter_key)
             .arg(&f.token)
             .arg(&f.value)
-            .arg(ms(f.ttl));
+            .arg(ms(f.ttl))
+            .arg(&*f.fill_channel);
         Ok(self.run::<i64>(inv).await? == 1)
     }
 
@@ -670,8 +673,14 @@ impl Protocol for RedisStore {
                         f.value_key.as_str(),
                         f.lease_key.as_str(),
                         f.dirty_key.as_str(),
+                        f.waiter_key.as_str(),
                     ],
-                    vec![f.token.as_bytes(), f.value.as_slice(), ttl.as_bytes()],
+                    vec![
+                        f.token.as_bytes(),
+                        f.value.as_slice(),
+                        ttl.as_bytes(),
+                        f.fill_channel.as_bytes(),
+                    ],
                 )
             })
             .collect();
@@ -686,6 +695,19 @@ impl Protocol for RedisStore {
         let mut inv = RELEASE.prepare_invoke();
         inv.key(lease_key).arg(token);
         self.run::<i64>(inv).await.map(drop)
+    }
+
+    fn announces_fills(&self) -> bool {
+        true
+    }
+
+    async fn flag_waiter(&self, r: &LeaseRequest) -> Result<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&r.waiter_key).arg(1).arg("PX").arg(ms(r.ttl));
+        cmd.query_async::<Value>(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(true)
     }
 
     async fn write_begin(&self, keys: &WriteKeys, ttl: Duration) -> Result<WriteTicket> {

@@ -56,15 +56,16 @@ return {3}
 static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{PUT}
--- KEYS: value (hash), lease, dirty. ARGV: token, ttl ms, field, value, ...
+-- KEYS: value (hash), lease, dirty, waiter flag. ARGV: token, ttl ms, fill channel, field, value, ...
 if redis.call('GET', KEYS[2]) == ARGV[1] then
-  if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('DEL', KEYS[2])
-    return 0
+  local filled = 0
+  if redis.call('EXISTS', KEYS[3]) == 0 then
+    put(KEYS[1], 4, ARGV[2])
+    filled = 1
   end
-  put(KEYS[1], 3, ARGV[2])
   redis.call('DEL', KEYS[2])
-  return 1
+  if redis.call('DEL', KEYS[4]) == 1 then redis.call('PUBLISH', ARGV[3], KEYS[1]) end
+  return filled
 end
 return 0
 "
@@ -285,8 +286,10 @@ impl RedisStore {
         inv.key(&f.value_key)
             .key(&f.lease_key)
             .key(&f.dirty_key)
+            .key(&f.waiter_key)
             .arg(&f.token)
-            .arg(ms(f.ttl));
+            .arg(ms(f.ttl))
+            .arg(&*f.fill_channel);
         for a in &args {
             inv.arg(a.as_slice());
         }
@@ -304,13 +307,18 @@ impl RedisStore {
             .zip(&ttls)
             .zip(&args)
             .map(|((f, ttl), fields)| {
-                let mut argv: Vec<&[u8]> = vec![f.token.as_bytes(), ttl.as_bytes()];
+                let mut argv: Vec<&[u8]> = vec![
+                    f.token.as_bytes(),
+                    ttl.as_bytes(),
+                    f.fill_channel.as_bytes(),
+                ];
                 argv.extend(fields.iter().map(Vec::as_slice));
                 (
                     vec![
                         f.value_key.as_str(),
                         f.lease_key.as_str(),
                         f.dirty_key.as_str(),
+                        f.waiter_key.as_str(),
                     ],
                     argv,
                 )

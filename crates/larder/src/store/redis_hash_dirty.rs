@@ -1220,6 +1220,8 @@ mod tests {
             token: "t".into(),
             ttl: Duration::from_secs(5),
             if_absent: true,
+            waiter_key: format!("{}:waiter", k.lease),
+            fill_channel: "fills".into(),
         };
         let got = store
             .hash_acquire_back(&request(&put))
