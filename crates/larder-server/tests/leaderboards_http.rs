@@ -154,6 +154,16 @@ async fn scores_over_http() {
         &get(&app, "/v1/scores/1?limit=5000").await,
     );
     bad(400, "bad_request", &get(&app, "/v1/scores/1?limt=5").await);
+    bad(
+        400,
+        "bad_request",
+        &get(&app, "/v1/scores/1?offset=-1").await,
+    );
+    bad(
+        400,
+        "bad_request",
+        &get(&app, "/v1/scores/1?offset=18446744073709551615").await,
+    );
     let incr = "/v1/scores/1/members/ann/incr";
     bad(
         400,

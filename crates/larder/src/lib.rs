@@ -172,7 +172,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
 pub use collection::{
     BoardLoad, BoardPage, BoardSource, Leaderboard, LeaderboardBuilder, Ranked, ScoreKind,
-    BOARD_FILL_CHUNK, DEFAULT_MAX_BOARD_MEMBERS, MAX_BOARD_PAGE,
+    BOARD_FILL_CHUNK, DEFAULT_MAX_BOARD_MEMBERS, MAX_BOARD_OFFSET, MAX_BOARD_PAGE,
 };
 pub use collection::{
     CollectionOutcome, CollectionRead, CollectionStats, SetCache, SetCacheBuilder, SetLoad,

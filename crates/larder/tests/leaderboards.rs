@@ -293,6 +293,13 @@ async fn top_rank_and_score_with_ties(kind: &str) {
     assert_eq!(bad.kind(), ErrorKind::InvalidId);
     let bad = lb.top("1", 0, 1001).await.expect_err("limit");
     assert_eq!(bad.kind(), ErrorKind::InvalidSetting);
+    let bad = lb.top("1", u64::MAX, 10).await.expect_err("offset");
+    assert_eq!(bad.kind(), ErrorKind::InvalidSetting);
+    let far = lb
+        .top("1", larder::MAX_BOARD_OFFSET, 1000)
+        .await
+        .expect("far");
+    assert!(far.value.items.is_empty());
     pg.drop().await;
 }
 

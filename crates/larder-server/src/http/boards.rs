@@ -162,11 +162,14 @@ pub async fn get_board(
             larder::MAX_BOARD_PAGE
         )));
     }
-    let read = b
-        .cache
-        .top(owner, offset.unwrap_or(0), limit)
-        .await
-        .map_err(engine(b))?;
+    let offset = offset.unwrap_or(0);
+    if offset > larder::MAX_BOARD_OFFSET {
+        return Err(ApiError::bad_request(format!(
+            "`offset` is at most {}",
+            larder::MAX_BOARD_OFFSET
+        )));
+    }
+    let read = b.cache.top(owner, offset, limit).await.map_err(engine(b))?;
     let items: Vec<Value> = read.value.items.iter().map(|r| ranked_json(b, r)).collect();
     let body = json!({ "count": read.value.count, "items": items });
     Ok(with_outcome(Json(body).into_response(), read.outcome))

@@ -57,6 +57,9 @@ pub const BOARD_FILL_CHUNK: usize = 3999;
 /// The longest page a read may ask for.
 pub const MAX_BOARD_PAGE: u64 = 1000;
 
+/// The largest `offset` a page may start at (Redis ranks are 64-bit).
+pub const MAX_BOARD_OFFSET: u64 = 1 << 62;
+
 /// The default cap of members per cached owner.
 pub const DEFAULT_MAX_BOARD_MEMBERS: u64 = 100_000;
 
@@ -387,7 +390,7 @@ impl Leaderboard {
     }
 
     /// Up to `limit` (at most [`MAX_BOARD_PAGE`]) members of `owner` from
-    /// `offset` in rank order, with their scores and ranks, and the count.
+    /// `offset` (at most [`MAX_BOARD_OFFSET`]) in rank order, with their scores and ranks, and the count.
     pub async fn top(
         &self,
         owner: &str,
@@ -396,6 +399,12 @@ impl Leaderboard {
     ) -> Result<CollectionRead<BoardPage>> {
         if limit > MAX_BOARD_PAGE {
             return Err(Error::setting("limit", format!("at most {MAX_BOARD_PAGE}")));
+        }
+        if offset > MAX_BOARD_OFFSET {
+            return Err(Error::setting(
+                "offset",
+                format!("at most {MAX_BOARD_OFFSET}"),
+            ));
         }
         let owner = self.canonical_owner(owner)?;
         let read = self.read(&owner, Ask::Top { offset, limit }).await?;
