@@ -798,3 +798,36 @@ async fn mariadb_boards_read_and_write_through() {
             .expect("drop");
     }
 }
+
+/// Redis down: reads answer from the database (outcome `bypass`), in the
+/// same order; a write fails before the database is touched.
+#[tokio::test]
+async fn redis_down_reads_bypass_to_the_database() {
+    let pg = Pg::new().await;
+    pg.insert(1, &ROWS).await;
+    let mut server = support::RedisServer::start();
+    let store = larder::store::connect(&server.url_with_short_timeouts())
+        .await
+        .expect("own redis");
+    let lb = board(store, &support::unique("b"), pg.source().await, 1000).await;
+    assert_eq!(
+        lb.top("1", 0, 3).await.expect("fill").outcome,
+        CollectionOutcome::Miss
+    );
+    server.kill();
+    let read = lb.top("1", 0, 100).await.expect("bypass");
+    assert_eq!(read.outcome, CollectionOutcome::Bypass);
+    assert_eq!(pairs(&read.value.items), expected(&ROWS));
+    assert_eq!(read.value.count, 10);
+    let r = lb.rank("1", "a b").await.expect("bypass rank");
+    assert_eq!(r.outcome, CollectionOutcome::Bypass);
+    assert_eq!(r.value.map(|r| r.rank), Some(1));
+    let e = lb.incr("1", "zz", 1.0).await.expect_err("store down");
+    assert_eq!(e.kind(), ErrorKind::StoreUnavailable, "{e}");
+    assert_eq!(
+        pg.points(1, "zz").await,
+        Some(0),
+        "the database was not touched"
+    );
+    pg.drop().await;
+}
