@@ -522,29 +522,36 @@ async fn one_load_across_concurrent_callers_of_two_instances() {
     pg.drop().await;
 }
 
-/// Write-through increments race fills of the same owner, many times: the
-/// cached score always equals the database's (an increment lands as a
-/// `ZADD` of the database's score, so a fill that already read the
-/// committed row cannot make it count twice), and the database holds
-/// exactly the sum of the increments.
+/// Write-through increments race fills of the same owner, many times,
+/// from two instances sharing the store (so fills and writes meet across
+/// leases, not only inside one flight): odd rounds one increment against
+/// three reads (its end usually applies a `ZADD` to a board a racing read
+/// just filled), even rounds two increments (which overlap, so the end
+/// deletes). After each round every instance answers the database's score
+/// (an increment lands as a `ZADD` of the score the database returned, so
+/// a fill that already read the committed row cannot make it count twice),
+/// and the database holds exactly the sum of the increments.
 async fn incr_racing_fills_never_counts_twice(kind: &str, rounds: usize) {
     let pg = Pg::new().await;
     pg.insert(1, &[("ann", 0), ("bob", 0)]).await;
-    let lb = board(
-        store(kind).await,
-        &support::unique("b"),
-        pg.source().await,
-        1000,
-    )
-    .await;
+    let shared = store(kind).await;
+    let prefix = support::unique("b");
+    let lb = board(shared.clone(), &prefix, pg.source().await, 1000).await;
+    let other = board(shared, &prefix, pg.source().await, 1000).await;
     let mut total = 0i64;
     for round in 0..rounds {
         lb.invalidate("1").await.expect("invalidate");
+        let writers = if round % 2 == 1 { 1 } else { 2 };
         let mut tasks = Vec::new();
         for i in 0..4 {
-            let lb = lb.clone();
+            let lb = if i % 2 == 0 {
+                lb.clone()
+            } else {
+                other.clone()
+            };
+            let write = i < writers;
             tasks.push(tokio::spawn(async move {
-                if i % 2 == 0 {
+                if write {
                     lb.incr("1", "ann", 1.0).await.map(drop)
                 } else {
                     lb.top("1", 0, 10).await.map(drop)
@@ -554,17 +561,27 @@ async fn incr_racing_fills_never_counts_twice(kind: &str, rounds: usize) {
         for t in tasks {
             t.await.expect("task").expect("op");
         }
-        total += 2;
+        total += writers as i64;
         let db = pg.points(1, "ann").await.expect("row");
         assert_eq!(db, total, "database = sum of increments (round {round})");
-        let cached = lb.score("1", "ann").await.expect("score");
-        assert_eq!(
-            cached.value,
-            Some(total as f64),
-            "round {round}: {:?} answer equals the database",
-            cached.outcome
-        );
+        for reader in [&lb, &other] {
+            let cached = reader.score("1", "ann").await.expect("score");
+            assert_eq!(
+                cached.value,
+                Some(total as f64),
+                "round {round}: {:?} answer equals the database",
+                cached.outcome
+            );
+        }
     }
+    let applied = lb.stats().writes_applied + other.stats().writes_applied;
+    let deleted = lb.stats().writes_deleted + other.stats().writes_deleted;
+    // The race reached both ends: `ZADD` onto a board a read had filled,
+    // and the delete of overlapping writes.
+    assert!(
+        applied > 0 && deleted > 0,
+        "{kind}: applied {applied}, deleted {deleted}"
+    );
     pg.drop().await;
 }
 
