@@ -848,3 +848,42 @@ async fn redis_down_reads_bypass_to_the_database() {
     );
     pg.drop().await;
 }
+
+/// On a Redis Cluster every script touches one slot (the owner's hash
+/// tag): a chunked fill, reads and write ends of owners spread over the
+/// masters work as on one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster() {
+    let pg = Pg::new().await;
+    sqlx::query(&format!(
+        "INSERT INTO {}.scores (game_id, player_id, points)
+         SELECT g, 'p' || i, i % 50 FROM generate_series(1, 8) g, generate_series(1, 4500) i",
+        pg.schema
+    ))
+    .execute(&pg.admin)
+    .await
+    .expect("insert");
+    let store = support::RedisCluster::shared().store().await;
+    let source = pg.source().await;
+    let lb = board(store, &support::unique("b"), source.clone(), 10_000).await;
+    for game in 1..=8 {
+        let owner = game.to_string();
+        let first = lb.top(&owner, 4000, 20).await.expect("fill");
+        assert_eq!(first.outcome, CollectionOutcome::Miss);
+        assert_eq!(lb.incr(&owner, "p7", 1000.0).await.expect("incr"), 1007.0);
+        let top = lb.top(&owner, 0, 2).await.expect("hit");
+        assert_eq!(top.outcome, CollectionOutcome::Hit, "game {game}");
+        assert_eq!(
+            pairs(&top.value.items),
+            source.top(&owner, 0, 2).await.expect("db")
+        );
+        assert_eq!(top.value.items[0].member, "p7");
+        let page = lb.top(&owner, 4000, 20).await.expect("hit");
+        assert_eq!(
+            pairs(&page.value.items),
+            source.top(&owner, 4000, 20).await.expect("db")
+        );
+    }
+    assert_eq!(lb.stats().fills, 8);
+    pg.drop().await;
+}
