@@ -1,9 +1,12 @@
-//! The collection routes: sets (`[[set]]`), in the entities' namespace.
+//! The collection routes: sets (`[[set]]`) and feeds (`[[feed]]`), in the
+//! entities' namespace.
 //!
 //! A set's name sits where an entity's does, so `/v1/{name}/{owner}` and
 //! `/v1/{name}/{owner}/invalidate` share their routes with the entity
 //! routes: [`get_row_or_set`] and [`invalidate_row_or_owner`] hand a set's
-//! name to the set handlers and any other name to [`super::routes`].
+//! name to the set handlers, a feed's to the feed handlers, a
+//! leaderboard's to [`super::boards`] (as the `/members/{member}` handlers
+//! do) and any other name to [`super::routes`].
 //! Members live under `/members/{member}`, so no member can collide with
 //! an action such as `/invalidate`.
 //!
