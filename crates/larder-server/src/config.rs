@@ -177,6 +177,8 @@ pub struct Config {
     pub set: Vec<SetConfig>,
     /// The feeds (`[[feed]]`). See [`FeedConfig`].
     pub feed: Vec<FeedConfig>,
+    /// The leaderboards (`[[leaderboard]]`). See [`BoardConfig`].
+    pub leaderboard: Vec<BoardConfig>,
 }
 
 impl Default for Config {
@@ -195,6 +197,7 @@ impl Default for Config {
             resp: RespConfig::default(),
             set: Vec::new(),
             feed: Vec::new(),
+            leaderboard: Vec::new(),
         }
     }
 }
@@ -717,7 +720,11 @@ impl Config {
                 "must name another variable than token_env: the read token opens fewer routes",
             ));
         }
-        if self.entity.is_empty() && self.set.is_empty() && self.feed.is_empty() {
+        if self.entity.is_empty()
+            && self.set.is_empty()
+            && self.feed.is_empty()
+            && self.leaderboard.is_empty()
+        {
             return Err(self.error(
                 "entity",
                 "no [[entity]] configured: add at least one (see larder.example.toml)",
@@ -731,6 +738,9 @@ impl Config {
         }
         for (i, f) in self.feed.iter().enumerate() {
             self.validate_feed(i, f)?;
+        }
+        for (i, b) in self.leaderboard.iter().enumerate() {
+            self.validate_board(i, b)?;
         }
         Ok(())
     }
@@ -1233,5 +1243,114 @@ mod tests {
                 let _ = Config::parse(&format!("{MIN}{text}"), "fuzz.toml");
             }
         }
+    }
+}
+
+/// One `[[leaderboard]]`: a table of `(owner, member, score)` rows, one
+/// leaderboard per owner (a Redis sorted set), served under
+/// `/v1/{name}/{owner}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoardConfig {
+    /// `[a-z0-9_-]`, one namespace with entities, sets and feeds. Required.
+    pub name: String,
+    /// The table (`table` or `schema.table`); needs a unique index on
+    /// (owner, member). Required.
+    pub table: String,
+    /// The column grouping members into boards. Required.
+    pub owner: String,
+    /// The member column. Required.
+    pub member: String,
+    /// The score column: NOT NULL, an integer (scores within ±2^53) or
+    /// double precision. Required.
+    pub score: String,
+    /// An owner with more members is not cached (its count is). Default:
+    /// [`larder::DEFAULT_MAX_BOARD_MEMBERS`] (100,000).
+    pub max_members: u64,
+    /// `through` or `read-only` (`back` is refused: not supported yet).
+    /// Default: `through`.
+    pub write: SetWriteMode,
+    /// How long a loaded board is fresh. Default: [`larder::DEFAULT_TTL`] (`60s`).
+    pub ttl: Dur,
+    /// How long a loader owns an owner's lease. Default: `5s`.
+    pub lease_ttl: Dur,
+    /// How long a reader waits for another's load. Default: `lease_ttl`.
+    pub wait_timeout: Option<Dur>,
+    /// Shards of the board's keys. Default: 64.
+    pub shards: u16,
+    /// Reads need no token even when one is set. Default: false.
+    pub public_reads: bool,
+}
+
+impl Default for BoardConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            table: String::new(),
+            owner: String::new(),
+            member: String::new(),
+            score: String::new(),
+            max_members: larder::DEFAULT_MAX_BOARD_MEMBERS,
+            write: SetWriteMode::Through,
+            ttl: Dur(larder::DEFAULT_TTL),
+            lease_ttl: Dur(larder::DEFAULT_LEASE_TTL),
+            wait_timeout: None,
+            shards: larder::DEFAULT_SHARDS,
+            public_reads: false,
+        }
+    }
+}
+
+impl Config {
+    fn validate_board(&self, i: usize, b: &BoardConfig) -> Result<(), ConfigError> {
+        let at = |k: &str| format!("leaderboard[{i}].{k}");
+        if b.name.is_empty() {
+            return Err(self.error(at("name"), "every [[leaderboard]] needs a name"));
+        }
+        larder::validate_name("leaderboard", &b.name).map_err(|err| self.error(at("name"), err))?;
+        let taken = RESERVED_NAMES.contains(&b.name.as_str())
+            || self.entity.iter().any(|o| o.name == b.name)
+            || self.set.iter().any(|o| o.name == b.name)
+            || self.feed.iter().any(|o| o.name == b.name)
+            || self.leaderboard[..i].iter().any(|o| o.name == b.name);
+        if taken {
+            return Err(self.error(
+                at("name"),
+                format!(
+                    "`{}` is reserved or already names an entity, set, feed or leaderboard \
+                     (one namespace)",
+                    b.name
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("table", &b.table),
+            ("owner", &b.owner),
+            ("member", &b.member),
+            ("score", &b.score),
+        ] {
+            if value.is_empty() {
+                return Err(self.error(at(key), format!("every [[leaderboard]] needs `{key}`")));
+            }
+        }
+        if b.max_members == 0 {
+            return Err(self.error(at("max_members"), "must be at least 1"));
+        }
+        if b.write == SetWriteMode::Back {
+            return Err(self.error(
+                at("write"),
+                "write-back leaderboards are not supported yet (increments written back \
+                 exactly once are still to come): use `through` or `read-only`",
+            ));
+        }
+        if b.shards == 0 {
+            return Err(self.error(at("shards"), "must be at least 1"));
+        }
+        for (key, d) in [("ttl", b.ttl.0), ("lease_ttl", b.lease_ttl.0)] {
+            if d.is_zero() {
+                return Err(self.error(at(key), "must be above 0"));
+            }
+        }
+        Ok(())
     }
 }

@@ -55,6 +55,9 @@ struct StateInner {
     /// The feeds (`[[feed]]`), and their index by name.
     feeds: Vec<crate::http::collections::FeedEntry>,
     feed_by_name: HashMap<String, usize>,
+    /// The leaderboards (`[[leaderboard]]`), and their index by name.
+    boards: Vec<crate::http::boards::BoardEntry>,
+    board_by_name: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -146,6 +149,19 @@ impl AppState {
             .feed_by_name
             .get(name)
             .map(|&i| &self.inner.feeds[i])
+    }
+
+    /// The leaderboard named `name`, if one is configured.
+    pub fn board(&self, name: &str) -> Option<&crate::http::boards::BoardEntry> {
+        self.inner
+            .board_by_name
+            .get(name)
+            .map(|&i| &self.inner.boards[i])
+    }
+
+    /// Every configured leaderboard, in configuration order.
+    pub fn boards(&self) -> &[crate::http::boards::BoardEntry] {
+        &self.inner.boards
     }
 
     /// Every configured feed, in configuration order.
@@ -343,8 +359,16 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
         .enumerate()
         .map(|(i, f)| (f.config.name.clone(), i))
         .collect();
+    let boards = crate::http::boards::build_boards(&config, &pool, &store).await?;
+    let board_by_name = boards
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.config.name.clone(), i))
+        .collect();
     Ok(AppState {
         inner: Arc::new(StateInner {
+            boards,
+            board_by_name,
             feeds,
             feed_by_name,
             sets,

@@ -187,23 +187,32 @@ fn render(doc: &Value, before: Option<(&Value, Duration)>, url: &str) -> String 
     out
 }
 
-/// The sets and feeds of `/v1/stats` (`sets`, `feeds`), one row each: reads/s, hit%, the
+/// The sets, feeds and leaderboards of `/v1/stats` (`sets`, `feeds`,
+/// `leaderboards`), one row each: reads/s, hit%, the
 /// share answered from the database (owners above `max_members`),
 /// loads/s and the last loaded size. Empty without sets.
 fn sets_table(doc: &Value, before: Option<(&Value, Duration)>) -> String {
     let empty = serde_json::Map::new();
     let mut rows = vec![[
-        "set/feed", "reads/s", "hit%", "db%", "loads/s", "size", "write",
+        "set/feed/board",
+        "reads/s",
+        "hit%",
+        "db%",
+        "loads/s",
+        "size",
+        "write",
     ]
     .map(String::from)
     .to_vec()];
-    let listed = ["sets", "feeds"].into_iter().flat_map(|kind| {
-        doc[kind]
-            .as_object()
-            .unwrap_or(&empty)
-            .iter()
-            .map(move |(n, s)| (kind, n, s))
-    });
+    let listed = ["sets", "feeds", "leaderboards"]
+        .into_iter()
+        .flat_map(|kind| {
+            doc[kind]
+                .as_object()
+                .unwrap_or(&empty)
+                .iter()
+                .map(move |(n, s)| (kind, n, s))
+        });
     for (kind, name, s) in listed {
         let rate = |field: &str| match before {
             Some((prev, took)) if took.as_secs_f64() > 0.0 => {
@@ -361,6 +370,12 @@ mod tests {
             "http://x",
         );
         assert!(feeds.lines().any(|l| l.starts_with("posts")), "{feeds}");
+        let boards = render(
+            &json!({ "entities": {}, "leaderboards": { "scores": { "reads_total": 1, "last_size": 7, "write": "through" } } }),
+            None,
+            "http://x",
+        );
+        assert!(boards.lines().any(|l| l.starts_with("scores")), "{boards}");
     }
 
     #[test]

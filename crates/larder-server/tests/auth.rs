@@ -132,9 +132,15 @@ const EXPECTED: &[(&str, &str, Access)] = &[
     ),
     ("POST", "/v1/{entity}/{id}", Access::Admin),
     ("DELETE", "/v1/{entity}/{id}/items/{item}", Access::Admin),
+    // Leaderboards (leaderboards_http.rs).
+    (
+        "POST",
+        "/v1/{entity}/{id}/members/{member}/incr",
+        Access::Admin,
+    ),
 ];
 
-/// A set's or feed's route, which an entity does not answer.
+/// A set's, feed's or leaderboard's route, which an entity does not answer.
 fn collection_route(method: &str, route: &str) -> bool {
     route.contains("/members/")
         || route.contains("/items/")

@@ -55,10 +55,12 @@
 //! collection/      cached collections (an owner's rows as one value): the shared machinery
 //!   set.rs         SetCache: each owner's members as a sorted set, read- and write-through
 //!   feed.rs        FeedCache: each owner's first max_len items as a list, appends at the head
+//!   board.rs       Leaderboard: each owner's scores as a sorted set, ZADD of the database's score
 //! store/collection.rs  the collection protocol (meta + value read in one script, chunked
 //!                  token-checked fill, write ends), in redis_collection.rs and memory_collection.rs
 //! source/sql/collection.rs  SqlSetSource: (owner, member) tables, index checks, per-dialect SQL
 //! source/sql/feed.rs  SqlFeedSource: a table in a configured order, sort keys beside rows
+//! source/sql/board.rs  SqlBoardSource: (owner, member, score) tables, rank order, upserts
 //! error.rs         Error, its kinds, and settings refused as InvalidSetting
 //! load_error.rs    LoadError: try_get_or_load's errors, the loader's type kept
 //! outcome.rs       Lookup and Outcome, the one word every read reports
@@ -169,6 +171,10 @@ pub use cache::{Cache, CacheWrite, WarmOptions, WarmProgress, WritePolicy, Writt
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
 pub use collection::{
+    BoardLoad, BoardPage, BoardSource, Leaderboard, LeaderboardBuilder, Ranked, ScoreKind,
+    BOARD_FILL_CHUNK, DEFAULT_MAX_BOARD_MEMBERS, MAX_BOARD_OFFSET, MAX_BOARD_PAGE,
+};
+pub use collection::{
     CollectionOutcome, CollectionRead, CollectionStats, SetCache, SetCacheBuilder, SetLoad,
     SetOrder, SetPage, SetSource, DEFAULT_MAX_MEMBERS, MAX_SET_PAGE,
 };
@@ -188,7 +194,10 @@ pub use representation::Representation;
 pub use source::{
     ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, FnSource, Source, SqlPool, SqlSource,
 };
-pub use source::{SqlFeedSource, SqlFeedSourceBuilder, SqlSetSource, SqlSetSourceBuilder};
+pub use source::{
+    SqlBoardSource, SqlBoardSourceBuilder, SqlFeedSource, SqlFeedSourceBuilder, SqlSetSource,
+    SqlSetSourceBuilder,
+};
 pub use stats::CacheStats;
 pub use write_back::{Closed, DeadLetter, WriteBackOptions, WriteBackStats};
 

@@ -97,6 +97,7 @@ fn reads_are_public(state: &AppState, path: &str) -> bool {
     state.entity(&name).is_some_and(|e| e.config.public_reads)
         || state.set(&name).is_some_and(|s| s.config.public_reads)
         || state.feed(&name).is_some_and(|f| f.config.public_reads)
+        || state.board(&name).is_some_and(|b| b.config.public_reads)
 }
 
 /// The middleware: passes what [`access`] allows the request's token.

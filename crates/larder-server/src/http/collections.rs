@@ -1,9 +1,12 @@
-//! The collection routes: sets (`[[set]]`), in the entities' namespace.
+//! The collection routes: sets (`[[set]]`) and feeds (`[[feed]]`), in the
+//! entities' namespace.
 //!
 //! A set's name sits where an entity's does, so `/v1/{name}/{owner}` and
 //! `/v1/{name}/{owner}/invalidate` share their routes with the entity
 //! routes: [`get_row_or_set`] and [`invalidate_row_or_owner`] hand a set's
-//! name to the set handlers and any other name to [`super::routes`].
+//! name to the set handlers, a feed's to the feed handlers, a
+//! leaderboard's to [`super::boards`] (as the `/members/{member}` handlers
+//! do) and any other name to [`super::routes`].
 //! Members live under `/members/{member}`, so no member can collide with
 //! an action such as `/invalidate`.
 //!
@@ -110,7 +113,7 @@ fn engine(s: &SetEntry) -> impl Fn(larder::Error) -> ApiError + '_ {
     move |err| ApiError::from_engine(&s.config.name, &err)
 }
 
-fn with_outcome(mut res: Response, outcome: CollectionOutcome) -> Response {
+pub(crate) fn with_outcome(mut res: Response, outcome: CollectionOutcome) -> Response {
     res.headers_mut()
         .insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
     res
@@ -127,6 +130,10 @@ pub async fn get_row_or_set(
     if state.set(&name).is_some() {
         return get_set(&state, &name, &id, query.as_deref().unwrap_or_default()).await;
     }
+    if state.board(&name).is_some() {
+        return super::boards::get_board(&state, &name, &id, query.as_deref().unwrap_or_default())
+            .await;
+    }
     if state.feed(&name).is_some() {
         return get_feed(&state, &name, &id, query.as_deref().unwrap_or_default()).await;
     }
@@ -141,6 +148,13 @@ pub async fn invalidate_row_or_owner(
 ) -> Result<Response, ApiError> {
     if let Some(s) = state.set(&name) {
         s.cache.invalidate(&id).await.map_err(engine(s))?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if let Some(b) = state.board(&name) {
+        b.cache
+            .invalidate(&id)
+            .await
+            .map_err(|e| ApiError::from_engine(&b.config.name, &e))?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     if let Some(f) = state.feed(&name) {
@@ -223,11 +237,15 @@ async fn get_set(
     Ok(with_outcome(Json(body).into_response(), read.outcome))
 }
 
-/// `GET /v1/{set}/{owner}/members/{member}`: `{"member": bool}`.
+/// `GET /v1/{set}/{owner}/members/{member}`: `{"member": bool}` (a
+/// leaderboard's name: its member's score and rank).
 pub async fn get_member(
     State(state): State<AppState>,
     Path((name, owner, member)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
+    if state.board(&name).is_some() {
+        return super::boards::get_member(&state, &name, &owner, &member).await;
+    }
     let s = set_of(&state, &name)?;
     let read = s.cache.contains(&owner, &member).await.map_err(engine(s))?;
     Ok(with_outcome(
@@ -246,11 +264,17 @@ fn refuse_read_only(s: &SetEntry) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `PUT /v1/{set}/{owner}/members/{member}`: 201 added, 200 already a member.
+/// `PUT /v1/{set}/{owner}/members/{member}`: 201 added, 200 already a
+/// member (a leaderboard's name: sets the member's score from the body).
 pub async fn put_member(
     State(state): State<AppState>,
     Path((name, owner, member)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if state.board(&name).is_some() {
+        return super::boards::put_member(&state, &name, &owner, &member, &headers, body).await;
+    }
     let s = set_of(&state, &name)?;
     refuse_read_only(s)?;
     let owner = s.cache.canonical_owner(&owner).map_err(engine(s))?;
@@ -268,11 +292,15 @@ pub async fn put_member(
         .into_response())
 }
 
-/// `DELETE /v1/{set}/{owner}/members/{member}`: 204, 404 not a member.
+/// `DELETE /v1/{set}/{owner}/members/{member}`: 204, 404 not a member
+/// (of a set or a leaderboard).
 pub async fn delete_member(
     State(state): State<AppState>,
     Path((name, owner, member)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
+    if state.board(&name).is_some() {
+        return super::boards::delete_member(&state, &name, &owner, &member).await;
+    }
     let s = set_of(&state, &name)?;
     refuse_read_only(s)?;
     let owner = s.cache.canonical_owner(&owner).map_err(engine(s))?;
@@ -489,7 +517,10 @@ pub async fn append_item(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if state.feed(&name).is_none() && (state.entity(&name).is_some() || state.set(&name).is_some())
+    if state.feed(&name).is_none()
+        && (state.entity(&name).is_some()
+            || state.set(&name).is_some()
+            || state.board(&name).is_some())
     {
         // An entity's row or a set's owner has no POST: 405 with Allow, as
         // the router answers any other method a route lacks.

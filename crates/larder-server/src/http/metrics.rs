@@ -170,6 +170,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .set(stats.hit_ratio());
     }
     super::collections::set_metrics(&state);
+    super::boards::board_metrics(&state);
     let (info, cluster) = tokio::join!(store_info(&state), super::nodes::cluster_view(&state));
     if let Some(info) = info {
         set_redis_gauges(&info);

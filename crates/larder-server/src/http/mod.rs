@@ -14,6 +14,7 @@
 //! - `/` and `/ui`: the dashboard ([`crate::ui`]).
 
 pub mod auth;
+pub mod boards;
 pub mod collections;
 pub mod error;
 pub mod fields;
@@ -58,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/{entity}/{id}/members/{member}"),
     ("POST", "/v1/{entity}/{id}"),
     ("DELETE", "/v1/{entity}/{id}/items/{item}"),
+    ("POST", "/v1/{entity}/{id}/members/{member}/incr"),
 ];
 
 /// The router of the whole API over `state`.
@@ -94,6 +96,10 @@ pub fn app(state: AppState) -> Router {
             get(collections::get_member)
                 .put(collections::put_member)
                 .delete(collections::delete_member),
+        )
+        .route(
+            "/v1/{entity}/{id}/members/{member}/incr",
+            post(boards::incr_member),
         )
         .route("/v1/tags/{tag}/invalidate", post(routes::invalidate_tag))
         .route("/v1/_admin/{entity}/purge", post(routes::purge))

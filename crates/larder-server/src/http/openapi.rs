@@ -13,6 +13,10 @@
 //! where a token is needed. A test checks that every route of
 //! [`super::ROUTES`] is documented with the security [`super::auth`] applies.
 
+#[path = "openapi_boards.rs"]
+mod boards;
+pub use self::boards::{add_boards, BoardDoc};
+
 use super::auth::{access, Access};
 use crate::config::WriteMode;
 use crate::serve::{AppState, Entity};
@@ -1067,6 +1071,12 @@ pub async fn document(State(state): State<AppState>) -> Json<Value> {
         })
         .collect();
     add_feeds(&mut doc, &feeds);
+    let boards: Vec<BoardDoc<'_>> = state
+        .boards()
+        .iter()
+        .map(|b| BoardDoc::of(&state, b))
+        .collect();
+    add_boards(&mut doc, &boards);
     Json(doc)
 }
 

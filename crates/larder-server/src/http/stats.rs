@@ -96,6 +96,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
         "entities": entities,
         "sets": super::collections::stats_json(&state),
         "feeds": super::collections::feed_stats_json(&state),
+        "leaderboards": super::boards::stats_json(&state),
         "resp": crate::resp::stats_json(state.resp()),
         "redis": redis.map(|r| json!({
             "used_memory": r.used_memory,

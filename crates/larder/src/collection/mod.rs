@@ -8,7 +8,8 @@
 //! in parts (a membership, a page, a count) and written a member at a time.
 //! What is shared by every kind of collection lives here ([`Core`]): the
 //! key layout, the lease loop with its single flight, and the settings;
-//! each kind adds its reads and its write ends ([`set`]: sets).
+//! each kind adds its reads and its write ends ([`set`]: sets, [`feed`]:
+//! feeds, [`board`]: leaderboards).
 //!
 //! # The protocol (see `store/collection.rs`)
 //! - **Read**: one script reads meta and value together (one round trip).
@@ -23,6 +24,7 @@
 //! - **Invalidate**: meta, value, staging and lease go in one step, and a
 //!   write in flight is told (its end deletes).
 
+pub(crate) mod board;
 pub(crate) mod feed;
 pub(crate) mod set;
 
@@ -34,6 +36,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use board::{
+    BoardLoad, BoardPage, BoardSource, Leaderboard, LeaderboardBuilder, Ranked, ScoreKind,
+    BOARD_FILL_CHUNK, DEFAULT_MAX_BOARD_MEMBERS, MAX_BOARD_OFFSET, MAX_BOARD_PAGE,
+};
 pub use feed::{FeedCache, FeedCacheBuilder, FeedPage, MAX_FEED_PAGE};
 pub use set::{SetCache, SetCacheBuilder, SetPage, DEFAULT_MAX_MEMBERS, MAX_SET_PAGE};
 

@@ -17,7 +17,10 @@ pub use self::sql::{
     mark_larder_origin, ChangeChannel, ChangeHandler, ChangeListener, ChangeListenerBuilder,
     ChangeStats, ColumnInfo, SqlPool, SqlSource, SqlSourceBuilder,
 };
-pub use self::sql::{SqlFeedSource, SqlFeedSourceBuilder, SqlSetSource, SqlSetSourceBuilder};
+pub use self::sql::{
+    SqlBoardSource, SqlBoardSourceBuilder, SqlFeedSource, SqlFeedSourceBuilder, SqlSetSource,
+    SqlSetSourceBuilder,
+};
 
 use crate::error::{Error, Result};
 use async_trait::async_trait;

@@ -225,6 +225,94 @@ pub enum FeedWriteEnd {
     Abort,
 }
 
+/// A leaderboard member and its score (a Redis sorted-set score: a double).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoardScore<'a> {
+    /// The member's canonical text.
+    pub member: &'a str,
+    /// Its score.
+    pub score: f64,
+}
+
+/// What a read asks of a cached leaderboard besides its meta.
+#[derive(Debug, Clone)]
+pub enum BoardQuery {
+    /// `ZREVRANGE offset offset+limit-1 WITHSCORES`: highest first, ties in
+    /// descending byte order of the member.
+    Top {
+        /// How many to skip.
+        offset: u64,
+        /// How many at most (0: none, the meta alone).
+        limit: u64,
+    },
+    /// `ZSCORE` and `ZREVRANK` of one member.
+    Member(String),
+}
+
+/// A complete leaderboard's answer to a [`BoardQuery`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum BoardAnswer {
+    /// [`BoardQuery::Top`]: `(member, score)` in rank order.
+    Top(Vec<(String, f64)>),
+    /// [`BoardQuery::Member`]: `(score, 0-based rank)`, `None` if absent.
+    Member(Option<(f64, u64)>),
+}
+
+/// What a leaderboard read found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BoardRead {
+    /// Nothing cached (or a meta whose value was lost).
+    Miss,
+    /// The meta, and the answer when the board is complete.
+    Hit {
+        /// The meta.
+        meta: CollectionMeta,
+        /// The query's answer, if the board is complete.
+        answer: Option<BoardAnswer>,
+    },
+}
+
+/// One chunk of a leaderboard's fill (at most 3,999 members: Lua's
+/// `unpack` takes at most 7,999 values, two per member).
+#[derive(Debug, Clone)]
+pub struct BoardChunk<'a> {
+    /// The lease token the fill holds.
+    pub token: &'a str,
+    /// The first chunk (clears the staging key).
+    pub first: bool,
+    /// The meta, with the last chunk (which renames staging over the value).
+    pub last: Option<CollectionMeta>,
+    /// The members of this chunk.
+    pub members: &'a [BoardScore<'a>],
+    /// How long the store keeps the keys.
+    pub ttl: Duration,
+}
+
+/// How a write to a leaderboard ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BoardWriteEnd {
+    /// The database holds `score` for `member` now: `ZADD` it (an absolute
+    /// score, never an increment, so a fill that raced the write cannot
+    /// make it count twice).
+    Set {
+        /// The member.
+        member: String,
+        /// The score the database returned.
+        score: f64,
+        /// The cap: a complete board that would grow past it is deleted.
+        max: u64,
+    },
+    /// The database no longer has `member`: `ZREM` it.
+    Remove {
+        /// The member.
+        member: String,
+    },
+    /// Delete the cached board (an ambiguous failure).
+    Delete,
+    /// The database refused the write: leave the cache as it is.
+    Abort,
+}
+
 /// The atomic operations of cached collections.
 #[async_trait]
 pub trait Collections: Debug + Send + Sync {
@@ -307,6 +395,28 @@ pub trait Collections: Debug + Send + Sync {
         seq: u64,
         clean: bool,
         end: &FeedWriteEnd,
+    ) -> Result<bool>;
+
+    /// Atomically reads a leaderboard's meta and (if complete) answers
+    /// `query` from the sorted set: one round trip.
+    async fn board_read(&self, keys: &CollectionKeys, query: &BoardQuery) -> Result<BoardRead>;
+
+    /// [`Collections::set_fill_chunk`] for a leaderboard: `ZADD` of the
+    /// chunk's scores to staging.
+    async fn board_fill_chunk(&self, keys: &CollectionKeys, chunk: &BoardChunk<'_>)
+        -> Result<bool>;
+
+    /// Atomically ends a leaderboard write as [`Collections::set_write_end`]
+    /// ends a set's: applied only if the write overlapped nothing and the
+    /// board is cached and complete; a board above its cap (only the count
+    /// cached) loses its meta; otherwise the board is deleted. Returns
+    /// whether the cached board was updated.
+    async fn board_write_end(
+        &self,
+        keys: &CollectionKeys,
+        seq: u64,
+        clean: bool,
+        end: &BoardWriteEnd,
     ) -> Result<bool>;
 }
 

@@ -12,13 +12,15 @@
 //!   expired owner's keys go when next touched.
 
 use super::collection::{
-    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead,
-    FeedWriteEnd, MemberOrder, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
+    BoardAnswer, BoardChunk, BoardQuery, BoardRead, BoardWriteEnd, CollectionAcquired,
+    CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead, FeedWriteEnd, MemberOrder,
+    SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
 };
 use super::memory::MemoryStore;
 use crate::error::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::cmp::{Ordering, Reverse};
 use std::collections::VecDeque;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -26,6 +28,57 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 type Members = BTreeSet<(i64, String)>;
+
+/// A score ordered as Redis orders them (`-0` is `0`; NaN never gets in:
+/// the sources refuse it, as Redis' `ZADD` does).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Total(f64);
+
+impl Eq for Total {}
+
+impl PartialOrd for Total {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Total {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// A leaderboard: scores by member, and the rank order (score
+/// descending, ties in descending byte order of the member: `ZREVRANGE`).
+#[derive(Debug, Default, Clone)]
+struct Board {
+    scores: HashMap<String, f64>,
+    order: BTreeSet<(Reverse<Total>, Reverse<String>)>,
+}
+
+impl Board {
+    fn insert(&mut self, member: &str, score: f64) {
+        // `+ 0.0` turns `-0` into `0`, which Redis does not tell apart.
+        let score = score + 0.0;
+        if let Some(old) = self.scores.insert(member.to_owned(), score) {
+            self.order
+                .remove(&(Reverse(Total(old)), Reverse(member.to_owned())));
+        }
+        self.order
+            .insert((Reverse(Total(score)), Reverse(member.to_owned())));
+    }
+
+    fn remove(&mut self, member: &str) {
+        if let Some(old) = self.scores.remove(member) {
+            self.order
+                .remove(&(Reverse(Total(old)), Reverse(member.to_owned())));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.scores.len()
+    }
+}
 
 /// The collections of one memory store.
 #[derive(Debug, Default)]
@@ -43,6 +96,9 @@ struct Colls {
     /// Feeds: the lists, head first, and fills' staging.
     lists: HashMap<String, VecDeque<Bytes>>,
     list_staging: HashMap<String, (Vec<Bytes>, Instant)>,
+    /// Leaderboards, and fills' staging.
+    boards: HashMap<String, Board>,
+    board_staging: HashMap<String, (Board, Instant)>,
     /// The largest write sequence handed out (new bookkeeping starts above it).
     last_seq: u64,
 }
@@ -64,6 +120,7 @@ impl Colls {
                 self.metas.remove(&keys.meta);
                 self.values.remove(&keys.value);
                 self.lists.remove(&keys.value);
+                self.boards.remove(&keys.value);
                 None
             }
             None => None,
@@ -92,6 +149,7 @@ impl Colls {
         self.metas.remove(&keys.meta);
         self.values.remove(&keys.value);
         self.lists.remove(&keys.value);
+        self.boards.remove(&keys.value);
     }
 
     /// Ends a write's bookkeeping as every write end does: `Some(applies)`
@@ -483,6 +541,7 @@ impl Collections for MemoryStore {
         c.drop_set(keys);
         c.staging.remove(&keys.staging);
         c.list_staging.remove(&keys.staging);
+        c.board_staging.remove(&keys.staging);
         c.leases.remove(&keys.lease);
         if let Some(b) = c.book(keys, now) {
             b.seq += 1;
@@ -490,5 +549,115 @@ impl Collections for MemoryStore {
             c.last_seq = c.last_seq.max(s);
         }
         Ok(())
+    }
+
+    async fn board_read(&self, keys: &CollectionKeys, query: &BoardQuery) -> Result<BoardRead> {
+        let mut c = self.collection_state().lock();
+        let Some(meta) = c.meta(keys, Instant::now()) else {
+            return Ok(BoardRead::Miss);
+        };
+        if !meta.complete {
+            return Ok(BoardRead::Hit { meta, answer: None });
+        }
+        let empty = Board::default();
+        let board = c.boards.get(&keys.value).unwrap_or(&empty);
+        let answer = match query {
+            BoardQuery::Top { offset, limit } => BoardAnswer::Top(
+                board
+                    .order
+                    .iter()
+                    .skip(usize::try_from(*offset).unwrap_or(usize::MAX))
+                    .take(usize::try_from(*limit).unwrap_or(usize::MAX))
+                    .map(|(Reverse(Total(s)), Reverse(m))| (m.clone(), *s))
+                    .collect(),
+            ),
+            BoardQuery::Member(member) => BoardAnswer::Member(board.scores.get(member).map(|s| {
+                let key = (Reverse(Total(*s)), Reverse(member.clone()));
+                (*s, board.order.range(..key).count() as u64)
+            })),
+        };
+        Ok(BoardRead::Hit {
+            meta,
+            answer: Some(answer),
+        })
+    }
+
+    async fn board_fill_chunk(
+        &self,
+        keys: &CollectionKeys,
+        chunk: &BoardChunk<'_>,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        let mut c = self.collection_state().lock();
+        if c.lease(keys, now) != Some(chunk.token) {
+            c.board_staging.remove(&keys.staging);
+            return Ok(false);
+        }
+        if chunk.first {
+            c.board_staging.remove(&keys.staging);
+        }
+        let expires = now + chunk.ttl;
+        let staged = c
+            .board_staging
+            .entry(keys.staging.clone())
+            .or_insert_with(|| (Board::default(), expires));
+        staged.1 = expires;
+        for m in chunk.members {
+            staged.0.insert(m.member, m.score);
+        }
+        if let Some(meta) = chunk.last {
+            let board = c
+                .board_staging
+                .remove(&keys.staging)
+                .map(|(b, _)| b)
+                .unwrap_or_default();
+            c.boards.insert(keys.value.clone(), board);
+            c.metas.insert(keys.meta.clone(), (meta, expires));
+            c.leases.remove(&keys.lease);
+        }
+        Ok(true)
+    }
+
+    async fn board_write_end(
+        &self,
+        keys: &CollectionKeys,
+        seq: u64,
+        clean: bool,
+        end: &BoardWriteEnd,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        let mut c = self.collection_state().lock();
+        let abort = matches!(end, BoardWriteEnd::Abort);
+        let Some(applies) = c.end_write(keys, seq, clean, abort, now) else {
+            return Ok(false);
+        };
+        if abort {
+            return Ok(false);
+        }
+        let meta = if applies { c.meta(keys, now) } else { None };
+        let Some(mut meta) = meta.filter(|m| m.complete) else {
+            c.drop_set(keys);
+            return Ok(false);
+        };
+        let board = c.boards.entry(keys.value.clone()).or_default();
+        match end {
+            BoardWriteEnd::Set { member, score, max } => {
+                if !board.scores.contains_key(member) && board.len() as u64 + 1 > *max {
+                    c.drop_set(keys);
+                    return Ok(false);
+                }
+                board.insert(member, *score);
+            }
+            BoardWriteEnd::Remove { member } => board.remove(member),
+            BoardWriteEnd::Delete | BoardWriteEnd::Abort => {
+                c.drop_set(keys);
+                return Ok(false);
+            }
+        }
+        meta.count = board.len() as u64;
+        if let Some(slot) = c.metas.get_mut(&keys.meta) {
+            slot.0 = meta;
+        }
+        Ok(true)
     }
 }

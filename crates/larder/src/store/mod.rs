@@ -41,8 +41,9 @@ mod collection;
 mod memory_collection;
 mod redis_collection;
 pub(crate) use self::collection::{
-    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead,
-    FeedWriteEnd, MemberOrder, Scored, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
+    BoardAnswer, BoardChunk, BoardQuery, BoardRead, BoardScore, BoardWriteEnd, CollectionAcquired,
+    CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead, FeedWriteEnd, MemberOrder,
+    Scored, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
 };
 
 pub(crate) use self::dirty::{

@@ -9,8 +9,9 @@
 //! `HMGET` of the meta, then one `ZSCORE` or one `ZRANGE` (O(log n + page)).
 
 use super::collection::{
-    CollectionAcquired, CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead,
-    FeedWriteEnd, MemberOrder, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
+    BoardAnswer, BoardChunk, BoardQuery, BoardRead, BoardWriteEnd, CollectionAcquired,
+    CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead, FeedWriteEnd, MemberOrder,
+    SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
 };
 use super::redis::{ms, RedisStore};
 use super::{Protocol, WriteKeys};
@@ -276,6 +277,92 @@ return 0
 ",
     )
 });
+
+/// A leaderboard read: `ZREVRANGE … WITHSCORES` (rank order: score
+/// descending, ties in descending byte order of the member) or `ZSCORE` +
+/// `ZREVRANK`, after the meta, in one script.
+static BOARD_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value. ARGV: op (top|member), start or member, stop ('' = none)
+local m = redis.call('HMGET', KEYS[1], 'fresh', 'loaded', 'complete', 'count', 'stamp')
+if not m[1] then return {0} end
+if m[3] == '1' and tonumber(m[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
+local r = {1, m[1], m[2], m[3], m[4], m[5] or '0'}
+if m[3] ~= '1' then return r end
+if ARGV[1] == 'top' then
+  if ARGV[3] == '' then
+    r[7] = {}
+  else
+    r[7] = redis.call('ZREVRANGE', KEYS[2], ARGV[2], ARGV[3], 'WITHSCORES')
+  end
+else
+  local s = redis.call('ZSCORE', KEYS[2], ARGV[2])
+  if s then r[7] = {s, redis.call('ZREVRANK', KEYS[2], ARGV[2])} else r[7] = {} end
+end
+return r
+",
+    )
+});
+
+/// A leaderboard write's end: `ZADD` of the database's score (never
+/// `ZINCRBY`) or `ZREM`, only if the write overlapped nothing.
+static BOARD_WRITE_END: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- KEYS: meta, value, lease, write.
+-- ARGV: ticket, action (set|rem|del|abort), member, score, clean (1/0), max
+local base = redis.call('HGET', KEYS[4], 'base')
+if not base or tonumber(ARGV[1]) <= tonumber(base) then
+  if ARGV[2] == 'abort' then return 0 end
+  if base then redis.call('HINCRBY', KEYS[4], 'seq', 1) end
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return 0
+end
+local inflight = redis.call('HINCRBY', KEYS[4], 'inflight', -1)
+if inflight < 0 then
+  redis.call('HSET', KEYS[4], 'inflight', 0)
+  inflight = 0
+end
+if ARGV[2] == 'abort' then return 0 end
+redis.call('DEL', KEYS[3])
+local seq = tonumber(redis.call('HGET', KEYS[4], 'seq') or '0')
+local op = ARGV[2]
+if (op == 'set' or op == 'rem') and ARGV[5] == '1' and seq == tonumber(ARGV[1]) and inflight == 0 then
+  local m = redis.call('HMGET', KEYS[1], 'complete', 'count')
+  if not m[1] then return 0 end
+  if m[1] == '1' then
+    if op == 'set' then
+      if not redis.call('ZSCORE', KEYS[2], ARGV[3])
+        and redis.call('ZCARD', KEYS[2]) + 1 > tonumber(ARGV[6]) then
+        redis.call('DEL', KEYS[1], KEYS[2])
+        return 0
+      end
+      redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+      local left = redis.call('PTTL', KEYS[1])
+      if left > 0 then redis.call('PEXPIRE', KEYS[2], left) end
+    else
+      redis.call('ZREM', KEYS[2], ARGV[3])
+    end
+    redis.call('HSET', KEYS[1], 'count', redis.call('ZCARD', KEYS[2]))
+    return 1
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 0
+",
+    )
+});
+
+/// A score as Redis reads it: Rust's shortest text that parses back to
+/// the same double (never an exponent Redis would misread).
+fn score_arg(score: f64) -> String {
+    format!("{score}")
+}
+
+fn score_of(v: &Value) -> Option<f64> {
+    text(v)?.parse().ok()
+}
 
 fn bad(store: &RedisStore, what: &str) -> Error {
     Error::Store {
@@ -599,5 +686,140 @@ impl Collections for RedisStore {
             .key(&keys.lease)
             .key(&keys.write);
         self.run::<i64>(inv).await.map(drop)
+    }
+
+    async fn board_read(&self, keys: &CollectionKeys, query: &BoardQuery) -> Result<BoardRead> {
+        let mut inv = BOARD_READ.prepare_invoke();
+        inv.key(&keys.meta).key(&keys.value);
+        match query {
+            BoardQuery::Top { offset, limit } => {
+                let stop = match offset.checked_add(*limit) {
+                    Some(end) if *limit > 0 => (end - 1).to_string(),
+                    _ => String::new(),
+                };
+                inv.arg("top").arg(*offset).arg(stop);
+            }
+            BoardQuery::Member(member) => {
+                inv.arg("member").arg(member.as_str()).arg("");
+            }
+        }
+        let value: Value = self.run(inv).await?;
+        let Value::Array(items) = value else {
+            return Err(bad(self, "leaderboard read"));
+        };
+        if matches!(items.first(), Some(Value::Int(0))) {
+            return Ok(BoardRead::Miss);
+        }
+        let field = |i: usize| items.get(i).and_then(number);
+        let (Some(fresh), Some(loaded), Some(complete), Some(count)) =
+            (field(1), field(2), field(3), field(4))
+        else {
+            return Err(bad(self, "leaderboard read"));
+        };
+        let meta = CollectionMeta {
+            fresh_until_ms: fresh,
+            loaded_ms: loaded,
+            complete: complete == 1,
+            count,
+            stamp: field(5).unwrap_or(0),
+        };
+        if !meta.complete {
+            return Ok(BoardRead::Hit { meta, answer: None });
+        }
+        let list = match items.get(6) {
+            Some(Value::Array(list)) => list.as_slice(),
+            _ => &[],
+        };
+        let answer = match query {
+            BoardQuery::Top { .. } => BoardAnswer::Top(
+                list.chunks(2)
+                    .map(|pair| match pair {
+                        [m, s] => match (text(m), score_of(s)) {
+                            (Some(m), Some(s)) => Ok((m, s)),
+                            _ => Err(bad(self, "leaderboard read")),
+                        },
+                        _ => Err(bad(self, "leaderboard read")),
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            BoardQuery::Member(_) => BoardAnswer::Member(match list {
+                [] => None,
+                [s, r] => match (score_of(s), number(r)) {
+                    (Some(s), Some(r)) => Some((s, r)),
+                    _ => return Err(bad(self, "leaderboard read")),
+                },
+                _ => return Err(bad(self, "leaderboard read")),
+            }),
+        };
+        Ok(BoardRead::Hit {
+            meta,
+            answer: Some(answer),
+        })
+    }
+
+    async fn board_fill_chunk(
+        &self,
+        keys: &CollectionKeys,
+        chunk: &BoardChunk<'_>,
+    ) -> Result<bool> {
+        // The set's fill script: `ZADD staging score member …` is the same.
+        let mut inv = FILL_CHUNK.prepare_invoke();
+        inv.key(&keys.meta)
+            .key(&keys.value)
+            .key(&keys.staging)
+            .key(&keys.lease)
+            .arg(chunk.token)
+            .arg(if chunk.first { "1" } else { "0" })
+            .arg(if chunk.last.is_some() { "1" } else { "0" })
+            .arg(ms(chunk.ttl));
+        let meta = chunk.last.unwrap_or(CollectionMeta {
+            fresh_until_ms: 0,
+            loaded_ms: 0,
+            complete: false,
+            count: 0,
+            stamp: 0,
+        });
+        inv.arg(meta.fresh_until_ms)
+            .arg(meta.loaded_ms)
+            .arg(if meta.complete { "1" } else { "0" })
+            .arg(meta.count)
+            .arg(meta.stamp);
+        for m in chunk.members {
+            inv.arg(score_arg(m.score)).arg(m.member);
+        }
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn board_write_end(
+        &self,
+        keys: &CollectionKeys,
+        seq: u64,
+        clean: bool,
+        end: &BoardWriteEnd,
+    ) -> Result<bool> {
+        let mut inv = BOARD_WRITE_END.prepare_invoke();
+        inv.key(&keys.meta)
+            .key(&keys.value)
+            .key(&keys.lease)
+            .key(&keys.write)
+            .arg(seq);
+        let clean = if clean { "1" } else { "0" };
+        match end {
+            BoardWriteEnd::Set { member, score, max } => inv
+                .arg("set")
+                .arg(member.as_str())
+                .arg(score_arg(*score))
+                .arg(clean)
+                .arg(*max),
+            BoardWriteEnd::Remove { member } => inv
+                .arg("rem")
+                .arg(member.as_str())
+                .arg("0")
+                .arg(clean)
+                .arg(0),
+            BoardWriteEnd::Delete => inv.arg("del").arg("").arg("0").arg(clean).arg(0),
+            BoardWriteEnd::Abort => inv.arg("abort").arg("").arg("0").arg(clean).arg(0),
+        };
+        Ok(self.run::<i64>(inv).await? == 1)
     }
 }

@@ -223,13 +223,17 @@ impl SqlSetSourceBuilder {
 /// One index: unique or not, its columns in order, and the collation of
 /// each (empty: the column's own / none).
 #[derive(Debug)]
-struct IndexInfo {
-    unique: bool,
-    columns: Vec<String>,
-    collations: Vec<String>,
+pub(super) struct IndexInfo {
+    pub(super) unique: bool,
+    pub(super) columns: Vec<String>,
+    pub(super) collations: Vec<String>,
 }
 
-async fn pg_indexes(pool: &sqlx::PgPool, name: &str, owner: &Schema) -> Result<Vec<IndexInfo>> {
+pub(super) async fn pg_indexes(
+    pool: &sqlx::PgPool,
+    name: &str,
+    owner: &Schema,
+) -> Result<Vec<IndexInfo>> {
     let table = format!(
         "{}.{}",
         super::schema::quote(owner.table.schema.as_deref().unwrap_or("public")),
@@ -265,7 +269,7 @@ async fn pg_indexes(pool: &sqlx::PgPool, name: &str, owner: &Schema) -> Result<V
         .map_err(|e| classify(name, e))
 }
 
-async fn sqlite_indexes(
+pub(super) async fn sqlite_indexes(
     pool: &sqlx::SqlitePool,
     name: &str,
     table: &TableName,
@@ -309,7 +313,7 @@ async fn sqlite_indexes(
     Ok(out)
 }
 
-async fn mysql_indexes(
+pub(super) async fn mysql_indexes(
     pool: &sqlx::MySqlPool,
     name: &str,
     owner: &Schema,

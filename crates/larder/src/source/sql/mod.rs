@@ -75,9 +75,11 @@ macro_rules! pooled_writes {
     };
 }
 
+mod board;
 mod cdc;
 mod collection;
 mod feed;
+pub use self::board::{SqlBoardSource, SqlBoardSourceBuilder};
 pub(crate) use self::collection::MAX_EXACT_SCORE;
 pub use self::collection::{SqlSetSource, SqlSetSourceBuilder};
 pub use self::feed::{SqlFeedSource, SqlFeedSourceBuilder};

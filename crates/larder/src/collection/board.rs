@@ -1,0 +1,867 @@
+//! Leaderboards: [`Leaderboard`], each owner's scores cached whole as one
+//! Redis sorted set, read-through from a [`BoardSource`], written through.
+//!
+//! # Order
+//! Highest score first; ties in **descending byte order of the member's
+//! text** — what `ZREVRANGE` gives, and what every database query orders
+//! by (PostgreSQL `member::text COLLATE "C" DESC`, MariaDB
+//! `CAST(CONVERT(member USING utf8mb4) AS BINARY) DESC`, SQLite
+//! `CAST(member AS TEXT) COLLATE BINARY DESC`). So a page, a rank and a
+//! score answer the same whether the board is cached or not. `rank` is
+//! 1-based (1 + `ZREVRANK`).
+//!
+//! # Behavior
+//! - A hit is one round trip: one script reads the meta and answers from
+//!   the sorted set (`ZREVRANGE … WITHSCORES`, or `ZSCORE` + `ZREVRANK`).
+//! - A miss loads the owner once per expiry across processes (one flight
+//!   per process, a lease across them) with one indexed query, and fills
+//!   in chunks of at most 3,999 members (Lua's `unpack` takes at most
+//!   7,999 values) into a staging key that the last, token-checked chunk
+//!   renames over the live one.
+//! - An owner with more than `max_members` (or, on an integer column, a
+//!   score beyond ±2^53, which a Redis double cannot hold exactly) is not
+//!   cached: its count is, and reads are indexed queries, outcome
+//!   [`CollectionOutcome::Database`] (`X-Cache: db`).
+//! - Writes (write-through): the database first (an increment is one
+//!   upsert that returns the new score), then, if the owner's write
+//!   ticket is clean, `ZADD` of the score the database returned — never
+//!   `ZINCRBY`, which would count twice after a fill that read the
+//!   committed row — else the cached board is deleted. A write to an owner
+//!   whose board is not cached never creates it (it voids the lease).
+//! - An integer board takes integer scores and deltas within ±2^53, and
+//!   refuses a write whose result would leave that range
+//!   ([`Error::InvalidRow`], nothing written). A float board takes any
+//!   finite number.
+//! - The store unavailable: reads answer from the database
+//!   ([`CollectionOutcome::Bypass`]); writes fail before the database is
+//!   touched.
+
+use super::{token, CollectionOutcome, CollectionRead, CollectionStats, Core, Counters, Settings};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::flight::Flights;
+use crate::key::{validate_id, KeySpace, DEFAULT_SHARDS};
+use crate::policy::{DEFAULT_LEASE_TTL, DEFAULT_TTL};
+use crate::source::MAX_EXACT_SCORE;
+use crate::store::{
+    BoardAnswer, BoardChunk, BoardQuery, BoardRead, BoardScore, BoardWriteEnd, CollectionAcquired,
+    CollectionMeta, Store,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Members per fill chunk: two script arguments each, so 3,999 members
+/// are 7,998 values, the most Lua's `unpack` takes (7,999).
+pub const BOARD_FILL_CHUNK: usize = 3999;
+
+/// The longest page a read may ask for.
+pub const MAX_BOARD_PAGE: u64 = 1000;
+
+/// The largest `offset` a page may start at (Redis ranks are 64-bit).
+pub const MAX_BOARD_OFFSET: u64 = 1 << 62;
+
+/// The default cap of members per cached owner.
+pub const DEFAULT_MAX_BOARD_MEMBERS: u64 = 100_000;
+
+/// How long a poll for another holder's fill pauses at most.
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+/// The type of a leaderboard's score column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreKind {
+    /// An integer column: integer scores and deltas, within ±2^53.
+    Integer,
+    /// A double precision column: any finite number.
+    Float,
+}
+
+/// What a [`BoardSource`] loaded for one owner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BoardLoad {
+    /// Every member with its score, in rank order.
+    Members(Vec<(String, f64)>),
+    /// More than the cap (or an integer score beyond ±2^53): the count.
+    TooMany(u64),
+}
+
+/// One member of a leaderboard: its score and 1-based rank.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranked {
+    /// The member's canonical text.
+    pub member: String,
+    /// Its score (exact for integer columns within ±2^53).
+    pub score: f64,
+    /// 1 for the highest score.
+    pub rank: u64,
+}
+
+/// One page of a leaderboard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoardPage {
+    /// The owner's number of members.
+    pub count: u64,
+    /// Up to `limit` members from `offset`, in rank order.
+    pub items: Vec<Ranked>,
+}
+
+/// Where a [`Leaderboard`] reads and writes its scores: a table of
+/// `(owner, member, score)` rows ([`SqlBoardSource`](crate::SqlBoardSource)),
+/// every answer in the order of the module docs.
+#[async_trait::async_trait]
+pub trait BoardSource: std::fmt::Debug + Send + Sync + 'static {
+    /// The score column's type.
+    fn score_kind(&self) -> ScoreKind;
+    /// The canonical form of an owner id ([`Error::InvalidId`] if it cannot be one).
+    fn canonical_owner(&self, raw: &str) -> Result<String>;
+    /// The canonical form of a member ([`Error::InvalidId`] if it cannot be one).
+    fn canonical_member(&self, raw: &str) -> Result<String>;
+    /// Every member of `owner` with its score in rank order, or the count
+    /// if above `max` (or if an integer score is beyond ±2^53): one
+    /// indexed query (two when above).
+    async fn load(&self, owner: &str, max: u64) -> Result<BoardLoad>;
+    /// Up to `limit` members from `offset`, in rank order.
+    async fn top(&self, owner: &str, offset: u64, limit: u64) -> Result<Vec<(String, f64)>>;
+    /// A member's score and 0-based rank, `None` if absent.
+    async fn member(&self, owner: &str, member: &str) -> Result<Option<(f64, u64)>>;
+    /// The number of members.
+    async fn count(&self, owner: &str) -> Result<u64>;
+    /// Adds `by` to a member's score (an absent member is created with
+    /// `by`) in one statement; the new score.
+    async fn incr(&self, owner: &str, member: &str, by: f64) -> Result<f64>;
+    /// Sets a member's score (creating it); the stored score.
+    async fn set_score(&self, owner: &str, member: &str, score: f64) -> Result<f64>;
+    /// Removes a member; whether it was there.
+    async fn remove(&self, owner: &str, member: &str) -> Result<bool>;
+}
+
+/// A cache of leaderboards, one per owner; a cheap clone over `Arc<Inner>`.
+///
+/// Build with [`Leaderboard::builder`]. See the module docs for its behavior.
+#[derive(Debug, Clone)]
+pub struct Leaderboard {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Core,
+    source: Arc<dyn BoardSource>,
+    max_members: u64,
+    writable: bool,
+    flights: Flights<Result<Filled>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leaderboard")
+            .field("name", &self.core.keys.entity())
+            .field("store", &self.core.store.name())
+            .field("source", &self.source)
+            .field("max_members", &self.max_members)
+            .finish()
+    }
+}
+
+/// What one flight (one load of an owner) ended with.
+#[derive(Debug, Clone)]
+enum Filled {
+    /// Someone else's fill is in place: read it.
+    Present,
+    /// Loaded by this flight (filled or not).
+    Loaded(Arc<BoardLoad>),
+}
+
+/// Builds a [`Leaderboard`]; consuming, finish with [`build`](Self::build).
+#[derive(Debug)]
+#[must_use]
+pub struct LeaderboardBuilder {
+    name: Option<String>,
+    prefix: String,
+    shards: u16,
+    store: Option<Arc<dyn Store>>,
+    source: Option<Arc<dyn BoardSource>>,
+    max_members: u64,
+    ttl: Duration,
+    lease_ttl: Duration,
+    wait_timeout: Duration,
+    read_only: bool,
+    clock: Arc<dyn Clock>,
+}
+
+impl Leaderboard {
+    /// Starts a builder.
+    pub fn builder() -> LeaderboardBuilder {
+        LeaderboardBuilder {
+            name: None,
+            prefix: "larder".to_owned(),
+            shards: DEFAULT_SHARDS,
+            store: None,
+            source: None,
+            max_members: DEFAULT_MAX_BOARD_MEMBERS,
+            ttl: DEFAULT_TTL,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            wait_timeout: DEFAULT_LEASE_TTL,
+            read_only: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl LeaderboardBuilder {
+    /// The board's name (`[a-z0-9_-]`, one namespace with entities). Required.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// The key prefix. Default: `"larder"`.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// Shards (hash tags) the owners spread over. Default: 64.
+    pub fn shards(mut self, shards: u16) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// The store. Required.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The source of the scores. Required.
+    pub fn source(mut self, source: impl BoardSource) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// An owner with more members is not cached (its count is). At least 1.
+    /// Default: 100,000.
+    pub fn max_members(mut self, max: u64) -> Self {
+        self.max_members = max;
+        self
+    }
+
+    /// How long a loaded board is fresh. Default: 60 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a loader owns an owner's lease. Default: 5 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How long a reader waits for another's fill before loading by
+    /// itself (without filling). Default: 5 s.
+    pub fn wait_timeout(mut self, wait: Duration) -> Self {
+        self.wait_timeout = wait;
+        self
+    }
+
+    /// Refuse writes ([`Error::ReadOnly`]). Default: writable (write-through).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// larder's clock, which freshness reads. Default: the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the settings and builds the board: a missing name, store or
+    /// source, or a setting out of range, is [`Error::InvalidSetting`]; a
+    /// store without collections [`Error::Config`].
+    pub async fn build(self) -> Result<Leaderboard> {
+        let name = self
+            .name
+            .ok_or_else(|| Error::setting("name", "a leaderboard needs a name"))?;
+        let store = self
+            .store
+            .ok_or_else(|| Error::setting("store", "a leaderboard needs a store"))?;
+        let source = self
+            .source
+            .ok_or_else(|| Error::setting("source", "a leaderboard needs a source"))?;
+        if self.max_members == 0 {
+            return Err(Error::setting("max_members", "must be at least 1"));
+        }
+        for (setting, d) in [
+            ("ttl", self.ttl),
+            ("lease_ttl", self.lease_ttl),
+            ("wait_timeout", self.wait_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::setting(setting, "must be above 0"));
+            }
+        }
+        if store.collections().is_none() {
+            return Err(Error::Config(format!(
+                "store {} cannot hold collections",
+                store.name()
+            )));
+        }
+        let keys = KeySpace::new(&self.prefix, &name, self.shards)?;
+        Ok(Leaderboard {
+            inner: Arc::new(Inner {
+                core: Core {
+                    keys,
+                    store,
+                    clock: self.clock,
+                    settings: Settings {
+                        ttl: self.ttl,
+                        lease_ttl: self.lease_ttl,
+                        wait_timeout: self.wait_timeout,
+                        write_ttl: self.lease_ttl.max(Duration::from_secs(30)),
+                    },
+                    counters: Counters::default(),
+                },
+                source,
+                max_members: self.max_members,
+                writable: !self.read_only,
+                flights: Flights::new(),
+            }),
+        })
+    }
+}
+
+/// A read's question.
+enum Ask {
+    Top { offset: u64, limit: u64 },
+    Member(String),
+}
+
+/// A read's answer.
+enum Said {
+    Top(BoardPage),
+    Member(Option<Ranked>),
+}
+
+/// How a write changes the database.
+enum Op {
+    Incr(f64),
+    Set(f64),
+    Remove,
+}
+
+impl Leaderboard {
+    /// The board's name.
+    pub fn name(&self) -> &str {
+        self.inner.core.keys.entity()
+    }
+
+    /// The score column's type.
+    pub fn score_kind(&self) -> ScoreKind {
+        self.inner.source.score_kind()
+    }
+
+    /// The cap of members per cached owner.
+    pub fn max_members(&self) -> u64 {
+        self.inner.max_members
+    }
+
+    /// Whether writes are accepted.
+    pub fn is_writable(&self) -> bool {
+        self.inner.writable
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CollectionStats {
+        self.inner.core.stats()
+    }
+
+    /// The canonical owner id ([`Error::InvalidId`] if it cannot be one).
+    pub fn canonical_owner(&self, raw: &str) -> Result<String> {
+        let owner = self.inner.source.canonical_owner(raw)?;
+        validate_id(&owner)?;
+        Ok(owner)
+    }
+
+    /// The canonical member ([`Error::InvalidId`] if it cannot be one).
+    pub fn canonical_member(&self, raw: &str) -> Result<String> {
+        let member = self.inner.source.canonical_member(raw)?;
+        validate_id(&member)?;
+        Ok(member)
+    }
+
+    /// Up to `limit` (at most [`MAX_BOARD_PAGE`]) members of `owner` from
+    /// `offset` (at most [`MAX_BOARD_OFFSET`]) in rank order, with their scores and ranks, and the count.
+    pub async fn top(
+        &self,
+        owner: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<CollectionRead<BoardPage>> {
+        if limit > MAX_BOARD_PAGE {
+            return Err(Error::setting("limit", format!("at most {MAX_BOARD_PAGE}")));
+        }
+        if offset > MAX_BOARD_OFFSET {
+            return Err(Error::setting(
+                "offset",
+                format!("at most {MAX_BOARD_OFFSET}"),
+            ));
+        }
+        let owner = self.canonical_owner(owner)?;
+        let read = self.read(&owner, Ask::Top { offset, limit }).await?;
+        match read.value {
+            Said::Top(page) => Ok(CollectionRead {
+                value: page,
+                outcome: read.outcome,
+            }),
+            Said::Member(_) => Err(internal()),
+        }
+    }
+
+    /// `member`'s score and rank in `owner`'s board, `None` if absent.
+    pub async fn rank(&self, owner: &str, member: &str) -> Result<CollectionRead<Option<Ranked>>> {
+        let owner = self.canonical_owner(owner)?;
+        let member = self.canonical_member(member)?;
+        let read = self.read(&owner, Ask::Member(member)).await?;
+        match read.value {
+            Said::Member(m) => Ok(CollectionRead {
+                value: m,
+                outcome: read.outcome,
+            }),
+            Said::Top(_) => Err(internal()),
+        }
+    }
+
+    /// `member`'s score, `None` if absent (as [`Leaderboard::rank`]).
+    pub async fn score(&self, owner: &str, member: &str) -> Result<CollectionRead<Option<f64>>> {
+        let read = self.rank(owner, member).await?;
+        Ok(CollectionRead {
+            value: read.value.map(|r| r.score),
+            outcome: read.outcome,
+        })
+    }
+
+    /// Deletes `owner`'s cached board (the next read loads it); a write of
+    /// the owner in flight then deletes rather than updates.
+    pub async fn invalidate(&self, owner: &str) -> Result<()> {
+        let owner = self.canonical_owner(owner)?;
+        let core = &self.inner.core;
+        core.collections()?
+            .collection_invalidate(&core.owner_keys(&owner))
+            .await
+    }
+
+    async fn read(&self, owner: &str, ask: Ask) -> Result<CollectionRead<Said>> {
+        let core = &self.inner.core;
+        let keys = core.owner_keys(owner);
+        let query = match &ask {
+            Ask::Top { offset, limit } => BoardQuery::Top {
+                offset: *offset,
+                limit: *limit,
+            },
+            Ask::Member(m) => BoardQuery::Member(m.clone()),
+        };
+        let mut first = true;
+        loop {
+            match core.collections()?.board_read(&keys, &query).await {
+                Ok(BoardRead::Hit { meta, answer }) if meta.fresh_until_ms > core.now_ms() => {
+                    return match answer {
+                        Some(answer) => {
+                            let outcome = if first {
+                                Counters::bump(&core.counters.hits);
+                                CollectionOutcome::Hit
+                            } else {
+                                CollectionOutcome::Miss
+                            };
+                            Ok(CollectionRead {
+                                value: said_from_cache(&ask, meta.count, answer),
+                                outcome,
+                            })
+                        }
+                        None => {
+                            Counters::bump(&core.counters.database);
+                            self.answer_from_source(
+                                owner,
+                                &ask,
+                                Some(meta.count),
+                                CollectionOutcome::Database,
+                            )
+                            .await
+                        }
+                    };
+                }
+                Ok(_) => {}
+                Err(e) if e.is_store_unavailable() => {
+                    Counters::bump(&core.counters.bypass);
+                    return self
+                        .answer_from_source(owner, &ask, None, CollectionOutcome::Bypass)
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
+            if !first {
+                // A fill landed and was gone again (invalidated, evicted):
+                // answer from the database rather than loop.
+                return self
+                    .answer_from_source(owner, &ask, None, CollectionOutcome::Miss)
+                    .await;
+            }
+            Counters::bump(&core.counters.misses);
+            first = false;
+            match self.load(owner).await? {
+                Filled::Present => continue,
+                Filled::Loaded(load) => {
+                    return match &*load {
+                        BoardLoad::Members(members) => Ok(CollectionRead {
+                            value: said_from_members(&ask, members),
+                            outcome: CollectionOutcome::Miss,
+                        }),
+                        BoardLoad::TooMany(count) => {
+                            self.answer_from_source(
+                                owner,
+                                &ask,
+                                Some(*count),
+                                CollectionOutcome::Database,
+                            )
+                            .await
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    async fn answer_from_source(
+        &self,
+        owner: &str,
+        ask: &Ask,
+        count: Option<u64>,
+        outcome: CollectionOutcome,
+    ) -> Result<CollectionRead<Said>> {
+        let source = &self.inner.source;
+        let value = match ask {
+            Ask::Member(m) => {
+                Said::Member(source.member(owner, m).await?.map(|(score, rank)| Ranked {
+                    member: m.clone(),
+                    score,
+                    rank: rank + 1,
+                }))
+            }
+            Ask::Top { offset, limit } => {
+                let items = if *limit == 0 {
+                    Vec::new()
+                } else {
+                    source.top(owner, *offset, *limit).await?
+                };
+                let count = match count {
+                    Some(n) => n,
+                    None => source.count(owner).await?,
+                };
+                Said::Top(page(count, *offset, items))
+            }
+        };
+        Ok(CollectionRead { value, outcome })
+    }
+
+    /// One load of `owner` per process (a flight), under its lease.
+    async fn load(&self, owner: &str) -> Result<Filled> {
+        let this = self.clone();
+        let id = owner.to_owned();
+        let (flight, _) = self.inner.flights.join_or_start(
+            owner,
+            move || async move { this.load_under_lease(&id).await },
+            |panic| {
+                Err(Error::Internal {
+                    what: format!("a leaderboard load panicked: {panic}"),
+                })
+            },
+        );
+        flight.await
+    }
+
+    async fn load_under_lease(&self, owner: &str) -> Result<Filled> {
+        let core = &self.inner.core;
+        let colls = core.collections()?;
+        let keys = core.owner_keys(owner);
+        let token = token();
+        let deadline = Instant::now() + core.settings.wait_timeout;
+        let mut pause = Duration::from_millis(2);
+        let mut waited = false;
+        loop {
+            match colls
+                .collection_acquire(&keys, &token, core.settings.lease_ttl, core.now_ms())
+                .await?
+            {
+                CollectionAcquired::Present => return Ok(Filled::Present),
+                CollectionAcquired::Lease => break,
+                CollectionAcquired::Held => {
+                    if !waited {
+                        waited = true;
+                        Counters::bump(&core.counters.lease_waits);
+                    }
+                    if Instant::now() >= deadline {
+                        Counters::bump(&core.counters.loads);
+                        let load = self
+                            .inner
+                            .source
+                            .load(owner, self.inner.max_members)
+                            .await?;
+                        return Ok(Filled::Loaded(Arc::new(load)));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_POLL);
+                }
+            }
+        }
+        Counters::bump(&core.counters.loads);
+        let load = match self.inner.source.load(owner, self.inner.max_members).await {
+            Ok(load) => load,
+            Err(e) => {
+                let _ = colls.collection_release(&keys, &token).await;
+                return Err(e);
+            }
+        };
+        match self.fill(owner, &token, &load).await {
+            Ok(true) => Counters::bump(&core.counters.fills),
+            Ok(false) => Counters::bump(&core.counters.fills_refused),
+            Err(e) => {
+                tracing::debug!(board = self.name(), error = %e, "could not fill a leaderboard");
+                let _ = colls.collection_release(&keys, &token).await;
+            }
+        }
+        Ok(Filled::Loaded(Arc::new(load)))
+    }
+
+    /// Writes a load in chunks under the lease; whether it landed.
+    async fn fill(&self, owner: &str, token: &str, load: &BoardLoad) -> Result<bool> {
+        let core = &self.inner.core;
+        let colls = core.collections()?;
+        let keys = core.owner_keys(owner);
+        let now = core.now_ms();
+        let ttl = core.settings.ttl;
+        let (members, complete, count): (Vec<BoardScore<'_>>, bool, u64) = match load {
+            BoardLoad::Members(members) => (
+                members
+                    .iter()
+                    .map(|(member, score)| BoardScore {
+                        member,
+                        score: *score,
+                    })
+                    .collect(),
+                true,
+                members.len() as u64,
+            ),
+            BoardLoad::TooMany(count) => (Vec::new(), false, *count),
+        };
+        core.counters
+            .last_size
+            .store(count, std::sync::atomic::Ordering::Relaxed);
+        let meta = CollectionMeta {
+            fresh_until_ms: now.saturating_add(crate::clock::duration_ms(ttl)),
+            loaded_ms: now,
+            complete,
+            count,
+            stamp: 0,
+        };
+        let chunks: Vec<&[BoardScore<'_>]> = if members.is_empty() {
+            vec![&[]]
+        } else {
+            members.chunks(BOARD_FILL_CHUNK).collect()
+        };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let wrote = colls
+                .board_fill_chunk(
+                    &keys,
+                    &BoardChunk {
+                        token,
+                        first: i == 0,
+                        last: (i == last).then_some(meta),
+                        members: chunk,
+                        ttl,
+                    },
+                )
+                .await?;
+            if !wrote {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Adds `by` to `member`'s score in `owner`'s board (an absent member
+    /// starts at `by`): the database first, then `ZADD` of the score it
+    /// returned if the owner's write ticket is clean, else the cached
+    /// board is deleted. The new score.
+    pub async fn incr(&self, owner: &str, member: &str, by: f64) -> Result<f64> {
+        self.check_score(member, "by", by)?;
+        let score = self.write(owner, member, Op::Incr(by)).await?;
+        score.ok_or_else(internal)
+    }
+
+    /// Sets `member`'s score (creating it), as [`Leaderboard::incr`]
+    /// writes; the stored score.
+    pub async fn set_score(&self, owner: &str, member: &str, score: f64) -> Result<f64> {
+        self.check_score(member, "score", score)?;
+        let score = self.write(owner, member, Op::Set(score)).await?;
+        score.ok_or_else(internal)
+    }
+
+    /// Removes `member` from `owner`'s board, as [`Leaderboard::incr`]
+    /// writes; whether it was there.
+    pub async fn remove(&self, owner: &str, member: &str) -> Result<bool> {
+        Ok(self.write(owner, member, Op::Remove).await?.is_some())
+    }
+
+    /// A score or delta the board's column takes: finite; on an integer
+    /// column a whole number within ±2^53.
+    fn check_score(&self, member: &str, what: &str, v: f64) -> Result<()> {
+        let reason = if !v.is_finite() {
+            Some(format!("`{what}` must be a finite number"))
+        } else if self.score_kind() == ScoreKind::Integer {
+            if v.fract() != 0.0 {
+                Some(format!(
+                    "`{what}` must be an integer (the score column is one)"
+                ))
+            } else if v.abs() > MAX_EXACT_SCORE as f64 {
+                Some(format!(
+                    "`{what}` must be within ±2^53 (Redis scores are doubles)"
+                ))
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(Error::InvalidRow {
+                entity: self.name().to_owned(),
+                id: member.chars().take(80).collect(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `Some(score)` after an incr or set, `Some(0)` / `None` after a
+    /// remove (whether it was there).
+    async fn write(&self, owner: &str, member: &str, op: Op) -> Result<Option<f64>> {
+        if !self.inner.writable {
+            return Err(Error::ReadOnly {
+                entity: self.name().to_owned(),
+                reason: "the leaderboard is read-only".to_owned(),
+            });
+        }
+        let owner = self.canonical_owner(owner)?;
+        let member = self.canonical_member(member)?;
+        // Detached: the ticket taken must be ended even if the caller
+        // stops waiting.
+        let this = self.clone();
+        tokio::spawn(async move { this.write_detached(owner, member, op).await })
+            .await
+            .map_err(|e| Error::Internal {
+                what: format!("a leaderboard write panicked: {e}"),
+            })?
+    }
+
+    async fn write_detached(&self, owner: String, member: String, op: Op) -> Result<Option<f64>> {
+        let core = &self.inner.core;
+        let colls = core.collections()?;
+        let keys = core.owner_keys(&owner);
+        let (seq, clean) = colls
+            .collection_write_begin(&keys, core.settings.write_ttl)
+            .await?;
+        let source = &self.inner.source;
+        let result = match op {
+            Op::Incr(by) => source.incr(&owner, &member, by).await.map(Some),
+            Op::Set(score) => source.set_score(&owner, &member, score).await.map(Some),
+            Op::Remove => source
+                .remove(&owner, &member)
+                .await
+                .map(|was| was.then_some(0.0)),
+        };
+        let end = match &result {
+            Ok(Some(score)) if !matches!(op, Op::Remove) => BoardWriteEnd::Set {
+                member,
+                score: *score,
+                max: self.inner.max_members,
+            },
+            Ok(_) => BoardWriteEnd::Remove { member },
+            Err(Error::Source { .. } | Error::InvalidId { .. } | Error::InvalidRow { .. }) => {
+                BoardWriteEnd::Abort
+            }
+            Err(_) => BoardWriteEnd::Delete,
+        };
+        let applied = colls.board_write_end(&keys, seq, clean, &end).await;
+        match applied {
+            Ok(true) => Counters::bump(&core.counters.writes_applied),
+            Ok(false) => Counters::bump(&core.counters.writes_deleted),
+            Err(ref e) => {
+                tracing::warn!(board = self.name(), error = %e, "could not end a leaderboard write")
+            }
+        }
+        let out = result?;
+        applied?;
+        Ok(out)
+    }
+}
+
+fn said_from_cache(ask: &Ask, count: u64, answer: BoardAnswer) -> Said {
+    match (ask, answer) {
+        (Ask::Member(m), BoardAnswer::Member(found)) => {
+            Said::Member(found.map(|(score, rank)| Ranked {
+                member: m.clone(),
+                score,
+                rank: rank + 1,
+            }))
+        }
+        (Ask::Top { offset, .. }, BoardAnswer::Top(items)) => {
+            Said::Top(page(count, *offset, items))
+        }
+        (Ask::Member(_), BoardAnswer::Top(_)) => Said::Member(None),
+        (Ask::Top { offset, .. }, BoardAnswer::Member(_)) => {
+            Said::Top(page(count, *offset, Vec::new()))
+        }
+    }
+}
+
+fn said_from_members(ask: &Ask, members: &[(String, f64)]) -> Said {
+    match ask {
+        Ask::Member(m) => Said::Member(members.iter().position(|(x, _)| x == m).map(|i| Ranked {
+            member: m.clone(),
+            score: members[i].1,
+            rank: i as u64 + 1,
+        })),
+        Ask::Top { offset, limit } => {
+            let start = usize::try_from(*offset).unwrap_or(usize::MAX);
+            let items = members
+                .iter()
+                .skip(start)
+                .take(usize::try_from(*limit).unwrap_or(usize::MAX))
+                .cloned()
+                .collect();
+            Said::Top(page(members.len() as u64, *offset, items))
+        }
+    }
+}
+
+/// A page from `(member, score)` pairs in rank order starting at `offset`.
+fn page(count: u64, offset: u64, items: Vec<(String, f64)>) -> BoardPage {
+    BoardPage {
+        count,
+        items: items
+            .into_iter()
+            .zip(offset.saturating_add(1)..)
+            .map(|((member, score), rank)| Ranked {
+                member,
+                score,
+                rank,
+            })
+            .collect(),
+    }
+}
+
+fn internal() -> Error {
+    Error::Internal {
+        what: "a leaderboard read answered another question".to_owned(),
+    }
+}
