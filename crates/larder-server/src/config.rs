@@ -1280,6 +1280,10 @@ pub struct BoardConfig {
     pub shards: u16,
     /// Reads need no token even when one is set. Default: false.
     pub public_reads: bool,
+    /// Install change triggers on the table (PostgreSQL) and invalidate an
+    /// owner's board when one of its rows changes (both owners when a row
+    /// moves); a TRUNCATE purges the board. Default: false.
+    pub cdc: bool,
 }
 
 impl Default for BoardConfig {
@@ -1297,6 +1301,7 @@ impl Default for BoardConfig {
             wait_timeout: None,
             shards: larder::DEFAULT_SHARDS,
             public_reads: false,
+            cdc: false,
         }
     }
 }

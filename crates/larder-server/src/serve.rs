@@ -324,6 +324,7 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
         .map(|(i, s)| (s.config.name.clone(), i))
         .collect();
     let feeds = crate::http::collections::build_feeds(&config, &pool, &store).await?;
+    let boards = crate::http::boards::build_boards(&config, &pool, &store).await?;
     type Handler = Arc<dyn larder::source::ChangeHandler>;
     let subscriptions: Vec<(ChangeChannel, Handler)> = entities
         .iter()
@@ -336,6 +337,11 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
             feeds
                 .iter()
                 .filter_map(|f| Some((f.changes.clone()?, Arc::new(f.cache.clone()) as Handler))),
+        )
+        .chain(
+            boards
+                .iter()
+                .filter_map(|b| Some((b.changes.clone()?, Arc::new(b.cache.clone()) as Handler))),
         )
         .collect();
     // Listening before the port is bound: a change committed once the
@@ -359,7 +365,6 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
         .enumerate()
         .map(|(i, f)| (f.config.name.clone(), i))
         .collect();
-    let boards = crate::http::boards::build_boards(&config, &pool, &store).await?;
     let board_by_name = boards
         .iter()
         .enumerate()

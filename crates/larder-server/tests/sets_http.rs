@@ -289,11 +289,20 @@ async fn cdc_and_purge_keep_sets_and_feeds_right() {
          INSERT INTO {t} (user_id, body) VALUES (1, 'a'), (2, 'b')",
     )
     .await;
+    let scores = unique("scores");
+    pg.exec(
+        &scores,
+        "CREATE TABLE {t} (game_id bigint NOT NULL, player_id text COLLATE \"C\" NOT NULL,
+         points bigint NOT NULL, UNIQUE (game_id, player_id));
+         INSERT INTO {t} VALUES (1, 'ann', 3)",
+    )
+    .await;
     let toml = support::pg_config(
         &unique("p"),
         &format!(
             "[[set]]\nname = \"visitors\"\ntable = \"{visits}\"\nowner = \"page\"\nmember = \"visitor\"\ncdc = true\n\
-             [[feed]]\nname = \"user_posts\"\ntable = \"{posts}\"\nowner = \"user_id\"\ncdc = true\n"
+             [[feed]]\nname = \"user_posts\"\ntable = \"{posts}\"\nowner = \"user_id\"\ncdc = true\n\
+             [[leaderboard]]\nname = \"scores\"\ntable = \"{scores}\"\nowner = \"game_id\"\nmember = \"player_id\"\nscore = \"points\"\ncdc = true\n"
         ),
     );
     let app = app(support::state(&toml).await);
@@ -317,8 +326,13 @@ async fn cdc_and_purge_keep_sets_and_feeds_right() {
     assert_eq!(bodies(app.clone(), "/v1/user_posts/1").await, [json!("a")]);
 
     // Writes that bypass larder reach the cache through the triggers.
+    let ann = |app: axum::Router| async move {
+        get(&app, "/v1/scores/1/members/ann").await.json()["score"].clone()
+    };
+    assert_eq!(ann(app.clone()).await, json!(3));
     sqlx::raw_sql(&format!(
-        "INSERT INTO {visits} VALUES ('home', 'bob'); UPDATE {posts} SET user_id = 1 WHERE body = 'b'"
+        "INSERT INTO {visits} VALUES ('home', 'bob'); UPDATE {posts} SET user_id = 1 WHERE body = 'b';
+         UPDATE {scores} SET points = 9 WHERE player_id = 'ann'"
     ))
     .execute(&pg.pool)
     .await
@@ -327,6 +341,7 @@ async fn cdc_and_purge_keep_sets_and_feeds_right() {
         count(app.clone(), "/v1/visitors/home?limit=0").await == json!(2)
             && bodies(app.clone(), "/v1/user_posts/1").await == [json!("b"), json!("a")]
             && bodies(app.clone(), "/v1/user_posts/2").await.is_empty()
+            && ann(app.clone()).await == json!(9)
     })
     .await;
 
@@ -335,7 +350,7 @@ async fn cdc_and_purge_keep_sets_and_feeds_right() {
         get(&app, "/v1/visitors/home?limit=0").await.x_cache(),
         "hit"
     );
-    for name in ["visitors", "user_posts"] {
+    for name in ["visitors", "user_posts", "scores"] {
         let a = send(&app, "POST", &format!("/v1/_admin/{name}/purge"), &[], None).await;
         assert_eq!(a.status.as_u16(), 204, "{name}");
     }
@@ -344,8 +359,12 @@ async fn cdc_and_purge_keep_sets_and_feeds_right() {
         "miss"
     );
     assert_eq!(get(&app, "/v1/user_posts/1").await.x_cache(), "miss");
+    assert_eq!(
+        get(&app, "/v1/scores/1/members/ann").await.x_cache(),
+        "miss"
+    );
     let doc = get(&app, "/v1/openapi.json").await.json();
-    for name in ["visitors", "user_posts"] {
+    for name in ["visitors", "user_posts", "scores"] {
         assert!(
             doc["paths"][format!("/v1/_admin/{name}/purge")]["post"].is_object(),
             "{name}"

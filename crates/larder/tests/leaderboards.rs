@@ -887,3 +887,72 @@ async fn on_a_redis_cluster() {
     assert_eq!(lb.stats().fills, 8);
     pg.drop().await;
 }
+
+#[tokio::test]
+async fn change_notifications_and_purge_keep_boards_right() {
+    let pg = Pg::new().await;
+    pg.insert(1, &[("ann", 10), ("bob", 5)]).await;
+    pg.insert(2, &[("cy", 1)]).await;
+    let source = pg.source().await;
+    let channel = source.install_change_triggers().await.expect("triggers");
+    let b = board(
+        support::redis_store().await,
+        &support::unique("b"),
+        source,
+        100,
+    )
+    .await;
+    let listener = larder::ChangeListener::builder()
+        .subscribe(channel, Arc::new(b.clone()))
+        .application_name(&support::unique("boards_cdc"))
+        .start()
+        .await
+        .expect("listener");
+    let score = |owner: &'static str, member: &'static str| {
+        let b = b.clone();
+        async move { b.score(owner, member).await.expect("score").value }
+    };
+    assert_eq!(score("1", "bob").await, Some(5.0));
+    assert_eq!(
+        b.score("1", "bob").await.expect("hit").outcome,
+        CollectionOutcome::Hit
+    );
+    assert_eq!(score("2", "bob").await, None);
+
+    // A plain SQL UPDATE of a score, then a row moved to another owner.
+    sqlx::query(&format!(
+        "UPDATE {}.scores SET points = 50 WHERE player_id = 'bob'",
+        pg.schema
+    ))
+    .execute(&pg.admin)
+    .await
+    .expect("update");
+    support::eventually("the new score is read", || async {
+        score("1", "bob").await == Some(50.0)
+    })
+    .await;
+    sqlx::query(&format!(
+        "UPDATE {}.scores SET game_id = 2 WHERE player_id = 'bob'",
+        pg.schema
+    ))
+    .execute(&pg.admin)
+    .await
+    .expect("move");
+    support::eventually("bob left board 1 for board 2", || async {
+        score("1", "bob").await.is_none() && score("2", "bob").await == Some(50.0)
+    })
+    .await;
+
+    // purge: every owner is read anew.
+    assert_eq!(
+        b.score("1", "ann").await.expect("read").outcome,
+        CollectionOutcome::Hit
+    );
+    assert!(b.purge().await.expect("purge") >= 2);
+    assert_eq!(
+        b.score("1", "ann").await.expect("read").outcome,
+        CollectionOutcome::Miss
+    );
+    listener.close().await;
+    pg.drop().await;
+}

@@ -51,6 +51,8 @@ pub struct BoardEntry {
     pub config: BoardConfig,
     /// The cache of the board's owners.
     pub cache: Leaderboard,
+    /// The change-notification channel of its table (`cdc = true`).
+    pub changes: Option<larder::source::ChangeChannel>,
 }
 
 /// Builds every `[[leaderboard]]`: the source (schema and index checks)
@@ -75,6 +77,13 @@ pub async fn build_boards(
                     crate::serve::one_line(&e),
                 )
             })?;
+        let changes = if b.cdc {
+            Some(source.install_change_triggers().await.map_err(|e| {
+                config.error(format!("leaderboard[{i}].cdc"), crate::serve::one_line(&e))
+            })?)
+        } else {
+            None
+        };
         let cache = Leaderboard::builder()
             .prefix(&config.store.prefix)
             .name(&b.name)
@@ -97,6 +106,7 @@ pub async fn build_boards(
         boards.push(BoardEntry {
             config: b.clone(),
             cache,
+            changes,
         });
     }
     Ok(boards)

@@ -179,7 +179,7 @@ pub fn element_max_chars(sql_type: &str) -> Option<usize> {
 }
 
 /// `POST /v1/_admin/{name}/purge` of a set or a feed (`kind`).
-fn collection_purge(kind: &str, name: &str) -> Value {
+pub(crate) fn collection_purge(kind: &str, name: &str) -> Value {
     let mut purge = op(
         "POST",
         "/v1/_admin/{entity}/purge",

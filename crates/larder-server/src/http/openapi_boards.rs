@@ -115,6 +115,10 @@ pub fn add_boards(doc: &mut Value, boards: &[BoardDoc<'_>]) {
         );
         invalidate["operationId"] = json!(format!("invalidate_board_{}", b.name));
         paths.insert(format!("{base}/invalidate"), json!({ "post": invalidate }));
+        paths.insert(
+            format!("/v1/_admin/{}/purge", b.name),
+            json!({ "post": crate::http::openapi::collection_purge("leaderboard", b.name) }),
+        );
 
         let route = "/v1/{entity}/{id}/members/{member}";
         let mut item = Map::new();

@@ -445,6 +445,14 @@ pub async fn purge(
             .map_err(|err| ApiError::from_engine(&name, &err))?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
+    if let Some(board) = state.board(&name) {
+        board
+            .cache
+            .purge()
+            .await
+            .map_err(|err| ApiError::from_engine(&name, &err))?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     if let Some(feed) = state.feed(&name) {
         feed.cache
             .purge()

@@ -440,6 +440,14 @@ impl Leaderboard {
         })
     }
 
+    /// Invalidates every owner's cached board, on every instance (the
+    /// store is shared): the next read of each loads. For a TRUNCATE or a
+    /// gap in change notifications; it scans the store (`SCAN`), so it is
+    /// not for the read or write path. Returns how many owners had keys.
+    pub async fn purge(&self) -> Result<u64> {
+        self.inner.core.purge().await
+    }
+
     /// Deletes `owner`'s cached board (the next read loads it); a write of
     /// the owner in flight then deletes rather than updates.
     pub async fn invalidate(&self, owner: &str) -> Result<()> {

@@ -662,6 +662,30 @@ impl SqlBoardSource {
     }
 }
 
+impl SqlBoardSource {
+    /// Installs change triggers on the board's table (PostgreSQL) and
+    /// returns their channel: a row inserted, deleted or changed notifies
+    /// its owner, an UPDATE that moves a row to another owner notifies
+    /// both, a TRUNCATE purges; give the channel to a
+    /// [`ChangeListener`](crate::ChangeListener) with the
+    /// [`Leaderboard`](crate::Leaderboard) as its handler. Idempotent, as
+    /// [`SqlSource::install_change_triggers`](crate::SqlSource::install_change_triggers).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] on SQLite and MariaDB (no change notifications);
+    /// the database's errors otherwise.
+    pub async fn install_change_triggers(&self) -> Result<super::ChangeChannel> {
+        let name = &self.inner.name;
+        let pool = match &self.inner.backend {
+            Backend::Postgres(pool) => pool.clone(),
+            Backend::Sqlite(_) => return Err(super::cdc::no_notifications_sqlite(name)),
+            Backend::MySql(_) => return Err(super::cdc::no_notifications_mysql(name)),
+        };
+        super::cdc::install_owner_triggers(pool, name, &self.inner.owner).await
+    }
+}
+
 #[async_trait]
 impl BoardSource for SqlBoardSource {
     fn score_kind(&self) -> ScoreKind {

@@ -32,7 +32,7 @@ where
     }
 }
 
-/// A set or a feed is the change handler of its table's owner channel
+/// A set, a feed or a leaderboard is the change handler of its table's owner channel
 /// (`SqlSetSource::install_change_triggers`,
 /// `SqlFeedSource::install_change_triggers`): each notified owner's cached
 /// collection is invalidated; a TRUNCATE or a gap purges every owner
@@ -59,4 +59,4 @@ macro_rules! owner_handler {
     )*};
 }
 
-owner_handler!(crate::SetCache, crate::FeedCache);
+owner_handler!(crate::SetCache, crate::FeedCache, crate::Leaderboard);
