@@ -640,6 +640,7 @@ async fn a_flusher_stalled_past_its_lease_is_fenced_by_the_database() {
         &source,
         FlushBatch {
             upserts: &rows,
+            updates: &[],
             deletes: &[],
             fence: newer,
             statement_timeout: Duration::from_secs(2),
@@ -652,6 +653,7 @@ async fn a_flusher_stalled_past_its_lease_is_fenced_by_the_database() {
         &source,
         FlushBatch {
             upserts: &old_rows,
+            updates: &[],
             deletes: &[],
             fence: stale,
             statement_timeout: Duration::from_secs(2),

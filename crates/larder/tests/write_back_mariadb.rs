@@ -199,6 +199,7 @@ async fn the_fence_stops_a_stalled_flusher() {
         &source,
         FlushBatch {
             upserts: &newest,
+            updates: &[],
             deletes: &[],
             fence: fence(1_000),
             statement_timeout: Duration::from_secs(2),
@@ -213,6 +214,7 @@ async fn the_fence_stops_a_stalled_flusher() {
         &source,
         FlushBatch {
             upserts: &stale,
+            updates: &[],
             deletes: &[],
             fence: fence(5),
             statement_timeout: Duration::from_secs(2),
@@ -240,6 +242,7 @@ async fn the_fence_stops_a_stalled_flusher() {
             &source,
             FlushBatch {
                 upserts: &again,
+                updates: &[],
                 deletes: &[],
                 fence: Fence {
                     entity: entity.clone(),
@@ -287,6 +290,7 @@ async fn a_lock_wait_fails_the_batch_whole_as_unavailable() {
         &source,
         FlushBatch {
             upserts: &rows,
+            updates: &[],
             deletes: &[],
             fence: Fence {
                 entity: entity.clone(),
@@ -309,6 +313,7 @@ async fn a_lock_wait_fails_the_batch_whole_as_unavailable() {
         &source,
         FlushBatch {
             upserts: &rows,
+            updates: &[],
             deletes: &[],
             fence: Fence {
                 entity,

@@ -286,12 +286,6 @@ where
                     "a hash entity needs a JSON codec (Json or PassThrough): its fields are JSON values",
                 ));
             }
-            if matches!(self.write_policy, Some(WritePolicy::Back(_))) {
-                return Err(Error::setting(
-                    "representation",
-                    "write-back on a hash entity is not supported yet: use write-through, or representation string",
-                ));
-            }
         }
         Ok(())
     }

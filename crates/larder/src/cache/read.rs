@@ -353,7 +353,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
         outcome: Outcome,
     ) -> Result<Lookup<V>> {
         let (result, _) = self.timed_load(id, loader(id.to_owned())).await;
-        Ok(Lookup::new(result?.map(Arc::new), outcome))
+        let mut value = result?.map(Arc::new);
+        if outcome != Outcome::Bypass {
+            // The store answers: pending field patches are laid over.
+            value = self.overlay_pending(id, value).await?;
+        }
+        Ok(Lookup::new(value, outcome))
     }
 
     /// The batch read path of `get_many`; counts each answer once.

@@ -54,7 +54,8 @@
 
 use super::{Cache, Inner};
 use crate::error::{Error, Message, Result};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, IdText};
+use crate::representation::Representation;
 use crate::store::{WriteEnd, WriteKeys, WriteTicket};
 use crate::write_back::WriteBackOptions;
 use bytes::Bytes;
@@ -210,7 +211,11 @@ where
     /// under the write policy; `None` when the row does not exist (nothing
     /// is written). Two writers patching different columns both land.
     /// Under write-back, a patch that keeps losing its compare-and-set to
-    /// other writers of the id fails with [`Error::Busy`].
+    /// other writers of the id fails with [`Error::Busy`] — except on a
+    /// [`Representation::Hash`] entity, whose write-back patch sets just
+    /// the given fields of the hash and of the dirty record in one script,
+    /// with nothing to retry, and answers the row as the cache then holds
+    /// it (one read of the entry after the patch).
     ///
     /// Runs in a task of its own: once begun, it runs to its end step even
     /// if the caller goes away (the future dropped, a timeout, a closed
@@ -226,7 +231,21 @@ where
         let (inner, fields) = (Arc::clone(&self.inner), fields.clone());
         detached(self.entity(), async move {
             if inner.write_policy.is_write_back() {
-                return inner.patch_back(&id, &fields).await;
+                if inner.keys.representation() != Representation::Hash {
+                    return inner.patch_back(&id, &fields).await;
+                }
+                if !inner.patch_fields_back(&id, &fields).await? {
+                    return Ok(None);
+                }
+                // The row as the cache holds it now: the hash (a hit), or
+                // the loaded row with the pending fields laid over.
+                let read = inner
+                    .read_uncounted(IdText::owned(id), Inner::source_loader)
+                    .await?;
+                return Ok(read.value.map(|value| Written {
+                    value,
+                    cache: CacheWrite::Queued,
+                }));
             }
             let seq = inner.coherence.seq();
             inner

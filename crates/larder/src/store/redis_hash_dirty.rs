@@ -32,7 +32,10 @@
 //! its KEYS, all in the entry's shard slot; no script builds a key name.
 
 use super::redis::{ms, RedisStore};
-use super::{Acquired, LeaseRequest, Recorded};
+use super::dirty::Patched;
+use super::Recorded;
+#[cfg(test)]
+use super::{Acquired, LeaseRequest};
 use crate::error::{Error, Message, Result};
 use crate::representation::to_fields;
 use redis::{Script, Value};
@@ -116,7 +119,7 @@ return {{1, seq, was}}
     ))
 });
 
-static FILL_OVERLAY: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static FILL_OVERLAY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPLY}
 -- KEYS: value (hash), lease, dirty. ARGV: token, ttl ms, field, value, ...
@@ -157,14 +160,17 @@ static RECORD_ROW: LazyLock<Script> = LazyLock::new(|| {
         r"
 -- A whole-row write (put, or a tombstone): replaces the hash and the dirty record.
 -- KEYS: value (hash), lease, dirty, queue, seq, version
--- ARGV: id, payload, del (1/0), ttl ms, now ms, version ttl ms, channel ('' = none), message, field, value, ...
+-- ARGV: id, payload, del (1/0), ttl ms, now ms, version ttl ms, channel ('' = none), message,
+--       expected version ('' = any), field, value, ...
+local ver = tonumber(redis.call('HGET', KEYS[6], 'seq') or '0')
+if ARGV[9] ~= '' and ver ~= tonumber(ARGV[9]) then return {0, ver} end
 local was = redis.call('EXISTS', KEYS[3])
 local seq = redis.call('INCR', KEYS[5])
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'seq', seq, 'del', ARGV[3], 'val', ARGV[2], 'kind', 'row')
 redis.call('ZADD', KEYS[4], 'NX', ARGV[5], ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('HINCRBY', KEYS[6], 'seq', 1)
 redis.call('PEXPIRE', KEYS[6], ARGV[6])
@@ -174,7 +180,7 @@ return {1, seq, was}
     )
 });
 
-static BATCH_RECORDS: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static BATCH_RECORDS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- The dirty records of ids the caller read from the queue, under the flush lease.
@@ -195,7 +201,7 @@ return out
     )
 });
 
-static CLEAR_HASH: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static CLEAR_HASH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- KEYS: dirty, queue, value (hash), lease. ARGV: id, seq, action (set|del), ttl ms, field, value, ...
@@ -216,7 +222,7 @@ return 1
     )
 });
 
-static ACQUIRE_BACK: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static ACQUIRE_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- The read lease of a hash entry under write-back: as `ACQUIRE` in
@@ -298,6 +304,16 @@ fn overlay(base: &[u8], columns: &[(String, String)]) -> std::result::Result<Vec
     Ok(text.into_bytes())
 }
 
+/// [`overlay`] of `columns`, a JSON object (a hash entry's dirty columns).
+pub(crate) fn overlay_object(base: &[u8], columns: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let columns: Vec<(String, String)> = ordered_members(columns)
+        .map_err(|e| format!("pending columns are not a JSON object: {e}"))?
+        .into_iter()
+        .map(|(k, v)| (k, v.get().to_owned()))
+        .collect();
+    overlay(base, &columns)
+}
+
 /// A JSON object's members in their order, values as raw JSON.
 fn ordered_members(json: &[u8]) -> std::result::Result<Vec<(String, Box<RawValue>)>, String> {
     struct V;
@@ -322,7 +338,7 @@ fn ordered_members(json: &[u8]) -> std::result::Result<Vec<(String, Box<RawValue
 }
 
 /// A hash entry's pending write from its dirty record (`HGETALL` pairs).
-fn hash_dirty_of(
+pub(super) fn hash_dirty_of(
     id: String,
     pairs: &[(Vec<u8>, Vec<u8>)],
 ) -> std::result::Result<HashDirty, String> {
@@ -353,6 +369,48 @@ fn hash_dirty_of(
     Ok(HashDirty { id, seq, write })
 }
 
+/// A dirty record of either format from its `HGETALL` pairs: a hash
+/// entry's (with `kind`) or a string entry's (`seq`, `del`, `val`).
+pub(super) fn record_of_pairs(
+    id: String,
+    pairs: &[(Vec<u8>, Vec<u8>)],
+) -> std::result::Result<super::DirtyRecord, String> {
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k.as_slice() == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    };
+    if get("kind").is_some() {
+        let d = hash_dirty_of(id, pairs)?;
+        let (payload, partial) = match d.write {
+            HashWrite::Delete => (None, false),
+            HashWrite::Upsert(row) => (Some(row), false),
+            HashWrite::Update(columns) => (Some(columns), true),
+        };
+        return Ok(super::DirtyRecord {
+            id: d.id,
+            seq: d.seq,
+            payload: payload.map(bytes::Bytes::from),
+            partial,
+        });
+    }
+    let seq = get("seq")
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("the dirty record of {id:?} has no sequence"))?;
+    let payload = match get("del") {
+        Some(b"1") => None,
+        _ => Some(bytes::Bytes::from(get("val").unwrap_or_default().to_vec())),
+    };
+    Ok(super::DirtyRecord {
+        id,
+        seq,
+        payload,
+        partial: false,
+    })
+}
+
 /// The keys one hash field patch touches, all in the id's shard.
 #[derive(Debug, Clone)]
 pub(crate) struct HashPatchKeys<'a> {
@@ -372,14 +430,24 @@ pub(crate) struct HashPatchKeys<'a> {
     pub(crate) version_key: &'a str,
 }
 
-/// What a field patch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Patched {
-    /// Recorded (and set on the hash when it was there).
-    Recorded(Recorded),
-    /// The row is known not to exist (a pending tombstone, a negative
-    /// entry): nothing recorded.
-    NoRow,
+/// A whole-row write of a hash entry (see
+/// [`RedisStore::hash_record_row_expecting`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowWrite<'a> {
+    /// The row (codec bytes); `None` records a tombstone.
+    pub(crate) payload: Option<&'a [u8]>,
+    /// The envelope to cache (the row, or a negative entry).
+    pub(crate) envelope: &'a [u8],
+    /// How long the store keeps the entry.
+    pub(crate) ttl: Duration,
+    /// Now, ms since the epoch (the queue's score).
+    pub(crate) now_ms: u64,
+    /// How long the write version is kept without writes.
+    pub(crate) version_ttl: Duration,
+    /// A channel and message to publish in the same script.
+    pub(crate) announce: Option<(&'a str, &'a [u8])>,
+    /// Record only if the id's write version is this one.
+    pub(crate) expect: Option<u64>,
 }
 
 /// What a fill with overlay did.
@@ -460,11 +528,8 @@ impl RedisStore {
         }
     }
 
-    /// A whole-row write-back write of a hash entry — a `put` (`payload`
-    /// `Some`) or a tombstone — in one script: replaces the hash with
-    /// `envelope`'s fields and the dirty record with a `row` record
-    /// (dropping pending field patches, which the row replaces), enqueues
-    /// the id, voids the lease, bumps the write version.
+    /// [`RedisStore::hash_record_row_expecting`] without a version check.
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn hash_record_row(
         &self,
@@ -476,7 +541,31 @@ impl RedisStore {
         version_ttl: Duration,
         announce: Option<(&str, &[u8])>,
     ) -> Result<Recorded> {
-        let fields = to_fields(envelope).map_err(|p| self.hash_dirty_problem(p))?;
+        let row = RowWrite {
+            payload,
+            envelope,
+            ttl,
+            now_ms,
+            version_ttl,
+            announce,
+            expect: None,
+        };
+        self.hash_record_row_expecting(keys, &row).await
+    }
+
+    /// A whole-row write-back write of a hash entry — a `put` (`payload`
+    /// `Some`) or a tombstone — in one script: replaces the hash with
+    /// `envelope`'s fields and the dirty record with a `row` record
+    /// (dropping pending field patches, which the row replaces), enqueues
+    /// the id, voids the lease, bumps the write version. With `expect`,
+    /// only if the id's write version is that one (else
+    /// [`Recorded::Conflict`], nothing written).
+    pub(crate) async fn hash_record_row_expecting(
+        &self,
+        keys: &HashPatchKeys<'_>,
+        row: &RowWrite<'_>,
+    ) -> Result<Recorded> {
+        let fields = to_fields(row.envelope).map_err(|p| self.hash_dirty_problem(p))?;
         let mut inv = RECORD_ROW.prepare_invoke();
         inv.key(keys.value_key)
             .key(keys.lease_key)
@@ -485,15 +574,16 @@ impl RedisStore {
             .key(keys.seq_key)
             .key(keys.version_key)
             .arg(keys.id)
-            .arg(payload.unwrap_or_default())
-            .arg(if payload.is_some() { "0" } else { "1" })
-            .arg(ms(ttl))
-            .arg(now_ms)
-            .arg(ms(version_ttl));
-        match announce {
+            .arg(row.payload.unwrap_or_default())
+            .arg(if row.payload.is_some() { "0" } else { "1" })
+            .arg(ms(row.ttl))
+            .arg(row.now_ms)
+            .arg(ms(row.version_ttl));
+        match row.announce {
             Some((channel, message)) => inv.arg(channel).arg(message),
             None => inv.arg("").arg(""),
         };
+        inv.arg(row.expect.map(|v| v.to_string()).unwrap_or_default());
         for (k, v) in &fields {
             inv.arg(k.as_slice()).arg(v.as_slice());
         }
@@ -503,16 +593,13 @@ impl RedisStore {
                 seq: u64::try_from(*seq).unwrap_or_default(),
                 coalesced: *was == 1,
             }),
+            [0, _] => Ok(Recorded::Conflict),
             _ => Err(self.hash_dirty_problem("unexpected answer from the record script")),
         }
     }
 
-    /// Up to `max` pending writes of hash entries of a shard that became
-    /// dirty at or before `due_ms`, oldest first, while `token` holds the
-    /// flush lease (`None`: it does not). The ids are read from the queue
-    /// first, so the script that reads their records names every dirty
-    /// key in KEYS (`dirty_key` builds them); an id cleared in between is
-    /// skipped.
+    /// [`RedisStore::dirty_batch`] read as hash entries' writes.
+    #[cfg(test)]
     pub(crate) async fn hash_batch(
         &self,
         lease_key: &str,
@@ -522,13 +609,41 @@ impl RedisStore {
         max: usize,
         due_ms: u64,
     ) -> Result<Option<Vec<HashDirty>>> {
+        let Some(records) = self
+            .dirty_batch(lease_key, queue_key, dirty_key, token, max, due_ms)
+            .await?
+        else {
+            return Ok(None);
+        };
+        records
+            .into_iter()
+            .map(|(id, pairs)| hash_dirty_of(id, &pairs).map_err(|p| self.hash_dirty_problem(p)))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Up to `max` dirty records of a shard (`HGETALL` pairs, by id) that
+    /// became dirty at or before `due_ms`, oldest first, while `token`
+    /// holds the flush lease (`None`: it does not). The ids are read from
+    /// the queue first, so the script that reads their records names every
+    /// dirty key in KEYS (`dirty_key` builds them); an id cleared in
+    /// between is skipped and dropped from the queue.
+    pub(crate) async fn dirty_batch(
+        &self,
+        lease_key: &str,
+        queue_key: &str,
+        dirty_key: impl Fn(&str) -> String,
+        token: &str,
+        max: usize,
+        due_ms: u64,
+    ) -> Result<Option<Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>>> {
         let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(queue_key)
             .arg("-inf")
             .arg(due_ms)
             .arg("LIMIT")
             .arg(0)
-            .arg(max)
+            .arg(max.max(1))
             .query_async(&mut self.conn())
             .await
             .map_err(|e| self.error(e))?;
@@ -558,9 +673,24 @@ impl RedisStore {
             {
                 pairs.push((k, v));
             }
-            out.push(hash_dirty_of(id, &pairs).map_err(|p| self.hash_dirty_problem(p))?);
+            out.push((id, pairs));
         }
         Ok(Some(out))
+    }
+
+    /// The pending write of a hash entry (its dirty record read whole).
+    pub(crate) async fn hash_pending(&self, dirty_key: &str) -> Result<Option<HashWrite>> {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(dirty_key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        hash_dirty_of(String::new(), &pairs)
+            .map(|d| Some(d.write))
+            .map_err(|p| self.hash_dirty_problem(p))
     }
 
     /// Clears a flushed hash record if its sequence is unchanged and
@@ -599,40 +729,6 @@ impl RedisStore {
             inv.arg(k.as_slice()).arg(v.as_slice());
         }
         Ok(self.run::<i64>(inv).await? == 1)
-    }
-
-    /// The read lease of a hash entry under write-back (see the script
-    /// `ACQUIRE_BACK`): a pending whole row answers
-    /// [`Acquired::Dirty`] with the row and the patches laid over it.
-    pub(crate) async fn hash_acquire_back(&self, r: &LeaseRequest) -> Result<Acquired> {
-        let mut inv = ACQUIRE_BACK.prepare_invoke();
-        inv.key(&r.value_key)
-            .key(&r.lease_key)
-            .key(&r.dirty_key)
-            .arg(&r.token)
-            .arg(ms(r.ttl))
-            .arg(if r.if_absent { "1" } else { "0" });
-        let value: Value = self.run(inv).await?;
-        let Value::Array(items) = &value else {
-            return self.hash_acquired(value);
-        };
-        let (Some(Value::Int(5)), Some(Value::Array(flat))) = (items.first(), items.get(1)) else {
-            return self.hash_acquired(value);
-        };
-        let mut pairs = Vec::with_capacity(flat.len() / 2);
-        let mut f = flat.iter();
-        while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) = (f.next(), f.next()) {
-            pairs.push((k.clone(), v.clone()));
-        }
-        let pending =
-            hash_dirty_of(String::new(), &pairs).map_err(|p| self.hash_dirty_problem(p))?;
-        match pending.write {
-            HashWrite::Upsert(row) => Ok(Acquired::Dirty(Some(bytes::Bytes::from(row)))),
-            HashWrite::Delete => Ok(Acquired::Dirty(None)),
-            HashWrite::Update(_) => {
-                Err(self.hash_dirty_problem("unexpected answer from the acquire script"))
-            }
-        }
     }
 
     /// A fill under the lease `token` that lays pending dirty fields over
@@ -1222,7 +1318,7 @@ mod tests {
             if_absent: true,
         };
         let got = store
-            .hash_acquire_back(&request(&put))
+            .hash_acquire(&request(&put))
             .await
             .expect("acquire");
         assert_eq!(
@@ -1230,7 +1326,7 @@ mod tests {
             Acquired::Dirty(Some(Bytes::from_static(br#"{"id":1,"name":"Bea"}"#)))
         );
         let got = store
-            .hash_acquire_back(&request(&patched))
+            .hash_acquire(&request(&patched))
             .await
             .expect("acquire");
         assert_eq!(got, Acquired::Lease { current: None });

@@ -41,6 +41,7 @@
 mod dead_letters;
 pub(crate) mod durability;
 pub(crate) mod flusher;
+mod overlay;
 mod writer;
 
 pub use self::dead_letters::{Closed, DeadLetter};

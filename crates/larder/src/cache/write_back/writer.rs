@@ -5,14 +5,16 @@
 //! acknowledged. `patch` and `delete` read the pending value if there is
 //! one, else the database, and commit with a compare-and-set on the id's
 //! write version, retrying when another writer got in between — so two
-//! instances patching different fields of one row both land.
+//! instances patching different fields of one row both land. A `hash`
+//! entity's `patch` needs neither: its fields are fields of the hash and
+//! of the dirty record, set by one script.
 
 use super::{durability, Counters, State};
 use crate::cache::Inner;
 use crate::cache::{CacheWrite, Written};
 use crate::codec::JsonObject;
 use crate::error::{Error, Result};
-use crate::store::{DirtyKeys, DirtyWrite, Recorded, ShardKeys};
+use crate::store::{DirtyKeys, DirtyWrite, FieldPatch, Patched, Recorded, ShardKeys};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,7 +208,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
         Ok((payload, found.version))
     }
 
-    /// Write-back `patch`: merge into the current value, compare-and-set.
+    /// Write-back `patch`: merge into the current value, compare-and-set
+    /// (a `hash` entity sets just the fields instead, see
+    /// [`Inner::patch_fields_back`]).
     pub(crate) async fn patch_back(
         &self,
         id: &str,
@@ -238,6 +242,50 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         }
         Err(self.busy(id))
+    }
+
+    /// Write-back `patch` of a `hash` entity: one script sets the fields
+    /// on the hash (when it is there) and adds them to the id's dirty
+    /// record — no read, no compare-and-set, so writers of different
+    /// fields never conflict and patches of one field coalesce. When the
+    /// hash is absent it creates nothing and voids the read lease.
+    /// Whether it was recorded (`false`: the row is known not to exist —
+    /// a pending delete or a negative entry).
+    pub(crate) async fn patch_fields_back(&self, id: &str, fields: &JsonObject) -> Result<bool> {
+        let state = self.open_state()?;
+        self.require_source()?.check_patch(id, fields)?;
+        self.flights.forget(id);
+        self.ready_to_write(state).await?;
+        self.wait_for_room(state, id).await?;
+        let ids = [id.to_owned()];
+        let patch = FieldPatch {
+            fields: serde_json::to_vec(fields).map_err(|e| Error::InvalidRow {
+                entity: self.keys.entity().to_owned(),
+                id: id.to_owned(),
+                reason: e.to_string(),
+            })?,
+            now_ms: self.clock.now_ms(),
+            version_ttl: VERSION_TTL,
+            announce: Some(self.coherence.bus.announcement(&ids)),
+        };
+        let patched = state.log.patch_fields(&self.dirty_keys(id), &patch).await;
+        let patched = patched.inspect_err(|e| self.store_failed(e))?;
+        let Patched::Recorded(Recorded::Queued { coalesced, .. }) = patched else {
+            return Ok(false);
+        };
+        self.flights.forget(id);
+        self.coherence.bus.announced(&ids).await;
+        let c = &state.counters;
+        Counters::add(&c.acknowledged, 1);
+        if coalesced {
+            Counters::add(&c.coalesced, 1);
+        } else {
+            let backlog = c.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if backlog.is_multiple_of(state.settings.batch as u64) {
+                state.flusher.wake();
+            }
+        }
+        Ok(true)
     }
 
     /// Write-back `delete`: a tombstone, if the row exists (pending or in

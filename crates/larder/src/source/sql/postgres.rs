@@ -403,11 +403,24 @@ impl Queries {
         Ok(out)
     }
 
+    /// [`Self::patch`] on a connection (or in a transaction): a write-back
+    /// flush's UPDATE of a hash entry's dirty columns.
+    pub(super) async fn update_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        s: &Schema,
+        set: &[usize],
+        id: &KeyValue,
+        json: String,
+    ) -> sqlx::Result<Option<String>> {
+        self.patch(&mut *conn, s, set, id, json).await
+    }
+
     /// Updates the columns `set` (indexes into the schema's columns) of the
     /// row of `id` from the JSON object `json`; the row as stored, if any.
-    pub(super) async fn patch(
+    pub(super) async fn patch<'e>(
         &self,
-        pool: &PgPool,
+        pool: impl sqlx::PgExecutor<'e>,
         s: &Schema,
         set: &[usize],
         id: &KeyValue,
