@@ -111,15 +111,19 @@ async fn redis(url: &str) -> Arc<dyn Store> {
 
 #[tokio::test]
 async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row() {
-    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(Representation::String).await;
+    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(Representation::String)
+        .await;
 }
 
 #[tokio::test]
 async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_hash() {
-    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(Representation::Hash).await;
+    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(Representation::Hash)
+        .await;
 }
 
-async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(representation: Representation) {
+async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(
+    representation: Representation,
+) {
     let f = Fixture::with(representation).await;
     let db = &f.db;
     let cache = f.cache(settings(50)).await;
@@ -161,7 +165,9 @@ async fn repeated_writes_of_a_key_coalesce_into_one_database_write_hash() {
     repeated_writes_of_a_key_coalesce_into_one_database_write_in(Representation::Hash).await;
 }
 
-async fn repeated_writes_of_a_key_coalesce_into_one_database_write_in(representation: Representation) {
+async fn repeated_writes_of_a_key_coalesce_into_one_database_write_in(
+    representation: Representation,
+) {
     let f = Fixture::with(representation).await;
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
@@ -191,7 +197,9 @@ async fn patches_of_different_fields_from_two_instances_all_land_hash() {
     patches_of_different_fields_from_two_instances_all_land_in(Representation::Hash).await;
 }
 
-async fn patches_of_different_fields_from_two_instances_all_land_in(representation: Representation) {
+async fn patches_of_different_fields_from_two_instances_all_land_in(
+    representation: Representation,
+) {
     let f = Fixture::with(representation).await;
     let db = &f.db;
     let a = f.cache(settings(20)).await;
@@ -232,15 +240,21 @@ async fn patches_of_different_fields_from_two_instances_all_land_in(representati
 
 #[tokio::test]
 async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies() {
-    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(Representation::String).await;
+    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(
+        Representation::String,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_hash() {
-    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(Representation::Hash).await;
+    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(Representation::Hash)
+        .await;
 }
 
-async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(representation: Representation) {
+async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(
+    representation: Representation,
+) {
     let f = Fixture::with(representation).await;
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
@@ -283,7 +297,9 @@ async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone_hash() {
     the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(Representation::Hash).await;
 }
 
-async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(representation: Representation) {
+async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(
+    representation: Representation,
+) {
     let f = Fixture::with(representation).await;
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
@@ -427,8 +443,8 @@ async fn write_back_refuses_stores_that_could_lose_acknowledged_writes() {
         (prefix, Representation::String),
         waived,
     )
-        .await
-        .expect_err("memory");
+    .await
+    .expect_err("memory");
     assert!(refusal(e).contains("lost with it"));
 
     // Waived: a non-durable store is accepted (with a warning).
@@ -441,15 +457,21 @@ async fn write_back_refuses_stores_that_could_lose_acknowledged_writes() {
 
 #[tokio::test]
 async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands() {
-    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(Representation::String).await;
+    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(
+        Representation::String,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_hash() {
-    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(Representation::Hash).await;
+    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(Representation::Hash)
+        .await;
 }
 
-async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(representation: Representation) {
+async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(
+    representation: Representation,
+) {
     let f = Fixture::with(representation).await;
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
@@ -816,6 +838,41 @@ async fn write_back_reads_and_writes_fail_while_the_store_is_down() {
 
 #[tokio::test]
 async fn write_back_flushes_into_sqlite_too() {
+    flushes_into_sqlite(Representation::String).await;
+}
+
+/// A hash entity: a put per key, then field patches, flushed as upserts
+/// and UPDATEs of the patched column.
+#[tokio::test]
+async fn write_back_flushes_into_sqlite_too_hash() {
+    flushes_into_sqlite(Representation::Hash).await;
+}
+
+async fn sqlite_items_cache(
+    pool: &SqlPool,
+    server: &RedisServer,
+    prefix: &str,
+    representation: Representation,
+) -> Cache<i64, Item> {
+    let source = SqlSource::builder(pool.clone(), "items")
+        .entity("items")
+        .build()
+        .await
+        .expect("source");
+    Cache::builder()
+        .prefix(prefix)
+        .entity("items")
+        .shards(4)
+        .representation(representation)
+        .store(redis(&server.url()).await)
+        .source(source)
+        .write_policy(WritePolicy::Back(settings(60_000)))
+        .build()
+        .await
+        .expect("cache")
+}
+
+async fn flushes_into_sqlite(representation: Representation) {
     let dir = std::env::temp_dir().join(support::unique("wb-sqlite"));
     std::fs::create_dir_all(&dir).expect("dir");
     let url = format!("sqlite://{}", dir.join("db.sqlite").display());
@@ -827,35 +884,37 @@ async fn write_back_flushes_into_sqlite_too() {
         .execute(raw)
         .await
         .expect("table");
-    let source = SqlSource::builder(pool.clone(), "items")
-        .entity("items")
-        .build()
-        .await
-        .expect("source");
     let server = RedisServer::durable();
-    let cache: Cache<i64, Item> = Cache::builder()
-        .prefix(support::unique("wb"))
-        .entity("items")
-        .shards(4)
-        .store(redis(&server.url()).await)
-        .source(source)
-        .write_policy(WritePolicy::Back(settings(60_000)))
-        .build()
-        .await
-        .expect("cache");
+    let prefix = support::unique("wb");
+    let mut cache = sqlite_items_cache(&pool, &server, &prefix, representation).await;
     for n in 0..100_i64 {
-        cache
-            .put(
-                &(n % 10),
-                &Item {
-                    id: n % 10,
-                    version: n,
-                },
-            )
-            .await
-            .expect("put");
+        let id = n % 10;
+        if representation == Representation::Hash && n == 50 {
+            // Half-way, the puts so far reach the database; the patches
+            // after them flush as UPDATEs of `version`.
+            cache.close(Duration::from_secs(10)).await.expect("close");
+            cache = sqlite_items_cache(&pool, &server, &prefix, representation).await;
+        }
+        if representation == Representation::Hash && n >= 50 {
+            let fields = serde_json::json!({ "version": n });
+            cache
+                .patch(&id, fields.as_object().expect("object"))
+                .await
+                .expect("patch")
+                .expect("row");
+        } else {
+            cache.put(&id, &Item { id, version: n }).await.expect("put");
+        }
     }
     cache.close(Duration::from_secs(10)).await.expect("close");
+    if representation == Representation::Hash {
+        let stats = cache.write_back_stats().expect("stats");
+        assert_eq!(
+            (stats.rows_written, stats.dead_lettered),
+            (10, 0),
+            "{stats:?}"
+        );
+    }
     let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT id, version FROM items ORDER BY id")
         .fetch_all(raw)
         .await

@@ -142,7 +142,11 @@ async fn two_instances_patching_different_fields_of_the_same_keys_all_land_witho
     const ROUNDS: usize = 3;
     let mut tasks = Vec::new();
     for column in 0..COLUMNS {
-        let cache = if column % 2 == 0 { a.clone() } else { b.clone() };
+        let cache = if column % 2 == 0 {
+            a.clone()
+        } else {
+            b.clone()
+        };
         tasks.push(tokio::spawn(async move {
             for round in 0..ROUNDS {
                 for id in 0..100_i64 {
@@ -169,7 +173,11 @@ async fn two_instances_patching_different_fields_of_the_same_keys_all_land_witho
     for id in 0..100_i64 {
         let seen = a.get(&id).await.expect("get").value.expect("row");
         for column in 0..COLUMNS {
-            assert_eq!(seen[format!("c{column}")], last(column, id), "cache {id} c{column}");
+            assert_eq!(
+                seen[format!("c{column}")],
+                last(column, id),
+                "cache {id} c{column}"
+            );
         }
     }
     // The hash holds each column as its plain text.
@@ -191,7 +199,11 @@ async fn two_instances_patching_different_fields_of_the_same_keys_all_land_witho
     for id in 0..100_i64 {
         let row = db_row(&db, &table, id).await.expect("row");
         for column in 0..COLUMNS {
-            assert_eq!(row[format!("c{column}")], last(column, id), "db {id} c{column}");
+            assert_eq!(
+                row[format!("c{column}")],
+                last(column, id),
+                "db {id} c{column}"
+            );
         }
     }
     let (sa, sb) = (
@@ -316,7 +328,10 @@ async fn a_patch_whose_row_is_gone_or_refused_goes_to_the_dead_letters_and_the_r
     assert_eq!(db_row(&db, &table, 3).await, None, "no row created");
     for id in (0..20_i64).filter(|id| *id != 3 && *id != 5) {
         let row = db_row(&db, &table, id).await.expect("row");
-        assert_eq!((&row["c2"], &row["n"]), (&json!(format!("v{id}")), &json!(id)));
+        assert_eq!(
+            (&row["c2"], &row["n"]),
+            (&json!(format!("v{id}")), &json!(id))
+        );
     }
     // Not served any more: reads answer the database.
     assert_eq!(cache.get(&3).await.expect("get").value, None);
@@ -346,7 +361,10 @@ async fn a_put_then_patches_flush_as_one_upsert_and_a_delete_stops_patches() {
         .expect("row");
     assert_eq!(patched.value["c0"], json!("put"));
     assert_eq!(patched.value["c1"], json!("patched"));
-    cache.put(&2, &json!({ "id": 2, "n": 2 })).await.expect("put");
+    cache
+        .put(&2, &json!({ "id": 2, "n": 2 }))
+        .await
+        .expect("put");
     assert!(cache.delete(&2).await.expect("delete"));
     assert!(
         cache
@@ -359,7 +377,10 @@ async fn a_put_then_patches_flush_as_one_upsert_and_a_delete_stops_patches() {
     assert_eq!(cache.get(&2).await.expect("get").value, None);
     cache.close(Duration::from_secs(10)).await.expect("close");
     let stored = db_row(&db, &table, 1).await.expect("row");
-    assert_eq!((&stored["c0"], &stored["c1"]), (&json!("put"), &json!("patched")));
+    assert_eq!(
+        (&stored["c0"], &stored["c1"]),
+        (&json!("put"), &json!("patched"))
+    );
     assert_eq!(db_row(&db, &table, 2).await, None);
     let stats = cache.write_back_stats().expect("stats");
     assert_eq!(stats.dead_lettered, 0, "{stats:?}");

@@ -12,8 +12,8 @@ use super::dirty::{
 };
 use super::redis::{ms, RedisStore};
 use super::redis_hash_dirty::{record_of_pairs, HashPatchKeys, HashWrite, RowWrite};
-use crate::representation::is_hash_key;
 use crate::error::{Error, Message, Result};
+use crate::representation::is_hash_key;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{Script, Value};

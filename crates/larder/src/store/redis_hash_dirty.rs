@@ -31,8 +31,8 @@
 //! or a negative entry) records nothing. Every key a script touches is in
 //! its KEYS, all in the entry's shard slot; no script builds a key name.
 
-use super::redis::{ms, RedisStore};
 use super::dirty::Patched;
+use super::redis::{ms, RedisStore};
 use super::Recorded;
 #[cfg(test)]
 use super::{Acquired, LeaseRequest};
@@ -1317,10 +1317,7 @@ mod tests {
             ttl: Duration::from_secs(5),
             if_absent: true,
         };
-        let got = store
-            .hash_acquire(&request(&put))
-            .await
-            .expect("acquire");
+        let got = store.hash_acquire(&request(&put)).await.expect("acquire");
         assert_eq!(
             got,
             Acquired::Dirty(Some(Bytes::from_static(br#"{"id":1,"name":"Bea"}"#)))

@@ -442,15 +442,25 @@ impl<V: Send + Sync + 'static> Inner<V> {
                             id: record.id.clone(),
                             reason: format!("patched columns are not a JSON object: {e}"),
                         };
-                        self.bury(state, shard, (&record.id, record.seq, &kept), &Refusal::of(&e))
-                            .await?
+                        self.bury(
+                            state,
+                            shard,
+                            (&record.id, record.seq, &kept),
+                            &Refusal::of(&e),
+                        )
+                        .await?
                     }
                 },
                 Some(bytes) => match self.codec.decode(entity, &record.id, bytes.clone()) {
                     Ok(value) => first.upserts.push((record.id, value)),
                     Err(e) => {
-                        self.bury(state, shard, (&record.id, record.seq, &kept), &Refusal::of(&e))
-                            .await?
+                        self.bury(
+                            state,
+                            shard,
+                            (&record.id, record.seq, &kept),
+                            &Refusal::of(&e),
+                        )
+                        .await?
                     }
                 },
                 None => first.deletes.push(record.id),
@@ -799,10 +809,7 @@ mod tests {
                     }
                     let (a, b) = group(upserts, updates, deletes).split();
                     assert_eq!(a.len() + b.len(), total);
-                    assert!(
-                        a.len() > 0 && b.len() > 0,
-                        "{upserts}+{updates}+{deletes}"
-                    );
+                    assert!(a.len() > 0 && b.len() > 0, "{upserts}+{updates}+{deletes}");
                 }
             }
         }

@@ -53,11 +53,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     return Ok(None);
                 };
                 let base = self.codec.encode(entity, &row)?;
-                let merged = overlay_object(&base, &columns).map_err(|reason| Error::InvalidRow {
-                    entity: entity.to_owned(),
-                    id: id.to_owned(),
-                    reason,
-                })?;
+                let merged =
+                    overlay_object(&base, &columns).map_err(|reason| Error::InvalidRow {
+                        entity: entity.to_owned(),
+                        id: id.to_owned(),
+                        reason,
+                    })?;
                 Ok(Some(Arc::new(self.codec.decode(
                     entity,
                     id,

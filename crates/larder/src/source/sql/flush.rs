@@ -244,14 +244,34 @@ impl SqlSource {
                     sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
                         .execute(&mut *tx)
                         .await?;
-                    fenced_commit!(tx, fence_postgres, q, fence, &token, schema, &groups, &updates, &keys)
+                    fenced_commit!(
+                        tx,
+                        fence_postgres,
+                        q,
+                        fence,
+                        &token,
+                        schema,
+                        &groups,
+                        &updates,
+                        &keys
+                    )
                 }
                 .await
             }
             Backend::Sqlite(pool, q) => {
                 async {
                     let mut tx = pool.begin().await?;
-                    fenced_commit!(tx, fence_sqlite, q, fence, &token, schema, &groups, &updates, &keys)
+                    fenced_commit!(
+                        tx,
+                        fence_sqlite,
+                        q,
+                        fence,
+                        &token,
+                        schema,
+                        &groups,
+                        &updates,
+                        &keys
+                    )
                 }
                 .await
             }
@@ -267,7 +287,17 @@ impl SqlSource {
                     .await?;
                     let result = async {
                         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                        fenced_commit!(tx, fence_mysql, q, fence, &token, schema, &groups, &updates, &keys)
+                        fenced_commit!(
+                            tx,
+                            fence_mysql,
+                            q,
+                            fence,
+                            &token,
+                            schema,
+                            &groups,
+                            &updates,
+                            &keys
+                        )
                     }
                     .await;
                     let reset = sqlx::query(
