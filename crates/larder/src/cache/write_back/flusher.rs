@@ -68,6 +68,10 @@ enum Round {
 /// The dirty columns of one `hash` entry's record, to UPDATE.
 type Columns = serde_json::Map<String, serde_json::Value>;
 
+/// What a hash entity's dead letter keeps, by id: the record's value as
+/// the flusher read it, and whether it is dirty columns only.
+type Kept = HashMap<String, (Vec<u8>, bool)>;
+
 /// A batch being committed: rows to upsert, columns to update, ids to
 /// delete.
 struct Group<V> {
@@ -423,7 +427,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let seqs: HashMap<String, u64> = records.iter().map(|r| (r.id.clone(), r.seq)).collect();
         // A hash entry's dead letter keeps the record's value as the
         // flusher read it (its dirty columns are fields of their own).
-        let kept: HashMap<String, (Vec<u8>, bool)> = if self.overlays_pending() {
+        let kept: Kept = if self.overlays_pending() {
             records
                 .iter()
                 .filter_map(|r| Some((r.id.clone(), (r.payload.as_ref()?.to_vec(), r.partial))))
@@ -705,7 +709,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         &self,
         state: &State,
         shard: &ShardKeys,
-        record: (&str, u64, &HashMap<String, (Vec<u8>, bool)>),
+        record: (&str, u64, &Kept),
         why: &Refusal,
     ) -> Result<()> {
         let (id, seq, kept) = record;
