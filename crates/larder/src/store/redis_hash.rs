@@ -8,7 +8,10 @@
 //! over is split into fields here ([`to_fields`]) and put back together
 //! from them ([`from_fields`]), so the cache above is the same for both
 //! representations. [`RedisStore`]'s operations call these for a value key
-//! whose segment is `h:`.
+//! whose segment is `h:`. The read lease and the fill are write-back's
+//! (`ACQUIRE_BACK`, `FILL_OVERLAY` in `redis_hash_dirty.rs`): without a
+//! dirty record they do what the plain ones would, and with one they
+//! answer a pending whole row and lay pending fields over a fill.
 
 use super::redis::{ms, RedisStore};
 use super::redis_hash_dirty::{hash_dirty_of, HashWrite, ACQUIRE_BACK, FILL_OVERLAY};

@@ -1,8 +1,9 @@
-//! Write-back field patches on hash entries (issue 15, item 4) — the store
-//! side only, NOT wired into the cache yet: write-back on a `hash` entity
-//! is still refused at build (`cache/builder.rs`), because the flusher's
-//! column UPDATE, the read path's overlay and the crash suites are not
-//! built. What is here is the part that makes a patch conflict-free.
+//! Write-back on hash entries (`representation = hash` under write-back):
+//! the scripts and record formats behind [`DirtyLog`](super::DirtyLog)'s
+//! operations for a value key whose segment is `h:` (`redis_dirty.rs`
+//! dispatches here), the read lease and the fill that `redis_hash.rs`
+//! runs for every hash entry (with no dirty record they act as the plain
+//! ones), and the parsing of records for the flusher.
 //!
 //! Why a patch needs no read-modify-write here: a string entry is one
 //! value, so a patch must read it, merge and compare-and-set. A hash entry
@@ -27,7 +28,8 @@
 //! fields and voids the read lease without creating a partial hash; a
 //! fill ([`RedisStore::hash_fill_overlay`]) lays the pending fields over
 //! the loaded row in its script, so a fill never overwrites a pending
-//! write. A patch when the row is known not to exist (a pending tombstone
+//! write (and the reader, told the fill did not land as loaded, lays the
+//! pending record over its own row: `cache/write_back/overlay.rs`). A patch when the row is known not to exist (a pending tombstone
 //! or a negative entry) records nothing. Every key a script touches is in
 //! its KEYS, all in the entry's shard slot; no script builds a key name.
 

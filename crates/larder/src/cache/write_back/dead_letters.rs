@@ -90,8 +90,9 @@ where
     }
 
     /// Records every dead letter again as a new write (a refused delete as
-    /// a delete, a `hash` entity's refused patch as a patch), unless a newer write of its id is pending; then drops it.
-    /// Returns how many were recorded again.
+    /// a delete, a `hash` entity's refused patch as a patch), unless a
+    /// newer write of its id is pending; then drops it. Returns how many
+    /// were recorded again.
     pub async fn retry_dead_letters(&self) -> Result<usize> {
         let state = self.inner.write_back_state()?;
         let stored = state.log.dead_letters(&state.shards).await?;
