@@ -312,6 +312,13 @@ async fn a_patch_whose_row_is_gone_or_refused_goes_to_the_dead_letters_and_the_r
             .expect("patch")
             .expect("row");
     }
+    // A patch of an id the database has no row of answers "no such row"
+    // and leaves nothing to flush (no dead letter, no row).
+    assert!(cache
+        .patch(&99, &fields(json!({ "c2": "nobody" })))
+        .await
+        .expect("patch")
+        .is_none());
     sqlx::query(&format!("DELETE FROM {table} WHERE id = 3"))
         .execute(&db.admin)
         .await
@@ -326,6 +333,7 @@ async fn a_patch_whose_row_is_gone_or_refused_goes_to_the_dead_letters_and_the_r
     let refused = letters.iter().find(|l| l.id == "5").expect("5");
     assert_eq!(refused.code.as_deref(), Some("23514"), "{refused:?}");
     assert_eq!(db_row(&db, &table, 3).await, None, "no row created");
+    assert_eq!(db_row(&db, &table, 99).await, None, "no row created");
     for id in (0..20_i64).filter(|id| *id != 3 && *id != 5) {
         let row = db_row(&db, &table, id).await.expect("row");
         assert_eq!(

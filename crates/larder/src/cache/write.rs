@@ -234,15 +234,20 @@ where
                 if inner.keys.representation() != Representation::Hash {
                     return inner.patch_back(&id, &fields).await;
                 }
-                if !inner.patch_fields_back(&id, &fields).await? {
+                let Some((seq, coalesced)) = inner.patch_fields_back(&id, &fields).await? else {
                     return Ok(None);
-                }
+                };
                 // The row as the cache holds it now: the hash (a hit), or
                 // the loaded row with the pending fields laid over.
                 let read = inner
-                    .read_uncounted(IdText::owned(id), Inner::source_loader)
+                    .read_uncounted(IdText::borrowed(&id), Inner::source_loader)
                     .await?;
-                return Ok(read.value.map(|value| Written {
+                let Some(value) = read.value else {
+                    inner.withdraw_patch(&id, seq).await?;
+                    return Ok(None);
+                };
+                inner.patch_acknowledged(coalesced);
+                return Ok(Some(Written {
                     value,
                     cache: CacheWrite::Queued,
                 }));

@@ -241,6 +241,14 @@ pub trait DirtyLog: Debug + Send + Sync + 'static {
         ))
     }
 
+    /// Deletes the hash entry's dirty record (and dequeues the id) if it
+    /// is a `fields` record still at sequence `seq`; whether it did.
+    /// Default: nothing to withdraw.
+    async fn withdraw_fields(&self, keys: &DirtyKeys, seq: u64) -> Result<bool> {
+        let _ = (keys, seq);
+        Ok(false)
+    }
+
     /// The pending write of a hash entry, if any. Default: none.
     async fn pending_hash(&self, keys: &DirtyKeys) -> Result<Option<PendingHash>> {
         let _ = keys;

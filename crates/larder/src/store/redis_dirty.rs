@@ -126,6 +126,20 @@ return 1
     )
 });
 
+static WITHDRAW_FIELDS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- A hash entry's field patch of a row that does not exist, withdrawn.
+-- KEYS: dirty, queue. ARGV: id, seq
+local d = redis.call('HMGET', KEYS[1], 'seq', 'kind')
+if d[1] ~= ARGV[2] or d[2] ~= 'fields' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+",
+    )
+});
+
 static RAISE_EPOCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -287,6 +301,15 @@ impl DirtyLog for RedisStore {
             announce_ref(&patch.announce),
         )
         .await
+    }
+
+    async fn withdraw_fields(&self, keys: &DirtyKeys, seq: u64) -> Result<bool> {
+        let mut inv = WITHDRAW_FIELDS.prepare_invoke();
+        inv.key(&keys.dirty_key)
+            .key(&keys.queue_key)
+            .arg(&keys.id)
+            .arg(seq);
+        Ok(self.run::<i64>(inv).await? == 1)
     }
 
     async fn pending_hash(&self, keys: &DirtyKeys) -> Result<Option<PendingHash>> {

@@ -47,8 +47,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
             Some(PendingHash::Deleted) => Ok(None),
             Some(PendingHash::Row(row)) => Ok(Some(Arc::new(self.codec.decode(entity, id, row)?))),
             Some(PendingHash::Fields(columns)) => {
-                // Pending fields of a row the source does not have: the
-                // flush dead-letters them; no row is what the database says.
+                // Pending fields of a row the source does not have (its
+                // patcher withdraws them; a row deleted behind the cache's
+                // back dead-letters them at the flush): no row is the answer.
                 let Some(row) = loaded else {
                     return Ok(None);
                 };

@@ -249,9 +249,16 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// record — no read, no compare-and-set, so writers of different
     /// fields never conflict and patches of one field coalesce. When the
     /// hash is absent it creates nothing and voids the read lease.
-    /// Whether it was recorded (`false`: the row is known not to exist —
-    /// a pending delete or a negative entry).
-    pub(crate) async fn patch_fields_back(&self, id: &str, fields: &JsonObject) -> Result<bool> {
+    /// The record's sequence and whether it coalesced, if it was recorded
+    /// (`None`: the row is known not to exist — a pending delete or a
+    /// negative entry). The caller reads the row and then either counts
+    /// the patch ([`Inner::patch_acknowledged`]) or, when the row does not
+    /// exist, withdraws it ([`Inner::withdraw_patch`]).
+    pub(crate) async fn patch_fields_back(
+        &self,
+        id: &str,
+        fields: &JsonObject,
+    ) -> Result<Option<(u64, bool)>> {
         let state = self.open_state()?;
         self.require_source()?.check_patch(id, fields)?;
         self.flights.forget(id);
@@ -270,11 +277,19 @@ impl<V: Send + Sync + 'static> Inner<V> {
         };
         let patched = state.log.patch_fields(&self.dirty_keys(id), &patch).await;
         let patched = patched.inspect_err(|e| self.store_failed(e))?;
-        let Patched::Recorded(Recorded::Queued { coalesced, .. }) = patched else {
-            return Ok(false);
+        let Patched::Recorded(Recorded::Queued { seq, coalesced }) = patched else {
+            return Ok(None);
         };
         self.flights.forget(id);
         self.coherence.bus.announced(&ids).await;
+        Ok(Some((seq, coalesced)))
+    }
+
+    /// Counts an acknowledged field patch (see [`Inner::patch_fields_back`]).
+    pub(crate) fn patch_acknowledged(&self, coalesced: bool) {
+        let Some(state) = self.write_back.as_ref() else {
+            return;
+        };
         let c = &state.counters;
         Counters::add(&c.acknowledged, 1);
         if coalesced {
@@ -285,7 +300,21 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 state.flusher.wake();
             }
         }
-        Ok(true)
+    }
+
+    /// Withdraws the field patch recorded under `seq` when the read after
+    /// it found no row (the database has none, nothing pending creates
+    /// one): the patch is answered "no such row", as a string entity's is,
+    /// and must not reach the flusher as an UPDATE of nothing. A later
+    /// write of the id (the record's sequence moved on) keeps the record.
+    pub(crate) async fn withdraw_patch(&self, id: &str, seq: u64) -> Result<()> {
+        let state = self.write_back_state()?;
+        state
+            .log
+            .withdraw_fields(&self.dirty_keys(id), seq)
+            .await
+            .inspect_err(|e| self.store_failed(e))
+            .map(drop)
     }
 
     /// Write-back `delete`: a tombstone, if the row exists (pending or in
