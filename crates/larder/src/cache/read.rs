@@ -59,6 +59,11 @@ pub(super) struct Entry<V> {
 }
 
 impl<V> Entry<V> {
+    /// The value (`None`: a negative entry).
+    pub(super) fn into_value(self) -> Option<Arc<V>> {
+        self.value
+    }
+
     pub(super) fn freshness(&self, now: u64) -> Freshness {
         if self.invalidated {
             return Freshness::Expired;

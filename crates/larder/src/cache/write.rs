@@ -53,6 +53,7 @@
 //!   the store still answers, and [`Written::cache`] says what happened.
 
 use super::{Cache, Inner};
+use crate::envelope::Freshness;
 use crate::error::{Error, Message, Result};
 use crate::key::{CacheKey, IdText};
 use crate::representation::Representation;
@@ -234,19 +235,31 @@ where
                 if inner.keys.representation() != Representation::Hash {
                     return inner.patch_back(&id, &fields).await;
                 }
-                let Some((seq, coalesced)) = inner.patch_fields_back(&id, &fields).await? else {
+                let Some(recorded) = inner.patch_fields_back(&id, &fields).await? else {
                     return Ok(None);
                 };
-                // The row as the cache holds it now: the hash (a hit), or
-                // the loaded row with the pending fields laid over.
-                let read = inner
-                    .read_uncounted(IdText::borrowed(&id), Inner::source_loader)
-                    .await?;
-                let Some(value) = read.value else {
-                    inner.withdraw_patch(&id, seq).await?;
+                // The row as the cache holds it now: the patched hash the
+                // script answered, else one read (the loaded row with the
+                // pending fields laid over).
+                let patched = recorded
+                    .entry
+                    .and_then(|bytes| inner.decode_entry(&id, bytes).ok())
+                    .filter(|entry| entry.freshness(inner.clock.now_ms()) != Freshness::Expired)
+                    .and_then(|entry| entry.into_value());
+                let value = match patched {
+                    Some(value) => Some(value),
+                    None => {
+                        inner
+                            .read_uncounted(IdText::borrowed(&id), Inner::source_loader)
+                            .await?
+                            .value
+                    }
+                };
+                let Some(value) = value else {
+                    inner.withdraw_patch(&id, recorded.seq).await?;
                     return Ok(None);
                 };
-                inner.patch_acknowledged(coalesced);
+                inner.patch_acknowledged(recorded.coalesced);
                 return Ok(Some(Written {
                     value,
                     cache: CacheWrite::Queued,

@@ -234,7 +234,13 @@ pub trait DirtyLog: Debug + Send + Sync + 'static {
     /// if it is there, adds them to the dirty record, enqueues the id,
     /// voids the read lease and publishes the announcement — one atomic
     /// step, no read, no compare-and-set. Default: unsupported.
-    async fn patch_fields(&self, keys: &DirtyKeys, patch: &FieldPatch) -> Result<Patched> {
+    /// With the patched entry's envelope when the hash was there (read in
+    /// the same step), so the writer answers it without another read.
+    async fn patch_fields(
+        &self,
+        keys: &DirtyKeys,
+        patch: &FieldPatch,
+    ) -> Result<(Patched, Option<Bytes>)> {
         let _ = (keys, patch);
         Err(crate::error::Error::Config(
             "this store cannot hold write-back field patches".into(),

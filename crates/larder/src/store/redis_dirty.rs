@@ -292,8 +292,12 @@ impl DirtyLog for RedisStore {
         }
     }
 
-    async fn patch_fields(&self, keys: &DirtyKeys, patch: &FieldPatch) -> Result<Patched> {
-        self.hash_patch_back(
+    async fn patch_fields(
+        &self,
+        keys: &DirtyKeys,
+        patch: &FieldPatch,
+    ) -> Result<(Patched, Option<Bytes>)> {
+        self.hash_patch_back_answering(
             &hash_keys(keys),
             &patch.fields,
             patch.now_ms,

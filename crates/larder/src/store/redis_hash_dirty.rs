@@ -116,6 +116,9 @@ redis.call('DEL', KEYS[2])
 redis.call('HINCRBY', KEYS[6], 'seq', 1)
 redis.call('PEXPIRE', KEYS[6], ARGV[3])
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+-- The patched hash, when there is one: the writer answers it without
+-- another round trip.
+if reserved and not negative(reserved) then return {{1, seq, was, redis.call('HGETALL', KEYS[1])}} end
 return {{1, seq, was}}
 "
     ))
@@ -475,6 +478,7 @@ impl RedisStore {
     /// Write-back `patch` of a hash entry: sets `fields` (a JSON object) on
     /// the hash if it is there and adds them to the dirty record, in one
     /// script — no read, no compare-and-set, so it never conflicts.
+    #[cfg(test)]
     pub(crate) async fn hash_patch_back(
         &self,
         keys: &HashPatchKeys<'_>,
@@ -483,6 +487,21 @@ impl RedisStore {
         version_ttl: Duration,
         announce: Option<(&str, &[u8])>,
     ) -> Result<Patched> {
+        self.hash_patch_back_answering(keys, fields, now_ms, version_ttl, announce)
+            .await
+            .map(|(patched, _)| patched)
+    }
+
+    /// [`RedisStore::hash_patch_back`], also answering the patched entry's
+    /// envelope when the hash was there (read in the same script).
+    pub(crate) async fn hash_patch_back_answering(
+        &self,
+        keys: &HashPatchKeys<'_>,
+        fields: &[u8],
+        now_ms: u64,
+        version_ttl: Duration,
+        announce: Option<(&str, &[u8])>,
+    ) -> Result<(Patched, Option<bytes::Bytes>)> {
         let members: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(fields)
             .map_err(|e| self.hash_dirty_problem(format!("a patch must be a JSON object: {e}")))?;
         let mut inv = PATCH.prepare_invoke();
@@ -515,18 +534,41 @@ impl RedisStore {
                 None => inv.arg("0").arg(""),
             };
         }
-        let answer: Vec<i64> = self.run(inv).await?;
-        match answer.as_slice() {
-            [0] => Ok(Patched::NoRow),
-            [-1] => {
-                Err(self
-                    .hash_dirty_problem("a string-format dirty record is pending on a hash entry"))
-            }
-            [1, seq, was] => Ok(Patched::Recorded(Recorded::Queued {
+        let answer: Value = self.run(inv).await?;
+        let bad = || self.hash_dirty_problem("unexpected answer from the patch script");
+        let Value::Array(items) = answer else {
+            return Err(bad());
+        };
+        let recorded = |seq: &Value, was: &Value| match (seq, was) {
+            (Value::Int(seq), Value::Int(was)) => Ok(Patched::Recorded(Recorded::Queued {
                 seq: u64::try_from(*seq).unwrap_or_default(),
                 coalesced: *was == 1,
             })),
-            _ => Err(self.hash_dirty_problem("unexpected answer from the patch script")),
+            _ => Err(bad()),
+        };
+        match items.as_slice() {
+            [Value::Int(0)] => Ok((Patched::NoRow, None)),
+            [Value::Int(-1)] => {
+                Err(self
+                    .hash_dirty_problem("a string-format dirty record is pending on a hash entry"))
+            }
+            [Value::Int(1), seq, was] => Ok((recorded(seq, was)?, None)),
+            [Value::Int(1), seq, was, Value::Array(flat)] => {
+                let mut pairs = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.iter();
+                while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
+                    (it.next(), it.next())
+                {
+                    pairs.push((k.clone(), v.clone()));
+                }
+                // An entry that does not decode is no answer: the writer reads.
+                let entry = crate::representation::from_fields(&pairs)
+                    .ok()
+                    .flatten()
+                    .map(bytes::Bytes::from);
+                Ok((recorded(seq, was)?, entry))
+            }
+            _ => Err(bad()),
         }
     }
 

@@ -19,6 +19,17 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A recorded field patch of a `hash` entity (see
+/// [`Inner::patch_fields_back`]).
+pub(crate) struct PatchRecorded {
+    /// The dirty record's sequence.
+    pub(crate) seq: u64,
+    /// Whether it joined a pending record.
+    pub(crate) coalesced: bool,
+    /// The patched entry's envelope, when the hash was there.
+    pub(crate) entry: Option<Bytes>,
+}
+
 /// How long an id's write version outlives its last write. A `patch`
 /// whose read and commit are further apart than this could miss a
 /// concurrent write; nothing real is that slow.
@@ -249,16 +260,16 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// record — no read, no compare-and-set, so writers of different
     /// fields never conflict and patches of one field coalesce. When the
     /// hash is absent it creates nothing and voids the read lease.
-    /// The record's sequence and whether it coalesced, if it was recorded
-    /// (`None`: the row is known not to exist — a pending delete or a
-    /// negative entry). The caller reads the row and then either counts
+    /// The record, and the patched entry when the hash was there, if it was
+    /// recorded (`None`: the row is known not to exist — a pending delete
+    /// or a negative entry). The caller reads the row and then either counts
     /// the patch ([`Inner::patch_acknowledged`]) or, when the row does not
     /// exist, withdraws it ([`Inner::withdraw_patch`]).
     pub(crate) async fn patch_fields_back(
         &self,
         id: &str,
         fields: &JsonObject,
-    ) -> Result<Option<(u64, bool)>> {
+    ) -> Result<Option<PatchRecorded>> {
         let state = self.open_state()?;
         self.require_source()?.check_patch(id, fields)?;
         self.flights.forget(id);
@@ -277,12 +288,16 @@ impl<V: Send + Sync + 'static> Inner<V> {
         };
         let patched = state.log.patch_fields(&self.dirty_keys(id), &patch).await;
         let patched = patched.inspect_err(|e| self.store_failed(e))?;
-        let Patched::Recorded(Recorded::Queued { seq, coalesced }) = patched else {
+        let (Patched::Recorded(Recorded::Queued { seq, coalesced }), entry) = patched else {
             return Ok(None);
         };
         self.flights.forget(id);
         self.coherence.bus.announced(&ids).await;
-        Ok(Some((seq, coalesced)))
+        Ok(Some(PatchRecorded {
+            seq,
+            coalesced,
+            entry,
+        }))
     }
 
     /// Counts an acknowledged field patch (see [`Inner::patch_fields_back`]).
