@@ -112,6 +112,7 @@ const EXPECTED: &[(&str, &str, Access)] = &[
     ("PATCH", "/v1/{entity}/{id}", Access::Admin),
     ("DELETE", "/v1/{entity}/{id}", Access::Admin),
     ("POST", "/v1/{entity}/{id}/invalidate", Access::Admin),
+    ("POST", "/v1/{entity}/{id}/incr", Access::Admin),
     ("POST", "/v1/tags/{tag}/invalidate", Access::Admin),
     ("POST", "/v1/_admin/{entity}/purge", Access::Admin),
     ("POST", "/v1/_admin/{entity}/warm", Access::Admin),

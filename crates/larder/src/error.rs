@@ -252,6 +252,19 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// The entity cannot do this operation as configured (for example an
+    /// increment under write-back on a `string` entity): nothing was
+    /// written; the reason says what configuration would allow it.
+    #[error("entity `{entity}` does not support {what}: {reason}")]
+    Unsupported {
+        /// The entity.
+        entity: String,
+        /// The operation refused.
+        what: String,
+        /// Why, and what would allow it.
+        reason: String,
+    },
+
     /// A tag is empty or too long, or an entry has too many tags.
     #[error("invalid tag {tag:?}: {reason}")]
     InvalidTag {
@@ -326,6 +339,8 @@ pub enum ErrorKind {
     Closed,
     /// A compare-and-set kept losing to other writers ([`Error::Busy`]).
     Busy,
+    /// The operation is not supported as configured ([`Error::Unsupported`]).
+    Unsupported,
     /// A broken invariant ([`Error::Internal`]).
     Internal,
 }
@@ -392,6 +407,7 @@ impl Error {
             Error::Fenced { .. } => ErrorKind::Fenced,
             Error::Closed { .. } => ErrorKind::Closed,
             Error::Busy { .. } => ErrorKind::Busy,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Internal { .. } => ErrorKind::Internal,
         }
     }
@@ -454,6 +470,7 @@ impl Error {
                 | Error::Encode { .. }
                 | Error::ReadOnly { .. }
                 | Error::InvalidTag { .. }
+                | Error::Unsupported { .. }
         )
     }
 

@@ -629,3 +629,60 @@ async fn a_damaged_hash_is_a_corrupt_entry_and_reloaded() {
         "the reload replaced the damaged hash"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_increments_land_in_the_hash_and_all_count() {
+    let table = support::unique("hash_incr");
+    let pool = pg(&table).await;
+    let prefix = support::unique("hincr");
+    let a = row_cache(&prefix, &table, Representation::Hash).await;
+    let b = row_cache(&prefix, &table, Representation::Hash).await;
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let cache = if t % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    cache
+                        .incr(&1, "small", &serde_json::Number::from(1))
+                        .await
+                        .expect("incr")
+                        .expect("row");
+                    if i % 4 == 0 {
+                        let _ = cache.get_fields(&1, &["small"]).await.expect("read");
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let in_db: i64 = sqlx::query_scalar(&format!("SELECT small::int8 FROM {table} WHERE id = 1"))
+        .fetch_one(&pool)
+        .await
+        .expect("db");
+    assert_eq!(in_db, -7 + 80, "every increment counted once");
+    // The hash field holds the database's count (or the entry is gone and
+    // the next read loads it): never an older one.
+    for cache in [&a, &b] {
+        let read = cache.get_fields(&1, &["small"]).await.expect("read");
+        let value = read.value.expect("row");
+        assert_eq!(json_of(&value)["small"], json!(in_db));
+    }
+    let written = a
+        .incr(&1, "num", &serde_json::Number::from_f64(0.25).expect("f64"))
+        .await
+        .expect("incr")
+        .expect("row");
+    let returned = text(&written.value);
+    assert!(
+        returned.contains(r#""num":123456789012345678.750000"#),
+        "the exact sum comes back: {returned}"
+    );
+    assert_eq!(
+        redis_cli(&["HGET", &hash_key(&prefix, "1"), "num"]),
+        "123456789012345678.750000",
+        "the hash field is the database's exact decimal"
+    );
+    drop_table(&pool, &table).await;
+}

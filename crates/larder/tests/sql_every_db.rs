@@ -11,7 +11,9 @@
 use larder_test_support as support;
 
 use larder::source::{Source, SqlPool, SqlSource};
-use larder::{Cache, CacheWrite, Error, Outcome, RawJson, SchemaPart, WarmOptions, WritePolicy};
+use larder::{
+    Cache, CacheWrite, Error, ErrorKind, Outcome, RawJson, SchemaPart, WarmOptions, WritePolicy,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
@@ -230,6 +232,8 @@ every_db!(
     validation_refuses_before_any_sql,
     cache_patterns_over_the_source,
     writes_need_a_unique_key,
+    increments_add_in_the_database,
+    concurrent_increments_all_count_and_the_cache_converges,
 );
 
 fn obj(v: Value) -> RawJson {
@@ -553,6 +557,206 @@ async fn cache_patterns_over_the_source(db: &Db) {
         .expect("warm");
     assert_eq!(warmed.written, 1);
     assert_eq!(through.get(&1).await.expect("get").outcome, Outcome::Hit);
+}
+
+fn num(v: Value) -> serde_json::Number {
+    match v {
+        Value::Number(n) => n,
+        other => panic!("not a number: {other}"),
+    }
+}
+
+async fn increments_add_in_the_database(db: &Db) {
+    let src = db.items().await;
+    db.exec(ROW_1).await;
+    db.exec("INSERT INTO @items (id, name) VALUES (2, 'two')")
+        .await;
+    let incr = |id: &'static str, column: &'static str, by: Value| {
+        let src = src.clone();
+        async move { src.incr_json(id, column, &num(by)).await }
+    };
+
+    let row = value(
+        &incr("1", "n", json!(1))
+            .await
+            .expect("incr")
+            .expect("row 1"),
+    );
+    assert_eq!(row["n"], 43, "the returned row carries the sum: {row}");
+    let row = value(
+        &incr("1", "n", json!(-50))
+            .await
+            .expect("incr")
+            .expect("row"),
+    );
+    assert_eq!(row["n"], -7);
+    // Beyond 2^53: the database adds exactly, no double in between.
+    let row = value(
+        &incr("1", "big", json!(1))
+            .await
+            .expect("incr")
+            .expect("row"),
+    );
+    assert_eq!(row["big"].as_i64(), Some(9_007_199_254_740_994), "{row}");
+    let row = value(
+        &incr("1", "price", json!(0.01))
+            .await
+            .expect("incr")
+            .expect("row"),
+    );
+    assert_eq!(row["price"].as_f64(), Some(12.35), "{row}");
+    // NULL counts as 0.
+    let row = value(
+        &incr("2", "n", json!(5))
+            .await
+            .expect("incr")
+            .expect("row 2"),
+    );
+    assert_eq!(row["n"], 5, "{row}");
+    // The rest of the row is untouched.
+    assert_eq!(row["name"], "two");
+    let one = value(&src.load_json("1").await.expect("load").expect("row 1"));
+    assert_eq!(
+        (one["n"].clone(), one["name"].clone()),
+        (json!(-7), json!("Zoë \"q\""))
+    );
+
+    // No row: nothing written, no row created.
+    assert!(incr("9", "n", json!(1)).await.expect("incr").is_none());
+    assert_eq!(db.count("items").await, 2);
+
+    // Refused before any SQL: unknown, non-numeric, key and generated-free
+    // columns; a fraction for an integer; more places than the scale.
+    for (column, by) in [
+        ("nope", json!(1)),
+        ("name", json!(1)),
+        ("flag", json!(1)),
+        ("meta", json!(1)),
+        ("id", json!(1)),
+        ("n", json!(1.5)),
+    ] {
+        let err = incr("1", column, by.clone())
+            .await
+            .expect_err(&format!("{column} by {by}"));
+        assert_eq!(err.kind(), ErrorKind::InvalidRow, "{column} by {by}: {err}");
+    }
+    if db.kind != Kind::Lite {
+        // numeric(10, 2): two places at most. (SQLite's NUMERIC has no scale.)
+        let err = incr("1", "price", json!(0.001))
+            .await
+            .expect_err("3 places");
+        assert_eq!(err.kind(), ErrorKind::InvalidRow, "{err}");
+        assert!(err.to_string().contains("2 decimal places"), "{err}");
+        // A sum beyond the column's range: the database refuses, nothing changes.
+        let err = incr("1", "n", json!(i64::MAX)).await.expect_err("overflow");
+        assert_eq!(err.kind(), ErrorKind::InvalidValue, "{err}");
+    }
+    let err = incr("x", "n", json!(1)).await.expect_err("bad id");
+    assert_eq!(err.kind(), ErrorKind::InvalidId);
+    let one = value(&src.load_json("1").await.expect("load").expect("row 1"));
+    assert_eq!(one["n"], -7, "refused increments changed nothing: {one}");
+    assert_eq!(one["price"].as_f64(), Some(12.35));
+
+    // Through a write-through cache: the returned row is cached.
+    let prefix = support::unique("incr");
+    let cache = cache_on(&src, WritePolicy::Through, &prefix).await;
+    assert_eq!(cache.get(&1).await.expect("get").outcome, Outcome::Miss);
+    let written = cache
+        .incr(&1, "n", &num(json!(10)))
+        .await
+        .expect("incr")
+        .expect("row");
+    assert_eq!(written.cache, CacheWrite::Updated);
+    assert_eq!(written.value.n, Some(3));
+    let read = cache.get(&1).await.expect("get");
+    assert_eq!(
+        (read.outcome, read.value.and_then(|v| v.n)),
+        (Outcome::Hit, Some(3))
+    );
+    assert!(cache
+        .incr(&9, "n", &num(json!(1)))
+        .await
+        .expect("incr")
+        .is_none());
+    let err = cache
+        .incr(&1, "name", &num(json!(1)))
+        .await
+        .expect_err("text column");
+    assert!(err.is_bad_input(), "{err}");
+
+    // A read-only entity refuses.
+    let read_only = cache_on(&src, WritePolicy::ReadOnly, &prefix).await;
+    let err = read_only
+        .incr(&1, "n", &num(json!(1)))
+        .await
+        .expect_err("read-only");
+    assert_eq!(err.kind(), ErrorKind::ReadOnly, "{err}");
+}
+
+/// Two instances (caches with their own connections) × 4 tasks increment
+/// three rows while reading and invalidating them: every increment counts
+/// in the database, and once the writers stop every cached row equals the
+/// database's (no increment's stale row was cached over a newer one).
+async fn concurrent_increments_all_count_and_the_cache_converges(db: &Db) {
+    let src = db.items().await;
+    for id in 1..=3 {
+        db.exec(&format!(
+            "INSERT INTO @items (id, name, n) VALUES ({id}, 'r', 0)"
+        ))
+        .await;
+    }
+    let prefix = support::unique("incr");
+    let caches = [
+        cache_on(&src, WritePolicy::Through, &prefix).await,
+        cache_on(&src, WritePolicy::Through, &prefix).await,
+    ];
+    let rounds = 3;
+    let per_task = 25i64;
+    for _ in 0..rounds {
+        let tasks: Vec<_> = (0..8usize)
+            .map(|t| {
+                let cache = caches[t % 2].clone();
+                tokio::spawn(async move {
+                    for i in 0..per_task {
+                        let id = 1 + (i + t as i64) % 3;
+                        cache
+                            .incr(&id, "n", &serde_json::Number::from(1))
+                            .await
+                            .expect("incr")
+                            .expect("row");
+                        match i % 5 {
+                            0 => drop(cache.get(&id).await.expect("get")),
+                            3 => cache.invalidate(&id).await.expect("invalidate"),
+                            _ => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+    }
+    let mut total = 0;
+    for id in 1..=3i64 {
+        let stored = value(
+            &src.load_json(&id.to_string())
+                .await
+                .expect("load")
+                .expect("row"),
+        );
+        let n = stored["n"].as_i64().expect("n");
+        total += n;
+        for cache in &caches {
+            let cached = cache.get(&id).await.expect("get");
+            assert_eq!(
+                cached.value.and_then(|v| v.n),
+                Some(n),
+                "row {id}: the cache holds the database's count"
+            );
+        }
+    }
+    assert_eq!(total, rounds * 8 * per_task, "every increment counted once");
 }
 
 async fn writes_need_a_unique_key(db: &Db) {

@@ -1076,3 +1076,21 @@ async fn a_missing_foreign_key_is_retried_a_few_rounds_then_dead_lettered() {
     assert_eq!(count, 1);
     f.db.drop().await;
 }
+
+#[tokio::test]
+async fn increments_are_refused_under_write_back_with_the_reason() {
+    let f = Fixture::new().await;
+    let cache = f.cache(settings(50)).await;
+    cache.put(&1, &account(1, "ada", 10)).await.expect("put");
+    let err = cache
+        .incr(&1, "balance", &serde_json::Number::from(1))
+        .await
+        .expect_err("write-back increments on a string entity");
+    assert_eq!(err.kind(), larder::ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("representation"), "{err}");
+    assert!(err.is_bad_input());
+    let read = cache.get(&1).await.expect("get");
+    assert_eq!(read.value.map(|a| a.balance), Some(10), "nothing was added");
+    cache.close(Duration::from_secs(5)).await.expect("close");
+    f.db.drop().await;
+}

@@ -105,6 +105,7 @@ impl ApiError {
             ErrorKind::ReadOnly => Self::method_not_allowed(format!(
                 "entity `{entity}` is read-only: writes are not allowed"
             )),
+            ErrorKind::Unsupported => Self::method_not_allowed(err.to_string()),
             ErrorKind::InvalidName | ErrorKind::InvalidTag | ErrorKind::Encode => {
                 Self::bad_request(err.to_string())
             }

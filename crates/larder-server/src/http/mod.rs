@@ -47,6 +47,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/{entity}/{id}"),
     ("DELETE", "/v1/{entity}/{id}"),
     ("POST", "/v1/{entity}/{id}/invalidate"),
+    ("POST", "/v1/{entity}/{id}/incr"),
     ("POST", "/v1/tags/{tag}/invalidate"),
     ("POST", "/v1/_admin/{entity}/purge"),
     ("POST", "/v1/_admin/{entity}/warm"),
@@ -87,6 +88,7 @@ pub fn app(state: AppState) -> Router {
             "/v1/{entity}/{id}/invalidate",
             post(collections::invalidate_row_or_owner),
         )
+        .route("/v1/{entity}/{id}/incr", post(routes::incr_row))
         .route(
             "/v1/{entity}/{id}/members/{member}",
             get(collections::get_member)

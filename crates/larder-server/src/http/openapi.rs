@@ -174,6 +174,35 @@ pub fn element_max_chars(sql_type: &str) -> Option<usize> {
     inner.trim().parse().ok()
 }
 
+/// The schema of an increment's `column`: one of the numeric columns
+/// (any string when the entity's columns are not known).
+fn column_schema_of(counters: &[&str]) -> Value {
+    if counters.is_empty() {
+        json!({ "type": "string" })
+    } else {
+        json!({ "type": "string", "enum": counters })
+    }
+}
+
+/// Whether a column holds numbers an increment can add to: an integer
+/// range, `numeric`/`decimal`, or a floating-point type.
+fn is_numeric(c: &ColumnDoc) -> bool {
+    let t = c.sql_type.trim().to_ascii_lowercase();
+    c.int_range.is_some()
+        || numeric_limits(&t).is_some()
+        || matches!(
+            t.as_str(),
+            "numeric"
+                | "decimal"
+                | "double precision"
+                | "float8"
+                | "double"
+                | "float"
+                | "real"
+                | "float4"
+        )
+}
+
 /// `numeric(p, s)`: the precision and scale.
 fn numeric_limits(t: &str) -> Option<(u32, u32)> {
     let inner = t
@@ -684,6 +713,61 @@ fn entity_paths(
     );
     invalidate["operationId"] = json!(format!("invalidate_{}", e.name));
     paths.insert(format!("{item}/invalidate"), json!({ "post": invalidate }));
+
+    let counters: Vec<&str> = e
+        .columns
+        .iter()
+        .filter(|c| !c.is_key && is_numeric(c))
+        .map(|c| c.name.as_str())
+        .collect();
+    if writable {
+        let mut statuses =
+            vec![
+            ("200", json_response("The row as stored, with the sum.", row.clone())),
+            (
+                "400",
+                error_response(
+                    "bad_request (not {column, by}), bad_id, unknown_column, or type_mismatch: \
+                     the column is not numeric, `by` is not a number, a fraction for an integer \
+                     column, more decimal places than the column keeps, or a sum beyond the \
+                     column's range.",
+                ),
+            ),
+            ("404", error_response("not_found: no such row; nothing was written.")),
+            ("503", unavailable.clone()),
+        ];
+        if e.write == WriteMode::Back {
+            statuses.push((
+                "405",
+                error_response(
+                    "method_not_allowed: increments are not supported under write-back.",
+                ),
+            ));
+        }
+        let mut incr = op(
+            "POST",
+            "/v1/{entity}/{id}/incr",
+            e.public_reads,
+            &format!(
+                "Add `by` to a numeric column of a `{}` row, in the database (one UPDATE, \
+                 exact, NULL counting as 0); the stored row is cached as writes are.",
+                e.name
+            ),
+            vec![id()],
+            responses(&statuses),
+        );
+        incr["operationId"] = json!(format!("incr_{}", e.name));
+        incr["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": {
+            "type": "object",
+            "required": ["column", "by"],
+            "additionalProperties": false,
+            "properties": {
+                "column": column_schema_of(&counters),
+                "by": { "type": "number", "description": "The amount to add (negative subtracts); an integer for an integer column." }
+            }
+        } } } });
+        paths.insert(format!("{item}/incr"), json!({ "post": incr }));
+    }
 
     let admin = format!("/v1/_admin/{}", e.name);
     let mut purge = op(

@@ -7,7 +7,7 @@
 //! no re-encode).
 
 use super::error::{clip, ApiError};
-use super::validate::{check_row, json_object, Write};
+use super::validate::{check_incr, check_row, json_object, Write};
 use crate::config::WriteMode;
 use crate::serve::{AppState, Entity};
 use axum::body::{Body, Bytes};
@@ -350,6 +350,27 @@ pub async fn patch_row(
 ) -> Result<Response, ApiError> {
     let (e, id, fields) = write_request(&state, &name, &raw_id, &headers, body, Write::Merge)?;
     match e.cache.patch(&id, &fields).await.map_err(engine(e))? {
+        Some(written) => Ok(write_answer(&id, written)),
+        None => Err(ApiError::not_found(format!("{name} {id} does not exist"))),
+    }
+}
+
+/// `POST /v1/{entity}/{id}/incr` with `{"column": "views", "by": 1}`:
+/// adds `by` to the column in the database (one `UPDATE`, exact) and
+/// answers the row as stored (200, cached as writes are), or 404 if there
+/// is no row (nothing written). See [`check_incr`] for the body's codes.
+pub async fn incr_row(
+    State(state): State<AppState>,
+    Path((name, raw_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let e = entity(&state, &name)?;
+    refuse_read_only(e)?;
+    let id = canonical(e, &raw_id)?;
+    let body = json_object(&headers, body)?;
+    let (column, by) = check_incr(e, &body)?;
+    match e.cache.incr(&id, &column, &by).await.map_err(engine(e))? {
         Some(written) => Ok(write_answer(&id, written)),
         None => Err(ApiError::not_found(format!("{name} {id} does not exist"))),
     }

@@ -89,20 +89,7 @@ pub fn check_row(
             continue;
         }
         let Some(col) = columns.iter().find(|c| c.name == *name) else {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unknown_column",
-                format!(
-                    "unknown column `{}` (entity `{}` has: {})",
-                    clip(name),
-                    entity.name(),
-                    columns
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
+            return Err(unknown_column(entity, name));
         };
         if value.is_null() && col.not_null {
             return Err(ApiError::new(
@@ -142,4 +129,82 @@ pub fn check_row(
             .map_err(|e| ApiError::from_engine(entity.name(), &e))?;
     }
     Ok(())
+}
+
+/// Checks the body of an increment, `{"column": "views", "by": 1}`: both
+/// present and nothing else; `column` names a column of the entity (else
+/// 400 `unknown_column`); `by` is a JSON number (else 400
+/// `type_mismatch`). A whole number written with a fraction or exponent
+/// (`1.0`, `1e2`) for an integer column counts as that integer. Whether
+/// the column is numeric, and `by` fits it, the library decides (400
+/// `type_mismatch`).
+pub fn check_incr(
+    entity: &Entity,
+    body: &Map<String, Value>,
+) -> Result<(String, serde_json::Number), ApiError> {
+    if let Some(other) = body.keys().find(|k| *k != "column" && *k != "by") {
+        return Err(ApiError::bad_request(format!(
+            "unknown field `{}`: an increment is {{\"column\": <name>, \"by\": <number>}}",
+            clip(other)
+        )));
+    }
+    let column = match body.get("column") {
+        Some(Value::String(c)) => c.clone(),
+        Some(_) => return Err(ApiError::bad_request("`column` must be a string")),
+        None => {
+            return Err(ApiError::bad_request(
+                "`column` is missing: the column to increment",
+            ))
+        }
+    };
+    let columns = entity.columns();
+    let Some(col) = columns.iter().find(|c| c.name == column) else {
+        return Err(unknown_column(entity, &column));
+    };
+    let by = match body.get("by") {
+        Some(Value::Number(n)) => n.clone(),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "type_mismatch",
+                format!("`by` must be a number, got {}", clip(&other.to_string())),
+            ))
+        }
+        None => return Err(ApiError::bad_request("`by` is missing: the amount to add")),
+    };
+    let by = match (col.int_range(), by.as_f64()) {
+        (Some(_), Some(f)) if !(by.is_i64() || by.is_u64()) && f.fract() == 0.0 => {
+            // Exactly the f64 values inside i64's range.
+            const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+            if (-LIMIT..LIMIT).contains(&f) {
+                // In range and whole, so the cast is exact.
+                #[allow(clippy::cast_possible_truncation)]
+                let i = f as i64;
+                serde_json::Number::from(i)
+            } else {
+                by
+            }
+        }
+        _ => by,
+    };
+    Ok((column, by))
+}
+
+/// 400 `unknown_column`, listing the entity's columns.
+fn unknown_column(entity: &Entity, name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "unknown_column",
+        format!(
+            "unknown column `{}` (entity `{}` has: {})",
+            clip(name),
+            entity.name(),
+            entity
+                .columns()
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
 }

@@ -273,6 +273,56 @@ where
         .await
     }
 
+    /// Adds `by` to the numeric `column` of `key`'s row in the database, in
+    /// one statement (`UPDATE … SET col = COALESCE(col, 0) + by …
+    /// RETURNING`), and caches the row it returns as any write-through
+    /// write does (replaced if the write ticket stayed clean, else
+    /// removed); `None` when the row does not exist (nothing is written).
+    /// Concurrent increments, from any number of processes, all count: the
+    /// database adds, never the cache.
+    ///
+    /// An integer column takes an integer `by`; a `numeric(p, s)` column a
+    /// `by` with at most `s` decimal places; anything else is
+    /// [`Error::InvalidRow`]. Under write-back, increments are
+    /// [`Error::Unsupported`]: a `string` entry cannot take one without a
+    /// read-modify-write of the whole row, and write-back increments of
+    /// `hash` entries (a durable delta per column) are not built yet.
+    ///
+    /// Runs in a task of its own, as [`put`](Self::put) does.
+    pub async fn incr(
+        &self,
+        key: &K,
+        column: &str,
+        by: &serde_json::Number,
+    ) -> Result<Option<Written<V>>> {
+        let id = self.id_of(key)?;
+        self.inner.refuse_read_only()?;
+        if self.inner.write_policy.is_write_back() {
+            let reason = match self.inner.keys.representation() {
+                crate::Representation::String => {
+                    "write-back increments need representation = \"hash\": a string entry holds the whole row, so an increment would be a read-modify-write; use write-through"
+                }
+                crate::Representation::Hash => {
+                    "write-back increments of hash entries (a durable delta per column) are not built yet; use write-through"
+                }
+            };
+            return Err(Error::Unsupported {
+                entity: self.entity().to_owned(),
+                what: "increments under write-back".into(),
+                reason: reason.into(),
+            });
+        }
+        let source = self.inner.require_source()?;
+        let (inner, column, by) = (Arc::clone(&self.inner), column.to_owned(), by.clone());
+        detached(self.entity(), async move {
+            let seq = inner.coherence.seq();
+            inner
+                .write(&id, (seq, &[]), source.incr(&id, &column, &by))
+                .await
+        })
+        .await
+    }
+
     /// Deletes `key`'s row from the source and its cached entry; whether a
     /// row existed. Under write-back, a delete that keeps losing its
     /// compare-and-set to other writers of the id fails with

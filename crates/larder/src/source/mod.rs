@@ -168,6 +168,23 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
         Err(self.read_only())
     }
 
+    /// Adds `by` to the numeric `column` of an existing row in one
+    /// statement and returns the row as stored; `None` when there is no
+    /// such row, and nothing is written. Concurrent increments all count.
+    /// Default: refused ([`Error::Unsupported`]; [`Error::ReadOnly`] for a
+    /// read-only source).
+    async fn incr(&self, id: &str, column: &str, by: &serde_json::Number) -> Result<Option<V>> {
+        let _ = (id, column, by);
+        if !self.is_writable() {
+            return Err(self.read_only());
+        }
+        Err(Error::Unsupported {
+            entity: String::new(),
+            what: "increments".into(),
+            reason: "this source has no atomic increment; use a SQL source".into(),
+        })
+    }
+
     /// Deletes a row; whether there was one. Default: refused.
     async fn delete(&self, id: &str) -> Result<bool> {
         let _ = id;

@@ -536,6 +536,37 @@ impl SqlSource {
         Ok((key, set, Value::Object(values).to_string()))
     }
 
+    /// Adds `by` to `column` of the row of `id` in one statement (`UPDATE
+    /// … SET col = COALESCE(col, 0) + by … RETURNING`; MariaDB: the UPDATE
+    /// and a read in one transaction) and returns the row as stored;
+    /// `None` when there is no such row, and nothing is written.
+    ///
+    /// The column must be numeric and not the key; an integer column takes
+    /// an integer `by`, a `numeric(p, s)` column a `by` with at most `s`
+    /// decimal places ([`Error::InvalidRow`] otherwise). The addition is
+    /// the database's, exact for integer and numeric columns; a NULL
+    /// counts as 0. Read-only sources refuse with [`Error::ReadOnly`].
+    pub async fn incr_json(
+        &self,
+        id: &str,
+        column: &str,
+        by: &serde_json::Number,
+    ) -> Result<Option<RawJson>> {
+        let schema = &self.inner.schema;
+        if let Some(e) = schema.read_only_error() {
+            return Err(e);
+        }
+        let (key, i) = schema.validate_incr(id, column, by)?;
+        let text = by.to_string();
+        let row = match &self.inner.backend {
+            Backend::Postgres(pool, q) => q.incr(pool, schema, i, &key, &text).await,
+            Backend::Sqlite(pool, q) => q.incr(pool, schema, i, &key, &text).await,
+            Backend::MySql(pool, q) => q.incr(pool, schema, i, &key, by).await,
+        }
+        .map_err(|e| classify(self.entity(), e))?;
+        row.map(|j| self.raw_json(&key.text, j)).transpose()
+    }
+
     /// Deletes the row of `id`; whether there was one.
     pub async fn delete_id(&self, id: &str) -> Result<bool> {
         if let Some(e) = self.inner.schema.read_only_error() {
@@ -790,6 +821,13 @@ where
 
     async fn patch(&self, id: &str, fields: &Map<String, Value>) -> Result<Option<V>> {
         match self.patch_json(id, fields).await? {
+            Some(json) => Ok(Some(self.decode(id, &json)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn incr(&self, id: &str, column: &str, by: &serde_json::Number) -> Result<Option<V>> {
+        match self.incr_json(id, column, by).await? {
             Some(json) => Ok(Some(self.decode(id, &json)?)),
             None => Ok(None),
         }

@@ -625,6 +625,38 @@ impl Queries {
         self.load_one_in(conn, id).await
     }
 
+    /// Adds `by` to column `i` of the row of `id`, NULL counting as 0, and
+    /// reads the row back in the same transaction (MariaDB has no `UPDATE
+    /// … RETURNING`); `None` when there is no such row. An integer `by` is
+    /// bound as an integer, any other as exact `DECIMAL` text.
+    pub(super) async fn incr(
+        &self,
+        pool: &MySqlPool,
+        s: &Schema,
+        i: usize,
+        id: &KeyValue,
+        by: &serde_json::Number,
+    ) -> sqlx::Result<Option<String>> {
+        let (table, key) = (&self.table, &self.key);
+        let c = bq(&s.columns[i].name);
+        let delta = if by.as_i64().is_some() {
+            "?"
+        } else {
+            "CAST(? AS DECIMAL(65, 30))"
+        };
+        let sql = format!("UPDATE {table} SET {c} = COALESCE({c}, 0) + {delta} WHERE {key} = ?");
+        let q = sqlx::query(&sql);
+        let q = match by.as_i64() {
+            Some(n) => q.bind(n),
+            None => q.bind(by.to_string()),
+        };
+        let mut tx = pool.begin().await?;
+        exec::bind_key(q, id).execute(&mut *tx).await?;
+        let row = self.load_one_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
     /// `JSON_TABLE` over the JSON array parameter, one text column per
     /// named column (JSON for JSON columns), as `__i`.
     fn json_rows<'a>(&self, s: &Schema, cols: impl Iterator<Item = &'a str>) -> String {

@@ -301,6 +301,26 @@ fn param(n: u32, key_type: &KeyType, array: bool) -> String {
     }
 }
 
+/// Runs an `UPDATE … RETURNING` statement whose `$1` is the key and `$2`
+/// `value`; the returned row's JSON (its second column), if a row matched.
+async fn update_returning<'e>(
+    pool: impl sqlx::PgExecutor<'e>,
+    sql: &str,
+    id: &KeyValue,
+    value: String,
+) -> sqlx::Result<Option<String>> {
+    let q = sqlx::query(sql);
+    let q = match id.int {
+        Some(n) => q.bind(n),
+        None => q.bind(id.text.clone()),
+    };
+    q.bind(value)
+        .fetch_optional(pool)
+        .await?
+        .map(|row| row.try_get(1))
+        .transpose()
+}
+
 impl Queries {
     pub(super) fn new(s: &Schema) -> Self {
         let table = format!(
@@ -426,17 +446,38 @@ impl Queries {
         id: &KeyValue,
         json: String,
     ) -> sqlx::Result<Option<String>> {
-        let sql = self.patch_sql(s, set);
-        let q = sqlx::query(&sql);
-        let q = match id.int {
-            Some(n) => q.bind(n),
-            None => q.bind(id.text.clone()),
-        };
-        q.bind(json)
-            .fetch_optional(pool)
-            .await?
-            .map(|row| row.try_get(1))
-            .transpose()
+        update_returning(pool, &self.patch_sql(s, set), id, json).await
+    }
+
+    /// Adds `by` (exact decimal text) to column `i` of the row of `id` in
+    /// one `UPDATE`, NULL counting as 0; the row as stored, or `None`.
+    pub(super) async fn incr(
+        &self,
+        pool: &PgPool,
+        s: &Schema,
+        i: usize,
+        id: &KeyValue,
+        by: &str,
+    ) -> sqlx::Result<Option<String>> {
+        update_returning(pool, &self.incr_sql(s, i), id, by.to_owned()).await
+    }
+
+    /// `$2::numeric` keeps the addition exact (a `numeric` column adds in
+    /// decimal; an integer column takes the sum back by an assignment cast,
+    /// an out-of-range sum failing with SQLSTATE 22003).
+    fn incr_sql(&self, s: &Schema, i: usize) -> String {
+        let (table, key) = (&self.table, &self.key);
+        let c = quote(&s.columns[i].name);
+        format!(
+            "WITH __w AS (\
+               UPDATE {table} AS __t SET {c} = COALESCE(__t.{c}, 0) + $2::numeric \
+               WHERE __t.{key} = {} \
+               RETURNING __t.*) \
+             SELECT __w.{key}::text, row_to_json(__r)::text FROM __w \
+             CROSS JOIN LATERAL (SELECT {}) AS __r",
+            param(1, &s.key_type, false),
+            self.returning_cols
+        )
     }
 
     /// `json_populate_record` converts each value to its column's type, as

@@ -235,6 +235,25 @@ pub(super) struct Queries {
     projection: String,
 }
 
+/// Runs an `UPDATE … RETURNING` statement whose `?1` is `value` and `?2`
+/// the key; the returned row's JSON (its second column), if a row matched.
+async fn update_returning<'e>(
+    pool: impl sqlx::SqliteExecutor<'e>,
+    sql: &str,
+    value: String,
+    id: &KeyValue,
+) -> sqlx::Result<Option<String>> {
+    let q = sqlx::query(sql).bind(value);
+    let q = match id.int {
+        Some(n) => q.bind(n),
+        None => q.bind(id.text.clone()),
+    };
+    q.fetch_optional(pool)
+        .await?
+        .map(|row| row.try_get(1))
+        .transpose()
+}
+
 impl Queries {
     pub(super) fn new(s: &Schema) -> Self {
         let table = quote(&s.table.name);
@@ -370,16 +389,29 @@ impl Queries {
         id: &KeyValue,
         json: String,
     ) -> sqlx::Result<Option<String>> {
-        let sql = self.patch_sql(s, set);
-        let q = sqlx::query(&sql).bind(json);
-        let q = match id.int {
-            Some(n) => q.bind(n),
-            None => q.bind(id.text.clone()),
-        };
-        q.fetch_optional(pool)
-            .await?
-            .map(|row| row.try_get(1))
-            .transpose()
+        update_returning(pool, &self.patch_sql(s, set), json, id).await
+    }
+
+    /// Adds `by` to column `i` of the row of `id` in one `UPDATE … RETURNING`,
+    /// NULL counting as 0; the row as stored, or `None`. `by` is bound as
+    /// its text and cast to `NUMERIC`: an integer stays an integer (exact
+    /// beyond 2^53), a fraction becomes SQLite's double.
+    pub(super) async fn incr(
+        &self,
+        pool: &SqlitePool,
+        s: &Schema,
+        i: usize,
+        id: &KeyValue,
+        by: &str,
+    ) -> sqlx::Result<Option<String>> {
+        let (table, key) = (&self.table, &self.key);
+        let c = quote(&s.columns[i].name);
+        let sql = format!(
+            "UPDATE {table} SET {c} = COALESCE({c}, 0) + CAST(?1 AS NUMERIC) \
+             WHERE {key} = ?2 RETURNING {}",
+            self.projection
+        );
+        update_returning(pool, &sql, by.to_owned(), id).await
     }
 
     /// Each value is read out of the one JSON parameter `?1` as the upsert
