@@ -256,7 +256,13 @@ where
                     }
                 };
                 let Some(value) = value else {
-                    inner.withdraw_patch(&id, recorded.seq).await?;
+                    // A record this patch began alone is withdrawn; one it
+                    // joined holds earlier acknowledged patches, which the
+                    // flush dead-letters ("no row to update") rather than
+                    // losing them silently.
+                    if !recorded.coalesced {
+                        inner.withdraw_patch(&id, recorded.seq).await?;
+                    }
                     return Ok(None);
                 };
                 inner.patch_acknowledged(recorded.coalesced);
