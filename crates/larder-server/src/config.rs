@@ -861,12 +861,6 @@ impl Config {
                 "write-back needs a durable Redis store: memory:// loses pending writes when the process ends",
             ));
         }
-        if e.representation == larder::Representation::Hash && e.write == Some(WriteMode::Back) {
-            return Err(self.error(
-                at("representation"),
-                "write-back on a hash entity is not supported yet: use representation = \"string\" with write = \"back\", or write = \"through\" with hashes",
-            ));
-        }
         Ok(())
     }
 }

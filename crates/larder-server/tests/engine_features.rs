@@ -32,13 +32,23 @@ async fn name_in_db(pg: &Pg, t: &str, id: i64) -> Option<String> {
 
 #[tokio::test]
 async fn a_write_back_entity_queues_serves_pending_values_and_flushes() {
+    write_back_entity("string").await;
+}
+
+/// The same with `representation = "hash"`: a PATCH sets just its fields.
+#[tokio::test]
+async fn a_write_back_hash_entity_queues_serves_pending_values_and_flushes() {
+    write_back_entity("hash").await;
+}
+
+async fn write_back_entity(representation: &str) {
     let mut pg = Pg::connect().await;
     let t = unique("wbu");
     pg.exec(&t, USERS).await;
     let redis = RedisServer::durable();
     let toml = config(
         &redis.url(),
-        &format!("[[entity]]\nname = \"users\"\ntable = \"{t}\"\nwrite = \"back\"\n[entity.write_back]\nmax_delay = \"20ms\"\n"),
+        &format!("[[entity]]\nname = \"users\"\ntable = \"{t}\"\nrepresentation = \"{representation}\"\nwrite = \"back\"\n[entity.write_back]\nmax_delay = \"20ms\"\n"),
     );
     let app = app(support::state(&toml).await);
 

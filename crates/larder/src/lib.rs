@@ -21,9 +21,11 @@
 //!   hash.rs        field reads (get_fields): one HMGET on a fresh hash entry, else the whole read
 //!   invalidate.rs  invalidation by id, key, tag or purge; background tag compaction
 //!   builder.rs     CacheBuilder: every setting, validated once; assembles Inner
-//!   write_back/    write-back (`larder::write_back`): options and state; writer (acknowledge),
+//!   write_back/    write-back (`larder::write_back`): options and state; writer (acknowledge;
+//!                  a hash entity's patch is one field-setting script, no compare-and-set),
 //!                  flusher (an owned component: started by the builder, stopped and drained
-//!                  by close), dead letters, durability checks
+//!                  by close; upserts, column UPDATEs, deletes), dead letters, durability
+//!                  checks, overlay (a hash entity's read lays pending fields over its row)
 //! policy.rs        freshness settings (ttl, stale, leases, timeouts), their defaults and limits; XFetch
 //! flight.rs        single flight: one load per key per process, shared by its waiters
 //! breaker.rs       skip a store that just failed, for a moment
@@ -40,8 +42,8 @@
 //!   protocol.rs    the atomic operations the cache is built from, and their types (private)
 //!   dirty.rs       the write-back log's operations (private), on Redis in redis_dirty.rs
 //!   redis_hash.rs  hash entries on Redis: HGETALL/HMGET reads, the hash twins of the scripts
-//!   redis_hash_dirty.rs  write-back on hash entries, store side only (field patches without
-//!                  compare-and-set, fill overlay, batch/clear); not yet used by the cache
+//!   redis_hash_dirty.rs  write-back on hash entries: field patches without compare-and-set,
+//!                  whole-row records, fills that lay pending fields over, the records' formats
 //!   conn.rs        the Redis connection: standalone or Cluster (redis+cluster://), one enum;
 //!                  what redis-rs' cluster client retries, within the response timeout
 //!   cluster.rs     Cluster-only store work: batches split by hash slot (concurrently), INFO summed
@@ -93,7 +95,9 @@
 //!   concurrent writers converge on the database's last committed row.
 //! - **write-back**: [`WritePolicy::Back`] — acknowledged once the store
 //!   holds the write durably, flushed later (coalesced, batched, fenced);
-//!   nothing acknowledged is lost. See [`write_back`].
+//!   nothing acknowledged is lost. On a [`Representation::Hash`] entity a
+//!   `patch` sets just its fields, with no compare-and-set. See
+//!   [`write_back`].
 //! - **change notifications** (PostgreSQL): a [`Cache`] is a
 //!   [`ChangeHandler`] of its table's triggers ([`ChangeListener`]).
 //!

@@ -5,9 +5,11 @@
 //! `version = 1, 2, 3, …` to keys `0..keys` in turn, printing
 //! `ack <id> <version>` after each acknowledged write, until it is killed.
 //! Its flusher waits `--max-delay-ms` before flushing, so a kill leaves
-//! acknowledged writes dirty in Redis.
+//! acknowledged writes dirty in Redis. With `--representation hash` the
+//! entity is a hash entity, and every write after a key's first (a put) is
+//! a field patch of `version`.
 
-use larder::{Cache, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
+use larder::{Cache, Representation, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::time::Duration;
@@ -48,6 +50,10 @@ async fn main() -> Result<(), String> {
         .build()
         .await
         .map_err(|e| e.to_string())?;
+    let representation = match arg("representation") {
+        Ok(name) => Representation::parse(&name).ok_or(format!("--representation {name}?"))?,
+        Err(_) => Representation::String,
+    };
     let store = larder::store::connect_checked(&arg("redis")?)
         .await
         .map_err(|e| e.to_string())?;
@@ -55,6 +61,7 @@ async fn main() -> Result<(), String> {
         .prefix(&arg("prefix")?)
         .entity("items")
         .shards(8)
+        .representation(representation)
         .store(store)
         .source(source)
         .write_policy(WritePolicy::Back(WriteBackOptions {
@@ -67,10 +74,20 @@ async fn main() -> Result<(), String> {
     say("ready");
     for version in 1_i64.. {
         let id = version % keys;
-        cache
-            .put(&id, &Item { id, version })
-            .await
-            .map_err(|e| e.to_string())?;
+        if representation == Representation::Hash && version > keys {
+            let mut fields = serde_json::Map::new();
+            fields.insert("version".into(), version.into());
+            cache
+                .patch(&id, &fields)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or(format!("row {id} is gone"))?;
+        } else {
+            cache
+                .put(&id, &Item { id, version })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         say(&format!("ack {id} {version}"));
     }
     Ok(())

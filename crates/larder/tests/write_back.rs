@@ -10,7 +10,8 @@ use support::eventually;
 
 use larder::store::Store;
 use larder::{
-    Cache, CacheWrite, Error, Outcome, SqlPool, SqlSource, WriteBackOptions, WritePolicy,
+    Cache, CacheWrite, Error, Outcome, Representation, SqlPool, SqlSource, WriteBackOptions,
+    WritePolicy,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -26,14 +27,21 @@ struct Fixture {
     db: Db,
     server: RedisServer,
     prefix: String,
+    representation: Representation,
 }
 
 impl Fixture {
     async fn new() -> Fixture {
+        Fixture::with(Representation::String).await
+    }
+
+    /// A fixture whose caches hold entries as `representation`.
+    async fn with(representation: Representation) -> Fixture {
         Fixture {
             db: Db::new().await,
             server: RedisServer::durable(),
             prefix: support::unique("wb"),
+            representation,
         }
     }
 
@@ -55,7 +63,7 @@ impl Fixture {
         cache_on(
             redis(url).await,
             self.source(&support::pg_url()).await,
-            &self.prefix,
+            (&self.prefix, self.representation),
             settings,
         )
         .await
@@ -80,13 +88,14 @@ fn settings(max_delay_ms: u64) -> WriteBackOptions {
 async fn cache_on(
     store: Arc<dyn Store>,
     source: SqlSource,
-    prefix: &str,
+    (prefix, representation): (&str, Representation),
     settings: WriteBackOptions,
 ) -> larder::Result<Cache<i64, Account>> {
     Cache::builder()
         .prefix(prefix)
         .entity("accounts")
         .shards(8)
+        .representation(representation)
         .store(store)
         .source(source)
         .write_policy(WritePolicy::Back(settings))
@@ -102,7 +111,20 @@ async fn redis(url: &str) -> Arc<dyn Store> {
 
 #[tokio::test]
 async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row() {
-    let f = Fixture::new().await;
+    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(Representation::String)
+        .await;
+}
+
+#[tokio::test]
+async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_hash() {
+    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(Representation::Hash)
+        .await;
+}
+
+async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(
+    representation: Representation,
+) {
+    let f = Fixture::with(representation).await;
     let db = &f.db;
     let cache = f.cache(settings(50)).await;
 
@@ -135,7 +157,18 @@ async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row() 
 
 #[tokio::test]
 async fn repeated_writes_of_a_key_coalesce_into_one_database_write() {
-    let f = Fixture::new().await;
+    repeated_writes_of_a_key_coalesce_into_one_database_write_in(Representation::String).await;
+}
+
+#[tokio::test]
+async fn repeated_writes_of_a_key_coalesce_into_one_database_write_hash() {
+    repeated_writes_of_a_key_coalesce_into_one_database_write_in(Representation::Hash).await;
+}
+
+async fn repeated_writes_of_a_key_coalesce_into_one_database_write_in(
+    representation: Representation,
+) {
+    let f = Fixture::with(representation).await;
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
     for balance in 0..200 {
@@ -156,7 +189,18 @@ async fn repeated_writes_of_a_key_coalesce_into_one_database_write() {
 
 #[tokio::test]
 async fn patches_of_different_fields_from_two_instances_all_land() {
-    let f = Fixture::new().await;
+    patches_of_different_fields_from_two_instances_all_land_in(Representation::String).await;
+}
+
+#[tokio::test]
+async fn patches_of_different_fields_from_two_instances_all_land_hash() {
+    patches_of_different_fields_from_two_instances_all_land_in(Representation::Hash).await;
+}
+
+async fn patches_of_different_fields_from_two_instances_all_land_in(
+    representation: Representation,
+) {
+    let f = Fixture::with(representation).await;
     let db = &f.db;
     let a = f.cache(settings(20)).await;
     let b = f.cache(settings(20)).await;
@@ -196,7 +240,22 @@ async fn patches_of_different_fields_from_two_instances_all_land() {
 
 #[tokio::test]
 async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies() {
-    let f = Fixture::new().await;
+    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(
+        Representation::String,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_hash() {
+    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(Representation::Hash)
+        .await;
+}
+
+async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(
+    representation: Representation,
+) {
+    let f = Fixture::with(representation).await;
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
     cache.put(&3, &account(3, "cy", 1)).await.expect("put");
@@ -230,7 +289,18 @@ async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies(
 
 #[tokio::test]
 async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone() {
-    let f = Fixture::new().await;
+    the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(Representation::String).await;
+}
+
+#[tokio::test]
+async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone_hash() {
+    the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(Representation::Hash).await;
+}
+
+async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(
+    representation: Representation,
+) {
+    let f = Fixture::with(representation).await;
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
     cache.put(&4, &account(4, "di", 2)).await.expect("put");
@@ -367,9 +437,14 @@ async fn write_back_refuses_stores_that_could_lose_acknowledged_writes() {
     );
 
     let memory = larder::store::connect("memory://").await.expect("memory");
-    let e = cache_on(memory, f.source(&support::pg_url()).await, prefix, waived)
-        .await
-        .expect_err("memory");
+    let e = cache_on(
+        memory,
+        f.source(&support::pg_url()).await,
+        (prefix, Representation::String),
+        waived,
+    )
+    .await
+    .expect_err("memory");
     assert!(refusal(e).contains("lost with it"));
 
     // Waived: a non-durable store is accepted (with a warning).
@@ -382,7 +457,22 @@ async fn write_back_refuses_stores_that_could_lose_acknowledged_writes() {
 
 #[tokio::test]
 async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands() {
-    let f = Fixture::new().await;
+    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(
+        Representation::String,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_hash() {
+    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(Representation::Hash)
+        .await;
+}
+
+async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(
+    representation: Representation,
+) {
+    let f = Fixture::with(representation).await;
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
     for id in 1..=20 {
@@ -452,7 +542,12 @@ struct Item {
     version: i64,
 }
 
-async fn items_cache(db: &Db, store: Arc<dyn Store>, prefix: &str) -> Cache<i64, Item> {
+async fn items_cache(
+    db: &Db,
+    store: Arc<dyn Store>,
+    prefix: &str,
+    representation: Representation,
+) -> Cache<i64, Item> {
     let pool = SqlPool::connect(&support::pg_url(), 3).await.expect("pool");
     let source = SqlSource::builder(pool, &format!("{}.items", db.schema))
         .entity("items")
@@ -463,6 +558,7 @@ async fn items_cache(db: &Db, store: Arc<dyn Store>, prefix: &str) -> Cache<i64,
         .prefix(prefix)
         .entity("items")
         .shards(8)
+        .representation(representation)
         .store(store)
         .source(source)
         .write_policy(WritePolicy::Back(settings(60_000)))
@@ -473,6 +569,16 @@ async fn items_cache(db: &Db, store: Arc<dyn Store>, prefix: &str) -> Cache<i64,
 
 #[tokio::test]
 async fn acknowledged_writes_survive_an_application_crash() {
+    survive_an_application_crash(Representation::String).await;
+}
+
+/// A hash entity: puts, then field patches (see `larder-writer`).
+#[tokio::test]
+async fn acknowledged_writes_survive_an_application_crash_hash() {
+    survive_an_application_crash(Representation::Hash).await;
+}
+
+async fn survive_an_application_crash(representation: Representation) {
     let f = Fixture::new().await;
     let (db, server, prefix) = (&f.db, &f.server, &f.prefix);
     for round in 0..3 {
@@ -485,6 +591,7 @@ async fn acknowledged_writes_survive_an_application_crash() {
                 prefix,
             ])
             .args(["--keys", "50", "--max-delay-ms", "60000"])
+            .args(["--representation", representation.as_str()])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn larder-writer");
@@ -511,7 +618,7 @@ async fn acknowledged_writes_survive_an_application_crash() {
         let _ = child.wait();
         assert!(!acked.is_empty());
         // A new instance flushes what the dead one acknowledged.
-        let cache = items_cache(db, redis(&server.url()).await, prefix).await;
+        let cache = items_cache(db, redis(&server.url()).await, prefix, representation).await;
         let closed = cache.close(Duration::from_secs(20)).await.expect("close");
         assert_eq!(closed.pending, 0);
         assert_nothing_lost(db, &acked).await;
@@ -521,21 +628,40 @@ async fn acknowledged_writes_survive_an_application_crash() {
 
 #[tokio::test]
 async fn acknowledged_writes_survive_a_redis_crash() {
+    survive_a_redis_crash(Representation::String).await;
+}
+
+/// A hash entity: a put per key, then field patches.
+#[tokio::test]
+async fn acknowledged_writes_survive_a_redis_crash_hash() {
+    survive_a_redis_crash(Representation::Hash).await;
+}
+
+async fn survive_a_redis_crash(representation: Representation) {
     let mut f = Fixture::new().await;
     let (db, prefix) = (&f.db, f.prefix.clone());
     for round in 0..3_i64 {
-        let cache = items_cache(db, redis(&f.server.url()).await, &prefix).await;
+        let cache = items_cache(db, redis(&f.server.url()).await, &prefix, representation).await;
         let mut acked = HashMap::new();
         for n in 0..500 {
             let (id, version) = (n % 40, round * 1000 + n);
-            cache.put(&id, &Item { id, version }).await.expect("put");
+            if representation == Representation::Hash && n >= 40 {
+                let fields = serde_json::json!({ "version": version });
+                cache
+                    .patch(&id, fields.as_object().expect("object"))
+                    .await
+                    .expect("patch")
+                    .expect("row");
+            } else {
+                cache.put(&id, &Item { id, version }).await.expect("put");
+            }
             acked.insert(id, version);
         }
         // Between acknowledgement and flush (max_delay is a minute).
         assert_eq!(db.count().await, 0);
         f.server.kill();
         f.server.restart();
-        let cache = items_cache(db, redis(&f.server.url()).await, &prefix).await;
+        let cache = items_cache(db, redis(&f.server.url()).await, &prefix, representation).await;
         let closed = cache.close(Duration::from_secs(20)).await.expect("close");
         assert_eq!(closed.pending, 0);
         assert_nothing_lost(db, &acked).await;
@@ -610,7 +736,7 @@ async fn a_flusher_stalled_past_its_lease_is_fenced_by_the_database() {
     let cache = cache_on(
         store.clone(),
         f.source(&support::pg_url()).await,
-        prefix,
+        (prefix, Representation::String),
         settings(60_000),
     )
     .await
@@ -640,6 +766,7 @@ async fn a_flusher_stalled_past_its_lease_is_fenced_by_the_database() {
         &source,
         FlushBatch {
             upserts: &rows,
+            updates: &[],
             deletes: &[],
             fence: newer,
             statement_timeout: Duration::from_secs(2),
@@ -652,6 +779,7 @@ async fn a_flusher_stalled_past_its_lease_is_fenced_by_the_database() {
         &source,
         FlushBatch {
             upserts: &old_rows,
+            updates: &[],
             deletes: &[],
             fence: stale,
             statement_timeout: Duration::from_secs(2),
@@ -683,7 +811,7 @@ async fn write_back_reads_and_writes_fail_while_the_store_is_down() {
             .await
             .expect("redis"),
         f.source(&support::pg_url()).await,
-        &prefix,
+        (&prefix, Representation::String),
         settings(60_000),
     )
     .await
@@ -710,6 +838,41 @@ async fn write_back_reads_and_writes_fail_while_the_store_is_down() {
 
 #[tokio::test]
 async fn write_back_flushes_into_sqlite_too() {
+    flushes_into_sqlite(Representation::String).await;
+}
+
+/// A hash entity: a put per key, then field patches, flushed as upserts
+/// and UPDATEs of the patched column.
+#[tokio::test]
+async fn write_back_flushes_into_sqlite_too_hash() {
+    flushes_into_sqlite(Representation::Hash).await;
+}
+
+async fn sqlite_items_cache(
+    pool: &SqlPool,
+    server: &RedisServer,
+    prefix: &str,
+    representation: Representation,
+) -> Cache<i64, Item> {
+    let source = SqlSource::builder(pool.clone(), "items")
+        .entity("items")
+        .build()
+        .await
+        .expect("source");
+    Cache::builder()
+        .prefix(prefix)
+        .entity("items")
+        .shards(4)
+        .representation(representation)
+        .store(redis(&server.url()).await)
+        .source(source)
+        .write_policy(WritePolicy::Back(settings(60_000)))
+        .build()
+        .await
+        .expect("cache")
+}
+
+async fn flushes_into_sqlite(representation: Representation) {
     let dir = std::env::temp_dir().join(support::unique("wb-sqlite"));
     std::fs::create_dir_all(&dir).expect("dir");
     let url = format!("sqlite://{}", dir.join("db.sqlite").display());
@@ -721,35 +884,37 @@ async fn write_back_flushes_into_sqlite_too() {
         .execute(raw)
         .await
         .expect("table");
-    let source = SqlSource::builder(pool.clone(), "items")
-        .entity("items")
-        .build()
-        .await
-        .expect("source");
     let server = RedisServer::durable();
-    let cache: Cache<i64, Item> = Cache::builder()
-        .prefix(support::unique("wb"))
-        .entity("items")
-        .shards(4)
-        .store(redis(&server.url()).await)
-        .source(source)
-        .write_policy(WritePolicy::Back(settings(60_000)))
-        .build()
-        .await
-        .expect("cache");
+    let prefix = support::unique("wb");
+    let mut cache = sqlite_items_cache(&pool, &server, &prefix, representation).await;
     for n in 0..100_i64 {
-        cache
-            .put(
-                &(n % 10),
-                &Item {
-                    id: n % 10,
-                    version: n,
-                },
-            )
-            .await
-            .expect("put");
+        let id = n % 10;
+        if representation == Representation::Hash && n == 50 {
+            // Half-way, the puts so far reach the database; the patches
+            // after them flush as UPDATEs of `version`.
+            cache.close(Duration::from_secs(10)).await.expect("close");
+            cache = sqlite_items_cache(&pool, &server, &prefix, representation).await;
+        }
+        if representation == Representation::Hash && n >= 50 {
+            let fields = serde_json::json!({ "version": n });
+            cache
+                .patch(&id, fields.as_object().expect("object"))
+                .await
+                .expect("patch")
+                .expect("row");
+        } else {
+            cache.put(&id, &Item { id, version: n }).await.expect("put");
+        }
     }
     cache.close(Duration::from_secs(10)).await.expect("close");
+    if representation == Representation::Hash {
+        let stats = cache.write_back_stats().expect("stats");
+        assert_eq!(
+            (stats.rows_written, stats.dead_lettered),
+            (10, 0),
+            "{stats:?}"
+        );
+    }
     let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT id, version FROM items ORDER BY id")
         .fetch_all(raw)
         .await

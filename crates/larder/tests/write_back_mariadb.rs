@@ -4,12 +4,17 @@
 //! refuses (a CHECK constraint, a trigger's SIGNAL) is dead-lettered alone
 //! with its error number while the rest of its batch lands, the fence
 //! table stops a stalled flusher, and a lock wait fails a batch as a whole
-//! (unavailable, retried) instead of dead-lettering it.
+//! (unavailable, retried) instead of dead-lettering it. A hash entity's
+//! field patches flush as UPDATEs of their columns (the row read back in
+//! the transaction); one whose row is gone, or that the database refuses,
+//! is dead-lettered alone.
 
 use larder_test_support as support;
 
 use larder::source::{Fence, FlushBatch, Source};
-use larder::{Cache, CacheWrite, Error, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
+use larder::{
+    Cache, CacheWrite, Error, Representation, SqlPool, SqlSource, WriteBackOptions, WritePolicy,
+};
 use std::time::Duration;
 use support::accounts::{account, Account};
 use support::{mysql_url, RedisServer};
@@ -94,10 +99,20 @@ impl Maria {
 }
 
 async fn cache(server: &RedisServer, source: SqlSource, prefix: &str) -> Cache<i64, Account> {
+    cache_as(server, source, prefix, Representation::String).await
+}
+
+async fn cache_as(
+    server: &RedisServer,
+    source: SqlSource,
+    prefix: &str,
+    representation: Representation,
+) -> Cache<i64, Account> {
     Cache::builder()
         .prefix(prefix)
         .entity("accounts")
         .shards(4)
+        .representation(representation)
         .store(
             larder::store::connect_checked(&server.url())
                 .await
@@ -199,6 +214,7 @@ async fn the_fence_stops_a_stalled_flusher() {
         &source,
         FlushBatch {
             upserts: &newest,
+            updates: &[],
             deletes: &[],
             fence: fence(1_000),
             statement_timeout: Duration::from_secs(2),
@@ -213,6 +229,7 @@ async fn the_fence_stops_a_stalled_flusher() {
         &source,
         FlushBatch {
             upserts: &stale,
+            updates: &[],
             deletes: &[],
             fence: fence(5),
             statement_timeout: Duration::from_secs(2),
@@ -240,6 +257,7 @@ async fn the_fence_stops_a_stalled_flusher() {
             &source,
             FlushBatch {
                 upserts: &again,
+                updates: &[],
                 deletes: &[],
                 fence: Fence {
                     entity: entity.clone(),
@@ -287,6 +305,7 @@ async fn a_lock_wait_fails_the_batch_whole_as_unavailable() {
         &source,
         FlushBatch {
             upserts: &rows,
+            updates: &[],
             deletes: &[],
             fence: Fence {
                 entity: entity.clone(),
@@ -309,6 +328,7 @@ async fn a_lock_wait_fails_the_batch_whole_as_unavailable() {
         &source,
         FlushBatch {
             upserts: &rows,
+            updates: &[],
             deletes: &[],
             fence: Fence {
                 entity,
@@ -321,5 +341,60 @@ async fn a_lock_wait_fails_the_batch_whole_as_unavailable() {
     .await
     .expect("retried whole");
     assert_eq!(m.count().await, 2);
+    m.drop().await;
+}
+
+#[tokio::test]
+async fn hash_field_patches_flush_as_updates_and_gone_or_refused_rows_are_dead_lettered() {
+    let m = Maria::new().await;
+    let server = RedisServer::durable();
+    let prefix = support::unique("wbm");
+    let cache = cache_as(&server, m.source().await, &prefix, Representation::Hash).await;
+    for id in 1..=10 {
+        cache.put(&id, &account(id, "ann", id)).await.expect("put");
+    }
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    assert_eq!(m.count().await, 10);
+    let cache = cache_as(&server, m.source().await, &prefix, Representation::Hash).await;
+    for id in 1..=10_i64 {
+        let patch = match id {
+            4 => serde_json::json!({ "balance": -1 }),
+            _ => serde_json::json!({ "owner": format!("bo{id}") }),
+        };
+        let written = cache
+            .patch(&id, patch.as_object().expect("object"))
+            .await
+            .expect("patch")
+            .expect("row");
+        assert_eq!(written.cache, CacheWrite::Queued);
+    }
+    sqlx::query(&format!("DELETE FROM {} WHERE id = 7", m.table()))
+        .execute(&m.admin)
+        .await
+        .expect("delete behind");
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    for id in [1_i64, 2, 3, 5, 6, 8, 9, 10] {
+        assert_eq!(
+            m.owner(id).await,
+            Some((format!("bo{id}"), "new".into(), format!("BO{id}"))),
+            "row {id}: an UPDATE of the owner only, read back with its trigger's column"
+        );
+        let seen = cache.get(&id).await.expect("get").value.expect("row");
+        assert_eq!(
+            seen.owner_upper.as_deref(),
+            Some(format!("BO{id}").as_str())
+        );
+    }
+    assert_eq!(m.owner(7).await, None, "no row created");
+    let mut letters = cache.dead_letters().await.expect("dead letters");
+    letters.sort_by(|a, b| a.id.cmp(&b.id));
+    let ids: Vec<&str> = letters.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids, ["4", "7"], "{letters:?}");
+    assert!(
+        letters[1].error.contains("no row to update"),
+        "{}",
+        letters[1].error
+    );
+    assert_eq!(m.owner(4).await.map(|r| r.0), Some("ann".into()));
     m.drop().await;
 }

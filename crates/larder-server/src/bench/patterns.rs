@@ -190,7 +190,7 @@ impl Source<Row> for CountedSource {
         self.delay().await;
         Self::count(
             &self.counts.writes,
-            batch.upserts.len() + batch.deletes.len(),
+            batch.upserts.len() + batch.updates.len() + batch.deletes.len(),
         );
         self.sql.flush(batch).await
     }

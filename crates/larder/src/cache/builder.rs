@@ -132,7 +132,8 @@ where
 
     /// How entries are held in the store: one string (the default) or one
     /// Redis hash, a field per column ([`Representation::Hash`]; needs a
-    /// JSON codec, and is refused with write-back for now). Recorded in the
+    /// JSON codec; under write-back its `patch` sets just the given
+    /// fields, with no compare-and-set). Recorded in the
     /// store with the shard layout: a later start with another one is
     /// refused.
     pub fn representation(mut self, representation: Representation) -> Self {
@@ -279,19 +280,11 @@ where
         if let Some(WritePolicy::Back(settings)) = &self.write_policy {
             settings.validate()?;
         }
-        if self.representation == Representation::Hash {
-            if !self.codec.is_json() {
-                return Err(Error::setting(
-                    "representation",
-                    "a hash entity needs a JSON codec (Json or PassThrough): its fields are JSON values",
-                ));
-            }
-            if matches!(self.write_policy, Some(WritePolicy::Back(_))) {
-                return Err(Error::setting(
-                    "representation",
-                    "write-back on a hash entity is not supported yet: use write-through, or representation string",
-                ));
-            }
+        if self.representation == Representation::Hash && !self.codec.is_json() {
+            return Err(Error::setting(
+                "representation",
+                "a hash entity needs a JSON codec (Json or PassThrough): its fields are JSON values",
+            ));
         }
         Ok(())
     }

@@ -209,16 +209,21 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         };
         let mut fresh_until = None;
+        let mut value = value;
         match self.encode_loaded(value.as_ref(), took, seq) {
             Ok(Some((bytes, ttl))) => {
                 let fill = lease.into_fill(bytes, ttl);
                 let filled = self.store.fill(&fill).await;
-                if matches!(filled, Ok(true)) {
+                let landed = matches!(filled, Ok(true));
+                if landed {
                     fresh_until = envelope_fresh_until(&fill.value);
                     self.near_fill(&id, ticket, value.clone(), &fill.value)
                         .await;
                 }
                 self.count_fill(filled);
+                if !landed {
+                    value = self.overlay_pending(&id, value).await?;
+                }
             }
             Ok(None) => self.release(&lease).await,
             Err(e) => {
@@ -282,16 +287,31 @@ impl<V: Send + Sync + 'static> Inner<V> {
             answers.push((id, value, None));
         }
         join_all(unfilled.iter().map(|lease| self.release(lease))).await;
+        let mut overlay = Vec::new();
         match self.store.fill_many(&fills).await {
             Ok(results) => {
                 for ((at, landed), fill) in filled_ids.into_iter().zip(results).zip(&fills) {
                     self.count_fill(Ok(landed));
                     if landed {
                         answers[at].2 = envelope_fresh_until(&fill.value);
+                    } else {
+                        overlay.push(at);
                     }
                 }
             }
-            Err(e) => self.count_fill(Err(e)),
+            Err(e) => {
+                self.count_fill(Err(e));
+                overlay.extend(filled_ids);
+            }
+        }
+        if self.overlays_pending() {
+            // Not filled as loaded: lay the pending writes over (see
+            // `write_back/overlay.rs`).
+            for at in overlay {
+                let (id, value, _) = &answers[at];
+                let merged = self.overlay_pending(id, value.clone()).await?;
+                answers[at].1 = merged;
+            }
         }
         Ok(answers)
     }

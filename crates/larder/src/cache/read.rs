@@ -59,6 +59,11 @@ pub(super) struct Entry<V> {
 }
 
 impl<V> Entry<V> {
+    /// The value (`None`: a negative entry).
+    pub(super) fn into_value(self) -> Option<Arc<V>> {
+        self.value
+    }
+
     pub(super) fn freshness(&self, now: u64) -> Freshness {
         if self.invalidated {
             return Freshness::Expired;
@@ -353,7 +358,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
         outcome: Outcome,
     ) -> Result<Lookup<V>> {
         let (result, _) = self.timed_load(id, loader(id.to_owned())).await;
-        Ok(Lookup::new(result?.map(Arc::new), outcome))
+        let mut value = result?.map(Arc::new);
+        if outcome != Outcome::Bypass {
+            // The store answers: pending field patches are laid over.
+            value = self.overlay_pending(id, value).await?;
+        }
+        Ok(Lookup::new(value, outcome))
     }
 
     /// The batch read path of `get_many`; counts each answer once.

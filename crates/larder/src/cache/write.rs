@@ -53,8 +53,10 @@
 //!   the store still answers, and [`Written::cache`] says what happened.
 
 use super::{Cache, Inner};
+use crate::envelope::Freshness;
 use crate::error::{Error, Message, Result};
-use crate::key::CacheKey;
+use crate::key::{CacheKey, IdText};
+use crate::representation::Representation;
 use crate::store::{WriteEnd, WriteKeys, WriteTicket};
 use crate::write_back::WriteBackOptions;
 use bytes::Bytes;
@@ -210,7 +212,11 @@ where
     /// under the write policy; `None` when the row does not exist (nothing
     /// is written). Two writers patching different columns both land.
     /// Under write-back, a patch that keeps losing its compare-and-set to
-    /// other writers of the id fails with [`Error::Busy`].
+    /// other writers of the id fails with [`Error::Busy`] — except on a
+    /// [`Representation::Hash`] entity, whose write-back patch sets just
+    /// the given fields of the hash and of the dirty record in one script,
+    /// with nothing to retry, and answers the row as the cache then holds
+    /// it (one read of the entry after the patch).
     ///
     /// Runs in a task of its own: once begun, it runs to its end step even
     /// if the caller goes away (the future dropped, a timeout, a closed
@@ -226,7 +232,44 @@ where
         let (inner, fields) = (Arc::clone(&self.inner), fields.clone());
         detached(self.entity(), async move {
             if inner.write_policy.is_write_back() {
-                return inner.patch_back(&id, &fields).await;
+                if inner.keys.representation() != Representation::Hash {
+                    return inner.patch_back(&id, &fields).await;
+                }
+                let Some(recorded) = inner.patch_fields_back(&id, &fields).await? else {
+                    return Ok(None);
+                };
+                // The row as the cache holds it now: the patched hash the
+                // script answered, else one read (the loaded row with the
+                // pending fields laid over).
+                let patched = recorded
+                    .entry
+                    .and_then(|bytes| inner.decode_entry(&id, bytes).ok())
+                    .filter(|entry| entry.freshness(inner.clock.now_ms()) != Freshness::Expired)
+                    .and_then(|entry| entry.into_value());
+                let value = match patched {
+                    Some(value) => Some(value),
+                    None => {
+                        inner
+                            .read_uncounted(IdText::borrowed(&id), Inner::source_loader)
+                            .await?
+                            .value
+                    }
+                };
+                let Some(value) = value else {
+                    // A record this patch began alone is withdrawn; one it
+                    // joined holds earlier acknowledged patches, which the
+                    // flush dead-letters ("no row to update") rather than
+                    // losing them silently.
+                    if !recorded.coalesced {
+                        inner.withdraw_patch(&id, recorded.seq).await?;
+                    }
+                    return Ok(None);
+                };
+                inner.patch_acknowledged(recorded.coalesced);
+                return Ok(Some(Written {
+                    value,
+                    cache: CacheWrite::Queued,
+                }));
             }
             let seq = inner.coherence.seq();
             inner

@@ -40,11 +40,17 @@ pub struct Fence {
     pub epoch: u64,
 }
 
-/// One write-back flush: upserts and deletes to commit together.
+/// One write-back flush: upserts, column updates and deletes to commit
+/// together.
 #[derive(Debug)]
 pub struct FlushBatch<'a, V> {
     /// Rows to insert or replace (ids distinct).
     pub upserts: &'a [(String, V)],
+    /// Columns to update in existing rows (a `hash` entity's patched
+    /// fields; ids distinct from the upserts'): an UPDATE of just those
+    /// columns. An id whose row is gone is reported in
+    /// [`Flushed::missing`], never inserted.
+    pub updates: &'a [(String, serde_json::Map<String, serde_json::Value>)],
     /// Ids to delete.
     pub deletes: &'a [String],
     /// The flusher's fence.
@@ -68,6 +74,10 @@ pub struct Flushed<V> {
     /// the commit): their records are cleared and their entries
     /// invalidated, and the batch is never applied again.
     pub unread: Vec<String>,
+    /// Ids of [`FlushBatch::updates`] that matched no row (it was deleted
+    /// meanwhile): nothing was written for them; the flusher moves them to
+    /// the dead letters.
+    pub missing: Vec<String>,
 }
 
 impl<V> Flushed<V> {
@@ -76,6 +86,7 @@ impl<V> Flushed<V> {
         Self {
             stored,
             unread: Vec::new(),
+            missing: Vec::new(),
         }
     }
 }
@@ -218,17 +229,27 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
     /// [`Flushed`]). A fencing source does it in one transaction that
     /// first checks the fence and fails with [`Error::Fenced`] when a newer
     /// flusher committed. An error means nothing was committed. Default:
-    /// `store_many`, then one `delete` per id, unfenced.
+    /// `store_many`, one `patch` per update, then one `delete` per id,
+    /// unfenced.
     async fn flush(&self, batch: FlushBatch<'_, V>) -> Result<Flushed<V>> {
-        let stored = if batch.upserts.is_empty() {
+        let mut stored = if batch.upserts.is_empty() {
             Vec::new()
         } else {
             self.store_many(batch.upserts).await?
         };
+        let mut missing = Vec::new();
+        for (id, fields) in batch.updates {
+            match self.patch(id, fields).await? {
+                Some(row) => stored.push((id.clone(), row)),
+                None => missing.push(id.clone()),
+            }
+        }
         for id in batch.deletes {
             self.delete(id).await?;
         }
-        Ok(Flushed::new(stored))
+        let mut flushed = Flushed::new(stored);
+        flushed.missing = missing;
+        Ok(flushed)
     }
 
     /// The error a read-only source answers writes with.

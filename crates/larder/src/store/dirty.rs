@@ -6,7 +6,7 @@
 //!
 //! | key | what |
 //! |---|---|
-//! | `…:{e:s}:d:<id>` | the dirty record: `seq`, `del` (a tombstone), `val` (the payload); no TTL |
+//! | `…:{e:s}:d:<id>` | the dirty record: `seq`, `del` (a tombstone), `val` (the payload); no TTL. A hash entry's record adds `kind` (`row` or `fields`) and its dirty columns (see `redis_hash_dirty.rs`) |
 //! | `…:{e:s}:q` | the shard's queue: a sorted set of dirty ids, scored by when each became dirty |
 //! | `…:{e:s}:n` | the shard's record sequence (`INCR`; never reset, so a stale flusher cannot clear a newer record) |
 //! | `…:{e:s}:w:<id>` | the id's write version, compared by `patch` and `delete` (compare-and-set) |
@@ -77,6 +77,41 @@ pub enum Recorded {
     Conflict,
 }
 
+/// A write-back field patch of a hash entry: the fields and the
+/// bookkeeping of [`DirtyWrite`].
+#[derive(Debug, Clone)]
+pub struct FieldPatch {
+    /// The patched columns, a JSON object (`null` sets NULL).
+    pub fields: Vec<u8>,
+    /// Now, in milliseconds since the epoch (the queue's score).
+    pub now_ms: u64,
+    /// How long the write version is kept without writes.
+    pub version_ttl: Duration,
+    /// A channel and message to publish in the same script.
+    pub announce: Option<(String, Vec<u8>)>,
+}
+
+/// What a field patch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patched {
+    /// Recorded (and set on the hash when it was there).
+    Recorded(Recorded),
+    /// The row is known not to exist (a pending tombstone, a negative
+    /// entry): nothing recorded.
+    NoRow,
+}
+
+/// A hash entry's pending write, as a read lays it over a loaded row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingHash {
+    /// A whole row (a `put`, later patches laid over): a JSON object.
+    Row(Bytes),
+    /// A tombstone.
+    Deleted,
+    /// Dirty columns only: a JSON object of them.
+    Fields(Bytes),
+}
+
 /// An id's dirty record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirtyRecord {
@@ -86,6 +121,10 @@ pub struct DirtyRecord {
     pub seq: u64,
     /// The payload; `None` for a tombstone.
     pub payload: Option<Bytes>,
+    /// `true`: the payload holds only the dirty columns of a hash entry (a
+    /// JSON object), flushed as an UPDATE of those columns; `false`: a
+    /// whole row, flushed as an upsert.
+    pub partial: bool,
 }
 
 /// An id's write-back state, read atomically.
@@ -149,6 +188,9 @@ pub struct DeadLetterMove {
     pub seq: u64,
     /// Why, as a JSON document.
     pub why: String,
+    /// The value to keep, when it is not the record's own `val` (a hash
+    /// entry's record, whose dirty columns are fields of their own).
+    pub payload: Option<Vec<u8>>,
     /// A channel and message to publish in the same script, invalidating
     /// the entry in every instance's near cache.
     pub announce: Option<(String, Vec<u8>)>,
@@ -187,6 +229,37 @@ pub trait DirtyLog: Debug + Send + Sync + 'static {
 
     /// Reads an id's write version and pending record.
     async fn state(&self, keys: &DirtyKeys) -> Result<DirtyState>;
+
+    /// A write-back `patch` of a hash entry: sets the fields on the hash
+    /// if it is there, adds them to the dirty record, enqueues the id,
+    /// voids the read lease and publishes the announcement — one atomic
+    /// step, no read, no compare-and-set. Default: unsupported.
+    /// With the patched entry's envelope when the hash was there (read in
+    /// the same step), so the writer answers it without another read.
+    async fn patch_fields(
+        &self,
+        keys: &DirtyKeys,
+        patch: &FieldPatch,
+    ) -> Result<(Patched, Option<Bytes>)> {
+        let _ = (keys, patch);
+        Err(crate::error::Error::Config(
+            "this store cannot hold write-back field patches".into(),
+        ))
+    }
+
+    /// Deletes the hash entry's dirty record (and dequeues the id) if it
+    /// is a `fields` record still at sequence `seq`; whether it did.
+    /// Default: nothing to withdraw.
+    async fn withdraw_fields(&self, keys: &DirtyKeys, seq: u64) -> Result<bool> {
+        let _ = (keys, seq);
+        Ok(false)
+    }
+
+    /// The pending write of a hash entry, if any. Default: none.
+    async fn pending_hash(&self, keys: &DirtyKeys) -> Result<Option<PendingHash>> {
+        let _ = keys;
+        Ok(None)
+    }
 
     /// Takes or renews the shard's flush lease for `token`; the epoch of
     /// this holding, or `None` when another flusher holds it.

@@ -30,9 +30,8 @@ mod pubsub;
 mod redis;
 mod redis_dirty;
 mod redis_hash;
-// Write-back field patches on hash entries: store side only, not yet used
-// by the cache (write-back on a hash entity is still refused at build).
-#[cfg_attr(not(test), allow(dead_code))]
+// Write-back on hash entries: field patches, whole rows, fills that lay
+// pending fields over the loaded row, the flusher's records.
 mod redis_hash_dirty;
 mod scan;
 
@@ -47,8 +46,8 @@ pub(crate) use self::collection::{
 };
 
 pub(crate) use self::dirty::{
-    Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, Recorded,
-    ShardKeys, StoredDeadLetter,
+    Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, FieldPatch,
+    Patched, PendingHash, Recorded, ShardKeys, StoredDeadLetter,
 };
 pub use self::info::ServerInfo;
 pub use self::memory::{MemoryStore, DEFAULT_CAPACITY as DEFAULT_MEMORY_CAPACITY};
@@ -58,6 +57,7 @@ pub(crate) use self::protocol::{
     WriteKeys, WriteTicket,
 };
 pub use self::redis::{RedisOptions, RedisStore};
+pub(crate) use self::redis_hash_dirty::overlay_object;
 
 use crate::error::{Error, Result};
 use async_trait::async_trait;

@@ -8,10 +8,12 @@
 
 use super::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyState, DirtyWrite, Durability,
-    Recorded, ShardBacklog, ShardKeys, StoredDeadLetter,
+    FieldPatch, Patched, PendingHash, Recorded, ShardBacklog, ShardKeys, StoredDeadLetter,
 };
 use super::redis::{ms, RedisStore};
+use super::redis_hash_dirty::{record_of_pairs, HashPatchKeys, HashWrite, RowWrite};
 use crate::error::{Error, Message, Result};
+use crate::representation::is_hash_key;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{Script, Value};
@@ -78,31 +80,6 @@ return 1
     )
 });
 
-static BATCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
--- KEYS: flush lease, queue, the dirty record of each id. ARGV: token, the ids
--- (read from the queue just before, by ZRANGEBYSCORE: every key a script
--- touches is declared, as Redis Cluster requires)
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
-local out = {1}
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  local r = redis.call('HMGET', KEYS[i + 1], 'seq', 'del', 'val')
-  if r[1] then
-    table.insert(out, id)
-    table.insert(out, r[1])
-    table.insert(out, r[2])
-    table.insert(out, r[3])
-  else
-    redis.call('ZREM', KEYS[2], id)
-  end
-end
-return out
-",
-    )
-});
-
 static CLEAR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -127,18 +104,37 @@ return 1
 static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: dirty, queue, value, lease, dead, dead values. ARGV: id, seq, why, channel ('' = none), message
+-- KEYS: dirty, queue, value, lease, dead, dead values.
+-- ARGV: id, seq, why, channel ('' = none), message, value given (1/0), value
+-- (a hash entry's record keeps its dirty columns in fields of their own:
+-- the caller gives the value to keep)
 if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
 local r = redis.call('HMGET', KEYS[1], 'del', 'val')
+local val = r[2]
+if ARGV[6] == '1' then val = ARGV[7] end
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
 if r[1] == '1' then
   redis.call('HDEL', KEYS[6], ARGV[1])
 else
-  redis.call('HSET', KEYS[6], ARGV[1], r[2])
+  redis.call('HSET', KEYS[6], ARGV[1], val)
 end
 redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1
+",
+    )
+});
+
+static WITHDRAW_FIELDS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- A hash entry's field patch of a row that does not exist, withdrawn.
+-- KEYS: dirty, queue. ARGV: id, seq
+local d = redis.call('HMGET', KEYS[1], 'seq', 'kind')
+if d[1] ~= ARGV[2] or d[2] ~= 'fields' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 ",
     )
@@ -194,6 +190,7 @@ fn record_of(id: String, seq: &Value, del: &Value, val: &Value) -> Option<DirtyR
         id,
         seq,
         payload: if tombstone { None } else { bytes_of(val) },
+        partial: false,
     })
 }
 
@@ -207,9 +204,41 @@ impl RedisStore {
     }
 }
 
+/// The hash-entry keys of write-back keys.
+fn hash_keys(keys: &DirtyKeys) -> HashPatchKeys<'_> {
+    HashPatchKeys {
+        id: &keys.id,
+        value_key: &keys.value_key,
+        lease_key: &keys.lease_key,
+        dirty_key: &keys.dirty_key,
+        queue_key: &keys.queue_key,
+        seq_key: &keys.seq_key,
+        version_key: &keys.version_key,
+    }
+}
+
+/// An announcement as the hash scripts take it.
+fn announce_ref(announce: &Option<(String, Vec<u8>)>) -> Option<(&str, &[u8])> {
+    announce
+        .as_ref()
+        .map(|(channel, message)| (channel.as_str(), message.as_slice()))
+}
+
 #[async_trait]
 impl DirtyLog for RedisStore {
     async fn record(&self, keys: &DirtyKeys, write: &DirtyWrite) -> Result<Recorded> {
+        if is_hash_key(&keys.value_key) {
+            let row = RowWrite {
+                payload: write.payload.as_deref(),
+                envelope: &write.envelope,
+                ttl: write.ttl,
+                now_ms: write.now_ms,
+                version_ttl: write.version_ttl,
+                announce: announce_ref(&write.announce),
+                expect: write.expect_version,
+            };
+            return self.hash_record_row_expecting(&hash_keys(keys), &row).await;
+        }
         let mut inv = RECORD.prepare_invoke();
         inv.key(&keys.value_key)
             .key(&keys.lease_key)
@@ -263,6 +292,41 @@ impl DirtyLog for RedisStore {
         }
     }
 
+    async fn patch_fields(
+        &self,
+        keys: &DirtyKeys,
+        patch: &FieldPatch,
+    ) -> Result<(Patched, Option<Bytes>)> {
+        self.hash_patch_back_answering(
+            &hash_keys(keys),
+            &patch.fields,
+            patch.now_ms,
+            patch.version_ttl,
+            announce_ref(&patch.announce),
+        )
+        .await
+    }
+
+    async fn withdraw_fields(&self, keys: &DirtyKeys, seq: u64) -> Result<bool> {
+        let mut inv = WITHDRAW_FIELDS.prepare_invoke();
+        inv.key(&keys.dirty_key)
+            .key(&keys.queue_key)
+            .arg(&keys.id)
+            .arg(seq);
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn pending_hash(&self, keys: &DirtyKeys) -> Result<Option<PendingHash>> {
+        Ok(self
+            .hash_pending(&keys.dirty_key)
+            .await?
+            .map(|write| match write {
+                HashWrite::Delete => PendingHash::Deleted,
+                HashWrite::Upsert(row) => PendingHash::Row(Bytes::from(row)),
+                HashWrite::Update(columns) => PendingHash::Fields(Bytes::from(columns)),
+            }))
+    }
+
     async fn claim(&self, shard: &ShardKeys, token: &str, ttl: Duration) -> Result<Option<u64>> {
         let mut inv = CLAIM.prepare_invoke();
         inv.key(&shard.lease_key)
@@ -289,42 +353,57 @@ impl DirtyLog for RedisStore {
         // The due ids first (one read of the queue, in the shard's slot),
         // then the script, which declares their dirty records as keys and
         // checks the lease; an id queued in between waits for the next
-        // batch, one cleared in between is found gone and dropped.
-        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&shard.queue_key)
-            .arg("-inf")
-            .arg(due_ms)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(max.max(1))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| self.error(e))?;
-        let mut inv = BATCH.prepare_invoke();
-        inv.key(&shard.lease_key).key(&shard.queue_key).arg(token);
-        for id in &ids {
-            inv.key(format!("{}{id}", shard.dirty_prefix)).arg(id);
-        }
-        let answer: Vec<Value> = self.run(inv).await?;
-        let bad = || bad_answer(self.name_str(), "batch");
-        let (held, rest) = answer.split_first().ok_or_else(bad)?;
-        if int_of(held) != Some(1) {
+        // batch, one cleared in between is found gone and dropped. Records
+        // are read whole: a hash entry's has fields of its own.
+        let Some(found) = self
+            .dirty_batch(
+                &shard.lease_key,
+                &shard.queue_key,
+                |id| format!("{}{id}", shard.dirty_prefix),
+                token,
+                max,
+                due_ms,
+            )
+            .await?
+        else {
             return Ok(None);
-        }
-        let mut records = Vec::with_capacity(rest.len() / 4);
-        for chunk in rest.chunks(4) {
-            let [id, seq, del, val] = chunk else {
-                return Err(bad());
-            };
-            let id = string_of(id).ok_or_else(bad)?;
-            records.push(record_of(id, seq, del, val).ok_or_else(bad)?);
-        }
-        Ok(Some(records))
+        };
+        found
+            .into_iter()
+            .map(|(id, pairs)| {
+                record_of_pairs(id, &pairs).map_err(|p| Error::Store {
+                    store: self.name_str().to_owned(),
+                    cause: Message::cause(p),
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     async fn clear(&self, clears: &[Clear]) -> Result<Vec<bool>> {
         if clears.is_empty() {
             return Ok(Vec::new());
+        }
+        if clears.iter().any(|c| is_hash_key(&c.keys.value_key)) {
+            // A hash entry's refresh is its fields: one script each, sent
+            // together on the multiplexed connection.
+            let each = clears.iter().map(|c| {
+                self.hash_clear(
+                    &c.keys.dirty_key,
+                    &c.keys.queue_key,
+                    &c.keys.value_key,
+                    &c.keys.lease_key,
+                    &c.keys.id,
+                    c.seq,
+                    c.refresh
+                        .as_ref()
+                        .map(|(envelope, ttl)| (envelope.as_slice(), *ttl)),
+                )
+            });
+            return futures_util::future::join_all(each)
+                .await
+                .into_iter()
+                .collect();
         }
         let seqs: Vec<String> = clears.iter().map(|c| c.seq.to_string()).collect();
         let ttls: Vec<String> = clears
@@ -382,6 +461,10 @@ impl DirtyLog for RedisStore {
         match &letter.announce {
             Some((channel, message)) => inv.arg(channel).arg(message.as_slice()),
             None => inv.arg("").arg(""),
+        };
+        match &letter.payload {
+            Some(value) => inv.arg("1").arg(value.as_slice()),
+            None => inv.arg("0").arg(""),
         };
         Ok(self.run::<i64>(inv).await? == 1)
     }

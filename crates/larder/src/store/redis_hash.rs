@@ -8,9 +8,13 @@
 //! over is split into fields here ([`to_fields`]) and put back together
 //! from them ([`from_fields`]), so the cache above is the same for both
 //! representations. [`RedisStore`]'s operations call these for a value key
-//! whose segment is `h:`.
+//! whose segment is `h:`. The read lease and the fill are write-back's
+//! (`ACQUIRE_BACK`, `FILL_OVERLAY` in `redis_hash_dirty.rs`): without a
+//! dirty record they do what the plain ones would, and with one they
+//! answer a pending whole row and lay pending fields over a fill.
 
 use super::redis::{ms, RedisStore};
+use super::redis_hash_dirty::{hash_dirty_of, HashWrite, ACQUIRE_BACK, FILL_OVERLAY};
 use super::{Acquired, Fill, LeaseRequest, WriteEnd, WriteKeys, WriteTicket};
 use crate::error::{Error, Message, Result};
 use crate::representation::{from_fields, from_some_fields, to_fields, RESERVED};
@@ -28,49 +32,6 @@ local function put(key, from, ttl)
   redis.call('PEXPIRE', key, ttl)
 end
 ";
-
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
--- KEYS: value (hash), lease, dirty. ARGV: token, lease ms, if_absent (1/0)
-local d = redis.call('HMGET', KEYS[3], 'del', 'val')
-if d[1] then
-  if d[1] == '1' then return {4} end
-  return {4, d[2]}
-end
-if ARGV[3] == '1' then
-  local v = redis.call('HGETALL', KEYS[1])
-  if #v > 0 then return {1, v} end
-end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if ARGV[3] == '1' then return {2} end
-  local v = redis.call('HGETALL', KEYS[1])
-  if #v > 0 then return {2, v} end
-  return {2}
-end
-return {3}
-",
-    )
-});
-
-static FILL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{PUT}
--- KEYS: value (hash), lease, dirty, waiter flag. ARGV: token, ttl ms, fill channel, field, value, ...
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  local filled = 0
-  if redis.call('EXISTS', KEYS[3]) == 0 then
-    put(KEYS[1], 4, ARGV[2])
-    filled = 1
-  end
-  redis.call('DEL', KEYS[2])
-  if redis.call('DEL', KEYS[4]) == 1 then redis.call('PUBLISH', ARGV[3], KEYS[1]) end
-  return filled
-end
-return 0
-"
-    ))
-});
 
 static SET_VOIDING_LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -237,12 +198,26 @@ impl RedisStore {
                 Some(Value::BulkString(v)) => Ok(Acquired::Dirty(Some(Bytes::from(v)))),
                 _ => Err(bad()),
             },
+            // A pending whole row (a write-back `put`), with the field
+            // patches recorded since laid over it.
+            (Some(Value::Int(5)), 2) => match items.pop() {
+                Some(Value::Array(v)) => {
+                    let pending = hash_dirty_of(String::new(), &pairs(v))
+                        .map_err(|p| self.hash_problem(p))?;
+                    match pending.write {
+                        HashWrite::Upsert(row) => Ok(Acquired::Dirty(Some(Bytes::from(row)))),
+                        HashWrite::Delete => Ok(Acquired::Dirty(None)),
+                        HashWrite::Update(_) => Err(bad()),
+                    }
+                }
+                _ => Err(bad()),
+            },
             _ => Err(bad()),
         }
     }
 
     pub(super) async fn hash_acquire(&self, r: &LeaseRequest) -> Result<Acquired> {
-        let mut inv = ACQUIRE.prepare_invoke();
+        let mut inv = ACQUIRE_BACK.prepare_invoke();
         inv.key(&r.value_key)
             .key(&r.lease_key)
             .key(&r.dirty_key)
@@ -273,27 +248,20 @@ impl RedisStore {
                 )
             })
             .collect();
-        self.pipeline_script(&ACQUIRE, calls)
+        self.pipeline_script(&ACQUIRE_BACK, calls)
             .await?
             .into_iter()
             .map(|v| self.hash_acquired(v))
             .collect()
     }
 
+    /// A fill lands only as the loaded row itself (`true`); one whose
+    /// lease was lost, or over which pending write-back fields were laid,
+    /// answers `false` — the caller's loaded row is then not what the
+    /// entry holds (see `Inner::overlay_pending`).
     pub(super) async fn hash_fill(&self, f: &Fill) -> Result<bool> {
-        let args = self.hash_args(&f.value)?;
-        let mut inv = FILL.prepare_invoke();
-        inv.key(&f.value_key)
-            .key(&f.lease_key)
-            .key(&f.dirty_key)
-            .key(&f.waiter_key)
-            .arg(&f.token)
-            .arg(ms(f.ttl))
-            .arg(&*f.fill_channel);
-        for a in &args {
-            inv.arg(a.as_slice());
-        }
-        Ok(self.run::<i64>(inv).await? == 1)
+        let filled = self.hash_fill_overlay(f).await?;
+        Ok(matches!(filled, super::redis_hash_dirty::Overlaid::Filled))
     }
 
     pub(super) async fn hash_fill_many(&self, fills: &[Fill]) -> Result<Vec<bool>> {
@@ -324,11 +292,11 @@ impl RedisStore {
                 )
             })
             .collect();
-        self.pipeline_script(&FILL, calls)
+        self.pipeline_script(&FILL_OVERLAY, calls)
             .await?
             .into_iter()
             .map(|v| match v {
-                Value::Int(n) => Ok(n == 1),
+                Value::Array(items) => Ok(matches!(items.first(), Some(Value::Int(1)))),
                 _ => Err(self.hash_problem("unexpected answer from the fill script".into())),
             })
             .collect()

@@ -1,8 +1,9 @@
-//! Write-back field patches on hash entries (issue 15, item 4) — the store
-//! side only, NOT wired into the cache yet: write-back on a `hash` entity
-//! is still refused at build (`cache/builder.rs`), because the flusher's
-//! column UPDATE, the read path's overlay and the crash suites are not
-//! built. What is here is the part that makes a patch conflict-free.
+//! Write-back on hash entries (`representation = hash` under write-back):
+//! the scripts and record formats behind [`DirtyLog`](super::DirtyLog)'s
+//! operations for a value key whose segment is `h:` (`redis_dirty.rs`
+//! dispatches here), the read lease and the fill that `redis_hash.rs`
+//! runs for every hash entry (with no dirty record they act as the plain
+//! ones), and the parsing of records for the flusher.
 //!
 //! Why a patch needs no read-modify-write here: a string entry is one
 //! value, so a patch must read it, merge and compare-and-set. A hash entry
@@ -27,12 +28,16 @@
 //! fields and voids the read lease without creating a partial hash; a
 //! fill ([`RedisStore::hash_fill_overlay`]) lays the pending fields over
 //! the loaded row in its script, so a fill never overwrites a pending
-//! write. A patch when the row is known not to exist (a pending tombstone
+//! write (and the reader, told the fill did not land as loaded, lays the
+//! pending record over its own row: `cache/write_back/overlay.rs`). A patch when the row is known not to exist (a pending tombstone
 //! or a negative entry) records nothing. Every key a script touches is in
 //! its KEYS, all in the entry's shard slot; no script builds a key name.
 
+use super::dirty::Patched;
 use super::redis::{ms, RedisStore};
-use super::{Acquired, LeaseRequest, Recorded};
+#[cfg(test)]
+use super::{Acquired, LeaseRequest};
+use super::{Fill, Recorded};
 use crate::error::{Error, Message, Result};
 use crate::representation::to_fields;
 use redis::{Script, Value};
@@ -111,26 +116,32 @@ redis.call('DEL', KEYS[2])
 redis.call('HINCRBY', KEYS[6], 'seq', 1)
 redis.call('PEXPIRE', KEYS[6], ARGV[3])
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+-- The patched hash, when there is one: the writer answers it without
+-- another round trip.
+if reserved and not negative(reserved) then return {{1, seq, was, redis.call('HGETALL', KEYS[1])}} end
 return {{1, seq, was}}
 "
     ))
 });
 
-static FILL_OVERLAY: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static FILL_OVERLAY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPLY}
--- KEYS: value (hash), lease, dirty. ARGV: token, ttl ms, field, value, ...
+-- KEYS: value (hash), lease, dirty, waiter flag. ARGV: token, ttl ms, fill channel, field, value, ...
 -- Answers {{0}} (lease lost, or a whole-row record / tombstone pending: no
 -- fill), {{1}} (filled) or {{2, hash}} (filled, pending fields laid over).
+-- Once the lease is ours and gone, a flagged waiter is told (the message
+-- reaches it after this script, when the hash is final).
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {{0}} end
 redis.call('DEL', KEYS[2])
+if redis.call('DEL', KEYS[4]) == 1 then redis.call('PUBLISH', ARGV[3], KEYS[1]) end
 local d = redis.call('HMGET', KEYS[3], 'del', 'kind')
 if d[1] and (d[1] == '1' or d[2] ~= 'fields') then return {{0}} end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if not d[1] then return {{1}} end
-local reserved = ARGV[4]
+local reserved = ARGV[5]
 if negative(reserved) then
   redis.call('DEL', KEYS[1])
   return {{0}}
@@ -157,14 +168,17 @@ static RECORD_ROW: LazyLock<Script> = LazyLock::new(|| {
         r"
 -- A whole-row write (put, or a tombstone): replaces the hash and the dirty record.
 -- KEYS: value (hash), lease, dirty, queue, seq, version
--- ARGV: id, payload, del (1/0), ttl ms, now ms, version ttl ms, channel ('' = none), message, field, value, ...
+-- ARGV: id, payload, del (1/0), ttl ms, now ms, version ttl ms, channel ('' = none), message,
+--       expected version ('' = any), field, value, ...
+local ver = tonumber(redis.call('HGET', KEYS[6], 'seq') or '0')
+if ARGV[9] ~= '' and ver ~= tonumber(ARGV[9]) then return {0, ver} end
 local was = redis.call('EXISTS', KEYS[3])
 local seq = redis.call('INCR', KEYS[5])
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'seq', seq, 'del', ARGV[3], 'val', ARGV[2], 'kind', 'row')
 redis.call('ZADD', KEYS[4], 'NX', ARGV[5], ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('HINCRBY', KEYS[6], 'seq', 1)
 redis.call('PEXPIRE', KEYS[6], ARGV[6])
@@ -174,7 +188,7 @@ return {1, seq, was}
     )
 });
 
-static BATCH_RECORDS: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static BATCH_RECORDS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- The dirty records of ids the caller read from the queue, under the flush lease.
@@ -195,7 +209,7 @@ return out
     )
 });
 
-static CLEAR_HASH: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static CLEAR_HASH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- KEYS: dirty, queue, value (hash), lease. ARGV: id, seq, action (set|del), ttl ms, field, value, ...
@@ -216,7 +230,7 @@ return 1
     )
 });
 
-static ACQUIRE_BACK: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static ACQUIRE_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- The read lease of a hash entry under write-back: as `ACQUIRE` in
@@ -298,6 +312,16 @@ fn overlay(base: &[u8], columns: &[(String, String)]) -> std::result::Result<Vec
     Ok(text.into_bytes())
 }
 
+/// [`overlay`] of `columns`, a JSON object (a hash entry's dirty columns).
+pub(crate) fn overlay_object(base: &[u8], columns: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let columns: Vec<(String, String)> = ordered_members(columns)
+        .map_err(|e| format!("pending columns are not a JSON object: {e}"))?
+        .into_iter()
+        .map(|(k, v)| (k, v.get().to_owned()))
+        .collect();
+    overlay(base, &columns)
+}
+
 /// A JSON object's members in their order, values as raw JSON.
 fn ordered_members(json: &[u8]) -> std::result::Result<Vec<(String, Box<RawValue>)>, String> {
     struct V;
@@ -322,7 +346,7 @@ fn ordered_members(json: &[u8]) -> std::result::Result<Vec<(String, Box<RawValue
 }
 
 /// A hash entry's pending write from its dirty record (`HGETALL` pairs).
-fn hash_dirty_of(
+pub(super) fn hash_dirty_of(
     id: String,
     pairs: &[(Vec<u8>, Vec<u8>)],
 ) -> std::result::Result<HashDirty, String> {
@@ -353,6 +377,48 @@ fn hash_dirty_of(
     Ok(HashDirty { id, seq, write })
 }
 
+/// A dirty record of either format from its `HGETALL` pairs: a hash
+/// entry's (with `kind`) or a string entry's (`seq`, `del`, `val`).
+pub(super) fn record_of_pairs(
+    id: String,
+    pairs: &[(Vec<u8>, Vec<u8>)],
+) -> std::result::Result<super::DirtyRecord, String> {
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k.as_slice() == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    };
+    if get("kind").is_some() {
+        let d = hash_dirty_of(id, pairs)?;
+        let (payload, partial) = match d.write {
+            HashWrite::Delete => (None, false),
+            HashWrite::Upsert(row) => (Some(row), false),
+            HashWrite::Update(columns) => (Some(columns), true),
+        };
+        return Ok(super::DirtyRecord {
+            id: d.id,
+            seq: d.seq,
+            payload: payload.map(bytes::Bytes::from),
+            partial,
+        });
+    }
+    let seq = get("seq")
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("the dirty record of {id:?} has no sequence"))?;
+    let payload = match get("del") {
+        Some(b"1") => None,
+        _ => Some(bytes::Bytes::from(get("val").unwrap_or_default().to_vec())),
+    };
+    Ok(super::DirtyRecord {
+        id,
+        seq,
+        payload,
+        partial: false,
+    })
+}
+
 /// The keys one hash field patch touches, all in the id's shard.
 #[derive(Debug, Clone)]
 pub(crate) struct HashPatchKeys<'a> {
@@ -372,14 +438,24 @@ pub(crate) struct HashPatchKeys<'a> {
     pub(crate) version_key: &'a str,
 }
 
-/// What a field patch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Patched {
-    /// Recorded (and set on the hash when it was there).
-    Recorded(Recorded),
-    /// The row is known not to exist (a pending tombstone, a negative
-    /// entry): nothing recorded.
-    NoRow,
+/// A whole-row write of a hash entry (see
+/// [`RedisStore::hash_record_row_expecting`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowWrite<'a> {
+    /// The row (codec bytes); `None` records a tombstone.
+    pub(crate) payload: Option<&'a [u8]>,
+    /// The envelope to cache (the row, or a negative entry).
+    pub(crate) envelope: &'a [u8],
+    /// How long the store keeps the entry.
+    pub(crate) ttl: Duration,
+    /// Now, ms since the epoch (the queue's score).
+    pub(crate) now_ms: u64,
+    /// How long the write version is kept without writes.
+    pub(crate) version_ttl: Duration,
+    /// A channel and message to publish in the same script.
+    pub(crate) announce: Option<(&'a str, &'a [u8])>,
+    /// Record only if the id's write version is this one.
+    pub(crate) expect: Option<u64>,
 }
 
 /// What a fill with overlay did.
@@ -405,6 +481,7 @@ impl RedisStore {
     /// Write-back `patch` of a hash entry: sets `fields` (a JSON object) on
     /// the hash if it is there and adds them to the dirty record, in one
     /// script — no read, no compare-and-set, so it never conflicts.
+    #[cfg(test)]
     pub(crate) async fn hash_patch_back(
         &self,
         keys: &HashPatchKeys<'_>,
@@ -413,6 +490,21 @@ impl RedisStore {
         version_ttl: Duration,
         announce: Option<(&str, &[u8])>,
     ) -> Result<Patched> {
+        self.hash_patch_back_answering(keys, fields, now_ms, version_ttl, announce)
+            .await
+            .map(|(patched, _)| patched)
+    }
+
+    /// [`RedisStore::hash_patch_back`], also answering the patched entry's
+    /// envelope when the hash was there (read in the same script).
+    pub(crate) async fn hash_patch_back_answering(
+        &self,
+        keys: &HashPatchKeys<'_>,
+        fields: &[u8],
+        now_ms: u64,
+        version_ttl: Duration,
+        announce: Option<(&str, &[u8])>,
+    ) -> Result<(Patched, Option<bytes::Bytes>)> {
         let members: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(fields)
             .map_err(|e| self.hash_dirty_problem(format!("a patch must be a JSON object: {e}")))?;
         let mut inv = PATCH.prepare_invoke();
@@ -445,26 +537,46 @@ impl RedisStore {
                 None => inv.arg("0").arg(""),
             };
         }
-        let answer: Vec<i64> = self.run(inv).await?;
-        match answer.as_slice() {
-            [0] => Ok(Patched::NoRow),
-            [-1] => {
-                Err(self
-                    .hash_dirty_problem("a string-format dirty record is pending on a hash entry"))
-            }
-            [1, seq, was] => Ok(Patched::Recorded(Recorded::Queued {
+        let answer: Value = self.run(inv).await?;
+        let bad = || self.hash_dirty_problem("unexpected answer from the patch script");
+        let Value::Array(items) = answer else {
+            return Err(bad());
+        };
+        let recorded = |seq: &Value, was: &Value| match (seq, was) {
+            (Value::Int(seq), Value::Int(was)) => Ok(Patched::Recorded(Recorded::Queued {
                 seq: u64::try_from(*seq).unwrap_or_default(),
                 coalesced: *was == 1,
             })),
-            _ => Err(self.hash_dirty_problem("unexpected answer from the patch script")),
+            _ => Err(bad()),
+        };
+        match items.as_slice() {
+            [Value::Int(0)] => Ok((Patched::NoRow, None)),
+            [Value::Int(-1)] => {
+                Err(self
+                    .hash_dirty_problem("a string-format dirty record is pending on a hash entry"))
+            }
+            [Value::Int(1), seq, was] => Ok((recorded(seq, was)?, None)),
+            [Value::Int(1), seq, was, Value::Array(flat)] => {
+                let mut pairs = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.iter();
+                while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) =
+                    (it.next(), it.next())
+                {
+                    pairs.push((k.clone(), v.clone()));
+                }
+                // An entry that does not decode is no answer: the writer reads.
+                let entry = crate::representation::from_fields(&pairs)
+                    .ok()
+                    .flatten()
+                    .map(bytes::Bytes::from);
+                Ok((recorded(seq, was)?, entry))
+            }
+            _ => Err(bad()),
         }
     }
 
-    /// A whole-row write-back write of a hash entry — a `put` (`payload`
-    /// `Some`) or a tombstone — in one script: replaces the hash with
-    /// `envelope`'s fields and the dirty record with a `row` record
-    /// (dropping pending field patches, which the row replaces), enqueues
-    /// the id, voids the lease, bumps the write version.
+    /// [`RedisStore::hash_record_row_expecting`] without a version check.
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn hash_record_row(
         &self,
@@ -476,7 +588,31 @@ impl RedisStore {
         version_ttl: Duration,
         announce: Option<(&str, &[u8])>,
     ) -> Result<Recorded> {
-        let fields = to_fields(envelope).map_err(|p| self.hash_dirty_problem(p))?;
+        let row = RowWrite {
+            payload,
+            envelope,
+            ttl,
+            now_ms,
+            version_ttl,
+            announce,
+            expect: None,
+        };
+        self.hash_record_row_expecting(keys, &row).await
+    }
+
+    /// A whole-row write-back write of a hash entry — a `put` (`payload`
+    /// `Some`) or a tombstone — in one script: replaces the hash with
+    /// `envelope`'s fields and the dirty record with a `row` record
+    /// (dropping pending field patches, which the row replaces), enqueues
+    /// the id, voids the lease, bumps the write version. With `expect`,
+    /// only if the id's write version is that one (else
+    /// [`Recorded::Conflict`], nothing written).
+    pub(crate) async fn hash_record_row_expecting(
+        &self,
+        keys: &HashPatchKeys<'_>,
+        row: &RowWrite<'_>,
+    ) -> Result<Recorded> {
+        let fields = to_fields(row.envelope).map_err(|p| self.hash_dirty_problem(p))?;
         let mut inv = RECORD_ROW.prepare_invoke();
         inv.key(keys.value_key)
             .key(keys.lease_key)
@@ -485,15 +621,16 @@ impl RedisStore {
             .key(keys.seq_key)
             .key(keys.version_key)
             .arg(keys.id)
-            .arg(payload.unwrap_or_default())
-            .arg(if payload.is_some() { "0" } else { "1" })
-            .arg(ms(ttl))
-            .arg(now_ms)
-            .arg(ms(version_ttl));
-        match announce {
+            .arg(row.payload.unwrap_or_default())
+            .arg(if row.payload.is_some() { "0" } else { "1" })
+            .arg(ms(row.ttl))
+            .arg(row.now_ms)
+            .arg(ms(row.version_ttl));
+        match row.announce {
             Some((channel, message)) => inv.arg(channel).arg(message),
             None => inv.arg("").arg(""),
         };
+        inv.arg(row.expect.map(|v| v.to_string()).unwrap_or_default());
         for (k, v) in &fields {
             inv.arg(k.as_slice()).arg(v.as_slice());
         }
@@ -503,16 +640,13 @@ impl RedisStore {
                 seq: u64::try_from(*seq).unwrap_or_default(),
                 coalesced: *was == 1,
             }),
+            [0, _] => Ok(Recorded::Conflict),
             _ => Err(self.hash_dirty_problem("unexpected answer from the record script")),
         }
     }
 
-    /// Up to `max` pending writes of hash entries of a shard that became
-    /// dirty at or before `due_ms`, oldest first, while `token` holds the
-    /// flush lease (`None`: it does not). The ids are read from the queue
-    /// first, so the script that reads their records names every dirty
-    /// key in KEYS (`dirty_key` builds them); an id cleared in between is
-    /// skipped.
+    /// [`RedisStore::dirty_batch`] read as hash entries' writes.
+    #[cfg(test)]
     pub(crate) async fn hash_batch(
         &self,
         lease_key: &str,
@@ -522,13 +656,41 @@ impl RedisStore {
         max: usize,
         due_ms: u64,
     ) -> Result<Option<Vec<HashDirty>>> {
+        let Some(records) = self
+            .dirty_batch(lease_key, queue_key, dirty_key, token, max, due_ms)
+            .await?
+        else {
+            return Ok(None);
+        };
+        records
+            .into_iter()
+            .map(|(id, pairs)| hash_dirty_of(id, &pairs).map_err(|p| self.hash_dirty_problem(p)))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Up to `max` dirty records of a shard (`HGETALL` pairs, by id) that
+    /// became dirty at or before `due_ms`, oldest first, while `token`
+    /// holds the flush lease (`None`: it does not). The ids are read from
+    /// the queue first, so the script that reads their records names every
+    /// dirty key in KEYS (`dirty_key` builds them); an id cleared in
+    /// between is skipped and dropped from the queue.
+    pub(crate) async fn dirty_batch(
+        &self,
+        lease_key: &str,
+        queue_key: &str,
+        dirty_key: impl Fn(&str) -> String,
+        token: &str,
+        max: usize,
+        due_ms: u64,
+    ) -> Result<Option<Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>>> {
         let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(queue_key)
             .arg("-inf")
             .arg(due_ms)
             .arg("LIMIT")
             .arg(0)
-            .arg(max)
+            .arg(max.max(1))
             .query_async(&mut self.conn())
             .await
             .map_err(|e| self.error(e))?;
@@ -558,9 +720,24 @@ impl RedisStore {
             {
                 pairs.push((k, v));
             }
-            out.push(hash_dirty_of(id, &pairs).map_err(|p| self.hash_dirty_problem(p))?);
+            out.push((id, pairs));
         }
         Ok(Some(out))
+    }
+
+    /// The pending write of a hash entry (its dirty record read whole).
+    pub(crate) async fn hash_pending(&self, dirty_key: &str) -> Result<Option<HashWrite>> {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(dirty_key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        hash_dirty_of(String::new(), &pairs)
+            .map(|d| Some(d.write))
+            .map_err(|p| self.hash_dirty_problem(p))
     }
 
     /// Clears a flushed hash record if its sequence is unchanged and
@@ -601,58 +778,18 @@ impl RedisStore {
         Ok(self.run::<i64>(inv).await? == 1)
     }
 
-    /// The read lease of a hash entry under write-back (see the script
-    /// `ACQUIRE_BACK`): a pending whole row answers
-    /// [`Acquired::Dirty`] with the row and the patches laid over it.
-    pub(crate) async fn hash_acquire_back(&self, r: &LeaseRequest) -> Result<Acquired> {
-        let mut inv = ACQUIRE_BACK.prepare_invoke();
-        inv.key(&r.value_key)
-            .key(&r.lease_key)
-            .key(&r.dirty_key)
-            .arg(&r.token)
-            .arg(ms(r.ttl))
-            .arg(if r.if_absent { "1" } else { "0" });
-        let value: Value = self.run(inv).await?;
-        let Value::Array(items) = &value else {
-            return self.hash_acquired(value);
-        };
-        let (Some(Value::Int(5)), Some(Value::Array(flat))) = (items.first(), items.get(1)) else {
-            return self.hash_acquired(value);
-        };
-        let mut pairs = Vec::with_capacity(flat.len() / 2);
-        let mut f = flat.iter();
-        while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) = (f.next(), f.next()) {
-            pairs.push((k.clone(), v.clone()));
-        }
-        let pending =
-            hash_dirty_of(String::new(), &pairs).map_err(|p| self.hash_dirty_problem(p))?;
-        match pending.write {
-            HashWrite::Upsert(row) => Ok(Acquired::Dirty(Some(bytes::Bytes::from(row)))),
-            HashWrite::Delete => Ok(Acquired::Dirty(None)),
-            HashWrite::Update(_) => {
-                Err(self.hash_dirty_problem("unexpected answer from the acquire script"))
-            }
-        }
-    }
-
     /// A fill under the lease `token` that lays pending dirty fields over
     /// the loaded envelope (see [`Overlaid`]).
-    pub(crate) async fn hash_fill_overlay(
-        &self,
-        value_key: &str,
-        lease_key: &str,
-        dirty_key: &str,
-        token: &str,
-        envelope: &[u8],
-        ttl: Duration,
-    ) -> Result<Overlaid> {
-        let fields = to_fields(envelope).map_err(|p| self.hash_dirty_problem(p))?;
+    pub(crate) async fn hash_fill_overlay(&self, f: &Fill) -> Result<Overlaid> {
+        let fields = to_fields(&f.value).map_err(|p| self.hash_dirty_problem(p))?;
         let mut inv = FILL_OVERLAY.prepare_invoke();
-        inv.key(value_key)
-            .key(lease_key)
-            .key(dirty_key)
-            .arg(token)
-            .arg(ms(ttl));
+        inv.key(&f.value_key)
+            .key(&f.lease_key)
+            .key(&f.dirty_key)
+            .key(&f.waiter_key)
+            .arg(&f.token)
+            .arg(ms(f.ttl))
+            .arg(&*f.fill_channel);
         for (k, v) in &fields {
             inv.arg(k.as_slice()).arg(v.as_slice());
         }
@@ -722,6 +859,19 @@ mod tests {
                 queue: format!("{prefix}:{{e:0}}:q"),
                 seq: format!("{prefix}:{{e:0}}:n"),
                 version: k("w"),
+            }
+        }
+
+        fn fill(&self, token: &str, envelope: &[u8]) -> Fill {
+            Fill {
+                value_key: self.value.clone(),
+                lease_key: self.lease.clone(),
+                dirty_key: self.dirty.clone(),
+                token: token.into(),
+                value: envelope.to_vec(),
+                ttl: Duration::from_secs(60),
+                waiter_key: format!("{}:a", self.lease),
+                fill_channel: "fills".into(),
             }
         }
 
@@ -891,14 +1041,7 @@ mod tests {
             .expect("lease");
         let loaded = envelope(r#"{"id":7,"name":"Ada","n":1,"note":"x","tags":[]}"#);
         let filled = store
-            .hash_fill_overlay(
-                &k.value,
-                &k.lease,
-                &k.dirty,
-                "reader",
-                &loaded,
-                Duration::from_secs(60),
-            )
+            .hash_fill_overlay(&k.fill("reader", &loaded))
             .await
             .expect("fill");
         let Overlaid::Merged(env) = filled else {
@@ -930,14 +1073,7 @@ mod tests {
         let k = Keys::new(&prefix, "1");
         let loaded = envelope(r#"{"id":1,"name":"Ada"}"#);
         let lost = store
-            .hash_fill_overlay(
-                &k.value,
-                &k.lease,
-                &k.dirty,
-                "me",
-                &loaded,
-                Duration::from_secs(60),
-            )
+            .hash_fill_overlay(&k.fill("me", &loaded))
             .await
             .expect("fill");
         assert_eq!(lost, Overlaid::Refused);
@@ -949,14 +1085,7 @@ mod tests {
             .await
             .expect("lease");
         let filled = store
-            .hash_fill_overlay(
-                &k.value,
-                &k.lease,
-                &k.dirty,
-                "me",
-                &loaded,
-                Duration::from_secs(60),
-            )
+            .hash_fill_overlay(&k.fill("me", &loaded))
             .await
             .expect("fill");
         assert_eq!(filled, Overlaid::Filled);
@@ -1223,16 +1352,13 @@ mod tests {
             waiter_key: format!("{}:waiter", k.lease),
             fill_channel: "fills".into(),
         };
-        let got = store
-            .hash_acquire_back(&request(&put))
-            .await
-            .expect("acquire");
+        let got = store.hash_acquire(&request(&put)).await.expect("acquire");
         assert_eq!(
             got,
             Acquired::Dirty(Some(Bytes::from_static(br#"{"id":1,"name":"Bea"}"#)))
         );
         let got = store
-            .hash_acquire_back(&request(&patched))
+            .hash_acquire(&request(&patched))
             .await
             .expect("acquire");
         assert_eq!(got, Acquired::Lease { current: None });

@@ -63,7 +63,16 @@ where
 
     fn dead_letter_of(&self, stored: StoredDeadLetter) -> Result<DeadLetter<V>> {
         let why: serde_json::Value = serde_json::from_str(&stored.why).unwrap_or_default();
+        let partial = why["partial"].as_bool().unwrap_or_default();
         let value = match stored.payload {
+            // A hash entry's refused patch holds only its columns, which
+            // a typed value may not decode from.
+            Some(bytes) if partial => self
+                .inner
+                .codec
+                .decode(self.entity(), &stored.id, bytes)
+                .ok()
+                .map(Arc::new),
             Some(bytes) => Some(Arc::new(self.inner.codec.decode(
                 self.entity(),
                 &stored.id,
@@ -81,8 +90,9 @@ where
     }
 
     /// Records every dead letter again as a new write (a refused delete as
-    /// a delete), unless a newer write of its id is pending; then drops it.
-    /// Returns how many were recorded again.
+    /// a delete, a `hash` entity's refused patch as a patch), unless a
+    /// newer write of its id is pending; then drops it. Returns how many
+    /// were recorded again.
     pub async fn retry_dead_letters(&self) -> Result<usize> {
         let state = self.inner.write_back_state()?;
         let stored = state.log.dead_letters(&state.shards).await?;
@@ -90,8 +100,20 @@ where
         for letter in stored {
             let id = letter.id.clone();
             let pending = state.log.state(&self.inner.dirty_keys(&id)).await?;
+            let why: serde_json::Value = serde_json::from_str(&letter.why).unwrap_or_default();
+            let partial = why["partial"].as_bool().unwrap_or_default();
             if pending.record.is_none() {
                 match &letter.payload {
+                    // A refused patch of a hash entry: patched again.
+                    Some(bytes) if partial => {
+                        let fields: crate::JsonObject =
+                            serde_json::from_slice(bytes).map_err(|e| Error::InvalidRow {
+                                entity: self.entity().to_owned(),
+                                id: id.clone(),
+                                reason: format!("a dead letter's columns: {e}"),
+                            })?;
+                        self.inner.patch_fields_back(&id, &fields).await?;
+                    }
                     Some(bytes) => {
                         let value = self.inner.codec.decode(self.entity(), &id, bytes.clone())?;
                         self.inner.put_back(&id, &value, &[]).await?;

@@ -65,33 +65,80 @@ enum Round {
     Idle,
 }
 
-/// A batch being committed: rows to upsert, ids to delete.
+/// The dirty columns of one `hash` entry's record, to UPDATE.
+type Columns = serde_json::Map<String, serde_json::Value>;
+
+/// What a hash entity's dead letter keeps, by id: the record's value as
+/// the flusher read it, and whether it is dirty columns only.
+type Kept = HashMap<String, (Vec<u8>, bool)>;
+
+/// A batch being committed: rows to upsert, columns to update, ids to
+/// delete.
 struct Group<V> {
     upserts: Vec<(String, V)>,
+    updates: Vec<(String, Columns)>,
     deletes: Vec<String>,
 }
 
 impl<V> Group<V> {
-    fn len(&self) -> usize {
-        self.upserts.len() + self.deletes.len()
+    fn empty() -> Self {
+        Group {
+            upserts: Vec::new(),
+            updates: Vec::new(),
+            deletes: Vec::new(),
+        }
     }
 
-    /// Splits a group of two or more in two non-empty parts: upserts from
-    /// deletes, else halves.
+    fn len(&self) -> usize {
+        self.upserts.len() + self.updates.len() + self.deletes.len()
+    }
+
+    /// Splits a group of two or more in two non-empty parts: one kind of
+    /// write from the others when it holds several, else halves.
     fn split(mut self) -> (Self, Self) {
-        if !self.upserts.is_empty() && !self.deletes.is_empty() {
-            let deletes = std::mem::take(&mut self.deletes);
-            return (
-                self,
-                Group {
-                    upserts: Vec::new(),
-                    deletes,
-                },
-            );
+        let kinds = [
+            !self.upserts.is_empty(),
+            !self.updates.is_empty(),
+            !self.deletes.is_empty(),
+        ];
+        if kinds.iter().filter(|k| **k).count() > 1 {
+            let mut rest = Group::empty();
+            if !self.upserts.is_empty() {
+                rest.updates = std::mem::take(&mut self.updates);
+                rest.deletes = std::mem::take(&mut self.deletes);
+            } else {
+                rest.deletes = std::mem::take(&mut self.deletes);
+            }
+            return (self, rest);
         }
         let upserts = self.upserts.split_off(self.upserts.len() / 2);
+        let updates = self.updates.split_off(self.updates.len() / 2);
         let deletes = self.deletes.split_off(self.deletes.len() / 2);
-        (self, Group { upserts, deletes })
+        (
+            self,
+            Group {
+                upserts,
+                updates,
+                deletes,
+            },
+        )
+    }
+
+    /// The first id of the group (a group of one: its only id).
+    fn first_id(&self) -> Option<&String> {
+        self.upserts
+            .first()
+            .map(|(id, _)| id)
+            .or(self.updates.first().map(|(id, _)| id))
+            .or(self.deletes.first())
+    }
+
+    fn ids(&self) -> impl Iterator<Item = &String> {
+        self.upserts
+            .iter()
+            .map(|(id, _)| id)
+            .chain(self.updates.iter().map(|(id, _)| id))
+            .chain(&self.deletes)
     }
 }
 
@@ -119,6 +166,14 @@ impl Refusal {
         Refusal {
             code: None,
             error: "skipped by a trigger: the statement succeeded without writing the row (a BEFORE trigger returned NULL)".into(),
+        }
+    }
+
+    fn no_row() -> Self {
+        Refusal {
+            code: None,
+            error: "no row to update: the row was deleted before its patched columns were flushed"
+                .into(),
         }
     }
 }
@@ -370,17 +425,46 @@ impl<V: Send + Sync + 'static> Inner<V> {
     ) -> Result<()> {
         let entity = self.keys.entity();
         let seqs: HashMap<String, u64> = records.iter().map(|r| (r.id.clone(), r.seq)).collect();
-        let mut first = Group {
-            upserts: Vec::new(),
-            deletes: Vec::new(),
+        // A hash entry's dead letter keeps the record's value as the
+        // flusher read it (its dirty columns are fields of their own).
+        let kept: Kept = if self.overlays_pending() {
+            records
+                .iter()
+                .filter_map(|r| Some((r.id.clone(), (r.payload.as_ref()?.to_vec(), r.partial))))
+                .collect()
+        } else {
+            HashMap::new()
         };
+        let mut first = Group::empty();
         for record in records {
             match &record.payload {
+                Some(bytes) if record.partial => match serde_json::from_slice::<Columns>(bytes) {
+                    Ok(columns) => first.updates.push((record.id, columns)),
+                    Err(e) => {
+                        let e = Error::InvalidRow {
+                            entity: entity.to_owned(),
+                            id: record.id.clone(),
+                            reason: format!("patched columns are not a JSON object: {e}"),
+                        };
+                        self.bury(
+                            state,
+                            shard,
+                            (&record.id, record.seq, &kept),
+                            &Refusal::of(&e),
+                        )
+                        .await?
+                    }
+                },
                 Some(bytes) => match self.codec.decode(entity, &record.id, bytes.clone()) {
                     Ok(value) => first.upserts.push((record.id, value)),
                     Err(e) => {
-                        self.bury(state, shard, &record.id, record.seq, &Refusal::of(&e))
-                            .await?
+                        self.bury(
+                            state,
+                            shard,
+                            (&record.id, record.seq, &kept),
+                            &Refusal::of(&e),
+                        )
+                        .await?
                     }
                 },
                 None => first.deletes.push(record.id),
@@ -397,6 +481,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let mut groups = vec![first];
         let mut clears = Vec::new();
         let mut skipped = Vec::new();
+        // Column updates whose row is gone.
+        let mut missing: Vec<String> = Vec::new();
         // Rows refused on their own (a row's fault), not yet buried.
         let mut refused: Vec<(String, Error)> = Vec::new();
         let mut landed = false;
@@ -408,6 +494,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             match self.commit(state, &fence, &group).await {
                 Ok(flushed) => {
                     landed = true;
+                    missing.extend(flushed.missing.iter().cloned());
                     let (done, left_out) = self.clears(&group, flushed, &seqs, generation);
                     Counters::add(&state.counters.batches, 1);
                     Counters::add(
@@ -425,13 +512,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         groups.push(a);
                     }
                     Fault::Row => {
-                        let id = group
-                            .upserts
-                            .first()
-                            .map(|(id, _)| id)
-                            .or(group.deletes.first())
-                            .cloned()
-                            .unwrap_or_default();
+                        let id = group.first_id().cloned().unwrap_or_default();
                         refused.push((id, e));
                     }
                     Fault::Table | Fault::Unavailable => {
@@ -469,12 +550,18 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     continue;
                 }
                 let seq = seqs.get(id).copied().unwrap_or_default();
-                self.bury(state, shard, id, seq, &Refusal::of(e)).await?;
+                self.bury(state, shard, (id, seq, &kept), &Refusal::of(e))
+                    .await?;
             }
         }
         for id in &skipped {
             let seq = seqs.get(id).copied().unwrap_or_default();
-            self.bury(state, shard, id, seq, &Refusal::skipped())
+            self.bury(state, shard, (id, seq, &kept), &Refusal::skipped())
+                .await?;
+        }
+        for id in &missing {
+            let seq = seqs.get(id).copied().unwrap_or_default();
+            self.bury(state, shard, (id, seq, &kept), &Refusal::no_row())
                 .await?;
         }
         if !clears.is_empty() {
@@ -511,6 +598,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let timeout = state.settings.statement_timeout();
         let batch = FlushBatch {
             upserts: &group.upserts,
+            updates: &group.updates,
             deletes: &group.deletes,
             fence: fence.clone(),
             statement_timeout: timeout,
@@ -541,7 +629,14 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let unread: std::collections::HashSet<String> = flushed.unread.into_iter().collect();
         let mut clears = Vec::with_capacity(group.len());
         let mut skipped = Vec::new();
-        for (id, _) in &group.upserts {
+        let missing: std::collections::HashSet<String> = flushed.missing.into_iter().collect();
+        let written = group
+            .upserts
+            .iter()
+            .map(|(id, _)| id)
+            .chain(group.updates.iter().map(|(id, _)| id))
+            .filter(|id| !missing.contains(*id));
+        for id in written {
             let Some(row) = stored.remove(id) else {
                 if unread.contains(id) {
                     clears.push(self.clear_of(id, None, seqs));
@@ -607,19 +702,24 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// Moves a refused record to the dead letters and invalidates its
     /// entry everywhere: the store deletes it and announces it on the bus
     /// in the same script, and this instance's near cache drops it.
+    ///
+    /// `record` is the id, the record's sequence and the values kept for
+    /// hash entries' records (see `flush_records`).
     async fn bury(
         &self,
         state: &State,
         shard: &ShardKeys,
-        id: &str,
-        seq: u64,
+        record: (&str, u64, &Kept),
         why: &Refusal,
     ) -> Result<()> {
+        let (id, seq, kept) = record;
+        let kept = kept.get(id);
         let text = serde_json::json!({
             "error": why.error,
             "code": why.code,
             "seq": seq,
             "failed_at_ms": self.clock.now_ms(),
+            "partial": kept.is_some_and(|(_, partial)| *partial),
         })
         .to_string();
         let ids = [id.to_owned()];
@@ -628,6 +728,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             shard: shard.clone(),
             seq,
             why: text,
+            payload: kept.map(|(value, _)| value.clone()),
             announce: Some(self.coherence.bus.announcement(&ids)),
         };
         let moved = state.log.dead_letter(&letter).await?;
@@ -659,7 +760,7 @@ fn forget_fk_attempts<V>(state: &State, group: &Group<V>) {
     if attempts.is_empty() {
         return;
     }
-    for id in group.upserts.iter().map(|(id, _)| id).chain(&group.deletes) {
+    for id in group.ids() {
         attempts.remove(id);
     }
 }
@@ -691,9 +792,12 @@ mod tests {
         assert!(!same_way(&invalid("1"), &source("P0001")));
     }
 
-    fn group(upserts: usize, deletes: usize) -> Group<usize> {
+    fn group(upserts: usize, updates: usize, deletes: usize) -> Group<usize> {
         Group {
             upserts: (0..upserts).map(|i| (i.to_string(), i)).collect(),
+            updates: (0..updates)
+                .map(|i| (format!("u{i}"), Columns::new()))
+                .collect(),
             deletes: (0..deletes).map(|i| format!("r{i}")).collect(),
         }
     }
@@ -701,14 +805,16 @@ mod tests {
     #[test]
     fn every_split_makes_progress() {
         for upserts in 0..6 {
-            for deletes in 0..6 {
-                let total = upserts + deletes;
-                if total < 2 {
-                    continue;
+            for updates in 0..6 {
+                for deletes in 0..6 {
+                    let total = upserts + updates + deletes;
+                    if total < 2 {
+                        continue;
+                    }
+                    let (a, b) = group(upserts, updates, deletes).split();
+                    assert_eq!(a.len() + b.len(), total);
+                    assert!(a.len() > 0 && b.len() > 0, "{upserts}+{updates}+{deletes}");
                 }
-                let (a, b) = group(upserts, deletes).split();
-                assert_eq!(a.len() + b.len(), total);
-                assert!(a.len() > 0 && b.len() > 0, "{upserts}+{deletes}");
             }
         }
     }

@@ -12,7 +12,12 @@
 //!   fill never overwrites one.
 //! - `patch` merges the fields into the current value in Rust and commits
 //!   with a compare-and-set on the id's write version, retrying on
-//!   conflict; `delete` records a tombstone the same way.
+//!   conflict; `delete` records a tombstone the same way. On a `hash`
+//!   entity `patch` is one script that sets just the fields on the hash
+//!   and in the dirty record (no compare-and-set; an absent hash is not
+//!   created, and reads lay the pending fields over the loaded row:
+//!   `overlay.rs`); the flusher writes such a record as an UPDATE of those
+//!   columns, and one whose row is gone goes to the dead letters.
 //! - The flusher owns a shard through a lease with an epoch,
 //!   drains it in batches (one upsert statement per batch), clears a record
 //!   only if its sequence is unchanged, and refreshes the entry from the
@@ -41,6 +46,7 @@
 mod dead_letters;
 pub(crate) mod durability;
 pub(crate) mod flusher;
+mod overlay;
 mod writer;
 
 pub use self::dead_letters::{Closed, DeadLetter};

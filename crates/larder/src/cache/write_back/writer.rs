@@ -5,17 +5,30 @@
 //! acknowledged. `patch` and `delete` read the pending value if there is
 //! one, else the database, and commit with a compare-and-set on the id's
 //! write version, retrying when another writer got in between — so two
-//! instances patching different fields of one row both land.
+//! instances patching different fields of one row both land. A `hash`
+//! entity's `patch` needs neither: its fields are fields of the hash and
+//! of the dirty record, set by one script.
 
 use super::{durability, Counters, State};
 use crate::cache::Inner;
 use crate::cache::{CacheWrite, Written};
 use crate::codec::JsonObject;
 use crate::error::{Error, Result};
-use crate::store::{DirtyKeys, DirtyWrite, Recorded, ShardKeys};
+use crate::store::{DirtyKeys, DirtyWrite, FieldPatch, Patched, Recorded, ShardKeys};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A recorded field patch of a `hash` entity (see
+/// [`Inner::patch_fields_back`]).
+pub(crate) struct PatchRecorded {
+    /// The dirty record's sequence.
+    pub(crate) seq: u64,
+    /// Whether it joined a pending record.
+    pub(crate) coalesced: bool,
+    /// The patched entry's envelope, when the hash was there.
+    pub(crate) entry: Option<Bytes>,
+}
 
 /// How long an id's write version outlives its last write. A `patch`
 /// whose read and commit are further apart than this could miss a
@@ -206,7 +219,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
         Ok((payload, found.version))
     }
 
-    /// Write-back `patch`: merge into the current value, compare-and-set.
+    /// Write-back `patch`: merge into the current value, compare-and-set
+    /// (a `hash` entity sets just the fields instead, see
+    /// [`Inner::patch_fields_back`]).
     pub(crate) async fn patch_back(
         &self,
         id: &str,
@@ -238,6 +253,83 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
         }
         Err(self.busy(id))
+    }
+
+    /// Write-back `patch` of a `hash` entity: one script sets the fields
+    /// on the hash (when it is there) and adds them to the id's dirty
+    /// record — no read, no compare-and-set, so writers of different
+    /// fields never conflict and patches of one field coalesce. When the
+    /// hash is absent it creates nothing and voids the read lease.
+    /// The record, and the patched entry when the hash was there, if it was
+    /// recorded (`None`: the row is known not to exist — a pending delete
+    /// or a negative entry). The caller reads the row and then either counts
+    /// the patch ([`Inner::patch_acknowledged`]) or, when the row does not
+    /// exist, withdraws it ([`Inner::withdraw_patch`]).
+    pub(crate) async fn patch_fields_back(
+        &self,
+        id: &str,
+        fields: &JsonObject,
+    ) -> Result<Option<PatchRecorded>> {
+        let state = self.open_state()?;
+        self.require_source()?.check_patch(id, fields)?;
+        self.flights.forget(id);
+        self.ready_to_write(state).await?;
+        self.wait_for_room(state, id).await?;
+        let ids = [id.to_owned()];
+        let patch = FieldPatch {
+            fields: serde_json::to_vec(fields).map_err(|e| Error::InvalidRow {
+                entity: self.keys.entity().to_owned(),
+                id: id.to_owned(),
+                reason: e.to_string(),
+            })?,
+            now_ms: self.clock.now_ms(),
+            version_ttl: VERSION_TTL,
+            announce: Some(self.coherence.bus.announcement(&ids)),
+        };
+        let patched = state.log.patch_fields(&self.dirty_keys(id), &patch).await;
+        let patched = patched.inspect_err(|e| self.store_failed(e))?;
+        let (Patched::Recorded(Recorded::Queued { seq, coalesced }), entry) = patched else {
+            return Ok(None);
+        };
+        self.flights.forget(id);
+        self.coherence.bus.announced(&ids).await;
+        Ok(Some(PatchRecorded {
+            seq,
+            coalesced,
+            entry,
+        }))
+    }
+
+    /// Counts an acknowledged field patch (see [`Inner::patch_fields_back`]).
+    pub(crate) fn patch_acknowledged(&self, coalesced: bool) {
+        let Some(state) = self.write_back.as_ref() else {
+            return;
+        };
+        let c = &state.counters;
+        Counters::add(&c.acknowledged, 1);
+        if coalesced {
+            Counters::add(&c.coalesced, 1);
+        } else {
+            let backlog = c.backlog.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if backlog.is_multiple_of(state.settings.batch as u64) {
+                state.flusher.wake();
+            }
+        }
+    }
+
+    /// Withdraws the field patch recorded under `seq` when the read after
+    /// it found no row (the database has none, nothing pending creates
+    /// one): the patch is answered "no such row", as a string entity's is,
+    /// and must not reach the flusher as an UPDATE of nothing. A later
+    /// write of the id (the record's sequence moved on) keeps the record.
+    pub(crate) async fn withdraw_patch(&self, id: &str, seq: u64) -> Result<()> {
+        let state = self.write_back_state()?;
+        state
+            .log
+            .withdraw_fields(&self.dirty_keys(id), seq)
+            .await
+            .inspect_err(|e| self.store_failed(e))
+            .map(drop)
     }
 
     /// Write-back `delete`: a tombstone, if the row exists (pending or in

@@ -55,7 +55,13 @@ pub(super) struct FlushedJson {
     pub(super) stored: Vec<(String, RawJson)>,
     /// Committed ids whose stored row is not known.
     pub(super) unread: Vec<String>,
+    /// Ids of column updates that matched no row (deleted meanwhile).
+    pub(super) missing: Vec<String>,
 }
+
+/// One write-back column update, checked against the schema: the key, the
+/// columns set and their values as one JSON object.
+type Update = (KeyValue, Vec<usize>, String);
 
 /// Where a flush transaction failed.
 enum Failed {
@@ -71,24 +77,36 @@ impl From<sqlx::Error> for Failed {
     }
 }
 
-/// The transaction's answer: the rows as stored, or the newer epoch.
-type Committed = std::result::Result<Vec<(String, String)>, u64>;
+/// The transaction's answer: the rows as stored and the ids of updates
+/// that matched no row, or the newer epoch.
+type Committed = std::result::Result<(Vec<(String, String)>, Vec<String>), u64>;
 
 /// The fenced part of a flush transaction, the same on every backend (in
 /// an async block answering `Result<Committed, Failed>`): the fence step,
-/// then the upserts and deletes, then `COMMIT`; a newer epoch rolls back.
+/// then the upserts, the column updates (one UPDATE each, of just the
+/// dirty columns) and the deletes, then `COMMIT`; a newer epoch rolls back.
 macro_rules! fenced_commit {
-    ($tx:ident, $fence_step:ident, $q:expr, $fence:expr, $token:expr, $schema:expr, $groups:expr, $keys:expr) => {{
+    ($tx:ident, $fence_step:ident, $q:expr, $fence:expr, $token:expr, $schema:expr, $groups:expr, $updates:expr, $keys:expr) => {{
         if let FenceCheck::Newer(current) = $fence_step(&mut $tx, $fence, $token).await? {
             $tx.rollback().await?;
             return Ok(Err(current));
         }
-        let stored = $q.upsert_in(&mut $tx, $schema, $groups).await?;
+        let mut stored = $q.upsert_in(&mut $tx, $schema, $groups).await?;
+        let mut missing = Vec::new();
+        for (key, set, json) in $updates {
+            match $q
+                .update_in(&mut $tx, $schema, set, key, json.clone())
+                .await?
+            {
+                Some(row) => stored.push((key.text.clone(), row)),
+                None => missing.push(key.text.clone()),
+            }
+        }
         for key in $keys {
             $q.delete_in(&mut $tx, key).await?;
         }
         $tx.commit().await.map_err(Failed::Commit)?;
-        Ok(Ok(stored))
+        Ok(Ok((stored, missing)))
     }};
 }
 
@@ -192,16 +210,23 @@ impl SqlSource {
         result.map_err(|e| classify(self.entity(), e))
     }
 
-    /// Upserts `rows` and deletes `deletes` in one transaction behind the
-    /// fence; what it committed (see [`FlushedJson`]).
+    /// Upserts `rows`, updates the columns of `updates` and deletes
+    /// `deletes` in one transaction behind the fence; what it committed
+    /// (see [`FlushedJson`]).
     pub(super) async fn flush_json(
         &self,
         rows: Vec<(String, Map<String, Value>)>,
+        updates: &[(String, Map<String, Value>)],
         deletes: &[String],
         fence: &Fence,
         statement_timeout: Duration,
     ) -> Result<FlushedJson> {
-        let (order, groups) = self.plan_upserts(rows)?;
+        let (mut order, groups) = self.plan_upserts(rows)?;
+        let updates = updates
+            .iter()
+            .map(|(id, fields)| self.patch_plan(id, fields))
+            .collect::<Result<Vec<Update>>>()?;
+        order.extend(updates.iter().map(|(key, _, _)| key.text.clone()));
         let schema = &self.inner.schema;
         let keys = deletes
             .iter()
@@ -219,14 +244,34 @@ impl SqlSource {
                     sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
                         .execute(&mut *tx)
                         .await?;
-                    fenced_commit!(tx, fence_postgres, q, fence, &token, schema, &groups, &keys)
+                    fenced_commit!(
+                        tx,
+                        fence_postgres,
+                        q,
+                        fence,
+                        &token,
+                        schema,
+                        &groups,
+                        &updates,
+                        &keys
+                    )
                 }
                 .await
             }
             Backend::Sqlite(pool, q) => {
                 async {
                     let mut tx = pool.begin().await?;
-                    fenced_commit!(tx, fence_sqlite, q, fence, &token, schema, &groups, &keys)
+                    fenced_commit!(
+                        tx,
+                        fence_sqlite,
+                        q,
+                        fence,
+                        &token,
+                        schema,
+                        &groups,
+                        &updates,
+                        &keys
+                    )
                 }
                 .await
             }
@@ -242,7 +287,17 @@ impl SqlSource {
                     .await?;
                     let result = async {
                         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                        fenced_commit!(tx, fence_mysql, q, fence, &token, schema, &groups, &keys)
+                        fenced_commit!(
+                            tx,
+                            fence_mysql,
+                            q,
+                            fence,
+                            &token,
+                            schema,
+                            &groups,
+                            &updates,
+                            &keys
+                        )
                     }
                     .await;
                     let reset = sqlx::query(
@@ -281,6 +336,7 @@ impl SqlSource {
                                 .into_iter()
                                 .chain(keys.into_iter().map(|k| k.text))
                                 .collect(),
+                            missing: Vec::new(),
                         })
                     }
                     _ => Err(e),
@@ -288,7 +344,11 @@ impl SqlSource {
             }
         };
         match committed {
-            Ok(stored) => Ok(self.collect_flushed(order, stored)),
+            Ok((stored, missing)) => {
+                let mut flushed = self.collect_flushed(order, stored);
+                flushed.missing = missing;
+                Ok(flushed)
+            }
             Err(current) => Err(Error::Fenced {
                 entity: fence.entity.clone(),
                 shard: fence.shard,
@@ -305,6 +365,7 @@ impl SqlSource {
         let mut out = FlushedJson {
             stored: Vec::with_capacity(order.len()),
             unread: Vec::new(),
+            missing: Vec::new(),
         };
         for id in order {
             let Some(json) = by_id.remove(&id) else {

@@ -505,6 +505,25 @@ impl SqlSource {
         if let Some(e) = schema.read_only_error() {
             return Err(e);
         }
+        let (key, set, json) = self.patch_plan(id, fields)?;
+        let row = match &self.inner.backend {
+            Backend::Postgres(pool, q) => q.patch(pool, schema, &set, &key, json).await,
+            Backend::Sqlite(pool, q) => q.patch(pool, schema, &set, &key, json).await,
+            Backend::MySql(pool, q) => q.patch(pool, schema, &set, &key, json).await,
+        }
+        .map_err(|e| classify(self.entity(), e))?;
+        row.map(|j| self.raw_json(&key.text, j)).transpose()
+    }
+
+    /// A patch checked against the schema: the key, the columns set
+    /// (indexes into the schema's columns) and their values as one JSON
+    /// object.
+    pub(super) fn patch_plan(
+        &self,
+        id: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<(schema::KeyValue, Vec<usize>, String)> {
+        let schema = &self.inner.schema;
         let (key, set) = schema.validate_patch(id, fields)?;
         let values: Map<String, Value> = set
             .iter()
@@ -516,14 +535,7 @@ impl SqlSource {
                 )
             })
             .collect();
-        let json = Value::Object(values).to_string();
-        let row = match &self.inner.backend {
-            Backend::Postgres(pool, q) => q.patch(pool, schema, &set, &key, json).await,
-            Backend::Sqlite(pool, q) => q.patch(pool, schema, &set, &key, json).await,
-            Backend::MySql(pool, q) => q.patch(pool, schema, &set, &key, json).await,
-        }
-        .map_err(|e| classify(self.entity(), e))?;
-        row.map(|j| self.raw_json(&key.text, j)).transpose()
+        Ok((key, set, Value::Object(values).to_string()))
     }
 
     /// Adds `by` to `column` of the row of `id` in one statement (`UPDATE
@@ -852,10 +864,17 @@ where
             maps.push((id.clone(), self.encode(value)?));
         }
         let committed = self
-            .flush_json(maps, batch.deletes, &batch.fence, batch.statement_timeout)
+            .flush_json(
+                maps,
+                batch.updates,
+                batch.deletes,
+                &batch.fence,
+                batch.statement_timeout,
+            )
             .await?;
         let mut flushed = Flushed::new(Vec::with_capacity(committed.stored.len()));
         flushed.unread = committed.unread;
+        flushed.missing = committed.missing;
         for (id, json) in committed.stored {
             // Committed already: a row that does not decode is unread, not refused.
             match self.decode(&id, &json) {

@@ -602,12 +602,27 @@ impl Queries {
         json: String,
     ) -> sqlx::Result<Option<String>> {
         let mut tx = pool.begin().await?;
-        let sql = self.patch_sql(s, set);
-        let q = sqlx::query(&sql).bind(format!("[{json}]"));
-        exec::bind_key(q, id).execute(&mut *tx).await?;
-        let row = self.load_one_in(&mut tx, id).await?;
+        let row = self.update_in(&mut tx, s, set, id, json).await?;
         tx.commit().await?;
         Ok(row)
+    }
+
+    /// The UPDATE of [`Self::patch`] and the read back, on a connection (or
+    /// in a transaction): also a write-back flush's UPDATE of a hash
+    /// entry's dirty columns. The row is read back rather than counted:
+    /// MariaDB counts changed rows, not matched ones.
+    pub(super) async fn update_in(
+        &self,
+        conn: &mut MySqlConnection,
+        s: &Schema,
+        set: &[usize],
+        id: &KeyValue,
+        json: String,
+    ) -> sqlx::Result<Option<String>> {
+        let sql = self.patch_sql(s, set);
+        let q = sqlx::query(&sql).bind(format!("[{json}]"));
+        exec::bind_key(q, id).execute(&mut *conn).await?;
+        self.load_one_in(conn, id).await
     }
 
     /// Adds `by` to column `i` of the row of `id`, NULL counting as 0, and

@@ -303,8 +303,8 @@ fn param(n: u32, key_type: &KeyType, array: bool) -> String {
 
 /// Runs an `UPDATE … RETURNING` statement whose `$1` is the key and `$2`
 /// `value`; the returned row's JSON (its second column), if a row matched.
-async fn update_returning(
-    pool: &PgPool,
+async fn update_returning<'e>(
+    pool: impl sqlx::PgExecutor<'e>,
     sql: &str,
     id: &KeyValue,
     value: String,
@@ -423,11 +423,24 @@ impl Queries {
         Ok(out)
     }
 
+    /// [`Self::patch`] on a connection (or in a transaction): a write-back
+    /// flush's UPDATE of a hash entry's dirty columns.
+    pub(super) async fn update_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        s: &Schema,
+        set: &[usize],
+        id: &KeyValue,
+        json: String,
+    ) -> sqlx::Result<Option<String>> {
+        self.patch(&mut *conn, s, set, id, json).await
+    }
+
     /// Updates the columns `set` (indexes into the schema's columns) of the
     /// row of `id` from the JSON object `json`; the row as stored, if any.
-    pub(super) async fn patch(
+    pub(super) async fn patch<'e>(
         &self,
-        pool: &PgPool,
+        pool: impl sqlx::PgExecutor<'e>,
         s: &Schema,
         set: &[usize],
         id: &KeyValue,

@@ -237,8 +237,8 @@ pub(super) struct Queries {
 
 /// Runs an `UPDATE … RETURNING` statement whose `?1` is `value` and `?2`
 /// the key; the returned row's JSON (its second column), if a row matched.
-async fn update_returning(
-    pool: &SqlitePool,
+async fn update_returning<'e>(
+    pool: impl sqlx::SqliteExecutor<'e>,
     sql: &str,
     value: String,
     id: &KeyValue,
@@ -366,11 +366,24 @@ impl Queries {
         Ok(out)
     }
 
+    /// [`Self::patch`] on a connection (or in a transaction): a write-back
+    /// flush's UPDATE of a hash entry's dirty columns.
+    pub(super) async fn update_in(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        s: &Schema,
+        set: &[usize],
+        id: &KeyValue,
+        json: String,
+    ) -> sqlx::Result<Option<String>> {
+        self.patch(&mut *conn, s, set, id, json).await
+    }
+
     /// Updates the columns `set` (indexes into the schema's columns) of the
     /// row of `id` from the JSON object `json`; the row as stored, if any.
-    pub(super) async fn patch(
+    pub(super) async fn patch<'e>(
         &self,
-        pool: &SqlitePool,
+        pool: impl sqlx::SqliteExecutor<'e>,
         s: &Schema,
         set: &[usize],
         id: &KeyValue,
