@@ -167,6 +167,11 @@ async fn every_route_answers_each_token_as_documented() {
             if route.contains("dead-letters") && entity != "queue" {
                 continue;
             }
+            if route.ends_with("/incr") && entity == "queue" {
+                // Write-back entities do not increment (405), so the
+                // document leaves the route out for them.
+                continue;
+            }
             if !route.contains("{entity}") && entity != "users" {
                 continue;
             }

@@ -5,7 +5,7 @@
 mod support;
 
 use larder_server::http::app;
-use serde_json::json;
+use serde_json::{json, Value};
 use support::{get, unique, write, Pg};
 
 const TABLE: &str = "CREATE TABLE {t} (id integer PRIMARY KEY, name text NOT NULL, \
@@ -196,8 +196,8 @@ async fn bad_increments_are_refused_with_their_codes_and_write_nothing() {
         (
             "/v1/posts/1/incr",
             json!({"column": "views", "by": i64::MAX}),
-            400,
-            "bad_request",
+            409,
+            "conflict",
         ),
         (
             "/v1/posts/x/incr",
@@ -268,17 +268,34 @@ async fn the_openapi_document_describes_the_increment() {
     let doc = get(&app, "/v1/openapi.json").await.json();
     let op = &doc["paths"]["/v1/posts/{id}/incr"]["post"];
     assert!(op.is_object(), "no incr operation: {}", doc["paths"]);
-    let body = &op["requestBody"]["content"]["application/json"]["schema"];
-    assert_eq!(body["required"], json!(["column", "by"]), "{body}");
-    let columns = body["properties"]["column"]["enum"].clone();
+    let bodies = op["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let columns: Vec<Value> = bodies
+        .iter()
+        .map(|b| b["properties"]["column"]["const"].clone())
+        .collect();
     assert_eq!(
         columns,
-        json!(["views", "likes", "price", "score"]),
-        "{body}"
+        [
+            json!("views"),
+            json!("likes"),
+            json!("price"),
+            json!("score")
+        ]
     );
-    for status in ["200", "400", "404"] {
+    for b in &bodies {
+        assert_eq!(b["required"], json!(["column", "by"]), "{b}");
+    }
+    // An integer column takes integers in its range; a double any number.
+    assert_eq!(bodies[0]["properties"]["by"]["type"], "integer");
+    assert_eq!(bodies[0]["properties"]["by"]["maximum"], i32::MAX);
+    assert_eq!(bodies[3]["properties"]["by"]["type"], "number");
+    for status in ["200", "400", "404", "409"] {
         assert!(op["responses"][status].is_object(), "{status} in {op}");
     }
-    // Not offered on a read-only entity.
+    // Not offered on a read-only entity, nor on a write-back one (405).
     assert!(doc["paths"]["/v1/frozen/{id}/incr"].is_null());
+    assert!(doc["paths"]["/v1/queued/{id}/incr"].is_null());
 }

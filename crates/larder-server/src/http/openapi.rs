@@ -198,14 +198,26 @@ pub(crate) fn collection_purge(kind: &str, name: &str) -> Value {
     purge
 }
 
-/// The schema of an increment's `column`: one of the numeric columns
-/// (any string when the entity's columns are not known).
-fn column_schema_of(counters: &[&str]) -> Value {
-    if counters.is_empty() {
-        json!({ "type": "string" })
-    } else {
-        json!({ "type": "string", "enum": counters })
+/// The schema of an increment's `by` for column `c`: an integer within
+/// the column's range for an integer column; for `numeric(p, s)` an
+/// integer within its bound (a `by` with up to `s` decimal places is
+/// accepted too, but JSON Schema's `multipleOf` on binary floats would
+/// describe it wrongly, so the document promises the whole numbers);
+/// any number otherwise.
+fn by_schema(c: &ColumnDoc) -> Value {
+    let t = c.sql_type.trim().to_ascii_lowercase();
+    if let Some((min, max)) = c.int_range {
+        return json!({ "type": "integer", "minimum": min, "maximum": max, "description": "The amount to add (negative subtracts)." });
     }
+    if let Some((p, s)) = numeric_limits(&t) {
+        let digits = p.saturating_sub(s).min(300);
+        let bound = 10f64.powi(i32::try_from(digits).unwrap_or(300)) - 1.0;
+        return json!({
+            "type": "integer", "minimum": -bound, "maximum": bound,
+            "description": format!("The amount to add (negative subtracts); decimals with at most {s} places are accepted too.")
+        });
+    }
+    json!({ "type": "number", "description": "The amount to add (negative subtracts)." })
 }
 
 /// Whether a column holds numbers an increment can add to: an integer
@@ -738,36 +750,39 @@ fn entity_paths(
     invalidate["operationId"] = json!(format!("invalidate_{}", e.name));
     paths.insert(format!("{item}/invalidate"), json!({ "post": invalidate }));
 
-    let counters: Vec<&str> = e
+    // Only where an increment can succeed: a writable entity that is not
+    // written back (increments are refused there) with a numeric column.
+    let counters: Vec<&ColumnDoc> = e
         .columns
         .iter()
         .filter(|c| !c.is_key && is_numeric(c))
-        .map(|c| c.name.as_str())
         .collect();
-    if writable {
-        let mut statuses =
-            vec![
-            ("200", json_response("The row as stored, with the sum.", row.clone())),
+    if writable && e.write != WriteMode::Back && !counters.is_empty() {
+        let statuses = vec![
+            (
+                "200",
+                json_response("The row as stored, with the sum.", row.clone()),
+            ),
             (
                 "400",
                 error_response(
                     "bad_request (not {column, by}), bad_id, unknown_column, or type_mismatch: \
                      the column is not numeric, `by` is not a number, a fraction for an integer \
-                     column, more decimal places than the column keeps, or a sum beyond the \
-                     column's range.",
+                     column, or more decimal places than the column keeps.",
                 ),
             ),
-            ("404", error_response("not_found: no such row; nothing was written.")),
+            (
+                "404",
+                error_response("not_found: no such row; nothing was written."),
+            ),
+            (
+                "409",
+                error_response(
+                    "conflict: the sum is beyond the column's range; nothing was written.",
+                ),
+            ),
             ("503", unavailable.clone()),
         ];
-        if e.write == WriteMode::Back {
-            statuses.push((
-                "405",
-                error_response(
-                    "method_not_allowed: increments are not supported under write-back.",
-                ),
-            ));
-        }
         let mut incr = op(
             "POST",
             "/v1/{entity}/{id}/incr",
@@ -781,15 +796,18 @@ fn entity_paths(
             responses(&statuses),
         );
         incr["operationId"] = json!(format!("incr_{}", e.name));
-        incr["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": {
-            "type": "object",
-            "required": ["column", "by"],
-            "additionalProperties": false,
-            "properties": {
-                "column": column_schema_of(&counters),
-                "by": { "type": "number", "description": "The amount to add (negative subtracts); an integer for an integer column." }
-            }
-        } } } });
+        let bodies: Vec<Value> = counters
+            .iter()
+            .map(|c| {
+                json!({
+                    "type": "object",
+                    "required": ["column", "by"],
+                    "additionalProperties": false,
+                    "properties": { "column": { "const": c.name }, "by": by_schema(c) }
+                })
+            })
+            .collect();
+        incr["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "oneOf": bodies } } } });
         paths.insert(format!("{item}/incr"), json!({ "post": incr }));
     }
 
@@ -1500,6 +1518,12 @@ mod tests {
                 }
                 for entity in ["users", "notes"] {
                     let concrete = path.replace("{entity}", entity);
+                    if path.ends_with("/incr") {
+                        // Neither test entity can increment: `users` has no
+                        // numeric column, `notes` is written back.
+                        assert!(doc["paths"].get(&concrete).is_none(), "{concrete}");
+                        continue;
+                    }
                     if path.contains("dead-letters") && entity == "users" {
                         // Only write-back entities have dead letters.
                         assert!(doc["paths"].get(&concrete).is_none(), "{concrete}");

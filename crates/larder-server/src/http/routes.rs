@@ -358,7 +358,8 @@ pub async fn patch_row(
 /// `POST /v1/{entity}/{id}/incr` with `{"column": "views", "by": 1}`:
 /// adds `by` to the column in the database (one `UPDATE`, exact) and
 /// answers the row as stored (200, cached as writes are), or 404 if there
-/// is no row (nothing written). See [`check_incr`] for the body's codes.
+/// is no row, 409 `conflict` if the sum is beyond the column's range
+/// (nothing written either way). See [`check_incr`] for the body's codes.
 pub async fn incr_row(
     State(state): State<AppState>,
     Path((name, raw_id)): Path<(String, String)>,
@@ -370,7 +371,20 @@ pub async fn incr_row(
     let id = canonical(e, &raw_id)?;
     let body = json_object(&headers, body)?;
     let (column, by) = check_incr(e, &body)?;
-    match e.cache.incr(&id, &column, &by).await.map_err(engine(e))? {
+    let incremented = e.cache.incr(&id, &column, &by).await.map_err(|err| {
+        if err.kind() == larder::ErrorKind::InvalidValue {
+            // The request is fine; the row's current value makes the sum
+            // impossible: a conflict with the resource's state.
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("the sum is beyond column `{column}`'s range; nothing was written"),
+            )
+        } else {
+            ApiError::from_engine(e.name(), &err)
+        }
+    })?;
+    match incremented {
         Some(written) => Ok(write_answer(&id, written)),
         None => Err(ApiError::not_found(format!("{name} {id} does not exist"))),
     }
