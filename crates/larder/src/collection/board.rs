@@ -36,16 +36,15 @@
 //!   ([`CollectionOutcome::Bypass`]); writes fail before the database is
 //!   touched.
 
-use super::{token, CollectionOutcome, CollectionRead, CollectionStats, Core, Counters, Settings};
-use crate::clock::{Clock, SystemClock};
+use super::{common_setters, CommonSettings};
+use super::{token, CollectionOutcome, CollectionRead, CollectionStats, Core, Counters};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
-use crate::key::{validate_id, KeySpace, DEFAULT_SHARDS};
-use crate::policy::{DEFAULT_LEASE_TTL, DEFAULT_TTL};
+use crate::key::validate_id;
 use crate::source::MAX_EXACT_SCORE;
 use crate::store::{
     BoardAnswer, BoardChunk, BoardQuery, BoardRead, BoardScore, BoardWriteEnd, CollectionAcquired,
-    CollectionMeta, Store,
+    CollectionMeta,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -174,62 +173,26 @@ enum Filled {
 #[derive(Debug)]
 #[must_use]
 pub struct LeaderboardBuilder {
-    name: Option<String>,
-    prefix: String,
-    shards: u16,
-    store: Option<Arc<dyn Store>>,
+    common: CommonSettings,
     source: Option<Arc<dyn BoardSource>>,
     max_members: u64,
-    ttl: Duration,
-    lease_ttl: Duration,
-    wait_timeout: Duration,
     read_only: bool,
-    clock: Arc<dyn Clock>,
 }
 
 impl Leaderboard {
     /// Starts a builder.
     pub fn builder() -> LeaderboardBuilder {
         LeaderboardBuilder {
-            name: None,
-            prefix: "larder".to_owned(),
-            shards: DEFAULT_SHARDS,
-            store: None,
+            common: CommonSettings::default(),
             source: None,
             max_members: DEFAULT_MAX_BOARD_MEMBERS,
-            ttl: DEFAULT_TTL,
-            lease_ttl: DEFAULT_LEASE_TTL,
-            wait_timeout: DEFAULT_LEASE_TTL,
             read_only: false,
-            clock: Arc::new(SystemClock),
         }
     }
 }
 
 impl LeaderboardBuilder {
-    /// The board's name (`[a-z0-9_-]`, one namespace with entities). Required.
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = Some(name.to_owned());
-        self
-    }
-
-    /// The key prefix. Default: `"larder"`.
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        prefix.clone_into(&mut self.prefix);
-        self
-    }
-
-    /// Shards (hash tags) the owners spread over. Default: 64.
-    pub fn shards(mut self, shards: u16) -> Self {
-        self.shards = shards;
-        self
-    }
-
-    /// The store. Required.
-    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
-        self
-    }
+    common_setters!("leaderboard");
 
     /// The source of the scores. Required.
     pub fn source(mut self, source: impl BoardSource) -> Self {
@@ -244,34 +207,9 @@ impl LeaderboardBuilder {
         self
     }
 
-    /// How long a loaded board is fresh. Default: 60 s.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// How long a loader owns an owner's lease. Default: 5 s.
-    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl;
-        self
-    }
-
-    /// How long a reader waits for another's fill before loading by
-    /// itself (without filling). Default: 5 s.
-    pub fn wait_timeout(mut self, wait: Duration) -> Self {
-        self.wait_timeout = wait;
-        self
-    }
-
     /// Refuse writes ([`Error::ReadOnly`]). Default: writable (write-through).
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
-        self
-    }
-
-    /// larder's clock, which freshness reads. Default: the system clock.
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
         self
     }
 
@@ -279,48 +217,16 @@ impl LeaderboardBuilder {
     /// source, or a setting out of range, is [`Error::InvalidSetting`]; a
     /// store without collections [`Error::Config`].
     pub async fn build(self) -> Result<Leaderboard> {
-        let name = self
-            .name
-            .ok_or_else(|| Error::setting("name", "a leaderboard needs a name"))?;
-        let store = self
-            .store
-            .ok_or_else(|| Error::setting("store", "a leaderboard needs a store"))?;
+        let required = self.common.required("leaderboard")?;
         let source = self
             .source
             .ok_or_else(|| Error::setting("source", "a leaderboard needs a source"))?;
-        if self.max_members == 0 {
-            return Err(Error::setting("max_members", "must be at least 1"));
-        }
-        for (setting, d) in [
-            ("ttl", self.ttl),
-            ("lease_ttl", self.lease_ttl),
-            ("wait_timeout", self.wait_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(Error::setting(setting, "must be above 0"));
-            }
-        }
-        if store.collections().is_none() {
-            return Err(Error::Config(format!(
-                "store {} cannot hold collections",
-                store.name()
-            )));
-        }
-        let keys = KeySpace::new(&self.prefix, &name, self.shards)?;
+        let core = self
+            .common
+            .into_core(required, ("max_members", self.max_members))?;
         Ok(Leaderboard {
             inner: Arc::new(Inner {
-                core: Core {
-                    keys,
-                    store,
-                    clock: self.clock,
-                    settings: Settings {
-                        ttl: self.ttl,
-                        lease_ttl: self.lease_ttl,
-                        wait_timeout: self.wait_timeout,
-                        write_ttl: self.lease_ttl.max(Duration::from_secs(30)),
-                    },
-                    counters: Counters::default(),
-                },
+                core,
                 source,
                 max_members: self.max_members,
                 writable: !self.read_only,

@@ -22,15 +22,14 @@
 //! - A delete: the database first; then the element is removed from a
 //!   complete cached feed, and any other cached feed is deleted.
 
+use super::{common_setters, CommonSettings};
 use super::{
-    token, CollectionOutcome, CollectionRead, CollectionStats, Core, Counters, FeedSource, Settings,
+    token, CollectionOutcome, CollectionRead, CollectionStats, Core, Counters, FeedSource,
 };
-use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
-use crate::key::{validate_id, KeySpace, DEFAULT_SHARDS};
-use crate::policy::{DEFAULT_LEASE_TTL, DEFAULT_TTL};
-use crate::store::{CollectionAcquired, CollectionMeta, FeedChunk, FeedRead, FeedWriteEnd, Store};
+use crate::key::validate_id;
+use crate::store::{CollectionAcquired, CollectionMeta, FeedChunk, FeedRead, FeedWriteEnd};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,60 +86,24 @@ enum Loaded {
 #[derive(Debug)]
 #[must_use]
 pub struct FeedCacheBuilder {
-    name: Option<String>,
-    prefix: String,
-    shards: u16,
-    store: Option<Arc<dyn Store>>,
+    common: CommonSettings,
     source: Option<Arc<dyn FeedSource>>,
     max_len: u64,
-    ttl: Duration,
-    lease_ttl: Duration,
-    wait_timeout: Duration,
-    clock: Arc<dyn Clock>,
 }
 
 impl FeedCache {
     /// Starts a builder.
     pub fn builder() -> FeedCacheBuilder {
         FeedCacheBuilder {
-            name: None,
-            prefix: "larder".to_owned(),
-            shards: DEFAULT_SHARDS,
-            store: None,
+            common: CommonSettings::default(),
             source: None,
             max_len: 1000,
-            ttl: DEFAULT_TTL,
-            lease_ttl: DEFAULT_LEASE_TTL,
-            wait_timeout: DEFAULT_LEASE_TTL,
-            clock: Arc::new(SystemClock),
         }
     }
 }
 
 impl FeedCacheBuilder {
-    /// The feed's name (one namespace with entities and sets). Required.
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = Some(name.to_owned());
-        self
-    }
-
-    /// The key prefix. Default: `"larder"`.
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        prefix.clone_into(&mut self.prefix);
-        self
-    }
-
-    /// Shards the owners spread over. Default: 64.
-    pub fn shards(mut self, shards: u16) -> Self {
-        self.shards = shards;
-        self
-    }
-
-    /// The store. Required.
-    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
-        self
-    }
+    common_setters!("feed");
 
     /// The source. Required.
     pub fn source(mut self, source: impl FeedSource) -> Self {
@@ -154,74 +117,17 @@ impl FeedCacheBuilder {
         self
     }
 
-    /// How long a loaded feed is fresh. Default: 60 s.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// How long a loader owns an owner's lease. Default: 5 s.
-    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl;
-        self
-    }
-
-    /// How long a reader waits for another's fill. Default: 5 s.
-    pub fn wait_timeout(mut self, wait: Duration) -> Self {
-        self.wait_timeout = wait;
-        self
-    }
-
-    /// larder's clock. Default: the system clock.
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
     /// Checks the settings and builds ([`Error::InvalidSetting`] naming a
     /// missing or out-of-range setting).
     pub async fn build(self) -> Result<FeedCache> {
-        let name = self
-            .name
-            .ok_or_else(|| Error::setting("name", "a feed needs a name"))?;
-        let store = self
-            .store
-            .ok_or_else(|| Error::setting("store", "a feed needs a store"))?;
+        let required = self.common.required("feed")?;
         let source = self
             .source
             .ok_or_else(|| Error::setting("source", "a feed needs a source"))?;
-        if self.max_len == 0 {
-            return Err(Error::setting("max_len", "must be at least 1"));
-        }
-        for (setting, d) in [
-            ("ttl", self.ttl),
-            ("lease_ttl", self.lease_ttl),
-            ("wait_timeout", self.wait_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(Error::setting(setting, "must be above 0"));
-            }
-        }
-        if store.collections().is_none() {
-            return Err(Error::Config(format!(
-                "store {} cannot hold collections",
-                store.name()
-            )));
-        }
+        let core = self.common.into_core(required, ("max_len", self.max_len))?;
         Ok(FeedCache {
             inner: Arc::new(Inner {
-                core: Core {
-                    keys: KeySpace::new(&self.prefix, &name, self.shards)?,
-                    store,
-                    clock: self.clock,
-                    settings: Settings {
-                        ttl: self.ttl,
-                        lease_ttl: self.lease_ttl,
-                        wait_timeout: self.wait_timeout,
-                        write_ttl: self.lease_ttl.max(Duration::from_secs(30)),
-                    },
-                    counters: Counters::default(),
-                },
+                core,
                 source,
                 max_len: self.max_len,
                 flights: Flights::new(),

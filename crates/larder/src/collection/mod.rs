@@ -234,6 +234,147 @@ pub(crate) struct Settings {
     pub(crate) write_ttl: Duration,
 }
 
+/// The builder settings every kind of collection shares (name, prefix,
+/// shards, store, TTLs, clock) and their checks: one piece, so a set's, a
+/// feed's and a leaderboard's builders cannot drift apart.
+#[derive(Debug)]
+pub(crate) struct CommonSettings {
+    name: Option<String>,
+    prefix: String,
+    shards: u16,
+    store: Option<Arc<dyn Store>>,
+    ttl: Duration,
+    lease_ttl: Duration,
+    wait_timeout: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for CommonSettings {
+    fn default() -> Self {
+        Self {
+            name: None,
+            prefix: "larder".to_owned(),
+            shards: crate::key::DEFAULT_SHARDS,
+            store: None,
+            ttl: crate::policy::DEFAULT_TTL,
+            lease_ttl: crate::policy::DEFAULT_LEASE_TTL,
+            wait_timeout: crate::policy::DEFAULT_LEASE_TTL,
+            clock: Arc::new(crate::clock::SystemClock),
+        }
+    }
+}
+
+impl CommonSettings {
+    /// The name and store, checked (`what` names the kind in messages).
+    pub(crate) fn required(&self, what: &str) -> Result<(String, Arc<dyn Store>)> {
+        let name = self
+            .name
+            .clone()
+            .ok_or_else(|| Error::setting("name", format!("a {what} needs a name")))?;
+        let store = self
+            .store
+            .clone()
+            .ok_or_else(|| Error::setting("store", format!("a {what} needs a store")))?;
+        Ok((name, store))
+    }
+
+    /// The collection's [`Core`], once `required` passed: the durations
+    /// above 0, `max` (the kind's size cap, named `max_setting`) at least
+    /// 1, and a store that holds collections.
+    pub(crate) fn into_core(
+        self,
+        (name, store): (String, Arc<dyn Store>),
+        (max_setting, max): (&'static str, u64),
+    ) -> Result<Core> {
+        if max == 0 {
+            return Err(Error::setting(max_setting, "must be at least 1"));
+        }
+        for (setting, d) in [
+            ("ttl", self.ttl),
+            ("lease_ttl", self.lease_ttl),
+            ("wait_timeout", self.wait_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::setting(setting, "must be above 0"));
+            }
+        }
+        if store.collections().is_none() {
+            return Err(Error::Config(format!(
+                "store {} cannot hold collections",
+                store.name()
+            )));
+        }
+        Ok(Core {
+            keys: KeySpace::new(&self.prefix, &name, self.shards)?,
+            store,
+            clock: self.clock,
+            settings: Settings {
+                ttl: self.ttl,
+                lease_ttl: self.lease_ttl,
+                wait_timeout: self.wait_timeout,
+                write_ttl: self.lease_ttl.max(Duration::from_secs(30)),
+            },
+            counters: Counters::default(),
+        })
+    }
+}
+
+/// The setters of [`CommonSettings`] on a collection builder whose
+/// `common` field holds them; `$what` names the kind in the docs.
+macro_rules! common_setters {
+    ($what:literal) => {
+        #[doc = concat!("The ", $what, "'s name (`[a-z0-9_-]`, one namespace with entities). Required.")]
+        pub fn name(mut self, name: &str) -> Self {
+            self.common.name = Some(name.to_owned());
+            self
+        }
+
+        /// The key prefix. Default: `"larder"`.
+        pub fn prefix(mut self, prefix: &str) -> Self {
+            prefix.clone_into(&mut self.common.prefix);
+            self
+        }
+
+        /// Shards (hash tags) the owners spread over. Default: 64.
+        pub fn shards(mut self, shards: u16) -> Self {
+            self.common.shards = shards;
+            self
+        }
+
+        /// The store. Required.
+        pub fn store(mut self, store: std::sync::Arc<dyn crate::store::Store>) -> Self {
+            self.common.store = Some(store);
+            self
+        }
+
+        #[doc = concat!("How long a loaded ", $what, " is fresh. Default: 60 s.")]
+        pub fn ttl(mut self, ttl: std::time::Duration) -> Self {
+            self.common.ttl = ttl;
+            self
+        }
+
+        /// How long a loader owns an owner's lease. Default: 5 s.
+        pub fn lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+            self.common.lease_ttl = ttl;
+            self
+        }
+
+        /// How long a reader waits for another's fill before loading by
+        /// itself (without filling). Default: 5 s.
+        pub fn wait_timeout(mut self, wait: std::time::Duration) -> Self {
+            self.common.wait_timeout = wait;
+            self
+        }
+
+        /// larder's clock, which freshness reads. Default: the system clock.
+        pub fn clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Self {
+            self.common.clock = clock;
+            self
+        }
+    };
+}
+pub(crate) use common_setters;
+
 /// What every kind of collection shares: keys, store, clock, settings,
 /// counters. A cheap clone lives in each kind's `Inner`.
 #[derive(Debug)]

@@ -25,19 +25,18 @@
 //!   ([`CollectionOutcome::Bypass`]); writes fail before the database is
 //!   touched.
 
+use super::{common_setters, CommonSettings};
 use super::{
     token, CollectionOutcome, CollectionRead, CollectionStats, Core, Counters, SetLoad, SetOrder,
-    SetSource, Settings,
+    SetSource,
 };
-use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
-use crate::key::{validate_id, KeySpace, DEFAULT_SHARDS};
-use crate::policy::{DEFAULT_LEASE_TTL, DEFAULT_TTL};
+use crate::key::validate_id;
 use crate::source::MAX_EXACT_SCORE;
 use crate::store::{
     CollectionAcquired, CollectionMeta, MemberOrder, Scored, SetAnswer, SetChunk, SetQuery,
-    SetRead, SetWriteEnd, Store,
+    SetRead, SetWriteEnd,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,62 +107,26 @@ enum Filled {
 #[derive(Debug)]
 #[must_use]
 pub struct SetCacheBuilder {
-    name: Option<String>,
-    prefix: String,
-    shards: u16,
-    store: Option<Arc<dyn Store>>,
+    common: CommonSettings,
     source: Option<Arc<dyn SetSource>>,
     max_members: u64,
-    ttl: Duration,
-    lease_ttl: Duration,
-    wait_timeout: Duration,
     read_only: bool,
-    clock: Arc<dyn Clock>,
 }
 
 impl SetCache {
     /// Starts a builder.
     pub fn builder() -> SetCacheBuilder {
         SetCacheBuilder {
-            name: None,
-            prefix: "larder".to_owned(),
-            shards: DEFAULT_SHARDS,
-            store: None,
+            common: CommonSettings::default(),
             source: None,
             max_members: DEFAULT_MAX_MEMBERS,
-            ttl: DEFAULT_TTL,
-            lease_ttl: DEFAULT_LEASE_TTL,
-            wait_timeout: DEFAULT_LEASE_TTL,
             read_only: false,
-            clock: Arc::new(SystemClock),
         }
     }
 }
 
 impl SetCacheBuilder {
-    /// The set's name (`[a-z0-9_-]`, one namespace with entities). Required.
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = Some(name.to_owned());
-        self
-    }
-
-    /// The key prefix. Default: `"larder"`.
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        prefix.clone_into(&mut self.prefix);
-        self
-    }
-
-    /// Shards (hash tags) the owners spread over. Default: 64.
-    pub fn shards(mut self, shards: u16) -> Self {
-        self.shards = shards;
-        self
-    }
-
-    /// The store. Required.
-    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
-        self
-    }
+    common_setters!("set");
 
     /// The source of the members. Required.
     pub fn source(mut self, source: impl SetSource) -> Self {
@@ -178,34 +141,9 @@ impl SetCacheBuilder {
         self
     }
 
-    /// How long a loaded set is fresh. Default: 60 s.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
-    }
-
-    /// How long a loader owns an owner's lease. Default: 5 s.
-    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl;
-        self
-    }
-
-    /// How long a reader waits for another's fill before loading by
-    /// itself (without filling). Default: 5 s.
-    pub fn wait_timeout(mut self, wait: Duration) -> Self {
-        self.wait_timeout = wait;
-        self
-    }
-
     /// Refuse writes ([`Error::ReadOnly`]). Default: writable (write-through).
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
-        self
-    }
-
-    /// larder's clock, which freshness reads. Default: the system clock.
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
         self
     }
 
@@ -213,52 +151,20 @@ impl SetCacheBuilder {
     /// source, or a setting out of range, is [`Error::InvalidSetting`]; a
     /// store without collections [`Error::Config`].
     pub async fn build(self) -> Result<SetCache> {
-        let name = self
-            .name
-            .ok_or_else(|| Error::setting("name", "a set needs a name"))?;
-        let store = self
-            .store
-            .ok_or_else(|| Error::setting("store", "a set needs a store"))?;
+        let required = self.common.required("set")?;
         let source = self
             .source
             .ok_or_else(|| Error::setting("source", "a set needs a source"))?;
-        if self.max_members == 0 {
-            return Err(Error::setting("max_members", "must be at least 1"));
-        }
-        for (setting, d) in [
-            ("ttl", self.ttl),
-            ("lease_ttl", self.lease_ttl),
-            ("wait_timeout", self.wait_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(Error::setting(setting, "must be above 0"));
-            }
-        }
-        if store.collections().is_none() {
-            return Err(Error::Config(format!(
-                "store {} cannot hold collections",
-                store.name()
-            )));
-        }
-        let keys = KeySpace::new(&self.prefix, &name, self.shards)?;
+        let core = self
+            .common
+            .into_core(required, ("max_members", self.max_members))?;
         let order = match source.order() {
             SetOrder::Bytes => MemberOrder::Lex,
             SetOrder::Integer => MemberOrder::Score,
         };
         Ok(SetCache {
             inner: Arc::new(Inner {
-                core: Core {
-                    keys,
-                    store,
-                    clock: self.clock,
-                    settings: Settings {
-                        ttl: self.ttl,
-                        lease_ttl: self.lease_ttl,
-                        wait_timeout: self.wait_timeout,
-                        write_ttl: self.lease_ttl.max(Duration::from_secs(30)),
-                    },
-                    counters: Counters::default(),
-                },
+                core,
                 source,
                 order,
                 max_members: self.max_members,
