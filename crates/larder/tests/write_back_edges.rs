@@ -6,18 +6,59 @@
 //! privilege, or every row refused alike) dead-letters nothing and lands
 //! once lifted; `close` owns the flusher; a flush whose COMMIT reply is
 //! lost is settled by its fence token, never applied twice.
+//!
+//! Every test runs on both representations: `string::<name>` and
+//! `hash::<name>` (where patches are records of just their columns).
 
 use larder_test_support as support;
 
 use larder::store::Store;
 use larder::{
-    Cache, Error, NearOptions, Outcome, SqlPool, SqlSource, WriteBackOptions, WritePolicy,
+    Cache, Error, NearOptions, Outcome, Representation, SqlPool, SqlSource, WriteBackOptions,
+    WritePolicy,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::accounts::{account, Account, Db};
 use support::eventually;
 use support::RedisServer;
+
+/// Runs each named test body once per representation: as
+/// `string::<name>` on `string` entries and as `hash::<name>` on `hash`
+/// entries.
+macro_rules! on_both_representations {
+    ($($name:ident),* $(,)?) => {
+        mod string {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(larder::Representation::String).await;
+                }
+            )*
+        }
+
+        mod hash {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(larder::Representation::Hash).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_representations!(
+    a_row_a_trigger_refuses_is_dead_lettered_alone_and_served_nowhere,
+    a_row_refused_by_row_level_security_is_dead_lettered_alone_and_served_nowhere,
+    a_row_a_trigger_skips_is_a_dead_letter_not_a_cleared_record,
+    a_revoked_privilege_dead_letters_nothing_and_everything_lands_once_granted,
+    an_error_every_row_fails_with_alike_dead_letters_nothing,
+    writes_after_close_are_refused_and_close_twice_is_fine,
+    close_while_the_flusher_commits_never_flushes_a_batch_twice,
+    a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_again,
+    a_flush_whose_commit_reply_is_lost_is_cleared_by_its_fence_token_not_applied_again,
+);
 
 /// How long a write may wait to be flushed in these tests (long enough
 /// that a few writes sent together are queued before their shard is due,
@@ -41,14 +82,16 @@ struct Fixture {
     db: Db,
     server: RedisServer,
     prefix: String,
+    representation: Representation,
 }
 
 impl Fixture {
-    async fn new() -> Fixture {
+    async fn new(representation: Representation) -> Fixture {
         Fixture {
             db: Db::new().await,
             server: RedisServer::durable(),
             prefix: support::unique("wbe"),
+            representation,
         }
     }
 
@@ -75,6 +118,7 @@ impl Fixture {
             .prefix(self.prefix.as_str())
             .entity("accounts")
             .shards(1)
+            .representation(self.representation)
             .store(redis(&self.server.url()).await)
             .source(self.source(url).await)
             .write_policy(WritePolicy::Back(settings()))
@@ -221,9 +265,10 @@ async fn one_refused_among_twenty(
     }
 }
 
-#[tokio::test]
-async fn a_row_a_trigger_refuses_is_dead_lettered_alone_and_served_nowhere() {
-    let f = Fixture::new().await;
+async fn a_row_a_trigger_refuses_is_dead_lettered_alone_and_served_nowhere(
+    representation: Representation,
+) {
+    let f = Fixture::new(representation).await;
     let schema = &f.db.schema;
     f.exec(&format!(
         "CREATE FUNCTION {schema}.refuse() RETURNS trigger AS $$
@@ -250,9 +295,10 @@ async fn a_row_a_trigger_refuses_is_dead_lettered_alone_and_served_nowhere() {
     f.db.drop().await;
 }
 
-#[tokio::test]
-async fn a_row_refused_by_row_level_security_is_dead_lettered_alone_and_served_nowhere() {
-    let f = Fixture::new().await;
+async fn a_row_refused_by_row_level_security_is_dead_lettered_alone_and_served_nowhere(
+    representation: Representation,
+) {
+    let f = Fixture::new(representation).await;
     let (role, url) = f.role().await;
     let table = f.db.table();
     f.exec(&format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"))
@@ -271,9 +317,10 @@ async fn a_row_refused_by_row_level_security_is_dead_lettered_alone_and_served_n
     f.db.drop().await;
 }
 
-#[tokio::test]
-async fn a_row_a_trigger_skips_is_a_dead_letter_not_a_cleared_record() {
-    let f = Fixture::new().await;
+async fn a_row_a_trigger_skips_is_a_dead_letter_not_a_cleared_record(
+    representation: Representation,
+) {
+    let f = Fixture::new(representation).await;
     let schema = &f.db.schema;
     f.exec(&format!(
         "CREATE FUNCTION {schema}.skip() RETURNS trigger AS $$
@@ -314,9 +361,10 @@ async fn a_row_a_trigger_skips_is_a_dead_letter_not_a_cleared_record() {
     f.db.drop().await;
 }
 
-#[tokio::test]
-async fn a_revoked_privilege_dead_letters_nothing_and_everything_lands_once_granted() {
-    let f = Fixture::new().await;
+async fn a_revoked_privilege_dead_letters_nothing_and_everything_lands_once_granted(
+    representation: Representation,
+) {
+    let f = Fixture::new(representation).await;
     let (role, url) = f.role().await;
     let table = f.db.table();
     let a = f.instance(&url).await;
@@ -335,7 +383,14 @@ async fn a_revoked_privilege_dead_letters_nothing_and_everything_lands_once_gran
         a.write_back_stats().expect("stats").alerts >= 1
     })
     .await;
-    for id in (1..=5).chain(7..=12) {
+    // Patches of rows that exist (on a `hash` entity: records of just
+    // those columns, flushed as UPDATEs), and new rows.
+    for id in 1..=5 {
+        let mut fields = serde_json::Map::new();
+        fields.insert("balance".into(), (100 + id).into());
+        a.patch(&id, &fields).await.expect("acknowledged");
+    }
+    for id in 7..=12 {
         a.put(&id, &account(id, "during", 100 + id))
             .await
             .expect("acknowledged");
@@ -367,9 +422,8 @@ async fn a_revoked_privilege_dead_letters_nothing_and_everything_lands_once_gran
     f.db.drop().await;
 }
 
-#[tokio::test]
-async fn an_error_every_row_fails_with_alike_dead_letters_nothing() {
-    let f = Fixture::new().await;
+async fn an_error_every_row_fails_with_alike_dead_letters_nothing(representation: Representation) {
+    let f = Fixture::new(representation).await;
     let schema = &f.db.schema;
     f.exec(&format!(
         "CREATE TABLE {schema}.gate (closed boolean NOT NULL)"
@@ -409,9 +463,8 @@ async fn an_error_every_row_fails_with_alike_dead_letters_nothing() {
     f.db.drop().await;
 }
 
-#[tokio::test]
-async fn writes_after_close_are_refused_and_close_twice_is_fine() {
-    let f = Fixture::new().await;
+async fn writes_after_close_are_refused_and_close_twice_is_fine(representation: Representation) {
+    let f = Fixture::new(representation).await;
     let a = f.instance(&support::pg_url()).await;
     a.put(&1, &account(1, "ada", 1)).await.expect("put");
     let closed = a.close(Duration::from_secs(5)).await.expect("close");
@@ -449,9 +502,10 @@ async fn waiting(f: &Fixture, app: &str) -> i64 {
     .expect("pg_stat_activity")
 }
 
-#[tokio::test]
-async fn close_while_the_flusher_commits_never_flushes_a_batch_twice() {
-    let f = Fixture::new().await;
+async fn close_while_the_flusher_commits_never_flushes_a_batch_twice(
+    representation: Representation,
+) {
+    let f = Fixture::new(representation).await;
     let schema = &f.db.schema;
     let lock_key: i64 = rand::random::<i32>().into();
     // Every flush statement waits on an advisory lock the test holds, and
@@ -533,9 +587,10 @@ struct Small {
     balance: u8,
 }
 
-#[tokio::test]
-async fn a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_again() {
-    let f = Fixture::new().await;
+async fn a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_again(
+    representation: Representation,
+) {
+    let f = Fixture::new(representation).await;
     let schema = &f.db.schema;
     // The stored row no longer fits the cache's type: it decodes only
     // after the COMMIT, and fails.
@@ -554,6 +609,7 @@ async fn a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_ag
         .prefix(f.prefix.as_str())
         .entity("accounts")
         .shards(1)
+        .representation(f.representation)
         .store(redis(&f.server.url()).await)
         .source(f.source(&support::pg_url()).await)
         .write_policy(WritePolicy::Back(settings()))
@@ -593,9 +649,10 @@ async fn a_row_committed_but_not_read_back_is_cleared_not_refused_nor_applied_ag
 /// connection dropped while the proxy held it back): the fence row's batch
 /// token says it committed, so the records are cleared and the entries
 /// invalidated — the rows are neither written again nor dead-lettered.
-#[tokio::test]
-async fn a_flush_whose_commit_reply_is_lost_is_cleared_by_its_fence_token_not_applied_again() {
-    let f = Fixture::new().await;
+async fn a_flush_whose_commit_reply_is_lost_is_cleared_by_its_fence_token_not_applied_again(
+    representation: Representation,
+) {
+    let f = Fixture::new(representation).await;
     f.count_writes().await;
     let proxy = support::TcpProxy::start(support::pg_addr());
     // In plain text: the proxy watches the protocol for COMMIT.
