@@ -200,11 +200,30 @@ pub(crate) fn to_fields(env: &[u8]) -> Result<Fields, Problem> {
     Ok(fields)
 }
 
-/// The directory of a reserved field: its header part and the columns.
+/// The directory of a reserved field: its header part and the columns
+/// (checked whole when read, walked without allocating: a field read
+/// decodes it on every hit).
 struct Directory<'a> {
     header: &'a [u8],
     negative: bool,
-    columns: Vec<(u8, &'a [u8])>,
+    /// The column entries: kind, length (two bytes), name; `count` of them.
+    entries: &'a [u8],
+    count: usize,
+}
+
+impl<'a> Directory<'a> {
+    /// The columns in order: their kind and name.
+    fn columns(&self) -> impl Iterator<Item = (u8, &'a [u8])> + 'a {
+        let entries = self.entries;
+        let mut at = 0;
+        (0..self.count).map(move |_| {
+            // In bounds: `directory` checked every entry.
+            let len = usize::from(u16::from_be_bytes([entries[at + 1], entries[at + 2]]));
+            let column = (entries[at], &entries[at + 3..at + 3 + len]);
+            at += 3 + len;
+            column
+        })
+    }
 }
 
 fn directory(reserved: &[u8]) -> Result<Directory<'_>, Problem> {
@@ -213,30 +232,47 @@ fn directory(reserved: &[u8]) -> Result<Directory<'_>, Problem> {
     let rest = &reserved[body..];
     let count = rest.get(..2).ok_or_else(bad)?;
     let count = usize::from(u16::from_be_bytes([count[0], count[1]]));
-    let mut at = 2;
-    let mut columns = Vec::with_capacity(count);
+    let entries = &rest[2..];
+    let mut at = 0;
     for _ in 0..count {
-        let head = rest.get(at..at + 3).ok_or_else(bad)?;
+        let head = entries.get(at..at + 3).ok_or_else(bad)?;
         let len = usize::from(u16::from_be_bytes([head[1], head[2]]));
-        let name = rest.get(at + 3..at + 3 + len).ok_or_else(bad)?;
-        columns.push((head[0], name));
+        entries.get(at + 3..at + 3 + len).ok_or_else(bad)?;
         at += 3 + len;
     }
     Ok(Directory {
         header: &reserved[..body],
         negative: reserved[2] & 1 != 0,
-        columns,
+        entries: &entries[..at],
+        count,
     })
+}
+
+/// `text` as a JSON string, exactly as serde_json writes it. Text of
+/// printable ASCII without `"` or `\` (most field values) is copied after
+/// one cheap pass, rather than validated as UTF-8 and then escaped: a
+/// field read does this for every field on every hit.
+fn push_json_string(out: &mut Vec<u8>, text: &[u8], not_utf8: &str) -> Result<(), Problem> {
+    // No early exit: a tight loop over the bytes.
+    let escapes = text.iter().fold(false, |found, &b| {
+        found | !(0x20..0x7f).contains(&b) | (b == b'"') | (b == b'\\')
+    });
+    if !escapes {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text);
+        out.push(b'"');
+        return Ok(());
+    }
+    let text = std::str::from_utf8(text).map_err(|_| not_utf8.to_owned())?;
+    serde_json::to_writer(&mut *out, text).map_err(|e| e.to_string())
 }
 
 fn push_value(out: &mut Vec<u8>, kind: u8, value: Option<&[u8]>) -> Result<(), Problem> {
     match value {
         None => out.extend_from_slice(b"null"),
         Some(v) if kind == KIND_TEXT => {
-            let text = std::str::from_utf8(v)
-                .map_err(|_| "a text field of a hash entry is not UTF-8".to_owned())?;
-            let json = serde_json::to_string(text).map_err(|e| e.to_string())?;
-            out.extend_from_slice(json.as_bytes());
+            push_json_string(out, v, "a text field of a hash entry is not UTF-8")?;
         }
         Some(v) => out.extend_from_slice(v),
     }
@@ -244,9 +280,7 @@ fn push_value(out: &mut Vec<u8>, kind: u8, value: Option<&[u8]>) -> Result<(), P
 }
 
 fn push_name(out: &mut Vec<u8>, name: &[u8]) -> Result<(), Problem> {
-    let text = std::str::from_utf8(name).map_err(|_| "a field name is not UTF-8".to_owned())?;
-    let json = serde_json::to_string(text).map_err(|e| e.to_string())?;
-    out.extend_from_slice(json.as_bytes());
+    push_json_string(out, name, "a field name is not UTF-8")?;
     out.push(b':');
     Ok(())
 }
@@ -264,16 +298,16 @@ pub(crate) fn from_fields(pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<Vec<u8>
         return Ok(Some(out));
     }
     out.push(b'{');
-    for (i, (kind, name)) in dir.columns.iter().enumerate() {
+    for (i, (kind, name)) in dir.columns().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         push_name(&mut out, name)?;
         let value = pairs
             .iter()
-            .find(|(n, _)| n.as_slice() == *name)
+            .find(|(n, _)| n.as_slice() == name)
             .map(|(_, v)| v.as_slice());
-        push_value(&mut out, *kind, value)?;
+        push_value(&mut out, kind, value)?;
     }
     out.push(b'}');
     Ok(Some(out))
@@ -300,7 +334,7 @@ pub(crate) fn from_some_fields(
     out.push(b'{');
     let mut first = true;
     for (name, value) in names.iter().zip(values) {
-        let Some((kind, _)) = dir.columns.iter().find(|(_, n)| *n == name.as_bytes()) else {
+        let Some((kind, _)) = dir.columns().find(|(_, n)| *n == name.as_bytes()) else {
             continue;
         };
         if !first {
@@ -308,7 +342,7 @@ pub(crate) fn from_some_fields(
         }
         first = false;
         push_name(&mut out, name.as_bytes())?;
-        push_value(&mut out, *kind, value.as_deref())?;
+        push_value(&mut out, kind, value.as_deref())?;
     }
     out.push(b'}');
     Ok(Some(out))
@@ -347,6 +381,30 @@ mod tests {
             stamp: stamp.map(|s| Bytes::from(s.to_vec())),
         }
         .encode()
+    }
+
+    #[test]
+    fn text_is_written_as_serde_json_writes_it_on_either_path() {
+        for text in [
+            "",
+            "plain ascii 123 ~",
+            "a \"quote\"",
+            "back\\slash",
+            "tab\tand\nnewline",
+            "\u{7f} delete",
+            "\u{1} control",
+            "ünïcödé ✓ 𝄞",
+        ] {
+            let mut out = Vec::new();
+            push_json_string(&mut out, text.as_bytes(), "bad").expect("valid");
+            let expected = serde_json::to_string(text).expect("json");
+            assert_eq!(String::from_utf8(out).expect("utf-8"), expected, "{text:?}");
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            push_json_string(&mut out, &[0xff, 0xfe], "not UTF-8"),
+            Err("not UTF-8".to_owned())
+        );
     }
 
     #[test]
