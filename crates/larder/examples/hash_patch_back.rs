@@ -6,7 +6,7 @@
 //! that sets the field). A benchmark figure, so an example and not a test.
 //!
 //! ```sh
-//! cargo run --release -p larder --example hash_patch_back -- [rounds, default 5]
+//! cargo run --release -p larder --example hash_patch_back -- [rounds, default 20]
 //! ```
 
 use larder::{Cache, Json, Representation, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
@@ -42,12 +42,18 @@ async fn cache(table: &str, redis: &str, prefix: &str, rep: Representation) -> C
         .expect("cache")
 }
 
-async fn run(table: &str, redis: &str, rep: Representation, rounds: usize) -> (f64, u64) {
+/// Acknowledged patches per second, how many gave up (`Busy`) and how
+/// many compare-and-sets were lost and retried.
+async fn run(table: &str, redis: &str, rep: Representation, rounds: usize) -> (f64, u64, u64) {
     let prefix = larder_test_support::unique("hpb");
     let instances = [
         cache(table, redis, &prefix, rep).await,
         cache(table, redis, &prefix, rep).await,
     ];
+    // The steady state: every row cached before the timed patches.
+    for id in 0..KEYS {
+        instances[0].get(&id).await.expect("warm");
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..TASKS {
@@ -72,11 +78,13 @@ async fn run(table: &str, redis: &str, rep: Representation, rounds: usize) -> (f
         busy += t.await.expect("task");
     }
     let took = started.elapsed();
+    let mut conflicts = 0;
     for c in &instances {
+        conflicts += c.write_back_stats().map_or(0, |s| s.conflicts);
         c.close(Duration::from_secs(30)).await.expect("close");
     }
     let acks = (TASKS * rounds) as f64 * KEYS as f64;
-    (acks / took.as_secs_f64(), busy)
+    (acks / took.as_secs_f64(), busy, conflicts)
 }
 
 #[tokio::main]
@@ -84,7 +92,7 @@ async fn main() {
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(20);
     let admin = larder_test_support::pg_pool(2).await;
     let schema = larder_test_support::unique("hpb");
     let table = format!("{schema}.wide");
@@ -101,8 +109,10 @@ async fn main() {
     }
     let server = RedisServer::durable();
     for rep in [Representation::String, Representation::Hash] {
-        let (rate, busy) = run(&table, &server.url(), rep, rounds).await;
-        println!("{rep:>6}: {rate:>8.0} acknowledged patches/s, {busy} gave up (Busy)");
+        let (rate, busy, conflicts) = run(&table, &server.url(), rep, rounds).await;
+        println!(
+            "{rep:>6}: {rate:>8.0} acknowledged patches/s, {conflicts} compare-and-sets retried, {busy} gave up (Busy)"
+        );
     }
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&admin)

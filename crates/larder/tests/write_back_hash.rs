@@ -211,6 +211,11 @@ async fn two_instances_patching_different_fields_of_the_same_keys_all_land_witho
         b.write_back_stats().expect("stats"),
     );
     assert_eq!(sa.retries + sb.retries, 0, "{sa:?} {sb:?}");
+    assert_eq!(
+        sa.conflicts + sb.conflicts,
+        0,
+        "no patch read again and retried: {sa:?} {sb:?}"
+    );
     assert_eq!(sa.dead_lettered + sb.dead_lettered, 0);
     db.drop().await;
 }

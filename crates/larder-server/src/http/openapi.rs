@@ -935,6 +935,7 @@ fn stats_schema() -> Value {
                 "description": "Write-back entities only.",
                 "properties": {
                     "acknowledged": count, "coalesced": count, "batches": count, "rows_written": count,
+                    "conflicts": { "type": "integer", "minimum": 0, "description": "Compare-and-sets lost to another writer of the id (a string patch or delete read again and retried)." },
                     "retries": count, "dead_lettered": count,
                     "backlog": { "type": "integer", "minimum": 0, "description": "Dirty rows not yet in the database." },
                     "lag_ms": { "type": ["integer", "null"], "description": "Age of the oldest dirty row, ms." },

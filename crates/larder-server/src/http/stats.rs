@@ -31,6 +31,7 @@ fn write_back_json(w: &WriteBackStats) -> Value {
     json!({
         "acknowledged": w.acknowledged,
         "coalesced": w.coalesced,
+        "conflicts": w.conflicts,
         "batches": w.batches,
         "rows_written": w.rows_written,
         "retries": w.retries,

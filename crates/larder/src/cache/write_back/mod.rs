@@ -177,6 +177,10 @@ pub struct WriteBackStats {
     pub acknowledged: u64,
     /// Acknowledged writes that replaced a write not yet flushed.
     pub coalesced: u64,
+    /// Compare-and-sets lost to another writer of the id, each sending a
+    /// `patch` or `delete` back to read and try again (a `patch` of a
+    /// `hash` entity takes none).
+    pub conflicts: u64,
     /// Batches committed to the source.
     pub batches: u64,
     /// Rows written (upserted or deleted) by those batches.
@@ -207,6 +211,7 @@ pub struct WriteBackStats {
 pub(crate) struct Counters {
     pub(crate) acknowledged: Tally,
     pub(crate) coalesced: Tally,
+    pub(crate) conflicts: Tally,
     pub(crate) batches: Tally,
     /// Added once per committed batch (its row count): a histogram sample.
     pub(crate) rows_written: Tally,
@@ -225,6 +230,7 @@ impl Counters {
         Self {
             acknowledged: Tally::counter("larder_writeback_writes_total", entity),
             coalesced: Tally::counter("larder_writeback_coalesced_total", entity),
+            conflicts: Tally::counter("larder_writeback_conflicts_total", entity),
             batches: Tally::counter("larder_writeback_batches_total", entity),
             rows_written: Tally::samples("larder_writeback_batch_rows", entity),
             retries: Tally::counter("larder_writeback_retries_total", entity),
@@ -246,6 +252,7 @@ impl Counters {
         WriteBackStats {
             acknowledged: get(&self.acknowledged),
             coalesced: get(&self.coalesced),
+            conflicts: get(&self.conflicts),
             batches: get(&self.batches),
             rows_written: get(&self.rows_written),
             retries: get(&self.retries),

@@ -249,7 +249,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         cache: CacheWrite::Queued,
                     }))
                 }
-                Recorded::Conflict => tokio::time::sleep(self.cas_pause(attempt)).await,
+                Recorded::Conflict => self.lost_compare_and_set(state, attempt).await,
             }
         }
         Err(self.busy(id))
@@ -346,10 +346,16 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 .await?
             {
                 Recorded::Queued { .. } => return Ok(true),
-                Recorded::Conflict => tokio::time::sleep(self.cas_pause(attempt)).await,
+                Recorded::Conflict => self.lost_compare_and_set(state, attempt).await,
             }
         }
         Err(self.busy(id))
+    }
+
+    /// Counts a lost compare-and-set and pauses before the next attempt.
+    async fn lost_compare_and_set(&self, state: &super::State, attempt: u32) {
+        super::Counters::add(&state.counters.conflicts, 1);
+        tokio::time::sleep(self.cas_pause(attempt)).await;
     }
 
     /// The pause after a lost compare-and-set: random, up to 0.1 ms ×
