@@ -1,13 +1,15 @@
 //! The cache's behaviour, written once and run against every store:
-//! the embedded `memory://` store and the real Redis on 127.0.0.1:6379.
+//! the embedded `memory://` store, the real Redis on 127.0.0.1:6379 and a
+//! Redis Cluster — and on Redis again with entries as hashes
+//! (`redis_hash::`), for every behaviour that is not about the codec.
 
 use larder_test_support as support;
 use support::{eventually, Keyed, TableSource};
 
 use larder::store::{self, Store};
 use larder::{
-    Cache, CacheWrite, Error, LoadError, ManualClock, MessagePack, Outcome, WarmOptions,
-    WritePolicy,
+    Cache, CacheWrite, Error, LoadError, ManualClock, MessagePack, Outcome, Representation,
+    WarmOptions, WritePolicy,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,13 +44,24 @@ type Table = support::Table<User>;
 enum Kind {
     Memory,
     Redis,
+    /// Redis, the entries stored as hashes (`Representation::Hash`).
+    RedisHash,
     Cluster,
+}
+
+impl Kind {
+    fn representation(self) -> Representation {
+        match self {
+            Kind::RedisHash => Representation::Hash,
+            _ => Representation::String,
+        }
+    }
 }
 
 async fn store(kind: Kind) -> Arc<dyn Store> {
     match kind {
         Kind::Memory => store::connect("memory://").await.expect("memory store"),
-        Kind::Redis => support::redis_store().await,
+        Kind::Redis | Kind::RedisHash => support::redis_store().await,
         Kind::Cluster => support::RedisCluster::shared().store().await,
     }
 }
@@ -80,6 +93,7 @@ async fn fixture_with(
         .prefix(&prefix)
         .entity("users")
         .store(store.clone())
+        .representation(kind.representation())
         .source(TableSource(table.clone()))
         .clock(clock.clone())
         .ttl(Duration::from_secs(60))
@@ -97,11 +111,42 @@ async fn fixture_with(
     }
 }
 
+/// The Redis types of the keys under `prefix`.
+async fn redis_types(prefix: &str) -> Vec<String> {
+    let client = ::redis::Client::open(support::redis_url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    let mut types = Vec::new();
+    for key in keys {
+        let t: String = ::redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        types.push(t);
+    }
+    types
+}
+
 async fn read_through_miss_then_hit(kind: Kind) {
     let f = fixture(kind, &[user(1, "ada")]).await;
     let first = f.cache.get(&1).await.expect("get");
     assert_eq!(first.outcome, Outcome::Miss);
     assert_eq!(first.value.as_deref(), Some(&user(1, "ada")));
+    if matches!(kind, Kind::RedisHash) {
+        let types = redis_types(&f.prefix).await;
+        assert!(
+            types.iter().any(|t| t == "hash"),
+            "the entry is a hash: {types:?}"
+        );
+    }
     let second = f.cache.get(&1).await.expect("get");
     assert_eq!(second.outcome, Outcome::Hit);
     assert_eq!(second.value.as_deref(), Some(&user(1, "ada")));
@@ -677,6 +722,13 @@ macro_rules! every_store {
     };
 }
 
+/// The behaviours that do not depend on the codec, on `hash` entries.
+macro_rules! on_hash_entries {
+    ($($name:ident),* $(,)?) => {
+        mod redis_hash { $( #[tokio::test] async fn $name() { super::$name(super::Kind::RedisHash).await } )* }
+    };
+}
+
 every_store!(
     read_through_miss_then_hit,
     cache_aside_loads_once,
@@ -852,3 +904,27 @@ async fn try_get_or_load_gives_every_waiter_the_same_loader_error() {
         assert!(matches!(refused, LoadError::Cache(_)), "{refused:?}");
     }
 }
+
+on_hash_entries!(
+    read_through_miss_then_hit,
+    cache_aside_loads_once,
+    not_found_is_remembered,
+    get_many_loads_misses_in_one_call,
+    put_and_invalidate,
+    stale_is_served_while_one_refresh_runs,
+    past_the_stale_window_is_a_miss,
+    fail_safe_serves_stale_then_errors,
+    concurrent_misses_share_one_load,
+    invalidation_during_a_load_voids_its_fill,
+    warm_fills_in_batches,
+    warm_all_streams_every_row,
+    warming_never_overwrites_a_newer_write,
+    a_load_past_load_timeout_fails_with_a_timeout,
+    soft_timeout_serves_stale_then_the_refresh_lands,
+    early_refresh_reloads_before_expiry,
+    write_through_caches_the_stored_row,
+    write_around_invalidates,
+    read_only_refuses_writes,
+    a_refused_write_leaves_the_cache_alone,
+    a_write_voids_a_load_in_flight,
+);
