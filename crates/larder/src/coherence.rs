@@ -26,7 +26,6 @@ use crate::outcome::{Lookup, Outcome};
 use crate::stats::{NearCounters, NearEvent, NearStats};
 use crate::store::Store;
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,7 +219,7 @@ impl<V: Send + Sync + 'static> Coherence<V> {
         &self,
         ids: Vec<String>,
         now: u64,
-        answers: &mut HashMap<String, Lookup<V>>,
+        answers: &mut crate::cache::Answers<V>,
     ) -> Vec<(String, Option<Ticket>)> {
         let mut rest = Vec::with_capacity(ids.len());
         for id in ids {

@@ -113,19 +113,20 @@ impl<'a> IdText<'a> {
         IdText(IdRepr::Owned(id))
     }
 
-    /// An integer's decimal digits, inline.
-    fn integer(n: impl std::fmt::Display) -> Self {
-        use std::io::Write;
+    /// An integer's decimal digits, inline (itoa: no `core::fmt` on
+    /// every key of a batch).
+    fn integer(n: impl itoa::Integer) -> Self {
+        let mut digits = itoa::Buffer::new();
+        let text = digits.format(n).as_bytes();
         let mut buf = [0u8; INLINE_ID];
-        let mut rest = &mut buf[..];
-        match write!(rest, "{n}") {
-            Ok(()) => {
-                let len = INLINE_ID - rest.len();
+        match buf.get_mut(..text.len()) {
+            Some(head) => {
+                head.copy_from_slice(text);
                 // At most INLINE_ID (20), so it fits in a u8.
-                IdText(IdRepr::Inline(buf, len as u8))
+                IdText(IdRepr::Inline(buf, text.len() as u8))
             }
             // Wider than any integer type implemented here; kept correct anyway.
-            Err(_) => IdText::owned(n.to_string()),
+            None => IdText::owned(String::from_utf8_lossy(text).into_owned()),
         }
     }
 

@@ -55,6 +55,13 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A batch read's answers by id. Hashed with foldhash rather than SipHash:
+/// a batch hashes each of its ids twice, SipHash was 3% of a 100-key
+/// `get_many`, and a batch is bounded, so collisions chosen by a client
+/// cost little (foldhash is seeded per process all the same).
+pub(crate) type Answers<V> =
+    std::collections::HashMap<String, Lookup<V>, foldhash::fast::RandomState>;
+
 /// A load: given a canonical id, the value (or `None`: not found).
 pub(crate) type Loader<V> = Box<dyn FnOnce(String) -> BoxFuture<'static, Result<Option<V>>> + Send>;
 
@@ -244,21 +251,23 @@ where
     /// `load_many` on the source for the misses. Answers in `keys` order
     /// (a key given twice is read once).
     pub async fn get_many(&self, keys: &[&K]) -> Result<Vec<Lookup<V>>> {
-        // One owned id per distinct key (sorted to drop repeats without a
-        // set of copies); the answers are then found by each key's id
-        // again, which costs no allocation for integer and string keys.
-        let mut ids = keys
+        // Each key's id text once (no allocation for integer and string
+        // keys), then one owned id per distinct key (sorted to drop
+        // repeats without a set of copies); the answers are found by the
+        // texts.
+        let texts = keys
             .iter()
-            .map(|k| self.id_text_of(k).map(IdText::into_owned))
+            .map(|k| self.id_text_of(k))
             .collect::<Result<Vec<_>>>()?;
+        let mut ids: Vec<String> = texts.iter().map(|t| t.as_str().to_owned()).collect();
         ids.sort_unstable();
         ids.dedup();
         let answers = self.inner.clone().read_many(ids).await?;
-        keys.iter()
-            .map(|k| {
-                let id = self.id_text_of(k)?;
-                answers.get(&*id).cloned().ok_or_else(|| {
-                    Error::internal(format!("get_many lost the answer for id {:?}", &*id))
+        texts
+            .iter()
+            .map(|id| {
+                answers.get(id.as_str()).cloned().ok_or_else(|| {
+                    Error::internal(format!("get_many lost the answer for id {:?}", id.as_str()))
                 })
             })
             .collect()

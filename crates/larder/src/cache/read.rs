@@ -19,7 +19,7 @@
 //! (breaker, generations, layout, the `GET` or `MGET`) and
 //! [`Inner::classify`] (fresh, stale or missing, per entry).
 
-use super::{Inner, Loader};
+use super::{Answers, Inner, Loader};
 use crate::envelope::{Envelope, Freshness};
 use crate::error::{Error, Message, Result};
 use crate::key::IdText;
@@ -30,7 +30,6 @@ use crate::stats::Event;
 use crate::store::{Acquired, LeaseRequest};
 use bytes::Bytes;
 use futures_util::future::{join_all, FutureExt};
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -367,10 +366,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// The batch read path of `get_many`; counts each answer once.
-    pub(super) async fn read_many(
-        self: Arc<Self>,
-        ids: Vec<String>,
-    ) -> Result<HashMap<String, Lookup<V>>> {
+    pub(super) async fn read_many(self: Arc<Self>, ids: Vec<String>) -> Result<Answers<V>> {
         let answers = self.clone().read_many_uncounted(ids).await?;
         for answer in answers.values() {
             self.counters.read(answer.outcome);
@@ -383,8 +379,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
     pub(super) async fn read_many_uncounted(
         self: Arc<Self>,
         ids: Vec<String>,
-    ) -> Result<HashMap<String, Lookup<V>>> {
-        let mut answers = HashMap::with_capacity(ids.len());
+    ) -> Result<Answers<V>> {
+        let mut answers = Answers::with_capacity_and_hasher(ids.len(), Default::default());
         let (ids, tickets): (Vec<String>, Vec<_>) = (self.coherence)
             .l1_many(ids, self.clock.now_ms(), &mut answers)
             .await
@@ -427,7 +423,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     pub(super) async fn load_misses(
         self: &Arc<Self>,
         misses: Vec<String>,
-        answers: &mut HashMap<String, Lookup<V>>,
+        answers: &mut Answers<V>,
     ) -> Result<()> {
         let (mut single, batch): (Vec<String>, Vec<String>) =
             misses.into_iter().partition(|id| self.flights.contains(id));
@@ -488,7 +484,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// Many keys straight from the source, the store being unavailable.
-    pub(super) async fn bypass_many(&self, ids: Vec<String>) -> Result<HashMap<String, Lookup<V>>> {
+    pub(super) async fn bypass_many(&self, ids: Vec<String>) -> Result<Answers<V>> {
         let source = self
             .source
             .clone()
