@@ -282,7 +282,6 @@ impl KeySpace {
     }
 
     pub(crate) fn key(&self, kind: KeyKind, id: &str) -> String {
-        use std::fmt::Write as _;
         let shard = self.shard(id);
         // Built in one allocation of the exact size (a hot path: every
         // read asks for its value key); a shard has at most 5 digits.
@@ -291,7 +290,7 @@ impl KeySpace {
         key.push_str(":{");
         key.push_str(&self.entity);
         key.push(':');
-        let _ = write!(key, "{shard}");
+        key.push_str(itoa::Buffer::new().format(shard));
         key.push_str("}:");
         key.push(match kind {
             KeyKind::Value if self.hash => 'h',
