@@ -66,11 +66,29 @@ fn merge_object(
     }
 }
 
+/// Merges `fields` into the JSON object `payload`, the members it keeps
+/// copied as they are: a number is never parsed, so neither one beyond
+/// `f64` (a `jsonb` or `numeric` value of 400 digits) nor a decimal past
+/// 2^53 is refused or rounded by a patch of another column.
 fn merge_json(entity: &str, id: &str, payload: &[u8], fields: &JsonObject) -> Result<Vec<u8>> {
-    let target =
-        serde_json::from_slice(payload).map_err(|e| decode_error(entity, id, Error::cause(e)))?;
-    let merged = merge_object(entity, id, target, fields)?;
-    serde_json::to_vec(&merged).map_err(|e| encode_error(entity, e))
+    use serde_json::value::RawValue;
+    let mut object: std::collections::BTreeMap<String, Box<RawValue>> =
+        match serde_json::from_slice(payload) {
+            Ok(object) => object,
+            Err(e) if e.is_data() => {
+                return Err(decode_error(
+                    entity,
+                    id,
+                    Message::cause("a patch needs the stored value to be an object"),
+                ))
+            }
+            Err(e) => return Err(decode_error(entity, id, Error::cause(e))),
+        };
+    for (k, v) in fields {
+        let raw = serde_json::value::to_raw_value(v).map_err(|e| encode_error(entity, e))?;
+        object.insert(k.clone(), raw);
+    }
+    serde_json::to_vec(&object).map_err(|e| encode_error(entity, e))
 }
 
 /// JSON through serde_json. The default codec.
@@ -268,6 +286,31 @@ mod tests {
             name: u.name.clone(),
             tags: u.tags.clone(),
         }
+    }
+
+    #[test]
+    fn a_json_merge_keeps_the_numbers_it_does_not_touch_exactly() {
+        let huge = format!("1{}", "0".repeat(400));
+        let payload = format!(
+            "{{\"id\":1,\"payload\":{huge},\"price\":12345678901234567890.125,\"name\":\"a\"}}"
+        );
+        let mut fields = JsonObject::new();
+        fields.insert("name".into(), serde_json::json!("b"));
+        for codec in [&Json as &dyn Codec<RawJson>, &PassThrough] {
+            let merged = codec
+                .merge("e", "1", payload.as_bytes(), &fields)
+                .expect("merge");
+            let text = String::from_utf8(merged).expect("utf-8");
+            assert!(text.contains(&format!("\"payload\":{huge}")), "{text}");
+            assert!(
+                text.contains("\"price\":12345678901234567890.125"),
+                "{text}"
+            );
+            assert!(text.contains("\"name\":\"b\""), "{text}");
+        }
+        let err = Codec::<RawJson>::merge(&Json, "e", "1", b"[1,2]", &fields).expect_err("array");
+        assert!(err.to_string().contains("an object"), "{err}");
+        assert!(Codec::<RawJson>::merge(&Json, "e", "1", b"{nope", &fields).is_err());
     }
 
     #[test]

@@ -130,6 +130,12 @@ impl Answer {
         })
     }
 
+    /// The body as text (lossy), for answers whose numbers JSON parsing
+    /// would round.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
