@@ -295,18 +295,11 @@ fn write_request<'a>(
 /// Schema, and so the OpenAPI document, calls it an integer.
 fn whole_numbers_as_integers(e: &Entity, row: &mut serde_json::Map<String, serde_json::Value>) {
     fn fix(v: &mut serde_json::Value) {
-        // Exactly the f64 values inside i64's range.
-        const LIMIT: f64 = 9_223_372_036_854_775_808.0;
         match v {
             serde_json::Value::Array(items) => items.iter_mut().for_each(fix),
-            serde_json::Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
-                if let Some(f) = n.as_f64() {
-                    if f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f) {
-                        // In range and whole, so the cast is exact.
-                        #[allow(clippy::cast_possible_truncation)]
-                        let i = f as i64;
-                        *v = serde_json::Value::from(i);
-                    }
+            serde_json::Value::Number(n) => {
+                if let Some(i) = super::validate::whole_number(n) {
+                    *v = serde_json::Value::from(i);
                 }
             }
             _ => {}
