@@ -28,7 +28,7 @@
 use super::error::{clip, ApiError};
 use super::routes::X_CACHE;
 use crate::config::{Config, FeedConfig, SetConfig, SetWriteMode};
-use crate::serve::AppState;
+use crate::serve::{AppState, Named};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -205,17 +205,15 @@ pub async fn get_row_or_set(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if state.set(&name).is_some() {
-        return get_set(&state, &name, &id, query.as_deref().unwrap_or_default()).await;
+    let q = query.as_deref().unwrap_or_default();
+    match state.resolve(&name) {
+        Some(Named::Set(_)) => get_set(&state, &name, &id, q).await,
+        Some(Named::Board(_)) => super::boards::get_board(&state, &name, &id, q).await,
+        Some(Named::Feed(_)) => get_feed(&state, &name, &id, q).await,
+        Some(Named::Entity(_)) | None => {
+            super::routes::get_row(State(state), Path((name, id)), headers, RawQuery(query)).await
+        }
     }
-    if state.board(&name).is_some() {
-        return super::boards::get_board(&state, &name, &id, query.as_deref().unwrap_or_default())
-            .await;
-    }
-    if state.feed(&name).is_some() {
-        return get_feed(&state, &name, &id, query.as_deref().unwrap_or_default()).await;
-    }
-    super::routes::get_row(State(state), Path((name, id)), headers, RawQuery(query)).await
 }
 
 /// `POST /v1/{name}/{id}/invalidate`: a set's owner when `name` is a set,
@@ -224,25 +222,16 @@ pub async fn invalidate_row_or_owner(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    if let Some(s) = state.set(&name) {
-        s.cache.invalidate(&id).await.map_err(engine(s))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
+    let collection = |e: larder::Error| ApiError::from_engine(&name, &e);
+    match state.resolve(&name) {
+        Some(Named::Set(s)) => s.cache.invalidate(&id).await.map_err(collection)?,
+        Some(Named::Board(b)) => b.cache.invalidate(&id).await.map_err(collection)?,
+        Some(Named::Feed(f)) => f.cache.invalidate(&id).await.map_err(collection)?,
+        Some(Named::Entity(_)) | None => {
+            return super::routes::invalidate_row(State(state), Path((name, id))).await
+        }
     }
-    if let Some(b) = state.board(&name) {
-        b.cache
-            .invalidate(&id)
-            .await
-            .map_err(|e| ApiError::from_engine(&b.config.name, &e))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    if let Some(f) = state.feed(&name) {
-        f.cache
-            .invalidate(&id)
-            .await
-            .map_err(|e| ApiError::from_engine(&f.config.name, &e))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    super::routes::invalidate_row(State(state), Path((name, id))).await
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn decode(what: &str, raw: &str) -> Result<String, ApiError> {
@@ -606,11 +595,10 @@ pub async fn append_item(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if state.feed(&name).is_none()
-        && (state.entity(&name).is_some()
-            || state.set(&name).is_some()
-            || state.board(&name).is_some())
-    {
+    if matches!(
+        state.resolve(&name),
+        Some(Named::Entity(_) | Named::Set(_) | Named::Board(_))
+    ) {
         // An entity's row or a set's owner has no POST: 405 with Allow, as
         // the router answers any other method a route lacks.
         let mut res = ApiError::method_not_allowed(format!(

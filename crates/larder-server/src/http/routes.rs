@@ -9,7 +9,7 @@
 use super::error::{clip, ApiError};
 use super::validate::{check_incr, check_row, json_object, Write};
 use crate::config::WriteMode;
-use crate::serve::{AppState, Entity};
+use crate::serve::{AppState, Entity, Named};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -445,30 +445,22 @@ pub async fn purge(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    if let Some(set) = state.set(&name) {
-        set.cache
-            .purge()
-            .await
-            .map_err(|err| ApiError::from_engine(&name, &err))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
+    let collection = |err: larder::Error| ApiError::from_engine(&name, &err);
+    match state.resolve(&name) {
+        Some(Named::Set(s)) => {
+            s.cache.purge().await.map_err(collection)?;
+        }
+        Some(Named::Board(b)) => {
+            b.cache.purge().await.map_err(collection)?;
+        }
+        Some(Named::Feed(f)) => {
+            f.cache.purge().await.map_err(collection)?;
+        }
+        Some(Named::Entity(e)) => {
+            e.cache.purge().await.map_err(engine(e))?;
+        }
+        None => return Err(ApiError::unknown_entity(&name)),
     }
-    if let Some(board) = state.board(&name) {
-        board
-            .cache
-            .purge()
-            .await
-            .map_err(|err| ApiError::from_engine(&name, &err))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    if let Some(feed) = state.feed(&name) {
-        feed.cache
-            .purge()
-            .await
-            .map_err(|err| ApiError::from_engine(&name, &err))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    let e = entity(&state, &name)?;
-    e.cache.purge().await.map_err(engine(e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
