@@ -69,6 +69,21 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+/// What a name under `/v1/` names: entities, sets, feeds and
+/// leaderboards share one namespace (the config refuses a name twice), so
+/// a name is at most one of them. See [`AppState::resolve`].
+#[derive(Debug, Clone, Copy)]
+pub enum Named<'a> {
+    /// A set (`[[set]]`).
+    Set(&'a crate::http::collections::SetEntry),
+    /// A feed (`[[feed]]`).
+    Feed(&'a crate::http::collections::FeedEntry),
+    /// A leaderboard (`[[leaderboard]]`).
+    Board(&'a crate::http::boards::BoardEntry),
+    /// An entity (`[[entity]]`).
+    Entity(&'a Entity),
+}
+
 /// Where an entity's rows come from.
 #[derive(Debug, Clone)]
 pub enum EntitySource {
@@ -157,6 +172,21 @@ impl AppState {
             .board_by_name
             .get(name)
             .map(|&i| &self.inner.boards[i])
+    }
+
+    /// What `name` names, if anything: every route that takes a name of
+    /// any kind asks here, so a new kind cannot be missed.
+    pub fn resolve(&self, name: &str) -> Option<Named<'_>> {
+        if let Some(s) = self.set(name) {
+            return Some(Named::Set(s));
+        }
+        if let Some(b) = self.board(name) {
+            return Some(Named::Board(b));
+        }
+        if let Some(f) = self.feed(name) {
+            return Some(Named::Feed(f));
+        }
+        self.entity(name).map(Named::Entity)
     }
 
     /// Every configured leaderboard, in configuration order.

@@ -21,6 +21,8 @@
 //! - [`Table`] and [`TableSource`]: an in-memory table behind a cache, with
 //!   knobs to count, hold, slow down and fail its loads;
 //! - [`accounts`]: the PostgreSQL `accounts` fixture of the write tests;
+//! - [`collections`]: the collection tests' source wrappers that count,
+//!   slow down or gate loads, and their PostgreSQL schema of a test's own;
 //! - [`CountingAllocator`] and [`count_allocations`]: heap allocations per
 //!   thread, to prove a hot path allocates nothing.
 //!
@@ -33,6 +35,7 @@
 pub mod accounts;
 mod alloc;
 mod cluster;
+pub mod collections;
 mod names;
 mod proxy;
 mod redis_server;

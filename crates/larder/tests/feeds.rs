@@ -6,71 +6,40 @@
 use larder_test_support as support;
 
 use larder::store::Store;
-use larder::{CollectionOutcome, FeedCache, FeedItem, FeedSource, SqlFeedSource, SqlPool};
+use larder::{CollectionOutcome, FeedCache, FeedSource, SqlFeedSource, SqlPool};
 use serde_json::{json, Map, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use support::collections::Counted;
 
-/// Counts loads, slows them down.
-#[derive(Debug, Clone)]
-struct Counted {
-    inner: SqlFeedSource,
-    loads: Arc<AtomicUsize>,
-    delay: Duration,
-}
+/// A PostgreSQL schema of the test's own with `posts (id, user_id,
+/// created_at, body)` and the index of the feed's order.
+struct Pg(support::collections::PgSchema);
 
-#[async_trait::async_trait]
-impl FeedSource for Counted {
-    fn canonical_owner(&self, raw: &str) -> larder::Result<String> {
-        self.inner.canonical_owner(raw)
+impl std::ops::Deref for Pg {
+    type Target = support::collections::PgSchema;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
-    fn canonical_item(&self, raw: &str) -> larder::Result<String> {
-        self.inner.canonical_item(raw)
-    }
-    fn compare(&self, a: &str, b: &str) -> std::cmp::Ordering {
-        self.inner.compare(a, b)
-    }
-    async fn load(&self, owner: &str, offset: u64, limit: u64) -> larder::Result<Vec<FeedItem>> {
-        if offset == 0 {
-            self.loads.fetch_add(1, Ordering::SeqCst);
-        }
-        tokio::time::sleep(self.delay).await;
-        self.inner.load(owner, offset, limit).await
-    }
-    async fn append(&self, owner: &str, row: &Map<String, Value>) -> larder::Result<FeedItem> {
-        self.inner.append(owner, row).await
-    }
-    async fn delete(&self, owner: &str, item: &str) -> larder::Result<bool> {
-        self.inner.delete(owner, item).await
-    }
-}
-
-struct Pg {
-    admin: sqlx::PgPool,
-    schema: String,
 }
 
 impl Pg {
     async fn new() -> Pg {
-        let schema = support::unique("feeds");
-        let admin = support::pg_pool(2).await;
-        for sql in [
-            format!("CREATE SCHEMA {schema}"),
-            format!(
-                "CREATE TABLE {schema}.posts (id bigserial PRIMARY KEY, user_id bigint NOT NULL,
-                 created_at timestamptz NOT NULL DEFAULT now(), body text NOT NULL)"
-            ),
-            format!("CREATE INDEX ON {schema}.posts (user_id, created_at DESC, id DESC)"),
-        ] {
-            sqlx::query(&sql).execute(&admin).await.expect(&sql);
-        }
-        Pg { admin, schema }
+        Pg(support::collections::PgSchema::new("feeds", |schema| {
+            vec![
+                format!(
+                    "CREATE TABLE {schema}.posts (id bigserial PRIMARY KEY, user_id bigint NOT NULL,
+                     created_at timestamptz NOT NULL DEFAULT now(), body text NOT NULL)"
+                ),
+                format!("CREATE INDEX ON {schema}.posts (user_id, created_at DESC, id DESC)"),
+            ]
+        })
+        .await)
     }
 
     async fn source(&self) -> SqlFeedSource {
-        let pool = SqlPool::connect(&support::pg_url(), 4).await.expect("pool");
-        SqlFeedSource::builder(pool, &format!("{}.posts", self.schema))
+        SqlFeedSource::builder(self.source_pool().await, &self.table("posts"))
             .owner("user_id")
             .item_key("id")
             .order(["created_at desc", "id desc"])
@@ -106,13 +75,6 @@ impl Pg {
         .fetch_all(&self.admin)
         .await
         .expect("select")
-    }
-
-    async fn drop(self) {
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .execute(&self.admin)
-            .await
-            .expect("drop");
     }
 }
 
@@ -266,12 +228,8 @@ async fn one_load_per_expiry_across_instances(kind: &str) {
     pg.insert(3, 100, "a").await;
     let prefix = support::unique("f");
     let shared = store(kind).await;
-    let loads = Arc::new(AtomicUsize::new(0));
-    let source = Counted {
-        inner: pg.source().await,
-        loads: loads.clone(),
-        delay: Duration::from_millis(150),
-    };
+    let source = Counted::new(pg.source().await, Duration::from_millis(150));
+    let loads = source.loads.clone();
     let mut instances = Vec::new();
     for _ in 0..2 {
         let s = if kind == "redis" {

@@ -8,110 +8,40 @@
 
 use larder_test_support as support;
 
-use async_trait::async_trait;
 use larder::store::Store;
 use larder::{
-    BoardLoad, BoardSource, CollectionOutcome, ErrorKind, Leaderboard, Ranked, ScoreKind,
-    SqlBoardSource, SqlPool,
+    BoardSource, CollectionOutcome, ErrorKind, Leaderboard, Ranked, ScoreKind, SqlBoardSource,
+    SqlPool,
 };
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A source wrapper that counts loads and can slow them.
-#[derive(Debug, Clone)]
-struct Counted {
-    inner: SqlBoardSource,
-    loads: Arc<AtomicUsize>,
-    delay: Duration,
-    /// When set, an increment that committed signals the first and waits
-    /// for a permit of the second before it returns (its end step waits).
-    gate: Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Semaphore>)>,
-}
-
-impl Counted {
-    fn new(inner: SqlBoardSource, delay: Duration) -> Counted {
-        Counted {
-            inner,
-            loads: Arc::default(),
-            delay,
-            gate: None,
-        }
-    }
-}
-
-#[async_trait]
-impl BoardSource for Counted {
-    fn score_kind(&self) -> ScoreKind {
-        self.inner.score_kind()
-    }
-    fn canonical_owner(&self, raw: &str) -> larder::Result<String> {
-        self.inner.canonical_owner(raw)
-    }
-    fn canonical_member(&self, raw: &str) -> larder::Result<String> {
-        self.inner.canonical_member(raw)
-    }
-    async fn load(&self, owner: &str, max: u64) -> larder::Result<BoardLoad> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(self.delay).await;
-        self.inner.load(owner, max).await
-    }
-    async fn top(
-        &self,
-        owner: &str,
-        offset: u64,
-        limit: u64,
-    ) -> larder::Result<Vec<(String, f64)>> {
-        self.inner.top(owner, offset, limit).await
-    }
-    async fn member(&self, owner: &str, member: &str) -> larder::Result<Option<(f64, u64)>> {
-        self.inner.member(owner, member).await
-    }
-    async fn count(&self, owner: &str) -> larder::Result<u64> {
-        self.inner.count(owner).await
-    }
-    async fn incr(&self, owner: &str, member: &str, by: f64) -> larder::Result<f64> {
-        let score = self.inner.incr(owner, member, by).await;
-        if let Some((committed, go)) = &self.gate {
-            committed.notify_one();
-            go.acquire().await.expect("gate").forget();
-        }
-        score
-    }
-    async fn set_score(&self, owner: &str, member: &str, score: f64) -> larder::Result<f64> {
-        self.inner.set_score(owner, member, score).await
-    }
-    async fn remove(&self, owner: &str, member: &str) -> larder::Result<bool> {
-        self.inner.remove(owner, member).await
-    }
-}
+use support::collections::Counted;
 
 /// A PostgreSQL schema of the test's own with `scores (game_id bigint,
 /// player_id text, points bigint)`.
-struct Pg {
-    admin: sqlx::PgPool,
-    schema: String,
+struct Pg(support::collections::PgSchema);
+
+impl std::ops::Deref for Pg {
+    type Target = support::collections::PgSchema;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Pg {
     async fn new() -> Pg {
-        let schema = support::unique("boards");
-        let admin = support::pg_pool(2).await;
-        for sql in [
-            format!("CREATE SCHEMA {schema}"),
-            format!(
+        Pg(support::collections::PgSchema::new("boards", |schema| {
+            vec![format!(
                 "CREATE TABLE {schema}.scores (game_id bigint NOT NULL, player_id text NOT NULL,
                  points bigint NOT NULL DEFAULT 0, UNIQUE (game_id, player_id))"
-            ),
-        ] {
-            sqlx::query(&sql).execute(&admin).await.expect(&sql);
-        }
-        Pg { admin, schema }
+            )]
+        })
+        .await)
     }
 
     async fn source(&self) -> SqlBoardSource {
-        let pool = SqlPool::connect(&support::pg_url(), 4).await.expect("pool");
-        SqlBoardSource::builder(pool, &format!("{}.scores", self.schema))
+        SqlBoardSource::builder(self.source_pool().await, &self.table("scores"))
             .owner("game_id")
             .member("player_id")
             .score("points")
@@ -145,13 +75,6 @@ impl Pg {
         .fetch_optional(&self.admin)
         .await
         .expect("select")
-    }
-
-    async fn drop(self) {
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .execute(&self.admin)
-            .await
-            .expect("drop schema");
     }
 }
 

@@ -7,109 +7,46 @@
 
 use larder_test_support as support;
 
-use async_trait::async_trait;
 use larder::store::Store;
-use larder::{
-    CollectionOutcome, ErrorKind, SetCache, SetLoad, SetOrder, SetSource, SqlPool, SqlSetSource,
-};
+use larder::{CollectionOutcome, ErrorKind, SetCache, SetOrder, SetSource, SqlPool, SqlSetSource};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A source wrapper that counts loads and database reads, and can slow loads.
-#[derive(Debug, Clone)]
-struct Counted {
-    inner: SqlSetSource,
-    loads: Arc<AtomicUsize>,
-    db_reads: Arc<AtomicUsize>,
-    delay: Duration,
-}
-
-impl Counted {
-    fn new(inner: SqlSetSource, delay: Duration) -> Counted {
-        Counted {
-            inner,
-            loads: Arc::default(),
-            db_reads: Arc::default(),
-            delay,
-        }
-    }
-}
-
-#[async_trait]
-impl SetSource for Counted {
-    fn order(&self) -> SetOrder {
-        self.inner.order()
-    }
-    fn canonical_owner(&self, raw: &str) -> larder::Result<String> {
-        self.inner.canonical_owner(raw)
-    }
-    fn canonical_member(&self, raw: &str) -> larder::Result<String> {
-        self.inner.canonical_member(raw)
-    }
-    async fn load(&self, owner: &str, max: u64) -> larder::Result<SetLoad> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(self.delay).await;
-        self.inner.load(owner, max).await
-    }
-    async fn contains(&self, owner: &str, member: &str) -> larder::Result<bool> {
-        self.db_reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.contains(owner, member).await
-    }
-    async fn page(
-        &self,
-        owner: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> larder::Result<Vec<String>> {
-        self.db_reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.page(owner, after, limit).await
-    }
-    async fn count(&self, owner: &str) -> larder::Result<u64> {
-        self.db_reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.count(owner).await
-    }
-    async fn add(&self, owner: &str, member: &str) -> larder::Result<bool> {
-        self.inner.add(owner, member).await
-    }
-    async fn remove(&self, owner: &str, member: &str) -> larder::Result<bool> {
-        self.inner.remove(owner, member).await
-    }
-}
+use support::collections::{Counted, Gated};
 
 /// A PostgreSQL schema of the test's own with a `follows (user_id bigint,
 /// follower text)` table (C-collation paging index) and an integer-member
 /// `likes (post text, user_id bigint)` table.
-struct Pg {
-    admin: sqlx::PgPool,
-    schema: String,
+struct Pg(support::collections::PgSchema);
+
+impl std::ops::Deref for Pg {
+    type Target = support::collections::PgSchema;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Pg {
     async fn new() -> Pg {
-        let schema = support::unique("sets");
-        let admin = support::pg_pool(2).await;
-        for sql in [
-            format!("CREATE SCHEMA {schema}"),
-            format!(
-                "CREATE TABLE {schema}.follows (user_id bigint NOT NULL, follower text NOT NULL,
-                 UNIQUE (user_id, follower))"
-            ),
-            format!("CREATE INDEX ON {schema}.follows (user_id, follower COLLATE \"C\")"),
-            format!(
-                "CREATE TABLE {schema}.likes (post text NOT NULL, user_id bigint NOT NULL,
-                 PRIMARY KEY (post, user_id))"
-            ),
-        ] {
-            sqlx::query(&sql).execute(&admin).await.expect(&sql);
-        }
-        Pg { admin, schema }
+        Pg(support::collections::PgSchema::new("sets", |schema| {
+            vec![
+                format!(
+                    "CREATE TABLE {schema}.follows (user_id bigint NOT NULL, follower text NOT NULL,
+                     UNIQUE (user_id, follower))"
+                ),
+                format!("CREATE INDEX ON {schema}.follows (user_id, follower COLLATE \"C\")"),
+                format!(
+                    "CREATE TABLE {schema}.likes (post text NOT NULL, user_id bigint NOT NULL,
+                     PRIMARY KEY (post, user_id))"
+                ),
+            ]
+        })
+        .await)
     }
 
     async fn source(&self, table: &str, owner: &str, member: &str) -> SqlSetSource {
-        let pool = SqlPool::connect(&support::pg_url(), 4).await.expect("pool");
-        SqlSetSource::builder(pool, &format!("{}.{table}", self.schema))
+        SqlSetSource::builder(self.source_pool().await, &self.table(table))
             .owner(owner)
             .member(member)
             .build()
@@ -146,13 +83,6 @@ impl Pg {
         .expect("select")
         .into_iter()
         .collect()
-    }
-
-    async fn drop(self) {
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .execute(&self.admin)
-            .await
-            .expect("drop schema");
     }
 }
 
@@ -785,60 +715,13 @@ async fn mariadb_sets_read_and_write_through() {
     }
 }
 
-/// A source that holds its loads at a gate: the load has read the
-/// database, the fill has not run yet.
-#[derive(Debug, Clone)]
-struct Gated {
-    inner: SqlSetSource,
-    loaded: Arc<tokio::sync::Notify>,
-    go: Arc<tokio::sync::Semaphore>,
-}
-
-#[async_trait]
-impl SetSource for Gated {
-    fn order(&self) -> SetOrder {
-        self.inner.order()
-    }
-    fn canonical_owner(&self, raw: &str) -> larder::Result<String> {
-        self.inner.canonical_owner(raw)
-    }
-    fn canonical_member(&self, raw: &str) -> larder::Result<String> {
-        self.inner.canonical_member(raw)
-    }
-    async fn load(&self, owner: &str, max: u64) -> larder::Result<SetLoad> {
-        let load = self.inner.load(owner, max).await;
-        self.loaded.notify_one();
-        let _permit = self.go.acquire().await.expect("gate");
-        load
-    }
-    async fn contains(&self, owner: &str, member: &str) -> larder::Result<bool> {
-        self.inner.contains(owner, member).await
-    }
-    async fn page(&self, o: &str, a: Option<&str>, l: usize) -> larder::Result<Vec<String>> {
-        self.inner.page(o, a, l).await
-    }
-    async fn count(&self, owner: &str) -> larder::Result<u64> {
-        self.inner.count(owner).await
-    }
-    async fn add(&self, owner: &str, member: &str) -> larder::Result<bool> {
-        self.inner.add(owner, member).await
-    }
-    async fn remove(&self, owner: &str, member: &str) -> larder::Result<bool> {
-        self.inner.remove(owner, member).await
-    }
-}
-
 /// Forced: a load reads the database, a write commits and ends, then the
 /// load's fill runs: it is refused (the write voided the lease), so no set
 /// older than the write is cached; the next read loads the new member.
 async fn a_fill_older_than_a_write_is_refused(kind: &str) {
     let pg = Pg::new().await;
     pg.insert(1, &["a"]).await;
-    let gated = Gated {
-        inner: pg.follows().await,
-        loaded: Arc::default(),
-        go: Arc::new(tokio::sync::Semaphore::new(0)),
-    };
+    let gated = Gated::new(pg.follows().await, 0);
     let set = cache(store(kind).await, &support::unique("s"), gated.clone(), 100).await;
     let reader = {
         let set = set.clone();
@@ -881,11 +764,7 @@ async fn purge_invalidates_every_owner_and_refuses_a_fill_in_flight(kind: &str) 
     }
     let store = store(kind).await;
     let prefix = support::unique("s");
-    let gated = Gated {
-        inner: pg.follows().await,
-        loaded: Arc::default(),
-        go: Arc::new(tokio::sync::Semaphore::new(1000)),
-    };
+    let gated = Gated::new(pg.follows().await, 1000);
     let set = cache(store.clone(), &prefix, gated.clone(), 100).await;
     // Another collection under the same prefix, not purged.
     let other = SetCache::builder()

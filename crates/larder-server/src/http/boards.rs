@@ -25,7 +25,7 @@
 //! is not a number of the column's type (an integer column: a whole
 //! number within ±2^53) 400 `type_mismatch`; nothing is written.
 
-use super::collections::with_outcome;
+use super::collections::{build_collection, collection_stats_json, with_outcome, CollectionKind};
 use super::error::{clip, ApiError};
 use crate::config::{BoardConfig, Config, SetWriteMode};
 use crate::serve::AppState;
@@ -69,40 +69,23 @@ pub async fn build_boards(
             .member(&b.member)
             .score(&b.score)
             .name(&b.name)
-            .build()
-            .await
-            .map_err(|e| {
-                config.error(
-                    format!("leaderboard[{i}].table"),
-                    crate::serve::one_line(&e),
-                )
-            })?;
-        let changes = if b.cdc {
-            Some(source.install_change_triggers().await.map_err(|e| {
-                config.error(format!("leaderboard[{i}].cdc"), crate::serve::one_line(&e))
-            })?)
-        } else {
-            None
-        };
-        let cache = Leaderboard::builder()
-            .prefix(&config.store.prefix)
-            .name(&b.name)
-            .shards(b.shards)
-            .store(store.clone())
-            .source(source)
-            .max_members(b.max_members)
-            .ttl(b.ttl.0)
-            .lease_ttl(b.lease_ttl.0)
-            .wait_timeout(b.wait_timeout.map_or(b.lease_ttl.0, |d| d.0))
-            .read_only(b.write == SetWriteMode::ReadOnly)
-            .build()
-            .await
-            .map_err(|e| match &e {
-                larder::Error::InvalidSetting { setting, reason } => {
-                    config.error(format!("leaderboard[{i}].{setting}"), reason)
-                }
-                other => config.error(format!("leaderboard[{i}]"), other),
-            })?;
+            .build();
+        let kind = (CollectionKind::Leaderboard, i);
+        let (cache, changes) = build_collection(config, kind, b.cdc, source, |source| {
+            Leaderboard::builder()
+                .prefix(&config.store.prefix)
+                .name(&b.name)
+                .shards(b.shards)
+                .store(store.clone())
+                .source(source)
+                .max_members(b.max_members)
+                .ttl(b.ttl.0)
+                .lease_ttl(b.lease_ttl.0)
+                .wait_timeout(b.wait_timeout.map_or(b.lease_ttl.0, |d| d.0))
+                .read_only(b.write == SetWriteMode::ReadOnly)
+                .build()
+        })
+        .await?;
         boards.push(BoardEntry {
             config: b.clone(),
             cache,
@@ -341,23 +324,12 @@ pub fn stats_json(state: &AppState) -> Value {
         .boards()
         .iter()
         .map(|b| {
-            let st = b.cache.stats();
-            let reads = st.hits + st.misses + st.database + st.bypass;
-            let json = json!({
-                "kind": "leaderboard",
-                "write": if b.cache.is_writable() { "through" } else { "read-only" },
-                "reads": { "hit": st.hits, "miss": st.misses, "db": st.database, "bypass": st.bypass },
-                "reads_total": reads,
-                "hit_ratio": if reads == 0 { 0.0 } else { st.hits as f64 / reads as f64 },
-                "loads": st.loads,
-                "fills": st.fills,
-                "fills_refused": st.fills_refused,
-                "lease_waits": st.lease_waits,
-                "writes_applied": st.writes_applied,
-                "writes_deleted": st.writes_deleted,
-                "last_size": st.last_size,
-                "max_members": b.cache.max_members(),
-            });
+            let json = collection_stats_json(
+                CollectionKind::Leaderboard,
+                b.cache.is_writable(),
+                &b.cache.stats(),
+                ("max_members", b.cache.max_members()),
+            );
             (b.config.name.clone(), json)
         })
         .collect();

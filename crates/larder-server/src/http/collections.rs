@@ -28,14 +28,19 @@
 use super::error::{clip, ApiError};
 use super::routes::X_CACHE;
 use crate::config::{Config, FeedConfig, SetConfig, SetWriteMode};
-use crate::serve::AppState;
+use crate::serve::{AppState, Named};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use larder::source::ChangeChannel;
 use larder::store::Store;
-use larder::{CollectionOutcome, FeedCache, SetCache, SqlFeedSource, SqlPool, SqlSetSource};
+use larder::{
+    CollectionOutcome, CollectionStats, FeedCache, SetCache, SqlBoardSource, SqlFeedSource,
+    SqlPool, SqlSetSource,
+};
 use serde_json::{json, Value};
+use std::future::Future;
 use std::sync::Arc;
 
 /// The default page of `GET /v1/{set}/{owner}`.
@@ -52,6 +57,92 @@ pub struct SetEntry {
     pub changes: Option<larder::source::ChangeChannel>,
 }
 
+/// The kinds of collection a config declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CollectionKind {
+    /// `[[set]]`.
+    Set,
+    /// `[[feed]]`.
+    Feed,
+    /// `[[leaderboard]]`.
+    Leaderboard,
+}
+
+impl CollectionKind {
+    /// The config's table of this kind (`set`), which names its keys in
+    /// errors (`set[0].table`).
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            CollectionKind::Set => "set",
+            CollectionKind::Feed => "feed",
+            CollectionKind::Leaderboard => "leaderboard",
+        }
+    }
+}
+
+/// A collection's SQL source: `cdc = true` installs its change triggers.
+pub(crate) trait ChangeTriggers {
+    /// Installs the triggers on the source's table; their channel.
+    fn install(&self) -> impl Future<Output = larder::Result<ChangeChannel>>;
+}
+
+impl ChangeTriggers for SqlSetSource {
+    fn install(&self) -> impl Future<Output = larder::Result<ChangeChannel>> {
+        self.install_change_triggers()
+    }
+}
+
+impl ChangeTriggers for SqlFeedSource {
+    fn install(&self) -> impl Future<Output = larder::Result<ChangeChannel>> {
+        self.install_change_triggers()
+    }
+}
+
+impl ChangeTriggers for SqlBoardSource {
+    fn install(&self) -> impl Future<Output = larder::Result<ChangeChannel>> {
+        self.install_change_triggers()
+    }
+}
+
+/// Builds collection `i` of `kind`: its source (`source`, which checks
+/// the table), its change triggers when `cdc`, and its cache (`cache`,
+/// over the source). A failure stops startup at its key: `set[0].table`,
+/// `set[0].cdc`, a refused setting at its own key (`set[0].max_members`;
+/// a feed's at `feed[0]`), anything else at `set[0]`.
+pub(crate) async fn build_collection<S, C, F>(
+    config: &Config,
+    (kind, i): (CollectionKind, usize),
+    cdc: bool,
+    source: impl Future<Output = larder::Result<S>>,
+    cache: impl FnOnce(S) -> F,
+) -> anyhow::Result<(C, Option<ChangeChannel>)>
+where
+    S: ChangeTriggers,
+    F: Future<Output = larder::Result<C>>,
+{
+    let at = |key: &str| format!("{}[{i}]{key}", kind.table());
+    let source = source
+        .await
+        .map_err(|e| config.error(at(".table"), crate::serve::one_line(&e)))?;
+    let changes = if cdc {
+        Some(
+            source
+                .install()
+                .await
+                .map_err(|e| config.error(at(".cdc"), crate::serve::one_line(&e)))?,
+        )
+    } else {
+        None
+    };
+    let cache = cache(source).await.map_err(|e| match &e {
+        larder::Error::InvalidSetting { setting, reason } if kind != CollectionKind::Feed => {
+            config.error(at(&format!(".{setting}")), reason)
+        }
+        other => config.error(at(""), other),
+    })?;
+    Ok((cache, changes))
+}
+
 /// Builds every `[[set]]`: the source (schema and index checks) and the cache.
 pub async fn build_sets(
     config: &Config,
@@ -64,36 +155,23 @@ pub async fn build_sets(
             .owner(&s.owner)
             .member(&s.member)
             .name(&s.name)
-            .build()
-            .await
-            .map_err(|e| config.error(format!("set[{i}].table"), crate::serve::one_line(&e)))?;
-        let changes =
-            if s.cdc {
-                Some(source.install_change_triggers().await.map_err(|e| {
-                    config.error(format!("set[{i}].cdc"), crate::serve::one_line(&e))
-                })?)
-            } else {
-                None
-            };
-        let cache = SetCache::builder()
-            .prefix(&config.store.prefix)
-            .name(&s.name)
-            .shards(s.shards)
-            .store(store.clone())
-            .source(source)
-            .max_members(s.max_members)
-            .ttl(s.ttl.0)
-            .lease_ttl(s.lease_ttl.0)
-            .wait_timeout(s.wait_timeout.map_or(s.lease_ttl.0, |d| d.0))
-            .read_only(s.write == SetWriteMode::ReadOnly)
-            .build()
-            .await
-            .map_err(|e| match &e {
-                larder::Error::InvalidSetting { setting, reason } => {
-                    config.error(format!("set[{i}].{setting}"), reason)
-                }
-                other => config.error(format!("set[{i}]"), other),
-            })?;
+            .build();
+        let (cache, changes) =
+            build_collection(config, (CollectionKind::Set, i), s.cdc, source, |source| {
+                SetCache::builder()
+                    .prefix(&config.store.prefix)
+                    .name(&s.name)
+                    .shards(s.shards)
+                    .store(store.clone())
+                    .source(source)
+                    .max_members(s.max_members)
+                    .ttl(s.ttl.0)
+                    .lease_ttl(s.lease_ttl.0)
+                    .wait_timeout(s.wait_timeout.map_or(s.lease_ttl.0, |d| d.0))
+                    .read_only(s.write == SetWriteMode::ReadOnly)
+                    .build()
+            })
+            .await?;
         sets.push(SetEntry {
             config: s.clone(),
             cache,
@@ -127,17 +205,15 @@ pub async fn get_row_or_set(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if state.set(&name).is_some() {
-        return get_set(&state, &name, &id, query.as_deref().unwrap_or_default()).await;
+    let q = query.as_deref().unwrap_or_default();
+    match state.resolve(&name) {
+        Some(Named::Set(_)) => get_set(&state, &name, &id, q).await,
+        Some(Named::Board(_)) => super::boards::get_board(&state, &name, &id, q).await,
+        Some(Named::Feed(_)) => get_feed(&state, &name, &id, q).await,
+        Some(Named::Entity(_)) | None => {
+            super::routes::get_row(State(state), Path((name, id)), headers, RawQuery(query)).await
+        }
     }
-    if state.board(&name).is_some() {
-        return super::boards::get_board(&state, &name, &id, query.as_deref().unwrap_or_default())
-            .await;
-    }
-    if state.feed(&name).is_some() {
-        return get_feed(&state, &name, &id, query.as_deref().unwrap_or_default()).await;
-    }
-    super::routes::get_row(State(state), Path((name, id)), headers, RawQuery(query)).await
 }
 
 /// `POST /v1/{name}/{id}/invalidate`: a set's owner when `name` is a set,
@@ -146,25 +222,16 @@ pub async fn invalidate_row_or_owner(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    if let Some(s) = state.set(&name) {
-        s.cache.invalidate(&id).await.map_err(engine(s))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
+    let collection = |e: larder::Error| ApiError::from_engine(&name, &e);
+    match state.resolve(&name) {
+        Some(Named::Set(s)) => s.cache.invalidate(&id).await.map_err(collection)?,
+        Some(Named::Board(b)) => b.cache.invalidate(&id).await.map_err(collection)?,
+        Some(Named::Feed(f)) => f.cache.invalidate(&id).await.map_err(collection)?,
+        Some(Named::Entity(_)) | None => {
+            return super::routes::invalidate_row(State(state), Path((name, id))).await
+        }
     }
-    if let Some(b) = state.board(&name) {
-        b.cache
-            .invalidate(&id)
-            .await
-            .map_err(|e| ApiError::from_engine(&b.config.name, &e))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    if let Some(f) = state.feed(&name) {
-        f.cache
-            .invalidate(&id)
-            .await
-            .map_err(|e| ApiError::from_engine(&f.config.name, &e))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    super::routes::invalidate_row(State(state), Path((name, id))).await
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn decode(what: &str, raw: &str) -> Result<String, ApiError> {
@@ -315,6 +382,41 @@ pub async fn delete_member(
     }
 }
 
+/// One collection's object in `/v1/stats`: its kind and write mode,
+/// reads by outcome, loads, fills, writes, the last loaded size, and its
+/// cap (`cap`: its name and value).
+pub(crate) fn collection_stats_json(
+    kind: CollectionKind,
+    writable: bool,
+    st: &CollectionStats,
+    (cap, max): (&str, u64),
+) -> Value {
+    let reads = st.hits + st.misses + st.database + st.bypass;
+    let mut json = json!({
+        "kind": kind.table(),
+        "write": if writable { "through" } else { "read-only" },
+        "reads": {
+            "hit": st.hits,
+            "miss": st.misses,
+            "db": st.database,
+            "bypass": st.bypass,
+        },
+        "reads_total": reads,
+        "hit_ratio": if reads == 0 { 0.0 } else { st.hits as f64 / reads as f64 },
+        "loads": st.loads,
+        "fills": st.fills,
+        "fills_refused": st.fills_refused,
+        "lease_waits": st.lease_waits,
+        "writes_applied": st.writes_applied,
+        "writes_deleted": st.writes_deleted,
+        "last_size": st.last_size,
+    });
+    if let Value::Object(map) = &mut json {
+        map.insert(cap.to_owned(), json!(max));
+    }
+    json
+}
+
 /// The `sets` object of `/v1/stats`: per set, reads by outcome, loads,
 /// fills, writes and the last loaded size.
 pub fn stats_json(state: &AppState) -> Value {
@@ -322,28 +424,12 @@ pub fn stats_json(state: &AppState) -> Value {
         .sets()
         .iter()
         .map(|s| {
-            let st = s.cache.stats();
-            let reads = st.hits + st.misses + st.database + st.bypass;
-            let json = json!({
-                "kind": "set",
-                "write": if s.cache.is_writable() { "through" } else { "read-only" },
-                "reads": {
-                    "hit": st.hits,
-                    "miss": st.misses,
-                    "db": st.database,
-                    "bypass": st.bypass,
-                },
-                "reads_total": reads,
-                "hit_ratio": if reads == 0 { 0.0 } else { st.hits as f64 / reads as f64 },
-                "loads": st.loads,
-                "fills": st.fills,
-                "fills_refused": st.fills_refused,
-                "lease_waits": st.lease_waits,
-                "writes_applied": st.writes_applied,
-                "writes_deleted": st.writes_deleted,
-                "last_size": st.last_size,
-                "max_members": s.cache.max_members(),
-            });
+            let json = collection_stats_json(
+                CollectionKind::Set,
+                s.cache.is_writable(),
+                &s.cache.stats(),
+                ("max_members", s.cache.max_members()),
+            );
             (s.config.name.clone(), json)
         })
         .collect();
@@ -398,30 +484,22 @@ pub async fn build_feeds(
             .order(f.order.clone())
             .columns(f.columns.clone())
             .name(&f.name)
-            .build()
-            .await
-            .map_err(|e| config.error(format!("feed[{i}].table"), crate::serve::one_line(&e)))?;
-        let changes =
-            if f.cdc {
-                Some(source.install_change_triggers().await.map_err(|e| {
-                    config.error(format!("feed[{i}].cdc"), crate::serve::one_line(&e))
-                })?)
-            } else {
-                None
-            };
-        let cache = FeedCache::builder()
-            .prefix(&config.store.prefix)
-            .name(&f.name)
-            .shards(f.shards)
-            .store(store.clone())
-            .source(source)
-            .max_len(f.max_len)
-            .ttl(f.ttl.0)
-            .lease_ttl(f.lease_ttl.0)
-            .wait_timeout(f.wait_timeout.map_or(f.lease_ttl.0, |d| d.0))
-            .build()
-            .await
-            .map_err(|e| config.error(format!("feed[{i}]"), e))?;
+            .build();
+        let (cache, changes) =
+            build_collection(config, (CollectionKind::Feed, i), f.cdc, source, |source| {
+                FeedCache::builder()
+                    .prefix(&config.store.prefix)
+                    .name(&f.name)
+                    .shards(f.shards)
+                    .store(store.clone())
+                    .source(source)
+                    .max_len(f.max_len)
+                    .ttl(f.ttl.0)
+                    .lease_ttl(f.lease_ttl.0)
+                    .wait_timeout(f.wait_timeout.map_or(f.lease_ttl.0, |d| d.0))
+                    .build()
+            })
+            .await?;
         feeds.push(FeedEntry {
             config: f.clone(),
             cache,
@@ -517,11 +595,10 @@ pub async fn append_item(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if state.feed(&name).is_none()
-        && (state.entity(&name).is_some()
-            || state.set(&name).is_some()
-            || state.board(&name).is_some())
-    {
+    if matches!(
+        state.resolve(&name),
+        Some(Named::Entity(_) | Named::Set(_) | Named::Board(_))
+    ) {
         // An entity's row or a set's owner has no POST: 405 with Allow, as
         // the router answers any other method a route lacks.
         let mut res = ApiError::method_not_allowed(format!(
@@ -577,23 +654,12 @@ pub fn feed_stats_json(state: &AppState) -> Value {
         .feeds()
         .iter()
         .map(|f| {
-            let st = f.cache.stats();
-            let reads = st.hits + st.misses + st.database + st.bypass;
-            let json = json!({
-                "kind": "feed",
-                "write": if f.config.write == SetWriteMode::ReadOnly { "read-only" } else { "through" },
-                "reads": { "hit": st.hits, "miss": st.misses, "db": st.database, "bypass": st.bypass },
-                "reads_total": reads,
-                "hit_ratio": if reads == 0 { 0.0 } else { st.hits as f64 / reads as f64 },
-                "loads": st.loads,
-                "fills": st.fills,
-                "fills_refused": st.fills_refused,
-                "lease_waits": st.lease_waits,
-                "writes_applied": st.writes_applied,
-                "writes_deleted": st.writes_deleted,
-                "last_size": st.last_size,
-                "max_len": f.config.max_len,
-            });
+            let json = collection_stats_json(
+                CollectionKind::Feed,
+                f.config.write != SetWriteMode::ReadOnly,
+                &f.cache.stats(),
+                ("max_len", f.config.max_len),
+            );
             (f.config.name.clone(), json)
         })
         .collect();

@@ -9,7 +9,7 @@
 use super::error::{clip, ApiError};
 use super::validate::{check_incr, check_row, json_object, Write};
 use crate::config::WriteMode;
-use crate::serve::{AppState, Entity};
+use crate::serve::{AppState, Entity, Named};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -295,18 +295,11 @@ fn write_request<'a>(
 /// Schema, and so the OpenAPI document, calls it an integer.
 fn whole_numbers_as_integers(e: &Entity, row: &mut serde_json::Map<String, serde_json::Value>) {
     fn fix(v: &mut serde_json::Value) {
-        // Exactly the f64 values inside i64's range.
-        const LIMIT: f64 = 9_223_372_036_854_775_808.0;
         match v {
             serde_json::Value::Array(items) => items.iter_mut().for_each(fix),
-            serde_json::Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
-                if let Some(f) = n.as_f64() {
-                    if f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f) {
-                        // In range and whole, so the cast is exact.
-                        #[allow(clippy::cast_possible_truncation)]
-                        let i = f as i64;
-                        *v = serde_json::Value::from(i);
-                    }
+            serde_json::Value::Number(n) => {
+                if let Some(i) = super::validate::whole_number(n) {
+                    *v = serde_json::Value::from(i);
                 }
             }
             _ => {}
@@ -452,30 +445,22 @@ pub async fn purge(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    if let Some(set) = state.set(&name) {
-        set.cache
-            .purge()
-            .await
-            .map_err(|err| ApiError::from_engine(&name, &err))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
+    let collection = |err: larder::Error| ApiError::from_engine(&name, &err);
+    match state.resolve(&name) {
+        Some(Named::Set(s)) => {
+            s.cache.purge().await.map_err(collection)?;
+        }
+        Some(Named::Board(b)) => {
+            b.cache.purge().await.map_err(collection)?;
+        }
+        Some(Named::Feed(f)) => {
+            f.cache.purge().await.map_err(collection)?;
+        }
+        Some(Named::Entity(e)) => {
+            e.cache.purge().await.map_err(engine(e))?;
+        }
+        None => return Err(ApiError::unknown_entity(&name)),
     }
-    if let Some(board) = state.board(&name) {
-        board
-            .cache
-            .purge()
-            .await
-            .map_err(|err| ApiError::from_engine(&name, &err))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    if let Some(feed) = state.feed(&name) {
-        feed.cache
-            .purge()
-            .await
-            .map_err(|err| ApiError::from_engine(&name, &err))?;
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    let e = entity(&state, &name)?;
-    e.cache.purge().await.map_err(engine(e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -172,22 +172,32 @@ pub fn check_incr(
         }
         None => return Err(ApiError::bad_request("`by` is missing: the amount to add")),
     };
-    let by = match (col.int_range(), by.as_f64()) {
-        (Some(_), Some(f)) if !(by.is_i64() || by.is_u64()) && f.fract() == 0.0 => {
-            // Exactly the f64 values inside i64's range.
-            const LIMIT: f64 = 9_223_372_036_854_775_808.0;
-            if (-LIMIT..LIMIT).contains(&f) {
-                // In range and whole, so the cast is exact.
-                #[allow(clippy::cast_possible_truncation)]
-                let i = f as i64;
-                serde_json::Number::from(i)
-            } else {
-                by
-            }
-        }
+    let by = match (col.int_range(), whole_number(&by)) {
+        (Some(_), Some(i)) => serde_json::Number::from(i),
         _ => by,
     };
     Ok((column, by))
+}
+
+/// The integer a number stands for when it is written as a float with no
+/// fractional part (`7.0`, `1e3`) within `i64`'s range: JSON Schema, and so
+/// the OpenAPI document, calls it an integer. `None` for a number written
+/// as an integer, a fraction, or a float beyond the range.
+pub fn whole_number(n: &serde_json::Number) -> Option<i64> {
+    // Exactly the f64 values inside i64's range.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    if n.is_i64() || n.is_u64() {
+        return None;
+    }
+    let f = n.as_f64()?;
+    if f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f) {
+        // In range and whole, so the cast is exact.
+        #[allow(clippy::cast_possible_truncation)]
+        let i = f as i64;
+        Some(i)
+    } else {
+        None
+    }
 }
 
 /// 400 `unknown_column`, listing the entity's columns.

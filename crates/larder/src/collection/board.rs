@@ -21,7 +21,8 @@
 //! - An owner with more than `max_members` (or, on an integer column, a
 //!   score beyond ±2^53, which a Redis double cannot hold exactly) is not
 //!   cached: its count is, and reads are indexed queries, outcome
-//!   [`CollectionOutcome::Database`] (`X-Cache: db`).
+//!   [`CollectionOutcome::Database`](super::CollectionOutcome::Database)
+//!   (`X-Cache: db`).
 //! - Writes (write-through): the database first (an increment is one
 //!   upsert that returns the new score), then, if the owner's write
 //!   ticket is clean, `ZADD` of the score the database returned — never
@@ -33,21 +34,21 @@
 //!   ([`Error::InvalidRow`], nothing written). A float board takes any
 //!   finite number.
 //! - The store unavailable: reads answer from the database
-//!   ([`CollectionOutcome::Bypass`]); writes fail before the database is
-//!   touched.
+//!   ([`CollectionOutcome::Bypass`](super::CollectionOutcome::Bypass));
+//!   writes fail before the database is touched.
 
+use super::read_through::{self, fill_chunks, Cached, Filled, FromLoad, Kind};
 use super::{common_setters, CommonSettings};
-use super::{token, CollectionOutcome, CollectionRead, CollectionStats, Core, Counters};
+use super::{CollectionRead, CollectionStats, Core, Counters};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::key::validate_id;
 use crate::source::MAX_EXACT_SCORE;
 use crate::store::{
-    BoardAnswer, BoardChunk, BoardQuery, BoardRead, BoardScore, BoardWriteEnd, CollectionAcquired,
+    BoardAnswer, BoardChunk, BoardQuery, BoardRead, BoardScore, BoardWriteEnd, CollectionKeys,
     CollectionMeta,
 };
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Members per fill chunk: two script arguments each, so 3,999 members
 /// are 7,998 values, the most Lua's `unpack` takes (7,999).
@@ -61,9 +62,6 @@ pub const MAX_BOARD_OFFSET: u64 = 1 << 62;
 
 /// The default cap of members per cached owner.
 pub const DEFAULT_MAX_BOARD_MEMBERS: u64 = 100_000;
-
-/// How long a poll for another holder's fill pauses at most.
-const MAX_POLL: Duration = Duration::from_millis(50);
 
 /// The type of a leaderboard's score column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +144,7 @@ struct Inner {
     source: Arc<dyn BoardSource>,
     max_members: u64,
     writable: bool,
-    flights: Flights<Result<Filled>>,
+    flights: Flights<Result<Filled<BoardLoad>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -158,15 +156,6 @@ impl std::fmt::Debug for Inner {
             .field("max_members", &self.max_members)
             .finish()
     }
-}
-
-/// What one flight (one load of an owner) ended with.
-#[derive(Debug, Clone)]
-enum Filled {
-    /// Someone else's fill is in place: read it.
-    Present,
-    /// Loaded by this flight (filled or not).
-    Loaded(Arc<BoardLoad>),
 }
 
 /// Builds a [`Leaderboard`]; consuming, finish with [`build`](Self::build).
@@ -237,13 +226,13 @@ impl LeaderboardBuilder {
 }
 
 /// A read's question.
-enum Ask {
+pub(crate) enum Ask {
     Top { offset: u64, limit: u64 },
     Member(String),
 }
 
 /// A read's answer.
-enum Said {
+pub(crate) enum Said {
     Top(BoardPage),
     Member(Option<Ranked>),
 }
@@ -365,241 +354,7 @@ impl Leaderboard {
     }
 
     async fn read(&self, owner: &str, ask: Ask) -> Result<CollectionRead<Said>> {
-        let core = &self.inner.core;
-        let keys = core.owner_keys(owner);
-        let query = match &ask {
-            Ask::Top { offset, limit } => BoardQuery::Top {
-                offset: *offset,
-                limit: *limit,
-            },
-            Ask::Member(m) => BoardQuery::Member(m.clone()),
-        };
-        let mut first = true;
-        loop {
-            match core.collections()?.board_read(&keys, &query).await {
-                Ok(BoardRead::Hit { meta, answer }) if meta.fresh_until_ms > core.now_ms() => {
-                    return match answer {
-                        Some(answer) => {
-                            let outcome = if first {
-                                Counters::bump(&core.counters.hits);
-                                CollectionOutcome::Hit
-                            } else {
-                                CollectionOutcome::Miss
-                            };
-                            Ok(CollectionRead {
-                                value: said_from_cache(&ask, meta.count, answer),
-                                outcome,
-                            })
-                        }
-                        None => {
-                            Counters::bump(&core.counters.database);
-                            self.answer_from_source(
-                                owner,
-                                &ask,
-                                Some(meta.count),
-                                CollectionOutcome::Database,
-                            )
-                            .await
-                        }
-                    };
-                }
-                Ok(_) => {}
-                Err(e) if e.is_store_unavailable() => {
-                    Counters::bump(&core.counters.bypass);
-                    return self
-                        .answer_from_source(owner, &ask, None, CollectionOutcome::Bypass)
-                        .await;
-                }
-                Err(e) => return Err(e),
-            }
-            if !first {
-                // A fill landed and was gone again (invalidated, evicted):
-                // answer from the database rather than loop.
-                return self
-                    .answer_from_source(owner, &ask, None, CollectionOutcome::Miss)
-                    .await;
-            }
-            Counters::bump(&core.counters.misses);
-            first = false;
-            match self.load(owner).await? {
-                Filled::Present => continue,
-                Filled::Loaded(load) => {
-                    return match &*load {
-                        BoardLoad::Members(members) => Ok(CollectionRead {
-                            value: said_from_members(&ask, members),
-                            outcome: CollectionOutcome::Miss,
-                        }),
-                        BoardLoad::TooMany(count) => {
-                            self.answer_from_source(
-                                owner,
-                                &ask,
-                                Some(*count),
-                                CollectionOutcome::Database,
-                            )
-                            .await
-                        }
-                    };
-                }
-            }
-        }
-    }
-
-    async fn answer_from_source(
-        &self,
-        owner: &str,
-        ask: &Ask,
-        count: Option<u64>,
-        outcome: CollectionOutcome,
-    ) -> Result<CollectionRead<Said>> {
-        let source = &self.inner.source;
-        let value = match ask {
-            Ask::Member(m) => {
-                Said::Member(source.member(owner, m).await?.map(|(score, rank)| Ranked {
-                    member: m.clone(),
-                    score,
-                    rank: rank + 1,
-                }))
-            }
-            Ask::Top { offset, limit } => {
-                let items = if *limit == 0 {
-                    Vec::new()
-                } else {
-                    source.top(owner, *offset, *limit).await?
-                };
-                let count = match count {
-                    Some(n) => n,
-                    None => source.count(owner).await?,
-                };
-                Said::Top(page(count, *offset, items))
-            }
-        };
-        Ok(CollectionRead { value, outcome })
-    }
-
-    /// One load of `owner` per process (a flight), under its lease.
-    async fn load(&self, owner: &str) -> Result<Filled> {
-        let this = self.clone();
-        let id = owner.to_owned();
-        let (flight, _) = self.inner.flights.join_or_start(
-            owner,
-            move || async move { this.load_under_lease(&id).await },
-            |panic| {
-                Err(Error::Internal {
-                    what: format!("a leaderboard load panicked: {panic}"),
-                })
-            },
-        );
-        flight.await
-    }
-
-    async fn load_under_lease(&self, owner: &str) -> Result<Filled> {
-        let core = &self.inner.core;
-        let colls = core.collections()?;
-        let keys = core.owner_keys(owner);
-        let token = token();
-        let deadline = Instant::now() + core.settings.wait_timeout;
-        let mut pause = Duration::from_millis(2);
-        let mut waited = false;
-        loop {
-            match colls
-                .collection_acquire(&keys, &token, core.settings.lease_ttl, core.now_ms())
-                .await?
-            {
-                CollectionAcquired::Present => return Ok(Filled::Present),
-                CollectionAcquired::Lease => break,
-                CollectionAcquired::Held => {
-                    if !waited {
-                        waited = true;
-                        Counters::bump(&core.counters.lease_waits);
-                    }
-                    if Instant::now() >= deadline {
-                        Counters::bump(&core.counters.loads);
-                        let load = self
-                            .inner
-                            .source
-                            .load(owner, self.inner.max_members)
-                            .await?;
-                        return Ok(Filled::Loaded(Arc::new(load)));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_POLL);
-                }
-            }
-        }
-        Counters::bump(&core.counters.loads);
-        let load = match self.inner.source.load(owner, self.inner.max_members).await {
-            Ok(load) => load,
-            Err(e) => {
-                let _ = colls.collection_release(&keys, &token).await;
-                return Err(e);
-            }
-        };
-        match self.fill(owner, &token, &load).await {
-            Ok(true) => Counters::bump(&core.counters.fills),
-            Ok(false) => Counters::bump(&core.counters.fills_refused),
-            Err(e) => {
-                tracing::debug!(board = self.name(), error = %e, "could not fill a leaderboard");
-                let _ = colls.collection_release(&keys, &token).await;
-            }
-        }
-        Ok(Filled::Loaded(Arc::new(load)))
-    }
-
-    /// Writes a load in chunks under the lease; whether it landed.
-    async fn fill(&self, owner: &str, token: &str, load: &BoardLoad) -> Result<bool> {
-        let core = &self.inner.core;
-        let colls = core.collections()?;
-        let keys = core.owner_keys(owner);
-        let now = core.now_ms();
-        let ttl = core.settings.ttl;
-        let (members, complete, count): (Vec<BoardScore<'_>>, bool, u64) = match load {
-            BoardLoad::Members(members) => (
-                members
-                    .iter()
-                    .map(|(member, score)| BoardScore {
-                        member,
-                        score: *score,
-                    })
-                    .collect(),
-                true,
-                members.len() as u64,
-            ),
-            BoardLoad::TooMany(count) => (Vec::new(), false, *count),
-        };
-        core.counters
-            .last_size
-            .store(count, std::sync::atomic::Ordering::Relaxed);
-        let meta = CollectionMeta {
-            fresh_until_ms: now.saturating_add(crate::clock::duration_ms(ttl)),
-            loaded_ms: now,
-            complete,
-            count,
-            stamp: 0,
-        };
-        let chunks: Vec<&[BoardScore<'_>]> = if members.is_empty() {
-            vec![&[]]
-        } else {
-            members.chunks(BOARD_FILL_CHUNK).collect()
-        };
-        let last = chunks.len() - 1;
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let wrote = colls
-                .board_fill_chunk(
-                    &keys,
-                    &BoardChunk {
-                        token,
-                        first: i == 0,
-                        last: (i == last).then_some(meta),
-                        members: chunk,
-                        ttl,
-                    },
-                )
-                .await?;
-            if !wrote {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        read_through::read(self, owner, ask).await
     }
 
     /// Adds `by` to `member`'s score in `owner`'s board (an absent member
@@ -777,5 +532,125 @@ fn page(count: u64, offset: u64, items: Vec<(String, f64)>) -> BoardPage {
 fn internal() -> Error {
     Error::Internal {
         what: "a leaderboard read answered another question".to_owned(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Kind for Leaderboard {
+    const WHAT: &'static str = "leaderboard";
+    type Ask = Ask;
+    type Said = Said;
+    type Answer = BoardAnswer;
+    type Load = BoardLoad;
+
+    fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    fn flights(&self) -> &Flights<Result<Filled<BoardLoad>>> {
+        &self.inner.flights
+    }
+
+    async fn read_cached(&self, keys: &CollectionKeys, ask: &Ask) -> Result<Cached<BoardAnswer>> {
+        let query = match ask {
+            Ask::Top { offset, limit } => BoardQuery::Top {
+                offset: *offset,
+                limit: *limit,
+            },
+            Ask::Member(m) => BoardQuery::Member(m.clone()),
+        };
+        let read = self
+            .inner
+            .core
+            .collections()?
+            .board_read(keys, &query)
+            .await?;
+        Ok(match read {
+            BoardRead::Miss => Cached::Miss,
+            BoardRead::Hit { meta, answer } => Cached::Hit { meta, answer },
+        })
+    }
+
+    fn said_from_cache(&self, ask: &Ask, meta: CollectionMeta, answer: BoardAnswer) -> Said {
+        said_from_cache(ask, meta.count, answer)
+    }
+
+    fn said_from_load(&self, ask: &Ask, load: &BoardLoad) -> FromLoad<Said> {
+        match load {
+            BoardLoad::Members(members) => FromLoad::Said(said_from_members(ask, members)),
+            BoardLoad::TooMany(count) => FromLoad::Database(Some(*count)),
+        }
+    }
+
+    async fn said_from_source(&self, owner: &str, ask: &Ask, count: Option<u64>) -> Result<Said> {
+        let source = &self.inner.source;
+        let value = match ask {
+            Ask::Member(m) => {
+                Said::Member(source.member(owner, m).await?.map(|(score, rank)| Ranked {
+                    member: m.clone(),
+                    score,
+                    rank: rank + 1,
+                }))
+            }
+            Ask::Top { offset, limit } => {
+                let items = if *limit == 0 {
+                    Vec::new()
+                } else {
+                    source.top(owner, *offset, *limit).await?
+                };
+                let count = match count {
+                    Some(n) => n,
+                    None => source.count(owner).await?,
+                };
+                Said::Top(page(count, *offset, items))
+            }
+        };
+        Ok(value)
+    }
+
+    async fn load_source(&self, owner: &str) -> Result<BoardLoad> {
+        self.inner.source.load(owner, self.inner.max_members).await
+    }
+
+    async fn fill(&self, keys: &CollectionKeys, token: &str, load: &BoardLoad) -> Result<bool> {
+        let core = &self.inner.core;
+        let colls = core.collections()?;
+        let (members, complete, count): (Vec<BoardScore<'_>>, bool, u64) = match load {
+            BoardLoad::Members(members) => (
+                members
+                    .iter()
+                    .map(|(member, score)| BoardScore {
+                        member,
+                        score: *score,
+                    })
+                    .collect(),
+                true,
+                members.len() as u64,
+            ),
+            BoardLoad::TooMany(count) => (Vec::new(), false, *count),
+        };
+        let meta = core.fill_meta(complete, count);
+        let ttl = core.settings.ttl;
+        let members = members.as_slice();
+        fill_chunks(
+            members.len(),
+            BOARD_FILL_CHUNK,
+            meta,
+            move |range, first, last| async move {
+                colls
+                    .board_fill_chunk(
+                        keys,
+                        &BoardChunk {
+                            token,
+                            first,
+                            last,
+                            members: &members[range],
+                            ttl,
+                        },
+                    )
+                    .await
+            },
+        )
+        .await
     }
 }

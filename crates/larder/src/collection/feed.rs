@@ -22,25 +22,21 @@
 //! - A delete: the database first; then the element is removed from a
 //!   complete cached feed, and any other cached feed is deleted.
 
+use super::read_through::{self, fill_chunks, Cached, Filled, FromLoad, Kind};
 use super::{common_setters, CommonSettings};
-use super::{
-    token, CollectionOutcome, CollectionRead, CollectionStats, Core, Counters, FeedSource,
-};
+use super::{CollectionRead, CollectionStats, Core, Counters, FeedItem, FeedSource};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::key::validate_id;
-use crate::store::{CollectionAcquired, CollectionMeta, FeedChunk, FeedRead, FeedWriteEnd};
+use crate::store::{CollectionKeys, CollectionMeta, FeedChunk, FeedRead, FeedWriteEnd};
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// The longest page a feed read may ask for.
 pub const MAX_FEED_PAGE: usize = 1000;
 
 /// Elements per fill chunk (far below Lua's `unpack` limit).
 const CHUNK: usize = 1000;
-
-const MAX_POLL: Duration = Duration::from_millis(50);
 
 /// A page of a feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +57,7 @@ struct Inner {
     core: Core,
     source: Arc<dyn FeedSource>,
     max_len: u64,
-    flights: Flights<Result<Loaded>>,
+    flights: Flights<Result<Filled<FeedLoad>>>,
 }
 
 impl std::fmt::Debug for FeedCache {
@@ -73,13 +69,20 @@ impl std::fmt::Debug for FeedCache {
     }
 }
 
-/// What a flight ended with.
-#[derive(Debug, Clone)]
-enum Loaded {
-    /// Someone else's fill is in place: read it.
-    Present,
-    /// The first items (at most `max_len`), and whether that is all.
-    Items(Arc<Vec<super::FeedItem>>, bool),
+/// What a load of one owner holds.
+#[derive(Debug)]
+pub(crate) struct FeedLoad {
+    /// The first items (at most `max_len`).
+    items: Vec<FeedItem>,
+    /// Whether that is all.
+    complete: bool,
+}
+
+/// A read's question: a page.
+#[derive(Clone, Copy)]
+pub(crate) struct Ask {
+    offset: u64,
+    limit: usize,
 }
 
 /// Builds a [`FeedCache`]; consuming, finish with [`build`](Self::build).
@@ -137,7 +140,7 @@ impl FeedCacheBuilder {
 }
 
 /// `id NUL sort NUL row`.
-fn element(item: &super::FeedItem) -> Vec<u8> {
+fn element(item: &FeedItem) -> Vec<u8> {
     let mut e = Vec::with_capacity(item.id.len() + item.sort.len() + item.row.len() + 2);
     e.extend_from_slice(item.id.as_bytes());
     e.push(0);
@@ -184,220 +187,7 @@ impl FeedCache {
             return Err(Error::setting("limit", format!("at most {MAX_FEED_PAGE}")));
         }
         let owner = self.owner(owner)?;
-        let core = &self.inner.core;
-        let keys = core.owner_keys(&owner);
-        let want = limit as u64 + 1;
-        let mut first = true;
-        loop {
-            let read = match core.collections()?.feed_read(&keys, offset, want).await {
-                Ok(r) => r,
-                Err(e) if e.is_store_unavailable() => {
-                    Counters::bump(&core.counters.bypass);
-                    return self
-                        .page_from_db(&owner, offset, limit, CollectionOutcome::Bypass)
-                        .await;
-                }
-                Err(e) => return Err(e),
-            };
-            if let FeedRead::Hit { meta, elements } = read {
-                if meta.fresh_until_ms > core.now_ms() {
-                    if meta.complete || offset + limit as u64 <= meta.count {
-                        if first {
-                            Counters::bump(&core.counters.hits);
-                        }
-                        let outcome = if first {
-                            CollectionOutcome::Hit
-                        } else {
-                            CollectionOutcome::Miss
-                        };
-                        let mut items: Vec<String> = elements
-                            .iter()
-                            .filter_map(|e| parts(e).map(|(_, row)| row.to_owned()))
-                            .collect();
-                        // An incomplete list has more in the database.
-                        let more = items.len() > limit || !meta.complete;
-                        items.truncate(limit);
-                        return Ok(CollectionRead {
-                            value: FeedPage { items, more },
-                            outcome,
-                        });
-                    }
-                    Counters::bump(&core.counters.database);
-                    return self
-                        .page_from_db(&owner, offset, limit, CollectionOutcome::Database)
-                        .await;
-                }
-            }
-            if !first {
-                return self
-                    .page_from_db(&owner, offset, limit, CollectionOutcome::Miss)
-                    .await;
-            }
-            first = false;
-            Counters::bump(&core.counters.misses);
-            match self.load(&owner).await? {
-                Loaded::Present => continue,
-                Loaded::Items(items, complete) => {
-                    let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                    if !complete && offset + limit as u64 > items.len() as u64 {
-                        return self
-                            .page_from_db(&owner, offset, limit, CollectionOutcome::Database)
-                            .await;
-                    }
-                    let mut page: Vec<String> = items
-                        .iter()
-                        .skip(start)
-                        .take(limit + 1)
-                        .map(|i| i.row.clone())
-                        .collect();
-                    let more = page.len() > limit || !complete;
-                    page.truncate(limit);
-                    return Ok(CollectionRead {
-                        value: FeedPage { items: page, more },
-                        outcome: CollectionOutcome::Miss,
-                    });
-                }
-            }
-        }
-    }
-
-    async fn page_from_db(
-        &self,
-        owner: &str,
-        offset: u64,
-        limit: usize,
-        outcome: CollectionOutcome,
-    ) -> Result<CollectionRead<FeedPage>> {
-        let mut items: Vec<String> = self
-            .inner
-            .source
-            .load(owner, offset, limit as u64 + 1)
-            .await?
-            .into_iter()
-            .map(|i| i.row)
-            .collect();
-        let more = items.len() > limit;
-        items.truncate(limit);
-        Ok(CollectionRead {
-            value: FeedPage { items, more },
-            outcome,
-        })
-    }
-
-    async fn load(&self, owner: &str) -> Result<Loaded> {
-        let this = self.clone();
-        let id = owner.to_owned();
-        let (flight, _) = self.inner.flights.join_or_start(
-            owner,
-            move || async move { this.load_under_lease(&id).await },
-            |panic| {
-                Err(Error::Internal {
-                    what: format!("a feed load panicked: {panic}"),
-                })
-            },
-        );
-        flight.await
-    }
-
-    async fn load_first(&self, owner: &str) -> Result<Loaded> {
-        let max = self.inner.max_len;
-        Counters::bump(&self.inner.core.counters.loads);
-        let mut items = self.inner.source.load(owner, 0, max + 1).await?;
-        let complete = items.len() as u64 <= max;
-        items.truncate(usize::try_from(max).unwrap_or(usize::MAX));
-        Ok(Loaded::Items(Arc::new(items), complete))
-    }
-
-    async fn load_under_lease(&self, owner: &str) -> Result<Loaded> {
-        let core = &self.inner.core;
-        let colls = core.collections()?;
-        let keys = core.owner_keys(owner);
-        let token = token();
-        let deadline = Instant::now() + core.settings.wait_timeout;
-        let mut pause = Duration::from_millis(2);
-        let mut waited = false;
-        loop {
-            match colls
-                .collection_acquire(&keys, &token, core.settings.lease_ttl, core.now_ms())
-                .await?
-            {
-                CollectionAcquired::Present => return Ok(Loaded::Present),
-                CollectionAcquired::Lease => break,
-                CollectionAcquired::Held => {
-                    if !waited {
-                        waited = true;
-                        Counters::bump(&core.counters.lease_waits);
-                    }
-                    if Instant::now() >= deadline {
-                        return self.load_first(owner).await;
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_POLL);
-                }
-            }
-        }
-        let loaded = match self.load_first(owner).await {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = colls.collection_release(&keys, &token).await;
-                return Err(e);
-            }
-        };
-        if let Loaded::Items(items, complete) = &loaded {
-            let now = core.now_ms();
-            let ttl = core.settings.ttl;
-            let meta = CollectionMeta {
-                fresh_until_ms: now.saturating_add(crate::clock::duration_ms(ttl)),
-                loaded_ms: now,
-                complete: *complete,
-                count: items.len() as u64,
-                stamp: 0,
-            };
-            core.counters
-                .last_size
-                .store(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let elements: Vec<Vec<u8>> = items.iter().map(element).collect();
-            let chunks: Vec<&[Vec<u8>]> = if elements.is_empty() {
-                vec![&[]]
-            } else {
-                elements.chunks(CHUNK).collect()
-            };
-            let last = chunks.len() - 1;
-            let mut landed = true;
-            for (i, chunk) in chunks.into_iter().enumerate() {
-                let wrote = colls
-                    .feed_fill_chunk(
-                        &keys,
-                        &FeedChunk {
-                            token: &token,
-                            first: i == 0,
-                            last: (i == last).then_some(meta),
-                            elements: chunk,
-                            ttl,
-                        },
-                    )
-                    .await;
-                match wrote {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        landed = false;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::debug!(feed = self.name(), error = %e, "could not fill a feed");
-                        let _ = colls.collection_release(&keys, &token).await;
-                        landed = false;
-                        break;
-                    }
-                }
-            }
-            Counters::bump(if landed {
-                &core.counters.fills
-            } else {
-                &core.counters.fills_refused
-            });
-        }
-        Ok(loaded)
+        read_through::read(self, &owner, Ask { offset, limit }).await
     }
 
     /// Appends a row to `owner`'s feed: the database first, then the
@@ -515,5 +305,146 @@ impl FeedCache {
         core.collections()?
             .collection_invalidate(&core.owner_keys(&owner))
             .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Kind for FeedCache {
+    const WHAT: &'static str = "feed";
+    type Ask = Ask;
+    type Said = FeedPage;
+    type Answer = Vec<bytes::Bytes>;
+    type Load = FeedLoad;
+
+    fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    fn flights(&self) -> &Flights<Result<Filled<FeedLoad>>> {
+        &self.inner.flights
+    }
+
+    /// The elements of the page, if the cached list holds all of it (a
+    /// page past `max_len` of a feed that is not complete: the database).
+    async fn read_cached(
+        &self,
+        keys: &CollectionKeys,
+        ask: &Ask,
+    ) -> Result<Cached<Vec<bytes::Bytes>>> {
+        let want = ask.limit as u64 + 1;
+        let read = self
+            .inner
+            .core
+            .collections()?
+            .feed_read(keys, ask.offset, want)
+            .await?;
+        Ok(match read {
+            FeedRead::Miss => Cached::Miss,
+            FeedRead::Hit { meta, elements } => Cached::Hit {
+                meta,
+                answer: (meta.complete || ask.offset + ask.limit as u64 <= meta.count)
+                    .then_some(elements),
+            },
+        })
+    }
+
+    fn said_from_cache(
+        &self,
+        ask: &Ask,
+        meta: CollectionMeta,
+        elements: Vec<bytes::Bytes>,
+    ) -> FeedPage {
+        let mut items: Vec<String> = elements
+            .iter()
+            .filter_map(|e| parts(e).map(|(_, row)| row.to_owned()))
+            .collect();
+        // An incomplete list has more in the database.
+        let more = items.len() > ask.limit || !meta.complete;
+        items.truncate(ask.limit);
+        FeedPage { items, more }
+    }
+
+    fn said_from_load(&self, ask: &Ask, load: &FeedLoad) -> FromLoad<FeedPage> {
+        let Ask { offset, limit } = *ask;
+        if !load.complete && offset + limit as u64 > load.items.len() as u64 {
+            return FromLoad::Database(None);
+        }
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mut page: Vec<String> = load
+            .items
+            .iter()
+            .skip(start)
+            .take(limit + 1)
+            .map(|i| i.row.clone())
+            .collect();
+        let more = page.len() > limit || !load.complete;
+        page.truncate(limit);
+        FromLoad::Said(FeedPage { items: page, more })
+    }
+
+    async fn said_from_source(
+        &self,
+        owner: &str,
+        ask: &Ask,
+        _count: Option<u64>,
+    ) -> Result<FeedPage> {
+        let mut items: Vec<String> = self
+            .inner
+            .source
+            .load(owner, ask.offset, ask.limit as u64 + 1)
+            .await?
+            .into_iter()
+            .map(|i| i.row)
+            .collect();
+        let more = items.len() > ask.limit;
+        items.truncate(ask.limit);
+        Ok(FeedPage { items, more })
+    }
+
+    /// The first `max_len + 1` items: whether there are more than `max_len`.
+    async fn load_source(&self, owner: &str) -> Result<FeedLoad> {
+        let max = self.inner.max_len;
+        let mut items = self.inner.source.load(owner, 0, max + 1).await?;
+        let complete = items.len() as u64 <= max;
+        items.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+        Ok(FeedLoad { items, complete })
+    }
+
+    /// A fill that fails counts as refused (the lease released here).
+    async fn fill(&self, keys: &CollectionKeys, token: &str, load: &FeedLoad) -> Result<bool> {
+        let core = &self.inner.core;
+        let colls = core.collections()?;
+        let meta = core.fill_meta(load.complete, load.items.len() as u64);
+        let ttl = core.settings.ttl;
+        let elements: Vec<Vec<u8>> = load.items.iter().map(element).collect();
+        let elements = elements.as_slice();
+        let filled = fill_chunks(
+            elements.len(),
+            CHUNK,
+            meta,
+            move |range, first, last| async move {
+                colls
+                    .feed_fill_chunk(
+                        keys,
+                        &FeedChunk {
+                            token,
+                            first,
+                            last,
+                            elements: &elements[range],
+                            ttl,
+                        },
+                    )
+                    .await
+            },
+        )
+        .await;
+        match filled {
+            Ok(landed) => Ok(landed),
+            Err(e) => {
+                tracing::debug!(feed = self.name(), error = %e, "could not fill a feed");
+                let _ = colls.collection_release(keys, token).await;
+                Ok(false)
+            }
+        }
     }
 }

@@ -7,9 +7,10 @@
 //! hold for collections too, but a collection is not one value: it is read
 //! in parts (a membership, a page, a count) and written a member at a time.
 //! What is shared by every kind of collection lives here ([`Core`]): the
-//! key layout, the lease loop with its single flight, and the settings;
-//! each kind adds its reads and its write ends ([`set`]: sets, [`feed`]:
-//! feeds, [`board`]: leaderboards).
+//! key layout and the settings, and in [`read_through`] the read, the
+//! lease loop with its single flight, and the chunked fill; each kind adds
+//! its reads and its write ends ([`set`]: sets, [`feed`]: feeds,
+//! [`board`]: leaderboards).
 //!
 //! # The protocol (see `store/collection.rs`)
 //! - **Read**: one script reads meta and value together (one round trip).
@@ -26,6 +27,7 @@
 
 pub(crate) mod board;
 pub(crate) mod feed;
+mod read_through;
 pub(crate) mod set;
 
 use crate::clock::Clock;

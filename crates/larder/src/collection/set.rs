@@ -17,29 +17,27 @@
 //!   `wait_timeout`, load by themselves without filling.
 //! - An owner with more than `max_members` is not cached: its count is
 //!   (in the meta), and membership and pages are indexed queries, outcome
-//!   [`CollectionOutcome::Database`] (`X-Cache: db`). So is an integer
-//!   member beyond ±2^53, which a score cannot hold exactly.
+//!   [`CollectionOutcome::Database`](super::CollectionOutcome::Database)
+//!   (`X-Cache: db`). So is an integer member beyond ±2^53, which a score
+//!   cannot hold exactly.
 //! - Writes: the database first, then the cached set under the owner's
 //!   write ticket (see the module docs of `collection`).
 //! - The store unavailable: reads answer from the database
-//!   ([`CollectionOutcome::Bypass`]); writes fail before the database is
-//!   touched.
+//!   ([`CollectionOutcome::Bypass`](super::CollectionOutcome::Bypass));
+//!   writes fail before the database is touched.
 
+use super::read_through::{self, fill_chunks, Cached, Filled, FromLoad, Kind};
 use super::{common_setters, CommonSettings};
-use super::{
-    token, CollectionOutcome, CollectionRead, CollectionStats, Core, Counters, SetLoad, SetOrder,
-    SetSource,
-};
+use super::{CollectionRead, CollectionStats, Core, Counters, SetLoad, SetOrder, SetSource};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::key::validate_id;
 use crate::source::MAX_EXACT_SCORE;
 use crate::store::{
-    CollectionAcquired, CollectionMeta, MemberOrder, Scored, SetAnswer, SetChunk, SetQuery,
-    SetRead, SetWriteEnd,
+    CollectionKeys, CollectionMeta, MemberOrder, Scored, SetAnswer, SetChunk, SetQuery, SetRead,
+    SetWriteEnd,
 };
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Members per fill chunk (2 script arguments each: far below Lua's
 /// `unpack` limit of 7,999 values).
@@ -50,9 +48,6 @@ pub const DEFAULT_MAX_MEMBERS: u64 = 100_000;
 
 /// The longest page a read may ask for.
 pub const MAX_SET_PAGE: usize = 1000;
-
-/// How long a poll for another holder's fill pauses at most.
-const MAX_POLL: Duration = Duration::from_millis(50);
 
 /// One page of a set's members.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +75,7 @@ struct Inner {
     order: MemberOrder,
     max_members: u64,
     writable: bool,
-    flights: Flights<Result<Filled>>,
+    flights: Flights<Result<Filled<SetLoad>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -92,15 +87,6 @@ impl std::fmt::Debug for Inner {
             .field("max_members", &self.max_members)
             .finish()
     }
-}
-
-/// What one flight (one load of an owner) ended with.
-#[derive(Debug, Clone)]
-enum Filled {
-    /// Someone else's fill is in place: read it.
-    Present,
-    /// Loaded by this flight (filled or not).
-    Loaded(Arc<SetLoad>),
 }
 
 /// Builds a [`SetCache`]; consuming, finish with [`build`](Self::build).
@@ -176,14 +162,14 @@ impl SetCacheBuilder {
 }
 
 /// A read's question, before it meets a cached set or a loaded one.
-enum Ask {
+pub(crate) enum Ask {
     Contains(Scored),
     Page { after: Option<Scored>, limit: usize },
     Count,
 }
 
 /// A read's answer.
-enum Said {
+pub(crate) enum Said {
     Contains(bool),
     Page(SetPage),
     Count(u64),
@@ -314,278 +300,7 @@ impl SetCache {
     }
 
     async fn read(&self, owner: &str, ask: Ask) -> Result<CollectionRead<Said>> {
-        let core = &self.inner.core;
-        let keys = core.owner_keys(owner);
-        let query = match &ask {
-            Ask::Contains(m) => SetQuery::Contains(m.clone()),
-            // One more than asked: whether there is a next page.
-            Ask::Page { after, limit } => SetQuery::Page {
-                after: after.clone(),
-                limit: limit + 1,
-            },
-            Ask::Count => SetQuery::Meta,
-        };
-        let mut first = true;
-        loop {
-            match core
-                .collections()?
-                .set_read(&keys, self.inner.order, &query)
-                .await
-            {
-                Ok(SetRead::Hit { meta, answer }) if meta.fresh_until_ms > core.now_ms() => {
-                    let outcome = if first {
-                        CollectionOutcome::Hit
-                    } else {
-                        CollectionOutcome::Miss
-                    };
-                    return match answer {
-                        Some(answer) => {
-                            if first {
-                                Counters::bump(&core.counters.hits);
-                            }
-                            Ok(CollectionRead {
-                                value: self.said_from_cache(&ask, meta, answer),
-                                outcome,
-                            })
-                        }
-                        None => {
-                            Counters::bump(&core.counters.database);
-                            self.answer_from_source(
-                                owner,
-                                &ask,
-                                Some(meta.count),
-                                CollectionOutcome::Database,
-                            )
-                            .await
-                        }
-                    };
-                }
-                Ok(_) => {}
-                Err(e) if e.is_store_unavailable() => {
-                    Counters::bump(&core.counters.bypass);
-                    return self
-                        .answer_from_source(owner, &ask, None, CollectionOutcome::Bypass)
-                        .await;
-                }
-                Err(e) => return Err(e),
-            }
-            if first {
-                Counters::bump(&core.counters.misses);
-            }
-            if !first {
-                // A fill landed and was gone again (invalidated, evicted):
-                // answer from the database rather than loop.
-                return self
-                    .answer_from_source(owner, &ask, None, CollectionOutcome::Miss)
-                    .await;
-            }
-            first = false;
-            match self.load(owner).await? {
-                Filled::Present => continue,
-                Filled::Loaded(load) => {
-                    return match &*load {
-                        SetLoad::Members(members) => Ok(CollectionRead {
-                            value: self.said_from_members(&ask, members),
-                            outcome: CollectionOutcome::Miss,
-                        }),
-                        SetLoad::TooMany(count) => {
-                            self.answer_from_source(
-                                owner,
-                                &ask,
-                                Some(*count),
-                                CollectionOutcome::Database,
-                            )
-                            .await
-                        }
-                    };
-                }
-            }
-        }
-    }
-
-    fn said_from_cache(&self, ask: &Ask, meta: CollectionMeta, answer: SetAnswer) -> Said {
-        match (ask, answer) {
-            (Ask::Contains(_), SetAnswer::Contains(b)) => Said::Contains(b),
-            (Ask::Page { limit, .. }, SetAnswer::Page(members)) => {
-                Said::Page(page(meta.count, members, *limit))
-            }
-            _ => Said::Count(meta.count),
-        }
-    }
-
-    fn said_from_members(&self, ask: &Ask, members: &[String]) -> Said {
-        let count = members.len() as u64;
-        match ask {
-            Ask::Contains(m) => Said::Contains(members.contains(&m.member)),
-            Ask::Count => Said::Count(count),
-            Ask::Page { after, limit } => {
-                let start = match after {
-                    None => 0,
-                    Some(a) => members.partition_point(|x| {
-                        let x = self.scored(x.clone());
-                        (x.score, x.member.as_str()) <= (a.score, a.member.as_str())
-                    }),
-                };
-                let slice: Vec<String> = members[start..].iter().take(limit + 1).cloned().collect();
-                Said::Page(page(count, slice, *limit))
-            }
-        }
-    }
-
-    async fn answer_from_source(
-        &self,
-        owner: &str,
-        ask: &Ask,
-        count: Option<u64>,
-        outcome: CollectionOutcome,
-    ) -> Result<CollectionRead<Said>> {
-        let source = &self.inner.source;
-        let count = async {
-            match count {
-                Some(n) => Ok(n),
-                None => source.count(owner).await,
-            }
-        };
-        let value = match ask {
-            Ask::Contains(m) => Said::Contains(source.contains(owner, &m.member).await?),
-            Ask::Count => Said::Count(count.await?),
-            Ask::Page { after, limit } => {
-                let members = if *limit == 0 {
-                    Vec::new()
-                } else {
-                    source
-                        .page(owner, after.as_ref().map(|a| a.member.as_str()), limit + 1)
-                        .await?
-                };
-                Said::Page(page(count.await?, members, *limit))
-            }
-        };
-        Ok(CollectionRead { value, outcome })
-    }
-
-    /// One load of `owner` per process (a flight), under its lease.
-    async fn load(&self, owner: &str) -> Result<Filled> {
-        let this = self.clone();
-        let id = owner.to_owned();
-        let (flight, _) = self.inner.flights.join_or_start(
-            owner,
-            move || async move { this.load_under_lease(&id).await },
-            |panic| {
-                Err(Error::Internal {
-                    what: format!("a set load panicked: {panic}"),
-                })
-            },
-        );
-        flight.await
-    }
-
-    async fn load_under_lease(&self, owner: &str) -> Result<Filled> {
-        let core = &self.inner.core;
-        let colls = core.collections()?;
-        let keys = core.owner_keys(owner);
-        let token = token();
-        let deadline = Instant::now() + core.settings.wait_timeout;
-        let mut pause = Duration::from_millis(2);
-        let mut waited = false;
-        loop {
-            match colls
-                .collection_acquire(&keys, &token, core.settings.lease_ttl, core.now_ms())
-                .await?
-            {
-                CollectionAcquired::Present => return Ok(Filled::Present),
-                CollectionAcquired::Lease => break,
-                CollectionAcquired::Held => {
-                    if !waited {
-                        waited = true;
-                        Counters::bump(&core.counters.lease_waits);
-                    }
-                    if Instant::now() >= deadline {
-                        Counters::bump(&core.counters.loads);
-                        let load = self
-                            .inner
-                            .source
-                            .load(owner, self.inner.max_members)
-                            .await?;
-                        return Ok(Filled::Loaded(Arc::new(load)));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_POLL);
-                }
-            }
-        }
-        Counters::bump(&core.counters.loads);
-        let load = match self.inner.source.load(owner, self.inner.max_members).await {
-            Ok(load) => load,
-            Err(e) => {
-                let _ = colls.collection_release(&keys, &token).await;
-                return Err(e);
-            }
-        };
-        let filled = self.fill(owner, &token, &load).await;
-        match filled {
-            Ok(true) => Counters::bump(&core.counters.fills),
-            Ok(false) => Counters::bump(&core.counters.fills_refused),
-            Err(e) => {
-                tracing::debug!(set = self.name(), error = %e, "could not fill a set");
-                let _ = colls.collection_release(&keys, &token).await;
-            }
-        }
-        Ok(Filled::Loaded(Arc::new(load)))
-    }
-
-    /// Writes a load in chunks under the lease; whether it landed.
-    async fn fill(&self, owner: &str, token: &str, load: &SetLoad) -> Result<bool> {
-        let core = &self.inner.core;
-        let colls = core.collections()?;
-        let keys = core.owner_keys(owner);
-        let now = core.now_ms();
-        let ttl = core.settings.ttl;
-        let fresh_until_ms = now.saturating_add(crate::clock::duration_ms(ttl));
-        let (members, complete, count) = match load {
-            SetLoad::Members(members) => {
-                let scored: Vec<Scored> = members.iter().map(|m| self.scored(m.clone())).collect();
-                if scored.iter().all(|m| self.exact(m)) {
-                    (scored, true, members.len() as u64)
-                } else {
-                    (Vec::new(), false, members.len() as u64)
-                }
-            }
-            SetLoad::TooMany(count) => (Vec::new(), false, *count),
-        };
-        core.counters
-            .last_size
-            .store(count, std::sync::atomic::Ordering::Relaxed);
-        let meta = CollectionMeta {
-            fresh_until_ms,
-            loaded_ms: now,
-            complete,
-            count,
-            stamp: 0,
-        };
-        let chunks: Vec<&[Scored]> = if members.is_empty() {
-            vec![&[]]
-        } else {
-            members.chunks(CHUNK).collect()
-        };
-        let last = chunks.len() - 1;
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let wrote = colls
-                .set_fill_chunk(
-                    &keys,
-                    &SetChunk {
-                        token,
-                        first: i == 0,
-                        last: (i == last).then_some(meta),
-                        members: chunk,
-                        ttl,
-                    },
-                )
-                .await?;
-            if !wrote {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        read_through::read(self, owner, ask).await
     }
 
     /// Adds `member` to `owner`'s set: the database first, then the cached
@@ -682,5 +397,145 @@ fn page(count: u64, mut members: Vec<String>, limit: usize) -> SetPage {
 fn internal() -> Error {
     Error::Internal {
         what: "a set read answered another question".to_owned(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Kind for SetCache {
+    const WHAT: &'static str = "set";
+    type Ask = Ask;
+    type Said = Said;
+    type Answer = SetAnswer;
+    type Load = SetLoad;
+
+    fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    fn flights(&self) -> &Flights<Result<Filled<SetLoad>>> {
+        &self.inner.flights
+    }
+
+    async fn read_cached(&self, keys: &CollectionKeys, ask: &Ask) -> Result<Cached<SetAnswer>> {
+        let query = match ask {
+            Ask::Contains(m) => SetQuery::Contains(m.clone()),
+            // One more than asked: whether there is a next page.
+            Ask::Page { after, limit } => SetQuery::Page {
+                after: after.clone(),
+                limit: limit + 1,
+            },
+            Ask::Count => SetQuery::Meta,
+        };
+        let read = self
+            .inner
+            .core
+            .collections()?
+            .set_read(keys, self.inner.order, &query)
+            .await?;
+        Ok(match read {
+            SetRead::Miss => Cached::Miss,
+            SetRead::Hit { meta, answer } => Cached::Hit { meta, answer },
+        })
+    }
+
+    fn said_from_cache(&self, ask: &Ask, meta: CollectionMeta, answer: SetAnswer) -> Said {
+        match (ask, answer) {
+            (Ask::Contains(_), SetAnswer::Contains(b)) => Said::Contains(b),
+            (Ask::Page { limit, .. }, SetAnswer::Page(members)) => {
+                Said::Page(page(meta.count, members, *limit))
+            }
+            _ => Said::Count(meta.count),
+        }
+    }
+
+    fn said_from_load(&self, ask: &Ask, load: &SetLoad) -> FromLoad<Said> {
+        let members = match load {
+            SetLoad::Members(members) => members,
+            SetLoad::TooMany(count) => return FromLoad::Database(Some(*count)),
+        };
+        let count = members.len() as u64;
+        FromLoad::Said(match ask {
+            Ask::Contains(m) => Said::Contains(members.contains(&m.member)),
+            Ask::Count => Said::Count(count),
+            Ask::Page { after, limit } => {
+                let start = match after {
+                    None => 0,
+                    Some(a) => members.partition_point(|x| {
+                        let x = self.scored(x.clone());
+                        (x.score, x.member.as_str()) <= (a.score, a.member.as_str())
+                    }),
+                };
+                let slice: Vec<String> = members[start..].iter().take(limit + 1).cloned().collect();
+                Said::Page(page(count, slice, *limit))
+            }
+        })
+    }
+
+    async fn said_from_source(&self, owner: &str, ask: &Ask, count: Option<u64>) -> Result<Said> {
+        let source = &self.inner.source;
+        let count = async {
+            match count {
+                Some(n) => Ok(n),
+                None => source.count(owner).await,
+            }
+        };
+        let value = match ask {
+            Ask::Contains(m) => Said::Contains(source.contains(owner, &m.member).await?),
+            Ask::Count => Said::Count(count.await?),
+            Ask::Page { after, limit } => {
+                let members = if *limit == 0 {
+                    Vec::new()
+                } else {
+                    source
+                        .page(owner, after.as_ref().map(|a| a.member.as_str()), limit + 1)
+                        .await?
+                };
+                Said::Page(page(count.await?, members, *limit))
+            }
+        };
+        Ok(value)
+    }
+
+    async fn load_source(&self, owner: &str) -> Result<SetLoad> {
+        self.inner.source.load(owner, self.inner.max_members).await
+    }
+
+    async fn fill(&self, keys: &CollectionKeys, token: &str, load: &SetLoad) -> Result<bool> {
+        let core = &self.inner.core;
+        let colls = core.collections()?;
+        let (members, complete, count) = match load {
+            SetLoad::Members(members) => {
+                let scored: Vec<Scored> = members.iter().map(|m| self.scored(m.clone())).collect();
+                if scored.iter().all(|m| self.exact(m)) {
+                    (scored, true, members.len() as u64)
+                } else {
+                    (Vec::new(), false, members.len() as u64)
+                }
+            }
+            SetLoad::TooMany(count) => (Vec::new(), false, *count),
+        };
+        let meta = core.fill_meta(complete, count);
+        let ttl = core.settings.ttl;
+        let members = members.as_slice();
+        fill_chunks(
+            members.len(),
+            CHUNK,
+            meta,
+            move |range, first, last| async move {
+                colls
+                    .set_fill_chunk(
+                        keys,
+                        &SetChunk {
+                            token,
+                            first,
+                            last,
+                            members: &members[range],
+                            ttl,
+                        },
+                    )
+                    .await
+            },
+        )
+        .await
     }
 }

@@ -17,7 +17,7 @@ use super::redis::{ms, RedisStore};
 use super::{Protocol, WriteKeys};
 use crate::error::{Error, Message, Result};
 use async_trait::async_trait;
-use redis::{Script, Value};
+use redis::{Script, ScriptInvocation, Value};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -73,62 +73,87 @@ return 1
     )
 });
 
-/// Members come after 9 fixed arguments, as `score member` pairs; a chunk
-/// holds at most `CHUNK` members, so `unpack` stays far below its limit
-/// of 7,999 values.
-static FILL_CHUNK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+/// The fill of a collection, one chunk at a time: the lease's token
+/// checked, the chunk's items added to staging by `command`, and on the last
+/// chunk staging renamed over the value and the meta written. Items come
+/// after 9 fixed arguments; a chunk holds at most `CHUNK` members (2
+/// values each) or elements, so `unpack` stays far below its limit of
+/// 7,999 values.
+const FILL: &str = r"
 -- KEYS: meta, value, staging, lease.
--- ARGV: token, first, last, ttl ms, fresh, loaded, complete, count, stamp, score1, member1, ...
-if redis.call('GET', KEYS[4]) ~= ARGV[1] then
-  redis.call('DEL', KEYS[3])
-  return 0
-end
-if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
-if #ARGV > 9 then redis.call('ZADD', KEYS[3], unpack(ARGV, 10)) end
-if ARGV[3] == '1' then
-  if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('RENAME', KEYS[3], KEYS[2])
-    redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  else
-    redis.call('DEL', KEYS[2])
+-- ARGV: token, first, last, ttl ms, fresh, loaded, complete, count, stamp, then the chunk's items
+local function fill(command)
+  if redis.call('GET', KEYS[4]) ~= ARGV[1] then
+    redis.call('DEL', KEYS[3])
+    return 0
   end
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'v', '1', 'fresh', ARGV[5], 'loaded', ARGV[6],
-    'complete', ARGV[7], 'count', ARGV[8], 'stamp', ARGV[9])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  redis.call('DEL', KEYS[4])
-elseif redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
+  if #ARGV > 9 then redis.call(command, KEYS[3], unpack(ARGV, 10)) end
+  if ARGV[3] == '1' then
+    if redis.call('EXISTS', KEYS[3]) == 1 then
+      redis.call('RENAME', KEYS[3], KEYS[2])
+      redis.call('PEXPIRE', KEYS[2], ARGV[4])
+    else
+      redis.call('DEL', KEYS[2])
+    end
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[1], 'v', '1', 'fresh', ARGV[5], 'loaded', ARGV[6],
+      'complete', ARGV[7], 'count', ARGV[8], 'stamp', ARGV[9])
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    redis.call('DEL', KEYS[4])
+  elseif redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  end
+  return 1
 end
-return 1
-",
-    )
-});
+";
+
+/// The end of a write to a collection, as far as every kind shares it:
+/// the write's ticket checked against the owner's bookkeeping (a write
+/// older than an invalidation deletes the cached collection), its count
+/// of writes in flight decremented, and the lease voided. `ticket_end()`
+/// answers `nil` when the script is done (it answers 0), else whether
+/// this write was the only one since its ticket (the collection may be
+/// changed in place).
+const WRITE_TICKET: &str = r"
+-- KEYS: meta, value, lease, write. ARGV: ticket, action (…|del|abort), then the kind's own
+local function ticket_end()
+  local base = redis.call('HGET', KEYS[4], 'base')
+  if not base or tonumber(ARGV[1]) <= tonumber(base) then
+    if ARGV[2] == 'abort' then return nil end
+    if base then redis.call('HINCRBY', KEYS[4], 'seq', 1) end
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+    return nil
+  end
+  local inflight = redis.call('HINCRBY', KEYS[4], 'inflight', -1)
+  if inflight < 0 then
+    redis.call('HSET', KEYS[4], 'inflight', 0)
+    inflight = 0
+  end
+  if ARGV[2] == 'abort' then return nil end
+  redis.call('DEL', KEYS[3])
+  local seq = tonumber(redis.call('HGET', KEYS[4], 'seq') or '0')
+  return seq == tonumber(ARGV[1]) and inflight == 0
+end
+";
+
+/// A script of a prelude (`FILL`, `WRITE_TICKET`) and a body that uses it.
+fn with_prelude(prelude: &str, body: &str) -> Script {
+    Script::new(&[prelude, body].concat())
+}
+
+/// A set's (and a leaderboard's) fill chunk: `score member` pairs.
+static FILL_CHUNK: LazyLock<Script> = LazyLock::new(|| with_prelude(FILL, "return fill('ZADD')"));
 
 static WRITE_END: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_prelude(
+        WRITE_TICKET,
         r"
--- KEYS: meta, value, lease, write.
 -- ARGV: ticket, action (add|rem|del|abort), member, score, changed (1/0), clean (1/0), max
-local base = redis.call('HGET', KEYS[4], 'base')
-if not base or tonumber(ARGV[1]) <= tonumber(base) then
-  if ARGV[2] == 'abort' then return 0 end
-  if base then redis.call('HINCRBY', KEYS[4], 'seq', 1) end
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  return 0
-end
-local inflight = redis.call('HINCRBY', KEYS[4], 'inflight', -1)
-if inflight < 0 then
-  redis.call('HSET', KEYS[4], 'inflight', 0)
-  inflight = 0
-end
-if ARGV[2] == 'abort' then return 0 end
-redis.call('DEL', KEYS[3])
-local seq = tonumber(redis.call('HGET', KEYS[4], 'seq') or '0')
+local alone = ticket_end()
+if alone == nil then return 0 end
 local op = ARGV[2]
-if (op == 'add' or op == 'rem') and ARGV[6] == '1' and seq == tonumber(ARGV[1]) and inflight == 0 then
+if (op == 'add' or op == 'rem') and ARGV[6] == '1' and alone then
   local m = redis.call('HMGET', KEYS[1], 'complete', 'count')
   if not m[1] then return 0 end
   if m[1] ~= '1' then
@@ -189,59 +214,19 @@ return {1, m[1], m[2], m[3], m[4], m[5] or '0', items}
     )
 });
 
-static FEED_FILL_CHUNK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
--- KEYS: meta, value, staging, lease.
--- ARGV: token, first, last, ttl ms, fresh, loaded, complete, count, stamp, element1, ...
-if redis.call('GET', KEYS[4]) ~= ARGV[1] then
-  redis.call('DEL', KEYS[3])
-  return 0
-end
-if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
-if #ARGV > 9 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 10)) end
-if ARGV[3] == '1' then
-  if redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('RENAME', KEYS[3], KEYS[2])
-    redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  else
-    redis.call('DEL', KEYS[2])
-  end
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'v', '1', 'fresh', ARGV[5], 'loaded', ARGV[6],
-    'complete', ARGV[7], 'count', ARGV[8], 'stamp', ARGV[9])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  redis.call('DEL', KEYS[4])
-elseif redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
-end
-return 1
-",
-    )
-});
+/// A feed's fill chunk: elements, in order.
+static FEED_FILL_CHUNK: LazyLock<Script> =
+    LazyLock::new(|| with_prelude(FILL, "return fill('RPUSH')"));
 
 static FEED_WRITE_END: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_prelude(
+        WRITE_TICKET,
         r"
--- KEYS: meta, value, lease, write.
 -- ARGV: ticket, action (push|rem|del|abort), clean (1/0), element or id, head ('' none), has_head (1/0), max_len
-local base = redis.call('HGET', KEYS[4], 'base')
-if not base or tonumber(ARGV[1]) <= tonumber(base) then
-  if ARGV[2] == 'abort' then return 0 end
-  if base then redis.call('HINCRBY', KEYS[4], 'seq', 1) end
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  return 0
-end
-local inflight = redis.call('HINCRBY', KEYS[4], 'inflight', -1)
-if inflight < 0 then
-  redis.call('HSET', KEYS[4], 'inflight', 0)
-  inflight = 0
-end
-if ARGV[2] == 'abort' then return 0 end
-redis.call('DEL', KEYS[3])
-local seq = tonumber(redis.call('HGET', KEYS[4], 'seq') or '0')
+local alone = ticket_end()
+if alone == nil then return 0 end
 local op = ARGV[2]
-if (op == 'push' or op == 'rem') and ARGV[3] == '1' and seq == tonumber(ARGV[1]) and inflight == 0 then
+if (op == 'push' or op == 'rem') and ARGV[3] == '1' and alone then
   local m = redis.call('HMGET', KEYS[1], 'complete', 'count')
   if not m[1] then return 0 end
   if op == 'push' then
@@ -308,27 +293,14 @@ return r
 /// A leaderboard write's end: `ZADD` of the database's score (never
 /// `ZINCRBY`) or `ZREM`, only if the write overlapped nothing.
 static BOARD_WRITE_END: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_prelude(
+        WRITE_TICKET,
         r"
--- KEYS: meta, value, lease, write.
 -- ARGV: ticket, action (set|rem|del|abort), member, score, clean (1/0), max
-local base = redis.call('HGET', KEYS[4], 'base')
-if not base or tonumber(ARGV[1]) <= tonumber(base) then
-  if ARGV[2] == 'abort' then return 0 end
-  if base then redis.call('HINCRBY', KEYS[4], 'seq', 1) end
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  return 0
-end
-local inflight = redis.call('HINCRBY', KEYS[4], 'inflight', -1)
-if inflight < 0 then
-  redis.call('HSET', KEYS[4], 'inflight', 0)
-  inflight = 0
-end
-if ARGV[2] == 'abort' then return 0 end
-redis.call('DEL', KEYS[3])
-local seq = tonumber(redis.call('HGET', KEYS[4], 'seq') or '0')
+local alone = ticket_end()
+if alone == nil then return 0 end
 local op = ARGV[2]
-if (op == 'set' or op == 'rem') and ARGV[5] == '1' and seq == tonumber(ARGV[1]) and inflight == 0 then
+if (op == 'set' or op == 'rem') and ARGV[5] == '1' and alone then
   local m = redis.call('HMGET', KEYS[1], 'complete', 'count')
   if not m[1] then return 0 end
   if m[1] == '1' then
@@ -391,6 +363,70 @@ fn order_arg(order: MemberOrder) -> &'static str {
     }
 }
 
+/// A fill script's invocation with its keys and its 9 fixed arguments
+/// (`first`, the meta on the `last` chunk); the chunk's items go after.
+fn fill_invocation(
+    script: &'static Script,
+    keys: &CollectionKeys,
+    token: &str,
+    first: bool,
+    last: Option<CollectionMeta>,
+    ttl: Duration,
+) -> ScriptInvocation<'static> {
+    let mut inv = script.prepare_invoke();
+    inv.key(&keys.meta)
+        .key(&keys.value)
+        .key(&keys.staging)
+        .key(&keys.lease)
+        .arg(token)
+        .arg(if first { "1" } else { "0" })
+        .arg(if last.is_some() { "1" } else { "0" })
+        .arg(ms(ttl));
+    let meta = last.unwrap_or(CollectionMeta {
+        fresh_until_ms: 0,
+        loaded_ms: 0,
+        complete: false,
+        count: 0,
+        stamp: 0,
+    });
+    inv.arg(meta.fresh_until_ms)
+        .arg(meta.loaded_ms)
+        .arg(if meta.complete { "1" } else { "0" })
+        .arg(meta.count)
+        .arg(meta.stamp);
+    inv
+}
+
+/// The answer of a read script (`SET_READ`, `FEED_READ`, `BOARD_READ`):
+/// `None` for a miss, else the meta and the whole answer (the kind's own
+/// part at index 6). `what` names the script in errors.
+fn hit_of(
+    store: &RedisStore,
+    value: Value,
+    what: &str,
+) -> Result<Option<(CollectionMeta, Vec<Value>)>> {
+    let Value::Array(items) = value else {
+        return Err(bad(store, what));
+    };
+    if matches!(items.first(), Some(Value::Int(0))) {
+        return Ok(None);
+    }
+    let field = |i: usize| items.get(i).and_then(number);
+    let (Some(fresh), Some(loaded), Some(complete), Some(count)) =
+        (field(1), field(2), field(3), field(4))
+    else {
+        return Err(bad(store, what));
+    };
+    let meta = CollectionMeta {
+        fresh_until_ms: fresh,
+        loaded_ms: loaded,
+        complete: complete == 1,
+        count,
+        stamp: field(5).unwrap_or(0),
+    };
+    Ok(Some((meta, items)))
+}
+
 fn write_keys(keys: &CollectionKeys) -> WriteKeys {
     WriteKeys {
         value_key: keys.value.clone(),
@@ -425,25 +461,8 @@ impl Collections for RedisStore {
                 inv.arg("meta").arg(order_arg(order)).arg("").arg(0);
             }
         }
-        let value: Value = self.run(inv).await?;
-        let Value::Array(items) = value else {
-            return Err(bad(self, "set read"));
-        };
-        if matches!(items.first(), Some(Value::Int(0))) {
+        let Some((meta, items)) = hit_of(self, self.run(inv).await?, "set read")? else {
             return Ok(SetRead::Miss);
-        }
-        let field = |i: usize| items.get(i).and_then(number);
-        let (Some(fresh), Some(loaded), Some(complete), Some(count)) =
-            (field(1), field(2), field(3), field(4))
-        else {
-            return Err(bad(self, "set read"));
-        };
-        let meta = CollectionMeta {
-            fresh_until_ms: fresh,
-            loaded_ms: loaded,
-            complete: complete == 1,
-            count,
-            stamp: field(5).unwrap_or(0),
         };
         let answer = if !meta.complete {
             None
@@ -495,27 +514,14 @@ impl Collections for RedisStore {
     }
 
     async fn set_fill_chunk(&self, keys: &CollectionKeys, chunk: &SetChunk<'_>) -> Result<bool> {
-        let mut inv = FILL_CHUNK.prepare_invoke();
-        inv.key(&keys.meta)
-            .key(&keys.value)
-            .key(&keys.staging)
-            .key(&keys.lease)
-            .arg(chunk.token)
-            .arg(if chunk.first { "1" } else { "0" })
-            .arg(if chunk.last.is_some() { "1" } else { "0" })
-            .arg(ms(chunk.ttl));
-        let meta = chunk.last.unwrap_or(CollectionMeta {
-            fresh_until_ms: 0,
-            loaded_ms: 0,
-            complete: false,
-            count: 0,
-            stamp: 0,
-        });
-        inv.arg(meta.fresh_until_ms)
-            .arg(meta.loaded_ms)
-            .arg(if meta.complete { "1" } else { "0" })
-            .arg(meta.count)
-            .arg(meta.stamp);
+        let mut inv = fill_invocation(
+            &FILL_CHUNK,
+            keys,
+            chunk.token,
+            chunk.first,
+            chunk.last,
+            chunk.ttl,
+        );
         for m in chunk.members {
             inv.arg(m.score).arg(&m.member);
         }
@@ -573,25 +579,8 @@ impl Collections for RedisStore {
     async fn feed_read(&self, keys: &CollectionKeys, offset: u64, limit: u64) -> Result<FeedRead> {
         let mut inv = FEED_READ.prepare_invoke();
         inv.key(&keys.meta).key(&keys.value).arg(offset).arg(limit);
-        let value: Value = self.run(inv).await?;
-        let Value::Array(items) = value else {
-            return Err(bad(self, "feed read"));
-        };
-        if matches!(items.first(), Some(Value::Int(0))) {
+        let Some((meta, items)) = hit_of(self, self.run(inv).await?, "feed read")? else {
             return Ok(FeedRead::Miss);
-        }
-        let field = |i: usize| items.get(i).and_then(number);
-        let (Some(fresh), Some(loaded), Some(complete), Some(count)) =
-            (field(1), field(2), field(3), field(4))
-        else {
-            return Err(bad(self, "feed read"));
-        };
-        let meta = CollectionMeta {
-            fresh_until_ms: fresh,
-            loaded_ms: loaded,
-            complete: complete == 1,
-            count,
-            stamp: field(5).unwrap_or(0),
         };
         let elements = match items.get(6) {
             Some(Value::Array(list)) => list
@@ -607,27 +596,14 @@ impl Collections for RedisStore {
     }
 
     async fn feed_fill_chunk(&self, keys: &CollectionKeys, chunk: &FeedChunk<'_>) -> Result<bool> {
-        let mut inv = FEED_FILL_CHUNK.prepare_invoke();
-        inv.key(&keys.meta)
-            .key(&keys.value)
-            .key(&keys.staging)
-            .key(&keys.lease)
-            .arg(chunk.token)
-            .arg(if chunk.first { "1" } else { "0" })
-            .arg(if chunk.last.is_some() { "1" } else { "0" })
-            .arg(ms(chunk.ttl));
-        let meta = chunk.last.unwrap_or(CollectionMeta {
-            fresh_until_ms: 0,
-            loaded_ms: 0,
-            complete: false,
-            count: 0,
-            stamp: 0,
-        });
-        inv.arg(meta.fresh_until_ms)
-            .arg(meta.loaded_ms)
-            .arg(if meta.complete { "1" } else { "0" })
-            .arg(meta.count)
-            .arg(meta.stamp);
+        let mut inv = fill_invocation(
+            &FEED_FILL_CHUNK,
+            keys,
+            chunk.token,
+            chunk.first,
+            chunk.last,
+            chunk.ttl,
+        );
         for e in chunk.elements {
             inv.arg(e.as_slice());
         }
@@ -703,25 +679,8 @@ impl Collections for RedisStore {
                 inv.arg("member").arg(member.as_str()).arg("");
             }
         }
-        let value: Value = self.run(inv).await?;
-        let Value::Array(items) = value else {
-            return Err(bad(self, "leaderboard read"));
-        };
-        if matches!(items.first(), Some(Value::Int(0))) {
+        let Some((meta, items)) = hit_of(self, self.run(inv).await?, "leaderboard read")? else {
             return Ok(BoardRead::Miss);
-        }
-        let field = |i: usize| items.get(i).and_then(number);
-        let (Some(fresh), Some(loaded), Some(complete), Some(count)) =
-            (field(1), field(2), field(3), field(4))
-        else {
-            return Err(bad(self, "leaderboard read"));
-        };
-        let meta = CollectionMeta {
-            fresh_until_ms: fresh,
-            loaded_ms: loaded,
-            complete: complete == 1,
-            count,
-            stamp: field(5).unwrap_or(0),
         };
         if !meta.complete {
             return Ok(BoardRead::Hit { meta, answer: None });
@@ -763,27 +722,14 @@ impl Collections for RedisStore {
         chunk: &BoardChunk<'_>,
     ) -> Result<bool> {
         // The set's fill script: `ZADD staging score member …` is the same.
-        let mut inv = FILL_CHUNK.prepare_invoke();
-        inv.key(&keys.meta)
-            .key(&keys.value)
-            .key(&keys.staging)
-            .key(&keys.lease)
-            .arg(chunk.token)
-            .arg(if chunk.first { "1" } else { "0" })
-            .arg(if chunk.last.is_some() { "1" } else { "0" })
-            .arg(ms(chunk.ttl));
-        let meta = chunk.last.unwrap_or(CollectionMeta {
-            fresh_until_ms: 0,
-            loaded_ms: 0,
-            complete: false,
-            count: 0,
-            stamp: 0,
-        });
-        inv.arg(meta.fresh_until_ms)
-            .arg(meta.loaded_ms)
-            .arg(if meta.complete { "1" } else { "0" })
-            .arg(meta.count)
-            .arg(meta.stamp);
+        let mut inv = fill_invocation(
+            &FILL_CHUNK,
+            keys,
+            chunk.token,
+            chunk.first,
+            chunk.last,
+            chunk.ttl,
+        );
         for m in chunk.members {
             inv.arg(score_arg(m.score)).arg(m.member);
         }

@@ -29,9 +29,10 @@
 //! `INSERT … ON DUPLICATE KEY UPDATE`, then `SELECT`, in one transaction).
 //! Other columns of the table are left to their defaults on insert.
 
-use super::collection::{mysql_indexes, pg_indexes, sqlite_indexes, IndexInfo};
-use super::schema::{quote, KeyType, KeyValue, Schema, TableName};
-use super::{classify, mysql, postgres, sqlite, SqlPool, MAX_EXACT_SCORE};
+use super::collection::IndexInfo;
+use super::owner_table::{self, bind_key, Backend, OwnerTable};
+use super::schema::{quote, KeyValue, Schema};
+use super::{SqlPool, MAX_EXACT_SCORE};
 use crate::collection::{BoardLoad, BoardSource, ScoreKind};
 use crate::error::{Error, Result, SchemaPart};
 use async_trait::async_trait;
@@ -50,19 +51,9 @@ pub struct SqlBoardSource {
 
 #[derive(Debug)]
 struct Inner {
-    name: String,
-    owner: Schema,
-    member: Schema,
+    table: OwnerTable,
     kind: ScoreKind,
-    backend: Backend,
     sql: Statements,
-}
-
-#[derive(Debug)]
-enum Backend {
-    Postgres(sqlx::PgPool),
-    Sqlite(sqlx::SqlitePool),
-    MySql(sqlx::MySqlPool),
 }
 
 #[derive(Debug, Default)]
@@ -140,17 +131,14 @@ impl SqlBoardSourceBuilder {
     /// module docs) and builds the source. A failed check is
     /// [`Error::Schema`]; an unreachable database [`Error::SourceUnavailable`].
     pub async fn build(self) -> Result<SqlBoardSource> {
-        let table = TableName::parse(&self.table)
-            .map_err(|e| Error::schema(&self.table, SchemaPart::Table, None, e.to_string()))?;
-        for (what, c) in [
-            ("owner column", &self.owner),
-            ("member column", &self.member),
-            ("score column", &self.score),
-        ] {
-            super::schema::ident(what, c).map_err(|e| {
-                Error::schema(&self.table, SchemaPart::Column, Some(c), e.to_string())
-            })?;
-        }
+        let table = owner_table::parse(
+            &self.table,
+            &[
+                ("owner column", self.owner.as_str()),
+                ("member column", self.member.as_str()),
+                ("score column", self.score.as_str()),
+            ],
+        )?;
         if self.owner == self.member || self.score == self.owner || self.score == self.member {
             return Err(Error::schema(
                 &self.table,
@@ -159,52 +147,10 @@ impl SqlBoardSourceBuilder {
                 "owner, member and score must be three columns",
             ));
         }
-        let name = self.name.unwrap_or_else(|| table.name.clone());
-        let (owner, member, backend) = match self.pool {
-            SqlPool::Postgres(pool) => {
-                let o = postgres::describe(&pool, &name, &table, &self.owner).await?;
-                let m = postgres::describe(&pool, &name, &table, &self.member).await?;
-                (
-                    Schema::new(name.clone(), o, &self.owner, None)?,
-                    Schema::new(name.clone(), m, &self.member, None)?,
-                    Backend::Postgres(pool),
-                )
-            }
-            SqlPool::Sqlite(pool) => {
-                let o = sqlite::describe(&pool, &name, &table, &self.owner).await?;
-                let m = sqlite::describe(&pool, &name, &table, &self.member).await?;
-                (
-                    Schema::new(name.clone(), o, &self.owner, None)?,
-                    Schema::new(name.clone(), m, &self.member, None)?,
-                    Backend::Sqlite(pool),
-                )
-            }
-            SqlPool::MySql(pool) => {
-                let (o, _) = mysql::describe(&pool, &name, &table, &self.owner, None).await?;
-                let (m, _) = mysql::describe(&pool, &name, &table, &self.member, None).await?;
-                (
-                    Schema::new(name.clone(), o, &self.owner, None)?,
-                    Schema::new(name.clone(), m, &self.member, None)?,
-                    Backend::MySql(pool),
-                )
-            }
-        };
-        match &member.key_type {
-            KeyType::Integer { .. } | KeyType::Uuid => {}
-            KeyType::Text(t) if t.fold == super::schema::Fold::None && !t.trim_trailing_blanks => {}
-            _ => {
-                return Err(Error::schema(
-                    &self.table,
-                    SchemaPart::Column,
-                    Some(&self.member),
-                    format!(
-                        "member column `{}` ({}) does not compare byte for byte \
-                         (case-insensitive or blank-padded); use text, an integer or a uuid",
-                        self.member, member.key.sql_type
-                    ),
-                ))
-            }
-        }
+        let described =
+            OwnerTable::describe(self.pool, &table, self.name, &self.owner, &self.member).await?;
+        described.check_member_bytes(&self.table, &self.member)?;
+        let (owner, member, backend) = (&described.owner, &described.member, &described.backend);
         let score_col = member
             .columns
             .iter()
@@ -221,7 +167,7 @@ impl SqlBoardSourceBuilder {
                 )
             })?;
         let kind = score_kind(
-            &backend,
+            backend,
             score_col.int_range().is_some(),
             &score_col.sql_type,
         )
@@ -248,29 +194,22 @@ impl SqlBoardSourceBuilder {
                 ),
             ));
         }
-        let indexes = match &backend {
-            Backend::Postgres(pool) => pg_indexes(pool, &name, &owner).await?,
-            Backend::Sqlite(pool) => sqlite_indexes(pool, &name, &table).await?,
-            Backend::MySql(pool) => mysql_indexes(pool, &name, &owner).await?,
-        };
+        let indexes = described.indexes(&table).await?;
         check_indexes(&self.table, &self.owner, &self.member, &indexes)?;
         let names = Names {
             o: self.owner.clone(),
             m: self.member.clone(),
             p: self.score.clone(),
         };
-        let sql = match &backend {
-            Backend::Postgres(_) => pg_statements(&owner, &member, &names, kind),
-            Backend::Sqlite(_) => sqlite_statements(&owner, &names, kind),
-            Backend::MySql(_) => mysql_statements(&owner, &names, kind),
+        let sql = match backend {
+            Backend::Postgres(_) => pg_statements(owner, member, &names, kind),
+            Backend::Sqlite(_) => sqlite_statements(owner, &names, kind),
+            Backend::MySql(_) => mysql_statements(owner, &names, kind),
         };
         Ok(SqlBoardSource {
             inner: Arc::new(Inner {
-                name,
-                owner,
-                member,
+                table: described,
                 kind,
-                backend,
                 sql,
             }),
         })
@@ -296,22 +235,7 @@ fn score_kind(backend: &Backend, integer: bool, sql_type: &str) -> Option<ScoreK
 }
 
 fn check_indexes(table: &str, owner: &str, member: &str, indexes: &[IndexInfo]) -> Result<()> {
-    let unique = indexes.iter().any(|i| {
-        i.unique
-            && i.columns.len() == 2
-            && i.columns.iter().any(|c| c == owner)
-            && i.columns.iter().any(|c| c == member)
-    });
-    if !unique {
-        return Err(Error::schema(
-            table,
-            SchemaPart::Key,
-            Some(member),
-            format!(
-                "a leaderboard needs a unique index on exactly ({owner}, {member}) of `{table}`"
-            ),
-        ));
-    }
+    owner_table::check_unique("a leaderboard", table, owner, member, indexes)?;
     if !indexes
         .iter()
         .any(|i| i.columns.first().is_some_and(|c| c == owner))
@@ -468,16 +392,6 @@ fn mysql_statements(owner: &Schema, n: &Names, kind: ScoreKind) -> Statements {
     }
 }
 
-/// Binds a key value: its integer or its canonical text.
-macro_rules! bind_key {
-    ($q:expr, $k:expr) => {
-        match $k.int {
-            Some(n) => $q.bind(n),
-            None => $q.bind($k.text.clone()),
-        }
-    };
-}
-
 /// Binds a score: an `i64` on an integer column (checked whole and within
 /// ±2^53 by the caller), else an `f64`.
 macro_rules! bind_score {
@@ -519,18 +433,16 @@ where
 
 impl SqlBoardSource {
     fn keys(&self, owner: &str, member: Option<&str>) -> Result<(KeyValue, Option<KeyValue>)> {
-        let o = self.inner.owner.canonical(owner)?;
-        let m = member.map(|m| self.inner.member.canonical(m)).transpose()?;
-        Ok((o, m))
+        self.inner.table.keys(owner, member)
     }
 
     fn err(&self, e: sqlx::Error) -> Error {
-        classify(&self.inner.name, e)
+        self.inner.table.err(e)
     }
 
     fn beyond(&self, member: &str) -> Error {
         Error::InvalidRow {
-            entity: self.inner.name.clone(),
+            entity: self.inner.table.name.clone(),
             id: member.chars().take(80).collect(),
             reason: format!(
                 "the score would leave ±2^53 ({MAX_EXACT_SCORE}), which a Redis score cannot \
@@ -568,7 +480,7 @@ impl SqlBoardSource {
                 Ok(Some(out))
             }};
         }
-        match &self.inner.backend {
+        match &self.inner.table.backend {
             Backend::Postgres(pool) => run!(pool),
             Backend::Sqlite(pool) => run!(pool),
             Backend::MySql(pool) => run!(pool),
@@ -576,22 +488,7 @@ impl SqlBoardSource {
     }
 
     async fn count_of(&self, o: &KeyValue) -> Result<u64> {
-        let sql = &self.inner.sql.count;
-        let n: i64 = match &self.inner.backend {
-            Backend::Postgres(pool) => bind_key!(sqlx::query_scalar(sql), o)
-                .fetch_one(pool)
-                .await
-                .map_err(|e| self.err(e))?,
-            Backend::Sqlite(pool) => bind_key!(sqlx::query_scalar(sql), o)
-                .fetch_one(pool)
-                .await
-                .map_err(|e| self.err(e))?,
-            Backend::MySql(pool) => bind_key!(sqlx::query_scalar(sql), o)
-                .fetch_one(pool)
-                .await
-                .map_err(|e| self.err(e))?,
-        };
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.inner.table.count(&self.inner.sql.count, o).await
     }
 
     /// PostgreSQL and SQLite: one upsert returning the score (no row: the
@@ -611,7 +508,7 @@ impl SqlBoardSource {
                 }
             }};
         }
-        let score = match &self.inner.backend {
+        let score = match &self.inner.table.backend {
             Backend::Postgres(pool) => run!(pool),
             Backend::Sqlite(pool) => run!(pool),
             Backend::MySql(pool) => return self.mysql_upsert(pool, sql, o, m, v).await,
@@ -676,13 +573,7 @@ impl SqlBoardSource {
     /// [`Error::Config`] on SQLite and MariaDB (no change notifications);
     /// the database's errors otherwise.
     pub async fn install_change_triggers(&self) -> Result<super::ChangeChannel> {
-        let name = &self.inner.name;
-        let pool = match &self.inner.backend {
-            Backend::Postgres(pool) => pool.clone(),
-            Backend::Sqlite(_) => return Err(super::cdc::no_notifications_sqlite(name)),
-            Backend::MySql(_) => return Err(super::cdc::no_notifications_mysql(name)),
-        };
-        super::cdc::install_owner_triggers(pool, name, &self.inner.owner).await
+        self.inner.table.install_change_triggers().await
     }
 }
 
@@ -693,11 +584,11 @@ impl BoardSource for SqlBoardSource {
     }
 
     fn canonical_owner(&self, raw: &str) -> Result<String> {
-        Ok(self.inner.owner.canonical(raw)?.text)
+        Ok(self.inner.table.owner.canonical(raw)?.text)
     }
 
     fn canonical_member(&self, raw: &str) -> Result<String> {
-        Ok(self.inner.member.canonical(raw)?.text)
+        Ok(self.inner.table.member.canonical(raw)?.text)
     }
 
     async fn load(&self, owner: &str, max: u64) -> Result<BoardLoad> {
@@ -757,7 +648,7 @@ impl BoardSource for SqlBoardSource {
                 }
             }};
         }
-        Ok(match &self.inner.backend {
+        Ok(match &self.inner.table.backend {
             Backend::Postgres(pool) => run!(pool),
             Backend::Sqlite(pool) => run!(pool),
             Backend::MySql(pool) => run!(pool),
@@ -789,7 +680,7 @@ impl BoardSource for SqlBoardSource {
         let (o, m) = self.keys(owner, Some(member))?;
         let Some(m) = m else { return Ok(false) };
         let sql = &self.inner.sql.remove;
-        let n = match &self.inner.backend {
+        let n = match &self.inner.table.backend {
             Backend::Postgres(pool) => bind_key!(bind_key!(sqlx::query(sql), o), m)
                 .execute(pool)
                 .await
@@ -832,7 +723,7 @@ impl SqlBoardSource {
                     .map_err(|e| self.err(e))
             }};
         }
-        match &self.inner.backend {
+        match &self.inner.table.backend {
             Backend::Postgres(pool) => run!(pool),
             Backend::Sqlite(pool) => run!(pool),
             Backend::MySql(pool) => run!(pool),

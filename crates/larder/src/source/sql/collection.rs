@@ -26,8 +26,9 @@
 //! so the upsert alone cannot tell "added" from "already there"; `INSERT
 //! IGNORE` would turn foreign-key and NOT NULL errors into warnings).
 
+use super::owner_table::{self, bind_key, Backend, OwnerTable};
 use super::schema::{KeyType, KeyValue, Schema, TableName};
-use super::{classify, mysql, postgres, sqlite, SqlPool};
+use super::{classify, SqlPool};
 use crate::collection::{SetLoad, SetOrder, SetSource};
 use crate::error::{Error, Result, SchemaPart};
 use async_trait::async_trait;
@@ -48,19 +49,9 @@ pub struct SqlSetSource {
 
 #[derive(Debug)]
 struct Inner {
-    name: String,
-    owner: Schema,
-    member: Schema,
+    table: OwnerTable,
     order: SetOrder,
-    backend: Backend,
     sql: Statements,
-}
-
-#[derive(Debug)]
-enum Backend {
-    Postgres(sqlx::PgPool),
-    Sqlite(sqlx::SqlitePool),
-    MySql(sqlx::MySqlPool),
 }
 
 #[derive(Debug, Default)]
@@ -122,16 +113,13 @@ impl SqlSetSourceBuilder {
     /// [`Error::Schema`]; an unreachable database
     /// [`Error::SourceUnavailable`]; MariaDB [`Error::Config`].
     pub async fn build(self) -> Result<SqlSetSource> {
-        let table = TableName::parse(&self.table)
-            .map_err(|e| Error::schema(&self.table, SchemaPart::Table, None, e.to_string()))?;
-        for (what, c) in [
-            ("owner column", &self.owner),
-            ("member column", &self.member),
-        ] {
-            super::schema::ident(what, c).map_err(|e| {
-                Error::schema(&self.table, SchemaPart::Column, Some(c), e.to_string())
-            })?;
-        }
+        let table = owner_table::parse(
+            &self.table,
+            &[
+                ("owner column", self.owner.as_str()),
+                ("member column", self.member.as_str()),
+            ],
+        )?;
         if self.owner == self.member {
             return Err(Error::schema(
                 &self.table,
@@ -140,61 +128,15 @@ impl SqlSetSourceBuilder {
                 "owner and member must be two columns",
             ));
         }
-        let name = self.name.unwrap_or_else(|| table.name.clone());
-        let (owner, member, backend) = match self.pool {
-            SqlPool::Postgres(pool) => {
-                let o = postgres::describe(&pool, &name, &table, &self.owner).await?;
-                let m = postgres::describe(&pool, &name, &table, &self.member).await?;
-                (
-                    Schema::new(name.clone(), o, &self.owner, None)?,
-                    Schema::new(name.clone(), m, &self.member, None)?,
-                    Backend::Postgres(pool),
-                )
-            }
-            SqlPool::Sqlite(pool) => {
-                let o = sqlite::describe(&pool, &name, &table, &self.owner).await?;
-                let m = sqlite::describe(&pool, &name, &table, &self.member).await?;
-                (
-                    Schema::new(name.clone(), o, &self.owner, None)?,
-                    Schema::new(name.clone(), m, &self.member, None)?,
-                    Backend::Sqlite(pool),
-                )
-            }
-            SqlPool::MySql(pool) => {
-                let (o, _) = mysql::describe(&pool, &name, &table, &self.owner, None).await?;
-                let (m, _) = mysql::describe(&pool, &name, &table, &self.member, None).await?;
-                (
-                    Schema::new(name.clone(), o, &self.owner, None)?,
-                    Schema::new(name.clone(), m, &self.member, None)?,
-                    Backend::MySql(pool),
-                )
-            }
-        };
-        let order = match &member.key_type {
+        let described =
+            OwnerTable::describe(self.pool, &table, self.name, &self.owner, &self.member).await?;
+        described.check_member_bytes(&self.table, &self.member)?;
+        let order = match &described.member.key_type {
             KeyType::Integer { .. } => SetOrder::Integer,
-            KeyType::Uuid => SetOrder::Bytes,
-            KeyType::Text(t) if t.fold == super::schema::Fold::None && !t.trim_trailing_blanks => {
-                SetOrder::Bytes
-            }
-            _ => {
-                return Err(Error::schema(
-                    &self.table,
-                    SchemaPart::Column,
-                    Some(&self.member),
-                    format!(
-                        "member column `{}` ({}) does not compare byte for byte \
-                         (case-insensitive or blank-padded); use text, an integer or a uuid",
-                        self.member, member.key.sql_type
-                    ),
-                ))
-            }
+            _ => SetOrder::Bytes,
         };
-        let text_member = matches!(member.key_type, KeyType::Text(_));
-        let indexes = match &backend {
-            Backend::Postgres(pool) => pg_indexes(pool, &name, &owner).await?,
-            Backend::Sqlite(pool) => sqlite_indexes(pool, &name, &table).await?,
-            Backend::MySql(pool) => mysql_indexes(pool, &name, &owner).await?,
-        };
+        let text_member = matches!(described.member.key_type, KeyType::Text(_));
+        let indexes = described.indexes(&table).await?;
         check_indexes(
             &self.table,
             &self.owner,
@@ -202,18 +144,16 @@ impl SqlSetSourceBuilder {
             text_member,
             &indexes,
         )?;
-        let sql = match &backend {
-            Backend::Postgres(_) => pg_statements(&owner, &member, text_member),
-            Backend::Sqlite(_) => sqlite_statements(&owner, &member),
-            Backend::MySql(_) => mysql_statements(&owner, &member),
+        let (owner, member) = (&described.owner, &described.member);
+        let sql = match &described.backend {
+            Backend::Postgres(_) => pg_statements(owner, member, text_member),
+            Backend::Sqlite(_) => sqlite_statements(owner, member),
+            Backend::MySql(_) => mysql_statements(owner, member),
         };
         Ok(SqlSetSource {
             inner: Arc::new(Inner {
-                name,
-                owner,
-                member,
+                table: described,
                 order,
-                backend,
                 sql,
             }),
         })
@@ -362,20 +302,7 @@ fn check_indexes(
     text_member: bool,
     indexes: &[IndexInfo],
 ) -> Result<()> {
-    let unique = indexes.iter().any(|i| {
-        i.unique
-            && i.columns.len() == 2
-            && i.columns.iter().any(|c| c == owner)
-            && i.columns.iter().any(|c| c == member)
-    });
-    if !unique {
-        return Err(Error::schema(
-            table,
-            SchemaPart::Key,
-            Some(member),
-            format!("a set needs a unique index on exactly ({owner}, {member}) of `{table}`"),
-        ));
-    }
+    owner_table::check_unique("a set", table, owner, member, indexes)?;
     // PostgreSQL names the index's collation ("default" for the
     // database's); SQLite says BINARY, NOCASE or RTRIM. Only byte order
     // pages as Redis does.
@@ -498,16 +425,6 @@ fn mysql_lock(contains: &str) -> String {
     format!("{contains} FOR UPDATE")
 }
 
-/// Binds a key value: its integer or its canonical text.
-macro_rules! bind_key {
-    ($q:expr, $k:expr) => {
-        match $k.int {
-            Some(n) => $q.bind(n),
-            None => $q.bind($k.text.clone()),
-        }
-    };
-}
-
 impl SqlSetSource {
     /// Installs change triggers on the set's table (PostgreSQL) and
     /// returns their channel: a row inserted, deleted or changed notifies
@@ -522,25 +439,17 @@ impl SqlSetSource {
     /// [`Error::Config`] on SQLite and MariaDB (no change notifications);
     /// the database's errors otherwise.
     pub async fn install_change_triggers(&self) -> Result<super::ChangeChannel> {
-        let name = &self.inner.name;
-        let pool = match &self.inner.backend {
-            Backend::Postgres(pool) => pool.clone(),
-            Backend::Sqlite(_) => return Err(super::cdc::no_notifications_sqlite(name)),
-            Backend::MySql(_) => return Err(super::cdc::no_notifications_mysql(name)),
-        };
-        super::cdc::install_owner_triggers(pool, name, &self.inner.owner).await
+        self.inner.table.install_change_triggers().await
     }
 }
 
 impl SqlSetSource {
     fn keys(&self, owner: &str, member: Option<&str>) -> Result<(KeyValue, Option<KeyValue>)> {
-        let o = self.inner.owner.canonical(owner)?;
-        let m = member.map(|m| self.inner.member.canonical(m)).transpose()?;
-        Ok((o, m))
+        self.inner.table.keys(owner, member)
     }
 
     fn err(&self, e: sqlx::Error) -> Error {
-        classify(&self.inner.name, e)
+        self.inner.table.err(e)
     }
 
     async fn members(
@@ -550,7 +459,7 @@ impl SqlSetSource {
         after: Option<&KeyValue>,
         limit: i64,
     ) -> Result<Vec<String>> {
-        match &self.inner.backend {
+        match &self.inner.table.backend {
             Backend::Postgres(pool) => {
                 let q = bind_key!(sqlx::query_scalar::<_, String>(sql), o);
                 let q = match after {
@@ -588,26 +497,11 @@ impl SqlSetSource {
     }
 
     async fn count_of(&self, o: &KeyValue) -> Result<u64> {
-        let sql = &self.inner.sql.count;
-        let n: i64 = match &self.inner.backend {
-            Backend::Postgres(pool) => bind_key!(sqlx::query_scalar(sql), o)
-                .fetch_one(pool)
-                .await
-                .map_err(|e| self.err(e))?,
-            Backend::Sqlite(pool) => bind_key!(sqlx::query_scalar(sql), o)
-                .fetch_one(pool)
-                .await
-                .map_err(|e| self.err(e))?,
-            Backend::MySql(pool) => bind_key!(sqlx::query_scalar(sql), o)
-                .fetch_one(pool)
-                .await
-                .map_err(|e| self.err(e))?,
-        };
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.inner.table.count(&self.inner.sql.count, o).await
     }
 
     async fn execute(&self, sql: &str, o: &KeyValue, m: &KeyValue) -> Result<u64> {
-        match &self.inner.backend {
+        match &self.inner.table.backend {
             Backend::Postgres(pool) => bind_key!(bind_key!(sqlx::query(sql), o), m)
                 .execute(pool)
                 .await
@@ -659,11 +553,11 @@ impl SetSource for SqlSetSource {
     }
 
     fn canonical_owner(&self, raw: &str) -> Result<String> {
-        Ok(self.inner.owner.canonical(raw)?.text)
+        Ok(self.inner.table.owner.canonical(raw)?.text)
     }
 
     fn canonical_member(&self, raw: &str) -> Result<String> {
-        Ok(self.inner.member.canonical(raw)?.text)
+        Ok(self.inner.table.member.canonical(raw)?.text)
     }
 
     async fn load(&self, owner: &str, max: u64) -> Result<SetLoad> {
@@ -680,7 +574,7 @@ impl SetSource for SqlSetSource {
         let (o, m) = self.keys(owner, Some(member))?;
         let Some(m) = m else { return Ok(false) };
         let sql = &self.inner.sql.contains;
-        match &self.inner.backend {
+        match &self.inner.table.backend {
             Backend::Postgres(pool) => bind_key!(bind_key!(sqlx::query_scalar(sql), o), m)
                 .fetch_one(pool)
                 .await
@@ -720,7 +614,7 @@ impl SetSource for SqlSetSource {
     async fn add(&self, owner: &str, member: &str) -> Result<bool> {
         let (o, m) = self.keys(owner, Some(member))?;
         let Some(m) = m else { return Ok(false) };
-        if let Backend::MySql(pool) = &self.inner.backend {
+        if let Backend::MySql(pool) = &self.inner.table.backend {
             return self.mysql_add(pool, &o, &m).await.map_err(|e| self.err(e));
         }
         Ok(self.execute(&self.inner.sql.add, &o, &m).await? == 1)

@@ -86,6 +86,7 @@ pub use self::feed::{SqlFeedSource, SqlFeedSourceBuilder};
 mod exec;
 mod flush;
 mod mysql;
+mod owner_table;
 mod postgres;
 mod refusal;
 mod schema;
