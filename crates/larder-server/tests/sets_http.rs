@@ -213,6 +213,32 @@ async fn a_feed_over_http() {
     let a = get(&app, "/v1/user_posts/1?offset=1&limit=5").await;
     assert_eq!(a.x_cache(), "db", "past max_len of a longer feed");
     assert_eq!(a.json()["items"].as_array().map(Vec::len), Some(2));
+    // The largest offset is an empty page; one past it, or u64::MAX (whose
+    // sum with the limit overflowed), is refused.
+    let a = get(
+        &app,
+        &format!(
+            "/v1/user_posts/1?offset={}&limit=5",
+            larder::MAX_FEED_OFFSET
+        ),
+    )
+    .await;
+    assert_eq!(
+        (
+            a.status.as_u16(),
+            a.json()["items"].clone(),
+            a.json()["more"].clone()
+        ),
+        (200, json!([]), json!(false))
+    );
+    for offset in [larder::MAX_FEED_OFFSET + 1, u64::MAX] {
+        let a = get(&app, &format!("/v1/user_posts/1?offset={offset}&limit=5")).await;
+        assert_eq!(
+            (a.status.as_u16(), a.code().as_str()),
+            (400, "bad_request"),
+            "{offset}"
+        );
+    }
 
     let a = write(&app, "POST", "/v1/user_posts/1", r#"{"body": "d"}"#).await;
     assert_eq!(a.status.as_u16(), 201);

@@ -182,7 +182,9 @@ pub use collection::{
     CollectionOutcome, CollectionRead, CollectionStats, SetCache, SetCacheBuilder, SetLoad,
     SetOrder, SetPage, SetSource, DEFAULT_MAX_MEMBERS, MAX_SET_PAGE,
 };
-pub use collection::{FeedCache, FeedCacheBuilder, FeedItem, FeedPage, FeedSource, MAX_FEED_PAGE};
+pub use collection::{
+    FeedCache, FeedCacheBuilder, FeedItem, FeedPage, FeedSource, MAX_FEED_OFFSET, MAX_FEED_PAGE,
+};
 
 pub use error::{Cause, ConstraintKind, Error, ErrorKind, Result, SchemaPart};
 pub use key::{

@@ -555,6 +555,12 @@ async fn get_feed(
         )));
     }
     let offset = offset.unwrap_or(0);
+    if offset > larder::MAX_FEED_OFFSET {
+        return Err(ApiError::bad_request(format!(
+            "`offset` is at most {}",
+            larder::MAX_FEED_OFFSET
+        )));
+    }
     let read = f
         .cache
         .page(owner, offset, limit as usize)

@@ -1121,7 +1121,7 @@ pub fn add_feeds(doc: &mut Value, feeds: &[(&str, bool, bool)]) {
             &format!("A page of the `{name}` feed of an owner, in the feed's order."),
             vec![
                 owner(),
-                json!({ "name": "offset", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 } }),
+                json!({ "name": "offset", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0, "maximum": larder::MAX_FEED_OFFSET } }),
                 json!({ "name": "limit", "in": "query", "required": false, "description": "Default 20.", "schema": { "type": "integer", "minimum": 0, "maximum": larder::MAX_FEED_PAGE } }),
             ],
             responses(&[

@@ -79,7 +79,7 @@ pub fn add_boards(doc: &mut Value, boards: &[BoardDoc<'_>]) {
             ),
             vec![
                 owner(),
-                json!({ "name": "offset", "in": "query", "required": false, "description": "Members to skip. Default 0.", "schema": { "type": "integer", "minimum": 0 } }),
+                json!({ "name": "offset", "in": "query", "required": false, "description": "Members to skip. Default 0.", "schema": { "type": "integer", "minimum": 0, "maximum": larder::MAX_BOARD_OFFSET } }),
                 json!({ "name": "limit", "in": "query", "required": false, "description": "Members per page. Default 10.", "schema": { "type": "integer", "minimum": 0, "maximum": larder::MAX_BOARD_PAGE } }),
             ],
             responses(&[

@@ -35,6 +35,11 @@ use std::sync::Arc;
 /// The longest page a feed read may ask for.
 pub const MAX_FEED_PAGE: usize = 1000;
 
+/// The largest `offset` a page may start at: `offset + limit` stays far
+/// inside `u64`, and a database's `OFFSET` (a signed 64-bit integer)
+/// takes it.
+pub const MAX_FEED_OFFSET: u64 = 1 << 62;
+
 /// Elements per fill chunk (far below Lua's `unpack` limit).
 const CHUNK: usize = 1000;
 
@@ -176,7 +181,8 @@ impl FeedCache {
         Ok(owner)
     }
 
-    /// Up to `limit` (at most [`MAX_FEED_PAGE`]) items from `offset`.
+    /// Up to `limit` (at most [`MAX_FEED_PAGE`]) items from `offset` (at
+    /// most [`MAX_FEED_OFFSET`]).
     pub async fn page(
         &self,
         owner: &str,
@@ -185,6 +191,12 @@ impl FeedCache {
     ) -> Result<CollectionRead<FeedPage>> {
         if limit > MAX_FEED_PAGE {
             return Err(Error::setting("limit", format!("at most {MAX_FEED_PAGE}")));
+        }
+        if offset > MAX_FEED_OFFSET {
+            return Err(Error::setting(
+                "offset",
+                format!("at most {MAX_FEED_OFFSET}"),
+            ));
         }
         let owner = self.owner(owner)?;
         read_through::read(self, &owner, Ask { offset, limit }).await

@@ -42,7 +42,7 @@ pub use board::{
     BoardLoad, BoardPage, BoardSource, Leaderboard, LeaderboardBuilder, Ranked, ScoreKind,
     BOARD_FILL_CHUNK, DEFAULT_MAX_BOARD_MEMBERS, MAX_BOARD_OFFSET, MAX_BOARD_PAGE,
 };
-pub use feed::{FeedCache, FeedCacheBuilder, FeedPage, MAX_FEED_PAGE};
+pub use feed::{FeedCache, FeedCacheBuilder, FeedPage, MAX_FEED_OFFSET, MAX_FEED_PAGE};
 pub use set::{SetCache, SetCacheBuilder, SetPage, DEFAULT_MAX_MEMBERS, MAX_SET_PAGE};
 
 /// How a set orders its members, in Redis and in the database alike.

@@ -577,6 +577,10 @@ impl Collections for RedisStore {
     }
 
     async fn feed_read(&self, keys: &CollectionKeys, offset: u64, limit: u64) -> Result<FeedRead> {
+        // The script adds offset and limit in Lua's doubles; a list holds
+        // fewer than 2^32 elements, so any offset past 2^40 reads the same
+        // empty page and stays exact.
+        let offset = offset.min(1 << 40);
         let mut inv = FEED_READ.prepare_invoke();
         inv.key(&keys.meta).key(&keys.value).arg(offset).arg(limit);
         let Some((meta, items)) = hit_of(self, self.run(inv).await?, "feed read")? else {
