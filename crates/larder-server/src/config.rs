@@ -925,6 +925,9 @@ pub struct SetConfig {
     pub write: SetWriteMode,
     /// How long a loaded set is fresh. Default: [`larder::DEFAULT_TTL`] (`60s`).
     pub ttl: Dur,
+    /// How long past `ttl` the cached collection is still served (`X-Cache:
+    /// stale`) while one refresh loads it again; `0s`: off. Default: `0s`.
+    pub stale: Dur,
     /// How long a loader owns an owner's lease. Default: `5s`.
     pub lease_ttl: Dur,
     /// How long a reader waits for another's load. Default: `lease_ttl`.
@@ -949,6 +952,7 @@ impl Default for SetConfig {
             max_members: larder::DEFAULT_MAX_MEMBERS,
             write: SetWriteMode::Through,
             ttl: Dur(larder::DEFAULT_TTL),
+            stale: Dur(Duration::ZERO),
             lease_ttl: Dur(larder::DEFAULT_LEASE_TTL),
             wait_timeout: None,
             shards: larder::DEFAULT_SHARDS,
@@ -1044,6 +1048,9 @@ pub struct FeedConfig {
     pub write: SetWriteMode,
     /// How long a loaded feed is fresh. Default: `60s`.
     pub ttl: Dur,
+    /// How long past `ttl` the cached collection is still served (`X-Cache:
+    /// stale`) while one refresh loads it again; `0s`: off. Default: `0s`.
+    pub stale: Dur,
     /// How long a loader owns an owner's lease. Default: `5s`.
     pub lease_ttl: Dur,
     /// How long a reader waits for another's load. Default: `lease_ttl`.
@@ -1070,6 +1077,7 @@ impl Default for FeedConfig {
             columns: Vec::new(),
             write: SetWriteMode::Through,
             ttl: Dur(larder::DEFAULT_TTL),
+            stale: Dur(Duration::ZERO),
             lease_ttl: Dur(larder::DEFAULT_LEASE_TTL),
             wait_timeout: None,
             shards: larder::DEFAULT_SHARDS,
@@ -1266,6 +1274,9 @@ pub struct BoardConfig {
     pub write: SetWriteMode,
     /// How long a loaded board is fresh. Default: [`larder::DEFAULT_TTL`] (`60s`).
     pub ttl: Dur,
+    /// How long past `ttl` the cached collection is still served (`X-Cache:
+    /// stale`) while one refresh loads it again; `0s`: off. Default: `0s`.
+    pub stale: Dur,
     /// How long a loader owns an owner's lease. Default: `5s`.
     pub lease_ttl: Dur,
     /// How long a reader waits for another's load. Default: `lease_ttl`.
@@ -1291,6 +1302,7 @@ impl Default for BoardConfig {
             max_members: larder::DEFAULT_MAX_BOARD_MEMBERS,
             write: SetWriteMode::Through,
             ttl: Dur(larder::DEFAULT_TTL),
+            stale: Dur(Duration::ZERO),
             lease_ttl: Dur(larder::DEFAULT_LEASE_TTL),
             wait_timeout: None,
             shards: larder::DEFAULT_SHARDS,

@@ -397,3 +397,72 @@ async fn cdc_and_purge_keep_sets_and_feeds_right() {
         );
     }
 }
+
+/// `stale = "60s"` on a set and a feed: past the TTL the cached collection
+/// answers at once (`X-Cache: stale`) while one refresh loads it again;
+/// stats and metrics count those reads.
+#[tokio::test]
+async fn stale_sets_and_feeds_are_served_while_they_refresh() {
+    let mut pg = Pg::connect().await;
+    let visits = unique("visits");
+    let posts = unique("posts");
+    pg.exec(
+        &visits,
+        "CREATE TABLE {t} (page text NOT NULL, visitor text COLLATE \"C\" NOT NULL, UNIQUE (page, visitor)); \
+         INSERT INTO {t} VALUES ('home', 'ada')",
+    )
+    .await;
+    pg.exec(
+        &posts,
+        "CREATE TABLE {t} (id bigint PRIMARY KEY, user_id bigint NOT NULL, body text NOT NULL); \
+         INSERT INTO {t} VALUES (1, 7, 'first')",
+    )
+    .await;
+    let toml = support::pg_config(
+        &unique("p"),
+        &format!(
+            "[[set]]\nname = \"visitors\"\ntable = \"{visits}\"\nowner = \"page\"\nmember = \"visitor\"\nttl = \"300ms\"\nstale = \"60s\"\n\
+             [[feed]]\nname = \"user_posts\"\ntable = \"{posts}\"\nowner = \"user_id\"\nitem_key = \"id\"\norder = [\"id desc\"]\nttl = \"300ms\"\nstale = \"60s\"\n"
+        ),
+    );
+    let app = app(support::state(&toml).await);
+    let a = get(&app, "/v1/visitors/home/members/bob").await;
+    assert_eq!((a.x_cache(), a.json()), ("miss", json!({"member": false})));
+    let a = get(&app, "/v1/user_posts/7").await;
+    assert_eq!(
+        (a.x_cache(), a.json()["items"].as_array().map(Vec::len)),
+        ("miss", Some(1))
+    );
+    // Behind the caches' backs, then past their TTL.
+    pg.exec(&visits, "INSERT INTO {t} VALUES ('home', 'bob')")
+        .await;
+    pg.exec(&posts, "INSERT INTO {t} VALUES (2, 7, 'second')")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let a = get(&app, "/v1/visitors/home/members/bob").await;
+    assert_eq!((a.x_cache(), a.json()), ("stale", json!({"member": false})));
+    let a = get(&app, "/v1/user_posts/7").await;
+    assert_eq!(
+        (a.x_cache(), a.json()["items"].as_array().map(Vec::len)),
+        ("stale", Some(1))
+    );
+    support::eventually("both refreshes land", || async {
+        let set = get(&app, "/v1/visitors/home/members/bob").await;
+        let feed = get(&app, "/v1/user_posts/7").await;
+        set.json() == json!({"member": true})
+            && feed.json()["items"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    let stats = get(&app, "/v1/stats").await.json();
+    assert!(
+        stats["sets"]["visitors"]["reads"]["stale"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    let metrics = String::from_utf8_lossy(&get(&app, "/metrics").await.body).into_owned();
+    for line in [
+        "larder_set_reads_total{set=\"visitors\",outcome=\"stale\"}",
+        "larder_feed_reads_total{feed=\"user_posts\",outcome=\"stale\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}

@@ -904,3 +904,87 @@ async fn change_notifications_invalidate_owners_and_moves_invalidate_both() {
     listener.close().await;
     pg.drop().await;
 }
+
+/// Past its TTL, inside the stale window, a set is served as it was
+/// (`stale`) while one refresh, across two instances, loads it again;
+/// past the window a read loads.
+async fn a_stale_set_is_served_while_one_refresh_loads_it(kind: &str) {
+    let pg = Pg::new().await;
+    pg.insert(3, &["a", "b"]).await;
+    let prefix = support::unique("s");
+    let shared = store(kind).await;
+    let clock = larder::ManualClock::new();
+    let counted = Counted::new(pg.follows().await, Duration::from_millis(100));
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let store = if kind == "redis" {
+            store(kind).await
+        } else {
+            shared.clone()
+        };
+        let set = SetCache::builder()
+            .prefix(&prefix)
+            .name("followers")
+            .store(store)
+            .source(counted.clone())
+            .clock(Arc::new(clock.clone()))
+            .ttl(Duration::from_secs(60))
+            .stale(Duration::from_secs(30))
+            .build()
+            .await
+            .expect("set cache");
+        instances.push(set);
+    }
+    let first = instances[0].contains("3", "a").await.expect("read");
+    assert_eq!(
+        (first.outcome, first.value),
+        (CollectionOutcome::Miss, true)
+    );
+    pg.insert(3, &["c"]).await; // behind the cache's back
+    clock.advance(Duration::from_secs(61));
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let set = instances[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let read = set.contains("3", "c").await.expect("read");
+            (read.outcome, read.value)
+        }));
+    }
+    let mut stale = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            (CollectionOutcome::Stale, false) => stale += 1,
+            (CollectionOutcome::Hit, true) => {}
+            other => panic!("neither the stale set nor the refreshed one: {other:?}"),
+        }
+    }
+    assert!(stale >= 1, "the first reads are answered stale at once");
+    let served: u64 = instances.iter().map(|s| s.stats().stale).sum();
+    assert_eq!(served, stale, "counted as stale");
+    support::eventually("the refresh lands", || async {
+        let read = instances[1].contains("3", "c").await.expect("read");
+        (read.outcome, read.value) == (CollectionOutcome::Hit, true)
+    })
+    .await;
+    assert_eq!(
+        counted.loads.load(Ordering::SeqCst),
+        2,
+        "the first load and one refresh, for both instances"
+    );
+    // Past the TTL and the stale window: a read loads.
+    clock.advance(Duration::from_secs(61 + 31));
+    let read = instances[0].contains("3", "c").await.expect("read");
+    assert_eq!((read.outcome, read.value), (CollectionOutcome::Miss, true));
+    assert_eq!(counted.loads.load(Ordering::SeqCst), 3);
+    pg.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_set_is_served_while_one_refresh_loads_it_redis() {
+    a_stale_set_is_served_while_one_refresh_loads_it("redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_set_is_served_while_one_refresh_loads_it_memory() {
+    a_stale_set_is_served_while_one_refresh_loads_it("memory").await;
+}

@@ -80,6 +80,7 @@ pub async fn build_boards(
                 .source(source)
                 .max_members(b.max_members)
                 .ttl(b.ttl.0)
+                .stale(b.stale.0)
                 .lease_ttl(b.lease_ttl.0)
                 .wait_timeout(b.wait_timeout.map_or(b.lease_ttl.0, |d| d.0))
                 .read_only(b.write == SetWriteMode::ReadOnly)
@@ -339,24 +340,6 @@ pub fn stats_json(state: &AppState) -> Value {
 /// Sets the per-board figures for `/metrics`, taken at scrape time.
 pub fn board_metrics(state: &AppState) {
     for b in state.boards() {
-        let st = b.cache.stats();
-        let name = b.config.name.clone();
-        for (outcome, n) in [
-            ("hit", st.hits),
-            ("miss", st.misses),
-            ("db", st.database),
-            ("bypass", st.bypass),
-        ] {
-            metrics::counter!("larder_leaderboard_reads_total", "leaderboard" => name.clone(), "outcome" => outcome)
-                .absolute(n);
-        }
-        metrics::counter!("larder_leaderboard_loads_total", "leaderboard" => name.clone())
-            .absolute(st.loads);
-        metrics::counter!("larder_leaderboard_writes_total", "leaderboard" => name.clone(), "cache" => "applied")
-            .absolute(st.writes_applied);
-        metrics::counter!("larder_leaderboard_writes_total", "leaderboard" => name.clone(), "cache" => "deleted")
-            .absolute(st.writes_deleted);
-        metrics::gauge!("larder_leaderboard_last_size", "leaderboard" => name)
-            .set(st.last_size as f64);
+        super::collections::collection_metrics("leaderboard", &b.config.name, &b.cache.stats());
     }
 }

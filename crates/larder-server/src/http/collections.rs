@@ -166,6 +166,7 @@ pub async fn build_sets(
                     .source(source)
                     .max_members(s.max_members)
                     .ttl(s.ttl.0)
+                    .stale(s.stale.0)
                     .lease_ttl(s.lease_ttl.0)
                     .wait_timeout(s.wait_timeout.map_or(s.lease_ttl.0, |d| d.0))
                     .read_only(s.write == SetWriteMode::ReadOnly)
@@ -391,7 +392,7 @@ pub(crate) fn collection_stats_json(
     st: &CollectionStats,
     (cap, max): (&str, u64),
 ) -> Value {
-    let reads = st.hits + st.misses + st.database + st.bypass;
+    let reads = st.hits + st.misses + st.database + st.bypass + st.stale;
     let mut json = json!({
         "kind": kind.table(),
         "write": if writable { "through" } else { "read-only" },
@@ -400,6 +401,7 @@ pub(crate) fn collection_stats_json(
             "miss": st.misses,
             "db": st.database,
             "bypass": st.bypass,
+            "stale": st.stale,
         },
         "reads_total": reads,
         "hit_ratio": if reads == 0 { 0.0 } else { st.hits as f64 / reads as f64 },
@@ -436,27 +438,42 @@ pub fn stats_json(state: &AppState) -> Value {
     Value::Object(sets)
 }
 
-/// Sets the per-set figures for `/metrics`, taken at scrape time.
+/// Sets the per-set and per-feed figures for `/metrics`, taken at scrape
+/// time.
 pub fn set_metrics(state: &AppState) {
     for s in state.sets() {
-        let st = s.cache.stats();
-        let name = s.config.name.clone();
-        for (outcome, n) in [
-            ("hit", st.hits),
-            ("miss", st.misses),
-            ("db", st.database),
-            ("bypass", st.bypass),
-        ] {
-            metrics::counter!("larder_set_reads_total", "set" => name.clone(), "outcome" => outcome)
-                .absolute(n);
-        }
-        metrics::counter!("larder_set_loads_total", "set" => name.clone()).absolute(st.loads);
-        metrics::counter!("larder_set_writes_total", "set" => name.clone(), "cache" => "applied")
-            .absolute(st.writes_applied);
-        metrics::counter!("larder_set_writes_total", "set" => name.clone(), "cache" => "deleted")
-            .absolute(st.writes_deleted);
-        metrics::gauge!("larder_set_last_size", "set" => name).set(st.last_size as f64);
+        collection_metrics("set", &s.config.name, &s.cache.stats());
     }
+    for f in state.feeds() {
+        collection_metrics("feed", &f.config.name, &f.cache.stats());
+    }
+}
+
+/// One collection's figures for `/metrics`: `larder_<kind>_reads_total`
+/// by outcome, `_loads_total`, `_writes_total` by what the write did to the
+/// cache, and the `_last_size` gauge, labelled `<kind>="<name>"`.
+pub(crate) fn collection_metrics(kind: &'static str, name: &str, st: &CollectionStats) {
+    for (outcome, n) in [
+        ("hit", st.hits),
+        ("miss", st.misses),
+        ("db", st.database),
+        ("bypass", st.bypass),
+        ("stale", st.stale),
+    ] {
+        metrics::counter!(format!("larder_{kind}_reads_total"), kind => name.to_owned(), "outcome" => outcome)
+            .absolute(n);
+    }
+    metrics::counter!(format!("larder_{kind}_loads_total"), kind => name.to_owned())
+        .absolute(st.loads);
+    for (cache, n) in [
+        ("applied", st.writes_applied),
+        ("deleted", st.writes_deleted),
+    ] {
+        metrics::counter!(format!("larder_{kind}_writes_total"), kind => name.to_owned(), "cache" => cache)
+            .absolute(n);
+    }
+    metrics::gauge!(format!("larder_{kind}_last_size"), kind => name.to_owned())
+        .set(st.last_size as f64);
 }
 
 /// One served feed: its configuration and its cache.
@@ -495,6 +512,7 @@ pub async fn build_feeds(
                     .source(source)
                     .max_len(f.max_len)
                     .ttl(f.ttl.0)
+                    .stale(f.stale.0)
                     .lease_ttl(f.lease_ttl.0)
                     .wait_timeout(f.wait_timeout.map_or(f.lease_ttl.0, |d| d.0))
                     .build()

@@ -1127,7 +1127,7 @@ pub fn add_feeds(doc: &mut Value, feeds: &[(&str, bool, bool)]) {
             responses(&[
                 (
                     "200",
-                    json!({ "description": "The page.", "headers": { "X-Cache": { "description": "hit, miss, bypass, or db (a page past max_len, from the database).", "schema": { "type": "string", "enum": ["hit", "miss", "bypass", "db"] } } }, "content": { "application/json": { "schema": {
+                    json!({ "description": "The page.", "headers": { "X-Cache": { "description": "hit, miss, stale (past its ttl, inside the stale window, while one refresh runs), bypass, or db (a page past max_len, from the database).", "schema": { "type": "string", "enum": ["hit", "miss", "stale", "bypass", "db"] } } }, "content": { "application/json": { "schema": {
                 "type": "object", "required": ["items", "offset", "limit", "more"],
                 "properties": {
                     "items": { "type": "array", "items": { "type": "object" } },
@@ -1263,7 +1263,7 @@ pub fn add_sets(doc: &mut Value, sets: &[SetDoc<'_>]) {
             json!({ "type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": NO_NUL })
         };
         let member = || path_param("member", "A member of the set.", member_schema.clone());
-        let x_cache = json!({ "X-Cache": { "description": "hit, miss, bypass (the store is down) or db (above max_members: from the database).", "schema": { "type": "string", "enum": ["hit", "miss", "bypass", "db"] } } });
+        let x_cache = json!({ "X-Cache": { "description": "hit, miss, stale (past its ttl, inside the stale window, while one refresh runs), bypass (the store is down) or db (above max_members: from the database).", "schema": { "type": "string", "enum": ["hit", "miss", "stale", "bypass", "db"] } } });
         let base = format!("/v1/{}/{{owner}}", s.name);
         let mut page = op(
             "GET",

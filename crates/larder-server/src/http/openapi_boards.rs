@@ -66,7 +66,7 @@ pub fn add_boards(doc: &mut Value, boards: &[BoardDoc<'_>]) {
                 "rank": { "type": "integer", "minimum": 1, "description": "1 for the highest score; ties in descending byte order of the member." }
             }
         });
-        let x_cache = json!({ "X-Cache": { "description": "hit, miss, bypass (the store is down) or db (above max_members: from the database).", "schema": { "type": "string", "enum": ["hit", "miss", "bypass", "db"] } } });
+        let x_cache = json!({ "X-Cache": { "description": "hit, miss, stale (past its ttl, inside the stale window, while one refresh runs), bypass (the store is down) or db (above max_members: from the database).", "schema": { "type": "string", "enum": ["hit", "miss", "stale", "bypass", "db"] } } });
         let base = format!("/v1/{}/{{owner}}", b.name);
 
         let mut page = op(

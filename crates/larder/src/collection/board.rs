@@ -630,7 +630,7 @@ impl Kind for Leaderboard {
             BoardLoad::TooMany(count) => (Vec::new(), false, *count),
         };
         let meta = core.fill_meta(complete, count);
-        let ttl = core.settings.ttl;
+        let ttl = core.settings.kept();
         let members = members.as_slice();
         fill_chunks(
             members.len(),

@@ -427,7 +427,7 @@ impl Kind for FeedCache {
         let core = &self.inner.core;
         let colls = core.collections()?;
         let meta = core.fill_meta(load.complete, load.items.len() as u64);
-        let ttl = core.settings.ttl;
+        let ttl = core.settings.kept();
         let elements: Vec<Vec<u8>> = load.items.iter().map(element).collect();
         let elements = elements.as_slice();
         let filled = fill_chunks(

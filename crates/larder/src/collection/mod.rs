@@ -135,16 +135,20 @@ pub enum CollectionOutcome {
     Database,
     /// The store is unavailable: from the database.
     Bypass,
+    /// From the cached collection past its TTL, inside the stale window;
+    /// one refresh runs in the background.
+    Stale,
 }
 
 impl CollectionOutcome {
-    /// `hit`, `miss`, `db` or `bypass`.
+    /// `hit`, `miss`, `db`, `bypass` or `stale`.
     pub fn as_str(self) -> &'static str {
         match self {
             CollectionOutcome::Hit => "hit",
             CollectionOutcome::Miss => "miss",
             CollectionOutcome::Database => "db",
             CollectionOutcome::Bypass => "bypass",
+            CollectionOutcome::Stale => "stale",
         }
     }
 }
@@ -169,6 +173,9 @@ pub struct CollectionStats {
     pub database: u64,
     /// Reads answered from the database because the store failed.
     pub bypass: u64,
+    /// Reads answered from a collection past its TTL, inside the stale
+    /// window, while one refresh loads it again.
+    pub stale: u64,
     /// Loads from the source (one per fill, or per waiter past `wait_timeout`).
     pub loads: u64,
     /// Fills that landed.
@@ -191,6 +198,7 @@ pub(crate) struct Counters {
     pub(crate) misses: AtomicU64,
     pub(crate) database: AtomicU64,
     pub(crate) bypass: AtomicU64,
+    pub(crate) stale: AtomicU64,
     pub(crate) loads: AtomicU64,
     pub(crate) fills: AtomicU64,
     pub(crate) fills_refused: AtomicU64,
@@ -212,6 +220,7 @@ impl Counters {
             misses: r(&self.misses),
             database: r(&self.database),
             bypass: r(&self.bypass),
+            stale: r(&self.stale),
             loads: r(&self.loads),
             fills: r(&self.fills),
             fills_refused: r(&self.fills_refused),
@@ -226,14 +235,23 @@ impl Counters {
 /// The settings every kind of collection shares.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    /// How long a loaded collection is fresh (and kept).
+    /// How long a loaded collection is fresh.
     pub(crate) ttl: Duration,
+    /// How long past `ttl` it is kept and served while one refresh runs.
+    pub(crate) stale: Duration,
     /// How long a loader owns an owner's lease.
     pub(crate) lease_ttl: Duration,
     /// How long a reader waits for another holder's fill before loading itself.
     pub(crate) wait_timeout: Duration,
     /// How long a write's bookkeeping lives without a write.
     pub(crate) write_ttl: Duration,
+}
+
+impl Settings {
+    /// How long the store keeps a filled collection: fresh, then stale.
+    pub(crate) fn kept(&self) -> Duration {
+        self.ttl.saturating_add(self.stale)
+    }
 }
 
 /// The builder settings every kind of collection shares (name, prefix,
@@ -246,6 +264,7 @@ pub(crate) struct CommonSettings {
     shards: u16,
     store: Option<Arc<dyn Store>>,
     ttl: Duration,
+    stale: Duration,
     lease_ttl: Duration,
     wait_timeout: Duration,
     clock: Arc<dyn Clock>,
@@ -259,6 +278,7 @@ impl Default for CommonSettings {
             shards: crate::key::DEFAULT_SHARDS,
             store: None,
             ttl: crate::policy::DEFAULT_TTL,
+            stale: Duration::ZERO,
             lease_ttl: crate::policy::DEFAULT_LEASE_TTL,
             wait_timeout: crate::policy::DEFAULT_LEASE_TTL,
             clock: Arc::new(crate::clock::SystemClock),
@@ -312,6 +332,7 @@ impl CommonSettings {
             clock: self.clock,
             settings: Settings {
                 ttl: self.ttl,
+                stale: self.stale,
                 lease_ttl: self.lease_ttl,
                 wait_timeout: self.wait_timeout,
                 write_ttl: self.lease_ttl.max(Duration::from_secs(30)),
@@ -352,6 +373,12 @@ macro_rules! common_setters {
         #[doc = concat!("How long a loaded ", $what, " is fresh. Default: 60 s.")]
         pub fn ttl(mut self, ttl: std::time::Duration) -> Self {
             self.common.ttl = ttl;
+            self
+        }
+
+        #[doc = concat!("How long past its TTL a ", $what, " is kept and still served (outcome `stale`) while one refresh loads it again in the background; `0`: off, a read past the TTL loads. Default: 0 (off).")]
+        pub fn stale(mut self, stale: std::time::Duration) -> Self {
+            self.common.stale = stale;
             self
         }
 

@@ -118,10 +118,11 @@ pub(crate) trait Kind: Clone + Send + Sync + 'static {
     async fn fill(&self, keys: &CollectionKeys, token: &str, load: &Self::Load) -> Result<bool>;
 }
 
-/// Answers `ask` for `owner`: from the cached collection (`Hit`), else
-/// after one load (`Miss`), or from the database (`Database` above the
-/// cap, `Bypass` with the store unavailable, `Miss` when a fill landed and
-/// was gone again).
+/// Answers `ask` for `owner`: from the cached collection (`Hit`; `Stale`
+/// past its TTL inside the stale window, while one refresh runs in the
+/// background), else after one load (`Miss`), or from the database
+/// (`Database` above the cap, `Bypass` with the store unavailable, `Miss`
+/// when a fill landed and was gone again).
 pub(crate) async fn read<K: Kind>(
     kind: &K,
     owner: &str,
@@ -159,6 +160,17 @@ pub(crate) async fn read<K: Kind>(
                     }
                 };
             }
+            Ok(Cached::Hit {
+                meta,
+                answer: Some(answer),
+            }) if in_stale_window(core, &meta) => {
+                Counters::bump(&core.counters.stale);
+                refresh_in_background(kind, owner);
+                return Ok(CollectionRead {
+                    value: kind.said_from_cache(&ask, meta, answer),
+                    outcome: CollectionOutcome::Stale,
+                });
+            }
             Ok(_) => {}
             Err(e) if e.is_store_unavailable() => {
                 Counters::bump(&core.counters.bypass);
@@ -188,6 +200,31 @@ pub(crate) async fn read<K: Kind>(
             }
         }
     }
+}
+
+/// Whether a collection past its TTL may still be served: inside the
+/// stale window (`stale` after the TTL; none when `stale` is 0).
+fn in_stale_window(core: &Core, meta: &CollectionMeta) -> bool {
+    let stale_ms = crate::clock::duration_ms(core.settings.stale);
+    let now = core.now_ms();
+    stale_ms > 0 && meta.fresh_until_ms <= now && now < meta.fresh_until_ms.saturating_add(stale_ms)
+}
+
+/// Loads and fills `owner` again without making the reader wait: the
+/// flight and the lease keep it to one load, however many stale reads
+/// ask for it.
+fn refresh_in_background<K: Kind>(kind: &K, owner: &str) {
+    let (kind, owner) = (kind.clone(), owner.to_owned());
+    tokio::spawn(async move {
+        if let Err(e) = load(&kind, &owner).await {
+            tracing::debug!(
+                collection = kind.core().keys.entity(),
+                error = %e,
+                "the background refresh of a stale {} failed",
+                K::WHAT
+            );
+        }
+    });
 }
 
 async fn from_source<K: Kind>(
