@@ -37,6 +37,7 @@ mod alloc;
 mod cluster;
 pub mod collections;
 mod names;
+pub mod profiles;
 mod proxy;
 mod redis_server;
 pub mod resp;

@@ -16,7 +16,6 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use larder::{store, Cache, FnSource};
-use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,34 +23,13 @@ use std::time::Duration;
 mod common;
 
 use common::run;
+use larder_test_support::profiles::{profile, Profile};
 use larder_test_support::{redis_url, unique};
 
 /// Keys read per call.
 const BATCH: u64 = 100;
 /// Keys cached (batches start at multiples of `BATCH` below this).
 const KEYS: u64 = 1_000;
-
-/// A row of about 256 bytes as JSON.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Profile {
-    id: u64,
-    name: String,
-    email: String,
-    team: u32,
-    city: String,
-    bio: String,
-}
-
-fn profile(id: u64) -> Profile {
-    Profile {
-        id,
-        name: format!("user {id}"),
-        email: format!("user{id}@example.com"),
-        team: (id % 17) as u32,
-        city: "Lisbon".into(),
-        bio: format!("{:0<150}", format!("writes about caches ({id})")),
-    }
-}
 
 fn get_many(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()

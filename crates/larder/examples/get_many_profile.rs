@@ -15,32 +15,11 @@
 //! ```
 
 use larder::{store, Cache, FnSource};
-use serde::{Deserialize, Serialize};
+use larder_test_support::profiles::{profile, Profile};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 const BATCH: u64 = 100;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Profile {
-    id: u64,
-    name: String,
-    email: String,
-    team: u32,
-    city: String,
-    bio: String,
-}
-
-fn profile(id: u64) -> Profile {
-    Profile {
-        id,
-        name: format!("user {id}"),
-        email: format!("user{id}@example.com"),
-        team: (id % 17) as u32,
-        city: "Lisbon".into(),
-        bio: format!("{:0<150}", format!("writes about caches ({id})")),
-    }
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
