@@ -1,12 +1,15 @@
-//! Sets and feeds on their hit path, next to the raw Redis command that
-//! answers the same question: a membership read (`SetCache::contains`)
-//! against `ZSCORE` on a sorted set of the same members, and a 20-item feed
-//! page (`FeedCache::page`) against `LRANGE 0 19` of a list holding the
-//! same 20 rows (raw JSON, so the raw side moves the same row bytes).
+//! Sets, feeds and leaderboards on their hit path, next to the raw Redis
+//! command that answers the same question: a membership read
+//! (`SetCache::contains`) against `ZSCORE` on a sorted set of the same
+//! members, a 20-item feed page (`FeedCache::page`) against `LRANGE 0 19`
+//! of a list holding the same 20 rows (raw JSON, so the raw side moves the
+//! same row bytes), and a leaderboard's top 10 of 1,000 members
+//! (`Leaderboard::top`) against `ZREVRANGE 0 9 WITHSCORES` of a sorted set
+//! of the same scores.
 //!
-//! From 1 and from 32 concurrent tasks, same run. larder's sets are over a
-//! SQLite table and its feeds over a PostgreSQL table (each loaded once,
-//! then every read is a hit). Needs Redis on 127.0.0.1:6379 and PostgreSQL
+//! From 1 and from 32 concurrent tasks, same run. larder's sets and
+//! leaderboards are over SQLite tables and its feeds over a PostgreSQL
+//! table (each loaded once, then every read is a hit). Needs Redis on 127.0.0.1:6379 and PostgreSQL
 //! (`LARDER_TEST_REDIS_URL`, `LARDER_TEST_PG_URL`).
 //!
 //! Run: `cargo bench -p larder --bench collections`; the figures are the
@@ -15,7 +18,10 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use larder::{store, CollectionOutcome, FeedCache, SetCache, SqlFeedSource, SqlPool, SqlSetSource};
+use larder::{
+    store, CollectionOutcome, FeedCache, Leaderboard, SetCache, SqlBoardSource, SqlFeedSource,
+    SqlPool, SqlSetSource,
+};
 use std::time::Duration;
 
 mod common;
@@ -26,6 +32,9 @@ use larder_test_support::{pg_url, redis_url, unique};
 /// Members of the set, items of the feed.
 const N: u64 = 20;
 
+/// Members of the leaderboard.
+const BOARD: u64 = 1_000;
+
 fn collections(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -33,7 +42,7 @@ fn collections(c: &mut Criterion) {
         .expect("runtime");
     let prefix = unique("bench_coll");
     let schema = unique("bench_feed");
-    let (set, feed, conn) = rt.block_on(async {
+    let (set, feed, board, conn) = rt.block_on(async {
         let store = store::connect_checked(&redis_url()).await.expect("store");
         // The set: visitors of one page, in SQLite.
         let path = std::env::temp_dir().join(format!("{}.db", unique("bench_set")));
@@ -52,7 +61,35 @@ fn collections(c: &mut Criterion) {
                     .await
                     .expect("row");
             }
+            sqlx::query("CREATE TABLE scores (game TEXT NOT NULL, player TEXT NOT NULL, points INTEGER NOT NULL, UNIQUE (game, player))")
+                .execute(db)
+                .await
+                .expect("table");
+            sqlx::query(&format!(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < {BOARD})
+                 INSERT INTO scores SELECT 'g1', printf('player-%04d', i), (i * 7919) % 100000 FROM n"
+            ))
+            .execute(db)
+            .await
+            .expect("scores");
         }
+        let board = Leaderboard::builder()
+            .prefix(&prefix)
+            .name("scores")
+            .store(store.clone())
+            .source(
+                SqlBoardSource::builder(lite.clone(), "scores")
+                    .owner("game")
+                    .member("player")
+                    .score("points")
+                    .build()
+                    .await
+                    .expect("board source"),
+            )
+            .ttl(Duration::from_secs(3600))
+            .build()
+            .await
+            .expect("board");
         let set = SetCache::builder()
             .prefix(&prefix)
             .name("visitors")
@@ -99,6 +136,11 @@ fn collections(c: &mut Criterion) {
             .expect("feed");
         // Loaded once: every read below is a hit.
         set.contains("home", "visitor-07").await.expect("set load");
+        board.top("g1", 0, 10).await.expect("board load");
+        assert_eq!(
+            board.top("g1", 0, 10).await.expect("hit").outcome,
+            CollectionOutcome::Hit
+        );
         let page = feed.page("1", 0, N as usize).await.expect("feed load");
         assert_eq!(page.value.items.len(), N as usize);
         assert_eq!(
@@ -120,6 +162,16 @@ fn collections(c: &mut Criterion) {
                 .await
                 .expect("zadd");
         }
+        let everyone = board.top("g1", 0, 1000).await.expect("all");
+        for r in &everyone.value.items {
+            let _: () = redis::cmd("ZADD")
+                .arg(format!("{prefix}:raw:board"))
+                .arg(r.score.to_string())
+                .arg(&r.member)
+                .query_async(&mut conn)
+                .await
+                .expect("zadd");
+        }
         for row in &page.value.items {
             let _: () = redis::cmd("RPUSH")
                 .arg(format!("{prefix}:raw:feed"))
@@ -134,7 +186,7 @@ fn collections(c: &mut Criterion) {
                 .await
                 .expect("drop");
         }
-        (set, feed, conn)
+        (set, feed, board, conn)
     });
 
     let mut group = c.benchmark_group("collections");
@@ -220,6 +272,49 @@ fn collections(c: &mut Criterion) {
                             assert!(
                                 p.outcome == CollectionOutcome::Hit
                                     && p.value.items.len() == N as usize
+                            );
+                        }
+                    })
+                })
+            },
+        );
+        let (raw, key) = (conn.clone(), format!("{prefix}:raw:board"));
+        group.bench_with_input(
+            BenchmarkId::new("raw_zrevrange_10", tasks),
+            &tasks,
+            |b, &tasks| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (raw, key) = (raw.clone(), key.clone());
+                    run(iters, tasks, move |_| {
+                        let (mut raw, key) = (raw.clone(), key.clone());
+                        async move {
+                            let top: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+                                .arg(&key)
+                                .arg(0)
+                                .arg(9)
+                                .arg("WITHSCORES")
+                                .query_async(&mut raw)
+                                .await
+                                .expect("zrevrange");
+                            assert_eq!(top.len(), 10);
+                        }
+                    })
+                })
+            },
+        );
+        let l = board.clone();
+        group.bench_with_input(
+            BenchmarkId::new("larder_board_top_10", tasks),
+            &tasks,
+            |b, &tasks| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let l = l.clone();
+                    run(iters, tasks, move |_| {
+                        let l = l.clone();
+                        async move {
+                            let t = l.top("g1", 0, 10).await.expect("top");
+                            assert!(
+                                t.outcome == CollectionOutcome::Hit && t.value.items.len() == 10
                             );
                         }
                     })
