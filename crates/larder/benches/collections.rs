@@ -17,7 +17,7 @@
 
 #![allow(missing_docs)]
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use larder::{
     store, CollectionOutcome, FeedCache, Leaderboard, SetCache, SqlBoardSource, SqlFeedSource,
     SqlPool, SqlSetSource,
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::run;
+use common::concurrent;
 use larder_test_support::{pg_url, redis_url, unique};
 
 /// Members of the set, items of the feed.
@@ -193,132 +193,86 @@ fn collections(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(5));
     for tasks in [1u64, 32] {
-        let (raw, key) = (conn.clone(), format!("{prefix}:raw:set"));
-        group.bench_with_input(
-            BenchmarkId::new("raw_zscore", tasks),
-            &tasks,
-            |b, &tasks| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let (raw, key) = (raw.clone(), key.clone());
-                    run(iters, tasks, move |i| {
-                        let (mut raw, key) = (raw.clone(), key.clone());
-                        async move {
-                            let score: Option<f64> = redis::cmd("ZSCORE")
-                                .arg(&key)
-                                .arg(format!("visitor-{:02}", i % N))
-                                .query_async(&mut raw)
-                                .await
-                                .expect("zscore");
-                            assert!(score.is_some());
-                        }
-                    })
-                })
+        let raw = |name: &str| (conn.clone(), format!("{prefix}:raw:{name}"));
+        concurrent(
+            &mut group,
+            &rt,
+            ("raw_zscore", tasks),
+            raw("set"),
+            |(mut raw, key), i| async move {
+                let score: Option<f64> = redis::cmd("ZSCORE")
+                    .arg(&key)
+                    .arg(format!("visitor-{:02}", i % N))
+                    .query_async(&mut raw)
+                    .await
+                    .expect("zscore");
+                assert!(score.is_some());
             },
         );
-        let s = set.clone();
-        group.bench_with_input(
-            BenchmarkId::new("larder_set_contains", tasks),
-            &tasks,
-            |b, &tasks| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let s = s.clone();
-                    run(iters, tasks, move |i| {
-                        let s = s.clone();
-                        async move {
-                            let r = s
-                                .contains("home", &format!("visitor-{:02}", i % N))
-                                .await
-                                .expect("contains");
-                            assert!(r.value && r.outcome == CollectionOutcome::Hit);
-                        }
-                    })
-                })
+        concurrent(
+            &mut group,
+            &rt,
+            ("larder_set_contains", tasks),
+            set.clone(),
+            |s, i| async move {
+                let r = s
+                    .contains("home", &format!("visitor-{:02}", i % N))
+                    .await
+                    .expect("contains");
+                assert!(r.value && r.outcome == CollectionOutcome::Hit);
             },
         );
-        let (raw, key) = (conn.clone(), format!("{prefix}:raw:feed"));
-        group.bench_with_input(
-            BenchmarkId::new("raw_lrange_20", tasks),
-            &tasks,
-            |b, &tasks| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let (raw, key) = (raw.clone(), key.clone());
-                    run(iters, tasks, move |_| {
-                        let (mut raw, key) = (raw.clone(), key.clone());
-                        async move {
-                            let rows: Vec<String> = redis::cmd("LRANGE")
-                                .arg(&key)
-                                .arg(0)
-                                .arg(N - 1)
-                                .query_async(&mut raw)
-                                .await
-                                .expect("lrange");
-                            assert_eq!(rows.len(), N as usize);
-                        }
-                    })
-                })
+        concurrent(
+            &mut group,
+            &rt,
+            ("raw_lrange_20", tasks),
+            raw("feed"),
+            |(mut raw, key), _| async move {
+                let rows: Vec<String> = redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(N - 1)
+                    .query_async(&mut raw)
+                    .await
+                    .expect("lrange");
+                assert_eq!(rows.len(), N as usize);
             },
         );
-        let f = feed.clone();
-        group.bench_with_input(
-            BenchmarkId::new("larder_feed_page_20", tasks),
-            &tasks,
-            |b, &tasks| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let f = f.clone();
-                    run(iters, tasks, move |_| {
-                        let f = f.clone();
-                        async move {
-                            let p = f.page("1", 0, N as usize).await.expect("page");
-                            assert!(
-                                p.outcome == CollectionOutcome::Hit
-                                    && p.value.items.len() == N as usize
-                            );
-                        }
-                    })
-                })
+        concurrent(
+            &mut group,
+            &rt,
+            ("larder_feed_page_20", tasks),
+            feed.clone(),
+            |f, _| async move {
+                let p = f.page("1", 0, N as usize).await.expect("page");
+                assert!(p.outcome == CollectionOutcome::Hit && p.value.items.len() == N as usize);
             },
         );
-        let (raw, key) = (conn.clone(), format!("{prefix}:raw:board"));
-        group.bench_with_input(
-            BenchmarkId::new("raw_zrevrange_10", tasks),
-            &tasks,
-            |b, &tasks| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let (raw, key) = (raw.clone(), key.clone());
-                    run(iters, tasks, move |_| {
-                        let (mut raw, key) = (raw.clone(), key.clone());
-                        async move {
-                            let top: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
-                                .arg(&key)
-                                .arg(0)
-                                .arg(9)
-                                .arg("WITHSCORES")
-                                .query_async(&mut raw)
-                                .await
-                                .expect("zrevrange");
-                            assert_eq!(top.len(), 10);
-                        }
-                    })
-                })
+        concurrent(
+            &mut group,
+            &rt,
+            ("raw_zrevrange_10", tasks),
+            raw("board"),
+            |(mut raw, key), _| async move {
+                let top: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(9)
+                    .arg("WITHSCORES")
+                    .query_async(&mut raw)
+                    .await
+                    .expect("zrevrange");
+                assert_eq!(top.len(), 10);
             },
         );
-        let l = board.clone();
-        group.bench_with_input(
-            BenchmarkId::new("larder_board_top_10", tasks),
-            &tasks,
-            |b, &tasks| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let l = l.clone();
-                    run(iters, tasks, move |_| {
-                        let l = l.clone();
-                        async move {
-                            let t = l.top("g1", 0, 10).await.expect("top");
-                            assert!(
-                                t.outcome == CollectionOutcome::Hit && t.value.items.len() == 10
-                            );
-                        }
-                    })
-                })
+        concurrent(
+            &mut group,
+            &rt,
+            ("larder_board_top_10", tasks),
+            board.clone(),
+            |l, _| async move {
+                let t = l.top("g1", 0, 10).await.expect("top");
+                assert!(t.outcome == CollectionOutcome::Hit && t.value.items.len() == 10);
             },
         );
     }

@@ -57,6 +57,31 @@ where
     start.elapsed()
 }
 
+/// Benchmarks `op` from `tasks` concurrent tasks as `name/<tasks>` in
+/// `group`: each call gets a clone of `state` and the operation's number.
+pub fn concurrent<S, F, Fut>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    (name, tasks): (&str, u64),
+    state: S,
+    op: F,
+) where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(S, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    group.bench_with_input(
+        criterion::BenchmarkId::new(name, tasks),
+        &tasks,
+        |b, &tasks| {
+            b.to_async(rt).iter_custom(|iters| {
+                let (state, op) = (state.clone(), op.clone());
+                run(iters, tasks, move |i| op(state.clone(), i))
+            })
+        },
+    );
+}
+
 /// Ranks `0..n` with P(k) ∝ 1 / (k + 1)^s, sampled by inverse CDF.
 pub struct Zipf {
     cdf: Vec<f64>,
