@@ -70,9 +70,7 @@ async fn counters_cache_sharded(
     settings: WriteBackOptions,
     shards: u16,
 ) -> Cache<i64, Value> {
-    let pool = SqlPool::connect(&support::pg_url(), 4)
-        .await
-        .expect("pool");
+    let pool = SqlPool::connect(&support::pg_url(), 4).await.expect("pool");
     let source = SqlSource::builder(pool, table)
         .entity("counters")
         .build()
@@ -128,8 +126,7 @@ async fn increments_from_two_instances_reach_the_database_exactly_once() {
     let a = counters_cache(&table, &server.url(), &prefix, settings(20)).await;
     let b = counters_cache(&table, &server.url(), &prefix, settings(20)).await;
     let acked: Arc<Vec<AtomicI64>> = Arc::new((0..ROWS).map(|_| AtomicI64::new(0)).collect());
-    let attempted: Arc<Vec<AtomicI64>> =
-        Arc::new((0..ROWS).map(|_| AtomicI64::new(0)).collect());
+    let attempted: Arc<Vec<AtomicI64>> = Arc::new((0..ROWS).map(|_| AtomicI64::new(0)).collect());
     let mut tasks = Vec::new();
     for t in 0..16_u64 {
         let cache = if t % 2 == 0 { a.clone() } else { b.clone() };
@@ -257,12 +254,18 @@ async fn a_stop_between_commit_and_clear_never_counts_a_batch_twice() {
             if now != before {
                 break now;
             }
-            assert!(Instant::now() < deadline, "round {round}: nothing committed");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: nothing committed"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         for (id, sum) in &acked {
             let stored = after[id].unwrap_or(0);
-            assert!(stored <= *sum, "round {round}: likes of {id} {stored} > acknowledged {sum}");
+            assert!(
+                stored <= *sum,
+                "round {round}: likes of {id} {stored} > acknowledged {sum}"
+            );
         }
         before = after;
         // The crash: no close; the lease and the claimed record stay (the
@@ -309,9 +312,7 @@ async fn claimed_records(redis: &str, prefix: &str) -> Vec<String> {
 async fn the_fence_refuses_a_stale_flusher_and_a_replayed_batch() {
     let db = Db::new().await;
     let table = counters_table(&db).await;
-    let pool = SqlPool::connect(&support::pg_url(), 2)
-        .await
-        .expect("pool");
+    let pool = SqlPool::connect(&support::pg_url(), 2).await.expect("pool");
     let pg = SqlSource::builder(pool, &table)
         .entity("counters")
         .build()
@@ -376,9 +377,18 @@ async fn fence_replays(source: &SqlSource, entity: &str) {
     ));
     // The stalled flusher of epoch 1 that claimed b1 finds it committed by
     // the newer one: it only clears.
-    assert!(matches!(flush("b1", 1).await, Ok(CountersFlushed::Replayed)));
-    assert!(matches!(flush("b1", 2).await, Ok(CountersFlushed::Replayed)));
-    assert!(matches!(flush("b1", 3).await, Ok(CountersFlushed::Replayed)));
+    assert!(matches!(
+        flush("b1", 1).await,
+        Ok(CountersFlushed::Replayed)
+    ));
+    assert!(matches!(
+        flush("b1", 2).await,
+        Ok(CountersFlushed::Replayed)
+    ));
+    assert!(matches!(
+        flush("b1", 3).await,
+        Ok(CountersFlushed::Replayed)
+    ));
     // A stalled flusher of epoch 1 with a batch of its own is fenced.
     assert!(matches!(
         flush("b0", 1).await,
@@ -490,16 +500,35 @@ async fn a_put_wins_over_earlier_increments_and_cold_rows_answer_the_sum() {
     let prefix = support::unique("cwb");
     let table = counters_table(&db).await;
     let cache = counters_cache(&table, &server.url(), &prefix, settings(60_000)).await;
-    let first = cache.incr(&7, "views", &n(3)).await.expect("incr").expect("row");
+    let first = cache
+        .incr(&7, "views", &n(3))
+        .await
+        .expect("incr")
+        .expect("row");
     assert_eq!(first.value["views"], json!(73), "70 in the database, + 3");
     cache.invalidate(&7).await.expect("invalidate");
-    let cold = cache.incr(&7, "views", &n(2)).await.expect("incr").expect("row");
-    assert_eq!(cold.value["views"], json!(75), "the row plus every pending delta");
+    let cold = cache
+        .incr(&7, "views", &n(2))
+        .await
+        .expect("incr")
+        .expect("row");
+    assert_eq!(
+        cold.value["views"],
+        json!(75),
+        "the row plus every pending delta"
+    );
     cache
-        .put(&7, &json!({"id": 7, "views": 1000, "likes": null, "capped": 0}))
+        .put(
+            &7,
+            &json!({"id": 7, "views": 1000, "likes": null, "capped": 0}),
+        )
         .await
         .expect("put");
-    let after = cache.incr(&7, "views", &n(4)).await.expect("incr").expect("row");
+    let after = cache
+        .incr(&7, "views", &n(4))
+        .await
+        .expect("incr")
+        .expect("row");
     assert_eq!(after.value["views"], json!(1004));
     // A sum beyond the column's range is refused, nothing recorded.
     let over = cache.incr(&7, "likes", &n(i64::from(i32::MAX))).await;

@@ -295,12 +295,7 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
     /// increment of it by `by` as [`Source::incr`] would (an unknown or
     /// non-numeric column, a `by` of the wrong type: [`Error::InvalidRow`]).
     /// Default: refused ([`Error::Unsupported`]).
-    fn counter_range(
-        &self,
-        id: &str,
-        column: &str,
-        by: &serde_json::Number,
-    ) -> Result<(i64, i64)> {
+    fn counter_range(&self, id: &str, column: &str, by: &serde_json::Number) -> Result<(i64, i64)> {
         let _ = (id, column, by);
         Err(Error::Unsupported {
             entity: String::new(),

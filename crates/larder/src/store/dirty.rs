@@ -275,10 +275,7 @@ pub trait DirtyLog: Debug + Send + Sync + 'static {
 
     /// An id's pending write and its counter state, read in one step.
     /// Default: the pending write, no counters.
-    async fn counter_state(
-        &self,
-        keys: &DirtyKeys,
-    ) -> Result<(Option<PendingHash>, CounterState)> {
+    async fn counter_state(&self, keys: &DirtyKeys) -> Result<(Option<PendingHash>, CounterState)> {
         Ok((self.pending_hash(keys).await?, CounterState::default()))
     }
 

@@ -332,10 +332,7 @@ impl DirtyLog for RedisStore {
         self.counter_count(keys, count).await
     }
 
-    async fn counter_state(
-        &self,
-        keys: &DirtyKeys,
-    ) -> Result<(Option<PendingHash>, CounterState)> {
+    async fn counter_state(&self, keys: &DirtyKeys) -> Result<(Option<PendingHash>, CounterState)> {
         RedisStore::counter_state(self, keys).await
     }
 

@@ -35,8 +35,8 @@
 
 use super::counters::CounterKeys;
 use super::dirty::Patched;
-use super::redis_counters::counter_keys_of_dirty;
 use super::redis::{ms, RedisStore};
+use super::redis_counters::counter_keys_of_dirty;
 #[cfg(test)]
 use super::{Acquired, LeaseRequest};
 use super::{Fill, Recorded};

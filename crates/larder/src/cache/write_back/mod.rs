@@ -76,9 +76,9 @@ pub(crate) mod flusher;
 mod overlay;
 mod writer;
 
-pub use self::dead_letters::{Closed, DeadLetter};
 #[doc(hidden)]
 pub use self::counter_flush::arm_after_counter_commit;
+pub use self::dead_letters::{Closed, DeadLetter};
 
 use crate::key::{KeyKind, KeySpace};
 use crate::metrics::Tally;

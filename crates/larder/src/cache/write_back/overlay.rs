@@ -22,9 +22,9 @@ use crate::cache::Inner;
 use crate::error::{Error, Result};
 use crate::representation::Representation;
 use crate::store::{overlay_object, CounterState, PendingHash};
-use std::time::{Duration, Instant};
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 impl<V: Send + Sync + 'static> Inner<V> {
     /// Whether a loaded row may lack pending writes that the store holds

@@ -726,12 +726,21 @@ macro_rules! fence_step {
     };
 }
 
-fence_step!(fence_postgres, sqlx::PgConnection, |n| format!("${n}"), |b| format!(
-    "batch IS DISTINCT FROM {b}"
-));
-fence_step!(fence_sqlite, sqlx::SqliteConnection, |n| format!("?{n}"), |b| format!(
-    "batch IS NOT {b}"
-));
-fence_step!(fence_mysql, sqlx::MySqlConnection, |_| "?".to_owned(), |b| format!(
-    "NOT (batch <=> {b})"
-));
+fence_step!(
+    fence_postgres,
+    sqlx::PgConnection,
+    |n| format!("${n}"),
+    |b| format!("batch IS DISTINCT FROM {b}")
+);
+fence_step!(
+    fence_sqlite,
+    sqlx::SqliteConnection,
+    |n| format!("?{n}"),
+    |b| format!("batch IS NOT {b}")
+);
+fence_step!(
+    fence_mysql,
+    sqlx::MySqlConnection,
+    |_| "?".to_owned(),
+    |b| format!("NOT (batch <=> {b})")
+);

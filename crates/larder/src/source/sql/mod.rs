@@ -888,12 +888,7 @@ where
         Ok(flushed)
     }
 
-    fn counter_range(
-        &self,
-        id: &str,
-        column: &str,
-        by: &serde_json::Number,
-    ) -> Result<(i64, i64)> {
+    fn counter_range(&self, id: &str, column: &str, by: &serde_json::Number) -> Result<(i64, i64)> {
         let schema = &self.inner.schema;
         if let Some(e) = schema.read_only_error() {
             return Err(e);
