@@ -307,7 +307,8 @@ async fn claimed_records(redis: &str, prefix: &str) -> Vec<String> {
 /// again — a flusher that replays its id, stalled at epoch 1 or at the same
 /// or a newer epoch, is told it committed (and only clears); a stalled
 /// flusher of epoch 1 with another batch is fenced; a new batch at epoch 3
-/// commits. The row holds each delta once — on PostgreSQL and SQLite.
+/// commits. The row holds each delta once — on PostgreSQL, SQLite and
+/// MariaDB.
 #[tokio::test]
 async fn the_fence_refuses_a_stale_flusher_and_a_replayed_batch() {
     let db = Db::new().await;
@@ -349,6 +350,36 @@ async fn the_fence_refuses_a_stale_flusher_and_a_replayed_batch() {
     assert_eq!(views, 30 + 5 + 7);
     let _ = std::fs::remove_dir_all(dir);
     db.drop().await;
+
+    // MariaDB: `NOT (batch <=> ?)`, and rows counted by what changed.
+    let admin = support::mysql_pool(2).await;
+    let maria = support::unique("cwb");
+    for sql in [
+        format!("CREATE DATABASE {maria}"),
+        format!("CREATE TABLE {maria}.counters (id bigint PRIMARY KEY, views bigint NOT NULL)"),
+        format!("INSERT INTO {maria}.counters (id, views) VALUES (3, 30)"),
+    ] {
+        sqlx::raw_sql(&sql).execute(&admin).await.expect(&sql);
+    }
+    let pool = SqlPool::connect(&support::mysql_url(), 2)
+        .await
+        .expect("mariadb");
+    let source = SqlSource::builder(pool, &format!("{maria}.counters"))
+        .entity("counters")
+        .build()
+        .await
+        .expect("source");
+    fence_replays(&source, &format!("{maria}:counters")).await;
+    let views: i64 =
+        sqlx::query_scalar(&format!("SELECT views FROM {maria}.counters WHERE id = 3"))
+            .fetch_one(&admin)
+            .await
+            .expect("views");
+    assert_eq!(views, 30 + 5 + 7);
+    sqlx::raw_sql(&format!("DROP DATABASE {maria}"))
+        .execute(&admin)
+        .await
+        .expect("drop database");
 }
 
 async fn fence_replays(source: &SqlSource, entity: &str) {

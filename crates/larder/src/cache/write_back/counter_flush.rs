@@ -154,7 +154,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         )
                         .await?;
                     self.flights.forget(&id);
-                    self.coherence.bus.written_many(std::slice::from_ref(&id)).await;
+                    self.coherence
+                        .bus
+                        .written_many(std::slice::from_ref(&id))
+                        .await;
                     Counters::add(&state.counters.dead_lettered, 1);
                     tracing::warn!(entity = self.keys.entity(), id, code = code.as_deref(), error = %error, "the source refused a write-back increment's row; its deltas are in the dead letters, the rest of the batch is claimed again");
                     match moved {
