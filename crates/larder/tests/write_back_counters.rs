@@ -487,6 +487,14 @@ async fn a_refused_row_is_a_dead_letter_alone_and_the_rest_commits_once() {
     assert!(!stored.contains_key(&(ROWS + 5)));
     let stats = cache.write_back_stats().expect("stats");
     assert_eq!(stats.dead_lettered, 2, "{stats:?}");
+    // The next instance's backlog count sees them (the dead-letters gauge).
+    let probe = counters_cache(&table, &server.url(), &prefix, settings(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while probe.write_back_stats().expect("stats").dead_letters < 2 {
+        assert!(Instant::now() < deadline, "dead letters not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    probe.close(Duration::from_secs(5)).await.expect("close");
     let mut conn = redis::Client::open(server.url())
         .expect("client")
         .get_multiplexed_async_connection()

@@ -530,15 +530,15 @@ impl DirtyLog for RedisStore {
 
     async fn backlog(&self, shards: &[ShardKeys]) -> Result<Vec<ShardBacklog>> {
         // One pipeline per slot on Cluster (a shard is one slot). Ids with
-        // unclaimed increments count as pending, and a claimed record left
-        // over is due at once.
+        // unclaimed increments count as pending, a claimed record left
+        // over is due at once, counter dead letters count as dead letters.
         let slots: Vec<&str> = shards.iter().map(|s| s.queue_key.as_str()).collect();
         let counters: Vec<CounterKeys> = shards
             .iter()
             .map(|s| CounterKeys::of(&s.queue_key, ""))
             .collect();
         let answers = self
-            .grouped(&slots, 6, |pipe, i| {
+            .grouped(&slots, 7, |pipe, i| {
                 let shard = &shards[i];
                 pipe.cmd("ZCARD").arg(&shard.queue_key);
                 pipe.cmd("ZRANGE")
@@ -554,6 +554,7 @@ impl DirtyLog for RedisStore {
                     .arg(0)
                     .arg("WITHSCORES");
                 pipe.cmd("EXISTS").arg(&counters[i].claimed);
+                pipe.cmd("HLEN").arg(&counters[i].dead);
             })
             .await?;
         let bad = || bad_answer(self.name_str(), "backlog");
@@ -569,9 +570,10 @@ impl DirtyLog for RedisStore {
             _ => None,
         };
         answers
-            .chunks(6)
+            .chunks(7)
             .map(|chunk| {
-                let [pending, oldest, dead, counted, oldest_count, claimed] = chunk else {
+                let [pending, oldest, dead, counted, oldest_count, claimed, dead_counts] = chunk
+                else {
                     return Err(bad());
                 };
                 // Scores are whole milliseconds, well inside f64's exact range.
@@ -590,7 +592,7 @@ impl DirtyLog for RedisStore {
                         + int_of(counted).ok_or_else(bad)?
                         + claimed,
                     oldest_ms,
-                    dead: int_of(dead).ok_or_else(bad)?,
+                    dead: int_of(dead).ok_or_else(bad)? + int_of(dead_counts).ok_or_else(bad)?,
                 })
             })
             .collect()
