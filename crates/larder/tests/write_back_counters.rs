@@ -288,6 +288,72 @@ async fn a_stop_between_commit_and_clear_never_counts_a_batch_twice() {
     db.drop().await;
 }
 
+/// Two flushers on one shard: A claims a batch and stalls before its
+/// commit until its lease is long gone; B takes the shard over with a newer
+/// epoch, commits that same claimed record (it is the shard's only one),
+/// clears it and commits later increments. When A wakes, its commit of the
+/// old batch is refused (fenced by B's epoch, or found committed): the
+/// database holds every acknowledged increment exactly once.
+#[tokio::test]
+async fn a_flusher_stalled_across_a_newer_ones_commit_applies_nothing_twice() {
+    let db = Db::new().await;
+    let server = RedisServer::durable();
+    let prefix = support::unique("cwb");
+    let table = counters_table(&db).await;
+    let a = counters_cache_sharded(&table, &server.url(), &prefix, settings(10), 1).await;
+    larder::write_back::arm_stall_after_counter_claim(
+        &format!("{prefix}:counters"),
+        Duration::from_millis(1500),
+    );
+    let mut acked: HashMap<i64, i64> = HashMap::new();
+    for k in 0..10_i64 {
+        a.incr(&k, "views", &n(k + 1))
+            .await
+            .expect("incr")
+            .expect("row");
+        *acked.entry(k).or_default() += k + 1;
+    }
+    // A claims within ~10 ms and stalls; its lease (300 ms) expires.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        claimed_records(&server.url(), &prefix).await.len(),
+        1,
+        "A claimed"
+    );
+    let b = counters_cache_sharded(&table, &server.url(), &prefix, settings(10), 1).await;
+    for k in 0..10_i64 {
+        b.incr(&k, "views", &n(100))
+            .await
+            .expect("incr")
+            .expect("row");
+        *acked.entry(k).or_default() += 100;
+    }
+    // B commits A's claimed record and its own increments while A sleeps.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stored = db_column(&db, &table, "views").await;
+        if acked
+            .iter()
+            .all(|(id, sum)| stored[id] == Some(10 * id + sum))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B did not flush: {stored:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A wakes (1.5 s after its claim) and tries its old batch.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    a.close(Duration::from_secs(5)).await.expect("close a");
+    b.close(Duration::from_secs(5)).await.expect("close b");
+    let stored = db_column(&db, &table, "views").await;
+    for (id, sum) in &acked {
+        assert_eq!(stored[id], Some(10 * id + sum), "views of {id}");
+    }
+    let sa = a.write_back_stats().expect("stats");
+    assert_eq!(sa.counter_batches, 0, "A committed nothing: {sa:?}");
+    db.drop().await;
+}
+
 /// The claimed counter records in Redis under `prefix`.
 async fn claimed_records(redis: &str, prefix: &str) -> Vec<String> {
     redis::cmd("KEYS")

@@ -43,6 +43,28 @@ pub fn arm_after_counter_commit(fence: &str, n: u32) {
     }
 }
 
+/// Armed stalls, by fence name: the next counter flush of the entity
+/// sleeps this long between its claim and its commit, once.
+static STALLS: LazyLock<Mutex<HashMap<String, std::time::Duration>>> =
+    LazyLock::new(Default::default);
+
+/// Arms a stall of the next counter flush of the entity whose fence name
+/// is `fence`: it sleeps `pause` between its claim and its commit, as a
+/// flusher paused there would (its lease may expire meanwhile and another
+/// flusher take the shard over with a newer epoch). For tests; not part of
+/// the API.
+#[doc(hidden)]
+pub fn arm_stall_after_counter_claim(fence: &str, pause: std::time::Duration) {
+    if let Ok(mut stalls) = STALLS.lock() {
+        stalls.insert(fence.to_owned(), pause);
+    }
+}
+
+/// The armed stall of `fence`, taken (see [`arm_stall_after_counter_claim`]).
+fn stall_after_claim(fence: &str) -> Option<std::time::Duration> {
+    STALLS.lock().ok()?.remove(fence)
+}
+
 /// Whether the fault point fires for `fence` now (see
 /// [`arm_after_counter_commit`]).
 fn fault_after_commit(fence: &str) -> bool {
@@ -90,6 +112,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
             shard: shard.shard,
             epoch,
         };
+        if let Some(pause) = stall_after_claim(&fence.entity) {
+            tokio::time::sleep(pause).await;
+        }
         let full = claimed.deltas.len() >= settings.batch;
         let timeout = settings.statement_timeout();
         loop {

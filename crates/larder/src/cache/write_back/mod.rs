@@ -77,7 +77,7 @@ mod overlay;
 mod writer;
 
 #[doc(hidden)]
-pub use self::counter_flush::arm_after_counter_commit;
+pub use self::counter_flush::{arm_after_counter_commit, arm_stall_after_counter_claim};
 pub use self::dead_letters::{Closed, DeadLetter};
 
 use crate::key::{KeyKind, KeySpace};
