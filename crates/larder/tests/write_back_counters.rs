@@ -464,6 +464,7 @@ async fn fence_replays(source: &SqlSource, entity: &str) {
                     epoch,
                 },
                 statement_timeout: Duration::from_secs(5),
+                rehearse: false,
             })
             .await
         }
@@ -502,6 +503,7 @@ async fn fence_replays(source: &SqlSource, entity: &str) {
                 epoch: 3,
             },
             statement_timeout: Duration::from_secs(5),
+            rehearse: false,
         })
         .await;
     assert!(matches!(committed, Ok(CountersFlushed::Committed { .. })));
@@ -591,6 +593,59 @@ async fn a_refused_row_is_a_dead_letter_alone_and_the_rest_commits_once() {
     let seen = fresh.get(&4).await.expect("get").value.expect("row");
     assert_eq!(seen["capped"], json!(0));
     fresh.close(Duration::from_secs(5)).await.expect("close");
+    db.drop().await;
+}
+
+/// A database that refuses every row alike (a trigger raising on any
+/// UPDATE): the rest of a batch of several rows, rehearsed without the
+/// first refused row, is refused the same way, so nothing is
+/// dead-lettered — the flush is retried and counts an alert; once the
+/// trigger is gone, every increment lands once.
+#[tokio::test]
+async fn a_table_refusing_every_row_dead_letters_nothing() {
+    let db = Db::new().await;
+    let server = RedisServer::durable();
+    let prefix = support::unique("cwb");
+    let table = counters_table(&db).await;
+    for sql in [
+        format!(
+            "CREATE FUNCTION {}.refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'frozen'; END $$ LANGUAGE plpgsql",
+            db.schema
+        ),
+        format!(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {}.refuse()",
+            db.schema
+        ),
+    ] {
+        sqlx::query(&sql).execute(&db.admin).await.expect(&sql);
+    }
+    // One shard, one batch of six rows (a batch of one refused row is that
+    // row's fault, as for records).
+    let cache = counters_cache_sharded(&table, &server.url(), &prefix, settings(300), 1).await;
+    for id in 0..6_i64 {
+        cache
+            .incr(&id, "views", &n(1))
+            .await
+            .expect("incr")
+            .expect("row");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.write_back_stats().expect("stats").alerts == 0 {
+        assert!(Instant::now() < deadline, "no alert");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = cache.write_back_stats().expect("stats");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    sqlx::query(&format!("DROP TRIGGER refuse ON {table}"))
+        .execute(&db.admin)
+        .await
+        .expect("drop trigger");
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    let stored = db_column(&db, &table, "views").await;
+    for id in 0..6_i64 {
+        assert_eq!(stored[&id], Some(10 * id + 1), "views of {id}");
+    }
+    assert_eq!(cache.write_back_stats().expect("stats").dead_lettered, 0);
     db.drop().await;
 }
 

@@ -105,14 +105,18 @@ pub struct CounterBatch<'a> {
     pub fence: Fence,
     /// The longest any statement may run (kept below the flush lease).
     pub statement_timeout: Duration,
+    /// Run every statement, then roll back instead of committing: whether
+    /// the batch would be refused, without writing anything.
+    pub rehearse: bool,
 }
 
 /// What committing a counter batch did.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum CountersFlushed {
-    /// Committed; the ids whose row was not there (nothing was added for
-    /// them: the flusher moves their deltas to the dead letters).
+    /// Committed (or, rehearsed, would commit); the ids whose row was not
+    /// there (nothing was added for them: the flusher moves their deltas
+    /// to the dead letters).
     Committed {
         /// Ids without a row.
         missing: Vec<String>,

@@ -13,8 +13,12 @@
 //! its clear is found committed ([`CountersFlushed::Replayed`]) and only
 //! cleared. A row the database refuses is never committed in part under
 //! the record's id: the record is claimed again under a new id without it,
-//! and it goes to the dead letters alone. See `store/counters.rs`.
+//! and it goes to the dead letters alone — unless a rehearsal of the rest
+//! (run, then rolled back) is refused the same way: then the table is at
+//! fault, nothing is dead-lettered, the round fails and counts an alert.
+//! See `store/counters.rs`.
 
+use super::flusher::same_way;
 use super::{Counters, State};
 use crate::cache::Inner;
 use crate::error::{Error, Result};
@@ -123,6 +127,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 deltas: &claimed.deltas,
                 fence: fence.clone(),
                 statement_timeout: timeout,
+                rehearse: false,
             };
             let flushed =
                 match tokio::time::timeout(timeout + timeout / 2, source.flush_counters(batch))
@@ -157,6 +162,39 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     Vec::new()
                 }
                 Ok(CountersFlushed::Refused { id, error }) => {
+                    if claimed.deltas.len() > 1 {
+                        // Would the rest commit without it? If the next row
+                        // is refused the same way, the table is at fault,
+                        // not the rows: nothing is dead-lettered in bulk.
+                        let rest: Vec<(String, Vec<(String, i64)>)> = claimed
+                            .deltas
+                            .iter()
+                            .filter(|(other, _)| *other != id)
+                            .cloned()
+                            .collect();
+                        let rehearsal = source
+                            .flush_counters(CounterBatch {
+                                batch: &claimed.batch,
+                                deltas: &rest,
+                                fence: fence.clone(),
+                                statement_timeout: timeout,
+                                rehearse: true,
+                            })
+                            .await?;
+                        if let CountersFlushed::Refused { error: other, .. } = &rehearsal {
+                            if same_way(&error, other) {
+                                Counters::add(&state.counters.alerts, 1);
+                                tracing::error!(
+                                    entity = self.keys.entity(),
+                                    shard = shard.shard,
+                                    rows = claimed.deltas.len(),
+                                    error = %error,
+                                    "the source refuses the rows of a counter batch alike (the table, not a row): nothing is dead-lettered; retried with backoff"
+                                );
+                                return Err(error);
+                            }
+                        }
+                    }
                     let new = crate::store::batch_id();
                     let code = match &error {
                         Error::Source { code, .. } => code.clone(),

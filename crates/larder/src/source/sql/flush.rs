@@ -139,9 +139,10 @@ impl From<sqlx::Error> for Halted {
 /// The fenced part of a counter transaction, the same on every backend (in
 /// an async block answering `Result<Result<missing ids, FenceCheck>,
 /// Halted>`): the fence step with the batch id, one UPDATE per id and
-/// column, then `COMMIT`; a newer epoch or a replay rolls back.
+/// column, then `COMMIT` (a rehearsal rolls back instead); a newer epoch
+/// or a replay rolls back.
 macro_rules! counted_commit {
-    ($tx:ident, $fence_step:ident, $q:expr, $fence:expr, $batch:expr, $schema:expr, $plan:expr) => {{
+    ($tx:ident, $fence_step:ident, $q:expr, $fence:expr, $batch:expr, $schema:expr, $plan:expr, $rehearse:expr) => {{
         match $fence_step(&mut $tx, $fence, $batch).await? {
             FenceCheck::Passed => {}
             refused => {
@@ -162,7 +163,11 @@ macro_rules! counted_commit {
                 }
             }
         }
-        $tx.commit().await.map_err(Halted::Commit)?;
+        if $rehearse {
+            $tx.rollback().await?;
+        } else {
+            $tx.commit().await.map_err(Halted::Commit)?;
+        }
         Ok(Ok(missing))
     }};
 }
@@ -451,7 +456,7 @@ impl SqlSource {
         batch: &str,
         deltas: &[(String, Vec<(String, i64)>)],
         fence: &Fence,
-        statement_timeout: Duration,
+        (statement_timeout, rehearse): (Duration, bool),
     ) -> Result<CountersFlushed> {
         let schema = &self.inner.schema;
         let mut plan: Vec<(KeyValue, Vec<(usize, i64)>)> = Vec::with_capacity(deltas.len());
@@ -479,14 +484,14 @@ impl SqlSource {
                         sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
                             .execute(&mut *tx)
                             .await?;
-                        counted_commit!(tx, fence_postgres, q, fence, batch, schema, plan)
+                        counted_commit!(tx, fence_postgres, q, fence, batch, schema, plan, rehearse)
                     }
                     .await
                 }
                 Backend::Sqlite(pool, q) => {
                     async {
                         let mut tx = pool.begin().await?;
-                        counted_commit!(tx, fence_sqlite, q, fence, batch, schema, plan)
+                        counted_commit!(tx, fence_sqlite, q, fence, batch, schema, plan, rehearse)
                     }
                     .await
                 }
@@ -502,7 +507,7 @@ impl SqlSource {
                         .await?;
                         let result = async {
                             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                            counted_commit!(tx, fence_mysql, q, fence, batch, schema, plan)
+                            counted_commit!(tx, fence_mysql, q, fence, batch, schema, plan, rehearse)
                         }
                         .await;
                         let reset = sqlx::query(

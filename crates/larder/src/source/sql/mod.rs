@@ -915,7 +915,7 @@ where
             batch.batch,
             batch.deltas,
             &batch.fence,
-            batch.statement_timeout,
+            (batch.statement_timeout, batch.rehearse),
         )
         .await
     }
