@@ -354,6 +354,68 @@ async fn a_flusher_stalled_across_a_newer_ones_commit_applies_nothing_twice() {
     db.drop().await;
 }
 
+/// A batch committed by a flusher that stopped before its clear, whose
+/// row is deleted before the next flusher finds it committed: the replay
+/// cannot tell whether the row was there at the commit, so the id is a
+/// dead letter (noted as a replay), never dropped silently; the other
+/// row holds its increments once.
+#[tokio::test]
+async fn a_replayed_batch_whose_row_is_gone_is_a_dead_letter() {
+    let db = Db::new().await;
+    let server = RedisServer::durable();
+    let prefix = support::unique("cwb");
+    let table = counters_table(&db).await;
+    // Both increments land in one claim: a full batch (2) flushes at once.
+    let both = WriteBackOptions {
+        batch: 2,
+        ..settings(60_000)
+    };
+    let a = counters_cache_sharded(&table, &server.url(), &prefix, both, 1).await;
+    larder::write_back::arm_after_counter_commit(&format!("{prefix}:counters"), 1);
+    for id in [5_i64, 6] {
+        a.incr(&id, "views", &n(3))
+            .await
+            .expect("incr")
+            .expect("row");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while db_column(&db, &table, "views").await[&5] != Some(53) {
+        assert!(Instant::now() < deadline, "not committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(a);
+    assert_eq!(claimed_records(&server.url(), &prefix).await.len(), 1);
+    sqlx::query(&format!("DELETE FROM {table} WHERE id = 6"))
+        .execute(&db.admin)
+        .await
+        .expect("delete");
+    let b = counters_cache_sharded(&table, &server.url(), &prefix, settings(50), 1).await;
+    b.close(Duration::from_secs(10)).await.expect("close");
+    assert_eq!(db_column(&db, &table, "views").await[&5], Some(53));
+    assert_eq!(b.write_back_stats().expect("stats").dead_lettered, 1);
+    let mut conn = redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*:cx"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let letters: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .expect("HGETALL");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].0.starts_with("6#"), "{letters:?}");
+    assert!(letters[0].1.contains("stopped"), "{letters:?}");
+    assert!(claimed_records(&server.url(), &prefix).await.is_empty());
+    db.drop().await;
+}
+
 /// The claimed counter records in Redis under `prefix`.
 async fn claimed_records(redis: &str, prefix: &str) -> Vec<String> {
     redis::cmd("KEYS")

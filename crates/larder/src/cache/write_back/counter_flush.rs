@@ -141,6 +141,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     }),
                 };
             let mut committed = false;
+            let mut replayed = false;
             let missing = match flushed {
                 Ok(CountersFlushed::Committed { missing }) => {
                     committed = true;
@@ -159,7 +160,16 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         batch = claimed.batch,
                         "a counter batch was committed already (a flusher stopped before clearing it); clearing it without applying it again"
                     );
-                    Vec::new()
+                    // Which ids had no row when it committed is not known
+                    // any more: an id without a row now is dead-lettered
+                    // (noted as a replay), never dropped silently.
+                    replayed = true;
+                    let ids: Vec<String> =
+                        claimed.deltas.iter().map(|(id, _)| id.clone()).collect();
+                    let rows = source.load_many(&ids).await?;
+                    ids.into_iter()
+                        .filter(|id| !rows.contains_key(id))
+                        .collect()
                 }
                 Ok(CountersFlushed::Refused { id, error }) => {
                     if claimed.deltas.len() > 1 {
@@ -259,8 +269,13 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 .iter()
                 .map(|(id, _)| (self.dirty_keys(id), missing.contains(id)))
                 .collect();
+            let error = if replayed {
+                "no row to add to now: the batch committed before a flusher stopped, and the row is gone (deleted before the commit, or after it: the deltas may have been added before the delete)"
+            } else {
+                "no row to add to: the row was deleted before its increments were flushed"
+            };
             let why = serde_json::json!({
-                "error": "no row to add to: the row was deleted before its increments were flushed",
+                "error": error,
                 "code": null,
                 "failed_at_ms": self.clock.now_ms(),
                 "counter": true,
