@@ -681,9 +681,13 @@ async fn a_table_refusing_every_row_dead_letters_nothing() {
     ] {
         sqlx::query(&sql).execute(&db.admin).await.expect(&sql);
     }
-    // One shard, one batch of six rows (a batch of one refused row is that
-    // row's fault, as for records).
-    let cache = counters_cache_sharded(&table, &server.url(), &prefix, settings(300), 1).await;
+    // One shard, one batch of six rows, claimed at once when full (a batch
+    // of one refused row is that row's fault, as for records).
+    let six = WriteBackOptions {
+        batch: 6,
+        ..settings(60_000)
+    };
+    let cache = counters_cache_sharded(&table, &server.url(), &prefix, six, 1).await;
     for id in 0..6_i64 {
         cache
             .incr(&id, "views", &n(1))
