@@ -166,6 +166,8 @@ pub struct ShardBacklog {
     pub oldest_ms: Option<u64>,
     /// Dead letters held.
     pub dead: u64,
+    /// A claimed counter record is left over (due at once).
+    pub claimed: bool,
 }
 
 /// How a flushed record is cleared.

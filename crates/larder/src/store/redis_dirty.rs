@@ -577,22 +577,20 @@ impl DirtyLog for RedisStore {
                     return Err(bad());
                 };
                 // Scores are whole milliseconds, well inside f64's exact range.
-                let mut oldest_ms = score(oldest).map(|s| s as u64);
+                let oldest_ms = score(oldest).map(|s| s as u64);
                 let counted_ms = score(oldest_count).map(|s| s as u64);
-                oldest_ms = match (oldest_ms, counted_ms) {
+                let oldest_ms = match (oldest_ms, counted_ms) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
                 let claimed = int_of(claimed).ok_or_else(bad)?;
-                if claimed == 1 {
-                    oldest_ms = Some(0);
-                }
                 Ok(ShardBacklog {
                     pending: int_of(pending).ok_or_else(bad)?
                         + int_of(counted).ok_or_else(bad)?
                         + claimed,
                     oldest_ms,
                     dead: int_of(dead).ok_or_else(bad)? + int_of(dead_counts).ok_or_else(bad)?,
+                    claimed: claimed == 1,
                 })
             })
             .collect()

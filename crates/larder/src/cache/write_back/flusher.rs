@@ -378,7 +378,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             .filter_map(|(shard, b)| {
                 if b.pending >= batch {
                     Some((shard.clone(), u64::MAX))
-                } else if b.oldest_ms.is_some_and(|o| o <= due) {
+                } else if b.claimed || b.oldest_ms.is_some_and(|o| o <= due) {
                     Some((shard.clone(), due))
                 } else {
                     None
