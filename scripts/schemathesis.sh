@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Property-based tests of the HTTP API against its own OpenAPI document:
-# starts `larder serve` (the debug binary) over two PostgreSQL tables of
-# mixed column types — `items` (integer key, write-through) and `events`
-# (text key, write-back, tagged, public reads) — and runs schemathesis
+# starts `larder serve` (the debug binary) over PostgreSQL tables of mixed
+# column types — `items` (integer key, write-through), `events` (text key,
+# write-back, tagged, public reads) and `counts` (a write-back hash entity
+# with counters) — and runs schemathesis
 # against /v1/openapi.json with every check on, in positive mode: every
 # request is schema-valid, so it must be answered 2xx, 404 or 409, with a
 # documented status and a body that matches the document; never a 5xx.
@@ -77,6 +78,12 @@ CREATE TABLE $ID.events (
     labels text[]
 );
 INSERT INTO $ID.events (id, kind, labels) VALUES ('a', 'click', '{x,y}'), ('b', 'view', NULL);
+CREATE TABLE $ID.counts (
+    id integer PRIMARY KEY,
+    hits bigint NOT NULL DEFAULT 0,
+    small smallint
+);
+INSERT INTO $ID.counts (id, hits) VALUES (1, 10), (2, 0);
 SQL
 
 cat >"$WORK/larder.toml" <<TOML
@@ -105,6 +112,16 @@ table = "$ID.events"
 write = "back"
 tags = ["kind:{kind}"]
 public_reads = true
+
+[entity.write_back]
+require_durable = false
+max_delay = "100ms"
+
+[[entity]]
+name = "counts"
+table = "$ID.counts"
+write = "back"
+representation = "hash"
 
 [entity.write_back]
 require_durable = false

@@ -299,3 +299,79 @@ async fn the_openapi_document_describes_the_increment() {
     assert!(doc["paths"]["/v1/frozen/{id}/incr"].is_null());
     assert!(doc["paths"]["/v1/queued/{id}/incr"].is_null());
 }
+
+/// A write-back `hash` entity counts increments in the cache and records
+/// them durably: 202 `{"queued": true, "value": <new value>}`, the next
+/// read holds the sum, a sum beyond the column's range is 400, a missing
+/// row 404; the OpenAPI document lists the operation with its 202 for the
+/// integer columns only.
+#[tokio::test]
+async fn a_write_back_hash_entity_queues_increments_with_their_value() {
+    let mut pg = Pg::connect().await;
+    let t = unique("counters_hash");
+    pg.exec(&t, TABLE).await;
+    let toml = support::pg_config(
+        &unique("counters"),
+        &format!(
+            "[[entity]]\nname = \"tallies\"\ntable = \"{t}\"\nwrite = \"back\"\n\
+             representation = \"hash\"\n\
+             [entity.write_back]\nrequire_durable = false\n"
+        ),
+    );
+    let app = app(support::state(&toml).await);
+    let a = incr(
+        &app,
+        "/v1/tallies/1/incr",
+        json!({"column": "views", "by": 5}),
+    )
+    .await;
+    assert_eq!(
+        a.status.as_u16(),
+        202,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(a.json(), json!({"queued": true, "value": 15}));
+    let a = incr(
+        &app,
+        "/v1/tallies/1/incr",
+        json!({"column": "likes", "by": 2}),
+    )
+    .await;
+    assert_eq!(
+        a.json(),
+        json!({"queued": true, "value": 2}),
+        "NULL counts as 0"
+    );
+    assert_eq!(get(&app, "/v1/tallies/1").await.json()["views"], 15);
+    let a = incr(
+        &app,
+        "/v1/tallies/1/incr",
+        json!({"column": "views", "by": i32::MAX}),
+    )
+    .await;
+    assert_eq!(
+        a.status.as_u16(),
+        409,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    let a = incr(
+        &app,
+        "/v1/tallies/2/incr",
+        json!({"column": "views", "by": 1}),
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 404);
+    let doc = get(&app, "/v1/openapi.json").await.json();
+    let op = &doc["paths"]["/v1/tallies/{id}/incr"]["post"];
+    assert!(op["responses"]["202"].is_object(), "{op}");
+    let columns: Vec<Value> = op["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| b["properties"]["column"]["const"].clone())
+        .collect();
+    assert_eq!(columns, [json!("views"), json!("likes")]);
+}

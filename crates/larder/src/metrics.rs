@@ -128,6 +128,14 @@ pub(crate) fn describe() {
         "Write-back writes that replaced one not yet flushed."
     );
     describe_counter!(
+        "larder_writeback_increments_total",
+        "Write-back increments acknowledged (counters of hash entities)."
+    );
+    describe_counter!(
+        "larder_writeback_counter_batches_total",
+        "Write-back counter batches (claimed records) committed to the source."
+    );
+    describe_counter!(
         "larder_writeback_batches_total",
         "Write-back batches committed to the source."
     );

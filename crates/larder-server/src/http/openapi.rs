@@ -103,6 +103,9 @@ pub struct EntityDoc<'a> {
     pub columns: Vec<ColumnDoc>,
     /// Whether its row reads need no token.
     pub public_reads: bool,
+    /// Whether it holds rows as Redis hashes (`representation = "hash"`):
+    /// under write-back, its integer columns take increments.
+    pub hash: bool,
 }
 
 impl<'a> EntityDoc<'a> {
@@ -135,6 +138,7 @@ impl<'a> EntityDoc<'a> {
             key_type,
             columns,
             public_reads: state.config().auth.public_reads || e.config.public_reads,
+            hash: e.config.representation == larder::Representation::Hash,
         }
     }
 }
@@ -750,14 +754,83 @@ fn entity_paths(
     invalidate["operationId"] = json!(format!("invalidate_{}", e.name));
     paths.insert(format!("{item}/invalidate"), json!({ "post": invalidate }));
 
-    // Only where an increment can succeed: a writable entity that is not
-    // written back (increments are refused there) with a numeric column.
+    // Only where an increment can succeed: a writable entity with a
+    // numeric column; under write-back, a hash entity's integer columns
+    // (a string entity refuses increments there, numeric deltas are not
+    // built).
+    let back = e.write == WriteMode::Back;
     let counters: Vec<&ColumnDoc> = e
         .columns
         .iter()
         .filter(|c| !c.is_key && is_numeric(c))
+        .filter(|c| !back || c.int_range.is_some())
         .collect();
-    if writable && e.write != WriteMode::Back && !counters.is_empty() {
+    if writable && back && e.hash && !counters.is_empty() {
+        let statuses = vec![
+            (
+                "202",
+                json_response(
+                    "Queued: the increment is durably recorded and counted in the cache; \
+                     `value` is the column's new value. The database gets it at the next flush, \
+                     exactly once.",
+                    json!({
+                        "type": "object",
+                        "required": ["queued", "value"],
+                        "properties": {
+                            "queued": { "const": true },
+                            "value": { "type": "integer" }
+                        }
+                    }),
+                ),
+            ),
+            (
+                "400",
+                error_response(
+                    "bad_request (not {column, by}), bad_id, unknown_column, or type_mismatch: \
+                     the column is not an integer column, or `by` is not an integer.",
+                ),
+            ),
+            (
+                "404",
+                error_response("not_found: no such row; nothing was recorded."),
+            ),
+            (
+                "409",
+                error_response(
+                    "conflict: the sum is beyond the column's range; nothing was recorded.",
+                ),
+            ),
+            ("503", unavailable.clone()),
+        ];
+        let mut incr = op(
+            "POST",
+            "/v1/{entity}/{id}/incr",
+            e.public_reads,
+            &format!(
+                "Add `by` to an integer column of a `{}` row, written back: counted in the \
+                 cache and recorded durably at once, added in the database by the flusher \
+                 exactly once (NULL counting as 0).",
+                e.name
+            ),
+            vec![id()],
+            responses(&statuses),
+        );
+        incr["operationId"] = json!(format!("incr_{}", e.name));
+        let bodies: Vec<Value> = counters
+            .iter()
+            .map(|c| {
+                json!({
+                    "type": "object",
+                    "required": ["column", "by"],
+                    "additionalProperties": false,
+                    "properties": { "column": { "const": c.name }, "by": by_schema(c) }
+                })
+            })
+            .collect();
+        incr["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "oneOf": bodies } } } });
+        paths.insert(format!("{item}/incr"), json!({ "post": incr }));
+    }
+    if writable && !back && !counters.is_empty() {
         let statuses = vec![
             (
                 "200",
@@ -1492,6 +1565,7 @@ mod tests {
                 },
                 columns: columns.to_vec(),
                 public_reads,
+                hash: false,
             },
             EntityDoc {
                 name: "notes",
@@ -1500,6 +1574,7 @@ mod tests {
                 key_type: KeyDoc::Text { max_chars: 20 },
                 columns: Vec::new(),
                 public_reads: false,
+                hash: false,
             },
         ])
     }

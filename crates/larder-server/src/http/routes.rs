@@ -353,6 +353,10 @@ pub async fn patch_row(
 /// answers the row as stored (200, cached as writes are), or 404 if there
 /// is no row, 409 `conflict` if the sum is beyond the column's range
 /// (nothing written either way). See [`check_incr`] for the body's codes.
+/// Under write-back (a `hash` entity's integer column) the increment is
+/// counted in the cache and recorded durably: 202 `{"queued": true,
+/// "value": <the column's new value>}`; a sum beyond the range is 409 as
+/// well (nothing recorded).
 pub async fn incr_row(
     State(state): State<AppState>,
     Path((name, raw_id)): Path<(String, String)>,
@@ -364,8 +368,13 @@ pub async fn incr_row(
     let id = canonical(e, &raw_id)?;
     let body = json_object(&headers, body)?;
     let (column, by) = check_incr(e, &body)?;
+    let back = e.write == WriteMode::Back;
     let incremented = e.cache.incr(&id, &column, &by).await.map_err(|err| {
-        if err.kind() == larder::ErrorKind::InvalidValue {
+        // Written back, the cache refuses the sum (the body passed
+        // `check_incr`): the same conflict as the database's refusal.
+        let beyond = err.kind() == larder::ErrorKind::InvalidValue
+            || (back && err.kind() == larder::ErrorKind::InvalidRow);
+        if beyond {
             // The request is fine; the row's current value makes the sum
             // impossible: a conflict with the resource's state.
             ApiError::new(
@@ -378,6 +387,21 @@ pub async fn incr_row(
         }
     })?;
     match incremented {
+        Some(written) if written.cache == CacheWrite::Queued => {
+            // Written back: 202 with the column's new value, as the cache
+            // counted it.
+            let value = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
+                written.value.bytes(),
+            )
+            .ok()
+            .and_then(|mut row| row.remove(&column))
+            .unwrap_or(serde_json::Value::Null);
+            Ok((
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({ "queued": true, "value": value })),
+            )
+                .into_response())
+        }
         Some(written) => Ok(write_answer(&id, written)),
         None => Err(ApiError::not_found(format!("{name} {id} does not exist"))),
     }

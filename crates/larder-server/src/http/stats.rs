@@ -30,6 +30,8 @@ fn ms(d: Option<Duration>) -> Option<f64> {
 fn write_back_json(w: &WriteBackStats) -> Value {
     json!({
         "acknowledged": w.acknowledged,
+        "increments": w.increments,
+        "counter_batches": w.counter_batches,
         "coalesced": w.coalesced,
         "conflicts": w.conflicts,
         "batches": w.batches,

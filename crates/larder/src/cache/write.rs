@@ -289,10 +289,18 @@ where
     ///
     /// An integer column takes an integer `by`; a `numeric(p, s)` column a
     /// `by` with at most `s` decimal places; anything else is
-    /// [`Error::InvalidRow`]. Under write-back, increments are
-    /// [`Error::Unsupported`]: a `string` entry cannot take one without a
-    /// read-modify-write of the whole row, and write-back increments of
-    /// `hash` entries (a durable delta per column) are not built yet.
+    /// [`Error::InvalidRow`].
+    ///
+    /// Under write-back on a [`Representation::Hash`] entity, an increment
+    /// of an integer column changes the cached field and a durable delta
+    /// of the id and column in one script and is acknowledged at once
+    /// ([`CacheWrite::Queued`], with the row as the cache then holds it);
+    /// the flusher adds the deltas in the database exactly once (see
+    /// [`crate::write_back`]). A sum outside the column's range is
+    /// [`Error::InvalidRow`]; a `numeric` column is [`Error::Unsupported`]
+    /// there (exact decimal deltas are not built yet). On a `string`
+    /// entity write-back increments are [`Error::Unsupported`]: a string
+    /// entry cannot take one without a read-modify-write of the whole row.
     ///
     /// Runs in a task of its own, as [`put`](Self::put) does.
     pub async fn incr(
@@ -304,19 +312,18 @@ where
         let id = self.id_of(key)?;
         self.inner.refuse_read_only()?;
         if self.inner.write_policy.is_write_back() {
-            let reason = match self.inner.keys.representation() {
-                crate::Representation::String => {
-                    "write-back increments need representation = \"hash\": a string entry holds the whole row, so an increment would be a read-modify-write; use write-through"
-                }
-                crate::Representation::Hash => {
-                    "write-back increments of hash entries (a durable delta per column) are not built yet; use write-through"
-                }
-            };
-            return Err(Error::Unsupported {
-                entity: self.entity().to_owned(),
-                what: "increments under write-back".into(),
-                reason: reason.into(),
-            });
+            if self.inner.keys.representation() == crate::Representation::String {
+                return Err(Error::Unsupported {
+                    entity: self.entity().to_owned(),
+                    what: "increments under write-back".into(),
+                    reason: "write-back increments need representation = \"hash\": a string entry holds the whole row, so an increment would be a read-modify-write; use write-through".into(),
+                });
+            }
+            let (inner, column, by) = (Arc::clone(&self.inner), column.to_owned(), by.clone());
+            return detached(self.entity(), async move {
+                inner.incr_back(&id, &column, &by).await
+            })
+            .await;
         }
         let source = self.inner.require_source()?;
         let (inner, column, by) = (Arc::clone(&self.inner), column.to_owned(), by.clone());

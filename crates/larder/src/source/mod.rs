@@ -91,6 +91,49 @@ impl<V> Flushed<V> {
     }
 }
 
+/// One write-back counter batch: the claimed record of a shard, to commit
+/// whole in one fenced transaction or not at all (see
+/// [`Source::flush_counters`]).
+#[derive(Debug)]
+pub struct CounterBatch<'a> {
+    /// The claimed record's random batch id: the fence step records it and
+    /// refuses it a second time.
+    pub batch: &'a str,
+    /// The deltas to add, by id then column (ids distinct).
+    pub deltas: &'a [(String, Vec<(String, i64)>)],
+    /// The flusher's fence.
+    pub fence: Fence,
+    /// The longest any statement may run (kept below the flush lease).
+    pub statement_timeout: Duration,
+    /// Run every statement, then roll back instead of committing: whether
+    /// the batch would be refused, without writing anything.
+    pub rehearse: bool,
+}
+
+/// What committing a counter batch did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CountersFlushed {
+    /// Committed (or, rehearsed, would commit); the ids whose row was not
+    /// there (nothing was added for them: the flusher moves their deltas
+    /// to the dead letters).
+    Committed {
+        /// Ids without a row.
+        missing: Vec<String>,
+    },
+    /// Nothing was committed: the fence shows this batch id committed
+    /// already (a replay after a crash between commit and clear).
+    Replayed,
+    /// Nothing was committed: the database refused the row of `id` (a
+    /// row's fault, e.g. a CHECK); the rest may be committed without it.
+    Refused {
+        /// The refused id.
+        id: String,
+        /// Why.
+        error: Error,
+    },
+}
+
 /// Where values come from on a miss, and where writes go.
 ///
 /// Ids are canonical (see [`Source::canonical_id`]). Only `load` is required;
@@ -250,6 +293,33 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
         let mut flushed = Flushed::new(stored);
         flushed.missing = missing;
         Ok(flushed)
+    }
+
+    /// The inclusive range of the integer `column`, checking a write-back
+    /// increment of it by `by` as [`Source::incr`] would (an unknown or
+    /// non-numeric column, a `by` of the wrong type: [`Error::InvalidRow`]).
+    /// Default: refused ([`Error::Unsupported`]).
+    fn counter_range(&self, id: &str, column: &str, by: &serde_json::Number) -> Result<(i64, i64)> {
+        let _ = (id, column, by);
+        Err(Error::Unsupported {
+            entity: String::new(),
+            what: "increments under write-back".into(),
+            reason: "this source cannot add deltas in a fenced transaction; use a SQL source"
+                .into(),
+        })
+    }
+
+    /// Commits a counter batch in one fenced transaction, or nothing (see
+    /// [`CountersFlushed`]); an error means nothing was committed.
+    /// Default: refused ([`Error::Unsupported`]).
+    async fn flush_counters(&self, batch: CounterBatch<'_>) -> Result<CountersFlushed> {
+        let _ = batch;
+        Err(Error::Unsupported {
+            entity: String::new(),
+            what: "increments under write-back".into(),
+            reason: "this source cannot add deltas in a fenced transaction; use a SQL source"
+                .into(),
+        })
     }
 
     /// The error a read-only source answers writes with.

@@ -12,10 +12,12 @@
 //! | `…:{e:s}:w:<id>` | the id's write version, compared by `patch` and `delete` (compare-and-set) |
 //! | `…:{e:s}:f`, `…:{e:s}:e` | the shard's flush lease and its epoch (`INCR` on every new holder) |
 //! | `…:{e:s}:x`, `…:{e:s}:xv` | dead letters: why (JSON) and the payload, by id |
+//! | `…:{e:s}:c:<id>`, `…:{e:s}:cq`, `:cb`, `:cn`, `:cx` | a hash entity's increments: unclaimed deltas, their queue, the claimed record, its clears, counter dead letters (see `counters.rs`) |
 //!
 //! Only [`RedisStore`](super::RedisStore) implements it: the embedded memory
 //! store is lost with its process, so it cannot hold acknowledged writes.
 
+use super::counters::{ClaimedCounters, Count, Counted, CounterState};
 use crate::error::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -164,6 +166,8 @@ pub struct ShardBacklog {
     pub oldest_ms: Option<u64>,
     /// Dead letters held.
     pub dead: u64,
+    /// A claimed counter record is left over (due at once).
+    pub claimed: bool,
 }
 
 /// How a flushed record is cleared.
@@ -259,6 +263,68 @@ pub trait DirtyLog: Debug + Send + Sync + 'static {
     async fn pending_hash(&self, keys: &DirtyKeys) -> Result<Option<PendingHash>> {
         let _ = keys;
         Ok(None)
+    }
+
+    /// Records one write-back increment of a hash entry (see
+    /// `counters.rs`): the cached field, when the hash is there, and the
+    /// id's unclaimed delta change in one step. Default: unsupported.
+    async fn count(&self, keys: &DirtyKeys, count: &Count) -> Result<Counted> {
+        let _ = (keys, count);
+        Err(crate::error::Error::Config(
+            "this store cannot hold write-back increments".into(),
+        ))
+    }
+
+    /// An id's pending write and its counter state, read in one step.
+    /// Default: the pending write, no counters.
+    async fn counter_state(&self, keys: &DirtyKeys) -> Result<(Option<PendingHash>, CounterState)> {
+        Ok((self.pending_hash(keys).await?, CounterState::default()))
+    }
+
+    /// Claims up to `max` ids' unclaimed deltas of the shard that arrived at
+    /// or before `due_ms` under a new random batch id, or answers the
+    /// claimed record left over — only while `token` holds the flush lease
+    /// (`None`: it does not; `Some(None)`: nothing to claim). Default:
+    /// nothing to claim.
+    async fn claim_counters(
+        &self,
+        shard: &ShardKeys,
+        token: &str,
+        max: usize,
+        due_ms: u64,
+    ) -> Result<Option<Option<ClaimedCounters>>> {
+        let _ = (shard, token, max, due_ms);
+        Ok(Some(None))
+    }
+
+    /// Moves `id`'s deltas out of the claimed record `old` to the dead
+    /// letters (`why`, JSON) and deletes the id's cached entry; the rest is
+    /// claimed again under `new`. `None`: the record is not `old` any more;
+    /// `Some(false)`: nothing is left. Default: nothing claimed.
+    async fn reclaim_counters(
+        &self,
+        shard: &ShardKeys,
+        batch: (&str, &str),
+        keys: &DirtyKeys,
+        why: &str,
+    ) -> Result<Option<bool>> {
+        let _ = (shard, batch, keys, why);
+        Ok(None)
+    }
+
+    /// Clears the committed claimed record `batch` (checked by its id),
+    /// voiding the read lease of each of its ids; `ids` are the ids with
+    /// whether their row was missing (those go to the dead letters with
+    /// `why`). Whether the record was still there. Default: no.
+    async fn clear_counters(
+        &self,
+        shard: &ShardKeys,
+        batch: &str,
+        ids: &[(DirtyKeys, bool)],
+        why: &str,
+    ) -> Result<bool> {
+        let _ = (shard, batch, ids, why);
+        Ok(false)
     }
 
     /// Takes or renews the shard's flush lease for `token`; the epoch of

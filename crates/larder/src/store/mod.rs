@@ -21,6 +21,8 @@
 
 mod cluster;
 mod conn;
+// Write-back counters: deltas per id and column, claimed records.
+mod counters;
 mod dirty;
 mod info;
 mod memory;
@@ -28,6 +30,7 @@ mod nodes;
 mod protocol;
 mod pubsub;
 mod redis;
+mod redis_counters;
 mod redis_dirty;
 mod redis_hash;
 // Write-back on hash entries: field patches, whole rows, fills that lay
@@ -45,6 +48,7 @@ pub(crate) use self::collection::{
     Scored, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
 };
 
+pub(crate) use self::counters::{batch_id, Count, Counted, CounterState};
 pub(crate) use self::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, FieldPatch,
     Patched, PendingHash, Recorded, ShardKeys, StoredDeadLetter,

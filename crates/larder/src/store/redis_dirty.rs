@@ -6,6 +6,7 @@
 //! counter that is never reset, so a flusher that stalled can never clear
 //! a write newer than the one it flushed.
 
+use super::counters::{ClaimedCounters, Count, Counted, CounterKeys, CounterState};
 use super::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyState, DirtyWrite, Durability,
     FieldPatch, Patched, PendingHash, Recorded, ShardBacklog, ShardKeys, StoredDeadLetter,
@@ -327,6 +328,64 @@ impl DirtyLog for RedisStore {
             }))
     }
 
+    async fn count(&self, keys: &DirtyKeys, count: &Count) -> Result<Counted> {
+        self.counter_count(keys, count).await
+    }
+
+    async fn counter_state(&self, keys: &DirtyKeys) -> Result<(Option<PendingHash>, CounterState)> {
+        RedisStore::counter_state(self, keys).await
+    }
+
+    async fn claim_counters(
+        &self,
+        shard: &ShardKeys,
+        token: &str,
+        max: usize,
+        due_ms: u64,
+    ) -> Result<Option<Option<ClaimedCounters>>> {
+        self.counter_claim(shard, token, max, due_ms).await
+    }
+
+    async fn reclaim_counters(
+        &self,
+        shard: &ShardKeys,
+        batch: (&str, &str),
+        keys: &DirtyKeys,
+        why: &str,
+    ) -> Result<Option<bool>> {
+        self.counter_reclaim(
+            shard,
+            batch.0,
+            batch.1,
+            &keys.id,
+            &keys.value_key,
+            &keys.lease_key,
+            why,
+        )
+        .await
+    }
+
+    async fn clear_counters(
+        &self,
+        shard: &ShardKeys,
+        batch: &str,
+        ids: &[(DirtyKeys, bool)],
+        why: &str,
+    ) -> Result<bool> {
+        let ids: Vec<(String, String, String, bool)> = ids
+            .iter()
+            .map(|(k, missing)| {
+                (
+                    k.id.clone(),
+                    k.lease_key.clone(),
+                    k.value_key.clone(),
+                    *missing,
+                )
+            })
+            .collect();
+        self.counter_clear(shard, batch, &ids, why).await
+    }
+
     async fn claim(&self, shard: &ShardKeys, token: &str, ttl: Duration) -> Result<Option<u64>> {
         let mut inv = CLAIM.prepare_invoke();
         inv.key(&shard.lease_key)
@@ -470,10 +529,16 @@ impl DirtyLog for RedisStore {
     }
 
     async fn backlog(&self, shards: &[ShardKeys]) -> Result<Vec<ShardBacklog>> {
-        // One pipeline per slot on Cluster (a shard is one slot).
+        // One pipeline per slot on Cluster (a shard is one slot). Ids with
+        // unclaimed increments count as pending, a claimed record left
+        // over is due at once, counter dead letters count as dead letters.
         let slots: Vec<&str> = shards.iter().map(|s| s.queue_key.as_str()).collect();
+        let counters: Vec<CounterKeys> = shards
+            .iter()
+            .map(|s| CounterKeys::of(&s.queue_key, ""))
+            .collect();
         let answers = self
-            .grouped(&slots, 3, |pipe, i| {
+            .grouped(&slots, 7, |pipe, i| {
                 let shard = &shards[i];
                 pipe.cmd("ZCARD").arg(&shard.queue_key);
                 pipe.cmd("ZRANGE")
@@ -482,31 +547,50 @@ impl DirtyLog for RedisStore {
                     .arg(0)
                     .arg("WITHSCORES");
                 pipe.cmd("HLEN").arg(&shard.dead_key);
+                pipe.cmd("ZCARD").arg(&counters[i].queue);
+                pipe.cmd("ZRANGE")
+                    .arg(&counters[i].queue)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES");
+                pipe.cmd("EXISTS").arg(&counters[i].claimed);
+                pipe.cmd("HLEN").arg(&counters[i].dead);
             })
             .await?;
         let bad = || bad_answer(self.name_str(), "backlog");
+        let score = |oldest: &Value| match oldest {
+            Value::Array(pair) => pair.get(1).and_then(|score| {
+                string_of(score)
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .or(match score {
+                        Value::Double(d) => Some(*d),
+                        _ => None,
+                    })
+            }),
+            _ => None,
+        };
         answers
-            .chunks(3)
+            .chunks(7)
             .map(|chunk| {
-                let [pending, oldest, dead] = chunk else {
+                let [pending, oldest, dead, counted, oldest_count, claimed, dead_counts] = chunk
+                else {
                     return Err(bad());
                 };
-                let oldest_ms = match oldest {
-                    Value::Array(pair) => pair.get(1).and_then(|score| {
-                        string_of(score)
-                            .and_then(|s| s.parse::<f64>().ok())
-                            .or(match score {
-                                Value::Double(d) => Some(*d),
-                                _ => None,
-                            })
-                    }),
-                    _ => None,
+                // Scores are whole milliseconds, well inside f64's exact range.
+                let oldest_ms = score(oldest).map(|s| s as u64);
+                let counted_ms = score(oldest_count).map(|s| s as u64);
+                let oldest_ms = match (oldest_ms, counted_ms) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
                 };
+                let claimed = int_of(claimed).ok_or_else(bad)?;
                 Ok(ShardBacklog {
-                    pending: int_of(pending).ok_or_else(bad)?,
-                    // Scores are whole milliseconds, well inside f64's exact range.
-                    oldest_ms: oldest_ms.map(|s| s as u64),
-                    dead: int_of(dead).ok_or_else(bad)?,
+                    pending: int_of(pending).ok_or_else(bad)?
+                        + int_of(counted).ok_or_else(bad)?
+                        + claimed,
+                    oldest_ms,
+                    dead: int_of(dead).ok_or_else(bad)? + int_of(dead_counts).ok_or_else(bad)?,
+                    claimed: claimed == 1,
                 })
             })
             .collect()

@@ -14,6 +14,7 @@
 //! answer a pending whole row and lay pending fields over a fill.
 
 use super::redis::{ms, RedisStore};
+use super::redis_counters::counter_keys_of_dirty;
 use super::redis_hash_dirty::{hash_dirty_of, HashWrite, ACQUIRE_BACK, FILL_OVERLAY};
 use super::{Acquired, Fill, LeaseRequest, WriteEnd, WriteKeys, WriteTicket};
 use crate::error::{Error, Message, Result};
@@ -217,10 +218,12 @@ impl RedisStore {
     }
 
     pub(super) async fn hash_acquire(&self, r: &LeaseRequest) -> Result<Acquired> {
+        let (_, counter) = counter_keys_of_dirty(&r.dirty_key);
         let mut inv = ACQUIRE_BACK.prepare_invoke();
         inv.key(&r.value_key)
             .key(&r.lease_key)
             .key(&r.dirty_key)
+            .key(&counter.deltas)
             .arg(&r.token)
             .arg(ms(r.ttl))
             .arg(if r.if_absent { "1" } else { "0" });
@@ -233,16 +236,22 @@ impl RedisStore {
         requests: &[LeaseRequest],
     ) -> Result<Vec<Acquired>> {
         let ttls: Vec<String> = requests.iter().map(|r| ms(r.ttl).to_string()).collect();
+        let deltas: Vec<String> = requests
+            .iter()
+            .map(|r| counter_keys_of_dirty(&r.dirty_key).1.deltas)
+            .collect();
         let calls = requests
             .iter()
             .zip(&ttls)
-            .map(|(r, ttl)| {
+            .zip(&deltas)
+            .map(|((r, ttl), deltas)| {
                 let flag: &[u8] = if r.if_absent { b"1" } else { b"0" };
                 (
                     vec![
                         r.value_key.as_str(),
                         r.lease_key.as_str(),
                         r.dirty_key.as_str(),
+                        deltas.as_str(),
                     ],
                     vec![r.token.as_bytes(), ttl.as_bytes(), flag],
                 )
@@ -270,15 +279,24 @@ impl RedisStore {
             .iter()
             .map(|f| self.hash_args(&f.value))
             .collect::<Result<_>>()?;
+        let counters: Vec<(String, String, String)> = fills
+            .iter()
+            .map(|f| {
+                let (id, keys) = counter_keys_of_dirty(&f.dirty_key);
+                (id, keys.deltas, keys.claimed)
+            })
+            .collect();
         let calls = fills
             .iter()
             .zip(&ttls)
             .zip(&args)
-            .map(|((f, ttl), fields)| {
+            .zip(&counters)
+            .map(|(((f, ttl), fields), (id, deltas, claimed))| {
                 let mut argv: Vec<&[u8]> = vec![
                     f.token.as_bytes(),
                     ttl.as_bytes(),
                     f.fill_channel.as_bytes(),
+                    id.as_bytes(),
                 ];
                 argv.extend(fields.iter().map(Vec::as_slice));
                 (
@@ -287,6 +305,8 @@ impl RedisStore {
                         f.lease_key.as_str(),
                         f.dirty_key.as_str(),
                         f.waiter_key.as_str(),
+                        deltas.as_str(),
+                        claimed.as_str(),
                     ],
                     argv,
                 )

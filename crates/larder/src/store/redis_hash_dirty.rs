@@ -33,8 +33,10 @@
 //! or a negative entry) records nothing. Every key a script touches is in
 //! its KEYS, all in the entry's shard slot; no script builds a key name.
 
+use super::counters::CounterKeys;
 use super::dirty::Patched;
 use super::redis::{ms, RedisStore};
+use super::redis_counters::counter_keys_of_dirty;
 #[cfg(test)]
 use super::{Acquired, LeaseRequest};
 use super::{Fill, Recorded};
@@ -91,7 +93,7 @@ end
 static PATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPLY}
--- KEYS: value (hash), lease, dirty, queue, seq, version
+-- KEYS: value (hash), lease, dirty, queue, seq, version, deltas, delta queue
 -- ARGV: id, now ms, version ttl ms, channel ('' = none), message, then per column: name, json, is text (1/0), text
 local d = redis.call('HMGET', KEYS[3], 'del', 'kind')
 if d[1] == '1' then return {{0}} end
@@ -107,10 +109,13 @@ for i = 6, #ARGV, 4 do
   local text = nil
   if ARGV[i + 2] == '1' then text = ARGV[i + 3] end
   redis.call('HSET', KEYS[3], 'c:' .. name, json)
+  -- The written value wins over increments of the column not yet claimed.
+  redis.call('HDEL', KEYS[7], name)
   if text then redis.call('HSET', KEYS[3], 't:' .. name, text) else redis.call('HDEL', KEYS[3], 't:' .. name) end
   if reserved and not negative(reserved) then reserved = apply(KEYS[1], reserved, name, json, text) end
 end
 if reserved and not negative(reserved) then redis.call('HSET', KEYS[1], '', reserved) end
+if redis.call('EXISTS', KEYS[7]) == 0 then redis.call('ZREM', KEYS[8], ARGV[1]) end
 redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[1])
 redis.call('DEL', KEYS[2])
 redis.call('HINCRBY', KEYS[6], 'seq', 1)
@@ -127,37 +132,51 @@ return {{1, seq, was}}
 pub(super) static FILL_OVERLAY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPLY}
--- KEYS: value (hash), lease, dirty, waiter flag. ARGV: token, ttl ms, fill channel, field, value, ...
--- Answers {{0}} (lease lost, or a whole-row record / tombstone pending: no
--- fill), {{1}} (filled) or {{2, hash}} (filled, pending fields laid over).
+-- KEYS: value (hash), lease, dirty, waiter flag, deltas, claimed counters.
+-- ARGV: token, ttl ms, fill channel, id, field, value, ...
+-- Answers {{0}} (lease lost, a whole-row record / tombstone pending, or the
+-- id in the shard's claimed counters: no fill), {{1}} (filled) or
+-- {{2, hash}} (filled, pending fields and unclaimed deltas laid over).
 -- Once the lease is ours and gone, a flagged waiter is told (the message
 -- reaches it after this script, when the hash is final).
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {{0}} end
 redis.call('DEL', KEYS[2])
 if redis.call('DEL', KEYS[4]) == 1 then redis.call('PUBLISH', ARGV[3], KEYS[1]) end
+-- A claimed batch holding the id may or may not be in the loaded row.
+if redis.call('HEXISTS', KEYS[6], 'd:' .. ARGV[4]) == 1 then return {{0}} end
 local d = redis.call('HMGET', KEYS[3], 'del', 'kind')
 if d[1] and (d[1] == '1' or d[2] ~= 'fields') then return {{0}} end
+local c = redis.call('HGETALL', KEYS[5])
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if not d[1] then return {{1}} end
-local reserved = ARGV[5]
+if not d[1] and #c == 0 then return {{1}} end
+local reserved = ARGV[6]
 if negative(reserved) then
   redis.call('DEL', KEYS[1])
   return {{0}}
 end
-local r = redis.call('HGETALL', KEYS[3])
-local t = {{}}
-for i = 1, #r, 2 do
-  if r[i]:sub(1, 2) == 't:' then t[r[i]:sub(3)] = r[i + 1] end
+if d[1] then
+  local r = redis.call('HGETALL', KEYS[3])
+  local t = {{}}
+  for i = 1, #r, 2 do
+    if r[i]:sub(1, 2) == 't:' then t[r[i]:sub(3)] = r[i + 1] end
+  end
+  for i = 1, #r, 2 do
+    if r[i]:sub(1, 2) == 'c:' then
+      local name = r[i]:sub(3)
+      reserved = apply(KEYS[1], reserved, name, r[i + 1], t[name])
+    end
+  end
+  redis.call('HSET', KEYS[1], '', reserved)
 end
-for i = 1, #r, 2 do
-  if r[i]:sub(1, 2) == 'c:' then
-    local name = r[i]:sub(3)
-    reserved = apply(KEYS[1], reserved, name, r[i + 1], t[name])
+for i = 1, #c, 2 do
+  local r = redis.pcall('HINCRBY', KEYS[1], c[i], c[i + 1])
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', KEYS[1])
+    return {{0}}
   end
 end
-redis.call('HSET', KEYS[1], '', reserved)
 return {{2, redis.call('HGETALL', KEYS[1])}}
 "
     ))
@@ -167,11 +186,14 @@ static RECORD_ROW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 -- A whole-row write (put, or a tombstone): replaces the hash and the dirty record.
--- KEYS: value (hash), lease, dirty, queue, seq, version
+-- KEYS: value (hash), lease, dirty, queue, seq, version, deltas, delta queue
 -- ARGV: id, payload, del (1/0), ttl ms, now ms, version ttl ms, channel ('' = none), message,
 --       expected version ('' = any), field, value, ...
 local ver = tonumber(redis.call('HGET', KEYS[6], 'seq') or '0')
 if ARGV[9] ~= '' and ver ~= tonumber(ARGV[9]) then return {0, ver} end
+-- The written row wins over increments not yet claimed.
+redis.call('DEL', KEYS[7])
+redis.call('ZREM', KEYS[8], ARGV[1])
 local was = redis.call('EXISTS', KEYS[3])
 local seq = redis.call('INCR', KEYS[5])
 redis.call('DEL', KEYS[3])
@@ -212,13 +234,16 @@ return out
 pub(super) static CLEAR_HASH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: dirty, queue, value (hash), lease. ARGV: id, seq, action (set|del), ttl ms, field, value, ...
+-- KEYS: dirty, queue, value (hash), lease, deltas, claimed counters.
+-- ARGV: id, seq, action (set|del), ttl ms, field, value, ...
 if redis.call('HGET', KEYS[1], 'seq') ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 -- As for strings: the stored row refreshes the entry only while the entry
--- is there (an invalidation during the flush stays).
-if ARGV[3] == 'set' and redis.call('EXISTS', KEYS[3]) == 1 then
+-- is there (an invalidation during the flush stays), and never while
+-- increments of the id are pending (the stored row lacks them).
+local counting = redis.call('EXISTS', KEYS[5]) == 1 or redis.call('HEXISTS', KEYS[6], 'd:' .. ARGV[1]) == 1
+if ARGV[3] == 'set' and not counting and redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('DEL', KEYS[3], KEYS[4])
   redis.call('HSET', KEYS[3], unpack(ARGV, 5))
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
@@ -237,10 +262,14 @@ pub(super) static ACQUIRE_BACK: LazyLock<Script> = LazyLock::new(|| {
 -- redis_hash.rs, except by record kind — a pending `row` answers the
 -- record (the cache merges it), pending `fields` are no answer (the hash,
 -- if there, holds them; a fill lays them over the loaded row).
--- KEYS: value (hash), lease, dirty. ARGV: token, lease ms, if_absent (1/0)
+-- A pending row with unclaimed increments is no answer either: the fill
+-- is refused and the reader lays both over its row.
+-- KEYS: value (hash), lease, dirty, deltas. ARGV: token, lease ms, if_absent (1/0)
 local d = redis.call('HMGET', KEYS[3], 'del', 'kind', 'val')
 if d[1] == '1' then return {4} end
-if d[1] and d[2] == 'row' then return {5, redis.call('HGETALL', KEYS[3])} end
+if d[1] and d[2] == 'row' and redis.call('EXISTS', KEYS[4]) == 0 then
+  return {5, redis.call('HGETALL', KEYS[3])}
+end
 if d[1] and not d[2] then return {4, d[3]} end
 if ARGV[3] == '1' then
   local v = redis.call('HGETALL', KEYS[1])
@@ -507,6 +536,7 @@ impl RedisStore {
     ) -> Result<(Patched, Option<bytes::Bytes>)> {
         let members: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(fields)
             .map_err(|e| self.hash_dirty_problem(format!("a patch must be a JSON object: {e}")))?;
+        let counter = CounterKeys::of(keys.dirty_key, keys.id);
         let mut inv = PATCH.prepare_invoke();
         inv.key(keys.value_key)
             .key(keys.lease_key)
@@ -514,6 +544,8 @@ impl RedisStore {
             .key(keys.queue_key)
             .key(keys.seq_key)
             .key(keys.version_key)
+            .key(&counter.deltas)
+            .key(&counter.queue)
             .arg(keys.id)
             .arg(now_ms)
             .arg(ms(version_ttl));
@@ -613,6 +645,7 @@ impl RedisStore {
         row: &RowWrite<'_>,
     ) -> Result<Recorded> {
         let fields = to_fields(row.envelope).map_err(|p| self.hash_dirty_problem(p))?;
+        let counter = CounterKeys::of(keys.dirty_key, keys.id);
         let mut inv = RECORD_ROW.prepare_invoke();
         inv.key(keys.value_key)
             .key(keys.lease_key)
@@ -620,6 +653,8 @@ impl RedisStore {
             .key(keys.queue_key)
             .key(keys.seq_key)
             .key(keys.version_key)
+            .key(&counter.deltas)
+            .key(&counter.queue)
             .arg(keys.id)
             .arg(row.payload.unwrap_or_default())
             .arg(if row.payload.is_some() { "0" } else { "1" })
@@ -755,11 +790,14 @@ impl RedisStore {
         seq: u64,
         refresh: Option<(&[u8], Duration)>,
     ) -> Result<bool> {
+        let counter = CounterKeys::of(dirty_key, id);
         let mut inv = CLEAR_HASH.prepare_invoke();
         inv.key(dirty_key)
             .key(queue_key)
             .key(value_key)
             .key(lease_key)
+            .key(&counter.deltas)
+            .key(&counter.claimed)
             .arg(id)
             .arg(seq);
         let fields = match refresh {
@@ -782,14 +820,18 @@ impl RedisStore {
     /// the loaded envelope (see [`Overlaid`]).
     pub(crate) async fn hash_fill_overlay(&self, f: &Fill) -> Result<Overlaid> {
         let fields = to_fields(&f.value).map_err(|p| self.hash_dirty_problem(p))?;
+        let (id, counter) = counter_keys_of_dirty(&f.dirty_key);
         let mut inv = FILL_OVERLAY.prepare_invoke();
         inv.key(&f.value_key)
             .key(&f.lease_key)
             .key(&f.dirty_key)
             .key(&f.waiter_key)
+            .key(&counter.deltas)
+            .key(&counter.claimed)
             .arg(&f.token)
             .arg(ms(f.ttl))
-            .arg(&*f.fill_channel);
+            .arg(&*f.fill_channel)
+            .arg(id);
         for (k, v) in &fields {
             inv.arg(k.as_slice()).arg(v.as_slice());
         }

@@ -220,6 +220,13 @@ impl Flusher {
         self.wake.notify_one();
     }
 
+    /// Stops the task after its round, as a crash would: no drain, leases
+    /// and claimed records stay, writes are refused (the fault point of
+    /// `counter_flush.rs`).
+    pub(crate) fn stop_as_crashed(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
     /// Whether `close` has begun: writes are refused from then on.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
@@ -371,7 +378,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             .filter_map(|(shard, b)| {
                 if b.pending >= batch {
                     Some((shard.clone(), u64::MAX))
-                } else if b.oldest_ms.is_some_and(|o| o <= due) {
+                } else if b.claimed || b.oldest_ms.is_some_and(|o| o <= due) {
                     Some((shard.clone(), due))
                 } else {
                     None
@@ -400,6 +407,15 @@ impl<V: Send + Sync + 'static> Inner<V> {
         else {
             return Ok(false);
         };
+        // Counters first (see `counter_flush.rs`): a claimed record commits
+        // before any dirty record read after its claim.
+        let mut counted_full = false;
+        if self.overlays_pending() {
+            match self.flush_counters(state, shard, epoch, due).await? {
+                Some(full) => counted_full = full,
+                None => return Ok(false),
+            }
+        }
         let Some(records) = state
             .log
             .batch(shard, &state.token, settings.batch, due)
@@ -408,9 +424,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
             return Ok(false);
         };
         if records.is_empty() {
-            return Ok(false);
+            return Ok(counted_full);
         }
-        let full = records.len() >= settings.batch;
+        let full = records.len() >= settings.batch || counted_full;
         self.flush_records(state, shard, epoch, records).await?;
         Ok(full)
     }
@@ -745,7 +761,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
 /// Whether two refusals are the same: the same kind of error with the
 /// same database code (their texts differ by the rows' values).
-fn same_way(a: &Error, b: &Error) -> bool {
+pub(super) fn same_way(a: &Error, b: &Error) -> bool {
     match (a, b) {
         (Error::Source { code: x, .. }, Error::Source { code: y, .. }) => x == y,
         _ => std::mem::discriminant(a) == std::mem::discriminant(b),

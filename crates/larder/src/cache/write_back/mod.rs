@@ -18,6 +18,31 @@
 //!   created, and reads lay the pending fields over the loaded row:
 //!   `overlay.rs`); the flusher writes such a record as an UPDATE of those
 //!   columns, and one whose row is gone goes to the dead letters.
+//! - `incr` on a `hash` entity (integer columns; `counter.rs`) is one
+//!   script: `HINCRBY` on the cached field when the hash is there (a sum
+//!   outside the column's range is refused, nothing recorded) and on the
+//!   id's durable per-column delta; then it acknowledges with the row as
+//!   the cache holds it. An absent hash is never created partially: the
+//!   row's existence is decided from the cache, else by a read-through,
+//!   before anything is recorded, and the answer of an increment that
+//!   found no hash is read through (the row plus the pending deltas). A
+//!   `put`, a delete, or a `patch` of the column discards its unclaimed
+//!   delta (the written value wins).
+//! - Increments reach the database exactly once (`store/counters.rs`,
+//!   `counter_flush.rs`): the flusher claims a shard's deltas into one
+//!   immutable record under a random batch id (ids with a pending write
+//!   wait for it), commits it whole in one fenced transaction (`UPDATE …
+//!   SET col = COALESCE(col, 0) + delta`; the fence step records the batch
+//!   id and refuses it again, so a record committed by a flusher that
+//!   died before its clear is only cleared), then clears it by its id,
+//!   voiding the read lease of its ids and leaving cached values as they
+//!   are. A row the database refuses goes to the dead letters alone and
+//!   the rest is claimed again under a new id (never bisected into
+//!   separately committed halves); an UPDATE that matches no row (the row
+//!   was deleted) dead-letters the delta. A fill is refused while the
+//!   claimed record holds the id and lays the unclaimed deltas over the
+//!   loaded row; a read that could not fill loads again between two reads
+//!   of the shard's count of clears (`overlay.rs`).
 //! - The flusher owns a shard through a lease with an epoch,
 //!   drains it in batches (one upsert statement per batch), clears a record
 //!   only if its sequence is unchanged, and refreshes the entry from the
@@ -43,12 +68,16 @@
 //!   [`Error::StoreUnavailable`](crate::Error::StoreUnavailable): the newest
 //!   data lives there.
 
+mod counter;
+mod counter_flush;
 mod dead_letters;
 pub(crate) mod durability;
 pub(crate) mod flusher;
 mod overlay;
 mod writer;
 
+#[doc(hidden)]
+pub use self::counter_flush::{arm_after_counter_commit, arm_stall_after_counter_claim};
 pub use self::dead_letters::{Closed, DeadLetter};
 
 use crate::key::{KeyKind, KeySpace};
@@ -173,8 +202,12 @@ impl WriteBackOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WriteBackStats {
-    /// Writes acknowledged (put, patch, delete).
+    /// Writes acknowledged (put, patch, delete, increment).
     pub acknowledged: u64,
+    /// Increments acknowledged (a `hash` entity's counters).
+    pub increments: u64,
+    /// Counter batches (claimed records) committed to the source.
+    pub counter_batches: u64,
     /// Acknowledged writes that replaced a write not yet flushed.
     pub coalesced: u64,
     /// Compare-and-sets lost to another writer of the id, each sending a
@@ -210,6 +243,8 @@ pub struct WriteBackStats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) acknowledged: Tally,
+    pub(crate) increments: Tally,
+    pub(crate) counter_batches: Tally,
     pub(crate) coalesced: Tally,
     pub(crate) conflicts: Tally,
     pub(crate) batches: Tally,
@@ -229,6 +264,8 @@ impl Counters {
     pub(crate) fn new(entity: &str) -> Self {
         Self {
             acknowledged: Tally::counter("larder_writeback_writes_total", entity),
+            increments: Tally::counter("larder_writeback_increments_total", entity),
+            counter_batches: Tally::counter("larder_writeback_counter_batches_total", entity),
             coalesced: Tally::counter("larder_writeback_coalesced_total", entity),
             conflicts: Tally::counter("larder_writeback_conflicts_total", entity),
             batches: Tally::counter("larder_writeback_batches_total", entity),
@@ -251,6 +288,8 @@ impl Counters {
         let get = |c: &Tally| c.load(Ordering::Relaxed);
         WriteBackStats {
             acknowledged: get(&self.acknowledged),
+            increments: get(&self.increments),
+            counter_batches: get(&self.counter_batches),
             coalesced: get(&self.coalesced),
             conflicts: get(&self.conflicts),
             batches: get(&self.batches),

@@ -62,7 +62,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// The write-back state, for a write: refused once the cache is closed.
-    fn open_state(&self) -> Result<&Arc<State>> {
+    pub(super) fn open_state(&self) -> Result<&Arc<State>> {
         let state = self.write_back_state()?;
         if state.flusher.is_closed() {
             return Err(Error::Closed {
@@ -97,7 +97,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// Waits while the backlog is at its bound, up to `wait_timeout`. A
     /// write of an id already pending replaces it and adds nothing, so it
     /// is let through (one more round trip, only while the backlog is full).
-    async fn wait_for_room(&self, state: &State, id: &str) -> Result<()> {
+    pub(super) async fn wait_for_room(&self, state: &State, id: &str) -> Result<()> {
         let max = state.settings.max_backlog;
         let deadline = Instant::now() + self.policy.wait_timeout;
         loop {

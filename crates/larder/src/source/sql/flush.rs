@@ -35,17 +35,19 @@ use super::schema::{quote, KeyValue};
 use super::{classify, classify_as, Backend, Fault, SqlSource};
 use crate::codec::RawJson;
 use crate::error::{Error, Result};
-use crate::source::Fence;
+use crate::source::{CountersFlushed, Fence};
 use serde_json::{Map, Value};
 use std::time::{Duration, Instant};
 
 /// The fence table, created on first use of write-back.
 pub(super) const FENCE_TABLE: &str = "larder_fence";
 
-/// What the fence step found: go on, or a newer epoch committed.
+/// What the fence step found: go on, a newer epoch committed, or this
+/// very batch id committed already (a replay).
 enum FenceCheck {
     Passed,
     Newer(u64),
+    Replayed,
 }
 
 /// What a flush transaction committed, as JSON.
@@ -87,9 +89,17 @@ type Committed = std::result::Result<(Vec<(String, String)>, Vec<String>), u64>;
 /// dirty columns) and the deletes, then `COMMIT`; a newer epoch rolls back.
 macro_rules! fenced_commit {
     ($tx:ident, $fence_step:ident, $q:expr, $fence:expr, $token:expr, $schema:expr, $groups:expr, $updates:expr, $keys:expr) => {{
-        if let FenceCheck::Newer(current) = $fence_step(&mut $tx, $fence, $token).await? {
-            $tx.rollback().await?;
-            return Ok(Err(current));
+        match $fence_step(&mut $tx, $fence, $token).await? {
+            FenceCheck::Passed => {}
+            FenceCheck::Newer(current) => {
+                $tx.rollback().await?;
+                return Ok(Err(current));
+            }
+            // A fresh token never replays; were it to, it is not committed again.
+            FenceCheck::Replayed => {
+                $tx.rollback().await?;
+                return Ok(Err($fence.epoch));
+            }
         }
         let mut stored = $q.upsert_in(&mut $tx, $schema, $groups).await?;
         let mut missing = Vec::new();
@@ -107,6 +117,58 @@ macro_rules! fenced_commit {
         }
         $tx.commit().await.map_err(Failed::Commit)?;
         Ok(Ok((stored, missing)))
+    }};
+}
+
+/// Where a counter transaction stopped before committing (or at `COMMIT`).
+enum Halted {
+    /// Before any row's statement: nothing was committed.
+    Before(sqlx::Error),
+    /// At the statement of this id: nothing was committed.
+    At(String, sqlx::Error),
+    /// Sending `COMMIT` or reading its reply.
+    Commit(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Halted {
+    fn from(e: sqlx::Error) -> Self {
+        Halted::Before(e)
+    }
+}
+
+/// The fenced part of a counter transaction, the same on every backend (in
+/// an async block answering `Result<Result<missing ids, FenceCheck>,
+/// Halted>`): the fence step with the batch id, one UPDATE per id and
+/// column, then `COMMIT` (a rehearsal rolls back instead); a newer epoch
+/// or a replay rolls back.
+macro_rules! counted_commit {
+    ($tx:ident, $fence_step:ident, $q:expr, $fence:expr, $batch:expr, $schema:expr, $plan:expr, $rehearse:expr) => {{
+        match $fence_step(&mut $tx, $fence, $batch).await? {
+            FenceCheck::Passed => {}
+            refused => {
+                $tx.rollback().await?;
+                return Ok(Err(refused));
+            }
+        }
+        let mut missing = Vec::new();
+        for (key, set) in $plan.iter() {
+            for (i, delta) in set {
+                let found = $q
+                    .add_in(&mut $tx, $schema, *i, key, *delta)
+                    .await
+                    .map_err(|e| Halted::At(key.text.clone(), e))?;
+                if !found {
+                    missing.push(key.text.clone());
+                    break;
+                }
+            }
+        }
+        if $rehearse {
+            $tx.rollback().await?;
+        } else {
+            $tx.commit().await.map_err(Halted::Commit)?;
+        }
+        Ok(Ok(missing))
     }};
 }
 
@@ -358,6 +420,145 @@ impl SqlSource {
         }
     }
 
+    /// One id's counter UPDATEs: its key and the columns' indexes with
+    /// their deltas (zero deltas left out).
+    fn counter_plan(
+        &self,
+        id: &str,
+        columns: &[(String, i64)],
+    ) -> Result<(KeyValue, Vec<(usize, i64)>)> {
+        let schema = &self.inner.schema;
+        let key = schema.canonical(id)?;
+        let mut set = Vec::with_capacity(columns.len());
+        for (column, delta) in columns {
+            let Some(i) = schema.columns.iter().position(|c| c.name == *column) else {
+                return Err(Error::InvalidRow {
+                    entity: self.entity().to_owned(),
+                    id: id.to_owned(),
+                    reason: format!("unknown column `{column}`"),
+                });
+            };
+            if *delta != 0 {
+                set.push((i, *delta));
+            }
+        }
+        Ok((key, set))
+    }
+
+    /// Commits a write-back counter batch (see [`crate::source::CounterBatch`]):
+    /// the fence step records `batch` and refuses it a second time, then
+    /// one `UPDATE … SET col = COALESCE(col, 0) + delta` per id and column,
+    /// then `COMMIT` — all of it or nothing. A statement refused for a row
+    /// answers that row (nothing committed); a lost reply to `COMMIT` is
+    /// settled by the fence row, as for record batches.
+    pub(super) async fn flush_counters_json(
+        &self,
+        batch: &str,
+        deltas: &[(String, Vec<(String, i64)>)],
+        fence: &Fence,
+        (statement_timeout, rehearse): (Duration, bool),
+    ) -> Result<CountersFlushed> {
+        let schema = &self.inner.schema;
+        let mut plan: Vec<(KeyValue, Vec<(usize, i64)>)> = Vec::with_capacity(deltas.len());
+        for (id, columns) in deltas {
+            match self.counter_plan(id, columns) {
+                Ok(step) => plan.push(step),
+                Err(error) => {
+                    return Ok(CountersFlushed::Refused {
+                        id: id.clone(),
+                        error,
+                    })
+                }
+            }
+        }
+        let plan = &plan;
+        let committed: std::result::Result<std::result::Result<Vec<String>, FenceCheck>, Halted> =
+            match &self.inner.backend {
+                Backend::Postgres(pool, q) => {
+                    async {
+                        let mut tx = pool.begin().await?;
+                        let timeout_ms = statement_timeout.as_millis().max(1);
+                        sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
+                            .execute(&mut *tx)
+                            .await?;
+                        counted_commit!(tx, fence_postgres, q, fence, batch, schema, plan, rehearse)
+                    }
+                    .await
+                }
+                Backend::Sqlite(pool, q) => {
+                    async {
+                        let mut tx = pool.begin().await?;
+                        counted_commit!(tx, fence_sqlite, q, fence, batch, schema, plan, rehearse)
+                    }
+                    .await
+                }
+                Backend::MySql(pool, q) => {
+                    async {
+                        let mut conn = pool.acquire().await?;
+                        sqlx::query(&format!(
+                            "SET SESSION max_statement_time = {:.3}, innodb_lock_wait_timeout = {}",
+                            statement_timeout.as_secs_f64().max(0.001),
+                            statement_timeout.as_secs().max(1)
+                        ))
+                        .execute(&mut *conn)
+                        .await?;
+                        let result = async {
+                            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                            counted_commit!(tx, fence_mysql, q, fence, batch, schema, plan, rehearse)
+                        }
+                        .await;
+                        let reset = sqlx::query(
+                            "SET SESSION max_statement_time = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
+                        )
+                        .execute(&mut *conn)
+                        .await;
+                        if reset.is_err() {
+                            drop(conn.detach());
+                        }
+                        result
+                    }
+                    .await
+                }
+            };
+        match committed {
+            Ok(Ok(missing)) => Ok(CountersFlushed::Committed { missing }),
+            Ok(Err(FenceCheck::Replayed)) => Ok(CountersFlushed::Replayed),
+            Ok(Err(FenceCheck::Newer(current))) => Err(Error::Fenced {
+                entity: fence.entity.clone(),
+                shard: fence.shard,
+                epoch: fence.epoch,
+                current,
+            }),
+            Ok(Err(FenceCheck::Passed)) => Err(Error::Config(
+                "a counter flush stopped after passing its fence".into(),
+            )),
+            Err(Halted::Before(e)) => Err(self.flush_error(e, false).await),
+            Err(Halted::At(id, e)) => {
+                let error = self.flush_error(e, false).await;
+                if Fault::of(&error) == Fault::Row {
+                    Ok(CountersFlushed::Refused { id, error })
+                } else {
+                    Err(error)
+                }
+            }
+            Err(Halted::Commit(e)) => {
+                let e = classify(self.entity(), e);
+                if !matches!(e, Error::SourceUnavailable { .. }) {
+                    return Err(e);
+                }
+                // The reply to COMMIT is lost: the fence row tells. Committed:
+                // a later attempt finds the batch id there and clears.
+                match self.fenced_batch(fence, statement_timeout).await {
+                    Some(found) if found == batch => Ok(CountersFlushed::Replayed),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
     /// The rows a committed flush returned, in `order`: a row that is not
     /// valid JSON is unread; a row not returned is left out.
     fn collect_flushed(&self, order: Vec<String>, stored: Vec<(String, String)>) -> FlushedJson {
@@ -474,39 +675,45 @@ fn epoch_i64(epoch: u64) -> i64 {
 /// newer one committed; creates the row if it is missing (the table was
 /// prepared for fewer shards).
 macro_rules! fence_step {
-    ($name:ident, $conn:ty, $p:expr) => {
+    ($name:ident, $conn:ty, $p:expr, $distinct:expr) => {
         async fn $name(conn: &mut $conn, fence: &Fence, token: &str) -> sqlx::Result<FenceCheck> {
             let p: fn(u8) -> String = $p;
+            let distinct: fn(String) -> String = $distinct;
             let epoch = epoch_i64(fence.epoch);
             let shard = i32::from(fence.shard);
-            // The token is new in every flush, so a matched row is always
-            // changed: the affected-row count is 1 whether the server
-            // counts matched rows or changed ones (MariaDB without
-            // CLIENT_FOUND_ROWS).
+            // The token is new in every flush (a counter batch keeps its
+            // own), so a matched row is always changed: the affected-row
+            // count is 1 whether the server counts matched rows or changed
+            // ones (MariaDB without CLIENT_FOUND_ROWS). A batch id that
+            // committed already matches nothing: a replay.
             let moved = sqlx::query(&format!(
-                "UPDATE {FENCE_TABLE} SET epoch = {}, batch = {} WHERE entity = {} AND shard = {} AND epoch <= {}",
-                p(1), p(2), p(3), p(4), p(5)
+                "UPDATE {FENCE_TABLE} SET epoch = {}, batch = {} WHERE entity = {} AND shard = {} AND epoch <= {} AND {}",
+                p(1), p(2), p(3), p(4), p(5), distinct(p(6))
             ))
             .bind(epoch)
             .bind(token)
             .bind(&fence.entity)
             .bind(shard)
             .bind(epoch)
+            .bind(token)
             .execute(&mut *conn)
             .await?
             .rows_affected();
             if moved > 0 {
                 return Ok(FenceCheck::Passed);
             }
-            let current: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT epoch FROM {FENCE_TABLE} WHERE entity = {} AND shard = {}",
+            let current: Option<(i64, Option<String>)> = sqlx::query_as(&format!(
+                "SELECT epoch, batch FROM {FENCE_TABLE} WHERE entity = {} AND shard = {}",
                 p(1), p(2)
             ))
             .bind(&fence.entity)
             .bind(shard)
             .fetch_optional(&mut *conn)
             .await?;
-            if let Some(current) = current {
+            if let Some((current, batch)) = current {
+                if batch.as_deref() == Some(token) {
+                    return Ok(FenceCheck::Replayed);
+                }
                 return Ok(FenceCheck::Newer(u64::try_from(current).unwrap_or(0)));
             }
             sqlx::query(&format!(
@@ -524,6 +731,21 @@ macro_rules! fence_step {
     };
 }
 
-fence_step!(fence_postgres, sqlx::PgConnection, |n| format!("${n}"));
-fence_step!(fence_sqlite, sqlx::SqliteConnection, |n| format!("?{n}"));
-fence_step!(fence_mysql, sqlx::MySqlConnection, |_| "?".to_owned());
+fence_step!(
+    fence_postgres,
+    sqlx::PgConnection,
+    |n| format!("${n}"),
+    |b| format!("batch IS DISTINCT FROM {b}")
+);
+fence_step!(
+    fence_sqlite,
+    sqlx::SqliteConnection,
+    |n| format!("?{n}"),
+    |b| format!("batch IS NOT {b}")
+);
+fence_step!(
+    fence_mysql,
+    sqlx::MySqlConnection,
+    |_| "?".to_owned(),
+    |b| format!("NOT (batch <=> {b})")
+);

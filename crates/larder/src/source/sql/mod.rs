@@ -100,7 +100,7 @@ pub(crate) use self::refusal::refusal_of_cause;
 pub use self::schema::ColumnInfo;
 
 use self::schema::{KeyValue, Schema, TableName};
-use super::{FlushBatch, Flushed, Source};
+use super::{CounterBatch, CountersFlushed, FlushBatch, Flushed, Source};
 use crate::codec::RawJson;
 use crate::error::{Error, Message, Result, SchemaPart};
 use async_trait::async_trait;
@@ -887,6 +887,38 @@ where
             }
         }
         Ok(flushed)
+    }
+
+    fn counter_range(&self, id: &str, column: &str, by: &serde_json::Number) -> Result<(i64, i64)> {
+        let schema = &self.inner.schema;
+        if let Some(e) = schema.read_only_error() {
+            return Err(e);
+        }
+        let (_, i) = schema.validate_incr(id, column, by)?;
+        match schema.columns[i].int_range() {
+            Some(range) => Ok(range),
+            None => Err(Error::Unsupported {
+                entity: self.entity().to_owned(),
+                what: format!("write-back increments of column `{column}`"),
+                reason: format!(
+                    "column `{column}` ({}) is not an integer column: write-back deltas of numeric columns are not built yet; use write-through",
+                    schema.columns[i].sql_type
+                ),
+            }),
+        }
+    }
+
+    async fn flush_counters(&self, batch: CounterBatch<'_>) -> Result<CountersFlushed> {
+        if let Some(e) = self.inner.schema.read_only_error() {
+            return Err(e);
+        }
+        self.flush_counters_json(
+            batch.batch,
+            batch.deltas,
+            &batch.fence,
+            (batch.statement_timeout, batch.rehearse),
+        )
+        .await
     }
 
     fn read_only(&self) -> Error {

@@ -657,6 +657,26 @@ impl Queries {
         Ok(row)
     }
 
+    /// Adds `delta` (not 0) to column `i` of the row of `id` in a
+    /// write-back counter flush's transaction; whether the row was there
+    /// (a non-zero delta always changes a matched row, so the count of
+    /// changed rows tells).
+    pub(super) async fn add_in(
+        &self,
+        conn: &mut MySqlConnection,
+        s: &Schema,
+        i: usize,
+        id: &KeyValue,
+        delta: i64,
+    ) -> sqlx::Result<bool> {
+        let (table, key) = (&self.table, &self.key);
+        let c = bq(&s.columns[i].name);
+        let sql = format!("UPDATE {table} SET {c} = COALESCE({c}, 0) + ? WHERE {key} = ?");
+        let q = sqlx::query(&sql).bind(delta);
+        let done = exec::bind_key(q, id).execute(&mut *conn).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// `JSON_TABLE` over the JSON array parameter, one text column per
     /// named column (JSON for JSON columns), as `__i`.
     fn json_rows<'a>(&self, s: &Schema, cols: impl Iterator<Item = &'a str>) -> String {

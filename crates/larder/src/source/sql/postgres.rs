@@ -462,6 +462,21 @@ impl Queries {
         update_returning(pool, &self.incr_sql(s, i), id, by.to_owned()).await
     }
 
+    /// Adds `delta` to column `i` of the row of `id` in a write-back
+    /// counter flush's transaction; whether the row was there.
+    pub(super) async fn add_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        s: &Schema,
+        i: usize,
+        id: &KeyValue,
+        delta: i64,
+    ) -> sqlx::Result<bool> {
+        update_returning(&mut *conn, &self.incr_sql(s, i), id, delta.to_string())
+            .await
+            .map(|row| row.is_some())
+    }
+
     /// `$2::numeric` keeps the addition exact (a `numeric` column adds in
     /// decimal; an integer column takes the sum back by an assignment cast,
     /// an out-of-range sum failing with SQLSTATE 22003).

@@ -396,9 +396,9 @@ impl Queries {
     /// NULL counting as 0; the row as stored, or `None`. `by` is bound as
     /// its text and cast to `NUMERIC`: an integer stays an integer (exact
     /// beyond 2^53), a fraction becomes SQLite's double.
-    pub(super) async fn incr(
+    pub(super) async fn incr<'e>(
         &self,
-        pool: &SqlitePool,
+        pool: impl sqlx::SqliteExecutor<'e>,
         s: &Schema,
         i: usize,
         id: &KeyValue,
@@ -412,6 +412,21 @@ impl Queries {
             self.projection
         );
         update_returning(pool, &sql, by.to_owned(), id).await
+    }
+
+    /// Adds `delta` to column `i` of the row of `id` in a write-back
+    /// counter flush's transaction; whether the row was there.
+    pub(super) async fn add_in(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        s: &Schema,
+        i: usize,
+        id: &KeyValue,
+        delta: i64,
+    ) -> sqlx::Result<bool> {
+        self.incr(&mut *conn, s, i, id, &delta.to_string())
+            .await
+            .map(|row| row.is_some())
     }
 
     /// Each value is read out of the one JSON parameter `?1` as the upsert
