@@ -434,8 +434,9 @@ pub struct EntityConfig {
     /// (`DEL`). Default: false.
     pub resp_writes: bool,
     /// How entries are held in Redis: `string` (one JSON envelope) or
-    /// `hash` (a field per column; `?fields=` is one `HMGET`). Default:
-    /// `string`. Not with `write = "back"` (refused).
+    /// `hash` (a field per column; `?fields=` is one `HMGET`; under
+    /// `write = "back"`, a PATCH sets just its fields and `incr` counts
+    /// exactly once). Default: `string`.
     pub representation: larder::Representation,
 }
 
