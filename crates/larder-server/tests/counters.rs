@@ -374,4 +374,41 @@ async fn a_write_back_hash_entity_queues_increments_with_their_value() {
         .map(|b| b["properties"]["column"]["const"].clone())
         .collect();
     assert_eq!(columns, [json!("views"), json!("likes")]);
+
+    // A row deleted behind the cache's back: the increment is acknowledged
+    // (the cache holds the row), its flush matches no row, and the deltas
+    // are listed as a dead letter, never dropped.
+    pg.exec(&t, "INSERT INTO {t} (id, name) VALUES (7, 'gone')")
+        .await;
+    assert_eq!(get(&app, "/v1/tallies/7").await.status.as_u16(), 200);
+    pg.exec(&t, "DELETE FROM {t} WHERE id = 7").await;
+    let a = incr(
+        &app,
+        "/v1/tallies/7/incr",
+        json!({"column": "views", "by": 3}),
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    support::eventually("the increment is a dead letter", || async {
+        let letters = get(&app, "/v1/_admin/tallies/dead-letters").await.json();
+        letters["dead_letters"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|d| d["id"] == "7"))
+    })
+    .await;
+    let letters = get(&app, "/v1/_admin/tallies/dead-letters").await.json();
+    let letter = letters["dead_letters"]
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["id"] == "7"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            letter["deltas"].clone(),
+            letter["delete"].clone(),
+            letter["row"].clone()
+        ),
+        (json!({"views": "3"}), json!(false), Value::Null),
+        "{letters}"
+    );
 }

@@ -571,6 +571,39 @@ async fn fence_replays(source: &SqlSource, entity: &str) {
     assert!(matches!(committed, Ok(CountersFlushed::Committed { .. })));
 }
 
+/// `dead_letters()` of a new instance: each letter's id, its deltas (an
+/// increment's) and whether its error names the CHECK; then
+/// `retry_dead_letters()`, which must leave increments' letters listed.
+async fn fresh_listing(
+    table: &str,
+    redis: &str,
+    prefix: &str,
+) -> Vec<(String, Option<Value>, bool)> {
+    let cache = counters_cache(table, redis, prefix, settings(60_000)).await;
+    let mut listed: Vec<(String, Option<Value>, bool)> = cache
+        .dead_letters()
+        .await
+        .expect("dead letters")
+        .into_iter()
+        .map(|l| {
+            assert!(l.value.is_none(), "an increment has no row to write again");
+            (
+                l.id,
+                l.deltas.map(Value::Object),
+                l.error.contains("capped_at_1000"),
+            )
+        })
+        .collect();
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(cache.retry_dead_letters().await.expect("retry"), 0);
+    assert_eq!(
+        cache.dead_letters().await.expect("dead letters").len(),
+        listed.len()
+    );
+    cache.close(Duration::from_secs(5)).await.expect("close");
+    listed
+}
+
 /// A batch in which the database refuses one row (a CHECK): that row's
 /// deltas go to the dead letters alone and its cached entry is dropped;
 /// every other row's increments are committed, once; an increment of a
@@ -646,6 +679,20 @@ async fn a_refused_row_is_a_dead_letter_alone_and_the_rest_commits_once() {
     }
     letters.sort();
     assert_eq!(letters.len(), 2, "{letters:?}");
+    // dead_letters() lists them with their deltas; retrying leaves them.
+    let listed = fresh_listing(&table, &server.url(), &prefix).await;
+    assert_eq!(
+        listed,
+        vec![
+            ("4".to_owned(), Some(json!({"capped": "5000"})), true),
+            (
+                "9".to_owned(),
+                Some(json!({"capped": "10", "views": "1"})),
+                false
+            ),
+        ],
+        "id, deltas, whether the database's CHECK is named"
+    );
     assert!(letters[0].0.starts_with("4#"), "{letters:?}");
     assert!(letters[0].1.contains("capped_at_1000"), "{letters:?}");
     assert!(letters[0].1.contains(r#""capped":"5000""#), "{letters:?}");

@@ -936,7 +936,8 @@ fn entity_paths(
                         "error": { "type": "string" },
                         "failed_at_ms": { "type": "integer" },
                         "delete": { "type": "boolean" },
-                        "row": { "type": ["object", "null"] }
+                        "row": { "type": ["object", "null"] },
+                        "deltas": { "type": ["object", "null"], "description": "An increment's dead letter: the deltas not applied, column to the sum as integer text (listed, not retried)." }
                     }
                 } } } }),
                     ),

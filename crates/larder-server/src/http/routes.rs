@@ -527,8 +527,9 @@ pub async fn dead_letters(
                 "error": l.error,
                 "code": l.code,
                 "failed_at_ms": l.failed_at_ms,
-                "delete": l.value.is_none(),
+                "delete": l.value.is_none() && l.deltas.is_none(),
                 "row": row,
+                "deltas": l.deltas,
             })
         })
         .collect();

@@ -598,10 +598,15 @@ impl DirtyLog for RedisStore {
 
     async fn dead_letters(&self, shards: &[ShardKeys]) -> Result<Vec<StoredDeadLetter>> {
         let slots: Vec<&str> = shards.iter().map(|s| s.dead_key.as_str()).collect();
+        let counter_dead: Vec<String> = shards
+            .iter()
+            .map(|s| CounterKeys::of(&s.queue_key, "").dead)
+            .collect();
         let answers = self
-            .grouped(&slots, 2, |pipe, i| {
+            .grouped(&slots, 3, |pipe, i| {
                 pipe.cmd("HGETALL").arg(&shards[i].dead_key);
                 pipe.cmd("HGETALL").arg(&shards[i].dead_value_key);
+                pipe.cmd("HGETALL").arg(&counter_dead[i]);
             })
             .await?
             .into_iter()
@@ -609,10 +614,11 @@ impl DirtyLog for RedisStore {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|_| bad_answer(self.name_str(), "dead letters"))?;
         let mut letters = Vec::new();
-        for pair in answers.chunks(2) {
-            let [why, values] = pair else {
+        for triple in answers.chunks(3) {
+            let [why, values, counters] = triple else {
                 return Err(bad_answer(self.name_str(), "dead letters"));
             };
+            letters.extend(counter_dead_letters(counters));
             let mut ids: Vec<&String> = why.keys().collect();
             ids.sort();
             for id in ids {
@@ -686,4 +692,35 @@ impl DirtyLog for RedisStore {
             maxmemory_policy: get("maxmemory-policy"),
         })
     }
+}
+
+/// A shard's counter dead letters (`<id>#<batch>` → `{"why": {…},
+/// "deltas": {column: "n"}}`, see `counters.rs`) as stored dead letters:
+/// no payload, and a `why` that carries `"counter": true`, the batch and
+/// the deltas, so they are never taken for a refused delete.
+fn counter_dead_letters(
+    stored: &std::collections::HashMap<String, Vec<u8>>,
+) -> Vec<StoredDeadLetter> {
+    let mut fields: Vec<&String> = stored.keys().collect();
+    fields.sort();
+    fields
+        .into_iter()
+        .map(|field| {
+            let (id, batch) = field.rsplit_once('#').unwrap_or((field.as_str(), ""));
+            let entry: serde_json::Value =
+                serde_json::from_slice(&stored[field]).unwrap_or_default();
+            let mut why = match &entry["why"] {
+                serde_json::Value::Object(why) => why.clone(),
+                _ => serde_json::Map::new(),
+            };
+            why.insert("counter".into(), true.into());
+            why.insert("batch".into(), batch.into());
+            why.insert("deltas".into(), entry["deltas"].clone());
+            StoredDeadLetter {
+                id: id.to_owned(),
+                why: serde_json::Value::Object(why).to_string(),
+                payload: None,
+            }
+        })
+        .collect()
 }

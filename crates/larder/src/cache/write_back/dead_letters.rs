@@ -32,8 +32,13 @@ pub struct DeadLetter<V> {
     pub code: Option<String>,
     /// When the flush failed (ms since the Unix epoch, larder's clock).
     pub failed_at_ms: u64,
-    /// The refused value; `None` for a refused delete.
+    /// The refused value; `None` for a refused delete, and for an
+    /// increment's dead letter (see `deltas`).
     pub value: Option<Arc<V>>,
+    /// For write-back increments the database refused (or whose row was
+    /// gone): the deltas not applied, column → the sum as integer text.
+    /// `None` for every other dead letter.
+    pub deltas: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// What [`Cache::close`] left behind.
@@ -80,27 +85,37 @@ where
             )?)),
             None => None,
         };
+        let deltas = match &why["deltas"] {
+            serde_json::Value::Object(deltas) if is_counter(&why) => Some(deltas.clone()),
+            _ if is_counter(&why) => Some(serde_json::Map::new()),
+            _ => None,
+        };
         Ok(DeadLetter {
             error: why["error"].as_str().unwrap_or("unknown").to_owned(),
             code: why["code"].as_str().map(str::to_owned),
             failed_at_ms: why["failed_at_ms"].as_u64().unwrap_or_default(),
             id: stored.id,
             value,
+            deltas,
         })
     }
 
     /// Records every dead letter again as a new write (a refused delete as
     /// a delete, a `hash` entity's refused patch as a patch), unless a
     /// newer write of its id is pending; then drops it. Returns how many
-    /// were recorded again.
+    /// were recorded again. An increment's dead letter (`deltas`) is left
+    /// as it is: listed, not retried (re-adding deltas is not built).
     pub async fn retry_dead_letters(&self) -> Result<usize> {
         let state = self.inner.write_back_state()?;
         let stored = state.log.dead_letters(&state.shards).await?;
         let mut retried = 0;
         for letter in stored {
             let id = letter.id.clone();
-            let pending = state.log.state(&self.inner.dirty_keys(&id)).await?;
             let why: serde_json::Value = serde_json::from_str(&letter.why).unwrap_or_default();
+            if is_counter(&why) {
+                continue;
+            }
+            let pending = state.log.state(&self.inner.dirty_keys(&id)).await?;
             let partial = why["partial"].as_bool().unwrap_or_default();
             if pending.record.is_none() {
                 match &letter.payload {
@@ -196,4 +211,10 @@ where
         }
         Ok(Closed { pending })
     }
+}
+
+/// Whether a stored dead letter's `why` is an increment's (its deltas were
+/// not applied; it has no row to write again).
+fn is_counter(why: &serde_json::Value) -> bool {
+    why["counter"].as_bool().unwrap_or_default()
 }
