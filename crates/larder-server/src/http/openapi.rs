@@ -937,7 +937,7 @@ fn entity_paths(
                         "failed_at_ms": { "type": "integer" },
                         "delete": { "type": "boolean" },
                         "row": { "type": ["object", "null"] },
-                        "deltas": { "type": ["object", "null"], "description": "An increment's dead letter: the deltas not applied, column to the sum as integer text (listed, not retried)." }
+                        "deltas": { "type": ["object", "null"], "description": "An increment's dead letter: the deltas not applied, column to the sum as integer text (a retry puts them back among the pending increments)." }
                     }
                 } } } }),
                     ),

@@ -538,7 +538,8 @@ pub async fn dead_letters(
 
 /// `POST /v1/_admin/{entity}/dead-letters/retry`: records every dead
 /// letter again as a new write (unless a newer write of its id is
-/// pending); `{"retried": N}`.
+/// pending; an increment's deltas go back among the pending increments);
+/// `{"retried": N}`.
 pub async fn retry_dead_letters(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -312,6 +312,22 @@ pub trait DirtyLog: Debug + Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Retries the counter dead letter `field` (`<id>#<batch>`) of
+    /// `keys`' id: its deltas go back to the id's unclaimed deltas (the
+    /// next flush adds them), the cached entry and the read lease go, and
+    /// `announce` is published — in one step. Whether the letter was there.
+    /// Default: none.
+    async fn retry_counter_dead_letter(
+        &self,
+        keys: &DirtyKeys,
+        field: &str,
+        now_ms: u64,
+        announce: (String, Vec<u8>),
+    ) -> Result<bool> {
+        let _ = (keys, field, now_ms, announce);
+        Ok(false)
+    }
+
     /// Clears the committed claimed record `batch` (checked by its id),
     /// voiding the read lease of each of its ids; `ids` are the ids with
     /// whether their row was missing (those go to the dead letters with

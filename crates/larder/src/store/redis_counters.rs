@@ -140,6 +140,36 @@ return 1
     )
 });
 
+static RETRY_DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+-- A counter dead letter retried: its deltas back to the id's unclaimed
+-- deltas (queued), the cached entry and the read lease gone (a fill lays
+-- the deltas over the row again), the letter dropped, the id announced.
+-- KEYS: dead, deltas, queue, value, lease
+-- ARGV: field, id, now ms, channel, message
+local e = redis.call('HGET', KEYS[1], ARGV[1])
+if not e then return 0 end
+local ok, entry = pcall(cjson.decode, e)
+if not ok or type(entry) ~= 'table' or type(entry.deltas) ~= 'table' then return -1 end
+for column, n in pairs(entry.deltas) do
+  if not tonumber(n) then return -1 end
+end
+for column, n in pairs(entry.deltas) do
+  redis.call('HINCRBY', KEYS[2], column, n)
+  if redis.call('HGET', KEYS[2], column) == '0' then redis.call('HDEL', KEYS[2], column) end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[2])
+end
+redis.call('DEL', KEYS[4], KEYS[5])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+",
+    )
+});
+
 static CLEAR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -432,6 +462,36 @@ impl RedisStore {
             2 => Some(false),
             _ => None,
         })
+    }
+
+    /// Retries the counter dead letter `field` of `keys`' id (see
+    /// `RETRY_DEAD`); whether it was there.
+    pub(crate) async fn counter_retry_dead_letter(
+        &self,
+        keys: &DirtyKeys,
+        field: &str,
+        now_ms: u64,
+        (channel, message): (String, Vec<u8>),
+    ) -> Result<bool> {
+        let counter = CounterKeys::of(&keys.dirty_key, &keys.id);
+        let mut inv = RETRY_DEAD.prepare_invoke();
+        inv.key(&counter.dead)
+            .key(&counter.deltas)
+            .key(&counter.queue)
+            .key(&keys.value_key)
+            .key(&keys.lease_key)
+            .arg(field)
+            .arg(keys.id.as_str())
+            .arg(now_ms)
+            .arg(channel)
+            .arg(message);
+        match self.run::<i64>(inv).await? {
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(self.counter_problem(format!(
+                "the counter dead letter {field:?} does not hold its deltas"
+            ))),
+        }
     }
 
     /// Clears the claimed record `batch` once committed (see `CLEAR`):

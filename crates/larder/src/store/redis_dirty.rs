@@ -365,6 +365,17 @@ impl DirtyLog for RedisStore {
         .await
     }
 
+    async fn retry_counter_dead_letter(
+        &self,
+        keys: &DirtyKeys,
+        field: &str,
+        now_ms: u64,
+        announce: (String, Vec<u8>),
+    ) -> Result<bool> {
+        self.counter_retry_dead_letter(keys, field, now_ms, announce)
+            .await
+    }
+
     async fn clear_counters(
         &self,
         shard: &ShardKeys,

@@ -103,8 +103,10 @@ where
     /// Records every dead letter again as a new write (a refused delete as
     /// a delete, a `hash` entity's refused patch as a patch), unless a
     /// newer write of its id is pending; then drops it. Returns how many
-    /// were recorded again. An increment's dead letter (`deltas`) is left
-    /// as it is: listed, not retried (re-adding deltas is not built).
+    /// were recorded again. An increment's dead letter (`deltas`) puts its
+    /// deltas back among the id's pending increments, in one step with
+    /// dropping it (the next flush adds them, or dead-letters them again
+    /// if the database still refuses).
     pub async fn retry_dead_letters(&self) -> Result<usize> {
         let state = self.inner.write_back_state()?;
         let stored = state.log.dead_letters(&state.shards).await?;
@@ -113,6 +115,24 @@ where
             let id = letter.id.clone();
             let why: serde_json::Value = serde_json::from_str(&letter.why).unwrap_or_default();
             if is_counter(&why) {
+                // A write: refused once closed, as every other retry is.
+                self.inner.open_state()?;
+                let field = format!("{id}#{}", why["batch"].as_str().unwrap_or_default());
+                let announce = self
+                    .inner
+                    .coherence
+                    .bus
+                    .announcement(std::slice::from_ref(&id));
+                let keys = self.inner.dirty_keys(&id);
+                let now = self.inner.clock.now_ms();
+                if state
+                    .log
+                    .retry_counter_dead_letter(&keys, &field, now, announce)
+                    .await?
+                {
+                    self.inner.flights.forget(&id);
+                    retried += 1;
+                }
                 continue;
             }
             let pending = state.log.state(&self.inner.dirty_keys(&id)).await?;
