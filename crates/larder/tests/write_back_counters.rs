@@ -393,7 +393,19 @@ async fn a_replayed_batch_whose_row_is_gone_is_a_dead_letter() {
     b.close(Duration::from_secs(10)).await.expect("close");
     assert_eq!(db_column(&db, &table, "views").await[&5], Some(53));
     assert_eq!(b.write_back_stats().expect("stats").dead_lettered, 1);
-    let mut conn = redis::Client::open(server.url())
+    let (hashes, letters) = stored_counter_letters(&server.url(), &prefix).await;
+    assert_eq!(hashes, 1, "{letters:?}");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].0.starts_with("6#"), "{letters:?}");
+    assert!(letters[0].1.contains("stopped"), "{letters:?}");
+    assert!(claimed_records(&server.url(), &prefix).await.is_empty());
+    db.drop().await;
+}
+
+/// The counter dead letters stored under `prefix`: how many `…:cx`
+/// hashes hold them, and every `(field, entry)` of them, sorted.
+async fn stored_counter_letters(redis: &str, prefix: &str) -> (usize, Vec<(String, String)>) {
+    let mut conn = redis::Client::open(redis)
         .expect("client")
         .get_multiplexed_async_connection()
         .await
@@ -403,17 +415,17 @@ async fn a_replayed_batch_whose_row_is_gone_is_a_dead_letter() {
         .query_async(&mut conn)
         .await
         .expect("KEYS");
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    let letters: Vec<(String, String)> = redis::cmd("HGETALL")
-        .arg(&keys[0])
-        .query_async(&mut conn)
-        .await
-        .expect("HGETALL");
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert!(letters[0].0.starts_with("6#"), "{letters:?}");
-    assert!(letters[0].1.contains("stopped"), "{letters:?}");
-    assert!(claimed_records(&server.url(), &prefix).await.is_empty());
-    db.drop().await;
+    let mut letters = Vec::new();
+    for key in &keys {
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("HGETALL");
+        letters.extend(all);
+    }
+    letters.sort();
+    (keys.len(), letters)
 }
 
 /// The claimed counter records in Redis under `prefix`.
@@ -652,26 +664,7 @@ async fn a_refused_row_is_a_dead_letter_alone_and_the_rest_commits_once() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     probe.close(Duration::from_secs(5)).await.expect("close");
-    let mut conn = redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*:cx"))
-        .query_async(&mut conn)
-        .await
-        .expect("KEYS");
-    let mut letters = Vec::new();
-    for key in keys {
-        let all: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .expect("HGETALL");
-        letters.extend(all);
-    }
-    letters.sort();
+    let (_, letters) = stored_counter_letters(&server.url(), &prefix).await;
     assert_eq!(letters.len(), 2, "{letters:?}");
     // dead_letters() lists them with their deltas; retrying leaves them.
     let listed = fresh_listing(&table, &server.url(), &prefix).await;
