@@ -331,7 +331,10 @@ async fn a_write_back_hash_entity_queues_increments_with_their_value() {
         "{}",
         String::from_utf8_lossy(&a.body)
     );
-    assert_eq!(a.json(), json!({"queued": true, "value": 15}));
+    assert_eq!(
+        a.json(),
+        json!({"queued": true, "durable": true, "value": 15})
+    );
     let a = incr(
         &app,
         "/v1/tallies/1/incr",
@@ -340,7 +343,7 @@ async fn a_write_back_hash_entity_queues_increments_with_their_value() {
     .await;
     assert_eq!(
         a.json(),
-        json!({"queued": true, "value": 2}),
+        json!({"queued": true, "durable": true, "value": 2}),
         "NULL counts as 0"
     );
     assert_eq!(get(&app, "/v1/tallies/1").await.json()["views"], 15);

@@ -55,7 +55,7 @@ async fn write_back_entity(representation: &str) {
     let a = write(&app, "PUT", "/v1/users/7", r#"{"name": "gus", "team": 3}"#).await;
     assert_eq!(
         (a.status.as_u16(), a.json()),
-        (202, json!({"queued": true, "id": "7"}))
+        (202, json!({"queued": true, "durable": true, "id": "7"}))
     );
     let a = get(&app, "/v1/users/7").await;
     assert_eq!(

@@ -1,8 +1,8 @@
 //! What only a Redis Cluster shows: topology found from one seed, batches
 //! over many slots answered in request order, the server's figures from
 //! every master, a dead slot reported as the store being unavailable within
-//! the response timeout, and write-back refused until WAIT-based durability
-//! exists. (The cache, tag and near-cache suites run on the Cluster as a
+//! the response timeout, write-back refused where a node lacks durability,
+//! and write-back through a master's failover. (The cache, tag and near-cache suites run on the Cluster as a
 //! third store in `cache.rs`, `tag_compaction.rs` and `near_bus.rs`.)
 
 use larder_test_support as support;
@@ -163,35 +163,68 @@ async fn server_info_sums_every_master() {
     assert!(info.connected_clients.expect("clients") >= 3);
 }
 
+/// A write-back cache of `rows` on `store` (the table's source flushes
+/// by storing rows).
+async fn write_back_on(
+    store: Arc<dyn Store>,
+    require_durable: bool,
+) -> larder::Result<Cache<u64, Row>> {
+    Cache::<u64, Row>::builder()
+        .prefix(unique("cl_wb"))
+        .entity("rows")
+        .store(store)
+        .source(TableSource(rows(1)))
+        .write_policy(WritePolicy::Back(WriteBackOptions {
+            require_durable,
+            ..WriteBackOptions::default()
+        }))
+        .build()
+        .await
+}
+
+/// Write-back on a Cluster needs `appendfsync always` on every node and
+/// a replica for every master: a node that lacks either is named in the
+/// refusal (`require_durable = false` accepts the risk, loudly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_back_is_refused_on_cluster_until_wait_based_durability_exists() {
-    let cluster = RedisCluster::shared();
-    let table = rows(1);
-    for require_durable in [true, false] {
-        let built = Cache::<u64, Row>::builder()
-            .prefix(unique("cl_wb"))
-            .entity("rows")
-            .store(cluster.store().await)
-            .source(TableSource(table.clone()))
-            .write_policy(WritePolicy::Back(WriteBackOptions {
-                require_durable,
-                ..WriteBackOptions::default()
-            }))
-            .build()
-            .await;
-        match built {
-            Err(Error::Config(message)) => assert!(
-                message.contains(
-                    "write-back on Redis Cluster needs WAIT-based durability, not yet built"
-                ),
-                "{message}"
-            ),
-            Err(other) => panic!("expected a Config refusal, got {other:?}"),
-            Ok(_) => panic!(
-                "write-back on Cluster must be refused (require_durable = {require_durable})"
-            ),
-        }
+async fn write_back_on_cluster_is_refused_naming_the_node_that_lacks_durability() {
+    let cluster = RedisCluster::builder()
+        .replicas(0)
+        .appendfsync_always(false)
+        .start();
+    let store = cluster.store().await;
+    let addresses: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.addr().to_string())
+        .collect();
+    let refusal = |built: larder::Result<Cache<u64, Row>>| match built {
+        Err(Error::NotDurable { reason, .. }) => reason,
+        Err(other) => panic!("expected NotDurable, got {other:?}"),
+        Ok(_) => panic!("write-back must be refused"),
+    };
+    let reason = refusal(write_back_on(store.clone(), true).await);
+    assert!(
+        reason.contains("appendfsync everysec")
+            && addresses
+                .iter()
+                .any(|a| reason.starts_with(&format!("node {a}: "))),
+        "{reason}"
+    );
+    for node in cluster.nodes() {
+        support::resp::cmd(node.addr(), &["CONFIG", "SET", "appendfsync", "always"])
+            .expect("CONFIG SET");
     }
+    let reason = refusal(write_back_on(store.clone(), true).await);
+    assert!(
+        reason.contains("has no online replica")
+            && addresses
+                .iter()
+                .all(|a| reason.contains(&format!("master {a}"))),
+        "{reason}"
+    );
+    write_back_on(store, false)
+        .await
+        .expect("require_durable = false accepts a cluster without replicas");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

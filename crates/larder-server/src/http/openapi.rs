@@ -580,8 +580,8 @@ fn entity_paths(
         "X-Cache": { "description": "Where the answer came from.", "schema": { "type": "string", "enum": ["l1", "hit", "stale", "negative", "miss", "bypass"] } }
     });
     let queued = json_response(
-        "Write-back: durably recorded, flushed to the database later.",
-        json!({ "type": "object", "required": ["queued", "id"], "properties": { "queued": { "type": "boolean" }, "id": { "type": "string" } } }),
+        "Write-back: recorded, flushed to the database later. `durable` is false when, on a Redis Cluster, not every replica of the key's master confirmed the write in time (visible, and very probably flushed, but a failover could lose it; do not retry on it).",
+        json!({ "type": "object", "required": ["queued", "durable", "id"], "properties": { "queued": { "type": "boolean" }, "durable": { "type": "boolean" }, "id": { "type": "string" } } }),
     );
     let bad_write = error_response(
         "bad_request, bad_id, unknown_column, type_mismatch or missing_column: the row does not fit the table.",
@@ -775,9 +775,10 @@ fn entity_paths(
                      exactly once.",
                     json!({
                         "type": "object",
-                        "required": ["queued", "value"],
+                        "required": ["queued", "durable", "value"],
                         "properties": {
                             "queued": { "const": true },
+                            "durable": { "type": "boolean" },
                             "value": { "type": "integer" }
                         }
                     }),

@@ -238,13 +238,15 @@ fn refuse_read_only(e: &Entity) -> Result<(), ApiError> {
 }
 
 /// The answer to a successful write: the stored row (200), or 202
-/// `{"queued": true, "id": ...}` when a write-back cache queued it.
+/// `{"queued": true, "durable": …, "id": ...}` when a write-back cache
+/// queued it.
 fn write_answer(id: &str, written: Written<RawJson>) -> Response {
     let word = match written.cache {
         CacheWrite::Updated => "updated",
         CacheWrite::Invalidated => "invalidated",
         CacheWrite::Unreachable => "unreachable",
-        CacheWrite::Queued => return queued(id),
+        CacheWrite::Queued => return queued(id, true),
+        CacheWrite::Unconfirmed => return queued(id, false),
         // `CacheWrite` is non-exhaustive: a future word is reported as is.
         _ => "updated",
     };
@@ -254,11 +256,14 @@ fn write_answer(id: &str, written: Written<RawJson>) -> Response {
     res
 }
 
-/// 202 `{"queued": true, "id": ...}`: a write-back write durably recorded.
-fn queued(id: &str) -> Response {
+/// 202 `{"queued": true, "durable": …, "id": ...}`: a write-back write
+/// recorded; `durable` is false when a Redis Cluster master's replicas did
+/// not all confirm it in time (the write is visible and will very
+/// probably be flushed, but a failover could lose it).
+fn queued(id: &str, durable: bool) -> Response {
     (
         StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({ "queued": true, "id": id })),
+        axum::Json(serde_json::json!({ "queued": true, "durable": durable, "id": id })),
     )
         .into_response()
 }
@@ -387,7 +392,7 @@ pub async fn incr_row(
         }
     })?;
     match incremented {
-        Some(written) if written.cache == CacheWrite::Queued => {
+        Some(written) if written.cache.is_queued() => {
             // Written back: 202 with the column's new value, as the cache
             // counted it.
             let value = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
@@ -398,7 +403,11 @@ pub async fn incr_row(
             .unwrap_or(serde_json::Value::Null);
             Ok((
                 StatusCode::ACCEPTED,
-                axum::Json(serde_json::json!({ "queued": true, "value": value })),
+                axum::Json(serde_json::json!({
+                    "queued": true,
+                    "durable": written.cache == CacheWrite::Queued,
+                    "value": value
+                })),
             )
                 .into_response())
         }
@@ -418,7 +427,7 @@ pub async fn delete_row(
     if e.cache.delete(&id).await.map_err(engine(e))? {
         if e.write == WriteMode::Back {
             // The tombstone is durably recorded; the flusher applies it.
-            return Ok(queued(&id));
+            return Ok(queued(&id, true));
         }
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

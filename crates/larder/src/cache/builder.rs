@@ -412,13 +412,6 @@ fn write_back_state<V: Send + Sync + 'static>(
     let Some(log) = store.dirty_log() else {
         return Err(durability::in_process(entity, store));
     };
-    if log.is_cluster() {
-        // Refused, never silently non-durable (issue 14, item 6).
-        return Err(Error::Config(format!(
-            "entity `{entity}`: write-back on Redis Cluster needs WAIT-based durability, not yet built (store {}); use write-through, or a standalone Redis for write-back",
-            store.name()
-        )));
-    }
     let shards = (0..keys.shards())
         .map(|shard| crate::write_back::shard_keys(keys, shard))
         .collect();

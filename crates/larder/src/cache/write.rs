@@ -112,6 +112,32 @@ pub enum CacheWrite {
     /// Write-back: the write is cached and durably queued; the source gets
     /// it at the next flush.
     Queued,
+    /// Write-back on a Redis Cluster: the write is cached and queued on
+    /// its master, but not every replica of that master acknowledged it
+    /// before the timeout (`WAIT`; a replica down, or a master just
+    /// promoted with none). The write is visible and will very probably
+    /// be flushed, but a failover of that master could lose it. Do not
+    /// retry an increment on this answer: it would count twice.
+    Unconfirmed,
+}
+
+impl CacheWrite {
+    /// What an acknowledged write-back write is: [`Queued`](Self::Queued)
+    /// when its durability is confirmed, else
+    /// [`Unconfirmed`](Self::Unconfirmed).
+    pub(crate) fn queued(confirmed: bool) -> CacheWrite {
+        if confirmed {
+            CacheWrite::Queued
+        } else {
+            CacheWrite::Unconfirmed
+        }
+    }
+
+    /// Whether this is a write-back acknowledgement
+    /// ([`Queued`](Self::Queued) or [`Unconfirmed`](Self::Unconfirmed)).
+    pub fn is_queued(self) -> bool {
+        matches!(self, CacheWrite::Queued | CacheWrite::Unconfirmed)
+    }
 }
 
 /// A write's result: the row as the source stored it, and what happened
@@ -268,7 +294,7 @@ where
                 inner.patch_acknowledged(recorded.coalesced);
                 return Ok(Some(Written {
                     value,
-                    cache: CacheWrite::Queued,
+                    cache: CacheWrite::queued(recorded.confirmed),
                 }));
             }
             let seq = inner.coherence.seq();

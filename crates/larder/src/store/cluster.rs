@@ -137,7 +137,7 @@ impl RedisStore {
             .collect()
     }
 
-    fn bad_answer(&self, what: &str) -> Error {
+    pub(super) fn bad_answer(&self, what: &str) -> Error {
         Error::Store {
             store: self.name_str().to_owned(),
             cause: Message::cause(what.to_owned()),

@@ -139,7 +139,53 @@ impl Conn {
         if let Some(conn) = kept {
             return Some(Ok(conn));
         }
-        let info = lazy.template.get_connection_info().clone();
+        let made = lazy.connect(host, port, lazy.timeouts.1).await;
+        if let Ok(conn) = &made {
+            lazy.nodes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, conn.clone());
+        }
+        Some(made)
+    }
+
+    /// A new connection to the node at `address` (`host:port`) of the
+    /// cluster, kept by no one but the caller, whose replies may take
+    /// `extra` longer than the store's response timeout (a `WAIT`);
+    /// `None` on a standalone Redis.
+    pub(crate) async fn dedicated_node_connection(
+        &self,
+        address: &str,
+        extra: Duration,
+    ) -> Option<redis::RedisResult<MultiplexedConnection>> {
+        let Conn::Cluster(lazy) = self else {
+            return None;
+        };
+        let (host, port) = address.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        Some(lazy.connect(host, port, lazy.timeouts.1 + extra).await)
+    }
+
+    /// Forgets the kept connection to `host:port` (after it failed).
+    pub(crate) fn forget_node_connection(&self, address: &str) {
+        if let Conn::Cluster(lazy) = self {
+            lazy.nodes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(address);
+        }
+    }
+}
+
+impl LazyCluster {
+    /// A new connection to one node, with the seeds' credentials and TLS.
+    async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        response: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let info = self.template.get_connection_info().clone();
         let addr = match info.addr().clone() {
             ConnectionAddr::TcpTls {
                 insecure,
@@ -153,35 +199,12 @@ impl Conn {
             },
             _ => ConnectionAddr::Tcp(host.to_owned(), port),
         };
-        let (connect, response) = lazy.timeouts;
         let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(connect))
+            .set_connection_timeout(Some(self.timeouts.0))
             .set_response_timeout(Some(response));
-        let made = match redis::Client::open(info.set_addr(addr)) {
-            Ok(client) => {
-                client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Ok(conn) = &made {
-            lazy.nodes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, conn.clone());
-        }
-        Some(made)
-    }
-
-    /// Forgets the kept connection to `host:port` (after it failed).
-    pub(crate) fn forget_node_connection(&self, address: &str) {
-        if let Conn::Cluster(lazy) = self {
-            lazy.nodes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(address);
-        }
+        redis::Client::open(info.set_addr(addr))?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
     }
 }
 

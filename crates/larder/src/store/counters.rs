@@ -103,10 +103,16 @@ pub enum Counted {
         value: String,
         /// The entry's envelope, when it decodes.
         entry: Option<bytes::Bytes>,
+        /// Whether its durability is confirmed (see
+        /// [`Recorded::Queued`](super::Recorded::Queued)).
+        confirmed: bool,
     },
     /// Recorded; the hash is not cached (the lease was voided, no partial
     /// hash was created): the value comes from a read.
-    Uncached,
+    Uncached {
+        /// Whether its durability is confirmed.
+        confirmed: bool,
+    },
     /// The hash is not cached and `only_cached` was asked: nothing recorded.
     NotCached,
     /// The row is known not to exist (a pending delete, a negative

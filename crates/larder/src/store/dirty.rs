@@ -73,10 +73,28 @@ pub enum Recorded {
         seq: u64,
         /// Whether an unflushed write of the id was replaced.
         coalesced: bool,
+        /// Whether its durability is confirmed: always on a single Redis
+        /// (durable by `appendfsync always`); on a Cluster, once every
+        /// online replica of the master acknowledged it (`WAIT`).
+        confirmed: bool,
     },
     /// The write version was not the expected one: someone wrote since
     /// the caller read. Nothing was recorded.
     Conflict,
+}
+
+impl Recorded {
+    /// Whether it was recorded with its durability confirmed (a
+    /// [`Conflict`](Self::Conflict) recorded nothing: `false`).
+    pub fn is_confirmed(&self) -> bool {
+        matches!(
+            self,
+            Recorded::Queued {
+                confirmed: true,
+                ..
+            }
+        )
+    }
 }
 
 /// A write-back field patch of a hash entry: the fields and the
@@ -211,8 +229,10 @@ pub struct StoredDeadLetter {
     pub payload: Option<Bytes>,
 }
 
-/// What the store says about its own durability.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the store says about its own durability. On a Redis Cluster:
+/// the settings of the first node that falls short (every node alike
+/// otherwise), and the masters without an online replica.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Durability {
     /// `appendonly` (`None`: the store would not say).
     pub appendonly: Option<String>,
@@ -220,6 +240,11 @@ pub struct Durability {
     pub appendfsync: Option<String>,
     /// `maxmemory-policy`.
     pub maxmemory_policy: Option<String>,
+    /// On a Cluster: the node (`host:port`) these settings are of.
+    pub node: Option<String>,
+    /// On a Cluster: masters (`host:port`) without an online replica,
+    /// whose writes a failover would lose.
+    pub masters_without_replicas: Vec<String>,
 }
 
 /// The store operations write-back is built from; each is atomic.
@@ -388,11 +413,4 @@ pub trait DirtyLog: Debug + Send + Sync + 'static {
 
     /// The store's persistence and eviction settings.
     async fn durability(&self) -> Result<Durability>;
-
-    /// Whether the log runs over a Redis Cluster, where a write is durable
-    /// only once its master's replicas have it (`WAIT`, not yet built):
-    /// write-back is refused there. Default: no.
-    fn is_cluster(&self) -> bool {
-        false
-    }
 }

@@ -36,6 +36,7 @@ mod redis_hash;
 // Write-back on hash entries: field patches, whole rows, fills that lay
 // pending fields over the loaded row, the flusher's records.
 mod redis_hash_dirty;
+mod replica_wait;
 mod scan;
 
 // Cached collections (sets): the protocol and its two stores.

@@ -228,17 +228,10 @@ impl RedisStore {
     /// does not answer is listed without figures.
     pub(super) async fn cluster_nodes(&self) -> Result<Vec<NodeInfo>> {
         let conn = self.conn();
-        let Some(mut cluster) = conn.cluster_connection() else {
+        if !conn.is_cluster() {
             return Ok(Vec::new());
-        };
-        let answer = cluster
-            .route_command(
-                redis::cmd("CLUSTER").arg("NODES").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            )
-            .await
-            .map_err(|e| self.error(e))?;
-        let text = self.text(answer, "CLUSTER NODES")?;
+        }
+        let text = self.cluster_nodes_text().await?;
         let mut nodes = NodeInfo::parse_cluster_nodes(&text);
         let infos = nodes.iter().map(|node| {
             let conn = conn.clone();
@@ -262,6 +255,21 @@ impl RedisStore {
             }
         }
         Ok(nodes)
+    }
+
+    /// The text of `CLUSTER NODES` from any node (empty on a single Redis).
+    pub(super) async fn cluster_nodes_text(&self) -> Result<String> {
+        let Some(mut cluster) = self.conn().cluster_connection() else {
+            return Ok(String::new());
+        };
+        let answer = cluster
+            .route_command(
+                redis::cmd("CLUSTER").arg("NODES").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        self.text(answer, "CLUSTER NODES")
     }
 
     /// `Store::slot_coverage` on Redis: `CLUSTER INFO` from any node.

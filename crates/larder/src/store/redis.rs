@@ -169,6 +169,8 @@ struct Inner {
     /// Redis, or every seed of a cluster (tried in order).
     clients: Vec<redis::Client>,
     options: RedisOptions,
+    /// On a Cluster: how write-back acknowledgements wait for replicas.
+    replica_wait: Option<super::replica_wait::ReplicaWait>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -370,6 +372,7 @@ impl RedisStore {
                 conn: Conn::Single(conn),
                 clients: vec![client],
                 options,
+                replica_wait: None,
             }),
         })
     }
@@ -384,6 +387,9 @@ impl RedisStore {
                 name,
                 conn,
                 clients,
+                replica_wait: Some(super::replica_wait::ReplicaWait::new(
+                    options.response_timeout,
+                )),
                 options,
             }),
         })
@@ -404,6 +410,36 @@ impl RedisStore {
 
     pub(super) fn error(&self, e: RedisError) -> Error {
         map_error(&self.inner.name, e)
+    }
+
+    /// The store's response timeout.
+    pub(super) fn response_timeout(&self) -> Duration {
+        self.inner.options.response_timeout
+    }
+
+    /// On a Cluster, how write-back acknowledgements wait for replicas.
+    pub(super) fn replica_wait(&self) -> Option<&super::replica_wait::ReplicaWait> {
+        self.inner.replica_wait.as_ref()
+    }
+
+    /// A connection of its own to one node of the cluster (`host:port`),
+    /// for pipelines that end in `WAIT` (see `replica_wait.rs`).
+    pub(super) async fn dedicated_node_connection(
+        &self,
+        address: &str,
+        extra: Duration,
+    ) -> Result<redis::aio::MultiplexedConnection> {
+        match self
+            .inner
+            .conn
+            .dedicated_node_connection(address, extra)
+            .await
+        {
+            Some(made) => made.map_err(|e| self.error(e)),
+            None => Err(self.unavailable(format!(
+                "no connection can be made to {address:?}: not a cluster node address"
+            ))),
+        }
     }
 
     pub(super) async fn run<T: redis::FromRedisValue>(

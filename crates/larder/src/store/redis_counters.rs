@@ -7,6 +7,7 @@ use super::counters::{ClaimedCounters, Count, Counted, CounterKeys, CounterState
 use super::dirty::{DirtyKeys, PendingHash, ShardKeys};
 use super::redis::RedisStore;
 use super::redis_hash_dirty::{hash_dirty_of, HashWrite};
+use super::replica_wait::Resend;
 use crate::error::{Error, Message, Result};
 use redis::{Script, Value};
 use std::sync::LazyLock;
@@ -302,7 +303,10 @@ impl RedisStore {
             Some((channel, message)) => inv.arg(channel).arg(message.as_slice()),
             None => inv.arg("").arg(""),
         };
-        let answer: Value = self.run(inv).await?;
+        // Never sent twice: a second run would count twice.
+        let (answer, confirmation): (Value, _) =
+            self.run_waited(&keys.value_key, inv, Resend::Never).await?;
+        let confirmed = confirmation.is_confirmed();
         let bad = || self.counter_problem("unexpected answer from the increment script");
         let Value::Array(mut items) = answer else {
             return Err(bad());
@@ -314,7 +318,7 @@ impl RedisStore {
         match code {
             0 => Ok(Counted::NoRow),
             2 => Ok(Counted::NotCached),
-            3 => Ok(Counted::Uncached),
+            3 => Ok(Counted::Uncached { confirmed }),
             1 if items.len() == 3 => {
                 let flat = items.pop().ok_or_else(bad)?;
                 let value = text(&items[1]).ok_or_else(bad)?;
@@ -322,7 +326,11 @@ impl RedisStore {
                     .ok()
                     .flatten()
                     .map(bytes::Bytes::from);
-                Ok(Counted::Cached { value, entry })
+                Ok(Counted::Cached {
+                    value,
+                    entry,
+                    confirmed,
+                })
             }
             -3 => Ok(Counted::OutOfRange(
                 items.get(1).and_then(text).unwrap_or_default(),
@@ -414,7 +422,12 @@ impl RedisStore {
                 .key(dirty)
                 .arg(id.as_str());
         }
-        let answer: Value = self.run(inv).await?;
+        // Waited (on a Cluster) before its commit: a claim lost in a
+        // failover would put its deltas back unclaimed after the database
+        // added them. A second run answers the record the first made.
+        let (answer, confirmation): (Value, _) =
+            self.run_waited(&shard.lease_key, inv, Resend::Safe).await?;
+        self.confirmed_or_wait(confirmation, "claim of a counter batch")?;
         let bad = || self.counter_problem("unexpected answer from the claim script");
         let Value::Array(items) = answer else {
             return Err(bad());
@@ -457,7 +470,11 @@ impl RedisStore {
             .arg(new)
             .arg(id)
             .arg(why);
-        Ok(match self.run::<i64>(inv).await? {
+        // Waited like the claim: the record claimed anew is committed next.
+        let (answer, confirmation): (i64, _) =
+            self.run_waited(&head.claimed, inv, Resend::Safe).await?;
+        self.confirmed_or_wait(confirmation, "new claim of a counter batch")?;
+        Ok(match answer {
             1 => Some(true),
             2 => Some(false),
             _ => None,

@@ -13,6 +13,7 @@ use super::dirty::{
 };
 use super::redis::{ms, RedisStore};
 use super::redis_hash_dirty::{record_of_pairs, HashPatchKeys, HashWrite, RowWrite};
+use super::replica_wait::Resend;
 use crate::error::{Error, Message, Result};
 use crate::representation::is_hash_key;
 use async_trait::async_trait;
@@ -264,11 +265,13 @@ impl DirtyLog for RedisStore {
             Some((channel, message)) => inv.arg(channel).arg(message.as_slice()),
             None => inv.arg("").arg(""),
         };
-        let answer: Vec<Value> = self.run(inv).await?;
+        let (answer, confirmation): (Vec<Value>, _) =
+            self.run_waited(&keys.value_key, inv, Resend::Safe).await?;
         match answer.as_slice() {
             [Value::Int(1), seq, was] => Ok(Recorded::Queued {
                 seq: int_of(seq).ok_or_else(|| bad_answer(self.name_str(), "record"))?,
                 coalesced: int_of(was) == Some(1),
+                confirmed: confirmation.is_confirmed(),
             }),
             [Value::Int(0), _] => Ok(Recorded::Conflict),
             _ => Err(bad_answer(self.name_str(), "record")),
@@ -403,7 +406,13 @@ impl DirtyLog for RedisStore {
             .key(&shard.epoch_key)
             .arg(token)
             .arg(ms(ttl));
-        let epoch: u64 = self.run(inv).await?;
+        // Waited like a write (on a Cluster): an epoch a failover could roll
+        // back would let a new flusher draw a stalled one's epoch.
+        let (epoch, confirmation): (u64, _) =
+            self.run_waited(&shard.lease_key, inv, Resend::Safe).await?;
+        if epoch > 0 {
+            self.confirmed_or_wait(confirmation, "flush lease's epoch")?;
+        }
         Ok((epoch > 0).then_some(epoch))
     }
 
@@ -664,44 +673,11 @@ impl DirtyLog for RedisStore {
         self.run::<i64>(inv).await.map(drop)
     }
 
-    fn is_cluster(&self) -> bool {
-        RedisStore::is_cluster(self)
-    }
-
     async fn durability(&self) -> Result<Durability> {
-        let answer: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("appendonly")
-            .arg("appendfsync")
-            .arg("maxmemory-policy")
-            .query_async(&mut self.conn())
-            .await;
-        let pairs = match answer {
-            Ok(pairs) => pairs,
-            // CONFIG denied (ACL, managed Redis): nothing is known.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
-                Vec::new()
-            }
-            Err(e) => {
-                let e = self.error(e);
-                if e.is_store_unavailable() {
-                    return Err(e);
-                }
-                tracing::warn!(store = self.name_str(), error = %e, "CONFIG GET refused; the store counts as not durable");
-                Vec::new()
-            }
-        };
-        let get = |name: &str| {
-            pairs
-                .chunks(2)
-                .find(|kv| kv.first().map(String::as_str) == Some(name))
-                .and_then(|kv| kv.get(1).cloned())
-        };
-        Ok(Durability {
-            appendonly: get("appendonly"),
-            appendfsync: get("appendfsync"),
-            maxmemory_policy: get("maxmemory-policy"),
-        })
+        if RedisStore::is_cluster(self) {
+            return self.cluster_durability().await;
+        }
+        self.config_durability(&mut self.conn()).await
     }
 }
 
@@ -734,4 +710,48 @@ fn counter_dead_letters(
             }
         })
         .collect()
+}
+
+impl RedisStore {
+    /// The persistence and eviction settings of the node behind `conn`
+    /// (`CONFIG GET`; refused: nothing known).
+    pub(super) async fn config_durability(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+    ) -> Result<Durability> {
+        let answer: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .arg("appendfsync")
+            .arg("maxmemory-policy")
+            .query_async(conn)
+            .await;
+        let pairs = match answer {
+            Ok(pairs) => pairs,
+            // CONFIG denied (ACL, managed Redis): nothing is known.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+                Vec::new()
+            }
+            Err(e) => {
+                let e = self.error(e);
+                if e.is_store_unavailable() {
+                    return Err(e);
+                }
+                tracing::warn!(store = self.name_str(), error = %e, "CONFIG GET refused; the store counts as not durable");
+                Vec::new()
+            }
+        };
+        let get = |name: &str| {
+            pairs
+                .chunks(2)
+                .find(|kv| kv.first().map(String::as_str) == Some(name))
+                .and_then(|kv| kv.get(1).cloned())
+        };
+        Ok(Durability {
+            appendonly: get("appendonly"),
+            appendfsync: get("appendfsync"),
+            maxmemory_policy: get("maxmemory-policy"),
+            ..Durability::default()
+        })
+    }
 }

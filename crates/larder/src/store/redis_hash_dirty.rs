@@ -37,6 +37,7 @@ use super::counters::CounterKeys;
 use super::dirty::Patched;
 use super::redis::{ms, RedisStore};
 use super::redis_counters::counter_keys_of_dirty;
+use super::replica_wait::Resend;
 #[cfg(test)]
 use super::{Acquired, LeaseRequest};
 use super::{Fill, Recorded};
@@ -569,7 +570,9 @@ impl RedisStore {
                 None => inv.arg("0").arg(""),
             };
         }
-        let answer: Value = self.run(inv).await?;
+        let (answer, confirmation): (Value, _) =
+            self.run_waited(keys.value_key, inv, Resend::Safe).await?;
+        let confirmed = confirmation.is_confirmed();
         let bad = || self.hash_dirty_problem("unexpected answer from the patch script");
         let Value::Array(items) = answer else {
             return Err(bad());
@@ -578,6 +581,7 @@ impl RedisStore {
             (Value::Int(seq), Value::Int(was)) => Ok(Patched::Recorded(Recorded::Queued {
                 seq: u64::try_from(*seq).unwrap_or_default(),
                 coalesced: *was == 1,
+                confirmed,
             })),
             _ => Err(bad()),
         };
@@ -669,11 +673,13 @@ impl RedisStore {
         for (k, v) in &fields {
             inv.arg(k.as_slice()).arg(v.as_slice());
         }
-        let answer: Vec<i64> = self.run(inv).await?;
+        let (answer, confirmation): (Vec<i64>, _) =
+            self.run_waited(keys.value_key, inv, Resend::Safe).await?;
         match answer.as_slice() {
             [1, seq, was] => Ok(Recorded::Queued {
                 seq: u64::try_from(*seq).unwrap_or_default(),
                 coalesced: *was == 1,
+                confirmed: confirmation.is_confirmed(),
             }),
             [0, _] => Ok(Recorded::Conflict),
             _ => Err(self.hash_dirty_problem("unexpected answer from the record script")),

@@ -100,7 +100,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     }
                     only_cached = false;
                 }
-                Counted::Cached { entry, .. } => {
+                Counted::Cached {
+                    entry, confirmed, ..
+                } => {
                     self.counted(state, id).await;
                     let cached = entry
                         .and_then(|bytes| self.decode_entry(id, bytes).ok())
@@ -112,17 +114,17 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     };
                     return Ok(value.map(|value| Written {
                         value,
-                        cache: CacheWrite::Queued,
+                        cache: CacheWrite::queued(confirmed),
                     }));
                 }
-                Counted::Uncached => {
+                Counted::Uncached { confirmed } => {
                     self.counted(state, id).await;
                     // Recorded: a row deleted since the check leaves the
                     // delta to the flush, which dead-letters it.
                     let value = self.read_after_count(id).await?;
                     return Ok(value.map(|value| Written {
                         value,
-                        cache: CacheWrite::Queued,
+                        cache: CacheWrite::queued(confirmed),
                     }));
                 }
                 Counted::OutOfRange(sum) => {

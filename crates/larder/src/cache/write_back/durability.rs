@@ -11,6 +11,11 @@
 //! - an `allkeys-*` eviction policy may evict dirty records (they carry no
 //!   TTL, so `volatile-*` policies and `noeviction` leave them alone):
 //!   always refused.
+//! - on a Redis Cluster, every node (masters and replicas: a replica is
+//!   promoted with its own settings) must be durable so, and every master
+//!   needs at least one online replica, since each acknowledgement waits
+//!   for the master's replicas (`WAIT`, see `store/replica_wait.rs`). The
+//!   refusal names the node and what it lacks.
 
 use super::WriteBackOptions;
 use crate::error::{Error, Result};
@@ -34,7 +39,7 @@ pub(crate) async fn check(
     match verdict(&facts) {
         Verdict::Durable => Ok(()),
         Verdict::Evicts(policy) => Err(refuse(format!(
-            "maxmemory-policy is {policy}, which may evict dirty records and lose acknowledged writes; use noeviction or a volatile-* policy"
+            "{policy}, which may evict dirty records and lose acknowledged writes; use noeviction or a volatile-* policy"
         ))),
         Verdict::NotDurable(why) if settings.require_durable => Err(refuse(format!(
             "{why}; a crash of the store could lose acknowledged writes. Set appendonly yes and appendfsync always, or set require_durable = false to accept that risk"
@@ -68,20 +73,36 @@ enum Verdict {
 }
 
 fn verdict(facts: &Durability) -> Verdict {
+    let on = facts
+        .node
+        .as_deref()
+        .map(|node| format!("node {node}: "))
+        .unwrap_or_default();
     if let Some(policy) = facts
         .maxmemory_policy
         .as_deref()
         .filter(|p| p.starts_with("allkeys-"))
     {
-        return Verdict::Evicts(policy.to_owned());
+        return Verdict::Evicts(format!("{on}maxmemory-policy is {policy}"));
     }
     match (facts.appendonly.as_deref(), facts.appendfsync.as_deref()) {
-        (Some("yes"), Some("always")) => Verdict::Durable,
-        (None, _) | (_, None) => Verdict::NotDurable(
-            "the store does not answer CONFIG GET, so its persistence cannot be checked".into(),
-        ),
-        (Some(aof), Some(fsync)) => Verdict::NotDurable(format!(
-            "the store runs with appendonly {aof}, appendfsync {fsync}"
+        (Some("yes"), Some("always")) => {}
+        (None, _) | (_, None) => {
+            return Verdict::NotDurable(format!(
+                "{on}the store does not answer CONFIG GET, so its persistence cannot be checked"
+            ))
+        }
+        (Some(aof), Some(fsync)) => {
+            return Verdict::NotDurable(format!(
+                "{on}the store runs with appendonly {aof}, appendfsync {fsync}"
+            ))
+        }
+    }
+    match facts.masters_without_replicas.as_slice() {
+        [] => Verdict::Durable,
+        masters => Verdict::NotDurable(format!(
+            "master {} has no online replica, so a failover of it would lose the writes it acknowledged (each acknowledgement waits for the master's replicas); add a replica to every master",
+            masters.join(", master ")
         )),
     }
 }
@@ -90,11 +111,28 @@ fn verdict(facts: &Durability) -> Verdict {
 mod tests {
     use super::*;
 
+    #[test]
+    fn on_a_cluster_the_refusal_names_the_node_and_the_master_without_replica() {
+        let everysec = Durability {
+            node: Some("127.0.0.1:7004".into()),
+            ..facts(Some("yes"), Some("everysec"), Some("noeviction"))
+        };
+        assert!(matches!(verdict(&everysec),
+            Verdict::NotDurable(why) if why.starts_with("node 127.0.0.1:7004: ") && why.contains("everysec")));
+        let alone = Durability {
+            masters_without_replicas: vec!["127.0.0.1:7001".into()],
+            ..facts(Some("yes"), Some("always"), Some("noeviction"))
+        };
+        assert!(matches!(verdict(&alone),
+            Verdict::NotDurable(why) if why.contains("master 127.0.0.1:7001 has no online replica")));
+    }
+
     fn facts(aof: Option<&str>, fsync: Option<&str>, policy: Option<&str>) -> Durability {
         Durability {
             appendonly: aof.map(str::to_owned),
             appendfsync: fsync.map(str::to_owned),
             maxmemory_policy: policy.map(str::to_owned),
+            ..Durability::default()
         }
     }
 
@@ -124,7 +162,7 @@ mod tests {
     fn allkeys_policies_always_refuse() {
         for policy in ["allkeys-lru", "allkeys-lfu", "allkeys-random"] {
             let v = verdict(&facts(Some("yes"), Some("always"), Some(policy)));
-            assert_eq!(v, Verdict::Evicts(policy.to_owned()));
+            assert_eq!(v, Verdict::Evicts(format!("maxmemory-policy is {policy}")));
         }
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct PatchRecorded {
     pub(crate) seq: u64,
     /// Whether it joined a pending record.
     pub(crate) coalesced: bool,
+    /// Whether its durability is confirmed (see [`CacheWrite::Unconfirmed`]).
+    pub(crate) confirmed: bool,
     /// The patched entry's envelope, when the hash was there.
     pub(crate) entry: Option<Bytes>,
 }
@@ -193,11 +195,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let owned = self
             .codec
             .decode(self.keys.entity(), id, Bytes::from(payload.clone()))?;
-        self.record(state, id, (Some(payload), Some(&owned), tags), None)
+        let recorded = self
+            .record(state, id, (Some(payload), Some(&owned), tags), None)
             .await?;
         Ok(Written {
             value: Arc::new(owned),
-            cache: CacheWrite::Queued,
+            cache: CacheWrite::queued(recorded.is_confirmed()),
         })
     }
 
@@ -243,10 +246,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 .record(state, id, (Some(merged), Some(&value), &[]), Some(version))
                 .await?;
             match recorded {
-                Recorded::Queued { .. } => {
+                Recorded::Queued { confirmed, .. } => {
                     return Ok(Some(Written {
                         value: Arc::new(value),
-                        cache: CacheWrite::Queued,
+                        cache: CacheWrite::queued(confirmed),
                     }))
                 }
                 Recorded::Conflict => self.lost_compare_and_set(state, attempt).await,
@@ -288,7 +291,15 @@ impl<V: Send + Sync + 'static> Inner<V> {
         };
         let patched = state.log.patch_fields(&self.dirty_keys(id), &patch).await;
         let patched = patched.inspect_err(|e| self.store_failed(e))?;
-        let (Patched::Recorded(Recorded::Queued { seq, coalesced }), entry) = patched else {
+        let (
+            Patched::Recorded(Recorded::Queued {
+                seq,
+                coalesced,
+                confirmed,
+            }),
+            entry,
+        ) = patched
+        else {
             return Ok(None);
         };
         self.flights.forget(id);
@@ -296,6 +307,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         Ok(Some(PatchRecorded {
             seq,
             coalesced,
+            confirmed,
             entry,
         }))
     }
