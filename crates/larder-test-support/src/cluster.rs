@@ -198,6 +198,17 @@ impl RedisCluster {
         info(&self.nodes[index], "replication").contains("role:master")
     }
 
+    /// The index of a running replica that follows node `master` (`INFO
+    /// replication`'s `master_port`), if any.
+    pub fn replica_of(&self, master: usize) -> Option<usize> {
+        let port = self.nodes[master].port().to_string();
+        (0..self.nodes.len()).find(|&i| {
+            i != master
+                && field(&info(&self.nodes[i], "replication"), "master_port").as_deref()
+                    == Some(port.as_str())
+        })
+    }
+
     /// The index of the node serving `key`'s slot as master (`CLUSTER
     /// KEYSLOT`, then `CLUSTER SLOTS` on the first live node).
     ///

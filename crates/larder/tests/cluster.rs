@@ -431,3 +431,88 @@ async fn purging_a_set_scans_every_master() {
         assert_eq!(read.outcome, larder::CollectionOutcome::Miss, "p{page}");
     }
 }
+
+/// A write's end step (here a write-through's) is acknowledged only once
+/// its master's replica has it, so the master's death right after cannot
+/// bring the old value back: with the replica stopped (SIGSTOP), the write
+/// does not return; resumed, it does; the master is SIGKILLed at once and
+/// the promoted replica serves the new value, never the one it replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_acknowledged_before_its_master_dies_is_not_undone_by_the_failover() {
+    let mut cluster = RedisCluster::builder().node_timeout_ms(1000).start();
+    let url = format!(
+        "{}/?response_timeout=3s&connect_timeout=300ms",
+        cluster.url()
+    );
+    let store = store::connect_checked(&url).await.expect("store");
+    let table = rows(2);
+    let cache = Cache::<u64, Row>::builder()
+        .prefix(unique("cl_wt"))
+        .entity("rows")
+        .shards(1)
+        .store(store)
+        .source(TableSource(table.clone()))
+        .ttl(Duration::from_secs(600))
+        .early_refresh(0.0)
+        .build()
+        .await
+        .expect("cache");
+    let old = cache.get(&1).await.expect("get").value.expect("row 1");
+    assert_eq!(old.name, "row 1");
+
+    let victim = cluster.master_of_slot(slot_of("{rows:0}"));
+    let replica = cluster.replica_of(victim).expect("the victim's replica");
+    let replica_pid = cluster.nodes()[replica].pid().expect("pid");
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &replica_pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig}");
+    };
+
+    signal("-STOP");
+    let writer = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .put(
+                    &1,
+                    &Row {
+                        id: 1,
+                        name: "new".into(),
+                    },
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waited = !writer.is_finished();
+    signal("-CONT");
+    assert!(
+        waited,
+        "the write returned while its master's only replica was stopped"
+    );
+    writer.await.expect("task").expect("put");
+
+    cluster.node_mut(victim).kill();
+    support::eventually("the replica takes over", || async {
+        cluster.master_of_slot(slot_of("{rows:0}")) == replica && cluster.is_master(replica)
+    })
+    .await;
+    support::eventually("the new value is served after the failover", || async {
+        match cache.get(&1).await {
+            Ok(read) => {
+                let name = read.value.map(|row| row.name.clone());
+                assert_ne!(
+                    name.as_deref(),
+                    Some("row 1"),
+                    "the replaced value came back"
+                );
+                name.as_deref() == Some("new")
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+}

@@ -14,6 +14,7 @@
 //!   certificate problem.
 
 use super::conn::Conn;
+use super::replica_wait::Resend;
 use super::{
     project_whole, Acquired, Fill, LeaseRequest, Protocol, Store, Subscription, WriteEnd,
     WriteKeys, WriteTicket,
@@ -767,7 +768,9 @@ impl Protocol for RedisStore {
         inv.key(&keys.value_key)
             .key(&keys.lease_key)
             .key(&keys.write_key);
-        self.run::<i64>(inv).await.map(drop)
+        self.run_invalidation::<i64>(&keys.value_key, inv, ("invalidation", Resend::Safe))
+            .await
+            .map(drop)
     }
 
     async fn write_end(
@@ -790,7 +793,9 @@ impl Protocol for RedisStore {
             WriteEnd::Abort => inv.arg("abort").arg("").arg(0),
         };
         inv.arg(if ticket.clean { "1" } else { "0" });
-        Ok(self.run::<i64>(inv).await? == 1)
+        let ended =
+            self.run_invalidation::<i64>(&keys.value_key, inv, ("write's end step", Resend::Never));
+        Ok(ended.await? == 1)
     }
 
     fn dirty_log(&self) -> Option<Arc<dyn super::DirtyLog>> {
@@ -850,7 +855,8 @@ impl Protocol for RedisStore {
         if let Some((at_field, at_ms)) = at {
             inv.arg(at_field).arg(at_ms);
         }
-        self.run(inv).await
+        self.run_invalidation(key, inv, ("generation bump", Resend::Safe))
+            .await
     }
 
     fn collections(&self) -> Option<&dyn super::Collections> {

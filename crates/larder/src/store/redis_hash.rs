@@ -16,6 +16,7 @@
 use super::redis::{ms, RedisStore};
 use super::redis_counters::counter_keys_of_dirty;
 use super::redis_hash_dirty::{hash_dirty_of, HashWrite, ACQUIRE_BACK, FILL_OVERLAY};
+use super::replica_wait::Resend;
 use super::{Acquired, Fill, LeaseRequest, WriteEnd, WriteKeys, WriteTicket};
 use crate::error::{Error, Message, Result};
 use crate::representation::{from_fields, from_some_fields, to_fields, RESERVED};
@@ -367,6 +368,8 @@ impl RedisStore {
         for a in &args {
             inv.arg(a.as_slice());
         }
-        Ok(self.run::<i64>(inv).await? == 1)
+        let ended =
+            self.run_invalidation::<i64>(&keys.value_key, inv, ("write's end step", Resend::Never));
+        Ok(ended.await? == 1)
     }
 }

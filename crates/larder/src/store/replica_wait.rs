@@ -469,6 +469,29 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// Runs a step that takes a value out of service (an invalidation, a
+    /// write's end step, a generation bump for a tag or a purge): on a
+    /// Cluster it waits for the master's replicas like a write-back
+    /// acknowledgement, so a failover right after it cannot bring the old
+    /// value back. A shortfall is logged (the step is applied on the
+    /// master; only its survival of that master's failover is unconfirmed).
+    pub(super) async fn run_invalidation<T: redis::FromRedisValue>(
+        &self,
+        first_key: &str,
+        invocation: ScriptInvocation<'_>,
+        (what, resend): (&str, Resend),
+    ) -> Result<T> {
+        let (answer, confirmation) = self.run_waited(first_key, invocation, resend).await?;
+        if confirmation == Confirmation::Unconfirmed {
+            tracing::warn!(
+                store = self.name_str(),
+                key = first_key,
+                "a {what} was not confirmed by the master's replicas (WAIT); a failover of that master now could serve the old value until its TTL"
+            );
+        }
+        Ok(answer)
+    }
+
     /// A flusher's step that must be durable before its database
     /// transaction: an unconfirmed one stops this flush (it is tried again).
     pub(super) fn confirmed_or_wait(&self, confirmation: Confirmation, what: &str) -> Result<()> {
