@@ -1,6 +1,6 @@
 //! `larder serve` on a Redis Cluster: `[store] url = "redis+cluster://…"`
-//! serves reads (miss, then hit) and write-through writes from the real
-//! binary, over a PostgreSQL table.
+//! serves reads (miss, then hit), write-through and write-back writes from
+//! the real binary, over PostgreSQL tables.
 
 mod support;
 
@@ -73,6 +73,55 @@ async fn larder_serve_on_a_cluster_reads_and_writes_through() {
     }
     let a = served.call("GET", "/v1/stats", None).await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    drop(served);
+}
+
+/// Write-back on the Cluster: each acknowledgement waited for its
+/// master's replica, so it is 202 with `"durable": true`; the flusher
+/// brings the rows to PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn larder_serve_on_a_cluster_writes_back() {
+    let cluster = RedisCluster::shared();
+    let mut pg = Pg::connect().await;
+    let t = unique("cl_events");
+    pg.exec(&t, USERS).await;
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"{}\"\npool = 3\n\
+         [[entity]]\nname = \"users\"\ntable = \"{t}\"\nwrite = \"back\"\n[entity.write_back]\nmax_delay = \"50ms\"\n",
+        cluster.url(),
+        unique("cb"),
+        support::pg_url()
+    );
+    let served = Serve::with_config(&config);
+    for id in 10..30 {
+        let a = served
+            .call(
+                "PUT",
+                &format!("/v1/users/{id}"),
+                Some(&format!(r#"{{"name": "w{id}"}}"#)),
+            )
+            .await;
+        assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+        assert_eq!(
+            body(&a),
+            json!({"queued": true, "durable": true, "id": id.to_string()})
+        );
+    }
+    let a = served.call("GET", "/v1/users/12", None).await;
+    assert_eq!(body(&a), json!({"id": 12, "name": "w12"}));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let flushed = pg
+            .scalar_text(&format!(
+                "SELECT count(*)::text FROM {t} WHERE name LIKE 'w%'"
+            ))
+            .await;
+        if flushed.as_deref() == Some("20") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "flushed: {flushed:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     drop(served);
 }
 
