@@ -198,6 +198,62 @@ impl RedisCluster {
         info(&self.nodes[index], "replication").contains("role:master")
     }
 
+    /// Moves hash slot `slot` from its master to node `to` (a master) as
+    /// `redis-cli --cluster reshard` does, key batch by key batch, while
+    /// clients keep running: `IMPORTING`/`MIGRATING`, `MIGRATE` of the
+    /// slot's keys 100 at a time (clients meanwhile get `ASK` and
+    /// `TRYAGAIN`), then `SETSLOT … NODE` on every master. Blocking: call
+    /// it from `spawn_blocking` in an async test.
+    ///
+    /// # Panics
+    /// If a node refuses a step (the message names it).
+    pub fn move_slot(&self, slot: u16, to: usize) {
+        let from = self.master_of_slot(slot);
+        if from == to {
+            return;
+        }
+        let id = |i: usize| match resp::cmd(self.nodes[i].addr(), &["CLUSTER", "MYID"]) {
+            Ok(reply) => String::from_utf8_lossy(reply.bulk().expect("an id")).into_owned(),
+            Err(e) => panic!("CLUSTER MYID on node {i}: {e}"),
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let slot = slot.to_string();
+        let run = |i: usize, args: &[&str]| match resp::cmd(self.nodes[i].addr(), args) {
+            Ok(Reply::Error(e)) => panic!("{args:?} on node {i}: {e}"),
+            Ok(reply) => reply,
+            Err(e) => panic!("{args:?} on node {i}: {e}"),
+        };
+        run(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        run(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        let (host, port) = (
+            self.nodes[to].addr().ip().to_string(),
+            self.nodes[to].port().to_string(),
+        );
+        loop {
+            let Reply::Array(Some(keys)) = run(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"])
+            else {
+                panic!("GETKEYSINSLOT answered no array");
+            };
+            if keys.is_empty() {
+                break;
+            }
+            let keys: Vec<String> = keys
+                .iter()
+                .filter_map(|k| k.bulk().map(|b| String::from_utf8_lossy(b).into_owned()))
+                .collect();
+            let mut args = vec!["MIGRATE", &host, &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            run(from, &args);
+        }
+        run(to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        run(from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        for i in 0..self.nodes.len() {
+            if i != to && i != from && self.is_master(i) {
+                run(i, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            }
+        }
+    }
+
     /// The index of a running replica that follows node `master` (`INFO
     /// replication`'s `master_port`), if any.
     pub fn replica_of(&self, master: usize) -> Option<usize> {

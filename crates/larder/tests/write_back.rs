@@ -1397,3 +1397,110 @@ async fn durable_writes_survive_a_master_failover_on_cluster() {
     );
     db.drop().await;
 }
+
+/// Resharding under load on a Cluster: the slots of all 8 shards of the
+/// entity move to another master, key batch by key batch (`MIGRATE`, with
+/// clients getting `ASK` and `TRYAGAIN` meanwhile), while 4 tasks write
+/// back and 4 read. Nothing fails beyond the store's own retries, and every
+/// durable acknowledgement reaches PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_load_loses_nothing_on_cluster() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    let db = Db::new().await;
+    let cluster = Arc::new(support::RedisCluster::start());
+    let store = redis(&cluster.url()).await;
+    let prefix = support::unique("wbrs");
+    let cache = items_cache_with(&db, store, &prefix, Representation::Hash, settings(50));
+    let cache = Arc::new(cache.await);
+    let slot_of = |key: &str| match support::resp::cmd(
+        cluster.nodes()[0].addr(),
+        &["CLUSTER", "KEYSLOT", key],
+    ) {
+        Ok(support::resp::Reply::Int(slot)) => u16::try_from(slot).expect("slot"),
+        other => panic!("CLUSTER KEYSLOT: {other:?}"),
+    };
+    let slots: Vec<u16> = (0..8).map(|s| slot_of(&format!("{{items:{s}}}"))).collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let durable: Arc<Mutex<HashMap<i64, i64>>> = Arc::default();
+    let (errors, written) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for w in 0..4i64 {
+        let (cache, stop, durable) = (cache.clone(), stop.clone(), durable.clone());
+        let (errors, written) = (errors.clone(), written.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut version = 0;
+            while !stop.load(Ordering::Relaxed) {
+                version += 1;
+                let id = w * 1000 + version % 32;
+                match cache.put(&id, &Item { id, version }).await {
+                    Ok(put) if put.cache == CacheWrite::Queued => {
+                        durable.lock().expect("lock").insert(id, version);
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(put) => panic!("unexpected {:?} with every replica up", put.cache),
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("write error during resharding: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    for r in 0..4i64 {
+        let (cache, stop, errors) = (cache.clone(), stop.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = r;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                if let Err(e) = cache.get(&((n % 4) * 1000 + n % 32)).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("read error during resharding: {e}");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }));
+    }
+    eventually("writes flow before the resharding", || async {
+        written.load(Ordering::Relaxed) >= 200
+    })
+    .await;
+    let moving = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        for slot in slots {
+            let from = moving.master_of_slot(slot);
+            let to = (0..moving.nodes().len())
+                .find(|&i| i != from && moving.is_master(i))
+                .expect("another master");
+            moving.move_slot(slot, to);
+            assert_eq!(moving.master_of_slot(slot), to, "slot {slot} moved");
+        }
+    })
+    .await
+    .expect("resharding");
+    let after = written.load(Ordering::Relaxed);
+    eventually("writes flow after the resharding", || async {
+        written.load(Ordering::Relaxed) >= after + 200
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "errors beyond retries");
+    let acked = durable.lock().expect("lock").clone();
+    eventually("every durable acknowledgement is flushed", || async {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as(&format!("SELECT id, version FROM {}.items", db.schema))
+                .fetch_all(&db.admin)
+                .await
+                .expect("items");
+        let stored: HashMap<i64, i64> = rows.into_iter().collect();
+        acked.iter().all(|(id, v)| stored.get(id) >= Some(v))
+    })
+    .await;
+    assert_nothing_lost(&db, &acked).await;
+    db.drop().await;
+}
