@@ -119,12 +119,24 @@ fn n(by: i64) -> Number {
 /// increments, the cache the same.
 #[tokio::test]
 async fn increments_from_two_instances_reach_the_database_exactly_once() {
-    let db = Db::new().await;
     let server = RedisServer::durable();
+    increments_from_two_instances_reach_the_database_exactly_once_on(&server.url()).await;
+}
+
+/// The same on the shared Redis Cluster, where each increment and each
+/// counter claim waits for its master's replica (`WAIT`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_from_two_instances_reach_the_database_exactly_once_on_cluster() {
+    let url = support::RedisCluster::shared().url();
+    increments_from_two_instances_reach_the_database_exactly_once_on(&url).await;
+}
+
+async fn increments_from_two_instances_reach_the_database_exactly_once_on(url: &str) {
+    let db = Db::new().await;
     let prefix = support::unique("cwb");
     let table = counters_table(&db).await;
-    let a = counters_cache(&table, &server.url(), &prefix, settings(20)).await;
-    let b = counters_cache(&table, &server.url(), &prefix, settings(20)).await;
+    let a = counters_cache(&table, url, &prefix, settings(20)).await;
+    let b = counters_cache(&table, url, &prefix, settings(20)).await;
     let acked: Arc<Vec<AtomicI64>> = Arc::new((0..ROWS).map(|_| AtomicI64::new(0)).collect());
     let attempted: Arc<Vec<AtomicI64>> = Arc::new((0..ROWS).map(|_| AtomicI64::new(0)).collect());
     let mut tasks = Vec::new();
@@ -205,7 +217,7 @@ async fn increments_from_two_instances_reach_the_database_exactly_once() {
     assert_eq!(sa.dead_lettered + sb.dead_lettered, 0);
     assert!(total > 0);
     // A fresh instance reads what the database holds.
-    let c = counters_cache(&table, &server.url(), &prefix, settings(20)).await;
+    let c = counters_cache(&table, url, &prefix, settings(20)).await;
     for id in 0..10 {
         let seen = c.get(&id).await.expect("get").value.expect("row");
         assert_eq!(seen["views"].as_i64(), stored[&id], "cache of {id}");
