@@ -174,9 +174,12 @@ pub use cache::CacheBuilder;
 pub use cache::{Cache, CacheWrite, WarmOptions, WarmProgress, WritePolicy, Written, WARM_BATCH};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
+#[doc(hidden)]
+pub use collection::{arm_after_board_commit, arm_stall_after_board_claim};
 pub use collection::{
-    BoardLoad, BoardPage, BoardSource, Leaderboard, LeaderboardBuilder, Ranked, ScoreKind,
-    BOARD_FILL_CHUNK, DEFAULT_MAX_BOARD_MEMBERS, MAX_BOARD_OFFSET, MAX_BOARD_PAGE,
+    BoardBatch, BoardFlushed, BoardLoad, BoardPage, BoardSource, Leaderboard, LeaderboardBuilder,
+    Ranked, ScoreKind, BOARD_FILL_CHUNK, DEFAULT_MAX_BOARD_MEMBERS, MAX_BOARD_OFFSET,
+    MAX_BOARD_PAGE,
 };
 pub use collection::{
     CollectionOutcome, CollectionRead, CollectionStats, SetCache, SetCacheBuilder, SetLoad,

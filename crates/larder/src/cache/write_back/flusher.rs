@@ -761,7 +761,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
 /// Whether two refusals are the same: the same kind of error with the
 /// same database code (their texts differ by the rows' values).
-pub(super) fn same_way(a: &Error, b: &Error) -> bool {
+pub(crate) fn same_way(a: &Error, b: &Error) -> bool {
     match (a, b) {
         (Error::Source { code: x, .. }, Error::Source { code: y, .. }) => x == y,
         _ => std::mem::discriminant(a) == std::mem::discriminant(b),

@@ -284,7 +284,7 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> WriteBackStats {
+    pub(crate) fn snapshot(&self) -> WriteBackStats {
         let get = |c: &Tally| c.load(Ordering::Relaxed);
         WriteBackStats {
             acknowledged: get(&self.acknowledged),

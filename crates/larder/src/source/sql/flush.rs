@@ -44,7 +44,7 @@ pub(super) const FENCE_TABLE: &str = "larder_fence";
 
 /// What the fence step found: go on, a newer epoch committed, or this
 /// very batch id committed already (a replay).
-enum FenceCheck {
+pub(super) enum FenceCheck {
     Passed,
     Newer(u64),
     Replayed,
@@ -185,89 +185,10 @@ impl SqlSource {
     /// Creates the fence table if missing and the entity's rows, one per
     /// shard (idempotent, safe to run from many instances at once).
     pub async fn prepare_fence(&self, entity: &str, shards: u16) -> Result<()> {
-        let create = format!(
-            "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (entity text NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL DEFAULT 0, PRIMARY KEY (entity, shard))"
-        );
         let result = match &self.inner.backend {
-            Backend::Postgres(pool, _) => {
-                async {
-                    let mut tx = pool.begin().await?;
-                    // Concurrent CREATE TABLE IF NOT EXISTS can collide in
-                    // the catalog; serialise the installers.
-                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('larder_fence'))")
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(&create).execute(&mut *tx).await?;
-                    // Tables made before the `batch` column get it once.
-                    let has_batch: bool = sqlx::query_scalar(
-                        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'batch')",
-                    )
-                    .bind(FENCE_TABLE)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if !has_batch {
-                        sqlx::query(&format!(
-                            "ALTER TABLE {FENCE_TABLE} ADD COLUMN IF NOT EXISTS batch text"
-                        ))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    sqlx::query(&format!(
-                        "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT $1, s, 0 FROM generate_series(0, $2 - 1) AS s ON CONFLICT DO NOTHING"
-                    ))
-                    .bind(entity)
-                    .bind(i32::from(shards))
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await
-                }
-                .await
-            }
-            Backend::MySql(pool, _) => {
-                async {
-                    // DDL commits implicitly on MariaDB: no transaction.
-                    sqlx::query(&format!(
-                        "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (entity varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL DEFAULT 0, batch varchar(64), PRIMARY KEY (entity, shard))"
-                    ))
-                    .execute(pool)
-                    .await?;
-                    let shard_list = Value::Array((0..shards).map(Value::from).collect());
-                    sqlx::query(&format!(
-                        "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT ?, s.n, 0 FROM JSON_TABLE(?, '$[*]' COLUMNS (n integer PATH '$')) AS s WHERE TRUE ON DUPLICATE KEY UPDATE shard = VALUES(shard)"
-                    ))
-                    .bind(entity)
-                    .bind(shard_list.to_string())
-                    .execute(pool)
-                    .await
-                    .map(drop)
-                }
-                .await
-            }
-            Backend::Sqlite(pool, _) => {
-                async {
-                    let mut tx = pool.begin().await?;
-                    sqlx::query(&create).execute(&mut *tx).await?;
-                    let has_batch: bool = sqlx::query_scalar(&format!(
-                        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{FENCE_TABLE}') WHERE name = 'batch')"
-                    ))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if !has_batch {
-                        sqlx::query(&format!("ALTER TABLE {FENCE_TABLE} ADD COLUMN batch text"))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    sqlx::query(&format!(
-                        "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n + 1 < ?2) INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT ?1, n, 0 FROM s WHERE true ON CONFLICT DO NOTHING"
-                    ))
-                    .bind(entity)
-                    .bind(i32::from(shards))
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await
-                }
-                .await
-            }
+            Backend::Postgres(pool, _) => prepare_fence_postgres(pool, entity, shards).await,
+            Backend::MySql(pool, _) => prepare_fence_mysql(pool, entity, shards).await,
+            Backend::Sqlite(pool, _) => prepare_fence_sqlite(pool, entity, shards).await,
         };
         result.map_err(|e| classify(self.entity(), e))
     }
@@ -664,6 +585,106 @@ impl SqlSource {
     }
 }
 
+/// The fence table's `CREATE TABLE` (PostgreSQL and SQLite).
+fn fence_create() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (entity text NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL DEFAULT 0, PRIMARY KEY (entity, shard))"
+    )
+}
+
+/// Creates the fence table on PostgreSQL if missing, and `entity`'s rows
+/// (see [`SqlSource::prepare_fence`]); shared with the leaderboards' flush.
+pub(super) async fn prepare_fence_postgres(
+    pool: &sqlx::PgPool,
+    entity: &str,
+    shards: u16,
+) -> sqlx::Result<()> {
+    let create = fence_create();
+
+    let mut tx = pool.begin().await?;
+    // Concurrent CREATE TABLE IF NOT EXISTS can collide in
+    // the catalog; serialise the installers.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('larder_fence'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&create).execute(&mut *tx).await?;
+    // Tables made before the `batch` column get it once.
+    let has_batch: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'batch')",
+                    )
+                    .bind(FENCE_TABLE)
+                    .fetch_one(&mut *tx)
+                    .await?;
+    if !has_batch {
+        sqlx::query(&format!(
+            "ALTER TABLE {FENCE_TABLE} ADD COLUMN IF NOT EXISTS batch text"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(&format!(
+                        "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT $1, s, 0 FROM generate_series(0, $2 - 1) AS s ON CONFLICT DO NOTHING"
+                    ))
+                    .bind(entity)
+                    .bind(i32::from(shards))
+                    .execute(&mut *tx)
+                    .await?;
+    tx.commit().await
+}
+
+/// [`prepare_fence_postgres`] on MariaDB.
+pub(super) async fn prepare_fence_mysql(
+    pool: &sqlx::MySqlPool,
+    entity: &str,
+    shards: u16,
+) -> sqlx::Result<()> {
+    // DDL commits implicitly on MariaDB: no transaction.
+    sqlx::query(&format!(
+                        "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (entity varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL DEFAULT 0, batch varchar(64), PRIMARY KEY (entity, shard))"
+                    ))
+                    .execute(pool)
+                    .await?;
+    let shard_list = Value::Array((0..shards).map(Value::from).collect());
+    sqlx::query(&format!(
+                        "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT ?, s.n, 0 FROM JSON_TABLE(?, '$[*]' COLUMNS (n integer PATH '$')) AS s WHERE TRUE ON DUPLICATE KEY UPDATE shard = VALUES(shard)"
+                    ))
+                    .bind(entity)
+                    .bind(shard_list.to_string())
+                    .execute(pool)
+                    .await
+                    .map(drop)
+}
+
+/// [`prepare_fence_postgres`] on SQLite.
+pub(super) async fn prepare_fence_sqlite(
+    pool: &sqlx::SqlitePool,
+    entity: &str,
+    shards: u16,
+) -> sqlx::Result<()> {
+    let create = fence_create();
+
+    let mut tx = pool.begin().await?;
+    sqlx::query(&create).execute(&mut *tx).await?;
+    let has_batch: bool = sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{FENCE_TABLE}') WHERE name = 'batch')"
+    ))
+    .fetch_one(&mut *tx)
+    .await?;
+    if !has_batch {
+        sqlx::query(&format!("ALTER TABLE {FENCE_TABLE} ADD COLUMN batch text"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(&format!(
+                        "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n + 1 < ?2) INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT ?1, n, 0 FROM s WHERE true ON CONFLICT DO NOTHING"
+                    ))
+                    .bind(entity)
+                    .bind(i32::from(shards))
+                    .execute(&mut *tx)
+                    .await?;
+    tx.commit().await
+}
+
 fn epoch_i64(epoch: u64) -> i64 {
     i64::try_from(epoch).unwrap_or(i64::MAX)
 }
@@ -676,7 +697,7 @@ fn epoch_i64(epoch: u64) -> i64 {
 /// prepared for fewer shards).
 macro_rules! fence_step {
     ($name:ident, $conn:ty, $p:expr, $distinct:expr) => {
-        async fn $name(conn: &mut $conn, fence: &Fence, token: &str) -> sqlx::Result<FenceCheck> {
+        pub(super) async fn $name(conn: &mut $conn, fence: &Fence, token: &str) -> sqlx::Result<FenceCheck> {
             let p: fn(u8) -> String = $p;
             let distinct: fn(String) -> String = $distinct;
             let epoch = epoch_i64(fence.epoch);
