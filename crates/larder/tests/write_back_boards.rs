@@ -595,6 +595,12 @@ async fn scores_then_removals(lb: &Leaderboard) {
         beyond.map_err(|e| e.kind()).err(),
         Some(ErrorKind::InvalidRow)
     );
+    // 2 + (2^53 - 1): a double rounds the sum back to 2^53; still refused.
+    let rounded = lb.incr(GAME, "new", 9_007_199_254_740_991.0).await;
+    assert_eq!(
+        rounded.map_err(|e| e.kind()).err(),
+        Some(ErrorKind::InvalidRow)
+    );
     lb.flush().await.expect("flush");
 }
 

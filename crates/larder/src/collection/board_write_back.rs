@@ -225,7 +225,22 @@ impl Leaderboard {
         if written == BoardWritten::NotCached {
             let read = self.rank(owner, member).await?.value;
             if let (MemberOp::Add(by), Some(r)) = (op, &read) {
-                self.check_score(member, "by", r.score + by)?;
+                let sum =
+                    match self.score_kind() {
+                        // Exact: a double rounds sums past 2^53.
+                        super::ScoreKind::Integer => (r.score as i64)
+                            .checked_add(by as i64)
+                            .map_or(f64::INFINITY, |n| {
+                                if n.unsigned_abs() > crate::source::MAX_EXACT_SCORE.unsigned_abs()
+                                {
+                                    f64::INFINITY
+                                } else {
+                                    n as f64
+                                }
+                            }),
+                        super::ScoreKind::Float => r.score + by,
+                    };
+                self.check_score(member, "score", sum)?;
             }
             before = Some(read);
             written = wb.log.board_op(&keys, owner, &record(false)).await?;

@@ -14,9 +14,17 @@ use crate::source::MAX_EXACT_SCORE;
 use redis::{Script, Value};
 use std::sync::LazyLock;
 
-/// Lua: a number as text Redis and Rust read back to the same double.
+/// Lua: a number as text Redis and Rust read back to the same double;
+/// whether `a + b` leaves ±`limit`, decided without computing the sum
+/// (which a double rounds past 2^53): both are within ±2^53, so
+/// `limit - b` is exact when `b` is positive.
 const FMT: &str = r"
 local function fmt(x) return string.format('%.17g', x) end
+local function beyond(a, b, limit)
+  if b > 0 then return a > limit - b end
+  if b < 0 then return a < -limit - b end
+  return math.abs(a) > limit
+end
 ";
 
 static OP: LazyLock<Script> = LazyLock::new(|| {
@@ -39,8 +47,9 @@ if op == 'incr' then
   elseif cur == '-' then
     new = '=' .. fmt(v)
   else
-    local n = tonumber(cur:sub(2)) + v
-    if int and math.abs(n) > limit then return {{-3, fmt(n)}} end
+    local p = tonumber(cur:sub(2))
+    local n = p + v
+    if int and beyond(p, v, limit) then return {{-3, fmt(n)}} end
     new = cur:sub(1, 1) .. fmt(n)
   end
 elseif op == 'set' then
@@ -57,8 +66,10 @@ if cached then
     redis.call('ZREM', KEYS[2], ARGV[2])
   else
     local s = v
-    if op == 'incr' and before then s = tonumber(before) + v end
-    if int and math.abs(s) > limit then return {{-3, fmt(s)}} end
+    if op == 'incr' and before then
+      s = tonumber(before) + v
+      if int and beyond(tonumber(before), v, limit) then return {{-3, fmt(s)}} end
+    end
     if not before and redis.call('ZCARD', KEYS[2]) + 1 > tonumber(ARGV[8]) then
       -- Past the cap: the board stops being cached (never partly).
       redis.call('DEL', KEYS[1], KEYS[2])
