@@ -1363,7 +1363,7 @@ impl Config {
             }
             (Some(wb), _) => wb.validate().map_err(|err| match err {
                 larder::Error::InvalidSetting { setting, reason } => {
-                    self.error(at(&setting), reason)
+                    self.error(at(setting), reason)
                 }
                 other => self.error(at("write_back"), other),
             })?,
