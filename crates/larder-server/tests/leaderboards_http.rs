@@ -430,6 +430,11 @@ async fn write_back_boards_answer_202() {
     let board = &stats["leaderboards"]["scores"];
     assert_eq!(board["write"], "back");
     assert_eq!(board["write_back"]["acknowledged"], 4, "{board}");
+    let doc = get(&app, "/v1/openapi.json").await.json();
+    let incr = &doc["paths"]["/v1/scores/{owner}/members/{member}/incr"]["post"]["responses"];
+    assert!(incr["202"].is_object() && incr["200"].is_null(), "{incr}");
+    let del = &doc["paths"]["/v1/scores/{owner}/members/{member}"]["delete"]["responses"];
+    assert!(del["202"].is_object(), "{del}");
     let board = state.board("scores").expect("board");
     board.cache.flush().await.expect("flush");
     let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
