@@ -356,7 +356,7 @@ async fn write_back_boards_answer_202() {
     pg.exec(
         &scores,
         "CREATE TABLE {t} (game_id bigint NOT NULL, player_id text NOT NULL,
-         points bigint NOT NULL, UNIQUE (game_id, player_id));
+         points bigint NOT NULL CHECK (points <= 1000), UNIQUE (game_id, player_id));
          INSERT INTO {t} VALUES (1, 'ann', 30), (1, 'bob', 20)",
     )
     .await;
@@ -435,8 +435,36 @@ async fn write_back_boards_answer_202() {
     assert!(incr["202"].is_object() && incr["200"].is_null(), "{incr}");
     let del = &doc["paths"]["/v1/scores/{owner}/members/{member}"]["delete"]["responses"];
     assert!(del["202"].is_object(), "{del}");
+    let a = write(
+        &app,
+        "POST",
+        "/v1/scores/2/members/big/incr",
+        r#"{"by": 5000}"#,
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 202);
     let board = state.board("scores").expect("board");
     board.cache.flush().await.expect("flush");
+    // The CHECK refused `big` alone: a dead letter, listed.
+    let letters = get(&app, "/v1/_admin/scores/dead-letters").await;
+    assert_eq!(letters.status.as_u16(), 200);
+    let letters = letters.json();
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(
+        (
+            &letter["owner"],
+            &letter["member"],
+            &letter["code"],
+            &letter["op"]
+        ),
+        (
+            &json!("2"),
+            &json!("big"),
+            &json!("23514"),
+            &json!({"add": 5000.0})
+        ),
+        "{letters}"
+    );
     let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
         "SELECT player_id, points FROM {scores} WHERE game_id = 1 ORDER BY player_id"
     ))
