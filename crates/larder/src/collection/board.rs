@@ -29,6 +29,9 @@
 //!   `ZINCRBY`, which would count twice after a fill that read the
 //!   committed row — else the cached board is deleted. A write to an owner
 //!   whose board is not cached never creates it (it voids the lease).
+//! - Writes (write-back, [`LeaderboardBuilder::write_back`]): acknowledged
+//!   once the store holds them, flushed exactly once; see
+//!   `board_write_back.rs` and `board_flush.rs`.
 //! - An integer board takes integer scores and deltas within ±2^53, and
 //!   refuses a write whose result would leave that range
 //!   ([`Error::InvalidRow`], nothing written). A float board takes any
