@@ -80,6 +80,18 @@ async fn board(
         .expect("leaderboard")
 }
 
+/// A board over `db` that flushes only when asked (`flush`, `close`).
+async fn manual(server: &RedisServer, prefix: &str, db: &PgSchema) -> Leaderboard {
+    board(
+        &server.url(),
+        prefix,
+        pg_source(db).await,
+        Duration::from_secs(3600),
+        100_000,
+    )
+    .await
+}
+
 async fn insert(db: &PgSchema, rows: &[(&str, i64)]) {
     for (player, points) in rows {
         sqlx::query(&format!(
@@ -275,14 +287,7 @@ async fn a_flusher_stopped_between_commit_and_clear_never_applies_twice() {
     let fence = format!("{prefix}:scores");
     let mut want = 10;
     for round in 0..5 {
-        let lb = board(
-            &server.url(),
-            &prefix,
-            pg_source(&db).await,
-            Duration::from_secs(3600),
-            100_000,
-        )
-        .await;
+        let lb = manual(&server, &prefix, &db).await;
         lb.incr(GAME, "x", 5.0).await.expect("incr");
         lb.incr(GAME, "y", 1.0).await.expect("incr");
         want += 5;
@@ -301,14 +306,7 @@ async fn a_flusher_stopped_between_commit_and_clear_never_applies_twice() {
             want,
             "round {round}: committed once"
         );
-        let next = board(
-            &server.url(),
-            &prefix,
-            pg_source(&db).await,
-            Duration::from_secs(3600),
-            100_000,
-        )
-        .await;
+        let next = manual(&server, &prefix, &db).await;
         next.flush().await.expect("flush");
         let points = db_points(&db).await;
         assert_eq!(points["x"], want, "round {round}: not applied again");
@@ -395,14 +393,7 @@ async fn loads_racing_flushes_count_each_increment_once() {
     let prefix = support::unique("wbr");
     let fence = format!("{prefix}:scores");
     // (1) Committed, not cleared.
-    let a = board(
-        &server.url(),
-        &prefix,
-        pg_source(&db).await,
-        Duration::from_secs(3600),
-        100_000,
-    )
-    .await;
+    let a = manual(&server, &prefix, &db).await;
     assert_eq!(a.incr(GAME, "x", 5.0).await.expect("incr"), 15.0);
     larder::arm_after_board_commit(&fence, 1);
     assert!(a.flush().await.is_err());
@@ -470,22 +461,8 @@ async fn a_stalled_flusher_with_an_older_epoch_applies_nothing() {
     let server = RedisServer::durable();
     let prefix = support::unique("wbs");
     let fence = format!("{prefix}:scores");
-    let a = board(
-        &server.url(),
-        &prefix,
-        pg_source(&db).await,
-        Duration::from_secs(3600),
-        100_000,
-    )
-    .await;
-    let b = board(
-        &server.url(),
-        &prefix,
-        pg_source(&db).await,
-        Duration::from_secs(3600),
-        100_000,
-    )
-    .await;
+    let a = manual(&server, &prefix, &db).await;
+    let b = manual(&server, &prefix, &db).await;
     for _ in 0..3 {
         a.incr(GAME, "x", 1.0).await.expect("incr");
         b.incr(GAME, "y", 2.0).await.expect("incr");
@@ -537,14 +514,7 @@ async fn a_refused_member_is_a_dead_letter_alone() {
     insert(&db, &[("ok1", 1)]).await;
     let server = RedisServer::durable();
     let prefix = support::unique("wbd");
-    let lb = board(
-        &server.url(),
-        &prefix,
-        pg_source(&db).await,
-        Duration::from_secs(3600),
-        100_000,
-    )
-    .await;
+    let lb = manual(&server, &prefix, &db).await;
     lb.incr(GAME, "ok1", 5.0).await.expect("incr");
     lb.incr(GAME, "bad", 2_000_000.0).await.expect("incr");
     lb.incr(GAME, "ok2", 7.0).await.expect("incr");

@@ -25,23 +25,19 @@ use super::board_write_back::{BoardBatch, BoardFlushed, BoardWriteBack};
 use crate::error::{Error, Result};
 use crate::source::Fence;
 use crate::store::ShardKeys;
+use crate::write_back::fault::FaultPoints;
 use crate::write_back::Counters;
 use futures_util::stream::{self, StreamExt};
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 /// How many shards one instance flushes at once.
 const PARALLEL_SHARDS: usize = 4;
 
-/// Armed fault points, by fence name (`<prefix>:<board>`): how many more
-/// commits stop before their clear.
-static ARMED: LazyLock<Mutex<HashMap<String, u32>>> = LazyLock::new(Default::default);
-
-/// Armed stalls, by fence name: the next flush sleeps this long between
-/// its claim and its commit, once.
-static STALLS: LazyLock<Mutex<HashMap<String, Duration>>> = LazyLock::new(Default::default);
+/// The leaderboard flusher's fault points.
+static FAULTS: LazyLock<FaultPoints> =
+    LazyLock::new(|| FaultPoints::new("LARDER_FAULT_AFTER_BOARD_COMMIT"));
 
 /// Arms the fault point between a board batch's commit and its clear for
 /// the next `n` commits of the board whose fence name is `fence`
@@ -52,9 +48,7 @@ static STALLS: LazyLock<Mutex<HashMap<String, Duration>>> = LazyLock::new(Defaul
 /// instead. For tests; not part of the API.
 #[doc(hidden)]
 pub fn arm_after_board_commit(fence: &str, n: u32) {
-    if let Ok(mut armed) = ARMED.lock() {
-        armed.insert(fence.to_owned(), n);
-    }
+    FAULTS.arm(fence, n);
 }
 
 /// Arms a stall of the next board flush of `fence`: it sleeps `pause`
@@ -63,25 +57,7 @@ pub fn arm_after_board_commit(fence: &str, n: u32) {
 /// tests; not part of the API.
 #[doc(hidden)]
 pub fn arm_stall_after_board_claim(fence: &str, pause: Duration) {
-    if let Ok(mut stalls) = STALLS.lock() {
-        stalls.insert(fence.to_owned(), pause);
-    }
-}
-
-fn fault_after_commit(fence: &str) -> bool {
-    if std::env::var("LARDER_FAULT_AFTER_BOARD_COMMIT").as_deref() == Ok("abort") {
-        std::process::abort();
-    }
-    let Ok(mut armed) = ARMED.lock() else {
-        return false;
-    };
-    match armed.get_mut(fence) {
-        Some(n) if *n > 0 => {
-            *n -= 1;
-            true
-        }
-        _ => false,
-    }
+    FAULTS.arm_stall(fence, pause);
 }
 
 /// Starts the flusher of `board` (its write-back state `wb`).
@@ -212,7 +188,7 @@ impl Leaderboard {
             shard: shard.shard,
             epoch,
         };
-        if let Some(pause) = STALLS.lock().ok().and_then(|mut s| s.remove(&fence.entity)) {
+        if let Some(pause) = FAULTS.take_stall(&fence.entity) {
             tokio::time::sleep(pause).await;
         }
         let full = claimed.owners.len() >= settings.batch;
@@ -324,7 +300,7 @@ impl Leaderboard {
                 }
                 Err(e) => return Err(e),
             }
-            if committed && fault_after_commit(&fence.entity) {
+            if committed && FAULTS.fires(&fence.entity) {
                 wb.closed.store(true, Ordering::Release);
                 return Err(Error::Config(
                     "fault point: stopped after a leaderboard commit, before its clear".into(),

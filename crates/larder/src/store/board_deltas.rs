@@ -111,18 +111,10 @@ pub(crate) struct BoardOpKeys {
     pub(crate) dead: String,
 }
 
-/// The `<prefix>:{<name>:<shard>}:` head of a shard's key.
-fn head(shard_key: &str) -> &str {
-    match shard_key.find("}:") {
-        Some(at) => &shard_key[..at + 2],
-        None => shard_key,
-    }
-}
-
 impl BoardOpKeys {
     /// The keys of `owner` from `shard_key`, any key of its shard.
     pub(crate) fn of(shard_key: &str, owner: &str) -> Self {
-        let head = head(shard_key);
+        let head = super::counters::head(shard_key);
         BoardOpKeys {
             ops: format!("{head}bo:{owner}"),
             queue: format!("{head}bq"),

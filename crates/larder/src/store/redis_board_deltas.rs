@@ -9,6 +9,7 @@ use super::board_deltas::{
 use super::collection::CollectionKeys;
 use super::dirty::ShardKeys;
 use super::redis::RedisStore;
+use super::redis_counters::{claim_answer, flat_pairs, text};
 use crate::error::{Error, Message, Result};
 use crate::source::MAX_EXACT_SCORE;
 use redis::{Script, Value};
@@ -188,27 +189,6 @@ return 1
     )
 });
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn flat_pairs(v: Value) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Value::Array(flat) = v else {
-        return Vec::new();
-    };
-    let mut out = Vec::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let (Some(Value::BulkString(k)), Some(Value::BulkString(v))) = (it.next(), it.next()) {
-        out.push((k, v));
-    }
-    out
-}
-
 /// Operations from `HGETALL` pairs (member → operation).
 fn ops_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<MemberOps, String> {
     pairs
@@ -355,16 +335,7 @@ impl BoardLog for RedisStore {
         due_ms: u64,
     ) -> Result<Option<Option<ClaimedOps>>> {
         let head = BoardOpKeys::of(&shard.queue_key, "");
-        let owners: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&head.queue)
-            .arg("-inf")
-            .arg(due_ms)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(max.max(1))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| self.error(e))?;
+        let owners = self.due_ids(&head.queue, due_ms, max).await?;
         let batch = super::counters::batch_id();
         let mut inv = CLAIM.prepare_invoke();
         inv.key(&shard.lease_key)
@@ -377,21 +348,7 @@ impl BoardLog for RedisStore {
                 .arg(owner.as_str());
         }
         let answer: Value = self.run(inv).await?;
-        let bad = || self.board_problem("unexpected answer from the leaderboard claim script");
-        let Value::Array(items) = answer else {
-            return Err(bad());
-        };
-        let mut it = items.into_iter();
-        match it.next() {
-            Some(Value::Int(0)) => Ok(None),
-            Some(Value::Int(1)) => match it.next() {
-                None => Ok(Some(None)),
-                Some(flat) => claimed_of(&flat_pairs(flat))
-                    .map(|c| Some(Some(c)))
-                    .map_err(|p| self.board_problem(p)),
-            },
-            _ => Err(bad()),
-        }
+        claim_answer(answer, claimed_of).map_err(|p| self.board_problem(p))
     }
 
     async fn board_reclaim(

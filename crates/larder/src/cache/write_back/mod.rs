@@ -72,6 +72,7 @@ mod counter;
 mod counter_flush;
 mod dead_letters;
 pub(crate) mod durability;
+pub(crate) mod fault;
 pub(crate) mod flusher;
 mod overlay;
 mod writer;

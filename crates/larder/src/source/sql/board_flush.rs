@@ -19,8 +19,8 @@
 
 use super::board::{bind_score, score_at, SqlBoardSource};
 use super::flush::{
-    fence_mysql, fence_postgres, fence_sqlite, prepare_fence_mysql, prepare_fence_postgres,
-    prepare_fence_sqlite, FenceCheck, FENCE_TABLE,
+    fence_mysql, fence_postgres, fence_sqlite, fenced_batch, mysql_timed, prepare_fence_mysql,
+    prepare_fence_postgres, prepare_fence_sqlite, FenceCheck, FencePool,
 };
 use super::owner_table::{bind_key, Backend};
 use super::schema::KeyValue;
@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::source::Fence;
 use crate::store::MemberOp;
 use sqlx::Row;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where a transaction stopped before committing (or at `COMMIT`).
 enum Halted {
@@ -188,28 +188,10 @@ impl SqlBoardSource {
                 }
                 Backend::MySql(pool) => {
                     async {
-                        let mut conn = pool.acquire().await?;
-                        sqlx::query(&format!(
-                            "SET SESSION max_statement_time = {:.3}, innodb_lock_wait_timeout = {}",
-                            timeout.as_secs_f64().max(0.001),
-                            timeout.as_secs().max(1)
-                        ))
-                        .execute(&mut *conn)
-                        .await?;
-                        let result = async {
+                        mysql_timed!(pool, timeout, conn, async {
                             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                             board_commit!(tx, fence_mysql, self, b, plan, true)
-                        }
-                        .await;
-                        let reset = sqlx::query(
-                            "SET SESSION max_statement_time = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
-                        )
-                        .execute(&mut *conn)
-                        .await;
-                        if reset.is_err() {
-                            drop(conn.detach());
-                        }
-                        result
+                        })
                     }
                     .await
                 }
@@ -252,51 +234,14 @@ impl SqlBoardSource {
         }
     }
 
-    /// The `batch` of the fence row, read again and again until the
-    /// database answers or `within` runs out.
+    /// The `batch` of the fence row (see [`fenced_batch`]).
     async fn fenced_batch(&self, fence: &Fence, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
-        let mut pause = Duration::from_millis(20);
-        let shard = i32::from(fence.shard);
-        loop {
-            let found: sqlx::Result<Option<Option<String>>> = match &self.inner.table.backend {
-                Backend::Postgres(pool) => {
-                    sqlx::query_scalar(&format!(
-                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = $1 AND shard = $2"
-                    ))
-                    .bind(&fence.entity)
-                    .bind(shard)
-                    .fetch_optional(pool)
-                    .await
-                }
-                Backend::Sqlite(pool) => {
-                    sqlx::query_scalar(&format!(
-                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = ?1 AND shard = ?2"
-                    ))
-                    .bind(&fence.entity)
-                    .bind(shard)
-                    .fetch_optional(pool)
-                    .await
-                }
-                Backend::MySql(pool) => {
-                    sqlx::query_scalar(&format!(
-                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = ? AND shard = ?"
-                    ))
-                    .bind(&fence.entity)
-                    .bind(shard)
-                    .fetch_optional(pool)
-                    .await
-                }
-            };
-            match found {
-                Ok(row) => return row.flatten(),
-                Err(_) if Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Err(_) => return None,
-            }
-        }
+        let pool = match &self.inner.table.backend {
+            Backend::Postgres(pool) => FencePool::Postgres(pool),
+            Backend::Sqlite(pool) => FencePool::Sqlite(pool),
+            Backend::MySql(pool) => FencePool::MySql(pool),
+        };
+        fenced_batch(pool, fence, within).await
     }
 
     /// How many of `owner`'s rows rank before `member` at `score`.

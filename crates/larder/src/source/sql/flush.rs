@@ -83,6 +83,35 @@ impl From<sqlx::Error> for Failed {
 /// that matched no row, or the newer epoch.
 type Committed = std::result::Result<(Vec<(String, String)>, Vec<String>), u64>;
 
+/// Runs `$body` (an async block that may use `$conn`, a pooled MariaDB
+/// connection) with the connection's statements timing out after
+/// `$timeout` (`max_statement_time`, `innodb_lock_wait_timeout`), set back
+/// to their defaults afterwards; a connection that cannot be reset leaves
+/// the pool. In an async block whose error takes `sqlx::Error` by `?`.
+macro_rules! mysql_timed {
+    ($pool:expr, $timeout:expr, $conn:ident, $body:expr) => {{
+        let mut $conn = $pool.acquire().await?;
+        sqlx::query(&format!(
+            "SET SESSION max_statement_time = {:.3}, innodb_lock_wait_timeout = {}",
+            $timeout.as_secs_f64().max(0.001),
+            $timeout.as_secs().max(1)
+        ))
+        .execute(&mut *$conn)
+        .await?;
+        let result = $body.await;
+        let reset = sqlx::query(
+            "SET SESSION max_statement_time = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
+        )
+        .execute(&mut *$conn)
+        .await;
+        if reset.is_err() {
+            drop($conn.detach());
+        }
+        result
+    }};
+}
+pub(super) use mysql_timed;
+
 /// The fenced part of a flush transaction, the same on every backend (in
 /// an async block answering `Result<Committed, Failed>`): the fence step,
 /// then the upserts, the column updates (one UPDATE each, of just the
@@ -260,15 +289,7 @@ impl SqlSource {
             }
             Backend::MySql(pool, q) => {
                 async {
-                    let mut conn = pool.acquire().await?;
-                    sqlx::query(&format!(
-                        "SET SESSION max_statement_time = {:.3}, innodb_lock_wait_timeout = {}",
-                        statement_timeout.as_secs_f64().max(0.001),
-                        statement_timeout.as_secs().max(1)
-                    ))
-                    .execute(&mut *conn)
-                    .await?;
-                    let result = async {
+                    mysql_timed!(pool, statement_timeout, conn, async {
                         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                         fenced_commit!(
                             tx,
@@ -281,17 +302,7 @@ impl SqlSource {
                             &updates,
                             &keys
                         )
-                    }
-                    .await;
-                    let reset = sqlx::query(
-                    "SET SESSION max_statement_time = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
-                )
-                .execute(&mut *conn)
-                .await;
-                    if reset.is_err() {
-                        drop(conn.detach());
-                    }
-                    result
+                    })
                 }
                 .await
             }
@@ -418,28 +429,19 @@ impl SqlSource {
                 }
                 Backend::MySql(pool, q) => {
                     async {
-                        let mut conn = pool.acquire().await?;
-                        sqlx::query(&format!(
-                            "SET SESSION max_statement_time = {:.3}, innodb_lock_wait_timeout = {}",
-                            statement_timeout.as_secs_f64().max(0.001),
-                            statement_timeout.as_secs().max(1)
-                        ))
-                        .execute(&mut *conn)
-                        .await?;
-                        let result = async {
+                        mysql_timed!(pool, statement_timeout, conn, async {
                             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                            counted_commit!(tx, fence_mysql, q, fence, batch, schema, plan, rehearse)
-                        }
-                        .await;
-                        let reset = sqlx::query(
-                            "SET SESSION max_statement_time = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
-                        )
-                        .execute(&mut *conn)
-                        .await;
-                        if reset.is_err() {
-                            drop(conn.detach());
-                        }
-                        result
+                            counted_commit!(
+                                tx,
+                                fence_mysql,
+                                q,
+                                fence,
+                                batch,
+                                schema,
+                                plan,
+                                rehearse
+                            )
+                        })
                     }
                     .await
                 }
@@ -538,50 +540,14 @@ impl SqlSource {
         }
     }
 
-    /// The `batch` token of the fence row, read again and again until the
-    /// database answers or `within` runs out.
+    /// The `batch` token of the fence row (see [`fenced_batch`]).
     async fn fenced_batch(&self, fence: &Fence, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            let found: sqlx::Result<Option<Option<String>>> = match &self.inner.backend {
-                Backend::Postgres(pool, _) => {
-                    sqlx::query_scalar(&format!(
-                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = $1 AND shard = $2"
-                    ))
-                    .bind(&fence.entity)
-                    .bind(i32::from(fence.shard))
-                    .fetch_optional(pool)
-                    .await
-                }
-                Backend::Sqlite(pool, _) => {
-                    sqlx::query_scalar(&format!(
-                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = ?1 AND shard = ?2"
-                    ))
-                    .bind(&fence.entity)
-                    .bind(i32::from(fence.shard))
-                    .fetch_optional(pool)
-                    .await
-                }
-                Backend::MySql(pool, _) => {
-                    sqlx::query_scalar(&format!(
-                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = ? AND shard = ?"
-                    ))
-                    .bind(&fence.entity)
-                    .bind(i32::from(fence.shard))
-                    .fetch_optional(pool)
-                    .await
-                }
-            };
-            match found {
-                Ok(row) => return row.flatten(),
-                Err(_) if Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Err(_) => return None,
-            }
-        }
+        let pool = match &self.inner.backend {
+            Backend::Postgres(pool, _) => FencePool::Postgres(pool),
+            Backend::Sqlite(pool, _) => FencePool::Sqlite(pool),
+            Backend::MySql(pool, _) => FencePool::MySql(pool),
+        };
+        fenced_batch(pool, fence, within).await
     }
 }
 
@@ -683,6 +649,63 @@ pub(super) async fn prepare_fence_sqlite(
                     .execute(&mut *tx)
                     .await?;
     tx.commit().await
+}
+
+/// A database's pool, for the fence reads every flush shares.
+pub(super) enum FencePool<'a> {
+    Postgres(&'a sqlx::PgPool),
+    Sqlite(&'a sqlx::SqlitePool),
+    MySql(&'a sqlx::MySqlPool),
+}
+
+/// The `batch` token of the fence row, read again and again until the
+/// database answers or `within` runs out.
+pub(super) async fn fenced_batch(
+    pool: FencePool<'_>,
+    fence: &Fence,
+    within: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let found: sqlx::Result<Option<Option<String>>> = match pool {
+            FencePool::Postgres(pool) => {
+                sqlx::query_scalar(&format!(
+                    "SELECT batch FROM {FENCE_TABLE} WHERE entity = $1 AND shard = $2"
+                ))
+                .bind(&fence.entity)
+                .bind(i32::from(fence.shard))
+                .fetch_optional(pool)
+                .await
+            }
+            FencePool::Sqlite(pool) => {
+                sqlx::query_scalar(&format!(
+                    "SELECT batch FROM {FENCE_TABLE} WHERE entity = ?1 AND shard = ?2"
+                ))
+                .bind(&fence.entity)
+                .bind(i32::from(fence.shard))
+                .fetch_optional(pool)
+                .await
+            }
+            FencePool::MySql(pool) => {
+                sqlx::query_scalar(&format!(
+                    "SELECT batch FROM {FENCE_TABLE} WHERE entity = ? AND shard = ?"
+                ))
+                .bind(&fence.entity)
+                .bind(i32::from(fence.shard))
+                .fetch_optional(pool)
+                .await
+            }
+        };
+        match found {
+            Ok(row) => return row.flatten(),
+            Err(_) if Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 fn epoch_i64(epoch: u64) -> i64 {
