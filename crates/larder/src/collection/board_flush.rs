@@ -118,39 +118,12 @@ impl Leaderboard {
             .get_or_try_init(|| source.prepare_write_back(&fence_name, core.keys.shards()))
             .await?;
         let backlogs = wb.log.board_backlog(&wb.shards).await?;
-        let now = core.now_ms();
-        let counters = &wb.counters;
-        counters
-            .backlog
-            .store(backlogs.iter().map(|b| b.pending).sum(), Ordering::Relaxed);
-        let oldest = backlogs.iter().filter_map(|b| b.oldest_ms).min();
-        counters.oldest_ms.store(
-            oldest.map_or(0, |o| now.saturating_sub(o)),
-            Ordering::Relaxed,
+        let work = crate::write_back::flusher::schedule(
+            &wb.counters,
+            (&wb.shards, &backlogs),
+            &wb.settings,
+            (core.now_ms(), closing),
         );
-        counters
-            .dead_letters
-            .store(backlogs.iter().map(|b| b.dead).sum(), Ordering::Relaxed);
-        let batch = wb.settings.batch as u64;
-        let due = if closing {
-            u64::MAX
-        } else {
-            now.saturating_sub(crate::clock::duration_ms(wb.settings.max_delay))
-        };
-        let work: Vec<(ShardKeys, u64)> = wb
-            .shards
-            .iter()
-            .zip(&backlogs)
-            .filter_map(|(shard, b)| {
-                if b.pending >= batch {
-                    Some((shard.clone(), u64::MAX))
-                } else if b.claimed || b.oldest_ms.is_some_and(|o| o <= due) {
-                    Some((shard.clone(), due))
-                } else {
-                    None
-                }
-            })
-            .collect();
         let results: Vec<Result<bool>> = stream::iter(work)
             .map(|(shard, due)| async move { self.flush_shard(&shard, due).await })
             .buffer_unordered(PARALLEL_SHARDS)
@@ -330,7 +303,7 @@ impl Leaderboard {
                 .board_backlog(&wb.shards)
                 .await?
                 .iter()
-                .any(|b| b.pending > 0 || b.claimed);
+                .any(|b| b.pending > 0);
             if !left && !busy {
                 return Ok(());
             }

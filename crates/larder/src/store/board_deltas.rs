@@ -194,19 +194,6 @@ impl ClaimedOps {
     }
 }
 
-/// A shard's write-back backlog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BoardBacklog {
-    /// Owners with unclaimed operations.
-    pub pending: u64,
-    /// When the oldest of them arrived (ms since the epoch).
-    pub oldest_ms: Option<u64>,
-    /// A claimed record is left over (due at once).
-    pub claimed: bool,
-    /// Dead letters held.
-    pub dead: u64,
-}
-
 /// A board dead letter as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BoardDeadLetter {
@@ -279,8 +266,12 @@ pub trait BoardLog: std::fmt::Debug + Send + Sync + 'static {
         keys: &[super::CollectionKeys],
     ) -> crate::Result<bool>;
 
-    /// The backlog of each shard, in order.
-    async fn board_backlog(&self, shards: &[super::ShardKeys]) -> crate::Result<Vec<BoardBacklog>>;
+    /// The backlog of each shard, in order: owners with pending operations
+    /// (a claimed record left over counts as one, and is due at once).
+    async fn board_backlog(
+        &self,
+        shards: &[super::ShardKeys],
+    ) -> crate::Result<Vec<super::ShardBacklog>>;
 
     /// The dead letters of the given shards.
     async fn board_dead_letters(

@@ -56,7 +56,7 @@ pub(crate) use self::board_deltas::{BoardLog, BoardOpState, BoardWrite, BoardWri
 pub(crate) use self::counters::{batch_id, Count, Counted, CounterState};
 pub(crate) use self::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, FieldPatch,
-    Patched, PendingHash, Recorded, ShardKeys, StoredDeadLetter,
+    Patched, PendingHash, Recorded, ShardBacklog, ShardKeys, StoredDeadLetter,
 };
 pub use self::info::ServerInfo;
 pub use self::memory::{MemoryStore, DEFAULT_CAPACITY as DEFAULT_MEMORY_CAPACITY};

@@ -3,11 +3,11 @@
 //! touches is in its KEYS, all in the owner's (or the shard's) slot.
 
 use super::board_deltas::{
-    BoardBacklog, BoardDeadLetter, BoardLog, BoardOpKeys, BoardOpState, BoardWrite, BoardWritten,
-    ClaimedOps, MemberOp, MemberOps,
+    BoardDeadLetter, BoardLog, BoardOpKeys, BoardOpState, BoardWrite, BoardWritten, ClaimedOps,
+    MemberOp, MemberOps,
 };
 use super::collection::CollectionKeys;
-use super::dirty::ShardKeys;
+use super::dirty::{ShardBacklog, ShardKeys};
 use super::redis::RedisStore;
 use super::redis_counters::{claim_answer, flat_pairs, text};
 use crate::error::{Error, Message, Result};
@@ -393,7 +393,7 @@ impl BoardLog for RedisStore {
         Ok(self.run::<i64>(inv).await? == 1)
     }
 
-    async fn board_backlog(&self, shards: &[ShardKeys]) -> Result<Vec<BoardBacklog>> {
+    async fn board_backlog(&self, shards: &[ShardKeys]) -> Result<Vec<ShardBacklog>> {
         let mut pipe = redis::pipe();
         for shard in shards {
             let head = BoardOpKeys::of(&shard.queue_key, "");
@@ -419,8 +419,8 @@ impl BoardLog for RedisStore {
         };
         Ok(answers
             .chunks(4)
-            .map(|c| BoardBacklog {
-                pending: count(&c[0]),
+            .map(|c| ShardBacklog {
+                pending: count(&c[0]) + count(&c[2]),
                 oldest_ms: match &c[1] {
                     Value::Array(pair) => pair
                         .get(1)
