@@ -276,8 +276,15 @@ impl Leaderboard {
     /// Reads the owner's pending state, runs `query`, reads it again, until
     /// no claim or clear of the shard fell in between and the claimed
     /// record does not hold the owner: then the database lacks exactly the
-    /// state's operations. `query` gets the first state's operations.
-    async fn consistent<T, F, Fut>(&self, owner: &str, query: F) -> Result<(T, MemberOps)>
+    /// second state's operations. `query` gets the first state's
+    /// operations; when its answer depends on them (`same_members`), the
+    /// second state must hold operations of the same members too.
+    async fn consistent<T, F, Fut>(
+        &self,
+        owner: &str,
+        same_members: bool,
+        query: F,
+    ) -> Result<(T, MemberOps)>
     where
         F: Fn(MemberOps) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -295,7 +302,7 @@ impl Leaderboard {
                 let second = wb.log.board_state(&keys, owner).await?;
                 if !second.claimed
                     && second.clears == first.clears
-                    && second.ops.keys().eq(members.iter())
+                    && (!same_members || second.ops.keys().eq(members.iter()))
                 {
                     return Ok((answer, second.ops));
                 }
@@ -318,7 +325,11 @@ impl Leaderboard {
         let source = &self.inner.source;
         let max = self.inner.max_members;
         let (load, ops) = self
-            .consistent(owner, |_| async move { source.load(owner, max).await })
+            .consistent(
+                owner,
+                false,
+                |_| async move { source.load(owner, max).await },
+            )
             .await?;
         Ok(match load {
             BoardLoad::Members(members) => {
@@ -339,7 +350,7 @@ impl Leaderboard {
     pub(super) async fn write_back_from_source(&self, owner: &str, ask: &Ask) -> Result<Said> {
         let source = &self.inner.source;
         let (said, _) = self
-            .consistent(owner, |ops| async move {
+            .consistent(owner, true, |ops| async move {
                 merged_answer(source.as_ref(), owner, ask, &ops).await
             })
             .await?;
