@@ -8,7 +8,9 @@
 //! flusher with an older epoch commits nothing; a member the database
 //! refuses (a CHECK) is a dead letter alone; absolute scores override
 //! pending increments and a removal discards them; an owner above the cap
-//! is answered from the database with its pending operations merged.
+//! is answered from the database with its pending operations merged; an
+//! application process and Redis (AOF) SIGKILLed mid-run keep, per member,
+//! acknowledged <= database <= acknowledged + unacknowledged.
 
 use larder_test_support as support;
 
@@ -797,5 +799,75 @@ async fn a_redis_sigkill_mid_run_keeps_the_bounds() {
     let cached = a.top(GAME, 0, 1000).await.expect("top");
     assert_eq!(cached.outcome, larder::CollectionOutcome::Hit);
     assert_eq!(cached_ranking(&a).await, db_ranking(&db).await);
+    db.drop().await;
+}
+
+/// An application process SIGKILLed mid-run (`larder-board-writer`, its
+/// flusher committing every 20 ms) while this process increments the
+/// same board: once this process has flushed what the dead one left
+/// (claimed records, pending operations), per member the database holds
+/// between the acknowledged increments and those plus the attempted ones
+/// whose answer never came.
+#[tokio::test]
+async fn an_application_sigkill_mid_run_keeps_the_bounds() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    const MEMBERS: usize = 20;
+    let db = pg().await;
+    let server = RedisServer::durable();
+    let prefix = support::unique("wba");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_larder-board-writer"))
+        .args(["--redis", &server.url(), "--pg", &support::pg_url()])
+        .args(["--table", &db.table("scores"), "--prefix", &prefix])
+        .args(["--members", &MEMBERS.to_string(), "--max-delay-ms", "20"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn larder-board-writer");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = lines.next().expect("a line").expect("line");
+    assert_eq!(ready, "ready");
+    let here = board(
+        &server.url(),
+        &prefix,
+        pg_source(&db).await,
+        Duration::from_millis(20),
+        100_000,
+    )
+    .await;
+    let mut acked: HashMap<String, i64> = HashMap::new();
+    let mut tried: HashMap<String, i64> = HashMap::new();
+    let mut acks = 0;
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        match line.split_once(' ') {
+            Some(("try", m)) => *tried.entry(m.to_owned()).or_default() += 1,
+            Some(("ack", m)) => {
+                *acked.entry(m.to_owned()).or_default() += 1;
+                acks += 1;
+                if acks % 100 == 0 {
+                    // This process's own increments, acknowledged.
+                    here.incr(GAME, &line[4..], 1.0).await.expect("incr");
+                    *acked.entry(m.to_owned()).or_default() += 1;
+                    *tried.entry(m.to_owned()).or_default() += 1;
+                }
+                if acks == 2000 {
+                    child.kill().expect("SIGKILL the writer");
+                }
+            }
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+    let _ = child.wait();
+    here.close().await.expect("close");
+    let stored = db_points(&db).await;
+    for (member, n) in &tried {
+        let ack = acked.get(member).copied().unwrap_or(0);
+        let got = stored.get(member).copied().unwrap_or(0);
+        assert!(
+            ack <= got && got <= *n,
+            "member {member}: acknowledged {ack} <= database {got} <= attempted {n}"
+        );
+    }
+    assert!(acked.values().sum::<i64>() >= 2000);
     db.drop().await;
 }
