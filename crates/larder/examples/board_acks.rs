@@ -29,21 +29,6 @@ const TASKS: usize = 32;
 const READ_TASKS: usize = 16;
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
-/// Ranks `0..n` with P(k) ∝ 1 / (k + 1).
-fn zipf_cdf(n: u64) -> Vec<f64> {
-    let mut cdf: Vec<f64> = (1..=n)
-        .scan(0.0, |total, k| {
-            *total += 1.0 / k as f64;
-            Some(*total)
-        })
-        .collect();
-    let total = cdf.last().copied().unwrap_or(1.0);
-    for p in &mut cdf {
-        *p /= total;
-    }
-    cdf
-}
-
 fn options() -> WriteBackOptions {
     WriteBackOptions {
         max_delay: MAX_DELAY,
@@ -58,7 +43,7 @@ where
     F: Fn(u64, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let cdf = Arc::new(zipf_cdf(MEMBERS));
+    let cdf = Arc::new(larder_test_support::zipf_cdf(MEMBERS));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..TASKS {
@@ -67,7 +52,7 @@ where
             let mut touched: Vec<(u64, u64)> = Vec::new();
             for i in (t..writes).step_by(TASKS) {
                 let u: f64 = rand::rng().random();
-                let m = cdf.partition_point(|&c| c < u).min(cdf.len() - 1) as u64;
+                let m = larder_test_support::zipf_pick(&cdf, u) as u64;
                 write(m, i).await;
                 touched.push((started.elapsed().as_secs(), m));
             }

@@ -9,24 +9,11 @@
 //! acknowledged increment, until it is killed.
 
 use larder::{Leaderboard, SqlBoardSource, SqlPool, WriteBackOptions};
-use std::io::Write;
 use std::time::Duration;
 
-fn arg(name: &str) -> Result<String, String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(k) = args.next() {
-        if k == format!("--{name}") {
-            return args.next().ok_or(format!("--{name} needs a value"));
-        }
-    }
-    Err(format!("missing --{name}"))
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout means the test is gone; nothing to report to.
-    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-}
+#[path = "child.rs"]
+mod child;
+use child::{arg, say};
 
 #[tokio::main]
 async fn main() -> Result<(), String> {

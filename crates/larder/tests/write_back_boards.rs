@@ -144,21 +144,6 @@ async fn cached_ranking(lb: &Leaderboard) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// Zipf(1.0) over `n` ranks: the cumulative weights.
-fn zipf_cdf(n: usize) -> Vec<f64> {
-    let mut acc = 0.0;
-    let mut cdf: Vec<f64> = (1..=n)
-        .map(|k| {
-            acc += 1.0 / k as f64;
-            acc
-        })
-        .collect();
-    for c in &mut cdf {
-        *c /= acc;
-    }
-    cdf
-}
-
 fn next(seed: &mut u64) -> f64 {
     *seed = seed
         .wrapping_mul(6_364_136_223_846_793_005)
@@ -195,7 +180,7 @@ async fn increments_from_two_instances_reach_the_database_exactly_once() {
     )
     .await;
     let acked: Arc<Vec<AtomicI64>> = Arc::new((0..MEMBERS).map(|_| AtomicI64::new(0)).collect());
-    let cdf = Arc::new(zipf_cdf(MEMBERS));
+    let cdf = Arc::new(support::zipf_cdf(MEMBERS as u64));
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
         let (lb, done) = (a.clone(), Arc::clone(&done));
@@ -236,7 +221,7 @@ async fn increments_from_two_instances_reach_the_database_exactly_once() {
             let mut seed = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(t + 1);
             for _ in 0..1000 {
                 let u = next(&mut seed);
-                let i = cdf.partition_point(|c| *c < u).min(MEMBERS - 1);
+                let i = support::zipf_pick(&cdf, u);
                 let by = 1 + (next(&mut seed) * 3.0) as i64;
                 let score = lb
                     .incr(GAME, &format!("m{i}"), by as f64)
@@ -740,7 +725,7 @@ async fn a_redis_sigkill_mid_run_keeps_the_bounds() {
     let acked: Arc<Vec<AtomicI64>> = Arc::new((0..MEMBERS).map(|_| AtomicI64::new(0)).collect());
     let lost: Arc<Vec<AtomicI64>> = Arc::new((0..MEMBERS).map(|_| AtomicI64::new(0)).collect());
     let failures = Arc::new(AtomicI64::new(0));
-    let cdf = Arc::new(zipf_cdf(MEMBERS));
+    let cdf = Arc::new(support::zipf_cdf(MEMBERS as u64));
     let mut tasks = Vec::new();
     for t in 0..16_u64 {
         let lb = if t % 2 == 0 { a.clone() } else { b.clone() };
@@ -754,7 +739,7 @@ async fn a_redis_sigkill_mid_run_keeps_the_bounds() {
             let mut seed = 0x2545_f491_4f6c_dd1d_u64.wrapping_mul(t + 1);
             for _ in 0..500 {
                 let u = next(&mut seed);
-                let i = cdf.partition_point(|c| *c < u).min(MEMBERS - 1);
+                let i = support::zipf_pick(&cdf, u);
                 match lb.incr(GAME, &format!("m{i}"), 1.0).await {
                     Ok(_) => acked[i].fetch_add(1, Ordering::SeqCst),
                     Err(_) => {

@@ -19,8 +19,8 @@
 
 use super::board::{bind_score, score_at, SqlBoardSource};
 use super::flush::{
-    fence_mysql, fence_postgres, fence_sqlite, fenced_batch, mysql_timed, prepare_fence_mysql,
-    prepare_fence_postgres, prepare_fence_sqlite, FenceCheck, FencePool,
+    begin_postgres, fence_mysql, fence_postgres, fence_sqlite, fenced_batch, mysql_timed,
+    prepare_fence_mysql, prepare_fence_postgres, prepare_fence_sqlite, FenceCheck, FencePool,
 };
 use super::owner_table::{bind_key, Backend};
 use super::schema::KeyValue;
@@ -167,14 +167,7 @@ impl SqlBoardSource {
             match &self.inner.table.backend {
                 Backend::Postgres(pool) => {
                     async {
-                        let mut tx = pool.begin().await?;
-                        let timeout_ms = timeout.as_millis().max(1);
-                        sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
-                            .execute(&mut *tx)
-                            .await?;
-                        sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
-                            .execute(&mut *tx)
-                            .await?;
+                        let mut tx = begin_postgres(pool, timeout).await?;
                         board_commit!(tx, fence_postgres, self, b, plan, false)
                     }
                     .await

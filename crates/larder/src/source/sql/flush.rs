@@ -248,14 +248,7 @@ impl SqlSource {
         let committed: std::result::Result<Committed, Failed> = match &self.inner.backend {
             Backend::Postgres(pool, q) => {
                 async {
-                    let mut tx = pool.begin().await?;
-                    let timeout_ms = statement_timeout.as_millis().max(1);
-                    sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
-                        .execute(&mut *tx)
-                        .await?;
+                    let mut tx = begin_postgres(pool, statement_timeout).await?;
                     fenced_commit!(
                         tx,
                         fence_postgres,
@@ -408,14 +401,7 @@ impl SqlSource {
             match &self.inner.backend {
                 Backend::Postgres(pool, q) => {
                     async {
-                        let mut tx = pool.begin().await?;
-                        let timeout_ms = statement_timeout.as_millis().max(1);
-                        sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
-                            .execute(&mut *tx)
-                            .await?;
-                        sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
-                            .execute(&mut *tx)
-                            .await?;
+                        let mut tx = begin_postgres(pool, statement_timeout).await?;
                         counted_commit!(tx, fence_postgres, q, fence, batch, schema, plan, rehearse)
                     }
                     .await
@@ -706,6 +692,24 @@ pub(super) async fn fenced_batch(
             Err(_) => return None,
         }
     }
+}
+
+/// A flush transaction on PostgreSQL: its statements time out after
+/// `timeout` (`SET LOCAL statement_timeout`), and `larder.origin` is
+/// `larder`, so change-notification triggers can skip larder's own writes.
+pub(super) async fn begin_postgres(
+    pool: &sqlx::PgPool,
+    timeout: Duration,
+) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await?;
+    let timeout_ms = timeout.as_millis().max(1);
+    sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 fn epoch_i64(epoch: u64) -> i64 {
