@@ -1270,9 +1270,14 @@ pub struct BoardConfig {
     /// An owner with more members is not cached (its count is). Default:
     /// [`larder::DEFAULT_MAX_BOARD_MEMBERS`] (100,000).
     pub max_members: u64,
-    /// `through` or `read-only` (`back` is refused: not supported yet).
+    /// `through`, `back` (increments, scores and removals acknowledged once
+    /// a durable Redis holds them, flushed exactly once) or `read-only`.
     /// Default: `through`.
     pub write: SetWriteMode,
+    /// Write-back's settings (`[leaderboard.write_back]`, only with
+    /// `write = "back"`): the same table as `[entity.write_back]`, which
+    /// *is* [`WriteBackOptions`]. Default: [`WriteBackOptions::default`].
+    pub write_back: Option<WriteBackOptions>,
     /// How long a loaded board is fresh. Default: [`larder::DEFAULT_TTL`] (`60s`).
     pub ttl: Dur,
     /// How long past `ttl` the cached collection is still served (`X-Cache:
@@ -1302,6 +1307,7 @@ impl Default for BoardConfig {
             score: String::new(),
             max_members: larder::DEFAULT_MAX_BOARD_MEMBERS,
             write: SetWriteMode::Through,
+            write_back: None,
             ttl: Dur(larder::DEFAULT_TTL),
             stale: Dur(Duration::ZERO),
             lease_ttl: Dur(larder::DEFAULT_LEASE_TTL),
@@ -1348,11 +1354,25 @@ impl Config {
         if b.max_members == 0 {
             return Err(self.error(at("max_members"), "must be at least 1"));
         }
-        if b.write == SetWriteMode::Back {
+        match (&b.write_back, b.write) {
+            (Some(_), w) if w != SetWriteMode::Back => {
+                return Err(self.error(
+                    at("write_back"),
+                    "[leaderboard.write_back] is only for write = \"back\"",
+                ))
+            }
+            (Some(wb), _) => wb.validate().map_err(|err| match err {
+                larder::Error::InvalidSetting { setting, reason } => {
+                    self.error(at(setting), reason)
+                }
+                other => self.error(at("write_back"), other),
+            })?,
+            (None, _) => {}
+        }
+        if b.write == SetWriteMode::Back && self.store.url.starts_with("memory://") {
             return Err(self.error(
                 at("write"),
-                "write-back leaderboards are not supported yet (increments written back \
-                 exactly once are still to come): use `through` or `read-only`",
+                "write-back needs a durable Redis store: memory:// loses pending writes when the process ends",
             ));
         }
         if b.shards == 0 {

@@ -722,6 +722,21 @@ pub async fn shutdown_caches(state: &AppState) {
             }
         }
     }
+    for b in state.boards() {
+        if !b.cache.is_write_back() {
+            continue;
+        }
+        match tokio::time::timeout(grace, b.cache.close()).await {
+            Ok(Ok(())) => tracing::debug!(leaderboard = b.config.name, "leaderboard closed"),
+            Ok(Err(err)) => {
+                tracing::warn!(leaderboard = b.config.name, error = %err, "could not flush write-back leaderboard writes at shutdown; they stay durable in the store")
+            }
+            Err(_) => tracing::warn!(
+                leaderboard = b.config.name,
+                "write-back leaderboard writes left pending at shutdown; they stay durable in the store"
+            ),
+        }
+    }
 }
 
 /// The embedded defaults: Redis at 127.0.0.1:6379 if it answers, else

@@ -190,7 +190,8 @@ fn render(doc: &Value, before: Option<(&Value, Duration)>, url: &str) -> String 
 /// The sets, feeds and leaderboards of `/v1/stats` (`sets`, `feeds`,
 /// `leaderboards`), one row each: reads/s, hit%, the
 /// share answered from the database (owners above `max_members`),
-/// loads/s and the last loaded size. Empty without sets.
+/// loads/s, the last loaded size, the write mode and a write-back
+/// board's backlog (owners with pending writes). Empty without sets.
 fn sets_table(doc: &Value, before: Option<(&Value, Duration)>) -> String {
     let empty = serde_json::Map::new();
     let mut rows = vec![[
@@ -201,6 +202,7 @@ fn sets_table(doc: &Value, before: Option<(&Value, Duration)>) -> String {
         "loads/s",
         "size",
         "write",
+        "backlog",
     ]
     .map(String::from)
     .to_vec()];
@@ -237,6 +239,9 @@ fn sets_table(doc: &Value, before: Option<(&Value, Duration)>) -> String {
             rate("loads"),
             s["last_size"].as_u64().unwrap_or(0).to_string(),
             s["write"].as_str().unwrap_or("?").to_owned(),
+            s["write_back"]["backlog"]
+                .as_u64()
+                .map_or("-".into(), |b| b.to_string()),
         ]);
     }
     if rows.len() == 1 {
@@ -360,7 +365,16 @@ mod tests {
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["followers", "10.0", "50.0", "40.0", "1.0", "42", "through"]
+            [
+                "followers",
+                "10.0",
+                "50.0",
+                "40.0",
+                "1.0",
+                "42",
+                "through",
+                "-"
+            ]
         );
         let none = render(&json!({ "entities": {} }), None, "http://x");
         assert!(!none.contains("set/feed"), "{none}");
@@ -371,11 +385,18 @@ mod tests {
         );
         assert!(feeds.lines().any(|l| l.starts_with("posts")), "{feeds}");
         let boards = render(
-            &json!({ "entities": {}, "leaderboards": { "scores": { "reads_total": 1, "last_size": 7, "write": "through" } } }),
+            &json!({ "entities": {}, "leaderboards": { "scores": { "reads_total": 1, "last_size": 7, "write": "back", "write_back": { "backlog": 12 } } } }),
             None,
             "http://x",
         );
-        assert!(boards.lines().any(|l| l.starts_with("scores")), "{boards}");
+        let row = boards
+            .lines()
+            .find(|l| l.starts_with("scores"))
+            .unwrap_or_else(|| panic!("{boards}"));
+        assert!(
+            row.split_whitespace().rev().take(2).eq(["12", "back"]),
+            "{row}"
+        );
     }
 
     #[test]

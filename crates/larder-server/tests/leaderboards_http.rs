@@ -292,11 +292,15 @@ fn leaderboard_config_is_checked() {
     );
     let e = err(&board.replace("score = \"s\"\n", ""));
     assert!(e.contains("leaderboard[0].score"), "{e}");
-    let e = err(&format!("{board}write = \"back\"\n"));
+    let e = err(&format!("{board}[leaderboard.write_back]\nbatch = 3\n"));
     assert!(
-        e.contains("leaderboard[0].write") && e.contains("not supported yet"),
+        e.contains("leaderboard[0].write_back") && e.contains("only for write"),
         "{e}"
     );
+    let e = err(&format!(
+        "{board}write = \"back\"\n[leaderboard.write_back]\nbatch = 0\n"
+    ));
+    assert!(e.contains("leaderboard[0].write_back.batch"), "{e}");
     let e = err(&format!("{board}max_members = 0\n"));
     assert!(e.contains("leaderboard[0].max_members"), "{e}");
     let c = Config::parse(board, "t.toml").expect("a config of a leaderboard alone");
@@ -339,4 +343,134 @@ async fn leaderboard_tables_are_checked_at_start() {
             .to_string();
         assert!(e.contains("leaderboard[0].table") && e.contains(why), "{e}");
     }
+}
+
+/// `write = "back"` over a durable Redis of the test's own: increments,
+/// absolute scores and removals answer 202 `{"queued": true, …}` with the
+/// score the cache holds, reads see them at once, `/v1/stats` shows the
+/// write-back figures, and the database gets them once flushed.
+#[tokio::test]
+async fn write_back_boards_answer_202() {
+    let mut pg = Pg::connect().await;
+    let scores = unique("wbscores");
+    pg.exec(
+        &scores,
+        "CREATE TABLE {t} (game_id bigint NOT NULL, player_id text NOT NULL,
+         points bigint NOT NULL CHECK (points <= 1000), UNIQUE (game_id, player_id));
+         INSERT INTO {t} VALUES (1, 'ann', 30), (1, 'bob', 20)",
+    )
+    .await;
+    let redis = support::RedisServer::durable();
+    let toml = format!(
+        "[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"{}\"\npool = 3\n\
+         [[leaderboard]]\nname = \"scores\"\ntable = \"{scores}\"\nowner = \"game_id\"\n\
+         member = \"player_id\"\nscore = \"points\"\nwrite = \"back\"\n\
+         [leaderboard.write_back]\nmax_delay = \"20ms\"\n",
+        redis.url(),
+        unique("p"),
+        support::pg_url()
+    );
+    let state = support::state(&toml).await;
+    let app = app(state.clone());
+    let a = write(
+        &app,
+        "POST",
+        "/v1/scores/1/members/bob/incr",
+        r#"{"by": 15}"#,
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()),
+        (202, json!({"queued": true, "member": "bob", "score": 35}))
+    );
+    let a = write(
+        &app,
+        "POST",
+        "/v1/scores/1/members/cat/incr",
+        r#"{"by": 5}"#,
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()),
+        (202, json!({"queued": true, "member": "cat", "score": 5}))
+    );
+    let a = write(&app, "PUT", "/v1/scores/1/members/ann", r#"{"score": 1}"#).await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()),
+        (202, json!({"queued": true, "member": "ann", "score": 1}))
+    );
+    let a = send(&app, "DELETE", "/v1/scores/1/members/cat", &[], None).await;
+    assert_eq!(
+        (a.status.as_u16(), a.json()),
+        (
+            202,
+            json!({"queued": true, "member": "cat", "removed": true})
+        )
+    );
+    let a = write(
+        &app,
+        "POST",
+        "/v1/scores/1/members/ann/incr",
+        r#"{"by": 9007199254740992}"#,
+    )
+    .await;
+    assert_eq!(
+        (a.status.as_u16(), a.code().as_str()),
+        (400, "type_mismatch")
+    );
+    let a = get(&app, "/v1/scores/1").await;
+    assert_eq!(
+        a.json(),
+        json!({"count": 2, "items": [
+            {"member": "bob", "score": 35, "rank": 1},
+            {"member": "ann", "score": 1, "rank": 2},
+        ]})
+    );
+    let stats = get(&app, "/v1/stats").await.json();
+    let board = &stats["leaderboards"]["scores"];
+    assert_eq!(board["write"], "back");
+    assert_eq!(board["write_back"]["acknowledged"], 4, "{board}");
+    let doc = get(&app, "/v1/openapi.json").await.json();
+    let incr = &doc["paths"]["/v1/scores/{owner}/members/{member}/incr"]["post"]["responses"];
+    assert!(incr["202"].is_object() && incr["200"].is_null(), "{incr}");
+    let del = &doc["paths"]["/v1/scores/{owner}/members/{member}"]["delete"]["responses"];
+    assert!(del["202"].is_object(), "{del}");
+    let a = write(
+        &app,
+        "POST",
+        "/v1/scores/2/members/big/incr",
+        r#"{"by": 5000}"#,
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 202);
+    let board = state.board("scores").expect("board");
+    board.cache.flush().await.expect("flush");
+    // The CHECK refused `big` alone: a dead letter, listed.
+    let letters = get(&app, "/v1/_admin/scores/dead-letters").await;
+    assert_eq!(letters.status.as_u16(), 200);
+    let letters = letters.json();
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(
+        (
+            &letter["owner"],
+            &letter["member"],
+            &letter["code"],
+            &letter["op"]
+        ),
+        (
+            &json!("2"),
+            &json!("big"),
+            &json!("23514"),
+            &json!({"add": 5000.0})
+        ),
+        "{letters}"
+    );
+    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT player_id, points FROM {scores} WHERE game_id = 1 ORDER BY player_id"
+    ))
+    .fetch_all(&pg.pool)
+    .await
+    .expect("select");
+    assert_eq!(rows, vec![("ann".into(), 1), ("bob".into(), 35)]);
+    board.cache.close().await.expect("close");
 }

@@ -18,6 +18,7 @@
 //! - [`resp`]: a few lines of blocking RESP, to poke a Redis without the
 //!   `redis` crate or a runtime;
 //! - [`eventually`]: wait for a condition with a deadline instead of a sleep;
+//! - [`zipf_cdf`] and [`zipf_pick`]: hot keys for workloads;
 //! - [`Table`] and [`TableSource`]: an in-memory table behind a cache, with
 //!   knobs to count, hold, slow down and fail its loads;
 //! - [`accounts`]: the PostgreSQL `accounts` fixture of the write tests;
@@ -44,6 +45,7 @@ pub mod resp;
 mod services;
 mod table;
 mod wait;
+mod zipf;
 
 pub use alloc::{count_allocations, CountingAllocator};
 pub use cluster::{RedisCluster, RedisClusterBuilder};
@@ -56,3 +58,4 @@ pub use services::{
 };
 pub use table::{Keyed, Table, TableSource};
 pub use wait::eventually;
+pub use zipf::{zipf_cdf, zipf_pick};

@@ -24,21 +24,6 @@ const ROWS: u64 = 1_000;
 const TASKS: usize = 32;
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
-/// Ranks `0..n` with P(k) ∝ 1 / (k + 1).
-fn zipf_cdf(n: u64) -> Vec<f64> {
-    let mut cdf: Vec<f64> = (1..=n)
-        .scan(0.0, |total, k| {
-            *total += 1.0 / k as f64;
-            Some(*total)
-        })
-        .collect();
-    let total = cdf.last().copied().unwrap_or(1.0);
-    for p in &mut cdf {
-        *p /= total;
-    }
-    cdf
-}
-
 async fn cache(table: &str, redis: &str, prefix: &str, rep: Representation) -> Cache<i64, Value> {
     let pool = SqlPool::connect(&larder_test_support::pg_url(), 4)
         .await
@@ -67,7 +52,7 @@ async fn cache(table: &str, redis: &str, prefix: &str, rep: Representation) -> C
 /// Sends `writes` writes from `TASKS` tasks, ids by Zipf; acks per second
 /// and the ids each second of the run touched.
 async fn run(cache: &Cache<i64, Value>, writes: usize, incr: bool) -> (f64, Vec<HashSet<i64>>) {
-    let cdf = Arc::new(zipf_cdf(ROWS));
+    let cdf = Arc::new(larder_test_support::zipf_cdf(ROWS));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..TASKS {
@@ -77,7 +62,7 @@ async fn run(cache: &Cache<i64, Value>, writes: usize, incr: bool) -> (f64, Vec<
             let one = Number::from(1);
             for i in (t..writes).step_by(TASKS) {
                 let u: f64 = rand::rng().random();
-                let id = cdf.partition_point(|&c| c < u).min(cdf.len() - 1) as i64;
+                let id = larder_test_support::zipf_pick(&cdf, u) as i64;
                 if incr {
                     cache.incr(&id, "views", &one).await.expect("incr");
                 } else {

@@ -58,11 +58,15 @@
 //!   set.rs         SetCache: each owner's members as a sorted set, read- and write-through
 //!   feed.rs        FeedCache: each owner's first max_len items as a list, appends at the head
 //!   board.rs       Leaderboard: each owner's scores as a sorted set, ZADD of the database's score
+//!   board_write_back.rs, board_flush.rs  write-back boards: pending member operations, merged
+//!                  reads, the flusher (claim under a random batch id, one fenced commit, clear)
 //! store/collection.rs  the collection protocol (meta + value read in one script, chunked
 //!                  token-checked fill, write ends), in redis_collection.rs and memory_collection.rs
 //! source/sql/collection.rs  SqlSetSource: (owner, member) tables, index checks, per-dialect SQL
 //! source/sql/feed.rs  SqlFeedSource: a table in a configured order, sort keys beside rows
-//! source/sql/board.rs  SqlBoardSource: (owner, member, score) tables, rank order, upserts
+//! source/sql/board.rs  SqlBoardSource: (owner, member, score) tables, rank order, upserts;
+//!                  board_flush.rs commits a write-back batch behind the fence
+//! store/board_deltas.rs  write-back boards' store side (redis_board_deltas.rs: the scripts)
 //! error.rs         Error, its kinds, and settings refused as InvalidSetting
 //! load_error.rs    LoadError: try_get_or_load's errors, the loader's type kept
 //! outcome.rs       Lookup and Outcome, the one word every read reports
@@ -174,9 +178,12 @@ pub use cache::CacheBuilder;
 pub use cache::{Cache, CacheWrite, WarmOptions, WarmProgress, WritePolicy, Written, WARM_BATCH};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{Codec, Json, JsonObject, MessagePack, PassThrough, RawJson};
+#[doc(hidden)]
+pub use collection::{arm_after_board_commit, arm_stall_after_board_claim};
 pub use collection::{
-    BoardLoad, BoardPage, BoardSource, Leaderboard, LeaderboardBuilder, Ranked, ScoreKind,
-    BOARD_FILL_CHUNK, DEFAULT_MAX_BOARD_MEMBERS, MAX_BOARD_OFFSET, MAX_BOARD_PAGE,
+    BoardBatch, BoardFlushed, BoardLoad, BoardPage, BoardSource, Leaderboard, LeaderboardBuilder,
+    Ranked, ScoreKind, BOARD_FILL_CHUNK, DEFAULT_MAX_BOARD_MEMBERS, MAX_BOARD_OFFSET,
+    MAX_BOARD_PAGE,
 };
 pub use collection::{
     CollectionOutcome, CollectionRead, CollectionStats, SetCache, SetCacheBuilder, SetLoad,

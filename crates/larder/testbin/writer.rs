@@ -11,7 +11,6 @@
 
 use larder::{Cache, Representation, SqlPool, SqlSource, WriteBackOptions, WritePolicy};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,21 +19,9 @@ struct Item {
     version: i64,
 }
 
-fn arg(name: &str) -> Result<String, String> {
-    let mut args = std::env::args().skip(1);
-    while let Some(k) = args.next() {
-        if k == format!("--{name}") {
-            return args.next().ok_or(format!("--{name} needs a value"));
-        }
-    }
-    Err(format!("missing --{name}"))
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout means the test is gone; nothing to report to.
-    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
-}
+#[path = "child.rs"]
+mod child;
+use child::{arg, say};
 
 #[tokio::main]
 async fn main() -> Result<(), String> {

@@ -9,11 +9,16 @@
 //! |---|---|
 //! | `GET /v1/{board}/{owner}?offset=0&limit=10` | `{"count", "items": [{"member", "score", "rank"}]}`, `X-Cache` |
 //! | `GET /v1/{board}/{owner}/members/{member}` | `{"member", "score", "rank"}`, `X-Cache`; 404 if absent |
-//! | `PUT /v1/{board}/{owner}/members/{member}` `{"score": 10}` | 200 `{"member", "score"}` |
-//! | `DELETE /v1/{board}/{owner}/members/{member}` | 204, 404 if absent |
-//! | `POST /v1/{board}/{owner}/members/{member}/incr` `{"by": 5}` | 200 `{"member", "score"}` |
+//! | `PUT /v1/{board}/{owner}/members/{member}` `{"score": 10}` | 200 `{"member", "score"}`; write-back: 202 `{"queued": true, "member", "score"}` |
+//! | `DELETE /v1/{board}/{owner}/members/{member}` | 204, 404 if absent; write-back: 202 `{"queued": true, "member", "removed"}` |
+//! | `POST /v1/{board}/{owner}/members/{member}/incr` `{"by": 5}` | 200 `{"member", "score"}`; write-back: 202 `{"queued": true, "member", "score"}` |
 //! | `POST /v1/{board}/{owner}/invalidate` | 204 |
 //!
+//! Under `write = "back"` a write is acknowledged (202) once a durable
+//! Redis holds it, the database gets it from the flusher (exactly once);
+//! `score` is the member's score after the write as the cache answers it
+//! (read through when the owner's board was not cached), `removed` whether
+//! the member was there.
 //! Highest score first, ties in descending byte order of the member's
 //! text; `rank` is 1-based. `X-Cache` is `hit`, `miss`, `bypass`, or `db`
 //! (an owner above `max_members`, answered by indexed queries). Scores of
@@ -72,7 +77,7 @@ pub async fn build_boards(
             .build();
         let kind = (CollectionKind::Leaderboard, i);
         let (cache, changes) = build_collection(config, kind, b.cdc, source, |source| {
-            Leaderboard::builder()
+            let builder = Leaderboard::builder()
                 .prefix(&config.store.prefix)
                 .name(&b.name)
                 .shards(b.shards)
@@ -83,8 +88,12 @@ pub async fn build_boards(
                 .stale(b.stale.0)
                 .lease_ttl(b.lease_ttl.0)
                 .wait_timeout(b.wait_timeout.map_or(b.lease_ttl.0, |d| d.0))
-                .read_only(b.write == SetWriteMode::ReadOnly)
-                .build()
+                .read_only(b.write == SetWriteMode::ReadOnly);
+            let builder = match b.write {
+                SetWriteMode::Back => builder.write_back(b.write_back.unwrap_or_default()),
+                _ => builder,
+            };
+            builder.build()
         })
         .await?;
         boards.push(BoardEntry {
@@ -277,7 +286,10 @@ pub async fn put_member(
         .set_score(&owner, &member, score)
         .await
         .map_err(engine(b))?;
-    Ok(Json(json!({ "member": member, "score": score_json(b, stored) })).into_response())
+    Ok(written(
+        b,
+        json!({ "member": member, "score": score_json(b, stored) }),
+    ))
 }
 
 /// `DELETE /v1/{board}/{owner}/members/{member}`: 204, 404 if absent.
@@ -291,7 +303,10 @@ pub async fn delete_member(
     refuse_read_only(b)?;
     let owner = b.cache.canonical_owner(owner).map_err(engine(b))?;
     let member = b.cache.canonical_member(member).map_err(engine(b))?;
-    if b.cache.remove(&owner, &member).await.map_err(engine(b))? {
+    let removed = b.cache.remove(&owner, &member).await.map_err(engine(b))?;
+    if b.cache.is_write_back() {
+        Ok(written(b, json!({ "member": member, "removed": removed })))
+    } else if removed {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(format!(
@@ -315,7 +330,22 @@ pub async fn incr_member(
     let member = b.cache.canonical_member(&member).map_err(engine(b))?;
     let by = number_field(b, "by", &headers, body)?;
     let score = b.cache.incr(&owner, &member, by).await.map_err(engine(b))?;
-    Ok(Json(json!({ "member": member, "score": score_json(b, score) })).into_response())
+    Ok(written(
+        b,
+        json!({ "member": member, "score": score_json(b, score) }),
+    ))
+}
+
+/// A write's answer: 200 with `body`, or under write-back 202 with
+/// `"queued": true` added.
+fn written(b: &BoardEntry, mut body: Value) -> Response {
+    if !b.cache.is_write_back() {
+        return Json(body).into_response();
+    }
+    if let Value::Object(map) = &mut body {
+        map.insert("queued".to_owned(), Value::Bool(true));
+    }
+    (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 /// The `leaderboards` object of `/v1/stats`: per board, reads by outcome,
@@ -325,12 +355,16 @@ pub fn stats_json(state: &AppState) -> Value {
         .boards()
         .iter()
         .map(|b| {
-            let json = collection_stats_json(
+            let mut json = collection_stats_json(
                 CollectionKind::Leaderboard,
                 b.cache.is_writable(),
                 &b.cache.stats(),
                 ("max_members", b.cache.max_members()),
             );
+            if let (Some(w), Value::Object(map)) = (b.cache.write_back_stats(), &mut json) {
+                map.insert("write".to_owned(), json!("back"));
+                map.insert("write_back".to_owned(), super::stats::write_back_json(&w));
+            }
             (b.config.name.clone(), json)
         })
         .collect();

@@ -15,6 +15,8 @@ pub struct BoardDoc<'a> {
     pub integer: bool,
     /// Whether writes are accepted.
     pub writable: bool,
+    /// Whether writes are written back (answered 202 once queued).
+    pub write_back: bool,
     /// Whether reads need no token.
     pub public_reads: bool,
 }
@@ -26,6 +28,7 @@ impl<'a> BoardDoc<'a> {
             name: &b.config.name,
             integer: b.cache.score_kind() == larder::ScoreKind::Integer,
             writable: b.cache.is_writable(),
+            write_back: b.cache.is_write_back(),
             public_reads: state.config().auth.public_reads || b.config.public_reads,
         }
     }
@@ -173,7 +176,19 @@ pub fn add_boards(doc: &mut Value, boards: &[BoardDoc<'_>]) {
                 "properties": { field: score.clone() }
             } } } })
         };
-        let mut put_items = vec![("200", written.clone())];
+        // Write-back: 202 once the durable store holds the write.
+        let queued = json_response(
+            "Queued (write-back): the member and its score as the cache holds it now (the flusher writes it to the database exactly once).",
+            json!({ "type": "object", "required": ["queued", "member", "score"], "properties": {
+                "queued": { "type": "boolean", "const": true },
+                "member": { "type": "string" }, "score": score.clone() } }),
+        );
+        let (write_code, written) = if b.write_back {
+            ("202", queued)
+        } else {
+            ("200", written)
+        };
+        let mut put_items = vec![(write_code, written.clone())];
         put_items.extend(refusals.iter().cloned());
         let mut put = op(
             "PUT",
@@ -186,7 +201,20 @@ pub fn add_boards(doc: &mut Value, boards: &[BoardDoc<'_>]) {
         put["requestBody"] = body("score", "The absolute score.");
         put["operationId"] = json!(format!("set_score_{}", b.name));
         item.insert("put".into(), put);
-        let mut del_items = vec![("204", json!({ "description": "Removed." }))];
+        let removed = if b.write_back {
+            (
+                "202",
+                json_response(
+                    "Queued (write-back): whether the member was there.",
+                    json!({ "type": "object", "required": ["queued", "member", "removed"], "properties": {
+                        "queued": { "type": "boolean", "const": true },
+                        "member": { "type": "string" }, "removed": { "type": "boolean" } } }),
+                ),
+            )
+        } else {
+            ("204", json!({ "description": "Removed." }))
+        };
+        let mut del_items = vec![removed];
         del_items.extend(refusals.iter().cloned().map(|(code, v)| {
             if code == "404" {
                 (
@@ -209,7 +237,7 @@ pub fn add_boards(doc: &mut Value, boards: &[BoardDoc<'_>]) {
         item.insert("delete".into(), del);
         paths.insert(format!("{base}/members/{{member}}"), Value::Object(item));
 
-        let mut incr_items = vec![("200", written)];
+        let mut incr_items = vec![(write_code, written)];
         incr_items.extend(refusals.iter().cloned());
         let mut incr = op(
             "POST",
@@ -244,6 +272,7 @@ mod tests {
                     name: "scores",
                     integer: true,
                     writable: true,
+                    write_back: false,
                     public_reads: public,
                 }],
             );

@@ -522,6 +522,9 @@ pub async fn dead_letters(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(b) = state.board(&name).filter(|b| b.cache.is_write_back()) {
+        return board_dead_letters(b).await;
+    }
     let e = write_back_entity(&state, &name)?;
     let letters = e.cache.dead_letters().await.map_err(engine(e))?;
     let items: Vec<serde_json::Value> = letters
@@ -553,9 +556,46 @@ pub async fn retry_dead_letters(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    if state.board(&name).is_some_and(|b| b.cache.is_write_back()) {
+        return Err(ApiError::method_not_allowed(format!(
+            "retrying the dead letters of leaderboard `{name}` is not built: list them with GET and write the members again"
+        )));
+    }
     let e = write_back_entity(&state, &name)?;
     let retried = e.cache.retry_dead_letters().await.map_err(engine(e))?;
     Ok(axum::Json(serde_json::json!({ "retried": retried })).into_response())
+}
+
+/// A write-back leaderboard's dead letters: each refused member
+/// operation with its owner, the database's error and code, and the
+/// operation (`{"add": n}`, `{"set": n}` or `"remove"`).
+async fn board_dead_letters(b: &crate::http::boards::BoardEntry) -> Result<Response, ApiError> {
+    let letters = b
+        .cache
+        .dead_letters()
+        .await
+        .map_err(|err| ApiError::from_engine(&b.config.name, &err))?;
+    let items: Vec<serde_json::Value> = letters
+        .iter()
+        .map(|l| {
+            let why: serde_json::Value = serde_json::from_str(&l.why).unwrap_or_default();
+            let op = match l.op {
+                Some(larder::store::MemberOp::Add(n)) => serde_json::json!({ "add": n }),
+                Some(larder::store::MemberOp::Set(n)) => serde_json::json!({ "set": n }),
+                Some(larder::store::MemberOp::Remove) => serde_json::json!("remove"),
+                None => serde_json::Value::Null,
+            };
+            serde_json::json!({
+                "owner": l.owner,
+                "member": l.member,
+                "error": why["error"],
+                "code": why["code"],
+                "failed_at_ms": why["failed_at_ms"],
+                "op": op,
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "dead_letters": items })).into_response())
 }
 
 /// A write-back entity; others have no dead letters: 404.

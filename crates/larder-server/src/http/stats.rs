@@ -27,7 +27,7 @@ fn ms(d: Option<Duration>) -> Option<f64> {
     d.map(|d| d.as_secs_f64() * 1000.0)
 }
 
-fn write_back_json(w: &WriteBackStats) -> Value {
+pub(crate) fn write_back_json(w: &WriteBackStats) -> Value {
     json!({
         "acknowledged": w.acknowledged,
         "increments": w.increments,

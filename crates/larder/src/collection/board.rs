@@ -29,6 +29,9 @@
 //!   `ZINCRBY`, which would count twice after a fill that read the
 //!   committed row — else the cached board is deleted. A write to an owner
 //!   whose board is not cached never creates it (it voids the lease).
+//! - Writes (write-back, [`LeaderboardBuilder::write_back`]): acknowledged
+//!   once the store holds them, flushed exactly once; see
+//!   `board_write_back.rs` and `board_flush.rs`.
 //! - An integer board takes integer scores and deltas within ±2^53, and
 //!   refuses a write whose result would leave that range
 //!   ([`Error::InvalidRow`], nothing written). A float board takes any
@@ -37,6 +40,7 @@
 //!   ([`CollectionOutcome::Bypass`](super::CollectionOutcome::Bypass));
 //!   writes fail before the database is touched.
 
+use super::board_write_back::{BoardBatch, BoardFlushed, BoardWriteBack};
 use super::read_through::{self, fill_chunks, Cached, Filled, FromLoad, Kind};
 use super::{common_setters, CommonSettings};
 use super::{CollectionRead, CollectionStats, Core, Counters};
@@ -44,10 +48,12 @@ use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::key::validate_id;
 use crate::source::MAX_EXACT_SCORE;
+use crate::store::MemberOp;
 use crate::store::{
     BoardAnswer, BoardChunk, BoardQuery, BoardRead, BoardScore, BoardWriteEnd, CollectionKeys,
     CollectionMeta,
 };
+use crate::write_back::WriteBackOptions;
 use std::sync::Arc;
 
 /// Members per fill chunk: two script arguments each, so 3,999 members
@@ -129,6 +135,34 @@ pub trait BoardSource: std::fmt::Debug + Send + Sync + 'static {
     async fn set_score(&self, owner: &str, member: &str, score: f64) -> Result<f64>;
     /// Removes a member; whether it was there.
     async fn remove(&self, owner: &str, member: &str) -> Result<bool>;
+
+    /// How many of `owner`'s members rank before `member` at `score` (it
+    /// need not be stored): what a write-back board answered from the
+    /// database ranks a pending member by. Default: unsupported.
+    async fn above(&self, owner: &str, member: &str, score: f64) -> Result<u64> {
+        let _ = (owner, member, score);
+        Err(Error::Config(
+            "this leaderboard source cannot rank a score it does not store".into(),
+        ))
+    }
+
+    /// Prepares write-back: the fence rows of `fence` (`<prefix>:<board>`),
+    /// one per shard. Default: write-back unsupported.
+    async fn prepare_write_back(&self, fence: &str, shards: u16) -> Result<()> {
+        let _ = (fence, shards);
+        Err(Error::Config(
+            "this leaderboard source cannot be written back".into(),
+        ))
+    }
+
+    /// Commits a write-back batch of member operations in one fenced
+    /// transaction, or nothing (see [`BoardBatch`]). Default: unsupported.
+    async fn flush(&self, batch: BoardBatch<'_>) -> Result<BoardFlushed> {
+        let _ = batch;
+        Err(Error::Config(
+            "this leaderboard source cannot be written back".into(),
+        ))
+    }
 }
 
 /// A cache of leaderboards, one per owner; a cheap clone over `Arc<Inner>`.
@@ -136,15 +170,17 @@ pub trait BoardSource: std::fmt::Debug + Send + Sync + 'static {
 /// Build with [`Leaderboard::builder`]. See the module docs for its behavior.
 #[derive(Debug, Clone)]
 pub struct Leaderboard {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    core: Core,
-    source: Arc<dyn BoardSource>,
-    max_members: u64,
+pub(super) struct Inner {
+    pub(super) core: Core,
+    pub(super) source: Arc<dyn BoardSource>,
+    pub(super) max_members: u64,
     writable: bool,
     flights: Flights<Result<Filled<BoardLoad>>>,
+    /// Write-back's state (`None`: write-through or read-only).
+    pub(super) write_back: Option<Arc<BoardWriteBack>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -154,6 +190,7 @@ impl std::fmt::Debug for Inner {
             .field("store", &self.core.store.name())
             .field("source", &self.source)
             .field("max_members", &self.max_members)
+            .field("write_back", &self.write_back.is_some())
             .finish()
     }
 }
@@ -166,6 +203,7 @@ pub struct LeaderboardBuilder {
     source: Option<Arc<dyn BoardSource>>,
     max_members: u64,
     read_only: bool,
+    write_back: Option<WriteBackOptions>,
 }
 
 impl Leaderboard {
@@ -176,6 +214,7 @@ impl Leaderboard {
             source: None,
             max_members: DEFAULT_MAX_BOARD_MEMBERS,
             read_only: false,
+            write_back: None,
         }
     }
 }
@@ -202,9 +241,24 @@ impl LeaderboardBuilder {
         self
     }
 
+    /// Write back: writes are acknowledged once the store holds them
+    /// durably and flushed to the source exactly once (see
+    /// `board_write_back.rs`). Needs a durable Redis (as entity
+    /// write-back: `appendonly yes` + `appendfsync always`, unless
+    /// `require_durable = false`; never an `allkeys-*` policy, never the
+    /// memory store) and a source that flushes ([`SqlBoardSource`](crate::SqlBoardSource)).
+    /// Default: write-through.
+    pub fn write_back(mut self, options: WriteBackOptions) -> Self {
+        self.write_back = Some(options);
+        self
+    }
+
     /// Checks the settings and builds the board: a missing name, store or
     /// source, or a setting out of range, is [`Error::InvalidSetting`]; a
-    /// store without collections [`Error::Config`].
+    /// store without collections [`Error::Config`]; write-back on a store
+    /// that cannot prove durability [`Error::NotDurable`]. A write-back
+    /// board starts its flusher (a tokio task): call
+    /// [`close`](Leaderboard::close) to drain it.
     pub async fn build(self) -> Result<Leaderboard> {
         let required = self.common.required("leaderboard")?;
         let source = self
@@ -213,15 +267,30 @@ impl LeaderboardBuilder {
         let core = self
             .common
             .into_core(required, ("max_members", self.max_members))?;
-        Ok(Leaderboard {
+        let write_back = match self.write_back {
+            Some(_) if self.read_only => {
+                return Err(Error::setting(
+                    "write_back",
+                    "a read-only leaderboard cannot be written back",
+                ))
+            }
+            Some(options) => Some(Arc::new(BoardWriteBack::new(&core, options).await?)),
+            None => None,
+        };
+        let board = Leaderboard {
             inner: Arc::new(Inner {
                 core,
                 source,
                 max_members: self.max_members,
                 writable: !self.read_only,
                 flights: Flights::new(),
+                write_back,
             }),
-        })
+        };
+        if let Some(wb) = &board.inner.write_back {
+            super::board_flush::start(&board, wb);
+        }
+        Ok(board)
     }
 }
 
@@ -238,6 +307,7 @@ pub(crate) enum Said {
 }
 
 /// How a write changes the database.
+#[derive(Clone, Copy)]
 enum Op {
     Incr(f64),
     Set(f64),
@@ -383,7 +453,7 @@ impl Leaderboard {
 
     /// A score or delta the board's column takes: finite; on an integer
     /// column a whole number within ±2^53.
-    fn check_score(&self, member: &str, what: &str, v: f64) -> Result<()> {
+    pub(super) fn check_score(&self, member: &str, what: &str, v: f64) -> Result<()> {
         let reason = if !v.is_finite() {
             Some(format!("`{what}` must be a finite number"))
         } else if self.score_kind() == ScoreKind::Integer {
@@ -422,6 +492,14 @@ impl Leaderboard {
         }
         let owner = self.canonical_owner(owner)?;
         let member = self.canonical_member(member)?;
+        if self.inner.write_back.is_some() {
+            let op = match op {
+                Op::Incr(by) => MemberOp::Add(by),
+                Op::Set(score) => MemberOp::Set(score),
+                Op::Remove => MemberOp::Remove,
+            };
+            return self.write_back_write(&owner, &member, op).await;
+        }
         // Detached: the ticket taken must be ended even if the caller
         // stops waiting.
         let this = self.clone();
@@ -471,6 +549,25 @@ impl Leaderboard {
         let out = result?;
         applied?;
         Ok(out)
+    }
+}
+
+impl Leaderboard {
+    /// A weak handle (the flusher's task holds one).
+    pub(super) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The board of a weak handle, while it lives.
+    pub(super) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Leaderboard> {
+        weak.upgrade().map(|inner| Leaderboard { inner })
+    }
+
+    /// Write-back's state ([`Error::Config`] on a board that writes through).
+    pub(super) fn write_back_state(&self) -> Result<&Arc<BoardWriteBack>> {
+        self.inner.write_back.as_ref().ok_or_else(|| {
+            Error::Config(format!("leaderboard `{}` is not written back", self.name()))
+        })
     }
 }
 
@@ -583,6 +680,9 @@ impl Kind for Leaderboard {
     }
 
     async fn said_from_source(&self, owner: &str, ask: &Ask, count: Option<u64>) -> Result<Said> {
+        if self.inner.write_back.is_some() {
+            return self.write_back_from_source(owner, ask).await;
+        }
         let source = &self.inner.source;
         let value = match ask {
             Ask::Member(m) => {
@@ -609,6 +709,9 @@ impl Kind for Leaderboard {
     }
 
     async fn load_source(&self, owner: &str) -> Result<BoardLoad> {
+        if self.inner.write_back.is_some() {
+            return self.write_back_load(owner).await;
+        }
         self.inner.source.load(owner, self.inner.max_members).await
     }
 

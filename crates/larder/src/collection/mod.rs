@@ -26,6 +26,8 @@
 //!   write in flight is told (its end deletes).
 
 pub(crate) mod board;
+mod board_flush;
+mod board_write_back;
 pub(crate) mod feed;
 mod read_through;
 pub(crate) mod set;
@@ -42,6 +44,8 @@ pub use board::{
     BoardLoad, BoardPage, BoardSource, Leaderboard, LeaderboardBuilder, Ranked, ScoreKind,
     BOARD_FILL_CHUNK, DEFAULT_MAX_BOARD_MEMBERS, MAX_BOARD_OFFSET, MAX_BOARD_PAGE,
 };
+pub use board_flush::{arm_after_board_commit, arm_stall_after_board_claim};
+pub use board_write_back::{BoardBatch, BoardFlushed};
 pub use feed::{FeedCache, FeedCacheBuilder, FeedPage, MAX_FEED_OFFSET, MAX_FEED_PAGE};
 pub use set::{SetCache, SetCacheBuilder, SetPage, DEFAULT_MAX_MEMBERS, MAX_SET_PAGE};
 

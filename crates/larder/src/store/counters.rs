@@ -54,7 +54,7 @@ pub(crate) struct CounterKeys {
 }
 
 /// The `<prefix>:{<entity>:<shard>}:` head of a shard's key.
-fn head(shard_key: &str) -> &str {
+pub(super) fn head(shard_key: &str) -> &str {
     match shard_key.find("}:") {
         Some(at) => &shard_key[..at + 2],
         None => shard_key,

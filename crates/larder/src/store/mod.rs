@@ -19,6 +19,8 @@
 //! protocol can change (a Cluster store, new Redis types) without breaking
 //! anyone.
 
+// Write-back leaderboards: pending member operations per owner, claimed records.
+mod board_deltas;
 mod cluster;
 mod conn;
 // Write-back counters: deltas per id and column, claimed records.
@@ -30,6 +32,7 @@ mod nodes;
 mod protocol;
 mod pubsub;
 mod redis;
+mod redis_board_deltas;
 mod redis_counters;
 mod redis_dirty;
 mod redis_hash;
@@ -49,10 +52,12 @@ pub(crate) use self::collection::{
     Scored, SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
 };
 
+pub use self::board_deltas::{BoardDeadLetter, MemberOp, MemberOps};
+pub(crate) use self::board_deltas::{BoardLog, BoardOpState, BoardWrite, BoardWritten};
 pub(crate) use self::counters::{batch_id, Count, Counted, CounterState};
 pub(crate) use self::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, FieldPatch,
-    Patched, PendingHash, Recorded, ShardKeys, StoredDeadLetter,
+    Patched, PendingHash, Recorded, ShardBacklog, ShardKeys, StoredDeadLetter,
 };
 pub use self::info::ServerInfo;
 pub use self::memory::{MemoryStore, DEFAULT_CAPACITY as DEFAULT_MEMORY_CAPACITY};

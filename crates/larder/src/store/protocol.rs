@@ -202,6 +202,12 @@ pub trait Protocol: Debug + Send + Sync + 'static {
         None
     }
 
+    /// The write-back log of leaderboards, if this store can hold one
+    /// (Redis only; see `board_deltas.rs`).
+    fn board_log(&self) -> Option<Arc<dyn super::BoardLog>> {
+        None
+    }
+
     /// Records `layout` under `meta_key` if nothing is recorded yet, and
     /// returns what is recorded (the given layout, or an older one).
     async fn record_layout(&self, meta_key: &str, layout: &str) -> Result<String>;

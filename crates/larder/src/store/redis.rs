@@ -802,6 +802,10 @@ impl Protocol for RedisStore {
         Some(Arc::new(self.clone()))
     }
 
+    fn board_log(&self) -> Option<Arc<dyn super::BoardLog>> {
+        Some(Arc::new(self.clone()))
+    }
+
     async fn record_layout(&self, meta_key: &str, layout: &str) -> Result<String> {
         let mut inv = RECORD_LAYOUT.prepare_invoke();
         inv.key(meta_key).arg(layout);

@@ -212,7 +212,8 @@ pub(super) fn id_of_dirty(dirty_key: &str) -> &str {
     }
 }
 
-fn flat_pairs(v: Value) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// The pairs of a flat `HGETALL` answer.
+pub(super) fn flat_pairs(v: Value) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Value::Array(flat) = v else {
         return Vec::new();
     };
@@ -224,12 +225,35 @@ fn flat_pairs(v: Value) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-fn text(v: &Value) -> Option<String> {
+/// A script's answer as text.
+pub(super) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
         Value::Int(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// A claim script's answer (`{0}`: the flush lease is not the caller's;
+/// `{1}`: nothing to claim; `{1, HGETALL of the claimed record}`), the
+/// record parsed by `parse`; `Err` names what did not parse.
+pub(super) fn claim_answer<T>(
+    answer: Value,
+    parse: impl Fn(&[(Vec<u8>, Vec<u8>)]) -> std::result::Result<T, String>,
+) -> std::result::Result<Option<Option<T>>, String> {
+    let bad = || "unexpected answer from the claim script".to_owned();
+    let Value::Array(items) = answer else {
+        return Err(bad());
+    };
+    let mut it = items.into_iter();
+    match it.next() {
+        Some(Value::Int(0)) => Ok(None),
+        Some(Value::Int(1)) => match it.next() {
+            None => Ok(Some(None)),
+            Some(flat) => parse(&flat_pairs(flat)).map(|c| Some(Some(c))),
+        },
+        _ => Err(bad()),
     }
 }
 
@@ -275,6 +299,26 @@ fn claimed_of(pairs: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<ClaimedCounte
 }
 
 impl RedisStore {
+    /// Up to `max` members of the queue `queue` due at `due_ms` (scored at
+    /// or before it), oldest first: what a claim script then declares.
+    pub(super) async fn due_ids(
+        &self,
+        queue: &str,
+        due_ms: u64,
+        max: usize,
+    ) -> Result<Vec<String>> {
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(queue)
+            .arg("-inf")
+            .arg(due_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(max.max(1))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
     fn counter_problem(&self, problem: impl Into<String>) -> Error {
         Error::Store {
             store: self.name_str().to_owned(),
@@ -399,16 +443,7 @@ impl RedisStore {
         due_ms: u64,
     ) -> Result<Option<Option<ClaimedCounters>>> {
         let head = CounterKeys::of(&shard.queue_key, "");
-        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&head.queue)
-            .arg("-inf")
-            .arg(due_ms)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(max.max(1))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| self.error(e))?;
+        let ids = self.due_ids(&head.queue, due_ms, max).await?;
         let batch = super::counters::batch_id();
         let mut inv = CLAIM.prepare_invoke();
         inv.key(&shard.lease_key)
@@ -428,21 +463,7 @@ impl RedisStore {
         let (answer, confirmation): (Value, _) =
             self.run_waited(&shard.lease_key, inv, Resend::Safe).await?;
         self.confirmed_or_wait(confirmation, "claim of a counter batch")?;
-        let bad = || self.counter_problem("unexpected answer from the claim script");
-        let Value::Array(items) = answer else {
-            return Err(bad());
-        };
-        let mut it = items.into_iter();
-        match it.next() {
-            Some(Value::Int(0)) => Ok(None),
-            Some(Value::Int(1)) => match it.next() {
-                None => Ok(Some(None)),
-                Some(flat) => claimed_of(&flat_pairs(flat))
-                    .map(|c| Some(Some(c)))
-                    .map_err(|p| self.counter_problem(p)),
-            },
-            _ => Err(bad()),
-        }
+        claim_answer(answer, claimed_of).map_err(|p| self.counter_problem(p))
     }
 
     /// Sends `id`'s deltas of the claimed record `old` to the dead letters

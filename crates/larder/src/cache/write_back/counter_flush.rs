@@ -18,18 +18,18 @@
 //! fault, nothing is dead-lettered, the round fails and counts an alert.
 //! See `store/counters.rs`.
 
+use super::fault::FaultPoints;
 use super::flusher::same_way;
 use super::{Counters, State};
 use crate::cache::Inner;
 use crate::error::{Error, Result};
 use crate::source::{CounterBatch, CountersFlushed, Fence};
 use crate::store::{DirtyKeys, ShardKeys};
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
-/// Armed fault points, by fence name (`<prefix>:<entity>`): how many more
-/// counter commits stop before their clear.
-static ARMED: LazyLock<Mutex<HashMap<String, u32>>> = LazyLock::new(Default::default);
+/// The counter flusher's fault points.
+static FAULTS: LazyLock<FaultPoints> =
+    LazyLock::new(|| FaultPoints::new("LARDER_FAULT_AFTER_COUNTER_COMMIT"));
 
 /// Arms the fault point between a counter batch's commit and its clear for
 /// the next `n` commits of the entity whose fence name is `fence`
@@ -42,15 +42,8 @@ static ARMED: LazyLock<Mutex<HashMap<String, u32>>> = LazyLock::new(Default::def
 /// the API.
 #[doc(hidden)]
 pub fn arm_after_counter_commit(fence: &str, n: u32) {
-    if let Ok(mut armed) = ARMED.lock() {
-        armed.insert(fence.to_owned(), n);
-    }
+    FAULTS.arm(fence, n);
 }
-
-/// Armed stalls, by fence name: the next counter flush of the entity
-/// sleeps this long between its claim and its commit, once.
-static STALLS: LazyLock<Mutex<HashMap<String, std::time::Duration>>> =
-    LazyLock::new(Default::default);
 
 /// Arms a stall of the next counter flush of the entity whose fence name
 /// is `fence`: it sleeps `pause` between its claim and its commit, as a
@@ -59,32 +52,7 @@ static STALLS: LazyLock<Mutex<HashMap<String, std::time::Duration>>> =
 /// the API.
 #[doc(hidden)]
 pub fn arm_stall_after_counter_claim(fence: &str, pause: std::time::Duration) {
-    if let Ok(mut stalls) = STALLS.lock() {
-        stalls.insert(fence.to_owned(), pause);
-    }
-}
-
-/// The armed stall of `fence`, taken (see [`arm_stall_after_counter_claim`]).
-fn stall_after_claim(fence: &str) -> Option<std::time::Duration> {
-    STALLS.lock().ok()?.remove(fence)
-}
-
-/// Whether the fault point fires for `fence` now (see
-/// [`arm_after_counter_commit`]).
-fn fault_after_commit(fence: &str) -> bool {
-    if std::env::var("LARDER_FAULT_AFTER_COUNTER_COMMIT").as_deref() == Ok("abort") {
-        std::process::abort();
-    }
-    let Ok(mut armed) = ARMED.lock() else {
-        return false;
-    };
-    match armed.get_mut(fence) {
-        Some(n) if *n > 0 => {
-            *n -= 1;
-            true
-        }
-        _ => false,
-    }
+    FAULTS.arm_stall(fence, pause);
 }
 
 impl<V: Send + Sync + 'static> Inner<V> {
@@ -116,7 +84,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             shard: shard.shard,
             epoch,
         };
-        if let Some(pause) = stall_after_claim(&fence.entity) {
+        if let Some(pause) = FAULTS.take_stall(&fence.entity) {
             tokio::time::sleep(pause).await;
         }
         let full = claimed.deltas.len() >= settings.batch;
@@ -258,7 +226,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 }
                 Err(e) => return Err(e),
             };
-            if committed && fault_after_commit(&fence.entity) {
+            if committed && FAULTS.fires(&fence.entity) {
                 state.flusher.stop_as_crashed();
                 return Err(Error::Config(
                     "fault point: stopped after a counter commit, before its clear".into(),

@@ -38,7 +38,7 @@ use super::{Counters, State};
 use crate::cache::Inner;
 use crate::error::{Error, Result};
 use crate::source::{Fault, Fence, FlushBatch, Flushed};
-use crate::store::{Clear, DeadLetterMove, DirtyRecord, ShardKeys};
+use crate::store::{Clear, DeadLetterMove, DirtyRecord, ShardBacklog, ShardKeys};
 use futures_util::stream::{self, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -353,38 +353,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
             .await?;
         let backlogs = state.log.backlog(&state.shards).await?;
         let now = self.clock.now_ms();
-        let counters = &state.counters;
-        let pending: u64 = backlogs.iter().map(|b| b.pending).sum();
-        let oldest = backlogs.iter().filter_map(|b| b.oldest_ms).min();
-        counters.backlog.store(pending, Ordering::Relaxed);
-        counters.oldest_ms.store(
-            oldest.map_or(0, |o| now.saturating_sub(o)),
-            Ordering::Relaxed,
+        let work = schedule(
+            &state.counters,
+            (&state.shards, &backlogs),
+            &state.settings,
+            (now, closing),
         );
-        counters
-            .dead_letters
-            .store(backlogs.iter().map(|b| b.dead).sum(), Ordering::Relaxed);
-        let batch = state.settings.batch as u64;
-        let due = if closing {
-            u64::MAX
-        } else {
-            now.saturating_sub(crate::clock::duration_ms(state.settings.max_delay))
-        };
-        let work: Vec<(ShardKeys, u64)> = state
-            .shards
-            .iter()
-            .zip(&backlogs)
-            .filter(|(_, b)| b.pending > 0)
-            .filter_map(|(shard, b)| {
-                if b.pending >= batch {
-                    Some((shard.clone(), u64::MAX))
-                } else if b.claimed || b.oldest_ms.is_some_and(|o| o <= due) {
-                    Some((shard.clone(), due))
-                } else {
-                    None
-                }
-            })
-            .collect();
         let results: Vec<Result<bool>> = stream::iter(work)
             .map(|(shard, due)| async move { self.flush_shard(state, &shard, due).await })
             .buffer_unordered(PARALLEL_SHARDS)
@@ -759,9 +733,52 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 }
 
+/// Reports the shards' `backlogs` to `counters` (backlog, lag, dead
+/// letters) and answers the shards with work due at `now` and the due
+/// time of each: a full batch waiting (everything due), a claimed record
+/// left over, or a write older than `max_delay` (`closing`: everything
+/// pending is due). Shared by every write-back flusher.
+pub(crate) fn schedule(
+    counters: &Counters,
+    (shards, backlogs): (&[ShardKeys], &[ShardBacklog]),
+    settings: &super::WriteBackOptions,
+    (now, closing): (u64, bool),
+) -> Vec<(ShardKeys, u64)> {
+    let pending: u64 = backlogs.iter().map(|b| b.pending).sum();
+    let oldest = backlogs.iter().filter_map(|b| b.oldest_ms).min();
+    counters.backlog.store(pending, Ordering::Relaxed);
+    counters.oldest_ms.store(
+        oldest.map_or(0, |o| now.saturating_sub(o)),
+        Ordering::Relaxed,
+    );
+    counters
+        .dead_letters
+        .store(backlogs.iter().map(|b| b.dead).sum(), Ordering::Relaxed);
+    let batch = settings.batch as u64;
+    let due = if closing {
+        u64::MAX
+    } else {
+        now.saturating_sub(crate::clock::duration_ms(settings.max_delay))
+    };
+    shards
+        .iter()
+        .zip(backlogs)
+        .filter(|(_, b)| b.pending > 0)
+        .filter_map(|(shard, b)| {
+            if b.pending >= batch {
+                Some((shard.clone(), u64::MAX))
+            } else if b.claimed || b.oldest_ms.is_some_and(|o| o <= due) {
+                Some((shard.clone(), due))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 /// Whether two refusals are the same: the same kind of error with the
 /// same database code (their texts differ by the rows' values).
-pub(super) fn same_way(a: &Error, b: &Error) -> bool {
+pub(crate) fn same_way(a: &Error, b: &Error) -> bool {
     match (a, b) {
         (Error::Source { code: x, .. }, Error::Source { code: y, .. }) => x == y,
         _ => std::mem::discriminant(a) == std::mem::discriminant(b),

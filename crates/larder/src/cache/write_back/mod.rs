@@ -72,6 +72,7 @@ mod counter;
 mod counter_flush;
 mod dead_letters;
 pub(crate) mod durability;
+pub(crate) mod fault;
 pub(crate) mod flusher;
 mod overlay;
 mod writer;
@@ -284,7 +285,7 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> WriteBackStats {
+    pub(crate) fn snapshot(&self) -> WriteBackStats {
         let get = |c: &Tally| c.load(Ordering::Relaxed);
         WriteBackStats {
             acknowledged: get(&self.acknowledged),

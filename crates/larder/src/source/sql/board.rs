@@ -46,18 +46,18 @@ use std::sync::Arc;
 /// checks made at build.
 #[derive(Debug, Clone)]
 pub struct SqlBoardSource {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    table: OwnerTable,
-    kind: ScoreKind,
-    sql: Statements,
+pub(super) struct Inner {
+    pub(super) table: OwnerTable,
+    pub(super) kind: ScoreKind,
+    pub(super) sql: Statements,
 }
 
 #[derive(Debug, Default)]
-struct Statements {
+pub(super) struct Statements {
     /// `(member text, score)` in rank order; binds owner, limit.
     load: String,
     /// As `load`; binds owner, limit, offset.
@@ -66,14 +66,17 @@ struct Statements {
     member: String,
     count: String,
     /// Returns the new score; binds owner, member, delta.
-    incr: String,
+    pub(super) incr: String,
     /// Returns the stored score; binds owner, member, score.
-    set: String,
-    remove: String,
+    pub(super) set: String,
+    pub(super) remove: String,
     /// MariaDB: the score, locked (`FOR UPDATE`); binds owner, member.
-    lock: String,
+    pub(super) lock: String,
     /// MariaDB: the score; binds owner, member.
     read: String,
+    /// How many rows rank before a (member, score); binds owner, member
+    /// text, score (MariaDB: owner, score, score, member).
+    pub(super) above: String,
 }
 
 /// Builds a [`SqlBoardSource`]; consuming, finish with [`build`](Self::build).
@@ -301,6 +304,10 @@ fn pg_statements(owner: &Schema, member: &Schema, n: &Names, kind: ScoreKind) ->
         remove: format!("DELETE FROM {t} WHERE {o} = {p1} AND {m} = {p2}"),
         lock: String::new(),
         read: String::new(),
+        above: format!(
+            "SELECT count(*) FROM {t} y WHERE y.{o} = {p1} AND (y.{p} > $3::{cast} \
+             OR (y.{p} = $3::{cast} AND y.{m}::text COLLATE \"C\" > $2::text COLLATE \"C\"))"
+        ),
     }
 }
 
@@ -343,6 +350,10 @@ fn sqlite_statements(owner: &Schema, n: &Names, kind: ScoreKind) -> Statements {
         remove: format!("DELETE FROM {bare} WHERE {o} = ?1 AND {m} = ?2"),
         lock: String::new(),
         read: String::new(),
+        above: format!(
+            "SELECT count(*) FROM {bare} y WHERE y.{o} = ?1 AND (y.{p} > ?3 OR (y.{p} = ?3 \
+             AND CAST(y.{m} AS TEXT) COLLATE BINARY > CAST(?2 AS TEXT) COLLATE BINARY))"
+        ),
     }
 }
 
@@ -389,6 +400,11 @@ fn mysql_statements(owner: &Schema, n: &Names, kind: ScoreKind) -> Statements {
             score(&p)
         ),
         read: format!("SELECT {} FROM {t} WHERE {o} = ? AND {m} = ?", score(&p)),
+        above: format!(
+            "SELECT COUNT(*) FROM {t} y WHERE y.{o} = ? AND (y.{p} > ? OR (y.{p} = ? AND {} > \
+             CAST(CONVERT(? USING utf8mb4) AS BINARY)))",
+            bin(&format!("y.{m}"))
+        ),
     }
 }
 
@@ -402,10 +418,11 @@ macro_rules! bind_score {
         }
     };
 }
+pub(super) use bind_score;
 
 /// Reads column `i` of a row as a score of `kind`: `None` for an integer
 /// beyond ±2^53.
-fn score_at<R: Row>(row: &R, i: usize, kind: ScoreKind) -> sqlx::Result<Option<f64>>
+pub(super) fn score_at<R: Row>(row: &R, i: usize, kind: ScoreKind) -> sqlx::Result<Option<f64>>
 where
     usize: sqlx::ColumnIndex<R>,
     i64: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
@@ -432,15 +449,19 @@ where
 }
 
 impl SqlBoardSource {
-    fn keys(&self, owner: &str, member: Option<&str>) -> Result<(KeyValue, Option<KeyValue>)> {
+    pub(super) fn keys(
+        &self,
+        owner: &str,
+        member: Option<&str>,
+    ) -> Result<(KeyValue, Option<KeyValue>)> {
         self.inner.table.keys(owner, member)
     }
 
-    fn err(&self, e: sqlx::Error) -> Error {
+    pub(super) fn err(&self, e: sqlx::Error) -> Error {
         self.inner.table.err(e)
     }
 
-    fn beyond(&self, member: &str) -> Error {
+    pub(super) fn beyond(&self, member: &str) -> Error {
         Error::InvalidRow {
             entity: self.inner.table.name.clone(),
             id: member.chars().take(80).collect(),
@@ -674,6 +695,21 @@ impl BoardSource for SqlBoardSource {
             return Err(Error::invalid_id(member, "no member"));
         };
         self.upsert(&self.inner.sql.set, &o, &m, score).await
+    }
+
+    async fn above(&self, owner: &str, member: &str, score: f64) -> Result<u64> {
+        SqlBoardSource::above(self, owner, member, score).await
+    }
+
+    async fn prepare_write_back(&self, fence: &str, shards: u16) -> Result<()> {
+        self.prepare_board_fence(fence, shards).await
+    }
+
+    async fn flush(
+        &self,
+        batch: crate::collection::BoardBatch<'_>,
+    ) -> Result<crate::collection::BoardFlushed> {
+        self.flush_board_ops(batch).await
     }
 
     async fn remove(&self, owner: &str, member: &str) -> Result<bool> {

@@ -44,7 +44,7 @@ pub(super) const FENCE_TABLE: &str = "larder_fence";
 
 /// What the fence step found: go on, a newer epoch committed, or this
 /// very batch id committed already (a replay).
-enum FenceCheck {
+pub(super) enum FenceCheck {
     Passed,
     Newer(u64),
     Replayed,
@@ -82,6 +82,35 @@ impl From<sqlx::Error> for Failed {
 /// The transaction's answer: the rows as stored and the ids of updates
 /// that matched no row, or the newer epoch.
 type Committed = std::result::Result<(Vec<(String, String)>, Vec<String>), u64>;
+
+/// Runs `$body` (an async block that may use `$conn`, a pooled MariaDB
+/// connection) with the connection's statements timing out after
+/// `$timeout` (`max_statement_time`, `innodb_lock_wait_timeout`), set back
+/// to their defaults afterwards; a connection that cannot be reset leaves
+/// the pool. In an async block whose error takes `sqlx::Error` by `?`.
+macro_rules! mysql_timed {
+    ($pool:expr, $timeout:expr, $conn:ident, $body:expr) => {{
+        let mut $conn = $pool.acquire().await?;
+        sqlx::query(&format!(
+            "SET SESSION max_statement_time = {:.3}, innodb_lock_wait_timeout = {}",
+            $timeout.as_secs_f64().max(0.001),
+            $timeout.as_secs().max(1)
+        ))
+        .execute(&mut *$conn)
+        .await?;
+        let result = $body.await;
+        let reset = sqlx::query(
+            "SET SESSION max_statement_time = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
+        )
+        .execute(&mut *$conn)
+        .await;
+        if reset.is_err() {
+            drop($conn.detach());
+        }
+        result
+    }};
+}
+pub(super) use mysql_timed;
 
 /// The fenced part of a flush transaction, the same on every backend (in
 /// an async block answering `Result<Committed, Failed>`): the fence step,
@@ -185,89 +214,10 @@ impl SqlSource {
     /// Creates the fence table if missing and the entity's rows, one per
     /// shard (idempotent, safe to run from many instances at once).
     pub async fn prepare_fence(&self, entity: &str, shards: u16) -> Result<()> {
-        let create = format!(
-            "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (entity text NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL DEFAULT 0, PRIMARY KEY (entity, shard))"
-        );
         let result = match &self.inner.backend {
-            Backend::Postgres(pool, _) => {
-                async {
-                    let mut tx = pool.begin().await?;
-                    // Concurrent CREATE TABLE IF NOT EXISTS can collide in
-                    // the catalog; serialise the installers.
-                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('larder_fence'))")
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(&create).execute(&mut *tx).await?;
-                    // Tables made before the `batch` column get it once.
-                    let has_batch: bool = sqlx::query_scalar(
-                        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'batch')",
-                    )
-                    .bind(FENCE_TABLE)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if !has_batch {
-                        sqlx::query(&format!(
-                            "ALTER TABLE {FENCE_TABLE} ADD COLUMN IF NOT EXISTS batch text"
-                        ))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    sqlx::query(&format!(
-                        "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT $1, s, 0 FROM generate_series(0, $2 - 1) AS s ON CONFLICT DO NOTHING"
-                    ))
-                    .bind(entity)
-                    .bind(i32::from(shards))
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await
-                }
-                .await
-            }
-            Backend::MySql(pool, _) => {
-                async {
-                    // DDL commits implicitly on MariaDB: no transaction.
-                    sqlx::query(&format!(
-                        "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (entity varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL DEFAULT 0, batch varchar(64), PRIMARY KEY (entity, shard))"
-                    ))
-                    .execute(pool)
-                    .await?;
-                    let shard_list = Value::Array((0..shards).map(Value::from).collect());
-                    sqlx::query(&format!(
-                        "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT ?, s.n, 0 FROM JSON_TABLE(?, '$[*]' COLUMNS (n integer PATH '$')) AS s WHERE TRUE ON DUPLICATE KEY UPDATE shard = VALUES(shard)"
-                    ))
-                    .bind(entity)
-                    .bind(shard_list.to_string())
-                    .execute(pool)
-                    .await
-                    .map(drop)
-                }
-                .await
-            }
-            Backend::Sqlite(pool, _) => {
-                async {
-                    let mut tx = pool.begin().await?;
-                    sqlx::query(&create).execute(&mut *tx).await?;
-                    let has_batch: bool = sqlx::query_scalar(&format!(
-                        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{FENCE_TABLE}') WHERE name = 'batch')"
-                    ))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if !has_batch {
-                        sqlx::query(&format!("ALTER TABLE {FENCE_TABLE} ADD COLUMN batch text"))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    sqlx::query(&format!(
-                        "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n + 1 < ?2) INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT ?1, n, 0 FROM s WHERE true ON CONFLICT DO NOTHING"
-                    ))
-                    .bind(entity)
-                    .bind(i32::from(shards))
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await
-                }
-                .await
-            }
+            Backend::Postgres(pool, _) => prepare_fence_postgres(pool, entity, shards).await,
+            Backend::MySql(pool, _) => prepare_fence_mysql(pool, entity, shards).await,
+            Backend::Sqlite(pool, _) => prepare_fence_sqlite(pool, entity, shards).await,
         };
         result.map_err(|e| classify(self.entity(), e))
     }
@@ -298,14 +248,7 @@ impl SqlSource {
         let committed: std::result::Result<Committed, Failed> = match &self.inner.backend {
             Backend::Postgres(pool, q) => {
                 async {
-                    let mut tx = pool.begin().await?;
-                    let timeout_ms = statement_timeout.as_millis().max(1);
-                    sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
-                        .execute(&mut *tx)
-                        .await?;
+                    let mut tx = begin_postgres(pool, statement_timeout).await?;
                     fenced_commit!(
                         tx,
                         fence_postgres,
@@ -339,15 +282,7 @@ impl SqlSource {
             }
             Backend::MySql(pool, q) => {
                 async {
-                    let mut conn = pool.acquire().await?;
-                    sqlx::query(&format!(
-                        "SET SESSION max_statement_time = {:.3}, innodb_lock_wait_timeout = {}",
-                        statement_timeout.as_secs_f64().max(0.001),
-                        statement_timeout.as_secs().max(1)
-                    ))
-                    .execute(&mut *conn)
-                    .await?;
-                    let result = async {
+                    mysql_timed!(pool, statement_timeout, conn, async {
                         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                         fenced_commit!(
                             tx,
@@ -360,17 +295,7 @@ impl SqlSource {
                             &updates,
                             &keys
                         )
-                    }
-                    .await;
-                    let reset = sqlx::query(
-                    "SET SESSION max_statement_time = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
-                )
-                .execute(&mut *conn)
-                .await;
-                    if reset.is_err() {
-                        drop(conn.detach());
-                    }
-                    result
+                    })
                 }
                 .await
             }
@@ -476,14 +401,7 @@ impl SqlSource {
             match &self.inner.backend {
                 Backend::Postgres(pool, q) => {
                     async {
-                        let mut tx = pool.begin().await?;
-                        let timeout_ms = statement_timeout.as_millis().max(1);
-                        sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
-                            .execute(&mut *tx)
-                            .await?;
-                        sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
-                            .execute(&mut *tx)
-                            .await?;
+                        let mut tx = begin_postgres(pool, statement_timeout).await?;
                         counted_commit!(tx, fence_postgres, q, fence, batch, schema, plan, rehearse)
                     }
                     .await
@@ -497,28 +415,19 @@ impl SqlSource {
                 }
                 Backend::MySql(pool, q) => {
                     async {
-                        let mut conn = pool.acquire().await?;
-                        sqlx::query(&format!(
-                            "SET SESSION max_statement_time = {:.3}, innodb_lock_wait_timeout = {}",
-                            statement_timeout.as_secs_f64().max(0.001),
-                            statement_timeout.as_secs().max(1)
-                        ))
-                        .execute(&mut *conn)
-                        .await?;
-                        let result = async {
+                        mysql_timed!(pool, statement_timeout, conn, async {
                             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                            counted_commit!(tx, fence_mysql, q, fence, batch, schema, plan, rehearse)
-                        }
-                        .await;
-                        let reset = sqlx::query(
-                            "SET SESSION max_statement_time = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
-                        )
-                        .execute(&mut *conn)
-                        .await;
-                        if reset.is_err() {
-                            drop(conn.detach());
-                        }
-                        result
+                            counted_commit!(
+                                tx,
+                                fence_mysql,
+                                q,
+                                fence,
+                                batch,
+                                schema,
+                                plan,
+                                rehearse
+                            )
+                        })
                     }
                     .await
                 }
@@ -617,51 +526,190 @@ impl SqlSource {
         }
     }
 
-    /// The `batch` token of the fence row, read again and again until the
-    /// database answers or `within` runs out.
+    /// The `batch` token of the fence row (see [`fenced_batch`]).
     async fn fenced_batch(&self, fence: &Fence, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            let found: sqlx::Result<Option<Option<String>>> = match &self.inner.backend {
-                Backend::Postgres(pool, _) => {
-                    sqlx::query_scalar(&format!(
-                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = $1 AND shard = $2"
+        let pool = match &self.inner.backend {
+            Backend::Postgres(pool, _) => FencePool::Postgres(pool),
+            Backend::Sqlite(pool, _) => FencePool::Sqlite(pool),
+            Backend::MySql(pool, _) => FencePool::MySql(pool),
+        };
+        fenced_batch(pool, fence, within).await
+    }
+}
+
+/// The fence table's `CREATE TABLE` (PostgreSQL and SQLite).
+fn fence_create() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (entity text NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL DEFAULT 0, PRIMARY KEY (entity, shard))"
+    )
+}
+
+/// Creates the fence table on PostgreSQL if missing, and `entity`'s rows
+/// (see [`SqlSource::prepare_fence`]); shared with the leaderboards' flush.
+pub(super) async fn prepare_fence_postgres(
+    pool: &sqlx::PgPool,
+    entity: &str,
+    shards: u16,
+) -> sqlx::Result<()> {
+    let create = fence_create();
+
+    let mut tx = pool.begin().await?;
+    // Concurrent CREATE TABLE IF NOT EXISTS can collide in
+    // the catalog; serialise the installers.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('larder_fence'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&create).execute(&mut *tx).await?;
+    // Tables made before the `batch` column get it once.
+    let has_batch: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'batch')",
+                    )
+                    .bind(FENCE_TABLE)
+                    .fetch_one(&mut *tx)
+                    .await?;
+    if !has_batch {
+        sqlx::query(&format!(
+            "ALTER TABLE {FENCE_TABLE} ADD COLUMN IF NOT EXISTS batch text"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(&format!(
+                        "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT $1, s, 0 FROM generate_series(0, $2 - 1) AS s ON CONFLICT DO NOTHING"
                     ))
-                    .bind(&fence.entity)
-                    .bind(i32::from(fence.shard))
-                    .fetch_optional(pool)
-                    .await
-                }
-                Backend::Sqlite(pool, _) => {
-                    sqlx::query_scalar(&format!(
-                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = ?1 AND shard = ?2"
+                    .bind(entity)
+                    .bind(i32::from(shards))
+                    .execute(&mut *tx)
+                    .await?;
+    tx.commit().await
+}
+
+/// [`prepare_fence_postgres`] on MariaDB.
+pub(super) async fn prepare_fence_mysql(
+    pool: &sqlx::MySqlPool,
+    entity: &str,
+    shards: u16,
+) -> sqlx::Result<()> {
+    // DDL commits implicitly on MariaDB: no transaction.
+    sqlx::query(&format!(
+                        "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (entity varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, shard integer NOT NULL, epoch bigint NOT NULL DEFAULT 0, batch varchar(64), PRIMARY KEY (entity, shard))"
                     ))
-                    .bind(&fence.entity)
-                    .bind(i32::from(fence.shard))
-                    .fetch_optional(pool)
-                    .await
-                }
-                Backend::MySql(pool, _) => {
-                    sqlx::query_scalar(&format!(
-                        "SELECT batch FROM {FENCE_TABLE} WHERE entity = ? AND shard = ?"
+                    .execute(pool)
+                    .await?;
+    let shard_list = Value::Array((0..shards).map(Value::from).collect());
+    sqlx::query(&format!(
+                        "INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT ?, s.n, 0 FROM JSON_TABLE(?, '$[*]' COLUMNS (n integer PATH '$')) AS s WHERE TRUE ON DUPLICATE KEY UPDATE shard = VALUES(shard)"
                     ))
-                    .bind(&fence.entity)
-                    .bind(i32::from(fence.shard))
-                    .fetch_optional(pool)
+                    .bind(entity)
+                    .bind(shard_list.to_string())
+                    .execute(pool)
                     .await
-                }
-            };
-            match found {
-                Ok(row) => return row.flatten(),
-                Err(_) if Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Err(_) => return None,
+                    .map(drop)
+}
+
+/// [`prepare_fence_postgres`] on SQLite.
+pub(super) async fn prepare_fence_sqlite(
+    pool: &sqlx::SqlitePool,
+    entity: &str,
+    shards: u16,
+) -> sqlx::Result<()> {
+    let create = fence_create();
+
+    let mut tx = pool.begin().await?;
+    sqlx::query(&create).execute(&mut *tx).await?;
+    let has_batch: bool = sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{FENCE_TABLE}') WHERE name = 'batch')"
+    ))
+    .fetch_one(&mut *tx)
+    .await?;
+    if !has_batch {
+        sqlx::query(&format!("ALTER TABLE {FENCE_TABLE} ADD COLUMN batch text"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(&format!(
+                        "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n + 1 < ?2) INSERT INTO {FENCE_TABLE} (entity, shard, epoch) SELECT ?1, n, 0 FROM s WHERE true ON CONFLICT DO NOTHING"
+                    ))
+                    .bind(entity)
+                    .bind(i32::from(shards))
+                    .execute(&mut *tx)
+                    .await?;
+    tx.commit().await
+}
+
+/// A database's pool, for the fence reads every flush shares.
+pub(super) enum FencePool<'a> {
+    Postgres(&'a sqlx::PgPool),
+    Sqlite(&'a sqlx::SqlitePool),
+    MySql(&'a sqlx::MySqlPool),
+}
+
+/// The `batch` token of the fence row, read again and again until the
+/// database answers or `within` runs out.
+pub(super) async fn fenced_batch(
+    pool: FencePool<'_>,
+    fence: &Fence,
+    within: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let found: sqlx::Result<Option<Option<String>>> = match pool {
+            FencePool::Postgres(pool) => {
+                sqlx::query_scalar(&format!(
+                    "SELECT batch FROM {FENCE_TABLE} WHERE entity = $1 AND shard = $2"
+                ))
+                .bind(&fence.entity)
+                .bind(i32::from(fence.shard))
+                .fetch_optional(pool)
+                .await
             }
+            FencePool::Sqlite(pool) => {
+                sqlx::query_scalar(&format!(
+                    "SELECT batch FROM {FENCE_TABLE} WHERE entity = ?1 AND shard = ?2"
+                ))
+                .bind(&fence.entity)
+                .bind(i32::from(fence.shard))
+                .fetch_optional(pool)
+                .await
+            }
+            FencePool::MySql(pool) => {
+                sqlx::query_scalar(&format!(
+                    "SELECT batch FROM {FENCE_TABLE} WHERE entity = ? AND shard = ?"
+                ))
+                .bind(&fence.entity)
+                .bind(i32::from(fence.shard))
+                .fetch_optional(pool)
+                .await
+            }
+        };
+        match found {
+            Ok(row) => return row.flatten(),
+            Err(_) if Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(_) => return None,
         }
     }
+}
+
+/// A flush transaction on PostgreSQL: its statements time out after
+/// `timeout` (`SET LOCAL statement_timeout`), and `larder.origin` is
+/// `larder`, so change-notification triggers can skip larder's own writes.
+pub(super) async fn begin_postgres(
+    pool: &sqlx::PgPool,
+    timeout: Duration,
+) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await?;
+    let timeout_ms = timeout.as_millis().max(1);
+    sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('larder.origin', 'larder', true)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 fn epoch_i64(epoch: u64) -> i64 {
@@ -676,7 +724,7 @@ fn epoch_i64(epoch: u64) -> i64 {
 /// prepared for fewer shards).
 macro_rules! fence_step {
     ($name:ident, $conn:ty, $p:expr, $distinct:expr) => {
-        async fn $name(conn: &mut $conn, fence: &Fence, token: &str) -> sqlx::Result<FenceCheck> {
+        pub(super) async fn $name(conn: &mut $conn, fence: &Fence, token: &str) -> sqlx::Result<FenceCheck> {
             let p: fn(u8) -> String = $p;
             let distinct: fn(String) -> String = $distinct;
             let epoch = epoch_i64(fence.epoch);

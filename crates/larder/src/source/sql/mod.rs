@@ -76,6 +76,7 @@ macro_rules! pooled_writes {
 }
 
 mod board;
+mod board_flush;
 mod cdc;
 mod collection;
 mod feed;
