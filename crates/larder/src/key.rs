@@ -333,11 +333,6 @@ impl KeyKind {
             KeyKind::Waiter => "}:a:",
         }
     }
-
-    fn letter(self) -> char {
-        // Every segment is `}:<letter>:`.
-        char::from(self.segment().as_bytes()[2])
-    }
 }
 
 impl KeySpace {
@@ -481,18 +476,22 @@ impl KeySpace {
     /// A per-shard key: `<prefix>:{<entity>:<shard>}:<name>`. `name` has no
     /// `:`, so it never equals a per-id key (`<letter>:<id>`).
     pub(crate) fn shard_key(&self, shard: u16, name: &str) -> String {
-        format!("{}:{{{}:{}}}:{}", self.prefix, self.entity, shard, name)
+        // Pieces into one exact allocation, not `format!` (every write-back
+        // write names two of these).
+        let mut key = String::with_capacity(self.namespace.len() + 7 + name.len());
+        key.push_str(&self.namespace);
+        key.push_str(itoa::Buffer::new().format(shard));
+        key.push_str("}:");
+        key.push_str(name);
+        key
     }
 
     /// The prefix of every per-id key of one kind in a shard (the id follows).
     pub(crate) fn shard_prefix(&self, shard: u16, kind: KeyKind) -> String {
-        format!(
-            "{}:{{{}:{}}}:{}:",
-            self.prefix,
-            self.entity,
-            shard,
-            kind.letter()
-        )
+        let mut prefix = self.shard_key(shard, "");
+        // `}:` is there already; the segment's letter and `:` follow.
+        prefix.push_str(&kind.segment()[2..]);
+        prefix
     }
 
     /// The pub/sub channel this entity's fills are announced on, to
@@ -596,6 +595,9 @@ mod tests {
         assert_eq!(ks.value_key("42"), format!("app:{{users:{shard}}}:v:42"));
         assert_eq!(ks.lease_key("42"), format!("app:{{users:{shard}}}:l:42"));
         assert_eq!(ks.meta_key(), "app:{users}:meta");
+        assert_eq!(ks.shard_key(7, "q"), "app:{users:7}:q");
+        assert_eq!(ks.shard_key(63, "xv"), "app:{users:63}:xv");
+        assert_eq!(ks.shard_prefix(7, KeyKind::Dirty), "app:{users:7}:d:");
         assert_eq!(ks.generations_key(), "app:{users}:gen");
         assert_eq!(ks.channel(), "app:invalidations");
     }
