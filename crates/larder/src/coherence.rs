@@ -213,22 +213,21 @@ impl<V: Send + Sync + 'static> Coherence<V> {
         }
     }
 
-    /// The near cache's answers for a batch: answered ids go into
-    /// `answers`; the others come back with their tickets, in order.
+    /// The near cache's answers for a batch, each put at its place in
+    /// `answers`; the places of the others come back with their tickets,
+    /// in order.
     pub(crate) async fn l1_many(
         &self,
-        ids: Vec<String>,
+        ids: &[&str],
         now: u64,
-        answers: &mut crate::cache::Answers<V>,
-    ) -> Vec<(String, Option<Ticket>)> {
+        answers: &mut [Option<Lookup<V>>],
+    ) -> Vec<(usize, Option<Ticket>)> {
         let mut rest = Vec::with_capacity(ids.len());
-        for id in ids {
-            let ticket = self.ticket(&id);
-            match self.l1_get(&id, ticket, now).await {
-                Some(answer) => {
-                    answers.insert(id, answer);
-                }
-                None => rest.push((id, ticket)),
+        for (at, id) in ids.iter().enumerate() {
+            let ticket = self.ticket(id);
+            match self.l1_get(id, ticket, now).await {
+                Some(answer) => answers[at] = Some(answer),
+                None => rest.push((at, ticket)),
             }
         }
         rest

@@ -19,6 +19,7 @@
 
 use crate::error::{Error, Result};
 use crate::representation::Representation;
+use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The longest id accepted, in bytes.
@@ -82,6 +83,13 @@ pub trait CacheKey: Send + Sync {
     /// nothing. Default: [`CacheKey::to_id`], owned.
     fn id_text(&self) -> IdText<'_> {
         IdText::owned(self.to_id())
+    }
+
+    /// Appends the same id as [`CacheKey::to_id`] to `out`: a batch's ids
+    /// go into one buffer, integers written straight into it. Default:
+    /// [`CacheKey::id_text`], appended.
+    fn push_id(&self, out: &mut String) {
+        out.push_str(&self.id_text());
     }
 }
 
@@ -163,6 +171,9 @@ macro_rules! integer_keys {
         impl CacheKey for $t {
             fn to_id(&self) -> String { self.to_string() }
             fn id_text(&self) -> IdText<'_> { IdText::integer(*self) }
+            fn push_id(&self, out: &mut String) {
+                out.push_str(itoa::Buffer::new().format(*self));
+            }
         }
     )*};
 }
@@ -193,6 +204,84 @@ impl<T: CacheKey + ?Sized> CacheKey for &T {
     fn id_text(&self) -> IdText<'_> {
         (**self).id_text()
     }
+    fn push_id(&self, out: &mut String) {
+        (**self).push_id(out);
+    }
+}
+
+/// Many short texts (a batch's ids, or their keys), in order, held in one
+/// buffer: a batch read without a `String` per key (building one per key
+/// of a 100-key `get_many` cost more than its `MGET` command). Built by
+/// the cache; stores read keys from it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TextBatch {
+    /// The texts, one after another.
+    text: String,
+    /// Where each text ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl TextBatch {
+    /// Room for `count` texts of `bytes` bytes together.
+    pub(crate) fn with_capacity(count: usize, bytes: usize) -> Self {
+        Self {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(count),
+        }
+    }
+
+    /// Appends one text, written by `write`.
+    pub(crate) fn push_with(&mut self, write: impl FnOnce(&mut String)) {
+        write(&mut self.text);
+        self.ends.push(self.text.len());
+    }
+
+    /// The last text (empty if there is none).
+    pub(crate) fn last(&self) -> &str {
+        let start = self.start_of_last();
+        self.text.get(start..).unwrap_or_default()
+    }
+
+    /// Replaces the last text with `text`.
+    pub(crate) fn replace_last(&mut self, text: &str) {
+        let start = self.start_of_last();
+        if self.ends.pop().is_some() {
+            self.text.truncate(start);
+            self.push_with(|out| out.push_str(text));
+        }
+    }
+
+    /// Where the last text starts.
+    fn start_of_last(&self) -> usize {
+        match self.ends.len() {
+            0 | 1 => 0,
+            n => self.ends[n - 2],
+        }
+    }
+
+    /// How many texts.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bytes of all texts together.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// The texts, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + Clone + Send + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        // Every end is a char boundary: each text was pushed whole.
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| self.text.get(start..end).unwrap_or_default())
+    }
 }
 
 /// Where the keys of one entity live.
@@ -200,10 +289,20 @@ impl<T: CacheKey + ?Sized> CacheKey for &T {
 pub(crate) struct KeySpace {
     prefix: String,
     entity: String,
+    /// `<prefix>:{<entity>:`, what every per-id key starts with (kept
+    /// whole: a key is built from it, the shard, a segment and the id).
+    namespace: String,
     shards: u16,
     /// Values are Redis hashes (`h:`), not strings (`v:`).
     hash: bool,
+    /// Each shard's value keys up to the id, `<namespace><shard>}:v:`, so
+    /// that a value key (every read builds one) is two pieces; none above
+    /// [`MAX_HEADS`] shards, whose keys are built piece by piece.
+    value_heads: Arc<[Box<str>]>,
 }
+
+/// The most shards whose value-key heads are kept (64 bytes or so each).
+const MAX_HEADS: u16 = 1024;
 
 /// Which kind of key, the one-letter segment after the hash tag.
 #[derive(Debug, Clone, Copy)]
@@ -221,15 +320,17 @@ pub(crate) enum KeyKind {
 }
 
 impl KeyKind {
-    fn letter(self) -> char {
+    /// What follows the shard in a key of this kind, up to the id:
+    /// `}:<letter>:` (one piece to copy when a key is built).
+    fn segment(self) -> &'static str {
         match self {
-            KeyKind::Value => 'v',
-            KeyKind::Lease => 'l',
-            KeyKind::Write => 'w',
-            KeyKind::Dirty => 'd',
-            KeyKind::CollectionMeta => 'm',
-            KeyKind::CollectionStaging => 's',
-            KeyKind::Waiter => 'a',
+            KeyKind::Value => "}:v:",
+            KeyKind::Lease => "}:l:",
+            KeyKind::Write => "}:w:",
+            KeyKind::Dirty => "}:d:",
+            KeyKind::CollectionMeta => "}:m:",
+            KeyKind::CollectionStaging => "}:s:",
+            KeyKind::Waiter => "}:a:",
         }
     }
 }
@@ -239,19 +340,38 @@ impl KeySpace {
         validate_name("prefix", prefix)?;
         validate_name("entity", entity)?;
         Self::validate_shards(shards)?;
-        Ok(Self {
+        let mut keys = Self {
             prefix: prefix.to_owned(),
             entity: entity.to_owned(),
+            namespace: format!("{prefix}:{{{entity}:"),
             shards,
             hash: false,
-        })
+            value_heads: Arc::new([]),
+        };
+        keys.value_heads = keys.heads();
+        Ok(keys)
     }
 
     /// The same keys with values held as `representation`: a hash entity's
     /// value keys have the segment `h:`, and its layout records it.
     pub(crate) fn with_representation(mut self, representation: Representation) -> Self {
         self.hash = representation == Representation::Hash;
+        self.value_heads = self.heads();
         self
+    }
+
+    /// The value-key heads of every shard (see `value_heads`).
+    fn heads(&self) -> Arc<[Box<str>]> {
+        if self.shards > MAX_HEADS {
+            return Arc::new([]);
+        }
+        (0..self.shards)
+            .map(|shard| {
+                let mut head = String::new();
+                self.push_head(KeyKind::Value, shard, &mut head);
+                head.into_boxed_str()
+            })
+            .collect()
     }
 
     /// How values are held.
@@ -282,27 +402,56 @@ impl KeySpace {
     }
 
     pub(crate) fn key(&self, kind: KeyKind, id: &str) -> String {
-        let shard = self.shard(id);
         // Built in one allocation of the exact size (a hot path: every
-        // read asks for its value key); a shard has at most 5 digits.
-        let mut key = String::with_capacity(self.prefix.len() + self.entity.len() + id.len() + 11);
-        key.push_str(&self.prefix);
-        key.push_str(":{");
-        key.push_str(&self.entity);
-        key.push(':');
-        key.push_str(itoa::Buffer::new().format(shard));
-        key.push_str("}:");
-        key.push(match kind {
-            KeyKind::Value if self.hash => 'h',
-            _ => kind.letter(),
-        });
-        key.push(':');
-        key.push_str(id);
+        // read asks for its value key).
+        let mut key = String::with_capacity(self.key_len(id));
+        self.push_key(kind, id, &mut key);
         key
+    }
+
+    /// The most bytes the key of `id` takes (a shard has at most 5 digits).
+    fn key_len(&self, id: &str) -> usize {
+        self.namespace.len() + id.len() + 9
+    }
+
+    /// Appends the key of `id` to `out`: a value key in two pieces.
+    fn push_key(&self, kind: KeyKind, id: &str, out: &mut String) {
+        let shard = self.shard(id);
+        let head = match kind {
+            KeyKind::Value => self.value_heads.get(usize::from(shard)),
+            _ => None,
+        };
+        match head {
+            Some(head) => out.push_str(head),
+            None => self.push_head(kind, shard, out),
+        }
+        out.push_str(id);
+    }
+
+    /// Appends a key of `shard` up to the id: `<namespace><shard>}:<letter>:`.
+    fn push_head(&self, kind: KeyKind, shard: u16, out: &mut String) {
+        out.push_str(&self.namespace);
+        out.push_str(itoa::Buffer::new().format(shard));
+        out.push_str(match kind {
+            KeyKind::Value if self.hash => "}:h:",
+            _ => kind.segment(),
+        });
     }
 
     pub(crate) fn value_key(&self, id: &str) -> String {
         self.key(KeyKind::Value, id)
+    }
+
+    /// The value keys of `ids`, in order, in one buffer (see [`TextBatch`]).
+    pub(crate) fn value_keys<'a>(&self, ids: impl Iterator<Item = &'a str> + Clone) -> TextBatch {
+        let (count, bytes) = ids
+            .clone()
+            .fold((0, 0), |(n, len), id| (n + 1, len + self.key_len(id)));
+        let mut batch = TextBatch::with_capacity(count, bytes);
+        for id in ids {
+            batch.push_with(|out| self.push_key(KeyKind::Value, id, out));
+        }
+        batch
     }
 
     pub(crate) fn lease_key(&self, id: &str) -> String {
@@ -327,18 +476,22 @@ impl KeySpace {
     /// A per-shard key: `<prefix>:{<entity>:<shard>}:<name>`. `name` has no
     /// `:`, so it never equals a per-id key (`<letter>:<id>`).
     pub(crate) fn shard_key(&self, shard: u16, name: &str) -> String {
-        format!("{}:{{{}:{}}}:{}", self.prefix, self.entity, shard, name)
+        // Pieces into one exact allocation, not `format!` (every write-back
+        // write names two of these).
+        let mut key = String::with_capacity(self.namespace.len() + 7 + name.len());
+        key.push_str(&self.namespace);
+        key.push_str(itoa::Buffer::new().format(shard));
+        key.push_str("}:");
+        key.push_str(name);
+        key
     }
 
     /// The prefix of every per-id key of one kind in a shard (the id follows).
     pub(crate) fn shard_prefix(&self, shard: u16, kind: KeyKind) -> String {
-        format!(
-            "{}:{{{}:{}}}:{}:",
-            self.prefix,
-            self.entity,
-            shard,
-            kind.letter()
-        )
+        let mut prefix = self.shard_key(shard, "");
+        // `}:` is there already; the segment's letter and `:` follow.
+        prefix.push_str(&kind.segment()[2..]);
+        prefix
     }
 
     /// The pub/sub channel this entity's fills are announced on, to
@@ -350,7 +503,7 @@ impl KeySpace {
     /// What every per-id and per-shard key of this entity starts with:
     /// `<prefix>:{<entity>:` (the shard, `}`, the kind and the id follow).
     pub(crate) fn namespace(&self) -> String {
-        format!("{}:{{{}:", self.prefix, self.entity)
+        self.namespace.clone()
     }
 
     /// The name of this entity in the source's fence table:
@@ -410,6 +563,11 @@ mod tests {
         same("ada");
         same(&String::from("grace"));
         same(&&42u64);
+        let mut ids = String::from("x");
+        for key in [&7u64 as &dyn CacheKey, &-3i16, &"ada", &String::from("é")] {
+            key.push_id(&mut ids);
+        }
+        assert_eq!(ids, "x7-3adaé");
         assert!(matches!(42u64.id_text().0, IdRepr::Inline(..)));
         assert!(matches!("x".id_text().0, IdRepr::Borrowed(_)));
     }
@@ -437,6 +595,9 @@ mod tests {
         assert_eq!(ks.value_key("42"), format!("app:{{users:{shard}}}:v:42"));
         assert_eq!(ks.lease_key("42"), format!("app:{{users:{shard}}}:l:42"));
         assert_eq!(ks.meta_key(), "app:{users}:meta");
+        assert_eq!(ks.shard_key(7, "q"), "app:{users:7}:q");
+        assert_eq!(ks.shard_key(63, "xv"), "app:{users:63}:xv");
+        assert_eq!(ks.shard_prefix(7, KeyKind::Dirty), "app:{users:7}:d:");
         assert_eq!(ks.generations_key(), "app:{users}:gen");
         assert_eq!(ks.channel(), "app:invalidations");
     }
@@ -463,6 +624,52 @@ mod tests {
             let tag_end = v.find('}').expect("hash tag");
             assert!(v[tag_end..].starts_with("}:v:"), "{v}");
         }
+    }
+
+    #[test]
+    fn value_keys_are_the_same_with_or_without_kept_heads() {
+        for shards in [1, 64, MAX_HEADS, MAX_HEADS + 1, u16::MAX] {
+            let ks = KeySpace::new("app", "users", shards).expect("valid");
+            let hashed = ks.clone().with_representation(Representation::Hash);
+            for id in ["42", "ada", "x:v:y", ""] {
+                let shard = ks.shard(id);
+                assert_eq!(ks.value_key(id), format!("app:{{users:{shard}}}:v:{id}"));
+                assert_eq!(
+                    hashed.value_key(id),
+                    format!("app:{{users:{shard}}}:h:{id}")
+                );
+                assert_eq!(ks.lease_key(id), format!("app:{{users:{shard}}}:l:{id}"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_batch_holds_each_value_key_in_order() {
+        let ks = KeySpace::new("app", "users", 64).expect("valid");
+        let ids = ["1", "22", "ada", "1"];
+        let batch = ks.value_keys(ids.iter().copied());
+        assert_eq!(batch.len(), ids.len());
+        let keys: Vec<&str> = batch.iter().collect();
+        let one_by_one: Vec<String> = ids.iter().map(|id| ks.value_key(id)).collect();
+        assert_eq!(keys, one_by_one);
+        assert_eq!(
+            batch.text_len(),
+            one_by_one.iter().map(String::len).sum::<usize>()
+        );
+        assert!(ks.value_keys(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn a_text_batch_replaces_its_last_text_only() {
+        let mut batch = TextBatch::with_capacity(3, 8);
+        assert_eq!(batch.last(), "");
+        for text in ["007", "8", "09"] {
+            batch.push_with(|out| out.push_str(text));
+            let trimmed = batch.last().trim_start_matches('0').to_owned();
+            batch.replace_last(&trimmed);
+        }
+        assert_eq!(batch.iter().collect::<Vec<_>>(), ["7", "8", "9"]);
+        assert_eq!(batch.text_len(), 3);
     }
 
     #[test]

@@ -75,8 +75,14 @@ impl Counters {
     }
 
     pub(crate) fn read(&self, outcome: Outcome) {
-        self.reads[outcome.index()].fetch_add(1, Ordering::Relaxed);
-        self.metrics.reads[outcome.index()].increment(1);
+        self.reads_of(outcome, 1);
+    }
+
+    /// Counts `n` reads answered with `outcome` at once (a batch counts
+    /// each outcome once, not each key: shared counters are contended).
+    pub(crate) fn reads_of(&self, outcome: Outcome, n: u64) {
+        self.reads[outcome.index()].fetch_add(n, Ordering::Relaxed);
+        self.metrics.reads[outcome.index()].increment(n);
     }
 
     pub(crate) fn bump(&self, event: Event) {

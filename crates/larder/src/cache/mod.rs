@@ -21,6 +21,7 @@
 //! reaches the cache only through `Cache`'s methods.
 
 mod builder;
+mod distinct;
 mod fill_watch;
 mod hash;
 mod invalidate;
@@ -34,13 +35,14 @@ pub use self::builder::CacheBuilder;
 pub use self::warm::{WarmOptions, WarmProgress, WARM_BATCH};
 pub use self::write::{CacheWrite, WritePolicy, Written};
 
+use self::distinct::Distinct;
 use crate::breaker::Breaker;
 use crate::clock::{duration_ms, Clock};
 use crate::codec::Codec;
 use crate::envelope::Envelope;
 use crate::error::{Cause, Error, Message, Result};
 use crate::flight::Flights;
-use crate::key::{validate_id, CacheKey, IdText, KeySpace};
+use crate::key::{validate_id, CacheKey, IdText, KeySpace, TextBatch};
 use crate::load_error::{LoadError, SharedLoadError};
 use crate::outcome::{Lookup, Outcome};
 use crate::policy::{Policy, Random};
@@ -55,12 +57,10 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A batch read's answers by id. Hashed with foldhash rather than SipHash:
-/// a batch hashes each of its ids twice, SipHash was 3% of a 100-key
-/// `get_many`, and a batch is bounded, so collisions chosen by a client
-/// cost little (foldhash is seeded per process all the same).
-pub(crate) type Answers<V> =
-    std::collections::HashMap<String, Lookup<V>, foldhash::fast::RandomState>;
+/// A batch read's answers, by the place of each id in the batch (`None`:
+/// not answered yet). By place rather than in a map by id: a batch then
+/// neither hashes nor copies its ids to find its answers.
+pub(crate) type Answers<V> = Vec<Option<Lookup<V>>>;
 
 /// A load: given a canonical id, the value (or `None`: not found).
 pub(crate) type Loader<V> = Box<dyn FnOnce(String) -> BoxFuture<'static, Result<Option<V>>> + Send>;
@@ -251,26 +251,20 @@ where
     /// `load_many` on the source for the misses. Answers in `keys` order
     /// (a key given twice is read once).
     pub async fn get_many(&self, keys: &[&K]) -> Result<Vec<Lookup<V>>> {
-        // Each key's id text once (no allocation for integer and string
-        // keys), then one owned id per distinct key (sorted to drop
-        // repeats without a set of copies); the answers are found by the
-        // texts.
-        let texts = keys
-            .iter()
-            .map(|k| self.id_text_of(k))
-            .collect::<Result<Vec<_>>>()?;
-        let mut ids: Vec<String> = texts.iter().map(|t| t.as_str().to_owned()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let answers = self.inner.clone().read_many(ids).await?;
-        texts
-            .iter()
-            .map(|id| {
-                answers.get(id.as_str()).cloned().ok_or_else(|| {
-                    Error::internal(format!("get_many lost the answer for id {:?}", id.as_str()))
-                })
-            })
-            .collect()
+        // Every id written into one buffer (integers straight into it) and
+        // canonicalised there; the batch reads them borrowed, each id
+        // once, and answers by place: an id is copied only if it misses.
+        let mut texts = TextBatch::with_capacity(keys.len(), keys.len() * 8);
+        for key in keys {
+            texts.push_with(|out| key.push_id(out));
+            if let Some(id) = self.inner.canonical_change(texts.last())? {
+                texts.replace_last(&id);
+            }
+        }
+        let ids: Vec<&str> = texts.iter().collect();
+        let batch = Distinct::of(&ids);
+        let answers = self.inner.clone().read_many(batch.ids(&ids)).await?;
+        Ok(batch.spread(answers))
     }
 
     /// Removes the cached entry of `key` and voids any load in progress for
@@ -307,16 +301,22 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// says it is canonical already (or there is no source), so the common
     /// case copies nothing.
     fn canonical_text<'a>(&self, raw: IdText<'a>) -> Result<IdText<'a>> {
+        match self.canonical_change(&raw)? {
+            Some(id) => Ok(IdText::owned(id)),
+            None => Ok(raw),
+        }
+    }
+
+    /// The canonical form of `raw`, checked, if it differs from `raw`
+    /// (`None`: `raw` is canonical already, or there is no source).
+    fn canonical_change(&self, raw: &str) -> Result<Option<String>> {
         match &self.source {
-            Some(source) if !source.is_canonical(&raw) => {
-                let id = source.canonical_id(&raw)?;
+            Some(source) if !source.is_canonical(raw) => {
+                let id = source.canonical_id(raw)?;
                 validate_id(&id)?;
-                Ok(IdText::owned(id))
+                Ok(Some(id))
             }
-            _ => {
-                validate_id(&raw)?;
-                Ok(raw)
-            }
+            _ => validate_id(raw).map(|()| None),
         }
     }
 

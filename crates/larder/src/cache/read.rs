@@ -71,12 +71,14 @@ impl<V> Entry<V> {
         Freshness::at(now, fresh_until, stale_until)
     }
 
-    pub(super) fn answer(&self, fresh: Outcome) -> Lookup<V> {
+    /// The answer this entry gives: `fresh` (`hit` or `stale`), or
+    /// `negative` for a fresh remembered "not found".
+    pub(super) fn answer(self, fresh: Outcome) -> Lookup<V> {
         let outcome = match (&self.value, fresh) {
             (None, Outcome::Hit) => Outcome::Negative,
             (_, o) => o,
         };
-        Lookup::cached(self.value.clone(), outcome, self.envelope_times.0)
+        Lookup::cached(self.value, outcome, self.envelope_times.0)
     }
 }
 
@@ -238,11 +240,21 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     /// A fresh entry's answer (`hit`, or `negative`), kept in the near
     /// cache too unless `id` was invalidated since `ticket`.
-    async fn serve_fresh(&self, id: &str, ticket: Option<Ticket>, entry: Entry<V>) -> Lookup<V> {
+    async fn serve_fresh(
+        &self,
+        id: &str,
+        ticket: Option<Ticket>,
+        mut entry: Entry<V>,
+    ) -> Lookup<V> {
+        if ticket.is_none() {
+            // The near cache is off (or its bus down): nothing to keep.
+            return entry.answer(Outcome::Hit);
+        }
+        let (value, stamp) = (entry.value.clone(), entry.stamp.take());
+        let fresh_until = entry.envelope_times.0;
         let answer = entry.answer(Outcome::Hit);
-        let (value, fresh_until) = (entry.value, entry.envelope_times.0);
         (self.coherence)
-            .l1_put(id, ticket, value, fresh_until, entry.stamp)
+            .l1_put(id, ticket, value, fresh_until, stamp)
             .await;
         answer
     }
@@ -365,51 +377,65 @@ impl<V: Send + Sync + 'static> Inner<V> {
         Ok(Lookup::new(value, outcome))
     }
 
-    /// The batch read path of `get_many`; counts each answer once.
-    pub(super) async fn read_many(self: Arc<Self>, ids: Vec<String>) -> Result<Answers<V>> {
+    /// The batch read path of `get_many` over distinct `ids`: their
+    /// answers in order; counts each answer once.
+    pub(super) async fn read_many(self: Arc<Self>, ids: &[&str]) -> Result<Vec<Lookup<V>>> {
         let answers = self.clone().read_many_uncounted(ids).await?;
-        for answer in answers.values() {
-            self.counters.read(answer.outcome);
+        let mut tally = [0u64; Outcome::ALL.len()];
+        let answers = answers
+            .into_iter()
+            .zip(ids)
+            .map(|(answer, id)| {
+                let answer = answer.ok_or_else(|| {
+                    Error::internal(format!("get_many lost the answer for id {id:?}"))
+                })?;
+                tally[answer.outcome.index()] += 1;
+                Ok(answer)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (outcome, n) in Outcome::ALL.into_iter().zip(tally) {
+            if n > 0 {
+                self.counters.reads_of(outcome, n);
+            }
         }
         Ok(answers)
     }
 
     /// The batch read: the near cache, one `MGET`, the same judgement per
-    /// entry as a single read, then the misses in one batch.
-    pub(super) async fn read_many_uncounted(
-        self: Arc<Self>,
-        ids: Vec<String>,
-    ) -> Result<Answers<V>> {
-        let mut answers = Answers::with_capacity_and_hasher(ids.len(), Default::default());
-        let (ids, tickets): (Vec<String>, Vec<_>) = (self.coherence)
+    /// entry as a single read, then the misses in one batch. Ids are
+    /// borrowed until they miss.
+    pub(super) async fn read_many_uncounted(self: Arc<Self>, ids: &[&str]) -> Result<Answers<V>> {
+        let mut answers: Answers<V> = std::iter::repeat_with(|| None).take(ids.len()).collect();
+        let pending = (self.coherence)
             .l1_many(ids, self.clock.now_ms(), &mut answers)
-            .await
-            .into_iter()
-            .unzip();
-        if ids.is_empty() {
+            .await;
+        if pending.is_empty() {
             return Ok(answers);
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.value_key(id)).collect();
-        let Some(found) = self.ask_store(|| self.store.get_many(&keys)).await? else {
+        let keys = self.keys.value_keys(pending.iter().map(|&(at, _)| ids[at]));
+        let Some(found) = self.ask_store(|| self.store.get_values(&keys)).await? else {
             // The near cache's answers stand; only the rest bypass.
-            answers.extend(self.bypass_many(ids).await?);
+            let rest = pending.iter().map(|&(at, _)| (at, ids[at].to_owned()));
+            self.bypass_many(rest.collect(), &mut answers).await?;
             return Ok(answers);
         };
         let now = self.clock.now_ms();
         let mut misses = Vec::new();
-        for ((id, bytes), ticket) in ids.into_iter().zip(found).zip(tickets) {
-            match self.classify(&id, bytes, now) {
-                Found::Fresh(entry) => {
-                    let answer = self.serve_fresh(&id, ticket, entry).await;
-                    answers.insert(id, answer);
-                }
+        for ((at, ticket), bytes) in pending.into_iter().zip(found) {
+            let id = ids[at];
+            answers[at] = match self.classify(id, bytes, now) {
+                Found::Fresh(entry) => Some(self.serve_fresh(id, ticket, entry).await),
                 Found::Stale(entry) => {
                     self.counters.bump(Event::Refresh);
-                    self.refresh_in_background(id.clone(), self.source_loader()?, Mode::Refresh);
-                    answers.insert(id, entry.answer(Outcome::Stale));
+                    let loader = self.source_loader()?;
+                    self.refresh_in_background(id.to_owned(), loader, Mode::Refresh);
+                    Some(entry.answer(Outcome::Stale))
                 }
-                Found::Missing => misses.push(id),
-            }
+                Found::Missing => {
+                    misses.push((at, id.to_owned()));
+                    None
+                }
+            };
         }
         if !misses.is_empty() {
             self.load_misses(misses, &mut answers).await?;
@@ -417,90 +443,96 @@ impl<V: Send + Sync + 'static> Inner<V> {
         Ok(answers)
     }
 
-    /// Misses of a batch: lease them all in one pipeline, load the leased
-    /// ones with one `load_many`, fill them in one pipeline; keys loading
-    /// elsewhere go through the single-key path (which waits for them).
+    /// Misses of a batch, each with its place among the answers: lease
+    /// them all in one pipeline, load the leased ones with one
+    /// `load_many`, fill them in one pipeline; keys loading elsewhere go
+    /// through the single-key path (which waits for them).
     pub(super) async fn load_misses(
         self: &Arc<Self>,
-        misses: Vec<String>,
+        misses: Vec<(usize, String)>,
         answers: &mut Answers<V>,
     ) -> Result<()> {
-        let (mut single, batch): (Vec<String>, Vec<String>) =
-            misses.into_iter().partition(|id| self.flights.contains(id));
+        let (mut single, batch): (Vec<_>, Vec<_>) = misses
+            .into_iter()
+            .partition(|(_, id)| self.flights.contains(id));
         let requests: Vec<LeaseRequest> = batch
             .iter()
-            .map(|id| self.lease_request(id, true))
+            .map(|(_, id)| self.lease_request(id, true))
             .collect();
         let acquired = match self.store.acquire_many(&requests).await {
             Ok(acquired) => acquired,
             Err(e) if e.is_store_unavailable() => {
                 self.store_failed(&e);
                 self.may_bypass(e)?;
-                answers.extend(
-                    self.bypass_many(batch.into_iter().chain(single).collect())
-                        .await?,
-                );
-                return Ok(());
+                let all = batch.into_iter().chain(single).collect();
+                return self.bypass_many(all, answers).await;
             }
             Err(e) => return Err(e),
         };
         let now = self.clock.now_ms();
-        let mut leased = Vec::new();
-        for ((id, request), got) in batch.into_iter().zip(requests).zip(acquired) {
+        let (mut leased, mut leased_at) = (Vec::new(), Vec::new());
+        for (((at, id), request), got) in batch.into_iter().zip(requests).zip(acquired) {
             match got {
-                Acquired::Lease { .. } => leased.push((id, request)),
+                Acquired::Lease { .. } => {
+                    leased_at.push(at);
+                    leased.push((id, request));
+                }
                 Acquired::Value(bytes) => match self.entry_or_none(&id, Some(bytes)) {
                     Some(entry) if entry.freshness(now) == Freshness::Fresh => {
-                        answers.insert(id, entry.answer(Outcome::Hit));
+                        answers[at] = Some(entry.answer(Outcome::Hit));
                     }
-                    _ => single.push(id),
+                    _ => single.push((at, id)),
                 },
-                Acquired::Held => single.push(id),
+                Acquired::Held => single.push((at, id)),
                 Acquired::Dirty(payload) => {
-                    let answer = self.pending_answer(&id, payload)?;
-                    answers.insert(id, answer);
+                    answers[at] = Some(self.pending_answer(&id, payload)?);
                 }
             }
         }
         if !leased.is_empty() {
-            for (id, value, fresh_until) in self.load_and_fill_many(leased).await? {
+            let filled = self.load_and_fill_many(leased).await?;
+            for (at, (_, value, fresh_until)) in leased_at.into_iter().zip(filled) {
                 let lookup = Lookup::new(value, Outcome::Miss).fresh_until_at(fresh_until);
-                answers.insert(id, lookup);
+                answers[at] = Some(lookup);
             }
         }
-        let waits = single.into_iter().map(|id| {
+        let waits = single.into_iter().map(|(at, id)| {
             let this = self.clone();
             async move {
                 let loader = this.source_loader()?;
-                let answer = this.clone().load_shared(id.clone(), loader).await?;
-                Ok::<_, Error>((id, answer))
+                let answer = this.load_shared(id, loader).await?;
+                Ok::<_, Error>((at, answer))
             }
         });
         for pair in join_all(waits).await {
-            let (id, answer) = pair?;
-            answers.insert(id, answer);
+            let (at, answer) = pair?;
+            answers[at] = Some(answer);
         }
         Ok(())
     }
 
-    /// Many keys straight from the source, the store being unavailable.
-    pub(super) async fn bypass_many(&self, ids: Vec<String>) -> Result<Answers<V>> {
+    /// Many keys straight from the source, the store being unavailable;
+    /// each answer goes to its place.
+    pub(super) async fn bypass_many(
+        &self,
+        ids: Vec<(usize, String)>,
+        answers: &mut Answers<V>,
+    ) -> Result<()> {
         let source = self
             .source
             .clone()
             .ok_or_else(|| Error::Config("no source".into()))?;
+        let (places, ids): (Vec<usize>, Vec<String>) = ids.into_iter().unzip();
         let load = {
             let ids = ids.clone();
             async move { source.load_many(&ids).await }.boxed()
         };
         let (loaded, _) = self.timed_load("(many)", load).await;
         let mut loaded = loaded?;
-        Ok(ids
-            .into_iter()
-            .map(|id| {
-                let value = loaded.remove(&id).map(Arc::new);
-                (id, Lookup::new(value, Outcome::Bypass))
-            })
-            .collect())
+        for (at, id) in places.into_iter().zip(ids) {
+            let value = loaded.remove(&id).map(Arc::new);
+            answers[at] = Some(Lookup::new(value, Outcome::Bypass));
+        }
+        Ok(())
     }
 }

@@ -17,6 +17,7 @@ use super::{
     Acquired, Fill, LeaseRequest, Protocol, Store, Subscription, WriteEnd, WriteKeys, WriteTicket,
 };
 use crate::error::{Error, Result};
+use crate::key::TextBatch;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -374,6 +375,13 @@ impl MemoryStore {
         self.inner.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Reads `keys` under one lock, in order.
+    fn get_all<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Vec<Option<Bytes>> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        keys.map(|k| map.get(k, now)).collect()
+    }
+
     fn acquire_locked(map: &mut Map, r: &LeaseRequest, now: Instant, capacity: usize) -> Acquired {
         let current = map.get(&r.value_key, now);
         if r.if_absent {
@@ -423,9 +431,7 @@ impl Store for MemoryStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        Ok(keys.iter().map(|k| map.get(k, now)).collect())
+        Ok(self.get_all(keys.iter().map(String::as_str)))
     }
 
     async fn set(
@@ -474,6 +480,10 @@ impl Store for MemoryStore {
 
 #[async_trait]
 impl Protocol for MemoryStore {
+    async fn get_values(&self, keys: &TextBatch) -> Result<Vec<Option<Bytes>>> {
+        Ok(self.get_all(keys.iter()))
+    }
+
     async fn acquire(&self, request: &LeaseRequest) -> Result<Acquired> {
         Ok(Self::acquire_locked(
             &mut self.lock(),

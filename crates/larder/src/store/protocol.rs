@@ -9,6 +9,7 @@
 
 use super::DirtyLog;
 use crate::error::Result;
+use crate::key::TextBatch;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fmt::Debug;
@@ -122,6 +123,11 @@ pub enum WriteEnd {
 /// ones; the cache's correctness rests on the atomicity each states.
 #[async_trait]
 pub trait Protocol: Debug + Send + Sync + 'static {
+    /// Reads many keys in one round trip, the answer in `keys` order: the
+    /// batch read's [`Store::get_many`](super::Store::get_many), over keys
+    /// held in one buffer.
+    async fn get_values(&self, keys: &TextBatch) -> Result<Vec<Option<Bytes>>>;
+
     /// Atomically: a pending write-back write is the answer
     /// ([`Acquired::Dirty`]); else (with `if_absent`) returns the value if
     /// present, else takes the lease if it is free (without `if_absent`,

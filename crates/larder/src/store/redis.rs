@@ -20,6 +20,7 @@ use super::{
     WriteKeys, WriteTicket,
 };
 use crate::error::{Error, Result};
+use crate::key::TextBatch;
 use crate::representation::is_hash_key;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -405,6 +406,34 @@ impl RedisStore {
         self.inner.conn.clone()
     }
 
+    /// One `MGET` of `count` keys of `bytes` bytes together (a `hash`
+    /// entity's keys: one `HGETALL` each), the answer in key order. The
+    /// command is sized once, so building it copies each key once.
+    async fn mget<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k str> + Clone + Send,
+        count: usize,
+        bytes: usize,
+    ) -> Result<Vec<Option<Bytes>>> {
+        let Some(first) = keys.clone().next() else {
+            return Ok(Vec::new());
+        };
+        if is_hash_key(first) {
+            return self.hash_get_many(&keys.collect::<Vec<_>>()).await;
+        }
+        // On Cluster, redis-rs splits a multi-slot MGET into one MGET per
+        // slot itself, sends them concurrently and puts the answers back
+        // in key order (see `cluster.rs` for why not larder's own split).
+        let mut cmd = redis::Cmd::with_capacity(count + 1, bytes + 4);
+        cmd.arg("MGET");
+        for key in keys {
+            cmd.arg(key);
+        }
+        cmd.query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
     pub(super) fn name_str(&self) -> &str {
         &self.inner.name
     }
@@ -554,20 +583,9 @@ impl Store for RedisStore {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        if is_hash_key(&keys[0]) {
-            return self.hash_get_many(keys).await;
-        }
-        // On Cluster, redis-rs splits a multi-slot MGET into one MGET per
-        // slot itself, sends them concurrently and puts the answers back
-        // in key order (see `cluster.rs` for why not larder's own split).
-        redis::cmd("MGET")
-            .arg(keys)
-            .query_async(&mut self.conn())
+        let bytes = keys.iter().map(String::len).sum();
+        self.mget(keys.iter().map(String::as_str), keys.len(), bytes)
             .await
-            .map_err(|e| self.error(e))
     }
 
     async fn set(
@@ -638,6 +656,10 @@ impl Store for RedisStore {
 
 #[async_trait]
 impl Protocol for RedisStore {
+    async fn get_values(&self, keys: &TextBatch) -> Result<Vec<Option<Bytes>>> {
+        self.mget(keys.iter(), keys.len(), keys.text_len()).await
+    }
+
     async fn acquire(&self, r: &LeaseRequest) -> Result<Acquired> {
         if is_hash_key(&r.value_key) {
             return self.hash_acquire(r).await;

@@ -129,11 +129,10 @@ impl RedisStore {
 
     /// One `HGETALL` per key, pipelined (one pipeline per hash slot on
     /// Cluster, sent concurrently).
-    pub(super) async fn hash_get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
-        let slot_keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    pub(super) async fn hash_get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
         let all = self
-            .grouped(&slot_keys, 1, |pipe, i| {
-                pipe.cmd("HGETALL").arg(&keys[i]);
+            .grouped(keys, 1, |pipe, i| {
+                pipe.cmd("HGETALL").arg(keys[i]);
             })
             .await?;
         all.into_iter()
