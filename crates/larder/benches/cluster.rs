@@ -15,7 +15,8 @@
 //! always`. And the hit latency on the cluster while 32 tasks write back
 //! and every replica is stopped (SIGSTOP), so each write's `WAIT` runs to
 //! its timeout: hits must not queue behind them (`hit_while_writes_wait`
-//! against `hit/cluster`).
+//! against `hit/cluster`; `LARDER_BENCH_WRITERS=0` runs it without the
+//! writers, to tell their cost from the stopped replicas').
 //!
 //! Run: `cargo bench -p larder --bench cluster`; the figures are the ratios
 //! `cluster/N` ÷ `standalone/N` of each group.
@@ -188,7 +189,12 @@ fn cluster_vs_standalone(c: &mut Criterion) {
     for r in &replicas {
         signal(r, "-STOP");
     }
-    let background: Vec<_> = (0..32u64)
+    // `LARDER_BENCH_WRITERS=0` measures the stopped replicas alone.
+    let writers_n: u64 = std::env::var("LARDER_BENCH_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let background: Vec<_> = (0..writers_n)
         .map(|t| {
             let (cache, stop) = (writers[1].1.clone(), stop.clone());
             rt.spawn(async move {

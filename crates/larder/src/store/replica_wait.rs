@@ -204,7 +204,28 @@ impl ReplicaWait {
         if self.current().1 != since {
             return Ok(()); // refreshed while this caller waited
         }
-        let text = store.cluster_nodes_text().await?;
+        // Asked of a master the map knows, over a connection of its own: a
+        // replica (one redis-rs' random routing may pick) can be the node
+        // that is stuck, and a request stuck in the cluster client holds
+        // up its other callers.
+        let known: Vec<String> = self
+            .current()
+            .0
+            .masters
+            .iter()
+            .map(|m| m.address.clone())
+            .collect();
+        let mut text = None;
+        for address in &known {
+            if let Ok(answer) = store.node_cluster_nodes_text(address).await {
+                text = Some(answer);
+                break;
+            }
+        }
+        let text = match text {
+            Some(text) => text,
+            None => store.cluster_nodes_text().await?,
+        };
         let map = SlotMap::parse(&text);
         *self.map.write().unwrap_or_else(|p| p.into_inner()) =
             (Arc::new(map), Some(Instant::now()));
@@ -490,6 +511,30 @@ impl RedisStore {
             );
         }
         Ok(answer)
+    }
+
+    /// `CLUSTER NODES` of the node at `address`, over the monitoring
+    /// connection kept for it.
+    async fn node_cluster_nodes_text(&self, address: &str) -> Result<String> {
+        let conn = self.conn();
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| self.unavailable(format!("{address:?} is not host:port")))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| self.unavailable(format!("{address:?} is not host:port")))?;
+        let mut one = match conn.node_connection(host, port).await {
+            Some(made) => made.map_err(|e| self.error(e))?,
+            None => return Err(self.unavailable("not a cluster".into())),
+        };
+        let answer = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async::<String>(&mut one)
+            .await;
+        answer.map_err(|e| {
+            conn.forget_node_connection(address);
+            self.error(e)
+        })
     }
 
     /// A flusher's step that must be durable before its database
