@@ -90,6 +90,48 @@ impl Fixture {
     }
 }
 
+/// Each behaviour below runs four times: `string::` and `hash::` on a
+/// durable Redis of the test's own, `cluster::` and `cluster_hash::` on the
+/// shared Redis Cluster (3 masters, each with a replica), where every
+/// acknowledgement waits for the master's replica.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod string {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Fixture::with(super::Representation::String).await).await;
+            })*
+        }
+        mod hash {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Fixture::with(super::Representation::Hash).await).await;
+            })*
+        }
+        mod cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Fixture::on_cluster(super::Representation::String).await).await;
+            })*
+        }
+        mod cluster_hash {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Fixture::on_cluster(super::Representation::Hash).await).await;
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row,
+    repeated_writes_of_a_key_coalesce_into_one_database_write,
+    patches_of_different_fields_from_two_instances_all_land,
+    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies,
+    the_miss_path_answers_a_pending_write_when_its_entry_is_gone,
+    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands,
+);
+
 fn settings(max_delay_ms: u64) -> WriteBackOptions {
     WriteBackOptions {
         max_delay: Duration::from_millis(max_delay_ms),
@@ -122,39 +164,7 @@ async fn redis(url: &str) -> Arc<dyn Store> {
     larder::store::connect_checked(url).await.expect("redis")
 }
 
-#[tokio::test]
-async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row() {
-    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(
-        Fixture::with(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_hash() {
-    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(
-        Fixture::with(Representation::Hash).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_cluster() {
-    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(
-        Fixture::on_cluster(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_cluster_hash() {
-    a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(
-        Fixture::on_cluster(Representation::Hash).await,
-    )
-    .await;
-}
-
-async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in(f: Fixture) {
+async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row(f: Fixture) {
     let db = &f.db;
     let cache = f.cache(settings(50)).await;
 
@@ -185,39 +195,7 @@ async fn a_put_is_served_at_once_and_flushed_then_cached_as_the_returning_row_in
     f.db.drop().await;
 }
 
-#[tokio::test]
-async fn repeated_writes_of_a_key_coalesce_into_one_database_write() {
-    repeated_writes_of_a_key_coalesce_into_one_database_write_in(
-        Fixture::with(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn repeated_writes_of_a_key_coalesce_into_one_database_write_hash() {
-    repeated_writes_of_a_key_coalesce_into_one_database_write_in(
-        Fixture::with(Representation::Hash).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_writes_of_a_key_coalesce_into_one_database_write_cluster() {
-    repeated_writes_of_a_key_coalesce_into_one_database_write_in(
-        Fixture::on_cluster(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repeated_writes_of_a_key_coalesce_into_one_database_write_cluster_hash() {
-    repeated_writes_of_a_key_coalesce_into_one_database_write_in(
-        Fixture::on_cluster(Representation::Hash).await,
-    )
-    .await;
-}
-
-async fn repeated_writes_of_a_key_coalesce_into_one_database_write_in(f: Fixture) {
+async fn repeated_writes_of_a_key_coalesce_into_one_database_write(f: Fixture) {
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
     for balance in 0..200 {
@@ -236,39 +214,7 @@ async fn repeated_writes_of_a_key_coalesce_into_one_database_write_in(f: Fixture
     f.db.drop().await;
 }
 
-#[tokio::test]
-async fn patches_of_different_fields_from_two_instances_all_land() {
-    patches_of_different_fields_from_two_instances_all_land_in(
-        Fixture::with(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn patches_of_different_fields_from_two_instances_all_land_hash() {
-    patches_of_different_fields_from_two_instances_all_land_in(
-        Fixture::with(Representation::Hash).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patches_of_different_fields_from_two_instances_all_land_cluster() {
-    patches_of_different_fields_from_two_instances_all_land_in(
-        Fixture::on_cluster(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patches_of_different_fields_from_two_instances_all_land_cluster_hash() {
-    patches_of_different_fields_from_two_instances_all_land_in(
-        Fixture::on_cluster(Representation::Hash).await,
-    )
-    .await;
-}
-
-async fn patches_of_different_fields_from_two_instances_all_land_in(f: Fixture) {
+async fn patches_of_different_fields_from_two_instances_all_land(f: Fixture) {
     let db = &f.db;
     let a = f.cache(settings(20)).await;
     let b = f.cache(settings(20)).await;
@@ -306,39 +252,7 @@ async fn patches_of_different_fields_from_two_instances_all_land_in(f: Fixture) 
     f.db.drop().await;
 }
 
-#[tokio::test]
-async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies() {
-    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(
-        Fixture::with(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_hash() {
-    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(
-        Fixture::with(Representation::Hash).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_cluster() {
-    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(
-        Fixture::on_cluster(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_cluster_hash() {
-    a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(
-        Fixture::on_cluster(Representation::Hash).await,
-    )
-    .await;
-}
-
-async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_in(f: Fixture) {
+async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies(f: Fixture) {
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
     cache.put(&3, &account(3, "cy", 1)).await.expect("put");
@@ -370,39 +284,7 @@ async fn a_delete_is_a_tombstone_that_reads_see_at_once_and_the_flusher_applies_
     f.db.drop().await;
 }
 
-#[tokio::test]
-async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone() {
-    the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(
-        Fixture::with(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone_hash() {
-    the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(
-        Fixture::with(Representation::Hash).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone_cluster() {
-    the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(
-        Fixture::on_cluster(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone_cluster_hash() {
-    the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(
-        Fixture::on_cluster(Representation::Hash).await,
-    )
-    .await;
-}
-
-async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone_in(f: Fixture) {
+async fn the_miss_path_answers_a_pending_write_when_its_entry_is_gone(f: Fixture) {
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
     cache.put(&4, &account(4, "di", 2)).await.expect("put");
@@ -557,39 +439,7 @@ async fn write_back_refuses_stores_that_could_lose_acknowledged_writes() {
     f.db.drop().await;
 }
 
-#[tokio::test]
-async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands() {
-    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(
-        Fixture::with(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_hash() {
-    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(
-        Fixture::with(Representation::Hash).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_cluster() {
-    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(
-        Fixture::on_cluster(Representation::String).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_cluster_hash() {
-    a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(
-        Fixture::on_cluster(Representation::Hash).await,
-    )
-    .await;
-}
-
-async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands_in(f: Fixture) {
+async fn a_refused_row_goes_to_the_dead_letters_and_the_rest_of_its_batch_lands(f: Fixture) {
     let db = &f.db;
     let cache = f.cache(settings(60_000)).await;
     for id in 1..=20 {
