@@ -359,9 +359,9 @@ impl BoardLog for RedisStore {
                 .arg(owner.as_str());
         }
         // Waited (on a Cluster) before its commit, as a counter claim is.
-        let (answer, confirmation): (Value, _) =
-            self.run_waited(&shard.lease_key, inv, Resend::Safe).await?;
-        self.confirmed_or_wait(confirmation, "claim of a leaderboard batch")?;
+        let answer: Value = self
+            .run_confirmed(&shard.lease_key, inv, "claim of a leaderboard batch")
+            .await?;
         claim_answer(answer, claimed_of).map_err(|p| self.board_problem(p))
     }
 
@@ -385,9 +385,9 @@ impl BoardLog for RedisStore {
             .arg(owner)
             .arg(member)
             .arg(why);
-        let (answer, confirmation): (i64, _) =
-            self.run_waited(&head.claimed, inv, Resend::Safe).await?;
-        self.confirmed_or_wait(confirmation, "new claim of a leaderboard batch")?;
+        let answer: i64 = self
+            .run_confirmed(&head.claimed, inv, "new claim of a leaderboard batch")
+            .await?;
         Ok(match answer {
             1 => Some(true),
             2 => Some(false),

@@ -460,9 +460,9 @@ impl RedisStore {
         // Waited (on a Cluster) before its commit: a claim lost in a
         // failover would put its deltas back unclaimed after the database
         // added them. A second run answers the record the first made.
-        let (answer, confirmation): (Value, _) =
-            self.run_waited(&shard.lease_key, inv, Resend::Safe).await?;
-        self.confirmed_or_wait(confirmation, "claim of a counter batch")?;
+        let answer: Value = self
+            .run_confirmed(&shard.lease_key, inv, "claim of a counter batch")
+            .await?;
         claim_answer(answer, claimed_of).map_err(|p| self.counter_problem(p))
     }
 
@@ -492,9 +492,9 @@ impl RedisStore {
             .arg(id)
             .arg(why);
         // Waited like the claim: the record claimed anew is committed next.
-        let (answer, confirmation): (i64, _) =
-            self.run_waited(&head.claimed, inv, Resend::Safe).await?;
-        self.confirmed_or_wait(confirmation, "new claim of a counter batch")?;
+        let answer: i64 = self
+            .run_confirmed(&head.claimed, inv, "new claim of a counter batch")
+            .await?;
         Ok(match answer {
             1 => Some(true),
             2 => Some(false),

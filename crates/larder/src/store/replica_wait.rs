@@ -538,7 +538,8 @@ impl RedisStore {
     }
 
     /// A flusher's step that must be durable before its database
-    /// transaction: an unconfirmed one stops this flush (it is tried again).
+    /// transaction (a claim of a batch): an unconfirmed one stops this
+    /// flush (it is tried again).
     pub(super) fn confirmed_or_wait(&self, confirmation: Confirmation, what: &str) -> Result<()> {
         match confirmation {
             Confirmation::Confirmed => Ok(()),
@@ -546,6 +547,20 @@ impl RedisStore {
                 "the {what} was not confirmed by the master's replicas (WAIT); the flush waits"
             ))),
         }
+    }
+
+    /// Runs a flusher's claim (harmless twice: a second run answers the
+    /// record the first made), waited for the replicas on a Cluster and
+    /// refused unless confirmed (see [`confirmed_or_wait`](Self::confirmed_or_wait)).
+    pub(super) async fn run_confirmed<T: redis::FromRedisValue>(
+        &self,
+        first_key: &str,
+        invocation: ScriptInvocation<'_>,
+        what: &str,
+    ) -> Result<T> {
+        let (answer, confirmation) = self.run_waited(first_key, invocation, Resend::Safe).await?;
+        self.confirmed_or_wait(confirmation, what)?;
+        Ok(answer)
     }
 
     pub(super) fn unavailable(&self, why: String) -> Error {
