@@ -214,6 +214,18 @@ impl RedisServer {
         )
     }
 
+    /// [`url`](Self::url) with a 10 s response timeout, for tests whose
+    /// server fsyncs every write (`appendfsync always`) while the rest of
+    /// the suite loads the same disk: one fsync can then take longer than
+    /// the 1 s default, and a write script that is never re-sent (an
+    /// increment) would report the store unavailable.
+    pub fn url_with_long_timeouts(&self) -> String {
+        format!(
+            "{}?connect_timeout=10s&response_timeout=10s",
+            self.url()
+        )
+    }
+
     /// The loopback address it listens on (e.g. a [`TcpProxy`](crate::TcpProxy) target).
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))

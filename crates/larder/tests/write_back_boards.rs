@@ -85,7 +85,7 @@ async fn board(
 /// A board over `db` that flushes only when asked (`flush`, `close`).
 async fn manual(server: &RedisServer, prefix: &str, db: &PgSchema) -> Leaderboard {
     board(
-        &server.url(),
+        &server.url_with_long_timeouts(),
         prefix,
         pg_source(db).await,
         Duration::from_secs(3600),
@@ -160,7 +160,7 @@ fn next(seed: &mut u64) -> f64 {
 #[tokio::test]
 async fn increments_from_two_instances_reach_the_database_exactly_once() {
     let server = RedisServer::durable();
-    increments_from_two_instances_reach_the_database_exactly_once_on(&server.url()).await;
+    increments_from_two_instances_reach_the_database_exactly_once_on(&server.url_with_long_timeouts()).await;
 }
 
 /// The same on the shared Redis Cluster, where each write and each claim
@@ -398,7 +398,7 @@ async fn loads_racing_flushes_count_each_increment_once() {
     assert!(a.flush().await.is_err());
     assert_eq!(db_points(&db).await["x"], 15);
     let b = board(
-        &server.url(),
+        &server.url_with_long_timeouts(),
         &prefix,
         pg_source(&db).await,
         Duration::from_millis(10),
@@ -421,7 +421,7 @@ async fn loads_racing_flushes_count_each_increment_once() {
         go: Arc::new(Semaphore::new(0)),
     };
     let c = board(
-        &server.url(),
+        &server.url_with_long_timeouts(),
         &prefix,
         paused.clone(),
         Duration::from_secs(3600),
@@ -580,7 +580,7 @@ async fn absolute_scores_and_removals_postgres() {
     insert(&db, &[("x", 10), ("y", 7)]).await;
     let server = RedisServer::durable();
     let lb = board(
-        &server.url(),
+        &server.url_with_long_timeouts(),
         &support::unique("wbo"),
         pg_source(&db).await,
         Duration::from_secs(3600),
@@ -621,7 +621,7 @@ async fn absolute_scores_and_removals_sqlite() {
         .expect("source");
     let server = RedisServer::durable();
     let lb = board(
-        &server.url(),
+        &server.url_with_long_timeouts(),
         &support::unique("wbq"),
         source,
         Duration::from_secs(3600),
@@ -654,7 +654,7 @@ async fn an_owner_above_the_cap_merges_pending_operations() {
     .await;
     let server = RedisServer::durable();
     let lb = board(
-        &server.url(),
+        &server.url_with_long_timeouts(),
         &support::unique("wbc"),
         pg_source(&db).await,
         Duration::from_secs(3600),
@@ -814,7 +814,7 @@ async fn an_application_sigkill_mid_run_keeps_the_bounds() {
     let server = RedisServer::durable();
     let prefix = support::unique("wba");
     let mut child = Command::new(env!("CARGO_BIN_EXE_larder-board-writer"))
-        .args(["--redis", &server.url(), "--pg", &support::pg_url()])
+        .args(["--redis", &server.url_with_long_timeouts(), "--pg", &support::pg_url()])
         .args(["--table", &db.table("scores"), "--prefix", &prefix])
         .args(["--members", &MEMBERS.to_string(), "--max-delay-ms", "20"])
         .stdout(Stdio::piped())
@@ -824,7 +824,7 @@ async fn an_application_sigkill_mid_run_keeps_the_bounds() {
     let ready = lines.next().expect("a line").expect("line");
     assert_eq!(ready, "ready");
     let here = board(
-        &server.url(),
+        &server.url_with_long_timeouts(),
         &prefix,
         pg_source(&db).await,
         Duration::from_millis(20),
