@@ -302,9 +302,9 @@ async fn the_openapi_document_describes_the_increment() {
 
 /// A write-back `hash` entity counts increments in the cache and records
 /// them durably: 202 `{"queued": true, "value": <new value>}`, the next
-/// read holds the sum, a sum beyond the column's range is 400, a missing
+/// read holds the sum, a sum beyond the column's range is 409, a missing
 /// row 404; the OpenAPI document lists the operation with its 202 for the
-/// integer columns only.
+/// integer and numeric(p, s) columns; a numeric column counts exactly.
 #[tokio::test]
 async fn a_write_back_hash_entity_queues_increments_with_their_value() {
     let mut pg = Pg::connect().await;
@@ -376,7 +376,23 @@ async fn a_write_back_hash_entity_queues_increments_with_their_value() {
         .iter()
         .map(|b| b["properties"]["column"]["const"].clone())
         .collect();
-    assert_eq!(columns, [json!("views"), json!("likes")]);
+    assert_eq!(columns, [json!("views"), json!("likes"), json!("price")]);
+    // A numeric(8, 2) column counts exactly in cents; a finer `by` is 400.
+    let a = incr(
+        &app,
+        "/v1/tallies/1/incr",
+        json!({"column": "price", "by": 0.01}),
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.text());
+    assert_eq!(a.json()["value"].as_f64(), Some(1.51), "{}", a.text());
+    let a = incr(
+        &app,
+        "/v1/tallies/1/incr",
+        json!({"column": "price", "by": 0.001}),
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 400, "{}", a.text());
 
     // A row deleted behind the cache's back: the increment is acknowledged
     // (the cache holds the row), its flush matches no row, and the deltas

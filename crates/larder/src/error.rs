@@ -42,6 +42,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// A write-back increment would take a column beyond its range (or a
+    /// delta beyond 64 bits): nothing was recorded. The request was well
+    /// formed; the row's current value makes the sum impossible.
+    #[error("row {id:?} of entity `{entity}`: {reason}; nothing was recorded")]
+    OutOfRange {
+        /// The entity.
+        entity: String,
+        /// The id.
+        id: String,
+        /// Which column, and the sum it would hold.
+        reason: String,
+    },
+
     /// A row refused before anything was written: an unknown column, a
     /// value of the wrong JSON type, `null` into a NOT NULL column.
     #[error("row {id:?} of entity `{entity}` refused, nothing was written: {reason}")]
@@ -313,7 +326,8 @@ pub enum ErrorKind {
     /// The database refused a row for one of its constraints.
     Conflict(ConstraintKind),
     /// The database refused a value of a row: out of range, or malformed
-    /// for its column's type.
+    /// for its column's type; or a write-back increment's sum is out of
+    /// its column's range ([`Error::OutOfRange`]).
     InvalidValue,
     /// The database answered with another error ([`Error::Source`]).
     Source,
@@ -385,6 +399,7 @@ impl Error {
             Error::InvalidName { .. } => ErrorKind::InvalidName,
             Error::InvalidId { .. } => ErrorKind::InvalidId,
             Error::InvalidRow { .. } => ErrorKind::InvalidRow,
+            Error::OutOfRange { .. } => ErrorKind::InvalidValue,
             Error::InvalidTag { .. } => ErrorKind::InvalidTag,
             Error::Config(_) => ErrorKind::Config,
             Error::InvalidSetting { .. } => ErrorKind::InvalidSetting,
@@ -467,6 +482,7 @@ impl Error {
             Error::InvalidName { .. }
                 | Error::InvalidId { .. }
                 | Error::InvalidRow { .. }
+                | Error::OutOfRange { .. }
                 | Error::Encode { .. }
                 | Error::ReadOnly { .. }
                 | Error::InvalidTag { .. }

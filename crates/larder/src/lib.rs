@@ -160,6 +160,7 @@ mod cache;
 mod clock;
 mod codec;
 mod collection;
+mod decimal;
 mod envelope;
 mod error;
 mod flight;
@@ -205,7 +206,8 @@ pub use policy::{
 };
 pub use representation::Representation;
 pub use source::{
-    ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, FnSource, Source, SqlPool, SqlSource,
+    ChangeChannel, ChangeHandler, ChangeListener, ChangeStats, CounterColumn, FnSource, Source,
+    SqlPool, SqlSource,
 };
 pub use source::{
     SqlBoardSource, SqlBoardSourceBuilder, SqlFeedSource, SqlFeedSourceBuilder, SqlSetSource,

@@ -120,7 +120,10 @@ fn n(by: i64) -> Number {
 #[tokio::test]
 async fn increments_from_two_instances_reach_the_database_exactly_once() {
     let server = RedisServer::durable();
-    increments_from_two_instances_reach_the_database_exactly_once_on(&server.url_with_long_timeouts()).await;
+    increments_from_two_instances_reach_the_database_exactly_once_on(
+        &server.url_with_long_timeouts(),
+    )
+    .await;
 }
 
 /// The same on the shared Redis Cluster, where each increment and each
@@ -241,7 +244,11 @@ async fn a_stop_between_commit_and_clear_never_counts_a_batch_twice() {
     let prefix = support::unique("cwb");
     let table = counters_table(&db).await;
     let one_shard = |settings| {
-        let (table, url, prefix) = (table.clone(), server.url_with_long_timeouts(), prefix.clone());
+        let (table, url, prefix) = (
+            table.clone(),
+            server.url_with_long_timeouts(),
+            prefix.clone(),
+        );
         async move { counters_cache_sharded(&table, &url, &prefix, settings, 1).await }
     };
     let mut acked: HashMap<i64, i64> = HashMap::new();
@@ -312,7 +319,14 @@ async fn a_flusher_stalled_across_a_newer_ones_commit_applies_nothing_twice() {
     let server = RedisServer::durable();
     let prefix = support::unique("cwb");
     let table = counters_table(&db).await;
-    let a = counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, settings(10), 1).await;
+    let a = counters_cache_sharded(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(10),
+        1,
+    )
+    .await;
     larder::write_back::arm_stall_after_counter_claim(
         &format!("{prefix}:counters"),
         Duration::from_millis(1500),
@@ -332,7 +346,14 @@ async fn a_flusher_stalled_across_a_newer_ones_commit_applies_nothing_twice() {
         1,
         "A claimed"
     );
-    let b = counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, settings(10), 1).await;
+    let b = counters_cache_sharded(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(10),
+        1,
+    )
+    .await;
     for k in 0..10_i64 {
         b.incr(&k, "views", &n(100))
             .await
@@ -382,7 +403,8 @@ async fn a_replayed_batch_whose_row_is_gone_is_a_dead_letter() {
         batch: 2,
         ..settings(60_000)
     };
-    let a = counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, both, 1).await;
+    let a =
+        counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, both, 1).await;
     larder::write_back::arm_after_counter_commit(&format!("{prefix}:counters"), 1);
     for id in [5_i64, 6] {
         a.incr(&id, "views", &n(3))
@@ -401,7 +423,14 @@ async fn a_replayed_batch_whose_row_is_gone_is_a_dead_letter() {
         .execute(&db.admin)
         .await
         .expect("delete");
-    let b = counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, settings(50), 1).await;
+    let b = counters_cache_sharded(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(50),
+        1,
+    )
+    .await;
     b.close(Duration::from_secs(10)).await.expect("close");
     assert_eq!(db_column(&db, &table, "views").await[&5], Some(53));
     assert_eq!(b.write_back_stats().expect("stats").dead_lettered, 1);
@@ -633,7 +662,13 @@ async fn a_refused_row_is_a_dead_letter_alone_and_the_rest_commits_once() {
     let server = RedisServer::durable();
     let prefix = support::unique("cwb");
     let table = counters_table(&db).await;
-    let cache = counters_cache(&table, &server.url_with_long_timeouts(), &prefix, settings(60_000)).await;
+    let cache = counters_cache(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(60_000),
+    )
+    .await;
     for id in 0..10_i64 {
         let by = if id == 4 { 5000 } else { id + 1 };
         let written = cache
@@ -669,7 +704,13 @@ async fn a_refused_row_is_a_dead_letter_alone_and_the_rest_commits_once() {
     let stats = cache.write_back_stats().expect("stats");
     assert_eq!(stats.dead_lettered, 2, "{stats:?}");
     // The next instance's backlog count sees them (the dead-letters gauge).
-    let probe = counters_cache(&table, &server.url_with_long_timeouts(), &prefix, settings(20)).await;
+    let probe = counters_cache(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(20),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while probe.write_back_stats().expect("stats").dead_letters < 2 {
         assert!(Instant::now() < deadline, "dead letters not counted");
@@ -697,7 +738,13 @@ async fn a_refused_row_is_a_dead_letter_alone_and_the_rest_commits_once() {
     assert!(letters[0].1.contains(r#""capped":"5000""#), "{letters:?}");
     assert!(letters[1].0.starts_with("9#"), "{letters:?}");
     // The refused row reads as the database holds it.
-    let fresh = counters_cache(&table, &server.url_with_long_timeouts(), &prefix, settings(60_000)).await;
+    let fresh = counters_cache(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(60_000),
+    )
+    .await;
     let seen = fresh.get(&4).await.expect("get").value.expect("row");
     assert_eq!(seen["capped"], json!(0));
     // Once the database takes them (the CHECK dropped, row 9 back), a
@@ -750,7 +797,8 @@ async fn a_table_refusing_every_row_dead_letters_nothing() {
         batch: 6,
         ..settings(60_000)
     };
-    let cache = counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, six, 1).await;
+    let cache =
+        counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, six, 1).await;
     for id in 0..6_i64 {
         cache
             .incr(&id, "views", &n(1))
@@ -788,7 +836,13 @@ async fn a_put_wins_over_earlier_increments_and_cold_rows_answer_the_sum() {
     let server = RedisServer::durable();
     let prefix = support::unique("cwb");
     let table = counters_table(&db).await;
-    let cache = counters_cache(&table, &server.url_with_long_timeouts(), &prefix, settings(60_000)).await;
+    let cache = counters_cache(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(60_000),
+    )
+    .await;
     let first = cache
         .incr(&7, "views", &n(3))
         .await
@@ -824,7 +878,7 @@ async fn a_put_wins_over_earlier_increments_and_cold_rows_answer_the_sum() {
     assert!(over.is_ok());
     let refused = cache.incr(&7, "likes", &n(1)).await;
     assert!(
-        matches!(refused, Err(larder::Error::InvalidRow { .. })),
+        matches!(refused, Err(larder::Error::OutOfRange { .. })),
         "{refused:?}"
     );
     cache.close(Duration::from_secs(10)).await.expect("close");
@@ -834,4 +888,213 @@ async fn a_put_wins_over_earlier_increments_and_cold_rows_answer_the_sum() {
         Some(i64::from(i32::MAX))
     );
     db.drop().await;
+}
+
+/// A `numeric(p, s)` column is counted exactly: 2 instances × 8 tasks ×
+/// 25 increments of 0.01 on a row holding 123456789012678.01 (where
+/// binary floating point — Redis' `HINCRBYFLOAT` — gives …678.015625 for
+/// the first one) reach PostgreSQL as exactly 4.00 more, with the cached
+/// field's text exact too; an increment of a row the cache does not hold
+/// answers the row plus the pending deltas; a `by` finer than the scale
+/// and a floating-point column are refused, nothing recorded.
+#[tokio::test]
+async fn numeric_increments_are_exact_where_binary_floats_drift() {
+    let db = Db::new().await;
+    let server = RedisServer::durable();
+    let url = server.url_with_long_timeouts();
+    let prefix = support::unique("cwb");
+    let table = format!("{}.prices", db.schema);
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, price numeric(17, 2) NOT NULL DEFAULT 0, \
+         ratio double precision NOT NULL DEFAULT 0)"
+    ))
+    .execute(&db.admin)
+    .await
+    .expect("create");
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, price) VALUES (1, 123456789012678.01), (2, 1.50), (3, 2)"
+    ))
+    .execute(&db.admin)
+    .await
+    .expect("rows");
+    let a = Arc::new(counters_cache(&table, &url, &prefix, settings(20)).await);
+    let b = Arc::new(counters_cache(&table, &url, &prefix, settings(20)).await);
+    let cent: Number = serde_json::from_str("0.01").expect("number");
+    // Cached first: the increments sum the cached field.
+    assert!(a.get(&1).await.expect("read").value.is_some());
+    let filled = cached_field(&server, &prefix, "1", "price").await;
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let cache = Arc::clone(if t % 2 == 0 { &a } else { &b });
+        let cent = cent.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let w = cache.incr(&1, "price", &cent).await.expect("incr");
+                assert!(w.expect("row").cache.is_queued());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    // Cold: row 3 is not cached; its answer is the row plus the deltas.
+    let five_cents: Number = serde_json::from_str("0.05").expect("number");
+    let cold = a
+        .incr(&3, "price", &five_cents)
+        .await
+        .expect("incr")
+        .expect("row");
+    assert_eq!(cold.value["price"].as_f64(), Some(2.05), "{:?}", cold.value);
+    let again = b
+        .incr(&3, "price", &five_cents)
+        .await
+        .expect("incr")
+        .expect("row");
+    assert_eq!(
+        again.value["price"].as_f64(),
+        Some(2.10),
+        "{:?}",
+        again.value
+    );
+    // Refused, nothing recorded: finer than the scale; a float column.
+    let tenth_cent: Number = serde_json::from_str("0.001").expect("number");
+    let fine = a.incr(&2, "price", &tenth_cent).await;
+    assert!(
+        matches!(fine, Err(larder::Error::InvalidRow { .. })),
+        "{fine:?}"
+    );
+    let float = a.incr(&2, "ratio", &n(1)).await;
+    assert!(
+        matches!(float, Err(larder::Error::Unsupported { .. })),
+        "{float:?}"
+    );
+    let negative: Number = serde_json::from_str("-0.25").expect("number");
+    let small = a
+        .incr(&2, "price", &negative)
+        .await
+        .expect("incr")
+        .expect("row");
+    assert_eq!(small.value["price"].as_f64(), Some(1.25));
+    // Across zero and back, on the cached field's digits.
+    let mut answers = Vec::new();
+    for by in ["-2.00", "-0.5", "1", "2.25", "-0.75"] {
+        let by: Number = serde_json::from_str(by).expect("number");
+        let w = b.incr(&2, "price", &by).await.expect("incr").expect("row");
+        answers.push(w.value["price"].as_f64().expect("a number"));
+    }
+    assert_eq!(answers, [-0.75, -1.25, -0.25, 2.0, 1.25]);
+
+    // The cached field of row 1 holds its filled text plus exactly 4.00.
+    // (The fill itself passes the row through serde_json's f64, which
+    // rounds a 17-digit value: …678.01 may be cached as …678.02.)
+    let filled_units: i128 = filled.replace('.', "").parse().expect("units");
+    let field = cached_field(&server, &prefix, "1", "price").await;
+    let units: i128 = field.replace('.', "").parse().expect("units");
+    assert_eq!(units - filled_units, 400, "{filled} + 4.00 = {field}");
+    assert!(
+        field.ends_with(&filled[filled.len() - 3..]),
+        "{filled} + 4.00 = {field}"
+    );
+    a.close(Duration::from_secs(10)).await.expect("close a");
+    b.close(Duration::from_secs(10)).await.expect("close b");
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as(&format!("SELECT id, price::text FROM {table} ORDER BY id"))
+            .fetch_all(&db.admin)
+            .await
+            .expect("select");
+    assert_eq!(
+        rows,
+        [
+            (1, "123456789012682.01".to_owned()),
+            (2, "1.25".to_owned()),
+            (3, "2.10".to_owned())
+        ]
+    );
+}
+
+/// The text of `column` in the cached hash of `id` (exactly one cached).
+async fn cached_field(server: &RedisServer, prefix: &str, id: &str, column: &str) -> String {
+    let mut conn = redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*:h:{id}"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert_eq!(keys.len(), 1, "{id} is cached: {keys:?}");
+    let field: Option<String> = redis::cmd("HGET")
+        .arg(&keys[0])
+        .arg(column)
+        .query_async(&mut conn)
+        .await
+        .expect("hget");
+    field.expect("the field")
+}
+
+/// On SQLite a `NUMERIC(8, 2)` value of 2 is stored (and loaded) as the
+/// integer 2: a cached field `2` that an integer `HINCRBY` of the delta's
+/// 5 units would turn into 7. A decimal delta is never added as ones: an
+/// increment answers 2.05, reads after the entry is dropped (a fill with
+/// the delta pending) answer 2.05, and the database ends at 2.05.
+#[tokio::test]
+async fn a_decimal_delta_is_never_added_as_ones_to_an_integer_looking_value() {
+    let server = RedisServer::durable();
+    let dir = std::env::temp_dir().join(support::unique("cwb-decimal"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let url = format!("sqlite://{}", dir.join("db.sqlite").display());
+    let pool = SqlPool::connect(&url, 2).await.expect("sqlite");
+    let SqlPool::Sqlite(raw) = &pool else {
+        panic!("sqlite pool")
+    };
+    sqlx::query("CREATE TABLE prices (id INTEGER PRIMARY KEY, price NUMERIC(8, 2) NOT NULL)")
+        .execute(raw)
+        .await
+        .expect("table");
+    sqlx::query("INSERT INTO prices (id, price) VALUES (1, 2)")
+        .execute(raw)
+        .await
+        .expect("row");
+    let source = SqlSource::builder(pool.clone(), "prices")
+        .entity("prices")
+        .build()
+        .await
+        .expect("source");
+    let cache: Cache<i64, Value> = Cache::builder()
+        .prefix(support::unique("cwb"))
+        .entity("prices")
+        .codec(Json)
+        .representation(Representation::Hash)
+        .store(
+            larder::store::connect_checked(&server.url_with_long_timeouts())
+                .await
+                .expect("redis"),
+        )
+        .source(source)
+        .write_policy(WritePolicy::Back(settings(60_000)))
+        .build()
+        .await
+        .expect("cache");
+    let five_cents: Number = serde_json::from_str("0.05").expect("number");
+    let w = cache
+        .incr(&1, "price", &five_cents)
+        .await
+        .expect("incr")
+        .expect("row");
+    assert_eq!(w.value["price"].as_f64(), Some(2.05), "{:?}", w.value);
+    // Dropped from the cache: the next read fills from the row (`2`) with
+    // the delta pending.
+    cache.invalidate(&1).await.expect("invalidate");
+    for _ in 0..3 {
+        let read = cache.get(&1).await.expect("read").value.expect("row");
+        assert_eq!(read["price"].as_f64(), Some(2.05), "{read:?}");
+    }
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    let price: f64 = sqlx::query_scalar("SELECT price FROM prices WHERE id = 1")
+        .fetch_one(raw)
+        .await
+        .expect("price");
+    assert!((price - 2.05).abs() < 1e-9, "{price}");
 }

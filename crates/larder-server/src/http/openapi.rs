@@ -104,7 +104,8 @@ pub struct EntityDoc<'a> {
     /// Whether its row reads need no token.
     pub public_reads: bool,
     /// Whether it holds rows as Redis hashes (`representation = "hash"`):
-    /// under write-back, its integer columns take increments.
+    /// under write-back, its integer and numeric(p, s) columns take
+    /// increments.
     pub hash: bool,
 }
 
@@ -755,15 +756,20 @@ fn entity_paths(
     paths.insert(format!("{item}/invalidate"), json!({ "post": invalidate }));
 
     // Only where an increment can succeed: a writable entity with a
-    // numeric column; under write-back, a hash entity's integer columns
-    // (a string entity refuses increments there, numeric deltas are not
-    // built).
+    // numeric column; under write-back, a hash entity's integer and
+    // numeric(p, s) columns (a string entity refuses increments there;
+    // floating-point and unconstrained numeric columns cannot be counted
+    // exactly).
     let back = e.write == WriteMode::Back;
     let counters: Vec<&ColumnDoc> = e
         .columns
         .iter()
         .filter(|c| !c.is_key && is_numeric(c))
-        .filter(|c| !back || c.int_range.is_some())
+        .filter(|c| {
+            !back
+                || c.int_range.is_some()
+                || numeric_limits(&c.sql_type.trim().to_ascii_lowercase()).is_some()
+        })
         .collect();
     if writable && back && e.hash && !counters.is_empty() {
         let statuses = vec![
@@ -779,7 +785,7 @@ fn entity_paths(
                         "properties": {
                             "queued": { "const": true },
                             "durable": { "type": "boolean" },
-                            "value": { "type": "integer" }
+                            "value": { "type": "number", "description": "The column's new value (an integer for an integer column; a numeric(p, s) column's sum is exact)." }
                         }
                     }),
                 ),
@@ -788,7 +794,8 @@ fn entity_paths(
                 "400",
                 error_response(
                     "bad_request (not {column, by}), bad_id, unknown_column, or type_mismatch: \
-                     the column is not an integer column, or `by` is not an integer.",
+                     the column is not an integer or numeric(p, s) column, or `by` is not an \
+                     integer (integer column) or has more than s decimal places.",
                 ),
             ),
             (
@@ -938,7 +945,7 @@ fn entity_paths(
                         "failed_at_ms": { "type": "integer" },
                         "delete": { "type": "boolean" },
                         "row": { "type": ["object", "null"] },
-                        "deltas": { "type": ["object", "null"], "description": "An increment's dead letter: the deltas not applied, column to the sum as integer text (a retry puts them back among the pending increments)." }
+                        "deltas": { "type": ["object", "null"], "description": "An increment's dead letter: the deltas not applied, column to the sum as text (an integer, or a numeric(p, s) column's exact decimal; a retry puts them back among the pending increments)." }
                     }
                 } } } }),
                     ),

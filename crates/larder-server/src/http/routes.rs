@@ -373,12 +373,10 @@ pub async fn incr_row(
     let id = canonical(e, &raw_id)?;
     let body = json_object(&headers, body)?;
     let (column, by) = check_incr(e, &body)?;
-    let back = e.write == WriteMode::Back;
     let incremented = e.cache.incr(&id, &column, &by).await.map_err(|err| {
-        // Written back, the cache refuses the sum (the body passed
-        // `check_incr`): the same conflict as the database's refusal.
-        let beyond = err.kind() == larder::ErrorKind::InvalidValue
-            || (back && err.kind() == larder::ErrorKind::InvalidRow);
+        // The database refuses the sum, or (written back) the cache does:
+        // the same conflict.
+        let beyond = err.kind() == larder::ErrorKind::InvalidValue;
         if beyond {
             // The request is fine; the row's current value makes the sum
             // impossible: a conflict with the resource's state.

@@ -322,9 +322,11 @@ where
     /// of the id and column in one script and is acknowledged at once
     /// ([`CacheWrite::Queued`], with the row as the cache then holds it);
     /// the flusher adds the deltas in the database exactly once (see
-    /// [`crate::write_back`]). A sum outside the column's range is
-    /// [`Error::InvalidRow`]; a `numeric` column is [`Error::Unsupported`]
-    /// there (exact decimal deltas are not built yet). On a `string`
+    /// [`crate::write_back`]). A `numeric(p, s)` column counts the same
+    /// way in exact decimal (units of 10^-s, never binary floating point);
+    /// a floating-point or unconstrained `numeric` column is
+    /// [`Error::Unsupported`] there. A sum outside the column's range is
+    /// [`Error::OutOfRange`]. On a `string`
     /// entity write-back increments are [`Error::Unsupported`]: a string
     /// entry cannot take one without a read-modify-write of the whole row.
     ///

@@ -134,6 +134,28 @@ pub enum CountersFlushed {
     },
 }
 
+/// A column that write-back increments count (see
+/// [`Source::counter_column`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterColumn {
+    /// An integer column: deltas and values are integers in this
+    /// inclusive range.
+    Integer {
+        /// The smallest value the column holds.
+        min: i64,
+        /// The largest value the column holds.
+        max: i64,
+    },
+    /// A `numeric(p, s)` column: values and deltas are counted exactly in
+    /// units of 10^-`scale` (never in binary floating point).
+    Decimal {
+        /// Its decimal places, `s`.
+        scale: u32,
+        /// Its digits, `p`, when bounded (a sum with more is refused).
+        precision: Option<u32>,
+    },
+}
+
 /// Where values come from on a miss, and where writes go.
 ///
 /// Ids are canonical (see [`Source::canonical_id`]). Only `load` is required;
@@ -295,11 +317,16 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
         Ok(flushed)
     }
 
-    /// The inclusive range of the integer `column`, checking a write-back
-    /// increment of it by `by` as [`Source::incr`] would (an unknown or
-    /// non-numeric column, a `by` of the wrong type: [`Error::InvalidRow`]).
+    /// What kind of counter `column` is, checking a write-back increment
+    /// of it by `by` as [`Source::incr`] would (an unknown or non-numeric
+    /// column, a `by` of the wrong type or scale: [`Error::InvalidRow`]).
     /// Default: refused ([`Error::Unsupported`]).
-    fn counter_range(&self, id: &str, column: &str, by: &serde_json::Number) -> Result<(i64, i64)> {
+    fn counter_column(
+        &self,
+        id: &str,
+        column: &str,
+        by: &serde_json::Number,
+    ) -> Result<CounterColumn> {
         let _ = (id, column, by);
         Err(Error::Unsupported {
             entity: String::new(),
@@ -307,6 +334,14 @@ pub trait Source<V: Send + Sync + 'static>: Send + Sync + 'static {
             reason: "this source cannot add deltas in a fenced transaction; use a SQL source"
                 .into(),
         })
+    }
+
+    /// The scale of `column`'s write-back deltas: a `numeric(p, s)`
+    /// column counts in units of 10^-s (see [`CounterColumn::Decimal`]),
+    /// an integer column in ones (0, the default).
+    fn counter_scale(&self, column: &str) -> u32 {
+        let _ = column;
+        0
     }
 
     /// Commits a counter batch in one fenced transaction, or nothing (see

@@ -9,7 +9,7 @@
 //!
 //! | key | what |
 //! |---|---|
-//! | `…:{e:s}:c:<id>` | the id's unclaimed deltas: a hash, column → integer |
+//! | `…:{e:s}:c:<id>` | the id's unclaimed deltas: a hash, column → integer (a `numeric(p, s)` column's field is its name and a NUL: units of 10^-s) |
 //! | `…:{e:s}:cq` | the shard's ids with unclaimed deltas, scored by when the first arrived |
 //! | `…:{e:s}:cb` | the shard's claimed record: `b` = its random batch id, `d:<id>` = that id's deltas (JSON, column → integer text); immutable under its id |
 //! | `…:{e:s}:cn` | how many claimed records the shard has cleared (never reset) |
@@ -36,6 +36,21 @@
 //! may or may not hold the batch) and lays the unclaimed deltas over the
 //! loaded row; a read that could not fill compares `cn` before and after
 //! its load (see `cache/write_back/overlay.rs`).
+
+/// What follows a column's name in the field of a `numeric(p, s)`
+/// column's delta: the delta counts units of 10^-s, not ones, and must
+/// never be added as an integer (Redis' `HINCRBY` on the cached field, or
+/// SQL as ones). NUL cannot be part of a column's name.
+pub(crate) const DECIMAL_MARK: char = '\0';
+
+/// The column a delta's field counts, and whether it counts units of a
+/// `numeric(p, s)` column (see [`DECIMAL_MARK`]) rather than ones.
+pub(crate) fn delta_column(field: &str) -> (&str, bool) {
+    match field.strip_suffix(DECIMAL_MARK) {
+        Some(column) => (column, true),
+        None => (field, false),
+    }
+}
 
 /// The counter keys of one id, derived from any key of its shard (all
 /// share the `<prefix>:{<entity>:<shard>}:` head).
@@ -81,16 +96,40 @@ pub struct Count {
     /// The column.
     pub column: String,
     /// The increment, an integer other than `i64::MIN` (its negation
-    /// undoes it).
+    /// undoes it): ones for an integer column, units of 10^-s for a
+    /// `numeric(p, s)` column.
     pub by: i64,
-    /// The column's inclusive range: a sum outside is refused.
-    pub range: (i64, i64),
+    /// How the cached field changes.
+    pub step: CountStep,
     /// Now, ms since the epoch (the queue's score).
     pub now_ms: u64,
     /// Only when the hash is cached: an absent hash records nothing.
     pub only_cached: bool,
     /// A channel and message to publish in the same script.
     pub announce: Option<(String, Vec<u8>)>,
+}
+
+/// How an increment changes the cached field (when the hash is cached);
+/// the delta is recorded the same way in every case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CountStep {
+    /// An integer column: `HINCRBY`, refused when the sum leaves `range`
+    /// (inclusive).
+    Integer {
+        /// The column's inclusive range.
+        range: (i64, i64),
+    },
+    /// A `numeric(p, s)` column: the cached field's text and the
+    /// increment's units of 10^-`scale` summed exactly (on digits, never
+    /// as doubles), refused when the sum has more than `precision` digits;
+    /// a field that is not a number of this scale drops the cached hash
+    /// (the next read loads it).
+    Decimal {
+        /// The column's decimal places, `s`.
+        scale: u32,
+        /// The column's digits, `p`, when bounded.
+        precision: Option<u32>,
+    },
 }
 
 /// What recording an increment did.

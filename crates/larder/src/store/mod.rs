@@ -54,7 +54,7 @@ pub(crate) use self::collection::{
 
 pub use self::board_deltas::{BoardDeadLetter, MemberOp, MemberOps};
 pub(crate) use self::board_deltas::{BoardLog, BoardOpState, BoardWrite, BoardWritten};
-pub(crate) use self::counters::{batch_id, Count, Counted, CounterState};
+pub(crate) use self::counters::{batch_id, delta_column, Count, CountStep, Counted, CounterState};
 pub(crate) use self::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, FieldPatch,
     Patched, PendingHash, Recorded, ShardBacklog, ShardKeys, StoredDeadLetter,

@@ -3,7 +3,7 @@
 //! re-claim and clear (see `counters.rs` for the keys and why). Every key
 //! a script touches is in its KEYS, all in the id's shard slot.
 
-use super::counters::{ClaimedCounters, Count, Counted, CounterKeys, CounterState};
+use super::counters::{ClaimedCounters, Count, CountStep, Counted, CounterKeys, CounterState};
 use super::dirty::{DirtyKeys, PendingHash, ShardKeys};
 use super::redis::RedisStore;
 use super::redis_hash_dirty::{hash_dirty_of, HashWrite};
@@ -30,11 +30,77 @@ local function cmp(a, b)
 end
 ";
 
+/// Lua: exact decimal sums on digit strings (Lua's numbers are doubles,
+/// exact only below 2^53; a `numeric(17, 2)` value is not). A number is a
+/// sign (1 or -1) and its magnitude in units of 10^-scale as digits
+/// without leading zeros (`'0'` for zero).
+pub(super) const DECIMAL: &str = r"
+local function units_of(text, scale)
+  local neg = text:sub(1, 1) == '-'
+  if neg then text = text:sub(2) end
+  local whole, frac = text:match('^(%d+)%.?(%d*)$')
+  if not whole then return nil end
+  frac = string.gsub(frac, '0+$', '')
+  if #frac > scale then return nil end
+  local digits = string.gsub(whole .. frac .. string.rep('0', scale - #frac), '^0+', '')
+  if digits == '' then return 1, '0' end
+  if neg then return -1, digits end
+  return 1, digits
+end
+local function cmp_mag(a, b)
+  if #a ~= #b then
+    if #a < #b then return -1 else return 1 end
+  end
+  if a == b then return 0 elseif a < b then return -1 else return 1 end
+end
+local function add_mag(a, b)
+  local out, carry, i, j = {}, 0, #a, #b
+  while i > 0 or j > 0 or carry > 0 do
+    local s = carry
+    if i > 0 then s = s + a:byte(i) - 48 end
+    if j > 0 then s = s + b:byte(j) - 48 end
+    out[#out + 1] = string.char(48 + s % 10)
+    carry = math.floor(s / 10)
+    i, j = i - 1, j - 1
+  end
+  return string.reverse(table.concat(out))
+end
+local function sub_mag(a, b)
+  local out, borrow, i, j = {}, 0, #a, #b
+  while i > 0 do
+    local s = a:byte(i) - 48 - borrow
+    if j > 0 then s = s - (b:byte(j) - 48) end
+    if s < 0 then s, borrow = s + 10, 1 else borrow = 0 end
+    out[#out + 1] = string.char(48 + s)
+    i, j = i - 1, j - 1
+  end
+  local r = string.gsub(string.reverse(table.concat(out)), '^0+', '')
+  if r == '' then return '0' end
+  return r
+end
+local function add_units(sa, a, sb, b)
+  if sa == sb then return sa, add_mag(a, b) end
+  local c = cmp_mag(a, b)
+  if c == 0 then return 1, '0' end
+  if c > 0 then return sa, sub_mag(a, b) end
+  return sb, sub_mag(b, a)
+end
+local function text_of(sign, digits, scale)
+  if scale > 0 then
+    if #digits <= scale then digits = string.rep('0', scale - #digits + 1) .. digits end
+    digits = digits:sub(1, #digits - scale) .. '.' .. digits:sub(#digits - scale + 1)
+  end
+  if sign < 0 and digits:match('[1-9]') then return '-' .. digits end
+  return digits
+end
+";
+
 static COUNT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{CMP}
+        r"{CMP}{DECIMAL}
 -- KEYS: value (hash), lease, dirty, deltas, delta queue
--- ARGV: id, column, by, -by, min, max, now ms, only cached (1/0), channel ('' = none), message
+-- ARGV: id, column, by, -by, min, max, now ms, only cached (1/0), channel ('' = none), message,
+--       step (int|dec), scale, most digits of a unit count ('' = any)
 local d = redis.call('HMGET', KEYS[3], 'del', 'kind')
 if d[1] == '1' then return {{0}} end
 if d[1] and not d[2] then return {{-1, 'a string-format dirty record is pending on a hash entry'}} end
@@ -45,21 +111,54 @@ if reserved and reserved:byte(3) % 2 == 1 then
 end
 if not reserved and ARGV[8] == '1' then return {{2}} end
 local value = nil
+local was = nil
+-- A numeric column's delta counts units of 10^-s: its field is marked
+-- (a NUL after the column), so nothing adds it as ones.
+local df = ARGV[2]
+if ARGV[11] ~= 'int' then df = df .. '\0' end
 if reserved then
-  local r = redis.pcall('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
-  if type(r) == 'table' and r.err then return {{-2, r.err}} end
-  value = redis.call('HGET', KEYS[1], ARGV[2])
-  if cmp(value, ARGV[5]) < 0 or cmp(value, ARGV[6]) > 0 then
-    redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[4])
-    return {{-3, value}}
+  if ARGV[11] == 'int' then
+    local r = redis.pcall('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
+    if type(r) == 'table' and r.err then return {{-2, r.err}} end
+    value = redis.call('HGET', KEYS[1], ARGV[2])
+    if cmp(value, ARGV[5]) < 0 or cmp(value, ARGV[6]) > 0 then
+      redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[4])
+      return {{-3, value}}
+    end
+  else
+    -- A numeric column: the cached field's text plus the units, summed
+    -- exactly on digits; a field that is not a number of the column's
+    -- scale cannot be summed, so the hash goes (the next read loads).
+    was = redis.call('HGET', KEYS[1], ARGV[2])
+    local scale = tonumber(ARGV[12])
+    local ws, wd = 1, '0'
+    if was then ws, wd = units_of(was, scale) end
+    if ws then
+      local bs, bd = units_of(ARGV[3], 0)
+      local ss, sd = add_units(ws, wd, bs, bd)
+      value = text_of(ss, sd, scale)
+      if ARGV[13] ~= '' and #sd > tonumber(ARGV[13]) then return {{-3, value}} end
+      redis.call('HSET', KEYS[1], ARGV[2], value)
+    else
+      redis.call('DEL', KEYS[1])
+      reserved = nil
+    end
   end
 end
-local r = redis.pcall('HINCRBY', KEYS[4], ARGV[2], ARGV[3])
+local r = redis.pcall('HINCRBY', KEYS[4], df, ARGV[3])
 if type(r) == 'table' and r.err then
-  if reserved then redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[4]) end
+  if reserved then
+    if ARGV[11] == 'int' then
+      redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[4])
+    elseif was then
+      redis.call('HSET', KEYS[1], ARGV[2], was)
+    else
+      redis.call('HDEL', KEYS[1], ARGV[2])
+    end
+  end
   return {{-2, r.err}}
 end
-if redis.call('HGET', KEYS[4], ARGV[2]) == '0' then redis.call('HDEL', KEYS[4], ARGV[2]) end
+if redis.call('HGET', KEYS[4], df) == '0' then redis.call('HDEL', KEYS[4], df) end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('ZADD', KEYS[5], 'NX', ARGV[7], ARGV[1])
 else
@@ -338,14 +437,25 @@ impl RedisStore {
             .arg(&keys.id)
             .arg(&c.column)
             .arg(c.by)
-            .arg(c.by.checked_neg().unwrap_or(i64::MAX))
-            .arg(c.range.0)
-            .arg(c.range.1)
+            .arg(c.by.checked_neg().unwrap_or(i64::MAX));
+        let range = match &c.step {
+            CountStep::Integer { range } => *range,
+            _ => (i64::MIN, i64::MAX),
+        };
+        inv.arg(range.0)
+            .arg(range.1)
             .arg(c.now_ms)
             .arg(if c.only_cached { "1" } else { "0" });
         match &c.announce {
             Some((channel, message)) => inv.arg(channel).arg(message.as_slice()),
             None => inv.arg("").arg(""),
+        };
+        match &c.step {
+            CountStep::Integer { .. } => inv.arg("int").arg("").arg(""),
+            CountStep::Decimal { scale, precision } => inv
+                .arg("dec")
+                .arg(scale)
+                .arg(precision.map(|p| p.to_string()).unwrap_or_default()),
         };
         // Never sent twice: a second run would count twice.
         let (answer, confirmation): (Value, _) =

@@ -111,7 +111,7 @@ for i = 6, #ARGV, 4 do
   if ARGV[i + 2] == '1' then text = ARGV[i + 3] end
   redis.call('HSET', KEYS[3], 'c:' .. name, json)
   -- The written value wins over increments of the column not yet claimed.
-  redis.call('HDEL', KEYS[7], name)
+  redis.call('HDEL', KEYS[7], name, name .. '\0')
   if text then redis.call('HSET', KEYS[3], 't:' .. name, text) else redis.call('HDEL', KEYS[3], 't:' .. name) end
   if reserved and not negative(reserved) then reserved = apply(KEYS[1], reserved, name, json, text) end
 end
@@ -172,6 +172,12 @@ if d[1] then
   redis.call('HSET', KEYS[1], '', reserved)
 end
 for i = 1, #c, 2 do
+  -- A numeric column's delta (a marked field, units of 10^-s) cannot be
+  -- added here exactly: no fill; the reader lays it over in process.
+  if c[i]:sub(-1) == '\0' then
+    redis.call('DEL', KEYS[1])
+    return {{0}}
+  end
   local r = redis.pcall('HINCRBY', KEYS[1], c[i], c[i + 1])
   if type(r) == 'table' and r.err then
     redis.call('DEL', KEYS[1])

@@ -5,8 +5,16 @@
 //! sum exactly once. So an increment changes the cached field (`HINCRBY`,
 //! when the hash is cached) and the id's durable per-column delta in one
 //! script, and the flusher adds the deltas in SQL (`store/counters.rs`,
-//! `flusher.rs`). Only integer columns are counted this way: `numeric(p, s)`
-//! columns would need exact decimal sums in the script, not built yet.
+//! `flusher.rs`).
+//!
+//! A `numeric(p, s)` column counts exactly, never in binary floating point
+//! (`HINCRBYFLOAT` and Lua's numbers are doubles): its delta is an integer
+//! number of units of 10^-s (`HINCRBY`, in a field marked as decimal), and
+//! the script sums its cached field exactly on digit strings (a
+//! `numeric(17, 2)` value is beyond the 2^53 that Lua's doubles hold
+//! exactly); a field that is not a number of the column's scale drops the
+//! cached hash instead. The flush sends the delta as exact decimal text. Floating-point and unconstrained
+//! `numeric` columns are refused (no fixed scale to count in).
 //!
 //! Whether the row exists is decided from the cache (a pending delete or a
 //! negative entry: none), else from the database, *before* anything is
@@ -18,10 +26,12 @@
 
 use super::Counters;
 use crate::cache::{CacheWrite, Inner, Written};
+use crate::decimal;
 use crate::envelope::Freshness;
 use crate::error::{Error, Result};
 use crate::key::IdText;
-use crate::store::{Count, Counted};
+use crate::source::CounterColumn;
+use crate::store::{Count, CountStep, Counted};
 use std::sync::Arc;
 
 impl<V: Send + Sync + 'static> Inner<V> {
@@ -38,7 +48,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let state = self.open_state()?;
         let source = self.require_source()?;
         let entity = self.keys.entity();
-        let range = source.counter_range(id, column, by).map_err(|e| match e {
+        let kind = source.counter_column(id, column, by).map_err(|e| match e {
             Error::Unsupported { what, reason, .. } => Error::Unsupported {
                 entity: entity.to_owned(),
                 what,
@@ -46,24 +56,17 @@ impl<V: Send + Sync + 'static> Inner<V> {
             },
             other => other,
         })?;
-        let invalid = |reason: String| Error::InvalidRow {
+        let beyond = |reason: String| Error::OutOfRange {
             entity: entity.to_owned(),
             id: id.to_owned(),
             reason,
         };
-        let by = by
-            .as_i64()
-            .filter(|n| *n != i64::MIN)
-            .ok_or_else(|| invalid(format!("an increment is a 64-bit integer, got {by}")))?;
-        if by < range.0 || by > range.1 {
-            return Err(invalid(format!(
-                "an increment of column `{column}` fits its range {}..={}, got {by}",
-                range.0, range.1
-            )));
-        }
+        // `counter_column` checked the type and scale of `by`: what is
+        // left to refuse is its size.
+        let counter = Counter::of(kind, column, by).map_err(beyond)?;
         self.flights.forget(id);
         self.ready_to_write(state).await?;
-        if by == 0 {
+        if counter.by == 0 {
             // Nothing to count: the row as it is.
             let read = self
                 .read_uncounted(IdText::borrowed(id), Inner::source_loader)
@@ -79,8 +82,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
         loop {
             let count = Count {
                 column: column.to_owned(),
-                by,
-                range,
+                by: counter.by,
+                step: counter.step(),
                 now_ms: self.clock.now_ms(),
                 only_cached,
                 announce: Some(self.coherence.bus.announcement(&ids)),
@@ -128,13 +131,13 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     }));
                 }
                 Counted::OutOfRange(sum) => {
-                    return Err(invalid(format!(
-                        "column `{column}` would hold {sum}, outside its range {}..={}",
-                        range.0, range.1
+                    return Err(beyond(format!(
+                        "column `{column}` would hold {sum}, outside its range {}",
+                        counter.range_text()
                     )))
                 }
                 Counted::Refused(why) => {
-                    return Err(invalid(format!(
+                    return Err(beyond(format!(
                         "column `{column}` cannot be incremented in the cache: {why}"
                     )))
                 }
@@ -158,5 +161,75 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let c = &state.counters;
         Counters::add(&c.acknowledged, 1);
         Counters::add(&c.increments, 1);
+    }
+}
+
+/// One increment, in the units its column counts in.
+struct Counter {
+    kind: CounterColumn,
+    /// Ones for an integer column, units of 10^-s for a numeric one.
+    by: i64,
+}
+
+impl Counter {
+    /// `by` of `column` in units, or why it cannot be counted.
+    fn of(
+        kind: CounterColumn,
+        column: &str,
+        by: &serde_json::Number,
+    ) -> std::result::Result<Self, String> {
+        let units = match kind {
+            CounterColumn::Integer { min, max } => {
+                let n = by
+                    .as_i64()
+                    .ok_or_else(|| format!("an increment is a 64-bit integer, got {by}"))?;
+                if n < min || n > max {
+                    return Err(format!(
+                        "an increment of column `{column}` fits its range {min}..={max}, got {by}"
+                    ));
+                }
+                n
+            }
+            CounterColumn::Decimal { scale, .. } => decimal::to_units(&by.to_string(), scale)
+                .and_then(|u| i64::try_from(u).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "an increment of column `{column}` has at most {scale} decimal places and fits 64 bits in units of 10^-{scale}, got {by}"
+                    )
+                })?,
+        };
+        if units == i64::MIN {
+            return Err(format!(
+                "an increment of column `{column}` is out of range: {by}"
+            ));
+        }
+        Ok(Counter { kind, by: units })
+    }
+
+    /// How the script changes the cached field.
+    fn step(&self) -> CountStep {
+        match self.kind {
+            CounterColumn::Integer { min, max } => CountStep::Integer { range: (min, max) },
+            CounterColumn::Decimal { scale, precision } => CountStep::Decimal { scale, precision },
+        }
+    }
+
+    /// The column's range, for messages.
+    fn range_text(&self) -> String {
+        match self.kind {
+            CounterColumn::Integer { min, max } => format!("{min}..={max}"),
+            CounterColumn::Decimal {
+                scale,
+                precision: Some(p),
+            } => {
+                let max = decimal::max_units(p).unwrap_or(i128::MAX);
+                format!(
+                    "{}..={}",
+                    decimal::from_units(-max, scale),
+                    decimal::from_units(max, scale)
+                )
+            }
+            CounterColumn::Decimal { .. } => "(unbounded)".to_owned(),
+        }
     }
 }

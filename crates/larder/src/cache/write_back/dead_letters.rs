@@ -36,7 +36,8 @@ pub struct DeadLetter<V> {
     /// increment's dead letter (see `deltas`).
     pub value: Option<Arc<V>>,
     /// For write-back increments the database refused (or whose row was
-    /// gone): the deltas not applied, column → the sum as integer text.
+    /// gone): the deltas not applied, column → the sum as text (an integer,
+    /// or a `numeric(p, s)` column's exact decimal).
     /// `None` for every other dead letter.
     pub deltas: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -86,7 +87,9 @@ where
             None => None,
         };
         let deltas = match &why["deltas"] {
-            serde_json::Value::Object(deltas) if is_counter(&why) => Some(deltas.clone()),
+            serde_json::Value::Object(deltas) if is_counter(&why) => {
+                Some(self.decimal_deltas(deltas))
+            }
             _ if is_counter(&why) => Some(serde_json::Map::new()),
             _ => None,
         };
@@ -98,6 +101,35 @@ where
             value,
             deltas,
         })
+    }
+
+    /// Stored deltas (column → units as integer text) as the column counts
+    /// them: a `numeric(p, s)` column's units of 10^-s as decimal text.
+    fn decimal_deltas(
+        &self,
+        stored: &serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let Some(source) = self.inner.source.as_ref() else {
+            return stored.clone();
+        };
+        stored
+            .iter()
+            .map(|(field, units)| {
+                let (column, decimal) = crate::store::delta_column(field);
+                let scale = if decimal {
+                    source.counter_scale(column)
+                } else {
+                    0
+                };
+                let shown = match units.as_str().and_then(|u| u.parse::<i128>().ok()) {
+                    Some(units) if scale > 0 => {
+                        serde_json::Value::from(crate::decimal::from_units(units, scale))
+                    }
+                    _ => units.clone(),
+                };
+                (column.to_owned(), shown)
+            })
+            .collect()
     }
 
     /// Records every dead letter again as a new write (a refused delete as

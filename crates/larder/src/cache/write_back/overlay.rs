@@ -21,7 +21,7 @@
 use crate::cache::Inner;
 use crate::error::{Error, Result};
 use crate::representation::Representation;
-use crate::store::{overlay_object, CounterState, PendingHash};
+use crate::store::{delta_column, overlay_object, CounterState, PendingHash};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,17 +164,44 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let mut columns = serde_json::Map::new();
         let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&base)
             .map_err(|e| invalid(format!("a row is not a JSON object: {e}")))?;
-        for (column, delta) in deltas {
-            let current = match object.get(column) {
-                None | Some(serde_json::Value::Null) => 0,
-                Some(value) => value.as_i64().ok_or_else(|| {
-                    invalid(format!("column `{column}` is not an integer: {value}"))
-                })?,
+        let source = self.require_source()?;
+        for (field, delta) in deltas {
+            // A numeric(p, s) column counts in units of 10^-s, summed
+            // exactly; an integer column in ones.
+            let (column, decimal) = delta_column(field);
+            let scale = if decimal {
+                source.counter_scale(column)
+            } else {
+                0
             };
+            let current = columns.get(column).or(object.get(column));
+            let current = match current {
+                None | Some(serde_json::Value::Null) => Some(0),
+                Some(serde_json::Value::Number(n)) => {
+                    crate::decimal::to_units(&n.to_string(), scale)
+                }
+                Some(_) => None,
+            };
+            let current = current.ok_or_else(|| {
+                invalid(format!(
+                    "column `{column}` does not hold a number of {scale} decimal places: {}",
+                    object
+                        .get(column)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ))
+            })?;
             let sum = current
-                .checked_add(*delta)
+                .checked_add(i128::from(*delta))
+                .filter(|sum| scale > 0 || i64::try_from(*sum).is_ok())
                 .ok_or_else(|| invalid(format!("column `{column}` overflows 64 bits")))?;
-            columns.insert(column.clone(), serde_json::Value::from(sum));
+            let value = if scale == 0 {
+                serde_json::Value::from(i64::try_from(sum).unwrap_or_default())
+            } else {
+                serde_json::from_str(&crate::decimal::from_units(sum, scale))
+                    .map_err(|e| invalid(e.to_string()))?
+            };
+            columns.insert(column.to_owned(), value);
         }
         let columns = serde_json::to_vec(&columns).map_err(|e| invalid(e.to_string()))?;
         let merged = overlay_object(&base, &columns).map_err(invalid)?;

@@ -31,7 +31,7 @@
 //! when the role lacks a privilege the flush needs on the table or the
 //! fence, and a row's (row-level security) otherwise.
 
-use super::schema::{quote, KeyValue};
+use super::schema::{delta_scale, quote, KeyValue};
 use super::{classify, classify_as, Backend, Fault, SqlSource};
 use crate::codec::RawJson;
 use crate::error::{Error, Result};
@@ -183,7 +183,7 @@ macro_rules! counted_commit {
         for (key, set) in $plan.iter() {
             for (i, delta) in set {
                 let found = $q
-                    .add_in(&mut $tx, $schema, *i, key, *delta)
+                    .add_in(&mut $tx, $schema, *i, key, delta)
                     .await
                     .map_err(|e| Halted::At(key.text.clone(), e))?;
                 if !found {
@@ -351,12 +351,13 @@ impl SqlSource {
         &self,
         id: &str,
         columns: &[(String, i64)],
-    ) -> Result<(KeyValue, Vec<(usize, i64)>)> {
+    ) -> Result<(KeyValue, Vec<(usize, String)>)> {
         let schema = &self.inner.schema;
         let key = schema.canonical(id)?;
         let mut set = Vec::with_capacity(columns.len());
-        for (column, delta) in columns {
-            let Some(i) = schema.columns.iter().position(|c| c.name == *column) else {
+        for (field, delta) in columns {
+            let (column, decimal) = crate::store::delta_column(field);
+            let Some(i) = schema.columns.iter().position(|c| c.name == column) else {
                 return Err(Error::InvalidRow {
                     entity: self.entity().to_owned(),
                     id: id.to_owned(),
@@ -364,7 +365,13 @@ impl SqlSource {
                 });
             };
             if *delta != 0 {
-                set.push((i, *delta));
+                // A numeric(p, s) column's delta is in units of 10^-s.
+                let scale = if decimal {
+                    delta_scale(&schema.columns[i])
+                } else {
+                    0
+                };
+                set.push((i, crate::decimal::from_units(i128::from(*delta), scale)));
             }
         }
         Ok((key, set))
@@ -372,7 +379,8 @@ impl SqlSource {
 
     /// Commits a write-back counter batch (see [`crate::source::CounterBatch`]):
     /// the fence step records `batch` and refuses it a second time, then
-    /// one `UPDATE … SET col = COALESCE(col, 0) + delta` per id and column,
+    /// one `UPDATE … SET col = COALESCE(col, 0) + delta` per id and column
+    /// (a `numeric(p, s)` column's delta sent as exact decimal text),
     /// then `COMMIT` — all of it or nothing. A statement refused for a row
     /// answers that row (nothing committed); a lost reply to `COMMIT` is
     /// settled by the fence row, as for record batches.
@@ -384,7 +392,7 @@ impl SqlSource {
         (statement_timeout, rehearse): (Duration, bool),
     ) -> Result<CountersFlushed> {
         let schema = &self.inner.schema;
-        let mut plan: Vec<(KeyValue, Vec<(usize, i64)>)> = Vec::with_capacity(deltas.len());
+        let mut plan: Vec<(KeyValue, Vec<(usize, String)>)> = Vec::with_capacity(deltas.len());
         for (id, columns) in deltas {
             match self.counter_plan(id, columns) {
                 Ok(step) => plan.push(step),

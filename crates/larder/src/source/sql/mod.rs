@@ -101,7 +101,7 @@ pub(crate) use self::refusal::refusal_of_cause;
 pub use self::schema::ColumnInfo;
 
 use self::schema::{KeyValue, Schema, TableName};
-use super::{CounterBatch, CountersFlushed, FlushBatch, Flushed, Source};
+use super::{CounterBatch, CounterColumn, CountersFlushed, FlushBatch, Flushed, Source};
 use crate::codec::RawJson;
 use crate::error::{Error, Message, Result, SchemaPart};
 use async_trait::async_trait;
@@ -890,23 +890,44 @@ where
         Ok(flushed)
     }
 
-    fn counter_range(&self, id: &str, column: &str, by: &serde_json::Number) -> Result<(i64, i64)> {
+    fn counter_column(
+        &self,
+        id: &str,
+        column: &str,
+        by: &serde_json::Number,
+    ) -> Result<CounterColumn> {
         let schema = &self.inner.schema;
         if let Some(e) = schema.read_only_error() {
             return Err(e);
         }
         let (_, i) = schema.validate_incr(id, column, by)?;
-        match schema.columns[i].int_range() {
-            Some(range) => Ok(range),
+        let col = &schema.columns[i];
+        if let Some((min, max)) = col.int_range() {
+            return Ok(CounterColumn::Integer { min, max });
+        }
+        match schema::numeric_scale(&col.sql_type) {
+            Some(scale) => Ok(CounterColumn::Decimal {
+                scale,
+                precision: schema::numeric_precision(&col.sql_type),
+            }),
             None => Err(Error::Unsupported {
                 entity: self.entity().to_owned(),
                 what: format!("write-back increments of column `{column}`"),
                 reason: format!(
-                    "column `{column}` ({}) is not an integer column: write-back deltas of numeric columns are not built yet; use write-through",
-                    schema.columns[i].sql_type
+                    "column `{column}` ({}) has no fixed scale: write-back counts integer and numeric(p, s) columns exactly, not floating-point or unconstrained numeric ones; use write-through",
+                    col.sql_type
                 ),
             }),
         }
+    }
+
+    fn counter_scale(&self, column: &str) -> u32 {
+        let schema = &self.inner.schema;
+        schema
+            .columns
+            .iter()
+            .find(|c| c.name == column)
+            .map_or(0, schema::delta_scale)
     }
 
     async fn flush_counters(&self, batch: CounterBatch<'_>) -> Result<CountersFlushed> {

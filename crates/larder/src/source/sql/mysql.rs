@@ -667,12 +667,22 @@ impl Queries {
         s: &Schema,
         i: usize,
         id: &KeyValue,
-        delta: i64,
+        delta: &str,
     ) -> sqlx::Result<bool> {
         let (table, key) = (&self.table, &self.key);
         let c = bq(&s.columns[i].name);
-        let sql = format!("UPDATE {table} SET {c} = COALESCE({c}, 0) + ? WHERE {key} = ?");
-        let q = sqlx::query(&sql).bind(delta);
+        // An integer delta binds as an integer; a decimal one as exact
+        // decimal text (never a double).
+        let (sql, q);
+        if let Ok(n) = delta.parse::<i64>() {
+            sql = format!("UPDATE {table} SET {c} = COALESCE({c}, 0) + ? WHERE {key} = ?");
+            q = sqlx::query(&sql).bind(n);
+        } else {
+            sql = format!(
+                "UPDATE {table} SET {c} = COALESCE({c}, 0) + CAST(? AS DECIMAL(65, 30)) WHERE {key} = ?"
+            );
+            q = sqlx::query(&sql).bind(delta.to_owned());
+        }
         let done = exec::bind_key(q, id).execute(&mut *conn).await?;
         Ok(done.rows_affected() > 0)
     }

@@ -470,9 +470,9 @@ impl Queries {
         s: &Schema,
         i: usize,
         id: &KeyValue,
-        delta: i64,
+        delta: &str,
     ) -> sqlx::Result<bool> {
-        update_returning(&mut *conn, &self.incr_sql(s, i), id, delta.to_string())
+        update_returning(&mut *conn, &self.incr_sql(s, i), id, delta.to_owned())
             .await
             .map(|row| row.is_some())
     }

@@ -634,6 +634,26 @@ pub(crate) fn numeric_scale(sql_type: &str) -> Option<u32> {
     }
 }
 
+/// The scale of a column's write-back deltas: `s` for a `numeric(p, s)`
+/// column (deltas in units of 10^-s), 0 for any other.
+pub(crate) fn delta_scale(column: &ColumnInfo) -> u32 {
+    if column.int_range().is_some() {
+        return 0;
+    }
+    numeric_scale(&column.sql_type).unwrap_or(0)
+}
+
+/// The precision `p` of a `numeric(p, s)` / `decimal(p, s)` column type;
+/// `None` for other types and an unconstrained `numeric`.
+pub(crate) fn numeric_precision(sql_type: &str) -> Option<u32> {
+    let t = sql_type.trim().to_ascii_lowercase();
+    if !(t.starts_with("numeric") || t.starts_with("decimal")) {
+        return None;
+    }
+    let inside = t.split_once('(')?.1.split_once(')')?.0;
+    inside.split(',').next()?.trim().parse().ok()
+}
+
 /// How many decimal places a JSON number's text has (`"1.50"` → 2,
 /// `"1e-3"` → 3, `"12"` → 0); `None` if it is not a plain number.
 pub(crate) fn decimal_places(text: &str) -> Option<u32> {
@@ -787,6 +807,10 @@ mod tests {
         assert_eq!(numeric_scale("decimal(5)"), Some(0));
         assert_eq!(numeric_scale("numeric"), None);
         assert_eq!(numeric_scale("double precision"), None);
+        assert_eq!(numeric_precision("numeric(10,2)"), Some(10));
+        assert_eq!(numeric_precision("DECIMAL(12, 4)"), Some(12));
+        assert_eq!(numeric_precision("decimal(5)"), Some(5));
+        assert_eq!(numeric_precision("numeric"), None);
         assert_eq!(decimal_places("12"), Some(0));
         assert_eq!(decimal_places("1.50"), Some(1));
         assert_eq!(decimal_places("0.01"), Some(2));

@@ -422,9 +422,9 @@ impl Queries {
         s: &Schema,
         i: usize,
         id: &KeyValue,
-        delta: i64,
+        delta: &str,
     ) -> sqlx::Result<bool> {
-        self.incr(&mut *conn, s, i, id, &delta.to_string())
+        self.incr(&mut *conn, s, i, id, delta)
             .await
             .map(|row| row.is_some())
     }
