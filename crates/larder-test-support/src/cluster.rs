@@ -254,6 +254,40 @@ impl RedisCluster {
         }
     }
 
+    /// Moves `count` hash slots from master `from` to master `to` with
+    /// `redis-cli --cluster reshard … --cluster-yes`, the operator's tool:
+    /// it takes `from`'s lowest-numbered slots and migrates their keys
+    /// while clients keep running. Blocking: call it from `spawn_blocking`
+    /// in an async test. Returns redis-cli's output.
+    ///
+    /// # Panics
+    /// If redis-cli fails (its output is in the message).
+    pub fn reshard(&self, from: usize, to: usize, count: u32) -> String {
+        let id = |i: usize| match resp::cmd(self.nodes[i].addr(), &["CLUSTER", "MYID"]) {
+            Ok(reply) => String::from_utf8_lossy(reply.bulk().expect("an id")).into_owned(),
+            Err(e) => panic!("CLUSTER MYID on node {i}: {e}"),
+        };
+        let out = Command::new(redis_cli_bin())
+            .args(["--cluster", "reshard", &self.nodes[from].addr().to_string()])
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}); is Redis installed?"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            panic!(
+                "redis-cli --cluster reshard failed ({}):\n{text}",
+                out.status
+            );
+        }
+        text
+    }
+
     /// The index of a running replica that follows node `master` (`INFO
     /// replication`'s `master_port`), if any.
     pub fn replica_of(&self, master: usize) -> Option<usize> {
@@ -399,6 +433,36 @@ fn info(node: &RedisServer, section: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The hash slot of `key` as Redis Cluster computes it: CRC16 (XMODEM)
+/// of the hash tag (the text between the first `{` and the next `}`, when
+/// not empty) or of the whole key, modulo 16384.
+pub fn key_slot(key: &str) -> u16 {
+    let key = key.as_bytes();
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&len| len > 0)
+                .map(|len| &rest[..len])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 fn field(info: &str, name: &str) -> Option<String> {
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}:")))
@@ -408,4 +472,20 @@ fn field(info: &str, name: &str) -> Option<String> {
 /// `LARDER_TEST_REDIS_CLI`, or `redis-cli` from `PATH`.
 fn redis_cli_bin() -> String {
     std::env::var("LARDER_TEST_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_slot;
+
+    /// Slots from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+    #[test]
+    fn key_slots_match_redis() {
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot("bar"), 5061);
+        assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
+        assert_eq!(key_slot("foo{}{bar}"), key_slot("foo{}{bar}"));
+        assert_ne!(key_slot("foo{}{bar}"), key_slot("bar"));
+        assert_eq!(key_slot("foo{{bar}}zap"), key_slot("{bar"));
+    }
 }

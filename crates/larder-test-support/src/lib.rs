@@ -48,7 +48,7 @@ mod wait;
 mod zipf;
 
 pub use alloc::{count_allocations, CountingAllocator};
-pub use cluster::{RedisCluster, RedisClusterBuilder};
+pub use cluster::{key_slot, RedisCluster, RedisClusterBuilder};
 pub use names::{temp_dir, unique};
 pub use proxy::TcpProxy;
 pub use redis_server::{RedisServer, RedisServerBuilder};

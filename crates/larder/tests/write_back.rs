@@ -525,16 +525,40 @@ async fn items_cache_with(
     representation: Representation,
     settings: WriteBackOptions,
 ) -> Cache<i64, Item> {
+    items_cache_built(db, store, prefix, ("items", 8), representation, settings).await
+}
+
+/// A write-back `hash` cache of `db.items` named `entity`, with `shards`.
+async fn items_cache_named(
+    db: &Db,
+    store: Arc<dyn Store>,
+    prefix: &str,
+    entity: &str,
+    shards: u16,
+    settings: WriteBackOptions,
+) -> Cache<i64, Item> {
+    let named = (entity, shards);
+    items_cache_built(db, store, prefix, named, Representation::Hash, settings).await
+}
+
+async fn items_cache_built(
+    db: &Db,
+    store: Arc<dyn Store>,
+    prefix: &str,
+    (entity, shards): (&str, u16),
+    representation: Representation,
+    settings: WriteBackOptions,
+) -> Cache<i64, Item> {
     let pool = SqlPool::connect(&support::pg_url(), 3).await.expect("pool");
     let source = SqlSource::builder(pool, &format!("{}.items", db.schema))
-        .entity("items")
+        .entity(entity)
         .build()
         .await
         .expect("source");
     Cache::builder()
         .prefix(prefix)
-        .entity("items")
-        .shards(8)
+        .entity(entity)
+        .shards(shards)
         .representation(representation)
         .store(store)
         .source(source)
@@ -1248,22 +1272,88 @@ async fn durable_writes_survive_a_master_failover_on_cluster() {
     db.drop().await;
 }
 
-/// Resharding under load on a Cluster: the slots of all 8 shards of the
-/// entity move to another master, key batch by key batch (`MIGRATE`, with
-/// clients getting `ASK` and `TRYAGAIN` meanwhile), while 4 tasks write
-/// back and 4 read. Nothing fails beyond the store's own retries, and every
-/// durable acknowledgement reaches PostgreSQL.
+/// Every hash slot holding a shard of the entity moves to another master,
+/// key batch by key batch (`MIGRATE`, with clients getting `ASK` and
+/// `TRYAGAIN` meanwhile), while 4 tasks write back and 4 read. Nothing
+/// fails beyond the store's own retries, and every durable acknowledgement
+/// reaches PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_under_load_loses_nothing_on_cluster() {
+    reshard_under_load(
+        "items",
+        8,
+        |_, _| {},
+        |cluster, slots| {
+            for slot in slots {
+                let from = cluster.master_of_slot(slot);
+                let to = (0..cluster.nodes().len())
+                    .find(|&i| i != from && cluster.is_master(i))
+                    .expect("another master");
+                cluster.move_slot(slot, to);
+            }
+        },
+    )
+    .await;
+}
+
+/// The operator's tool: `redis-cli --cluster reshard` moves 100 slots —
+/// every slot holding one of the entity's shards, and more — from one
+/// master to another while 4 tasks write back and 4 read. redis-cli takes
+/// a master's lowest-numbered slots, so before the load the shards' slots
+/// (both below 10923 for the entity's name) are moved, empty, to the
+/// master of slots 10923-16383, where they are its lowest. (Two shards:
+/// CRC16 is linear, so the slots of `{e:0}`…`{e:7}` always spread over
+/// all four quarters of the slot space and 8 could never all be a
+/// master's lowest.) Nothing fails beyond the store's own retries, and
+/// every durable acknowledgement reaches PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_resharding_under_load_loses_nothing_on_cluster() {
+    const HIGH: u16 = 10_923;
+    let entity = (0u32..1_000_000)
+        .map(|n| format!("rs{n}"))
+        .find(|e| (0..2).all(|s| support::key_slot(&format!("{{{e}:{s}}}")) < HIGH))
+        .expect("a name");
+    let stage = |cluster: &support::RedisCluster, slots: &[u16]| {
+        let high = cluster.master_of_slot(HIGH);
+        for &slot in slots {
+            cluster.move_slot(slot, high);
+        }
+    };
+    reshard_under_load(&entity, 2, stage, |cluster, slots| {
+        let from = cluster.master_of_slot(HIGH);
+        let to = (0..cluster.nodes().len())
+            .find(|&i| i != from && cluster.is_master(i))
+            .expect("another master");
+        let out = cluster.reshard(from, to, 100);
+        for slot in slots {
+            assert_eq!(
+                cluster.master_of_slot(slot),
+                to,
+                "slot {slot} moved:\n{out}"
+            );
+        }
+        assert_eq!(cluster.master_of_slot(HIGH), to, "and more:\n{out}");
+    })
+    .await;
+}
+
+/// Runs 4 writing and 4 reading tasks on a write-back `hash` entity named
+/// `entity` with `shards` shards, calls `reshard` (blocking, with the
+/// cluster and the slots of the entity's shards) once writes flow, and
+/// checks that writes flow after it, that no call failed, and that every
+/// durable acknowledgement reaches PostgreSQL. `stage` runs first, on the
+/// empty cluster.
+async fn reshard_under_load(
+    entity: &str,
+    shards: u16,
+    stage: impl FnOnce(&support::RedisCluster, &[u16]),
+    reshard: impl FnOnce(&support::RedisCluster, Vec<u16>) + Send + 'static,
+) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Mutex;
 
     let db = Db::new().await;
     let cluster = Arc::new(support::RedisCluster::start());
-    let store = redis(&cluster.url()).await;
-    let prefix = support::unique("wbrs");
-    let cache = items_cache_with(&db, store, &prefix, Representation::Hash, settings(50));
-    let cache = Arc::new(cache.await);
     let slot_of = |key: &str| match support::resp::cmd(
         cluster.nodes()[0].addr(),
         &["CLUSTER", "KEYSLOT", key],
@@ -1271,8 +1361,17 @@ async fn resharding_under_load_loses_nothing_on_cluster() {
         Ok(support::resp::Reply::Int(slot)) => u16::try_from(slot).expect("slot"),
         other => panic!("CLUSTER KEYSLOT: {other:?}"),
     };
-    let slots: Vec<u16> = (0..8).map(|s| slot_of(&format!("{{items:{s}}}"))).collect();
-
+    let slots: Vec<u16> = (0..shards)
+        .map(|s| slot_of(&format!("{{{entity}:{s}}}")))
+        .collect();
+    stage(&cluster, &slots);
+    // A redirected request is retried within the response timeout; a
+    // migration under a 2-core load may hold a slot's keys in flux longer
+    // than the 1 s default.
+    let store = redis(&format!("{}?response_timeout=5s", cluster.url())).await;
+    let prefix = support::unique("wbrs");
+    let cache = items_cache_named(&db, store, &prefix, entity, shards, settings(50));
+    let cache = Arc::new(cache.await);
     let stop = Arc::new(AtomicBool::new(false));
     let durable: Arc<Mutex<HashMap<i64, i64>>> = Arc::default();
     let (errors, written) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -1318,18 +1417,9 @@ async fn resharding_under_load_loses_nothing_on_cluster() {
     })
     .await;
     let moving = cluster.clone();
-    tokio::task::spawn_blocking(move || {
-        for slot in slots {
-            let from = moving.master_of_slot(slot);
-            let to = (0..moving.nodes().len())
-                .find(|&i| i != from && moving.is_master(i))
-                .expect("another master");
-            moving.move_slot(slot, to);
-            assert_eq!(moving.master_of_slot(slot), to, "slot {slot} moved");
-        }
-    })
-    .await
-    .expect("resharding");
+    tokio::task::spawn_blocking(move || reshard(&moving, slots))
+        .await
+        .expect("resharding");
     let after = written.load(Ordering::Relaxed);
     eventually("writes flow after the resharding", || async {
         written.load(Ordering::Relaxed) >= after + 200
