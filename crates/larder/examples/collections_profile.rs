@@ -21,12 +21,13 @@
 //! # instructions per read: (total at 2001 − total at 1) / 2000
 //! ```
 //!
-//! The server's side of the same reads: `INFO commandstats`
-//! (`usec_per_call` of `evalsha` against `zscore`, `lrange`, `zrevrange`)
-//! of a Redis the run had to itself.
+//! Without valgrind it also prints the CPU time per read of this process
+//! (the thread's `schedstat`: one thread runs everything) and of the Redis
+//! server (`INFO cpu`; give the run a Redis of its own): on one machine
+//! their sum bounds the reads/s of many concurrent readers.
 
 use larder::CollectionOutcome;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[path = "../benches/common/collections.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -43,6 +44,7 @@ async fn main() {
     let f = fixture::collections().await;
     let mut conn = f.conn.clone();
     let key = f.raw_key(&kind);
+    let (client, server) = (thread_cpu(), server_cpu(&mut conn).await);
     let started = Instant::now();
     for i in 0..calls {
         let visitor = format!("visitor-{:02}", i % N);
@@ -92,9 +94,39 @@ async fn main() {
             (other, _) => panic!("unknown kind {other}: set, feed or board"),
         }
     }
+    let elapsed = started.elapsed();
+    let client = thread_cpu().saturating_sub(client);
+    let server = server_cpu(&mut conn).await.saturating_sub(server);
     let mode = if raw { "raw" } else { "larder" };
+    let per = |d: Duration| d / calls as u32;
     println!(
-        "{mode} {kind}: {:?} per read",
-        started.elapsed() / calls as u32
+        "{mode} {kind}: {:?} per read; cpu per read: client {:?}, server {:?}",
+        per(elapsed),
+        per(client),
+        per(server)
     );
+}
+
+/// CPU time of this thread so far (0 where `/proc` does not say).
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// CPU time of the Redis server so far (`used_cpu_user` + `used_cpu_sys`).
+async fn server_cpu(conn: &mut redis::aio::ConnectionManager) -> Duration {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    let secs: f64 = info
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| *k == "used_cpu_user" || *k == "used_cpu_sys")
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum();
+    Duration::from_secs_f64(secs)
 }
