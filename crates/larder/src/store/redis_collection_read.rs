@@ -140,9 +140,15 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Digits as a `u64`, without making a `String` of them.
+/// Decimal digits as a `u64` (`None` for anything else, or an overflow).
 fn parse_u64(b: &[u8]) -> Option<u64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
+    if b.is_empty() {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, d| {
+        let d = d.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
 /// A field of an `HMGET` answer as a number (`None`: absent or not one).
@@ -221,6 +227,23 @@ impl RedisStore {
         }
     }
 
+    /// Runs `cmd`, an `EVALSHA` of `script`, loading the script once if
+    /// Redis does not know it (after a restart or `SCRIPT FLUSH`).
+    async fn eval_read(&self, script: &redis::Script, cmd: &redis::Cmd) -> Result<Value> {
+        let mut conn = self.conn();
+        match cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                cmd.query_async(&mut conn).await
+            }
+            answer => answer,
+        }
+        .map_err(|e| self.error(e))
+    }
+
     /// Runs `MULTI`, `HMGET` of the meta, `EXISTS` of the value, the
     /// commands `query` adds, `EXEC`; `None` when no meta is cached.
     async fn snapshot(
@@ -263,25 +286,31 @@ impl RedisStore {
         order: MemberOrder,
         query: &SetQuery,
     ) -> Result<SetRead> {
-        let mut inv = SET_READ.prepare_invoke();
-        inv.key(&keys.meta).key(&keys.value);
+        // The command is built directly (one buffer), not through a
+        // `ScriptInvocation`, which copies every argument twice.
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(SET_READ.get_hash())
+            .arg(2)
+            .arg(&keys.meta)
+            .arg(&keys.value);
         match query {
             SetQuery::Contains(m) => {
-                inv.arg("has").arg(order_arg(order)).arg(&m.member).arg(0);
+                cmd.arg("has").arg(order_arg(order)).arg(&m.member).arg(0);
             }
             SetQuery::Page { after, limit } => {
-                let from = match (after, order) {
-                    (None, _) => String::new(),
-                    (Some(a), MemberOrder::Lex) => a.member.clone(),
-                    (Some(a), MemberOrder::Score) => a.score.to_string(),
+                cmd.arg("page").arg(order_arg(order));
+                match (after, order) {
+                    (None, _) => cmd.arg(""),
+                    (Some(a), MemberOrder::Lex) => cmd.arg(&a.member),
+                    (Some(a), MemberOrder::Score) => cmd.arg(a.score),
                 };
-                inv.arg("page").arg(order_arg(order)).arg(from).arg(*limit);
+                cmd.arg(*limit);
             }
             SetQuery::Meta => {
-                inv.arg("meta").arg(order_arg(order)).arg("").arg(0);
+                cmd.arg("meta").arg(order_arg(order)).arg("").arg(0);
             }
         }
-        let hit = match self.run::<Value>(inv).await? {
+        let hit = match self.eval_read(&SET_READ, &cmd).await? {
             Value::Int(0) => return Ok(SetRead::Miss),
             Value::BulkString(b) => b,
             _ => return Err(self.bad_read("set")),
@@ -460,6 +489,15 @@ mod tests {
         assert_eq!(f.item(), Some(&b"x\x00y"[..]));
         assert!(f.rest.is_empty());
         assert_eq!(f.item(), None);
+    }
+
+    #[test]
+    fn numbers_are_plain_decimal_digits() {
+        assert_eq!(parse_u64(b"0"), Some(0));
+        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [&b""[..], b"18446744073709551616", b"-1", b"+1", b"1.5", b" 1"] {
+            assert_eq!(parse_u64(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
