@@ -40,7 +40,11 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let raw = args.next().as_deref() == Some("raw");
     let kind = args.next().unwrap_or_else(|| "set".to_owned());
-    let calls: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000).max(1);
+    let calls: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000)
+        .max(1);
     let f = fixture::collections().await;
     let mut conn = f.conn.clone();
     let key = f.raw_key(&kind);

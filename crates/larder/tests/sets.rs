@@ -1024,3 +1024,24 @@ async fn a_hit_after_a_script_flush_loads_the_read_script_again() {
     );
     assert_eq!(counted.loads.load(Ordering::SeqCst), 1, "no second load");
 }
+
+/// A meta whose sorted set was evicted alone is a miss (then a load), never
+/// "not a member": the read checks the value key in the same snapshot.
+#[tokio::test]
+async fn a_set_whose_value_was_evicted_is_a_miss_redis() {
+    let pg = Pg::new().await;
+    pg.insert(1, &["ann", "bob"]).await;
+    let counted = Counted::new(pg.follows().await, Duration::ZERO);
+    let prefix = support::unique("s");
+    let set = cache(store("redis").await, &prefix, counted.clone(), 1000).await;
+    assert!(set.contains("1", "ann").await.expect("load").value);
+    let hit = set.contains("1", "bob").await.expect("hit");
+    assert_eq!((hit.value, hit.outcome), (true, CollectionOutcome::Hit));
+
+    assert_eq!(support::collections::evict_values(&prefix).await, 1);
+    let after = set.contains("1", "bob").await.expect("contains");
+    assert_eq!(
+        (after.value, after.outcome),
+        (true, CollectionOutcome::Miss)
+    );
+}

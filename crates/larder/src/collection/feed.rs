@@ -169,7 +169,11 @@ fn parts(e: &[u8]) -> Option<(&str, &str)> {
 /// them into a new allocation).
 fn row_of(element: bytes::Bytes) -> Option<String> {
     let mut e = Vec::from(element);
-    let mut nuls = e.iter().enumerate().filter(|(_, b)| **b == 0).map(|(i, _)| i);
+    let mut nuls = e
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == 0)
+        .map(|(i, _)| i);
     let (id_end, sort_end) = (nuls.next()?, nuls.next()?);
     // As `parts`: an element whose sort key is not text is skipped.
     std::str::from_utf8(e.get(id_end + 1..sort_end)?).ok()?;

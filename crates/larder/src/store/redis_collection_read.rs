@@ -495,7 +495,14 @@ mod tests {
     fn numbers_are_plain_decimal_digits() {
         assert_eq!(parse_u64(b"0"), Some(0));
         assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
-        for bad in [&b""[..], b"18446744073709551616", b"-1", b"+1", b"1.5", b" 1"] {
+        for bad in [
+            &b""[..],
+            b"18446744073709551616",
+            b"-1",
+            b"+1",
+            b"1.5",
+            b" 1",
+        ] {
             assert_eq!(parse_u64(bad), None, "{bad:?}");
         }
     }
@@ -524,7 +531,13 @@ mod tests {
                 stamp: 0
             }))
         );
-        let torn = Value::Array(vec![bulk("9"), Value::Nil, bulk("1"), bulk("7"), Value::Nil]);
+        let torn = Value::Array(vec![
+            bulk("9"),
+            Value::Nil,
+            bulk("1"),
+            bulk("7"),
+            Value::Nil,
+        ]);
         assert_eq!(meta_of(&torn), None);
     }
 
