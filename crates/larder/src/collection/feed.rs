@@ -7,7 +7,8 @@
 //! the new item goes before the head.
 //!
 //! # Behavior
-//! - A page is one round trip (meta and `LRANGE` in one script).
+//! - A page is one round trip: the meta and `LRANGE` in one `MULTI`/`EXEC`
+//!   (atomic, so never one fill's meta with another's list).
 //! - A miss loads the first `max_len + 1` items once per expiry across
 //!   processes (lease + single flight) and fills in chunks; more than
 //!   `max_len`: the list holds `max_len` and is not complete.

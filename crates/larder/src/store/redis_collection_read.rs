@@ -286,10 +286,17 @@ impl RedisStore {
         order: MemberOrder,
         query: &SetQuery,
     ) -> Result<SetRead> {
-        // The command is built directly (one buffer), not through a
-        // `ScriptInvocation`, which copies every argument twice.
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(SET_READ.get_hash())
+        // The command is built directly, in one buffer of about its size,
+        // not through a `ScriptInvocation`, which copies every argument.
+        let member = match query {
+            SetQuery::Contains(m) => m.member.len(),
+            SetQuery::Page { after, .. } => after.as_ref().map_or(0, |a| a.member.len()),
+            SetQuery::Meta => 0,
+        };
+        let mut cmd =
+            redis::Cmd::with_capacity(9, 96 + keys.meta.len() + keys.value.len() + member);
+        cmd.arg("EVALSHA")
+            .arg(SET_READ.get_hash())
             .arg(2)
             .arg(&keys.meta)
             .arg(&keys.value);
