@@ -18,12 +18,13 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use larder::CollectionOutcome;
 use std::time::Duration;
 
 mod common;
 
-use common::collections::{Collections, N};
+use common::collections::{
+    board_top, feed_page, raw_lrange, raw_zrevrange, raw_zscore, set_contains, Collections,
+};
 use common::concurrent;
 
 fn collections(c: &mut Criterion) {
@@ -48,81 +49,42 @@ fn collections(c: &mut Criterion) {
             &rt,
             ("raw_zscore", tasks),
             raw("set"),
-            |(mut raw, key), i| async move {
-                let score: Option<f64> = redis::cmd("ZSCORE")
-                    .arg(&key)
-                    .arg(format!("visitor-{:02}", i % N))
-                    .query_async(&mut raw)
-                    .await
-                    .expect("zscore");
-                assert!(score.is_some());
-            },
+            |(mut raw, key), i| async move { raw_zscore(&mut raw, &key, i).await },
         );
         concurrent(
             &mut group,
             &rt,
             ("larder_set_contains", tasks),
             set.clone(),
-            |s, i| async move {
-                let r = s
-                    .contains("home", &format!("visitor-{:02}", i % N))
-                    .await
-                    .expect("contains");
-                assert!(r.value && r.outcome == CollectionOutcome::Hit);
-            },
+            |s, i| async move { set_contains(&s, i).await },
         );
         concurrent(
             &mut group,
             &rt,
             ("raw_lrange_20", tasks),
             raw("feed"),
-            |(mut raw, key), _| async move {
-                let rows: Vec<String> = redis::cmd("LRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(N - 1)
-                    .query_async(&mut raw)
-                    .await
-                    .expect("lrange");
-                assert_eq!(rows.len(), N as usize);
-            },
+            |(mut raw, key), _| async move { raw_lrange(&mut raw, &key).await },
         );
         concurrent(
             &mut group,
             &rt,
             ("larder_feed_page_20", tasks),
             feed.clone(),
-            |f, _| async move {
-                let p = f.page("1", 0, N as usize).await.expect("page");
-                assert!(p.outcome == CollectionOutcome::Hit && p.value.items.len() == N as usize);
-            },
+            |f, _| async move { feed_page(&f).await },
         );
         concurrent(
             &mut group,
             &rt,
             ("raw_zrevrange_10", tasks),
             raw("board"),
-            |(mut raw, key), _| async move {
-                let top: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(9)
-                    .arg("WITHSCORES")
-                    .query_async(&mut raw)
-                    .await
-                    .expect("zrevrange");
-                assert_eq!(top.len(), 10);
-            },
+            |(mut raw, key), _| async move { raw_zrevrange(&mut raw, &key).await },
         );
         concurrent(
             &mut group,
             &rt,
             ("larder_board_top_10", tasks),
             board.clone(),
-            |l, _| async move {
-                let t = l.top("g1", 0, 10).await.expect("top");
-                assert!(t.outcome == CollectionOutcome::Hit && t.value.items.len() == 10);
-            },
+            |l, _| async move { board_top(&l).await },
         );
     }
     group.finish();

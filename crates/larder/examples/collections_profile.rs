@@ -14,11 +14,11 @@
 //!
 //! ```sh
 //! cargo build --release -p larder --example collections_profile
-//! for kind in set feed board; do for mode in raw larder; do for n in 1 2001; do
+//! for kind in set feed board; do for mode in raw larder; do for n in 1 1001; do
 //!   valgrind --tool=callgrind --callgrind-out-file=cg.$kind.$mode.$n \
 //!     target/release/examples/collections_profile $mode $kind $n
 //! done; done; done
-//! # instructions per read: (total at 2001 − total at 1) / 2000
+//! # instructions per read: (total at 1001 − total at 1) / 1000
 //! ```
 //!
 //! Without valgrind it also prints the CPU time per read of this process
@@ -26,14 +26,11 @@
 //! server (`INFO cpu`; give the run a Redis of its own): on one machine
 //! their sum bounds the reads/s of many concurrent readers.
 
-use larder::CollectionOutcome;
 use std::time::{Duration, Instant};
 
 #[path = "../benches/common/collections.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod fixture;
-
-use fixture::N;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -51,50 +48,13 @@ async fn main() {
     let (client, server) = (thread_cpu(), server_cpu(&mut conn).await);
     let started = Instant::now();
     for i in 0..calls {
-        let visitor = format!("visitor-{:02}", i % N);
         match (kind.as_str(), raw) {
-            ("set", true) => {
-                let score: Option<f64> = redis::cmd("ZSCORE")
-                    .arg(&key)
-                    .arg(&visitor)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("ZSCORE");
-                assert!(score.is_some());
-            }
-            ("set", false) => {
-                let r = f.set.contains("home", &visitor).await.expect("contains");
-                assert!(r.value && r.outcome == CollectionOutcome::Hit);
-            }
-            ("feed", true) => {
-                let rows: Vec<String> = redis::cmd("LRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(N - 1)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("LRANGE");
-                assert_eq!(rows.len(), N as usize);
-            }
-            ("feed", false) => {
-                let p = f.feed.page("1", 0, N as usize).await.expect("page");
-                assert!(p.outcome == CollectionOutcome::Hit && p.value.items.len() == N as usize);
-            }
-            ("board", true) => {
-                let top: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(9)
-                    .arg("WITHSCORES")
-                    .query_async(&mut conn)
-                    .await
-                    .expect("ZREVRANGE");
-                assert_eq!(top.len(), 10);
-            }
-            ("board", false) => {
-                let t = f.board.top("g1", 0, 10).await.expect("top");
-                assert!(t.outcome == CollectionOutcome::Hit && t.value.items.len() == 10);
-            }
+            ("set", true) => fixture::raw_zscore(&mut conn, &key, i).await,
+            ("set", false) => fixture::set_contains(&f.set, i).await,
+            ("feed", true) => fixture::raw_lrange(&mut conn, &key).await,
+            ("feed", false) => fixture::feed_page(&f.feed).await,
+            ("board", true) => fixture::raw_zrevrange(&mut conn, &key).await,
+            ("board", false) => fixture::board_top(&f.board).await,
             (other, _) => panic!("unknown kind {other}: set, feed or board"),
         }
     }

@@ -199,3 +199,60 @@ pub async fn collections() -> Collections {
         prefix,
     }
 }
+
+/// Raw `ZSCORE` of visitor `i % N`: a member.
+pub async fn raw_zscore(conn: &mut redis::aio::ConnectionManager, key: &str, i: u64) {
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(key)
+        .arg(format!("visitor-{:02}", i % N))
+        .query_async(conn)
+        .await
+        .expect("ZSCORE");
+    assert!(score.is_some());
+}
+
+/// `SetCache::contains` of visitor `i % N`: a member, a hit.
+pub async fn set_contains(set: &SetCache, i: u64) {
+    let r = set
+        .contains("home", &format!("visitor-{:02}", i % N))
+        .await
+        .expect("contains");
+    assert!(r.value && r.outcome == CollectionOutcome::Hit);
+}
+
+/// Raw `LRANGE 0 19`: the 20 rows.
+pub async fn raw_lrange(conn: &mut redis::aio::ConnectionManager, key: &str) {
+    let rows: Vec<String> = redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(N - 1)
+        .query_async(conn)
+        .await
+        .expect("LRANGE");
+    assert_eq!(rows.len(), N as usize);
+}
+
+/// `FeedCache::page` of 20: the 20 rows, a hit.
+pub async fn feed_page(feed: &FeedCache) {
+    let p = feed.page("1", 0, N as usize).await.expect("page");
+    assert!(p.outcome == CollectionOutcome::Hit && p.value.items.len() == N as usize);
+}
+
+/// Raw `ZREVRANGE 0 9 WITHSCORES`: the top 10.
+pub async fn raw_zrevrange(conn: &mut redis::aio::ConnectionManager, key: &str) {
+    let top: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(9)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await
+        .expect("ZREVRANGE");
+    assert_eq!(top.len(), 10);
+}
+
+/// `Leaderboard::top` 10: the top 10, a hit.
+pub async fn board_top(board: &Leaderboard) {
+    let t = board.top("g1", 0, 10).await.expect("top");
+    assert!(t.outcome == CollectionOutcome::Hit && t.value.items.len() == 10);
+}
