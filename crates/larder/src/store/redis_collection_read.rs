@@ -41,41 +41,36 @@ static SET_READ: LazyLock<redis::Script> = LazyLock::new(|| {
 -- KEYS: meta, value. ARGV: op (has|page|meta), order (lex|score), member or cursor ('' = start), limit
 local m = redis.call('HMGET', KEYS[1], 'fresh', 'loaded', 'complete', 'count', 'stamp')
 if not m[1] then return 0 end
-local r = {m[1], m[2], m[3], m[4], m[5] or '0'}
-if m[3] ~= '1' then return table.concat(r, ' ') end
--- A complete set with members whose value key is gone (evicted) is a miss.
-local function gone()
-  return tonumber(m[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0
-end
+local meta = m[1] .. ' ' .. m[2] .. ' ' .. m[3] .. ' ' .. m[4] .. ' ' .. (m[5] or '0')
+if m[3] ~= '1' then return meta end
+-- A complete set with members whose value key is gone (evicted) is a miss;
+-- an answer found proves the key exists, so EXISTS runs only without one.
 if ARGV[1] == 'has' then
-  if redis.call('ZSCORE', KEYS[2], ARGV[3]) then
-    r[6] = '1'
-  elseif gone() then
-    return 0
+  if redis.call('ZSCORE', KEYS[2], ARGV[3]) then return meta .. ' 1' end
+  if tonumber(m[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+  return meta .. ' 0'
+end
+local page = {}
+local n = tonumber(ARGV[4])
+if ARGV[1] == 'page' and n > 0 then
+  if ARGV[2] == 'lex' then
+    local from = '-'
+    if ARGV[3] ~= '' then from = '(' .. ARGV[3] end
+    page = redis.call('ZRANGE', KEYS[2], from, '+', 'BYLEX', 'LIMIT', 0, n)
   else
-    r[6] = '0'
+    local from = '-inf'
+    if ARGV[3] ~= '' then from = '(' .. ARGV[3] end
+    page = redis.call('ZRANGE', KEYS[2], from, '+inf', 'BYSCORE', 'LIMIT', 0, n)
   end
-elseif ARGV[1] == 'page' then
-  local n = tonumber(ARGV[4])
-  local page = {}
-  if n > 0 then
-    if ARGV[2] == 'lex' then
-      local from = '-'
-      if ARGV[3] ~= '' then from = '(' .. ARGV[3] end
-      page = redis.call('ZRANGE', KEYS[2], from, '+', 'BYLEX', 'LIMIT', 0, n)
-    else
-      local from = '-inf'
-      if ARGV[3] ~= '' then from = '(' .. ARGV[3] end
-      page = redis.call('ZRANGE', KEYS[2], from, '+inf', 'BYSCORE', 'LIMIT', 0, n)
-    end
-  end
-  if #page == 0 and gone() then return 0 end
-  for i = 1, #page do
-    r[2 * i + 4] = #page[i]
-    r[2 * i + 5] = page[i]
-  end
-elseif gone() then
-  return 0
+end
+if #page == 0 then
+  if tonumber(m[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+  return meta
+end
+local r = {meta}
+for i = 1, #page do
+  r[2 * i] = #page[i]
+  r[2 * i + 1] = page[i]
 end
 return table.concat(r, ' ')
 ",
