@@ -276,3 +276,27 @@ impl PgSchema {
             .expect("drop schema");
     }
 }
+
+/// Deletes the value key (`…:v:<owner>`) of every cached collection under
+/// `prefix` in the shared Redis, leaving the meta: what an eviction of the
+/// value alone leaves behind. Returns how many keys it deleted.
+pub async fn evict_values(prefix: &str) -> usize {
+    let mut conn = redis::Client::open(crate::redis_url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*:v:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    for key in &keys {
+        let () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+    keys.len()
+}

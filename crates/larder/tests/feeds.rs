@@ -423,3 +423,29 @@ async fn change_notifications_invalidate_feeds_and_purge_clears_them() {
     listener.close().await;
     pg.drop().await;
 }
+
+/// A meta whose list was evicted alone is a miss (then a load), never an
+/// empty page: the read checks the value key in the same transaction.
+#[tokio::test]
+async fn a_feed_whose_value_was_evicted_is_a_miss_redis() {
+    let pg = Pg::new().await;
+    for i in 0..3 {
+        pg.insert(1, 100 + i, &format!("p{i}")).await;
+    }
+    let prefix = support::unique("f");
+    let f = feed(store("redis").await, &prefix, pg.source().await, 10).await;
+    let want = vec!["p2".to_owned(), "p1".to_owned(), "p0".to_owned()];
+    assert_eq!(
+        bodies(&f.page("1", 0, 5).await.expect("load").value.items),
+        want
+    );
+    let hit = f.page("1", 0, 5).await.expect("hit");
+    assert_eq!(hit.outcome, CollectionOutcome::Hit);
+
+    assert_eq!(support::collections::evict_values(&prefix).await, 1);
+    let after = f.page("1", 0, 5).await.expect("page");
+    assert_eq!(
+        (bodies(&after.value.items), after.outcome),
+        (want, CollectionOutcome::Miss)
+    );
+}

@@ -879,3 +879,30 @@ async fn change_notifications_and_purge_keep_boards_right() {
     listener.close().await;
     pg.drop().await;
 }
+
+/// A meta whose sorted set was evicted alone is a miss (then a load), never
+/// an empty board: the read checks the value key in the same transaction.
+#[tokio::test]
+async fn a_board_whose_value_was_evicted_is_a_miss_redis() {
+    let pg = Pg::new().await;
+    pg.insert(1, &ROWS).await;
+    let counted = Counted::new(pg.source().await, Duration::ZERO);
+    let prefix = support::unique("b");
+    let lb = board(store("redis").await, &prefix, counted.clone(), 1000).await;
+    let want = expected(&ROWS);
+    assert_eq!(
+        pairs(&lb.top("1", 0, 3).await.expect("load").value.items),
+        want[..3]
+    );
+    assert_eq!(
+        lb.top("1", 0, 3).await.expect("hit").outcome,
+        CollectionOutcome::Hit
+    );
+
+    assert_eq!(support::collections::evict_values(&prefix).await, 1);
+    let after = lb.top("1", 0, 3).await.expect("top");
+    assert_eq!(
+        (pairs(&after.value.items), after.outcome),
+        (want[..3].to_vec(), CollectionOutcome::Miss)
+    );
+}

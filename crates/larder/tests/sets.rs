@@ -988,3 +988,60 @@ async fn a_stale_set_is_served_while_one_refresh_loads_it_redis() {
 async fn a_stale_set_is_served_while_one_refresh_loads_it_memory() {
     a_stale_set_is_served_while_one_refresh_loads_it("memory").await;
 }
+
+/// The read script is sent by its hash alone; a Redis that forgot it (a
+/// restart, `SCRIPT FLUSH`) is sent the script once and the read is still
+/// a hit, with the right answer.
+#[tokio::test]
+async fn a_hit_after_a_script_flush_loads_the_read_script_again() {
+    let redis = support::RedisServer::start();
+    let pg = Pg::new().await;
+    pg.insert(1, &["ann", "bob"]).await;
+    let counted = Counted::new(pg.follows().await, Duration::ZERO);
+    let store = larder::store::connect_checked(&redis.url())
+        .await
+        .expect("store");
+    let set = cache(store, &support::unique("s"), counted.clone(), 1000).await;
+    assert!(set.contains("1", "ann").await.expect("load").value);
+
+    let mut conn = redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("SCRIPT FLUSH");
+
+    let hit = set.contains("1", "bob").await.expect("contains");
+    assert_eq!((hit.value, hit.outcome), (true, CollectionOutcome::Hit));
+    let absent = set.contains("1", "cy").await.expect("contains");
+    assert_eq!(
+        (absent.value, absent.outcome),
+        (false, CollectionOutcome::Hit)
+    );
+    assert_eq!(counted.loads.load(Ordering::SeqCst), 1, "no second load");
+}
+
+/// A meta whose sorted set was evicted alone is a miss (then a load), never
+/// "not a member": the read checks the value key in the same snapshot.
+#[tokio::test]
+async fn a_set_whose_value_was_evicted_is_a_miss_redis() {
+    let pg = Pg::new().await;
+    pg.insert(1, &["ann", "bob"]).await;
+    let counted = Counted::new(pg.follows().await, Duration::ZERO);
+    let prefix = support::unique("s");
+    let set = cache(store("redis").await, &prefix, counted.clone(), 1000).await;
+    assert!(set.contains("1", "ann").await.expect("load").value);
+    let hit = set.contains("1", "bob").await.expect("hit");
+    assert_eq!((hit.value, hit.outcome), (true, CollectionOutcome::Hit));
+
+    assert_eq!(support::collections::evict_values(&prefix).await, 1);
+    let after = set.contains("1", "bob").await.expect("contains");
+    assert_eq!(
+        (after.value, after.outcome),
+        (true, CollectionOutcome::Miss)
+    );
+}

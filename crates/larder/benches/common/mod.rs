@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod collections;
+
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::future::Future;

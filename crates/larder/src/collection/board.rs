@@ -11,8 +11,9 @@
 //! 1-based (1 + `ZREVRANK`).
 //!
 //! # Behavior
-//! - A hit is one round trip: one script reads the meta and answers from
-//!   the sorted set (`ZREVRANGE … WITHSCORES`, or `ZSCORE` + `ZREVRANK`).
+//! - A hit is one round trip: one `MULTI`/`EXEC` reads the meta and
+//!   answers from the sorted set (`ZREVRANGE … WITHSCORES`, or `ZSCORE` +
+//!   `ZREVRANK`), atomically.
 //! - A miss loads the owner once per expiry across processes (one flight
 //!   per process, a lease across them) with one indexed query, and fills
 //!   in chunks of at most 3,999 members (Lua's `unpack` takes at most

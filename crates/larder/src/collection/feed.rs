@@ -7,7 +7,8 @@
 //! the new item goes before the head.
 //!
 //! # Behavior
-//! - A page is one round trip (meta and `LRANGE` in one script).
+//! - A page is one round trip: the meta and `LRANGE` in one `MULTI`/`EXEC`
+//!   (atomic, so never one fill's meta with another's list).
 //! - A miss loads the first `max_len + 1` items once per expiry across
 //!   processes (lease + single flight) and fills in chunks; more than
 //!   `max_len`: the list holds `max_len` and is not complete.
@@ -162,6 +163,23 @@ fn parts(e: &[u8]) -> Option<(&str, &str)> {
     let sort = std::str::from_utf8(it.next()?).ok()?;
     let row = std::str::from_utf8(it.next()?).ok()?;
     Some((sort, row))
+}
+
+/// The row of an element, in the element's own buffer (a hit's elements
+/// are each owned once, so this moves the row's bytes rather than copying
+/// them into a new allocation).
+fn row_of(element: bytes::Bytes) -> Option<String> {
+    let mut e = Vec::from(element);
+    let mut nuls = e
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == 0)
+        .map(|(i, _)| i);
+    let (id_end, sort_end) = (nuls.next()?, nuls.next()?);
+    // As `parts`: an element whose sort key is not text is skipped.
+    std::str::from_utf8(e.get(id_end + 1..sort_end)?).ok()?;
+    e.drain(..=sort_end);
+    String::from_utf8(e).ok()
 }
 
 impl FeedCache {
@@ -366,10 +384,7 @@ impl Kind for FeedCache {
         meta: CollectionMeta,
         elements: Vec<bytes::Bytes>,
     ) -> FeedPage {
-        let mut items: Vec<String> = elements
-            .iter()
-            .filter_map(|e| parts(e).map(|(_, row)| row.to_owned()))
-            .collect();
+        let mut items: Vec<String> = elements.into_iter().filter_map(row_of).collect();
         // An incomplete list has more in the database.
         let more = items.len() > ask.limit || !meta.complete;
         items.truncate(ask.limit);
@@ -457,6 +472,28 @@ impl Kind for FeedCache {
                 let _ = colls.collection_release(keys, token).await;
                 Ok(false)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hit_reads_the_row_that_parts_reads() {
+        for e in [
+            &b"12\0[5,\"b\"]\0{\"id\":12,\"body\":\"\xc3\xa9\"}"[..],
+            b"1\0[]\0",
+            b"\0\0{}",
+        ] {
+            let row = parts(e).map(|(_, row)| row.to_owned());
+            assert!(row.is_some());
+            assert_eq!(row_of(bytes::Bytes::copy_from_slice(e)), row);
+        }
+        for e in [&b"1\0no second nul"[..], b"1\0\xff\0{}", b"1\0[]\0\xff"] {
+            assert_eq!(parts(e), None);
+            assert_eq!(row_of(bytes::Bytes::copy_from_slice(e)), None);
         }
     }
 }

@@ -13,7 +13,8 @@
 //! [`board`]: leaderboards).
 //!
 //! # The protocol (see `store/collection.rs`)
-//! - **Read**: one script reads meta and value together (one round trip).
+//! - **Read**: one script (sets) or one `MULTI`/`EXEC` (feeds, leaderboards)
+//!   reads meta and value together, atomically (one round trip).
 //! - **Fill**: under the owner's lease (taken with `SET NX`, one flight per
 //!   process); the loaded members go in chunks into a staging key, and the
 //!   last chunk, if its token still holds the lease, renames staging over

@@ -7,8 +7,9 @@
 //! collection is a Redis sorted set beside a small *meta* hash (Redis
 //! deletes an empty set, so "cached and empty" needs a key that stays).
 //! Every operation here touches the meta and the value together, in one
-//! script over keys of the owner's shard (one hash tag), so a reader never
-//! sees the meta of one fill with the value of another.
+//! script (or, for some reads, one `MULTI`/`EXEC`) over keys of the
+//! owner's shard (one hash tag), so a reader never sees the meta of one
+//! fill with the value of another.
 //!
 //! Keys of one owner (`KeySpace` of the collection, id = owner):
 //!

@@ -46,6 +46,7 @@ mod scan;
 mod collection;
 mod memory_collection;
 mod redis_collection;
+mod redis_collection_read;
 pub(crate) use self::collection::{
     BoardAnswer, BoardChunk, BoardQuery, BoardRead, BoardScore, BoardWriteEnd, CollectionAcquired,
     CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead, FeedWriteEnd, MemberOrder,

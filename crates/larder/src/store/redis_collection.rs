@@ -1,55 +1,26 @@
 //! Cached collections on Redis: each operation of
-//! [`Collections`](super::Collections) is one Lua script over the owner's
-//! keys, all declared in `KEYS` and all in the owner's hash slot.
+//! [`Collections`](super::Collections) that changes anything is one Lua
+//! script over the owner's keys, all declared in `KEYS` and all in the
+//! owner's hash slot. Reads (the hit path) are in `redis_collection_read.rs`:
+//! one script or one `MULTI`/`EXEC`, over keys of the same slot.
 //!
 //! A set is a sorted set: under [`MemberOrder::Lex`] every score is 0 and
 //! pages are `ZRANGE … BYLEX LIMIT` (byte order of the member); under
 //! [`MemberOrder::Score`] an integer member is its own score and pages are
-//! `ZRANGE … BYSCORE LIMIT`. A hit is one `EVALSHA` of `SET_READ`: an
-//! `HMGET` of the meta, then one `ZSCORE` or one `ZRANGE` (O(log n + page)).
+//! `ZRANGE … BYSCORE LIMIT`.
 
 use super::collection::{
-    BoardAnswer, BoardChunk, BoardQuery, BoardRead, BoardWriteEnd, CollectionAcquired,
-    CollectionKeys, CollectionMeta, Collections, FeedChunk, FeedRead, FeedWriteEnd, MemberOrder,
-    SetAnswer, SetChunk, SetQuery, SetRead, SetWriteEnd,
+    BoardChunk, BoardQuery, BoardRead, BoardWriteEnd, CollectionAcquired, CollectionKeys,
+    CollectionMeta, Collections, FeedChunk, FeedRead, FeedWriteEnd, MemberOrder, SetChunk,
+    SetQuery, SetRead, SetWriteEnd,
 };
 use super::redis::{ms, RedisStore};
 use super::{Protocol, WriteKeys};
 use crate::error::{Error, Message, Result};
 use async_trait::async_trait;
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Script, ScriptInvocation};
 use std::sync::LazyLock;
 use std::time::Duration;
-
-static SET_READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
--- KEYS: meta, value. ARGV: op (has|page|meta), order (lex|score), member or cursor ('' = start), limit
-local m = redis.call('HMGET', KEYS[1], 'fresh', 'loaded', 'complete', 'count', 'stamp')
-if not m[1] then return {0} end
-if m[3] == '1' and tonumber(m[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
-local r = {1, m[1], m[2], m[3], m[4], m[5] or '0'}
-if m[3] ~= '1' then return r end
-if ARGV[1] == 'has' then
-  if redis.call('ZSCORE', KEYS[2], ARGV[3]) then r[7] = 1 else r[7] = 0 end
-elseif ARGV[1] == 'page' then
-  local n = tonumber(ARGV[4])
-  if n <= 0 then
-    r[7] = {}
-  elseif ARGV[2] == 'lex' then
-    local from = '-'
-    if ARGV[3] ~= '' then from = '(' .. ARGV[3] end
-    r[7] = redis.call('ZRANGE', KEYS[2], from, '+', 'BYLEX', 'LIMIT', 0, n)
-  else
-    local from = '-inf'
-    if ARGV[3] ~= '' then from = '(' .. ARGV[3] end
-    r[7] = redis.call('ZRANGE', KEYS[2], from, '+inf', 'BYSCORE', 'LIMIT', 0, n)
-  end
-end
-return r
-",
-    )
-});
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -197,23 +168,6 @@ return 1
     )
 });
 
-static FEED_READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
--- KEYS: meta, value. ARGV: offset, limit
-local m = redis.call('HMGET', KEYS[1], 'fresh', 'loaded', 'complete', 'count', 'stamp')
-if not m[1] then return {0} end
-if tonumber(m[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
-local n = tonumber(ARGV[2])
-local items = {}
-if n > 0 then
-  items = redis.call('LRANGE', KEYS[2], ARGV[1], tonumber(ARGV[1]) + n - 1)
-end
-return {1, m[1], m[2], m[3], m[4], m[5] or '0', items}
-",
-    )
-});
-
 /// A feed's fill chunk: elements, in order.
 static FEED_FILL_CHUNK: LazyLock<Script> =
     LazyLock::new(|| with_prelude(FILL, "return fill('RPUSH')"));
@@ -263,33 +217,6 @@ return 0
     )
 });
 
-/// A leaderboard read: `ZREVRANGE … WITHSCORES` (rank order: score
-/// descending, ties in descending byte order of the member) or `ZSCORE` +
-/// `ZREVRANK`, after the meta, in one script.
-static BOARD_READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
--- KEYS: meta, value. ARGV: op (top|member), start or member, stop ('' = none)
-local m = redis.call('HMGET', KEYS[1], 'fresh', 'loaded', 'complete', 'count', 'stamp')
-if not m[1] then return {0} end
-if m[3] == '1' and tonumber(m[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then return {0} end
-local r = {1, m[1], m[2], m[3], m[4], m[5] or '0'}
-if m[3] ~= '1' then return r end
-if ARGV[1] == 'top' then
-  if ARGV[3] == '' then
-    r[7] = {}
-  else
-    r[7] = redis.call('ZREVRANGE', KEYS[2], ARGV[2], ARGV[3], 'WITHSCORES')
-  end
-else
-  local s = redis.call('ZSCORE', KEYS[2], ARGV[2])
-  if s then r[7] = {s, redis.call('ZREVRANK', KEYS[2], ARGV[2])} else r[7] = {} end
-end
-return r
-",
-    )
-});
-
 /// A leaderboard write's end: `ZADD` of the database's score (never
 /// `ZINCRBY`) or `ZREM`, only if the write overlapped nothing.
 static BOARD_WRITE_END: LazyLock<Script> = LazyLock::new(|| {
@@ -332,34 +259,10 @@ fn score_arg(score: f64) -> String {
     format!("{score}")
 }
 
-fn score_of(v: &Value) -> Option<f64> {
-    text(v)?.parse().ok()
-}
-
 fn bad(store: &RedisStore, what: &str) -> Error {
     Error::Store {
         store: store.name_str().to_owned(),
         cause: Message::cause(format!("unexpected answer from the {what} script")),
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn number(v: &Value) -> Option<u64> {
-    text(v)?.parse().ok()
-}
-
-fn order_arg(order: MemberOrder) -> &'static str {
-    match order {
-        MemberOrder::Lex => "lex",
-        MemberOrder::Score => "score",
     }
 }
 
@@ -397,36 +300,6 @@ fn fill_invocation(
     inv
 }
 
-/// The answer of a read script (`SET_READ`, `FEED_READ`, `BOARD_READ`):
-/// `None` for a miss, else the meta and the whole answer (the kind's own
-/// part at index 6). `what` names the script in errors.
-fn hit_of(
-    store: &RedisStore,
-    value: Value,
-    what: &str,
-) -> Result<Option<(CollectionMeta, Vec<Value>)>> {
-    let Value::Array(items) = value else {
-        return Err(bad(store, what));
-    };
-    if matches!(items.first(), Some(Value::Int(0))) {
-        return Ok(None);
-    }
-    let field = |i: usize| items.get(i).and_then(number);
-    let (Some(fresh), Some(loaded), Some(complete), Some(count)) =
-        (field(1), field(2), field(3), field(4))
-    else {
-        return Err(bad(store, what));
-    };
-    let meta = CollectionMeta {
-        fresh_until_ms: fresh,
-        loaded_ms: loaded,
-        complete: complete == 1,
-        count,
-        stamp: field(5).unwrap_or(0),
-    };
-    Ok(Some((meta, items)))
-}
-
 fn write_keys(keys: &CollectionKeys) -> WriteKeys {
     WriteKeys {
         value_key: keys.value.clone(),
@@ -443,47 +316,7 @@ impl Collections for RedisStore {
         order: MemberOrder,
         query: &SetQuery,
     ) -> Result<SetRead> {
-        let mut inv = SET_READ.prepare_invoke();
-        inv.key(&keys.meta).key(&keys.value);
-        match query {
-            SetQuery::Contains(m) => {
-                inv.arg("has").arg(order_arg(order)).arg(&m.member).arg(0);
-            }
-            SetQuery::Page { after, limit } => {
-                let from = match (after, order) {
-                    (None, _) => String::new(),
-                    (Some(a), MemberOrder::Lex) => a.member.clone(),
-                    (Some(a), MemberOrder::Score) => a.score.to_string(),
-                };
-                inv.arg("page").arg(order_arg(order)).arg(from).arg(*limit);
-            }
-            SetQuery::Meta => {
-                inv.arg("meta").arg(order_arg(order)).arg("").arg(0);
-            }
-        }
-        let Some((meta, items)) = hit_of(self, self.run(inv).await?, "set read")? else {
-            return Ok(SetRead::Miss);
-        };
-        let answer = if !meta.complete {
-            None
-        } else {
-            Some(match query {
-                SetQuery::Contains(_) => {
-                    SetAnswer::Contains(matches!(items.get(6), Some(Value::Int(1))))
-                }
-                SetQuery::Page { .. } => match items.get(6) {
-                    Some(Value::Array(members)) => SetAnswer::Page(
-                        members
-                            .iter()
-                            .map(|m| text(m).ok_or_else(|| bad(self, "set read")))
-                            .collect::<Result<_>>()?,
-                    ),
-                    _ => SetAnswer::Page(Vec::new()),
-                },
-                SetQuery::Meta => SetAnswer::Meta,
-            })
-        };
-        Ok(SetRead::Hit { meta, answer })
+        self.read_set(keys, order, query).await
     }
 
     async fn collection_acquire(
@@ -577,26 +410,7 @@ impl Collections for RedisStore {
     }
 
     async fn feed_read(&self, keys: &CollectionKeys, offset: u64, limit: u64) -> Result<FeedRead> {
-        // The script adds offset and limit in Lua's doubles; a list holds
-        // fewer than 2^32 elements, so any offset past 2^40 reads the same
-        // empty page and stays exact.
-        let offset = offset.min(1 << 40);
-        let mut inv = FEED_READ.prepare_invoke();
-        inv.key(&keys.meta).key(&keys.value).arg(offset).arg(limit);
-        let Some((meta, items)) = hit_of(self, self.run(inv).await?, "feed read")? else {
-            return Ok(FeedRead::Miss);
-        };
-        let elements = match items.get(6) {
-            Some(Value::Array(list)) => list
-                .iter()
-                .map(|e| match e {
-                    Value::BulkString(b) => Ok(bytes::Bytes::from(b.clone())),
-                    _ => Err(bad(self, "feed read")),
-                })
-                .collect::<Result<_>>()?,
-            _ => Vec::new(),
-        };
-        Ok(FeedRead::Hit { meta, elements })
+        self.read_feed(keys, offset, limit).await
     }
 
     async fn feed_fill_chunk(&self, keys: &CollectionKeys, chunk: &FeedChunk<'_>) -> Result<bool> {
@@ -669,55 +483,7 @@ impl Collections for RedisStore {
     }
 
     async fn board_read(&self, keys: &CollectionKeys, query: &BoardQuery) -> Result<BoardRead> {
-        let mut inv = BOARD_READ.prepare_invoke();
-        inv.key(&keys.meta).key(&keys.value);
-        match query {
-            BoardQuery::Top { offset, limit } => {
-                let stop = match offset.checked_add(*limit) {
-                    Some(end) if *limit > 0 => (end - 1).to_string(),
-                    _ => String::new(),
-                };
-                inv.arg("top").arg(*offset).arg(stop);
-            }
-            BoardQuery::Member(member) => {
-                inv.arg("member").arg(member.as_str()).arg("");
-            }
-        }
-        let Some((meta, items)) = hit_of(self, self.run(inv).await?, "leaderboard read")? else {
-            return Ok(BoardRead::Miss);
-        };
-        if !meta.complete {
-            return Ok(BoardRead::Hit { meta, answer: None });
-        }
-        let list = match items.get(6) {
-            Some(Value::Array(list)) => list.as_slice(),
-            _ => &[],
-        };
-        let answer = match query {
-            BoardQuery::Top { .. } => BoardAnswer::Top(
-                list.chunks(2)
-                    .map(|pair| match pair {
-                        [m, s] => match (text(m), score_of(s)) {
-                            (Some(m), Some(s)) => Ok((m, s)),
-                            _ => Err(bad(self, "leaderboard read")),
-                        },
-                        _ => Err(bad(self, "leaderboard read")),
-                    })
-                    .collect::<Result<_>>()?,
-            ),
-            BoardQuery::Member(_) => BoardAnswer::Member(match list {
-                [] => None,
-                [s, r] => match (score_of(s), number(r)) {
-                    (Some(s), Some(r)) => Some((s, r)),
-                    _ => return Err(bad(self, "leaderboard read")),
-                },
-                _ => return Err(bad(self, "leaderboard read")),
-            }),
-        };
-        Ok(BoardRead::Hit {
-            meta,
-            answer: Some(answer),
-        })
+        self.read_board(keys, query).await
     }
 
     async fn board_fill_chunk(
