@@ -1039,9 +1039,18 @@ async fn a_set_whose_value_was_evicted_is_a_miss_redis() {
     assert_eq!((hit.value, hit.outcome), (true, CollectionOutcome::Hit));
 
     assert_eq!(support::collections::evict_values(&prefix).await, 1);
+    let loads = counted.loads.load(std::sync::atomic::Ordering::SeqCst);
     let after = set.contains("1", "bob").await.expect("contains");
     assert_eq!(
         (after.value, after.outcome),
         (true, CollectionOutcome::Miss)
     );
+    // The miss loaded the set again (the meta was still fresh): the next
+    // read is a hit.
+    assert_eq!(
+        counted.loads.load(std::sync::atomic::Ordering::SeqCst),
+        loads + 1
+    );
+    let again = set.contains("1", "ann").await.expect("contains");
+    assert_eq!((again.value, again.outcome), (true, CollectionOutcome::Hit));
 }

@@ -25,9 +25,13 @@ use std::time::Duration;
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
--- KEYS: meta, lease. ARGV: token, lease ms, now ms
-local f = redis.call('HGET', KEYS[1], 'fresh')
-if f and tonumber(f) > tonumber(ARGV[3]) then return 1 end
+-- KEYS: meta, lease, value. ARGV: token, lease ms, now ms
+-- A fresh meta is an entry, unless it says the value holds members and
+-- the value key is gone (evicted alone): then it is loaded again.
+local m = redis.call('HMGET', KEYS[1], 'fresh', 'complete', 'count')
+if m[1] and tonumber(m[1]) > tonumber(ARGV[3]) then
+  if m[2] ~= '1' or tonumber(m[3] or '0') == 0 or redis.call('EXISTS', KEYS[3]) == 1 then return 1 end
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
 return 3
 ",
@@ -329,6 +333,7 @@ impl Collections for RedisStore {
         let mut inv = ACQUIRE.prepare_invoke();
         inv.key(&keys.meta)
             .key(&keys.lease)
+            .key(&keys.value)
             .arg(token)
             .arg(ms(lease_ttl))
             .arg(now_ms);
