@@ -7,7 +7,8 @@
 //! (unavailable, retried) instead of dead-lettering it. A hash entity's
 //! field patches flush as UPDATEs of their columns (the row read back in
 //! the transaction); one whose row is gone, or that the database refuses,
-//! is dead-lettered alone.
+//! is dead-lettered alone. Increments flush exactly into integer and
+//! `decimal(p, s)` columns.
 
 use larder_test_support as support;
 
@@ -397,4 +398,62 @@ async fn hash_field_patches_flush_as_updates_and_gone_or_refused_rows_are_dead_l
     );
     assert_eq!(m.owner(4).await.map(|r| r.0), Some("ann".into()));
     m.drop().await;
+}
+
+/// Write-back increments flush into MariaDB exactly: an integer column's
+/// delta bound as an integer, a `decimal(17, 2)` column's as exact decimal
+/// text (`CAST(? AS DECIMAL(65, 30))`, never a double): 3 × 0.01 on
+/// 123456789012678.01 lands as …678.04.
+#[tokio::test]
+async fn increments_flush_exactly_into_integer_and_decimal_columns() {
+    let maria = Maria::new().await;
+    let table = format!("{}.prices", maria.db);
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, views bigint NOT NULL DEFAULT 0,
+         price decimal(17, 2) NOT NULL DEFAULT 0);
+         INSERT INTO {table} (id, views, price) VALUES (1, 10, 123456789012678.01)"
+    ))
+    .execute(&maria.admin)
+    .await
+    .expect("table");
+    let server = RedisServer::durable();
+    let pool = SqlPool::connect(&mysql_url(), 2).await.expect("pool");
+    let source = SqlSource::builder(pool, &table)
+        .entity("prices")
+        .build()
+        .await
+        .expect("source");
+    let cache: Cache<i64, serde_json::Value> = Cache::builder()
+        .prefix(support::unique("wbm"))
+        .entity("prices")
+        .representation(Representation::Hash)
+        .store(
+            larder::store::connect_checked(&server.url_with_long_timeouts())
+                .await
+                .expect("redis"),
+        )
+        .source(source)
+        .write_policy(WritePolicy::Back(WriteBackOptions {
+            max_delay: Duration::from_secs(60),
+            ..WriteBackOptions::default()
+        }))
+        .build()
+        .await
+        .expect("cache");
+    let cent: serde_json::Number = serde_json::from_str("0.01").expect("number");
+    for _ in 0..3 {
+        let w = cache.incr(&1, "views", &1.into()).await.expect("incr");
+        assert!(w.expect("row").cache.is_queued());
+        let w = cache.incr(&1, "price", &cent).await.expect("incr");
+        assert!(w.expect("row").cache.is_queued());
+    }
+    cache.close(Duration::from_secs(10)).await.expect("close");
+    let row: (i64, String) = sqlx::query_as(&format!(
+        "SELECT views, CAST(price AS CHAR) FROM {table} WHERE id = 1"
+    ))
+    .fetch_one(&maria.admin)
+    .await
+    .expect("row");
+    assert_eq!(row, (13, "123456789012678.04".to_owned()));
+    maria.drop().await;
 }
