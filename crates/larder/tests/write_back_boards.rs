@@ -160,7 +160,10 @@ fn next(seed: &mut u64) -> f64 {
 #[tokio::test]
 async fn increments_from_two_instances_reach_the_database_exactly_once() {
     let server = RedisServer::durable();
-    increments_from_two_instances_reach_the_database_exactly_once_on(&server.url_with_long_timeouts()).await;
+    increments_from_two_instances_reach_the_database_exactly_once_on(
+        &server.url_with_long_timeouts(),
+    )
+    .await;
 }
 
 /// The same on the shared Redis Cluster, where each write and each claim
@@ -814,7 +817,12 @@ async fn an_application_sigkill_mid_run_keeps_the_bounds() {
     let server = RedisServer::durable();
     let prefix = support::unique("wba");
     let mut child = Command::new(env!("CARGO_BIN_EXE_larder-board-writer"))
-        .args(["--redis", &server.url_with_long_timeouts(), "--pg", &support::pg_url()])
+        .args([
+            "--redis",
+            &server.url_with_long_timeouts(),
+            "--pg",
+            &support::pg_url(),
+        ])
         .args(["--table", &db.table("scores"), "--prefix", &prefix])
         .args(["--members", &MEMBERS.to_string(), "--max-delay-ms", "20"])
         .stdout(Stdio::piped())

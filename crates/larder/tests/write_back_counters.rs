@@ -120,7 +120,10 @@ fn n(by: i64) -> Number {
 #[tokio::test]
 async fn increments_from_two_instances_reach_the_database_exactly_once() {
     let server = RedisServer::durable();
-    increments_from_two_instances_reach_the_database_exactly_once_on(&server.url_with_long_timeouts()).await;
+    increments_from_two_instances_reach_the_database_exactly_once_on(
+        &server.url_with_long_timeouts(),
+    )
+    .await;
 }
 
 /// The same on the shared Redis Cluster, where each increment and each
@@ -241,7 +244,11 @@ async fn a_stop_between_commit_and_clear_never_counts_a_batch_twice() {
     let prefix = support::unique("cwb");
     let table = counters_table(&db).await;
     let one_shard = |settings| {
-        let (table, url, prefix) = (table.clone(), server.url_with_long_timeouts(), prefix.clone());
+        let (table, url, prefix) = (
+            table.clone(),
+            server.url_with_long_timeouts(),
+            prefix.clone(),
+        );
         async move { counters_cache_sharded(&table, &url, &prefix, settings, 1).await }
     };
     let mut acked: HashMap<i64, i64> = HashMap::new();
@@ -312,7 +319,14 @@ async fn a_flusher_stalled_across_a_newer_ones_commit_applies_nothing_twice() {
     let server = RedisServer::durable();
     let prefix = support::unique("cwb");
     let table = counters_table(&db).await;
-    let a = counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, settings(10), 1).await;
+    let a = counters_cache_sharded(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(10),
+        1,
+    )
+    .await;
     larder::write_back::arm_stall_after_counter_claim(
         &format!("{prefix}:counters"),
         Duration::from_millis(1500),
@@ -332,7 +346,14 @@ async fn a_flusher_stalled_across_a_newer_ones_commit_applies_nothing_twice() {
         1,
         "A claimed"
     );
-    let b = counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, settings(10), 1).await;
+    let b = counters_cache_sharded(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(10),
+        1,
+    )
+    .await;
     for k in 0..10_i64 {
         b.incr(&k, "views", &n(100))
             .await
@@ -382,7 +403,8 @@ async fn a_replayed_batch_whose_row_is_gone_is_a_dead_letter() {
         batch: 2,
         ..settings(60_000)
     };
-    let a = counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, both, 1).await;
+    let a =
+        counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, both, 1).await;
     larder::write_back::arm_after_counter_commit(&format!("{prefix}:counters"), 1);
     for id in [5_i64, 6] {
         a.incr(&id, "views", &n(3))
@@ -401,7 +423,14 @@ async fn a_replayed_batch_whose_row_is_gone_is_a_dead_letter() {
         .execute(&db.admin)
         .await
         .expect("delete");
-    let b = counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, settings(50), 1).await;
+    let b = counters_cache_sharded(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(50),
+        1,
+    )
+    .await;
     b.close(Duration::from_secs(10)).await.expect("close");
     assert_eq!(db_column(&db, &table, "views").await[&5], Some(53));
     assert_eq!(b.write_back_stats().expect("stats").dead_lettered, 1);
@@ -633,7 +662,13 @@ async fn a_refused_row_is_a_dead_letter_alone_and_the_rest_commits_once() {
     let server = RedisServer::durable();
     let prefix = support::unique("cwb");
     let table = counters_table(&db).await;
-    let cache = counters_cache(&table, &server.url_with_long_timeouts(), &prefix, settings(60_000)).await;
+    let cache = counters_cache(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(60_000),
+    )
+    .await;
     for id in 0..10_i64 {
         let by = if id == 4 { 5000 } else { id + 1 };
         let written = cache
@@ -669,7 +704,13 @@ async fn a_refused_row_is_a_dead_letter_alone_and_the_rest_commits_once() {
     let stats = cache.write_back_stats().expect("stats");
     assert_eq!(stats.dead_lettered, 2, "{stats:?}");
     // The next instance's backlog count sees them (the dead-letters gauge).
-    let probe = counters_cache(&table, &server.url_with_long_timeouts(), &prefix, settings(20)).await;
+    let probe = counters_cache(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(20),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while probe.write_back_stats().expect("stats").dead_letters < 2 {
         assert!(Instant::now() < deadline, "dead letters not counted");
@@ -697,7 +738,13 @@ async fn a_refused_row_is_a_dead_letter_alone_and_the_rest_commits_once() {
     assert!(letters[0].1.contains(r#""capped":"5000""#), "{letters:?}");
     assert!(letters[1].0.starts_with("9#"), "{letters:?}");
     // The refused row reads as the database holds it.
-    let fresh = counters_cache(&table, &server.url_with_long_timeouts(), &prefix, settings(60_000)).await;
+    let fresh = counters_cache(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(60_000),
+    )
+    .await;
     let seen = fresh.get(&4).await.expect("get").value.expect("row");
     assert_eq!(seen["capped"], json!(0));
     // Once the database takes them (the CHECK dropped, row 9 back), a
@@ -750,7 +797,8 @@ async fn a_table_refusing_every_row_dead_letters_nothing() {
         batch: 6,
         ..settings(60_000)
     };
-    let cache = counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, six, 1).await;
+    let cache =
+        counters_cache_sharded(&table, &server.url_with_long_timeouts(), &prefix, six, 1).await;
     for id in 0..6_i64 {
         cache
             .incr(&id, "views", &n(1))
@@ -788,7 +836,13 @@ async fn a_put_wins_over_earlier_increments_and_cold_rows_answer_the_sum() {
     let server = RedisServer::durable();
     let prefix = support::unique("cwb");
     let table = counters_table(&db).await;
-    let cache = counters_cache(&table, &server.url_with_long_timeouts(), &prefix, settings(60_000)).await;
+    let cache = counters_cache(
+        &table,
+        &server.url_with_long_timeouts(),
+        &prefix,
+        settings(60_000),
+    )
+    .await;
     let first = cache
         .incr(&7, "views", &n(3))
         .await
