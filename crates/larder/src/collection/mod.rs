@@ -92,6 +92,21 @@ pub trait SetSource: std::fmt::Debug + Send + Sync + 'static {
     async fn add(&self, owner: &str, member: &str) -> Result<bool>;
     /// Removes a member; whether it was there.
     async fn remove(&self, owner: &str, member: &str) -> Result<bool>;
+
+    /// Prepares write-back: the fence rows of `fence` (`<prefix>:<set>`),
+    /// one per shard. Default: write-back unsupported.
+    async fn prepare_write_back(&self, fence: &str, shards: u16) -> Result<()> {
+        let _ = (fence, shards);
+        Err(Error::Config("this set source cannot be written back".into()))
+    }
+
+    /// Commits a write-back batch of member operations (an absolute score:
+    /// add the member; a removal: remove it) in one fenced transaction, or
+    /// nothing (see [`BoardBatch`]). Default: unsupported.
+    async fn flush(&self, batch: BoardBatch<'_>) -> Result<BoardFlushed> {
+        let _ = batch;
+        Err(Error::Config("this set source cannot be written back".into()))
+    }
 }
 
 /// One item of a feed, as a [`FeedSource`] produced it.

@@ -33,6 +33,7 @@ mod protocol;
 mod pubsub;
 mod redis;
 mod redis_board_deltas;
+mod redis_set_ops;
 mod redis_counters;
 mod redis_dirty;
 mod redis_hash;
@@ -53,7 +54,9 @@ pub(crate) use self::collection::{
 };
 
 pub use self::board_deltas::{BoardDeadLetter, MemberOp, MemberOps};
-pub(crate) use self::board_deltas::{BoardLog, BoardOpState, BoardWrite, BoardWritten};
+pub(crate) use self::board_deltas::{
+    BoardLog, BoardOpState, BoardWrite, BoardWritten, SetWrite, SetWritten,
+};
 pub(crate) use self::counters::{batch_id, Count, Counted, CounterState};
 pub(crate) use self::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, FieldPatch,

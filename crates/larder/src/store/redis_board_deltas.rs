@@ -4,7 +4,7 @@
 
 use super::board_deltas::{
     BoardDeadLetter, BoardLog, BoardOpKeys, BoardOpState, BoardWrite, BoardWritten, ClaimedOps,
-    MemberOp, MemberOps,
+    MemberOp, MemberOps, SetWrite, SetWritten,
 };
 use super::collection::CollectionKeys;
 use super::dirty::{ShardBacklog, ShardKeys};
@@ -242,7 +242,7 @@ fn num(v: f64) -> String {
 }
 
 impl RedisStore {
-    fn board_problem(&self, problem: impl Into<String>) -> Error {
+    pub(super) fn board_problem(&self, problem: impl Into<String>) -> Error {
         Error::Store {
             store: self.name_str().to_owned(),
             cause: Message::cause(problem.into()),
@@ -310,6 +310,15 @@ impl BoardLog for RedisStore {
             Some(Value::Int(-3)) => Ok(BoardWritten::OutOfRange(number(1).unwrap_or(f64::NAN))),
             _ => Err(bad()),
         }
+    }
+
+    async fn set_op(
+        &self,
+        keys: &CollectionKeys,
+        owner: &str,
+        write: &SetWrite<'_>,
+    ) -> Result<SetWritten> {
+        self.record_set_op(keys, owner, write).await
     }
 
     async fn board_state(&self, keys: &CollectionKeys, owner: &str) -> Result<BoardOpState> {

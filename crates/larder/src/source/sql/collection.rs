@@ -44,25 +44,37 @@ pub(crate) const MAX_EXACT_SCORE: i64 = 1 << 53;
 /// checks made at build.
 #[derive(Debug, Clone)]
 pub struct SqlSetSource {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    table: OwnerTable,
+pub(super) struct Inner {
+    pub(super) table: OwnerTable,
     order: SetOrder,
-    sql: Statements,
+    pub(super) sql: Statements,
 }
 
 #[derive(Debug, Default)]
-struct Statements {
+pub(super) struct Statements {
     load: String,
     count: String,
     contains: String,
     page_start: String,
     page_after: String,
-    add: String,
-    remove: String,
+    /// One member added (write-back: one statement per member, to tell
+    /// which one a refused batch failed at).
+    pub(super) add: String,
+    /// One member removed.
+    pub(super) remove: String,
+    /// `INSERT INTO t (owner, member) VALUES `: a write-back batch's adds
+    /// follow as `(o, m), …`, then `insert_tail`.
+    pub(super) insert_head: String,
+    /// What ends the batch insert: `ON CONFLICT DO NOTHING`, or on
+    /// MariaDB `ON DUPLICATE KEY UPDATE member = member`.
+    pub(super) insert_tail: String,
+    /// `DELETE FROM t WHERE (owner, member) IN (`: a write-back batch's
+    /// removals follow as `(o, m), …)`.
+    pub(super) delete_head: String,
 }
 
 /// Builds a [`SqlSetSource`]; consuming, finish with [`build`](Self::build).
@@ -370,6 +382,9 @@ fn pg_statements(owner: &Schema, member: &Schema, text_member: bool) -> Statemen
         ),
         add: format!("INSERT INTO {t} ({o}, {m}) VALUES ({p1}, {p2}) ON CONFLICT DO NOTHING"),
         remove: format!("DELETE FROM {t} WHERE {o} = {p1} AND {m} = {p2}"),
+        insert_head: format!("INSERT INTO {t} ({o}, {m}) VALUES "),
+        insert_tail: " ON CONFLICT DO NOTHING".to_owned(),
+        delete_head: format!("DELETE FROM {t} WHERE ({o}, {m}) IN ("),
     }
 }
 
@@ -390,6 +405,9 @@ fn sqlite_statements(owner: &Schema, member: &Schema) -> Statements {
         ),
         add: format!("INSERT INTO {t} ({o}, {m}) VALUES (?1, ?2) ON CONFLICT DO NOTHING"),
         remove: format!("DELETE FROM {t} WHERE {o} = ?1 AND {m} = ?2"),
+        insert_head: format!("INSERT INTO {t} ({o}, {m}) VALUES "),
+        insert_tail: " ON CONFLICT DO NOTHING".to_owned(),
+        delete_head: format!("DELETE FROM {t} WHERE ({o}, {m}) IN ("),
     }
 }
 
@@ -417,6 +435,9 @@ fn mysql_statements(owner: &Schema, member: &Schema) -> Statements {
         ),
         add: format!("INSERT INTO {t} ({o}, {m}) VALUES (?, ?) ON DUPLICATE KEY UPDATE {m} = {m}"),
         remove: format!("DELETE FROM {t} WHERE {o} = ? AND {m} = ?"),
+        insert_head: format!("INSERT INTO {t} ({o}, {m}) VALUES "),
+        insert_tail: format!(" ON DUPLICATE KEY UPDATE {m} = {m}"),
+        delete_head: format!("DELETE FROM {t} WHERE ({o}, {m}) IN ("),
     }
 }
 
@@ -444,11 +465,15 @@ impl SqlSetSource {
 }
 
 impl SqlSetSource {
-    fn keys(&self, owner: &str, member: Option<&str>) -> Result<(KeyValue, Option<KeyValue>)> {
+    pub(super) fn keys(
+        &self,
+        owner: &str,
+        member: Option<&str>,
+    ) -> Result<(KeyValue, Option<KeyValue>)> {
         self.inner.table.keys(owner, member)
     }
 
-    fn err(&self, e: sqlx::Error) -> Error {
+    pub(super) fn err(&self, e: sqlx::Error) -> Error {
         self.inner.table.err(e)
     }
 
@@ -624,5 +649,16 @@ impl SetSource for SqlSetSource {
         let (o, m) = self.keys(owner, Some(member))?;
         let Some(m) = m else { return Ok(false) };
         Ok(self.execute(&self.inner.sql.remove, &o, &m).await? > 0)
+    }
+
+    async fn prepare_write_back(&self, fence: &str, shards: u16) -> Result<()> {
+        self.inner.table.prepare_fence(fence, shards).await
+    }
+
+    async fn flush(
+        &self,
+        batch: crate::collection::BoardBatch<'_>,
+    ) -> Result<crate::collection::BoardFlushed> {
+        self.flush_set_ops(batch).await
     }
 }

@@ -86,6 +86,7 @@ pub use self::collection::{SqlSetSource, SqlSetSourceBuilder};
 pub use self::feed::{SqlFeedSource, SqlFeedSourceBuilder};
 mod exec;
 mod flush;
+mod set_flush;
 mod mysql;
 mod owner_table;
 mod postgres;
