@@ -31,6 +31,7 @@ mod board_write_back;
 pub(crate) mod feed;
 mod read_through;
 pub(crate) mod set;
+mod set_write_back;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -97,7 +98,9 @@ pub trait SetSource: std::fmt::Debug + Send + Sync + 'static {
     /// one per shard. Default: write-back unsupported.
     async fn prepare_write_back(&self, fence: &str, shards: u16) -> Result<()> {
         let _ = (fence, shards);
-        Err(Error::Config("this set source cannot be written back".into()))
+        Err(Error::Config(
+            "this set source cannot be written back".into(),
+        ))
     }
 
     /// Commits a write-back batch of member operations (an absolute score:
@@ -105,7 +108,9 @@ pub trait SetSource: std::fmt::Debug + Send + Sync + 'static {
     /// nothing (see [`BoardBatch`]). Default: unsupported.
     async fn flush(&self, batch: BoardBatch<'_>) -> Result<BoardFlushed> {
         let _ = batch;
-        Err(Error::Config("this set source cannot be written back".into()))
+        Err(Error::Config(
+            "this set source cannot be written back".into(),
+        ))
     }
 }
 

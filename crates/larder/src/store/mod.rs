@@ -33,10 +33,10 @@ mod protocol;
 mod pubsub;
 mod redis;
 mod redis_board_deltas;
-mod redis_set_ops;
 mod redis_counters;
 mod redis_dirty;
 mod redis_hash;
+mod redis_set_ops;
 // Write-back on hash entries: field patches, whole rows, fills that lay
 // pending fields over the loaded row, the flusher's records.
 mod redis_hash_dirty;

@@ -227,30 +227,30 @@ impl SqlBoardSource {
         let plan = &plan;
         let timeout = b.statement_timeout;
         let committed: Committed = match &self.inner.table.backend {
-                Backend::Postgres(pool) => {
-                    async {
-                        let mut tx = begin_postgres(pool, timeout).await?;
-                        board_commit!(tx, fence_postgres, self, b, plan, false)
-                    }
-                    .await
+            Backend::Postgres(pool) => {
+                async {
+                    let mut tx = begin_postgres(pool, timeout).await?;
+                    board_commit!(tx, fence_postgres, self, b, plan, false)
                 }
-                Backend::Sqlite(pool) => {
-                    async {
-                        let mut tx = pool.begin().await?;
-                        board_commit!(tx, fence_sqlite, self, b, plan, false)
-                    }
-                    .await
+                .await
+            }
+            Backend::Sqlite(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    board_commit!(tx, fence_sqlite, self, b, plan, false)
                 }
-                Backend::MySql(pool) => {
-                    async {
-                        mysql_timed!(pool, timeout, conn, async {
-                            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                            board_commit!(tx, fence_mysql, self, b, plan, true)
-                        })
-                    }
-                    .await
+                .await
+            }
+            Backend::MySql(pool) => {
+                async {
+                    mysql_timed!(pool, timeout, conn, async {
+                        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                        board_commit!(tx, fence_mysql, self, b, plan, true)
+                    })
                 }
-            };
+                .await
+            }
+        };
         settle(committed, &b, &self.inner.table.backend, |e| self.err(e)).await
     }
 

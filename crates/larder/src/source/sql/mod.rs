@@ -86,12 +86,12 @@ pub use self::collection::{SqlSetSource, SqlSetSourceBuilder};
 pub use self::feed::{SqlFeedSource, SqlFeedSourceBuilder};
 mod exec;
 mod flush;
-mod set_flush;
 mod mysql;
 mod owner_table;
 mod postgres;
 mod refusal;
 mod schema;
+mod set_flush;
 mod sqlite;
 
 pub use self::cdc::{

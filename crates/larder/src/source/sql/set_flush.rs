@@ -62,9 +62,9 @@ macro_rules! set_commit {
                     for (_, _, o, m) in chunk {
                         q = bind_key!(bind_key!(q, o), m);
                     }
-                    q.execute(&mut *$tx).await.map_err(|e| {
-                        Halted::At(String::new(), String::new(), $this.err(e))
-                    })?;
+                    q.execute(&mut *$tx)
+                        .await
+                        .map_err(|e| Halted::At(String::new(), String::new(), $this.err(e)))?;
                 }
             }
         } else {
@@ -165,4 +165,3 @@ impl SqlSetSource {
         }
     }
 }
-
