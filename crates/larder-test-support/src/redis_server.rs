@@ -220,10 +220,7 @@ impl RedisServer {
     /// the 1 s default, and a write script that is never re-sent (an
     /// increment) would report the store unavailable.
     pub fn url_with_long_timeouts(&self) -> String {
-        format!(
-            "{}?connect_timeout=10s&response_timeout=10s",
-            self.url()
-        )
+        format!("{}?connect_timeout=10s&response_timeout=10s", self.url())
     }
 
     /// The loopback address it listens on (e.g. a [`TcpProxy`](crate::TcpProxy) target).

@@ -116,6 +116,15 @@ pub(crate) trait Kind: Clone + Send + Sync + 'static {
     /// Writes a load into the store under the lease `token`, in chunks
     /// (see [`fill_chunks`]); whether it landed.
     async fn fill(&self, keys: &CollectionKeys, token: &str, load: &Self::Load) -> Result<bool>;
+
+    /// Whether a reader that joined another reader's load must read again
+    /// (the cache, else the database) rather than answer from that load:
+    /// under write-back the load may predate a write acknowledged before
+    /// this reader began, and a read must never go back in time. Default:
+    /// no.
+    fn joined_loads_may_be_old(&self) -> bool {
+        false
+    }
 }
 
 /// Answers `ask` for `owner`: from the cached collection (`Hit`; `Stale`
@@ -185,8 +194,10 @@ pub(crate) async fn read<K: Kind>(
         }
         Counters::bump(&core.counters.misses);
         first = false;
-        match load(kind, owner).await? {
+        let (filled, started) = load(kind, owner).await?;
+        match filled {
             Filled::Present => continue,
+            Filled::Loaded(_) if !started && kind.joined_loads_may_be_old() => continue,
             Filled::Loaded(load) => {
                 return match kind.said_from_load(&ask, &load) {
                     FromLoad::Said(value) => Ok(CollectionRead {
@@ -238,11 +249,12 @@ async fn from_source<K: Kind>(
     Ok(CollectionRead { value, outcome })
 }
 
-/// One load of `owner` per process (a flight), under its lease.
-async fn load<K: Kind>(kind: &K, owner: &str) -> Result<Filled<K::Load>> {
+/// One load of `owner` per process (a flight), under its lease; and
+/// whether this call started the flight (else it joined one).
+async fn load<K: Kind>(kind: &K, owner: &str) -> Result<(Filled<K::Load>, bool)> {
     let this = kind.clone();
     let id = owner.to_owned();
-    let (flight, _) = kind.flights().join_or_start(
+    let (flight, started) = kind.flights().join_or_start(
         owner,
         move || async move { load_under_lease(&this, &id).await },
         |panic| {
@@ -251,7 +263,7 @@ async fn load<K: Kind>(kind: &K, owner: &str) -> Result<Filled<K::Load>> {
             })
         },
     );
-    flight.await
+    Ok((flight.await?, started))
 }
 
 /// Takes the owner's lease (or waits for its holder's fill, and past

@@ -553,6 +553,10 @@ impl Kind for SetCache {
         self.inner.source.load(owner, self.inner.max_members).await
     }
 
+    fn joined_loads_may_be_old(&self) -> bool {
+        self.inner.write_back.is_some()
+    }
+
     async fn fill(&self, keys: &CollectionKeys, token: &str, load: &SetLoad) -> Result<bool> {
         let core = &self.inner.core;
         let colls = core.collections()?;
