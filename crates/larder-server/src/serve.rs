@@ -722,6 +722,21 @@ pub async fn shutdown_caches(state: &AppState) {
             }
         }
     }
+    for s in state.sets() {
+        if !s.cache.is_write_back() {
+            continue;
+        }
+        match tokio::time::timeout(grace, s.cache.close()).await {
+            Ok(Ok(())) => tracing::debug!(set = s.config.name, "set closed"),
+            Ok(Err(err)) => {
+                tracing::warn!(set = s.config.name, error = %err, "could not flush write-back set writes at shutdown; they stay durable in the store")
+            }
+            Err(_) => tracing::warn!(
+                set = s.config.name,
+                "write-back set writes left pending at shutdown; they stay durable in the store"
+            ),
+        }
+    }
     for b in state.boards() {
         if !b.cache.is_write_back() {
             continue;
