@@ -106,18 +106,16 @@ async fn db_set(db: &PgSchema, user: i64) -> BTreeSet<String> {
 async fn all_members(set: &SetCache, owner: &str, limit: usize) -> (Vec<String>, u64) {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
-    let mut count = 0;
     loop {
         let page = set
             .members(owner, cursor.as_deref(), limit)
             .await
             .expect("page")
             .value;
-        count = page.count;
         out.extend(page.members);
         match page.cursor {
             Some(c) => cursor = Some(c),
-            None => return (out, count),
+            None => return (out, page.count),
         }
     }
 }
@@ -195,7 +193,7 @@ async fn adds_and_removes_from_two_instances_end_as_acknowledged() {
             for _ in 0..OPS {
                 let owner = next(&mut seed) % OWNERS;
                 let member = format!("w{t}-{}", next(&mut seed) % 6);
-                let add = next(&mut seed) % 3 != 0;
+                let add = !next(&mut seed).is_multiple_of(3);
                 let o = owner.to_string();
                 if add {
                     s.add(&o, &member).await.expect("add");
