@@ -7,7 +7,8 @@
 //! a load that read the database before a flush cleared an operation is
 //! never filled without it; a member the database refuses (a CHECK) is a
 //! dead letter alone; an owner above the cap merges its pending operations
-//! into every answer; write-back refuses a store that is not durable.
+//! into every answer; write-back refuses a store that is not durable; a
+//! Redis SIGKILLed mid-run loses no acknowledged operation.
 
 use larder_test_support as support;
 
@@ -469,6 +470,103 @@ async fn write_back_refuses_a_store_that_is_not_durable() {
             Some(ErrorKind::NotDurable),
             "{url}"
         );
+    }
+    db.drop().await;
+}
+
+/// Redis SIGKILLed (AOF, `appendfsync always`) and restarted while two
+/// instances × 8 writers add and remove their own members of 10 sets:
+/// each member ends in the database as its last acknowledged operation,
+/// or as one attempted after it whose answer was lost (fsynced before the
+/// kill), never older; and the cached sets equal the database's.
+#[tokio::test]
+async fn a_redis_sigkill_mid_run_loses_nothing_acknowledged() {
+    const OWNERS: u64 = 10;
+    let db = pg().await;
+    let mut server = RedisServer::durable();
+    let url = server.url_with_short_timeouts();
+    let prefix = support::unique("wbk");
+    let delay = Duration::from_millis(20);
+    let a = set(&url, &prefix, pg_source(&db).await, delay, 1000).await;
+    let b = set(&url, &prefix, pg_source(&db).await, delay, 1000).await;
+    // Per (owner, member): the end states the database may hold.
+    let allowed: Arc<Mutex<BTreeMap<(u64, String), BTreeSet<bool>>>> = Arc::default();
+    let (acked, failed) = (
+        Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..16_u64 {
+        let s = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let (allowed, acked, failed) = (
+            Arc::clone(&allowed),
+            Arc::clone(&acked),
+            Arc::clone(&failed),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut seed = 0x2545_f491_4f6c_dd1d_u64.wrapping_mul(t + 1);
+            for _ in 0..300 {
+                let owner = next(&mut seed) % OWNERS;
+                let member = format!("w{t}-{}", next(&mut seed) % 5);
+                let add = !next(&mut seed).is_multiple_of(3);
+                let o = owner.to_string();
+                let result = if add {
+                    s.add(&o, &member).await
+                } else {
+                    s.remove(&o, &member).await
+                };
+                {
+                    let mut allowed = allowed.lock().expect("lock");
+                    let states = allowed
+                        .entry((owner, member))
+                        .or_insert_with(|| [false].into());
+                    if result.is_ok() {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                        *states = [add].into();
+                    } else {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        states.insert(add);
+                    }
+                }
+                if result.is_err() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }));
+    }
+    support::eventually("a third of the writes acknowledged", || {
+        let acked = Arc::clone(&acked);
+        async move { acked.load(Ordering::SeqCst) >= 1600 }
+    })
+    .await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    assert!(failed.load(Ordering::SeqCst) > 0, "the kill was felt");
+    a.close().await.expect("close a");
+    b.close().await.expect("close b");
+    let allowed = allowed.lock().expect("lock").clone();
+    for owner in 0..OWNERS {
+        let stored = db_set(&db, owner as i64).await;
+        for ((o, member), states) in &allowed {
+            if *o == owner {
+                let there = stored.contains(member);
+                assert!(
+                    states.contains(&there),
+                    "owner {owner} member {member}: the database says {there}, allowed {states:?}"
+                );
+            }
+        }
+        let (cached, count) = all_members(&a, &owner.to_string(), 50).await;
+        assert_eq!(
+            cached.into_iter().collect::<BTreeSet<_>>(),
+            stored,
+            "cached set {owner}"
+        );
+        assert_eq!(count, stored.len() as u64);
     }
     db.drop().await;
 }
