@@ -474,6 +474,9 @@ async fn write_back_refuses_a_store_that_is_not_durable() {
     db.drop().await;
 }
 
+/// Per (owner, member): the states (present or not) the database may end in.
+type Allowed = BTreeMap<(u64, String), BTreeSet<bool>>;
+
 /// Redis SIGKILLed (AOF, `appendfsync always`) and restarted while two
 /// instances × 8 writers add and remove their own members of 10 sets:
 /// each member ends in the database as its last acknowledged operation,
@@ -490,7 +493,7 @@ async fn a_redis_sigkill_mid_run_loses_nothing_acknowledged() {
     let a = set(&url, &prefix, pg_source(&db).await, delay, 1000).await;
     let b = set(&url, &prefix, pg_source(&db).await, delay, 1000).await;
     // Per (owner, member): the end states the database may hold.
-    let allowed: Arc<Mutex<BTreeMap<(u64, String), BTreeSet<bool>>>> = Arc::default();
+    let allowed: Arc<Mutex<Allowed>> = Arc::default();
     let (acked, failed) = (
         Arc::new(std::sync::atomic::AtomicU64::new(0)),
         Arc::new(std::sync::atomic::AtomicU64::new(0)),

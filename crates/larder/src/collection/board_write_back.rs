@@ -145,6 +145,11 @@ impl BoardWriteBack {
         self.counters.snapshot()
     }
 
+    /// The dead letters of every shard.
+    pub(crate) async fn dead_letters(&self) -> Result<Vec<crate::store::BoardDeadLetter>> {
+        self.log.board_dead_letters(&self.shards).await
+    }
+
     /// Whether a write of `name` may be recorded: [`Error::Closed`] once
     /// closed, [`Error::BacklogFull`] at `max_backlog`.
     pub(crate) fn admit(&self, name: &str) -> Result<()> {
@@ -374,7 +379,7 @@ impl Leaderboard {
     /// database refused, with why (empty when the board writes through).
     pub async fn dead_letters(&self) -> Result<Vec<crate::store::BoardDeadLetter>> {
         match &self.inner.write_back {
-            Some(wb) => wb.log.board_dead_letters(&wb.shards).await,
+            Some(wb) => wb.dead_letters().await,
             None => Ok(Vec::new()),
         }
     }

@@ -206,7 +206,7 @@ impl SetCache {
     /// database refused, with why (empty when the set writes through).
     pub async fn dead_letters(&self) -> Result<Vec<crate::store::BoardDeadLetter>> {
         match &self.inner.write_back {
-            Some(wb) => wb.log.board_dead_letters(&wb.shards).await,
+            Some(wb) => wb.dead_letters().await,
             None => Ok(Vec::new()),
         }
     }

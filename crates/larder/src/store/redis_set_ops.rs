@@ -9,7 +9,6 @@
 use super::board_deltas::{BoardOpKeys, SetWrite, SetWritten};
 use super::collection::CollectionKeys;
 use super::redis::RedisStore;
-use super::replica_wait::Resend;
 use crate::error::Result;
 use redis::{Script, Value};
 use std::sync::LazyLock;
@@ -76,17 +75,7 @@ impl RedisStore {
             .arg(if w.exact { "1" } else { "0" })
             .arg(w.max_members)
             .arg(w.now_ms);
-        // Idempotent (the last operation wins), but sent once as a board
-        // write is; on a Cluster waited for the master's replicas.
-        let (answer, confirmation): (Value, _) =
-            self.run_waited(&keys.meta, inv, Resend::Never).await?;
-        if !confirmation.is_confirmed() {
-            tracing::warn!(
-                store = self.name_str(),
-                owner,
-                "a set write was not confirmed by the master's replicas (WAIT); a failover of that master now could lose it"
-            );
-        }
+        let answer = self.run_member_write(&keys.meta, inv, owner, "set").await?;
         match answer {
             Value::Array(items) => match (items.first(), items.get(1)) {
                 (Some(Value::Int(1)), Some(Value::Int(was))) => Ok(SetWritten::Cached {
