@@ -36,6 +36,9 @@ pub(super) enum Halted {
     Before(sqlx::Error),
     /// At the statement of this (owner, member): nothing was committed.
     At(String, String, Error),
+    /// At a statement of many members (a set's batch insert or delete):
+    /// nothing was committed, the refused row is not known.
+    Batch(Error),
     /// Sending `COMMIT` or reading its reply.
     Commit(sqlx::Error),
 }
@@ -73,6 +76,7 @@ pub(super) async fn settle(
             "a flush of member operations stopped after passing its fence".into(),
         )),
         Err(Halted::Before(e)) => Err(err(e)),
+        Err(Halted::Batch(error)) => Err(error),
         Err(Halted::At(owner, member, error)) => {
             if Fault::of(&error) == Fault::Row {
                 Ok(BoardFlushed::Refused {

@@ -64,7 +64,7 @@ macro_rules! set_commit {
                     }
                     q.execute(&mut *$tx)
                         .await
-                        .map_err(|e| Halted::At(String::new(), String::new(), $this.err(e)))?;
+                        .map_err(|e| Halted::Batch($this.err(e)))?;
                 }
             }
         } else {
@@ -136,7 +136,7 @@ impl SqlSetSource {
         let batched = self.commit(&b, &plan, true).await;
         let committed = match batched {
             // A row's fault in a batch statement: find the row.
-            Err(Halted::At(o, _, e)) if o.is_empty() && Fault::of(&e) == Fault::Row => {
+            Err(Halted::Batch(e)) if Fault::of(&e) == Fault::Row => {
                 self.commit(&b, &plan, false).await
             }
             other => other,
