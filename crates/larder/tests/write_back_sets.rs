@@ -7,7 +7,7 @@
 //! a load that read the database before a flush cleared an operation is
 //! never filled without it; a member the database refuses (a CHECK) is a
 //! dead letter alone; an owner above the cap merges its pending operations
-//! into every answer; write-back refuses a store that is not durable; a
+//! into every answer; MariaDB takes the batched statements; write-back refuses a store that is not durable; a
 //! Redis SIGKILLed mid-run loses no acknowledged operation.
 
 use larder_test_support as support;
@@ -448,6 +448,72 @@ async fn operations_coalesce_into_sqlite() {
             .expect("select");
     assert_eq!(rows, ["new", "x"]);
     s.close().await.expect("close");
+}
+
+/// MariaDB: a batch of adds (one of them already stored) and removals
+/// commits as one multi-row `INSERT … ON DUPLICATE KEY UPDATE` and one
+/// `DELETE … IN`, case-distinct members stay distinct (`nopad_bin`), and
+/// a refused member (a CHECK) is a dead letter alone.
+#[tokio::test]
+async fn operations_reach_mariadb() {
+    let admin = support::mysql_pool(2).await;
+    let table = support::unique("wbvisits");
+    for sql in [
+        format!(
+            "CREATE TABLE {table} (page BIGINT NOT NULL,
+             visitor VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL
+             CHECK (visitor <> 'bad'), UNIQUE KEY (page, visitor))"
+        ),
+        format!("INSERT INTO {table} VALUES (1, 'a'), (1, 'b')"),
+    ] {
+        sqlx::query(&sql).execute(&admin).await.expect(&sql);
+    }
+    let pool = SqlPool::connect(&support::mysql_url(), 3)
+        .await
+        .expect("mariadb");
+    let source = SqlSetSource::builder(pool, &table)
+        .owner("page")
+        .member("visitor")
+        .build()
+        .await
+        .expect("source");
+    let server = RedisServer::durable();
+    let s = set(
+        &server.url_with_long_timeouts(),
+        &support::unique("wbm"),
+        source,
+        Duration::from_secs(3600),
+        1000,
+    )
+    .await;
+    for m in ["a", "A", "c", "bad"] {
+        s.add("1", m).await.expect("add");
+    }
+    s.remove("1", "b").await.expect("remove");
+    s.flush().await.expect("flush");
+    let rows: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT CAST(visitor AS CHAR) FROM {table} WHERE page = 1 ORDER BY visitor"
+    ))
+    .fetch_all(&admin)
+    .await
+    .expect("select");
+    assert_eq!(rows, ["A", "a", "c"]);
+    let letters = s.dead_letters().await.expect("dead letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].member, "bad");
+    assert_eq!(
+        s.members("1", None, 10)
+            .await
+            .expect("members")
+            .value
+            .members,
+        ["A", "a", "c"]
+    );
+    s.close().await.expect("close");
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&admin)
+        .await
+        .expect("drop");
 }
 
 /// Write-back needs a durable store: the memory store and a Redis without
