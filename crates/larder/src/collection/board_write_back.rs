@@ -84,8 +84,8 @@ pub enum BoardFlushed {
     },
 }
 
-/// A board's write-back state: settings, the logs, counters and the
-/// flusher's controls. Owned by the board's `Inner`.
+/// A board's or a set's write-back state: settings, the logs, counters
+/// and the flusher's controls. Owned by the collection's `Inner`.
 #[derive(Debug)]
 pub(crate) struct BoardWriteBack {
     pub(crate) settings: WriteBackOptions,

@@ -24,6 +24,11 @@
 //!   it is deleted. A write never creates a collection.
 //! - **Invalidate**: meta, value, staging and lease go in one step, and a
 //!   write in flight is told (its end deletes).
+//! - **Write-back** (sets and leaderboards): one script changes the cached
+//!   collection (when cached whole) and a durable per-member operation and
+//!   voids the lease; the flusher of `board_flush.rs` commits the
+//!   operations behind the fence (see `board_write_back.rs`,
+//!   `set_write_back.rs`).
 
 pub(crate) mod board;
 mod board_flush;
