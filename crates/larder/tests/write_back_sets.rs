@@ -8,7 +8,8 @@
 //! never filled without it; a member the database refuses (a CHECK) is a
 //! dead letter alone; an owner above the cap merges its pending operations
 //! into every answer; MariaDB takes the batched statements; write-back refuses a store that is not durable; a
-//! Redis SIGKILLed mid-run loses no acknowledged operation.
+//! Redis or an application process SIGKILLed mid-run loses no
+//! acknowledged operation.
 
 use larder_test_support as support;
 
@@ -637,5 +638,92 @@ async fn a_redis_sigkill_mid_run_loses_nothing_acknowledged() {
         );
         assert_eq!(count, stored.len() as u64);
     }
+    db.drop().await;
+}
+
+/// An application process SIGKILLed mid-run (`larder-board-writer --kind
+/// set`, adding then removing 20 members in turn, its flusher committing
+/// every 20 ms) while this process writes the same set: once this process
+/// has flushed what the dead one left (claimed records, pending
+/// operations), every member ends in the database as its last
+/// acknowledged operation or one attempted after it, and the cached set
+/// equals the database's.
+#[tokio::test]
+async fn an_application_sigkill_mid_run_loses_nothing_acknowledged() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    const MEMBERS: usize = 20;
+    let db = pg().await;
+    let server = RedisServer::durable();
+    let prefix = support::unique("wba");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_larder-board-writer"))
+        .args([
+            "--redis",
+            &server.url_with_long_timeouts(),
+            "--pg",
+            &support::pg_url(),
+        ])
+        .args(["--kind", "set", "--table", &db.table("follows")])
+        .args(["--prefix", &prefix, "--members", &MEMBERS.to_string()])
+        .args(["--max-delay-ms", "20"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn larder-board-writer");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = lines.next().expect("a line").expect("line");
+    assert_eq!(ready, "ready");
+    let here = set(
+        &server.url_with_long_timeouts(),
+        &prefix,
+        pg_source(&db).await,
+        Duration::from_millis(20),
+        1000,
+    )
+    .await;
+    let mut allowed: BTreeMap<String, BTreeSet<bool>> = BTreeMap::new();
+    let mut acks = 0;
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        let mut words = line.split(' ');
+        let (Some(step), Some(member), Some(op)) = (words.next(), words.next(), words.next())
+        else {
+            panic!("unexpected line {line:?}")
+        };
+        let add = op == "add";
+        let states = allowed
+            .entry(member.to_owned())
+            .or_insert_with(|| [false].into());
+        match step {
+            "try" => {
+                states.insert(add);
+            }
+            "ack" => {
+                *states = [add].into();
+                acks += 1;
+                if acks % 50 == 0 {
+                    // This process's own write of another member, acknowledged.
+                    let mine = format!("h{}", acks / 50 % 5);
+                    here.add("1", &mine).await.expect("add");
+                    allowed.insert(mine, [true].into());
+                }
+                if acks == 1000 {
+                    child.kill().expect("SIGKILL the writer");
+                }
+            }
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+    let _ = child.wait();
+    here.close().await.expect("close");
+    let stored = db_set(&db, 1).await;
+    for (member, states) in &allowed {
+        let there = stored.contains(member);
+        assert!(
+            states.contains(&there),
+            "member {member}: the database says {there}, allowed {states:?}"
+        );
+    }
+    let (cached, _) = all_members(&here, "1", 100).await;
+    assert_eq!(cached.into_iter().collect::<BTreeSet<_>>(), stored);
     db.drop().await;
 }
