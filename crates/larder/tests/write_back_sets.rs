@@ -7,7 +7,8 @@
 //! a load that read the database before a flush cleared an operation is
 //! never filled without it; a member the database refuses (a CHECK) is a
 //! dead letter alone; an owner above the cap merges its pending operations
-//! into every answer; MariaDB takes the batched statements; write-back refuses a store that is not durable; a
+//! into every answer, and a busy one (4 writers adding) still answers
+//! counts that settle and never go back; MariaDB takes the batched statements; write-back refuses a store that is not durable; a
 //! Redis or an application process SIGKILLed mid-run loses no
 //! acknowledged operation.
 
@@ -391,6 +392,58 @@ async fn an_owner_above_the_cap_merges_pending_operations() {
     }
     assert_eq!(db_set(&db, 1).await.len(), 6);
     s.close().await.expect("close");
+    db.drop().await;
+}
+
+/// An owner above the cap under a stream of adds of new members (4
+/// writers): every count read from the database settles (no load
+/// timeout) and is never below the adds acknowledged before it began.
+#[tokio::test]
+async fn a_busy_owner_above_the_cap_answers_counts() {
+    let db = pg().await;
+    insert(&db, 1, &["a", "b", "c", "d", "e"]).await;
+    let server = RedisServer::durable();
+    let s = set(
+        &server.url_with_long_timeouts(),
+        &support::unique("wbu"),
+        pg_source(&db).await,
+        Duration::from_millis(20),
+        3,
+    )
+    .await;
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let (s, acked, done) = (s.clone(), Arc::clone(&acked), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !done.load(Ordering::Relaxed) {
+                    s.add("1", &format!("v{t}-{n}")).await.expect("add");
+                    acked.fetch_add(1, Ordering::SeqCst);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut last = 0;
+    for _ in 0..40 {
+        let before = acked.load(Ordering::SeqCst);
+        let read = s.count("1").await.expect("count settles");
+        assert_eq!(read.outcome, CollectionOutcome::Database);
+        assert!(read.value >= 5 + before, "{} < 5 + {before}", read.value);
+        assert!(read.value >= last, "went back: {} after {last}", read.value);
+        last = read.value;
+    }
+    done.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    s.close().await.expect("close");
+    assert_eq!(
+        db_set(&db, 1).await.len() as u64,
+        5 + acked.load(Ordering::SeqCst)
+    );
     db.drop().await;
 }
 

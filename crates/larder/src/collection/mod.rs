@@ -99,6 +99,19 @@ pub trait SetSource: std::fmt::Debug + Send + Sync + 'static {
     /// Removes a member; whether it was there.
     async fn remove(&self, owner: &str, member: &str) -> Result<bool>;
 
+    /// Which of `members` belong to `owner`'s set. Default: one
+    /// [`contains`](SetSource::contains) per member; a SQL source asks
+    /// once per 1,000.
+    async fn present(&self, owner: &str, members: &[&str]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for m in members {
+            if self.contains(owner, m).await? {
+                out.push((*m).to_owned());
+            }
+        }
+        Ok(out)
+    }
+
     /// Prepares write-back: the fence rows of `fence` (`<prefix>:<set>`),
     /// one per shard. Default: write-back unsupported.
     async fn prepare_write_back(&self, fence: &str, shards: u16) -> Result<()> {

@@ -24,10 +24,11 @@
 //!   lease, and so does every clear: a fill from before either is
 //!   refused.
 //! - An owner above the cap is answered from the database with its
-//!   pending operations merged in, under the same before-and-after check:
+//!   pending operations merged in (those of the state read before the
+//!   query), under the same before-and-after check of claims and clears:
 //!   membership from the pending operation if there is one; the count
 //!   adds pending adds the database lacks and drops pending removals of
-//!   members it has (one membership query per pending member); a page
+//!   members it has (one query tells which pending members it has); a page
 //!   reads `limit + 1 + P` members after the cursor (P pending members)
 //!   and lays the pending ones over.
 //! - The store unavailable: reads and writes fail with
@@ -137,8 +138,14 @@ impl SetCache {
     /// operations merged in (see the module docs).
     pub(super) async fn write_back_from_source(&self, owner: &str, ask: &Ask) -> Result<Said> {
         let wb = self.write_back_state()?;
+        // The answer is the database's with the first state's operations
+        // merged: right at that state's instant, which follows every write
+        // acknowledged before this read began. Operations recorded after it
+        // do not change the database (a claim or a clear does, and makes
+        // `consistent` run the query again), so a busy owner's stream of
+        // new members does not keep the answer from settling.
         let (said, _) = wb
-            .consistent(&self.inner.core, owner, true, |ops| async move {
+            .consistent(&self.inner.core, owner, false, |ops| async move {
                 self.merged_answer(owner, ask, &ops).await
             })
             .await?;
@@ -157,9 +164,11 @@ impl SetCache {
             }));
         }
         let mut count = source.count(owner).await?;
+        let pending: Vec<&str> = ops.keys().map(String::as_str).collect();
+        let stored: std::collections::HashSet<String> =
+            source.present(owner, &pending).await?.into_iter().collect();
         for (member, op) in ops {
-            let there = source.contains(owner, member).await?;
-            match (op, there) {
+            match (op, stored.contains(member)) {
                 (MemberOp::Remove, true) => count = count.saturating_sub(1),
                 (MemberOp::Remove, false) | (_, true) => {}
                 (_, false) => count += 1,

@@ -75,6 +75,9 @@ pub(super) struct Statements {
     /// `DELETE FROM t WHERE (owner, member) IN (`: a write-back batch's
     /// removals follow as `(o, m), …)`.
     pub(super) delete_head: String,
+    /// `SELECT member FROM t WHERE owner = ? AND member IN (`: which of
+    /// some members are stored; the members follow as `m, …)`.
+    present_head: String,
 }
 
 /// Builds a [`SqlSetSource`]; consuming, finish with [`build`](Self::build).
@@ -385,6 +388,9 @@ fn pg_statements(owner: &Schema, member: &Schema, text_member: bool) -> Statemen
         insert_head: format!("INSERT INTO {t} ({o}, {m}) VALUES "),
         insert_tail: " ON CONFLICT DO NOTHING".to_owned(),
         delete_head: format!("DELETE FROM {t} WHERE ({o}, {m}) IN ("),
+        present_head: format!(
+            "SELECT {m}::text AS larder_member FROM {t} WHERE {o} = {p1} AND {m} IN ("
+        ),
     }
 }
 
@@ -408,6 +414,9 @@ fn sqlite_statements(owner: &Schema, member: &Schema) -> Statements {
         insert_head: format!("INSERT INTO {t} ({o}, {m}) VALUES "),
         insert_tail: " ON CONFLICT DO NOTHING".to_owned(),
         delete_head: format!("DELETE FROM {t} WHERE ({o}, {m}) IN ("),
+        present_head: format!(
+            "SELECT CAST({m} AS TEXT) AS larder_member FROM {t} WHERE {o} = ? AND {m} IN ("
+        ),
     }
 }
 
@@ -438,6 +447,9 @@ fn mysql_statements(owner: &Schema, member: &Schema) -> Statements {
         insert_head: format!("INSERT INTO {t} ({o}, {m}) VALUES "),
         insert_tail: format!(" ON DUPLICATE KEY UPDATE {m} = {m}"),
         delete_head: format!("DELETE FROM {t} WHERE ({o}, {m}) IN ("),
+        present_head: format!(
+            "SELECT CAST({m} AS CHAR) AS larder_member FROM {t} WHERE {o} = ? AND {m} IN ("
+        ),
     }
 }
 
@@ -649,6 +661,55 @@ impl SetSource for SqlSetSource {
         let (o, m) = self.keys(owner, Some(member))?;
         let Some(m) = m else { return Ok(false) };
         Ok(self.execute(&self.inner.sql.remove, &o, &m).await? > 0)
+    }
+
+    async fn present(&self, owner: &str, members: &[&str]) -> Result<Vec<String>> {
+        let (o, _) = self.keys(owner, None)?;
+        // A member that cannot be one of the column's values is absent.
+        let keys: Vec<KeyValue> = members
+            .iter()
+            .filter_map(|m| self.inner.table.member.canonical(m).ok())
+            .collect();
+        let mut out = Vec::new();
+        for chunk in keys.chunks(1000) {
+            let table = &self.inner.table;
+            let params: Vec<String> = (0..chunk.len())
+                .map(|i| match &table.backend {
+                    Backend::Postgres(_) => pg_param(i + 2, &table.member.key_type),
+                    _ => "?".to_owned(),
+                })
+                .collect();
+            let sql = format!("{}{})", self.inner.sql.present_head, params.join(", "));
+            let found: Vec<String> = match &table.backend {
+                Backend::Postgres(pool) => {
+                    let mut q = bind_key!(sqlx::query_scalar::<_, String>(&sql), o);
+                    for m in chunk {
+                        q = bind_key!(q, m);
+                    }
+                    q.fetch_all(pool).await.map_err(|e| self.err(e))?
+                }
+                Backend::Sqlite(pool) => {
+                    let mut q = bind_key!(sqlx::query_scalar::<_, String>(&sql), o);
+                    for m in chunk {
+                        q = bind_key!(q, m);
+                    }
+                    q.fetch_all(pool).await.map_err(|e| self.err(e))?
+                }
+                Backend::MySql(pool) => {
+                    let mut q = bind_key!(sqlx::query(&sql), o);
+                    for m in chunk {
+                        q = bind_key!(q, m);
+                    }
+                    let rows = q.fetch_all(pool).await.map_err(|e| self.err(e))?;
+                    rows.iter()
+                        .map(|r| r.try_get_unchecked::<String, _>(0))
+                        .collect::<sqlx::Result<_>>()
+                        .map_err(|e| self.err(e))?
+                }
+            };
+            out.extend(found);
+        }
+        Ok(out)
     }
 
     async fn prepare_write_back(&self, fence: &str, shards: u16) -> Result<()> {
