@@ -8,9 +8,10 @@
 //! never filled without it; a member the database refuses (a CHECK) is a
 //! dead letter alone; an owner above the cap merges its pending operations
 //! into every answer, and a busy one (4 writers adding) still answers
-//! counts that settle and never go back; MariaDB takes the batched statements; write-back refuses a store that is not durable; a
-//! Redis or an application process SIGKILLed mid-run loses no
-//! acknowledged operation.
+//! counts that settle and never go back; MariaDB takes the batched
+//! statements; write-back refuses a store that is not durable; a Redis or
+//! an application process SIGKILLed mid-run loses no acknowledged
+//! operation.
 
 use larder_test_support as support;
 
