@@ -472,6 +472,14 @@ async fn operations_coalesce_into_sqlite() {
         .build()
         .await
         .expect("source");
+    // Which pending members are stored: one query.
+    assert_eq!(
+        source
+            .present("1", &["x", "zz", "y"])
+            .await
+            .expect("present"),
+        ["x", "y"]
+    );
     let server = RedisServer::durable();
     let s = set(
         &server.url_with_long_timeouts(),
@@ -532,6 +540,12 @@ async fn operations_reach_mariadb() {
         .build()
         .await
         .expect("source");
+    let mut present = source
+        .present("1", &["a", "A", "b"])
+        .await
+        .expect("present");
+    present.sort();
+    assert_eq!(present, ["a", "b"], "A is another member than a");
     let server = RedisServer::durable();
     let s = set(
         &server.url_with_long_timeouts(),
