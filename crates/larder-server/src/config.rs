@@ -898,7 +898,8 @@ pub fn redact(url: &str) -> String {
 pub enum SetWriteMode {
     /// Write-through: the database first, then the cached set.
     Through,
-    /// Write-back (not supported yet: refused at start).
+    /// Write-back: acknowledged once a durable store holds the write,
+    /// flushed to the database in batches.
     Back,
     /// Writes refused (405).
     ReadOnly,
@@ -921,9 +922,14 @@ pub struct SetConfig {
     /// An owner with more members is not cached (its count is). Default:
     /// [`larder::DEFAULT_MAX_MEMBERS`] (100,000).
     pub max_members: u64,
-    /// `through` or `read-only` (`back` is refused: not supported yet).
-    /// Default: `through`.
+    /// `through`, `back` (adds and removals acknowledged once a durable
+    /// Redis holds them, `202 {"queued": true}`, flushed in batches) or
+    /// `read-only`. Default: `through`.
     pub write: SetWriteMode,
+    /// Write-back's settings (`[set.write_back]`, only with `write =
+    /// "back"`): the same table as `[entity.write_back]`, which *is*
+    /// [`WriteBackOptions`]. Default: [`WriteBackOptions::default`].
+    pub write_back: Option<WriteBackOptions>,
     /// How long a loaded set is fresh. Default: [`larder::DEFAULT_TTL`] (`60s`).
     pub ttl: Dur,
     /// How long past `ttl` the cached collection is still served (`X-Cache:
@@ -952,6 +958,7 @@ impl Default for SetConfig {
             member: String::new(),
             max_members: larder::DEFAULT_MAX_MEMBERS,
             write: SetWriteMode::Through,
+            write_back: None,
             ttl: Dur(larder::DEFAULT_TTL),
             stale: Dur(Duration::ZERO),
             lease_ttl: Dur(larder::DEFAULT_LEASE_TTL),
@@ -1006,12 +1013,7 @@ impl Config {
         if s.max_members == 0 {
             return Err(self.error(at("max_members"), "must be at least 1"));
         }
-        if s.write == SetWriteMode::Back {
-            return Err(self.error(
-                at("write"),
-                "write-back sets are not supported yet: use `through` or `read-only`",
-            ));
-        }
+        self.validate_write_back(&at, "set", s.write, s.write_back.as_ref())?;
         if s.shards == 0 {
             return Err(self.error(at("shards"), "must be at least 1"));
         }
@@ -1320,6 +1322,40 @@ impl Default for BoardConfig {
 }
 
 impl Config {
+    /// The write-back settings of a `[[set]]` or `[[leaderboard]]`
+    /// (`kind`): only with `write = "back"`, valid, and never on the
+    /// memory store.
+    fn validate_write_back(
+        &self,
+        at: &dyn Fn(&str) -> String,
+        kind: &str,
+        write: SetWriteMode,
+        options: Option<&WriteBackOptions>,
+    ) -> Result<(), ConfigError> {
+        match (options, write) {
+            (Some(_), w) if w != SetWriteMode::Back => {
+                return Err(self.error(
+                    at("write_back"),
+                    format!("[{kind}.write_back] is only for write = \"back\""),
+                ))
+            }
+            (Some(wb), _) => wb.validate().map_err(|err| match err {
+                larder::Error::InvalidSetting { setting, reason } => {
+                    self.error(at(setting), reason)
+                }
+                other => self.error(at("write_back"), other),
+            })?,
+            (None, _) => {}
+        }
+        if write == SetWriteMode::Back && self.store.url.starts_with("memory://") {
+            return Err(self.error(
+                at("write"),
+                "write-back needs a durable Redis store: memory:// loses pending writes when the process ends",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_board(&self, i: usize, b: &BoardConfig) -> Result<(), ConfigError> {
         let at = |k: &str| format!("leaderboard[{i}].{k}");
         if b.name.is_empty() {
@@ -1354,27 +1390,7 @@ impl Config {
         if b.max_members == 0 {
             return Err(self.error(at("max_members"), "must be at least 1"));
         }
-        match (&b.write_back, b.write) {
-            (Some(_), w) if w != SetWriteMode::Back => {
-                return Err(self.error(
-                    at("write_back"),
-                    "[leaderboard.write_back] is only for write = \"back\"",
-                ))
-            }
-            (Some(wb), _) => wb.validate().map_err(|err| match err {
-                larder::Error::InvalidSetting { setting, reason } => {
-                    self.error(at(setting), reason)
-                }
-                other => self.error(at("write_back"), other),
-            })?,
-            (None, _) => {}
-        }
-        if b.write == SetWriteMode::Back && self.store.url.starts_with("memory://") {
-            return Err(self.error(
-                at("write"),
-                "write-back needs a durable Redis store: memory:// loses pending writes when the process ends",
-            ));
-        }
+        self.validate_write_back(&at, "leaderboard", b.write, b.write_back.as_ref())?;
         if b.shards == 0 {
             return Err(self.error(at("shards"), "must be at least 1"));
         }

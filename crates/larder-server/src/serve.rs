@@ -722,20 +722,32 @@ pub async fn shutdown_caches(state: &AppState) {
             }
         }
     }
-    for b in state.boards() {
-        if !b.cache.is_write_back() {
-            continue;
+    for s in state.sets().iter().filter(|s| s.cache.is_write_back()) {
+        close_collection("set", &s.config.name, grace, s.cache.close()).await;
+    }
+    for b in state.boards().iter().filter(|b| b.cache.is_write_back()) {
+        close_collection("leaderboard", &b.config.name, grace, b.cache.close()).await;
+    }
+}
+
+/// Waits up to `grace` for a write-back collection's `close` (its flusher
+/// drains); what is left stays durable in the store, and is logged.
+async fn close_collection(
+    kind: &str,
+    name: &str,
+    grace: std::time::Duration,
+    close: impl std::future::Future<Output = larder::Result<()>>,
+) {
+    match tokio::time::timeout(grace, close).await {
+        Ok(Ok(())) => tracing::debug!(kind, name, "write-back collection closed"),
+        Ok(Err(err)) => {
+            tracing::warn!(kind, name, error = %err, "could not flush write-back writes at shutdown; they stay durable in the store")
         }
-        match tokio::time::timeout(grace, b.cache.close()).await {
-            Ok(Ok(())) => tracing::debug!(leaderboard = b.config.name, "leaderboard closed"),
-            Ok(Err(err)) => {
-                tracing::warn!(leaderboard = b.config.name, error = %err, "could not flush write-back leaderboard writes at shutdown; they stay durable in the store")
-            }
-            Err(_) => tracing::warn!(
-                leaderboard = b.config.name,
-                "write-back leaderboard writes left pending at shutdown; they stay durable in the store"
-            ),
-        }
+        Err(_) => tracing::warn!(
+            kind,
+            name,
+            "write-back writes left pending at shutdown; they stay durable in the store"
+        ),
     }
 }
 

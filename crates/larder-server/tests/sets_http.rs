@@ -159,12 +159,16 @@ fn set_config_is_checked() {
     let e = err("[[set]]\nname = \"s\"\ntable = \"t\"\nowner = \"o\"\n");
     assert!(e.contains("set[0].member"), "{e}");
     let e = err(
-        "[[set]]\nname = \"s\"\ntable = \"t\"\nowner = \"o\"\nmember = \"m\"\nwrite = \"back\"\n",
+        "[[set]]\nname = \"s\"\ntable = \"t\"\nowner = \"o\"\nmember = \"m\"\n[set.write_back]\nbatch = 3\n",
     );
     assert!(
-        e.contains("set[0].write") && e.contains("not supported"),
+        e.contains("set[0].write_back") && e.contains("only for write"),
         "{e}"
     );
+    let e = err(
+        "[[set]]\nname = \"s\"\ntable = \"t\"\nowner = \"o\"\nmember = \"m\"\nwrite = \"back\"\n[set.write_back]\nbatch = 0\n",
+    );
+    assert!(e.contains("set[0].write_back.batch"), "{e}");
     let e = err(
         "[[set]]\nname = \"s\"\ntable = \"t\"\nowner = \"o\"\nmember = \"m\"\nmax_members = 0\n",
     );
@@ -465,4 +469,86 @@ async fn stale_sets_and_feeds_are_served_while_they_refresh() {
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
+}
+
+/// `write = "back"` over a durable Redis of the test's own: adds and
+/// removals answer 202 `{"queued": true, "owner", "member"}`, reads see
+/// them at once, `/v1/stats` shows the write-back figures, the OpenAPI
+/// document types the 202, a member the database refuses (a CHECK) is
+/// listed as a dead letter, and the database gets the rest once flushed.
+#[tokio::test]
+async fn write_back_sets_answer_202() {
+    let mut pg = Pg::connect().await;
+    let follows = unique("wbfollows");
+    pg.exec(
+        &follows,
+        "CREATE TABLE {t} (user_id bigint NOT NULL, follower text NOT NULL
+         CHECK (follower <> 'bad'), UNIQUE (user_id, follower));
+         CREATE INDEX ON {t} (user_id, follower COLLATE \"C\");
+         INSERT INTO {t} VALUES (1, 'ann'), (1, 'bob')",
+    )
+    .await;
+    let redis = support::RedisServer::durable();
+    let toml = format!(
+        "[store]\nurl = \"{}\"\nprefix = \"{}\"\n[source]\nurl = \"{}\"\npool = 3\n\
+         [[set]]\nname = \"followers\"\ntable = \"{follows}\"\nowner = \"user_id\"\n\
+         member = \"follower\"\nwrite = \"back\"\n[set.write_back]\nmax_delay = \"1h\"\n",
+        redis.url(),
+        unique("p"),
+        support::pg_url()
+    );
+    let state = support::state(&toml).await;
+    let app = app(state.clone());
+    let a = get(&app, "/v1/followers/1").await;
+    assert_eq!(a.json()["count"], 2);
+    for (method, member) in [("PUT", "cat"), ("PUT", "bad"), ("DELETE", "bob")] {
+        let a = send(
+            &app,
+            method,
+            &format!("/v1/followers/1/members/{member}"),
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(
+            (a.status.as_u16(), a.json()),
+            (202, json!({"queued": true, "owner": "1", "member": member})),
+            "{method} {member}"
+        );
+    }
+    let a = get(&app, "/v1/followers/1").await;
+    assert_eq!(
+        a.json(),
+        json!({"count": 3, "members": ["ann", "bad", "cat"], "cursor": null})
+    );
+    let stats = get(&app, "/v1/stats").await.json();
+    let set = &stats["sets"]["followers"];
+    assert_eq!(set["write"], "back");
+    assert_eq!(set["write_back"]["acknowledged"], 3, "{set}");
+    let doc = get(&app, "/v1/openapi.json").await.json();
+    let item = &doc["paths"]["/v1/followers/{owner}/members/{member}"];
+    assert!(
+        item["put"]["responses"]["202"].is_object() && item["put"]["responses"]["201"].is_null(),
+        "{item}"
+    );
+    assert!(item["delete"]["responses"]["202"].is_object(), "{item}");
+    let s = state.set("followers").expect("set");
+    s.cache.flush().await.expect("flush");
+    let letters = get(&app, "/v1/_admin/followers/dead-letters").await.json();
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(
+        (&letter["member"], &letter["code"], &letter["op"]),
+        (&json!("bad"), &json!("23514"), &json!("add")),
+        "{letters}"
+    );
+    let rows: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT follower FROM {follows} WHERE user_id = 1 ORDER BY follower"
+    ))
+    .fetch_all(&pg.pool)
+    .await
+    .expect("select");
+    assert_eq!(rows, ["ann", "cat"]);
+    let a = get(&app, "/v1/followers/1/members/bad").await;
+    assert_eq!(a.json(), json!({"member": false}));
+    s.cache.close().await.expect("close");
 }

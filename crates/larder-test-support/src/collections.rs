@@ -229,6 +229,12 @@ impl<S: SetSource> SetSource for Gated<S> {
     async fn remove(&self, owner: &str, member: &str) -> larder::Result<bool> {
         self.inner.remove(owner, member).await
     }
+    async fn prepare_write_back(&self, fence: &str, shards: u16) -> larder::Result<()> {
+        self.inner.prepare_write_back(fence, shards).await
+    }
+    async fn flush(&self, batch: larder::BoardBatch<'_>) -> larder::Result<larder::BoardFlushed> {
+        self.inner.flush(batch).await
+    }
 }
 
 /// A PostgreSQL schema of the test's own on the shared server, with an

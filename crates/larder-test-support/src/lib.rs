@@ -35,6 +35,7 @@
 
 pub mod accounts;
 mod alloc;
+mod child;
 mod cluster;
 pub mod collections;
 mod names;
@@ -48,6 +49,7 @@ mod wait;
 mod zipf;
 
 pub use alloc::{count_allocations, CountingAllocator};
+pub use child::spawn_ready;
 pub use cluster::{key_slot, RedisCluster, RedisClusterBuilder};
 pub use names::{temp_dir, unique};
 pub use proxy::TcpProxy;

@@ -1,9 +1,9 @@
 //! What write-back leaderboards cost and save, on a durable redis-server
 //! of its own (`appendfsync always`) and the shared PostgreSQL: 32 tasks
 //! sending writes over 1,000 members picked by Zipf(1.0) — first as
-//! write-back `put`s of an entity's rows, then as write-back increments of
-//! one board's members — acknowledged writes per second of each, in the
-//! same run. Then the increments' database writes: a trigger counts the
+//! write-back `put`s of an entity's rows, then as write-back adds of one
+//! set's members, then as write-back increments of one board's members —
+//! acknowledged writes per second of each, in the same run. Then the increments' database writes: a trigger counts the
 //! rows each flush inserts or updates, against the floor (the distinct
 //! members touched per `max_delay` window, 1 s). Then a top-10 read of the
 //! cached board against a raw `ZREVRANGE … WITHSCORES` of its key through
@@ -15,7 +15,8 @@
 //! ```
 
 use larder::{
-    Cache, Json, Leaderboard, SqlBoardSource, SqlPool, SqlSource, WriteBackOptions, WritePolicy,
+    Cache, Json, Leaderboard, SetCache, SqlBoardSource, SqlPool, SqlSetSource, SqlSource,
+    WriteBackOptions, WritePolicy,
 };
 use larder_test_support::RedisServer;
 use rand::Rng;
@@ -112,6 +113,11 @@ async fn main() {
         ),
         format!("CREATE TABLE {schema}.writes (player_id text NOT NULL)"),
         format!(
+            "CREATE TABLE {schema}.follows (user_id bigint NOT NULL, follower text NOT NULL, \
+             UNIQUE (user_id, follower))"
+        ),
+        format!("CREATE INDEX ON {schema}.follows (user_id, follower COLLATE \"C\")"),
+        format!(
             "CREATE FUNCTION {schema}.count_write() RETURNS trigger AS $$
              BEGIN INSERT INTO {schema}.writes VALUES (NEW.player_id); RETURN NULL; END $$ LANGUAGE plpgsql"
         ),
@@ -162,6 +168,41 @@ async fn main() {
         .0
     };
     puts.close(Duration::from_secs(60)).await.expect("close");
+
+    let set = SetCache::builder()
+        .prefix(&prefix)
+        .name("follows")
+        .store(store.clone())
+        .source(
+            SqlSetSource::builder(pool().await, &format!("{schema}.follows"))
+                .owner("user_id")
+                .member("follower")
+                .build()
+                .await
+                .expect("set source"),
+        )
+        .write_back(options())
+        .build()
+        .await
+        .expect("set");
+    set.count("1").await.expect("warm");
+    let add_rate = {
+        let set = set.clone();
+        run(writes, move |m, _| {
+            let set = set.clone();
+            async move {
+                set.add("1", &format!("p{m}")).await.expect("add");
+            }
+        })
+        .await
+        .0
+    };
+    set.close().await.expect("close");
+    let stored: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.follows"))
+        .fetch_one(&admin)
+        .await
+        .expect("follows");
+    assert_eq!(stored, set.count("1").await.expect("count").value as i64);
 
     let board = Leaderboard::builder()
         .prefix(&prefix)
@@ -252,6 +293,10 @@ async fn main() {
         "{writes} writes from {TASKS} tasks over {MEMBERS} members (Zipf 1.0), AOF always, max_delay 1 s"
     );
     println!("write-back put (entity): {put_rate:>8.0} acks/s");
+    println!(
+        "write-back set add:      {add_rate:>8.0} acks/s  ({:.2}× the puts; {stored} members stored)",
+        add_rate / put_rate
+    );
     println!(
         "write-back board incr:   {incr_rate:>8.0} acks/s  ({:.2}× the puts)",
         incr_rate / put_rate

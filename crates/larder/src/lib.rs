@@ -55,18 +55,23 @@
 //!                  (postgres.rs, sqlite.rs, mysql.rs) keeps its SQL text and what truly differs
 //!   sql/cdc/       change notifications (PostgreSQL triggers, the listener)
 //! collection/      cached collections (an owner's rows as one value): the shared machinery
-//!   set.rs         SetCache: each owner's members as a sorted set, read- and write-through
+//!   set.rs         SetCache: each owner's members as a sorted set, read-, write-through
+//!   set_write_back.rs  write-back sets: adds/removals as pending member operations, loads
+//!                  that lay them over the database's members, merged database answers
 //!   feed.rs        FeedCache: each owner's first max_len items as a list, appends at the head
 //!   board.rs       Leaderboard: each owner's scores as a sorted set, ZADD of the database's score
 //!   board_write_back.rs, board_flush.rs  write-back boards: pending member operations, merged
-//!                  reads, the flusher (claim under a random batch id, one fenced commit, clear)
+//!                  reads, the flusher (claim under a random batch id, one fenced commit,
+//!                  clear), shared with write-back sets through the `Flushed` trait
 //! store/collection.rs  the collection protocol (meta + value read in one script, chunked
 //!                  token-checked fill, write ends), in redis_collection.rs and memory_collection.rs
 //! source/sql/collection.rs  SqlSetSource: (owner, member) tables, index checks, per-dialect SQL
 //! source/sql/feed.rs  SqlFeedSource: a table in a configured order, sort keys beside rows
 //! source/sql/board.rs  SqlBoardSource: (owner, member, score) tables, rank order, upserts;
-//!                  board_flush.rs commits a write-back batch behind the fence
-//! store/board_deltas.rs  write-back boards' store side (redis_board_deltas.rs: the scripts)
+//!                  board_flush.rs commits a write-back batch behind the fence; set_flush.rs
+//!                  a set's batch (one multi-row INSERT, one DELETE)
+//! store/board_deltas.rs  write-back boards' and sets' store side (redis_board_deltas.rs: the
+//!                  scripts; redis_set_ops.rs: a set's write step)
 //! error.rs         Error, its kinds, and settings refused as InvalidSetting
 //! load_error.rs    LoadError: try_get_or_load's errors, the loader's type kept
 //! outcome.rs       Lookup and Outcome, the one word every read reports

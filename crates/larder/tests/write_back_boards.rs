@@ -810,27 +810,32 @@ async fn a_redis_sigkill_mid_run_keeps_the_bounds() {
 /// whose answer never came.
 #[tokio::test]
 async fn an_application_sigkill_mid_run_keeps_the_bounds() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     const MEMBERS: usize = 20;
     let db = pg().await;
     let server = RedisServer::durable();
     let prefix = support::unique("wba");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_larder-board-writer"))
-        .args([
+    let (url, table, members) = (
+        server.url_with_long_timeouts(),
+        db.table("scores"),
+        MEMBERS.to_string(),
+    );
+    let (mut child, mut lines) = support::spawn_ready(
+        env!("CARGO_BIN_EXE_larder-board-writer"),
+        &[
             "--redis",
-            &server.url_with_long_timeouts(),
+            &url,
             "--pg",
             &support::pg_url(),
-        ])
-        .args(["--table", &db.table("scores"), "--prefix", &prefix])
-        .args(["--members", &MEMBERS.to_string(), "--max-delay-ms", "20"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn larder-board-writer");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = lines.next().expect("a line").expect("line");
-    assert_eq!(ready, "ready");
+            "--table",
+            &table,
+            "--prefix",
+            &prefix,
+            "--members",
+            &members,
+            "--max-delay-ms",
+            "20",
+        ],
+    );
     let here = board(
         &server.url_with_long_timeouts(),
         &prefix,

@@ -14,9 +14,12 @@
 //! |---|---|
 //! | `GET /v1/{set}/{owner}?limit=100&cursor=…` | `{"count", "members", "cursor"}`, `X-Cache` |
 //! | `GET /v1/{set}/{owner}/members/{member}` | `{"member": bool}`, `X-Cache` |
-//! | `PUT /v1/{set}/{owner}/members/{member}` | 201 added, 200 already a member |
-//! | `DELETE /v1/{set}/{owner}/members/{member}` | 204, 404 not a member |
+//! | `PUT /v1/{set}/{owner}/members/{member}` | 201 added, 200 already a member; write-back: 202 `{"queued": true, "owner", "member"}` |
+//! | `DELETE /v1/{set}/{owner}/members/{member}` | 204, 404 not a member; write-back: 202 `{"queued": true, "owner", "member"}` |
 //! | `POST /v1/{set}/{owner}/invalidate` | 204 |
+//!
+//! Under `write = "back"` a write is acknowledged (202) once a durable
+//! store holds it beside the cached set; the flusher applies it later.
 //!
 //! `X-Cache` is `hit`, `miss`, `bypass` (the store is down), or `db`: the
 //! owner has more than `max_members` members, so its pages and memberships
@@ -158,7 +161,7 @@ pub async fn build_sets(
             .build();
         let (cache, changes) =
             build_collection(config, (CollectionKind::Set, i), s.cdc, source, |source| {
-                SetCache::builder()
+                let builder = SetCache::builder()
                     .prefix(&config.store.prefix)
                     .name(&s.name)
                     .shards(s.shards)
@@ -169,8 +172,12 @@ pub async fn build_sets(
                     .stale(s.stale.0)
                     .lease_ttl(s.lease_ttl.0)
                     .wait_timeout(s.wait_timeout.map_or(s.lease_ttl.0, |d| d.0))
-                    .read_only(s.write == SetWriteMode::ReadOnly)
-                    .build()
+                    .read_only(s.write == SetWriteMode::ReadOnly);
+                let builder = match s.write {
+                    SetWriteMode::Back => builder.write_back(s.write_back.unwrap_or_default()),
+                    _ => builder,
+                };
+                builder.build()
             })
             .await?;
         sets.push(SetEntry {
@@ -348,6 +355,9 @@ pub async fn put_member(
     let owner = s.cache.canonical_owner(&owner).map_err(engine(s))?;
     let member = s.cache.canonical_member(&member).map_err(engine(s))?;
     let added = s.cache.add(&owner, &member).await.map_err(engine(s))?;
+    if s.cache.is_write_back() {
+        return Ok(queued(&owner, &member));
+    }
     let status = if added {
         StatusCode::CREATED
     } else {
@@ -373,7 +383,11 @@ pub async fn delete_member(
     refuse_read_only(s)?;
     let owner = s.cache.canonical_owner(&owner).map_err(engine(s))?;
     let member = s.cache.canonical_member(&member).map_err(engine(s))?;
-    if s.cache.remove(&owner, &member).await.map_err(engine(s))? {
+    let removed = s.cache.remove(&owner, &member).await.map_err(engine(s))?;
+    if s.cache.is_write_back() {
+        return Ok(queued(&owner, &member));
+    }
+    if removed {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(format!(
@@ -381,6 +395,17 @@ pub async fn delete_member(
             s.config.name
         )))
     }
+}
+
+/// A write-back set's answer to a write: 202 `{"queued": true, "owner",
+/// "member"}` once the durable store holds it (whether it changed the set
+/// is known only once read).
+fn queued(owner: &str, member: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "queued": true, "owner": owner, "member": member })),
+    )
+        .into_response()
 }
 
 /// One collection's object in `/v1/stats`: its kind and write mode,
@@ -426,12 +451,16 @@ pub fn stats_json(state: &AppState) -> Value {
         .sets()
         .iter()
         .map(|s| {
-            let json = collection_stats_json(
+            let mut json = collection_stats_json(
                 CollectionKind::Set,
                 s.cache.is_writable(),
                 &s.cache.stats(),
                 ("max_members", s.cache.max_members()),
             );
+            if let (Some(w), Value::Object(map)) = (s.cache.write_back_stats(), &mut json) {
+                map.insert("write".to_owned(), json!("back"));
+                map.insert("write_back".to_owned(), super::stats::write_back_json(&w));
+            }
             (s.config.name.clone(), json)
         })
         .collect();

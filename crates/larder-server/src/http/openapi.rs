@@ -1308,6 +1308,8 @@ pub struct SetDoc<'a> {
     pub integer_members: bool,
     /// Whether writes are accepted.
     pub writable: bool,
+    /// Whether writes are written back (answered 202 once queued).
+    pub write_back: bool,
     /// Whether reads need no token.
     pub public_reads: bool,
 }
@@ -1319,6 +1321,7 @@ impl<'a> SetDoc<'a> {
             name: &s.config.name,
             integer_members: s.cache.order() == larder::SetOrder::Integer,
             writable: s.cache.is_writable(),
+            write_back: s.cache.is_write_back(),
             public_reads: state.config().auth.public_reads || s.config.public_reads,
         }
     }
@@ -1441,25 +1444,53 @@ pub fn add_sets(doc: &mut Value, sets: &[SetDoc<'_>]) {
                 error_response("method_not_allowed: the set is read-only."),
             ));
         }
-        let mut put_items = vec![("201", write_answer.clone()), ("200", write_answer)];
+        // Write-back: 202 once the durable store holds the write.
+        let queued = json_response(
+            "Queued: the durable store holds the write; the flusher applies it to the database.",
+            json!({ "type": "object", "required": ["queued", "owner", "member"], "properties": {
+                "queued": { "type": "boolean", "const": true },
+                "owner": { "type": "string" },
+                "member": { "type": "string" } } }),
+        );
+        let (mut put_items, put_what) = if s.write_back {
+            (
+                vec![("202", queued.clone())],
+                "Add a member (written back: the cached set and a durable record, flushed later).",
+            )
+        } else {
+            (
+                vec![("201", write_answer.clone()), ("200", write_answer)],
+                "Add a member (the database first, then the cached set).",
+            )
+        };
         put_items.extend(refusals.iter().cloned());
         let mut put = op(
             "PUT",
             route,
             false,
-            "Add a member (the database first, then the cached set).",
+            put_what,
             vec![owner(), member()],
             responses(&put_items),
         );
         put["operationId"] = json!(format!("add_member_{}", s.name));
         item.insert("put".into(), put);
-        let mut del_items = vec![("204", json!({ "description": "Removed." }))];
+        let (mut del_items, del_what) = if s.write_back {
+            (
+                vec![("202", queued)],
+                "Remove a member (written back: the cached set and a durable record, flushed later).",
+            )
+        } else {
+            (
+                vec![("204", json!({ "description": "Removed." }))],
+                "Remove a member (the database first, then the cached set).",
+            )
+        };
         del_items.extend(refusals.iter().cloned());
         let mut del = op(
             "DELETE",
             route,
             false,
-            "Remove a member (the database first, then the cached set).",
+            del_what,
             vec![owner(), member()],
             responses(&del_items),
         );
@@ -1652,6 +1683,7 @@ mod tests {
                     name: "followers",
                     integer_members: true,
                     writable: true,
+                    write_back: false,
                     public_reads: public,
                 }],
             );

@@ -521,7 +521,14 @@ pub async fn dead_letters(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     if let Some(b) = state.board(&name).filter(|b| b.cache.is_write_back()) {
-        return board_dead_letters(b).await;
+        let letters = b.cache.dead_letters().await;
+        let letters = letters.map_err(|err| ApiError::from_engine(&b.config.name, &err))?;
+        return Ok(member_dead_letters(&letters, false));
+    }
+    if let Some(s) = state.set(&name).filter(|s| s.cache.is_write_back()) {
+        let letters = s.cache.dead_letters().await;
+        let letters = letters.map_err(|err| ApiError::from_engine(&s.config.name, &err))?;
+        return Ok(member_dead_letters(&letters, true));
     }
     let e = write_back_entity(&state, &name)?;
     let letters = e.cache.dead_letters().await.map_err(engine(e))?;
@@ -554,6 +561,11 @@ pub async fn retry_dead_letters(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    if state.set(&name).is_some_and(|s| s.cache.is_write_back()) {
+        return Err(ApiError::method_not_allowed(format!(
+            "retrying the dead letters of set `{name}` is not built: list them with GET and write the members again"
+        )));
+    }
     if state.board(&name).is_some_and(|b| b.cache.is_write_back()) {
         return Err(ApiError::method_not_allowed(format!(
             "retrying the dead letters of leaderboard `{name}` is not built: list them with GET and write the members again"
@@ -567,17 +579,17 @@ pub async fn retry_dead_letters(
 /// A write-back leaderboard's dead letters: each refused member
 /// operation with its owner, the database's error and code, and the
 /// operation (`{"add": n}`, `{"set": n}` or `"remove"`).
-async fn board_dead_letters(b: &crate::http::boards::BoardEntry) -> Result<Response, ApiError> {
-    let letters = b
-        .cache
-        .dead_letters()
-        .await
-        .map_err(|err| ApiError::from_engine(&b.config.name, &err))?;
+/// The dead letters of a write-back leaderboard or `set` as JSON: a
+/// set's operation is `"add"` or `"remove"`, a board's `{"add": n}`,
+/// `{"set": n}` or `"remove"`.
+fn member_dead_letters(letters: &[larder::store::BoardDeadLetter], set: bool) -> Response {
     let items: Vec<serde_json::Value> = letters
         .iter()
         .map(|l| {
             let why: serde_json::Value = serde_json::from_str(&l.why).unwrap_or_default();
             let op = match l.op {
+                Some(larder::store::MemberOp::Remove) if set => serde_json::json!("remove"),
+                Some(_) if set => serde_json::json!("add"),
                 Some(larder::store::MemberOp::Add(n)) => serde_json::json!({ "add": n }),
                 Some(larder::store::MemberOp::Set(n)) => serde_json::json!({ "set": n }),
                 Some(larder::store::MemberOp::Remove) => serde_json::json!("remove"),
@@ -593,7 +605,7 @@ async fn board_dead_letters(b: &crate::http::boards::BoardEntry) -> Result<Respo
             })
         })
         .collect();
-    Ok(axum::Json(serde_json::json!({ "dead_letters": items })).into_response())
+    axum::Json(serde_json::json!({ "dead_letters": items })).into_response()
 }
 
 /// A write-back entity; others have no dead letters: 404.

@@ -553,22 +553,60 @@ impl Leaderboard {
     }
 }
 
-impl Leaderboard {
-    /// A weak handle (the flusher's task holds one).
-    pub(super) fn downgrade(&self) -> std::sync::Weak<Inner> {
+#[async_trait::async_trait]
+impl super::board_flush::Flushed for Leaderboard {
+    const WHAT: &'static str = "leaderboard";
+    type Inner = Inner;
+
+    fn downgrade(&self) -> std::sync::Weak<Inner> {
         Arc::downgrade(&self.inner)
     }
 
-    /// The board of a weak handle, while it lives.
-    pub(super) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Leaderboard> {
+    fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Leaderboard> {
         weak.upgrade().map(|inner| Leaderboard { inner })
     }
 
+    fn name(&self) -> &str {
+        Leaderboard::name(self)
+    }
+
+    fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    fn write_back_state(&self) -> Result<&Arc<BoardWriteBack>> {
+        Leaderboard::write_back_state(self)
+    }
+
+    async fn prepare(&self, fence: &str, shards: u16) -> Result<()> {
+        self.inner.source.prepare_write_back(fence, shards).await
+    }
+
+    async fn commit(&self, batch: BoardBatch<'_>) -> Result<BoardFlushed> {
+        self.inner.source.flush(batch).await
+    }
+}
+
+impl Leaderboard {
     /// Write-back's state ([`Error::Config`] on a board that writes through).
     pub(super) fn write_back_state(&self) -> Result<&Arc<BoardWriteBack>> {
         self.inner.write_back.as_ref().ok_or_else(|| {
             Error::Config(format!("leaderboard `{}` is not written back", self.name()))
         })
+    }
+
+    /// Flushes everything pending now (whatever `max_delay`), until no
+    /// operation is left in a shard this instance can take: for tests and
+    /// for a clean shutdown. The last round's error, if any.
+    pub async fn flush(&self) -> Result<()> {
+        super::board_flush::flush(self).await
+    }
+
+    /// Stops the flusher, waits for its round, and flushes what is
+    /// pending; writes are refused from then on ([`Error::Closed`]). A
+    /// board that writes through has nothing to close.
+    pub async fn close(&self) -> Result<()> {
+        super::board_flush::close(self).await
     }
 }
 
@@ -714,6 +752,10 @@ impl Kind for Leaderboard {
             return self.write_back_load(owner).await;
         }
         self.inner.source.load(owner, self.inner.max_members).await
+    }
+
+    fn joined_loads_may_be_old(&self) -> bool {
+        self.inner.write_back.is_some()
     }
 
     async fn fill(&self, keys: &CollectionKeys, token: &str, load: &BoardLoad) -> Result<bool> {

@@ -1,8 +1,12 @@
-//! The flusher of a write-back leaderboard: per shard, a claimed record
-//! of member operations committed whole in one fenced transaction, or not
-//! at all, then cleared.
+//! The flusher of member operations (write-back leaderboards and sets):
+//! per shard, a claimed record of member operations committed whole in
+//! one fenced transaction, or not at all, then cleared.
 //!
-//! One background task per board, holding a `Weak` to it. Each round
+//! Why generic: a leaderboard and a set keep the same per-member record
+//! (see `store/board_deltas.rs`) and differ only in the SQL that applies
+//! it, so both flush through [`Flushed`], written once.
+//!
+//! One background task per board or set, holding a `Weak` to it. Each round
 //! reads every shard's backlog in one pipeline and flushes the shards with
 //! work due (an operation older than `max_delay`, a claimed record left
 //! over, or a full batch), up to four at once. Flushing a shard: take or
@@ -20,8 +24,8 @@
 //! dead-lettered, the round fails and counts an alert. A flush fenced by a
 //! newer epoch gives the shard up.
 
-use super::board::Leaderboard;
 use super::board_write_back::{BoardBatch, BoardFlushed, BoardWriteBack};
+use super::Core;
 use crate::error::{Error, Result};
 use crate::source::Fence;
 use crate::store::ShardKeys;
@@ -60,21 +64,45 @@ pub fn arm_stall_after_board_claim(fence: &str, pause: Duration) {
     FAULTS.arm_stall(fence, pause);
 }
 
-/// Starts the flusher of `board` (its write-back state `wb`).
-pub(super) fn start(board: &Leaderboard, wb: &Arc<BoardWriteBack>) {
-    let handle = tokio::spawn(run(board.downgrade(), Arc::clone(wb)));
+/// A collection whose writes are member operations flushed by this
+/// module: a write-back leaderboard or set.
+#[async_trait::async_trait]
+pub(super) trait Flushed: Clone + Send + Sync + 'static {
+    /// The kind in messages: `leaderboard`, `set`.
+    const WHAT: &'static str;
+    /// What the flusher's task holds a `Weak` to.
+    type Inner: Send + Sync + 'static;
+    /// A weak handle.
+    fn downgrade(&self) -> Weak<Self::Inner>;
+    /// The collection of a weak handle, while it lives.
+    fn upgrade(weak: &Weak<Self::Inner>) -> Option<Self>;
+    /// Its name.
+    fn name(&self) -> &str;
+    /// The shared core.
+    fn core(&self) -> &Core;
+    /// Its write-back state ([`Error::Config`] when it writes through).
+    fn write_back_state(&self) -> Result<&Arc<BoardWriteBack>>;
+    /// Prepares the source's fence rows (`<prefix>:<name>`, one per shard).
+    async fn prepare(&self, fence: &str, shards: u16) -> Result<()>;
+    /// Commits one claimed record in the source.
+    async fn commit(&self, batch: BoardBatch<'_>) -> Result<BoardFlushed>;
+}
+
+/// Starts the flusher of `target` (its write-back state `wb`).
+pub(super) fn start<T: Flushed>(target: &T, wb: &Arc<BoardWriteBack>) {
+    let handle = tokio::spawn(run::<T>(target.downgrade(), Arc::clone(wb)));
     *wb.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
 }
 
-async fn run(weak: Weak<super::board::Inner>, wb: Arc<BoardWriteBack>) {
+async fn run<T: Flushed>(weak: Weak<T::Inner>, wb: Arc<BoardWriteBack>) {
     let poll =
         (wb.settings.max_delay / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
     let mut failures: u32 = 0;
     while !wb.is_closed() {
-        let Some(board) = Leaderboard::upgrade(&weak) else {
+        let Some(board) = T::upgrade(&weak) else {
             return;
         };
-        let pause = match board.flush_round(false).await {
+        let pause = match flush_round(&board, false).await {
             Ok(true) => {
                 failures = 0;
                 Duration::ZERO
@@ -87,7 +115,7 @@ async fn run(weak: Weak<super::board::Inner>, wb: Arc<BoardWriteBack>) {
                 failures = failures.saturating_add(1);
                 Counters::add(&wb.counters.retries, 1);
                 if failures == 1 || failures.is_multiple_of(20) {
-                    tracing::warn!(board = board.name(), failures, error = %e, "leaderboard write-back flush failed; the writes stay pending and are retried");
+                    tracing::warn!(collection = board.name(), kind = T::WHAT, failures, error = %e, "write-back flush of member operations failed; the writes stay pending and are retried");
                 }
                 let base = Duration::from_millis(50)
                     .saturating_mul(1 << failures.min(7).saturating_sub(1));
@@ -106,237 +134,234 @@ async fn run(weak: Weak<super::board::Inner>, wb: Arc<BoardWriteBack>) {
     }
 }
 
-impl Leaderboard {
-    /// One round over every shard (`closing`: everything pending is due);
-    /// whether some shard had more waiting.
-    pub(super) async fn flush_round(&self, closing: bool) -> Result<bool> {
-        let wb = self.write_back_state()?;
-        let core = &self.inner.core;
-        let fence_name = core.keys.fence_name();
-        let source = &self.inner.source;
-        wb.fence_ready
-            .get_or_try_init(|| source.prepare_write_back(&fence_name, core.keys.shards()))
-            .await?;
-        let backlogs = wb.log.board_backlog(&wb.shards).await?;
-        let work = crate::write_back::flusher::schedule(
-            &wb.counters,
-            (&wb.shards, &backlogs),
-            &wb.settings,
-            (core.now_ms(), closing),
-        );
-        let results: Vec<Result<bool>> = stream::iter(work)
-            .map(|(shard, due)| async move { self.flush_shard(&shard, due).await })
-            .buffer_unordered(PARALLEL_SHARDS)
-            .collect()
-            .await;
-        let mut busy = false;
-        for result in results {
-            busy |= result?;
-        }
-        Ok(busy)
+/// One round over every shard (`closing`: everything pending is due);
+/// whether some shard had more waiting.
+async fn flush_round<T: Flushed>(this: &T, closing: bool) -> Result<bool> {
+    let wb = this.write_back_state()?;
+    let core = this.core();
+    let fence_name = core.keys.fence_name();
+    wb.fence_ready
+        .get_or_try_init(|| this.prepare(&fence_name, core.keys.shards()))
+        .await?;
+    let backlogs = wb.log.board_backlog(&wb.shards).await?;
+    let work = crate::write_back::flusher::schedule(
+        &wb.counters,
+        (&wb.shards, &backlogs),
+        &wb.settings,
+        (core.now_ms(), closing),
+    );
+    let results: Vec<Result<bool>> = stream::iter(work)
+        .map(|(shard, due)| async move { flush_shard(this, &shard, due).await })
+        .buffer_unordered(PARALLEL_SHARDS)
+        .collect()
+        .await;
+    let mut busy = false;
+    for result in results {
+        busy |= result?;
     }
+    Ok(busy)
+}
 
-    /// Flushes one claimed record of a shard; whether it was full.
-    async fn flush_shard(&self, shard: &ShardKeys, due: u64) -> Result<bool> {
-        let wb = self.write_back_state()?;
-        let settings = &wb.settings;
-        let Some(epoch) = wb
-            .leases
-            .claim(shard, &wb.token, settings.flush_lease)
-            .await?
-        else {
-            return Ok(false);
+/// Flushes one claimed record of a shard; whether it was full.
+async fn flush_shard<T: Flushed>(this: &T, shard: &ShardKeys, due: u64) -> Result<bool> {
+    let wb = this.write_back_state()?;
+    let settings = &wb.settings;
+    let Some(epoch) = wb
+        .leases
+        .claim(shard, &wb.token, settings.flush_lease)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let Some(Some(mut claimed)) = wb
+        .log
+        .board_claim(shard, &wb.token, settings.batch, due)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let core = this.core();
+    let fence = Fence {
+        entity: core.keys.fence_name(),
+        shard: shard.shard,
+        epoch,
+    };
+    if let Some(pause) = FAULTS.take_stall(&fence.entity) {
+        tokio::time::sleep(pause).await;
+    }
+    let full = claimed.owners.len() >= settings.batch;
+    let timeout = settings.statement_timeout();
+    loop {
+        let batch = BoardBatch {
+            batch: &claimed.batch,
+            owners: &claimed.owners,
+            fence: fence.clone(),
+            statement_timeout: timeout,
+            rehearse: false,
         };
-        let Some(Some(mut claimed)) = wb
-            .log
-            .board_claim(shard, &wb.token, settings.batch, due)
-            .await?
-        else {
-            return Ok(false);
+        let flushed = match tokio::time::timeout(timeout + timeout / 2, this.commit(batch)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::LoadTimeout {
+                entity: this.name().to_owned(),
+                id: format!("({} flush of {} members)", T::WHAT, claimed.len()),
+                after: timeout,
+            }),
         };
-        let core = &self.inner.core;
-        let source = &self.inner.source;
-        let fence = Fence {
-            entity: core.keys.fence_name(),
-            shard: shard.shard,
-            epoch,
-        };
-        if let Some(pause) = FAULTS.take_stall(&fence.entity) {
-            tokio::time::sleep(pause).await;
-        }
-        let full = claimed.owners.len() >= settings.batch;
-        let timeout = settings.statement_timeout();
-        loop {
-            let batch = BoardBatch {
-                batch: &claimed.batch,
-                owners: &claimed.owners,
-                fence: fence.clone(),
-                statement_timeout: timeout,
-                rehearse: false,
-            };
-            let flushed =
-                match tokio::time::timeout(timeout + timeout / 2, source.flush(batch)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Error::LoadTimeout {
-                        entity: self.name().to_owned(),
-                        id: format!("(leaderboard flush of {} members)", claimed.len()),
-                        after: timeout,
-                    }),
-                };
-            let mut committed = false;
-            match flushed {
-                Ok(BoardFlushed::Committed) => {
-                    committed = true;
-                    Counters::add(&wb.counters.batches, 1);
-                    Counters::add(&wb.counters.counter_batches, 1);
-                    Counters::add(&wb.counters.rows_written, claimed.len() as u64);
-                }
-                Ok(BoardFlushed::Replayed) => {
-                    tracing::info!(
-                        board = self.name(),
+        let mut committed = false;
+        match flushed {
+            Ok(BoardFlushed::Committed) => {
+                committed = true;
+                Counters::add(&wb.counters.batches, 1);
+                Counters::add(&wb.counters.counter_batches, 1);
+                Counters::add(&wb.counters.rows_written, claimed.len() as u64);
+            }
+            Ok(BoardFlushed::Replayed) => {
+                tracing::info!(
+                        collection = this.name(),
+                        kind = T::WHAT,
                         shard = shard.shard,
                         batch = claimed.batch,
-                        "a leaderboard batch was committed already (a flusher stopped before clearing it); clearing it without applying it again"
+                        "a batch of member operations was committed already (a flusher stopped before clearing it); clearing it without applying it again"
                     );
-                }
-                Ok(BoardFlushed::Refused {
-                    owner,
-                    member,
-                    error,
-                }) => {
-                    if claimed.len() > 1 {
-                        // Would the rest commit without it? Refused the
-                        // same way: the table is at fault, not the member.
-                        let rest = without(&claimed.owners, &owner, &member);
-                        let rehearsal = source
-                            .flush(BoardBatch {
-                                batch: &claimed.batch,
-                                owners: &rest,
-                                fence: fence.clone(),
-                                statement_timeout: timeout,
-                                rehearse: true,
-                            })
-                            .await?;
-                        if let BoardFlushed::Refused { error: other, .. } = &rehearsal {
-                            if crate::cache::write_back::flusher::same_way(&error, other) {
-                                Counters::add(&wb.counters.alerts, 1);
-                                tracing::error!(board = self.name(), shard = shard.shard, error = %error, "the source refuses the members of a leaderboard batch alike (the table, not a member): nothing is dead-lettered; retried with backoff");
-                                return Err(error);
-                            }
-                        }
-                    }
-                    let new = crate::store::batch_id();
-                    let code = match &error {
-                        Error::Source { code, .. } => code.clone(),
-                        _ => None,
-                    };
-                    let why = serde_json::json!({
-                        "error": error.to_string(),
-                        "code": code,
-                        "failed_at_ms": core.now_ms(),
-                    })
-                    .to_string();
-                    let moved = wb
-                        .log
-                        .board_reclaim(
-                            shard,
-                            (&claimed.batch, &new),
-                            (&owner, &core.owner_keys(&owner)),
-                            &member,
-                            &why,
-                        )
+            }
+            Ok(BoardFlushed::Refused {
+                owner,
+                member,
+                error,
+            }) => {
+                if claimed.len() > 1 {
+                    // Would the rest commit without it? Refused the
+                    // same way: the table is at fault, not the member.
+                    let rest = without(&claimed.owners, &owner, &member);
+                    let rehearsal = this
+                        .commit(BoardBatch {
+                            batch: &claimed.batch,
+                            owners: &rest,
+                            fence: fence.clone(),
+                            statement_timeout: timeout,
+                            rehearse: true,
+                        })
                         .await?;
-                    Counters::add(&wb.counters.dead_lettered, 1);
-                    tracing::warn!(board = self.name(), owner, member, code = code.as_deref(), error = %error, "the source refused a write-back leaderboard member; its operation is in the dead letters, the rest of the batch is claimed again");
-                    match moved {
-                        Some(true) => {
-                            claimed.batch = new;
-                            claimed.owners = without(&claimed.owners, &owner, &member);
-                            continue;
+                    if let BoardFlushed::Refused { error: other, .. } = &rehearsal {
+                        if crate::cache::write_back::flusher::same_way(&error, other) {
+                            Counters::add(&wb.counters.alerts, 1);
+                            tracing::error!(collection = this.name(), kind = T::WHAT, shard = shard.shard, error = %error, "the source refuses the members of a batch alike (the table, not a member): nothing is dead-lettered; retried with backoff");
+                            return Err(error);
                         }
-                        Some(false) => return Ok(full),
-                        None => return Ok(false),
                     }
                 }
-                Err(Error::Fenced { current, .. }) => {
-                    Counters::add(&wb.counters.fenced, 1);
-                    tracing::info!(
-                        board = self.name(),
-                        shard = shard.shard,
-                        epoch,
-                        current,
-                        "leaderboard flush fenced: a newer flusher owns the shard"
-                    );
-                    wb.leases.raise_epoch(shard, current).await?;
-                    wb.leases.release(shard, &wb.token).await?;
-                    return Ok(false);
+                let new = crate::store::batch_id();
+                let code = match &error {
+                    Error::Source { code, .. } => code.clone(),
+                    _ => None,
+                };
+                let why = serde_json::json!({
+                    "error": error.to_string(),
+                    "code": code,
+                    "failed_at_ms": core.now_ms(),
+                })
+                .to_string();
+                let moved = wb
+                    .log
+                    .board_reclaim(
+                        shard,
+                        (&claimed.batch, &new),
+                        (&owner, &core.owner_keys(&owner)),
+                        &member,
+                        &why,
+                    )
+                    .await?;
+                Counters::add(&wb.counters.dead_lettered, 1);
+                tracing::warn!(collection = this.name(), kind = T::WHAT, owner, member, code = code.as_deref(), error = %error, "the source refused a written-back member; its operation is in the dead letters, the rest of the batch is claimed again");
+                match moved {
+                    Some(true) => {
+                        claimed.batch = new;
+                        claimed.owners = without(&claimed.owners, &owner, &member);
+                        continue;
+                    }
+                    Some(false) => return Ok(full),
+                    None => return Ok(false),
                 }
-                Err(e) => return Err(e),
             }
-            if committed && FAULTS.fires(&fence.entity) {
-                wb.closed.store(true, Ordering::Release);
-                return Err(Error::Config(
-                    "fault point: stopped after a leaderboard commit, before its clear".into(),
-                ));
+            Err(Error::Fenced { current, .. }) => {
+                Counters::add(&wb.counters.fenced, 1);
+                tracing::info!(
+                    collection = this.name(),
+                    kind = T::WHAT,
+                    shard = shard.shard,
+                    epoch,
+                    current,
+                    "member operations flush fenced: a newer flusher owns the shard"
+                );
+                wb.leases.raise_epoch(shard, current).await?;
+                wb.leases.release(shard, &wb.token).await?;
+                return Ok(false);
             }
-            let keys: Vec<_> = claimed
-                .owners
-                .iter()
-                .map(|(owner, _)| core.owner_keys(owner))
-                .collect();
-            wb.log.board_clear(shard, &claimed.batch, &keys).await?;
-            return Ok(full);
+            Err(e) => return Err(e),
         }
-    }
-
-    /// Flushes everything pending now (whatever `max_delay`), until no
-    /// operation is left in a shard this instance can take: for tests and
-    /// for a clean shutdown. The last round's error, if any.
-    pub async fn flush(&self) -> Result<()> {
-        let wb = self.write_back_state()?;
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            let busy = self.flush_round(true).await?;
-            let left = wb
-                .log
-                .board_backlog(&wb.shards)
-                .await?
-                .iter()
-                .any(|b| b.pending > 0);
-            if !left && !busy {
-                return Ok(());
-            }
-            if rounds > 1000 {
-                return Err(Error::Internal {
-                    what: "a leaderboard flush did not drain in 1,000 rounds".into(),
-                });
-            }
-            if !busy {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        if committed && FAULTS.fires(&fence.entity) {
+            wb.closed.store(true, Ordering::Release);
+            return Err(Error::Config(
+                "fault point: stopped after a commit of member operations, before its clear".into(),
+            ));
         }
+        let keys: Vec<_> = claimed
+            .owners
+            .iter()
+            .map(|(owner, _)| core.owner_keys(owner))
+            .collect();
+        wb.log.board_clear(shard, &claimed.batch, &keys).await?;
+        return Ok(full);
     }
+}
 
-    /// Stops the flusher, waits for its round, and flushes what is
-    /// pending; writes are refused from then on ([`Error::Closed`]). A
-    /// board that writes through has nothing to close.
-    pub async fn close(&self) -> Result<()> {
-        let Some(wb) = self.inner.write_back.as_ref() else {
+/// Flushes everything pending now (whatever `max_delay`), until no
+/// operation is left in a shard this instance can take: for tests and
+/// for a clean shutdown. The last round's error, if any.
+pub(super) async fn flush<T: Flushed>(this: &T) -> Result<()> {
+    let wb = this.write_back_state()?;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let busy = flush_round(this, true).await?;
+        let left = wb
+            .log
+            .board_backlog(&wb.shards)
+            .await?
+            .iter()
+            .any(|b| b.pending > 0);
+        if !left && !busy {
             return Ok(());
-        };
-        wb.closed.store(true, Ordering::Release);
-        wb.wake.notify_one();
-        let task = wb.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
-            let _ = task.await;
         }
-        let drained = self.flush().await;
-        for shard in &wb.shards {
-            let _ = wb.leases.release(shard, &wb.token).await;
+        if rounds > 1000 {
+            return Err(Error::Internal {
+                what: format!("a {} flush did not drain in 1,000 rounds", T::WHAT),
+            });
         }
-        drained
+        if !busy {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+}
+
+/// Stops the flusher, waits for its round, and flushes what is
+/// pending; writes are refused from then on ([`Error::Closed`]). A
+/// collection that writes through has nothing to close.
+pub(super) async fn close<T: Flushed>(this: &T) -> Result<()> {
+    let Ok(wb) = this.write_back_state() else {
+        return Ok(());
+    };
+    wb.closed.store(true, Ordering::Release);
+    wb.wake.notify_one();
+    let task = wb.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(task) = task {
+        let _ = task.await;
+    }
+    let drained = flush(this).await;
+    for shard in &wb.shards {
+        let _ = wb.leases.release(shard, &wb.token).await;
+    }
+    drained
 }
 
 /// `owners` without `member` of `owner` (an owner left with nothing goes).

@@ -84,8 +84,8 @@ pub enum BoardFlushed {
     },
 }
 
-/// A board's write-back state: settings, the logs, counters and the
-/// flusher's controls. Owned by the board's `Inner`.
+/// A board's or a set's write-back state: settings, the logs, counters
+/// and the flusher's controls. Owned by the collection's `Inner`.
 #[derive(Debug)]
 pub(crate) struct BoardWriteBack {
     pub(crate) settings: WriteBackOptions,
@@ -144,6 +144,76 @@ impl BoardWriteBack {
     pub(crate) fn stats(&self) -> WriteBackStats {
         self.counters.snapshot()
     }
+
+    /// The dead letters of every shard.
+    pub(crate) async fn dead_letters(&self) -> Result<Vec<crate::store::BoardDeadLetter>> {
+        self.log.board_dead_letters(&self.shards).await
+    }
+
+    /// Whether a write of `name` may be recorded: [`Error::Closed`] once
+    /// closed, [`Error::BacklogFull`] at `max_backlog`.
+    pub(crate) fn admit(&self, name: &str) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Closed {
+                entity: name.to_owned(),
+            });
+        }
+        let backlog = self.counters.backlog.load(AtomicOrdering::Relaxed);
+        if backlog >= self.settings.max_backlog {
+            return Err(Error::BacklogFull {
+                entity: name.to_owned(),
+                backlog,
+                max: self.settings.max_backlog,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the owner's pending state, runs `query`, reads it again,
+    /// until no claim or clear of the shard fell in between and the
+    /// claimed record does not hold the owner: then the database lacks
+    /// exactly the second state's operations. `query` gets the first
+    /// state's operations; when its answer depends on them
+    /// (`same_members`), the second state must hold operations of the
+    /// same members too. Past `wait_timeout`, [`Error::LoadTimeout`].
+    pub(crate) async fn consistent<T, F, Fut>(
+        &self,
+        core: &super::Core,
+        owner: &str,
+        same_members: bool,
+        query: F,
+    ) -> Result<(T, MemberOps)>
+    where
+        F: Fn(MemberOps) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let keys: CollectionKeys = core.owner_keys(owner);
+        let deadline = Instant::now() + core.settings.wait_timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let first: BoardOpState = self.log.board_state(&keys, owner).await?;
+            if !first.claimed {
+                let members: Vec<String> = first.ops.keys().cloned().collect();
+                let answer = query(first.ops.clone()).await?;
+                let second = self.log.board_state(&keys, owner).await?;
+                if !second.claimed
+                    && second.clears == first.clears
+                    && (!same_members || second.ops.keys().eq(members.iter()))
+                {
+                    return Ok((answer, second.ops));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::LoadTimeout {
+                    entity: core.keys.entity().to_owned(),
+                    id: owner.chars().take(80).collect(),
+                    after: core.settings.wait_timeout,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Rank order: score descending, ties in descending byte order of the member.
@@ -188,19 +258,7 @@ impl Leaderboard {
         op: MemberOp,
     ) -> Result<Option<f64>> {
         let wb = self.write_back_state()?;
-        if wb.is_closed() {
-            return Err(Error::Closed {
-                entity: self.name().to_owned(),
-            });
-        }
-        let backlog = wb.counters.backlog.load(AtomicOrdering::Relaxed);
-        if backlog >= wb.settings.max_backlog {
-            return Err(Error::BacklogFull {
-                entity: self.name().to_owned(),
-                backlog,
-                max: wb.settings.max_backlog,
-            });
-        }
+        wb.admit(self.name())?;
         let keys = self.inner.core.owner_keys(owner);
         let record = |only_cached: bool| BoardWrite {
             member,
@@ -268,63 +326,16 @@ impl Leaderboard {
         Ok(out)
     }
 
-    /// Reads the owner's pending state, runs `query`, reads it again, until
-    /// no claim or clear of the shard fell in between and the claimed
-    /// record does not hold the owner: then the database lacks exactly the
-    /// second state's operations. `query` gets the first state's
-    /// operations; when its answer depends on them (`same_members`), the
-    /// second state must hold operations of the same members too.
-    async fn consistent<T, F, Fut>(
-        &self,
-        owner: &str,
-        same_members: bool,
-        query: F,
-    ) -> Result<(T, MemberOps)>
-    where
-        F: Fn(MemberOps) -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let wb = self.write_back_state()?;
-        let core = &self.inner.core;
-        let keys: CollectionKeys = core.owner_keys(owner);
-        let deadline = Instant::now() + core.settings.wait_timeout;
-        let mut pause = Duration::from_millis(2);
-        loop {
-            let first: BoardOpState = wb.log.board_state(&keys, owner).await?;
-            if !first.claimed {
-                let members: Vec<String> = first.ops.keys().cloned().collect();
-                let answer = query(first.ops.clone()).await?;
-                let second = wb.log.board_state(&keys, owner).await?;
-                if !second.claimed
-                    && second.clears == first.clears
-                    && (!same_members || second.ops.keys().eq(members.iter()))
-                {
-                    return Ok((answer, second.ops));
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::LoadTimeout {
-                    entity: self.name().to_owned(),
-                    id: owner.chars().take(80).collect(),
-                    after: core.settings.wait_timeout,
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
-    }
-
     /// A load under write-back: the database's members with the pending
     /// operations laid over (see the module docs).
     pub(super) async fn write_back_load(&self, owner: &str) -> Result<BoardLoad> {
         let source = &self.inner.source;
         let max = self.inner.max_members;
-        let (load, ops) = self
-            .consistent(
-                owner,
-                false,
-                |_| async move { source.load(owner, max).await },
-            )
+        let wb = self.write_back_state()?;
+        let (load, ops) = wb
+            .consistent(&self.inner.core, owner, false, |_| async move {
+                source.load(owner, max).await
+            })
             .await?;
         Ok(match load {
             BoardLoad::Members(members) => {
@@ -344,8 +355,9 @@ impl Leaderboard {
     /// operations merged in (see the module docs).
     pub(super) async fn write_back_from_source(&self, owner: &str, ask: &Ask) -> Result<Said> {
         let source = &self.inner.source;
-        let (said, _) = self
-            .consistent(owner, true, |ops| async move {
+        let wb = self.write_back_state()?;
+        let (said, _) = wb
+            .consistent(&self.inner.core, owner, true, |ops| async move {
                 merged_answer(source.as_ref(), owner, ask, &ops).await
             })
             .await?;
@@ -367,7 +379,7 @@ impl Leaderboard {
     /// database refused, with why (empty when the board writes through).
     pub async fn dead_letters(&self) -> Result<Vec<crate::store::BoardDeadLetter>> {
         match &self.inner.write_back {
-            Some(wb) => wb.log.board_dead_letters(&wb.shards).await,
+            Some(wb) => wb.dead_letters().await,
             None => Ok(Vec::new()),
         }
     }

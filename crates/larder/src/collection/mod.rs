@@ -25,6 +25,11 @@
 //!   it is deleted. A write never creates a collection.
 //! - **Invalidate**: meta, value, staging and lease go in one step, and a
 //!   write in flight is told (its end deletes).
+//! - **Write-back** (sets and leaderboards): one script changes the cached
+//!   collection (when cached whole) and a durable per-member operation and
+//!   voids the lease; the flusher of `board_flush.rs` commits the
+//!   operations behind the fence (see `board_write_back.rs`,
+//!   `set_write_back.rs`).
 
 pub(crate) mod board;
 mod board_flush;
@@ -32,6 +37,7 @@ mod board_write_back;
 pub(crate) mod feed;
 mod read_through;
 pub(crate) mod set;
+mod set_write_back;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -93,6 +99,38 @@ pub trait SetSource: std::fmt::Debug + Send + Sync + 'static {
     async fn add(&self, owner: &str, member: &str) -> Result<bool>;
     /// Removes a member; whether it was there.
     async fn remove(&self, owner: &str, member: &str) -> Result<bool>;
+
+    /// Which of `members` belong to `owner`'s set. Default: one
+    /// [`contains`](SetSource::contains) per member; a SQL source asks
+    /// once per 1,000.
+    async fn present(&self, owner: &str, members: &[&str]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for m in members {
+            if self.contains(owner, m).await? {
+                out.push((*m).to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Prepares write-back: the fence rows of `fence` (`<prefix>:<set>`),
+    /// one per shard. Default: write-back unsupported.
+    async fn prepare_write_back(&self, fence: &str, shards: u16) -> Result<()> {
+        let _ = (fence, shards);
+        Err(Error::Config(
+            "this set source cannot be written back".into(),
+        ))
+    }
+
+    /// Commits a write-back batch of member operations (an absolute score:
+    /// add the member; a removal: remove it) in one fenced transaction, or
+    /// nothing (see [`BoardBatch`]). Default: unsupported.
+    async fn flush(&self, batch: BoardBatch<'_>) -> Result<BoardFlushed> {
+        let _ = batch;
+        Err(Error::Config(
+            "this set source cannot be written back".into(),
+        ))
+    }
 }
 
 /// One item of a feed, as a [`FeedSource`] produced it.

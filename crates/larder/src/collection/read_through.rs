@@ -27,8 +27,9 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 pub(crate) enum Filled<L> {
     /// Someone else's fill is in place: read it.
     Present,
-    /// Loaded by this flight (filled or not).
-    Loaded(Arc<L>),
+    /// Loaded by this flight (filled or not), the load begun at the
+    /// instant given.
+    Loaded(Arc<L>, Instant),
 }
 
 // Not derived: a derive would ask `L: Clone`, and the load is shared, not copied.
@@ -36,7 +37,7 @@ impl<L> Clone for Filled<L> {
     fn clone(&self) -> Self {
         match self {
             Filled::Present => Filled::Present,
-            Filled::Loaded(load) => Filled::Loaded(Arc::clone(load)),
+            Filled::Loaded(load, began) => Filled::Loaded(Arc::clone(load), *began),
         }
     }
 }
@@ -116,6 +117,15 @@ pub(crate) trait Kind: Clone + Send + Sync + 'static {
     /// Writes a load into the store under the lease `token`, in chunks
     /// (see [`fill_chunks`]); whether it landed.
     async fn fill(&self, keys: &CollectionKeys, token: &str, load: &Self::Load) -> Result<bool>;
+
+    /// Whether a reader that joined a load begun before the reader itself
+    /// must not answer from it (it loads again, a few times, then reads
+    /// the cache or the database): under write-back that load may predate
+    /// a write acknowledged before this reader began, and a read must
+    /// never go back in time. Default: no.
+    fn joined_loads_may_be_old(&self) -> bool {
+        false
+    }
 }
 
 /// Answers `ask` for `owner`: from the cached collection (`Hit`; `Stale`
@@ -130,6 +140,7 @@ pub(crate) async fn read<K: Kind>(
 ) -> Result<CollectionRead<K::Said>> {
     let core = kind.core();
     let keys = core.owner_keys(owner);
+    let read_began = Instant::now();
     let mut first = true;
     loop {
         match kind.read_cached(&keys, &ask).await {
@@ -185,9 +196,12 @@ pub(crate) async fn read<K: Kind>(
         }
         Counters::bump(&core.counters.misses);
         first = false;
-        match load(kind, owner).await? {
+        let Some(filled) = fresh_load(kind, owner, read_began).await? else {
+            continue;
+        };
+        match filled {
             Filled::Present => continue,
-            Filled::Loaded(load) => {
+            Filled::Loaded(load, _) => {
                 return match kind.said_from_load(&ask, &load) {
                     FromLoad::Said(value) => Ok(CollectionRead {
                         value,
@@ -200,6 +214,30 @@ pub(crate) async fn read<K: Kind>(
             }
         }
     }
+}
+
+/// How often a reader joins a load begun before it, at most, before it
+/// reads the cache or the database instead (see
+/// [`Kind::joined_loads_may_be_old`]).
+const OLD_LOADS: u32 = 3;
+
+/// One load of `owner` this reader may answer from: `None` when every
+/// load it joined began before `read_began` and the kind may not answer
+/// from those (then the cache or the database answers).
+async fn fresh_load<K: Kind>(
+    kind: &K,
+    owner: &str,
+    read_began: Instant,
+) -> Result<Option<Filled<K::Load>>> {
+    for _ in 0..OLD_LOADS {
+        let (filled, started) = load(kind, owner).await?;
+        match filled {
+            Filled::Loaded(_, began)
+                if !started && began < read_began && kind.joined_loads_may_be_old() => {}
+            filled => return Ok(Some(filled)),
+        }
+    }
+    Ok(None)
 }
 
 /// Whether a collection past its TTL may still be served: inside the
@@ -238,11 +276,12 @@ async fn from_source<K: Kind>(
     Ok(CollectionRead { value, outcome })
 }
 
-/// One load of `owner` per process (a flight), under its lease.
-async fn load<K: Kind>(kind: &K, owner: &str) -> Result<Filled<K::Load>> {
+/// One load of `owner` per process (a flight), under its lease; and
+/// whether this call started the flight (else it joined one).
+async fn load<K: Kind>(kind: &K, owner: &str) -> Result<(Filled<K::Load>, bool)> {
     let this = kind.clone();
     let id = owner.to_owned();
-    let (flight, _) = kind.flights().join_or_start(
+    let (flight, started) = kind.flights().join_or_start(
         owner,
         move || async move { load_under_lease(&this, &id).await },
         |panic| {
@@ -251,7 +290,7 @@ async fn load<K: Kind>(kind: &K, owner: &str) -> Result<Filled<K::Load>> {
             })
         },
     );
-    flight.await
+    Ok((flight.await?, started))
 }
 
 /// Takes the owner's lease (or waits for its holder's fill, and past
@@ -278,8 +317,9 @@ async fn load_under_lease<K: Kind>(kind: &K, owner: &str) -> Result<Filled<K::Lo
                 }
                 if Instant::now() >= deadline {
                     Counters::bump(&core.counters.loads);
+                    let began = Instant::now();
                     let load = kind.load_source(owner).await?;
-                    return Ok(Filled::Loaded(Arc::new(load)));
+                    return Ok(Filled::Loaded(Arc::new(load), began));
                 }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_POLL);
@@ -287,6 +327,7 @@ async fn load_under_lease<K: Kind>(kind: &K, owner: &str) -> Result<Filled<K::Lo
         }
     }
     Counters::bump(&core.counters.loads);
+    let began = Instant::now();
     let load = match kind.load_source(owner).await {
         Ok(load) => load,
         Err(e) => {
@@ -307,7 +348,7 @@ async fn load_under_lease<K: Kind>(kind: &K, owner: &str) -> Result<Filled<K::Lo
             let _ = colls.collection_release(&keys, &token).await;
         }
     }
-    Ok(Filled::Loaded(Arc::new(load)))
+    Ok(Filled::Loaded(Arc::new(load), began))
 }
 
 impl Core {

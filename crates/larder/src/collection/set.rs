@@ -21,11 +21,15 @@
 //!   (`X-Cache: db`). So is an integer member beyond ±2^53, which a score
 //!   cannot hold exactly.
 //! - Writes: the database first, then the cached set under the owner's
-//!   write ticket (see the module docs of `collection`).
+//!   write ticket (see the module docs of `collection`); or, written back
+//!   ([`SetCacheBuilder::write_back`]), the cached set and a durable
+//!   record of the member's operation in one script, flushed in batches
+//!   (see `set_write_back.rs`).
 //! - The store unavailable: reads answer from the database
 //!   ([`CollectionOutcome::Bypass`](super::CollectionOutcome::Bypass));
 //!   writes fail before the database is touched.
 
+use super::board_write_back::BoardWriteBack;
 use super::read_through::{self, fill_chunks, Cached, Filled, FromLoad, Kind};
 use super::{common_setters, CommonSettings};
 use super::{CollectionRead, CollectionStats, Core, Counters, SetLoad, SetOrder, SetSource};
@@ -37,6 +41,7 @@ use crate::store::{
     CollectionKeys, CollectionMeta, MemberOrder, Scored, SetAnswer, SetChunk, SetQuery, SetRead,
     SetWriteEnd,
 };
+use crate::write_back::WriteBackOptions;
 use std::sync::Arc;
 
 /// Members per fill chunk (2 script arguments each: far below Lua's
@@ -66,16 +71,18 @@ pub struct SetPage {
 /// Build with [`SetCache::builder`]. See the module docs for its behavior.
 #[derive(Debug, Clone)]
 pub struct SetCache {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    core: Core,
-    source: Arc<dyn SetSource>,
+pub(super) struct Inner {
+    pub(super) core: Core,
+    pub(super) source: Arc<dyn SetSource>,
     order: MemberOrder,
-    max_members: u64,
+    pub(super) max_members: u64,
     writable: bool,
     flights: Flights<Result<Filled<SetLoad>>>,
+    /// Write-back's state (`None`: write-through or read-only).
+    pub(super) write_back: Option<Arc<BoardWriteBack>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -85,6 +92,7 @@ impl std::fmt::Debug for Inner {
             .field("store", &self.core.store.name())
             .field("source", &self.source)
             .field("max_members", &self.max_members)
+            .field("write_back", &self.write_back.is_some())
             .finish()
     }
 }
@@ -97,6 +105,7 @@ pub struct SetCacheBuilder {
     source: Option<Arc<dyn SetSource>>,
     max_members: u64,
     read_only: bool,
+    write_back: Option<WriteBackOptions>,
 }
 
 impl SetCache {
@@ -107,6 +116,7 @@ impl SetCache {
             source: None,
             max_members: DEFAULT_MAX_MEMBERS,
             read_only: false,
+            write_back: None,
         }
     }
 }
@@ -133,9 +143,24 @@ impl SetCacheBuilder {
         self
     }
 
+    /// Write back: adds and removals are acknowledged once the store holds
+    /// them durably and flushed to the source in batches (see
+    /// `set_write_back.rs`). Needs a durable Redis (as entity write-back:
+    /// `appendonly yes` + `appendfsync always`, unless `require_durable =
+    /// false`; never an `allkeys-*` policy, never the memory store) and a
+    /// source that flushes ([`SqlSetSource`](crate::SqlSetSource)).
+    /// Default: write-through.
+    pub fn write_back(mut self, options: WriteBackOptions) -> Self {
+        self.write_back = Some(options);
+        self
+    }
+
     /// Checks the settings and builds the cache: a missing name, store or
     /// source, or a setting out of range, is [`Error::InvalidSetting`]; a
-    /// store without collections [`Error::Config`].
+    /// store without collections [`Error::Config`]; write-back on a store
+    /// that cannot prove durability [`Error::NotDurable`]. A write-back
+    /// set starts its flusher (a tokio task): call
+    /// [`close`](SetCache::close) to drain it.
     pub async fn build(self) -> Result<SetCache> {
         let required = self.common.required("set")?;
         let source = self
@@ -148,7 +173,17 @@ impl SetCacheBuilder {
             SetOrder::Bytes => MemberOrder::Lex,
             SetOrder::Integer => MemberOrder::Score,
         };
-        Ok(SetCache {
+        let write_back = match self.write_back {
+            Some(_) if self.read_only => {
+                return Err(Error::setting(
+                    "write_back",
+                    "a read-only set cannot be written back",
+                ))
+            }
+            Some(options) => Some(Arc::new(BoardWriteBack::new(&core, options).await?)),
+            None => None,
+        };
+        let set = SetCache {
             inner: Arc::new(Inner {
                 core,
                 source,
@@ -156,8 +191,13 @@ impl SetCacheBuilder {
                 max_members: self.max_members,
                 writable: !self.read_only,
                 flights: Flights::new(),
+                write_back,
             }),
-        })
+        };
+        if let Some(wb) = &set.inner.write_back {
+            super::board_flush::start(&set, wb);
+        }
+        Ok(set)
     }
 }
 
@@ -215,7 +255,7 @@ impl SetCache {
         Ok(member)
     }
 
-    fn scored(&self, member: String) -> Scored {
+    pub(super) fn scored(&self, member: String) -> Scored {
         let score = match self.inner.order {
             MemberOrder::Lex => 0,
             MemberOrder::Score => member.parse().unwrap_or(0),
@@ -224,7 +264,7 @@ impl SetCache {
     }
 
     /// Whether an integer member fits a score exactly.
-    fn exact(&self, m: &Scored) -> bool {
+    pub(super) fn exact(&self, m: &Scored) -> bool {
         self.inner.order == MemberOrder::Lex
             || (-MAX_EXACT_SCORE..=MAX_EXACT_SCORE).contains(&m.score)
     }
@@ -306,12 +346,16 @@ impl SetCache {
     /// Adds `member` to `owner`'s set: the database first, then the cached
     /// set (if cached and no other write of the owner overlapped; else it
     /// is deleted). Whether it was added (`false`: already a member).
+    ///
+    /// Under write-back the add is queued (see `set_write_back.rs`):
+    /// `false` only when the cached set already held the member; `true`
+    /// too when the owner's set is not cached (not known until read).
     pub async fn add(&self, owner: &str, member: &str) -> Result<bool> {
         self.write(owner, member, true).await
     }
 
     /// Removes `member` from `owner`'s set, as [`SetCache::add`] does;
-    /// whether it was a member.
+    /// whether it was a member (under write-back, as `add` says).
     pub async fn remove(&self, owner: &str, member: &str) -> Result<bool> {
         self.write(owner, member, false).await
     }
@@ -325,6 +369,9 @@ impl SetCache {
         }
         let owner = self.canonical_owner(owner)?;
         let member = self.scored(self.canonical_member(member)?);
+        if self.inner.write_back.is_some() {
+            return self.write_back_write(&owner, &member, add).await;
+        }
         // Detached: the ticket taken must be ended even if the caller
         // stops waiting.
         let this = self.clone();
@@ -379,7 +426,7 @@ impl SetCache {
 }
 
 /// A page of `limit` from up to `limit + 1` members.
-fn page(count: u64, mut members: Vec<String>, limit: usize) -> SetPage {
+pub(super) fn page(count: u64, mut members: Vec<String>, limit: usize) -> SetPage {
     let cursor = if limit > 0 && members.len() > limit {
         members.truncate(limit);
         members.last().cloned()
@@ -472,6 +519,9 @@ impl Kind for SetCache {
     }
 
     async fn said_from_source(&self, owner: &str, ask: &Ask, count: Option<u64>) -> Result<Said> {
+        if self.inner.write_back.is_some() {
+            return self.write_back_from_source(owner, ask).await;
+        }
         let source = &self.inner.source;
         let count = async {
             match count {
@@ -497,7 +547,14 @@ impl Kind for SetCache {
     }
 
     async fn load_source(&self, owner: &str) -> Result<SetLoad> {
+        if self.inner.write_back.is_some() {
+            return self.write_back_load(owner).await;
+        }
         self.inner.source.load(owner, self.inner.max_members).await
+    }
+
+    fn joined_loads_may_be_old(&self) -> bool {
+        self.inner.write_back.is_some()
     }
 
     async fn fill(&self, keys: &CollectionKeys, token: &str, load: &SetLoad) -> Result<bool> {

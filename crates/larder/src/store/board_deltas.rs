@@ -1,6 +1,6 @@
-//! Write-back leaderboards: the store side of member operations
-//! (increments, absolute scores, removals) acknowledged before the
-//! database has them.
+//! Write-back leaderboards and sets: the store side of member operations
+//! (increments, absolute scores, removals; a set's adds and removals)
+//! acknowledged before the database has them.
 //!
 //! Why operations and not scores: an increment acknowledged in the store
 //! must reach the database exactly once, whatever crashes in between, and
@@ -12,8 +12,11 @@
 //! an absolute score is an absolute score, an increment after a removal
 //! creates the member anew (an absolute score of the increment), a score
 //! or a removal replaces whatever was pending. A write-back *set* keeps
-//! the same record with add/remove operations (last one wins): the claim,
-//! clear and dead-letter steps below do not look inside an operation.
+//! the same record: an add is the absolute score of the member in the
+//! set's sorted set (`=<score>`), a removal a removal, the last one wins
+//! (add then remove = remove); its write step is a script of its own
+//! (`redis_set_ops.rs`), the claim, clear and dead-letter steps below do
+//! not look inside an operation and serve both.
 //!
 //! | key | what |
 //! |---|---|
@@ -194,6 +197,37 @@ impl ClaimedOps {
     }
 }
 
+/// One write of a write-back set to record (see [`BoardLog::set_op`]):
+/// an add is recorded as the absolute score of the member in the set's
+/// sorted set (`=<score>`), a removal as a removal (`-`).
+#[derive(Debug, Clone)]
+pub struct SetWrite<'a> {
+    /// The member and its score in the cached sorted set.
+    pub member: &'a super::Scored,
+    /// Add (`true`) or remove.
+    pub add: bool,
+    /// Whether the score holds the member exactly (an integer member
+    /// beyond ±2^53 does not): else the cached set is dropped.
+    pub exact: bool,
+    /// The cap of a cached set: an add that would take it past drops it.
+    pub max_members: u64,
+    /// Now, ms since the epoch (the queue's score).
+    pub now_ms: u64,
+}
+
+/// What recording a set write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetWritten {
+    /// Recorded and applied to the cached set; whether the member was in
+    /// it before.
+    Cached {
+        /// Whether the member was in the cached set before.
+        was_there: bool,
+    },
+    /// Recorded; the set is not cached (the owner's lease was voided).
+    Uncached,
+}
+
 /// A board dead letter as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BoardDeadLetter {
@@ -222,6 +256,16 @@ pub trait BoardLog: std::fmt::Debug + Send + Sync + 'static {
         owner: &str,
         write: &BoardWrite<'_>,
     ) -> crate::Result<BoardWritten>;
+
+    /// Records one member write of a write-back set in one step: the
+    /// cached set (when cached whole) and the unclaimed operation change
+    /// together and the owner's read lease is voided (see [`SetWrite`]).
+    async fn set_op(
+        &self,
+        keys: &super::CollectionKeys,
+        owner: &str,
+        write: &SetWrite<'_>,
+    ) -> crate::Result<SetWritten>;
 
     /// The owner's unclaimed operations, whether the claimed record holds
     /// it, and the shard's count of clears, in one step.

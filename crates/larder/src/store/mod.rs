@@ -36,6 +36,7 @@ mod redis_board_deltas;
 mod redis_counters;
 mod redis_dirty;
 mod redis_hash;
+mod redis_set_ops;
 // Write-back on hash entries: field patches, whole rows, fills that lay
 // pending fields over the loaded row, the flusher's records.
 mod redis_hash_dirty;
@@ -54,7 +55,9 @@ pub(crate) use self::collection::{
 };
 
 pub use self::board_deltas::{BoardDeadLetter, MemberOp, MemberOps};
-pub(crate) use self::board_deltas::{BoardLog, BoardOpState, BoardWrite, BoardWritten};
+pub(crate) use self::board_deltas::{
+    BoardLog, BoardOpState, BoardWrite, BoardWritten, SetWrite, SetWritten,
+};
 pub(crate) use self::counters::{batch_id, delta_column, Count, CountStep, Counted, CounterState};
 pub(crate) use self::dirty::{
     Clear, DeadLetterMove, DirtyKeys, DirtyLog, DirtyRecord, DirtyWrite, Durability, FieldPatch,

@@ -4,7 +4,7 @@
 
 use super::board_deltas::{
     BoardDeadLetter, BoardLog, BoardOpKeys, BoardOpState, BoardWrite, BoardWritten, ClaimedOps,
-    MemberOp, MemberOps,
+    MemberOp, MemberOps, SetWrite, SetWritten,
 };
 use super::collection::CollectionKeys;
 use super::dirty::{ShardBacklog, ShardKeys};
@@ -242,7 +242,30 @@ fn num(v: f64) -> String {
 }
 
 impl RedisStore {
-    fn board_problem(&self, problem: impl Into<String>) -> Error {
+    /// Runs the write step of a write-back `kind` (leaderboard, set) on
+    /// the slot of `key`: never sent twice (an increment would count
+    /// twice); on a Cluster waited for the master's replicas, a write they
+    /// did not all confirm logged.
+    pub(super) async fn run_member_write(
+        &self,
+        key: &str,
+        inv: redis::ScriptInvocation<'_>,
+        owner: &str,
+        kind: &str,
+    ) -> Result<Value> {
+        let (answer, confirmation): (Value, _) = self.run_waited(key, inv, Resend::Never).await?;
+        if !confirmation.is_confirmed() {
+            tracing::warn!(
+                store = self.name_str(),
+                owner,
+                kind,
+                "a write was not confirmed by the master's replicas (WAIT); a failover of that master now could lose it"
+            );
+        }
+        Ok(answer)
+    }
+
+    pub(super) fn board_problem(&self, problem: impl Into<String>) -> Error {
         Error::Store {
             store: self.name_str().to_owned(),
             cause: Message::cause(problem.into()),
@@ -279,17 +302,9 @@ impl BoardLog for RedisStore {
             .arg(w.now_ms)
             .arg(w.max_members)
             .arg(if w.only_cached { "1" } else { "0" });
-        // Never sent twice (an increment would count twice); on a Cluster
-        // waited for the master's replicas.
-        let (answer, confirmation): (Value, _) =
-            self.run_waited(&keys.meta, inv, Resend::Never).await?;
-        if !confirmation.is_confirmed() {
-            tracing::warn!(
-                store = self.name_str(),
-                owner,
-                "a leaderboard write was not confirmed by the master's replicas (WAIT); a failover of that master now could lose it"
-            );
-        }
+        let answer = self
+            .run_member_write(&keys.meta, inv, owner, "leaderboard")
+            .await?;
         let bad = || self.board_problem("unexpected answer from the leaderboard write script");
         let Value::Array(items) = answer else {
             return Err(bad());
@@ -310,6 +325,15 @@ impl BoardLog for RedisStore {
             Some(Value::Int(-3)) => Ok(BoardWritten::OutOfRange(number(1).unwrap_or(f64::NAN))),
             _ => Err(bad()),
         }
+    }
+
+    async fn set_op(
+        &self,
+        keys: &CollectionKeys,
+        owner: &str,
+        write: &SetWrite<'_>,
+    ) -> Result<SetWritten> {
+        self.record_set_op(keys, owner, write).await
     }
 
     async fn board_state(&self, keys: &CollectionKeys, owner: &str) -> Result<BoardOpState> {

@@ -27,17 +27,18 @@ use super::schema::KeyValue;
 use super::{Fault, MAX_EXACT_SCORE};
 use crate::collection::{BoardBatch, BoardFlushed, ScoreKind};
 use crate::error::{Error, Result};
-use crate::source::Fence;
 use crate::store::MemberOp;
 use sqlx::Row;
-use std::time::Duration;
 
 /// Where a transaction stopped before committing (or at `COMMIT`).
-enum Halted {
+pub(super) enum Halted {
     /// Before any member's statement: nothing was committed.
     Before(sqlx::Error),
     /// At the statement of this (owner, member): nothing was committed.
     At(String, String, Error),
+    /// At a statement of many members (a set's batch insert or delete):
+    /// nothing was committed, the refused row is not known.
+    Batch(Error),
     /// Sending `COMMIT` or reading its reply.
     Commit(sqlx::Error),
 }
@@ -45,6 +46,64 @@ enum Halted {
 impl From<sqlx::Error> for Halted {
     fn from(e: sqlx::Error) -> Self {
         Halted::Before(e)
+    }
+}
+
+/// What a transaction of member operations ended with: committed, or
+/// refused by the fence, or halted.
+pub(super) type Committed = std::result::Result<std::result::Result<(), FenceCheck>, Halted>;
+
+/// What a commit of a claimed record of member operations (a board's or
+/// a set's) tells the flusher: a member whose row the database refuses
+/// for a reason of the row's own is [`BoardFlushed::Refused`]; a lost
+/// reply to `COMMIT` is settled by the fence row.
+pub(super) async fn settle(
+    committed: Committed,
+    b: &BoardBatch<'_>,
+    backend: &Backend,
+    err: impl Fn(sqlx::Error) -> Error,
+) -> Result<BoardFlushed> {
+    match committed {
+        Ok(Ok(())) => Ok(BoardFlushed::Committed),
+        Ok(Err(FenceCheck::Replayed)) => Ok(BoardFlushed::Replayed),
+        Ok(Err(FenceCheck::Newer(current))) => Err(Error::Fenced {
+            entity: b.fence.entity.clone(),
+            shard: b.fence.shard,
+            epoch: b.fence.epoch,
+            current,
+        }),
+        Ok(Err(FenceCheck::Passed)) => Err(Error::Config(
+            "a flush of member operations stopped after passing its fence".into(),
+        )),
+        Err(Halted::Before(e)) => Err(err(e)),
+        Err(Halted::Batch(error)) => Err(error),
+        Err(Halted::At(owner, member, error)) => {
+            if Fault::of(&error) == Fault::Row {
+                Ok(BoardFlushed::Refused {
+                    owner,
+                    member,
+                    error,
+                })
+            } else {
+                Err(error)
+            }
+        }
+        Err(Halted::Commit(e)) => {
+            let e = err(e);
+            if !matches!(e, Error::SourceUnavailable { .. }) {
+                return Err(e);
+            }
+            // The reply to COMMIT is lost: the fence row tells.
+            let pool = match backend {
+                Backend::Postgres(pool) => FencePool::Postgres(pool),
+                Backend::Sqlite(pool) => FencePool::Sqlite(pool),
+                Backend::MySql(pool) => FencePool::MySql(pool),
+            };
+            match fenced_batch(pool, &b.fence, b.statement_timeout).await {
+                Some(found) if found == b.batch => Ok(BoardFlushed::Replayed),
+                _ => Err(e),
+            }
+        }
     }
 }
 
@@ -131,16 +190,24 @@ macro_rules! board_commit {
     }};
 }
 
-impl SqlBoardSource {
-    /// Creates the fence table if missing and the board's rows, one per
-    /// shard (as [`SqlSource::prepare_fence`](crate::SqlSource::prepare_fence)).
-    pub(super) async fn prepare_board_fence(&self, fence: &str, shards: u16) -> Result<()> {
-        let result = match &self.inner.table.backend {
+impl super::owner_table::OwnerTable {
+    /// Creates the fence table if missing and the collection's rows, one
+    /// per shard (as [`SqlSource::prepare_fence`](crate::SqlSource::prepare_fence)).
+    pub(super) async fn prepare_fence(&self, fence: &str, shards: u16) -> Result<()> {
+        let result = match &self.backend {
             Backend::Postgres(pool) => prepare_fence_postgres(pool, fence, shards).await,
             Backend::MySql(pool) => prepare_fence_mysql(pool, fence, shards).await,
             Backend::Sqlite(pool) => prepare_fence_sqlite(pool, fence, shards).await,
         };
         result.map_err(|e| self.err(e))
+    }
+}
+
+impl SqlBoardSource {
+    /// Creates the fence table if missing and the board's rows, one per
+    /// shard (as [`SqlSource::prepare_fence`](crate::SqlSource::prepare_fence)).
+    pub(super) async fn prepare_board_fence(&self, fence: &str, shards: u16) -> Result<()> {
+        self.inner.table.prepare_fence(fence, shards).await
     }
 
     /// Commits a claimed record (see the module docs).
@@ -163,78 +230,32 @@ impl SqlBoardSource {
         }
         let plan = &plan;
         let timeout = b.statement_timeout;
-        let committed: std::result::Result<std::result::Result<(), FenceCheck>, Halted> =
-            match &self.inner.table.backend {
-                Backend::Postgres(pool) => {
-                    async {
-                        let mut tx = begin_postgres(pool, timeout).await?;
-                        board_commit!(tx, fence_postgres, self, b, plan, false)
-                    }
-                    .await
+        let committed: Committed = match &self.inner.table.backend {
+            Backend::Postgres(pool) => {
+                async {
+                    let mut tx = begin_postgres(pool, timeout).await?;
+                    board_commit!(tx, fence_postgres, self, b, plan, false)
                 }
-                Backend::Sqlite(pool) => {
-                    async {
-                        let mut tx = pool.begin().await?;
-                        board_commit!(tx, fence_sqlite, self, b, plan, false)
-                    }
-                    .await
+                .await
+            }
+            Backend::Sqlite(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    board_commit!(tx, fence_sqlite, self, b, plan, false)
                 }
-                Backend::MySql(pool) => {
-                    async {
-                        mysql_timed!(pool, timeout, conn, async {
-                            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                            board_commit!(tx, fence_mysql, self, b, plan, true)
-                        })
-                    }
-                    .await
-                }
-            };
-        match committed {
-            Ok(Ok(())) => Ok(BoardFlushed::Committed),
-            Ok(Err(FenceCheck::Replayed)) => Ok(BoardFlushed::Replayed),
-            Ok(Err(FenceCheck::Newer(current))) => Err(Error::Fenced {
-                entity: b.fence.entity.clone(),
-                shard: b.fence.shard,
-                epoch: b.fence.epoch,
-                current,
-            }),
-            Ok(Err(FenceCheck::Passed)) => Err(Error::Config(
-                "a leaderboard flush stopped after passing its fence".into(),
-            )),
-            Err(Halted::Before(e)) => Err(self.err(e)),
-            Err(Halted::At(owner, member, error)) => {
-                if Fault::of(&error) == Fault::Row {
-                    Ok(BoardFlushed::Refused {
-                        owner,
-                        member,
-                        error,
+                .await
+            }
+            Backend::MySql(pool) => {
+                async {
+                    mysql_timed!(pool, timeout, conn, async {
+                        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                        board_commit!(tx, fence_mysql, self, b, plan, true)
                     })
-                } else {
-                    Err(error)
                 }
+                .await
             }
-            Err(Halted::Commit(e)) => {
-                let e = self.err(e);
-                if !matches!(e, Error::SourceUnavailable { .. }) {
-                    return Err(e);
-                }
-                // The reply to COMMIT is lost: the fence row tells.
-                match self.fenced_batch(&b.fence, timeout).await {
-                    Some(found) if found == b.batch => Ok(BoardFlushed::Replayed),
-                    _ => Err(e),
-                }
-            }
-        }
-    }
-
-    /// The `batch` of the fence row (see [`fenced_batch`]).
-    async fn fenced_batch(&self, fence: &Fence, within: Duration) -> Option<String> {
-        let pool = match &self.inner.table.backend {
-            Backend::Postgres(pool) => FencePool::Postgres(pool),
-            Backend::Sqlite(pool) => FencePool::Sqlite(pool),
-            Backend::MySql(pool) => FencePool::MySql(pool),
         };
-        fenced_batch(pool, fence, within).await
+        settle(committed, &b, &self.inner.table.backend, |e| self.err(e)).await
     }
 
     /// How many of `owner`'s rows rank before `member` at `score`.

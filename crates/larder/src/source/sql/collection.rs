@@ -44,25 +44,40 @@ pub(crate) const MAX_EXACT_SCORE: i64 = 1 << 53;
 /// checks made at build.
 #[derive(Debug, Clone)]
 pub struct SqlSetSource {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    table: OwnerTable,
+pub(super) struct Inner {
+    pub(super) table: OwnerTable,
     order: SetOrder,
-    sql: Statements,
+    pub(super) sql: Statements,
 }
 
 #[derive(Debug, Default)]
-struct Statements {
+pub(super) struct Statements {
     load: String,
     count: String,
     contains: String,
     page_start: String,
     page_after: String,
-    add: String,
-    remove: String,
+    /// One member added (write-back: one statement per member, to tell
+    /// which one a refused batch failed at).
+    pub(super) add: String,
+    /// One member removed.
+    pub(super) remove: String,
+    /// `INSERT INTO t (owner, member) VALUES `: a write-back batch's adds
+    /// follow as `(o, m), …`, then `insert_tail`.
+    pub(super) insert_head: String,
+    /// What ends the batch insert: `ON CONFLICT DO NOTHING`, or on
+    /// MariaDB `ON DUPLICATE KEY UPDATE member = member`.
+    pub(super) insert_tail: String,
+    /// `DELETE FROM t WHERE (owner, member) IN (`: a write-back batch's
+    /// removals follow as `(o, m), …)`.
+    pub(super) delete_head: String,
+    /// `SELECT member FROM t WHERE owner = ? AND member IN (`: which of
+    /// some members are stored; the members follow as `m, …)`.
+    present_head: String,
 }
 
 /// Builds a [`SqlSetSource`]; consuming, finish with [`build`](Self::build).
@@ -370,6 +385,12 @@ fn pg_statements(owner: &Schema, member: &Schema, text_member: bool) -> Statemen
         ),
         add: format!("INSERT INTO {t} ({o}, {m}) VALUES ({p1}, {p2}) ON CONFLICT DO NOTHING"),
         remove: format!("DELETE FROM {t} WHERE {o} = {p1} AND {m} = {p2}"),
+        insert_head: format!("INSERT INTO {t} ({o}, {m}) VALUES "),
+        insert_tail: " ON CONFLICT DO NOTHING".to_owned(),
+        delete_head: format!("DELETE FROM {t} WHERE ({o}, {m}) IN ("),
+        present_head: format!(
+            "SELECT {m}::text AS larder_member FROM {t} WHERE {o} = {p1} AND {m} IN ("
+        ),
     }
 }
 
@@ -390,6 +411,12 @@ fn sqlite_statements(owner: &Schema, member: &Schema) -> Statements {
         ),
         add: format!("INSERT INTO {t} ({o}, {m}) VALUES (?1, ?2) ON CONFLICT DO NOTHING"),
         remove: format!("DELETE FROM {t} WHERE {o} = ?1 AND {m} = ?2"),
+        insert_head: format!("INSERT INTO {t} ({o}, {m}) VALUES "),
+        insert_tail: " ON CONFLICT DO NOTHING".to_owned(),
+        delete_head: format!("DELETE FROM {t} WHERE ({o}, {m}) IN ("),
+        present_head: format!(
+            "SELECT CAST({m} AS TEXT) AS larder_member FROM {t} WHERE {o} = ? AND {m} IN ("
+        ),
     }
 }
 
@@ -417,6 +444,12 @@ fn mysql_statements(owner: &Schema, member: &Schema) -> Statements {
         ),
         add: format!("INSERT INTO {t} ({o}, {m}) VALUES (?, ?) ON DUPLICATE KEY UPDATE {m} = {m}"),
         remove: format!("DELETE FROM {t} WHERE {o} = ? AND {m} = ?"),
+        insert_head: format!("INSERT INTO {t} ({o}, {m}) VALUES "),
+        insert_tail: format!(" ON DUPLICATE KEY UPDATE {m} = {m}"),
+        delete_head: format!("DELETE FROM {t} WHERE ({o}, {m}) IN ("),
+        present_head: format!(
+            "SELECT CAST({m} AS CHAR) AS larder_member FROM {t} WHERE {o} = ? AND {m} IN ("
+        ),
     }
 }
 
@@ -444,11 +477,15 @@ impl SqlSetSource {
 }
 
 impl SqlSetSource {
-    fn keys(&self, owner: &str, member: Option<&str>) -> Result<(KeyValue, Option<KeyValue>)> {
+    pub(super) fn keys(
+        &self,
+        owner: &str,
+        member: Option<&str>,
+    ) -> Result<(KeyValue, Option<KeyValue>)> {
         self.inner.table.keys(owner, member)
     }
 
-    fn err(&self, e: sqlx::Error) -> Error {
+    pub(super) fn err(&self, e: sqlx::Error) -> Error {
         self.inner.table.err(e)
     }
 
@@ -624,5 +661,65 @@ impl SetSource for SqlSetSource {
         let (o, m) = self.keys(owner, Some(member))?;
         let Some(m) = m else { return Ok(false) };
         Ok(self.execute(&self.inner.sql.remove, &o, &m).await? > 0)
+    }
+
+    async fn present(&self, owner: &str, members: &[&str]) -> Result<Vec<String>> {
+        let (o, _) = self.keys(owner, None)?;
+        // A member that cannot be one of the column's values is absent.
+        let keys: Vec<KeyValue> = members
+            .iter()
+            .filter_map(|m| self.inner.table.member.canonical(m).ok())
+            .collect();
+        let mut out = Vec::new();
+        for chunk in keys.chunks(1000) {
+            let table = &self.inner.table;
+            let params: Vec<String> = (0..chunk.len())
+                .map(|i| match &table.backend {
+                    Backend::Postgres(_) => pg_param(i + 2, &table.member.key_type),
+                    _ => "?".to_owned(),
+                })
+                .collect();
+            let sql = format!("{}{})", self.inner.sql.present_head, params.join(", "));
+            let found: Vec<String> = match &table.backend {
+                Backend::Postgres(pool) => {
+                    let mut q = bind_key!(sqlx::query_scalar::<_, String>(&sql), o);
+                    for m in chunk {
+                        q = bind_key!(q, m);
+                    }
+                    q.fetch_all(pool).await.map_err(|e| self.err(e))?
+                }
+                Backend::Sqlite(pool) => {
+                    let mut q = bind_key!(sqlx::query_scalar::<_, String>(&sql), o);
+                    for m in chunk {
+                        q = bind_key!(q, m);
+                    }
+                    q.fetch_all(pool).await.map_err(|e| self.err(e))?
+                }
+                Backend::MySql(pool) => {
+                    let mut q = bind_key!(sqlx::query(&sql), o);
+                    for m in chunk {
+                        q = bind_key!(q, m);
+                    }
+                    let rows = q.fetch_all(pool).await.map_err(|e| self.err(e))?;
+                    rows.iter()
+                        .map(|r| r.try_get_unchecked::<String, _>(0))
+                        .collect::<sqlx::Result<_>>()
+                        .map_err(|e| self.err(e))?
+                }
+            };
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
+    async fn prepare_write_back(&self, fence: &str, shards: u16) -> Result<()> {
+        self.inner.table.prepare_fence(fence, shards).await
+    }
+
+    async fn flush(
+        &self,
+        batch: crate::collection::BoardBatch<'_>,
+    ) -> Result<crate::collection::BoardFlushed> {
+        self.flush_set_ops(batch).await
     }
 }

@@ -91,6 +91,7 @@ mod owner_table;
 mod postgres;
 mod refusal;
 mod schema;
+mod set_flush;
 mod sqlite;
 
 pub use self::cdc::{
