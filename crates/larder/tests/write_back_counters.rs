@@ -503,21 +503,12 @@ async fn the_fence_refuses_a_stale_flusher_and_a_replayed_batch() {
     fence_replays(&pg, &support::unique("fence")).await;
     assert_eq!(db_column(&db, &table, "views").await[&3], Some(30 + 5 + 7));
 
-    let dir = std::env::temp_dir().join(support::unique("cwb-sqlite"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let url = format!("sqlite://{}", dir.join("db.sqlite").display());
-    let pool = SqlPool::connect(&url, 2).await.expect("sqlite");
-    let SqlPool::Sqlite(raw) = &pool else {
-        panic!("sqlite pool")
-    };
-    sqlx::query("CREATE TABLE counters (id INTEGER PRIMARY KEY, views INTEGER NOT NULL)")
-        .execute(raw)
-        .await
-        .expect("table");
-    sqlx::query("INSERT INTO counters (id, views) VALUES (3, 30)")
-        .execute(raw)
-        .await
-        .expect("row");
+    let (pool, raw, dir) = sqlite_with(&[
+        "CREATE TABLE counters (id INTEGER PRIMARY KEY, views INTEGER NOT NULL)",
+        "INSERT INTO counters (id, views) VALUES (3, 30)",
+    ])
+    .await;
+    let raw = &raw;
     let lite = SqlSource::builder(pool.clone(), "counters")
         .entity("counters")
         .build()
@@ -1042,21 +1033,12 @@ async fn cached_field(server: &RedisServer, prefix: &str, id: &str, column: &str
 #[tokio::test]
 async fn a_decimal_delta_is_never_added_as_ones_to_an_integer_looking_value() {
     let server = RedisServer::durable();
-    let dir = std::env::temp_dir().join(support::unique("cwb-decimal"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let url = format!("sqlite://{}", dir.join("db.sqlite").display());
-    let pool = SqlPool::connect(&url, 2).await.expect("sqlite");
-    let SqlPool::Sqlite(raw) = &pool else {
-        panic!("sqlite pool")
-    };
-    sqlx::query("CREATE TABLE prices (id INTEGER PRIMARY KEY, price NUMERIC(8, 2) NOT NULL)")
-        .execute(raw)
-        .await
-        .expect("table");
-    sqlx::query("INSERT INTO prices (id, price) VALUES (1, 2)")
-        .execute(raw)
-        .await
-        .expect("row");
+    let (pool, raw, dir) = sqlite_with(&[
+        "CREATE TABLE prices (id INTEGER PRIMARY KEY, price NUMERIC(8, 2) NOT NULL)",
+        "INSERT INTO prices (id, price) VALUES (1, 2)",
+    ])
+    .await;
+    let raw = &raw;
     let source = SqlSource::builder(pool.clone(), "prices")
         .entity("prices")
         .build()
@@ -1097,4 +1079,26 @@ async fn a_decimal_delta_is_never_added_as_ones_to_an_integer_looking_value() {
         .await
         .expect("price");
     assert!((price - 2.05).abs() < 1e-9, "{price}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A SQLite database of the test's own in a fresh directory, `statements`
+/// run on it: the pool larder takes, the raw one for checks, and the
+/// directory (the test removes it).
+async fn sqlite_with(statements: &[&str]) -> (SqlPool, sqlx::SqlitePool, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(support::unique("cwb-sqlite"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let url = format!("sqlite://{}", dir.join("db.sqlite").display());
+    let pool = SqlPool::connect(&url, 2).await.expect("sqlite");
+    let SqlPool::Sqlite(raw) = &pool else {
+        panic!("sqlite pool")
+    };
+    for sql in statements {
+        sqlx::query(sql)
+            .execute(raw)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let raw = raw.clone();
+    (pool, raw, dir)
 }
