@@ -12,7 +12,7 @@ use larder::{Cache, Error, Outcome, WriteBackOptions, WritePolicy};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{unique, Keyed, RedisCluster, TableSource};
+use support::{key_slot as slot_of, unique, Keyed, RedisCluster, TableSource};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Row {
@@ -119,26 +119,6 @@ async fn one_seed_finds_every_master_and_get_many_answers_across_slots_in_reques
         .map(|i| cluster.master_of_slot(slot_of(&format!("{{rows:{}}}", i % 64))))
         .collect();
     assert_eq!(masters.len(), 3, "the shards spread over every master");
-}
-
-/// Redis Cluster's slot of a key (crc16 of the hash tag, mod 16384).
-fn slot_of(key: &str) -> u16 {
-    let tag = match (key.find('{'), key.find('}')) {
-        (Some(open), Some(close)) if close > open + 1 => &key[open + 1..close],
-        _ => key,
-    };
-    let mut crc: u16 = 0;
-    for byte in tag.bytes() {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

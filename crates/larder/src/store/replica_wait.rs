@@ -627,4 +627,94 @@ b3 127.0.0.1:7005@17005 slave a2 0 0 2 disconnected
         assert!(of(10923).is_none(), "a failed master serves nothing");
         assert_eq!(map.masters.len(), 2);
     }
+
+    /// Fencing survives a failover (issue 14, item 7): a flusher's epoch is
+    /// handed out only once its master's replica holds it. With the replica
+    /// stopped (SIGSTOP) a claim of the flush lease is refused; resumed, the
+    /// same flusher's claim is confirmed; its master is SIGKILLed, the replica
+    /// promoted, and once the killed node is back as its replica a new
+    /// flusher's epoch on the promoted master is higher than the stalled one's
+    /// — so the database fence refuses the stalled flusher (as
+    /// `tests/write_back.rs` shows on standalone Redis). Without the wait, the
+    /// promoted master would hand out the stalled flusher's epoch again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_epoch_survives_the_failover_so_a_stalled_flusher_stays_fenced() {
+        use crate::store::{connect_checked, ShardKeys};
+        use larder_test_support::{eventually, key_slot as slot_of, unique, RedisCluster};
+        use std::time::Duration;
+
+        let mut cluster = RedisCluster::builder().node_timeout_ms(1000).start();
+        let url = format!(
+            "{}/?response_timeout=1s&connect_timeout=300ms",
+            cluster.url()
+        );
+        let store = connect_checked(&url).await.expect("store");
+        let log = store.dirty_log().expect("a write-back log");
+        let head = format!("{}:{{fence:0}}:", unique("cl_fence"));
+        let shard = ShardKeys {
+            shard: 0,
+            queue_key: format!("{head}q"),
+            lease_key: format!("{head}f"),
+            epoch_key: format!("{head}e"),
+            dead_key: format!("{head}x"),
+            dead_value_key: format!("{head}xv"),
+            dirty_prefix: format!("{head}d:"),
+        };
+        let lease = Duration::from_millis(300);
+        let victim = cluster.master_of_slot(slot_of("{fence:0}"));
+        let replica = cluster.replica_of(victim).expect("the victim's replica");
+        let replica_pid = cluster.nodes()[replica].pid().expect("pid");
+        let signal = |sig: &str| {
+            let status = std::process::Command::new("kill")
+                .args([sig, &replica_pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill {sig}");
+        };
+
+        signal("-STOP");
+        let unconfirmed = log.claim(&shard, "stalled", lease).await;
+        signal("-CONT");
+        assert!(
+            unconfirmed.is_err(),
+            "an epoch was handed out that its master's replica did not hold: {unconfirmed:?}"
+        );
+        // Resumed: once the master counts its replica online again, the
+        // same flusher's claim (its next round) is confirmed.
+        let stalled = claimed(&*log, &shard, "stalled", lease).await;
+
+        cluster.node_mut(victim).kill();
+        eventually("the replica takes over", || async {
+            cluster.master_of_slot(slot_of("{fence:0}")) == replica && cluster.is_master(replica)
+        })
+        .await;
+        // Back as the promoted master's replica: its claims can be confirmed.
+        cluster.node_mut(victim).restart();
+        let newer = claimed(&*log, &shard, "newer", lease).await;
+        assert!(
+            newer > stalled,
+            "the new flusher's epoch {newer} is not above the stalled one's {stalled}"
+        );
+    }
+
+    /// The epoch of `token`'s claim of `shard`'s flush lease, claimed every
+    /// 50 ms (a flusher's next rounds) until it is taken and confirmed.
+    async fn claimed(
+        log: &dyn crate::store::DirtyLog,
+        shard: &crate::store::ShardKeys,
+        token: &str,
+        lease: std::time::Duration,
+    ) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match log.claim(shard, token, lease).await {
+                Ok(Some(epoch)) => return epoch,
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "{token} never took the lease: {other:?}"
+                ),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
