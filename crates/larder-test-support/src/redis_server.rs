@@ -243,6 +243,32 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// SIGSTOPs the server: it keeps its connections but answers nothing
+    /// (a stalled node) until [`resume`](Self::resume).
+    ///
+    /// # Panics
+    /// If it is not running or the signal cannot be sent.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONTs a [`pause`](Self::pause)d server.
+    ///
+    /// # Panics
+    /// If it is not running or the signal cannot be sent.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("a running server").to_string();
+        let sent = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill {sig} {pid}");
+    }
+
     /// SIGKILLs the server and waits for it to be gone: clients see their
     /// connections drop and new ones refused. No-op if it is not running.
     pub fn kill(&mut self) {

@@ -56,16 +56,6 @@ async fn write_back_cache(store: Arc<dyn store::Store>) -> Cache<u64, User> {
         .expect("write-back cache")
 }
 
-/// Sends SIGSTOP or SIGCONT to a node.
-fn signal(node: &RedisServer, sig: &str) {
-    let pid = node.pid().expect("pid").to_string();
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
-}
-
 /// Keys read per `get_many`.
 const BATCH: u64 = 100;
 
@@ -187,7 +177,7 @@ fn cluster_vs_standalone(c: &mut Criterion) {
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     for r in &replicas {
-        signal(r, "-STOP");
+        r.pause();
     }
     // `LARDER_BENCH_WRITERS=0` measures the stopped replicas alone.
     let writers_n: u64 = std::env::var("LARDER_BENCH_WRITERS")
@@ -224,7 +214,7 @@ fn cluster_vs_standalone(c: &mut Criterion) {
     group.finish();
     stop.store(true, Ordering::Relaxed);
     for r in &replicas {
-        signal(r, "-CONT");
+        r.resume();
     }
     for task in background {
         let _ = rt.block_on(task);

@@ -442,16 +442,8 @@ async fn a_write_acknowledged_before_its_master_dies_is_not_undone_by_the_failov
 
     let victim = cluster.master_of_slot(slot_of("{rows:0}"));
     let replica = cluster.replica_of(victim).expect("the victim's replica");
-    let replica_pid = cluster.nodes()[replica].pid().expect("pid");
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &replica_pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill {sig}");
-    };
 
-    signal("-STOP");
+    cluster.nodes()[replica].pause();
     let writer = {
         let cache = cache.clone();
         tokio::spawn(async move {
@@ -468,7 +460,7 @@ async fn a_write_acknowledged_before_its_master_dies_is_not_undone_by_the_failov
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let waited = !writer.is_finished();
-    signal("-CONT");
+    cluster.nodes()[replica].resume();
     assert!(
         waited,
         "the write returned while its master's only replica was stopped"

@@ -663,18 +663,10 @@ b3 127.0.0.1:7005@17005 slave a2 0 0 2 disconnected
         let lease = Duration::from_millis(300);
         let victim = cluster.master_of_slot(slot_of("{fence:0}"));
         let replica = cluster.replica_of(victim).expect("the victim's replica");
-        let replica_pid = cluster.nodes()[replica].pid().expect("pid");
-        let signal = |sig: &str| {
-            let status = std::process::Command::new("kill")
-                .args([sig, &replica_pid.to_string()])
-                .status()
-                .expect("kill");
-            assert!(status.success(), "kill {sig}");
-        };
 
-        signal("-STOP");
+        cluster.nodes()[replica].pause();
         let unconfirmed = log.claim(&shard, "stalled", lease).await;
-        signal("-CONT");
+        cluster.nodes()[replica].resume();
         assert!(
             unconfirmed.is_err(),
             "an epoch was handed out that its master's replica did not hold: {unconfirmed:?}"
