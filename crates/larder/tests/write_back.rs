@@ -1296,47 +1296,6 @@ async fn resharding_under_load_loses_nothing_on_cluster() {
     .await;
 }
 
-/// The operator's tool: `redis-cli --cluster reshard` moves 100 slots —
-/// every slot holding one of the entity's shards, and more — from one
-/// master to another while 4 tasks write back and 4 read. redis-cli takes
-/// a master's lowest-numbered slots, so before the load the shards' slots
-/// (both below 10923 for the entity's name) are moved, empty, to the
-/// master of slots 10923-16383, where they are its lowest. (Two shards:
-/// CRC16 is linear, so the slots of `{e:0}`…`{e:7}` always spread over
-/// all four quarters of the slot space and 8 could never all be a
-/// master's lowest.) Nothing fails beyond the store's own retries, and
-/// every durable acknowledgement reaches PostgreSQL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cli_resharding_under_load_loses_nothing_on_cluster() {
-    const HIGH: u16 = 10_923;
-    let entity = (0u32..1_000_000)
-        .map(|n| format!("rs{n}"))
-        .find(|e| (0..2).all(|s| support::key_slot(&format!("{{{e}:{s}}}")) < HIGH))
-        .expect("a name");
-    let stage = |cluster: &support::RedisCluster, slots: &[u16]| {
-        let high = cluster.master_of_slot(HIGH);
-        for &slot in slots {
-            cluster.move_slot(slot, high);
-        }
-    };
-    reshard_under_load(&entity, 2, stage, |cluster, slots| {
-        let from = cluster.master_of_slot(HIGH);
-        let to = (0..cluster.nodes().len())
-            .find(|&i| i != from && cluster.is_master(i))
-            .expect("another master");
-        let out = cluster.reshard(from, to, 100);
-        for slot in slots {
-            assert_eq!(
-                cluster.master_of_slot(slot),
-                to,
-                "slot {slot} moved:\n{out}"
-            );
-        }
-        assert_eq!(cluster.master_of_slot(HIGH), to, "and more:\n{out}");
-    })
-    .await;
-}
-
 /// Runs 4 writing and 4 reading tasks on a write-back `hash` entity named
 /// `entity` with `shards` shards, calls `reshard` (blocking, with the
 /// cluster and the slots of the entity's shards) once writes flow, and
